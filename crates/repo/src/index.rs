@@ -1,0 +1,201 @@
+//! The index: which pack holds each chunk.
+//!
+//! Backups write one small index object per pack right after the pack, so a
+//! backup killed at any moment leaves every uploaded pack findable and the
+//! next backup reuses its chunks. `prune` consolidates them.
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::crypto::Cipher;
+use crate::error::{Error, Result};
+use crate::id::{Id, IdMap, IdSet};
+use crate::pack::{BlobEntry, decode_entries, encode_entries};
+use crate::storage::{Store, layout};
+
+/// One pack's entries as recorded in an index object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackIndex {
+    pub pack: Id,
+    pub size: u64,
+    pub blobs: Vec<BlobEntry>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Location {
+    pub pack: u32,
+    pub offset: u32,
+    pub length: u32,
+    pub raw_len: u32,
+}
+
+/// All index objects, merged in memory.
+#[derive(Default)]
+pub struct Index {
+    packs: Vec<PackInfo>,
+    pack_pos: IdMap<u32>,
+    blobs: IdMap<Location>,
+    /// Index object id -> packs it lists.
+    pub objects: IdMap<Vec<Id>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PackInfo {
+    pub id: Id,
+    pub size: u64,
+    /// Scheduled for deletion by a prune plan; not used for deduplication.
+    pub condemned: bool,
+    pub blobs: Vec<BlobEntry>,
+}
+
+pub fn encode(packs: &[PackIndex]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(packs.len() as u32).to_le_bytes());
+    for p in packs {
+        out.extend_from_slice(&p.pack.0);
+        out.extend_from_slice(&p.size.to_le_bytes());
+        out.extend_from_slice(&encode_entries(&p.blobs));
+    }
+    out
+}
+
+pub fn decode(mut input: &[u8], object: &dyn std::fmt::Display) -> Result<Vec<PackIndex>> {
+    let input = &mut input;
+    let count = crate::pack::take_u32(input, object)?;
+    let mut out = Vec::new();
+    for _ in 0..count {
+        if input.len() < 40 {
+            return Err(Error::corrupt(object, "truncated"));
+        }
+        let pack = Id::from_slice(&input[..32]).expect("32 bytes");
+        let size = u64::from_le_bytes(input[32..40].try_into().expect("8 bytes"));
+        *input = &input[40..];
+        let blobs = decode_entries(input, object)?;
+        out.push(PackIndex { pack, size, blobs });
+    }
+    Ok(out)
+}
+
+/// Seals and stores one index object; returns its id and size.
+pub async fn write(store: &Store, cipher: &Cipher, packs: &[PackIndex]) -> Result<(Id, u64)> {
+    let sealed = cipher.seal_object("index", &encode(packs));
+    let id = Id::of_content(&sealed);
+    let len = sealed.len() as u64;
+    store.put_new(&layout::of(layout::INDEX, &id), Bytes::from(sealed)).await?;
+    Ok((id, len))
+}
+
+impl Index {
+    /// Loads every index object. Chunks in `condemned` packs stay findable
+    /// (for restore) but are not offered for deduplication.
+    pub async fn load(store: &Store, cipher: &Cipher, condemned: &IdSet) -> Result<Index> {
+        let (index, mut errors) = Self::load_tolerant(store, cipher, condemned).await?;
+        match errors.pop() {
+            Some(e) => Err(e),
+            None => Ok(index),
+        }
+    }
+
+    /// Loads what can be read, and returns one error per unreadable object
+    /// (for `check`, which must name them all rather than stop at the first).
+    pub async fn load_tolerant(store: &Store, cipher: &Cipher, condemned: &IdSet) -> Result<(Index, Vec<Error>)> {
+        let metas = store.list(layout::INDEX).await?;
+        let loaded: Vec<Result<(Id, Vec<PackIndex>)>> = futures::stream::iter(metas)
+            .filter_map(|meta| async move { layout::id_of(&meta.location).map(|id| (id, meta)) })
+            .map(|(id, meta)| async move {
+                let data = store.get(&meta.location).await?;
+                let plain = cipher.open_object("index", &data, &meta.location)?;
+                Ok((id, decode(&plain, &meta.location)?))
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        let mut index = Index::default();
+        let mut errors = Vec::new();
+        for item in loaded {
+            match item {
+                Ok((id, packs)) => {
+                    index.objects.insert(id, packs.iter().map(|p| p.pack).collect());
+                    for p in packs {
+                        let condemned = condemned.contains(&p.pack);
+                        index.add_pack(p, condemned);
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        Ok((index, errors))
+    }
+
+    fn add_pack(&mut self, p: PackIndex, condemned: bool) {
+        if self.pack_pos.contains_key(&p.pack) {
+            return;
+        }
+        let pos = self.packs.len() as u32;
+        for b in &p.blobs {
+            let loc = Location {
+                pack: pos,
+                offset: b.offset,
+                length: b.length,
+                raw_len: b.raw_len,
+            };
+            // A live copy wins over a condemned one.
+            match self.blobs.get(&b.id) {
+                Some(old) if !self.packs[old.pack as usize].condemned || condemned => {}
+                _ => {
+                    self.blobs.insert(b.id, loc);
+                }
+            }
+        }
+        self.pack_pos.insert(p.pack, pos);
+        self.packs.push(PackInfo {
+            id: p.pack,
+            size: p.size,
+            condemned,
+            blobs: p.blobs,
+        });
+    }
+
+    pub fn get(&self, id: &Id) -> Option<(&PackInfo, Location)> {
+        self.blobs.get(id).map(|l| (&self.packs[l.pack as usize], *l))
+    }
+
+    /// True when `id` is stored in a pack that is not scheduled for deletion.
+    pub fn has_live(&self, id: &Id) -> bool {
+        self.get(id).is_some_and(|(p, _)| !p.condemned)
+    }
+
+    pub fn packs(&self) -> &[PackInfo] {
+        &self.packs
+    }
+
+    pub fn pack(&self, id: &Id) -> Option<&PackInfo> {
+        self.pack_pos.get(id).map(|&p| &self.packs[p as usize])
+    }
+
+    pub fn chunk_count(&self) -> usize {
+        self.blobs.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_round_trip_and_truncation() {
+        let packs = vec![PackIndex {
+            pack: Id::random(),
+            size: 1234,
+            blobs: vec![BlobEntry {
+                id: Id::random(),
+                offset: 0,
+                length: 100,
+                raw_len: 300,
+            }],
+        }];
+        let enc = encode(&packs);
+        assert_eq!(decode(&enc, &"t").unwrap(), packs);
+        assert!(decode(&enc[..enc.len() - 3], &"t").is_err());
+    }
+}

@@ -1,0 +1,253 @@
+//! Strongbox's backup repository: deduplicating (FastCDC + keyed BLAKE3),
+//! compressed (zstd), encrypted (XChaCha20-Poly1305) storage of snapshots
+//! on any `object_store` backend. No HTTP, no SQL, no database engines here.
+//!
+//! Write order is the crash-safety argument: packs, then their index
+//! objects, then the snapshot manifest (the commit point); deletion runs in
+//! the reverse order (see `prune`).
+
+mod backup;
+mod check;
+mod chunker;
+mod crypto;
+mod error;
+mod id;
+mod index;
+mod keys;
+mod lock;
+mod pack;
+mod progress;
+mod prune;
+mod restore;
+mod snapshot;
+mod storage;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub use backup::Source;
+pub use check::CheckReport;
+pub use chunker::Chunker;
+pub use error::{Error, Result};
+pub use id::Id;
+pub use keys::{ChunkerParams, Config, KeySlot};
+pub use progress::{Counters, NoProgress, Progress};
+pub use prune::{PruneOptions, PruneReport};
+pub use snapshot::{FileEntry, Snapshot, Totals};
+pub use storage::{S3Config, Store};
+
+use crypto::{Cipher, MasterKey};
+use index::Index;
+use lock::{Lock, LockKind};
+
+pub(crate) fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("formattable")
+}
+
+/// What a backup records besides its data.
+#[derive(Clone, Debug, Default)]
+pub struct BackupOptions {
+    pub tags: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// An open repository.
+pub struct Repository {
+    store: Store,
+    master: MasterKey,
+    cipher: Cipher,
+    config: Config,
+    /// Threads that chunk, hash, compress and encrypt.
+    pub workers: usize,
+    /// Concurrent pack uploads (more helps on high-latency object stores).
+    pub uploaders: usize,
+}
+
+impl Repository {
+    fn new(store: Store, master: MasterKey, config: Config) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Repository {
+            store,
+            cipher: master.cipher(),
+            master,
+            config,
+            workers: cores,
+            uploaders: 2,
+        }
+    }
+
+    pub async fn init(store: Store, password: &[u8], chunker: ChunkerParams) -> Result<Self> {
+        let (master, config) = keys::init(&store, password, chunker).await?;
+        Ok(Self::new(store, master, config))
+    }
+
+    pub async fn open(store: Store, password: &[u8]) -> Result<Self> {
+        let (master, config) = keys::unlock(&store, password).await?;
+        Ok(Self::new(store, master, config))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub async fn add_key(&self, password: &[u8]) -> Result<Id> {
+        keys::add_key(&self.store, &self.master, password).await
+    }
+
+    pub async fn list_keys(&self) -> Result<Vec<KeySlot>> {
+        keys::list_keys(&self.store).await
+    }
+
+    pub async fn remove_key(&self, id: &Id) -> Result<()> {
+        keys::remove_key(&self.store, id).await
+    }
+
+    /// Backs up `sources` as one snapshot.
+    pub async fn backup(&self, sources: Vec<Source>, opts: BackupOptions, progress: Arc<dyn Progress>) -> Result<Snapshot> {
+        let store = &self.store;
+        let cipher = &self.cipher;
+        let lock = Lock::acquire(store, cipher, LockKind::Backup, || async {
+            Ok(prune::load_plans(store, cipher).await?.iter().map(|p| p.id).collect())
+        })
+        .await?;
+        let result = self.backup_locked(sources, opts, progress, &lock).await;
+        let released = lock.release().await;
+        let snap = result?;
+        released?;
+        Ok(snap)
+    }
+
+    async fn backup_locked(&self, sources: Vec<Source>, opts: BackupOptions, progress: Arc<dyn Progress>, lock: &Lock) -> Result<Snapshot> {
+        // Chunks in packs a prune has condemned are not reused: they may be
+        // deleted once this backup is done (see `prune`).
+        let plans = prune::load_plans(&self.store, &self.cipher).await?;
+        let seen: Vec<_> = plans.into_iter().filter(|p| lock.info.plans_seen.contains(&p.id)).collect();
+        let index = Index::load(&self.store, &self.cipher, &prune::condemned(&seen)).await?;
+        let runtime = tokio::runtime::Handle::current();
+        let (store, cipher, config) = (self.store.clone(), self.cipher.clone(), self.config.clone());
+        let seed = self.master.chunker_seed();
+        let (workers, uploaders) = (self.workers.max(1), self.uploaders.max(1));
+        let (files, totals) = tokio::task::spawn_blocking(move || {
+            backup::Pipeline {
+                store: &store,
+                cipher: &cipher,
+                chunker: Chunker {
+                    params: config.chunker,
+                    seed,
+                },
+                index: &index,
+                pack_size: config.pack_size as usize,
+                compression_level: config.compression_level,
+                workers,
+                uploaders,
+                progress: progress.as_ref(),
+                runtime,
+            }
+            .run(sources)
+        })
+        .await
+        .expect("backup pipeline panicked")?;
+        lock.ensure_fresh()?;
+        let snap = Snapshot {
+            id: Id::random(),
+            time: now_rfc3339(),
+            hostname: lock.info.hostname.clone(),
+            tags: opts.tags,
+            labels: opts.labels,
+            files,
+            totals,
+        };
+        snapshot::write(&self.store, &self.cipher, &snap).await?;
+        Ok(snap)
+    }
+
+    /// All snapshots, oldest first.
+    pub async fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        snapshot::load_all_ok(&self.store, &self.cipher).await
+    }
+
+    /// A snapshot by id, unique id prefix, or `latest`.
+    pub async fn find_snapshot(&self, spec: &str) -> Result<Snapshot> {
+        if spec == "latest" {
+            return self.snapshots().await?.pop().ok_or_else(|| Error::SnapshotNotFound("latest (the repository has no snapshots)".into()));
+        }
+        let ids = snapshot::list_ids(&self.store).await?;
+        let matches: Vec<_> = ids.iter().filter(|id| id.to_hex().starts_with(&spec.to_ascii_lowercase())).collect();
+        match matches.as_slice() {
+            [id] => snapshot::load(&self.store, &self.cipher, id).await,
+            [] => Err(Error::SnapshotNotFound(spec.into())),
+            _ => Err(Error::Invalid(format!("snapshot prefix {spec:?} is ambiguous ({} matches)", matches.len()))),
+        }
+    }
+
+    async fn restore_index(&self) -> Result<Index> {
+        let plans = prune::load_plans(&self.store, &self.cipher).await?;
+        Index::load(&self.store, &self.cipher, &prune::condemned(&plans)).await
+    }
+
+    /// Restores one file of a snapshot to `dest`.
+    pub async fn restore_file(&self, snap: &Snapshot, name: &str, dest: &std::path::Path, progress: &dyn Progress) -> Result<()> {
+        let index = self.restore_index().await?;
+        restore::to_path(&self.store, &self.cipher, &index, snap.file(name)?, dest, progress).await
+    }
+
+    /// Restores every file of a snapshot into `dir`.
+    pub async fn restore_all(&self, snap: &Snapshot, dir: &std::path::Path, progress: &dyn Progress) -> Result<()> {
+        let index = self.restore_index().await?;
+        for file in &snap.files {
+            let dest = dir.join(restore::safe_relative(&file.name)?);
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| Error::io(parent.display(), e))?;
+            }
+            restore::to_path(&self.store, &self.cipher, &index, file, &dest, progress).await?;
+        }
+        Ok(())
+    }
+
+    /// Streams one file of a snapshot, in order, into `w`.
+    pub async fn restore_to_writer(&self, snap: &Snapshot, name: &str, w: impl std::io::Write, progress: &dyn Progress) -> Result<()> {
+        let index = self.restore_index().await?;
+        restore::to_writer(&self.store, &self.cipher, &index, snap.file(name)?, w, progress).await
+    }
+
+    pub async fn check(&self, read_data: bool) -> Result<CheckReport> {
+        check::check(&self.store, &self.cipher, read_data).await
+    }
+
+    pub async fn forget(&self, ids: &[Id]) -> Result<()> {
+        prune::forget(&self.store, ids).await
+    }
+
+    pub async fn prune(&self, opts: &PruneOptions) -> Result<PruneReport> {
+        prune::prune(&self.store, &self.cipher, self.config.pack_size as usize, opts).await
+    }
+
+    pub async fn stats(&self) -> Result<Stats> {
+        let snaps = self.snapshots().await?;
+        let index = self.restore_index().await?;
+        Ok(Stats {
+            snapshots: snaps.len(),
+            logical_bytes: snaps.iter().map(|s| s.totals.logical_bytes).sum(),
+            stored_bytes: index.packs().iter().map(|p| p.size).sum(),
+            packs: index.packs().len(),
+            chunks: index.chunk_count(),
+        })
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Stats {
+    pub snapshots: usize,
+    /// Sum over snapshots of the bytes they hold.
+    pub logical_bytes: u64,
+    /// Bytes of all indexed packs.
+    pub stored_bytes: u64,
+    pub packs: usize,
+    pub chunks: usize,
+}

@@ -1,0 +1,195 @@
+//! Where the repository's objects live, and how they are named.
+//!
+//! All access goes through `object_store`, so the local filesystem, any
+//! S3-compatible service and memory behave alike. Objects are written
+//! create-only (`PutMode::Create`) and never rewritten; every name but
+//! `config` is derived from an id, so a create that finds the object already
+//! there has found the same content.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use crate::error::{Error, Result};
+use crate::id::Id;
+
+/// Settings for an S3-compatible store. Credentials fall back to the usual
+/// `AWS_*` environment variables when not given here.
+#[derive(Clone, Default)]
+pub struct S3Config {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub bucket: String,
+    pub prefix: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<secret>"))
+            .finish()
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    location: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.location)
+    }
+}
+
+impl Store {
+    pub fn new(inner: Arc<dyn ObjectStore>, location: impl Into<String>) -> Self {
+        Store {
+            inner,
+            location: location.into(),
+        }
+    }
+
+    /// `memory:` for a fresh in-memory store, `s3://bucket/prefix` for S3
+    /// (endpoint and credentials from `AWS_*` variables), else a local path.
+    pub fn open(location: &str) -> Result<Self> {
+        if location == "memory:" {
+            return Ok(Store::new(Arc::new(InMemory::new()), location));
+        }
+        if let Some(rest) = location.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            return Store::s3(&S3Config {
+                endpoint: std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")).ok(),
+                bucket: bucket.to_string(),
+                prefix: prefix.to_string(),
+                ..Default::default()
+            });
+        }
+        Store::local(std::path::Path::new(location))
+    }
+
+    pub fn local(dir: &std::path::Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
+        let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| Error::storage(dir.display(), e))?;
+        Ok(Store::new(Arc::new(fs), dir.display().to_string()))
+    }
+
+    pub fn s3(cfg: &S3Config) -> Result<Self> {
+        if cfg.bucket.is_empty() {
+            return Err(Error::Invalid("S3 location needs a bucket: s3://BUCKET/PREFIX".into()));
+        }
+        let mut b = AmazonS3Builder::from_env().with_bucket_name(&cfg.bucket);
+        if let Some(ep) = &cfg.endpoint {
+            b = b.with_endpoint(ep).with_allow_http(ep.starts_with("http://"));
+        }
+        if let Some(r) = &cfg.region {
+            b = b.with_region(r);
+        }
+        if let Some(k) = &cfg.access_key_id {
+            b = b.with_access_key_id(k);
+        }
+        if let Some(s) = &cfg.secret_access_key {
+            b = b.with_secret_access_key(s);
+        }
+        let location = format!("s3://{}/{}", cfg.bucket, cfg.prefix);
+        let s3: Arc<dyn ObjectStore> = Arc::new(b.build().map_err(|e| Error::storage(&location, e))?);
+        let inner: Arc<dyn ObjectStore> = if cfg.prefix.trim_matches('/').is_empty() {
+            s3
+        } else {
+            Arc::new(PrefixStore::new(s3, cfg.prefix.trim_matches('/')))
+        };
+        Ok(Store::new(inner, location))
+    }
+
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Creates `path` with `data`. Returns false when it already existed
+    /// (which for id-named objects means the same content is there).
+    pub async fn put_new(&self, path: &Path, data: Bytes) -> Result<bool> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self.inner.put_opts(path, PutPayload::from_bytes(data), opts).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(Error::storage(path, e)),
+        }
+    }
+
+    pub async fn get(&self, path: &Path) -> Result<Bytes> {
+        let r = self.inner.get(path).await.map_err(|e| Error::storage(path, e))?;
+        r.bytes().await.map_err(|e| Error::storage(path, e))
+    }
+
+    pub async fn get_range(&self, path: &Path, range: Range<u64>) -> Result<Bytes> {
+        self.inner.get_range(path, range).await.map_err(|e| Error::storage(path, e))
+    }
+
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let p = Path::from(prefix);
+        self.inner
+            .list(Some(&p))
+            .try_collect()
+            .await
+            .map_err(|e| Error::storage(prefix, e))
+    }
+
+    /// Deletes `path`; an object already gone is not an error.
+    pub async fn delete(&self, path: &Path) -> Result<()> {
+        match self.inner.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::storage(path, e)),
+        }
+    }
+}
+
+/// The repository's layout: one folder per kind of object.
+pub mod layout {
+    use super::*;
+
+    pub const CONFIG: &str = "config";
+    pub const KEYS: &str = "keys";
+    pub const DATA: &str = "data";
+    pub const INDEX: &str = "index";
+    pub const SNAPSHOTS: &str = "snapshots";
+    pub const LOCKS: &str = "locks";
+    pub const PLANS: &str = "plans";
+
+    pub fn config() -> Path {
+        Path::from(CONFIG)
+    }
+
+    /// Packs fan out over 256 folders, as in restic, to keep listings short.
+    pub fn pack(id: &Id) -> Path {
+        let h = id.to_hex();
+        Path::from(format!("{DATA}/{}/{h}", &h[..2]))
+    }
+
+    pub fn of(kind: &str, id: &Id) -> Path {
+        Path::from(format!("{kind}/{}", id.to_hex()))
+    }
+
+    /// The id in an object's name, if it is one of ours.
+    pub fn id_of(path: &Path) -> Option<Id> {
+        path.filename().and_then(Id::from_hex)
+    }
+}
