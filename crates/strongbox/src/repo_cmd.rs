@@ -1,0 +1,324 @@
+//! `strongbox repo …`: init, backup, restore, snapshots, check, forget,
+//! prune, stats, key.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use strongbox_repo::{BackupOptions, ChunkerParams, Id, NoProgress, PruneOptions, Repository, Source, Store};
+
+use crate::bar::Bar;
+
+#[derive(Args)]
+pub struct RepoArgs {
+    /// Repository location: a directory, `s3://BUCKET/PREFIX` (endpoint and
+    /// credentials from AWS_* variables) or `memory:`.
+    #[arg(long, short = 'r', env = "STRONGBOX_REPO", global = true)]
+    repo: Option<String>,
+    /// Read the password from this file (else STRONGBOX_PASSWORD, else a prompt).
+    #[arg(long, env = "STRONGBOX_PASSWORD_FILE", global = true)]
+    password_file: Option<PathBuf>,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// Create a repository.
+    Init {
+        /// Chunk size bounds in bytes, `MIN,AVG,MAX`.
+        #[arg(long, value_parser = parse_chunker)]
+        chunker: Option<ChunkerParams>,
+    },
+    /// Back up files (or `-` for stdin) as one snapshot.
+    Backup {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Name to record for stdin.
+        #[arg(long, default_value = "stdin")]
+        stdin_name: String,
+        #[arg(long)]
+        tag: Vec<String>,
+        /// `KEY=VALUE`, e.g. deployment=db12c.
+        #[arg(long, value_parser = parse_label)]
+        label: Vec<(String, String)>,
+    },
+    /// Restore a snapshot (`latest`, an id or an id prefix).
+    Restore {
+        snapshot: String,
+        /// Only this file of the snapshot.
+        #[arg(long)]
+        file: Option<String>,
+        /// Directory to restore into.
+        #[arg(long, conflicts_with = "stdout")]
+        target: Option<PathBuf>,
+        /// Write the file (requires --file, or a one-file snapshot) to stdout.
+        #[arg(long)]
+        stdout: bool,
+    },
+    /// List snapshots.
+    Snapshots,
+    /// Verify the repository; exits 1 when anything is damaged.
+    Check {
+        /// Also download and verify every pack.
+        #[arg(long)]
+        read_data: bool,
+    },
+    /// Delete snapshots (their data goes with the next prune).
+    Forget {
+        ids: Vec<String>,
+        /// Keep only the newest N snapshots.
+        #[arg(long)]
+        keep_last: Option<usize>,
+    },
+    /// Delete data no snapshot needs; safe while backups run.
+    Prune {
+        /// Repack packs whose live fraction is below this.
+        #[arg(long, default_value_t = 0.5)]
+        repack_below: f64,
+    },
+    /// Sizes and counts.
+    Stats,
+    /// Manage key slots.
+    Key {
+        #[command(subcommand)]
+        verb: KeyVerb,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyVerb {
+    /// Add a slot; the new password comes from STRONGBOX_NEW_PASSWORD or a prompt.
+    Add,
+    List,
+    Remove { id: String },
+}
+
+fn parse_chunker(s: &str) -> Result<ChunkerParams, String> {
+    let v: Vec<u32> = s.split(',').map(|x| x.trim().parse::<u32>()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    match v.as_slice() {
+        [min, avg, max] => Ok(ChunkerParams { min: *min, avg: *avg, max: *max }),
+        _ => Err("expected MIN,AVG,MAX in bytes".into()),
+    }
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+fn password(args: &RepoArgs, confirm: bool) -> Result<Vec<u8>> {
+    if let Some(f) = &args.password_file {
+        let s = std::fs::read_to_string(f).with_context(|| format!("reading password file {}", f.display()))?;
+        return Ok(s.trim_end_matches(['\r', '\n']).as_bytes().to_vec());
+    }
+    if let Ok(p) = std::env::var("STRONGBOX_PASSWORD") {
+        return Ok(p.into_bytes());
+    }
+    prompt("repository password", confirm)
+}
+
+fn prompt(what: &str, confirm: bool) -> Result<Vec<u8>> {
+    if !std::io::stdin().is_terminal() {
+        bail!("no {what}: set STRONGBOX_PASSWORD or --password-file (stdin is not a terminal to prompt on)");
+    }
+    let p = rpassword::prompt_password(format!("{what}: "))?;
+    if confirm && rpassword::prompt_password(format!("{what} again: "))? != p {
+        bail!("the passwords do not match");
+    }
+    Ok(p.into_bytes())
+}
+
+fn parse_id(s: &str) -> Result<Id> {
+    Id::from_hex(s).with_context(|| format!("{s:?} is not a full 64-digit id"))
+}
+
+pub async fn run(args: RepoArgs) -> Result<ExitCode> {
+    let location = args
+        .repo
+        .clone()
+        .context("no repository given: pass --repo LOCATION or set STRONGBOX_REPO")?;
+    let store = Store::open(&location)?;
+    if let Verb::Init { chunker } = &args.verb {
+        let repo = Repository::init(store, &password(&args, true)?, chunker.unwrap_or_default()).await?;
+        println!("created repository {} at {location}", repo.config().id);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let repo = Repository::open(store, &password(&args, false)?).await?;
+    match args.verb {
+        Verb::Init { .. } => unreachable!("handled above"),
+        Verb::Backup {
+            paths,
+            stdin_name,
+            tag,
+            label,
+        } => {
+            let mut sources = Vec::new();
+            for p in &paths {
+                if p.as_os_str() == "-" {
+                    sources.push(Source::new(&stdin_name, std::io::stdin()));
+                    continue;
+                }
+                let f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+                let meta = f.metadata()?;
+                if !meta.is_file() {
+                    bail!("{} is not a regular file", p.display());
+                }
+                let mut s = Source::new(p.display().to_string().trim_start_matches('/'), f);
+                s.size_hint = Some(meta.len());
+                s.mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
+                sources.push(s);
+            }
+            let bar = Arc::new(Bar::new("backup"));
+            let opts = BackupOptions {
+                tags: tag,
+                labels: label.into_iter().collect::<BTreeMap<_, _>>(),
+            };
+            let snap = repo.backup(sources, opts, bar.clone()).await?;
+            bar.finish();
+            if args.json {
+                println!("{}", serde_json::to_string(&serde_json::json!({"id": snap.id, "totals": snap.totals}))?);
+            } else {
+                let t = snap.totals;
+                println!(
+                    "snapshot {} saved: {} bytes read, {} new chunks of {}, {} bytes stored",
+                    snap.id, t.logical_bytes, t.new_chunks, t.chunks, t.new_bytes_stored
+                );
+            }
+        }
+        Verb::Restore {
+            snapshot,
+            file,
+            target,
+            stdout,
+        } => {
+            let snap = repo.find_snapshot(&snapshot).await?;
+            if stdout {
+                let name = match (&file, snap.files.as_slice()) {
+                    (Some(f), _) => f.clone(),
+                    (None, [only]) => only.name.clone(),
+                    _ => bail!("snapshot {} holds {} files: pick one with --file", snap.id, snap.files.len()),
+                };
+                repo.restore_to_writer(&snap, &name, std::io::stdout().lock(), &NoProgress).await?;
+            } else {
+                let target = target.context("say where to restore: --target DIR or --stdout")?;
+                let bar = Bar::new("restore");
+                match file {
+                    Some(f) => {
+                        std::fs::create_dir_all(&target)?;
+                        let base = std::path::Path::new(&f).file_name().context("empty file name")?;
+                        repo.restore_file(&snap, &f, &target.join(base), &bar).await?
+                    }
+                    None => repo.restore_all(&snap, &target, &bar).await?,
+                }
+                bar.finish();
+            }
+        }
+        Verb::Snapshots => {
+            let snaps = repo.snapshots().await?;
+            if args.json {
+                let list: Vec<_> = snaps
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "id": s.id, "time": s.time, "hostname": s.hostname, "tags": s.tags,
+                            "labels": s.labels, "totals": s.totals,
+                            "files": s.files.iter().map(|f| serde_json::json!({"name": f.name, "size": f.size})).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{:<10} {:<25} {:>14} {:>14}  files / tags", "id", "time", "bytes", "new stored");
+                for s in snaps {
+                    let files: Vec<_> = s.files.iter().map(|f| f.name.as_str()).collect();
+                    println!(
+                        "{:<10} {:<25} {:>14} {:>14}  {} {}",
+                        s.id.short(),
+                        s.time,
+                        s.totals.logical_bytes,
+                        s.totals.new_bytes_stored,
+                        files.join(","),
+                        s.tags.join(",")
+                    );
+                }
+            }
+        }
+        Verb::Check { read_data } => {
+            let report = repo.check(read_data).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for w in &report.warnings {
+                    println!("warning: {w}");
+                }
+                for e in &report.errors {
+                    println!("error: {e}");
+                }
+                for s in &report.damaged_snapshots {
+                    println!("damaged snapshot: {s}");
+                }
+                println!(
+                    "checked {} snapshots, {} packs ({} read): {}",
+                    report.snapshots,
+                    report.packs,
+                    report.packs_read,
+                    if report.is_ok() { "no errors" } else { "ERRORS FOUND" }
+                );
+            }
+            if !report.is_ok() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Verb::Forget { ids, keep_last } => {
+            let mut doomed: Vec<Id> = ids.iter().map(|s| parse_id(s)).collect::<Result<_>>()?;
+            if let Some(n) = keep_last {
+                let snaps = repo.snapshots().await?;
+                doomed.extend(snaps.iter().rev().skip(n).map(|s| s.id));
+            }
+            if doomed.is_empty() {
+                bail!("nothing to forget: name snapshot ids or --keep-last N");
+            }
+            repo.forget(&doomed).await?;
+            println!("forgot {} snapshot(s); run `prune` to reclaim space", doomed.len());
+        }
+        Verb::Prune { repack_below } => {
+            if !(0.0..=1.0).contains(&repack_below) {
+                bail!("--repack-below is a fraction between 0 and 1");
+            }
+            let report = repo.prune(&PruneOptions { repack_below }).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Verb::Stats => {
+            let stats = repo.stats().await?;
+            println!("{}", serde_json::to_string_pretty(&stats)?);
+        }
+        Verb::Key { verb } => match verb {
+            KeyVerb::Add => {
+                let p = match std::env::var("STRONGBOX_NEW_PASSWORD") {
+                    Ok(p) => p.into_bytes(),
+                    Err(_) => prompt("new password", true)?,
+                };
+                println!("added key slot {}", repo.add_key(&p).await?);
+            }
+            KeyVerb::List => {
+                for k in repo.list_keys().await? {
+                    println!("{} {} {}", k.id, k.created, k.hostname);
+                }
+            }
+            KeyVerb::Remove { id } => {
+                repo.remove_key(&parse_id(&id)?).await?;
+                println!("removed key slot {id}");
+            }
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}
