@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! reader ─▶ chunker thread ─▶ N worker threads ─▶ collector ─▶ uploader threads ─▶ store
-//!            (FastCDC cuts)    (keyed BLAKE3 id,    (orders ids,  (pack, then its
-//!                               dedup, zstd, AEAD)   fills packs)  index object)
+//!            (FastCDC cuts,    (keyed BLAKE3 ids,   (orders ids,  (pack, then its
+//!             ~1 MiB batches)   dedup, one frame of  fills packs)  index object)
+//!                               new chunks: zstd, AEAD)
 //! ```
 //! Channels are bounded, so memory stays flat however large the input:
 //! a few read blocks, a few packs. Any error stops the readers; every
@@ -22,7 +23,7 @@ use crate::crypto::Cipher;
 use crate::error::{Error, Result};
 use crate::id::{Id, IdSet};
 use crate::index::{self, Index, PackIndex};
-use crate::pack::{FinishedPack, PackBuilder, seal_blob};
+use crate::pack::{FinishedPack, Frame, FrameSealer, PackBuilder};
 use crate::progress::Progress;
 use crate::snapshot::{FileEntry, Totals};
 use crate::storage::{Store, layout};
@@ -60,13 +61,18 @@ pub(crate) struct Pipeline<'a> {
     pub runtime: tokio::runtime::Handle,
 }
 
+/// Consecutive chunks are batched up to this many bytes; a batch's new
+/// chunks are compressed together as one frame.
+const BATCH: usize = 1 << 20;
+
+/// A batch of consecutive chunks; the first is chunk `seq` of its source.
 struct Work {
     seq: usize,
-    data: Bytes,
+    chunks: Vec<Bytes>,
 }
 
 enum Done {
-    Chunk { seq: usize, id: Id, raw: u32, blob: Option<Vec<u8>> },
+    Batch { seq: usize, ids: Vec<(Id, u32)>, frame: Option<Frame> },
     EndOfSource { chunks: usize, bytes: u64 },
 }
 
@@ -91,9 +97,11 @@ impl Pipeline<'_> {
     pub fn run(&self, sources: Vec<Source>) -> Result<(Vec<FileEntry>, Totals)> {
         let failure = Failure::default();
         let inflight = Mutex::new(IdSet::default());
-        let (work_tx, work_rx) = bounded::<Work>(self.workers * 16);
-        let (done_tx, done_rx) = bounded::<Done>(self.workers * 16);
-        let (pack_tx, pack_rx) = bounded::<FinishedPack>(1);
+        let (work_tx, work_rx) = bounded::<Work>(self.workers);
+        let (done_tx, done_rx) = bounded::<Done>(self.workers);
+        // Rendezvous: a finished pack waits for a free uploader rather than
+        // queueing, which bounds memory to (uploaders + 1) packs.
+        let (pack_tx, pack_rx) = bounded::<FinishedPack>(0);
         let stored = Mutex::new(0u64);
         let result = std::thread::scope(|s| {
             for _ in 0..self.workers {
@@ -110,7 +118,7 @@ impl Pipeline<'_> {
             drop(pack_rx);
             let mut files = Vec::new();
             let mut totals = Totals::default();
-            let mut pack = PackBuilder::default();
+            let mut pack = self.new_pack();
             for source in sources {
                 if failure.is_set() {
                     break;
@@ -121,12 +129,24 @@ impl Pipeline<'_> {
                 let reader = source.reader;
                 let name = source.name.clone();
                 s.spawn(move || {
-                    let mut seq = 0;
+                    let (mut seq, mut batch, mut batch_bytes) = (0, Vec::new(), 0);
+                    // A closed channel means the workers are gone: nothing to do.
                     let read = chunker.run(reader, &failure_ref.abort, |data| {
-                        // A closed channel means the workers are gone: nothing to do.
-                        let _ = work_tx.send(Work { seq, data });
-                        seq += 1;
+                        batch_bytes += data.len();
+                        batch.push(data);
+                        if batch_bytes >= BATCH {
+                            let chunks = std::mem::take(&mut batch);
+                            let n = chunks.len();
+                            let _ = work_tx.send(Work { seq, chunks });
+                            seq += n;
+                            batch_bytes = 0;
+                        }
                     });
+                    if !batch.is_empty() {
+                        let n = batch.len();
+                        let _ = work_tx.send(Work { seq, chunks: batch });
+                        seq += n;
+                    }
                     let bytes = read.unwrap_or_else(|e| {
                         failure_ref.set(Error::io(&name, e));
                         0
@@ -141,28 +161,32 @@ impl Pipeline<'_> {
                             expected = Some(chunks);
                             size = bytes;
                         }
-                        Done::Chunk { seq, id, raw, blob } => {
-                            received += 1;
-                            if chunks.len() <= seq {
-                                chunks.resize(seq + 1, Id::default());
+                        Done::Batch { seq, ids, frame } => {
+                            received += ids.len();
+                            if chunks.len() < seq + ids.len() {
+                                chunks.resize(seq + ids.len(), Id::default());
                             }
-                            chunks[seq] = id;
-                            totals.chunks += 1;
-                            let new = blob.as_ref().map_or(0, |_| u64::from(raw));
-                            if let Some(blob) = blob {
-                                totals.new_chunks += 1;
-                                pack.add(id, &blob, raw);
+                            let read: u64 = ids.iter().map(|(_, raw)| u64::from(*raw)).sum();
+                            for (i, (id, _)) in ids.into_iter().enumerate() {
+                                chunks[seq + i] = id;
+                            }
+                            let mut new = 0;
+                            if let Some(frame) = frame {
+                                new = frame.chunks.iter().map(|c| u64::from(c.raw_len)).sum();
+                                totals.new_chunks += frame.chunks.len() as u64;
+                                pack.add_frame(&frame.sealed, frame.chunks);
                                 if pack.len() >= self.pack_size {
-                                    let full = std::mem::take(&mut pack).finish(self.cipher);
+                                    let full = std::mem::replace(&mut pack, self.new_pack()).finish(self.cipher);
                                     totals.packs += 1;
                                     let _ = pack_tx.send(full);
                                 }
                             }
-                            self.progress.advance(u64::from(raw), new);
+                            self.progress.advance(read, new);
                         }
                     }
                 }
                 totals.logical_bytes += size;
+                totals.chunks += chunks.len() as u64;
                 files.push(FileEntry {
                     name: source.name,
                     size,
@@ -186,19 +210,29 @@ impl Pipeline<'_> {
         Ok((files, totals))
     }
 
+    /// Pack buffers are allocated at full size: growing 16 MiB by doubling
+    /// would briefly hold twice that. (How they are freed matters as much:
+    /// see `tune_allocator` in the binary.)
+    fn new_pack(&self) -> PackBuilder {
+        PackBuilder::with_buffer(Vec::with_capacity(self.pack_size + BATCH + BATCH / 8))
+    }
+
     fn worker(&self, rx: Receiver<Work>, tx: Sender<Done>, inflight: &Mutex<IdSet>, failure: &Failure) {
-        let mut zstd = zstd::bulk::Compressor::new(self.compression_level).expect("valid zstd level");
-        let mut scratch = Vec::new();
-        for Work { seq, data } in rx {
-            let id = self.cipher.chunk_id(&data);
-            let new = !failure.is_set() && !self.index.has_live(&id) && inflight.lock().expect("inflight").insert(id);
-            let blob = new.then(|| seal_blob(self.cipher, &id, &data, &mut zstd, &mut scratch));
-            let _ = tx.send(Done::Chunk {
-                seq,
-                id,
-                raw: data.len() as u32,
-                blob,
-            });
+        let mut sealer = FrameSealer::new(self.compression_level);
+        for Work { seq, chunks } in rx {
+            let ids: Vec<(Id, u32)> = chunks.iter().map(|c| (self.cipher.chunk_id(c), c.len() as u32)).collect();
+            let new: Vec<(Id, &[u8])> = if failure.is_set() {
+                Vec::new()
+            } else {
+                let mut inflight = inflight.lock().expect("inflight");
+                ids.iter()
+                    .zip(&chunks)
+                    .filter(|((id, _), _)| !self.index.has_live(id) && inflight.insert(*id))
+                    .map(|((id, _), c)| (*id, &c[..]))
+                    .collect()
+            };
+            let frame = (!new.is_empty()).then(|| sealer.seal(self.cipher, &new));
+            let _ = tx.send(Done::Batch { seq, ids, frame });
         }
     }
 

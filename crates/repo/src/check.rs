@@ -14,7 +14,7 @@ use crate::crypto::Cipher;
 use crate::error::Result;
 use crate::id::{Id, IdSet};
 use crate::index::Index;
-use crate::pack::{open_blob, read_header};
+use crate::pack::{chunk_in, open_frame, read_header};
 use crate::snapshot;
 use crate::storage::{Store, layout};
 
@@ -137,9 +137,19 @@ async fn read_pack(store: &Store, cipher: &Cipher, index: &Index, id: Id) -> (Id
                 if header != expected {
                     errors.push(format!("pack {id}: header does not match the index"));
                 }
+                let mut frame: Option<(u32, Result<Vec<u8>, String>)> = None;
                 for e in &header {
-                    let blob = &data[e.offset as usize..(e.offset + e.length) as usize];
-                    if let Err(err) = open_blob(&cipher, &e.id, e.raw_len, blob, &id) {
+                    if frame.as_ref().is_none_or(|(offset, _)| *offset != e.offset) {
+                        let sealed = &data[e.offset as usize..(e.offset + e.length) as usize];
+                        let opened = open_frame(&cipher, sealed, &id, e.offset).map_err(|err| err.to_string());
+                        if let Err(err) = &opened {
+                            errors.push(err.clone());
+                        }
+                        frame = Some((e.offset, opened));
+                    }
+                    if let Some((_, Ok(plain))) = &frame
+                        && let Err(err) = chunk_in(&cipher, plain, e, &id)
+                    {
                         errors.push(err.to_string());
                     }
                 }

@@ -13,7 +13,7 @@ use fastcdc::v2020::{FastCDC, Normalization};
 
 use crate::keys::ChunkerParams;
 
-const BLOCK: usize = 8 << 20;
+const BLOCK: usize = 1 << 20;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Chunker {

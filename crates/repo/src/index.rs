@@ -26,6 +26,7 @@ pub struct Location {
     pub pack: u32,
     pub offset: u32,
     pub length: u32,
+    pub start: u32,
     pub raw_len: u32,
 }
 
@@ -137,6 +138,7 @@ impl Index {
                 pack: pos,
                 offset: b.offset,
                 length: b.length,
+                start: b.start,
                 raw_len: b.raw_len,
             };
             // A live copy wins over a condemned one.
@@ -191,6 +193,7 @@ mod tests {
                 id: Id::random(),
                 offset: 0,
                 length: 100,
+                start: 20,
                 raw_len: 300,
             }],
         }];

@@ -49,14 +49,21 @@ pub struct Config {
     pub compression_level: i32,
 }
 
-impl Config {
-    pub fn new(chunker: ChunkerParams) -> Self {
-        Config {
-            version: CONFIG_VERSION,
-            id: Id::random(),
-            chunker,
-            pack_size: 16 * 1024 * 1024,
-            compression_level: 1,
+/// What `init` lets a user choose.
+#[derive(Clone, Copy, Debug)]
+pub struct InitOptions {
+    pub chunker: ChunkerParams,
+    pub compression_level: i32,
+    pub pack_size: u32,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            chunker: ChunkerParams::default(),
+            // See README "Compression": level 2 on ~1 MiB frames.
+            compression_level: 2,
+            pack_size: 16 << 20,
         }
     }
 }
@@ -176,15 +183,27 @@ fn unwrap_slot(path: &str, body: &[u8], password: &[u8]) -> Result<Option<Master
 
 /// Creates a repository: first key slot, then the config (its existence
 /// marks an initialized repository).
-pub async fn init(store: &Store, password: &[u8], chunker: ChunkerParams) -> Result<(MasterKey, Config)> {
+pub async fn init(store: &Store, password: &[u8], opts: InitOptions) -> Result<(MasterKey, Config)> {
     if !store.list(layout::KEYS).await?.is_empty() {
         return Err(Error::AlreadyInitialized {
             location: store.location().into(),
         });
     }
-    validate_chunker(&chunker)?;
+    validate_chunker(&opts.chunker)?;
+    if !(1..=19).contains(&opts.compression_level) {
+        return Err(Error::Invalid(format!("compression level must be 1 to 19, got {}", opts.compression_level)));
+    }
+    if !(1 << 20..=1 << 30).contains(&opts.pack_size) {
+        return Err(Error::Invalid(format!("pack size must be 1 MiB to 1 GiB, got {}", opts.pack_size)));
+    }
     let master = MasterKey::generate();
-    let config = Config::new(chunker);
+    let config = Config {
+        version: CONFIG_VERSION,
+        id: Id::random(),
+        chunker: opts.chunker,
+        pack_size: opts.pack_size,
+        compression_level: opts.compression_level,
+    };
     let (id, body) = wrap(&master, password)?;
     store.put_new(&layout::of(layout::KEYS, &id), Bytes::from(body)).await?;
     let sealed = master.cipher().seal_object("config", &serde_json::to_vec(&config).expect("serializable"));

@@ -30,7 +30,7 @@ pub use check::CheckReport;
 pub use chunker::Chunker;
 pub use error::{Error, Result};
 pub use id::Id;
-pub use keys::{ChunkerParams, Config, KeySlot};
+pub use keys::{ChunkerParams, Config, InitOptions, KeySlot};
 pub use progress::{Counters, NoProgress, Progress};
 pub use prune::{PruneOptions, PruneReport};
 pub use snapshot::{FileEntry, Snapshot, Totals};
@@ -69,17 +69,17 @@ impl Repository {
     fn new(store: Store, master: MasterKey, config: Config) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Repository {
+            uploaders: store.default_uploads(),
             store,
             cipher: master.cipher(),
             master,
             config,
             workers: cores,
-            uploaders: 2,
         }
     }
 
-    pub async fn init(store: Store, password: &[u8], chunker: ChunkerParams) -> Result<Self> {
-        let (master, config) = keys::init(&store, password, chunker).await?;
+    pub async fn init(store: Store, password: &[u8], opts: InitOptions) -> Result<Self> {
+        let (master, config) = keys::init(&store, password, opts).await?;
         Ok(Self::new(store, master, config))
     }
 

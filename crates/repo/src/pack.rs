@@ -1,13 +1,16 @@
-//! Blobs and packs.
+//! Frames and packs.
 //!
-//! A blob is one chunk, sealed: `nonce || AEAD(codec || payload) || tag`
-//! with the chunk id as associated data, so a blob cannot be passed off as
-//! another chunk. `codec` is 0 for stored, 1 for zstd.
+//! A frame holds one or more consecutive new chunks of a stream, compressed
+//! together (so zstd sees up to a MiB of context even though chunks are a
+//! few KiB, which keeps deduplication fine-grained) and sealed as one:
+//! `nonce || AEAD(codec || payload) || tag`. `codec` is 0 for stored, 1 for
+//! zstd. Each chunk is addressed by its frame and its offset inside the
+//! frame's plaintext, and verified after decryption by its keyed hash.
 //!
-//! A pack is blobs back to back, then a sealed header listing them, then the
-//! header's length as a little-endian u32. Packs are named by the BLAKE3 hash
-//! of their bytes. The header makes every pack self-describing, so `check`
-//! can compare packs against the index and an index can be rebuilt.
+//! A pack is frames back to back, then a sealed header listing every chunk,
+//! then the header's length as a little-endian u32. Packs are named by the
+//! BLAKE3 hash of their bytes. The header makes every pack self-describing,
+//! so `check` can compare packs against the index and an index can be rebuilt.
 
 use bytes::Bytes;
 
@@ -17,54 +20,106 @@ use crate::id::Id;
 
 const CODEC_STORED: u8 = 0;
 const CODEC_ZSTD: u8 = 1;
-const ENTRY_LEN: usize = 32 + 4 + 4 + 4;
+const ENTRY_LEN: usize = 32 + 4 * 4;
+const FRAME_AAD: &[u8] = b"strongbox frame";
+/// Refuse to inflate a frame beyond this (a damaged header must not
+/// allocate without bound).
+const MAX_FRAME: u64 = 64 << 20;
 
-/// Where a blob sits in its pack.
+/// Where a chunk sits: its frame in the pack, and its bytes in the frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlobEntry {
     pub id: Id,
+    /// The frame's position and sealed length in the pack.
     pub offset: u32,
     pub length: u32,
+    /// The chunk's position and length in the frame's plaintext.
+    pub start: u32,
     pub raw_len: u32,
 }
 
-/// Compresses (where it pays) and seals one chunk. `scratch` is reused
-/// between calls to avoid an allocation per chunk.
-pub fn seal_blob(cipher: &Cipher, id: &Id, data: &[u8], zstd: &mut zstd::bulk::Compressor<'_>, scratch: &mut Vec<u8>) -> Vec<u8> {
-    scratch.clear();
-    scratch.reserve(zstd::zstd_safe::compress_bound(data.len()));
-    let compressed = zstd.compress_to_buffer(data, scratch).is_ok() && scratch.len() + 64 < data.len();
-    let (codec, payload) = if compressed {
-        (CODEC_ZSTD, &scratch[..])
-    } else {
-        (CODEC_STORED, data)
-    };
-    let mut out = Vec::with_capacity(NONCE_LEN + 1 + payload.len() + crate::crypto::TAG_LEN);
-    out.resize(NONCE_LEN, 0);
-    out.push(codec);
-    out.extend_from_slice(payload);
-    cipher.seal_in_place(&mut out, &id.0);
-    out
+/// A sealed frame and the chunks in it (`offset`/`length` still to be set
+/// by the pack it goes into).
+pub struct Frame {
+    pub sealed: Vec<u8>,
+    pub chunks: Vec<BlobEntry>,
 }
 
-/// Opens a blob and checks that its content hashes to `id`.
-pub fn open_blob(cipher: &Cipher, id: &Id, raw_len: u32, sealed: &[u8], pack: &Id) -> Result<Vec<u8>> {
-    let object = format!("chunk {id} in pack {pack}");
-    let plain = cipher.open(sealed, &id.0, &object)?;
-    let data = match plain.split_first() {
-        Some((&CODEC_STORED, rest)) => rest.to_vec(),
-        Some((&CODEC_ZSTD, rest)) => zstd::bulk::decompress(rest, raw_len as usize)
-            .map_err(|e| Error::corrupt(&object, format!("decompression failed: {e}")))?,
-        Some((codec, _)) => return Err(Error::corrupt(&object, format!("unknown codec {codec}"))),
-        None => return Err(Error::corrupt(&object, "empty blob")),
-    };
-    if data.len() != raw_len as usize || cipher.chunk_id(&data) != *id {
-        return Err(Error::corrupt(&object, "content does not match its id"));
+/// Compresses (where it pays) and seals chunks as frames. Owns its zstd
+/// context and buffers so that the hot path does not allocate them per frame.
+pub struct FrameSealer {
+    zstd: zstd::bulk::Compressor<'static>,
+    plain: Vec<u8>,
+    compressed: Vec<u8>,
+}
+
+impl FrameSealer {
+    pub fn new(level: i32) -> Self {
+        FrameSealer {
+            zstd: zstd::bulk::Compressor::new(level).expect("valid zstd level"),
+            plain: Vec::new(),
+            compressed: Vec::new(),
+        }
+    }
+
+    pub fn seal(&mut self, cipher: &Cipher, chunks: &[(Id, &[u8])]) -> Frame {
+        self.plain.clear();
+        let mut entries = Vec::with_capacity(chunks.len());
+        for (id, d) in chunks {
+            entries.push(BlobEntry {
+                id: *id,
+                offset: 0,
+                length: 0,
+                start: self.plain.len() as u32,
+                raw_len: d.len() as u32,
+            });
+            self.plain.extend_from_slice(d);
+        }
+        let raw = self.plain.len();
+        self.compressed.clear();
+        self.compressed.reserve(zstd::zstd_safe::compress_bound(raw));
+        let compressed = self.zstd.compress_to_buffer(&self.plain, &mut self.compressed).is_ok() && self.compressed.len() + 64 < raw;
+        let (codec, payload) = if compressed { (CODEC_ZSTD, &self.compressed[..]) } else { (CODEC_STORED, &self.plain[..]) };
+        let mut sealed = Vec::with_capacity(NONCE_LEN + 1 + payload.len() + crate::crypto::TAG_LEN);
+        sealed.resize(NONCE_LEN, 0);
+        sealed.push(codec);
+        sealed.extend_from_slice(payload);
+        cipher.seal_in_place(&mut sealed, FRAME_AAD);
+        Frame { sealed, chunks: entries }
+    }
+}
+
+/// Decrypts and decompresses a frame.
+pub fn open_frame(cipher: &Cipher, sealed: &[u8], pack: &Id, offset: u32) -> Result<Vec<u8>> {
+    let object = format!("frame at {offset} in pack {pack}");
+    let plain = cipher.open(sealed, FRAME_AAD, &object)?;
+    match plain.split_first() {
+        Some((&CODEC_STORED, rest)) => Ok(rest.to_vec()),
+        Some((&CODEC_ZSTD, rest)) => {
+            let size = zstd::zstd_safe::get_frame_content_size(rest)
+                .ok()
+                .flatten()
+                .filter(|&n| n <= MAX_FRAME)
+                .ok_or_else(|| Error::corrupt(&object, "bad compressed frame header"))?;
+            zstd::bulk::decompress(rest, size as usize).map_err(|e| Error::corrupt(&object, format!("decompression failed: {e}")))
+        }
+        Some((codec, _)) => Err(Error::corrupt(&object, format!("unknown codec {codec}"))),
+        None => Err(Error::corrupt(&object, "empty frame")),
+    }
+}
+
+/// A chunk's bytes from its opened frame, checked against its id.
+pub fn chunk_in<'a>(cipher: &Cipher, frame: &'a [u8], e: &BlobEntry, pack: &Id) -> Result<&'a [u8]> {
+    let data = frame
+        .get(e.start as usize..e.start as usize + e.raw_len as usize)
+        .ok_or_else(|| Error::corrupt(format!("chunk {} in pack {pack}", e.id), "lies outside its frame"))?;
+    if cipher.chunk_id(data) != e.id {
+        return Err(Error::corrupt(format!("chunk {} in pack {pack}", e.id), "content does not match its id"));
     }
     Ok(data)
 }
 
-/// Accumulates sealed blobs into one pack.
+/// Accumulates frames into one pack.
 #[derive(Default)]
 pub struct PackBuilder {
     buf: Vec<u8>,
@@ -78,13 +133,16 @@ pub struct FinishedPack {
 }
 
 impl PackBuilder {
-    pub fn add(&mut self, id: Id, sealed: &[u8], raw_len: u32) {
-        self.entries.push(BlobEntry {
-            id,
-            offset: self.buf.len() as u32,
-            length: sealed.len() as u32,
-            raw_len,
-        });
+    /// A builder writing into `buf` (cleared).
+    pub fn with_buffer(mut buf: Vec<u8>) -> Self {
+        buf.clear();
+        PackBuilder { buf, entries: Vec::new() }
+    }
+
+    /// Appends a sealed frame holding `chunks` (positions within the frame).
+    pub fn add_frame(&mut self, sealed: &[u8], chunks: impl IntoIterator<Item = BlobEntry>) {
+        let (offset, length) = (self.buf.len() as u32, sealed.len() as u32);
+        self.entries.extend(chunks.into_iter().map(|c| BlobEntry { offset, length, ..c }));
         self.buf.extend_from_slice(sealed);
     }
 
@@ -116,6 +174,7 @@ pub fn encode_entries(entries: &[BlobEntry]) -> Vec<u8> {
         out.extend_from_slice(&e.id.0);
         out.extend_from_slice(&e.offset.to_le_bytes());
         out.extend_from_slice(&e.length.to_le_bytes());
+        out.extend_from_slice(&e.start.to_le_bytes());
         out.extend_from_slice(&e.raw_len.to_le_bytes());
     }
     out
@@ -135,6 +194,7 @@ pub fn decode_entries(input: &mut &[u8], object: &dyn std::fmt::Display) -> Resu
             id,
             offset: take_u32(input, object)?,
             length: take_u32(input, object)?,
+            start: take_u32(input, object)?,
             raw_len: take_u32(input, object)?,
         });
     }
@@ -175,62 +235,63 @@ mod tests {
     use crate::crypto::MasterKey;
     use proptest::prelude::*;
 
+    fn pack_of(cipher: &Cipher, frames: &[Vec<Vec<u8>>]) -> FinishedPack {
+        let mut sealer = FrameSealer::new(1);
+        let mut b = PackBuilder::default();
+        for f in frames {
+            let chunks: Vec<(Id, &[u8])> = f.iter().map(|c| (cipher.chunk_id(c), &c[..])).collect();
+            let frame = sealer.seal(cipher, &chunks);
+            b.add_frame(&frame.sealed, frame.chunks);
+        }
+        b.finish(cipher)
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(32))]
         #[test]
-        fn pack_round_trip(chunks in proptest::collection::vec(proptest::collection::vec(0u8..4, 0..5000), 1..20)) {
+        fn pack_round_trip(frames in proptest::collection::vec(proptest::collection::vec(proptest::collection::vec(0u8..4, 0..3000), 1..6), 1..8)) {
             let cipher = MasterKey::generate().cipher();
-            let mut z = zstd::bulk::Compressor::new(1).unwrap();
-            let mut scratch = Vec::new();
-            let mut b = PackBuilder::default();
-            let mut ids = Vec::new();
-            for c in &chunks {
-                let id = cipher.chunk_id(c);
-                b.add(id, &seal_blob(&cipher, &id, c, &mut z, &mut scratch), c.len() as u32);
-                ids.push(id);
-            }
-            let p = b.finish(&cipher);
+            let p = pack_of(&cipher, &frames);
             prop_assert_eq!(p.id, Id::of_content(&p.data));
             let entries = read_header(&cipher, &p.id, &p.data).unwrap();
             prop_assert_eq!(&entries, &p.entries);
-            for (e, c) in entries.iter().zip(&chunks) {
-                let blob = &p.data[e.offset as usize..(e.offset + e.length) as usize];
-                prop_assert_eq!(&open_blob(&cipher, &e.id, e.raw_len, blob, &p.id).unwrap(), c);
+            let chunks: Vec<&Vec<u8>> = frames.iter().flatten().collect();
+            prop_assert_eq!(entries.len(), chunks.len());
+            for (e, c) in entries.iter().zip(chunks) {
+                let sealed = &p.data[e.offset as usize..(e.offset + e.length) as usize];
+                let frame = open_frame(&cipher, sealed, &p.id, e.offset).unwrap();
+                prop_assert_eq!(chunk_in(&cipher, &frame, e, &p.id).unwrap(), &c[..]);
             }
         }
     }
 
     #[test]
-    fn tampered_blob_and_truncated_pack_are_named_errors() {
+    fn tampered_frame_and_truncated_pack_are_named_errors() {
         let cipher = MasterKey::generate().cipher();
-        let mut z = zstd::bulk::Compressor::new(1).unwrap();
         let data = b"hello hello hello hello".repeat(100);
-        let id = cipher.chunk_id(&data);
-        let mut sealed = seal_blob(&cipher, &id, &data, &mut z, &mut Vec::new());
-        assert!(sealed.len() < data.len(), "compressible data is compressed");
+        let p = pack_of(&cipher, &[vec![data.clone()]]);
+        assert!(p.data.len() < data.len(), "compressible data is compressed");
+        let e = p.entries[0];
+        let mut sealed = p.data[e.offset as usize..(e.offset + e.length) as usize].to_vec();
         sealed[30] ^= 1;
-        let err = open_blob(&cipher, &id, data.len() as u32, &sealed, &Id::default()).unwrap_err();
-        assert!(err.to_string().contains(&id.to_hex()), "{err}");
-
-        let mut b = PackBuilder::default();
-        b.add(id, &seal_blob(&cipher, &id, &data, &mut z, &mut Vec::new()), data.len() as u32);
-        let p = b.finish(&cipher);
+        let err = open_frame(&cipher, &sealed, &p.id, e.offset).unwrap_err();
+        assert!(err.to_string().contains(&p.id.to_hex()), "{err}");
         let err = read_header(&cipher, &p.id, &p.data[..p.data.len() / 2]).unwrap_err();
         assert!(err.to_string().contains(&p.id.to_hex()), "{err}");
         // Another repository's key cannot open it.
-        let other = MasterKey::generate().cipher();
-        assert!(read_header(&other, &p.id, &p.data).is_err());
+        assert!(read_header(&MasterKey::generate().cipher(), &p.id, &p.data).is_err());
+        // A chunk whose bytes do not hash to its id is refused.
+        let frame = open_frame(&cipher, &p.data[e.offset as usize..(e.offset + e.length) as usize], &p.id, 0).unwrap();
+        let wrong = BlobEntry { id: Id::random(), ..e };
+        assert!(chunk_in(&cipher, &frame, &wrong, &p.id).is_err());
     }
 
     #[test]
     fn incompressible_data_is_stored() {
         let cipher = MasterKey::generate().cipher();
-        let mut z = zstd::bulk::Compressor::new(1).unwrap();
         let mut data = vec![0u8; 10_000];
         rand::fill(&mut data[..]);
-        let id = cipher.chunk_id(&data);
-        let sealed = seal_blob(&cipher, &id, &data, &mut z, &mut Vec::new());
-        assert_eq!(sealed.len(), data.len() + 1 + crate::crypto::OVERHEAD);
-        assert_eq!(open_blob(&cipher, &id, 10_000, &sealed, &Id::default()).unwrap(), data);
+        let p = pack_of(&cipher, &[vec![data.clone()]]);
+        assert_eq!(p.entries[0].length as usize, data.len() + 1 + crate::crypto::OVERHEAD);
     }
 }

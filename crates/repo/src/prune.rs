@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::id::{Id, IdSet};
 use crate::index::{self, Index, PackIndex};
 use crate::lock::{self, Lock, LockKind};
-use crate::pack::PackBuilder;
+use crate::pack::{BlobEntry, PackBuilder};
 use crate::snapshot;
 use crate::storage::{Store, layout};
 
@@ -146,17 +146,31 @@ async fn plan(store: &Store, cipher: &Cipher, pack_size: usize, opts: &PruneOpti
     let mut repack = PackBuilder::default();
     for p in index.packs().iter().filter(|p| !p.condemned) {
         let live: Vec<_> = p.blobs.iter().filter(|b| wanted.contains(&b.id) && kept.insert(b.id)).collect();
-        let live_bytes: u64 = live.iter().map(|b| u64::from(b.length)).sum();
-        let all_bytes: u64 = p.blobs.iter().map(|b| u64::from(b.length)).sum();
+        // Frames are the unit of storage: a frame with one live chunk is live.
+        let frame_bytes = |blobs: &mut dyn Iterator<Item = &BlobEntry>| {
+            let frames: std::collections::BTreeMap<u32, u32> = blobs.map(|b| (b.offset, b.length)).collect();
+            frames.values().map(|&l| u64::from(l)).sum::<u64>()
+        };
+        let live_bytes = frame_bytes(&mut live.iter().copied());
+        let all_bytes = frame_bytes(&mut p.blobs.iter());
         if live.is_empty() {
             doomed.push(p.id);
         } else if (live_bytes as f64) < opts.repack_below * all_bytes as f64 {
+            // Frames move whole (they are sealed as a unit), carrying only
+            // the entries of their live chunks.
             let data = store.get(&layout::pack(&p.id)).await?;
+            let mut frames: Vec<(u32, u32, Vec<BlobEntry>)> = Vec::new();
             for b in live {
-                let blob = data
-                    .get(b.offset as usize..(b.offset + b.length) as usize)
+                match frames.last_mut() {
+                    Some((offset, _, chunks)) if *offset == b.offset => chunks.push(*b),
+                    _ => frames.push((b.offset, b.length, vec![*b])),
+                }
+            }
+            for (offset, length, chunks) in frames {
+                let sealed = data
+                    .get(offset as usize..(offset + length) as usize)
                     .ok_or_else(|| Error::corrupt(format!("pack {}", p.id), "shorter than its index says"))?;
-                repack.add(b.id, blob, b.raw_len);
+                repack.add_frame(sealed, chunks);
                 if repack.len() >= pack_size {
                     upload(store, cipher, std::mem::take(&mut repack)).await?;
                 }

@@ -1,7 +1,7 @@
-//! Restore: chunks are fetched as ranges of their packs (adjacent chunks
-//! coalesced into one request), opened and verified (AEAD tag, then the
-//! keyed hash of the plaintext against the chunk id) on blocking threads,
-//! several ranges in flight at once.
+//! Restore: chunks are fetched as ranges of their packs (adjacent frames
+//! coalesced into one request); each frame is opened once (AEAD tag,
+//! decompression) and each chunk verified against its keyed hash, on
+//! blocking threads, several ranges in flight at once.
 
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -13,7 +13,7 @@ use crate::crypto::Cipher;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{Index, Location};
-use crate::pack::open_blob;
+use crate::pack::{BlobEntry, chunk_in, open_frame};
 use crate::progress::Progress;
 use crate::snapshot::FileEntry;
 use crate::storage::{Store, layout};
@@ -41,6 +41,8 @@ fn segments(index: &Index, file: &FileEntry) -> Result<Vec<Segment>> {
         })?;
         let (start, end) = (u64::from(loc.offset), u64::from(loc.offset) + u64::from(loc.length));
         match out.last_mut() {
+            // Another chunk of a frame this segment already fetches.
+            Some(s) if s.pack == pack.id && start >= s.start && end <= s.end => s.chunks.push((*id, loc, file_offset)),
             Some(s) if s.pack == pack.id && start >= s.end && start - s.end <= MAX_GAP && end - s.start <= MAX_RANGE => {
                 s.end = end;
                 s.chunks.push((*id, loc, file_offset));
@@ -68,14 +70,26 @@ async fn fetch(store: &Store, cipher: &Cipher, seg: Segment) -> Result<Vec<(u64,
     let data = store.get_range(&layout::pack(&seg.pack), seg.start..seg.end).await?;
     let cipher = cipher.clone();
     tokio::task::spawn_blocking(move || {
+        let mut frame: Option<(u32, Vec<u8>)> = None;
         seg.chunks
             .iter()
             .map(|(id, loc, at)| {
-                let from = (u64::from(loc.offset) - seg.start) as usize;
-                let blob = data.get(from..from + loc.length as usize).ok_or_else(|| {
-                    Error::corrupt(format!("pack {}", seg.pack), "shorter than its index says")
-                })?;
-                Ok((*at, open_blob(&cipher, id, loc.raw_len, blob, &seg.pack)?))
+                if frame.as_ref().is_none_or(|(offset, _)| *offset != loc.offset) {
+                    let from = (u64::from(loc.offset) - seg.start) as usize;
+                    let sealed = data.get(from..from + loc.length as usize).ok_or_else(|| {
+                        Error::corrupt(format!("pack {}", seg.pack), "shorter than its index says")
+                    })?;
+                    frame = Some((loc.offset, open_frame(&cipher, sealed, &seg.pack, loc.offset)?));
+                }
+                let (_, plain) = frame.as_ref().expect("just opened");
+                let entry = BlobEntry {
+                    id: *id,
+                    offset: loc.offset,
+                    length: loc.length,
+                    start: loc.start,
+                    raw_len: loc.raw_len,
+                };
+                Ok((*at, chunk_in(&cipher, plain, &entry, &seg.pack)?.to_vec()))
             })
             .collect()
     })

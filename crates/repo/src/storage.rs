@@ -121,6 +121,12 @@ impl Store {
         &self.location
     }
 
+    /// Pack uploads worth running at once: one keeps a local disk busy;
+    /// a network store hides its latency behind a second.
+    pub fn default_uploads(&self) -> usize {
+        if self.location.starts_with("s3://") { 2 } else { 1 }
+    }
+
     /// Creates `path` with `data`. Returns false when it already existed
     /// (which for id-named objects means the same content is there).
     pub async fn put_new(&self, path: &Path, data: Bytes) -> Result<bool> {

@@ -18,7 +18,21 @@ enum Command {
     Repo(repo_cmd::RepoArgs),
 }
 
+/// Pins glibc's mmap threshold at 2 MiB. By default glibc raises the
+/// threshold to the size of the largest block freed (a 16 MiB pack), after
+/// which the ~1 MiB read blocks and frames of a backup come from the heap
+/// and fragment it: peak RSS of a 1 GiB backup fell from 80 MB to 49 MB
+/// with this, at unchanged speed (README "Memory").
+fn tune_allocator() {
+    // SAFETY: mallopt only sets a malloc tuning parameter; it is called
+    // before any other thread exists, with a valid option and value.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 2 << 20);
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("STRONGBOX_LOG"))
         .with_writer(std::io::stderr)

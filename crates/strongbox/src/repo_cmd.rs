@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use strongbox_repo::{BackupOptions, ChunkerParams, Id, NoProgress, PruneOptions, Repository, Source, Store};
+use strongbox_repo::{BackupOptions, ChunkerParams, Id, InitOptions, NoProgress, PruneOptions, Repository, Source, Store};
 
 use crate::bar::Bar;
 
@@ -36,6 +36,12 @@ enum Verb {
         /// Chunk size bounds in bytes, `MIN,AVG,MAX`.
         #[arg(long, value_parser = parse_chunker)]
         chunker: Option<ChunkerParams>,
+        /// zstd level for new data (1-19).
+        #[arg(long)]
+        compression_level: Option<i32>,
+        /// Target pack size in MiB.
+        #[arg(long)]
+        pack_size_mib: Option<u32>,
     },
     /// Back up files (or `-` for stdin) as one snapshot.
     Backup {
@@ -147,8 +153,19 @@ pub async fn run(args: RepoArgs) -> Result<ExitCode> {
         .clone()
         .context("no repository given: pass --repo LOCATION or set STRONGBOX_REPO")?;
     let store = Store::open(&location)?;
-    if let Verb::Init { chunker } = &args.verb {
-        let repo = Repository::init(store, &password(&args, true)?, chunker.unwrap_or_default()).await?;
+    if let Verb::Init {
+        chunker,
+        compression_level,
+        pack_size_mib,
+    } = &args.verb
+    {
+        let d = InitOptions::default();
+        let opts = InitOptions {
+            chunker: chunker.unwrap_or(d.chunker),
+            compression_level: compression_level.unwrap_or(d.compression_level),
+            pack_size: pack_size_mib.map_or(d.pack_size, |m| m.saturating_mul(1 << 20)),
+        };
+        let repo = Repository::init(store, &password(&args, true)?, opts).await?;
         println!("created repository {} at {location}", repo.config().id);
         return Ok(ExitCode::SUCCESS);
     }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use strongbox_repo::{ChunkerParams, NoProgress, Repository, S3Config, Source, Store};
+use strongbox_repo::{ChunkerParams, InitOptions, NoProgress, Repository, S3Config, Source, Store};
 
 pub const PASSWORD: &[u8] = b"correct horse battery staple";
 
@@ -106,7 +106,16 @@ pub fn small_chunks() -> ChunkerParams {
 }
 
 pub async fn new_repo(store: Store) -> Repository {
-    Repository::init(store, PASSWORD, small_chunks()).await.unwrap()
+    Repository::init(
+        store,
+        PASSWORD,
+        InitOptions {
+            chunker: small_chunks(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
 }
 
 pub async fn backup(repo: &Repository, files: &[(&str, &[u8])]) -> strongbox_repo::Snapshot {
