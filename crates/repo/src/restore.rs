@@ -65,43 +65,51 @@ fn segments(index: &Index, file: &FileEntry) -> Result<Vec<Segment>> {
     Ok(out)
 }
 
-/// Fetches a segment and returns its chunks' plaintexts with file offsets.
-async fn fetch(store: &Store, cipher: &Cipher, seg: Segment) -> Result<Vec<(u64, Vec<u8>)>> {
+/// Opens each frame of a fetched segment once and hands every chunk,
+/// verified, to `sink` with its file offset.
+fn decode(cipher: &Cipher, seg: &Segment, data: &[u8], mut sink: impl FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
+    let mut frame: Option<(u32, Vec<u8>)> = None;
+    for (id, loc, at) in &seg.chunks {
+        if frame.as_ref().is_none_or(|(offset, _)| *offset != loc.offset) {
+            let from = (u64::from(loc.offset) - seg.start) as usize;
+            let sealed = data
+                .get(from..from + loc.length as usize)
+                .ok_or_else(|| Error::corrupt(format!("pack {}", seg.pack), "shorter than its index says"))?;
+            frame = Some((loc.offset, open_frame(cipher, sealed, &seg.pack, loc.offset)?));
+        }
+        let (_, plain) = frame.as_ref().expect("just opened");
+        let entry = BlobEntry {
+            id: *id,
+            offset: loc.offset,
+            length: loc.length,
+            start: loc.start,
+            raw_len: loc.raw_len,
+        };
+        sink(*at, chunk_in(cipher, plain, &entry, &seg.pack)?)?;
+    }
+    Ok(())
+}
+
+/// Fetches a segment, then runs `work` on it on a blocking thread.
+async fn fetch<T: Send + 'static>(
+    store: &Store,
+    cipher: &Cipher,
+    seg: Segment,
+    work: impl FnOnce(&Cipher, &Segment, &[u8]) -> Result<T> + Send + 'static,
+) -> Result<T> {
     let data = store.get_range(&layout::pack(&seg.pack), seg.start..seg.end).await?;
     let cipher = cipher.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut frame: Option<(u32, Vec<u8>)> = None;
-        seg.chunks
-            .iter()
-            .map(|(id, loc, at)| {
-                if frame.as_ref().is_none_or(|(offset, _)| *offset != loc.offset) {
-                    let from = (u64::from(loc.offset) - seg.start) as usize;
-                    let sealed = data.get(from..from + loc.length as usize).ok_or_else(|| {
-                        Error::corrupt(format!("pack {}", seg.pack), "shorter than its index says")
-                    })?;
-                    frame = Some((loc.offset, open_frame(&cipher, sealed, &seg.pack, loc.offset)?));
-                }
-                let (_, plain) = frame.as_ref().expect("just opened");
-                let entry = BlobEntry {
-                    id: *id,
-                    offset: loc.offset,
-                    length: loc.length,
-                    start: loc.start,
-                    raw_len: loc.raw_len,
-                };
-                Ok((*at, chunk_in(&cipher, plain, &entry, &seg.pack)?.to_vec()))
-            })
-            .collect()
-    })
-    .await
-    .expect("restore worker panicked")
+    tokio::task::spawn_blocking(move || work(&cipher, &seg, &data))
+        .await
+        .expect("restore worker panicked")
 }
 
 fn parallelism() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
 }
 
-/// Restores one file to `dest`, writing chunks at their offsets as they arrive.
+/// Restores one file to `dest`, each segment written at its offsets by the
+/// thread that decoded it. Durability (fsync) is the caller's choice.
 pub async fn to_path(store: &Store, cipher: &Cipher, index: &Index, file: &FileEntry, dest: &std::path::Path, progress: &dyn Progress) -> Result<()> {
     let segs = segments(index, file)?;
     progress.start(&file.name, Some(file.size));
@@ -109,26 +117,23 @@ pub async fn to_path(store: &Store, cipher: &Cipher, index: &Index, file: &FileE
     out.set_len(file.size).map_err(|e| Error::io(dest.display(), e))?;
     let out = Arc::new(out);
     futures::stream::iter(segs)
-        .map(|seg| fetch(store, cipher, seg))
-        .buffer_unordered(parallelism())
-        .try_for_each(|chunks| {
+        .map(|seg| {
             let out = out.clone();
-            async move {
-                let bytes: u64 = chunks.iter().map(|(_, d)| d.len() as u64).sum();
-                tokio::task::spawn_blocking(move || {
-                    for (at, data) in chunks {
-                        out.write_all_at(&data, at).map_err(|e| Error::io("restore target", e))?;
-                    }
-                    Ok::<_, Error>(())
-                })
-                .await
-                .expect("writer panicked")?;
-                progress.advance(bytes, 0);
-                Ok(())
-            }
+            fetch(store, cipher, seg, move |cipher, seg, data| {
+                let mut bytes = 0u64;
+                decode(cipher, seg, data, |at, chunk| {
+                    bytes += chunk.len() as u64;
+                    out.write_all_at(chunk, at).map_err(|e| Error::io("restore target", e))
+                })?;
+                Ok(bytes)
+            })
         })
-        .await?;
-    out.sync_all().map_err(|e| Error::io(dest.display(), e))
+        .buffer_unordered(parallelism())
+        .try_for_each(|bytes| {
+            progress.advance(bytes, 0);
+            futures::future::ready(Ok(()))
+        })
+        .await
 }
 
 /// Restores one file as an ordered stream (for stdout or a pipe).
@@ -136,13 +141,20 @@ pub async fn to_writer(store: &Store, cipher: &Cipher, index: &Index, file: &Fil
     let segs = segments(index, file)?;
     progress.start(&file.name, Some(file.size));
     let mut stream = futures::stream::iter(segs)
-        .map(|seg| fetch(store, cipher, seg))
+        .map(|seg| {
+            fetch(store, cipher, seg, |cipher, seg, data| {
+                let mut plain = Vec::new();
+                decode(cipher, seg, data, |_, chunk| {
+                    plain.extend_from_slice(chunk);
+                    Ok(())
+                })?;
+                Ok(plain)
+            })
+        })
         .buffered(parallelism());
-    while let Some(chunks) = stream.try_next().await? {
-        for (_, data) in chunks {
-            w.write_all(&data).map_err(|e| Error::io("restore output", e))?;
-            progress.advance(data.len() as u64, 0);
-        }
+    while let Some(plain) = stream.try_next().await? {
+        w.write_all(&plain).map_err(|e| Error::io("restore output", e))?;
+        progress.advance(plain.len() as u64, 0);
     }
     w.flush().map_err(|e| Error::io("restore output", e))
 }

@@ -1,0 +1,62 @@
+//! Key slots: any slot's password opens the repository; a wrong one is a
+//! clear error; the last slot cannot be removed.
+
+mod common;
+
+use common::*;
+use strongbox_repo::{Error, InitOptions, Repository, Store};
+
+#[tokio::test]
+async fn key_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = || Store::local(dir.path()).unwrap();
+    let repo = new_repo(store()).await;
+    let snap = backup(&repo, &[("f", b"some bytes")]).await;
+
+    match Repository::open(store(), b"wrong").await {
+        Err(Error::WrongPassword { slots: 1 }) => {}
+        other => panic!("expected WrongPassword, got {:?}", other.err()),
+    }
+    let second = repo.add_key(b"second password").await.unwrap();
+    let other = Repository::open(store(), b"second password").await.unwrap();
+    assert_eq!(restore(&other, &snap, "f").await, b"some bytes");
+    assert_eq!(repo.list_keys().await.unwrap().len(), 2);
+
+    let first = repo.list_keys().await.unwrap().into_iter().find(|k| k.id != second).unwrap().id;
+    repo.remove_key(&first).await.unwrap();
+    assert!(matches!(Repository::open(store(), PASSWORD).await, Err(Error::WrongPassword { .. })));
+    assert!(Repository::open(store(), b"second password").await.is_ok());
+    let err = repo.remove_key(&second).await.unwrap_err();
+    assert!(err.to_string().contains("only key slot"), "{err}");
+
+    // Neither the password nor the master key is stored in clear.
+    for e in std::fs::read_dir(dir.path().join("keys")).unwrap() {
+        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        assert!(!text.contains("second password"));
+    }
+}
+
+#[tokio::test]
+async fn init_refuses_an_existing_repository_and_bad_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    new_repo(Store::local(dir.path()).unwrap()).await;
+    let again = Repository::init(Store::local(dir.path()).unwrap(), PASSWORD, InitOptions::default()).await;
+    assert!(matches!(again, Err(Error::AlreadyInitialized { .. })));
+
+    let empty = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        Repository::open(Store::local(empty.path()).unwrap(), PASSWORD).await,
+        Err(Error::NotARepository { .. })
+    ));
+    let bad = InitOptions {
+        compression_level: 40,
+        ..Default::default()
+    };
+    assert!(matches!(Repository::init(Store::local(empty.path()).unwrap(), PASSWORD, bad).await, Err(Error::Invalid(_))));
+    let bad = InitOptions {
+        chunker: strongbox_repo::ChunkerParams { min: 8192, avg: 4096, max: 65536 },
+        ..Default::default()
+    };
+    assert!(matches!(Repository::init(Store::local(empty.path()).unwrap(), PASSWORD, bad).await, Err(Error::Invalid(_))));
+    assert!(matches!(Repository::init(Store::local(empty.path()).unwrap(), b"", InitOptions::default()).await, Err(Error::Invalid(_))));
+}

@@ -1,0 +1,156 @@
+//! forget + prune: space comes back, kept snapshots stay whole, and a
+//! backup in flight during a prune loses nothing.
+
+mod common;
+
+use std::io::Read;
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use common::*;
+use strongbox_repo::{NoProgress, PruneOptions, Repository, Source, Store};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_then_prune_reclaims_space_and_keeps_the_rest() {
+    for b in Backend::all().await {
+        let repo = new_repo(b.store()).await;
+        let shared = data(300_000, 9);
+        let a = backup(&repo, &[("a", &data(1_000_000, 1)), ("shared", &shared)]).await;
+        let keep = backup(&repo, &[("b", &data(1_000_000, 2)), ("shared", &shared)]).await;
+        let before = repo.stats().await.unwrap();
+        repo.forget(&[a.id]).await.unwrap();
+        let report = repo.prune(&PruneOptions::default()).await.unwrap();
+        assert_eq!(report.plans_waiting, 0, "{}: {report:?}", b.name());
+        assert!(report.packs_deleted > 0, "{}: {report:?}", b.name());
+        let after = repo.stats().await.unwrap();
+        assert!(after.stored_bytes < before.stored_bytes * 3 / 4, "{}: {before:?} -> {after:?}", b.name());
+        assert_eq!(restore(&repo, &keep, "shared").await, shared);
+        assert_eq!(restore(&repo, &keep, "b").await, data(1_000_000, 2));
+        let check = repo.check(true).await.unwrap();
+        assert!(check.is_ok(), "{}: {:?}", b.name(), check.errors);
+        assert!(check.warnings.is_empty(), "{}: {:?}", b.name(), check.warnings);
+        // Per-pack index objects were merged.
+        assert_eq!(repo.store().list("index").await.unwrap().len(), 1, "{}", b.name());
+        // Nothing left to do.
+        let again = repo.prune(&PruneOptions::default()).await.unwrap();
+        assert_eq!((again.packs_condemned, again.packs_deleted), (0, 0), "{}: {again:?}", b.name());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repack_moves_live_chunks_out_of_mostly_empty_packs() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = new_repo(Store::local(dir.path()).unwrap()).await;
+    // One backup of two files: they share packs.
+    let small = data(100_000, 5);
+    let snap = backup(&repo, &[("big", &data(2_000_000, 4)), ("small", &small)]).await;
+    let keep = backup(&repo, &[("small", &small)]).await;
+    repo.forget(&[snap.id]).await.unwrap();
+    let report = repo.prune(&PruneOptions { repack_below: 0.5 }).await.unwrap();
+    assert!(report.packs_repacked >= 1, "{report:?}");
+    assert_eq!(restore(&repo, &keep, "small").await, small);
+    let stats = repo.stats().await.unwrap();
+    assert!(stats.stored_bytes < 200_000, "{stats:?}");
+    assert!(repo.check(true).await.unwrap().is_ok());
+}
+
+/// A reader that hands out `data` only after `go` fires, so a backup can
+/// be held in flight (lock taken, index loaded) while prune runs.
+struct Gate {
+    go: Option<mpsc::Receiver<()>>,
+    data: std::io::Cursor<Vec<u8>>,
+}
+
+impl Read for Gate {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(go) = self.go.take() {
+            go.recv().unwrap();
+        }
+        self.data.read(out)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_waits_for_a_backup_that_started_before_its_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = || Store::local(dir.path()).unwrap();
+    let repo = Arc::new(new_repo(store()).await);
+    let content = data(800_000, 3);
+    let old = backup(&repo, &[("db", &content)]).await;
+
+    // B starts: it takes its lock and loads the index (which offers old's
+    // chunks for deduplication), then waits at its first read.
+    let (go, gate) = mpsc::channel();
+    let in_flight = {
+        let repo = Arc::new(Repository::open(store(), PASSWORD).await.unwrap());
+        let content = content.clone();
+        tokio::spawn(async move {
+            let src = Source::new(
+                "db",
+                Gate {
+                    go: Some(gate),
+                    data: std::io::Cursor::new(content),
+                },
+            );
+            repo.backup(vec![src], Default::default(), Arc::new(NoProgress)).await.unwrap()
+        })
+    };
+    // Wait until B holds its lock.
+    while repo.store().list("locks").await.unwrap().is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    // Forget the only snapshot that uses those chunks and prune: the packs
+    // are condemned, but B has not seen the plan, so nothing is deleted.
+    repo.forget(&[old.id]).await.unwrap();
+    let first = repo.prune(&PruneOptions::default()).await.unwrap();
+    assert!(first.packs_condemned > 0, "{first:?}");
+    assert_eq!((first.plans_waiting, first.packs_deleted), (1, 0), "{first:?}");
+
+    // B now reads and stores its snapshot, deduplicated against the
+    // condemned packs (it loaded its index before the plan existed).
+    go.send(()).unwrap();
+    let snap = in_flight.await.unwrap();
+    assert_eq!(snap.totals.new_chunks, 0, "B reused the old chunks");
+
+    // The next prune finishes the plan and spares the packs B needs.
+    let second = repo.prune(&PruneOptions::default()).await.unwrap();
+    assert!(second.plans_finished >= 1, "{second:?}");
+    assert!(second.packs_spared > 0, "{second:?}");
+    assert_eq!(restore(&repo, &snap, "db").await, content);
+    assert!(repo.check(true).await.unwrap().is_ok());
+
+    // A backup that starts after a plan does not reuse condemned packs.
+    let victim = backup(&repo, &[("x", &data(200_000, 8))]).await;
+    repo.forget(&[victim.id, snap.id]).await.unwrap();
+    let (go, gate) = mpsc::channel::<()>();
+    drop(go); // no gate needed: read at once
+    drop(gate);
+    let plan_only = {
+        // Take a lock so that the plan cannot finish, then back up the same bytes.
+        let blocker = Arc::new(Repository::open(store(), PASSWORD).await.unwrap());
+        let (go, gate) = mpsc::channel();
+        let blocked = tokio::spawn({
+            let blocker = blocker.clone();
+            async move {
+                let src = Source::new("y", Gate { go: Some(gate), data: std::io::Cursor::new(vec![1, 2, 3]) });
+                blocker.backup(vec![src], Default::default(), Arc::new(NoProgress)).await.unwrap()
+            }
+        });
+        while repo.store().list("locks").await.unwrap().is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let r = repo.prune(&PruneOptions::default()).await.unwrap();
+        assert_eq!(r.plans_waiting, 1, "{r:?}");
+        let again = backup(&repo, &[("x", &data(200_000, 8))]).await;
+        assert!(again.totals.new_chunks > 0, "condemned chunks must be stored anew");
+        go.send(()).unwrap();
+        blocked.await.unwrap();
+        again
+    };
+    let done = repo.prune(&PruneOptions::default()).await.unwrap();
+    assert!(done.packs_deleted > 0, "{done:?}");
+    assert_eq!(restore(&repo, &plan_only, "x").await, data(200_000, 8));
+    let check = repo.check(true).await.unwrap();
+    assert!(check.is_ok(), "{:?}", check.errors);
+}
