@@ -143,6 +143,8 @@ async fn plan(store: &Store, cipher: &Cipher, pack_size: usize, opts: &PruneOpti
     let index = Index::load(store, cipher, &already).await?;
     let mut kept = IdSet::default();
     let mut doomed = Vec::new();
+    // Packs this run writes are not yet in `index`: not to be taken for orphans.
+    let mut written = IdSet::default();
     let mut repack = PackBuilder::default();
     for p in index.packs().iter().filter(|p| !p.condemned) {
         let live: Vec<_> = p.blobs.iter().filter(|b| wanted.contains(&b.id) && kept.insert(b.id)).collect();
@@ -172,7 +174,7 @@ async fn plan(store: &Store, cipher: &Cipher, pack_size: usize, opts: &PruneOpti
                     .ok_or_else(|| Error::corrupt(format!("pack {}", p.id), "shorter than its index says"))?;
                 repack.add_frame(sealed, chunks);
                 if repack.len() >= pack_size {
-                    upload(store, cipher, std::mem::take(&mut repack)).await?;
+                    written.insert(upload(store, cipher, std::mem::take(&mut repack)).await?);
                 }
             }
             report.packs_repacked += 1;
@@ -180,12 +182,13 @@ async fn plan(store: &Store, cipher: &Cipher, pack_size: usize, opts: &PruneOpti
         }
     }
     if !repack.is_empty() {
-        upload(store, cipher, repack).await?;
+        written.insert(upload(store, cipher, repack).await?);
     }
     for meta in store.list(layout::DATA).await? {
         if let Some(id) = layout::id_of(&meta.location)
             && index.pack(&id).is_none()
             && !already.contains(&id)
+            && !written.contains(&id)
         {
             doomed.push(id);
         }
@@ -204,17 +207,17 @@ async fn plan(store: &Store, cipher: &Cipher, pack_size: usize, opts: &PruneOpti
     Ok(Some(plan))
 }
 
-async fn upload(store: &Store, cipher: &Cipher, pack: PackBuilder) -> Result<()> {
+async fn upload(store: &Store, cipher: &Cipher, pack: PackBuilder) -> Result<Id> {
     let pack = pack.finish(cipher);
     let size = pack.data.len() as u64;
     store.put_new(&layout::pack(&pack.id), pack.data).await?;
     index::write(store, cipher, &[PackIndex {
         pack: pack.id,
         size,
-        blobs: pack.entries,
+        blobs: pack.entries.clone(),
     }])
     .await?;
-    Ok(())
+    Ok(pack.id)
 }
 
 /// Phase 2.

@@ -1,0 +1,232 @@
+//! The `strongbox repo` CLI as real processes: SIGKILL at random moments,
+//! two backups at once, and what a user sees on mistakes.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Instant;
+
+use strongbox_repo::{NoProgress, Repository, Store};
+
+const PASSWORD: &str = "cli test password";
+
+fn strongbox(repo: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_strongbox"));
+    c.arg("repo").arg("--repo").arg(repo).env("STRONGBOX_PASSWORD", PASSWORD).stdin(Stdio::null());
+    c
+}
+
+fn ok(mut c: Command) -> Output {
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{c:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// Compressible, low-repetition text, different for each seed.
+fn write_data(path: &Path, len: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 32);
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(format!("row {} status={} amount={}.{:02}\n", x >> 44, x % 7, (x >> 8) % 5000, x % 100).as_bytes());
+    }
+    out.truncate(len);
+    std::fs::write(path, &out).unwrap();
+    out
+}
+
+fn init(repo: &Path) {
+    // Small chunks and packs: many objects, many moments to be killed in.
+    let mut c = strongbox(repo);
+    c.args(["init", "--chunker", "4096,16384,65536", "--pack-size-mib", "1"]);
+    ok(c);
+}
+
+async fn open(repo: &Path) -> Repository {
+    Repository::open(Store::local(repo).unwrap(), PASSWORD.as_bytes()).await.unwrap()
+}
+
+/// Every snapshot restores to exactly the data of the round its tag names.
+async fn assert_snapshots_whole(repo: &Repository, name: &str, rounds: &[Vec<u8>]) -> usize {
+    let snaps = repo.snapshots().await.unwrap();
+    for s in &snaps {
+        let round: usize = s.tags[0].strip_prefix("round-").unwrap().parse().unwrap();
+        let mut out = Vec::new();
+        repo.restore_to_writer(s, name, &mut out, &NoProgress).await.unwrap();
+        assert!(out == rounds[round], "snapshot {} restored different bytes", s.id);
+    }
+    snaps.len()
+}
+
+fn backup_round(repo: &Path, file: &Path, round: usize) -> Command {
+    let mut c = strongbox(repo);
+    c.args(["--json", "backup", "--tag", &format!("round-{round}")]).arg(file);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_leaves_a_sound_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo_dir, file) = (dir.path().join("repo"), dir.path().join("db.bin"));
+    let name = file.to_str().unwrap().trim_start_matches('/').to_string();
+    // Each round: the same first half, a new second half, so every run
+    // has real uploading to be killed in.
+    let base = dir.path().join("base");
+    let half = 12 << 20;
+    let mut base_bytes = write_data(&base, half, 1);
+    let rounds: Vec<Vec<u8>> = (0..13)
+        .map(|r| {
+            let mut d = base_bytes.clone();
+            d.extend_from_slice(&write_data(&dir.path().join("part"), half, 100 + r as u64));
+            d
+        })
+        .collect();
+    base_bytes.clear();
+
+    // How long an uninterrupted backup takes, on a scratch repository.
+    let scratch = dir.path().join("scratch");
+    init(&scratch);
+    std::fs::write(&file, &rounds[0]).unwrap();
+    let t = Instant::now();
+    ok(backup_round(&scratch, &file, 0));
+    let full = t.elapsed();
+
+    init(&repo_dir);
+    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    let mut killed = 0;
+    for (round, content) in rounds.iter().enumerate().take(12) {
+        std::fs::write(&file, content).unwrap();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = full.mul_f64((seed % 1000) as f64 / 1000.0);
+        let mut c = backup_round(&repo_dir, &file, round);
+        c.stdout(Stdio::null()).stderr(Stdio::null());
+        let mut child = c.spawn().unwrap();
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            killed += 1;
+        }
+        child.wait().unwrap();
+        let repo = open(&repo_dir).await;
+        let report = repo.check(round % 4 == 3).await.unwrap();
+        assert!(report.is_ok(), "round {round} (killed after {delay:?}): {:?}", report.errors);
+        assert_snapshots_whole(&repo, &name, &rounds).await;
+    }
+    assert!(killed >= 3, "only {killed} of 12 runs were interrupted; the test did not test much");
+
+    // The next backup reuses what the killed runs stored (at least the
+    // first half, which every round shared).
+    let last = rounds.len() - 1;
+    std::fs::write(&file, &rounds[last]).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&ok(backup_round(&repo_dir, &file, last)).stdout).unwrap();
+    let (new, total) = (v["totals"]["new_chunks"].as_u64().unwrap(), v["totals"]["chunks"].as_u64().unwrap());
+    assert!(new < total * 3 / 4, "too little reused: {v}");
+    let repo = open(&repo_dir).await;
+    assert!(assert_snapshots_whole(&repo, &name, &rounds).await >= 1);
+    // Prune clears what the killed runs left, and the result still checks.
+    let mut c = strongbox(&repo_dir);
+    c.arg("prune");
+    ok(c);
+    let report = repo.check(true).await.unwrap();
+    assert!(report.is_ok() && report.warnings.is_empty(), "{:?} {:?}", report.errors, report.warnings);
+    assert_snapshots_whole(&repo, &name, &rounds).await;
+}
+
+#[test]
+fn two_processes_back_up_into_one_repository_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    init(&repo);
+    let files: Vec<_> = (0..2)
+        .map(|i| {
+            let f = dir.path().join(format!("f{i}"));
+            (f.clone(), write_data(&f, 12 << 20, 10 + i))
+        })
+        .collect();
+    let children: Vec<_> = files
+        .iter()
+        .map(|(f, _)| {
+            let mut c = strongbox(&repo);
+            c.arg("backup").arg(f).stdout(Stdio::piped()).stderr(Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut c = strongbox(&repo);
+    c.args(["--json", "snapshots"]);
+    let listed: serde_json::Value = serde_json::from_slice(&ok(c).stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    for (f, data) in &files {
+        let name = f.to_str().unwrap().trim_start_matches('/');
+        let id = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["files"][0]["name"] == name)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let mut c = strongbox(&repo);
+        c.args(["restore", &id, "--stdout"]);
+        assert!(ok(c).stdout == *data, "{name} restored different bytes");
+    }
+    let mut c = strongbox(&repo);
+    c.args(["check", "--read-data"]);
+    ok(c);
+}
+
+#[test]
+fn mistakes_get_clear_messages_and_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+
+    let out = strongbox(&repo).arg("snapshots").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("strongbox repo init"), "{out:?}");
+
+    init(&repo);
+    let out = strongbox(&repo).env("STRONGBOX_PASSWORD", "nope").arg("snapshots").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong password"), "{out:?}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_strongbox"))
+        .args(["repo", "snapshots"])
+        .env_remove("STRONGBOX_REPO")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--repo"), "{out:?}");
+
+    let out = strongbox(&repo).args(["restore", "latest", "--target", "x"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no snapshots"), "{out:?}");
+
+    // stdin backup, restored through stdout; no progress noise when stderr is not a terminal.
+    let mut child = strongbox(&repo)
+        .args(["backup", "-", "--stdin-name", "dump.sql", "--tag", "nightly"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"CREATE TABLE t(x);\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");
+    let out = ok({
+        let mut c = strongbox(&repo);
+        c.args(["restore", "latest", "--stdout"]);
+        c
+    });
+    assert_eq!(out.stdout, b"CREATE TABLE t(x);\n");
+
+    let out = strongbox(&repo).args(["check"]).output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("no errors"));
+    let out = strongbox(&repo).args(["forget"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
