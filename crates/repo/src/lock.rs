@@ -73,7 +73,7 @@ impl Lock {
         let mut info = LockInfo {
             holder: Id::random(),
             kind,
-            hostname: std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_string(),
+            hostname: hostname(),
             pid: std::process::id(),
             created: crate::now_rfc3339(),
             plans_seen: vec![],
@@ -137,8 +137,20 @@ async fn refresh_loop(store: Store, cipher: Cipher, info: LockInfo, state: Arc<M
     }
 }
 
-/// Locks not yet stale, with their object ids. Unreadable lock objects are
-/// reported as holders that have seen nothing, which only makes prune wait.
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_string()
+}
+
+/// A holder on this host whose process is gone died without releasing its
+/// lock (e.g. SIGKILL). A reused pid only makes the lock look alive longer,
+/// which delays a prune but never makes it unsafe.
+fn holder_is_dead(info: &LockInfo) -> bool {
+    info.pid != 0 && info.hostname == hostname() && !std::path::Path::new(&format!("/proc/{}", info.pid)).exists()
+}
+
+/// Locks not yet stale and not held by a dead local process, with their
+/// object ids. Unreadable lock objects are reported as holders that have
+/// seen nothing, which only makes prune wait.
 pub async fn live(store: &Store, cipher: &Cipher) -> Result<Vec<(Id, LockInfo)>> {
     let mut out = Vec::new();
     let now = time::OffsetDateTime::now_utc();
@@ -156,6 +168,9 @@ pub async fn live(store: &Store, cipher: &Cipher) -> Result<Vec<(Id, LockInfo)>>
             Err(Error::Missing { .. }) => continue, // released meanwhile
             Err(e) => return Err(e),
         };
+        if info.as_ref().is_some_and(holder_is_dead) {
+            continue;
+        }
         out.push((
             id,
             info.unwrap_or(LockInfo {
@@ -171,13 +186,13 @@ pub async fn live(store: &Store, cipher: &Cipher) -> Result<Vec<(Id, LockInfo)>>
     Ok(out)
 }
 
-/// Deletes locks that went stale (their holders died without releasing).
-pub async fn remove_stale(store: &Store) -> Result<usize> {
-    let now = time::OffsetDateTime::now_utc();
+/// Deletes locks whose holders are gone: stale ones, and those of dead
+/// processes on this host.
+pub async fn remove_stale(store: &Store, cipher: &Cipher) -> Result<usize> {
+    let alive: Vec<Id> = live(store, cipher).await?.into_iter().map(|(id, _)| id).collect();
     let mut n = 0;
     for meta in store.list(layout::LOCKS).await? {
-        let t = time::OffsetDateTime::from_unix_timestamp(meta.last_modified.timestamp()).unwrap_or(now);
-        if now - t > STALE {
+        if layout::id_of(&meta.location).is_some_and(|id| !alive.contains(&id)) {
             store.delete(&meta.location).await?;
             n += 1;
         }

@@ -114,7 +114,7 @@ async fn prune_locked(store: &Store, cipher: &Cipher, pack_size: usize, opts: &P
             other.hostname, other.pid
         )));
     }
-    report.stale_locks_removed = lock::remove_stale(store).await?;
+    report.stale_locks_removed = lock::remove_stale(store, cipher).await?;
 
     let mut plans = load_plans(store, cipher).await?;
     if let Some(plan) = plan(store, cipher, pack_size, opts, &plans, &mut report).await? {
