@@ -12,8 +12,8 @@
 //! is returned. Nothing is committed unless the snapshot manifest is written.
 
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -72,8 +72,15 @@ struct Work {
 }
 
 enum Done {
-    Batch { seq: usize, ids: Vec<(Id, u32)>, frame: Option<Frame> },
-    EndOfSource { chunks: usize, bytes: u64 },
+    Batch {
+        seq: usize,
+        ids: Vec<(Id, u32)>,
+        frame: Option<Frame>,
+    },
+    EndOfSource {
+        chunks: usize,
+        bytes: u64,
+    },
 }
 
 /// The first error wins; setting it also tells every stage to wind down.
@@ -220,7 +227,10 @@ impl Pipeline<'_> {
     fn worker(&self, rx: Receiver<Work>, tx: Sender<Done>, inflight: &Mutex<IdSet>, failure: &Failure) {
         let mut sealer = FrameSealer::new(self.compression_level);
         for Work { seq, chunks } in rx {
-            let ids: Vec<(Id, u32)> = chunks.iter().map(|c| (self.cipher.chunk_id(c), c.len() as u32)).collect();
+            let ids: Vec<(Id, u32)> = chunks
+                .iter()
+                .map(|c| (self.cipher.chunk_id(c), c.len() as u32))
+                .collect();
             let new: Vec<(Id, &[u8])> = if failure.is_set() {
                 Vec::new()
             } else {

@@ -50,11 +50,16 @@ pub async fn check(store: &Store, cipher: &Cipher, read_data: bool) -> Result<Ch
     for p in index.packs() {
         match stored.get(&p.id) {
             None => {
-                report.errors.push(format!("pack {} is listed in the index but missing from the storage", p.id));
+                report.errors.push(format!(
+                    "pack {} is listed in the index but missing from the storage",
+                    p.id
+                ));
                 bad_packs.insert(p.id);
             }
             Some(&size) if size != p.size => {
-                report.errors.push(format!("pack {} has {size} bytes, the index records {}", p.id, p.size));
+                report
+                    .errors
+                    .push(format!("pack {} has {size} bytes, the index records {}", p.id, p.size));
                 bad_packs.insert(p.id);
             }
             _ => {}
@@ -68,7 +73,12 @@ pub async fn check(store: &Store, cipher: &Cipher, read_data: bool) -> Result<Ch
     }
 
     if read_data {
-        let indexed: Vec<Id> = index.packs().iter().map(|p| p.id).filter(|id| stored.contains_key(id)).collect();
+        let indexed: Vec<Id> = index
+            .packs()
+            .iter()
+            .map(|p| p.id)
+            .filter(|id| stored.contains_key(id))
+            .collect();
         let results: Vec<(Id, Vec<String>)> = futures::stream::iter(indexed)
             .map(|id| read_pack(store, cipher, &index, id))
             .buffer_unordered(2)
@@ -106,7 +116,9 @@ pub async fn check(store: &Store, cipher: &Cipher, read_data: bool) -> Result<Ch
             }
         }
         if missing > 0 {
-            report.errors.push(format!("snapshot {id}: {missing} chunk(s) are in no index"));
+            report
+                .errors
+                .push(format!("snapshot {id}: {missing} chunk(s) are in no index"));
         }
         for p in &in_bad {
             report.errors.push(format!("snapshot {id}: needs damaged pack {p}"));

@@ -100,14 +100,20 @@ mod tests {
 
     fn cuts(data: &[u8], step: usize, c: &Chunker) -> Vec<Bytes> {
         let mut out = Vec::new();
-        let n = c.run(Dribble(data, step), &AtomicBool::new(false), |b| out.push(b)).unwrap();
+        let n = c
+            .run(Dribble(data, step), &AtomicBool::new(false), |b| out.push(b))
+            .unwrap();
         assert_eq!(n, data.len() as u64);
         out
     }
 
     fn small() -> Chunker {
         Chunker {
-            params: ChunkerParams { min: 256, avg: 1024, max: 4096 },
+            params: ChunkerParams {
+                min: 256,
+                avg: 1024,
+                max: 4096,
+            },
             seed: 7,
         }
     }
@@ -137,20 +143,31 @@ mod tests {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             *b = (x >> 33) as u8;
         }
-        let c = Chunker { params: ChunkerParams::default(), seed: 1 };
+        let c = Chunker {
+            params: ChunkerParams::default(),
+            seed: 1,
+        };
         let before = cuts(&data, usize::MAX, &c);
         data[1_000_000] ^= 0xff;
         let after = cuts(&data, usize::MAX, &c);
         let old: std::collections::HashSet<_> = before.iter().collect();
         let changed = after.iter().filter(|ch| !old.contains(ch)).count();
-        assert!((1..=2).contains(&changed), "{changed} chunks changed for a one-byte edit");
+        assert!(
+            (1..=2).contains(&changed),
+            "{changed} chunks changed for a one-byte edit"
+        );
     }
 
     #[test]
     fn seed_changes_boundaries() {
-        let data: Vec<u8> = (0..500_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let data: Vec<u8> = (0..500_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let a = cuts(&data, usize::MAX, &small());
         let b = cuts(&data, usize::MAX, &Chunker { seed: 8, ..small() });
-        assert_ne!(a.iter().map(|c| c.len()).collect::<Vec<_>>(), b.iter().map(|c| c.len()).collect::<Vec<_>>());
+        assert_ne!(
+            a.iter().map(|c| c.len()).collect::<Vec<_>>(),
+            b.iter().map(|c| c.len()).collect::<Vec<_>>()
+        );
     }
 }

@@ -99,7 +99,10 @@ impl Cipher {
     /// Decrypts `nonce || ciphertext || tag`; returns the plaintext.
     pub fn open(&self, sealed: &[u8], aad: &[u8], object: &dyn std::fmt::Display) -> Result<Vec<u8>> {
         if sealed.len() < OVERHEAD {
-            return Err(Error::corrupt(object, format!("only {} bytes, too short to be encrypted data", sealed.len())));
+            return Err(Error::corrupt(
+                object,
+                format!("only {} bytes, too short to be encrypted data", sealed.len()),
+            ));
         }
         let (nonce, rest) = sealed.split_at(NONCE_LEN);
         let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
@@ -108,7 +111,12 @@ impl Cipher {
         let tag = Tag::try_from(tag).expect("length checked");
         self.aead
             .decrypt_inout_detached(&nonce, aad, out.as_mut_slice().into(), &tag)
-            .map_err(|_| Error::corrupt(object, "authentication failed (data damaged or not written with this repository's key)"))?;
+            .map_err(|_| {
+                Error::corrupt(
+                    object,
+                    "authentication failed (data damaged or not written with this repository's key)",
+                )
+            })?;
         Ok(out)
     }
 
@@ -134,7 +142,8 @@ impl Cipher {
             });
         }
         let compressed = self.open(sealed, kind.as_bytes(), object)?;
-        zstd::stream::decode_all(compressed.as_slice()).map_err(|e| Error::corrupt(object, format!("decompression failed: {e}")))
+        zstd::stream::decode_all(compressed.as_slice())
+            .map_err(|e| Error::corrupt(object, format!("decompression failed: {e}")))
     }
 }
 

@@ -15,11 +15,7 @@ pub enum Error {
     WrongPassword { slots: usize },
 
     #[error("{object}: unsupported format version {found} (this build reads version {supported}); upgrade strongbox")]
-    UnsupportedVersion {
-        object: String,
-        found: u32,
-        supported: u32,
-    },
+    UnsupportedVersion { object: String, found: u32, supported: u32 },
 
     #[error("{object} is corrupt: {reason}")]
     Corrupt { object: String, reason: String },

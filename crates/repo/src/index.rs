@@ -82,7 +82,9 @@ pub async fn write(store: &Store, cipher: &Cipher, packs: &[PackIndex]) -> Resul
     let sealed = cipher.seal_object("index", &encode(packs));
     let id = Id::of_content(&sealed);
     let len = sealed.len() as u64;
-    store.put_new(&layout::of(layout::INDEX, &id), Bytes::from(sealed)).await?;
+    store
+        .put_new(&layout::of(layout::INDEX, &id), Bytes::from(sealed))
+        .await?;
     Ok((id, len))
 }
 

@@ -191,10 +191,16 @@ pub async fn init(store: &Store, password: &[u8], opts: InitOptions) -> Result<(
     }
     validate_chunker(&opts.chunker)?;
     if !(1..=19).contains(&opts.compression_level) {
-        return Err(Error::Invalid(format!("compression level must be 1 to 19, got {}", opts.compression_level)));
+        return Err(Error::Invalid(format!(
+            "compression level must be 1 to 19, got {}",
+            opts.compression_level
+        )));
     }
     if !(1 << 20..=1 << 30).contains(&opts.pack_size) {
-        return Err(Error::Invalid(format!("pack size must be 1 MiB to 1 GiB, got {}", opts.pack_size)));
+        return Err(Error::Invalid(format!(
+            "pack size must be 1 MiB to 1 GiB, got {}",
+            opts.pack_size
+        )));
     }
     let master = MasterKey::generate();
     let config = Config {
@@ -206,7 +212,9 @@ pub async fn init(store: &Store, password: &[u8], opts: InitOptions) -> Result<(
     };
     let (id, body) = wrap(&master, password)?;
     store.put_new(&layout::of(layout::KEYS, &id), Bytes::from(body)).await?;
-    let sealed = master.cipher().seal_object("config", &serde_json::to_vec(&config).expect("serializable"));
+    let sealed = master
+        .cipher()
+        .seal_object("config", &serde_json::to_vec(&config).expect("serializable"));
     if !store.put_new(&layout::config(), Bytes::from(sealed)).await? {
         return Err(Error::AlreadyInitialized {
             location: store.location().into(),
@@ -222,9 +230,9 @@ fn validate_chunker(c: &ChunkerParams) -> Result<()> {
         && c.avg < c.max
         && (AVERAGE_MIN..=AVERAGE_MAX).contains(&(c.avg as usize))
         && c.max as usize <= MAXIMUM_MAX
-        && c.min % 2 == 0
-        && c.avg % 2 == 0
-        && c.max % 2 == 0;
+        && c.min.is_multiple_of(2)
+        && c.avg.is_multiple_of(2)
+        && c.max.is_multiple_of(2);
     if ok {
         Ok(())
     } else {

@@ -109,7 +109,12 @@ impl Repository {
     }
 
     /// Backs up `sources` as one snapshot.
-    pub async fn backup(&self, sources: Vec<Source>, opts: BackupOptions, progress: Arc<dyn Progress>) -> Result<Snapshot> {
+    pub async fn backup(
+        &self,
+        sources: Vec<Source>,
+        opts: BackupOptions,
+        progress: Arc<dyn Progress>,
+    ) -> Result<Snapshot> {
         let store = &self.store;
         let cipher = &self.cipher;
         let lock = Lock::acquire(store, cipher, LockKind::Backup, || async {
@@ -123,11 +128,20 @@ impl Repository {
         Ok(snap)
     }
 
-    async fn backup_locked(&self, sources: Vec<Source>, opts: BackupOptions, progress: Arc<dyn Progress>, lock: &Lock) -> Result<Snapshot> {
+    async fn backup_locked(
+        &self,
+        sources: Vec<Source>,
+        opts: BackupOptions,
+        progress: Arc<dyn Progress>,
+        lock: &Lock,
+    ) -> Result<Snapshot> {
         // Chunks in packs a prune has condemned are not reused: they may be
         // deleted once this backup is done (see `prune`).
         let plans = prune::load_plans(&self.store, &self.cipher).await?;
-        let seen: Vec<_> = plans.into_iter().filter(|p| lock.info.plans_seen.contains(&p.id)).collect();
+        let seen: Vec<_> = plans
+            .into_iter()
+            .filter(|p| lock.info.plans_seen.contains(&p.id))
+            .collect();
         let index = Index::load(&self.store, &self.cipher, &prune::condemned(&seen)).await?;
         let runtime = tokio::runtime::Handle::current();
         let (store, cipher, config) = (self.store.clone(), self.cipher.clone(), self.config.clone());
@@ -175,14 +189,24 @@ impl Repository {
     /// A snapshot by id, unique id prefix, or `latest`.
     pub async fn find_snapshot(&self, spec: &str) -> Result<Snapshot> {
         if spec == "latest" {
-            return self.snapshots().await?.pop().ok_or_else(|| Error::SnapshotNotFound("latest (the repository has no snapshots)".into()));
+            return self
+                .snapshots()
+                .await?
+                .pop()
+                .ok_or_else(|| Error::SnapshotNotFound("latest (the repository has no snapshots)".into()));
         }
         let ids = snapshot::list_ids(&self.store).await?;
-        let matches: Vec<_> = ids.iter().filter(|id| id.to_hex().starts_with(&spec.to_ascii_lowercase())).collect();
+        let matches: Vec<_> = ids
+            .iter()
+            .filter(|id| id.to_hex().starts_with(&spec.to_ascii_lowercase()))
+            .collect();
         match matches.as_slice() {
             [id] => snapshot::load(&self.store, &self.cipher, id).await,
             [] => Err(Error::SnapshotNotFound(spec.into())),
-            _ => Err(Error::Invalid(format!("snapshot prefix {spec:?} is ambiguous ({} matches)", matches.len()))),
+            _ => Err(Error::Invalid(format!(
+                "snapshot prefix {spec:?} is ambiguous ({} matches)",
+                matches.len()
+            ))),
         }
     }
 
@@ -192,7 +216,13 @@ impl Repository {
     }
 
     /// Restores one file of a snapshot to `dest`.
-    pub async fn restore_file(&self, snap: &Snapshot, name: &str, dest: &std::path::Path, progress: &dyn Progress) -> Result<()> {
+    pub async fn restore_file(
+        &self,
+        snap: &Snapshot,
+        name: &str,
+        dest: &std::path::Path,
+        progress: &dyn Progress,
+    ) -> Result<()> {
         let index = self.restore_index().await?;
         restore::to_path(&self.store, &self.cipher, &index, snap.file(name)?, dest, progress).await
     }
@@ -211,7 +241,13 @@ impl Repository {
     }
 
     /// Streams one file of a snapshot, in order, into `w`.
-    pub async fn restore_to_writer(&self, snap: &Snapshot, name: &str, w: impl std::io::Write, progress: &dyn Progress) -> Result<()> {
+    pub async fn restore_to_writer(
+        &self,
+        snap: &Snapshot,
+        name: &str,
+        w: impl std::io::Write,
+        progress: &dyn Progress,
+    ) -> Result<()> {
         let index = self.restore_index().await?;
         restore::to_writer(&self.store, &self.cipher, &index, snap.file(name)?, w, progress).await
     }

@@ -58,7 +58,9 @@ struct LockState {
 async fn write(store: &Store, cipher: &Cipher, info: &LockInfo) -> Result<Id> {
     let id = Id::random();
     let sealed = cipher.seal_object("lock", &serde_json::to_vec(info).expect("serializable"));
-    store.put_new(&layout::of(layout::LOCKS, &id), Bytes::from(sealed)).await?;
+    store
+        .put_new(&layout::of(layout::LOCKS, &id), Bytes::from(sealed))
+        .await?;
     Ok(id)
 }
 
@@ -138,7 +140,10 @@ async fn refresh_loop(store: Store, cipher: Cipher, info: LockInfo, state: Arc<M
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_string()
+    std::fs::read_to_string("/etc/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 /// A holder on this host whose process is gone died without releasing its
@@ -155,7 +160,9 @@ pub async fn live(store: &Store, cipher: &Cipher) -> Result<Vec<(Id, LockInfo)>>
     let mut out = Vec::new();
     let now = time::OffsetDateTime::now_utc();
     for meta in store.list(layout::LOCKS).await? {
-        let Some(id) = layout::id_of(&meta.location) else { continue };
+        let Some(id) = layout::id_of(&meta.location) else {
+            continue;
+        };
         let age = now - time::OffsetDateTime::from_unix_timestamp(meta.last_modified.timestamp()).unwrap_or(now);
         if age > STALE {
             continue;

@@ -78,14 +78,22 @@ impl FrameSealer {
         let raw = self.plain.len();
         self.compressed.clear();
         self.compressed.reserve(zstd::zstd_safe::compress_bound(raw));
-        let compressed = self.zstd.compress_to_buffer(&self.plain, &mut self.compressed).is_ok() && self.compressed.len() + 64 < raw;
-        let (codec, payload) = if compressed { (CODEC_ZSTD, &self.compressed[..]) } else { (CODEC_STORED, &self.plain[..]) };
+        let compressed =
+            self.zstd.compress_to_buffer(&self.plain, &mut self.compressed).is_ok() && self.compressed.len() + 64 < raw;
+        let (codec, payload) = if compressed {
+            (CODEC_ZSTD, &self.compressed[..])
+        } else {
+            (CODEC_STORED, &self.plain[..])
+        };
         let mut sealed = Vec::with_capacity(NONCE_LEN + 1 + payload.len() + crate::crypto::TAG_LEN);
         sealed.resize(NONCE_LEN, 0);
         sealed.push(codec);
         sealed.extend_from_slice(payload);
         cipher.seal_in_place(&mut sealed, FRAME_AAD);
-        Frame { sealed, chunks: entries }
+        Frame {
+            sealed,
+            chunks: entries,
+        }
     }
 }
 
@@ -101,7 +109,8 @@ pub fn open_frame(cipher: &Cipher, sealed: &[u8], pack: &Id, offset: u32) -> Res
                 .flatten()
                 .filter(|&n| n <= MAX_FRAME)
                 .ok_or_else(|| Error::corrupt(&object, "bad compressed frame header"))?;
-            zstd::bulk::decompress(rest, size as usize).map_err(|e| Error::corrupt(&object, format!("decompression failed: {e}")))
+            zstd::bulk::decompress(rest, size as usize)
+                .map_err(|e| Error::corrupt(&object, format!("decompression failed: {e}")))
         }
         Some((codec, _)) => Err(Error::corrupt(&object, format!("unknown codec {codec}"))),
         None => Err(Error::corrupt(&object, "empty frame")),
@@ -114,7 +123,10 @@ pub fn chunk_in<'a>(cipher: &Cipher, frame: &'a [u8], e: &BlobEntry, pack: &Id) 
         .get(e.start as usize..e.start as usize + e.raw_len as usize)
         .ok_or_else(|| Error::corrupt(format!("chunk {} in pack {pack}", e.id), "lies outside its frame"))?;
     if cipher.chunk_id(data) != e.id {
-        return Err(Error::corrupt(format!("chunk {} in pack {pack}", e.id), "content does not match its id"));
+        return Err(Error::corrupt(
+            format!("chunk {} in pack {pack}", e.id),
+            "content does not match its id",
+        ));
     }
     Ok(data)
 }
@@ -136,13 +148,17 @@ impl PackBuilder {
     /// A builder writing into `buf` (cleared).
     pub fn with_buffer(mut buf: Vec<u8>) -> Self {
         buf.clear();
-        PackBuilder { buf, entries: Vec::new() }
+        PackBuilder {
+            buf,
+            entries: Vec::new(),
+        }
     }
 
     /// Appends a sealed frame holding `chunks` (positions within the frame).
     pub fn add_frame(&mut self, sealed: &[u8], chunks: impl IntoIterator<Item = BlobEntry>) {
         let (offset, length) = (self.buf.len() as u32, sealed.len() as u32);
-        self.entries.extend(chunks.into_iter().map(|c| BlobEntry { offset, length, ..c }));
+        self.entries
+            .extend(chunks.into_iter().map(|c| BlobEntry { offset, length, ..c }));
         self.buf.extend_from_slice(sealed);
     }
 
@@ -223,7 +239,10 @@ pub fn read_header(cipher: &Cipher, pack: &Id, data: &[u8]) -> Result<Vec<BlobEn
     let entries = decode_entries(&mut header.as_slice(), &object)?;
     for e in &entries {
         if e.offset as usize + e.length as usize > header_at {
-            return Err(Error::corrupt(&object, format!("entry for chunk {} lies outside the blob area", e.id)));
+            return Err(Error::corrupt(
+                &object,
+                format!("entry for chunk {} lies outside the blob area", e.id),
+            ));
         }
     }
     Ok(entries)
@@ -281,7 +300,13 @@ mod tests {
         // Another repository's key cannot open it.
         assert!(read_header(&MasterKey::generate().cipher(), &p.id, &p.data).is_err());
         // A chunk whose bytes do not hash to its id is refused.
-        let frame = open_frame(&cipher, &p.data[e.offset as usize..(e.offset + e.length) as usize], &p.id, 0).unwrap();
+        let frame = open_frame(
+            &cipher,
+            &p.data[e.offset as usize..(e.offset + e.length) as usize],
+            &p.id,
+            0,
+        )
+        .unwrap();
         let wrong = BlobEntry { id: Id::random(), ..e };
         assert!(chunk_in(&cipher, &frame, &wrong, &p.id).is_err());
     }

@@ -89,7 +89,10 @@ pub async fn forget(store: &Store, ids: &[Id]) -> Result<()> {
 async fn referenced(store: &Store, cipher: &Cipher) -> Result<IdSet> {
     // An unreadable snapshot could hide references: refuse rather than guess.
     let snaps = snapshot::load_all_ok(store, cipher).await?;
-    Ok(snaps.iter().flat_map(|s| s.files.iter().flat_map(|f| f.chunks.iter().copied())).collect())
+    Ok(snaps
+        .iter()
+        .flat_map(|s| s.files.iter().flat_map(|f| f.chunks.iter().copied()))
+        .collect())
 }
 
 pub async fn prune(store: &Store, cipher: &Cipher, pack_size: usize, opts: &PruneOptions) -> Result<PruneReport> {
@@ -102,7 +105,13 @@ pub async fn prune(store: &Store, cipher: &Cipher, pack_size: usize, opts: &Prun
     result
 }
 
-async fn prune_locked(store: &Store, cipher: &Cipher, pack_size: usize, opts: &PruneOptions, lock: &Lock) -> Result<PruneReport> {
+async fn prune_locked(
+    store: &Store,
+    cipher: &Cipher,
+    pack_size: usize,
+    opts: &PruneOptions,
+    lock: &Lock,
+) -> Result<PruneReport> {
     let mut report = PruneReport::default();
     if let Some((_, other)) = lock::live(store, cipher)
         .await?
@@ -137,7 +146,14 @@ async fn prune_locked(store: &Store, cipher: &Cipher, pack_size: usize, opts: &P
 }
 
 /// Phase 1. Returns the plan written, if there was anything to condemn.
-async fn plan(store: &Store, cipher: &Cipher, pack_size: usize, opts: &PruneOptions, plans: &[Plan], report: &mut PruneReport) -> Result<Option<Plan>> {
+async fn plan(
+    store: &Store,
+    cipher: &Cipher,
+    pack_size: usize,
+    opts: &PruneOptions,
+    plans: &[Plan],
+    report: &mut PruneReport,
+) -> Result<Option<Plan>> {
     let already = condemned(plans);
     let wanted = referenced(store, cipher).await?;
     let index = Index::load(store, cipher, &already).await?;
@@ -147,7 +163,11 @@ async fn plan(store: &Store, cipher: &Cipher, pack_size: usize, opts: &PruneOpti
     let mut written = IdSet::default();
     let mut repack = PackBuilder::default();
     for p in index.packs().iter().filter(|p| !p.condemned) {
-        let live: Vec<_> = p.blobs.iter().filter(|b| wanted.contains(&b.id) && kept.insert(b.id)).collect();
+        let live: Vec<_> = p
+            .blobs
+            .iter()
+            .filter(|b| wanted.contains(&b.id) && kept.insert(b.id))
+            .collect();
         // Frames are the unit of storage: a frame with one live chunk is live.
         let frame_bytes = |blobs: &mut dyn Iterator<Item = &BlobEntry>| {
             let frames: std::collections::BTreeMap<u32, u32> = blobs.map(|b| (b.offset, b.length)).collect();
@@ -203,7 +223,9 @@ async fn plan(store: &Store, cipher: &Cipher, pack_size: usize, opts: &PruneOpti
         condemned: doomed,
     };
     let sealed = cipher.seal_object("plan", &serde_json::to_vec(&plan).expect("serializable"));
-    store.put_new(&layout::of(layout::PLANS, &plan.id), Bytes::from(sealed)).await?;
+    store
+        .put_new(&layout::of(layout::PLANS, &plan.id), Bytes::from(sealed))
+        .await?;
     Ok(Some(plan))
 }
 
@@ -211,11 +233,15 @@ async fn upload(store: &Store, cipher: &Cipher, pack: PackBuilder) -> Result<Id>
     let pack = pack.finish(cipher);
     let size = pack.data.len() as u64;
     store.put_new(&layout::pack(&pack.id), pack.data).await?;
-    index::write(store, cipher, &[PackIndex {
-        pack: pack.id,
-        size,
-        blobs: pack.entries.clone(),
-    }])
+    index::write(
+        store,
+        cipher,
+        &[PackIndex {
+            pack: pack.id,
+            size,
+            blobs: pack.entries.clone(),
+        }],
+    )
     .await?;
     Ok(pack.id)
 }
@@ -253,11 +279,17 @@ async fn finish(store: &Store, cipher: &Cipher, plan: &Plan, report: &mut PruneR
     for (object, packs) in &index.objects {
         if packs.iter().any(|p| delete.contains(p)) {
             obsolete.push(*object);
-            keep.extend(packs.iter().filter(|p| !delete.contains(p)).filter_map(|p| index.pack(p)).map(|p| PackIndex {
-                pack: p.id,
-                size: p.size,
-                blobs: p.blobs.clone(),
-            }));
+            keep.extend(
+                packs
+                    .iter()
+                    .filter(|p| !delete.contains(p))
+                    .filter_map(|p| index.pack(p))
+                    .map(|p| PackIndex {
+                        pack: p.id,
+                        size: p.size,
+                        blobs: p.blobs.clone(),
+                    }),
+            );
         }
     }
     if !keep.is_empty() {

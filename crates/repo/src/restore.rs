@@ -43,7 +43,9 @@ fn segments(index: &Index, file: &FileEntry) -> Result<Vec<Segment>> {
         match out.last_mut() {
             // Another chunk of a frame this segment already fetches.
             Some(s) if s.pack == pack.id && start >= s.start && end <= s.end => s.chunks.push((*id, loc, file_offset)),
-            Some(s) if s.pack == pack.id && start >= s.end && start - s.end <= MAX_GAP && end - s.start <= MAX_RANGE => {
+            Some(s)
+                if s.pack == pack.id && start >= s.end && start - s.end <= MAX_GAP && end - s.start <= MAX_RANGE =>
+            {
                 s.end = end;
                 s.chunks.push((*id, loc, file_offset));
             }
@@ -59,7 +61,10 @@ fn segments(index: &Index, file: &FileEntry) -> Result<Vec<Segment>> {
     if file_offset != file.size {
         return Err(Error::corrupt(
             format!("file {:?}", file.name),
-            format!("chunks add up to {file_offset} bytes but the snapshot records {}", file.size),
+            format!(
+                "chunks add up to {file_offset} bytes but the snapshot records {}",
+                file.size
+            ),
         ));
     }
     Ok(out)
@@ -110,7 +115,14 @@ fn parallelism() -> usize {
 
 /// Restores one file to `dest`, each segment written at its offsets by the
 /// thread that decoded it. Durability (fsync) is the caller's choice.
-pub async fn to_path(store: &Store, cipher: &Cipher, index: &Index, file: &FileEntry, dest: &std::path::Path, progress: &dyn Progress) -> Result<()> {
+pub async fn to_path(
+    store: &Store,
+    cipher: &Cipher,
+    index: &Index,
+    file: &FileEntry,
+    dest: &std::path::Path,
+    progress: &dyn Progress,
+) -> Result<()> {
     let segs = segments(index, file)?;
     progress.start(&file.name, Some(file.size));
     let out = std::fs::File::create(dest).map_err(|e| Error::io(dest.display(), e))?;
@@ -137,7 +149,14 @@ pub async fn to_path(store: &Store, cipher: &Cipher, index: &Index, file: &FileE
 }
 
 /// Restores one file as an ordered stream (for stdout or a pipe).
-pub async fn to_writer(store: &Store, cipher: &Cipher, index: &Index, file: &FileEntry, mut w: impl Write, progress: &dyn Progress) -> Result<()> {
+pub async fn to_writer(
+    store: &Store,
+    cipher: &Cipher,
+    index: &Index,
+    file: &FileEntry,
+    mut w: impl Write,
+    progress: &dyn Progress,
+) -> Result<()> {
     let segs = segments(index, file)?;
     progress.start(&file.name, Some(file.size));
     let mut stream = futures::stream::iter(segs)
@@ -166,6 +185,8 @@ pub fn safe_relative(name: &str) -> Result<&std::path::Path> {
     if ok {
         Ok(p)
     } else {
-        Err(Error::Invalid(format!("snapshot file name {name:?} is not a safe relative path")))
+        Err(Error::Invalid(format!(
+            "snapshot file name {name:?} is not a safe relative path"
+        )))
     }
 }

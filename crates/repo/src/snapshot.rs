@@ -50,16 +50,21 @@ pub struct Totals {
 
 impl Snapshot {
     pub fn file(&self, name: &str) -> Result<&FileEntry> {
-        self.files.iter().find(|f| f.name == name).ok_or_else(|| Error::FileNotFound {
-            snapshot: self.id.to_hex(),
-            file: name.into(),
-        })
+        self.files
+            .iter()
+            .find(|f| f.name == name)
+            .ok_or_else(|| Error::FileNotFound {
+                snapshot: self.id.to_hex(),
+                file: name.into(),
+            })
     }
 }
 
 pub async fn write(store: &Store, cipher: &Cipher, snap: &Snapshot) -> Result<()> {
     let sealed = cipher.seal_object("snapshot", &serde_json::to_vec(snap).expect("serializable"));
-    store.put_new(&layout::of(layout::SNAPSHOTS, &snap.id), Bytes::from(sealed)).await?;
+    store
+        .put_new(&layout::of(layout::SNAPSHOTS, &snap.id), Bytes::from(sealed))
+        .await?;
     Ok(())
 }
 
@@ -104,8 +109,13 @@ pub async fn load_all(store: &Store, cipher: &Cipher) -> Result<Vec<(Id, Result<
 
 /// Loads every readable snapshot, oldest first; fails on the first unreadable one.
 pub async fn load_all_ok(store: &Store, cipher: &Cipher) -> Result<Vec<Snapshot>> {
-    load_all(store, cipher).await?.into_iter().map(|(_, s)| s).collect::<Result<Vec<_>>>().map(|mut v| {
-        v.sort_by(|x, y| x.time.cmp(&y.time).then(x.id.cmp(&y.id)));
-        v
-    })
+    load_all(store, cipher)
+        .await?
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect::<Result<Vec<_>>>()
+        .map(|mut v| {
+            v.sort_by(|x, y| x.time.cmp(&y.time).then(x.id.cmp(&y.id)));
+            v
+        })
 }

@@ -41,7 +41,10 @@ impl std::fmt::Debug for S3Config {
             .field("bucket", &self.bucket)
             .field("prefix", &self.prefix)
             .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<secret>"))
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<secret>"),
+            )
             .finish()
     }
 }
@@ -75,7 +78,9 @@ impl Store {
         if let Some(rest) = location.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             return Store::s3(&S3Config {
-                endpoint: std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")).ok(),
+                endpoint: std::env::var("AWS_ENDPOINT_URL")
+                    .or_else(|_| std::env::var("AWS_ENDPOINT"))
+                    .ok(),
                 bucket: bucket.to_string(),
                 prefix: prefix.to_string(),
                 ..Default::default()
@@ -147,7 +152,10 @@ impl Store {
     }
 
     pub async fn get_range(&self, path: &Path, range: Range<u64>) -> Result<Bytes> {
-        self.inner.get_range(path, range).await.map_err(|e| Error::storage(path, e))
+        self.inner
+            .get_range(path, range)
+            .await
+            .map_err(|e| Error::storage(path, e))
     }
 
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {

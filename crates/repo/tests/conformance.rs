@@ -12,20 +12,49 @@ use strongbox_repo::{Counters, Error, NoProgress, Repository, Source};
 async fn store_semantics(b: &Backend) {
     let store = b.store();
     let p = Path::from("index/aa");
-    assert!(store.put_new(&p, Bytes::from_static(b"first")).await.unwrap(), "{}", b.name());
+    assert!(
+        store.put_new(&p, Bytes::from_static(b"first")).await.unwrap(),
+        "{}",
+        b.name()
+    );
     // Create-only: a second write is refused and changes nothing.
-    assert!(!store.put_new(&p, Bytes::from_static(b"second")).await.unwrap(), "{}", b.name());
-    assert_eq!(store.get(&p).await.unwrap(), Bytes::from_static(b"first"), "{}", b.name());
+    assert!(
+        !store.put_new(&p, Bytes::from_static(b"second")).await.unwrap(),
+        "{}",
+        b.name()
+    );
+    assert_eq!(
+        store.get(&p).await.unwrap(),
+        Bytes::from_static(b"first"),
+        "{}",
+        b.name()
+    );
     assert_eq!(store.get_range(&p, 1..3).await.unwrap(), Bytes::from_static(b"ir"));
-    store.put_new(&Path::from("index/bb"), Bytes::from_static(b"x")).await.unwrap();
-    store.put_new(&Path::from("data/00/cc"), Bytes::from_static(b"y")).await.unwrap();
-    let mut listed: Vec<String> = store.list("index").await.unwrap().iter().map(|m| m.location.to_string()).collect();
+    store
+        .put_new(&Path::from("index/bb"), Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    store
+        .put_new(&Path::from("data/00/cc"), Bytes::from_static(b"y"))
+        .await
+        .unwrap();
+    let mut listed: Vec<String> = store
+        .list("index")
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.location.to_string())
+        .collect();
     listed.sort();
     assert_eq!(listed, ["index/aa", "index/bb"], "{}", b.name());
     assert_eq!(store.list("data").await.unwrap().len(), 1);
     store.delete(&p).await.unwrap();
     store.delete(&p).await.unwrap(); // deleting what is gone is fine
-    assert!(matches!(store.get(&p).await, Err(Error::Missing { .. })), "{}", b.name());
+    assert!(
+        matches!(store.get(&p).await, Err(Error::Missing { .. })),
+        "{}",
+        b.name()
+    );
 }
 
 async fn repository_round_trip(b: &Backend) {
@@ -47,7 +76,11 @@ async fn repository_round_trip(b: &Backend) {
         .unwrap();
     assert_eq!(s1.totals.logical_bytes, 3_010_000);
     assert_eq!(counters.read.load(std::sync::atomic::Ordering::Relaxed), 3_010_000);
-    assert!(s1.totals.new_bytes_stored < 3_010_000 / 2, "text compresses: {:?}", s1.totals);
+    assert!(
+        s1.totals.new_bytes_stored < 3_010_000 / 2,
+        "text compresses: {:?}",
+        s1.totals
+    );
     assert_eq!(restore(&repo, &s1, "db/main.sqlite").await, big, "{}", b.name());
     assert_eq!(restore(&repo, &s1, "empty").await, b"");
     assert_eq!(restore(&repo, &s1, "small").await, small);

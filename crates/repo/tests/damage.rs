@@ -9,7 +9,12 @@ use object_store::path::Path;
 use strongbox_repo::{Error, Repository, Store};
 
 /// A local repository with two snapshots, on its own directory.
-async fn fixture() -> (tempfile::TempDir, Repository, strongbox_repo::Snapshot, strongbox_repo::Snapshot) {
+async fn fixture() -> (
+    tempfile::TempDir,
+    Repository,
+    strongbox_repo::Snapshot,
+    strongbox_repo::Snapshot,
+) {
     let dir = tempfile::tempdir().unwrap();
     let repo = new_repo(Store::local(dir.path()).unwrap()).await;
     let a = backup(&repo, &[("a", &data(400_000, 1))]).await;
@@ -42,7 +47,10 @@ async fn pack_of(dir: &std::path::Path, repo: &Repository, snap: &strongbox_repo
         let saved = std::fs::read(&p).unwrap();
         std::fs::remove_file(&p).unwrap();
         let mut sink = Vec::new();
-        let broken = repo.restore_to_writer(snap, name, &mut sink, &strongbox_repo::NoProgress).await.is_err();
+        let broken = repo
+            .restore_to_writer(snap, name, &mut sink, &strongbox_repo::NoProgress)
+            .await
+            .is_err();
         std::fs::write(&p, saved).unwrap();
         if broken {
             return p;
@@ -64,13 +72,20 @@ async fn corrupt_pack_is_named_with_its_snapshot() {
     assert!(repo.check(false).await.unwrap().is_ok());
     let report = repo.check(true).await.unwrap();
     assert!(!report.is_ok());
-    assert!(report.errors.iter().any(|e| e.contains(&pack_id)), "{:?}", report.errors);
+    assert!(
+        report.errors.iter().any(|e| e.contains(&pack_id)),
+        "{:?}",
+        report.errors
+    );
     assert_eq!(report.damaged_snapshots, vec![a.id]);
     assert!(!report.damaged_snapshots.contains(&b.id));
 
     // Restore refuses the damaged data rather than returning it.
     let mut out = Vec::new();
-    let err = repo.restore_to_writer(&a, "a", &mut out, &strongbox_repo::NoProgress).await.unwrap_err();
+    let err = repo
+        .restore_to_writer(&a, "a", &mut out, &strongbox_repo::NoProgress)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Corrupt { .. }), "{err}");
     assert!(err.to_string().contains(&pack_id), "{err}");
     assert_eq!(restore(&repo, &b, "b").await, data(400_000, 2));
@@ -84,7 +99,11 @@ async fn truncated_pack_fails_the_structure_check() {
     std::fs::write(&pack, &bytes[..bytes.len() / 3]).unwrap();
     let report = repo.check(false).await.unwrap();
     let name = pack.file_name().unwrap().to_str().unwrap();
-    assert!(report.errors.iter().any(|e| e.contains(name) && e.contains("bytes")), "{:?}", report.errors);
+    assert!(
+        report.errors.iter().any(|e| e.contains(name) && e.contains("bytes")),
+        "{:?}",
+        report.errors
+    );
     assert_eq!(report.damaged_snapshots, vec![a.id]);
 }
 
@@ -94,18 +113,29 @@ async fn missing_pack_and_missing_index_are_reported() {
     let pack = pack_of(dir.path(), &repo, &a).await;
     std::fs::remove_file(&pack).unwrap();
     let report = repo.check(false).await.unwrap();
-    assert!(report.errors.iter().any(|e| e.contains("missing")), "{:?}", report.errors);
+    assert!(
+        report.errors.iter().any(|e| e.contains("missing")),
+        "{:?}",
+        report.errors
+    );
     assert_eq!(report.damaged_snapshots, vec![a.id]);
 
     for f in files_under(dir.path(), "index") {
         std::fs::remove_file(f).unwrap();
     }
     let report = repo.check(false).await.unwrap();
-    assert!(report.errors.iter().any(|e| e.contains("in no index")), "{:?}", report.errors);
+    assert!(
+        report.errors.iter().any(|e| e.contains("in no index")),
+        "{:?}",
+        report.errors
+    );
     assert_eq!(report.damaged_snapshots.len(), 2);
     assert!(report.damaged_snapshots.contains(&b.id));
     let mut out = Vec::new();
-    let err = repo.restore_to_writer(&b, "b", &mut out, &strongbox_repo::NoProgress).await.unwrap_err();
+    let err = repo
+        .restore_to_writer(&b, "b", &mut out, &strongbox_repo::NoProgress)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Missing { .. }), "{err}");
 }
 
@@ -142,7 +172,10 @@ async fn unknown_format_version_is_a_clear_error() {
     let mut bytes = std::fs::read(&cfg).unwrap();
     bytes[0] = 2;
     std::fs::write(&cfg, &bytes).unwrap();
-    let err = Repository::open(Store::local(dir.path()).unwrap(), PASSWORD).await.err().unwrap();
+    let err = Repository::open(Store::local(dir.path()).unwrap(), PASSWORD)
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(err, Error::UnsupportedVersion { found: 2, .. }), "{err}");
 }
 
@@ -155,7 +188,10 @@ async fn a_snapshot_cannot_be_swapped_for_another_object() {
     let fake = "ab".repeat(32);
     let store = repo.store();
     store
-        .put_new(&Path::from(format!("snapshots/{fake}")), Bytes::from(std::fs::read(idx).unwrap()))
+        .put_new(
+            &Path::from(format!("snapshots/{fake}")),
+            Bytes::from(std::fs::read(idx).unwrap()),
+        )
         .await
         .unwrap();
     let err = repo.find_snapshot(&fake).await.unwrap_err();

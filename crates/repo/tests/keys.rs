@@ -22,9 +22,19 @@ async fn key_slots() {
     assert_eq!(restore(&other, &snap, "f").await, b"some bytes");
     assert_eq!(repo.list_keys().await.unwrap().len(), 2);
 
-    let first = repo.list_keys().await.unwrap().into_iter().find(|k| k.id != second).unwrap().id;
+    let first = repo
+        .list_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|k| k.id != second)
+        .unwrap()
+        .id;
     repo.remove_key(&first).await.unwrap();
-    assert!(matches!(Repository::open(store(), PASSWORD).await, Err(Error::WrongPassword { .. })));
+    assert!(matches!(
+        Repository::open(store(), PASSWORD).await,
+        Err(Error::WrongPassword { .. })
+    ));
     assert!(Repository::open(store(), b"second password").await.is_ok());
     let err = repo.remove_key(&second).await.unwrap_err();
     assert!(err.to_string().contains("only key slot"), "{err}");
@@ -52,11 +62,24 @@ async fn init_refuses_an_existing_repository_and_bad_settings() {
         compression_level: 40,
         ..Default::default()
     };
-    assert!(matches!(Repository::init(Store::local(empty.path()).unwrap(), PASSWORD, bad).await, Err(Error::Invalid(_))));
+    assert!(matches!(
+        Repository::init(Store::local(empty.path()).unwrap(), PASSWORD, bad).await,
+        Err(Error::Invalid(_))
+    ));
     let bad = InitOptions {
-        chunker: strongbox_repo::ChunkerParams { min: 8192, avg: 4096, max: 65536 },
+        chunker: strongbox_repo::ChunkerParams {
+            min: 8192,
+            avg: 4096,
+            max: 65536,
+        },
         ..Default::default()
     };
-    assert!(matches!(Repository::init(Store::local(empty.path()).unwrap(), PASSWORD, bad).await, Err(Error::Invalid(_))));
-    assert!(matches!(Repository::init(Store::local(empty.path()).unwrap(), b"", InitOptions::default()).await, Err(Error::Invalid(_))));
+    assert!(matches!(
+        Repository::init(Store::local(empty.path()).unwrap(), PASSWORD, bad).await,
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        Repository::init(Store::local(empty.path()).unwrap(), b"", InitOptions::default()).await,
+        Err(Error::Invalid(_))
+    ));
 }

@@ -23,7 +23,11 @@ async fn forget_then_prune_reclaims_space_and_keeps_the_rest() {
         assert_eq!(report.plans_waiting, 0, "{}: {report:?}", b.name());
         assert!(report.packs_deleted > 0, "{}: {report:?}", b.name());
         let after = repo.stats().await.unwrap();
-        assert!(after.stored_bytes < before.stored_bytes * 3 / 4, "{}: {before:?} -> {after:?}", b.name());
+        assert!(
+            after.stored_bytes < before.stored_bytes * 3 / 4,
+            "{}: {before:?} -> {after:?}",
+            b.name()
+        );
         assert_eq!(restore(&repo, &keep, "shared").await, shared);
         assert_eq!(restore(&repo, &keep, "b").await, data(1_000_000, 2));
         let check = repo.check(true).await.unwrap();
@@ -33,7 +37,12 @@ async fn forget_then_prune_reclaims_space_and_keeps_the_rest() {
         assert_eq!(repo.store().list("index").await.unwrap().len(), 1, "{}", b.name());
         // Nothing left to do.
         let again = repo.prune(&PruneOptions::default()).await.unwrap();
-        assert_eq!((again.packs_condemned, again.packs_deleted), (0, 0), "{}: {again:?}", b.name());
+        assert_eq!(
+            (again.packs_condemned, again.packs_deleted),
+            (0, 0),
+            "{}: {again:?}",
+            b.name()
+        );
     }
 }
 
@@ -92,7 +101,9 @@ async fn prune_waits_for_a_backup_that_started_before_its_plan() {
                     data: std::io::Cursor::new(content),
                 },
             );
-            repo.backup(vec![src], Default::default(), Arc::new(NoProgress)).await.unwrap()
+            repo.backup(vec![src], Default::default(), Arc::new(NoProgress))
+                .await
+                .unwrap()
         })
     };
     // Wait until B holds its lock.
@@ -133,8 +144,17 @@ async fn prune_waits_for_a_backup_that_started_before_its_plan() {
         let blocked = tokio::spawn({
             let blocker = blocker.clone();
             async move {
-                let src = Source::new("y", Gate { go: Some(gate), data: std::io::Cursor::new(vec![1, 2, 3]) });
-                blocker.backup(vec![src], Default::default(), Arc::new(NoProgress)).await.unwrap()
+                let src = Source::new(
+                    "y",
+                    Gate {
+                        go: Some(gate),
+                        data: std::io::Cursor::new(vec![1, 2, 3]),
+                    },
+                );
+                blocker
+                    .backup(vec![src], Default::default(), Arc::new(NoProgress))
+                    .await
+                    .unwrap()
             }
         });
         while repo.store().list("locks").await.unwrap().is_empty() {

@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use strongbox_repo::{BackupOptions, ChunkerParams, Id, InitOptions, NoProgress, PruneOptions, Repository, Source, Store};
+use strongbox_repo::{
+    BackupOptions, ChunkerParams, Id, InitOptions, NoProgress, PruneOptions, Repository, Source, Store,
+};
 
 use crate::bar::Bar;
 
@@ -104,13 +106,23 @@ enum KeyVerb {
     /// Add a slot; the new password comes from STRONGBOX_NEW_PASSWORD or a prompt.
     Add,
     List,
-    Remove { id: String },
+    Remove {
+        id: String,
+    },
 }
 
 fn parse_chunker(s: &str) -> Result<ChunkerParams, String> {
-    let v: Vec<u32> = s.split(',').map(|x| x.trim().parse::<u32>()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    let v: Vec<u32> = s
+        .split(',')
+        .map(|x| x.trim().parse::<u32>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
     match v.as_slice() {
-        [min, avg, max] => Ok(ChunkerParams { min: *min, avg: *avg, max: *max }),
+        [min, avg, max] => Ok(ChunkerParams {
+            min: *min,
+            avg: *avg,
+            max: *max,
+        }),
         _ => Err("expected MIN,AVG,MAX in bytes".into()),
     }
 }
@@ -202,7 +214,10 @@ pub async fn run(args: RepoArgs) -> Result<ExitCode> {
             let snap = repo.backup(sources, opts, bar.clone()).await?;
             bar.finish();
             if args.json {
-                println!("{}", serde_json::to_string(&serde_json::json!({"id": snap.id, "totals": snap.totals}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string(&serde_json::json!({"id": snap.id, "totals": snap.totals}))?
+                );
             } else {
                 let t = snap.totals;
                 println!(
@@ -222,9 +237,14 @@ pub async fn run(args: RepoArgs) -> Result<ExitCode> {
                 let name = match (&file, snap.files.as_slice()) {
                     (Some(f), _) => f.clone(),
                     (None, [only]) => only.name.clone(),
-                    _ => bail!("snapshot {} holds {} files: pick one with --file", snap.id, snap.files.len()),
+                    _ => bail!(
+                        "snapshot {} holds {} files: pick one with --file",
+                        snap.id,
+                        snap.files.len()
+                    ),
                 };
-                repo.restore_to_writer(&snap, &name, std::io::stdout().lock(), &NoProgress).await?;
+                repo.restore_to_writer(&snap, &name, std::io::stdout().lock(), &NoProgress)
+                    .await?;
             } else {
                 let target = target.context("say where to restore: --target DIR or --stdout")?;
                 let bar = Bar::new("restore");
@@ -254,7 +274,10 @@ pub async fn run(args: RepoArgs) -> Result<ExitCode> {
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                println!("{:<10} {:<25} {:>14} {:>14}  files / tags", "id", "time", "bytes", "new stored");
+                println!(
+                    "{:<10} {:<25} {:>14} {:>14}  files / tags",
+                    "id", "time", "bytes", "new stored"
+                );
                 for s in snaps {
                     let files: Vec<_> = s.files.iter().map(|f| f.name.as_str()).collect();
                     println!(

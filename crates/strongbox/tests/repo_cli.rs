@@ -11,13 +11,21 @@ const PASSWORD: &str = "cli test password";
 
 fn strongbox(repo: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_strongbox"));
-    c.arg("repo").arg("--repo").arg(repo).env("STRONGBOX_PASSWORD", PASSWORD).stdin(Stdio::null());
+    c.arg("repo")
+        .arg("--repo")
+        .arg(repo)
+        .env("STRONGBOX_PASSWORD", PASSWORD)
+        .stdin(Stdio::null());
     c
 }
 
 fn ok(mut c: Command) -> Output {
     let out = c.output().unwrap();
-    assert!(out.status.success(), "{c:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{c:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -29,7 +37,16 @@ fn write_data(path: &Path, len: usize, seed: u64) -> Vec<u8> {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        out.extend_from_slice(format!("row {} status={} amount={}.{:02}\n", x >> 44, x % 7, (x >> 8) % 5000, x % 100).as_bytes());
+        out.extend_from_slice(
+            format!(
+                "row {} status={} amount={}.{:02}\n",
+                x >> 44,
+                x % 7,
+                (x >> 8) % 5000,
+                x % 100
+            )
+            .as_bytes(),
+        );
     }
     out.truncate(len);
     std::fs::write(path, &out).unwrap();
@@ -44,7 +61,9 @@ fn init(repo: &Path) {
 }
 
 async fn open(repo: &Path) -> Repository {
-    Repository::open(Store::local(repo).unwrap(), PASSWORD.as_bytes()).await.unwrap()
+    Repository::open(Store::local(repo).unwrap(), PASSWORD.as_bytes())
+        .await
+        .unwrap()
 }
 
 /// Every snapshot restores to exactly the data of the round its tag names.
@@ -61,7 +80,8 @@ async fn assert_snapshots_whole(repo: &Repository, name: &str, rounds: &[Vec<u8>
 
 fn backup_round(repo: &Path, file: &Path, round: usize) -> Command {
     let mut c = strongbox(repo);
-    c.args(["--json", "backup", "--tag", &format!("round-{round}")]).arg(file);
+    c.args(["--json", "backup", "--tag", &format!("round-{round}")])
+        .arg(file);
     c
 }
 
@@ -93,7 +113,11 @@ async fn sigkill_at_random_moments_leaves_a_sound_repository() {
     let full = t.elapsed();
 
     init(&repo_dir);
-    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
     let mut killed = 0;
     for (round, content) in rounds.iter().enumerate().take(12) {
         std::fs::write(&file, content).unwrap();
@@ -112,17 +136,27 @@ async fn sigkill_at_random_moments_leaves_a_sound_repository() {
         child.wait().unwrap();
         let repo = open(&repo_dir).await;
         let report = repo.check(round % 4 == 3).await.unwrap();
-        assert!(report.is_ok(), "round {round} (killed after {delay:?}): {:?}", report.errors);
+        assert!(
+            report.is_ok(),
+            "round {round} (killed after {delay:?}): {:?}",
+            report.errors
+        );
         assert_snapshots_whole(&repo, &name, &rounds).await;
     }
-    assert!(killed >= 3, "only {killed} of 12 runs were interrupted; the test did not test much");
+    assert!(
+        killed >= 3,
+        "only {killed} of 12 runs were interrupted; the test did not test much"
+    );
 
     // The next backup reuses what the killed runs stored (at least the
     // first half, which every round shared).
     let last = rounds.len() - 1;
     std::fs::write(&file, &rounds[last]).unwrap();
     let v: serde_json::Value = serde_json::from_slice(&ok(backup_round(&repo_dir, &file, last)).stdout).unwrap();
-    let (new, total) = (v["totals"]["new_chunks"].as_u64().unwrap(), v["totals"]["chunks"].as_u64().unwrap());
+    let (new, total) = (
+        v["totals"]["new_chunks"].as_u64().unwrap(),
+        v["totals"]["chunks"].as_u64().unwrap(),
+    );
     assert!(new < total * 3 / 4, "too little reused: {v}");
     let repo = open(&repo_dir).await;
     assert!(assert_snapshots_whole(&repo, &name, &rounds).await >= 1);
@@ -131,7 +165,12 @@ async fn sigkill_at_random_moments_leaves_a_sound_repository() {
     c.arg("prune");
     ok(c);
     let report = repo.check(true).await.unwrap();
-    assert!(report.is_ok() && report.warnings.is_empty(), "{:?} {:?}", report.errors, report.warnings);
+    assert!(
+        report.is_ok() && report.warnings.is_empty(),
+        "{:?} {:?}",
+        report.errors,
+        report.warnings
+    );
     assert_snapshots_whole(&repo, &name, &rounds).await;
 }
 
@@ -189,12 +228,22 @@ fn mistakes_get_clear_messages_and_exit_codes() {
 
     let out = strongbox(&repo).arg("snapshots").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("strongbox repo init"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("strongbox repo init"),
+        "{out:?}"
+    );
 
     init(&repo);
-    let out = strongbox(&repo).env("STRONGBOX_PASSWORD", "nope").arg("snapshots").output().unwrap();
+    let out = strongbox(&repo)
+        .env("STRONGBOX_PASSWORD", "nope")
+        .arg("snapshots")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong password"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("wrong password"),
+        "{out:?}"
+    );
 
     let out = Command::new(env!("CARGO_BIN_EXE_strongbox"))
         .args(["repo", "snapshots"])
@@ -203,7 +252,10 @@ fn mistakes_get_clear_messages_and_exit_codes() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("--repo"), "{out:?}");
 
-    let out = strongbox(&repo).args(["restore", "latest", "--target", "x"]).output().unwrap();
+    let out = strongbox(&repo)
+        .args(["restore", "latest", "--target", "x"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("no snapshots"), "{out:?}");
 
     // stdin backup, restored through stdout; no progress noise when stderr is not a terminal.

@@ -28,7 +28,9 @@ pub async fn start_s3() -> S3Server {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let service = service.clone();
             tokio::spawn(async move {
                 let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
@@ -59,7 +61,11 @@ pub enum Backend {
 
 impl Backend {
     pub async fn all() -> Vec<Backend> {
-        vec![Backend::Memory, Backend::Local(tempfile::tempdir().unwrap()), Backend::S3(start_s3().await)]
+        vec![
+            Backend::Memory,
+            Backend::Local(tempfile::tempdir().unwrap()),
+            Backend::S3(start_s3().await),
+        ]
     }
 
     pub fn name(&self) -> &'static str {
@@ -82,7 +88,18 @@ impl Backend {
 
 /// Text-like bytes: compressible, with little accidental repetition.
 pub fn data(len: usize, seed: u64) -> Vec<u8> {
-    const WORDS: &[&str] = &["order", "shipped", "42.50", "Lisbon", "pending", "customer", "id=", "2026-11-29", "null", "|"];
+    const WORDS: &[&str] = &[
+        "order",
+        "shipped",
+        "42.50",
+        "Lisbon",
+        "pending",
+        "customer",
+        "id=",
+        "2026-11-29",
+        "null",
+        "|",
+    ];
     let mut out = Vec::with_capacity(len + 16);
     let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
     while out.len() < len {
@@ -119,8 +136,13 @@ pub async fn new_repo(store: Store) -> Repository {
 }
 
 pub async fn backup(repo: &Repository, files: &[(&str, &[u8])]) -> strongbox_repo::Snapshot {
-    let sources = files.iter().map(|(n, d)| Source::new(*n, std::io::Cursor::new(d.to_vec()))).collect();
-    repo.backup(sources, Default::default(), Arc::new(NoProgress)).await.unwrap()
+    let sources = files
+        .iter()
+        .map(|(n, d)| Source::new(*n, std::io::Cursor::new(d.to_vec())))
+        .collect();
+    repo.backup(sources, Default::default(), Arc::new(NoProgress))
+        .await
+        .unwrap()
 }
 
 pub async fn restore(repo: &Repository, snap: &strongbox_repo::Snapshot, name: &str) -> Vec<u8> {
