@@ -152,7 +152,8 @@ async fn read_pack(store: &Store, cipher: &Cipher, index: &Index, id: Id) -> (Id
                 let mut frame: Option<(u32, Result<Vec<u8>, String>)> = None;
                 for e in &header {
                     if frame.as_ref().is_none_or(|(offset, _)| *offset != e.offset) {
-                        let sealed = &data[e.offset as usize..(e.offset + e.length) as usize];
+                        // In bounds: `read_header` checked every entry against the pack size.
+                        let sealed = &data[e.offset as usize..e.offset as usize + e.length as usize];
                         let opened = open_frame(&cipher, sealed, &id, e.offset).map_err(|err| err.to_string());
                         if let Err(err) = &opened {
                             errors.push(err.clone());

@@ -143,12 +143,14 @@ impl Index {
                 start: b.start,
                 raw_len: b.raw_len,
             };
-            // A live copy wins over a condemned one.
-            match self.blobs.get(&b.id) {
-                Some(old) if !self.packs[old.pack as usize].condemned || condemned => {}
-                _ => {
-                    self.blobs.insert(b.id, loc);
-                }
+            // A live copy wins over a condemned one; the first copy wins
+            // otherwise (also when a damaged pack lists a chunk twice).
+            let keep_old = self
+                .blobs
+                .get(&b.id)
+                .is_some_and(|old| self.packs.get(old.pack as usize).is_none_or(|p| !p.condemned) || condemned);
+            if !keep_old {
+                self.blobs.insert(b.id, loc);
             }
         }
         self.pack_pos.insert(p.pack, pos);

@@ -190,7 +190,7 @@ async fn plan(
             }
             for (offset, length, chunks) in frames {
                 let sealed = data
-                    .get(offset as usize..(offset + length) as usize)
+                    .get(offset as usize..offset as usize + length as usize)
                     .ok_or_else(|| Error::corrupt(format!("pack {}", p.id), "shorter than its index says"))?;
                 repack.add_frame(sealed, chunks);
                 if repack.len() >= pack_size {
