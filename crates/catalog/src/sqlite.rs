@@ -1,0 +1,441 @@
+//! The catalog on SQLite (sqlx), the embedded default.
+//!
+//! WAL mode with `synchronous=FULL`: a job row is on disk before the API
+//! answers 202. Writes run in `BEGIN IMMEDIATE` transactions, so two
+//! writers never deadlock upgrading a read lock; SQLite serializes them.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
+
+use crate::{
+    Backup, BackupOutcome, BackupStatus, Catalog, Deployment, Error, Job, JobMessage, JobStatus, NewDeployment, NewJob,
+    Result, Started, User, hash_password, now, rfc3339,
+};
+
+pub struct SqliteCatalog {
+    pool: SqlitePool,
+}
+
+const JOB_COLUMNS: &str = "id, domain, deployment, operation, status, params, created_by, created_at, started_at, \
+     finished_at, updated_at, attempts, bytes_done, bytes_total, message";
+
+fn job(row: &SqliteRow) -> Job {
+    Job {
+        id: row.get("id"),
+        domain: row.get("domain"),
+        deployment: row.get("deployment"),
+        operation: row.get("operation"),
+        status: JobStatus::parse(row.get::<&str, _>("status")),
+        params: serde_json::from_str(row.get::<&str, _>("params")).unwrap_or_default(),
+        created_by: row.get("created_by"),
+        created_at: row.get("created_at"),
+        started_at: row.get("started_at"),
+        finished_at: row.get("finished_at"),
+        updated_at: row.get("updated_at"),
+        attempts: row.get("attempts"),
+        bytes_done: row.get("bytes_done"),
+        bytes_total: row.get("bytes_total"),
+        message: row.get("message"),
+    }
+}
+
+fn deployment(row: &SqliteRow) -> Deployment {
+    Deployment {
+        domain: row.get("domain"),
+        name: row.get("name"),
+        engine: row.get("engine"),
+        connection: serde_json::from_str(row.get::<&str, _>("connection")).unwrap_or_default(),
+        created_at: row.get("created_at"),
+    }
+}
+
+fn backup(row: &SqliteRow) -> Backup {
+    Backup {
+        job_id: row.get("job_id"),
+        domain: row.get("domain"),
+        deployment: row.get("deployment"),
+        db_tag: row.get("db_tag"),
+        status: BackupStatus::parse(row.get::<&str, _>("status")),
+        keep_forever: row.get::<i64, _>("keep_forever") != 0,
+        started_at: row.get("started_at"),
+        completed_at: row.get("completed_at"),
+        snapshot_id: row.get("snapshot_id"),
+        logical_bytes: row.get("logical_bytes"),
+        stored_bytes: row.get("stored_bytes"),
+    }
+}
+
+/// `TAG` + UTC time to the second, the form Oracle's API uses.
+fn db_tag(t: time::OffsetDateTime) -> String {
+    format!(
+        "TAG{:04}{:02}{:02}T{:02}{:02}{:02}",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+impl SqliteCatalog {
+    /// Opens (creating if needed) the catalog file and applies migrations.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
+        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+        Ok(SqliteCatalog { pool })
+    }
+
+    async fn write(&self) -> Result<Transaction<'_, Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+async fn add_message(tx: &mut Transaction<'_, Sqlite>, job: i64, at: &str, message: &str) -> Result<()> {
+    sqlx::query("INSERT INTO job_messages (job_id, at, message) VALUES (?, ?, ?)")
+        .bind(job)
+        .bind(at)
+        .bind(message)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Catalog for SqliteCatalog {
+    async fn ensure_domain(&self, name: &str) -> Result<()> {
+        sqlx::query("INSERT INTO identity_domains (name, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING")
+            .bind(name)
+            .bind(rfc3339(now()))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn put_user(&self, name: &str, domain: &str, password: &str) -> Result<()> {
+        if let Some(u) = self.user(name).await?
+            && u.domain != domain
+        {
+            return Err(Error::Invalid(format!(
+                "user {name} already belongs to identity domain {}",
+                u.domain
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO users (name, domain, password_hash, created_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET password_hash = excluded.password_hash",
+        )
+        .bind(name)
+        .bind(domain)
+        .bind(hash_password(password))
+        .bind(rfc3339(now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn user(&self, name: &str) -> Result<Option<User>> {
+        let row = sqlx::query("SELECT name, domain, password_hash FROM users WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| User {
+            name: r.get("name"),
+            domain: r.get("domain"),
+            password_hash: r.get("password_hash"),
+        }))
+    }
+
+    async fn put_deployment(&self, d: &NewDeployment) -> Result<Deployment> {
+        sqlx::query(
+            "INSERT INTO deployments (domain, name, engine, connection, created_at) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (domain, name) DO UPDATE SET engine = excluded.engine, connection = excluded.connection",
+        )
+        .bind(&d.domain)
+        .bind(&d.name)
+        .bind(&d.engine)
+        .bind(d.connection.to_string())
+        .bind(rfc3339(now()))
+        .execute(&self.pool)
+        .await?;
+        self.deployment(&d.domain, &d.name)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("deployment {}", d.name)))
+    }
+
+    async fn deployment(&self, domain: &str, name: &str) -> Result<Option<Deployment>> {
+        let row = sqlx::query("SELECT * FROM deployments WHERE domain = ? AND name = ?")
+            .bind(domain)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(deployment))
+    }
+
+    async fn deployments(&self, domain: &str) -> Result<Vec<Deployment>> {
+        let rows = sqlx::query("SELECT * FROM deployments WHERE domain = ? ORDER BY name")
+            .bind(domain)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(deployment).collect())
+    }
+
+    async fn start_backup(&self, new: &NewJob, keep_forever: bool) -> Result<Started> {
+        let mut tx = self.write().await?;
+        if let Some(key) = &new.idempotency_key {
+            let row = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE domain = ? AND deployment = ? AND idempotency_key = ?"
+            )))
+            .bind(&new.domain)
+            .bind(&new.deployment)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = row {
+                return Ok(Started::Existing(job(&row)));
+            }
+        }
+        let active = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE domain = ? AND deployment = ? AND status IN ('queued', 'running')"
+        )))
+        .bind(&new.domain)
+        .bind(&new.deployment)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = active {
+            return Ok(Started::Busy(job(&row)));
+        }
+        let t = now();
+        let at = rfc3339(t);
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO jobs (domain, deployment, operation, status, params, created_by, idempotency_key, \
+             created_at, updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?) RETURNING {JOB_COLUMNS}"
+        )))
+        .bind(&new.domain)
+        .bind(&new.deployment)
+        .bind(&new.operation)
+        .bind(new.params.to_string())
+        .bind(&new.created_by)
+        .bind(&new.idempotency_key)
+        .bind(&at)
+        .bind(&at)
+        .fetch_one(&mut *tx)
+        .await?;
+        let created = job(&row);
+        // Tags are per second; a second backup within the same second of an
+        // earlier one takes the next free second.
+        let mut tag_time = t;
+        let tag = loop {
+            let tag = db_tag(tag_time);
+            let taken: Option<i64> =
+                sqlx::query_scalar("SELECT job_id FROM backups WHERE domain = ? AND deployment = ? AND db_tag = ?")
+                    .bind(&new.domain)
+                    .bind(&new.deployment)
+                    .bind(&tag)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if taken.is_none() {
+                break tag;
+            }
+            tag_time += time::Duration::SECOND;
+        };
+        sqlx::query(
+            "INSERT INTO backups (job_id, domain, deployment, db_tag, status, keep_forever, started_at) \
+             VALUES (?, ?, ?, ?, 'IN PROGRESS', ?, ?)",
+        )
+        .bind(created.id)
+        .bind(&new.domain)
+        .bind(&new.deployment)
+        .bind(&tag)
+        .bind(keep_forever as i64)
+        .bind(&at)
+        .execute(&mut *tx)
+        .await?;
+        add_message(
+            &mut tx,
+            created.id,
+            &at,
+            &format!("backup requested by {} (tag {tag})", new.created_by),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Started::Created(created))
+    }
+
+    async fn job(&self, domain: &str, id: i64) -> Result<Option<Job>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE domain = ? AND id = ?"
+        )))
+        .bind(domain)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(job))
+    }
+
+    async fn job_messages(&self, id: i64) -> Result<Vec<JobMessage>> {
+        let rows = sqlx::query("SELECT at, message FROM job_messages WHERE job_id = ? ORDER BY rowid")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| JobMessage {
+                at: r.get("at"),
+                message: r.get("message"),
+            })
+            .collect())
+    }
+
+    async fn backups(&self, domain: &str, deployment: &str) -> Result<Vec<Backup>> {
+        let rows = sqlx::query("SELECT * FROM backups WHERE domain = ? AND deployment = ? ORDER BY job_id")
+            .bind(domain)
+            .bind(deployment)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(backup).collect())
+    }
+
+    async fn lease_job(&self, owner: &str, lease: Duration, max_attempts: u32) -> Result<Option<Job>> {
+        let t = now();
+        let (at, unix) = (rfc3339(t), t.unix_timestamp());
+        let mut tx = self.write().await?;
+        // Jobs whose workers died too often: fail them rather than retry forever.
+        let dead: Vec<i64> =
+            sqlx::query_scalar("SELECT id FROM jobs WHERE status = 'running' AND lease_expires < ? AND attempts >= ?")
+                .bind(unix)
+                .bind(max_attempts as i64)
+                .fetch_all(&mut *tx)
+                .await?;
+        for id in dead {
+            let message = format!("failed: the worker stopped responding {max_attempts} times; giving up");
+            sqlx::query("UPDATE jobs SET status = 'failed', message = ?, finished_at = ?, updated_at = ?, lease_owner = NULL WHERE id = ?")
+                .bind(&message)
+                .bind(&at)
+                .bind(&at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE backups SET status = 'FAILED' WHERE job_id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            add_message(&mut tx, id, &at, &message).await?;
+        }
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE jobs SET status = 'running', lease_owner = ?, lease_expires = ?, attempts = attempts + 1, \
+             started_at = COALESCE(started_at, ?), updated_at = ? \
+             WHERE id = (SELECT id FROM jobs WHERE status = 'queued' OR (status = 'running' AND lease_expires < ?) \
+                         ORDER BY id LIMIT 1) \
+             RETURNING {JOB_COLUMNS}"
+        )))
+        .bind(owner)
+        .bind(unix + lease.as_secs() as i64)
+        .bind(&at)
+        .bind(&at)
+        .bind(unix)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let leased = row.as_ref().map(job);
+        if let Some(j) = &leased {
+            let what = if j.attempts > 1 {
+                "resumed after its worker stopped"
+            } else {
+                "started"
+            };
+            add_message(
+                &mut tx,
+                j.id,
+                &at,
+                &format!("{} {what} (attempt {})", j.operation, j.attempts),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(leased)
+    }
+
+    async fn heartbeat(&self, id: i64, owner: &str, lease: Duration, done: u64, total: Option<u64>) -> Result<bool> {
+        let t = now();
+        let r = sqlx::query(
+            "UPDATE jobs SET bytes_done = ?, bytes_total = ?, lease_expires = ?, updated_at = ? \
+             WHERE id = ? AND lease_owner = ? AND status = 'running'",
+        )
+        .bind(done as i64)
+        .bind(total.map(|t| t as i64))
+        .bind(t.unix_timestamp() + lease.as_secs() as i64)
+        .bind(rfc3339(t))
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn finish_backup(&self, id: i64, owner: &str, outcome: &BackupOutcome) -> Result<bool> {
+        let at = rfc3339(now());
+        let mut tx = self.write().await?;
+        let (status, message) = match outcome {
+            BackupOutcome::Completed { logical_bytes, .. } => {
+                ("succeeded", format!("backup completed: {logical_bytes} bytes"))
+            }
+            BackupOutcome::Failed { message } => ("failed", format!("backup failed: {message}")),
+        };
+        let r = sqlx::query(
+            "UPDATE jobs SET status = ?, message = ?, finished_at = ?, updated_at = ?, lease_owner = NULL, \
+             bytes_done = COALESCE(bytes_total, bytes_done) WHERE id = ? AND lease_owner = ? AND status = 'running'",
+        )
+        .bind(status)
+        .bind(&message)
+        .bind(&at)
+        .bind(&at)
+        .bind(id)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() != 1 {
+            return Ok(false);
+        }
+        match outcome {
+            BackupOutcome::Completed {
+                snapshot_id,
+                logical_bytes,
+                stored_bytes,
+            } => {
+                sqlx::query(
+                    "UPDATE backups SET status = 'COMPLETED', completed_at = ?, snapshot_id = ?, logical_bytes = ?, \
+                     stored_bytes = ? WHERE job_id = ?",
+                )
+                .bind(&at)
+                .bind(snapshot_id)
+                .bind(*logical_bytes as i64)
+                .bind(*stored_bytes as i64)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            BackupOutcome::Failed { .. } => {
+                sqlx::query("UPDATE backups SET status = 'FAILED', completed_at = ? WHERE job_id = ?")
+                    .bind(&at)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        add_message(&mut tx, id, &at, &message).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}

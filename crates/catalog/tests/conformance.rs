@@ -1,0 +1,154 @@
+//! One suite for every catalog implementation (SQLite now; PostgreSQL will
+//! call the same `suite`).
+
+use std::time::Duration;
+
+use strongbox_catalog::*;
+
+fn new_job(deployment: &str, key: Option<&str>) -> NewJob {
+    NewJob {
+        domain: "usexample".into(),
+        deployment: deployment.into(),
+        operation: "backup".into(),
+        params: serde_json::json!({}),
+        created_by: "alice".into(),
+        idempotency_key: key.map(String::from),
+    }
+}
+
+async fn suite(c: &dyn Catalog) {
+    c.ensure_domain("usexample").await.unwrap();
+    c.ensure_domain("usexample").await.unwrap();
+    c.ensure_domain("idcs-0123abc").await.unwrap();
+    c.put_user("alice", "usexample", "pw1").await.unwrap();
+    let u = c.user("alice").await.unwrap().unwrap();
+    assert_eq!(u.domain, "usexample");
+    assert!(verify_password("pw1", &u.password_hash) && !verify_password("pw2", &u.password_hash));
+    assert!(
+        c.put_user("alice", "idcs-0123abc", "x").await.is_err(),
+        "a user has one domain"
+    );
+    assert!(c.user("nobody").await.unwrap().is_none());
+
+    for name in ["db12c", "other"] {
+        c.put_deployment(&NewDeployment {
+            domain: "usexample".into(),
+            name: name.into(),
+            engine: "sqlite".into(),
+            connection: serde_json::json!({"path": "/tmp/x.db"}),
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(c.deployments("usexample").await.unwrap().len(), 2);
+    assert!(
+        c.deployment("idcs-0123abc", "db12c").await.unwrap().is_none(),
+        "deployments are per domain"
+    );
+
+    // One active job per deployment; idempotency keys return the same job.
+    let Started::Created(j1) = c.start_backup(&new_job("db12c", Some("k1")), true).await.unwrap() else {
+        panic!()
+    };
+    assert!(matches!(c.start_backup(&new_job("db12c", None), false).await.unwrap(), Started::Busy(j) if j.id == j1.id));
+    assert!(
+        matches!(c.start_backup(&new_job("db12c", Some("k1")), false).await.unwrap(), Started::Existing(j) if j.id == j1.id)
+    );
+    let Started::Created(j2) = c.start_backup(&new_job("other", None), false).await.unwrap() else {
+        panic!()
+    };
+    assert!(j2.id > j1.id);
+    let b = c.backups("usexample", "db12c").await.unwrap();
+    assert_eq!(
+        (b.len(), b[0].status, b[0].keep_forever),
+        (1, BackupStatus::InProgress, true)
+    );
+    assert!(
+        b[0].db_tag.starts_with("TAG") && b[0].db_tag.len() == 18,
+        "{}",
+        b[0].db_tag
+    );
+    assert!(
+        c.job("idcs-0123abc", j1.id).await.unwrap().is_none(),
+        "jobs are per domain"
+    );
+
+    // Lease, progress, finish.
+    let lease = Duration::from_secs(30);
+    let got = c.lease_job("w1", lease, 3).await.unwrap().unwrap();
+    assert_eq!((got.id, got.status, got.attempts), (j1.id, JobStatus::Running, 1));
+    assert!(c.heartbeat(j1.id, "w1", lease, 10, Some(100)).await.unwrap());
+    assert!(
+        !c.heartbeat(j1.id, "w2", lease, 10, Some(100)).await.unwrap(),
+        "only the holder"
+    );
+    assert_eq!(c.job("usexample", j1.id).await.unwrap().unwrap().bytes_done, 10);
+    let done = BackupOutcome::Completed {
+        snapshot_id: "ab".into(),
+        logical_bytes: 100,
+        stored_bytes: 40,
+    };
+    assert!(!c.finish_backup(j1.id, "w2", &done).await.unwrap());
+    assert!(c.finish_backup(j1.id, "w1", &done).await.unwrap());
+    let j = c.job("usexample", j1.id).await.unwrap().unwrap();
+    assert_eq!((j.status, j.bytes_done), (JobStatus::Succeeded, 100));
+    let b = &c.backups("usexample", "db12c").await.unwrap()[0];
+    assert_eq!(
+        (b.status, b.snapshot_id.as_deref(), b.stored_bytes),
+        (BackupStatus::Completed, Some("ab"), Some(40))
+    );
+    assert!(c.job_messages(j1.id).await.unwrap().len() >= 3);
+
+    // A second backup in the same second gets its own tag.
+    let Started::Created(j3) = c.start_backup(&new_job("db12c", None), false).await.unwrap() else {
+        panic!()
+    };
+    let tags: Vec<_> = c
+        .backups("usexample", "db12c")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.db_tag)
+        .collect();
+    assert_eq!(tags.len(), 2);
+    assert_ne!(tags[0], tags[1]);
+
+    // A worker that dies: its lease expires, another worker takes the job;
+    // after max_attempts the job is failed, never left running.
+    let short = Duration::from_secs(0);
+    let first = c.lease_job("dying", short, 2).await.unwrap().unwrap();
+    assert_eq!(first.id, j2.id);
+    let second = c.lease_job("dying", short, 2).await.unwrap().unwrap();
+    assert_eq!(second.id, j3.id);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let again = c.lease_job("w3", short, 2).await.unwrap().unwrap();
+    assert_eq!((again.id, again.attempts), (j2.id, 2));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let _ = c.lease_job("w4", lease, 2).await.unwrap();
+    let failed = c.job("usexample", j2.id).await.unwrap().unwrap();
+    assert_eq!(failed.status, JobStatus::Failed, "{failed:?}");
+    assert!(failed.message.unwrap().contains("giving up"));
+    assert_eq!(
+        c.backups("usexample", "other").await.unwrap()[0].status,
+        BackupStatus::Failed
+    );
+    // j3 was re-leased by w4 (its first holder died too); failing it records why.
+    let fail = BackupOutcome::Failed {
+        message: "disk full".into(),
+    };
+    assert!(c.finish_backup(j3.id, "w4", &fail).await.unwrap());
+    let j = c.job("usexample", j3.id).await.unwrap().unwrap();
+    assert_eq!(j.status, JobStatus::Failed);
+    assert!(j.message.unwrap().contains("disk full"));
+}
+
+#[tokio::test]
+async fn sqlite_catalog_passes_the_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = SqliteCatalog::open(&dir.path().join("catalog.db")).await.unwrap();
+    suite(&c).await;
+    // State survives reopening (a restarted server).
+    drop(c);
+    let c = SqliteCatalog::open(&dir.path().join("catalog.db")).await.unwrap();
+    assert_eq!(c.deployments("usexample").await.unwrap().len(), 2);
+}
