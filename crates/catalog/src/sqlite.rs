@@ -414,6 +414,12 @@ impl Catalog for SqliteCatalog {
                 logical_bytes,
                 stored_bytes,
             } => {
+                sqlx::query("UPDATE jobs SET bytes_done = ?, bytes_total = ? WHERE id = ?")
+                    .bind(*logical_bytes as i64)
+                    .bind(*logical_bytes as i64)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
                 sqlx::query(
                     "UPDATE backups SET status = 'COMPLETED', completed_at = ?, snapshot_id = ?, logical_bytes = ?, \
                      stored_bytes = ? WHERE job_id = ?",

@@ -1,7 +1,8 @@
-//! The `strongbox` binary: repository verbs now; the API server joins later.
+//! The `strongbox` binary: `serve` (the API and its workers) and `repo` (the repository directly).
 
 mod bar;
 mod repo_cmd;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -16,6 +17,8 @@ struct Cli {
 enum Command {
     /// Work with a backup repository directly.
     Repo(repo_cmd::RepoArgs),
+    /// Serve the DBCS backup API and run backup jobs.
+    Serve(serve::ServeArgs),
 }
 
 /// Pins glibc's mmap threshold at 2 MiB. By default glibc raises the
@@ -45,6 +48,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Repo(args) => repo_cmd::run(args).await,
+            Command::Serve(args) => serve::run(args).await.map(|()| std::process::ExitCode::SUCCESS),
         }
     });
     match result {

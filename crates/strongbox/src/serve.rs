@@ -1,0 +1,292 @@
+//! `strongbox serve`: the API, the job workers, and (with `--demo`) a
+//! ready-made identity domain, user and SQLite deployment to try.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde::Deserialize;
+use strongbox_catalog::{BackupOutcome, Catalog, Job, NewDeployment, SqliteCatalog};
+use strongbox_repo::{BackupOptions, Counters, Repository, Store};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// TOML config file; every setting can also come from STRONGBOX_* variables.
+    #[arg(long, env = "STRONGBOX_CONFIG")]
+    config: Option<PathBuf>,
+    /// Also create identity domain `usexample`, a user, and a SQLite deployment `db12c`.
+    #[arg(long)]
+    demo: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    public_url: Option<String>,
+    workers: Option<usize>,
+    retry_after: Option<u64>,
+    lease_seconds: Option<u64>,
+}
+
+fn env<T: std::str::FromStr>(name: &str) -> Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(v) => v.parse().map(Some).map_err(|e| anyhow::anyhow!("{name}={v:?}: {e}")),
+        Err(_) => Ok(None),
+    }
+}
+
+struct Settings {
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    tls: Option<(PathBuf, PathBuf)>,
+    public_url: String,
+    workers: usize,
+    retry_after: u64,
+    lease: Duration,
+}
+
+fn settings(args: &ServeArgs) -> Result<Settings> {
+    let file: Config = match &args.config {
+        Some(p) => toml::from_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+            .with_context(|| format!("parsing {}", p.display()))?,
+        None => Config::default(),
+    };
+    let listen = env("STRONGBOX_LISTEN")?
+        .or(file.listen)
+        .unwrap_or_else(|| "127.0.0.1:8080".parse().unwrap());
+    let cert = env("STRONGBOX_TLS_CERT")?.or(file.tls_cert);
+    let key = env("STRONGBOX_TLS_KEY")?.or(file.tls_key);
+    let tls = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    Ok(Settings {
+        listen,
+        data_dir: env("STRONGBOX_DATA_DIR")?
+            .or(file.data_dir)
+            .unwrap_or_else(|| "strongbox-data".into()),
+        public_url: env("STRONGBOX_PUBLIC_URL")?
+            .or(file.public_url)
+            .unwrap_or_else(|| format!("{scheme}://{listen}")),
+        tls,
+        workers: env("STRONGBOX_WORKERS")?.or(file.workers).unwrap_or(2).max(1),
+        retry_after: env("STRONGBOX_RETRY_AFTER")?.or(file.retry_after).unwrap_or(60),
+        lease: Duration::from_secs(
+            env("STRONGBOX_LEASE_SECONDS")?
+                .or(file.lease_seconds)
+                .unwrap_or(30)
+                .max(1),
+        ),
+    })
+}
+
+/// The repository password: STRONGBOX_REPO_PASSWORD, else a random one kept
+/// (mode 0600) in the data directory on first start.
+fn repo_password(data_dir: &Path) -> Result<String> {
+    if let Ok(p) = std::env::var("STRONGBOX_REPO_PASSWORD") {
+        return Ok(p);
+    }
+    let path = data_dir.join("repository.password");
+    if let Ok(p) = std::fs::read_to_string(&path) {
+        return Ok(p.trim().to_string());
+    }
+    let mut raw = [0u8; 24];
+    rand::fill(&mut raw);
+    let p = hex::encode(raw);
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    std::io::Write::write_all(&mut f, p.as_bytes())?;
+    Ok(p)
+}
+
+pub async fn run(args: ServeArgs) -> Result<()> {
+    let s = settings(&args)?;
+    std::fs::create_dir_all(s.data_dir.join("tmp"))?;
+    let catalog: Arc<dyn Catalog> = Arc::new(SqliteCatalog::open(&s.data_dir.join("catalog.sqlite")).await?);
+    let store = Store::local(&s.data_dir.join("repository"))?;
+    let password = repo_password(&s.data_dir)?;
+    let repo = match Repository::open(store.clone(), password.as_bytes()).await {
+        Err(strongbox_repo::Error::NotARepository { .. }) => {
+            Repository::init(store, password.as_bytes(), Default::default()).await?
+        }
+        other => other?,
+    };
+    let repo = Arc::new(repo);
+    if args.demo {
+        demo(catalog.as_ref(), &s).await?;
+    }
+    let owner = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 4]>()));
+    for _ in 0..s.workers {
+        tokio::spawn(worker(
+            catalog.clone(),
+            repo.clone(),
+            owner.clone(),
+            s.lease,
+            s.data_dir.join("tmp"),
+        ));
+    }
+    let state = Arc::new(strongbox_api::AppState::new(catalog, &s.public_url, s.retry_after));
+    let app = strongbox_api::router(state).into_make_service();
+    eprintln!("strongbox serving {} (listening on {})", s.public_url, s.listen);
+    match &s.tls {
+        Some((cert, key)) => {
+            // from_pem_file sets ALPN to h2 and http/1.1.
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| format!("loading TLS certificate {} and key {}", cert.display(), key.display()))?;
+            axum_server::bind_rustls(s.listen, tls).serve(app).await?;
+        }
+        None => axum_server::bind(s.listen).serve(app).await?,
+    }
+    Ok(())
+}
+
+async fn demo(catalog: &dyn Catalog, s: &Settings) -> Result<()> {
+    let domain = "usexample";
+    let user = std::env::var("STRONGBOX_DEMO_USER").unwrap_or_else(|_| "serviceadmin".into());
+    catalog.ensure_domain(domain).await?;
+    if catalog.user(&user).await?.is_none() || std::env::var("STRONGBOX_DEMO_PASSWORD").is_ok() {
+        let (password, generated) = match std::env::var("STRONGBOX_DEMO_PASSWORD") {
+            Ok(p) => (p, false),
+            Err(_) => (hex::encode(rand::random::<[u8; 9]>()), true),
+        };
+        catalog.put_user(&user, domain, &password).await?;
+        if generated {
+            // Printed once, when the user is created; not stored in clear.
+            eprintln!("demo user {user} in identity domain {domain}, password: {password}");
+        }
+    }
+    let db = s.data_dir.join("demo").join("db12c.sqlite");
+    if !db.exists() {
+        std::fs::create_dir_all(db.parent().unwrap())?;
+        let c = rusqlite::Connection::open(&db)?;
+        c.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT, amount REAL, created_at TEXT);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+             INSERT INTO orders SELECT i, 'customer ' || (i % 977), (i * 37 % 10000) / 100.0,
+                    datetime('2026-01-01', '+' || i || ' minutes') FROM n;",
+        )?;
+    }
+    catalog
+        .put_deployment(&NewDeployment {
+            domain: domain.into(),
+            name: "db12c".into(),
+            engine: "sqlite".into(),
+            connection: serde_json::json!({ "path": db }),
+        })
+        .await?;
+    eprintln!(
+        "try: curl -i -X POST -u {user}:PASSWORD -H 'X-ID-TENANT-NAME: {domain}' -H 'Content-Type: application/json' \
+         -d '{{}}' {}{}/{domain}/db12c/backups",
+        s.public_url,
+        strongbox_api::PREFIX
+    );
+    Ok(())
+}
+
+/// Leases jobs and runs them, forever.
+async fn worker(catalog: Arc<dyn Catalog>, repo: Arc<Repository>, owner: String, lease: Duration, scratch: PathBuf) {
+    loop {
+        match catalog.lease_job(&owner, lease, 3).await {
+            Ok(Some(job)) => {
+                let id = job.id;
+                let outcome = match run_backup(&catalog, &repo, &owner, lease, &scratch, &job).await {
+                    Ok(o) => o,
+                    Err(e) => BackupOutcome::Failed {
+                        message: format!("{e:#}"),
+                    },
+                };
+                if let Err(e) = catalog.finish_backup(id, &owner, &outcome).await {
+                    tracing::error!("job {id}: recording the outcome failed: {e}");
+                }
+            }
+            Ok(None) => tokio::time::sleep(Duration::from_millis(250)).await,
+            Err(e) => {
+                tracing::error!("leasing a job failed: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn run_backup(
+    catalog: &Arc<dyn Catalog>,
+    repo: &Repository,
+    owner: &str,
+    lease: Duration,
+    scratch: &Path,
+    job: &Job,
+) -> Result<BackupOutcome> {
+    let deployment = catalog
+        .deployment(&job.domain, &job.deployment)
+        .await?
+        .with_context(|| format!("deployment {} no longer exists", job.deployment))?;
+    let engine = strongbox_engines::engine_for(&deployment.engine, &deployment.connection)?;
+    let tag = catalog
+        .backups(&job.domain, &job.deployment)
+        .await?
+        .into_iter()
+        .find(|b| b.job_id == job.id)
+        .map(|b| b.db_tag)
+        .unwrap_or_default();
+    let scratch = scratch.to_path_buf();
+    let sources = tokio::task::spawn_blocking(move || engine.backup(&scratch)).await??;
+    let counters = Arc::new(Counters::default());
+    // Progress (and the lease) are renewed while the backup runs.
+    let beat = {
+        let (catalog, counters, owner, id) = (catalog.clone(), counters.clone(), owner.to_string(), job.id);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                let total = counters.total.load(Ordering::Relaxed);
+                let done = counters.read.load(Ordering::Relaxed);
+                let _ = catalog
+                    .heartbeat(id, &owner, lease, done, (total > 0).then_some(total))
+                    .await;
+            }
+        })
+    };
+    let labels = BTreeMap::from([
+        ("domain".to_string(), job.domain.clone()),
+        ("deployment".to_string(), job.deployment.clone()),
+        ("engine".to_string(), deployment.engine.clone()),
+        ("tag".to_string(), tag.clone()),
+        ("job".to_string(), job.id.to_string()),
+    ]);
+    let result = repo
+        .backup(
+            sources,
+            BackupOptions {
+                tags: vec![tag],
+                labels,
+            },
+            counters,
+        )
+        .await;
+    beat.abort();
+    let snap = result?;
+    Ok(BackupOutcome::Completed {
+        snapshot_id: snap.id.to_hex(),
+        logical_bytes: snap.totals.logical_bytes,
+        stored_bytes: snap.totals.new_bytes_stored,
+    })
+}
