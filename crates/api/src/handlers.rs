@@ -280,6 +280,50 @@ pub async fn activity_log(
     .into_response())
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Registration {
+    engine: String,
+    connection: Value,
+}
+
+/// Registers (or re-registers) an existing database as a deployment. The
+/// connection settings may hold secrets: they are stored, never returned.
+pub async fn register_deployment(
+    State(state): St,
+    Path((domain, service)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state.auth, state.catalog.as_ref(), &headers, &domain).await?;
+    let reg: Registration = serde_json::from_value(json_object(&headers, body)?).map_err(|e| {
+        ApiError::bad_request(format!(
+            "invalid registration: {e}; send {{\"engine\": \"sqlite\", \"connection\": {{\"path\": ...}}}}"
+        ))
+    })?;
+    let valid_name = !service.is_empty()
+        && service.len() <= 64
+        && service
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid_name {
+        return Err(ApiError::bad_request(
+            "a deployment name is 1 to 64 letters, digits, '-' or '_'",
+        ));
+    }
+    strongbox_engines::engine_for(&reg.engine, &reg.connection).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let d = state
+        .catalog
+        .put_deployment(&strongbox_catalog::NewDeployment {
+            domain,
+            name: service,
+            engine: reg.engine,
+            connection: reg.connection,
+        })
+        .await?;
+    Ok((StatusCode::OK, Json(instance_json(&state, &d))).into_response())
+}
+
 fn instance_json(state: &AppState, d: &strongbox_catalog::Deployment) -> Value {
     json!({
         "service_name": d.name,

@@ -58,6 +58,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/paas/api/v1.1/activitylog/{domain}/job/{job}",
             get(handlers::activity_log),
         )
+        // Strongbox's own surface: registering an existing database as a deployment.
+        .route(
+            "/strongbox/api/v1/instances/{domain}/{service}",
+            axum::routing::put(handlers::register_deployment),
+        )
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

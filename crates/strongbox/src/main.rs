@@ -1,5 +1,6 @@
 //! The `strongbox` binary: `serve` (the API and its workers) and `repo` (the repository directly).
 
+mod admin;
 mod bar;
 mod repo_cmd;
 mod serve;
@@ -19,6 +20,8 @@ enum Command {
     Repo(repo_cmd::RepoArgs),
     /// Serve the DBCS backup API and run backup jobs.
     Serve(serve::ServeArgs),
+    /// Set up identity domains, users and deployments in a data directory.
+    Admin(admin::AdminArgs),
 }
 
 /// Pins glibc's mmap threshold at 2 MiB. By default glibc raises the
@@ -49,6 +52,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Repo(args) => repo_cmd::run(args).await,
             Command::Serve(args) => serve::run(args).await.map(|()| std::process::ExitCode::SUCCESS),
+            Command::Admin(args) => admin::run(args).await.map(|()| std::process::ExitCode::SUCCESS),
         }
     });
     match result {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 struct Server {
     child: Child,
-    dir: tempfile::TempDir,
+    dir: PathBuf,
     port: u16,
 }
 
@@ -49,18 +49,20 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let (_, cert, key) = test_pki(dir.path());
-    let port = free_port();
+/// Starts `strongbox serve --demo` on `dir` (PKI made on first use).
+fn start_in(dir: &Path, port: u16) -> Server {
+    if !dir.join("cert.pem").exists() {
+        test_pki(dir);
+    }
     let child = Command::new(env!("CARGO_BIN_EXE_strongbox"))
         .args(["serve", "--demo"])
-        .env("STRONGBOX_DATA_DIR", dir.path().join("data"))
+        .env("STRONGBOX_DATA_DIR", dir.join("data"))
         .env("STRONGBOX_LISTEN", format!("127.0.0.1:{port}"))
-        .env("STRONGBOX_TLS_CERT", cert)
-        .env("STRONGBOX_TLS_KEY", key)
+        .env("STRONGBOX_TLS_CERT", dir.join("cert.pem"))
+        .env("STRONGBOX_TLS_KEY", dir.join("key.pem"))
         .env("STRONGBOX_PUBLIC_URL", format!("https://localhost:{port}"))
         .env("STRONGBOX_DEMO_PASSWORD", "Pa55_word")
+        .env("STRONGBOX_LEASE_SECONDS", "2")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -70,7 +72,15 @@ fn start() -> Server {
         assert!(Instant::now() < deadline, "server did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    Server { child, dir, port }
+    Server {
+        child,
+        dir: dir.to_path_buf(),
+        port,
+    }
+}
+
+fn start(dir: &tempfile::TempDir) -> Server {
+    start_in(dir.path(), free_port())
 }
 
 impl Server {
@@ -81,7 +91,7 @@ impl Server {
     /// curl with the test CA (the seed's `--cacert`), plus `args`; returns
     /// (status line, lower-cased headers, body).
     fn curl(&self, args: &[&str]) -> (String, Vec<(String, String)>, String) {
-        let ca = self.dir.path().join("ca.pem");
+        let ca = self.dir.join("ca.pem");
         let out = Command::new("curl")
             .args(["-sS", "-i", "--cacert"])
             .arg(&ca)
@@ -116,7 +126,8 @@ const BACKUPS: &str = "/paas/service/dbcs/api/v1.1/instances/usexample/db12c/bac
 
 #[test]
 fn the_seed_request_backs_up_a_real_database() {
-    let s = start();
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(&dir);
     // The seed's curl command, word for word but for host and CA file.
     let (status, h, body) = s.curl(&[
         "-X",
@@ -225,7 +236,8 @@ fn the_seed_request_backs_up_a_real_database() {
 
 #[test]
 fn mistakes_get_4xx_with_a_message() {
-    let s = start();
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(&dir);
     let url = s.url(BACKUPS);
     let good = ["-u", "serviceadmin:Pa55_word", "-H", "X-ID-TENANT-NAME:usexample"];
     let json = ["-H", "Content-Type: application/json"];
@@ -366,4 +378,208 @@ fn mistakes_get_4xx_with_a_message() {
     let (status, h, _) = s.curl(&["-X", "OPTIONS", &url]);
     assert_eq!(status, "HTTP/2 200");
     assert_eq!(header(&h, "access-control-allow-origin"), "*");
+}
+
+const AUTH: [&str; 6] = [
+    "-u",
+    "serviceadmin:Pa55_word",
+    "-H",
+    "X-ID-TENANT-NAME:usexample",
+    "-H",
+    "Content-Type:application/json",
+];
+
+impl Server {
+    fn json(&self, args: &[&str]) -> (String, serde_json::Value) {
+        let (status, _, body) = self.curl(&[&AUTH[..], args].concat());
+        (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
+    }
+
+    fn post_backup(&self, service: &str, extra: &[&str]) -> (String, String) {
+        let url = self.url(&format!(
+            "/paas/service/dbcs/api/v1.1/instances/usexample/{service}/backups"
+        ));
+        let (status, h, body) = self.curl(&[&AUTH[..], extra, &["-X", "POST", "-d", "{}", &url]].concat());
+        let location = h
+            .iter()
+            .find(|(k, _)| k == "location")
+            .map(|(_, v)| v.clone())
+            .unwrap_or(body);
+        (status, location)
+    }
+
+    fn wait_for(&self, location: &str, wanted: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (_, v) = self.json(&[location]);
+            if v["job_status"] == wanted {
+                return v;
+            }
+            assert!(v["job_status"] != "Failed" && Instant::now() < deadline, "{v}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// A SQLite database of about `mib` MiB: `rows` rows of hex text.
+fn big_database(path: &Path, mib: usize) -> i64 {
+    let c = rusqlite::Connection::open(path).unwrap();
+    let rows = (mib * 1024 * 1024 / 1100) as i64;
+    c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+        .unwrap();
+    c.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) \
+         INSERT INTO t SELECT i, hex(randomblob(500)) || ' row ' || i FROM n",
+        [rows],
+    )
+    .unwrap();
+    rows
+}
+
+#[test]
+fn a_server_killed_mid_backup_finishes_the_job_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut s = start_in(dir.path(), port);
+
+    // A completed backup first: it must survive the crash.
+    let (status, first) = s.post_backup("db12c", &["-H", "Idempotency-Key: nightly-1"]);
+    assert_eq!(status, "HTTP/2 202");
+    s.wait_for(&first, "Succeeded");
+    // The same Idempotency-Key gives the same job, not a second backup.
+    let (status, again) = s.post_backup("db12c", &["-H", "Idempotency-Key: nightly-1"]);
+    assert_eq!((status.as_str(), again.as_str()), ("HTTP/2 202", first.as_str()));
+
+    // A bigger deployment, registered through Strongbox's own endpoint.
+    let db = dir.path().join("big.sqlite");
+    let rows = big_database(&db, 300);
+    let reg = format!(
+        "{{\"engine\": \"sqlite\", \"connection\": {{\"path\": \"{}\"}}}}",
+        db.display()
+    );
+    let (status, v) = s.json(&[
+        "-X",
+        "PUT",
+        "-d",
+        &reg,
+        &s.url("/strongbox/api/v1/instances/usexample/big"),
+    ]);
+    assert_eq!(status, "HTTP/2 200", "{v}");
+    assert!(v.get("connection").is_none(), "connection settings are never returned");
+
+    let (status, location) = s.post_backup("big", &[]);
+    assert_eq!(status, "HTTP/2 202");
+    let id = location.rsplit('/').next().unwrap().to_string();
+    let activity = s.url(&format!("/paas/api/v1.1/activitylog/usexample/job/{id}"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.json(&[&activity]).1["status"] != "RUNNING" {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // One backup at a time per deployment.
+    let (status, v) = s.json(&[
+        "-X",
+        "POST",
+        "-d",
+        "{}",
+        &s.url("/paas/service/dbcs/api/v1.1/instances/usexample/big/backups"),
+    ]);
+    assert_eq!(status, "HTTP/2 409", "{v}");
+    assert!(v["message"].as_str().unwrap().contains(&format!("job {id}")), "{v}");
+
+    s.child.kill().unwrap(); // SIGKILL, mid-backup
+    s.child.wait().unwrap();
+    let s = start_in(dir.path(), port);
+    let job = s.wait_for(&location, "Succeeded");
+    let log = s.json(&[&activity]).1;
+    let messages = log["messages"].to_string();
+    assert!(
+        messages.contains("resumed after its worker stopped"),
+        "the job was not interrupted: {log}"
+    );
+    assert!(job["progress"]["bytes_done"].as_u64().unwrap() > 250 << 20, "{job}");
+
+    // Both backups are listed COMPLETED.
+    let (_, list) = s.json(&[&s.url(BACKUPS)]);
+    assert_eq!(list["backupList"][0]["status"], "COMPLETED", "{list}");
+    let (_, list) = s.json(&[&s.url("/paas/service/dbcs/api/v1.1/instances/usexample/big/backups")]);
+    let tag = list["backupList"][0]["dbTag"].as_str().unwrap().to_string();
+    assert_eq!(list["backupList"][0]["status"], "COMPLETED", "{list}");
+
+    // The snapshot, restored with the repository CLI, is a sound database
+    // holding every row.
+    let data = dir.path().join("data");
+    let repo_cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_strongbox"))
+            .arg("repo")
+            .arg("--repo")
+            .arg(data.join("repository"))
+            .arg("--password-file")
+            .arg(data.join("repository.password"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    };
+    let snaps: serde_json::Value = serde_json::from_slice(&repo_cli(&["--json", "snapshots"])).unwrap();
+    let snap = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["labels"]["tag"] == tag.as_str())
+        .unwrap();
+    assert_eq!(snap["labels"]["deployment"], "big");
+    let target = dir.path().join("restored");
+    repo_cli(&[
+        "restore",
+        snap["id"].as_str().unwrap(),
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    let c = rusqlite::Connection::open(target.join("database.sqlite")).unwrap();
+    let check: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(check, "ok");
+    let n: i64 = c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, rows);
+}
+
+#[test]
+fn tenants_see_nothing_of_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(&dir);
+    let (_, location) = s.post_backup("db12c", &[]);
+    let id = location.rsplit('/').next().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_strongbox"))
+        .args(["admin", "user", "alice", "--domain", "idcs-4f2a9c"])
+        .env("STRONGBOX_DATA_DIR", dir.path().join("data"))
+        .env("STRONGBOX_NEW_PASSWORD", "alice-pw")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let alice = ["-u", "alice:alice-pw", "-H", "X-ID-TENANT-NAME:idcs-4f2a9c"];
+    // Her own domain has no such job: 404, not a hint that it exists elsewhere.
+    let theirs = s.url(&format!(
+        "/paas/service/dbcs/api/v1.1/instances/idcs-4f2a9c/status/backup/job/{id}"
+    ));
+    let (status, _, body) = s.curl(&[&alice[..], &[theirs.as_str()]].concat());
+    assert_eq!(status, "HTTP/2 404", "{body}");
+    // Another domain's path: 403.
+    let (status, _, _) = s.curl(
+        &[
+            &["-u", "alice:alice-pw", "-H", "X-ID-TENANT-NAME:usexample"][..],
+            &[location.as_str()],
+        ]
+        .concat(),
+    );
+    assert_eq!(status, "HTTP/2 403");
+    let (status, _, body) = s.curl(
+        &[
+            &alice[..],
+            &[s.url("/paas/service/dbcs/api/v1.1/instances/idcs-4f2a9c").as_str()],
+        ]
+        .concat(),
+    );
+    assert_eq!(status, "HTTP/2 200");
+    assert!(!body.contains("db12c"), "{body}");
 }
