@@ -197,10 +197,38 @@ fn wire_status(j: &Job) -> &'static str {
     }
 }
 
-async fn find_job(state: &AppState, domain: &str, request: &str, id: &str) -> Result<Job, ApiError> {
+/// Finished jobs never change again (in any replica), so clients polling a
+/// `Location` after the job ended are answered from memory. Each catalog
+/// read costs two thread hand-offs (sqlx runs SQLite on its own threads),
+/// which profiling showed to dominate a status request.
+#[derive(Default)]
+pub struct FinishedJobs(std::sync::Mutex<std::collections::HashMap<(String, i64), Arc<Job>>>);
+
+const FINISHED_CACHE_MAX: usize = 10_000;
+
+async fn job_by_id(state: &AppState, domain: &str, id: i64) -> Result<Option<Arc<Job>>, ApiError> {
+    let key = (domain.to_string(), id);
+    if let Some(j) = state.finished.0.lock().expect("job cache").get(&key) {
+        return Ok(Some(j.clone()));
+    }
+    let Some(j) = state.catalog.job(domain, id).await? else {
+        return Ok(None);
+    };
+    let j = Arc::new(j);
+    if matches!(j.status, JobStatus::Succeeded | JobStatus::Failed) {
+        let mut cache = state.finished.0.lock().expect("job cache");
+        if cache.len() >= FINISHED_CACHE_MAX {
+            cache.clear(); // crude, bounded; refilled from the catalog on demand
+        }
+        cache.insert(key, j.clone());
+    }
+    Ok(Some(j))
+}
+
+async fn find_job(state: &AppState, domain: &str, request: &str, id: &str) -> Result<Arc<Job>, ApiError> {
     let missing = || ApiError::not_found(format!("no {request} job {id} in identity domain {domain}"));
     let id: i64 = id.parse().map_err(|_| missing())?;
-    match state.catalog.job(domain, id).await? {
+    match job_by_id(state, domain, id).await? {
         Some(j) if j.operation == request => Ok(j),
         _ => Err(missing()),
     }
@@ -247,7 +275,7 @@ pub async fn activity_log(
     authorize(&state.auth, state.catalog.as_ref(), &headers, &domain).await?;
     let missing = || ApiError::not_found(format!("no job {job} in identity domain {domain}"));
     let id: i64 = job.parse().map_err(|_| missing())?;
-    let j = state.catalog.job(&domain, id).await?.ok_or_else(missing)?;
+    let j = job_by_id(&state, &domain, id).await?.ok_or_else(missing)?;
     let messages: Vec<Value> = state
         .catalog
         .job_messages(j.id)

@@ -29,6 +29,7 @@ pub struct AppState {
     pub public_url: String,
     pub retry_after: u64,
     auth: auth::Cache,
+    finished: handlers::FinishedJobs,
 }
 
 impl AppState {
@@ -38,6 +39,7 @@ impl AppState {
             public_url: public_url.into().trim_end_matches('/').to_string(),
             retry_after,
             auth: auth::Cache::default(),
+            finished: Default::default(),
         }
     }
 }
@@ -57,6 +59,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/paas/api/v1.1/activitylog/{domain}/job/{job}",
             get(handlers::activity_log),
+        )
+        // A static answer for load balancers (and the API benchmark's baseline).
+        .route(
+            "/strongbox/health",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
         )
         // Strongbox's own surface: registering an existing database as a deployment.
         .route(
