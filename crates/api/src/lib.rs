@@ -5,6 +5,7 @@
 mod auth;
 mod error;
 mod handlers;
+mod openapi;
 
 use std::sync::Arc;
 
@@ -60,6 +61,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/paas/api/v1.1/activitylog/{domain}/job/{job}",
             get(handlers::activity_log),
         )
+        .route("/openapi.json", get(|| async { axum::Json(openapi::spec()) }))
         // A static answer for load balancers (and the API benchmark's baseline).
         .route(
             "/strongbox/health",
