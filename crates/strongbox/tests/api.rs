@@ -583,3 +583,67 @@ fn tenants_see_nothing_of_each_other() {
     assert_eq!(status, "HTTP/2 200");
     assert!(!body.contains("db12c"), "{body}");
 }
+
+#[test]
+fn serve_reads_a_toml_config_and_refuses_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("strongbox.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nworkers = 1\nretry_after = 7\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strongbox"))
+        .args(["serve", "--demo", "--config"])
+        .arg(&config)
+        .env("STRONGBOX_DEMO_PASSWORD", "pw")
+        .env_remove("STRONGBOX_LISTEN")
+        .env_remove("STRONGBOX_DATA_DIR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-i",
+            "-X",
+            "POST",
+            "-u",
+            "serviceadmin:pw",
+            "-H",
+            "X-ID-TENANT-NAME: usexample",
+        ])
+        .args(["-H", "Content-Type: application/json", "-d", "{}"])
+        .arg(format!(
+            "http://127.0.0.1:{port}/paas/service/dbcs/api/v1.1/instances/usexample/db12c/backups"
+        ))
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 202"), "{text}");
+    assert!(text.contains("retry-after: 7"), "{text}");
+    assert!(text.contains(&format!("location: http://127.0.0.1:{port}/")), "{text}");
+    assert!(dir.path().join("data/catalog.sqlite").exists());
+
+    std::fs::write(&config, "listen = \"127.0.0.1:1\"\nwrokers = 2\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_strongbox"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("wrokers") && err.contains("strongbox.toml"), "{err}");
+}
