@@ -5,7 +5,7 @@
 //! every pack is also downloaded, its name checked against its content, its
 //! header against the index, and every blob opened and hashed.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use futures::StreamExt;
 use serde::Serialize;
@@ -39,12 +39,7 @@ pub async fn check(store: &Store, cipher: &Cipher, read_data: bool) -> Result<Ch
     let (index, index_errors) = Index::load_tolerant(store, cipher, &IdSet::default()).await?;
     report.errors.extend(index_errors.iter().map(|e| e.to_string()));
 
-    let stored: HashMap<Id, u64> = store
-        .list(layout::DATA)
-        .await?
-        .iter()
-        .filter_map(|m| layout::id_of(&m.location).map(|id| (id, m.size)))
-        .collect();
+    let stored = layout::packs(store).await?;
     report.packs = stored.len();
     let mut bad_packs = IdSet::default();
     for p in index.packs() {

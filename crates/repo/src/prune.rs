@@ -15,8 +15,6 @@
 //!
 //! With no backup running, both phases happen in one `prune` call.
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -204,12 +202,8 @@ async fn plan(
     if !repack.is_empty() {
         written.insert(upload(store, cipher, repack).await?);
     }
-    for meta in store.list(layout::DATA).await? {
-        if let Some(id) = layout::id_of(&meta.location)
-            && index.pack(&id).is_none()
-            && !already.contains(&id)
-            && !written.contains(&id)
-        {
+    for id in layout::packs(store).await?.into_keys() {
+        if index.pack(&id).is_none() && !already.contains(&id) && !written.contains(&id) {
             doomed.push(id);
         }
     }
@@ -251,12 +245,7 @@ async fn finish(store: &Store, cipher: &Cipher, plan: &Plan, report: &mut PruneR
     let wanted = referenced(store, cipher).await?;
     let doomed: IdSet = plan.condemned.iter().copied().collect();
     let index = Index::load(store, cipher, &doomed).await?;
-    let sizes: HashMap<Id, u64> = store
-        .list(layout::DATA)
-        .await?
-        .iter()
-        .filter_map(|m| layout::id_of(&m.location).map(|id| (id, m.size)))
-        .collect();
+    let sizes = layout::packs(store).await?;
     let mut delete = IdSet::default();
     for id in &plan.condemned {
         // `Index::get` prefers a copy outside the plan; if the copy it finds

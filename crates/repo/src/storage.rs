@@ -206,4 +206,14 @@ pub mod layout {
     pub fn id_of(path: &Path) -> Option<Id> {
         path.filename().and_then(Id::from_hex)
     }
+
+    /// Every pack in the storage, with its size.
+    pub async fn packs(store: &Store) -> Result<std::collections::HashMap<Id, u64>> {
+        Ok(store
+            .list(DATA)
+            .await?
+            .iter()
+            .filter_map(|m| id_of(&m.location).map(|id| (id, m.size)))
+            .collect())
+    }
 }
