@@ -82,13 +82,16 @@ fn json_object(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Resu
     Ok(v)
 }
 
-async fn known_deployment(state: &AppState, domain: &str, service: &str) -> Result<(), ApiError> {
-    match state.catalog.deployment(domain, service).await? {
-        Some(_) => Ok(()),
-        None => Err(ApiError::not_found(format!(
-            "no database deployment {service} in identity domain {domain}"
-        ))),
-    }
+async fn known_deployment(
+    state: &AppState,
+    domain: &str,
+    service: &str,
+) -> Result<strongbox_catalog::Deployment, ApiError> {
+    state
+        .catalog
+        .deployment(domain, service)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no database deployment {service} in identity domain {domain}")))
 }
 
 pub async fn start_backup(
@@ -388,9 +391,6 @@ pub async fn instance(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state.auth, state.catalog.as_ref(), &headers, &domain).await?;
-    let d =
-        state.catalog.deployment(&domain, &service).await?.ok_or_else(|| {
-            ApiError::not_found(format!("no database deployment {service} in identity domain {domain}"))
-        })?;
+    let d = known_deployment(&state, &domain, &service).await?;
     Ok(Json(instance_json(&state, &d)).into_response())
 }
