@@ -99,12 +99,6 @@ fn kdf(password: &[u8], salt: &[u8], m: u32, t: u32, p: u32) -> Result<XChaCha20
     Ok(XChaCha20Poly1305::new(&Key::from(out)))
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 const KEY_AAD: &[u8] = b"strongbox key slot";
 
 fn wrap(master: &MasterKey, password: &[u8]) -> Result<(Id, Vec<u8>)> {
@@ -120,7 +114,7 @@ fn wrap(master: &MasterKey, password: &[u8]) -> Result<(Id, Vec<u8>)> {
     let kf = KeyFile {
         version: KEY_FILE_VERSION,
         created: crate::now_rfc3339(),
-        hostname: hostname(),
+        hostname: crate::hostname(),
         kdf: "argon2id".into(),
         m_cost: m,
         t_cost: t,

@@ -46,6 +46,14 @@ pub(crate) fn now_rfc3339() -> String {
         .expect("formattable")
 }
 
+/// This host's name, recorded in key slots, locks and snapshots (and used
+/// to tell whether a lock's holder is a local process).
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 /// What a backup records besides its data.
 #[derive(Clone, Debug, Default)]
 pub struct BackupOptions {

@@ -75,7 +75,7 @@ impl Lock {
         let mut info = LockInfo {
             holder: Id::random(),
             kind,
-            hostname: hostname(),
+            hostname: crate::hostname(),
             pid: std::process::id(),
             created: crate::now_rfc3339(),
             plans_seen: vec![],
@@ -139,18 +139,13 @@ async fn refresh_loop(store: Store, cipher: Cipher, info: LockInfo, state: Arc<M
     }
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
-
 /// A holder on this host whose process is gone died without releasing its
 /// lock (e.g. SIGKILL). A reused pid only makes the lock look alive longer,
 /// which delays a prune but never makes it unsafe.
 fn holder_is_dead(info: &LockInfo) -> bool {
-    info.pid != 0 && info.hostname == hostname() && !std::path::Path::new(&format!("/proc/{}", info.pid)).exists()
+    info.pid != 0
+        && info.hostname == crate::hostname()
+        && !std::path::Path::new(&format!("/proc/{}", info.pid)).exists()
 }
 
 /// Locks not yet stale and not held by a dead local process, with their

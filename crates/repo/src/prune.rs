@@ -127,8 +127,10 @@ async fn prune_locked(
     if let Some(plan) = plan(store, cipher, pack_size, opts, &plans, &mut report).await? {
         plans.push(plan);
     }
+    // Listed once, after every plan here was written: a lock created later
+    // read the plans after it was written, so it has seen them all.
+    let live = lock::live(store, cipher).await?;
     for plan in plans {
-        let live = lock::live(store, cipher).await?;
         let waiting = live
             .iter()
             .any(|(_, l)| l.holder != lock.info.holder && !l.plans_seen.contains(&plan.id));
