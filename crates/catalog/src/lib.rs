@@ -1,4 +1,5 @@
-//! The catalog: identity domains, users, deployments, jobs and backups.
+//! The catalog: identity domains, users, deployments, jobs, backups and
+//! recoveries.
 //!
 //! One trait, `Catalog`, so that a PostgreSQL implementation can stand
 //! beside the SQLite one for several server replicas. Nothing here assumes
@@ -44,9 +45,15 @@ pub trait Catalog: Send + Sync + 'static {
 
     /// Queues a backup job and its IN PROGRESS backup row, atomically.
     async fn start_backup(&self, job: &NewJob, keep_forever: bool) -> Result<Started>;
+    /// Queues a recovery job from the completed backup made by job
+    /// `backup_job_id`; `target` is what the request named.
+    async fn start_recovery(&self, job: &NewJob, target: &serde_json::Value, backup_job_id: i64) -> Result<Started>;
     async fn job(&self, domain: &str, id: i64) -> Result<Option<Job>>;
     async fn job_messages(&self, id: i64) -> Result<Vec<JobMessage>>;
     async fn backups(&self, domain: &str, deployment: &str) -> Result<Vec<Backup>>;
+    /// The backup a backup job made.
+    async fn backup(&self, domain: &str, job_id: i64) -> Result<Option<Backup>>;
+    async fn recoveries(&self, domain: &str, deployment: &str) -> Result<Vec<Recovery>>;
 
     /// Leases the oldest queued job, or a running one whose lease expired
     /// (its worker died). A job that has been leased `max_attempts` times
@@ -56,6 +63,10 @@ pub trait Catalog: Send + Sync + 'static {
     async fn heartbeat(&self, id: i64, owner: &str, lease: Duration, done: u64, total: Option<u64>) -> Result<bool>;
     /// Records the outcome of a backup job held by `owner`.
     async fn finish_backup(&self, id: i64, owner: &str, outcome: &BackupOutcome) -> Result<bool>;
+    /// Records the outcome of a recovery job held by `owner`: what was done, or what failed.
+    async fn finish_recovery(&self, id: i64, owner: &str, outcome: Result<&str, &str>) -> Result<bool>;
+    /// Adds a line to a job's activity log.
+    async fn add_job_message(&self, id: i64, message: &str) -> Result<()>;
 }
 
 pub(crate) fn now() -> time::OffsetDateTime {

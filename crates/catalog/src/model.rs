@@ -85,7 +85,7 @@ pub struct Job {
     pub message: Option<String>,
 }
 
-/// What `start_backup` did.
+/// What `start_backup` or `start_recovery` did.
 #[derive(Clone, Debug)]
 pub enum Started {
     Created(Job),
@@ -140,6 +140,20 @@ pub struct Backup {
     pub snapshot_id: Option<String>,
     pub logical_bytes: Option<i64>,
     pub stored_bytes: Option<i64>,
+}
+
+/// A recovery: the target the request named, and the backup chosen for it.
+#[derive(Clone, Debug)]
+pub struct Recovery {
+    pub job_id: i64,
+    pub domain: String,
+    pub deployment: String,
+    /// What the request named (`latest`, `dbTag`, `timestamp`), as JSON.
+    pub target: serde_json::Value,
+    pub backup_job_id: i64,
+    pub status: BackupStatus,
+    pub started_at: String,
+    pub completed_at: Option<String>,
 }
 
 #[derive(Clone, Debug)]

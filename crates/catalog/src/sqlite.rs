@@ -15,7 +15,7 @@ use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
 
 use crate::{
     Backup, BackupOutcome, BackupStatus, Catalog, Deployment, Error, Job, JobMessage, JobStatus, NewDeployment, NewJob,
-    Result, Started, User, hash_password, now, rfc3339,
+    Recovery, Result, Started, User, hash_password, now, rfc3339,
 };
 
 pub struct SqliteCatalog {
@@ -113,6 +113,97 @@ async fn add_message(tx: &mut Transaction<'_, Sqlite>, job: i64, at: &str, messa
     Ok(())
 }
 
+/// Queues a job unless the idempotency key names an earlier one or another
+/// job of the deployment is active; those come back as `Err`.
+async fn insert_job(tx: &mut Transaction<'_, Sqlite>, new: &NewJob) -> Result<Result<Job, Started>> {
+    if let Some(key) = &new.idempotency_key {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE domain = ? AND deployment = ? AND idempotency_key = ?"
+        )))
+        .bind(&new.domain)
+        .bind(&new.deployment)
+        .bind(key)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(row) = row {
+            return Ok(Err(Started::Existing(job(&row))));
+        }
+    }
+    let active = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE domain = ? AND deployment = ? AND status IN ('queued', 'running')"
+    )))
+    .bind(&new.domain)
+    .bind(&new.deployment)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some(row) = active {
+        return Ok(Err(Started::Busy(job(&row))));
+    }
+    let at = rfc3339(now());
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO jobs (domain, deployment, operation, status, params, created_by, idempotency_key, \
+         created_at, updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?) RETURNING {JOB_COLUMNS}"
+    )))
+    .bind(&new.domain)
+    .bind(&new.deployment)
+    .bind(&new.operation)
+    .bind(new.params.to_string())
+    .bind(&new.created_by)
+    .bind(&new.idempotency_key)
+    .bind(&at)
+    .bind(&at)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(Ok(job(&row)))
+}
+
+/// Ends a running job held by `owner`, with its backup or recovery row;
+/// false if the lease was lost (another worker owns the job now).
+async fn close_job(tx: &mut Transaction<'_, Sqlite>, id: i64, owner: &str, ok: bool, message: &str) -> Result<bool> {
+    let at = rfc3339(now());
+    let r = sqlx::query(
+        "UPDATE jobs SET status = ?, message = ?, finished_at = ?, updated_at = ?, lease_owner = NULL, \
+         bytes_done = COALESCE(bytes_total, bytes_done) WHERE id = ? AND lease_owner = ? AND status = 'running'",
+    )
+    .bind(if ok { "succeeded" } else { "failed" })
+    .bind(message)
+    .bind(&at)
+    .bind(&at)
+    .bind(id)
+    .bind(owner)
+    .execute(&mut **tx)
+    .await?;
+    if r.rows_affected() != 1 {
+        return Ok(false);
+    }
+    let status = if ok { "COMPLETED" } else { "FAILED" };
+    for table in ["backups", "recoveries"] {
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {table} SET status = ?, completed_at = ? WHERE job_id = ?"
+        )))
+        .bind(status)
+        .bind(&at)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    add_message(tx, id, &at, message).await?;
+    Ok(true)
+}
+
+fn recovery(row: &SqliteRow) -> Recovery {
+    Recovery {
+        job_id: row.get("job_id"),
+        domain: row.get("domain"),
+        deployment: row.get("deployment"),
+        target: serde_json::from_str(row.get::<&str, _>("target")).unwrap_or_default(),
+        backup_job_id: row.get("backup_job_id"),
+        status: BackupStatus::parse(row.get::<&str, _>("status")),
+        started_at: row.get("started_at"),
+        completed_at: row.get("completed_at"),
+    }
+}
+
 #[async_trait::async_trait]
 impl Catalog for SqliteCatalog {
     async fn ensure_domain(&self, name: &str) -> Result<()> {
@@ -194,49 +285,14 @@ impl Catalog for SqliteCatalog {
 
     async fn start_backup(&self, new: &NewJob, keep_forever: bool) -> Result<Started> {
         let mut tx = self.write().await?;
-        if let Some(key) = &new.idempotency_key {
-            let row = sqlx::query(AssertSqlSafe(format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE domain = ? AND deployment = ? AND idempotency_key = ?"
-            )))
-            .bind(&new.domain)
-            .bind(&new.deployment)
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = row {
-                return Ok(Started::Existing(job(&row)));
-            }
-        }
-        let active = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE domain = ? AND deployment = ? AND status IN ('queued', 'running')"
-        )))
-        .bind(&new.domain)
-        .bind(&new.deployment)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = active {
-            return Ok(Started::Busy(job(&row)));
-        }
-        let t = now();
-        let at = rfc3339(t);
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO jobs (domain, deployment, operation, status, params, created_by, idempotency_key, \
-             created_at, updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?) RETURNING {JOB_COLUMNS}"
-        )))
-        .bind(&new.domain)
-        .bind(&new.deployment)
-        .bind(&new.operation)
-        .bind(new.params.to_string())
-        .bind(&new.created_by)
-        .bind(&new.idempotency_key)
-        .bind(&at)
-        .bind(&at)
-        .fetch_one(&mut *tx)
-        .await?;
-        let created = job(&row);
+        let created = match insert_job(&mut tx, new).await? {
+            Ok(job) => job,
+            Err(other) => return Ok(other),
+        };
+        let at = created.created_at.clone();
         // Tags are per second; a second backup within the same second of an
         // earlier one takes the next free second.
-        let mut tag_time = t;
+        let mut tag_time = now();
         let tag = loop {
             let tag = db_tag(tag_time);
             let taken: Option<i64> =
@@ -268,6 +324,47 @@ impl Catalog for SqliteCatalog {
             created.id,
             &at,
             &format!("backup requested by {} (tag {tag})", new.created_by),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Started::Created(created))
+    }
+
+    async fn start_recovery(&self, new: &NewJob, target: &serde_json::Value, backup_job_id: i64) -> Result<Started> {
+        let mut tx = self.write().await?;
+        let created = match insert_job(&mut tx, new).await? {
+            Ok(job) => job,
+            Err(other) => return Ok(other),
+        };
+        let tag: Option<String> = sqlx::query_scalar(
+            "SELECT db_tag FROM backups WHERE job_id = ? AND domain = ? AND deployment = ? AND status = 'COMPLETED'",
+        )
+        .bind(backup_job_id)
+        .bind(&new.domain)
+        .bind(&new.deployment)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let tag = tag.ok_or_else(|| {
+            Error::NotFound(format!("completed backup (job {backup_job_id}) of {}", new.deployment))
+        })?;
+        let at = created.created_at.clone();
+        sqlx::query(
+            "INSERT INTO recoveries (job_id, domain, deployment, target, backup_job_id, status, started_at) \
+             VALUES (?, ?, ?, ?, ?, 'IN PROGRESS', ?)",
+        )
+        .bind(created.id)
+        .bind(&new.domain)
+        .bind(&new.deployment)
+        .bind(target.to_string())
+        .bind(backup_job_id)
+        .bind(&at)
+        .execute(&mut *tx)
+        .await?;
+        add_message(
+            &mut tx,
+            created.id,
+            &at,
+            &format!("recovery from backup {tag} requested by {} (target {target})", new.created_by),
         )
         .await?;
         tx.commit().await?;
@@ -328,10 +425,15 @@ impl Catalog for SqliteCatalog {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("UPDATE backups SET status = 'FAILED' WHERE job_id = ?")
+            for table in ["backups", "recoveries"] {
+                sqlx::query(AssertSqlSafe(format!(
+                    "UPDATE {table} SET status = 'FAILED', completed_at = ? WHERE job_id = ?"
+                )))
+                .bind(&at)
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
+            }
             add_message(&mut tx, id, &at, &message).await?;
         }
         let row = sqlx::query(AssertSqlSafe(format!(
@@ -385,63 +487,72 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn finish_backup(&self, id: i64, owner: &str, outcome: &BackupOutcome) -> Result<bool> {
-        let at = rfc3339(now());
         let mut tx = self.write().await?;
-        let (status, message) = match outcome {
-            BackupOutcome::Completed { logical_bytes, .. } => {
-                ("succeeded", format!("backup completed: {logical_bytes} bytes"))
-            }
-            BackupOutcome::Failed { message } => ("failed", format!("backup failed: {message}")),
-        };
-        let r = sqlx::query(
-            "UPDATE jobs SET status = ?, message = ?, finished_at = ?, updated_at = ?, lease_owner = NULL, \
-             bytes_done = COALESCE(bytes_total, bytes_done) WHERE id = ? AND lease_owner = ? AND status = 'running'",
-        )
-        .bind(status)
-        .bind(&message)
-        .bind(&at)
-        .bind(&at)
-        .bind(id)
-        .bind(owner)
-        .execute(&mut *tx)
-        .await?;
-        if r.rows_affected() != 1 {
-            return Ok(false);
-        }
-        match outcome {
+        let closed = match outcome {
             BackupOutcome::Completed {
                 snapshot_id,
                 logical_bytes,
                 stored_bytes,
             } => {
-                sqlx::query("UPDATE jobs SET bytes_done = ?, bytes_total = ? WHERE id = ?")
-                    .bind(*logical_bytes as i64)
-                    .bind(*logical_bytes as i64)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(
-                    "UPDATE backups SET status = 'COMPLETED', completed_at = ?, snapshot_id = ?, logical_bytes = ?, \
-                     stored_bytes = ? WHERE job_id = ?",
-                )
-                .bind(&at)
-                .bind(snapshot_id)
-                .bind(*logical_bytes as i64)
-                .bind(*stored_bytes as i64)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+                let message = format!("backup completed: {logical_bytes} bytes");
+                let closed = close_job(&mut tx, id, owner, true, &message).await?;
+                if closed {
+                    sqlx::query("UPDATE jobs SET bytes_done = ?, bytes_total = ? WHERE id = ?")
+                        .bind(*logical_bytes as i64)
+                        .bind(*logical_bytes as i64)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("UPDATE backups SET snapshot_id = ?, logical_bytes = ?, stored_bytes = ? WHERE job_id = ?")
+                        .bind(snapshot_id)
+                        .bind(*logical_bytes as i64)
+                        .bind(*stored_bytes as i64)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                closed
             }
-            BackupOutcome::Failed { .. } => {
-                sqlx::query("UPDATE backups SET status = 'FAILED', completed_at = ? WHERE job_id = ?")
-                    .bind(&at)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+            BackupOutcome::Failed { message } => {
+                close_job(&mut tx, id, owner, false, &format!("backup failed: {message}")).await?
             }
-        }
-        add_message(&mut tx, id, &at, &message).await?;
+        };
         tx.commit().await?;
-        Ok(true)
+        Ok(closed)
+    }
+
+    async fn finish_recovery(&self, id: i64, owner: &str, outcome: Result<&str, &str>) -> Result<bool> {
+        let mut tx = self.write().await?;
+        let closed = match outcome {
+            Ok(message) => close_job(&mut tx, id, owner, true, &format!("recovery completed: {message}")).await?,
+            Err(message) => close_job(&mut tx, id, owner, false, &format!("recovery failed: {message}")).await?,
+        };
+        tx.commit().await?;
+        Ok(closed)
+    }
+
+    async fn add_job_message(&self, id: i64, message: &str) -> Result<()> {
+        let mut tx = self.write().await?;
+        add_message(&mut tx, id, &rfc3339(now()), message).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn backup(&self, domain: &str, job_id: i64) -> Result<Option<Backup>> {
+        let row = sqlx::query("SELECT * FROM backups WHERE domain = ? AND job_id = ?")
+            .bind(domain)
+            .bind(job_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(backup))
+    }
+
+    async fn recoveries(&self, domain: &str, deployment: &str) -> Result<Vec<Recovery>> {
+        let rows = sqlx::query("SELECT * FROM recoveries WHERE domain = ? AND deployment = ? ORDER BY job_id")
+            .bind(domain)
+            .bind(deployment)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(recovery).collect())
     }
 }

@@ -140,6 +140,56 @@ async fn suite(c: &dyn Catalog) {
     let j = c.job("usexample", j3.id).await.unwrap().unwrap();
     assert_eq!(j.status, JobStatus::Failed);
     assert!(j.message.unwrap().contains("disk full"));
+
+    recoveries(c, j1.id, j3.id).await;
+}
+
+/// Recovery jobs share the one-active-job rule with backups and keep their
+/// own history. `completed` is a completed backup of db12c, `failed` a failed one.
+async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
+    let recovery = |key: Option<&str>| NewJob {
+        operation: "recovery".into(),
+        ..new_job("db12c", key)
+    };
+    let target = serde_json::json!({"latest": true});
+    assert!(
+        matches!(c.start_recovery(&recovery(None), &target, failed).await, Err(Error::NotFound(_))),
+        "only a completed backup can be recovered from"
+    );
+    assert!(c.recoveries("usexample", "db12c").await.unwrap().is_empty(), "nothing left behind");
+    let Started::Created(r) = c.start_recovery(&recovery(Some("r1")), &target, completed).await.unwrap() else {
+        panic!()
+    };
+    assert!(
+        matches!(c.start_backup(&new_job("db12c", None), false).await.unwrap(), Started::Busy(j) if j.id == r.id),
+        "no backup while a recovery is queued"
+    );
+    assert!(matches!(c.start_recovery(&recovery(Some("r1")), &target, completed).await.unwrap(), Started::Existing(j) if j.id == r.id));
+    let leased = c.lease_job("w5", Duration::from_secs(30), 3).await.unwrap().unwrap();
+    assert_eq!((leased.id, leased.operation.as_str()), (r.id, "recovery"));
+    c.add_job_message(r.id, "server stopped").await.unwrap();
+    assert!(c.finish_recovery(r.id, "w5", Ok("database recovered")).await.unwrap());
+    let list = c.recoveries("usexample", "db12c").await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(
+        (list[0].status, list[0].backup_job_id, &list[0].target),
+        (BackupStatus::Completed, completed, &target)
+    );
+    assert!(list[0].completed_at.is_some());
+    let log: Vec<_> = c.job_messages(r.id).await.unwrap().into_iter().map(|m| m.message).collect();
+    assert!(log.iter().any(|m| m == "server stopped"), "{log:?}");
+    assert!(log.last().unwrap().contains("database recovered"), "{log:?}");
+
+    let Started::Created(r2) = c.start_recovery(&recovery(None), &target, completed).await.unwrap() else {
+        panic!()
+    };
+    c.lease_job("w5", Duration::from_secs(30), 3).await.unwrap().unwrap();
+    assert!(c.finish_recovery(r2.id, "w5", Err("pg_restore exited with 1")).await.unwrap());
+    let list = c.recoveries("usexample", "db12c").await.unwrap();
+    assert_eq!(list[1].status, BackupStatus::Failed);
+    assert_eq!(c.job("usexample", r2.id).await.unwrap().unwrap().status, JobStatus::Failed);
+    assert_eq!(c.backup("usexample", completed).await.unwrap().unwrap().job_id, completed);
+    assert!(c.backup("idcs-0123abc", completed).await.unwrap().is_none(), "backups are per domain");
 }
 
 #[tokio::test]
