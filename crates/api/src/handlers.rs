@@ -1,4 +1,5 @@
-//! Handlers for the DBCS endpoints (spec sections 1, 2, 5, 6, 7).
+//! Handlers for the DBCS endpoints (spec sections 1, 2, 5, 6, 7; recovery,
+//! sections 3 and 4, is in `recovery`).
 
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use crate::{ApiError, AppState, MAX_BODY, PREFIX};
 type St = State<Arc<AppState>>;
 
 /// `23-Jul-2016 23:04:54 UTC`, the API's date format, from RFC 3339.
-fn api_date(rfc3339: &str) -> String {
+pub(crate) fn api_date(rfc3339: &str) -> String {
     use time::format_description::well_known::Rfc3339;
     time::OffsetDateTime::parse(rfc3339, &Rfc3339)
         .map(|t| {
@@ -50,7 +51,7 @@ struct StartBackupBody {
 }
 
 /// The body checks every POST shares: JSON media type, size, a JSON object.
-fn json_object(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+pub(crate) fn json_object(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -82,7 +83,7 @@ fn json_object(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Resu
     Ok(v)
 }
 
-async fn known_deployment(
+pub(crate) async fn known_deployment(
     state: &AppState,
     domain: &str,
     service: &str,
@@ -136,7 +137,13 @@ pub async fn start_backup(
 }
 
 /// 202 with an empty body and the headers the seed shows.
-fn accepted(state: &AppState, domain: &str, service: &str, request: &str, job: i64) -> Result<Response, ApiError> {
+pub(crate) fn accepted(
+    state: &AppState,
+    domain: &str,
+    service: &str,
+    request: &str,
+    job: i64,
+) -> Result<Response, ApiError> {
     let location = format!("{}{PREFIX}/{domain}/status/{request}/job/{job}", state.public_url);
     let mut resp = StatusCode::ACCEPTED.into_response();
     let h = resp.headers_mut();

@@ -6,6 +6,7 @@ mod auth;
 mod error;
 mod handlers;
 mod openapi;
+mod recovery;
 
 use std::sync::Arc;
 
@@ -52,6 +53,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             &format!("{PREFIX}/{{domain}}/{{service}}/backups"),
             get(handlers::list_backups).post(handlers::start_backup),
+        )
+        .route(
+            &format!("{PREFIX}/{{domain}}/{{service}}/backups/recovery"),
+            axum::routing::post(recovery::start_recovery),
+        )
+        .route(
+            &format!("{PREFIX}/{{domain}}/{{service}}/backups/recovery/history"),
+            get(recovery::history),
         )
         .route(
             &format!("{PREFIX}/{{domain}}/status/{{request}}/job/{{job}}"),

@@ -103,6 +103,37 @@ pub fn spec() -> OpenApi {
         )
         .path(format!("{PREFIX}/{{identityDomainId}}/{{serviceId}}/backups"), backups)
         .path(
+            format!("{PREFIX}/{{identityDomainId}}/{{serviceId}}/backups/recovery"),
+            PathItemBuilder::new()
+                .operation(
+                    HttpMethod::Post,
+                    op(
+                        "Start a recovery in place: 202, empty body, Location of the job",
+                        &[DOMAIN, SERVICE],
+                        &with_errors(&[
+                            ("202", "accepted; `Location` is the job status URI"),
+                            ("400", "not exactly one target, bad date, a time outside the backups, scn"),
+                            ("404", "no completed backup with that dbTag"),
+                            ("409", "a job of this deployment is already in progress"),
+                        ]),
+                    )
+                    .request_body(Some(json_body(
+                        "exactly one of `latest` (true, \"true\", \"yes\"), `tag` (a dbTag), `timestamp` \
+                         (dd-MMM-yyyy HH:mm:ss, UTC, a backup's completion time), `scn`; optional `keepForever`",
+                    ))),
+                )
+                .build(),
+        )
+        .path(
+            format!("{PREFIX}/{{identityDomainId}}/{{serviceId}}/backups/recovery/history"),
+            PathItemBuilder::new()
+                .operation(
+                    HttpMethod::Get,
+                    op("View recoveries: `recoveryList`", &[DOMAIN, SERVICE], &with_errors(&[("200", "")])),
+                )
+                .build(),
+        )
+        .path(
             format!("{PREFIX}/{{identityDomainId}}/status/{{requestName}}/job/{{jobId}}"),
             PathItemBuilder::new()
                 .operation(
@@ -111,7 +142,7 @@ pub fn spec() -> OpenApi {
                         "Job status, with progress",
                         &[
                             DOMAIN,
-                            ("requestName", "`backup`"),
+                            ("requestName", "`backup` or `recovery`"),
                             ("jobId", "the job id from `Location`"),
                         ],
                         &with_errors(&[("200", "")]),
@@ -143,7 +174,8 @@ pub fn spec() -> OpenApi {
                         &with_errors(&[("200", "the deployment"), ("400", "unknown engine or bad settings")]),
                     )
                     .request_body(Some(json_body(
-                        "`{\"engine\": \"sqlite\", \"connection\": {\"path\": …}}`",
+                        "`{\"engine\": \"sqlite\" | \"postgresql\" | \"postgresql-logical\" | \"command\", \"connection\": {…}}` \
+                         (settings per engine in the README)",
                     ))),
                 )
                 .build(),

@@ -54,6 +54,8 @@ pub trait Catalog: Send + Sync + 'static {
     /// The backup a backup job made.
     async fn backup(&self, domain: &str, job_id: i64) -> Result<Option<Backup>>;
     async fn recoveries(&self, domain: &str, deployment: &str) -> Result<Vec<Recovery>>;
+    /// The recovery a recovery job runs.
+    async fn recovery(&self, domain: &str, job_id: i64) -> Result<Option<Recovery>>;
 
     /// Leases the oldest queued job, or a running one whose lease expired
     /// (its worker died). A job that has been leased `max_attempts` times

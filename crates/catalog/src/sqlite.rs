@@ -344,9 +344,8 @@ impl Catalog for SqliteCatalog {
         .bind(&new.deployment)
         .fetch_optional(&mut *tx)
         .await?;
-        let tag = tag.ok_or_else(|| {
-            Error::NotFound(format!("completed backup (job {backup_job_id}) of {}", new.deployment))
-        })?;
+        let tag = tag
+            .ok_or_else(|| Error::NotFound(format!("completed backup (job {backup_job_id}) of {}", new.deployment)))?;
         let at = created.created_at.clone();
         sqlx::query(
             "INSERT INTO recoveries (job_id, domain, deployment, target, backup_job_id, status, started_at) \
@@ -364,7 +363,10 @@ impl Catalog for SqliteCatalog {
             &mut tx,
             created.id,
             &at,
-            &format!("recovery from backup {tag} requested by {} (target {target})", new.created_by),
+            &format!(
+                "recovery from backup {tag} requested by {} (target {target})",
+                new.created_by
+            ),
         )
         .await?;
         tx.commit().await?;
@@ -503,13 +505,15 @@ impl Catalog for SqliteCatalog {
                         .bind(id)
                         .execute(&mut *tx)
                         .await?;
-                    sqlx::query("UPDATE backups SET snapshot_id = ?, logical_bytes = ?, stored_bytes = ? WHERE job_id = ?")
-                        .bind(snapshot_id)
-                        .bind(*logical_bytes as i64)
-                        .bind(*stored_bytes as i64)
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query(
+                        "UPDATE backups SET snapshot_id = ?, logical_bytes = ?, stored_bytes = ? WHERE job_id = ?",
+                    )
+                    .bind(snapshot_id)
+                    .bind(*logical_bytes as i64)
+                    .bind(*stored_bytes as i64)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 closed
             }
@@ -545,6 +549,15 @@ impl Catalog for SqliteCatalog {
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.as_ref().map(backup))
+    }
+
+    async fn recovery(&self, domain: &str, job_id: i64) -> Result<Option<Recovery>> {
+        let row = sqlx::query("SELECT * FROM recoveries WHERE domain = ? AND job_id = ?")
+            .bind(domain)
+            .bind(job_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(recovery))
     }
 
     async fn recoveries(&self, domain: &str, deployment: &str) -> Result<Vec<Recovery>> {

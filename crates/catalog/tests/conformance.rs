@@ -153,18 +153,30 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
     };
     let target = serde_json::json!({"latest": true});
     assert!(
-        matches!(c.start_recovery(&recovery(None), &target, failed).await, Err(Error::NotFound(_))),
+        matches!(
+            c.start_recovery(&recovery(None), &target, failed).await,
+            Err(Error::NotFound(_))
+        ),
         "only a completed backup can be recovered from"
     );
-    assert!(c.recoveries("usexample", "db12c").await.unwrap().is_empty(), "nothing left behind");
-    let Started::Created(r) = c.start_recovery(&recovery(Some("r1")), &target, completed).await.unwrap() else {
+    assert!(
+        c.recoveries("usexample", "db12c").await.unwrap().is_empty(),
+        "nothing left behind"
+    );
+    let Started::Created(r) = c
+        .start_recovery(&recovery(Some("r1")), &target, completed)
+        .await
+        .unwrap()
+    else {
         panic!()
     };
     assert!(
         matches!(c.start_backup(&new_job("db12c", None), false).await.unwrap(), Started::Busy(j) if j.id == r.id),
         "no backup while a recovery is queued"
     );
-    assert!(matches!(c.start_recovery(&recovery(Some("r1")), &target, completed).await.unwrap(), Started::Existing(j) if j.id == r.id));
+    assert!(
+        matches!(c.start_recovery(&recovery(Some("r1")), &target, completed).await.unwrap(), Started::Existing(j) if j.id == r.id)
+    );
     let leased = c.lease_job("w5", Duration::from_secs(30), 3).await.unwrap().unwrap();
     assert_eq!((leased.id, leased.operation.as_str()), (r.id, "recovery"));
     c.add_job_message(r.id, "server stopped").await.unwrap();
@@ -176,7 +188,18 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
         (BackupStatus::Completed, completed, &target)
     );
     assert!(list[0].completed_at.is_some());
-    let log: Vec<_> = c.job_messages(r.id).await.unwrap().into_iter().map(|m| m.message).collect();
+    assert_eq!(c.recovery("usexample", r.id).await.unwrap().unwrap().job_id, r.id);
+    assert!(
+        c.recovery("idcs-0123abc", r.id).await.unwrap().is_none(),
+        "recoveries are per domain"
+    );
+    let log: Vec<_> = c
+        .job_messages(r.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.message)
+        .collect();
     assert!(log.iter().any(|m| m == "server stopped"), "{log:?}");
     assert!(log.last().unwrap().contains("database recovered"), "{log:?}");
 
@@ -184,12 +207,25 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
         panic!()
     };
     c.lease_job("w5", Duration::from_secs(30), 3).await.unwrap().unwrap();
-    assert!(c.finish_recovery(r2.id, "w5", Err("pg_restore exited with 1")).await.unwrap());
+    assert!(
+        c.finish_recovery(r2.id, "w5", Err("pg_restore exited with 1"))
+            .await
+            .unwrap()
+    );
     let list = c.recoveries("usexample", "db12c").await.unwrap();
     assert_eq!(list[1].status, BackupStatus::Failed);
-    assert_eq!(c.job("usexample", r2.id).await.unwrap().unwrap().status, JobStatus::Failed);
-    assert_eq!(c.backup("usexample", completed).await.unwrap().unwrap().job_id, completed);
-    assert!(c.backup("idcs-0123abc", completed).await.unwrap().is_none(), "backups are per domain");
+    assert_eq!(
+        c.job("usexample", r2.id).await.unwrap().unwrap().status,
+        JobStatus::Failed
+    );
+    assert_eq!(
+        c.backup("usexample", completed).await.unwrap().unwrap().job_id,
+        completed
+    );
+    assert!(
+        c.backup("idcs-0123abc", completed).await.unwrap().is_none(),
+        "backups are per domain"
+    );
 }
 
 #[tokio::test]

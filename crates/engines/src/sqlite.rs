@@ -3,6 +3,13 @@
 //! commit, while other connections keep writing (in WAL mode) or wait.
 //! The copy goes to a scratch file (the backup API needs a destination
 //! database) that is unlinked at once and streamed into the repository.
+//!
+//! Recovery runs the backup API the other way: the backup is restored to a
+//! scratch file, checked, then copied over the live database inside one
+//! write transaction of the live database. Connections other processes
+//! hold stay valid and see the recovered content with their next read;
+//! until the copy commits they see the old content, and a copy that fails
+//! midway rolls back, leaving the old database as it was.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,7 +17,12 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 use strongbox_repo::Source;
 
-use crate::Error;
+use crate::{BackupFiles, Error, Log};
+
+/// Pages copied per step of a recovery, between progress reports.
+const RECOVERY_STEP_PAGES: i32 = 4096;
+/// How long a recovery or backup waits for other connections' locks.
+const LOCK_WAIT: Duration = Duration::from_secs(60);
 
 pub struct SqliteEngine {
     pub path: PathBuf,
@@ -57,7 +69,7 @@ impl crate::Engine for SqliteEngine {
             let mut dst = Connection::open(copy.path()).map_err(|e| fail("scratch database", &e))?;
             let backup = rusqlite::backup::Backup::new(&src, &mut dst).map_err(|e| fail("backup", &e))?;
             // -1: all pages in one step, i.e. one read transaction.
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            let deadline = std::time::Instant::now() + LOCK_WAIT;
             loop {
                 match backup.step(-1).map_err(|e| fail("backup", &e))? {
                     rusqlite::backup::StepResult::Done => break,
@@ -77,6 +89,67 @@ impl crate::Engine for SqliteEngine {
         let mut source = Source::new(FILE_NAME, file);
         source.size_hint = Some(size);
         Ok(vec![source])
+    }
+
+    fn recover(&self, backup: &dyn BackupFiles, scratch: &Path, log: Log) -> Result<String, Error> {
+        let copy = tempfile::NamedTempFile::new_in(scratch).map_err(|e| Error::io("scratch file", e))?;
+        backup.restore_to(FILE_NAME, copy.path())?;
+        let src = Connection::open_with_flags(copy.path(), OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| Error::io("opening the restored backup", e))?;
+        let check: String = src
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(|e| Error::io("checking the restored backup", e))?;
+        if check != "ok" {
+            return Err(Error::Failed(format!("the restored backup fails quick_check: {check}")));
+        }
+        log(format!(
+            "backup restored and checked; copying it into {}",
+            self.path.display()
+        ));
+        let pages = self.copy_into_live(&src, |_, _| Ok(()))?;
+        Ok(format!("{pages} pages copied into {}", self.path.display()))
+    }
+}
+
+impl SqliteEngine {
+    /// Copies `src` over the live database in one write transaction, in
+    /// steps; `after_step(remaining, total)` runs between steps (progress,
+    /// and the tests' fault injection). Returns the page count.
+    fn copy_into_live(
+        &self,
+        src: &Connection,
+        mut after_step: impl FnMut(i32, i32) -> Result<(), Error>,
+    ) -> Result<i32, Error> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            Error::Failed(format!("sqlite {}: {what}: {e}", self.path.display()))
+        };
+        if !self.path.is_file() {
+            return Err(Error::Failed(format!(
+                "sqlite database {} does not exist; register the path of an existing database",
+                self.path.display()
+            )));
+        }
+        let mut live =
+            Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(|e| fail("open", &e))?;
+        live.busy_timeout(LOCK_WAIT).map_err(|e| fail("busy timeout", &e))?;
+        let copy = rusqlite::backup::Backup::new(src, &mut live).map_err(|e| fail("recovery", &e))?;
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            let step = copy.step(RECOVERY_STEP_PAGES).map_err(|e| fail("recovery", &e))?;
+            let p = copy.progress();
+            match step {
+                rusqlite::backup::StepResult::Done => return Ok(p.pagecount),
+                rusqlite::backup::StepResult::More => after_step(p.remaining, p.pagecount)?,
+                _ if std::time::Instant::now() > deadline => {
+                    return Err(Error::Failed(format!(
+                        "sqlite {}: other connections kept the database locked for {} s; nothing was changed",
+                        self.path.display(),
+                        LOCK_WAIT.as_secs()
+                    )));
+                }
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
     }
 }
 
@@ -131,5 +204,74 @@ mod tests {
         assert_eq!(rows % 10, 0, "a whole number of commits: {rows}");
         let max: i64 = r.query_row("SELECT max(id) FROM t", [], |row| row.get(0)).unwrap();
         assert_eq!(max, rows, "no gaps: the copy is a prefix of the commit history");
+    }
+
+    /// A database of `rows` rows with a checksum-able content.
+    fn database(path: &Path, rows: i64) -> Connection {
+        let c = Connection::open(path).unwrap();
+        c.execute_batch(
+            "PRAGMA journal_mode=WAL; CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT); DELETE FROM t;",
+        )
+        .unwrap();
+        c.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) \
+             INSERT INTO t SELECT i, hex(randomblob(100)) FROM n",
+            [rows],
+        )
+        .unwrap();
+        c
+    }
+
+    fn rows(c: &Connection) -> Vec<(i64, String)> {
+        let mut st = c.prepare("SELECT id, v FROM t ORDER BY id").unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn recovery_in_place_is_seen_by_a_connection_held_open_and_a_failed_one_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live.db");
+        let held = database(&live, 120_000);
+        let engine = SqliteEngine { path: live.clone() };
+        let mut sources = engine.backup(dir.path()).unwrap();
+        let mut bytes = Vec::new();
+        sources.remove(0).reader.read_to_end(&mut bytes).unwrap();
+        let backed_up = rows(&held);
+
+        // Later writes, through the connection that stays open throughout.
+        held.execute_batch("DELETE FROM t WHERE id % 3 = 0; UPDATE t SET v = 'changed' WHERE id % 7 = 0; INSERT INTO t(v) VALUES ('new');")
+            .unwrap();
+        let changed = rows(&held);
+        assert_ne!(changed, backed_up);
+
+        let restored = dir.path().join("restored.db");
+        std::fs::write(&restored, &bytes).unwrap();
+        let src = Connection::open(&restored).unwrap();
+
+        // A copy that fails after its first step: the live database is untouched.
+        let mut steps = 0;
+        let err = engine
+            .copy_into_live(&src, |remaining, total| {
+                steps += 1;
+                assert!(remaining < total, "pages were copied before the failure");
+                Err(Error::Failed("injected failure".into()))
+            })
+            .unwrap_err();
+        assert_eq!((steps, err.to_string().as_str()), (1, "injected failure"));
+        assert_eq!(rows(&held), changed, "a failed recovery leaves the old content");
+        let check: String = held.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+        assert_eq!(check, "ok");
+
+        // The real recovery: the same open connection sees the backup's rows.
+        let pages = engine.copy_into_live(&src, |_, _| Ok(())).unwrap();
+        assert!(pages > RECOVERY_STEP_PAGES, "several steps: {pages} pages");
+        assert_eq!(rows(&held), backed_up);
+        let check: String = held.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+        assert_eq!(check, "ok");
+        // And a new connection too.
+        assert_eq!(rows(&Connection::open(&live).unwrap()), backed_up);
     }
 }

@@ -2,6 +2,7 @@
 
 mod admin;
 mod bar;
+mod jobs;
 mod repo_cmd;
 mod serve;
 
@@ -34,6 +35,11 @@ fn tune_allocator() {
     // before any other thread exists, with a valid option and value.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 2 << 20);
+        // Fixing the mmap threshold also fixes the trim threshold at its
+        // 128 KiB default: each freed 1 MiB frame buffer was handed back to
+        // the kernel and faulted in again (1.3 GiB of page faults, 2 s of
+        // system time, per 1 GiB restored).
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
 }
 

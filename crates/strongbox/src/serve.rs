@@ -1,18 +1,18 @@
 //! `strongbox serve`: the API, the job workers, and (with `--demo`) a
 //! ready-made identity domain, user and SQLite deployment to try.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use serde::Deserialize;
-use strongbox_catalog::{BackupOutcome, Catalog, Job, NewDeployment, SqliteCatalog};
-use strongbox_repo::{BackupOptions, Counters, Repository, Store};
+use strongbox_catalog::{Catalog, NewDeployment, SqliteCatalog};
+use strongbox_repo::{Repository, Store};
+
+use crate::jobs;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -135,7 +135,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     }
     let owner = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 4]>()));
     for _ in 0..s.workers {
-        tokio::spawn(worker(
+        tokio::spawn(jobs::worker(
             catalog.clone(),
             repo.clone(),
             owner.clone(),
@@ -201,92 +201,4 @@ async fn demo(catalog: &dyn Catalog, s: &Settings) -> Result<()> {
         strongbox_api::PREFIX
     );
     Ok(())
-}
-
-/// Leases jobs and runs them, forever.
-async fn worker(catalog: Arc<dyn Catalog>, repo: Arc<Repository>, owner: String, lease: Duration, scratch: PathBuf) {
-    loop {
-        match catalog.lease_job(&owner, lease, 3).await {
-            Ok(Some(job)) => {
-                let id = job.id;
-                let outcome = match run_backup(&catalog, &repo, &owner, lease, &scratch, &job).await {
-                    Ok(o) => o,
-                    Err(e) => BackupOutcome::Failed {
-                        message: format!("{e:#}"),
-                    },
-                };
-                if let Err(e) = catalog.finish_backup(id, &owner, &outcome).await {
-                    tracing::error!("job {id}: recording the outcome failed: {e}");
-                }
-            }
-            Ok(None) => tokio::time::sleep(Duration::from_millis(250)).await,
-            Err(e) => {
-                tracing::error!("leasing a job failed: {e}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    }
-}
-
-async fn run_backup(
-    catalog: &Arc<dyn Catalog>,
-    repo: &Repository,
-    owner: &str,
-    lease: Duration,
-    scratch: &Path,
-    job: &Job,
-) -> Result<BackupOutcome> {
-    let deployment = catalog
-        .deployment(&job.domain, &job.deployment)
-        .await?
-        .with_context(|| format!("deployment {} no longer exists", job.deployment))?;
-    let engine = strongbox_engines::engine_for(&deployment.engine, &deployment.connection)?;
-    let tag = catalog
-        .backups(&job.domain, &job.deployment)
-        .await?
-        .into_iter()
-        .find(|b| b.job_id == job.id)
-        .map(|b| b.db_tag)
-        .unwrap_or_default();
-    let scratch = scratch.to_path_buf();
-    let sources = tokio::task::spawn_blocking(move || engine.backup(&scratch)).await??;
-    let counters = Arc::new(Counters::default());
-    // Progress (and the lease) are renewed while the backup runs.
-    let beat = {
-        let (catalog, counters, owner, id) = (catalog.clone(), counters.clone(), owner.to_string(), job.id);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(lease / 3).await;
-                let total = counters.total.load(Ordering::Relaxed);
-                let done = counters.read.load(Ordering::Relaxed);
-                let _ = catalog
-                    .heartbeat(id, &owner, lease, done, (total > 0).then_some(total))
-                    .await;
-            }
-        })
-    };
-    let labels = BTreeMap::from([
-        ("domain".to_string(), job.domain.clone()),
-        ("deployment".to_string(), job.deployment.clone()),
-        ("engine".to_string(), deployment.engine.clone()),
-        ("tag".to_string(), tag.clone()),
-        ("job".to_string(), job.id.to_string()),
-    ]);
-    let result = repo
-        .backup(
-            sources,
-            BackupOptions {
-                tags: vec![tag],
-                labels,
-            },
-            counters,
-        )
-        .await;
-    beat.abort();
-    let snap = result?;
-    Ok(BackupOutcome::Completed {
-        snapshot_id: snap.id.to_hex(),
-        logical_bytes: snap.totals.logical_bytes,
-        stored_bytes: snap.totals.new_bytes_stored,
-    })
 }

@@ -1,128 +1,12 @@
 //! The API server as a real process over real TLS (a test CA), driven by
 //! real curl: the seed's request end to end, then the error cases.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Server {
-    child: Child,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A CA, and a certificate for localhost signed by it.
-fn test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    // Distinct names: a leaf whose issuer equals its subject looks self-signed.
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Strongbox test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    leaf.distinguished_name.push(DnType::CommonName, "localhost");
-    let cert = leaf.signed_by(&key, &issuer).unwrap();
-    let paths = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
-    std::fs::write(&paths.1, cert.pem()).unwrap();
-    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
-    paths
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts `strongbox serve --demo` on `dir` (PKI made on first use).
-fn start_in(dir: &Path, port: u16) -> Server {
-    if !dir.join("cert.pem").exists() {
-        test_pki(dir);
-    }
-    let child = Command::new(env!("CARGO_BIN_EXE_strongbox"))
-        .args(["serve", "--demo"])
-        .env("STRONGBOX_DATA_DIR", dir.join("data"))
-        .env("STRONGBOX_LISTEN", format!("127.0.0.1:{port}"))
-        .env("STRONGBOX_TLS_CERT", dir.join("cert.pem"))
-        .env("STRONGBOX_TLS_KEY", dir.join("key.pem"))
-        .env("STRONGBOX_PUBLIC_URL", format!("https://localhost:{port}"))
-        .env("STRONGBOX_DEMO_PASSWORD", "Pa55_word")
-        .env("STRONGBOX_LEASE_SECONDS", "2")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Server {
-        child,
-        dir: dir.to_path_buf(),
-        port,
-    }
-}
-
-fn start(dir: &tempfile::TempDir) -> Server {
-    start_in(dir.path(), free_port())
-}
-
-impl Server {
-    fn url(&self, path: &str) -> String {
-        format!("https://localhost:{}{path}", self.port)
-    }
-
-    /// curl with the test CA (the seed's `--cacert`), plus `args`; returns
-    /// (status line, lower-cased headers, body).
-    fn curl(&self, args: &[&str]) -> (String, Vec<(String, String)>, String) {
-        let ca = self.dir.join("ca.pem");
-        let out = Command::new("curl")
-            .args(["-sS", "-i", "--cacert"])
-            .arg(&ca)
-            .args(args)
-            .output()
-            .unwrap();
-        let text = String::from_utf8(out.stdout).unwrap();
-        assert!(
-            !text.is_empty(),
-            "curl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let mut lines = head.lines();
-        let status = lines.next().unwrap_or_default().trim().to_string();
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        (status, headers, body.to_string())
-    }
-}
-
-fn header<'a>(h: &'a [(String, String)], name: &str) -> &'a str {
-    h.iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or_else(|| panic!("no {name} header in {h:?}"))
-}
-
-const BACKUPS: &str = "/paas/service/dbcs/api/v1.1/instances/usexample/db12c/backups";
+use common::*;
 
 #[test]
 fn the_seed_request_backs_up_a_real_database() {
@@ -380,62 +264,6 @@ fn mistakes_get_4xx_with_a_message() {
     assert_eq!(header(&h, "access-control-allow-origin"), "*");
 }
 
-const AUTH: [&str; 6] = [
-    "-u",
-    "serviceadmin:Pa55_word",
-    "-H",
-    "X-ID-TENANT-NAME:usexample",
-    "-H",
-    "Content-Type:application/json",
-];
-
-impl Server {
-    fn json(&self, args: &[&str]) -> (String, serde_json::Value) {
-        let (status, _, body) = self.curl(&[&AUTH[..], args].concat());
-        (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
-    }
-
-    fn post_backup(&self, service: &str, extra: &[&str]) -> (String, String) {
-        let url = self.url(&format!(
-            "/paas/service/dbcs/api/v1.1/instances/usexample/{service}/backups"
-        ));
-        let (status, h, body) = self.curl(&[&AUTH[..], extra, &["-X", "POST", "-d", "{}", &url]].concat());
-        let location = h
-            .iter()
-            .find(|(k, _)| k == "location")
-            .map(|(_, v)| v.clone())
-            .unwrap_or(body);
-        (status, location)
-    }
-
-    fn wait_for(&self, location: &str, wanted: &str) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let (_, v) = self.json(&[location]);
-            if v["job_status"] == wanted {
-                return v;
-            }
-            assert!(v["job_status"] != "Failed" && Instant::now() < deadline, "{v}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-/// A SQLite database of about `mib` MiB: `rows` rows of hex text.
-fn big_database(path: &Path, mib: usize) -> i64 {
-    let c = rusqlite::Connection::open(path).unwrap();
-    let rows = (mib * 1024 * 1024 / 1100) as i64;
-    c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
-        .unwrap();
-    c.execute(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) \
-         INSERT INTO t SELECT i, hex(randomblob(500)) || ' row ' || i FROM n",
-        [rows],
-    )
-    .unwrap();
-    rows
-}
-
 #[test]
 fn a_server_killed_mid_backup_finishes_the_job_after_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -453,17 +281,7 @@ fn a_server_killed_mid_backup_finishes_the_job_after_restart() {
     // A bigger deployment, registered through Strongbox's own endpoint.
     let db = dir.path().join("big.sqlite");
     let rows = big_database(&db, 300);
-    let reg = format!(
-        "{{\"engine\": \"sqlite\", \"connection\": {{\"path\": \"{}\"}}}}",
-        db.display()
-    );
-    let (status, v) = s.json(&[
-        "-X",
-        "PUT",
-        "-d",
-        &reg,
-        &s.url("/strongbox/api/v1/instances/usexample/big"),
-    ]);
+    let (status, v) = s.register_sqlite("big", &db);
     assert_eq!(status, "HTTP/2 200", "{v}");
     assert!(v.get("connection").is_none(), "connection settings are never returned");
 

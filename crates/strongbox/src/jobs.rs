@@ -1,0 +1,165 @@
+//! Job workers: each leases the next queued job from the catalog and runs
+//! it — a backup (engine → repository) or a recovery (repository →
+//! engine) — renewing its lease with every progress report. A worker that
+//! dies loses its lease and another one resumes the job.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use strongbox_catalog::{BackupOutcome, Catalog, Job};
+use strongbox_engines::{Engine, SnapshotFiles};
+use strongbox_repo::{BackupOptions, Counters, Repository};
+use tokio::task::JoinHandle;
+
+/// Leases jobs and runs them, forever.
+pub async fn worker(
+    catalog: Arc<dyn Catalog>,
+    repo: Arc<Repository>,
+    owner: String,
+    lease: Duration,
+    scratch: PathBuf,
+) {
+    loop {
+        match catalog.lease_job(&owner, lease, 3).await {
+            Ok(Some(job)) => {
+                let w = Worker {
+                    catalog: catalog.clone(),
+                    repo: repo.clone(),
+                    owner: owner.clone(),
+                    lease,
+                    scratch: scratch.clone(),
+                };
+                let recorded = match job.operation.as_str() {
+                    "recovery" => {
+                        let outcome = w.recovery(&job).await.map_err(|e| format!("{e:#}"));
+                        let outcome = outcome.as_deref().map_err(String::as_str);
+                        catalog.finish_recovery(job.id, &owner, outcome).await
+                    }
+                    _ => {
+                        let outcome = w.backup(&job).await.unwrap_or_else(|e| BackupOutcome::Failed {
+                            message: format!("{e:#}"),
+                        });
+                        catalog.finish_backup(job.id, &owner, &outcome).await
+                    }
+                };
+                if let Err(e) = recorded {
+                    tracing::error!("job {}: recording the outcome failed: {e}", job.id);
+                }
+            }
+            Ok(None) => tokio::time::sleep(Duration::from_millis(250)).await,
+            Err(e) => {
+                tracing::error!("leasing a job failed: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+struct Worker {
+    catalog: Arc<dyn Catalog>,
+    repo: Arc<Repository>,
+    owner: String,
+    lease: Duration,
+    scratch: PathBuf,
+}
+
+impl Worker {
+    async fn engine(&self, job: &Job) -> Result<(String, Box<dyn Engine>)> {
+        let deployment = self
+            .catalog
+            .deployment(&job.domain, &job.deployment)
+            .await?
+            .with_context(|| format!("deployment {} no longer exists", job.deployment))?;
+        let engine = strongbox_engines::engine_for(&deployment.engine, &deployment.connection)?;
+        Ok((deployment.engine, engine))
+    }
+
+    /// Reports progress, which also renews the lease, until aborted.
+    fn heartbeat(&self, job: &Job, counters: Arc<Counters>) -> JoinHandle<()> {
+        let (catalog, owner, id, lease) = (self.catalog.clone(), self.owner.clone(), job.id, self.lease);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                let total = counters.total.load(Ordering::Relaxed);
+                let done = counters.read.load(Ordering::Relaxed);
+                let _ = catalog
+                    .heartbeat(id, &owner, lease, done, (total > 0).then_some(total))
+                    .await;
+            }
+        })
+    }
+
+    async fn backup(&self, job: &Job) -> Result<BackupOutcome> {
+        let (engine_name, engine) = self.engine(job).await?;
+        let tag = self
+            .catalog
+            .backup(&job.domain, job.id)
+            .await?
+            .map(|b| b.db_tag)
+            .unwrap_or_default();
+        let counters = Arc::new(Counters::default());
+        let beat = self.heartbeat(job, counters.clone());
+        let scratch = self.scratch.clone();
+        let sources = tokio::task::spawn_blocking(move || engine.backup(&scratch)).await??;
+        let labels = BTreeMap::from([
+            ("domain".to_string(), job.domain.clone()),
+            ("deployment".to_string(), job.deployment.clone()),
+            ("engine".to_string(), engine_name),
+            ("tag".to_string(), tag.clone()),
+            ("job".to_string(), job.id.to_string()),
+        ]);
+        let options = BackupOptions {
+            tags: vec![tag],
+            labels,
+        };
+        let result = self.repo.backup(sources, options, counters).await;
+        beat.abort();
+        let snap = result?;
+        Ok(BackupOutcome::Completed {
+            snapshot_id: snap.id.to_hex(),
+            logical_bytes: snap.totals.logical_bytes,
+            stored_bytes: snap.totals.new_bytes_stored,
+        })
+    }
+
+    async fn recovery(&self, job: &Job) -> Result<String> {
+        let (_, engine) = self.engine(job).await?;
+        let recovery = self
+            .catalog
+            .recovery(&job.domain, job.id)
+            .await?
+            .with_context(|| format!("job {} has no recovery record", job.id))?;
+        let backup = self
+            .catalog
+            .backup(&job.domain, recovery.backup_job_id)
+            .await?
+            .and_then(|b| b.snapshot_id.map(|s| (b.db_tag, s)));
+        let (tag, snapshot_id) =
+            backup.with_context(|| format!("backup job {} has no snapshot", recovery.backup_job_id))?;
+        let snapshot = self
+            .repo
+            .find_snapshot(&snapshot_id)
+            .await
+            .with_context(|| format!("snapshot {snapshot_id} of backup {tag}"))?;
+        let counters = Arc::new(Counters::default());
+        let beat = self.heartbeat(job, counters.clone());
+        let runtime = tokio::runtime::Handle::current();
+        let files = SnapshotFiles::new(self.repo.clone(), snapshot, runtime.clone(), counters);
+        let (catalog, id, scratch) = (self.catalog.clone(), job.id, self.scratch.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            let log = |message: String| {
+                if let Err(e) = runtime.block_on(catalog.add_job_message(id, &message)) {
+                    tracing::warn!("job {id}: could not log {message:?}: {e}");
+                }
+            };
+            engine.recover(&files, &scratch, &log)
+        })
+        .await;
+        beat.abort();
+        Ok(format!("from backup {tag}: {}", result??))
+    }
+}
