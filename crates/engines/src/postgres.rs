@@ -4,7 +4,8 @@
 //! writes the whole cluster as one tar stream, the WAL needed for
 //! consistency included (`-X fetch`), straight into the repository (no
 //! local copy). Recovery unpacks the backup next to the data directory
-//! while the server still runs, then stops the server, swaps the
+//! while the server still runs (set to replay to the backup's consistency
+//! point and promote to a new timeline), then stops the server, swaps the
 //! directories, starts it and waits until it answers a query; only then is
 //! the old directory removed. If anything fails after the stop, the old
 //! directory is put back and the server started again.
@@ -230,7 +231,16 @@ impl crate::Engine for PgPhysical {
     }
 }
 
-/// Unpacks a base backup tar into a new directory owned like `like`.
+/// Settings for the recovered server's first start: replay the backup's
+/// own WAL (in pg_wal; there is no archive to fetch from, hence `false`) up
+/// to its consistency point, then promote. The promotion starts a new
+/// timeline, so the WAL the recovered server writes never takes the names
+/// of segments the abandoned history already archived.
+const RECOVERY_SETTINGS: &str = "\n# Added by a Strongbox recovery; read only while recovery.signal exists.\n\
+    restore_command = 'false'\nrecovery_target = 'immediate'\nrecovery_target_action = 'promote'\n";
+
+/// Unpacks a base backup tar into a new directory owned like `like`, set
+/// up to recover to the backup's consistency point on its first start.
 fn unpack(tar: impl std::io::Read, dir: &Path, like: &std::fs::Metadata) -> Result<(), Error> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     std::fs::create_dir(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
@@ -238,6 +248,16 @@ fn unpack(tar: impl std::io::Read, dir: &Path, like: &std::fs::Metadata) -> Resu
     archive.set_preserve_permissions(true);
     let result = unpack_entries(&mut archive, dir)
         .map_err(|e| Error::io("unpacking the base backup", e))
+        .and_then(|()| {
+            use std::io::Write;
+            std::fs::write(dir.join("recovery.signal"), "").map_err(|e| Error::io("recovery.signal", e))?;
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(dir.join("postgresql.auto.conf"))
+                .and_then(|mut f| f.write_all(RECOVERY_SETTINGS.as_bytes()))
+                .map_err(|e| Error::io("postgresql.auto.conf", e))
+        })
         .and_then(|()| {
             // PostgreSQL refuses a data directory others can read.
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))

@@ -194,6 +194,9 @@ async fn physical_backup_under_load_then_recovery_in_place() {
     assert!(log.iter().any(|l| l.contains("swapped")), "{log:?}");
     assert_same(&c.dump(), &expected);
     assert_eq!(c.psql("SELECT to_regclass('extra') IS NULL"), "t");
+    // Promoted to a new timeline: its WAL cannot collide with the old history's.
+    let timeline = c.psql("SELECT timeline_id FROM pg_control_checkpoint()");
+    assert_eq!((c.psql("SELECT pg_is_in_recovery()"), timeline.as_str()), ("f".to_string(), "2"));
     no_leftovers(&c.data);
 
     // Recovery from the backup taken under load ("tag"): a transaction-

@@ -31,7 +31,7 @@ enum Verb {
         name: String,
         #[arg(long)]
         domain: String,
-        /// sqlite
+        /// sqlite, postgresql, postgresql-logical or command (settings in the README)
         #[arg(long)]
         engine: String,
         /// Engine settings as JSON, e.g. '{"path": "/srv/app.db"}'.
