@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use strongbox_repo::Source;
+use strongbox_repo::{Source, Sources};
 
 use crate::process::Tool;
 use crate::{BackupFiles, Error, Log, setting};
@@ -55,9 +55,9 @@ impl CommandEngine {
 }
 
 impl crate::Engine for CommandEngine {
-    fn backup(&self, _scratch: &Path) -> Result<Vec<Source>, Error> {
+    fn backup(&self, _scratch: &Path) -> Result<Sources, Error> {
         let stream = self.tool(&self.backup_command, "the backup command").output_stream()?;
-        Ok(vec![Source::new(FILE_NAME, stream)])
+        Ok(crate::sources(vec![Source::new(FILE_NAME, stream)]))
     }
 
     fn recover(&self, backup: &dyn BackupFiles, scratch: &Path, log: Log) -> Result<String, Error> {

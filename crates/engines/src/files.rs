@@ -62,6 +62,12 @@ impl BackupFiles for SnapshotFiles {
             )
             .map_err(restore_error)
     }
+
+    fn restore_tree(&self, dir: &Path) -> Result<(), Error> {
+        self.runtime
+            .block_on(self.repo.restore_all(&self.snapshot, dir, self.progress.as_ref()))
+            .map_err(restore_error)
+    }
 }
 
 /// The read end; at EOF the filler's result decides between the end of the

@@ -16,7 +16,7 @@ pub use command::CommandEngine;
 pub use files::SnapshotFiles;
 pub use postgres::{PgLogical, PgPhysical};
 pub use sqlite::SqliteEngine;
-use strongbox_repo::Source;
+use strongbox_repo::{Source, Sources};
 
 /// The engine names a deployment can register with.
 pub const ENGINES: &str = "sqlite, postgresql, postgresql-logical, command";
@@ -43,15 +43,18 @@ pub trait BackupFiles: Send + Sync {
     fn open(&self, name: &str) -> Result<Box<dyn Read + Send>, Error>;
     /// Restores one file to `dest` (the faster way when a file is wanted).
     fn restore_to(&self, name: &str, dest: &Path) -> Result<(), Error>;
+    /// Restores every file under `dir`, several at a time.
+    fn restore_tree(&self, dir: &Path) -> Result<(), Error>;
 }
 
 /// Steps of a recovery worth a line in the job's activity log.
 pub type Log<'a> = &'a (dyn Fn(String) + Sync);
 
 pub trait Engine: Send + Sync {
-    /// Takes a consistent backup. Runs on a blocking thread; `scratch` is a
-    /// directory the engine may use for temporary files.
-    fn backup(&self, scratch: &Path) -> Result<Vec<Source>, Error>;
+    /// Takes a consistent backup, as streams the repository pulls one after
+    /// another. Runs on a blocking thread; `scratch` is a directory the
+    /// engine may use for temporary files.
+    fn backup(&self, scratch: &Path) -> Result<Sources, Error>;
 
     /// Replaces the deployment's data with the backup's, in place. On
     /// failure the deployment is left as it was. Returns a summary.
@@ -67,6 +70,11 @@ pub fn engine_for(engine: &str, connection: &serde_json::Value) -> Result<Box<dy
         "command" => Ok(Box::new(CommandEngine::from_connection(connection)?)),
         other => Err(Error::UnknownEngine(other.to_string())),
     }
+}
+
+/// Sources known up front.
+fn sources(list: Vec<Source>) -> Sources {
+    Box::new(list.into_iter().map(Ok))
 }
 
 /// A string setting of a connection, required.

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
-use strongbox_repo::Source;
+use strongbox_repo::{Source, Sources};
 
 use crate::{BackupFiles, Error, Log};
 
@@ -47,7 +47,7 @@ impl SqliteEngine {
 }
 
 impl crate::Engine for SqliteEngine {
-    fn backup(&self, scratch: &Path) -> Result<Vec<Source>, Error> {
+    fn backup(&self, scratch: &Path) -> Result<Sources, Error> {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             Error::Failed(format!("sqlite {}: {what}: {e}", self.path.display()))
         };
@@ -88,7 +88,7 @@ impl crate::Engine for SqliteEngine {
         let size = file.metadata().map_err(|e| fail("scratch file", &e))?.len();
         let mut source = Source::new(FILE_NAME, file);
         source.size_hint = Some(size);
-        Ok(vec![source])
+        Ok(crate::sources(vec![source]))
     }
 
     fn recover(&self, backup: &dyn BackupFiles, scratch: &Path, log: Log) -> Result<String, Error> {
@@ -193,7 +193,7 @@ mod tests {
         let written = writer.join().unwrap();
 
         let mut bytes = Vec::new();
-        sources.remove(0).reader.read_to_end(&mut bytes).unwrap();
+        sources.next().unwrap().unwrap().reader.read_to_end(&mut bytes).unwrap();
         let restored = dir.path().join("restored.db");
         std::fs::write(&restored, &bytes).unwrap();
         let r = Connection::open(&restored).unwrap();
@@ -238,7 +238,7 @@ mod tests {
         let engine = SqliteEngine { path: live.clone() };
         let mut sources = engine.backup(dir.path()).unwrap();
         let mut bytes = Vec::new();
-        sources.remove(0).reader.read_to_end(&mut bytes).unwrap();
+        sources.next().unwrap().unwrap().reader.read_to_end(&mut bytes).unwrap();
         let backed_up = rows(&held);
 
         // Later writes, through the connection that stays open throughout.

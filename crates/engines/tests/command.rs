@@ -9,7 +9,9 @@ use common::{Repo, sh};
 use strongbox_engines::{Engine, engine_for};
 
 fn maria(db: &str, sql: &str) -> String {
-    sh(&format!("mariadb -h 127.0.0.1 -u root -N -B {db} -e \"{sql}\"")).trim().to_string()
+    sh(&format!("mariadb -h 127.0.0.1 -u root -N -B {db} -e \"{sql}\""))
+        .trim()
+        .to_string()
 }
 
 fn dump(db: &str) -> String {

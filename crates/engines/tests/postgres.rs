@@ -37,7 +37,10 @@ impl Cluster {
         let data = dir.path().join("data");
         std::fs::create_dir(&data).unwrap();
         sh(&format!("chown postgres:postgres {}", data.display()));
-        as_postgres(&format!("{BIN}/initdb --no-sync -A trust -U postgres -D {} >/dev/null", data.display()));
+        as_postgres(&format!(
+            "{BIN}/initdb --no-sync -A trust -U postgres -D {} >/dev/null",
+            data.display()
+        ));
         let port = free_port();
         std::fs::write(
             data.join("postgresql.auto.conf"),
@@ -196,7 +199,10 @@ async fn physical_backup_under_load_then_recovery_in_place() {
     assert_eq!(c.psql("SELECT to_regclass('extra') IS NULL"), "t");
     // Promoted to a new timeline: its WAL cannot collide with the old history's.
     let timeline = c.psql("SELECT timeline_id FROM pg_control_checkpoint()");
-    assert_eq!((c.psql("SELECT pg_is_in_recovery()"), timeline.as_str()), ("f".to_string(), "2"));
+    assert_eq!(
+        (c.psql("SELECT pg_is_in_recovery()"), timeline.as_str()),
+        ("f".to_string(), "2")
+    );
     no_leftovers(&c.data);
 
     // Recovery from the backup taken under load ("tag"): a transaction-

@@ -37,6 +37,12 @@ pub struct Source {
     pub reader: Box<dyn Read + Send>,
 }
 
+/// The streams of one snapshot, pulled one after another: the next is
+/// asked for only once the previous one has been read to its end, so an
+/// engine can end a backup session (e.g. `pg_backup_stop`) exactly after
+/// the data files and before the files that session yields.
+pub type Sources = Box<dyn Iterator<Item = std::io::Result<Source>> + Send>;
+
 impl Source {
     pub fn new(name: impl Into<String>, reader: impl Read + Send + 'static) -> Self {
         Source {
@@ -101,7 +107,7 @@ impl Failure {
 }
 
 impl Pipeline<'_> {
-    pub fn run(&self, sources: Vec<Source>) -> Result<(Vec<FileEntry>, Totals)> {
+    pub fn run(&self, sources: Sources) -> Result<(Vec<FileEntry>, Totals)> {
         let failure = Failure::default();
         let inflight = Mutex::new(IdSet::default());
         let (work_tx, work_rx) = bounded::<Work>(self.workers);
@@ -130,6 +136,13 @@ impl Pipeline<'_> {
                 if failure.is_set() {
                     break;
                 }
+                let source = match source {
+                    Ok(source) => source,
+                    Err(e) => {
+                        failure.set(Error::io("the next backup source", e));
+                        break;
+                    }
+                };
                 self.progress.start(&source.name, source.size_hint);
                 let (work_tx, done_tx, failure_ref) = (work_tx.clone(), done_tx.clone(), &failure);
                 let chunker = self.chunker;

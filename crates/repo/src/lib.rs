@@ -25,7 +25,7 @@ mod storage;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub use backup::Source;
+pub use backup::{Source, Sources};
 pub use check::CheckReport;
 pub use chunker::Chunker;
 pub use error::{Error, Result};
@@ -53,6 +53,9 @@ pub(crate) fn hostname() -> String {
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
 }
+
+/// Files restored at once by `restore_all` (each fetches several ranges).
+const FILES_IN_PARALLEL: usize = 4;
 
 /// What a backup records besides its data.
 #[derive(Clone, Debug, Default)]
@@ -123,6 +126,18 @@ impl Repository {
         opts: BackupOptions,
         progress: Arc<dyn Progress>,
     ) -> Result<Snapshot> {
+        self.backup_sources(Box::new(sources.into_iter().map(Ok)), opts, progress)
+            .await
+    }
+
+    /// Backs up streams pulled one after another from `sources` as one
+    /// snapshot; an error from the iterator fails the backup.
+    pub async fn backup_sources(
+        &self,
+        sources: Sources,
+        opts: BackupOptions,
+        progress: Arc<dyn Progress>,
+    ) -> Result<Snapshot> {
         let store = &self.store;
         let cipher = &self.cipher;
         let lock = Lock::acquire(store, cipher, LockKind::Backup, || async {
@@ -138,7 +153,7 @@ impl Repository {
 
     async fn backup_locked(
         &self,
-        sources: Vec<Source>,
+        sources: Sources,
         opts: BackupOptions,
         progress: Arc<dyn Progress>,
         lock: &Lock,
@@ -235,17 +250,23 @@ impl Repository {
         restore::to_path(&self.store, &self.cipher, &index, snap.file(name)?, dest, progress).await
     }
 
-    /// Restores every file of a snapshot into `dir`.
+    /// Restores every file of a snapshot into `dir`, a few files at a time
+    /// (a database directory holds many small files).
     pub async fn restore_all(&self, snap: &Snapshot, dir: &std::path::Path, progress: &dyn Progress) -> Result<()> {
+        use futures::{StreamExt, TryStreamExt};
         let index = self.restore_index().await?;
-        for file in &snap.files {
-            let dest = dir.join(restore::safe_relative(&file.name)?);
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| Error::io(parent.display(), e))?;
-            }
-            restore::to_path(&self.store, &self.cipher, &index, file, &dest, progress).await?;
-        }
-        Ok(())
+        let index = &index;
+        futures::stream::iter(&snap.files)
+            .map(|file| async move {
+                let dest = dir.join(restore::safe_relative(&file.name)?);
+                if let Some(parent) = dest.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent.display(), e))?;
+                }
+                restore::to_path(&self.store, &self.cipher, index, file, &dest, progress).await
+            })
+            .buffer_unordered(FILES_IN_PARALLEL)
+            .try_collect::<()>()
+            .await
     }
 
     /// Streams one file of a snapshot, in order, into `w`.

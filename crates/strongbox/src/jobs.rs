@@ -116,7 +116,7 @@ impl Worker {
             tags: vec![tag],
             labels,
         };
-        let result = self.repo.backup(sources, options, counters).await;
+        let result = self.repo.backup_sources(sources, options, counters).await;
         beat.abort();
         let snap = result?;
         Ok(BackupOutcome::Completed {

@@ -41,7 +41,7 @@ impl Repo {
             labels: BTreeMap::new(),
         };
         self.repo
-            .backup(sources, options, Arc::new(Counters::default()))
+            .backup_sources(sources, options, Arc::new(Counters::default()))
             .await
             .map_err(|e| e.to_string())
     }
