@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use strongbox_repo::{NoProgress, Repository, Store};
 
@@ -95,8 +95,12 @@ async fn sigkill_at_random_moments_leaves_a_sound_repository() {
     let base = dir.path().join("base");
     let half = 12 << 20;
     let mut base_bytes = write_data(&base, half, 1);
+    // Rounds 0-11 share their first half; round 12 shares nothing with them.
     let rounds: Vec<Vec<u8>> = (0..13)
         .map(|r| {
+            if r == 12 {
+                return write_data(&dir.path().join("part"), 2 * half, 999);
+            }
             let mut d = base_bytes.clone();
             d.extend_from_slice(&write_data(&dir.path().join("part"), half, 100 + r as u64));
             d
@@ -150,16 +154,38 @@ async fn sigkill_at_random_moments_leaves_a_sound_repository() {
         "only {killed} of 12 runs were interrupted; the test did not test much"
     );
 
-    // The next backup reuses what the killed runs stored (at least the
-    // first half, which every round shared).
+    // A run killed just after its first pack was indexed, before its
+    // snapshot: the next backup of the same data reuses that pack. (Kills
+    // at random moments may all land before the first pack on a busy
+    // machine; this one cannot.)
     let last = rounds.len() - 1;
     std::fs::write(&file, &rounds[last]).unwrap();
+    let indexed = || std::fs::read_dir(repo_dir.join("index")).map_or(0, |d| d.count());
+    let before = indexed();
+    let chunks_before = open(&repo_dir).await.stats().await.unwrap().chunks;
+    let mut c = backup_round(&repo_dir, &file, last);
+    c.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while indexed() == before {
+        assert!(child.try_wait().unwrap().is_none(), "the backup ended before its first pack was indexed");
+        assert!(Instant::now() < deadline, "no pack indexed in 120 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let stored_by_killed = open(&repo_dir).await.stats().await.unwrap().chunks - chunks_before;
+    assert!(stored_by_killed > 0);
     let v: serde_json::Value = serde_json::from_slice(&ok(backup_round(&repo_dir, &file, last)).stdout).unwrap();
     let (new, total) = (
-        v["totals"]["new_chunks"].as_u64().unwrap(),
-        v["totals"]["chunks"].as_u64().unwrap(),
+        v["totals"]["new_chunks"].as_u64().unwrap() as usize,
+        v["totals"]["chunks"].as_u64().unwrap() as usize,
     );
-    assert!(new < total * 3 / 4, "too little reused: {v}");
+    assert!(
+        total - new >= stored_by_killed,
+        "the killed run stored {stored_by_killed} chunks, the next backup reused only {}: {v}",
+        total - new
+    );
     let repo = open(&repo_dir).await;
     assert!(assert_snapshots_whole(&repo, &name, &rounds).await >= 1);
     // Prune clears what the killed runs left, and the result still checks.
