@@ -168,7 +168,10 @@ async fn sigkill_at_random_moments_leaves_a_sound_repository() {
     let mut child = c.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     while indexed() == before {
-        assert!(child.try_wait().unwrap().is_none(), "the backup ended before its first pack was indexed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended before its first pack was indexed"
+        );
         assert!(Instant::now() < deadline, "no pack indexed in 120 s");
         std::thread::sleep(Duration::from_millis(1));
     }
