@@ -109,18 +109,7 @@ pub async fn start_backup(
         ))
     })?;
     known_deployment(&state, &domain, &service).await?;
-    let idempotency_key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(String::from);
-    let job = NewJob {
-        domain: domain.clone(),
-        deployment: service.clone(),
-        operation: "backup".into(),
-        params,
-        created_by: caller.user,
-        idempotency_key,
-    };
+    let job = new_job(&domain, &service, "backup", params, caller.user, &headers);
     let job = match state.catalog.start_backup(&job, parsed.keep_forever).await? {
         Started::Created(j) | Started::Existing(j) => j,
         Started::Busy(running) => {
@@ -134,6 +123,29 @@ pub async fn start_backup(
         }
     };
     accepted(&state, &domain, &service, "backup", job.id)
+}
+
+/// A job as a request asks for it; an `Idempotency-Key` header names it so
+/// that a retried request returns the same job.
+pub(crate) fn new_job(
+    domain: &str,
+    service: &str,
+    operation: &str,
+    params: Value,
+    created_by: String,
+    headers: &HeaderMap,
+) -> NewJob {
+    NewJob {
+        domain: domain.into(),
+        deployment: service.into(),
+        operation: operation.into(),
+        params,
+        created_by,
+        idempotency_key: headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from),
+    }
 }
 
 /// 202 with an empty body and the headers the seed shows.

@@ -13,12 +13,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use strongbox_catalog::{Backup, BackupStatus, NewJob, Started};
+use strongbox_catalog::{Backup, BackupStatus, Started};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::auth::authorize;
-use crate::handlers::{accepted, api_date, json_object, known_deployment};
+use crate::handlers::{accepted, api_date, json_object, known_deployment, new_job};
 use crate::{ApiError, AppState};
 
 #[derive(Deserialize)]
@@ -150,17 +150,7 @@ pub async fn start_recovery(
     known_deployment(&state, &domain, &service).await?;
     let backups = state.catalog.backups(&domain, &service).await?;
     let (backup, target) = choose(&parsed, &service, &backups)?;
-    let job = NewJob {
-        domain: domain.clone(),
-        deployment: service.clone(),
-        operation: "recovery".into(),
-        params,
-        created_by: caller.user,
-        idempotency_key: headers
-            .get("idempotency-key")
-            .and_then(|v| v.to_str().ok())
-            .map(String::from),
-    };
+    let job = new_job(&domain, &service, "recovery", params, caller.user, &headers);
     match state.catalog.start_recovery(&job, &target, backup.job_id).await? {
         Started::Created(j) | Started::Existing(j) => accepted(&state, &domain, &service, "recovery", j.id),
         Started::Busy(running) => Err(ApiError::new(

@@ -425,11 +425,7 @@ fn serve_reads_a_toml_config_and_refuses_a_bad_one() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_port(port);
     let out = Command::new("curl")
         .args([
             "-s",
