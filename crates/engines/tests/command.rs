@@ -5,8 +5,9 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Repo, sh};
+use common::Repo;
 use strongbox_engines::{Engine, engine_for};
+use strongbox_testkit::sh;
 
 fn maria(db: &str, sql: &str) -> String {
     sh(&format!("mariadb -h 127.0.0.1 -u root -N -B {db} -e \"{sql}\""))

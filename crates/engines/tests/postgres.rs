@@ -1,91 +1,28 @@
-//! PostgreSQL engines against a real cluster that each test creates (initdb
-//! in a temporary directory, as the `postgres` user, on a free port), so
-//! that stopping and starting it touches nothing else on the machine.
+//! PostgreSQL engines against a real cluster that each test creates (see
+//! `strongbox-testkit`), so that stopping and starting it touches nothing
+//! else on the machine.
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use common::{Repo, sh};
+use common::Repo;
 use strongbox_engines::engine_for;
+use strongbox_testkit::{Cluster, PG_BIN, sh};
 
-const BIN: &str = "/usr/lib/postgresql/15/bin";
-
-struct Cluster {
-    _dir: tempfile::TempDir,
-    data: PathBuf,
-    port: u16,
+/// What these tests ask of a cluster beyond the testkit's.
+trait ClusterExt {
+    fn dump(&self) -> String;
+    fn sums(&self) -> Vec<i64>;
+    fn physical(&self) -> Arc<dyn strongbox_engines::Engine>;
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn as_postgres(cmd: &str) -> String {
-    sh(&format!("runuser -u postgres -- sh -c '{cmd}'"))
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        sh(&format!("chown postgres:postgres {}", dir.path().display()));
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        sh(&format!("chown postgres:postgres {}", data.display()));
-        as_postgres(&format!(
-            "{BIN}/initdb --no-sync -A trust -U postgres -D {} >/dev/null",
-            data.display()
-        ));
-        let port = free_port();
-        std::fs::write(
-            data.join("postgresql.auto.conf"),
-            format!(
-                "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-                 wal_keep_size = '1GB'\nfsync = off\n",
-                data.display()
-            ),
-        )
-        .unwrap();
-        let c = Cluster { _dir: dir, data, port };
-        as_postgres(&c.ctl("start"));
-        c
-    }
-
-    fn ctl(&self, action: &str) -> String {
-        let d = self.data.display();
-        match action {
-            "start" => format!("{BIN}/pg_ctl -D {d} -l {d}/../server.log -w start"),
-            _ => format!("{BIN}/pg_ctl -D {d} -m fast -w stop"),
-        }
-    }
-
-    /// The server's log, for failure messages.
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.data.parent().unwrap().join("server.log")).unwrap_or_default()
-    }
-
-    fn url(&self) -> String {
-        format!("postgresql://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    fn psql(&self, sql: &str) -> String {
-        sh(&format!(
-            "{BIN}/psql -X -A -t -v ON_ERROR_STOP=1 -d {} -c \"{sql}\"",
-            self.url()
-        ))
-        .trim()
-        .to_string()
-    }
-
+impl ClusterExt for Cluster {
     /// The pgbench tables' content, in a comparable form.
     fn dump(&self) -> String {
         sh(&format!(
-            "{BIN}/pg_dump --data-only --inserts --rows-per-insert=1000 -t 'pgbench_*' -t extra -d {} | \
+            "{PG_BIN}/pg_dump --data-only --inserts --rows-per-insert=1000 -t 'pgbench_*' -t extra -d {} | \
              grep -v '^--' | grep -v '^SET\\|^SELECT pg_catalog\\|^.restrict\\|^.unrestrict'",
             self.url()
         ))
@@ -115,7 +52,7 @@ impl Cluster {
                 "data_dir": self.data,
                 "stop_command": ctl("stop"),
                 "start_command": ctl("start"),
-                "bin_dir": BIN,
+                "bin_dir": PG_BIN,
             }),
         )
         .unwrap()
@@ -123,18 +60,8 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("runuser")
-            .args(["-u", "postgres", "--", &format!("{BIN}/pg_ctl"), "-D"])
-            .arg(&self.data)
-            .args(["-m", "immediate", "-w", "stop"])
-            .output();
-    }
-}
-
 fn pgbench(c: &Cluster, args: &str) {
-    sh(&format!("{BIN}/pgbench {args} {} 2>&1", c.url()));
+    sh(&format!("{PG_BIN}/pgbench {args} {} 2>&1", c.url()));
 }
 
 /// Dumps compared line by line; a failure shows the first difference only.
@@ -162,7 +89,7 @@ fn no_leftovers(data: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn physical_backup_under_load_then_recovery_in_place() {
-    let c = Cluster::start();
+    let c = Cluster::start("");
     pgbench(&c, "-i -q -s 5");
     let repo = Repo::new().await;
     let engine = c.physical();
@@ -170,7 +97,7 @@ async fn physical_backup_under_load_then_recovery_in_place() {
     // Backup 1 while pgbench writes through 2 clients.
     let load = {
         let url = c.url();
-        std::thread::spawn(move || sh(&format!("{BIN}/pgbench -n -c 2 -T 8 {url}")))
+        std::thread::spawn(move || sh(&format!("{PG_BIN}/pgbench -n -c 2 -T 8 {url}")))
     };
     std::thread::sleep(std::time::Duration::from_secs(2));
     let under_load = repo.backup(engine.clone()).await.unwrap();
@@ -222,7 +149,7 @@ async fn physical_backup_under_load_then_recovery_in_place() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn physical_recovery_that_cannot_start_puts_the_old_data_back() {
-    let c = Cluster::start();
+    let c = Cluster::start("");
     c.psql("CREATE TABLE t AS SELECT generate_series(1, 100) AS n");
     let repo = Repo::new().await;
     let snap = repo.backup(c.physical()).await.unwrap();
@@ -239,7 +166,7 @@ async fn physical_recovery_that_cannot_start_puts_the_old_data_back() {
     let engine: Arc<dyn strongbox_engines::Engine> = engine_for(
         "postgresql",
         &serde_json::json!({
-            "url": c.url(), "data_dir": c.data, "bin_dir": BIN,
+            "url": c.url(), "data_dir": c.data, "bin_dir": PG_BIN,
             "stop_command": format!("runuser -u postgres -- {}", c.ctl("stop")),
             "start_command": start,
         }),
@@ -258,22 +185,26 @@ async fn physical_recovery_that_cannot_start_puts_the_old_data_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logical_dump_and_restore_of_one_database_with_a_password_kept_secret() {
-    let c = Cluster::start();
+    let c = Cluster::start("");
     c.psql("CREATE ROLE app LOGIN PASSWORD 's3cret-pw' SUPERUSER");
     c.psql("CREATE DATABASE shop OWNER app");
     let url = format!("postgresql://app:s3cret-pw@127.0.0.1:{}/shop", c.port);
     let shop = |sql: &str| {
-        sh(&format!("{BIN}/psql -X -A -t -v ON_ERROR_STOP=1 -d {url} -c \"{sql}\""))
-            .trim()
-            .to_string()
+        sh(&format!(
+            "{PG_BIN}/psql -X -A -t -v ON_ERROR_STOP=1 -d {url} -c \"{sql}\""
+        ))
+        .trim()
+        .to_string()
     };
     shop(
         "CREATE TABLE orders (id int PRIMARY KEY, total numeric); INSERT INTO orders SELECT g, g * 1.5 FROM generate_series(1, 5000) g",
     );
-    let engine: Arc<dyn strongbox_engines::Engine> =
-        engine_for("postgresql-logical", &serde_json::json!({"url": url, "bin_dir": BIN}))
-            .unwrap()
-            .into();
+    let engine: Arc<dyn strongbox_engines::Engine> = engine_for(
+        "postgresql-logical",
+        &serde_json::json!({"url": url, "bin_dir": PG_BIN}),
+    )
+    .unwrap()
+    .into();
     let repo = Repo::new().await;
     let snap = repo.backup(engine.clone()).await.unwrap();
     shop("DELETE FROM orders WHERE id > 100; CREATE TABLE later (x int)");
@@ -292,7 +223,7 @@ async fn logical_dump_and_restore_of_one_database_with_a_password_kept_secret() 
     // A failing dump fails the backup, and the message hides the password.
     let wrong: Arc<dyn strongbox_engines::Engine> = engine_for(
         "postgresql-logical",
-        &serde_json::json!({"url": format!("postgresql://app:s3cret-pw@127.0.0.1:{}/nosuchdb", c.port), "bin_dir": BIN}),
+        &serde_json::json!({"url": format!("postgresql://app:s3cret-pw@127.0.0.1:{}/nosuchdb", c.port), "bin_dir": PG_BIN}),
     )
     .unwrap()
     .into();

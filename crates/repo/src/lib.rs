@@ -21,6 +21,7 @@ mod prune;
 mod restore;
 mod snapshot;
 mod storage;
+mod wal;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,6 +36,7 @@ pub use progress::{Counters, NoProgress, Progress};
 pub use prune::{PruneOptions, PruneReport};
 pub use snapshot::{FileEntry, Snapshot, Totals};
 pub use storage::{S3Config, Store};
+pub use wal::{Pushed, WalFile};
 
 use crypto::{Cipher, MasterKey};
 use index::Index;
@@ -267,6 +269,22 @@ impl Repository {
             .buffer_unordered(FILES_IN_PARALLEL)
             .try_collect::<()>()
             .await
+    }
+
+    /// Archives a WAL file (PostgreSQL's `archive_command`): the same
+    /// content again is a no-op, other content under the name an error.
+    pub async fn wal_push(&self, name: &str, data: &[u8]) -> Result<Pushed> {
+        wal::push(&self.store, &self.cipher, name, data).await
+    }
+
+    /// An archived WAL file, verified; `None` if it is not archived.
+    pub async fn wal_fetch(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        wal::fetch(&self.store, &self.cipher, name).await
+    }
+
+    /// The archived WAL files, in name order.
+    pub async fn wal_list(&self) -> Result<Vec<WalFile>> {
+        wal::list(&self.store).await
     }
 
     /// Streams one file of a snapshot, in order, into `w`.

@@ -151,6 +151,15 @@ impl Store {
         r.bytes().await.map_err(|e| Error::storage(path, e))
     }
 
+    /// The object at `path`, or `None` if there is none.
+    pub async fn get_if_exists(&self, path: &Path) -> Result<Option<Bytes>> {
+        match self.inner.get(path).await {
+            Ok(r) => Ok(Some(r.bytes().await.map_err(|e| Error::storage(path, e))?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Error::storage(path, e)),
+        }
+    }
+
     pub async fn get_range(&self, path: &Path, range: Range<u64>) -> Result<Bytes> {
         self.inner
             .get_range(path, range)

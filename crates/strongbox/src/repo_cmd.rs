@@ -1,5 +1,5 @@
 //! `strongbox repo …`: init, backup, restore, snapshots, check, forget,
-//! prune, stats, key.
+//! prune, stats, wal-push, wal-fetch, wal-list, key.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -94,6 +94,14 @@ enum Verb {
     },
     /// Sizes and counts.
     Stats,
+    /// Archive a PostgreSQL WAL file under its name: for archive_command,
+    /// `strongbox repo -r REPO --password-file F wal-push %p`.
+    WalPush { path: PathBuf },
+    /// Write an archived WAL file to DEST (exit 1 if it is not archived):
+    /// for restore_command, `… wal-fetch %f %p`.
+    WalFetch { name: String, dest: PathBuf },
+    /// List the archived WAL files.
+    WalList,
     /// Manage key slots.
     Key {
         #[command(subcommand)]
@@ -336,6 +344,32 @@ pub async fn run(args: RepoArgs) -> Result<ExitCode> {
             }
             let report = repo.prune(&PruneOptions { repack_below }).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Verb::WalPush { path } => {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .with_context(|| format!("{} names no file", path.display()))?;
+            let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            match repo.wal_push(name, &data).await? {
+                strongbox_repo::Pushed::Stored { bytes } => println!("archived {name} ({bytes} bytes stored)"),
+                strongbox_repo::Pushed::AlreadyArchived => println!("{name} was already archived, with this content"),
+            }
+        }
+        Verb::WalFetch { name, dest } => {
+            let Some(data) = repo.wal_fetch(&name).await? else {
+                eprintln!("{name} is not in the WAL archive");
+                return Ok(ExitCode::FAILURE);
+            };
+            // Written aside, then renamed: PostgreSQL never sees half a file.
+            let partial = dest.with_extension("strongbox-partial");
+            std::fs::write(&partial, &data).with_context(|| format!("writing {}", partial.display()))?;
+            std::fs::rename(&partial, &dest).with_context(|| format!("renaming to {}", dest.display()))?;
+        }
+        Verb::WalList => {
+            for f in repo.wal_list().await? {
+                println!("{} {} {}", f.name, f.stored_bytes, f.archived_at);
+            }
         }
         Verb::Stats => {
             let stats = repo.stats().await?;

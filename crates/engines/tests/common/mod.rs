@@ -66,10 +66,3 @@ impl Repo {
         .unwrap()
     }
 }
-
-/// Runs a shell command line; its stdout. Panics with stderr on failure.
-pub fn sh(line: &str) -> String {
-    let out = std::process::Command::new("sh").arg("-c").arg(line).output().unwrap();
-    assert!(out.status.success(), "{line}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}

@@ -1,0 +1,128 @@
+//! The WAL archive: PostgreSQL's write-ahead log files (segments, timeline
+//! histories, backup history files), one sealed object each under
+//! `wal/NAME`. Deduplication does not help WAL; compression does, and the
+//! object is sealed like any other, with its name as associated data so
+//! that one file cannot be passed off as another.
+//!
+//! Archiving is idempotent and never overwrites: an object is created only
+//! if absent (create-only writes, atomic in every backend), so a push
+//! retried after a crash finds either nothing (and stores) or its own
+//! complete earlier copy (and succeeds); different content under an
+//! archived name is an error PostgreSQL sees.
+
+use bytes::Bytes;
+
+use crate::crypto::Cipher;
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::storage::Store;
+
+pub const WAL: &str = "wal";
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Stored; `bytes` is the size of the sealed object.
+    Stored { bytes: u64 },
+    /// The same content was archived already (a retried push).
+    AlreadyArchived,
+}
+
+/// An archived WAL file.
+#[derive(Debug, Clone)]
+pub struct WalFile {
+    pub name: String,
+    /// Size of the sealed object.
+    pub stored_bytes: u64,
+    /// When it was archived, in seconds since the Unix epoch.
+    pub archived_at: i64,
+}
+
+fn path(name: &str) -> Result<object_store::path::Path> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && !name.starts_with('.');
+    if !ok {
+        return Err(Error::Invalid(format!(
+            "{name:?} is not a WAL file name (letters, digits, '.', '_', '-')"
+        )));
+    }
+    Ok(object_store::path::Path::from(format!("{WAL}/{name}")))
+}
+
+fn kind(name: &str) -> String {
+    format!("{WAL}/{name}")
+}
+
+/// The object: the content's keyed hash, then the content, sealed.
+fn seal(cipher: &Cipher, name: &str, data: &[u8]) -> Vec<u8> {
+    let mut plain = Vec::with_capacity(32 + data.len());
+    plain.extend_from_slice(&cipher.chunk_id(data).0);
+    plain.extend_from_slice(data);
+    cipher.seal_object(&kind(name), &plain)
+}
+
+/// Opens an archived object: its content hash and content, verified.
+fn open(cipher: &Cipher, name: &str, object: &[u8]) -> Result<(Id, Vec<u8>)> {
+    let what = format!("WAL file {name}");
+    let mut plain = cipher.open_object(&kind(name), object, &what)?;
+    if plain.len() < 32 {
+        return Err(Error::corrupt(&what, "shorter than its header"));
+    }
+    let data = plain.split_off(32);
+    let id = Id::from_slice(&plain).ok_or_else(|| Error::corrupt(&what, "bad content hash"))?;
+    if cipher.chunk_id(&data) != id {
+        return Err(Error::corrupt(&what, "content does not match its hash"));
+    }
+    Ok((id, data))
+}
+
+pub async fn push(store: &Store, cipher: &Cipher, name: &str, data: &[u8]) -> Result<Pushed> {
+    let path = path(name)?;
+    let sealed = seal(cipher, name, data);
+    let bytes = sealed.len() as u64;
+    if store.put_new(&path, Bytes::from(sealed)).await? {
+        return Ok(Pushed::Stored { bytes });
+    }
+    let existing = store.get(&path).await?;
+    let (id, _) = open(cipher, name, &existing)?;
+    if id == cipher.chunk_id(data) {
+        Ok(Pushed::AlreadyArchived)
+    } else {
+        Err(Error::Invalid(format!(
+            "a different {name} is already archived; refusing to overwrite it (two clusters archiving into one \
+             repository, or a cluster restored without a new timeline?)"
+        )))
+    }
+}
+
+/// The content of an archived file, verified; `None` if it is not archived.
+pub async fn fetch(store: &Store, cipher: &Cipher, name: &str) -> Result<Option<Vec<u8>>> {
+    let path = path(name)?;
+    match store.get_if_exists(&path).await? {
+        None => Ok(None),
+        Some(object) => Ok(Some(open(cipher, name, &object)?.1)),
+    }
+}
+
+/// Every archived file, in name order (which for segments of one timeline
+/// is WAL order).
+pub async fn list(store: &Store) -> Result<Vec<WalFile>> {
+    let mut files: Vec<WalFile> = store
+        .list(WAL)
+        .await?
+        .into_iter()
+        .filter_map(|m| {
+            Some(WalFile {
+                name: m.location.filename()?.to_string(),
+                stored_bytes: m.size,
+                archived_at: m.last_modified.timestamp(),
+            })
+        })
+        .collect();
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(files)
+}

@@ -1,0 +1,107 @@
+//! What Strongbox's tests share (a dev-dependency only): shell commands,
+//! free ports, and PostgreSQL clusters of their own — `initdb` in a
+//! temporary directory as the `postgres` user, on a free port — so that
+//! stopping and starting one touches nothing else on the machine.
+
+use std::path::{Path, PathBuf};
+
+/// PostgreSQL 15's server binaries, as Debian installs them.
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// Runs a shell command line; its stdout. Panics with stderr on failure.
+pub fn sh(line: &str) -> String {
+    let out = std::process::Command::new("sh").arg("-c").arg(line).output().unwrap();
+    assert!(out.status.success(), "{line}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A command line run as the `postgres` user.
+pub fn as_postgres(cmd: &str) -> String {
+    sh(&format!("runuser -u postgres -- sh -c '{cmd}'"))
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    pub data: PathBuf,
+    pub port: u16,
+}
+
+impl Cluster {
+    /// A running cluster; `settings` go into postgresql.auto.conf.
+    pub fn start(settings: &str) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        sh(&format!("chown postgres:postgres {}", dir.path().display()));
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        sh(&format!("chown postgres:postgres {}", data.display()));
+        as_postgres(&format!(
+            "{PG_BIN}/initdb --no-sync -A trust -U postgres -D {} >/dev/null",
+            data.display()
+        ));
+        let port = free_port();
+        std::fs::write(
+            data.join("postgresql.auto.conf"),
+            format!(
+                "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+                 wal_keep_size = '1GB'\nfsync = off\n{settings}\n",
+                data.display()
+            ),
+        )
+        .unwrap();
+        let c = Cluster { dir, data, port };
+        as_postgres(&c.ctl("start"));
+        c
+    }
+
+    /// The cluster's own directory (the data directory's parent), owned by
+    /// `postgres`: room for its log and whatever a test puts beside it.
+    pub fn home(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The `pg_ctl` command line that starts or (any other `action`) stops it.
+    pub fn ctl(&self, action: &str) -> String {
+        let d = self.data.display();
+        match action {
+            "start" => format!("{PG_BIN}/pg_ctl -D {d} -l {d}/../server.log -w start"),
+            _ => format!("{PG_BIN}/pg_ctl -D {d} -m fast -w stop"),
+        }
+    }
+
+    /// The server's log, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.home().join("server.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// One statement's output, unaligned, tuples only, trimmed.
+    pub fn psql(&self, sql: &str) -> String {
+        sh(&format!(
+            "{PG_BIN}/psql -X -A -t -v ON_ERROR_STOP=1 -d {} -c \"{sql}\"",
+            self.url()
+        ))
+        .trim()
+        .to_string()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--", &format!("{PG_BIN}/pg_ctl"), "-D"])
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
