@@ -63,15 +63,20 @@ async fn repack_moves_live_chunks_out_of_mostly_empty_packs() {
     assert!(repo.check(true).await.unwrap().is_ok());
 }
 
-/// A reader that hands out `data` only after `go` fires, so a backup can
-/// be held in flight (lock taken, index loaded) while prune runs.
+/// A reader that says when it is first read (the backup has taken its
+/// lock and loaded its index by then) and hands out `data` only after `go`
+/// fires, so a backup can be held in flight while prune runs.
 struct Gate {
+    reached: Option<mpsc::Sender<()>>,
     go: Option<mpsc::Receiver<()>>,
     data: std::io::Cursor<Vec<u8>>,
 }
 
 impl Read for Gate {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(reached) = self.reached.take() {
+            reached.send(()).unwrap();
+        }
         if let Some(go) = self.go.take() {
             go.recv().unwrap();
         }
@@ -90,6 +95,7 @@ async fn prune_waits_for_a_backup_that_started_before_its_plan() {
     // B starts: it takes its lock and loads the index (which offers old's
     // chunks for deduplication), then waits at its first read.
     let (go, gate) = mpsc::channel();
+    let (reached_tx, reached) = mpsc::channel();
     let in_flight = {
         let repo = Arc::new(Repository::open(store(), PASSWORD).await.unwrap());
         let content = content.clone();
@@ -97,6 +103,7 @@ async fn prune_waits_for_a_backup_that_started_before_its_plan() {
             let src = Source::new(
                 "db",
                 Gate {
+                    reached: Some(reached_tx),
                     go: Some(gate),
                     data: std::io::Cursor::new(content),
                 },
@@ -106,10 +113,10 @@ async fn prune_waits_for_a_backup_that_started_before_its_plan() {
                 .unwrap()
         })
     };
-    // Wait until B holds its lock.
-    while repo.store().list("locks").await.unwrap().is_empty() {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    // Wait until B has its lock and its index: it is reading.
+    tokio::task::spawn_blocking(move || reached.recv().unwrap())
+        .await
+        .unwrap();
 
     // Forget the only snapshot that uses those chunks and prune: the packs
     // are condemned, but B has not seen the plan, so nothing is deleted.
@@ -134,9 +141,6 @@ async fn prune_waits_for_a_backup_that_started_before_its_plan() {
     // A backup that starts after a plan does not reuse condemned packs.
     let victim = backup(&repo, &[("x", &data(200_000, 8))]).await;
     repo.forget(&[victim.id, snap.id]).await.unwrap();
-    let (go, gate) = mpsc::channel::<()>();
-    drop(go); // no gate needed: read at once
-    drop(gate);
     let plan_only = {
         // Take a lock so that the plan cannot finish, then back up the same bytes.
         let blocker = Arc::new(Repository::open(store(), PASSWORD).await.unwrap());
@@ -147,6 +151,7 @@ async fn prune_waits_for_a_backup_that_started_before_its_plan() {
                 let src = Source::new(
                     "y",
                     Gate {
+                        reached: None,
                         go: Some(gate),
                         data: std::io::Cursor::new(vec![1, 2, 3]),
                     },
