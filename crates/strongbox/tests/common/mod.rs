@@ -42,13 +42,7 @@ pub fn test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     paths
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use strongbox_testkit::free_port;
 
 /// Starts `strongbox serve --demo` on `dir` (PKI made on first use).
 pub fn start_in(dir: &Path, port: u16) -> Server {
