@@ -14,7 +14,7 @@ use std::path::Path;
 
 pub use command::CommandEngine;
 pub use files::SnapshotFiles;
-pub use postgres::{PgLogical, PgPhysical};
+pub use postgres::{PgLogical, PgPhysical, PgTarget};
 pub use sqlite::SqliteEngine;
 use strongbox_repo::{Source, Sources};
 

@@ -3,70 +3,13 @@
 //! byte for byte, a conflicting push fails, and a push killed at any
 //! moment leaves nothing a retry trips over.
 
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{Archive, BIN};
 use strongbox_testkit::{Cluster, sh};
-
-const BIN: &str = env!("CARGO_BIN_EXE_strongbox");
-
-struct Archive {
-    repo: std::path::PathBuf,
-    password_file: std::path::PathBuf,
-}
-
-impl Archive {
-    /// A repository the `postgres` user can write (archive_command runs as it).
-    fn new(dir: &std::path::Path) -> Archive {
-        let a = Archive {
-            repo: dir.join("archive"),
-            password_file: dir.join("archive.password"),
-        };
-        std::fs::write(&a.password_file, "wal-pw").unwrap();
-        sh(&format!(
-            "{BIN} repo -r {} --password-file {} init",
-            a.repo.display(),
-            a.password_file.display()
-        ));
-        sh(&format!(
-            "chown -R postgres:postgres {} {} && chmod 600 {}",
-            a.repo.display(),
-            a.password_file.display(),
-            a.password_file.display()
-        ));
-        a
-    }
-
-    fn command(&self, verb: &str) -> String {
-        format!(
-            "{BIN} repo -r {} --password-file {} {verb}",
-            self.repo.display(),
-            self.password_file.display()
-        )
-    }
-
-    /// Runs a verb as `postgres`, as PostgreSQL would.
-    fn run(&self, verb: &str) -> std::process::Output {
-        Command::new("runuser")
-            .args(["-u", "postgres", "--", "sh", "-c", &self.command(verb)])
-            .output()
-            .unwrap()
-    }
-
-    /// The binary itself (not a shell or runuser around it), to be killed.
-    fn spawn(&self, args: &[&str]) -> std::process::Child {
-        Command::new(BIN)
-            .args(["repo", "-r"])
-            .arg(&self.repo)
-            .arg("--password-file")
-            .arg(&self.password_file)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    }
-}
 
 #[test]
 fn a_cluster_archives_into_the_repository_and_gets_its_wal_back() {

@@ -173,18 +173,44 @@ pub fn wal_segments(first: &str, last: &str, segment_size: u64) -> Result<Vec<St
         .collect())
 }
 
-/// Settings for the recovered server's first start: replay the backup's
-/// own WAL (in pg_wal; there is no archive to fetch from, hence `false`) up
-/// to its consistency point, then promote. The promotion starts a new
-/// timeline, so the WAL the recovered server writes never takes the names
-/// of segments the abandoned history already archived.
-const RECOVERY_SETTINGS: &str = "\n# Added by a Strongbox recovery; read only while recovery.signal exists.\n\
-    restore_command = 'false'\nrecovery_target = 'immediate'\nrecovery_target_action = 'promote'\n";
+/// Where a recovered cluster's first start replays to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The backup's consistency point, from the backup's own WAL in pg_wal.
+    Backup,
+    /// A moment (`2026-11-29 19:10:00+00`), WAL fetched with `restore_command`.
+    Time { at: String, restore_command: String },
+    /// A WAL position (`0/3000060`), WAL fetched with `restore_command`.
+    Lsn { lsn: String, restore_command: String },
+}
+
+/// Settings for the recovered server's first start: replay to the target,
+/// then promote. The promotion starts a new timeline, so the WAL the
+/// recovered server writes never takes the names of segments the abandoned
+/// history already archived. Replay follows the backup's own timeline.
+fn recovery_settings(target: &Target) -> String {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let (restore, goal) = match target {
+        // No archive to fetch from: the backup's WAL is in pg_wal.
+        Target::Backup => ("false".to_string(), "recovery_target = 'immediate'".to_string()),
+        Target::Time { at, restore_command } => {
+            (restore_command.clone(), format!("recovery_target_time = {}", quote(at)))
+        }
+        Target::Lsn { lsn, restore_command } => {
+            (restore_command.clone(), format!("recovery_target_lsn = {}", quote(lsn)))
+        }
+    };
+    format!(
+        "\n# Added by a Strongbox recovery; read only while recovery.signal exists.\n\
+         restore_command = {}\n{goal}\nrecovery_target_timeline = 'current'\nrecovery_target_action = 'promote'\n",
+        quote(&restore)
+    )
+}
 
 /// Turns a directory the backup's files were restored into into a data
 /// directory ready to start: its empty directories, the recovery settings,
 /// PostgreSQL's modes, and the owner of `like`.
-pub fn prepare(dir: &Path, like: &std::fs::Metadata) -> Result<(), Error> {
+pub fn prepare(dir: &Path, like: &std::fs::Metadata, target: &Target) -> Result<(), Error> {
     use std::io::Write;
     let list = dir.join(DIRECTORIES);
     let dirs = std::fs::read_to_string(&list).map_err(|e| Error::io("the backup's directory list", e))?;
@@ -205,7 +231,7 @@ pub fn prepare(dir: &Path, like: &std::fs::Metadata) -> Result<(), Error> {
         .append(true)
         .create(true)
         .open(dir.join("postgresql.auto.conf"))
-        .and_then(|mut f| f.write_all(RECOVERY_SETTINGS.as_bytes()))
+        .and_then(|mut f| f.write_all(recovery_settings(target).as_bytes()))
         .map_err(|e| Error::io("postgresql.auto.conf", e))?;
     own_tree(dir, like.uid(), like.gid())
 }

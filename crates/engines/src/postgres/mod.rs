@@ -11,6 +11,7 @@
 mod datadir;
 mod physical;
 
+pub use datadir::Target as PgTarget;
 pub use physical::PgPhysical;
 
 use std::path::{Path, PathBuf};

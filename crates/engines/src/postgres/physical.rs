@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use strongbox_repo::{Source, Sources};
 
 use super::Conn;
-use super::datadir::{self, DIRECTORIES, DataFile, LazyFile};
+use super::datadir::{self, DIRECTORIES, DataFile, LazyFile, Target};
 use crate::process::Tool;
 use crate::{BackupFiles, Error, Log, setting};
 
@@ -204,14 +204,23 @@ impl PgPhysical {
         t.run().map(drop)
     }
 
-    /// Starts the server and waits until it answers a query.
+    /// Starts the server and waits until it has left recovery and answers
+    /// a query. (During replay it already answers read-only queries: that
+    /// is not yet the recovered database.)
     fn start_and_wait(&self) -> Result<(), Error> {
         self.shell(&self.start_command, "the start command")?;
         let deadline = Instant::now() + START_WAIT;
         loop {
-            match self.conn.query("SELECT 1") {
-                Ok(one) if one == "1" => return Ok(()),
-                Ok(other) => return Err(Error::Failed(format!("SELECT 1 answered {other:?}"))),
+            match self.conn.query("SELECT pg_is_in_recovery()") {
+                Ok(r) if r == "f" => return Ok(()),
+                Ok(r) if r == "t" && Instant::now() > deadline => {
+                    return Err(Error::Failed(format!(
+                        "the server was still replaying WAL after {} s",
+                        START_WAIT.as_secs()
+                    )));
+                }
+                Ok(r) if r == "t" => std::thread::sleep(Duration::from_millis(100)),
+                Ok(other) => return Err(Error::Failed(format!("pg_is_in_recovery() answered {other:?}"))),
                 Err(e) if Instant::now() > deadline => {
                     return Err(Error::Failed(format!(
                         "the server did not answer within {} s: {e}",
@@ -237,11 +246,17 @@ impl PgPhysical {
     }
 
     /// Restores the backup into `staging`, ready to start.
-    fn stage(&self, backup: &dyn BackupFiles, staging: &Path, owner: &std::fs::Metadata) -> Result<(), Error> {
+    fn stage(
+        &self,
+        backup: &dyn BackupFiles,
+        staging: &Path,
+        owner: &std::fs::Metadata,
+        target: &Target,
+    ) -> Result<(), Error> {
         std::fs::create_dir(staging).map_err(|e| Error::io(format!("creating {}", staging.display()), e))?;
         let result = backup
             .restore_tree(staging)
-            .and_then(|()| datadir::prepare(staging, owner));
+            .and_then(|()| datadir::prepare(staging, owner, target));
         if result.is_err() {
             let _ = std::fs::remove_dir_all(staging);
         }
@@ -265,6 +280,14 @@ impl crate::Engine for PgPhysical {
     }
 
     fn recover(&self, backup: &dyn BackupFiles, _scratch: &Path, log: Log) -> Result<String, Error> {
+        self.recover_to(backup, &Target::Backup, log)
+    }
+}
+
+impl PgPhysical {
+    /// Recovers in place to `target`: the backup's consistency point, or a
+    /// later moment or WAL position replayed from the WAL archive.
+    pub fn recover_to(&self, backup: &dyn BackupFiles, target: &Target, log: Log) -> Result<String, Error> {
         let (staging, old) = (self.sibling("recovering")?, self.sibling("old")?);
         self.repair_interrupted_swap(&old, log)?;
         let owner = std::fs::metadata(&self.data_dir)
@@ -280,7 +303,7 @@ impl crate::Engine for PgPhysical {
                 std::fs::remove_dir_all(leftover).map_err(|e| Error::io(leftover.display(), e))?;
             }
         }
-        self.stage(backup, &staging, &owner)?;
+        self.stage(backup, &staging, &owner, target)?;
         log(format!(
             "backup restored into {}; stopping the server",
             staging.display()

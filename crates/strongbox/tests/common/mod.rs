@@ -191,3 +191,64 @@ impl Server {
         self.json(&["-X", "PUT", "-d", &reg, &url])
     }
 }
+
+/// A repository as a PostgreSQL WAL archive.
+pub const BIN: &str = env!("CARGO_BIN_EXE_strongbox");
+
+pub struct Archive {
+    pub repo: std::path::PathBuf,
+    pub password_file: std::path::PathBuf,
+}
+
+impl Archive {
+    /// A repository the `postgres` user can write (archive_command runs as it).
+    pub fn new(dir: &std::path::Path) -> Archive {
+        let a = Archive {
+            repo: dir.join("archive"),
+            password_file: dir.join("archive.password"),
+        };
+        std::fs::write(&a.password_file, "wal-pw").unwrap();
+        strongbox_testkit::sh(&format!(
+            "{BIN} repo -r {} --password-file {} init",
+            a.repo.display(),
+            a.password_file.display()
+        ));
+        strongbox_testkit::sh(&format!(
+            "chown -R postgres:postgres {} {} && chmod 600 {}",
+            a.repo.display(),
+            a.password_file.display(),
+            a.password_file.display()
+        ));
+        a
+    }
+
+    pub fn command(&self, verb: &str) -> String {
+        format!(
+            "{BIN} repo -r {} --password-file {} {verb}",
+            self.repo.display(),
+            self.password_file.display()
+        )
+    }
+
+    /// Runs a verb as `postgres`, as PostgreSQL would.
+    pub fn run(&self, verb: &str) -> std::process::Output {
+        std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--", "sh", "-c", &self.command(verb)])
+            .output()
+            .unwrap()
+    }
+
+    /// The binary itself (not a shell or runuser around it), to be killed.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        std::process::Command::new(BIN)
+            .args(["repo", "-r"])
+            .arg(&self.repo)
+            .arg("--password-file")
+            .arg(&self.password_file)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+}
