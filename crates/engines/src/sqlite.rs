@@ -48,9 +48,6 @@ impl SqliteEngine {
 
 impl crate::Engine for SqliteEngine {
     fn backup(&self, scratch: &Path) -> Result<Sources, Error> {
-        let fail = |what: &str, e: &dyn std::fmt::Display| {
-            Error::Failed(format!("sqlite {}: {what}: {e}", self.path.display()))
-        };
         if !self.path.is_file() {
             return Err(Error::Failed(format!(
                 "sqlite database {} does not exist",
@@ -61,31 +58,24 @@ impl crate::Engine for SqliteEngine {
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(|e| fail("open", &e))?;
+        .map_err(|e| self.fail("open", e))?;
         src.busy_timeout(Duration::from_secs(30))
-            .map_err(|e| fail("busy timeout", &e))?;
-        let copy = tempfile::NamedTempFile::new_in(scratch).map_err(|e| fail("scratch file", &e))?;
+            .map_err(|e| self.fail("busy timeout", e))?;
+        let copy = tempfile::NamedTempFile::new_in(scratch).map_err(|e| self.fail("scratch file", e))?;
         {
-            let mut dst = Connection::open(copy.path()).map_err(|e| fail("scratch database", &e))?;
-            let backup = rusqlite::backup::Backup::new(&src, &mut dst).map_err(|e| fail("backup", &e))?;
+            let mut dst = Connection::open(copy.path()).map_err(|e| self.fail("scratch database", e))?;
+            let backup = rusqlite::backup::Backup::new(&src, &mut dst).map_err(|e| self.fail("backup", e))?;
             // -1: all pages in one step, i.e. one read transaction.
-            let deadline = std::time::Instant::now() + LOCK_WAIT;
-            loop {
-                match backup.step(-1).map_err(|e| fail("backup", &e))? {
-                    rusqlite::backup::StepResult::Done => break,
-                    _ if std::time::Instant::now() > deadline => {
-                        return Err(Error::Failed(format!(
-                            "sqlite {}: the database stayed locked for 60 s",
-                            self.path.display()
-                        )));
-                    }
-                    _ => std::thread::sleep(Duration::from_millis(50)),
-                }
-            }
+            let locked = format!(
+                "sqlite {}: the database stayed locked for {} s",
+                self.path.display(),
+                LOCK_WAIT.as_secs()
+            );
+            self.step_to_end(&backup, -1, "backup", &locked, |_, _| Ok(()))?;
         }
         let (file, path) = copy.into_parts();
         drop(path); // unlinks; the open handle keeps the data until read
-        let size = file.metadata().map_err(|e| fail("scratch file", &e))?.len();
+        let size = file.metadata().map_err(|e| self.fail("scratch file", e))?.len();
         let mut source = Source::new(FILE_NAME, file);
         source.size_hint = Some(size);
         Ok(crate::sources(vec![source]))
@@ -118,38 +108,53 @@ impl SqliteEngine {
     fn copy_into_live(
         &self,
         src: &Connection,
-        mut after_step: impl FnMut(i32, i32) -> Result<(), Error>,
+        after_step: impl FnMut(i32, i32) -> Result<(), Error>,
     ) -> Result<i32, Error> {
-        let fail = |what: &str, e: &dyn std::fmt::Display| {
-            Error::Failed(format!("sqlite {}: {what}: {e}", self.path.display()))
-        };
         if !self.path.is_file() {
             return Err(Error::Failed(format!(
                 "sqlite database {} does not exist; register the path of an existing database",
                 self.path.display()
             )));
         }
-        let mut live =
-            Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(|e| fail("open", &e))?;
-        live.busy_timeout(LOCK_WAIT).map_err(|e| fail("busy timeout", &e))?;
-        let copy = rusqlite::backup::Backup::new(src, &mut live).map_err(|e| fail("recovery", &e))?;
+        let mut live = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .map_err(|e| self.fail("open", e))?;
+        live.busy_timeout(LOCK_WAIT).map_err(|e| self.fail("busy timeout", e))?;
+        let copy = rusqlite::backup::Backup::new(src, &mut live).map_err(|e| self.fail("recovery", e))?;
+        let locked = format!(
+            "sqlite {}: other connections kept the database locked for {} s; nothing was changed",
+            self.path.display(),
+            LOCK_WAIT.as_secs()
+        );
+        self.step_to_end(&copy, RECOVERY_STEP_PAGES, "recovery", &locked, after_step)
+    }
+
+    /// Steps a backup-API copy to its end, `pages` per step (-1: all in
+    /// one), waiting up to `LOCK_WAIT` for other connections' locks (then
+    /// failing with `locked`); `after_step(remaining, total)` runs between
+    /// steps. Returns the page count.
+    fn step_to_end(
+        &self,
+        copy: &rusqlite::backup::Backup,
+        pages: i32,
+        what: &str,
+        locked: &str,
+        mut after_step: impl FnMut(i32, i32) -> Result<(), Error>,
+    ) -> Result<i32, Error> {
         let deadline = std::time::Instant::now() + LOCK_WAIT;
         loop {
-            let step = copy.step(RECOVERY_STEP_PAGES).map_err(|e| fail("recovery", &e))?;
+            let step = copy.step(pages).map_err(|e| self.fail(what, e))?;
             let p = copy.progress();
             match step {
                 rusqlite::backup::StepResult::Done => return Ok(p.pagecount),
                 rusqlite::backup::StepResult::More => after_step(p.remaining, p.pagecount)?,
-                _ if std::time::Instant::now() > deadline => {
-                    return Err(Error::Failed(format!(
-                        "sqlite {}: other connections kept the database locked for {} s; nothing was changed",
-                        self.path.display(),
-                        LOCK_WAIT.as_secs()
-                    )));
-                }
+                _ if std::time::Instant::now() > deadline => return Err(Error::Failed(locked.to_string())),
                 _ => std::thread::sleep(Duration::from_millis(50)),
             }
         }
+    }
+
+    fn fail(&self, what: &str, e: impl std::fmt::Display) -> Error {
+        Error::Failed(format!("sqlite {}: {what}: {e}", self.path.display()))
     }
 }
 
