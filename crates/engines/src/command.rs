@@ -57,7 +57,7 @@ impl CommandEngine {
 impl crate::Engine for CommandEngine {
     fn backup(&self, _scratch: &Path) -> Result<Sources, Error> {
         let stream = self.tool(&self.backup_command, "the backup command").output_stream()?;
-        Ok(crate::sources(vec![Source::new(FILE_NAME, stream)]))
+        Ok(strongbox_repo::sources(vec![Source::new(FILE_NAME, stream)]))
     }
 
     fn recover(&self, backup: &dyn BackupFiles, scratch: &Path, log: Log) -> Result<String, Error> {

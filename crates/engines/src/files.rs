@@ -86,7 +86,7 @@ impl Read for Stream {
         {
             match filler.join() {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(io::Error::other(format!("reading the backup: {e}"))),
+                Ok(Err(e)) => return Err(io::Error::other(restore_error(e))),
                 Err(_) => return Err(io::Error::other("reading the backup: the restore thread panicked")),
             }
         }

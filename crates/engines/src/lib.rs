@@ -16,7 +16,7 @@ pub use command::CommandEngine;
 pub use files::SnapshotFiles;
 pub use postgres::{PgLogical, PgPhysical, PgTarget};
 pub use sqlite::SqliteEngine;
-use strongbox_repo::{Source, Sources};
+use strongbox_repo::Sources;
 
 /// The engine names a deployment can register with.
 pub const ENGINES: &str = "sqlite, postgresql, postgresql-logical, command";
@@ -70,11 +70,6 @@ pub fn engine_for(engine: &str, connection: &serde_json::Value) -> Result<Box<dy
         "command" => Ok(Box::new(CommandEngine::from_connection(connection)?)),
         other => Err(Error::UnknownEngine(other.to_string())),
     }
-}
-
-/// Sources known up front.
-fn sources(list: Vec<Source>) -> Sources {
-    Box::new(list.into_iter().map(Ok))
 }
 
 /// A string setting of a connection, required.

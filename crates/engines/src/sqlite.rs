@@ -78,7 +78,7 @@ impl crate::Engine for SqliteEngine {
         let size = file.metadata().map_err(|e| self.fail("scratch file", e))?.len();
         let mut source = Source::new(FILE_NAME, file);
         source.size_hint = Some(size);
-        Ok(crate::sources(vec![source]))
+        Ok(strongbox_repo::sources(vec![source]))
     }
 
     fn recover(&self, backup: &dyn BackupFiles, scratch: &Path, log: Log) -> Result<String, Error> {

@@ -43,6 +43,11 @@ pub struct Source {
 /// the data files and before the files that session yields.
 pub type Sources = Box<dyn Iterator<Item = std::io::Result<Source>> + Send>;
 
+/// Sources known up front, as `Sources`.
+pub fn sources(list: Vec<Source>) -> Sources {
+    Box::new(list.into_iter().map(Ok))
+}
+
 impl Source {
     pub fn new(name: impl Into<String>, reader: impl Read + Send + 'static) -> Self {
         Source {

@@ -26,7 +26,7 @@ mod wal;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub use backup::{Source, Sources};
+pub use backup::{Source, Sources, sources};
 pub use check::CheckReport;
 pub use chunker::Chunker;
 pub use error::{Error, Result};
@@ -128,8 +128,7 @@ impl Repository {
         opts: BackupOptions,
         progress: Arc<dyn Progress>,
     ) -> Result<Snapshot> {
-        self.backup_sources(Box::new(sources.into_iter().map(Ok)), opts, progress)
-            .await
+        self.backup_sources(backup::sources(sources), opts, progress).await
     }
 
     /// Backs up streams pulled one after another from `sources` as one

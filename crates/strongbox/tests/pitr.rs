@@ -6,7 +6,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Archive;
 use strongbox_engines::{PgPhysical, PgTarget, SnapshotFiles};
@@ -102,11 +102,7 @@ async fn recovery_to_moments_and_wal_positions_holds_exactly_the_rows_committed_
     );
     // Everything written so far reaches the archive.
     let last = c.psql("SELECT pg_walfile_name(pg_switch_wal())");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while c.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < last {
-        assert!(Instant::now() < deadline, "archiving stalled: {}", c.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    c.wait_archived(&last);
     assert_eq!(marks.len(), 6);
 
     let restore_command = archive.command("wal-fetch %f %p");

@@ -6,7 +6,7 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Archive, BIN};
 use strongbox_testkit::{Cluster, sh};
@@ -29,11 +29,7 @@ fn a_cluster_archives_into_the_repository_and_gets_its_wal_back() {
         switched.push(c.psql("SELECT pg_walfile_name(pg_switch_wal())"));
     }
     let last = switched.last().unwrap().clone();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while c.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < last {
-        assert!(Instant::now() < deadline, "archiving stalled: {}", c.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    c.wait_archived(&last);
     assert_eq!(c.psql("SELECT failed_count FROM pg_stat_archiver"), "0", "{}", c.log());
 
     let list = String::from_utf8(archive.run("wal-list").stdout).unwrap();

@@ -81,6 +81,24 @@ impl Cluster {
         std::fs::read_to_string(self.home().join("server.log")).unwrap_or_default()
     }
 
+    /// Waits until the archiver has archived WAL file `name` (and all
+    /// before it); panics with the server's log after a minute.
+    pub fn wait_archived(&self, name: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while self
+            .psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
+            .as_str()
+            < name
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "archiving stalled: {}",
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("postgresql://postgres@127.0.0.1:{}/postgres", self.port)
     }

@@ -95,7 +95,7 @@ impl crate::Engine for PgLogical {
         let mut t = self.conn.tool("pg_dump");
         t.command
             .args(["--format=custom", "--compress=0", "-d", &self.conn.url]);
-        Ok(crate::sources(vec![Source::new(DUMP, t.output_stream()?)]))
+        Ok(strongbox_repo::sources(vec![Source::new(DUMP, t.output_stream()?)]))
     }
 
     fn recover(&self, backup: &dyn BackupFiles, _scratch: &Path, log: Log) -> Result<String, Error> {
