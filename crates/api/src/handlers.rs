@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use strongbox_catalog::{Backup, BackupStatus, Job, JobStatus, NewJob, Started};
 
 use crate::auth::authorize;
+use crate::pitr::{self, History};
 use crate::{ApiError, AppState, MAX_BODY, PREFIX};
 
 type St = State<Arc<AppState>>;
@@ -411,5 +412,18 @@ pub async fn instance(
 ) -> Result<Response, ApiError> {
     authorize(&state.auth, state.catalog.as_ref(), &headers, &domain).await?;
     let d = known_deployment(&state, &domain, &service).await?;
-    Ok(Json(instance_json(&state, &d)).into_response())
+    let mut body = instance_json(&state, &d);
+    let backups = state.catalog.backups(&domain, &service).await?;
+    if let (Some(archives), Some(history)) = (
+        state.wal.as_deref(),
+        History::of(state.wal.as_deref(), &d, &backups).await?,
+    ) {
+        // A Strongbox addition: how to archive, and what the archive reaches.
+        body["pointInTimeRecovery"] = json!({
+            "archiveCommand": archives.archive_command(&domain, &service),
+            "restoreCommand": archives.restore_command(&domain, &service),
+            "recoverableRange": pitr::range_json(&history.recoverable()),
+        });
+    }
+    Ok(Json(body).into_response())
 }

@@ -6,6 +6,7 @@ mod auth;
 mod error;
 mod handlers;
 mod openapi;
+pub mod pitr;
 mod recovery;
 
 use std::sync::Arc;
@@ -30,6 +31,8 @@ pub struct AppState {
     /// Scheme, host and port clients use, for `Location` and `service-uri`.
     pub public_url: String,
     pub retry_after: u64,
+    /// WAL archives for point-in-time recovery; none, none offered.
+    pub wal: Option<Arc<pitr::WalArchives>>,
     auth: auth::Cache,
     finished: handlers::FinishedJobs,
 }
@@ -40,6 +43,7 @@ impl AppState {
             catalog,
             public_url: public_url.into().trim_end_matches('/').to_string(),
             retry_after,
+            wal: None,
             auth: auth::Cache::default(),
             finished: Default::default(),
         }

@@ -1,6 +1,7 @@
 //! Recovery endpoints (spec sections 3 and 4): start a recovery from the
-//! latest backup, a backup's `dbTag`, or a backup's completion time, and
-//! the history of recoveries. Every check runs before the job is queued:
+//! latest backup, a backup's `dbTag`, a backup's completion time, or (for
+//! deployments whose WAL is archived) any moment or `scn` the archive
+//! reaches; and the history of recoveries. Every check runs before the job is queued:
 //! a refused request touches nothing.
 
 use std::sync::Arc;
@@ -13,12 +14,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use strongbox_catalog::{Backup, BackupStatus, Started};
+use strongbox_catalog::{Backup, BackupStatus, Deployment, Started};
+use strongbox_engines::pitr::{Lsn, PointTarget};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::auth::authorize;
 use crate::handlers::{accepted, api_date, json_object, known_deployment, new_job};
+use crate::pitr::{self, History};
 use crate::{ApiError, AppState};
 
 #[derive(Deserialize)]
@@ -51,8 +54,27 @@ fn completed_at(b: &Backup) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(b.completed_at.as_deref()?, &Rfc3339).ok()
 }
 
+/// An `scn`: a PostgreSQL LSN (`0/3000060`), or the same as a decimal
+/// number, in a JSON string or number.
+fn parse_scn(scn: &Value) -> Result<Lsn, ApiError> {
+    let text = match scn {
+        Value::String(s) => s.clone(),
+        Value::Number(n) if n.is_u64() => n.to_string(),
+        other => other.to_string(),
+    };
+    text.parse().map_err(ApiError::bad_request)
+}
+
 /// Picks the backup the request names; `Ok((backup, target as recorded))`.
-fn choose(body: &RecoveryBody, service: &str, backups: &[Backup]) -> Result<(Backup, Value), ApiError> {
+/// With `history` (a deployment whose WAL is archived), a `timestamp` or
+/// `scn` is a point in time, replayed from the latest base backup before it.
+fn choose(
+    body: &RecoveryBody,
+    d: &Deployment,
+    backups: &[Backup],
+    history: Option<&History>,
+) -> Result<(Backup, Value), ApiError> {
+    let service = d.name.as_str();
     let named: Vec<&str> = [
         ("latest", body.latest.is_some()),
         ("tag", body.tag.is_some()),
@@ -97,16 +119,41 @@ fn choose(body: &RecoveryBody, service: &str, backups: &[Backup]) -> Result<(Bac
         })?;
         return Ok(((*b).clone(), json!({"dbTag": tag})));
     }
-    if body.scn.is_some() {
-        return Err(ApiError::bad_request(
-            "recovery to an scn needs point-in-time recovery (continuous WAL archiving), which this server does \
-             not offer yet; recover with latest, a tag, or a backup's completion timestamp",
-        ));
+    if let Some(scn) = &body.scn {
+        let lsn = parse_scn(scn)?;
+        let Some(history) = history else {
+            return Err(ApiError::bad_request(format!(
+                "recovery to an scn replays archived WAL, which only {} deployments with WAL archiving do; {service} \
+                 is a {} deployment: recover with latest, a tag, or a backup's completion timestamp",
+                pitr::ENGINE,
+                d.engine
+            )));
+        };
+        let b = history
+            .choose(PointTarget::Lsn(lsn))
+            .map_err(|u| pitr::unreachable(&format!("scn {scn}"), service, &u))?;
+        return Ok((b.clone(), json!({"scn": scn, "recoveryTargetLsn": lsn.to_string()})));
     }
     let raw = body.timestamp.as_deref().unwrap_or_default();
     let at = parse_timestamp(raw)?;
     if at > OffsetDateTime::now_utc() {
         return Err(ApiError::bad_request(format!("timestamp {raw} is in the future")));
+    }
+    let exact_backup = completed
+        .iter()
+        .any(|b| completed_at(b).is_some_and(|t| t.unix_timestamp() == at.unix_timestamp()));
+    if let Some(history) = history {
+        match history.choose(PointTarget::Time(at)) {
+            Ok(b) => {
+                // As recovery_target_time takes it (no `T`, no `Z`).
+                let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]+00");
+                let time = at.format(&format).unwrap_or_default();
+                return Ok((b.clone(), json!({"timestamp": raw, "recoveryTargetTime": time})));
+            }
+            // A backup's own completion time still names that backup.
+            Err(_) if exact_backup => {}
+            Err(u) => return Err(pitr::unreachable(&format!("timestamp {raw}"), service, &u)),
+        }
     }
     let first = completed.first().ok_or_else(none_yet)?;
     let before = completed
@@ -122,9 +169,10 @@ fn choose(body: &RecoveryBody, service: &str, backups: &[Backup]) -> Result<(Bac
     let done = completed_at(before).map(|t| t.unix_timestamp());
     if done != Some(at.unix_timestamp()) {
         return Err(ApiError::bad_request(format!(
-            "timestamp {raw} falls between backups; recovering to a moment after a backup needs point-in-time \
-             recovery (continuous WAL archiving), which this server does not offer yet. The latest backup before it \
-             is {} (completed {}): recover to it with {{\"tag\": \"{}\"}}",
+            "timestamp {raw} falls between backups; recovering to a moment after a backup replays archived WAL, \
+             which only {} deployments with WAL archiving do. The latest backup before it is {} (completed {}): \
+             recover to it with {{\"tag\": \"{}\"}}",
+            pitr::ENGINE,
             before.db_tag,
             api_date(before.completed_at.as_deref().unwrap_or_default()),
             before.db_tag
@@ -144,12 +192,16 @@ pub async fn start_recovery(
     let parsed: RecoveryBody = serde_json::from_value(params.clone()).map_err(|e| {
         ApiError::bad_request(format!(
             "invalid recovery request: {e}; send one of {{\"latest\": true}}, {{\"tag\": \"TAG…\"}}, \
-             {{\"timestamp\": \"dd-MMM-yyyy HH:mm:ss\"}}"
+             {{\"timestamp\": \"dd-MMM-yyyy HH:mm:ss\"}}, {{\"scn\": \"0/3000060\"}}"
         ))
     })?;
-    known_deployment(&state, &domain, &service).await?;
+    let deployment = known_deployment(&state, &domain, &service).await?;
     let backups = state.catalog.backups(&domain, &service).await?;
-    let (backup, target) = choose(&parsed, &service, &backups)?;
+    let history = match (&parsed.timestamp, &parsed.scn) {
+        (None, None) => None,
+        _ => History::of(state.wal.as_deref(), &deployment, &backups).await?,
+    };
+    let (backup, target) = choose(&parsed, &deployment, &backups, history.as_ref())?;
     let job = new_job(&domain, &service, "recovery", params, caller.user, &headers);
     match state.catalog.start_recovery(&job, &target, backup.job_id).await? {
         Started::Created(j) | Started::Existing(j) => accepted(&state, &domain, &service, "recovery", j.id),

@@ -140,6 +140,9 @@ pub struct Backup {
     pub snapshot_id: Option<String>,
     pub logical_bytes: Option<i64>,
     pub stored_bytes: Option<i64>,
+    /// Where the backup sits in the database's history (engine-defined
+    /// JSON), for point-in-time recovery; `None` for most engines.
+    pub position: Option<serde_json::Value>,
 }
 
 /// A recovery: the target the request named, and the backup chosen for it.
@@ -162,6 +165,7 @@ pub enum BackupOutcome {
         snapshot_id: String,
         logical_bytes: u64,
         stored_bytes: u64,
+        position: Option<serde_json::Value>,
     },
     Failed {
         message: String,

@@ -68,6 +68,9 @@ fn backup(row: &SqliteRow) -> Backup {
         snapshot_id: row.get("snapshot_id"),
         logical_bytes: row.get("logical_bytes"),
         stored_bytes: row.get("stored_bytes"),
+        position: row
+            .get::<Option<&str>, _>("position")
+            .and_then(|p| serde_json::from_str(p).ok()),
     }
 }
 
@@ -495,6 +498,7 @@ impl Catalog for SqliteCatalog {
                 snapshot_id,
                 logical_bytes,
                 stored_bytes,
+                position,
             } => {
                 let message = format!("backup completed: {logical_bytes} bytes");
                 let closed = close_job(&mut tx, id, owner, true, &message).await?;
@@ -506,11 +510,13 @@ impl Catalog for SqliteCatalog {
                         .execute(&mut *tx)
                         .await?;
                     sqlx::query(
-                        "UPDATE backups SET snapshot_id = ?, logical_bytes = ?, stored_bytes = ? WHERE job_id = ?",
+                        "UPDATE backups SET snapshot_id = ?, logical_bytes = ?, stored_bytes = ?, position = ? \
+                         WHERE job_id = ?",
                     )
                     .bind(snapshot_id)
                     .bind(*logical_bytes as i64)
                     .bind(*stored_bytes as i64)
+                    .bind(position.as_ref().map(|p| p.to_string()))
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;

@@ -87,6 +87,7 @@ async fn suite(c: &dyn Catalog) {
         snapshot_id: "ab".into(),
         logical_bytes: 100,
         stored_bytes: 40,
+        position: Some(serde_json::json!({"stop_lsn": "0/3000060"})),
     };
     assert!(!c.finish_backup(j1.id, "w2", &done).await.unwrap());
     assert!(c.finish_backup(j1.id, "w1", &done).await.unwrap());
@@ -97,6 +98,7 @@ async fn suite(c: &dyn Catalog) {
         (b.status, b.snapshot_id.as_deref(), b.stored_bytes),
         (BackupStatus::Completed, Some("ab"), Some(40))
     );
+    assert_eq!(b.position.as_ref().unwrap()["stop_lsn"], "0/3000060");
     assert!(c.job_messages(j1.id).await.unwrap().len() >= 3);
 
     // A second backup in the same second gets its own tag.

@@ -14,7 +14,7 @@ use std::path::Path;
 
 pub use command::CommandEngine;
 pub use files::SnapshotFiles;
-pub use postgres::{PgLogical, PgPhysical, PgTarget};
+pub use postgres::{PgLogical, PgPhysical, PgTarget, pitr};
 pub use sqlite::SqliteEngine;
 use strongbox_repo::Sources;
 
@@ -59,6 +59,29 @@ pub trait Engine: Send + Sync {
     /// Replaces the deployment's data with the backup's, in place. On
     /// failure the deployment is left as it was. Returns a summary.
     fn recover(&self, backup: &dyn BackupFiles, scratch: &Path, log: Log) -> Result<String, Error>;
+
+    /// Like `recover`, to a later moment or WAL position replayed from an
+    /// archive; only engines whose backups sit in a replayable log can.
+    fn recover_to(
+        &self,
+        backup: &dyn BackupFiles,
+        target: &PgTarget,
+        scratch: &Path,
+        log: Log,
+    ) -> Result<String, Error> {
+        match target {
+            PgTarget::Backup => self.recover(backup, scratch, log),
+            _ => Err(Error::Failed(
+                "this engine recovers to its backups only, not to a point in time".into(),
+            )),
+        }
+    }
+
+    /// Where the last `backup` sits in the database's history, for
+    /// point-in-time recovery (JSON, kept with the backup in the catalog).
+    fn backup_position(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// The engine for a deployment, from its `engine` name and settings.

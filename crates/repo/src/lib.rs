@@ -272,18 +272,24 @@ impl Repository {
 
     /// Archives a WAL file (PostgreSQL's `archive_command`): the same
     /// content again is a no-op, other content under the name an error.
-    pub async fn wal_push(&self, name: &str, data: &[u8]) -> Result<Pushed> {
-        wal::push(&self.store, &self.cipher, name, data).await
+    /// `archive` names the cluster's archive (see `wal`).
+    pub async fn wal_push(&self, archive: &str, name: &str, data: &[u8]) -> Result<Pushed> {
+        wal::push(&self.store, &self.cipher, archive, name, data).await
     }
 
     /// An archived WAL file, verified; `None` if it is not archived.
-    pub async fn wal_fetch(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        wal::fetch(&self.store, &self.cipher, name).await
+    pub async fn wal_fetch(&self, archive: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        wal::fetch(&self.store, &self.cipher, archive, name).await
     }
 
     /// The archived WAL files, in name order.
-    pub async fn wal_list(&self) -> Result<Vec<WalFile>> {
-        wal::list(&self.store).await
+    pub async fn wal_list(&self, archive: &str) -> Result<Vec<WalFile>> {
+        wal::list(&self.store, archive).await
+    }
+
+    /// Deletes archived WAL files (retention: those no kept backup needs).
+    pub async fn wal_remove(&self, archive: &str, names: &[String]) -> Result<()> {
+        wal::remove(&self.store, archive, names).await
     }
 
     /// Streams one file of a snapshot, in order, into `w`.

@@ -1,6 +1,7 @@
-//! The WAL archive: PostgreSQL's write-ahead log files (segments, timeline
+//! WAL archives: PostgreSQL's write-ahead log files (segments, timeline
 //! histories, backup history files), one sealed object each under
-//! `wal/NAME`. Deduplication does not help WAL; compression does, and the
+//! `wal/ARCHIVE/NAME`, one archive per cluster (two clusters' segments
+//! share names). Deduplication does not help WAL; compression does, and the
 //! object is sealed like any other, with its name as associated data so
 //! that one file cannot be passed off as another.
 //!
@@ -38,37 +39,48 @@ pub struct WalFile {
     pub archived_at: i64,
 }
 
-fn path(name: &str) -> Result<object_store::path::Path> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
+fn valid_part(part: &str) -> bool {
+    !part.is_empty()
+        && part.len() <= 64
+        && part
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        && !name.starts_with('.');
-    if !ok {
+        && !part.starts_with('.')
+}
+
+/// Where an archive's files live: `wal/ARCHIVE`, where ARCHIVE is one or
+/// more `/`-separated names (the server uses `DOMAIN/DEPLOYMENT`).
+fn folder(archive: &str) -> Result<String> {
+    if !archive.split('/').all(valid_part) {
+        return Err(Error::Invalid(format!(
+            "{archive:?} is not a WAL archive name ('/'-separated letters, digits, '.', '_', '-')"
+        )));
+    }
+    Ok(format!("{WAL}/{archive}"))
+}
+
+/// The object's path, which is also the associated data it is sealed with.
+fn path(archive: &str, name: &str) -> Result<String> {
+    if !valid_part(name) {
         return Err(Error::Invalid(format!(
             "{name:?} is not a WAL file name (letters, digits, '.', '_', '-')"
         )));
     }
-    Ok(object_store::path::Path::from(format!("{WAL}/{name}")))
-}
-
-fn kind(name: &str) -> String {
-    format!("{WAL}/{name}")
+    Ok(format!("{}/{name}", folder(archive)?))
 }
 
 /// The object: the content's keyed hash, then the content, sealed.
-fn seal(cipher: &Cipher, name: &str, data: &[u8]) -> Vec<u8> {
+fn seal(cipher: &Cipher, path: &str, data: &[u8]) -> Vec<u8> {
     let mut plain = Vec::with_capacity(32 + data.len());
     plain.extend_from_slice(&cipher.chunk_id(data).0);
     plain.extend_from_slice(data);
-    cipher.seal_object(&kind(name), &plain)
+    cipher.seal_object(path, &plain)
 }
 
 /// Opens an archived object: its content hash and content, verified.
-fn open(cipher: &Cipher, name: &str, object: &[u8]) -> Result<(Id, Vec<u8>)> {
-    let what = format!("WAL file {name}");
-    let mut plain = cipher.open_object(&kind(name), object, &what)?;
+fn open(cipher: &Cipher, path: &str, object: &[u8]) -> Result<(Id, Vec<u8>)> {
+    let what = format!("WAL file {path}");
+    let mut plain = cipher.open_object(path, object, &what)?;
     if plain.len() < 32 {
         return Err(Error::corrupt(&what, "shorter than its header"));
     }
@@ -80,15 +92,16 @@ fn open(cipher: &Cipher, name: &str, object: &[u8]) -> Result<(Id, Vec<u8>)> {
     Ok((id, data))
 }
 
-pub async fn push(store: &Store, cipher: &Cipher, name: &str, data: &[u8]) -> Result<Pushed> {
-    let path = path(name)?;
-    let sealed = seal(cipher, name, data);
+pub async fn push(store: &Store, cipher: &Cipher, archive: &str, name: &str, data: &[u8]) -> Result<Pushed> {
+    let path = path(archive, name)?;
+    let sealed = seal(cipher, &path, data);
     let bytes = sealed.len() as u64;
-    if store.put_new(&path, Bytes::from(sealed)).await? {
+    let location = object_store::path::Path::from(path.as_str());
+    if store.put_new(&location, Bytes::from(sealed)).await? {
         return Ok(Pushed::Stored { bytes });
     }
-    let existing = store.get(&path).await?;
-    let (id, _) = open(cipher, name, &existing)?;
+    let existing = store.get(&location).await?;
+    let (id, _) = open(cipher, &path, &existing)?;
     if id == cipher.chunk_id(data) {
         Ok(Pushed::AlreadyArchived)
     } else {
@@ -100,24 +113,30 @@ pub async fn push(store: &Store, cipher: &Cipher, name: &str, data: &[u8]) -> Re
 }
 
 /// The content of an archived file, verified; `None` if it is not archived.
-pub async fn fetch(store: &Store, cipher: &Cipher, name: &str) -> Result<Option<Vec<u8>>> {
-    let path = path(name)?;
-    match store.get_if_exists(&path).await? {
+pub async fn fetch(store: &Store, cipher: &Cipher, archive: &str, name: &str) -> Result<Option<Vec<u8>>> {
+    let path = path(archive, name)?;
+    match store
+        .get_if_exists(&object_store::path::Path::from(path.as_str()))
+        .await?
+    {
         None => Ok(None),
-        Some(object) => Ok(Some(open(cipher, name, &object)?.1)),
+        Some(object) => Ok(Some(open(cipher, &path, &object)?.1)),
     }
 }
 
 /// Every archived file, in name order (which for segments of one timeline
 /// is WAL order).
-pub async fn list(store: &Store) -> Result<Vec<WalFile>> {
+pub async fn list(store: &Store, archive: &str) -> Result<Vec<WalFile>> {
+    let folder = folder(archive)?;
     let mut files: Vec<WalFile> = store
-        .list(WAL)
+        .list(&folder)
         .await?
         .into_iter()
         .filter_map(|m| {
+            // Only this archive's own files, not those of archives nested below it.
+            let name = m.location.as_ref().strip_prefix(&folder)?.strip_prefix('/')?;
             Some(WalFile {
-                name: m.location.filename()?.to_string(),
+                name: valid_part(name).then(|| name.to_string())?,
                 stored_bytes: m.size,
                 archived_at: m.last_modified.timestamp(),
             })
@@ -125,4 +144,12 @@ pub async fn list(store: &Store) -> Result<Vec<WalFile>> {
         .collect();
     files.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(files)
+}
+
+pub async fn remove(store: &Store, archive: &str, names: &[String]) -> Result<()> {
+    for name in names {
+        let path = path(archive, name)?;
+        store.delete(&object_store::path::Path::from(path.as_str())).await?;
+    }
+    Ok(())
 }

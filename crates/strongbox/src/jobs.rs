@@ -10,8 +10,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use strongbox_api::pitr::WalArchives;
 use strongbox_catalog::{BackupOutcome, Catalog, Job};
-use strongbox_engines::{Engine, SnapshotFiles};
+use strongbox_engines::{Engine, PgTarget, SnapshotFiles};
 use strongbox_repo::{BackupOptions, Counters, Repository};
 use tokio::task::JoinHandle;
 
@@ -22,6 +23,7 @@ pub async fn worker(
     owner: String,
     lease: Duration,
     scratch: PathBuf,
+    wal: Arc<WalArchives>,
 ) {
     loop {
         match catalog.lease_job(&owner, lease, 3).await {
@@ -32,6 +34,7 @@ pub async fn worker(
                     owner: owner.clone(),
                     lease,
                     scratch: scratch.clone(),
+                    wal: wal.clone(),
                 };
                 let recorded = match job.operation.as_str() {
                     "recovery" => {
@@ -65,17 +68,18 @@ struct Worker {
     owner: String,
     lease: Duration,
     scratch: PathBuf,
+    wal: Arc<WalArchives>,
 }
 
 impl Worker {
-    async fn engine(&self, job: &Job) -> Result<(String, Box<dyn Engine>)> {
+    async fn engine(&self, job: &Job) -> Result<(String, Arc<dyn Engine>)> {
         let deployment = self
             .catalog
             .deployment(&job.domain, &job.deployment)
             .await?
             .with_context(|| format!("deployment {} no longer exists", job.deployment))?;
         let engine = strongbox_engines::engine_for(&deployment.engine, &deployment.connection)?;
-        Ok((deployment.engine, engine))
+        Ok((deployment.engine, engine.into()))
     }
 
     /// Reports progress, which also renews the lease, until aborted.
@@ -103,8 +107,8 @@ impl Worker {
             .unwrap_or_default();
         let counters = Arc::new(Counters::default());
         let beat = self.heartbeat(job, counters.clone());
-        let scratch = self.scratch.clone();
-        let sources = tokio::task::spawn_blocking(move || engine.backup(&scratch)).await??;
+        let (scratch, e) = (self.scratch.clone(), engine.clone());
+        let sources = tokio::task::spawn_blocking(move || e.backup(&scratch)).await??;
         let labels = BTreeMap::from([
             ("domain".to_string(), job.domain.clone()),
             ("deployment".to_string(), job.deployment.clone()),
@@ -123,6 +127,7 @@ impl Worker {
             snapshot_id: snap.id.to_hex(),
             logical_bytes: snap.totals.logical_bytes,
             stored_bytes: snap.totals.new_bytes_stored,
+            position: engine.backup_position(),
         })
     }
 
@@ -145,6 +150,7 @@ impl Worker {
             .find_snapshot(&snapshot_id)
             .await
             .with_context(|| format!("snapshot {snapshot_id} of backup {tag}"))?;
+        let target = self.recovery_target(job, &recovery.target);
         let counters = Arc::new(Counters::default());
         let beat = self.heartbeat(job, counters.clone());
         let runtime = tokio::runtime::Handle::current();
@@ -156,10 +162,22 @@ impl Worker {
                     tracing::warn!("job {id}: could not log {message:?}: {e}");
                 }
             };
-            engine.recover(&files, &scratch, &log)
+            engine.recover_to(&files, &target, &scratch, &log)
         })
         .await;
         beat.abort();
         Ok(format!("from backup {tag}: {}", result??))
+    }
+
+    /// Where the API planned the recovery to go: a point in time (replayed
+    /// from the deployment's WAL archive) or the backup itself.
+    fn recovery_target(&self, job: &Job, target: &serde_json::Value) -> PgTarget {
+        let restore_command = self.wal.restore_command(&job.domain, &job.deployment);
+        let planned = |key: &str| target.get(key).and_then(|v| v.as_str()).map(str::to_string);
+        match (planned("recoveryTargetTime"), planned("recoveryTargetLsn")) {
+            (Some(at), _) => PgTarget::Time { at, restore_command },
+            (None, Some(lsn)) => PgTarget::Lsn { lsn, restore_command },
+            (None, None) => PgTarget::Backup,
+        }
     }
 }

@@ -31,6 +31,14 @@ pub struct RepoArgs {
     verb: Verb,
 }
 
+/// Which cluster's WAL archive: one per cluster, since two clusters'
+/// segments share names. The server's deployments use `DOMAIN/DEPLOYMENT`.
+#[derive(Args)]
+struct ArchiveArg {
+    #[arg(long, default_value = "default")]
+    archive: String,
+}
+
 #[derive(Subcommand)]
 enum Verb {
     /// Create a repository.
@@ -96,12 +104,24 @@ enum Verb {
     Stats,
     /// Archive a PostgreSQL WAL file under its name: for archive_command,
     /// `strongbox repo -r REPO --password-file F wal-push %p`.
-    WalPush { path: PathBuf },
+    WalPush {
+        path: PathBuf,
+        #[command(flatten)]
+        archive: ArchiveArg,
+    },
     /// Write an archived WAL file to DEST (exit 1 if it is not archived):
     /// for restore_command, `… wal-fetch %f %p`.
-    WalFetch { name: String, dest: PathBuf },
+    WalFetch {
+        name: String,
+        dest: PathBuf,
+        #[command(flatten)]
+        archive: ArchiveArg,
+    },
     /// List the archived WAL files.
-    WalList,
+    WalList {
+        #[command(flatten)]
+        archive: ArchiveArg,
+    },
     /// Manage key slots.
     Key {
         #[command(subcommand)]
@@ -345,19 +365,20 @@ pub async fn run(args: RepoArgs) -> Result<ExitCode> {
             let report = repo.prune(&PruneOptions { repack_below }).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
-        Verb::WalPush { path } => {
+        Verb::WalPush { path, archive } => {
+            let archive = &archive.archive;
             let name = path
                 .file_name()
                 .and_then(|n| n.to_str())
                 .with_context(|| format!("{} names no file", path.display()))?;
             let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            match repo.wal_push(name, &data).await? {
+            match repo.wal_push(archive, name, &data).await? {
                 strongbox_repo::Pushed::Stored { bytes } => println!("archived {name} ({bytes} bytes stored)"),
                 strongbox_repo::Pushed::AlreadyArchived => println!("{name} was already archived, with this content"),
             }
         }
-        Verb::WalFetch { name, dest } => {
-            let Some(data) = repo.wal_fetch(&name).await? else {
+        Verb::WalFetch { name, dest, archive } => {
+            let Some(data) = repo.wal_fetch(&archive.archive, &name).await? else {
                 eprintln!("{name} is not in the WAL archive");
                 return Ok(ExitCode::FAILURE);
             };
@@ -366,8 +387,8 @@ pub async fn run(args: RepoArgs) -> Result<ExitCode> {
             std::fs::write(&partial, &data).with_context(|| format!("writing {}", partial.display()))?;
             std::fs::rename(&partial, &dest).with_context(|| format!("renaming to {}", dest.display()))?;
         }
-        Verb::WalList => {
-            for f in repo.wal_list().await? {
+        Verb::WalList { archive } => {
+            for f in repo.wal_list(&archive.archive).await? {
                 println!("{} {} {}", f.name, f.stored_bytes, f.archived_at);
             }
         }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde::Deserialize;
+use strongbox_api::pitr::WalArchives;
 use strongbox_catalog::{Catalog, NewDeployment, SqliteCatalog};
 use strongbox_repo::{Repository, Store};
 
@@ -117,6 +118,29 @@ fn repo_password(data_dir: &Path) -> Result<String> {
     Ok(p)
 }
 
+/// How a database host's tools (PostgreSQL's archive_command and
+/// restore_command) reach the server's repository: this binary's `repo`
+/// verbs, with the password file unless the password comes from
+/// STRONGBOX_REPO_PASSWORD (then STRONGBOX_PASSWORD must be set for them).
+fn repo_command_line(data_dir: &Path) -> Result<String> {
+    let quote = |p: &Path| {
+        let s = p.display().to_string();
+        if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:@".contains(c)) {
+            s
+        } else {
+            format!("'{}'", s.replace('\'', r"'\''"))
+        }
+    };
+    let exe = std::env::current_exe().context("locating the strongbox binary")?;
+    let data_dir = data_dir.canonicalize()?;
+    let mut line = format!("{} repo -r {}", quote(&exe), quote(&data_dir.join("repository")));
+    let password = data_dir.join("repository.password");
+    if std::env::var_os("STRONGBOX_REPO_PASSWORD").is_none() && password.exists() {
+        line += &format!(" --password-file {}", quote(&password));
+    }
+    Ok(line)
+}
+
 pub async fn run(args: ServeArgs) -> Result<()> {
     let s = settings(&args)?;
     std::fs::create_dir_all(s.data_dir.join("tmp"))?;
@@ -130,6 +154,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         other => other?,
     };
     let repo = Arc::new(repo);
+    let wal = Arc::new(WalArchives {
+        repo: repo.clone(),
+        cli: repo_command_line(&s.data_dir)?,
+    });
     if args.demo {
         demo(catalog.as_ref(), &s).await?;
     }
@@ -141,9 +169,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             owner.clone(),
             s.lease,
             s.data_dir.join("tmp"),
+            wal.clone(),
         ));
     }
-    let state = Arc::new(strongbox_api::AppState::new(catalog, &s.public_url, s.retry_after));
+    let mut state = strongbox_api::AppState::new(catalog, &s.public_url, s.retry_after);
+    state.wal = Some(wal);
+    let state = Arc::new(state);
     let app = strongbox_api::router(state).into_make_service();
     eprintln!("strongbox serving {} (listening on {})", s.public_url, s.listen);
     match &s.tls {

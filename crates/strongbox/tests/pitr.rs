@@ -1,39 +1,31 @@
-//! Point-in-time recovery at the engine level: a real cluster archives its
-//! WAL into the repository with `strongbox repo … wal-push`, base backups go
-//! into the same repository, and recoveries to moments and WAL positions
-//! (replaying with `wal-fetch`) hold exactly the rows committed by then.
+//! Point-in-time recovery through the API: a real cluster archives its WAL
+//! into the server's repository with the archive_command the server
+//! reports, base backups are API jobs, and recoveries to three moments and
+//! three WAL positions (before and after the second base backup) each hold
+//! exactly the rows committed by then. Targets the archive cannot reach
+//! are refused, naming the recoverable range, before anything is touched.
 
 mod common;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::Archive;
-use strongbox_engines::{PgPhysical, PgTarget, SnapshotFiles};
-use strongbox_repo::{BackupOptions, Counters, Repository, Snapshot, Store};
+use common::{Server, start};
+use serde_json::Value;
 use strongbox_testkit::{Cluster, PG_BIN, sh};
 
-/// A quiet moment after row `rows` committed: its time and WAL position.
+const INSTANCE: &str = "/paas/service/dbcs/api/v1.1/instances/usexample/pg";
+const TICKS: &str = "SELECT count(*) || ' ' || coalesce(max(id), 0) FROM ticks";
+
+/// A point after row `rows` committed and before the next: a whole second
+/// (as requests name moments) and the WAL position then.
 struct Mark {
     rows: i32,
-    at: String,
+    timestamp: String,
     lsn: String,
 }
 
-async fn base_backup(repo: &Arc<Repository>, engine: &Arc<PgPhysical>, scratch: &std::path::Path) -> Snapshot {
-    let (engine, scratch) = (engine.clone(), scratch.to_path_buf());
-    let sources = tokio::task::spawn_blocking(move || strongbox_engines::Engine::backup(engine.as_ref(), &scratch))
-        .await
-        .unwrap()
-        .unwrap();
-    let options = BackupOptions::default();
-    repo.backup_sources(sources, options, Arc::new(Counters::default()))
-        .await
-        .unwrap()
-}
-
-/// Inserts rows `from..=to`, one transaction each, marking a quiet moment
-/// after every `every` rows.
+/// Inserts rows `from..=to`, one transaction each (every row carries its
+/// commit time), marking a quiet point after every `every` rows.
 fn write(port: u16, from: i32, to: i32, every: i32) -> Vec<Mark> {
     let mut client = postgres::Client::connect(
         &format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"),
@@ -46,143 +38,192 @@ fn write(port: u16, from: i32, to: i32, every: i32) -> Vec<Mark> {
             .execute("INSERT INTO ticks VALUES ($1, clock_timestamp())", &[&id])
             .unwrap();
         if id % every == 0 {
-            std::thread::sleep(Duration::from_millis(30));
+            // The next whole second after the commit, then a margin past it.
             let row = client
-                .query_one("SELECT clock_timestamp()::text, pg_current_wal_lsn()::text", &[])
+                .query_one(
+                    "SELECT to_char(date_trunc('second', clock_timestamp() AT TIME ZONE 'UTC') + interval '1 second', \
+                     'DD-Mon-YYYY HH24:MI:SS'), pg_current_wal_lsn()::text, \
+                     extract(epoch FROM date_trunc('second', clock_timestamp()) + interval '1.3 second' - \
+                     clock_timestamp())::float8",
+                    &[],
+                )
                 .unwrap();
+            std::thread::sleep(Duration::from_secs_f64(row.get::<_, f64>(2)));
             marks.push(Mark {
                 rows: id,
-                at: row.get(0),
+                timestamp: row.get(0),
                 lsn: row.get(1),
             });
-            std::thread::sleep(Duration::from_millis(30));
         }
-        std::thread::sleep(Duration::from_millis(3));
+        std::thread::sleep(Duration::from_millis(5));
     }
     marks
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recovery_to_moments_and_wal_positions_holds_exactly_the_rows_committed_by_then() {
+fn backup(s: &Server) -> String {
+    let (status, location) = s.post_backup("pg", &[]);
+    assert_eq!(status, "HTTP/2 202", "{location}");
+    s.wait_for(&location, "Succeeded");
+    let (_, list) = s.json(&[&s.url(&format!("{INSTANCE}/backups"))]);
+    list["backupList"][0]["dbTag"].as_str().unwrap().to_string()
+}
+
+fn recover(s: &Server, body: &str) -> (String, Value) {
+    s.json(&[
+        "-X",
+        "POST",
+        "-d",
+        body,
+        &s.url(&format!("{INSTANCE}/backups/recovery")),
+    ])
+}
+
+#[test]
+fn recovery_to_moments_and_scns_holds_exactly_the_rows_committed_by_then() {
     let dir = tempfile::tempdir().unwrap();
-    sh(&format!("chown postgres:postgres {}", dir.path().display()));
-    let archive = Archive::new(dir.path());
-    let c = Cluster::start(&format!(
-        "archive_mode = on\narchive_command = '{}'",
-        archive.command("wal-push %p")
+    let s = start(&dir);
+    // PostgreSQL's archive_command runs as postgres: it must reach the
+    // server's repository and its password file.
+    let data = dir.path().join("data");
+    sh(&format!(
+        "chmod 755 {d} {d}/data && chown -R postgres:postgres {d}/data/repository {d}/data/repository.password",
+        d = dir.path().display()
     ));
-    c.psql("CREATE TABLE ticks (id int PRIMARY KEY, at timestamptz NOT NULL)");
-    let repo = Arc::new(
-        Repository::open(Store::local(&archive.repo).unwrap(), b"wal-pw")
-            .await
-            .unwrap(),
-    );
+    // Archiving fails (and PostgreSQL keeps the WAL) until it is set below.
+    let c = Cluster::start("archive_mode = on\narchive_command = 'false'");
     let ctl = |a: &str| format!("runuser -u postgres -- {}", c.ctl(a));
-    let engine = Arc::new(
-        PgPhysical::from_connection(&serde_json::json!({
+    let reg = serde_json::json!({
+        "engine": "postgresql",
+        "connection": {
             "url": c.url(), "data_dir": c.data, "bin_dir": PG_BIN,
             "stop_command": ctl("stop"), "start_command": ctl("start"),
-        }))
-        .unwrap(),
-    );
-    let scratch = dir.path().join("scratch");
-    std::fs::create_dir(&scratch).unwrap();
+        }
+    });
+    let (status, _) = s.json(&[
+        "-X",
+        "PUT",
+        "-d",
+        &reg.to_string(),
+        &s.url("/strongbox/api/v1/instances/usexample/pg"),
+    ]);
+    assert_eq!(status, "HTTP/2 200");
+    let (_, instance) = s.json(&[&s.url(INSTANCE)]);
+    let pitr = &instance["pointInTimeRecovery"];
+    let archive_command = pitr["archiveCommand"].as_str().unwrap();
+    assert!(archive_command.contains("--archive usexample/pg"), "{pitr}");
+    assert_eq!(pitr["recoverableRange"], Value::Null, "nothing archived yet: {pitr}");
+    c.psql(&format!(
+        "ALTER SYSTEM SET archive_command = '{}'",
+        archive_command.replace('\'', "''")
+    ));
+    c.psql("SELECT pg_reload_conf()");
+    c.psql("CREATE TABLE ticks (id int PRIMARY KEY, at timestamptz NOT NULL)");
 
-    // Base backup 1, writes, base backup 2, more writes.
-    let first = base_backup(&repo, &engine, &scratch).await;
-    let port = c.port;
-    let mut marks = tokio::task::spawn_blocking(move || write(port, 1, 60, 20))
-        .await
-        .unwrap();
-    let second = base_backup(&repo, &engine, &scratch).await;
-    marks.extend(
-        tokio::task::spawn_blocking(move || write(port, 61, 120, 20))
-            .await
-            .unwrap(),
-    );
-    // Everything written so far reaches the archive.
+    // Before any base backup: nothing to replay from, and the message says so.
+    let (status, v) = recover(&s, r#"{"scn": "0/1000000"}"#);
+    assert_eq!(status, "HTTP/2 400", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("base backup"), "{v}");
+
+    // Base backup 1, writes, base backup 2, more writes, all archived.
+    let first = backup(&s);
+    let mut marks = write(c.port, 1, 60, 20);
+    let second = backup(&s);
+    marks.extend(write(c.port, 61, 120, 20));
     let last = c.psql("SELECT pg_walfile_name(pg_switch_wal())");
     c.wait_archived(&last);
     assert_eq!(marks.len(), 6);
 
-    let restore_command = archive.command("wal-fetch %f %p");
-    // Three moments and three WAL positions, before and after backup 2; each
-    // recovery starts from the latest base backup before its target.
-    let cases: Vec<(PgTarget, i32, &Snapshot)> = vec![
+    // The server reports what the archive reaches.
+    let (_, instance) = s.json(&[&s.url(INSTANCE)]);
+    let range = &instance["pointInTimeRecovery"]["recoverableRange"];
+    assert!(
+        range["earliest"]["scn"].is_string() && range["latest"]["timestamp"].is_string(),
+        "{range}"
+    );
+    let latest_lsn: u64 = {
+        let (hi, lo) = range["latest"]["scn"].as_str().unwrap().split_once('/').unwrap();
+        (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+    };
+
+    // Unreachable targets: refused with the range, nothing touched.
+    let before = c.psql(TICKS);
+    for (body, why) in [
         (
-            PgTarget::Time {
-                at: marks[0].at.clone(),
-                restore_command: restore_command.clone(),
-            },
-            marks[0].rows,
+            r#"{"timestamp": "01-Jan-2020 00:00:00"}"#.to_string(),
+            "before the first base backup",
+        ),
+        (
+            format!(r#"{{"scn": {}}}"#, latest_lsn + 1),
+            "after the last archived WAL",
+        ),
+        (r#"{"scn": "zz/1"}"#.to_string(), "not a WAL position"),
+    ] {
+        let (status, v) = recover(&s, &body);
+        let message = v["message"].as_str().unwrap_or_default();
+        assert_eq!(status, "HTTP/2 400", "{body}: {v}");
+        assert!(message.contains(why), "{body}: {message}");
+        if why != "not a WAL position" {
+            assert!(message.contains("recoverable from"), "names the range: {message}");
+        }
+    }
+    // A gap in the archive ends what the first backup reaches.
+    let archive = data.join("repository/wal/usexample/pg");
+    let segment = |lsn: &str| c.psql(&format!("SELECT pg_walfile_name('{lsn}')"));
+    let hole = archive.join(segment(&marks[1].lsn));
+    std::fs::rename(&hole, hole.with_extension("away")).unwrap();
+    let (status, v) = recover(&s, &format!(r#"{{"scn": "{}"}}"#, marks[1].lsn));
+    assert_eq!(status, "HTTP/2 400", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("gap"), "{v}");
+    std::fs::rename(hole.with_extension("away"), &hole).unwrap();
+    assert_eq!(c.psql(TICKS), before, "refusals touched nothing");
+
+    // Three moments and three positions (one as a decimal number), before
+    // and after base backup 2; each from the latest base backup before it.
+    let decimal = |lsn: &str| {
+        let (hi, lo) = lsn.split_once('/').unwrap();
+        ((u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()).to_string()
+    };
+    let cases = [
+        (
+            format!(r#"{{"timestamp": "{}"}}"#, marks[0].timestamp),
+            &marks[0],
             &first,
         ),
+        (format!(r#"{{"scn": "{}"}}"#, marks[1].lsn), &marks[1], &first),
         (
-            PgTarget::Lsn {
-                lsn: marks[1].lsn.clone(),
-                restore_command: restore_command.clone(),
-            },
-            marks[1].rows,
+            format!(r#"{{"timestamp": "{}"}}"#, marks[2].timestamp),
+            &marks[2],
             &first,
         ),
+        (format!(r#"{{"scn": {}}}"#, decimal(&marks[3].lsn)), &marks[3], &second),
         (
-            PgTarget::Time {
-                at: marks[2].at.clone(),
-                restore_command: restore_command.clone(),
-            },
-            marks[2].rows,
-            &first,
-        ),
-        (
-            PgTarget::Lsn {
-                lsn: marks[3].lsn.clone(),
-                restore_command: restore_command.clone(),
-            },
-            marks[3].rows,
+            format!(r#"{{"timestamp": "{}"}}"#, marks[4].timestamp),
+            &marks[4],
             &second,
         ),
-        (
-            PgTarget::Time {
-                at: marks[4].at.clone(),
-                restore_command: restore_command.clone(),
-            },
-            marks[4].rows,
-            &second,
-        ),
-        (
-            PgTarget::Lsn {
-                lsn: marks[5].lsn.clone(),
-                restore_command: restore_command.clone(),
-            },
-            marks[5].rows,
-            &second,
-        ),
+        (format!(r#"{{"scn": "{}"}}"#, marks[5].lsn), &marks[5], &second),
     ];
-    for (target, rows, base) in cases {
-        let files = SnapshotFiles::new(
-            repo.clone(),
-            base.clone(),
-            tokio::runtime::Handle::current(),
-            Arc::new(Counters::default()),
-        );
-        let engine = engine.clone();
-        let t = target.clone();
-        let result = tokio::task::spawn_blocking(move || engine.recover_to(&files, &t, &|_| {}))
-            .await
-            .unwrap();
-        result.unwrap_or_else(|e| panic!("{target:?}: {e}\n{}", c.log()));
+    for (body, mark, base) in cases {
+        let started = Instant::now();
+        let url = s.url(&format!("{INSTANCE}/backups/recovery"));
+        let (status, h, text) = s.curl(&[&common::AUTH[..], &["-X", "POST", "-d", &body, &url]].concat());
+        assert_eq!(status, "HTTP/2 202", "{body}: {text}");
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            s.wait_for(common::header(&h, "location"), "Succeeded")
+        }));
+        assert!(done.is_ok(), "{body}: the recovery failed\n{}", c.log());
         assert_eq!(
-            c.psql("SELECT count(*) || ' ' || coalesce(max(id), 0) FROM ticks"),
-            format!("{rows} {rows}"),
-            "{target:?}: exactly the rows committed by then\n{}",
+            c.psql(TICKS),
+            format!("{0} {0}", mark.rows),
+            "{body}: exactly the rows committed by then\n{}",
             c.log()
-                .lines()
-                .filter(|l| l.contains("recovery")
-                    || l.contains("restore")
-                    || l.contains("timeline")
-                    || l.contains("FATAL"))
-                .collect::<Vec<_>>()
-                .join("\n")
         );
+        let (_, history) = s.json(&[&s.url(&format!("{INSTANCE}/backups/recovery/history"))]);
+        assert_eq!(
+            history["recoveryList"][0]["fromBackup"],
+            base.as_str(),
+            "{body}: {history}"
+        );
+        eprintln!("{body}: recovered in {:.1} s", started.elapsed().as_secs_f64());
     }
 }

@@ -10,6 +10,7 @@
 
 mod datadir;
 mod physical;
+pub mod pitr;
 
 pub use datadir::Target as PgTarget;
 pub use physical::PgPhysical;

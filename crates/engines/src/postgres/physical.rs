@@ -14,12 +14,14 @@
 //! directory is put back and the server started again.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use strongbox_repo::{Source, Sources};
 
 use super::Conn;
 use super::datadir::{self, DIRECTORIES, DataFile, LazyFile, Target};
+use super::pitr::{BasePosition, Lsn};
 use crate::process::Tool;
 use crate::{BackupFiles, Error, Log, setting};
 
@@ -31,6 +33,8 @@ pub struct PgPhysical {
     data_dir: PathBuf,
     stop_command: String,
     start_command: String,
+    /// Filled when a backup's session ends.
+    position: Arc<Mutex<Option<BasePosition>>>,
 }
 
 fn db_error(what: &str) -> impl Fn(postgres::Error) -> Error + '_ {
@@ -96,16 +100,23 @@ impl Session {
         })
     }
 
-    /// Ends the backup: `backup_label`, and the WAL segments from the
-    /// backup's start to its end.
-    fn stop(&mut self, data_dir: &Path) -> Result<Vec<Source>, Error> {
+    /// Ends the backup: `backup_label`, the WAL segments from the backup's
+    /// start to its end, and where the backup sits in the WAL history.
+    fn stop(&mut self, data_dir: &Path) -> Result<(Vec<Source>, BasePosition), Error> {
         let stop = if self.version >= 150000 {
-            "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
+            "pg_backup_stop(false)"
         } else {
-            "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, false)"
+            "pg_stop_backup(false, false)"
         };
-        let row = self.client.query_one(stop, &[]).map_err(db_error("pg_backup_stop"))?;
-        let (lsn, label, spcmap): (String, String, Option<String>) = (row.get(0), row.get(1), row.get(2));
+        // clock_timestamp() is read after the function in FROM has run.
+        let stop = format!(
+            "SELECT lsn::text, labelfile, spcmapfile, \
+             to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM {stop}"
+        );
+        let row = self.client.query_one(&stop, &[]).map_err(db_error("pg_backup_stop"))?;
+        let (lsn, label, spcmap, stopped): (String, String, Option<String>, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let position = base_position(&label, &lsn, &stopped, self.segment_size)?;
         let last: String = self
             .client
             .query_one("SELECT pg_walfile_name($1::text::pg_lsn)", &[&lsn])
@@ -129,8 +140,34 @@ impl Session {
             source.size_hint = Some(self.segment_size);
             tail.push(source);
         }
-        Ok(tail)
+        Ok((tail, position))
     }
+}
+
+/// The backup's place in the WAL history, from its label and stop point.
+fn base_position(label: &str, stop_lsn: &str, stopped: &str, segment_size: u64) -> Result<BasePosition, Error> {
+    let field = |name: &str| {
+        label
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .ok_or_else(|| Error::Failed(format!("no {name} in the backup label: {label:?}")))
+    };
+    let start = field("START WAL LOCATION:")?;
+    let start = start.split_whitespace().next().unwrap_or_default();
+    let bad = |e: String| Error::Failed(format!("reading the backup's WAL position: {e}"));
+    let timeline = field("START TIMELINE:")?
+        .parse()
+        .map_err(|e| bad(format!("START TIMELINE: {e}")))?;
+    let stop_time = time::OffsetDateTime::parse(stopped, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| bad(format!("{stopped:?}: {e}")))?;
+    Ok(BasePosition {
+        timeline,
+        start_lsn: start.parse::<Lsn>().map_err(bad)?,
+        stop_lsn: stop_lsn.parse::<Lsn>().map_err(bad)?,
+        stop_time,
+        segment_size,
+    })
 }
 
 fn rand_suffix() -> u64 {
@@ -147,6 +184,7 @@ struct BackupSources {
     session: Session,
     data_dir: PathBuf,
     tail: Option<std::vec::IntoIter<Source>>,
+    position: Arc<Mutex<Option<BasePosition>>>,
 }
 
 impl Iterator for BackupSources {
@@ -160,7 +198,8 @@ impl Iterator for BackupSources {
         }
         if self.tail.is_none() {
             match self.session.stop(&self.data_dir) {
-                Ok(mut tail) => {
+                Ok((mut tail, position)) => {
+                    *self.position.lock().unwrap_or_else(|p| p.into_inner()) = Some(position);
                     let list = self.dirs.take().unwrap_or_default().join("\n");
                     tail.push(Source::new(DIRECTORIES, std::io::Cursor::new(list.into_bytes())));
                     self.tail = Some(tail.into_iter());
@@ -183,6 +222,7 @@ impl PgPhysical {
             data_dir: PathBuf::from(setting(c, engine, "data_dir", "\"/var/lib/postgresql/15/main\"")?),
             stop_command: setting(c, engine, "stop_command", "\"pg_ctlcluster 15 main stop -m fast\"")?.into(),
             start_command: setting(c, engine, "start_command", "\"pg_ctlcluster 15 main start\"")?.into(),
+            position: Arc::default(),
         })
     }
 
@@ -232,6 +272,45 @@ impl PgPhysical {
         }
     }
 
+    /// Before replaying to a point in time: a commit later than any moment
+    /// asked for (replay that runs out of WAL short of its target is an
+    /// error, and only commits mark time), then the current segment
+    /// switched out and archived, so the archive reaches the present.
+    /// Skipped when the server does not answer: a broken server is a
+    /// reason to recover, and the archive then ends where it ends.
+    fn archive_up_to_now(&self, log: Log) {
+        let switched = self
+            .conn
+            .query("SELECT txid_current()")
+            .and_then(|_| self.conn.query("SELECT pg_walfile_name(pg_switch_wal())"));
+        let segment = match switched {
+            Ok(s) => s,
+            Err(e) => {
+                log(format!(
+                    "the server did not switch WAL segments ({e}); replaying what is archived"
+                ));
+                return;
+            }
+        };
+        let deadline = Instant::now() + START_WAIT;
+        loop {
+            match self
+                .conn
+                .query("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
+            {
+                Ok(done) if done.as_str() >= segment.as_str() => return,
+                _ if Instant::now() > deadline => {
+                    log(format!(
+                        "{segment} was not archived within {} s; replaying what is archived",
+                        START_WAIT.as_secs()
+                    ));
+                    return;
+                }
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
     /// A worker killed between the two renames of a swap leaves no data
     /// directory; the next attempt puts the old one back first.
     fn repair_interrupted_swap(&self, old: &Path, log: Log) -> Result<(), Error> {
@@ -276,18 +355,28 @@ impl crate::Engine for PgPhysical {
             session,
             data_dir: self.data_dir.clone(),
             tail: None,
+            position: self.position.clone(),
         }))
     }
 
-    fn recover(&self, backup: &dyn BackupFiles, _scratch: &Path, log: Log) -> Result<String, Error> {
-        self.recover_to(backup, &Target::Backup, log)
+    fn backup_position(&self) -> Option<serde_json::Value> {
+        let position = self.position.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
+        serde_json::to_value(position).ok()
     }
-}
 
-impl PgPhysical {
+    fn recover(&self, backup: &dyn BackupFiles, scratch: &Path, log: Log) -> Result<String, Error> {
+        self.recover_to(backup, &Target::Backup, scratch, log)
+    }
+
     /// Recovers in place to `target`: the backup's consistency point, or a
     /// later moment or WAL position replayed from the WAL archive.
-    pub fn recover_to(&self, backup: &dyn BackupFiles, target: &Target, log: Log) -> Result<String, Error> {
+    fn recover_to(
+        &self,
+        backup: &dyn BackupFiles,
+        target: &Target,
+        _scratch: &Path,
+        log: Log,
+    ) -> Result<String, Error> {
         let (staging, old) = (self.sibling("recovering")?, self.sibling("old")?);
         self.repair_interrupted_swap(&old, log)?;
         let owner = std::fs::metadata(&self.data_dir)
@@ -302,6 +391,9 @@ impl PgPhysical {
             if leftover.exists() {
                 std::fs::remove_dir_all(leftover).map_err(|e| Error::io(leftover.display(), e))?;
             }
+        }
+        if *target != Target::Backup {
+            self.archive_up_to_now(log);
         }
         self.stage(backup, &staging, &owner, target)?;
         log(format!(
@@ -344,5 +436,24 @@ impl PgPhysical {
                 )))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backup_label_gives_the_backups_place_in_the_wal_history() {
+        let label = "START WAL LOCATION: 0/9000028 (file 000000020000000000000009)\n\
+                     CHECKPOINT LOCATION: 0/9000060\nBACKUP METHOD: streamed\nBACKUP FROM: primary\n\
+                     START TIME: 2026-11-29 20:41:00 UTC\nLABEL: strongbox\nSTART TIMELINE: 2\n";
+        let p = base_position(label, "0/9000138", "2026-11-29T20:41:01.250000Z", 16 << 20).unwrap();
+        assert_eq!(
+            (p.timeline, p.start_lsn, p.stop_lsn),
+            (2, Lsn(0x900_0028), Lsn(0x900_0138))
+        );
+        assert_eq!(p.stop_time.unix_timestamp(), 1_795_984_861);
+        assert!(base_position("LABEL: x\n", "0/1", "2026-11-29T20:41:01Z", 16 << 20).is_err());
     }
 }
