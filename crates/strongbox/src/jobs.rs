@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::wal_retention::WAL_ARCHIVE;
 use anyhow::{Context, Result};
 use strongbox_api::pitr::WalArchives;
 use strongbox_catalog::{BackupOutcome, Catalog, Job};
@@ -109,13 +110,20 @@ impl Worker {
         let beat = self.heartbeat(job, counters.clone());
         let (scratch, e) = (self.scratch.clone(), engine.clone());
         let sources = tokio::task::spawn_blocking(move || e.backup(&scratch)).await??;
-        let labels = BTreeMap::from([
+        let mut labels = BTreeMap::from([
             ("domain".to_string(), job.domain.clone()),
             ("deployment".to_string(), job.deployment.clone()),
-            ("engine".to_string(), engine_name),
             ("tag".to_string(), tag.clone()),
             ("job".to_string(), job.id.to_string()),
         ]);
+        if engine_name == strongbox_api::pitr::ENGINE {
+            // Which archive this base backup replays from (WAL retention and check).
+            labels.insert(
+                WAL_ARCHIVE.to_string(),
+                WalArchives::archive(&job.domain, &job.deployment),
+            );
+        }
+        labels.insert("engine".to_string(), engine_name);
         let options = BackupOptions {
             tags: vec![tag],
             labels,

@@ -322,8 +322,12 @@ pub async fn run(args: RepoArgs) -> Result<ExitCode> {
         }
         Verb::Check { read_data } => {
             let report = repo.check(read_data).await?;
+            let (bases, wal_problems) = crate::wal_retention::check(&repo).await?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                let mut v = serde_json::to_value(&report)?;
+                v["wal_base_backups"] = bases.into();
+                v["wal_errors"] = wal_problems.clone().into();
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 for w in &report.warnings {
                     println!("warning: {w}");
@@ -334,15 +338,19 @@ pub async fn run(args: RepoArgs) -> Result<ExitCode> {
                 for s in &report.damaged_snapshots {
                     println!("damaged snapshot: {s}");
                 }
+                for p in &wal_problems {
+                    println!("error: {p}");
+                }
+                let ok = report.is_ok() && wal_problems.is_empty();
                 println!(
-                    "checked {} snapshots, {} packs ({} read): {}",
+                    "checked {} snapshots, {} packs ({} read), WAL of {bases} base backups: {}",
                     report.snapshots,
                     report.packs,
                     report.packs_read,
-                    if report.is_ok() { "no errors" } else { "ERRORS FOUND" }
+                    if ok { "no errors" } else { "ERRORS FOUND" }
                 );
             }
-            if !report.is_ok() {
+            if !report.is_ok() || !wal_problems.is_empty() {
                 return Ok(ExitCode::from(1));
             }
         }
@@ -364,6 +372,9 @@ pub async fn run(args: RepoArgs) -> Result<ExitCode> {
             }
             let report = repo.prune(&PruneOptions { repack_below }).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+            for (archive, removed) in crate::wal_retention::prune(&repo).await? {
+                println!("WAL archive {archive}: {removed} files older than its oldest base backup deleted");
+            }
         }
         Verb::WalPush { path, archive } => {
             let archive = &archive.archive;

@@ -146,24 +146,13 @@ impl Session {
 
 /// The backup's place in the WAL history, from its label and stop point.
 fn base_position(label: &str, stop_lsn: &str, stopped: &str, segment_size: u64) -> Result<BasePosition, Error> {
-    let field = |name: &str| {
-        label
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-            .ok_or_else(|| Error::Failed(format!("no {name} in the backup label: {label:?}")))
-    };
-    let start = field("START WAL LOCATION:")?;
-    let start = start.split_whitespace().next().unwrap_or_default();
     let bad = |e: String| Error::Failed(format!("reading the backup's WAL position: {e}"));
-    let timeline = field("START TIMELINE:")?
-        .parse()
-        .map_err(|e| bad(format!("START TIMELINE: {e}")))?;
+    let (timeline, start_lsn) = BasePosition::label_start(label).map_err(bad)?;
     let stop_time = time::OffsetDateTime::parse(stopped, &time::format_description::well_known::Rfc3339)
         .map_err(|e| bad(format!("{stopped:?}: {e}")))?;
     Ok(BasePosition {
         timeline,
-        start_lsn: start.parse::<Lsn>().map_err(bad)?,
+        start_lsn,
         stop_lsn: stop_lsn.parse::<Lsn>().map_err(bad)?,
         stop_time,
         segment_size,

@@ -82,6 +82,42 @@ pub struct BasePosition {
     pub segment_size: u64,
 }
 
+impl BasePosition {
+    /// Where a backup starts, from its `backup_label`: (timeline, LSN).
+    pub fn label_start(label: &str) -> Result<(u32, Lsn), String> {
+        let field = |name: &str| {
+            label
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+                .ok_or_else(|| format!("no {name} in the backup label {label:?}"))
+        };
+        let start = field("START WAL LOCATION:")?;
+        let lsn = start.split_whitespace().next().unwrap_or_default().parse()?;
+        let timeline = field("START TIMELINE:")?
+            .parse()
+            .map_err(|e| format!("START TIMELINE in the backup label: {e}"))?;
+        Ok((timeline, lsn))
+    }
+
+    /// The segment the backup's replay starts from.
+    pub fn start_segment(&self) -> String {
+        segment_name(self.timeline, self.start_lsn, self.segment_size)
+    }
+}
+
+/// The segment number of a WAL file name (`TTTTTTTTLLLLLLLLSSSSSSSS`, or
+/// that followed by `.partial` or `.OFFSET.backup`); `None` for others
+/// (timeline histories).
+pub fn segment_number(name: &str, segment_size: u64) -> Option<u64> {
+    let hex = |s: &str| u64::from_str_radix(s, 16).ok();
+    let base = name.get(..24)?;
+    if !base.bytes().all(|b| b.is_ascii_hexdigit()) || !(name.len() == 24 || name.as_bytes()[24] == b'.') {
+        return None;
+    }
+    Some(hex(&base[8..16])? * (0x1_0000_0000 / segment_size) + hex(&base[16..24])?)
+}
+
 /// The name of the segment holding `lsn` on `timeline`.
 pub fn segment_name(timeline: u32, lsn: Lsn, segment_size: u64) -> String {
     let per_id = 0x1_0000_0000 / segment_size;
@@ -273,6 +309,16 @@ mod tests {
             assert!(bad.parse::<Lsn>().is_err(), "{bad:?}");
         }
         assert_eq!(segment_name(2, Lsn(0x1_0300_0060), SEG), "000000020000000100000003");
+        assert_eq!(segment_number("000000020000000100000003", SEG), Some(0x103));
+        assert_eq!(
+            segment_number("000000020000000100000003.00000028.backup", SEG),
+            Some(0x103)
+        );
+        assert_eq!(segment_number("000000020000000100000003.partial", SEG), Some(0x103));
+        assert_eq!(segment_number("00000002.history", SEG), None);
+        let label = "START WAL LOCATION: 0/9000028 (file 000000020000000000000009)\nSTART TIMELINE: 2\n";
+        assert_eq!(BasePosition::label_start(label), Ok((2, Lsn(0x900_0028))));
+        assert!(BasePosition::label_start("START TIMELINE: 2\n").is_err());
     }
 
     #[test]
