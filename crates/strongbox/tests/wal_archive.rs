@@ -28,9 +28,28 @@ fn a_cluster_archives_into_the_repository_and_gets_its_wal_back() {
         ));
         switched.push(c.psql("SELECT pg_walfile_name(pg_switch_wal())"));
     }
+    c.wait_archived(switched.last().unwrap());
+    assert_eq!(c.psql("SELECT failed_count FROM pg_stat_archiver"), "0", "{}", c.log());
+
+    // The repository unreachable for a while: pushes fail, PostgreSQL keeps
+    // the segments and retries; once it is back, every one arrives.
+    let away = dir.path().join("archive.away");
+    std::fs::rename(&archive.repo, &away).unwrap();
+    for _ in 0..2 {
+        c.psql("INSERT INTO t SELECT g, repeat('y', 200) FROM generate_series(1, 20000) g");
+        switched.push(c.psql("SELECT pg_walfile_name(pg_switch_wal())"));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while c.psql("SELECT failed_count FROM pg_stat_archiver") == "0" {
+        assert!(std::time::Instant::now() < deadline, "no push failed while unreachable");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::rename(&away, &archive.repo).unwrap();
+    // New WAL wakes the archiver, which retries the oldest pending first.
+    c.psql("INSERT INTO t VALUES (0, 'wake')");
+    switched.push(c.psql("SELECT pg_walfile_name(pg_switch_wal())"));
     let last = switched.last().unwrap().clone();
     c.wait_archived(&last);
-    assert_eq!(c.psql("SELECT failed_count FROM pg_stat_archiver"), "0", "{}", c.log());
 
     let list = String::from_utf8(archive.run("wal-list").stdout).unwrap();
     for segment in &switched {
