@@ -120,13 +120,17 @@ class Cluster:
 
 
 class Strongbox:
-    def __init__(self, work, cluster):
+    def __init__(self, work, cluster, password_file=False):
+        """With `password_file`, the server keeps its repository password in
+        DATA_DIR/repository.password (which PostgreSQL's restore_command reads)."""
         self.dir = os.path.join(work, "strongbox")
         shutil.rmtree(self.dir, ignore_errors=True)
         os.makedirs(self.dir)
         self.port = free_port()
         env = dict(os.environ, STRONGBOX_DATA_DIR=self.dir, STRONGBOX_NEW_PASSWORD="bench-pw",
-                   STRONGBOX_REPO_PASSWORD="bench-repo-pw", STRONGBOX_LISTEN=f"127.0.0.1:{self.port}")
+                   STRONGBOX_LISTEN=f"127.0.0.1:{self.port}")
+        if not password_file:
+            env["STRONGBOX_REPO_PASSWORD"] = "bench-repo-pw"
         self.env = env
         sh(f"{STRONGBOX} admin domain usexample", env=env)
         sh(f"{STRONGBOX} admin user --domain usexample bench", env=env)

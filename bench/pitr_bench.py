@@ -21,30 +21,24 @@ Usage: pitr_bench.py WORKDIR [--scale 50] [--runs 3] [--load 60]
 """
 import argparse
 import datetime
+import json
 import os
 import statistics
 import subprocess
 import threading
 import time
 
-from pg_bench import BIN, STRONGBOX, Cluster, Strongbox, as_pg, sh, timed
-
-PW = "bench-repo-pw"
-
+from pg_bench import BIN, Cluster, Strongbox, as_pg, sh, timed
 
 class Bench:
     def __init__(self, work, scale):
         self.c = Cluster(work, scale)
-        self.sb = Strongbox(work, self.c)
-        # PostgreSQL's archive_command runs as postgres: it needs the
-        # repository and a password file of its own.
-        self.pw = os.path.join(self.sb.dir, "archive.password")
-        with open(self.pw, "w") as f:
-            f.write(PW)
-        sh(f"chmod 755 {self.sb.dir} && chown -R postgres:postgres {self.sb.dir}/repository {self.pw} "
-           f"&& chmod 600 {self.pw}")
-        self.strongbox_push = (f"{STRONGBOX} repo -r {self.sb.dir}/repository --password-file {self.pw} "
-                               f"wal-push --archive usexample/pg %p")
+        self.sb = Strongbox(work, self.c, password_file=True)
+        # PostgreSQL's archive_command and restore_command run as postgres:
+        # they need the repository and its password file.
+        sh(f"chmod 755 {self.sb.dir} && chown -R postgres:postgres {self.sb.dir}/repository "
+           f"{self.sb.dir}/repository.password")
+        self.strongbox_push = json.loads(self.sb.request("GET", "/pg")[1])["pointInTimeRecovery"]["archiveCommand"]
         self.pgbackrest_push = f"pgbackrest --config={self.c.conf} --stanza=bench archive-push %p"
 
     def q(self, sql):
@@ -66,11 +60,17 @@ class Bench:
     def pgbench(self, seconds):
         sh(f"{BIN}/pgbench -n -c 4 -j 2 -T {seconds} {self.c.url} 2>&1")
 
-    def archiving(self, command, seconds):
+    def bulk(self):
+        """About 1 GB of WAL as fast as the server writes it."""
+        self.q("DROP TABLE IF EXISTS bulk")
+        self.q("CREATE TABLE bulk AS SELECT g, md5(g::text) || repeat(md5((g * 7)::text), 6) AS pad "
+               "FROM generate_series(1, 3000000) g")
+
+    def archiving(self, command, work):
         self.set_archiver(command)
         failed0 = int(self.q("SELECT failed_count FROM pg_stat_archiver"))
         lsn0 = self.q("SELECT pg_current_wal_lsn()")
-        load = threading.Thread(target=self.pgbench, args=(seconds,))
+        load = threading.Thread(target=work)
         lags = []
         t0 = time.monotonic()
         load.start()
@@ -145,12 +145,17 @@ def main():
     os.makedirs(args.work, exist_ok=True)
     b = Bench(args.work, args.scale)
     try:
-        archiving = {"strongbox": [], "pgbackrest": []}
+        archivers = (("strongbox", b.strongbox_push), ("pgbackrest", b.pgbackrest_push))
+        loads = (("pgbench", lambda: b.pgbench(args.load)), ("bulk", b.bulk))
+        archiving = {(a, w): [] for a, _ in archivers for w, _ in loads}
         for i in range(args.runs):
-            for name, command in (("strongbox", b.strongbox_push), ("pgbackrest", b.pgbackrest_push)):
-                r = b.archiving(command, args.load)
-                archiving[name].append(r)
-                print(f"archiving run {i + 1} {name}: " + " ".join(f"{k}={v:.3g}" for k, v in r.items()), flush=True)
+            for load, work in loads:
+                # Alternating who goes first: the first after a checkpoint writes more full pages.
+                for name, command in archivers[:: 1 if i % 2 == 0 else -1]:
+                    r = b.archiving(command, work)
+                    archiving[(name, load)].append(r)
+                    print(f"archiving run {i + 1} {load} {name}: " + " ".join(f"{k}={v:.3g}" for k, v in r.items()),
+                          flush=True)
         b.set_archiver(f"{b.pgbackrest_push} && {b.strongbox_push}")
         rounds = []
         for i in range(args.runs):
@@ -164,9 +169,10 @@ def main():
         return statistics.median(r[k] for r in rows)
 
     print(f"\nmedians over {args.runs} runs, pgbench scale {args.scale} (4 clients), {args.load} s of load each")
-    print(f"{'archiving':11} {'WAL MB/s':>9} {'archived MB/s':>14} {'max lag (segments)':>19} {'drain s':>8} {'failed':>7}")
-    for name, rows in archiving.items():
-        print(f"{name:11} {med(rows, 'wal_mb_s'):9.1f} {med(rows, 'archive_mb_s'):14.1f} "
+    print(f"{'load':8} {'archiver':11} {'WAL MB/s':>9} {'archived MB/s':>14} {'max lag (segments)':>19} "
+          f"{'drain s':>8} {'failed':>7}")
+    for (name, load), rows in archiving.items():
+        print(f"{load:8} {name:11} {med(rows, 'wal_mb_s'):9.1f} {med(rows, 'archive_mb_s'):14.1f} "
               f"{max(r['max_lag'] for r in rows):19d} {med(rows, 'drain_s'):8.2f} {sum(r['failed'] for r in rows):7d}")
     ratio = med(rounds, "strongbox_s") / med(rounds, "pgbackrest_s")
     print(f"\nrecovery to a timestamp: pgbackrest {med(rounds, 'pgbackrest_s'):.2f} s, "

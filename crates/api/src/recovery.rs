@@ -123,8 +123,9 @@ fn choose(
         let lsn = parse_scn(scn)?;
         let Some(history) = history else {
             return Err(ApiError::bad_request(format!(
-                "recovery to an scn replays archived WAL, which only {} deployments with WAL archiving do; {service} \
-                 is a {} deployment: recover with latest, a tag, or a backup's completion timestamp",
+                "recovery to an scn is point-in-time recovery: it replays archived WAL, which only {} deployments \
+                 with WAL archiving do; {service} is a {} deployment: recover with latest, a tag, or a backup's \
+                 completion timestamp",
                 pitr::ENGINE,
                 d.engine
             )));
