@@ -309,8 +309,14 @@ mod tests {
                 lsn: "0/3000060".into(),
                 restore_command: restore,
             });
-        assert!(conf.contains("port = 5433") && conf.contains("recovery_target_lsn = '0/3000060'"), "{conf}");
-        assert!(!conf.contains("recovery_target_time =") && !conf.contains("pgbackrest"), "{conf}");
+        assert!(
+            conf.contains("port = 5433") && conf.contains("recovery_target_lsn = '0/3000060'"),
+            "{conf}"
+        );
+        assert!(
+            !conf.contains("recovery_target_time =") && !conf.contains("pgbackrest"),
+            "{conf}"
+        );
         assert_eq!(conf.matches("restore_command").count(), 1, "{conf}");
     }
 
