@@ -20,6 +20,11 @@ use crate::handlers::api_date;
 /// The engine whose backups replay from an archive.
 pub const ENGINE: &str = "postgresql";
 
+/// Keys of a recovery's recorded target that carry the planned point in
+/// time to the worker: PostgreSQL's `recovery_target_time` / `_lsn` values.
+pub const TARGET_TIME: &str = "recoveryTargetTime";
+pub const TARGET_LSN: &str = "recoveryTargetLsn";
+
 /// The server's repository, which holds every deployment's WAL archive, and
 /// the command line that reaches it (`strongbox repo -r … --password-file …`).
 pub struct WalArchives {

@@ -133,7 +133,7 @@ fn choose(
         let b = history
             .choose(PointTarget::Lsn(lsn))
             .map_err(|u| pitr::unreachable(&format!("scn {scn}"), service, &u))?;
-        return Ok((b.clone(), json!({"scn": scn, "recoveryTargetLsn": lsn.to_string()})));
+        return Ok((b.clone(), json!({"scn": scn, pitr::TARGET_LSN: lsn.to_string()})));
     }
     let raw = body.timestamp.as_deref().unwrap_or_default();
     let at = parse_timestamp(raw)?;
@@ -149,7 +149,7 @@ fn choose(
                 // As recovery_target_time takes it (no `T`, no `Z`).
                 let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]+00");
                 let time = at.format(&format).unwrap_or_default();
-                return Ok((b.clone(), json!({"timestamp": raw, "recoveryTargetTime": time})));
+                return Ok((b.clone(), json!({"timestamp": raw, pitr::TARGET_TIME: time})));
             }
             // A backup's own completion time still names that backup.
             Err(_) if exact_backup => {}

@@ -9,13 +9,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::wal_retention::WAL_ARCHIVE;
 use anyhow::{Context, Result};
-use strongbox_api::pitr::WalArchives;
+use strongbox_api::pitr::{self, WalArchives};
 use strongbox_catalog::{BackupOutcome, Catalog, Job};
 use strongbox_engines::{Engine, PgTarget, SnapshotFiles};
 use strongbox_repo::{BackupOptions, Counters, Repository};
 use tokio::task::JoinHandle;
+
+use crate::wal_retention::WAL_ARCHIVE;
 
 /// Leases jobs and runs them, forever.
 pub async fn worker(
@@ -113,17 +114,17 @@ impl Worker {
         let mut labels = BTreeMap::from([
             ("domain".to_string(), job.domain.clone()),
             ("deployment".to_string(), job.deployment.clone()),
+            ("engine".to_string(), engine_name.clone()),
             ("tag".to_string(), tag.clone()),
             ("job".to_string(), job.id.to_string()),
         ]);
-        if engine_name == strongbox_api::pitr::ENGINE {
+        if engine_name == pitr::ENGINE {
             // Which archive this base backup replays from (WAL retention and check).
             labels.insert(
                 WAL_ARCHIVE.to_string(),
                 WalArchives::archive(&job.domain, &job.deployment),
             );
         }
-        labels.insert("engine".to_string(), engine_name);
         let options = BackupOptions {
             tags: vec![tag],
             labels,
@@ -182,7 +183,7 @@ impl Worker {
     fn recovery_target(&self, job: &Job, target: &serde_json::Value) -> PgTarget {
         let restore_command = self.wal.restore_command(&job.domain, &job.deployment);
         let planned = |key: &str| target.get(key).and_then(|v| v.as_str()).map(str::to_string);
-        match (planned("recoveryTargetTime"), planned("recoveryTargetLsn")) {
+        match (planned(pitr::TARGET_TIME), planned(pitr::TARGET_LSN)) {
             (Some(at), _) => PgTarget::Time { at, restore_command },
             (None, Some(lsn)) => PgTarget::Lsn { lsn, restore_command },
             (None, None) => PgTarget::Backup,
