@@ -30,6 +30,7 @@ pub struct ServeArgs {
 struct Config {
     listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
+    repository: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     public_url: Option<String>,
@@ -51,6 +52,8 @@ where
 struct Settings {
     listen: SocketAddr,
     data_dir: PathBuf,
+    /// A directory or `s3://BUCKET/PREFIX` (endpoint and credentials from `AWS_*`).
+    repository: Option<String>,
     tls: Option<(PathBuf, PathBuf)>,
     public_url: String,
     workers: usize,
@@ -80,6 +83,7 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
         data_dir: env("STRONGBOX_DATA_DIR")?
             .or(file.data_dir)
             .unwrap_or_else(|| "strongbox-data".into()),
+        repository: env("STRONGBOX_REPOSITORY")?.or(file.repository),
         public_url: env("STRONGBOX_PUBLIC_URL")?
             .or(file.public_url)
             .unwrap_or_else(|| format!("{scheme}://{listen}")),
@@ -121,8 +125,9 @@ fn repo_password(data_dir: &Path) -> Result<String> {
 /// How a database host's tools (PostgreSQL's archive_command and
 /// restore_command) reach the server's repository: this binary's `repo`
 /// verbs, with the password file unless the password comes from
-/// STRONGBOX_REPO_PASSWORD (then STRONGBOX_PASSWORD must be set for them).
-fn repo_command_line(data_dir: &Path) -> Result<String> {
+/// STRONGBOX_REPO_PASSWORD (then STRONGBOX_PASSWORD must be set for them;
+/// so must `AWS_*` for a repository on S3).
+fn repo_command_line(location: &str, data_dir: &Path) -> Result<String> {
     let quote = |p: &Path| {
         let s = p.display().to_string();
         if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:@".contains(c)) {
@@ -133,7 +138,7 @@ fn repo_command_line(data_dir: &Path) -> Result<String> {
     };
     let exe = std::env::current_exe().context("locating the strongbox binary")?;
     let data_dir = data_dir.canonicalize()?;
-    let mut line = format!("{} repo -r {}", quote(&exe), quote(&data_dir.join("repository")));
+    let mut line = format!("{} repo -r {}", quote(&exe), quote(Path::new(location)));
     let password = data_dir.join("repository.password");
     if std::env::var_os("STRONGBOX_REPO_PASSWORD").is_none() && password.exists() {
         line += &format!(" --password-file {}", quote(&password));
@@ -145,7 +150,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let s = settings(&args)?;
     std::fs::create_dir_all(s.data_dir.join("tmp"))?;
     let catalog: Arc<dyn Catalog> = Arc::new(SqliteCatalog::open(&s.data_dir.join("catalog.sqlite")).await?);
-    let store = Store::local(&s.data_dir.join("repository"))?;
+    let location = match &s.repository {
+        Some(l) => l.clone(),
+        None => s.data_dir.canonicalize()?.join("repository").display().to_string(),
+    };
+    let store = Store::open(&location)?;
     let password = repo_password(&s.data_dir)?;
     let repo = match Repository::open(store.clone(), password.as_bytes()).await {
         Err(strongbox_repo::Error::NotARepository { .. }) => {
@@ -156,7 +165,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let repo = Arc::new(repo);
     let wal = Arc::new(WalArchives {
         repo: repo.clone(),
-        cli: repo_command_line(&s.data_dir)?,
+        cli: repo_command_line(&location, &s.data_dir)?,
     });
     if args.demo {
         demo(catalog.as_ref(), &s).await?;

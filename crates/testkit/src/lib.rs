@@ -1,7 +1,10 @@
 //! What Strongbox's tests share (a dev-dependency only): shell commands,
 //! free ports, and PostgreSQL clusters of their own — `initdb` in a
 //! temporary directory as the `postgres` user, on a free port — so that
-//! stopping and starting one touches nothing else on the machine.
+//! stopping and starting one touches nothing else on the machine; and a
+//! real S3 server on loopback (`s3`).
+
+pub mod s3;
 
 use std::path::{Path, PathBuf};
 

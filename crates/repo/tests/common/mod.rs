@@ -8,47 +8,25 @@ use strongbox_repo::{ChunkerParams, InitOptions, NoProgress, Repository, S3Confi
 
 pub const PASSWORD: &[u8] = b"correct horse battery staple";
 
-/// An S3 server on 127.0.0.1, storing into a temporary directory; lives
-/// as long as the returned guard.
+/// The testkit's S3 server (real, on loopback) and a repository location in it.
 pub struct S3Server {
     pub config: S3Config,
-    _dir: tempfile::TempDir,
+    _server: strongbox_testkit::s3::S3Server,
 }
 
 pub async fn start_s3() -> S3Server {
-    use s3s::auth::SimpleAuth;
-    use s3s::service::S3ServiceBuilder;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("backups")).unwrap();
-    let fs = s3s_fs::FileSystem::new(dir.path()).unwrap();
-    let mut builder = S3ServiceBuilder::new(fs);
-    builder.set_auth(SimpleAuth::from_single("test-access", "test-secret"));
-    let service = builder.build();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let service = service.clone();
-            tokio::spawn(async move {
-                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    use strongbox_testkit::s3;
+    let server = s3::S3Server::start();
     S3Server {
         config: S3Config {
-            endpoint: Some(format!("http://{addr}")),
-            region: Some("us-east-1".into()),
-            bucket: "backups".into(),
+            endpoint: Some(server.endpoint.clone()),
+            region: Some(s3::REGION.into()),
+            bucket: s3::BUCKET.into(),
             prefix: "repo1".into(),
-            access_key_id: Some("test-access".into()),
-            secret_access_key: Some("test-secret".into()),
+            access_key_id: Some(s3::ACCESS_KEY.into()),
+            secret_access_key: Some(s3::SECRET_KEY.into()),
         },
-        _dir: dir,
+        _server: server,
     }
 }
 

@@ -46,11 +46,17 @@ pub use strongbox_testkit::free_port;
 
 /// Starts `strongbox serve --demo` on `dir` (PKI made on first use).
 pub fn start_in(dir: &Path, port: u16) -> Server {
+    start_with(dir, port, &[])
+}
+
+/// `start_in`, with more environment variables for the server.
+pub fn start_with(dir: &Path, port: u16, env: &[(&str, String)]) -> Server {
     if !dir.join("cert.pem").exists() {
         test_pki(dir);
     }
     let child = Command::new(env!("CARGO_BIN_EXE_strongbox"))
         .args(["serve", "--demo"])
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("STRONGBOX_DATA_DIR", dir.join("data"))
         .env("STRONGBOX_LISTEN", format!("127.0.0.1:{port}"))
         .env("STRONGBOX_TLS_CERT", dir.join("cert.pem"))
