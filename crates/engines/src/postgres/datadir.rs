@@ -7,6 +7,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use super::pitr::{Lsn, segment_name, segment_number};
 use crate::Error;
 
 /// The snapshot file listing every directory (empty ones included), one
@@ -154,12 +155,9 @@ impl Read for LazyFile {
 pub fn wal_segments(first: &str, last: &str, segment_size: u64) -> Result<Vec<String>, Error> {
     let parse = |name: &str| -> Result<(u32, u64), Error> {
         let bad = || Error::Failed(format!("{name:?} is not a WAL segment name"));
-        if name.len() != 24 {
-            return Err(bad());
-        }
-        let hex = |s: &str| u64::from_str_radix(s, 16).map_err(|_| bad());
-        let per_id = 0x1_0000_0000 / segment_size;
-        Ok((hex(&name[..8])? as u32, hex(&name[8..16])? * per_id + hex(&name[16..])?))
+        let timeline = name.get(..8).and_then(|t| u32::from_str_radix(t, 16).ok());
+        let segment = (name.len() == 24).then(|| segment_number(name, segment_size)).flatten();
+        Ok((timeline.ok_or_else(bad)?, segment.ok_or_else(bad)?))
     };
     let ((tli, from), (tli_last, to)) = (parse(first)?, parse(last)?);
     if tli != tli_last || to < from {
@@ -167,9 +165,8 @@ pub fn wal_segments(first: &str, last: &str, segment_size: u64) -> Result<Vec<St
             "WAL range {first}..{last} is not on one timeline"
         )));
     }
-    let per_id = 0x1_0000_0000 / segment_size;
     Ok((from..=to)
-        .map(|seg| format!("{tli:08X}{:08X}{:08X}", seg / per_id, seg % per_id))
+        .map(|seg| segment_name(tli, Lsn(seg * segment_size), segment_size))
         .collect())
 }
 

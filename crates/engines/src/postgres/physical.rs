@@ -122,12 +122,7 @@ impl Session {
             .query_one("SELECT pg_walfile_name($1::text::pg_lsn)", &[&lsn])
             .map_err(db_error("naming the last WAL segment"))?
             .get(0);
-        let first = label
-            .lines()
-            .find_map(|l| l.strip_prefix("START WAL LOCATION: "))
-            .and_then(|l| l.split("(file ").nth(1))
-            .map(|f| f.trim_end_matches(')').to_string())
-            .ok_or_else(|| Error::Failed(format!("no START WAL LOCATION in the backup label: {label:?}")))?;
+        let first = position.start_segment();
         let mut tail = vec![Source::new("backup_label", std::io::Cursor::new(label.into_bytes()))];
         if let Some(map) = spcmap.filter(|m| !m.is_empty()) {
             tail.push(Source::new("tablespace_map", std::io::Cursor::new(map.into_bytes())));

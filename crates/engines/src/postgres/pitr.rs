@@ -17,7 +17,6 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use strongbox_repo::WalFile;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 /// A WAL position (PostgreSQL's `pg_lsn`): `X/Y` in hex, or the same
 /// 64-bit number in decimal.
@@ -153,20 +152,6 @@ impl Reach {
     }
 }
 
-impl fmt::Display for Reach {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let t = |t: OffsetDateTime| t.format(&Rfc3339).unwrap_or_default();
-        write!(
-            f,
-            "from {} (scn {}) to {} (scn {})",
-            t(self.earliest_time),
-            self.earliest_lsn,
-            t(self.latest_time),
-            self.latest_lsn
-        )
-    }
-}
-
 /// Archived segments by name, with their archive times.
 pub struct Archived(BTreeMap<String, i64>);
 
@@ -228,18 +213,11 @@ pub fn recoverable(bases: &[BasePosition], archived: &Archived) -> Vec<Reach> {
     merged
 }
 
-/// Why a target cannot be recovered, and what can.
+/// Why a target cannot be recovered, and what can (the API words it).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Unreachable {
     pub why: String,
     pub ranges: Vec<Reach>,
-}
-
-impl fmt::Display for Unreachable {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let list: Vec<String> = self.ranges.iter().map(|r| r.to_string()).collect();
-        write!(f, "{}; recoverable: {}", self.why, list.join(", and "))
-    }
 }
 
 /// Picks the base backup (an index into `bases`) to recover `target` from:
@@ -333,16 +311,16 @@ mod tests {
         assert_eq!(choose(&bases, &wal, t(250)), Ok(1));
         assert_eq!(choose(&bases, &wal, PointTarget::Lsn(Lsn(4 * SEG))), Ok(0));
         assert_eq!(choose(&bases, &wal, PointTarget::Lsn(Lsn(5 * SEG + 200))), Ok(1));
-        let early = choose(&bases, &wal, t(99)).unwrap_err().to_string();
-        assert!(
-            early.contains("before the first base backup") && early.contains("0/2000"),
-            "{early}"
+        let early = choose(&bases, &wal, t(99)).unwrap_err();
+        assert!(early.why.contains("before the first base backup"), "{early:?}");
+        assert_eq!(
+            early.ranges[0].earliest_lsn,
+            Lsn(2 * SEG + 200),
+            "names the range: {early:?}"
         );
-        let late = choose(&bases, &wal, t(301)).unwrap_err().to_string();
-        assert!(
-            late.contains("after the last archived WAL") && late.contains("to "),
-            "{late}"
-        );
+        let late = choose(&bases, &wal, t(301)).unwrap_err();
+        assert!(late.why.contains("after the last archived WAL"), "{late:?}");
+        assert_eq!(late.ranges.len(), 1, "names the range: {late:?}");
         assert!(choose(&bases, &wal, PointTarget::Lsn(Lsn(7 * SEG + 1))).is_err());
         let one = recoverable(&bases, &wal);
         assert_eq!(one.len(), 1, "overlapping reaches merge: {one:?}");
@@ -358,12 +336,10 @@ mod tests {
         let wal = archived(&[(2, 110), (3, 150), (5, 210)]);
         let reach = wal.reach(&bases[0]).unwrap();
         assert_eq!(reach.latest_lsn, Lsn(4 * SEG));
-        let err = choose(&bases, &wal, PointTarget::Lsn(Lsn(5 * SEG)))
-            .unwrap_err()
-            .to_string();
+        let err = choose(&bases, &wal, PointTarget::Lsn(Lsn(5 * SEG))).unwrap_err();
         assert!(
-            err.contains("gap") && err.contains(&segment_name(1, Lsn(4 * SEG), SEG)),
-            "{err}"
+            err.why.contains("gap") && err.why.contains(&segment_name(1, Lsn(4 * SEG), SEG)),
+            "{err:?}"
         );
         // A base whose own WAL is not archived yet reaches nothing.
         assert!(archived(&[(3, 1)]).reach(&bases[0]).is_none());
