@@ -140,9 +140,13 @@ fn choose(
     if at > OffsetDateTime::now_utc() {
         return Err(ApiError::bad_request(format!("timestamp {raw} is in the future")));
     }
-    let exact_backup = completed
+    // The latest backup completed by then, and whether it completed in that very second.
+    let second = |b: &Backup| completed_at(b).map(|t| t.unix_timestamp());
+    let before = completed
         .iter()
-        .any(|b| completed_at(b).is_some_and(|t| t.unix_timestamp() == at.unix_timestamp()));
+        .rev()
+        .find(|b| second(b).is_some_and(|s| s <= at.unix_timestamp()));
+    let exact_backup = before.is_some_and(|b| second(b) == Some(at.unix_timestamp()));
     if let Some(history) = history {
         match history.choose(PointTarget::Time(at)) {
             Ok(b) => {
@@ -157,18 +161,13 @@ fn choose(
         }
     }
     let first = completed.first().ok_or_else(none_yet)?;
-    let before = completed
-        .iter()
-        .rev()
-        .find(|b| completed_at(b).is_some_and(|t| t.unix_timestamp() <= at.unix_timestamp()))
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "timestamp {raw} is before the first backup of {service}, which completed at {}",
-                api_date(first.completed_at.as_deref().unwrap_or_default())
-            ))
-        })?;
-    let done = completed_at(before).map(|t| t.unix_timestamp());
-    if done != Some(at.unix_timestamp()) {
+    let before = before.ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "timestamp {raw} is before the first backup of {service}, which completed at {}",
+            api_date(first.completed_at.as_deref().unwrap_or_default())
+        ))
+    })?;
+    if !exact_backup {
         return Err(ApiError::bad_request(format!(
             "timestamp {raw} falls between backups; recovering to a moment after a backup replays archived WAL, \
              which only {} deployments with WAL archiving do. The latest backup before it is {} (completed {}): \
