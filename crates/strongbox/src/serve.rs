@@ -126,7 +126,7 @@ fn repo_password(data_dir: &Path) -> Result<String> {
 /// restore_command) reach the server's repository: this binary's `repo`
 /// verbs, with the password file unless the password comes from
 /// STRONGBOX_REPO_PASSWORD (then STRONGBOX_PASSWORD must be set for them;
-/// so must `AWS_*` for a repository on S3).
+/// so must `AWS_*` for a repository on S3). `data_dir` is absolute.
 fn repo_command_line(location: &str, data_dir: &Path) -> Result<String> {
     let quote = |p: &Path| {
         let s = p.display().to_string();
@@ -137,7 +137,6 @@ fn repo_command_line(location: &str, data_dir: &Path) -> Result<String> {
         }
     };
     let exe = std::env::current_exe().context("locating the strongbox binary")?;
-    let data_dir = data_dir.canonicalize()?;
     let mut line = format!("{} repo -r {}", quote(&exe), quote(Path::new(location)));
     let password = data_dir.join("repository.password");
     if std::env::var_os("STRONGBOX_REPO_PASSWORD").is_none() && password.exists() {
@@ -150,9 +149,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let s = settings(&args)?;
     std::fs::create_dir_all(s.data_dir.join("tmp"))?;
     let catalog: Arc<dyn Catalog> = Arc::new(SqliteCatalog::open(&s.data_dir.join("catalog.sqlite")).await?);
+    // Absolute: the paths go into command lines PostgreSQL runs elsewhere.
+    let data_dir = s.data_dir.canonicalize()?;
     let location = match &s.repository {
         Some(l) => l.clone(),
-        None => s.data_dir.canonicalize()?.join("repository").display().to_string(),
+        None => data_dir.join("repository").display().to_string(),
     };
     let store = Store::open(&location)?;
     let password = repo_password(&s.data_dir)?;
@@ -165,7 +166,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let repo = Arc::new(repo);
     let wal = Arc::new(WalArchives {
         repo: repo.clone(),
-        cli: repo_command_line(&location, &s.data_dir)?,
+        cli: repo_command_line(&location, &data_dir)?,
     });
     if args.demo {
         demo(catalog.as_ref(), &s).await?;

@@ -326,17 +326,8 @@ fn a_server_killed_mid_backup_finishes_the_job_after_restart() {
 
     // The snapshot, restored with the repository CLI, is a sound database
     // holding every row.
-    let data = dir.path().join("data");
     let repo_cli = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_strongbox"))
-            .arg("repo")
-            .arg("--repo")
-            .arg(data.join("repository"))
-            .arg("--password-file")
-            .arg(data.join("repository.password"))
-            .args(args)
-            .output()
-            .unwrap();
+        let out = s.repo_cli(args);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         out.stdout
     };

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{Server, start};
 use serde_json::Value;
+use strongbox_engines::pitr::Lsn;
 use strongbox_testkit::{Cluster, PG_BIN, sh};
 
 const INSTANCE: &str = "/paas/service/dbcs/api/v1.1/instances/usexample/pg";
@@ -140,10 +141,7 @@ fn recovery_to_moments_and_scns_holds_exactly_the_rows_committed_by_then() {
         range["earliest"]["scn"].is_string() && range["latest"]["timestamp"].is_string(),
         "{range}"
     );
-    let latest_lsn: u64 = {
-        let (hi, lo) = range["latest"]["scn"].as_str().unwrap().split_once('/').unwrap();
-        (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
-    };
+    let latest_lsn: Lsn = range["latest"]["scn"].as_str().unwrap().parse().unwrap();
 
     // Unreachable targets: refused with the range, nothing touched.
     let before = c.psql(TICKS);
@@ -153,7 +151,7 @@ fn recovery_to_moments_and_scns_holds_exactly_the_rows_committed_by_then() {
             "before the first base backup",
         ),
         (
-            format!(r#"{{"scn": {}}}"#, latest_lsn + 1),
+            format!(r#"{{"scn": {}}}"#, latest_lsn.0 + 1),
             "after the last archived WAL",
         ),
         (r#"{"scn": "zz/1"}"#.to_string(), "not a WAL position"),
@@ -179,10 +177,7 @@ fn recovery_to_moments_and_scns_holds_exactly_the_rows_committed_by_then() {
 
     // Three moments and three positions (one as a decimal number), before
     // and after base backup 2; each from the latest base backup before it.
-    let decimal = |lsn: &str| {
-        let (hi, lo) = lsn.split_once('/').unwrap();
-        ((u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()).to_string()
-    };
+    let decimal = |lsn: &str| lsn.parse::<Lsn>().unwrap().0.to_string();
     let cases = [
         (
             format!(r#"{{"timestamp": "{}"}}"#, marks[0].timestamp),
@@ -230,15 +225,7 @@ fn recovery_to_moments_and_scns_holds_exactly_the_rows_committed_by_then() {
     // `repo check` verifies each base backup's WAL is archived without a
     // gap; a missing segment fails it, naming the base backup.
     let repo_cli = |args: &[&str]| {
-        let out = std::process::Command::new(common::BIN)
-            .arg("repo")
-            .arg("-r")
-            .arg(data.join("repository"))
-            .arg("--password-file")
-            .arg(data.join("repository.password"))
-            .args(args)
-            .output()
-            .unwrap();
+        let out = s.repo_cli(args);
         let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
         (out.status.success(), text)
     };

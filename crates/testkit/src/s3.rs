@@ -2,8 +2,6 @@
 //! directory, on a thread and runtime of its own so that synchronous and
 //! async tests, and other processes, can all use it.
 
-use std::path::Path;
-
 pub const ACCESS_KEY: &str = "test-access";
 pub const SECRET_KEY: &str = "test-secret";
 pub const REGION: &str = "us-east-1";
@@ -67,9 +65,5 @@ impl S3Server {
             ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
             ("AWS_REGION", REGION.into()),
         ]
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
     }
 }

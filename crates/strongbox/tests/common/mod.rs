@@ -187,6 +187,20 @@ pub fn big_database(path: &Path, mib: usize) -> i64 {
 }
 
 impl Server {
+    /// `strongbox repo` on the server's own repository, with its password file.
+    pub fn repo_cli(&self, args: &[&str]) -> std::process::Output {
+        let data = self.dir.join("data");
+        Command::new(env!("CARGO_BIN_EXE_strongbox"))
+            .arg("repo")
+            .arg("--repo")
+            .arg(data.join("repository"))
+            .arg("--password-file")
+            .arg(data.join("repository.password"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
     /// Registers a SQLite database as deployment `name` of `usexample`.
     pub fn register_sqlite(&self, name: &str, db: &Path) -> (String, serde_json::Value) {
         let reg = format!(
