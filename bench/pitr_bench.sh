@@ -4,13 +4,7 @@
 # recovery to a timestamp, next to pgBackRest. Needs the PostgreSQL 15
 # server binaries (/usr/lib/postgresql/15/bin) and the `postgres` user.
 # Usage: bench/pitr_bench.sh [WORKDIR] [--scale 50] [--runs 3] [--load 60]
-set -euo pipefail
-cd "$(dirname "$0")/.."
-if ! command -v pgbackrest >/dev/null; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbackrest
-fi
-cargo build --release -q -p strongbox
+source "$(dirname "$0")/pg_prepare.sh"
 work=${1:-/tmp/strongbox-pitr-bench}
 shift || true
 python3 bench/pitr_bench.py "$work" "$@"
