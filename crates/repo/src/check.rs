@@ -14,7 +14,7 @@ use crate::crypto::Cipher;
 use crate::error::Result;
 use crate::id::{Id, IdSet};
 use crate::index::Index;
-use crate::pack::{chunk_in, open_frame, read_header};
+use crate::pack::{chunk_in, frames_of, open_frame, read_header};
 use crate::snapshot;
 use crate::storage::{Store, layout};
 
@@ -140,25 +140,31 @@ async fn read_pack(store: &Store, cipher: &Cipher, index: &Index, id: Id) -> (Id
         }
         match read_header(&cipher, &id, &data) {
             Err(e) => errors.push(e.to_string()),
-            Ok(header) => {
-                if header != expected {
+            Ok(frames) => {
+                // Chunks are checked against their ids where the header agrees
+                // with the index; otherwise each frame is at least opened.
+                let agrees = frames == frames_of(&expected);
+                if !agrees {
                     errors.push(format!("pack {id}: header does not match the index"));
                 }
-                let mut frame: Option<(u32, Result<Vec<u8>, String>)> = None;
-                for e in &header {
-                    if frame.as_ref().is_none_or(|(offset, _)| *offset != e.offset) {
-                        // In bounds: `read_header` checked every entry against the pack size.
-                        let sealed = &data[e.offset as usize..e.offset as usize + e.length as usize];
-                        let opened = open_frame(&cipher, sealed, &id, e.offset).map_err(|err| err.to_string());
-                        if let Err(err) = &opened {
-                            errors.push(err.clone());
-                        }
-                        frame = Some((e.offset, opened));
-                    }
-                    if let Some((_, Ok(plain))) = &frame
-                        && let Err(err) = chunk_in(&cipher, plain, e, &id)
-                    {
-                        errors.push(err.to_string());
+                let mut next = 0;
+                for f in &frames {
+                    // In bounds: `read_header` checked every frame against the pack size.
+                    let sealed = &data[f.offset as usize..f.offset as usize + f.length as usize];
+                    let plain = open_frame(&cipher, sealed, &id, f.offset);
+                    let chunks = if agrees {
+                        &expected[next..next + f.chunks.len()]
+                    } else {
+                        &[][..]
+                    };
+                    next += chunks.len();
+                    match plain {
+                        Err(err) => errors.push(err.to_string()),
+                        Ok(plain) => errors.extend(
+                            chunks
+                                .iter()
+                                .filter_map(|e| chunk_in(&cipher, &plain, e, &id).err().map(|err| err.to_string())),
+                        ),
                     }
                 }
             }
@@ -168,4 +174,86 @@ async fn read_pack(store: &Store, cipher: &Cipher, index: &Index, id: Id) -> (Id
     .await
     .expect("check worker panicked");
     (id, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::index::{self, PackIndex};
+    use crate::{InitOptions, NoProgress, Repository, Source, Store};
+
+    /// Replaces every index object with one listing `pack`.
+    async fn replace_index(repo: &Repository, pack: PackIndex) {
+        let index = Index::load(repo.store(), &repo.cipher, &IdSet::default())
+            .await
+            .unwrap();
+        for id in index.objects.keys() {
+            repo.store().delete(&layout::of(layout::INDEX, id)).await.unwrap();
+        }
+        index::write(repo.store(), &repo.cipher, &[pack]).await.unwrap();
+    }
+
+    /// Pack headers carry no chunk ids: `--read-data` must still find an
+    /// index that names the wrong chunk, by hashing what the header locates.
+    #[tokio::test]
+    async fn read_data_hashes_every_chunk_against_the_index() {
+        let repo = Repository::init(Store::open("memory:").unwrap(), b"pw", InitOptions::default())
+            .await
+            .unwrap();
+        let data: Vec<u8> = (0..600_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let source = Source::new("f", std::io::Cursor::new(data));
+        repo.backup(vec![source], Default::default(), Arc::new(NoProgress))
+            .await
+            .unwrap();
+        let report = check(repo.store(), &repo.cipher, true).await.unwrap();
+        assert!(report.is_ok(), "{:?}", report.errors);
+        let index = Index::load(repo.store(), &repo.cipher, &IdSet::default())
+            .await
+            .unwrap();
+        let [p] = index.packs() else {
+            panic!("one pack expected")
+        };
+        assert!(p.blobs.len() >= 3, "several chunks: {}", p.blobs.len());
+        let original = PackIndex {
+            pack: p.id,
+            size: p.size,
+            blobs: p.blobs.clone(),
+        };
+
+        // Two chunks' ids swapped: the layout agrees, the hashes do not.
+        let mut swapped = original.clone();
+        let (a, b) = (swapped.blobs[0].id, swapped.blobs[1].id);
+        swapped.blobs[0].id = b;
+        swapped.blobs[1].id = a;
+        replace_index(&repo, swapped).await;
+        let report = check(repo.store(), &repo.cipher, true).await.unwrap();
+        let mismatched: Vec<_> = report
+            .errors
+            .iter()
+            .filter(|e| e.contains("content does not match its id"))
+            .collect();
+        assert_eq!(mismatched.len(), 2, "{:?}", report.errors);
+        assert!(mismatched[0].contains(&p.id.to_hex()) && mismatched[0].contains(&b.to_hex()));
+
+        // A chunk length the header does not record: a header mismatch.
+        let mut resized = original.clone();
+        resized.blobs[0].raw_len -= 1;
+        replace_index(&repo, resized).await;
+        let report = check(repo.store(), &repo.cipher, true).await.unwrap();
+        assert!(
+            report
+                .errors
+                .iter()
+                .any(|e| e.contains("header does not match the index")),
+            "{:?}",
+            report.errors
+        );
+
+        replace_index(&repo, original).await;
+        assert!(check(repo.store(), &repo.cipher, true).await.unwrap().is_ok());
+    }
 }

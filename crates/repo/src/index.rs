@@ -10,7 +10,7 @@ use futures::StreamExt;
 use crate::crypto::Cipher;
 use crate::error::{Error, Result};
 use crate::id::{Id, IdMap, IdSet};
-use crate::pack::{BlobEntry, decode_entries, encode_entries};
+use crate::pack::{BlobEntry, take_u32};
 use crate::storage::{Store, layout};
 
 /// One pack's entries as recorded in an index object.
@@ -62,7 +62,7 @@ pub fn encode(packs: &[PackIndex]) -> Vec<u8> {
 
 pub fn decode(mut input: &[u8], object: &dyn std::fmt::Display) -> Result<Vec<PackIndex>> {
     let input = &mut input;
-    let count = crate::pack::take_u32(input, object)?;
+    let count = take_u32(input, object)?;
     let mut out = Vec::new();
     for _ in 0..count {
         if input.len() < 40 {
@@ -73,6 +73,42 @@ pub fn decode(mut input: &[u8], object: &dyn std::fmt::Display) -> Result<Vec<Pa
         *input = &input[40..];
         let blobs = decode_entries(input, object)?;
         out.push(PackIndex { pack, size, blobs });
+    }
+    Ok(out)
+}
+
+const ENTRY_LEN: usize = 32 + 4 * 4;
+
+fn encode_entries(entries: &[BlobEntry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + entries.len() * ENTRY_LEN);
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for e in entries {
+        out.extend_from_slice(&e.id.0);
+        out.extend_from_slice(&e.offset.to_le_bytes());
+        out.extend_from_slice(&e.length.to_le_bytes());
+        out.extend_from_slice(&e.start.to_le_bytes());
+        out.extend_from_slice(&e.raw_len.to_le_bytes());
+    }
+    out
+}
+
+/// Reads entries written by `encode_entries`, advancing `input`.
+fn decode_entries(input: &mut &[u8], object: &dyn std::fmt::Display) -> Result<Vec<BlobEntry>> {
+    let count = take_u32(input, object)? as usize;
+    if input.len() < count.saturating_mul(ENTRY_LEN) {
+        return Err(Error::corrupt(object, format!("truncated: {count} entries announced")));
+    }
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let id = Id::from_slice(&input[..32]).expect("32 bytes");
+        *input = &input[32..];
+        out.push(BlobEntry {
+            id,
+            offset: take_u32(input, object)?,
+            length: take_u32(input, object)?,
+            start: take_u32(input, object)?,
+            raw_len: take_u32(input, object)?,
+        });
     }
     Ok(out)
 }

@@ -16,7 +16,8 @@ use crate::id::Id;
 use crate::storage::{Store, layout};
 
 pub const KEY_FILE_VERSION: u32 = 1;
-pub const CONFIG_VERSION: u32 = 1;
+/// 2: pack headers list frames and chunk positions, not chunk ids.
+pub const CONFIG_VERSION: u32 = 2;
 
 /// Content-defined chunking bounds, fixed when a repository is created.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -1,16 +1,20 @@
 //! Frames and packs.
 //!
 //! A frame holds one or more consecutive new chunks of a stream, compressed
-//! together (so zstd sees up to a MiB of context even though chunks are a
-//! few KiB, which keeps deduplication fine-grained) and sealed as one:
+//! together (so zstd sees a MiB of context, its window, though chunks average
+//! 32 KiB, which keeps deduplication fine-grained) and sealed as one:
 //! `nonce || AEAD(codec || payload) || tag`. `codec` is 0 for stored, 1 for
 //! zstd. Each chunk is addressed by its frame and its offset inside the
 //! frame's plaintext, and verified after decryption by its keyed hash.
 //!
-//! A pack is frames back to back, then a sealed header listing every chunk,
-//! then the header's length as a little-endian u32. Packs are named by the
-//! BLAKE3 hash of their bytes. The header makes every pack self-describing,
-//! so `check` can compare packs against the index and an index can be rebuilt.
+//! A pack is frames back to back, then a sealed header, then the header's
+//! length as a little-endian u32. The header lists each frame's sealed
+//! length and the position and length of each chunk in it; chunk ids are
+//! left out, since they are the keyed hashes of those bytes (at 32 KiB
+//! chunks, ids in pack headers were a quarter of a percent of a backup).
+//! Packs are named by the BLAKE3 hash of their bytes. The header keeps every
+//! pack self-describing: `check --read-data` opens each frame it lists,
+//! hashes each chunk and compares the result with the index.
 
 use bytes::Bytes;
 
@@ -20,7 +24,6 @@ use crate::id::Id;
 
 const CODEC_STORED: u8 = 0;
 const CODEC_ZSTD: u8 = 1;
-const ENTRY_LEN: usize = 32 + 4 * 4;
 const FRAME_AAD: &[u8] = b"strongbox frame";
 /// Refuse to inflate a frame beyond this (a damaged header must not
 /// allocate without bound).
@@ -45,12 +48,18 @@ pub struct Frame {
     pub chunks: Vec<BlobEntry>,
 }
 
-/// Compresses (where it pays) and seals chunks as frames. Owns its zstd
-/// context and buffers so that the hot path does not allocate them per frame.
+/// Compresses (where it pays) and seals chunks as frames: `push` the
+/// chunks of one frame, then `seal`. Owns its zstd context and buffers so
+/// that the hot path does not allocate them per frame. The chunks are copied
+/// in by `push`, so a caller can let go of its read buffers before the
+/// (slow) compression. zstd writes straight behind the frame's nonce, the
+/// frame is sealed there, and only its final bytes are copied out: a frame
+/// in flight holds its sealed size, not the compression bound.
 pub struct FrameSealer {
     zstd: zstd::bulk::Compressor<'static>,
     plain: Vec<u8>,
-    compressed: Vec<u8>,
+    entries: Vec<BlobEntry>,
+    out: Vec<u8>,
 }
 
 impl FrameSealer {
@@ -58,42 +67,49 @@ impl FrameSealer {
         FrameSealer {
             zstd: zstd::bulk::Compressor::new(level).expect("valid zstd level"),
             plain: Vec::new(),
-            compressed: Vec::new(),
+            entries: Vec::new(),
+            out: Vec::new(),
         }
     }
 
-    pub fn seal(&mut self, cipher: &Cipher, chunks: &[(Id, &[u8])]) -> Frame {
-        self.plain.clear();
-        let mut entries = Vec::with_capacity(chunks.len());
-        for (id, d) in chunks {
-            entries.push(BlobEntry {
-                id: *id,
-                offset: 0,
-                length: 0,
-                start: self.plain.len() as u32,
-                raw_len: d.len() as u32,
-            });
-            self.plain.extend_from_slice(d);
+    /// Adds a chunk to the frame being built.
+    pub fn push(&mut self, id: Id, data: &[u8]) {
+        self.entries.push(BlobEntry {
+            id,
+            offset: 0,
+            length: 0,
+            start: self.plain.len() as u32,
+            raw_len: data.len() as u32,
+        });
+        self.plain.extend_from_slice(data);
+    }
+
+    /// Seals the chunks pushed since the last frame; `None` if there were none.
+    pub fn seal(&mut self, cipher: &Cipher) -> Option<Frame> {
+        if self.entries.is_empty() {
+            return None;
         }
         let raw = self.plain.len();
-        self.compressed.clear();
-        self.compressed.reserve(zstd::zstd_safe::compress_bound(raw));
-        let compressed =
-            self.zstd.compress_to_buffer(&self.plain, &mut self.compressed).is_ok() && self.compressed.len() + 64 < raw;
-        let (codec, payload) = if compressed {
-            (CODEC_ZSTD, &self.compressed[..])
-        } else {
-            (CODEC_STORED, &self.plain[..])
-        };
-        let mut sealed = Vec::with_capacity(NONCE_LEN + 1 + payload.len() + crate::crypto::TAG_LEN);
-        sealed.resize(NONCE_LEN, 0);
-        sealed.push(codec);
-        sealed.extend_from_slice(payload);
-        cipher.seal_in_place(&mut sealed, FRAME_AAD);
-        Frame {
-            sealed,
-            chunks: entries,
+        let head = NONCE_LEN + 1;
+        let out = &mut self.out;
+        out.clear();
+        out.reserve(head + zstd::zstd_safe::compress_bound(raw) + crate::crypto::TAG_LEN);
+        out.resize(head, 0);
+        out[NONCE_LEN] = CODEC_ZSTD;
+        let mut cursor = std::io::Cursor::new(&mut *out);
+        cursor.set_position(head as u64);
+        let compressed = self.zstd.compress_to_buffer(&self.plain, &mut cursor).is_ok() && out.len() + 64 < head + raw;
+        if !compressed {
+            out.truncate(NONCE_LEN);
+            out.push(CODEC_STORED);
+            out.extend_from_slice(&self.plain);
         }
+        cipher.seal_in_place(out, FRAME_AAD);
+        self.plain.clear();
+        Some(Frame {
+            sealed: out.as_slice().to_vec(),
+            chunks: std::mem::take(&mut self.entries),
+        })
     }
 }
 
@@ -184,7 +200,7 @@ impl PackBuilder {
 
     pub fn finish(self, cipher: &Cipher) -> FinishedPack {
         let mut buf = self.buf;
-        let header = cipher.seal_object("pack header", &encode_entries(&self.entries));
+        let header = cipher.seal_object("pack header", &encode_header(&self.entries));
         buf.extend_from_slice(&header);
         buf.extend_from_slice(&(header.len() as u32).to_le_bytes());
         FinishedPack {
@@ -195,40 +211,6 @@ impl PackBuilder {
     }
 }
 
-pub fn encode_entries(entries: &[BlobEntry]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + entries.len() * ENTRY_LEN);
-    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-    for e in entries {
-        out.extend_from_slice(&e.id.0);
-        out.extend_from_slice(&e.offset.to_le_bytes());
-        out.extend_from_slice(&e.length.to_le_bytes());
-        out.extend_from_slice(&e.start.to_le_bytes());
-        out.extend_from_slice(&e.raw_len.to_le_bytes());
-    }
-    out
-}
-
-/// Reads entries written by `encode_entries`, advancing `input`.
-pub fn decode_entries(input: &mut &[u8], object: &dyn std::fmt::Display) -> Result<Vec<BlobEntry>> {
-    let count = take_u32(input, object)? as usize;
-    if input.len() < count.saturating_mul(ENTRY_LEN) {
-        return Err(Error::corrupt(object, format!("truncated: {count} entries announced")));
-    }
-    let mut out = Vec::with_capacity(count);
-    for _ in 0..count {
-        let id = Id::from_slice(&input[..32]).expect("32 bytes");
-        *input = &input[32..];
-        out.push(BlobEntry {
-            id,
-            offset: take_u32(input, object)?,
-            length: take_u32(input, object)?,
-            start: take_u32(input, object)?,
-            raw_len: take_u32(input, object)?,
-        });
-    }
-    Ok(out)
-}
-
 pub fn take_u32(input: &mut &[u8], object: &dyn std::fmt::Display) -> Result<u32> {
     let (head, rest) = input
         .split_first_chunk::<4>()
@@ -237,8 +219,57 @@ pub fn take_u32(input: &mut &[u8], object: &dyn std::fmt::Display) -> Result<u32
     Ok(u32::from_le_bytes(*head))
 }
 
-/// Parses a whole pack's header and checks its entries lie inside the pack.
-pub fn read_header(cipher: &Cipher, pack: &Id, data: &[u8]) -> Result<Vec<BlobEntry>> {
+/// A frame as a pack header lists it: where it is, and where each chunk is
+/// in its plaintext (`start`, `raw_len`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrameLayout {
+    pub offset: u32,
+    pub length: u32,
+    pub chunks: Vec<(u32, u32)>,
+}
+
+/// The frames of a pack's entries (which are in pack order, a frame's
+/// chunks together).
+pub fn frames_of(entries: &[BlobEntry]) -> Vec<FrameLayout> {
+    let mut frames: Vec<FrameLayout> = Vec::new();
+    for e in entries {
+        match frames.last_mut() {
+            Some(f) if f.offset == e.offset => {}
+            _ => frames.push(FrameLayout {
+                offset: e.offset,
+                length: e.length,
+                chunks: Vec::new(),
+            }),
+        }
+        frames
+            .last_mut()
+            .expect("just pushed")
+            .chunks
+            .push((e.start, e.raw_len));
+    }
+    frames
+}
+
+/// `u32 frames`, then per frame `u32 sealed length, u32 chunks`, then per
+/// chunk `u32 start, u32 raw_len`. Frames lie back to back from the pack's
+/// start, so offsets are implied.
+fn encode_header(entries: &[BlobEntry]) -> Vec<u8> {
+    let frames = frames_of(entries);
+    let mut out = Vec::with_capacity(4 + frames.len() * 8 + entries.len() * 8);
+    out.extend_from_slice(&(frames.len() as u32).to_le_bytes());
+    for f in &frames {
+        out.extend_from_slice(&f.length.to_le_bytes());
+        out.extend_from_slice(&(f.chunks.len() as u32).to_le_bytes());
+        for (start, raw_len) in &f.chunks {
+            out.extend_from_slice(&start.to_le_bytes());
+            out.extend_from_slice(&raw_len.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// Parses a whole pack's header and checks its frames lie inside the pack.
+pub fn read_header(cipher: &Cipher, pack: &Id, data: &[u8]) -> Result<Vec<FrameLayout>> {
     let object = format!("pack {pack}");
     let Some(len_at) = data.len().checked_sub(4) else {
         return Err(Error::corrupt(&object, "truncated: shorter than a pack trailer"));
@@ -248,16 +279,36 @@ pub fn read_header(cipher: &Cipher, pack: &Id, data: &[u8]) -> Result<Vec<BlobEn
         return Err(Error::corrupt(&object, "truncated: header length exceeds pack size"));
     };
     let header = cipher.open_object("pack header", &data[header_at..len_at], &object)?;
-    let entries = decode_entries(&mut header.as_slice(), &object)?;
-    for e in &entries {
-        if e.offset as usize + e.length as usize > header_at {
+    let input = &mut header.as_slice();
+    let count = take_u32(input, &object)?;
+    let mut frames = Vec::new();
+    let mut offset = 0u64;
+    for _ in 0..count {
+        let length = take_u32(input, &object)?;
+        let chunks = take_u32(input, &object)? as usize;
+        if input.len() < chunks.saturating_mul(8) {
             return Err(Error::corrupt(
                 &object,
-                format!("entry for chunk {} lies outside the blob area", e.id),
+                format!("header truncated: {chunks} chunks announced"),
             ));
         }
+        let chunks = (0..chunks)
+            .map(|_| Ok((take_u32(input, &object)?, take_u32(input, &object)?)))
+            .collect::<Result<_>>()?;
+        if offset + u64::from(length) > header_at as u64 {
+            return Err(Error::corrupt(
+                &object,
+                format!("the frame at {offset} lies outside the blob area"),
+            ));
+        }
+        frames.push(FrameLayout {
+            offset: offset as u32,
+            length,
+            chunks,
+        });
+        offset += u64::from(length);
     }
-    Ok(entries)
+    Ok(frames)
 }
 
 #[cfg(test)]
@@ -270,8 +321,10 @@ mod tests {
         let mut sealer = FrameSealer::new(1);
         let mut b = PackBuilder::default();
         for f in frames {
-            let chunks: Vec<(Id, &[u8])> = f.iter().map(|c| (cipher.chunk_id(c), &c[..])).collect();
-            let frame = sealer.seal(cipher, &chunks);
+            for c in f {
+                sealer.push(cipher.chunk_id(c), c);
+            }
+            let frame = sealer.seal(cipher).expect("a frame of one chunk or more");
             b.add_frame(&frame.sealed, frame.chunks);
         }
         b.finish(cipher)
@@ -284,11 +337,12 @@ mod tests {
             let cipher = MasterKey::generate().cipher();
             let p = pack_of(&cipher, &frames);
             prop_assert_eq!(p.id, Id::of_content(&p.data));
-            let entries = read_header(&cipher, &p.id, &p.data).unwrap();
-            prop_assert_eq!(&entries, &p.entries);
+            let layout = read_header(&cipher, &p.id, &p.data).unwrap();
+            prop_assert_eq!(&layout, &frames_of(&p.entries));
+            prop_assert_eq!(layout.len(), frames.len());
             let chunks: Vec<&Vec<u8>> = frames.iter().flatten().collect();
-            prop_assert_eq!(entries.len(), chunks.len());
-            for (e, c) in entries.iter().zip(chunks) {
+            prop_assert_eq!(p.entries.len(), chunks.len());
+            for (e, c) in p.entries.iter().zip(chunks) {
                 let sealed = &p.data[e.offset as usize..(e.offset + e.length) as usize];
                 let frame = open_frame(&cipher, sealed, &p.id, e.offset).unwrap();
                 prop_assert_eq!(chunk_in(&cipher, &frame, e, &p.id).unwrap(), &c[..]);

@@ -27,16 +27,18 @@ enum Command {
 }
 
 /// Tunes glibc's malloc for the pipeline's 1-2 MiB buffers. Pins the mmap
-/// threshold at 2 MiB: by default glibc raises the
-/// threshold to the size of the largest block freed (a 16 MiB pack), after
-/// which the ~1 MiB read blocks and frames of a backup come from the heap
-/// and fragment it: peak RSS of a 1 GiB backup fell from 80 MB to 49 MB
-/// with this, at unchanged speed (README "Memory").
+/// threshold at 4 MiB, above a frame (2 MiB of chunks) and below a pack: by
+/// default glibc raises the threshold to the size of the largest block
+/// freed (a 16 MiB pack), after which packs come from the heap and fragment
+/// it: peak RSS of a 1 GiB backup fell from 80 MB to 49 MB with a pinned
+/// threshold, at unchanged speed (README "Memory"). Below the frame size,
+/// every frame a restore decompresses was a fresh mapping: 6x the page
+/// faults.
 fn tune_allocator() {
     // SAFETY: mallopt only sets a malloc tuning parameter; it is called
     // before any other thread exists, with a valid option and value.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 2 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
         // Fixing the mmap threshold also fixes the trim threshold at its
         // 128 KiB default: each freed 1 MiB frame buffer was handed back to
         // the kernel and faulted in again (1.3 GiB of page faults, 2 s of
