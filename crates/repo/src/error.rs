@@ -14,7 +14,9 @@ pub enum Error {
     #[error("wrong password: it opens none of the repository's {slots} key slot(s)")]
     WrongPassword { slots: usize },
 
-    #[error("{object}: unsupported format version {found} (this build reads version {supported}); upgrade strongbox")]
+    #[error(
+        "{object}: unsupported format version {found} (this build reads version {supported}); open it with a strongbox release that reads version {found}"
+    )]
     UnsupportedVersion { object: String, found: u32, supported: u32 },
 
     #[error("{object} is corrupt: {reason}")]

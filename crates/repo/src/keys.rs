@@ -299,3 +299,35 @@ pub async fn remove_key(store: &Store, id: &Id) -> Result<()> {
     }
     store.delete(&layout::of(layout::KEYS, id)).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A repository written by an earlier format (version 1: pack headers
+    /// with chunk ids) is refused by name, not misread.
+    #[tokio::test]
+    async fn an_earlier_format_is_refused_by_version() {
+        let store = Store::open("memory:").unwrap();
+        let (master, mut config) = init(&store, b"pw", InitOptions::default()).await.unwrap();
+        config.version = 1;
+        let sealed = master
+            .cipher()
+            .seal_object("config", &serde_json::to_vec(&config).unwrap());
+        store.delete(&layout::config()).await.unwrap();
+        store.put_new(&layout::config(), sealed.into()).await.unwrap();
+        let err = unlock(&store, b"pw").await.expect_err("version 1 is refused");
+        assert!(
+            matches!(
+                err,
+                Error::UnsupportedVersion {
+                    found: 1,
+                    supported: CONFIG_VERSION,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("reads version 2"), "{err}");
+    }
+}
