@@ -11,7 +11,7 @@
 //! length as a little-endian u32. The header lists each frame's sealed
 //! length and the position and length of each chunk in it; chunk ids are
 //! left out, since they are the keyed hashes of those bytes (at 32 KiB
-//! chunks, ids in pack headers were a quarter of a percent of a backup).
+//! chunks, ids in pack headers were a fifth of a percent of a backup).
 //! Packs are named by the BLAKE3 hash of their bytes. The header keeps every
 //! pack self-describing: `check --read-data` opens each frame it lists,
 //! hashes each chunk and compares the result with the index.
