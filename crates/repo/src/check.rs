@@ -14,7 +14,7 @@ use crate::crypto::Cipher;
 use crate::error::Result;
 use crate::id::{Id, IdSet};
 use crate::index::Index;
-use crate::pack::{chunk_in, frames_of, open_frame, read_header};
+use crate::pack::{BlobEntry, by_frame, chunk_in, frames_of, open_frame, read_header};
 use crate::snapshot;
 use crate::storage::{Store, layout};
 
@@ -147,17 +147,16 @@ async fn read_pack(store: &Store, cipher: &Cipher, index: &Index, id: Id) -> (Id
                 if !agrees {
                     errors.push(format!("pack {id}: header does not match the index"));
                 }
-                let mut next = 0;
-                for f in &frames {
+                let expected_frames: Vec<&[BlobEntry]> = if agrees {
+                    by_frame(&expected).collect()
+                } else {
+                    Vec::new()
+                };
+                for (i, f) in frames.iter().enumerate() {
                     // In bounds: `read_header` checked every frame against the pack size.
                     let sealed = &data[f.offset as usize..f.offset as usize + f.length as usize];
                     let plain = open_frame(&cipher, sealed, &id, f.offset);
-                    let chunks = if agrees {
-                        &expected[next..next + f.chunks.len()]
-                    } else {
-                        &[][..]
-                    };
-                    next += chunks.len();
+                    let chunks = expected_frames.get(i).copied().unwrap_or_default();
                     match plain {
                         Err(err) => errors.push(err.to_string()),
                         Ok(plain) => errors.extend(

@@ -16,6 +16,8 @@
 //! pack self-describing: `check --read-data` opens each frame it lists,
 //! hashes each chunk and compares the result with the index.
 
+use std::borrow::Borrow;
+
 use bytes::Bytes;
 
 use crate::crypto::{Cipher, NONCE_LEN};
@@ -228,26 +230,21 @@ pub struct FrameLayout {
     pub chunks: Vec<(u32, u32)>,
 }
 
-/// The frames of a pack's entries (which are in pack order, a frame's
-/// chunks together).
+/// A pack's entries (in pack order, a frame's chunks together) grouped by
+/// frame; works on entries and on references to them.
+pub fn by_frame<E: Borrow<BlobEntry>>(entries: &[E]) -> impl Iterator<Item = &[E]> {
+    entries.chunk_by(|a, b| a.borrow().offset == b.borrow().offset)
+}
+
+/// The frames of a pack's entries, as its header lists them.
 pub fn frames_of(entries: &[BlobEntry]) -> Vec<FrameLayout> {
-    let mut frames: Vec<FrameLayout> = Vec::new();
-    for e in entries {
-        match frames.last_mut() {
-            Some(f) if f.offset == e.offset => {}
-            _ => frames.push(FrameLayout {
-                offset: e.offset,
-                length: e.length,
-                chunks: Vec::new(),
-            }),
-        }
-        frames
-            .last_mut()
-            .expect("just pushed")
-            .chunks
-            .push((e.start, e.raw_len));
-    }
-    frames
+    by_frame(entries)
+        .map(|chunks| FrameLayout {
+            offset: chunks[0].offset,
+            length: chunks[0].length,
+            chunks: chunks.iter().map(|e| (e.start, e.raw_len)).collect(),
+        })
+        .collect()
 }
 
 /// `u32 frames`, then per frame `u32 sealed length, u32 chunks`, then per

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::id::{Id, IdSet};
 use crate::index::{self, Index, PackIndex};
 use crate::lock::{self, Lock, LockKind};
-use crate::pack::{BlobEntry, PackBuilder};
+use crate::pack::{BlobEntry, PackBuilder, by_frame};
 use crate::snapshot;
 use crate::storage::{Store, layout};
 
@@ -181,18 +181,12 @@ async fn plan(
             // Frames move whole (they are sealed as a unit), carrying only
             // the entries of their live chunks.
             let data = store.get(&layout::pack(&p.id)).await?;
-            let mut frames: Vec<(u32, u32, Vec<BlobEntry>)> = Vec::new();
-            for b in live {
-                match frames.last_mut() {
-                    Some((offset, _, chunks)) if *offset == b.offset => chunks.push(*b),
-                    _ => frames.push((b.offset, b.length, vec![*b])),
-                }
-            }
-            for (offset, length, chunks) in frames {
+            for chunks in by_frame(&live) {
+                let (offset, length) = (chunks[0].offset as usize, chunks[0].length as usize);
                 let sealed = data
-                    .get(offset as usize..offset as usize + length as usize)
+                    .get(offset..offset + length)
                     .ok_or_else(|| Error::corrupt(format!("pack {}", p.id), "shorter than its index says"))?;
-                repack.add_frame(sealed, chunks);
+                repack.add_frame(sealed, chunks.iter().map(|b| **b));
                 if repack.len() >= pack_size {
                     written.insert(upload(store, cipher, std::mem::take(&mut repack)).await?);
                 }
