@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use strongbox_catalog::{Backup, BackupStatus, Job, JobStatus, NewJob, Started};
 
 use crate::auth::authorize;
-use crate::pitr::{self, History};
+use crate::pitr::{self, PitrState};
 use crate::{ApiError, AppState, MAX_BODY, PREFIX};
 
 type St = State<Arc<AppState>>;
@@ -184,6 +184,16 @@ fn backup_item(b: &Backup) -> Value {
         item["backupCompletedDate"] = json!(api_date(done));
         item["logicalBytes"] = json!(b.logical_bytes);
         item["storedBytes"] = json!(b.stored_bytes);
+    }
+    // A Strongbox addition: where a base backup's replay ends (its
+    // consistency point), for point-in-time recovery.
+    if let Some(p) = b
+        .position
+        .clone()
+        .and_then(|p| serde_json::from_value::<strongbox_engines::pitr::BasePosition>(p).ok())
+    {
+        item["scn"] = json!(p.stop_lsn.to_string());
+        item["timeline"] = json!(p.timeline);
     }
     item
 }
@@ -413,16 +423,20 @@ pub async fn instance(
     authorize(&state.auth, state.catalog.as_ref(), &headers, &domain).await?;
     let d = known_deployment(&state, &domain, &service).await?;
     let mut body = instance_json(&state, &d);
-    let backups = state.catalog.backups(&domain, &service).await?;
+    let usable = crate::recovery::usable_backups(&state, &domain, &service).await?;
+    let recoveries = state.catalog.recoveries(&domain, &service).await?;
     if let (Some(archives), Some(history)) = (
         state.wal.as_deref(),
-        History::of(state.wal.as_deref(), &d, &backups).await?,
+        PitrState::of(state.wal.as_ref(), &d, &usable, &recoveries, true).await?,
     ) {
-        // A Strongbox addition: how to archive, and what the archive reaches.
+        // A Strongbox addition: how to archive, and what the archive reaches
+        // on the current timeline's history (up to now while the server answers).
         body["pointInTimeRecovery"] = json!({
             "archiveCommand": archives.archive_command(&domain, &service),
             "restoreCommand": archives.restore_command(&domain, &service),
-            "recoverableRange": pitr::range_json(&history.recoverable()),
+            "currentTimeline": history.current(),
+            "serverAnswers": history.live.is_some(),
+            "recoverableRange": pitr::range_json(&history.ranges(), history.current()),
         });
     }
     Ok(Json(body).into_response())

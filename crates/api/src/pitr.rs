@@ -1,38 +1,61 @@
-//! Point-in-time recovery behind the API: each `postgresql` deployment
-//! archives its WAL into the server's repository under its own archive
-//! (`DOMAIN/DEPLOYMENT`), with the commands this module spells out; a
-//! recovery to a `timestamp` or `scn` is planned here from the catalog's
-//! base backup positions and the archive's listing, before any job is
-//! queued.
+//! Point-in-time recovery behind the API: each deployment whose engine
+//! recovers to points in time (`postgresql`) archives its WAL into the
+//! server's repository under its own archive (`DOMAIN/DEPLOYMENT`), with
+//! the commands this module spells out; a recovery to `latest`, a
+//! `timestamp` or an `scn` is planned here, before any job is queued, from
+//! the catalog's base backup positions and recoveries, the archive's
+//! listing and timeline histories, and whether the server answers.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use strongbox_catalog::{Backup, BackupStatus, Deployment};
-use strongbox_engines::pitr::{self, Archived, BasePosition, PointTarget, Reach, Unreachable};
+use strongbox_catalog::{Backup, Deployment, Recovery};
+use strongbox_engines::pitr::{Archived, BasePosition, Goal, History, Live, Pitr, Reach, Reached, Unreachable};
+use strongbox_engines::{Engine, RecoveryTarget};
 use strongbox_repo::Repository;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use tokio::runtime::Handle;
 
 use crate::ApiError;
 use crate::handlers::api_date;
 
-/// The engine whose backups replay from an archive.
-pub const ENGINE: &str = "postgresql";
+/// How long planning waits for the server to say whether it answers.
+const PROBE_WAIT: Duration = Duration::from_secs(10);
 
-/// Keys of a recovery's recorded target that carry the planned point in
-/// time to the worker: PostgreSQL's `recovery_target_time` / `_lsn` values.
-pub const TARGET_TIME: &str = "recoveryTargetTime";
-pub const TARGET_LSN: &str = "recoveryTargetLsn";
+/// What the API stores for the worker: the target, and what it means in
+/// words for the job's activity log.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct RecoveryPlan {
+    pub target: RecoveryTarget,
+    pub description: String,
+}
 
 /// The server's repository, which holds every deployment's WAL archive, and
 /// the command line that reaches it (`strongbox repo -r … --password-file …`).
 pub struct WalArchives {
     pub repo: Arc<Repository>,
     pub cli: String,
+    /// Where WAL read while planning is put.
+    pub scratch: PathBuf,
+    /// Timeline histories by archive and timeline (archived files never change).
+    histories: Mutex<HashMap<(String, u32), History>>,
 }
 
 impl WalArchives {
+    pub fn new(repo: Arc<Repository>, cli: String, scratch: PathBuf) -> Self {
+        WalArchives {
+            repo,
+            cli,
+            scratch,
+            histories: Mutex::default(),
+        }
+    }
+
     pub fn archive(domain: &str, deployment: &str) -> String {
         format!("{domain}/{deployment}")
     }
@@ -46,85 +69,252 @@ impl WalArchives {
         )
     }
 
-    /// PostgreSQL's `restore_command` for the deployment.
+    /// PostgreSQL's `restore_command` for the deployment: each fetch starts
+    /// fetching the next segments in the background, as replay will want them.
     pub fn restore_command(&self, domain: &str, deployment: &str) -> String {
         format!(
-            "{} wal-fetch --archive {} %f %p",
+            "{} wal-fetch --archive {} --prefetch 8 %f %p",
             self.cli,
             Self::archive(domain, deployment)
         )
     }
+
+    /// The deployment's archive as an engine reaches it (from a blocking thread).
+    pub fn for_deployment(self: &Arc<Self>, domain: &str, deployment: &str) -> DeploymentWal {
+        DeploymentWal {
+            archives: self.clone(),
+            archive: Self::archive(domain, deployment),
+            restore_command: self.restore_command(domain, deployment),
+            runtime: Handle::current(),
+        }
+    }
+
+    /// The history of every timeline whose history file is archived.
+    async fn histories(&self, archive: &str, archived: &Archived) -> Result<BTreeMap<u32, History>, ApiError> {
+        let mut out = BTreeMap::new();
+        for (timeline, name, _) in archived.histories() {
+            let key = (archive.to_string(), timeline);
+            if let Some(h) = self.histories.lock().expect("history cache").get(&key) {
+                out.insert(timeline, h.clone());
+                continue;
+            }
+            let text = self
+                .repo
+                .wal_fetch(archive, name)
+                .await
+                .map_err(|e| ApiError::internal(format!("reading {name} from the WAL archive: {e}")))?
+                .ok_or_else(|| ApiError::internal(format!("{name} vanished from the WAL archive")))?;
+            let h = History::parse(timeline, &String::from_utf8_lossy(&text)).map_err(ApiError::internal)?;
+            self.histories.lock().expect("history cache").insert(key, h.clone());
+            out.insert(timeline, h);
+        }
+        Ok(out)
+    }
 }
 
-/// A deployment's base backups (completed, with positions) and archived WAL.
-pub(crate) struct History {
-    bases: Vec<(Backup, BasePosition)>,
+/// One deployment's WAL archive, for engines (which run on blocking threads).
+pub struct DeploymentWal {
+    archives: Arc<WalArchives>,
+    archive: String,
+    restore_command: String,
+    runtime: Handle,
+}
+
+impl strongbox_engines::WalArchive for DeploymentWal {
+    fn restore_command(&self) -> String {
+        self.restore_command.clone()
+    }
+
+    fn fetch(&self, name: &str) -> Result<Option<Vec<u8>>, strongbox_engines::Error> {
+        self.runtime
+            .block_on(self.archives.repo.wal_fetch(&self.archive, name))
+            .map_err(|e| strongbox_engines::Error::Failed(format!("fetching {name} from the WAL archive: {e}")))
+    }
+
+    fn list(&self) -> Result<Archived, strongbox_engines::Error> {
+        self.runtime
+            .block_on(self.archives.repo.wal_list(&self.archive))
+            .map(|files| Archived::new(&files))
+            .map_err(|e| strongbox_engines::Error::Failed(format!("listing the WAL archive: {e}")))
+    }
+}
+
+/// Everything planning a deployment's point-in-time recovery starts from.
+pub(crate) struct PitrState {
+    /// Usable base backups (completed, snapshot present, position known).
+    pub bases: Vec<(Backup, BasePosition)>,
+    positions: Vec<BasePosition>,
     archived: Archived,
+    histories: BTreeMap<u32, History>,
+    created: BTreeMap<u32, OffsetDateTime>,
+    pub live: Option<Live>,
+    engine: Arc<dyn Engine>,
+    wal: DeploymentWal,
+    segment_size: u64,
 }
 
-impl History {
+impl PitrState {
     /// `None` when the deployment cannot recover to a point in time at all.
+    /// `backups` are the usable ones; `probe` asks the server whether it
+    /// answers (a request may target up to the present only if it does).
     pub(crate) async fn of(
-        archives: Option<&WalArchives>,
+        archives: Option<&Arc<WalArchives>>,
         d: &Deployment,
         backups: &[Backup],
-    ) -> Result<Option<History>, ApiError> {
-        let Some(archives) = archives.filter(|_| d.engine == ENGINE) else {
+        recoveries: &[Recovery],
+        probe: bool,
+    ) -> Result<Option<PitrState>, ApiError> {
+        let Some(archives) = archives else {
             return Ok(None);
         };
-        let bases = backups
+        let engine: Arc<dyn Engine> = strongbox_engines::engine_for(&d.engine, &d.connection)
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .into();
+        if engine.point_in_time().is_none() {
+            return Ok(None);
+        }
+        let bases: Vec<(Backup, BasePosition)> = backups
             .iter()
-            .filter(|b| b.status == BackupStatus::Completed)
             .filter_map(|b| Some((b.clone(), serde_json::from_value(b.position.clone()?).ok()?)))
             .collect();
+        let archive = WalArchives::archive(&d.domain, &d.name);
         let files = archives
             .repo
-            .wal_list(&WalArchives::archive(&d.domain, &d.name))
+            .wal_list(&archive)
             .await
             .map_err(|e| ApiError::internal(format!("listing the WAL archive of {}: {e}", d.name)))?;
-        Ok(Some(History {
+        let archived = Archived::new(&files);
+        let histories = archives.histories(&archive, &archived).await?;
+        // When each timeline began: as our recoveries recorded it, else when
+        // its history file was archived (a promotion outside Strongbox).
+        let mut created: BTreeMap<u32, OffsetDateTime> = archived.histories().map(|(t, _, at)| (t, at)).collect();
+        for reached in recoveries
+            .iter()
+            .filter_map(|r| serde_json::from_value::<Reached>(r.reached.clone()?).ok())
+        {
+            created.insert(reached.timeline, reached.promoted_at);
+        }
+        let live = if probe {
+            let e = engine.clone();
+            let asked = tokio::task::spawn_blocking(move || e.point_in_time().and_then(|p| p.probe()));
+            tokio::time::timeout(PROBE_WAIT, asked)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten()
+        } else {
+            None
+        };
+        Ok(Some(PitrState {
+            positions: bases.iter().map(|(_, p)| p.clone()).collect(),
+            segment_size: bases.first().map_or(16 << 20, |(_, p)| p.segment_size),
             bases,
-            archived: Archived::new(&files),
+            archived,
+            histories,
+            created,
+            live,
+            engine,
+            wal: archives.for_deployment(&d.domain, &d.name),
         }))
     }
 
-    fn positions(&self) -> Vec<BasePosition> {
-        self.bases.iter().map(|(_, p)| p.clone()).collect()
+    fn pitr(&self) -> Pitr<'_> {
+        Pitr {
+            bases: &self.positions,
+            archived: &self.archived,
+            histories: &self.histories,
+            created: &self.created,
+            live: self.live,
+        }
     }
 
-    /// The base backup to replay from to reach `target`.
-    pub(crate) fn choose(&self, target: PointTarget) -> Result<&Backup, Unreachable> {
-        let i = pitr::choose(&self.positions(), &self.archived, target)?;
-        Ok(&self.bases[i].0)
+    pub(crate) fn current(&self) -> u32 {
+        self.pitr().current()
     }
 
-    pub(crate) fn recoverable(&self) -> Vec<Reach> {
-        pitr::recoverable(&self.positions(), &self.archived)
+    /// The recoverable stretches of the current timeline's history.
+    pub(crate) fn ranges(&self) -> Vec<Reach> {
+        let pitr = self.pitr();
+        pitr.history(pitr.current())
+            .map(|h| pitr.ranges(&h))
+            .unwrap_or_default()
+    }
+
+    /// Plans a recovery to `goal` (on `timeline`'s history, the current
+    /// one's if `None`): the base backup and the engine's target. Reading
+    /// WAL (to tell whether a moment before a recovery is still on the
+    /// current history) runs on a blocking thread.
+    pub(crate) async fn plan(
+        self,
+        goal: Goal,
+        timeline: Option<u32>,
+    ) -> Result<Result<(Backup, RecoveryPlan), Unreachable>, ApiError> {
+        tokio::task::spawn_blocking(move || {
+            let point_in_time = self.engine.point_in_time().expect("checked in `of`");
+            let scratch = self.wal.archives.scratch.clone();
+            let mut first_commit = |h: &History, from| {
+                point_in_time
+                    .first_commit_after(&self.wal, h, from, self.segment_size, &scratch)
+                    .map_err(|e| e.to_string())
+            };
+            let plan = self.pitr().plan(goal, timeline, &mut first_commit)?;
+            let (backup, base) = self.bases[plan.base].clone();
+            let description = describe(&plan, &backup, self.live.is_some());
+            let target = RecoveryTarget::PointInTime(strongbox_engines::PitrTarget {
+                base,
+                history: plan.history,
+                goal,
+            });
+            Ok((backup, RecoveryPlan { target, description }))
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("planning the recovery: {e}")))
     }
 }
 
-/// Timestamps as requests spell them: whole seconds, so the earliest is
-/// the first whole second after the base backup's consistency point.
-fn request_time(t: OffsetDateTime, round_up: bool) -> String {
-    let whole = t.replace_nanosecond(0).unwrap_or(t);
-    let t = if round_up {
-        whole + time::Duration::SECOND
-    } else {
-        whole
+fn describe(plan: &strongbox_engines::pitr::Plan, backup: &Backup, live: bool) -> String {
+    let timeline = plan.history.timeline();
+    let what = match plan.goal {
+        Goal::Latest if live => "everything committed up to the recovery (complete recovery)".to_string(),
+        Goal::Latest => "the end of the archived WAL (complete recovery; the server does not answer)".to_string(),
+        Goal::Time(t) => format!(
+            "{} UTC",
+            api_date(&t.format(&Rfc3339).unwrap_or_default()).trim_end_matches(" UTC")
+        ),
+        Goal::Lsn(l) => format!("scn {l}"),
     };
-    api_date(&t.format(&Rfc3339).unwrap_or_default())
+    format!(
+        "restore base backup {} and replay the WAL of timeline {timeline}'s history to {what}",
+        backup.db_tag
+    )
+}
+
+/// Timestamps as requests spell them, whole seconds: the earliest is the
+/// first whole second after the base backup's consistency point, the
+/// latest the last whole second the archive reaches. `None` when no whole
+/// second lies between.
+fn whole_seconds(r: &Reach) -> Option<(String, String)> {
+    let floor = |t: OffsetDateTime| t.replace_nanosecond(0).unwrap_or(t);
+    let earliest = floor(r.earliest_time) + time::Duration::SECOND;
+    let latest = floor(r.latest_time);
+    let date = |t: OffsetDateTime| api_date(&t.format(&Rfc3339).unwrap_or_default());
+    (earliest <= latest).then(|| (date(earliest), date(latest)))
 }
 
 /// The recoverable range as `GET …/{serviceId}` reports it.
-pub(crate) fn range_json(ranges: &[Reach]) -> Value {
+pub(crate) fn range_json(ranges: &[Reach], timeline: u32) -> Value {
     let part = |r: &Reach| {
-        json!({
-            "earliest": {"timestamp": request_time(r.earliest_time, true), "scn": r.earliest_lsn.to_string()},
-            "latest": {"timestamp": request_time(r.latest_time, false), "scn": r.latest_lsn.to_string()},
-        })
+        let mut earliest = json!({"scn": r.earliest_lsn.to_string()});
+        let mut latest = json!({"scn": r.latest_lsn.to_string()});
+        if let Some((from, to)) = whole_seconds(r) {
+            earliest["timestamp"] = json!(from);
+            latest["timestamp"] = json!(to);
+        }
+        json!({"earliest": earliest, "latest": latest})
     };
     match (ranges.first(), ranges.last()) {
         (Some(first), Some(last)) => json!({
+            "timeline": timeline,
             "earliest": part(first)["earliest"],
             "latest": part(last)["latest"],
             "ranges": ranges.iter().map(part).collect::<Vec<_>>(),
@@ -138,23 +328,23 @@ pub(crate) fn unreachable(what: &str, service: &str, u: &Unreachable) -> ApiErro
     let ranges: Vec<String> = u
         .ranges
         .iter()
-        .map(|r| {
-            format!(
-                "from {} (scn {}) to {} (scn {})",
-                request_time(r.earliest_time, true),
-                r.earliest_lsn,
-                request_time(r.latest_time, false),
-                r.latest_lsn
-            )
+        .map(|r| match whole_seconds(r) {
+            Some((from, to)) => format!("from {from} (scn {}) to {to} (scn {})", r.earliest_lsn, r.latest_lsn),
+            None => format!("from scn {} to scn {}", r.earliest_lsn, r.latest_lsn),
         })
         .collect();
     let range = if ranges.is_empty() {
         format!(
-            "nothing of {service} is recoverable to a point in time yet: that needs a base backup taken while its WAL \
-             is archived (GET …/{service} shows the archive_command to set)"
+            "nothing of timeline {}'s history of {service} is recoverable to a point in time: that needs a base \
+             backup taken on it while its WAL is archived (GET …/{service} shows the archive_command to set)",
+            u.timeline
         )
     } else {
-        format!("{service} is recoverable {}", ranges.join(", and "))
+        format!(
+            "timeline {}'s history of {service} is recoverable {}",
+            u.timeline,
+            ranges.join(", and ")
+        )
     };
     ApiError::bad_request(format!("{what} cannot be recovered: {}; {range}", u.why))
 }

@@ -1,8 +1,9 @@
 //! Recovery endpoints (spec sections 3 and 4): start a recovery from the
 //! latest backup, a backup's `dbTag`, a backup's completion time, or (for
-//! deployments whose WAL is archived) any moment or `scn` the archive
-//! reaches; and the history of recoveries. Every check runs before the job is queued:
-//! a refused request touches nothing.
+//! deployments whose WAL is archived) complete recovery (`latest`) and any
+//! moment or `scn` of the current history the archive reaches; and the
+//! history of recoveries. Every check runs before the job is queued: a
+//! refused request touches nothing.
 
 use std::sync::Arc;
 
@@ -15,13 +16,14 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use strongbox_catalog::{Backup, BackupStatus, Deployment, Started};
-use strongbox_engines::pitr::{Lsn, PointTarget};
+use strongbox_engines::RecoveryTarget;
+use strongbox_engines::pitr::{Goal, Lsn, Reached};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::auth::authorize;
 use crate::handlers::{accepted, api_date, json_object, known_deployment, new_job};
-use crate::pitr::{self, History};
+use crate::pitr::{PitrState, RecoveryPlan};
 use crate::{ApiError, AppState};
 
 #[derive(Deserialize)]
@@ -31,6 +33,9 @@ struct RecoveryBody {
     tag: Option<String>,
     timestamp: Option<String>,
     scn: Option<Value>,
+    /// A Strongbox addition: the timeline whose history a `timestamp` or
+    /// `scn` belongs to, when not the current one's.
+    timeline: Option<Value>,
     #[serde(rename = "keepForever", default)]
     #[allow(dead_code)] // accepted as the API documents it; recoveries keep nothing
     keep_forever: bool,
@@ -65,15 +70,37 @@ fn parse_scn(scn: &Value) -> Result<Lsn, ApiError> {
     text.parse().map_err(ApiError::bad_request)
 }
 
-/// Picks the backup the request names; `Ok((backup, target as recorded))`.
-/// With `history` (a deployment whose WAL is archived), a `timestamp` or
-/// `scn` is a point in time, replayed from the latest base backup before it.
-fn choose(
+fn parse_timeline(t: &Value) -> Result<u32, ApiError> {
+    let n = match t {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    };
+    n.and_then(|n| u32::try_from(n).ok())
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| ApiError::bad_request(format!("timeline must be a positive whole number, e.g. 2 (got {t})")))
+}
+
+/// A backup's own recovery: its consistency point (for PostgreSQL, the
+/// position the worker checks replay stopped at).
+fn backup_plan(b: &Backup, why: &str) -> RecoveryPlan {
+    RecoveryPlan {
+        target: RecoveryTarget::Backup {
+            position: b.position.clone().and_then(|p| serde_json::from_value(p).ok()),
+        },
+        description: format!("restore backup {}{why}", b.db_tag),
+    }
+}
+
+/// What the request asks for: the backup to start from, the plan, and the
+/// target as recorded for the history. `pitr` is set for deployments that
+/// recover to points in time.
+async fn choose(
     body: &RecoveryBody,
     d: &Deployment,
-    backups: &[Backup],
-    history: Option<&History>,
-) -> Result<(Backup, Value), ApiError> {
+    usable: &[Backup],
+    pitr: Option<PitrState>,
+) -> Result<(Backup, RecoveryPlan, Value), ApiError> {
     let service = d.name.as_str();
     let named: Vec<&str> = [
         ("latest", body.latest.is_some()),
@@ -94,7 +121,23 @@ fn choose(
             }
         )));
     }
-    let completed: Vec<&Backup> = backups.iter().filter(|b| b.status == BackupStatus::Completed).collect();
+    let timeline = body.timeline.as_ref().map(parse_timeline).transpose()?;
+    if timeline.is_some() && body.timestamp.is_none() && body.scn.is_none() {
+        return Err(ApiError::bad_request(
+            "timeline goes with a timestamp or an scn: it names the history they belong to",
+        ));
+    }
+    let point_in_time_only = |what: &str| {
+        ApiError::bad_request(format!(
+            "{what} is point-in-time recovery: it replays archived WAL, which only {POINT_IN_TIME} deployments with \
+             WAL archiving do; {service} is a {} deployment: recover with latest, a tag, or a backup's completion \
+             timestamp",
+            d.engine
+        ))
+    };
+    if timeline.is_some() && pitr.is_none() {
+        return Err(point_in_time_only("recovery on a named timeline"));
+    }
     let none_yet = || {
         ApiError::bad_request(format!(
             "{service} has no completed backup to recover from; start one with POST …/{service}/backups"
@@ -108,77 +151,116 @@ fn choose(
                 "latest must be true, \"true\" or \"yes\" (got {latest})"
             )));
         }
-        let b = completed.last().ok_or_else(none_yet)?;
-        return Ok(((*b).clone(), json!({"latest": true})));
+        let recorded = json!({"latest": true});
+        let last = usable.last().ok_or_else(none_yet)?;
+        let why = match pitr {
+            Some(p) => match p.plan(Goal::Latest, None).await? {
+                Ok((b, plan)) => return Ok((b, plan, recorded)),
+                Err(u) => format!(" (no complete recovery: {})", u.why),
+            },
+            None => String::new(),
+        };
+        return Ok((last.clone(), backup_plan(last, &why), recorded));
     }
     if let Some(tag) = &body.tag {
-        let b = completed.iter().find(|b| &b.db_tag == tag).ok_or_else(|| {
+        let b = usable.iter().find(|b| &b.db_tag == tag).ok_or_else(|| {
             ApiError::not_found(format!(
-                "{service} has no completed backup with dbTag {tag:?}; GET …/{service}/backups lists them"
+                "{service} has no completed backup with dbTag {tag:?} that is still in the repository; GET \
+                 …/{service}/backups lists them"
             ))
         })?;
-        return Ok(((*b).clone(), json!({"dbTag": tag})));
+        return Ok((b.clone(), backup_plan(b, ""), json!({"dbTag": tag})));
+    }
+    let mut recorded = json!({});
+    if let Some(t) = timeline {
+        recorded["timeline"] = json!(t);
     }
     if let Some(scn) = &body.scn {
         let lsn = parse_scn(scn)?;
-        let Some(history) = history else {
-            return Err(ApiError::bad_request(format!(
-                "recovery to an scn is point-in-time recovery: it replays archived WAL, which only {} deployments \
-                 with WAL archiving do; {service} is a {} deployment: recover with latest, a tag, or a backup's \
-                 completion timestamp",
-                pitr::ENGINE,
-                d.engine
-            )));
+        let Some(pitr) = pitr else {
+            return Err(point_in_time_only("recovery to an scn"));
         };
-        let b = history
-            .choose(PointTarget::Lsn(lsn))
-            .map_err(|u| pitr::unreachable(&format!("scn {scn}"), service, &u))?;
-        return Ok((b.clone(), json!({"scn": scn, pitr::TARGET_LSN: lsn.to_string()})));
+        recorded["scn"] = scn.clone();
+        let (b, plan) = pitr
+            .plan(Goal::Lsn(lsn), timeline)
+            .await?
+            .map_err(|u| crate::pitr::unreachable(&format!("scn {scn}"), service, &u))?;
+        return Ok((b, plan, recorded));
     }
     let raw = body.timestamp.as_deref().unwrap_or_default();
     let at = parse_timestamp(raw)?;
     if at > OffsetDateTime::now_utc() {
         return Err(ApiError::bad_request(format!("timestamp {raw} is in the future")));
     }
+    recorded["timestamp"] = json!(raw);
     // The latest backup completed by then, and whether it completed in that very second.
     let second = |b: &Backup| completed_at(b).map(|t| t.unix_timestamp());
-    let before = completed
+    let before = usable
         .iter()
         .rev()
         .find(|b| second(b).is_some_and(|s| s <= at.unix_timestamp()));
-    let exact_backup = before.is_some_and(|b| second(b) == Some(at.unix_timestamp()));
-    if let Some(history) = history {
-        match history.choose(PointTarget::Time(at)) {
-            Ok(b) => {
-                // As recovery_target_time takes it (no `T`, no `Z`).
-                let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]+00");
-                let time = at.format(&format).unwrap_or_default();
-                return Ok((b.clone(), json!({"timestamp": raw, pitr::TARGET_TIME: time})));
-            }
+    let exact_backup = before.filter(|b| second(b) == Some(at.unix_timestamp()) && timeline.is_none());
+    if let Some(pitr) = pitr {
+        match pitr.plan(Goal::Time(at), timeline).await? {
+            Ok((b, plan)) => return Ok((b, plan, recorded)),
             // A backup's own completion time still names that backup.
-            Err(_) if exact_backup => {}
-            Err(u) => return Err(pitr::unreachable(&format!("timestamp {raw}"), service, &u)),
+            Err(_) if exact_backup.is_some() => {}
+            Err(u) => return Err(crate::pitr::unreachable(&format!("timestamp {raw}"), service, &u)),
         }
     }
-    let first = completed.first().ok_or_else(none_yet)?;
+    let first = usable.first().ok_or_else(none_yet)?;
     let before = before.ok_or_else(|| {
         ApiError::bad_request(format!(
             "timestamp {raw} is before the first backup of {service}, which completed at {}",
             api_date(first.completed_at.as_deref().unwrap_or_default())
         ))
     })?;
-    if !exact_backup {
+    let Some(exact) = exact_backup else {
         return Err(ApiError::bad_request(format!(
             "timestamp {raw} falls between backups; recovering to a moment after a backup replays archived WAL, \
-             which only {} deployments with WAL archiving do. The latest backup before it is {} (completed {}): \
-             recover to it with {{\"tag\": \"{}\"}}",
-            pitr::ENGINE,
+             which only {POINT_IN_TIME} deployments with WAL archiving do. The latest backup before it is {} \
+             (completed {}): recover to it with {{\"tag\": \"{}\"}}",
             before.db_tag,
             api_date(before.completed_at.as_deref().unwrap_or_default()),
             before.db_tag
         )));
-    }
-    Ok(((*before).clone(), json!({"timestamp": raw})))
+    };
+    Ok((
+        exact.clone(),
+        backup_plan(exact, ", completed in that second"),
+        recorded,
+    ))
+}
+
+/// The engine that recovers to points in time, as messages name it.
+const POINT_IN_TIME: &str = "postgresql";
+
+/// Completed backups whose snapshots are still in the repository (a
+/// snapshot forgotten with `repo forget` can no longer be recovered from),
+/// oldest first.
+pub(crate) async fn usable_backups(state: &AppState, domain: &str, service: &str) -> Result<Vec<Backup>, ApiError> {
+    let backups = state.catalog.backups(domain, service).await?;
+    let present: Option<std::collections::HashSet<String>> = match &state.wal {
+        Some(w) => Some(
+            w.repo
+                .snapshot_ids()
+                .await
+                .map_err(|e| ApiError::internal(format!("listing the repository's snapshots: {e}")))?
+                .iter()
+                .map(|id| id.to_hex())
+                .collect(),
+        ),
+        None => None,
+    };
+    Ok(backups
+        .into_iter()
+        .filter(|b| b.status == BackupStatus::Completed)
+        .filter(|b| match (&present, &b.snapshot_id) {
+            (Some(ids), Some(id)) => ids.contains(id),
+            (None, _) => true,
+            (Some(_), None) => false,
+        })
+        .collect())
 }
 
 pub async fn start_recovery(
@@ -192,18 +274,25 @@ pub async fn start_recovery(
     let parsed: RecoveryBody = serde_json::from_value(params.clone()).map_err(|e| {
         ApiError::bad_request(format!(
             "invalid recovery request: {e}; send one of {{\"latest\": true}}, {{\"tag\": \"TAG…\"}}, \
-             {{\"timestamp\": \"dd-MMM-yyyy HH:mm:ss\"}}, {{\"scn\": \"0/3000060\"}}"
+             {{\"timestamp\": \"dd-MMM-yyyy HH:mm:ss\"}}, {{\"scn\": \"0/3000060\"}} (a timestamp or scn may add \
+             \"timeline\": N)"
         ))
     })?;
     let deployment = known_deployment(&state, &domain, &service).await?;
-    let backups = state.catalog.backups(&domain, &service).await?;
-    let history = match (&parsed.timestamp, &parsed.scn) {
-        (None, None) => None,
-        _ => History::of(state.wal.as_deref(), &deployment, &backups).await?,
+    let usable = usable_backups(&state, &domain, &service).await?;
+    let recoveries = state.catalog.recoveries(&domain, &service).await?;
+    let pitr = match parsed.tag {
+        Some(_) => None,
+        None => PitrState::of(state.wal.as_ref(), &deployment, &usable, &recoveries, true).await?,
     };
-    let (backup, target) = choose(&parsed, &deployment, &backups, history.as_ref())?;
+    let (backup, plan, target) = choose(&parsed, &deployment, &usable, pitr).await?;
+    let plan = serde_json::to_value(&plan).map_err(ApiError::internal)?;
     let job = new_job(&domain, &service, "recovery", params, caller.user, &headers);
-    match state.catalog.start_recovery(&job, &target, backup.job_id).await? {
+    match state
+        .catalog
+        .start_recovery(&job, &target, backup.job_id, &plan)
+        .await?
+    {
         Started::Created(j) | Started::Existing(j) => accepted(&state, &domain, &service, "recovery", j.id),
         Started::Busy(running) => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -245,6 +334,22 @@ pub async fn history(
                 for (k, v) in target {
                     item[k] = v.clone();
                 }
+            }
+            // A Strongbox addition: where replay stopped, and the timeline begun there.
+            if let Some(reached) = r
+                .reached
+                .clone()
+                .and_then(|v| serde_json::from_value::<Reached>(v).ok())
+            {
+                let mut point = json!({
+                    "scn": reached.lsn.to_string(),
+                    "fromTimeline": reached.from_timeline,
+                    "timeline": reached.timeline,
+                });
+                if let Some(c) = reached.last_commit {
+                    point["lastCommit"] = json!(api_date(&c.format(&Rfc3339).unwrap_or_default()));
+                }
+                item["reached"] = point;
             }
             item
         })

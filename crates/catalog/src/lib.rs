@@ -46,8 +46,15 @@ pub trait Catalog: Send + Sync + 'static {
     /// Queues a backup job and its IN PROGRESS backup row, atomically.
     async fn start_backup(&self, job: &NewJob, keep_forever: bool) -> Result<Started>;
     /// Queues a recovery job from the completed backup made by job
-    /// `backup_job_id`; `target` is what the request named.
-    async fn start_recovery(&self, job: &NewJob, target: &serde_json::Value, backup_job_id: i64) -> Result<Started>;
+    /// `backup_job_id`; `target` is what the request named, `plan` what the
+    /// worker is to do (both JSON, stored as given).
+    async fn start_recovery(
+        &self,
+        job: &NewJob,
+        target: &serde_json::Value,
+        backup_job_id: i64,
+        plan: &serde_json::Value,
+    ) -> Result<Started>;
     async fn job(&self, domain: &str, id: i64) -> Result<Option<Job>>;
     async fn job_messages(&self, id: i64) -> Result<Vec<JobMessage>>;
     async fn backups(&self, domain: &str, deployment: &str) -> Result<Vec<Backup>>;
@@ -65,8 +72,15 @@ pub trait Catalog: Send + Sync + 'static {
     async fn heartbeat(&self, id: i64, owner: &str, lease: Duration, done: u64, total: Option<u64>) -> Result<bool>;
     /// Records the outcome of a backup job held by `owner`.
     async fn finish_backup(&self, id: i64, owner: &str, outcome: &BackupOutcome) -> Result<bool>;
-    /// Records the outcome of a recovery job held by `owner`: what was done, or what failed.
-    async fn finish_recovery(&self, id: i64, owner: &str, outcome: Result<&str, &str>) -> Result<bool>;
+    /// Records the outcome of a recovery job held by `owner`: what was done
+    /// (and where it ended, JSON), or what failed.
+    async fn finish_recovery(
+        &self,
+        id: i64,
+        owner: &str,
+        outcome: Result<&str, &str>,
+        reached: Option<&serde_json::Value>,
+    ) -> Result<bool>;
     /// Adds a line to a job's activity log.
     async fn add_job_message(&self, id: i64, message: &str) -> Result<()>;
 }

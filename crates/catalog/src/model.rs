@@ -153,6 +153,10 @@ pub struct Recovery {
     pub deployment: String,
     /// What the request named (`latest`, `dbTag`, `timestamp`), as JSON.
     pub target: serde_json::Value,
+    /// What the worker is to do, as planned when the request was accepted.
+    pub plan: Option<serde_json::Value>,
+    /// Where the recovery ended, once it succeeded (engine-defined JSON).
+    pub reached: Option<serde_json::Value>,
     pub backup_job_id: i64,
     pub status: BackupStatus,
     pub started_at: String,

@@ -200,6 +200,12 @@ fn recovery(row: &SqliteRow) -> Recovery {
         domain: row.get("domain"),
         deployment: row.get("deployment"),
         target: serde_json::from_str(row.get::<&str, _>("target")).unwrap_or_default(),
+        plan: row
+            .get::<Option<&str>, _>("plan")
+            .and_then(|p| serde_json::from_str(p).ok()),
+        reached: row
+            .get::<Option<&str>, _>("reached")
+            .and_then(|p| serde_json::from_str(p).ok()),
         backup_job_id: row.get("backup_job_id"),
         status: BackupStatus::parse(row.get::<&str, _>("status")),
         started_at: row.get("started_at"),
@@ -333,7 +339,13 @@ impl Catalog for SqliteCatalog {
         Ok(Started::Created(created))
     }
 
-    async fn start_recovery(&self, new: &NewJob, target: &serde_json::Value, backup_job_id: i64) -> Result<Started> {
+    async fn start_recovery(
+        &self,
+        new: &NewJob,
+        target: &serde_json::Value,
+        backup_job_id: i64,
+        plan: &serde_json::Value,
+    ) -> Result<Started> {
         let mut tx = self.write().await?;
         let created = match insert_job(&mut tx, new).await? {
             Ok(job) => job,
@@ -351,13 +363,14 @@ impl Catalog for SqliteCatalog {
             .ok_or_else(|| Error::NotFound(format!("completed backup (job {backup_job_id}) of {}", new.deployment)))?;
         let at = created.created_at.clone();
         sqlx::query(
-            "INSERT INTO recoveries (job_id, domain, deployment, target, backup_job_id, status, started_at) \
-             VALUES (?, ?, ?, ?, ?, 'IN PROGRESS', ?)",
+            "INSERT INTO recoveries (job_id, domain, deployment, target, plan, backup_job_id, status, started_at) \
+             VALUES (?, ?, ?, ?, ?, ?, 'IN PROGRESS', ?)",
         )
         .bind(created.id)
         .bind(&new.domain)
         .bind(&new.deployment)
         .bind(target.to_string())
+        .bind(plan.to_string())
         .bind(backup_job_id)
         .bind(&at)
         .execute(&mut *tx)
@@ -531,12 +544,25 @@ impl Catalog for SqliteCatalog {
         Ok(closed)
     }
 
-    async fn finish_recovery(&self, id: i64, owner: &str, outcome: Result<&str, &str>) -> Result<bool> {
+    async fn finish_recovery(
+        &self,
+        id: i64,
+        owner: &str,
+        outcome: Result<&str, &str>,
+        reached: Option<&serde_json::Value>,
+    ) -> Result<bool> {
         let mut tx = self.write().await?;
         let closed = match outcome {
             Ok(message) => close_job(&mut tx, id, owner, true, &format!("recovery completed: {message}")).await?,
             Err(message) => close_job(&mut tx, id, owner, false, &format!("recovery failed: {message}")).await?,
         };
+        if closed && let Some(reached) = reached {
+            sqlx::query("UPDATE recoveries SET reached = ? WHERE job_id = ?")
+                .bind(reached.to_string())
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(closed)
     }

@@ -154,9 +154,10 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
         ..new_job("db12c", key)
     };
     let target = serde_json::json!({"latest": true});
+    let plan = serde_json::json!({"backup": {"position": null}});
     assert!(
         matches!(
-            c.start_recovery(&recovery(None), &target, failed).await,
+            c.start_recovery(&recovery(None), &target, failed, &plan).await,
             Err(Error::NotFound(_))
         ),
         "only a completed backup can be recovered from"
@@ -166,7 +167,7 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
         "nothing left behind"
     );
     let Started::Created(r) = c
-        .start_recovery(&recovery(Some("r1")), &target, completed)
+        .start_recovery(&recovery(Some("r1")), &target, completed, &plan)
         .await
         .unwrap()
     else {
@@ -177,12 +178,17 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
         "no backup while a recovery is queued"
     );
     assert!(
-        matches!(c.start_recovery(&recovery(Some("r1")), &target, completed).await.unwrap(), Started::Existing(j) if j.id == r.id)
+        matches!(c.start_recovery(&recovery(Some("r1")), &target, completed, &plan).await.unwrap(), Started::Existing(j) if j.id == r.id)
     );
     let leased = c.lease_job("w5", Duration::from_secs(30), 3).await.unwrap().unwrap();
     assert_eq!((leased.id, leased.operation.as_str()), (r.id, "recovery"));
     c.add_job_message(r.id, "server stopped").await.unwrap();
-    assert!(c.finish_recovery(r.id, "w5", Ok("database recovered")).await.unwrap());
+    let reached = serde_json::json!({"timeline": 2});
+    assert!(
+        c.finish_recovery(r.id, "w5", Ok("database recovered"), Some(&reached))
+            .await
+            .unwrap()
+    );
     let list = c.recoveries("usexample", "db12c").await.unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(
@@ -190,6 +196,10 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
         (BackupStatus::Completed, completed, &target)
     );
     assert!(list[0].completed_at.is_some());
+    assert_eq!(
+        (list[0].plan.as_ref(), list[0].reached.as_ref()),
+        (Some(&plan), Some(&reached))
+    );
     assert_eq!(c.recovery("usexample", r.id).await.unwrap().unwrap().job_id, r.id);
     assert!(
         c.recovery("idcs-0123abc", r.id).await.unwrap().is_none(),
@@ -205,12 +215,16 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
     assert!(log.iter().any(|m| m == "server stopped"), "{log:?}");
     assert!(log.last().unwrap().contains("database recovered"), "{log:?}");
 
-    let Started::Created(r2) = c.start_recovery(&recovery(None), &target, completed).await.unwrap() else {
+    let Started::Created(r2) = c
+        .start_recovery(&recovery(None), &target, completed, &plan)
+        .await
+        .unwrap()
+    else {
         panic!()
     };
     c.lease_job("w5", Duration::from_secs(30), 3).await.unwrap().unwrap();
     assert!(
-        c.finish_recovery(r2.id, "w5", Err("pg_restore exited with 1"))
+        c.finish_recovery(r2.id, "w5", Err("pg_restore exited with 1"), None)
             .await
             .unwrap()
     );

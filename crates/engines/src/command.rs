@@ -1,8 +1,10 @@
 //! Any database with a dump tool: a backup command whose stdout is the
 //! backup, and a recovery command that reads it on stdin (for example
-//! `mariadb-dump --single-transaction shop` and `mariadb shop`). Both run
-//! through `sh -c`; `env` values (passwords) reach the commands through
-//! their environment and are masked in every message.
+//! `mariadb-dump --single-transaction shop` and `mariadb shop`), after an
+//! optional prepare command that recreates the database if it is gone
+//! (`mariadb -e 'CREATE DATABASE IF NOT EXISTS shop'`). All run through
+//! `sh -c`; `env` values (passwords) reach the commands through their
+//! environment and are masked in every message.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,7 +12,7 @@ use std::path::Path;
 use strongbox_repo::{Source, Sources};
 
 use crate::process::Tool;
-use crate::{BackupFiles, Error, Log, setting};
+use crate::{BackupFiles, Error, Recovered, RecoveryContext, RecoveryTarget, backups_only, setting};
 
 /// The name the dump has inside a snapshot.
 pub const FILE_NAME: &str = "dump";
@@ -18,6 +20,7 @@ pub const FILE_NAME: &str = "dump";
 pub struct CommandEngine {
     backup_command: String,
     recovery_command: String,
+    prepare_command: Option<String>,
     env: BTreeMap<String, String>,
 }
 
@@ -38,9 +41,22 @@ impl CommandEngine {
                 reason: "\"env\" must map names to strings, e.g. {\"MYSQL_PWD\": \"...\"}".into(),
             })?,
         };
+        let prepare_command = match c.get("prepare_command") {
+            None => None,
+            Some(serde_json::Value::String(p)) => Some(p.clone()),
+            Some(_) => {
+                return Err(Error::BadConnection {
+                    engine: "command",
+                    reason:
+                        "\"prepare_command\" must be a string, e.g. \"mariadb -e 'CREATE DATABASE IF NOT EXISTS shop'\""
+                            .into(),
+                });
+            }
+        };
         Ok(CommandEngine {
             backup_command,
             recovery_command: recovery_command.to_string(),
+            prepare_command,
             env,
         })
     }
@@ -60,7 +76,14 @@ impl crate::Engine for CommandEngine {
         Ok(strongbox_repo::sources(vec![Source::new(FILE_NAME, stream)]))
     }
 
-    fn recover(&self, backup: &dyn BackupFiles, scratch: &Path, log: Log) -> Result<String, Error> {
+    fn recover(
+        &self,
+        backup: &dyn BackupFiles,
+        target: &RecoveryTarget,
+        cx: &RecoveryContext,
+    ) -> Result<Recovered, Error> {
+        backups_only(target)?;
+        let (scratch, log) = (cx.scratch, cx.log);
         // Restored (and so verified) in full first: a dump tool applies what
         // it reads as it goes, so a backup found damaged halfway through a
         // stream would leave the database half recovered.
@@ -68,8 +91,14 @@ impl crate::Engine for CommandEngine {
         backup.restore_to(FILE_NAME, copy.path())?;
         let dump = std::fs::File::open(copy.path()).map_err(|e| Error::io("restored backup", e))?;
         drop(copy); // unlinked; the open handle keeps the data until read
+        if let Some(prepare) = &self.prepare_command {
+            self.tool(prepare, "the prepare command").run()?;
+            log("the prepare command succeeded".into());
+        }
         log("backup restored and verified; feeding it to the recovery command".into());
         self.tool(&self.recovery_command, "the recovery command").feed(dump)?;
-        Ok("the recovery command read the whole backup and succeeded".into())
+        Ok(Recovered::from(
+            "the recovery command read the whole backup and succeeded".to_string(),
+        ))
     }
 }

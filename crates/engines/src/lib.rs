@@ -14,7 +14,7 @@ use std::path::Path;
 
 pub use command::CommandEngine;
 pub use files::SnapshotFiles;
-pub use postgres::{PgLogical, PgPhysical, PgTarget, pitr};
+pub use postgres::{PREFETCH_SPOOL, PgLogical, PgPhysical, pitr};
 pub use sqlite::SqliteEngine;
 use strongbox_repo::Sources;
 
@@ -50,37 +50,112 @@ pub trait BackupFiles: Send + Sync {
 /// Steps of a recovery worth a line in the job's activity log.
 pub type Log<'a> = &'a (dyn Fn(String) + Sync);
 
+/// What a recovery replays to, as planned before the job was queued.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RecoveryTarget {
+    /// The backup's own state. `position` is where a PostgreSQL base
+    /// backup's replay ends (to check it got there).
+    Backup { position: Option<pitr::BasePosition> },
+    /// A point in time replayed from the WAL archive.
+    PointInTime(PitrTarget),
+}
+
+/// A point-in-time recovery: from base backup `base`, along `history`,
+/// to `goal`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PitrTarget {
+    pub base: pitr::BasePosition,
+    pub history: pitr::History,
+    pub goal: pitr::Goal,
+}
+
+/// A deployment's WAL archive, as a recovery job reaches it.
+pub trait WalArchive: Send + Sync {
+    /// PostgreSQL's `restore_command` fetching from it.
+    fn restore_command(&self) -> String;
+    /// An archived file, verified; `None` if it is not archived.
+    fn fetch(&self, name: &str) -> Result<Option<Vec<u8>>, Error>;
+    /// What is archived now.
+    fn list(&self) -> Result<pitr::Archived, Error>;
+}
+
+/// What a recovery job hands its engine besides the backup.
+pub struct RecoveryContext<'a> {
+    /// A directory for temporary files.
+    pub scratch: &'a Path,
+    pub log: Log<'a>,
+    /// The deployment's WAL archive, for engines that replay one.
+    pub wal: Option<&'a dyn WalArchive>,
+}
+
+/// What a recovery did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovered {
+    pub summary: String,
+    /// Where a replayed history ended and the recovered one began.
+    pub reached: Option<pitr::Reached>,
+}
+
+impl From<String> for Recovered {
+    fn from(summary: String) -> Self {
+        Recovered { summary, reached: None }
+    }
+}
+
+/// Engines whose backups replay a log to any point in time (PostgreSQL's
+/// physical engine): what planning such a recovery asks of the database.
+pub trait PointInTime: Send + Sync {
+    /// The server's timeline and position, if it answers (within seconds).
+    fn probe(&self) -> Option<pitr::Live>;
+    /// The time of the first commit after position `from` of `history`,
+    /// read from the archived WAL; `None` if the archive holds none.
+    fn first_commit_after(
+        &self,
+        wal: &dyn WalArchive,
+        history: &pitr::History,
+        from: pitr::Lsn,
+        segment_size: u64,
+        scratch: &Path,
+    ) -> Result<Option<time::OffsetDateTime>, Error>;
+}
+
 pub trait Engine: Send + Sync {
     /// Takes a consistent backup, as streams the repository pulls one after
     /// another. Runs on a blocking thread; `scratch` is a directory the
     /// engine may use for temporary files.
     fn backup(&self, scratch: &Path) -> Result<Sources, Error>;
 
-    /// Replaces the deployment's data with the backup's, in place. On
-    /// failure the deployment is left as it was. Returns a summary.
-    fn recover(&self, backup: &dyn BackupFiles, scratch: &Path, log: Log) -> Result<String, Error>;
-
-    /// Like `recover`, to a later moment or WAL position replayed from an
-    /// archive; only engines whose backups sit in a replayable log can.
-    fn recover_to(
+    /// Replaces the deployment's data with the backup's (or, for a point in
+    /// time, the backup's replayed further), whatever state the deployment
+    /// is in: running, stopped, crashed, damaged or gone. On failure the
+    /// deployment is left as it was.
+    fn recover(
         &self,
         backup: &dyn BackupFiles,
-        target: &PgTarget,
-        scratch: &Path,
-        log: Log,
-    ) -> Result<String, Error> {
-        match target {
-            PgTarget::Backup => self.recover(backup, scratch, log),
-            _ => Err(Error::Failed(
-                "this engine recovers to its backups only, not to a point in time".into(),
-            )),
-        }
-    }
+        target: &RecoveryTarget,
+        cx: &RecoveryContext,
+    ) -> Result<Recovered, Error>;
 
     /// Where the last `backup` sits in the database's history, for
     /// point-in-time recovery (JSON, kept with the backup in the catalog).
     fn backup_position(&self) -> Option<serde_json::Value> {
         None
+    }
+
+    /// Present for engines that recover to points in time.
+    fn point_in_time(&self) -> Option<&dyn PointInTime> {
+        None
+    }
+}
+
+/// The refusal engines without a log archive give point-in-time targets.
+fn backups_only(target: &RecoveryTarget) -> Result<(), Error> {
+    match target {
+        RecoveryTarget::Backup { .. } => Ok(()),
+        RecoveryTarget::PointInTime(_) => Err(Error::Failed(
+            "this engine recovers to its backups only, not to a point in time".into(),
+        )),
     }
 }
 

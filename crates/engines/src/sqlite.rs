@@ -4,12 +4,16 @@
 //! The copy goes to a scratch file (the backup API needs a destination
 //! database) that is unlinked at once and streamed into the repository.
 //!
-//! Recovery runs the backup API the other way: the backup is restored to a
-//! scratch file, checked, then copied over the live database inside one
-//! write transaction of the live database. Connections other processes
-//! hold stay valid and see the recovered content with their next read;
-//! until the copy commits they see the old content, and a copy that fails
-//! midway rolls back, leaving the old database as it was.
+//! Recovery of a healthy database runs the backup API the other way: the
+//! backup is restored to a scratch file, checked, then copied over the
+//! live database inside one write transaction of the live database.
+//! Connections other processes hold stay valid and see the recovered
+//! content with their next read; until the copy commits they see the old
+//! content, and a copy that fails midway rolls back, leaving the old
+//! database as it was. A database file that is missing, or is not a
+//! database any more, is replaced whole instead: the backup is restored
+//! beside it, checked, synced and renamed over it (with the stale `-wal`
+//! and `-shm` files, which would otherwise be replayed into it, removed).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,7 +21,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 use strongbox_repo::{Source, Sources};
 
-use crate::{BackupFiles, Error, Log};
+use crate::{BackupFiles, Error, Recovered, RecoveryContext, RecoveryTarget, backups_only};
 
 /// Pages copied per step of a recovery, between progress reports.
 const RECOVERY_STEP_PAGES: i32 = 4096;
@@ -81,8 +85,29 @@ impl crate::Engine for SqliteEngine {
         Ok(strongbox_repo::sources(vec![source]))
     }
 
-    fn recover(&self, backup: &dyn BackupFiles, scratch: &Path, log: Log) -> Result<String, Error> {
-        let copy = tempfile::NamedTempFile::new_in(scratch).map_err(|e| Error::io("scratch file", e))?;
+    fn recover(
+        &self,
+        backup: &dyn BackupFiles,
+        target: &RecoveryTarget,
+        cx: &RecoveryContext,
+    ) -> Result<Recovered, Error> {
+        backups_only(target)?;
+        let damage = self.damage();
+        let beside = match &damage {
+            // In place: the scratch directory will do.
+            None => cx.scratch.to_path_buf(),
+            // Replaced whole: restored in the database's own directory, so
+            // that a rename puts it in place.
+            Some(_) => {
+                let dir = self.dir();
+                std::fs::create_dir_all(&dir).map_err(|e| self.fail("creating its directory", e))?;
+                dir
+            }
+        };
+        let copy = tempfile::Builder::new()
+            .prefix(".strongbox-recovering")
+            .tempfile_in(&beside)
+            .map_err(|e| Error::io("scratch file", e))?;
         backup.restore_to(FILE_NAME, copy.path())?;
         let src = Connection::open_with_flags(copy.path(), OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| Error::io("opening the restored backup", e))?;
@@ -92,12 +117,26 @@ impl crate::Engine for SqliteEngine {
         if check != "ok" {
             return Err(Error::Failed(format!("the restored backup fails quick_check: {check}")));
         }
-        log(format!(
-            "backup restored and checked; copying it into {}",
-            self.path.display()
+        let Some(damage) = damage else {
+            (cx.log)(format!(
+                "backup restored and checked; copying it into {}",
+                self.path.display()
+            ));
+            let pages = self.copy_into_live(&src, |_, _| Ok(()))?;
+            return Ok(Recovered::from(format!(
+                "{pages} pages copied into {}",
+                self.path.display()
+            )));
+        };
+        drop(src);
+        (cx.log)(format!(
+            "found {damage}; backup restored and checked beside it, replacing the file whole"
         ));
-        let pages = self.copy_into_live(&src, |_, _| Ok(()))?;
-        Ok(format!("{pages} pages copied into {}", self.path.display()))
+        self.replace_with(copy)?;
+        Ok(Recovered::from(format!(
+            "{} replaced with the restored backup ({damage} before)",
+            self.path.display()
+        )))
     }
 }
 
@@ -110,12 +149,6 @@ impl SqliteEngine {
         src: &Connection,
         after_step: impl FnMut(i32, i32) -> Result<(), Error>,
     ) -> Result<i32, Error> {
-        if !self.path.is_file() {
-            return Err(Error::Failed(format!(
-                "sqlite database {} does not exist; register the path of an existing database",
-                self.path.display()
-            )));
-        }
         let mut live = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_WRITE)
             .map_err(|e| self.fail("open", e))?;
         live.busy_timeout(LOCK_WAIT).map_err(|e| self.fail("busy timeout", e))?;
@@ -151,6 +184,70 @@ impl SqliteEngine {
                 _ => std::thread::sleep(Duration::from_millis(50)),
             }
         }
+    }
+
+    fn dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    /// What is wrong with the database file, if anything a recovery in
+    /// place cannot mend: missing, or not a database (its header is gone).
+    /// Damage deeper in the file is mended in place: the copy rewrites
+    /// every page.
+    fn damage(&self) -> Option<String> {
+        if !self.path.exists() {
+            return Some("the database file missing".into());
+        }
+        let header = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .and_then(|c| c.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0)));
+        match header {
+            Ok(_) => None,
+            Err(rusqlite::Error::SqliteFailure(e, msg))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
+                ) =>
+            {
+                Some(format!(
+                    "the database file damaged ({})",
+                    msg.unwrap_or_else(|| e.to_string())
+                ))
+            }
+            Err(_) => None, // locked, or another trouble the copy reports itself
+        }
+    }
+
+    /// Puts the restored file in the database's place: synced, the old
+    /// file's owner and mode kept, stale journals removed, renamed over
+    /// it, the directory synced.
+    fn replace_with(&self, copy: tempfile::NamedTempFile) -> Result<(), Error> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let (file, path) = copy.into_parts();
+        let like = std::fs::metadata(&self.path).or_else(|_| std::fs::metadata(self.dir()));
+        if let Ok(m) = &like {
+            let mode = if m.is_dir() { 0o644 } else { m.mode() & 0o7777 };
+            let _ = std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid()));
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(|e| self.fail("setting the mode", e))?;
+        }
+        file.sync_all().map_err(|e| self.fail("syncing the restored file", e))?;
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut stale = self.path.clone().into_os_string();
+            stale.push(suffix);
+            match std::fs::remove_file(&stale) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.fail("removing the stale journal", e)),
+            }
+        }
+        path.persist(&self.path)
+            .map_err(|e| self.fail("renaming the restored file", e.error))?;
+        std::fs::File::open(self.dir())
+            .and_then(|d| d.sync_all())
+            .map_err(|e| self.fail("syncing its directory", e))
     }
 
     fn fail(&self, what: &str, e: impl std::fmt::Display) -> Error {

@@ -210,6 +210,11 @@ impl Repository {
         snapshot::load_all_ok(&self.store, &self.cipher).await
     }
 
+    /// The ids of all snapshots (a listing: nothing is read or decrypted).
+    pub async fn snapshot_ids(&self) -> Result<Vec<Id>> {
+        snapshot::list_ids(&self.store).await
+    }
+
     /// A snapshot by id, unique id prefix, or `latest`.
     pub async fn find_snapshot(&self, spec: &str) -> Result<Snapshot> {
         if spec == "latest" {

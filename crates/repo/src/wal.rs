@@ -35,8 +35,8 @@ pub struct WalFile {
     pub name: String,
     /// Size of the sealed object.
     pub stored_bytes: u64,
-    /// When it was archived, in seconds since the Unix epoch.
-    pub archived_at: i64,
+    /// When it was archived (as precisely as the store keeps it).
+    pub archived_at: time::OffsetDateTime,
 }
 
 fn valid_part(part: &str) -> bool {
@@ -141,7 +141,10 @@ pub async fn list(store: &Store, archive: &str) -> Result<Vec<WalFile>> {
             Some(WalFile {
                 name: valid_part(name).then(|| name.to_string())?,
                 stored_bytes: m.size,
-                archived_at: m.last_modified.timestamp(),
+                archived_at: time::OffsetDateTime::from_unix_timestamp_nanos(
+                    i128::from(m.last_modified.timestamp_micros()) * 1000,
+                )
+                .ok()?,
             })
         })
         .collect();

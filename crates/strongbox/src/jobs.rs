@@ -10,9 +10,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use strongbox_api::pitr::{self, WalArchives};
+use strongbox_api::pitr::{RecoveryPlan, WalArchives};
 use strongbox_catalog::{BackupOutcome, Catalog, Job};
-use strongbox_engines::{Engine, PgTarget, SnapshotFiles};
+use strongbox_engines::pitr::Reached;
+use strongbox_engines::{Engine, RecoveryContext, RecoveryTarget, SnapshotFiles};
 use strongbox_repo::{BackupOptions, Counters, Repository};
 use tokio::task::JoinHandle;
 
@@ -39,11 +40,19 @@ pub async fn worker(
                     wal: wal.clone(),
                 };
                 let recorded = match job.operation.as_str() {
-                    "recovery" => {
-                        let outcome = w.recovery(&job).await.map_err(|e| format!("{e:#}"));
-                        let outcome = outcome.as_deref().map_err(String::as_str);
-                        catalog.finish_recovery(job.id, &owner, outcome).await
-                    }
+                    "recovery" => match w.recovery(&job).await {
+                        Ok((summary, reached)) => {
+                            let reached = reached.and_then(|r| serde_json::to_value(r).ok());
+                            catalog
+                                .finish_recovery(job.id, &owner, Ok(&summary), reached.as_ref())
+                                .await
+                        }
+                        Err(e) => {
+                            catalog
+                                .finish_recovery(job.id, &owner, Err(&format!("{e:#}")), None)
+                                .await
+                        }
+                    },
                     _ => {
                         let outcome = w.backup(&job).await.unwrap_or_else(|e| BackupOutcome::Failed {
                             message: format!("{e:#}"),
@@ -118,7 +127,7 @@ impl Worker {
             ("tag".to_string(), tag.clone()),
             ("job".to_string(), job.id.to_string()),
         ]);
-        if engine_name == pitr::ENGINE {
+        if engine.point_in_time().is_some() {
             // Which archive this base backup replays from (WAL retention and check).
             labels.insert(
                 WAL_ARCHIVE.to_string(),
@@ -140,7 +149,7 @@ impl Worker {
         })
     }
 
-    async fn recovery(&self, job: &Job) -> Result<String> {
+    async fn recovery(&self, job: &Job) -> Result<(String, Option<Reached>)> {
         let (_, engine) = self.engine(job).await?;
         let recovery = self
             .catalog
@@ -159,11 +168,24 @@ impl Worker {
             .find_snapshot(&snapshot_id)
             .await
             .with_context(|| format!("snapshot {snapshot_id} of backup {tag}"))?;
-        let target = self.recovery_target(job, &recovery.target);
+        let plan: RecoveryPlan = match recovery.plan {
+            Some(p) => serde_json::from_value(p).context("reading the recovery's plan")?,
+            // Queued by a version that kept no plan: the backup itself.
+            None => RecoveryPlan {
+                target: RecoveryTarget::Backup { position: None },
+                description: format!("restore backup {tag}"),
+            },
+        };
+        self.catalog
+            .add_job_message(job.id, &format!("plan: {}", plan.description))
+            .await?;
         let counters = Arc::new(Counters::default());
         let beat = self.heartbeat(job, counters.clone());
         let runtime = tokio::runtime::Handle::current();
         let files = SnapshotFiles::new(self.repo.clone(), snapshot, runtime.clone(), counters);
+        let wal = engine
+            .point_in_time()
+            .map(|_| self.wal.for_deployment(&job.domain, &job.deployment));
         let (catalog, id, scratch) = (self.catalog.clone(), job.id, self.scratch.clone());
         let result = tokio::task::spawn_blocking(move || {
             let log = |message: String| {
@@ -171,22 +193,16 @@ impl Worker {
                     tracing::warn!("job {id}: could not log {message:?}: {e}");
                 }
             };
-            engine.recover_to(&files, &target, &scratch, &log)
+            let cx = RecoveryContext {
+                scratch: &scratch,
+                log: &log,
+                wal: wal.as_ref().map(|w| w as &dyn strongbox_engines::WalArchive),
+            };
+            engine.recover(&files, &plan.target, &cx)
         })
         .await;
         beat.abort();
-        Ok(format!("from backup {tag}: {}", result??))
-    }
-
-    /// Where the API planned the recovery to go: a point in time (replayed
-    /// from the deployment's WAL archive) or the backup itself.
-    fn recovery_target(&self, job: &Job, target: &serde_json::Value) -> PgTarget {
-        let restore_command = self.wal.restore_command(&job.domain, &job.deployment);
-        let planned = |key: &str| target.get(key).and_then(|v| v.as_str()).map(str::to_string);
-        match (planned(pitr::TARGET_TIME), planned(pitr::TARGET_LSN)) {
-            (Some(at), _) => PgTarget::Time { at, restore_command },
-            (None, Some(lsn)) => PgTarget::Lsn { lsn, restore_command },
-            (None, None) => PgTarget::Backup,
-        }
+        let recovered = result??;
+        Ok((format!("from backup {tag}: {}", recovered.summary), recovered.reached))
     }
 }

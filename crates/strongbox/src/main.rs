@@ -5,6 +5,7 @@ mod bar;
 mod jobs;
 mod repo_cmd;
 mod serve;
+mod wal_prefetch;
 mod wal_retention;
 
 use clap::{Parser, Subcommand};

@@ -14,6 +14,46 @@ use strongbox_repo::{
 };
 
 use crate::bar::Bar;
+use crate::wal_prefetch::Spool;
+
+/// Segments a prefetcher fetches at once.
+const PREFETCH_PARALLEL: usize = 2;
+
+/// Claims the segments after `name` and starts a background `wal-prefetch`
+/// for them (best effort: a failure only means direct fetches later).
+fn start_prefetch(args: &RepoArgs, location: &str, name: &str, dest: &std::path::Path, segment_size: u64) {
+    let Verb::WalFetch { prefetch, archive, .. } = &args.verb else {
+        return;
+    };
+    let spool = Spool::beside(dest);
+    let claimed = spool.claim_after(name, segment_size, *prefetch, std::process::id());
+    if claimed.is_empty() {
+        return;
+    }
+    let exe = std::env::current_exe();
+    let mut c = std::process::Command::new(exe.as_deref().unwrap_or(std::path::Path::new("strongbox")));
+    c.args(["repo", "-r", location]);
+    if let Some(f) = &args.password_file {
+        c.arg("--password-file").arg(f);
+    }
+    c.args(["wal-prefetch", "--archive", &archive.archive, "--spool"])
+        .arg(spool.dir())
+        .args(&claimed)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // Its own process group: PostgreSQL's signals to the restore_command's
+    // group never reach it, and it outlives this process.
+    std::os::unix::process::CommandExt::process_group(&mut c, 0);
+    match c.spawn() {
+        Ok(child) => spool.reassign(&claimed, child.id()),
+        Err(_) => {
+            for n in &claimed {
+                spool.release(n);
+            }
+        }
+    }
+}
 
 #[derive(Args)]
 pub struct RepoArgs {
@@ -116,6 +156,19 @@ enum Verb {
         dest: PathBuf,
         #[command(flatten)]
         archive: ArchiveArg,
+        /// Also fetch this many following segments in the background, into
+        /// a spool beside DEST, for the next calls (see wal_prefetch).
+        #[arg(long, default_value_t = 0)]
+        prefetch: usize,
+    },
+    /// Fetch WAL segments into a prefetch spool (started by wal-fetch).
+    #[command(hide = true)]
+    WalPrefetch {
+        names: Vec<String>,
+        #[arg(long)]
+        spool: PathBuf,
+        #[command(flatten)]
+        archive: ArchiveArg,
     },
     /// List the archived WAL files.
     WalList {
@@ -192,6 +245,16 @@ pub async fn run(args: RepoArgs) -> Result<ExitCode> {
         .repo
         .clone()
         .context("no repository given: pass --repo LOCATION or set STRONGBOX_REPO")?;
+    // A prefetched segment is only renamed: no need to open the repository.
+    if let Verb::WalFetch {
+        name, dest, prefetch, ..
+    } = &args.verb
+        && *prefetch > 0
+        && let Some(size) = Spool::beside(dest).take(name, dest)?
+    {
+        start_prefetch(&args, &location, name, dest, size);
+        return Ok(ExitCode::SUCCESS);
+    }
     let store = Store::open(&location)?;
     if let Verb::Init {
         chunker,
@@ -388,19 +451,51 @@ pub async fn run(args: RepoArgs) -> Result<ExitCode> {
                 strongbox_repo::Pushed::AlreadyArchived => println!("{name} was already archived, with this content"),
             }
         }
-        Verb::WalFetch { name, dest, archive } => {
-            let Some(data) = repo.wal_fetch(&archive.archive, &name).await? else {
+        Verb::WalFetch {
+            ref name,
+            ref dest,
+            ref archive,
+            prefetch,
+        } => {
+            let Some(data) = repo.wal_fetch(&archive.archive, name).await? else {
                 eprintln!("{name} is not in the WAL archive");
                 return Ok(ExitCode::FAILURE);
             };
             // Written aside, then renamed: PostgreSQL never sees half a file.
             let partial = dest.with_extension("strongbox-partial");
             std::fs::write(&partial, &data).with_context(|| format!("writing {}", partial.display()))?;
-            std::fs::rename(&partial, &dest).with_context(|| format!("renaming to {}", dest.display()))?;
+            std::fs::rename(&partial, dest).with_context(|| format!("renaming to {}", dest.display()))?;
+            if prefetch > 0 {
+                start_prefetch(&args, &location, name, dest, data.len() as u64);
+            }
+        }
+        Verb::WalPrefetch { names, spool, archive } => {
+            let spool = Spool::at(spool);
+            use futures::StreamExt;
+            let (repo, archive) = (&repo, archive.archive.as_str());
+            let mut fetches = futures::stream::iter(
+                names
+                    .iter()
+                    .map(|n| async move { (n, repo.wal_fetch(archive, n).await) }),
+            )
+            .buffered(PREFETCH_PARALLEL);
+            while let Some((name, fetched)) = fetches.next().await {
+                match fetched {
+                    Ok(Some(data)) if spool.put(name, &data).unwrap_or(false) => {}
+                    // Not archived (the end of the archive), failed, or the
+                    // recovery is over: the rest is left to direct fetches.
+                    _ => {
+                        for n in &names {
+                            spool.release(n);
+                        }
+                        break;
+                    }
+                }
+            }
         }
         Verb::WalList { archive } => {
             for f in repo.wal_list(&archive.archive).await? {
-                println!("{} {} {}", f.name, f.stored_bytes, f.archived_at);
+                println!("{} {} {}", f.name, f.stored_bytes, f.archived_at.unix_timestamp());
             }
         }
         Verb::Stats => {

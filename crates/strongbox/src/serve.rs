@@ -164,10 +164,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         other => other?,
     };
     let repo = Arc::new(repo);
-    let wal = Arc::new(WalArchives {
-        repo: repo.clone(),
-        cli: repo_command_line(&location, &data_dir)?,
-    });
+    let wal = Arc::new(WalArchives::new(
+        repo.clone(),
+        repo_command_line(&location, &data_dir)?,
+        s.data_dir.join("tmp"),
+    ));
     if args.demo {
         demo(catalog.as_ref(), &s).await?;
     }

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use strongbox_engines::pitr::{Archived, BasePosition, segment_number};
+use strongbox_engines::pitr::{self, Archived, BasePosition, History, segment_number};
 use strongbox_repo::{NoProgress, Repository, Snapshot};
 
 /// The snapshot label naming a base backup's WAL archive.
@@ -72,7 +72,7 @@ pub async fn check(repo: &Repository) -> Result<(usize, Vec<String>)> {
             listings.insert(b.archive.clone(), Archived::new(&repo.wal_list(&b.archive).await?));
         }
         let what = format!("base backup {} (WAL archive {})", b.snapshot, b.archive);
-        match listings[&b.archive].reach(&b.position) {
+        match pitr::reach(&listings[&b.archive], &b.position, &History::alone(b.position.timeline)) {
             None => problems.push(format!(
                 "{what}: its first WAL segment {} is not archived",
                 b.position.start_segment()

@@ -4,8 +4,10 @@
 //! restored directory for its first start.
 
 use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
+use time::OffsetDateTime;
 
 use super::pitr::{Lsn, segment_name, segment_number};
 use crate::Error;
@@ -171,58 +173,84 @@ pub fn wal_segments(first: &str, last: &str, segment_size: u64) -> Result<Vec<St
 }
 
 /// Where a recovered cluster's first start replays to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// The backup's consistency point, from the backup's own WAL in pg_wal.
-    Backup,
-    /// A moment (`2026-11-29 19:10:00+00`), WAL fetched with `restore_command`.
-    Time { at: String, restore_command: String },
-    /// A WAL position (`0/3000060`), WAL fetched with `restore_command`.
-    Lsn { lsn: String, restore_command: String },
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// The backup's consistency point (`recovery_target = 'immediate'`).
+    Consistent,
+    /// Up to the last commit at or before a moment.
+    Time(OffsetDateTime),
+    /// Through the first record that starts at or after a position.
+    Lsn(Lsn),
 }
 
-/// Settings for the recovered server's first start: replay to the target,
-/// then promote. The promotion starts a new timeline, so the WAL the
-/// recovered server writes never takes the names of segments the abandoned
-/// history already archived. Replay follows the backup's own timeline.
-fn recovery_settings(target: &Target) -> String {
+/// The settings of a recovered cluster's first start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoverySettings {
+    pub replay: Replay,
+    /// The timeline whose history replay follows (the backup's if `None`).
+    pub timeline: Option<u32>,
+    /// Fetches archived WAL; without one, only the backup's own WAL replays.
+    pub restore_command: Option<String>,
+}
+
+const BEGIN: &str = "# Added by a Strongbox recovery; read only while recovery.signal exists.";
+const END: &str = "# End of the Strongbox recovery settings.";
+
+/// Replay to the target, then pause: the recovery checks where replay
+/// stopped before promoting, so a wrong stop never becomes a timeline.
+/// Promotion starts a new timeline, so the WAL the recovered server writes
+/// never takes the names of segments the abandoned history archived; with
+/// a restore_command PostgreSQL also sees the archive's timelines and
+/// numbers the new one past all of them. Pausing needs hot_standby.
+fn recovery_settings(s: &RecoverySettings) -> String {
     let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
-    let (restore, goal) = match target {
-        // No archive to fetch from: the backup's WAL is in pg_wal.
-        Target::Backup => ("false".to_string(), "recovery_target = 'immediate'".to_string()),
-        Target::Time { at, restore_command } => {
-            (restore_command.clone(), format!("recovery_target_time = {}", quote(at)))
+    let goal = match s.replay {
+        Replay::Consistent => "recovery_target = 'immediate'".to_string(),
+        Replay::Time(at) => {
+            let format = time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:6]+00"
+            );
+            let at = at.to_offset(time::UtcOffset::UTC).format(&format).unwrap_or_default();
+            format!("recovery_target_time = {}", quote(&at))
         }
-        Target::Lsn { lsn, restore_command } => {
-            (restore_command.clone(), format!("recovery_target_lsn = {}", quote(lsn)))
-        }
+        Replay::Lsn(lsn) => format!("recovery_target_lsn = '{lsn}'\nrecovery_target_inclusive = on"),
     };
+    let timeline = s.timeline.map_or_else(|| "'current'".to_string(), |t| format!("'{t}'"));
     format!(
-        "# Added by a Strongbox recovery; read only while recovery.signal exists.\n\
-         restore_command = {}\n{goal}\nrecovery_target_timeline = 'current'\nrecovery_target_action = 'promote'\n",
-        quote(&restore)
+        "{BEGIN}\nrestore_command = {}\n{goal}\nrecovery_target_timeline = {timeline}\n\
+         recovery_target_action = 'pause'\nhot_standby = on\n{END}\n",
+        quote(s.restore_command.as_deref().unwrap_or("false"))
     )
 }
 
-/// The settings file without the recovery settings an earlier recovery
-/// (ours or another tool's) left in it: a backup taken after a recovery to
-/// a time, recovered to an LSN, would otherwise name two targets, which
-/// PostgreSQL refuses.
-fn without_recovery_settings(conf: &str) -> String {
+/// The settings file without recovery settings: an earlier recovery's
+/// (ours or another tool's) would name a second target, which PostgreSQL
+/// refuses; after a recovery, ours have done their work.
+pub fn without_recovery_settings(conf: &str) -> String {
     let recovery = |line: &str| {
         let name = line.trim_start().split(['=', ' ', '\t']).next().unwrap_or_default();
         name.starts_with("recovery_target") || name == "restore_command"
     };
-    conf.lines()
-        .filter(|l| !recovery(l) && !l.starts_with("# Added by a Strongbox recovery"))
-        .map(|l| format!("{l}\n"))
-        .collect()
+    let mut ours = false;
+    let mut kept = String::new();
+    for line in conf.lines() {
+        match line {
+            _ if line.starts_with(BEGIN) || line.starts_with("# Added by a Strongbox recovery") => ours = true,
+            END => ours = false,
+            _ if ours || recovery(line) => {}
+            _ => {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+    }
+    kept
 }
 
 /// Turns a directory the backup's files were restored into into a data
 /// directory ready to start: its empty directories, the recovery settings,
-/// PostgreSQL's modes, and the owner of `like`.
-pub fn prepare(dir: &Path, like: &std::fs::Metadata, target: &Target) -> Result<(), Error> {
+/// PostgreSQL's modes, and the owner `(uid, gid)`.
+pub fn prepare(dir: &Path, owner: (u32, u32), settings: &RecoverySettings) -> Result<(), Error> {
     let list = dir.join(DIRECTORIES);
     let dirs = std::fs::read_to_string(&list).map_err(|e| Error::io("the backup's directory list", e))?;
     for rel in dirs.lines().filter(|l| !l.is_empty()) {
@@ -238,16 +266,22 @@ pub fn prepare(dir: &Path, like: &std::fs::Metadata, target: &Target) -> Result<
     }
     std::fs::remove_file(&list).map_err(|e| Error::io(list.display(), e))?;
     std::fs::write(dir.join("recovery.signal"), "").map_err(|e| Error::io("recovery.signal", e))?;
-    let auto = dir.join("postgresql.auto.conf");
+    let auto = dir.join(AUTO_CONF);
     let earlier = match std::fs::read_to_string(&auto) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(Error::io("postgresql.auto.conf", e)),
+        Err(e) => return Err(Error::io(AUTO_CONF, e)),
     };
-    std::fs::write(&auto, without_recovery_settings(&earlier) + &recovery_settings(target))
-        .map_err(|e| Error::io("postgresql.auto.conf", e))?;
-    own_tree(dir, like.uid(), like.gid())
+    std::fs::write(
+        &auto,
+        without_recovery_settings(&earlier) + &recovery_settings(settings),
+    )
+    .map_err(|e| Error::io(AUTO_CONF, e))?;
+    own_tree(dir, owner.0, owner.1)
 }
+
+/// Where ALTER SYSTEM keeps its settings, and a recovery its own.
+pub const AUTO_CONF: &str = "postgresql.auto.conf";
 
 /// Files restored by root must belong to the server's user, readable by it
 /// alone (PostgreSQL refuses a data directory others can read).
@@ -293,21 +327,26 @@ mod tests {
 
     #[test]
     fn an_earlier_recoverys_settings_give_way_to_the_new_target() {
-        let restore = "x %f %p".to_string();
+        let restore = Some("x %f %p".to_string());
         let earlier = format!(
             "# Do not edit this file manually!\nport = 5433\n{}",
-            recovery_settings(&Target::Time {
-                at: "2026-11-29 20:00:00+00".into(),
-                restore_command: restore.clone()
+            recovery_settings(&RecoverySettings {
+                replay: Replay::Time(time::macros::datetime!(2026-11-29 20:00:00 UTC)),
+                timeline: Some(2),
+                restore_command: restore.clone(),
             })
-        ) + "restore_command = 'pgbackrest archive-get %f \"%p\"'\n";
+        ) + "restore_command = 'pgbackrest archive-get %f \"%p\"'\nwork_mem = '8MB'\n";
         let conf = without_recovery_settings(&earlier)
-            + &recovery_settings(&Target::Lsn {
-                lsn: "0/3000060".into(),
+            + &recovery_settings(&RecoverySettings {
+                replay: Replay::Lsn(Lsn(0x300_0060)),
+                timeline: None,
                 restore_command: restore,
             });
         assert!(
-            conf.contains("port = 5433") && conf.contains("recovery_target_lsn = '0/3000060'"),
+            conf.contains("port = 5433")
+                && conf.contains("work_mem")
+                && conf.contains("recovery_target_lsn = '0/3000060'")
+                && conf.contains("recovery_target_timeline = 'current'"),
             "{conf}"
         );
         assert!(
@@ -315,6 +354,21 @@ mod tests {
             "{conf}"
         );
         assert_eq!(conf.matches("restore_command").count(), 1, "{conf}");
+        assert_eq!(conf.matches("hot_standby").count(), 1, "{conf}");
+        // After the recovery, none of it stays.
+        let after = without_recovery_settings(&conf);
+        assert_eq!(
+            after,
+            "# Do not edit this file manually!\nport = 5433\nwork_mem = '8MB'\n"
+        );
+        assert!(
+            recovery_settings(&RecoverySettings {
+                replay: Replay::Time(time::macros::datetime!(2026-11-29 20:00:01.5 UTC)),
+                timeline: Some(3),
+                restore_command: None,
+            })
+            .contains("recovery_target_time = '2026-11-29 20:00:01.500000+00'\nrecovery_target_timeline = '3'")
+        );
     }
 
     #[test]

@@ -11,16 +11,19 @@
 mod datadir;
 mod physical;
 pub mod pitr;
+mod recovery;
+mod server;
+mod waldump;
 
-pub use datadir::Target as PgTarget;
 pub use physical::PgPhysical;
+pub use recovery::PREFETCH_SPOOL;
 
 use std::path::{Path, PathBuf};
 
 use strongbox_repo::{Source, Sources};
 
 use crate::process::Tool;
-use crate::{BackupFiles, Error, Log, setting};
+use crate::{BackupFiles, Error, Recovered, RecoveryContext, RecoveryTarget, backups_only, setting};
 
 /// The name of a logical dump inside a snapshot.
 pub const DUMP: &str = "database.dump";
@@ -48,6 +51,10 @@ impl Conn {
             password,
             bin_dir,
         })
+    }
+
+    pub(crate) fn bin_dir(&self) -> Option<&Path> {
+        self.bin_dir.as_deref()
     }
 
     pub(crate) fn tool(&self, program: &str) -> Tool {
@@ -91,6 +98,31 @@ impl PgLogical {
     }
 }
 
+impl PgLogical {
+    /// A dropped database is created again (empty, owned by the connecting
+    /// user) so that the dump has somewhere to go.
+    fn create_if_missing(&self, log: crate::Log) -> Result<(), Error> {
+        let Err(e) = self.conn.query("SELECT 1") else {
+            return Ok(());
+        };
+        if !e.to_string().contains("does not exist") {
+            return Err(e);
+        }
+        let mut url = url::Url::parse(&self.conn.url).map_err(|e| Error::Failed(e.to_string()))?;
+        let name = url.path().trim_start_matches('/').to_string();
+        let name = percent_decode(&name);
+        url.set_path(if name == "postgres" { "/template1" } else { "/postgres" });
+        let maintenance = Conn {
+            url: url.to_string(),
+            password: self.conn.password.clone(),
+            bin_dir: self.conn.bin_dir.clone(),
+        };
+        maintenance.query(&format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\"")))?;
+        log(format!("database {name} did not exist; created it"));
+        Ok(())
+    }
+}
+
 impl crate::Engine for PgLogical {
     fn backup(&self, _scratch: &Path) -> Result<Sources, Error> {
         let mut t = self.conn.tool("pg_dump");
@@ -99,8 +131,16 @@ impl crate::Engine for PgLogical {
         Ok(strongbox_repo::sources(vec![Source::new(DUMP, t.output_stream()?)]))
     }
 
-    fn recover(&self, backup: &dyn BackupFiles, _scratch: &Path, log: Log) -> Result<String, Error> {
+    fn recover(
+        &self,
+        backup: &dyn BackupFiles,
+        target: &RecoveryTarget,
+        cx: &RecoveryContext,
+    ) -> Result<Recovered, Error> {
+        backups_only(target)?;
+        let log = cx.log;
         let dump = backup.open(DUMP)?;
+        self.create_if_missing(log)?;
         log("restoring with pg_restore --clean in one transaction".into());
         let mut t = self.conn.tool("pg_restore");
         t.command.args([
@@ -112,7 +152,7 @@ impl crate::Engine for PgLogical {
             &self.conn.url,
         ]);
         t.feed(dump)?;
-        Ok("pg_restore completed in one transaction".into())
+        Ok(Recovered::from("pg_restore completed in one transaction".to_string()))
     }
 }
 

@@ -6,33 +6,23 @@
 //! temporary replication slot, held by the backup session, keeps that WAL
 //! from being recycled until it has been read.
 //!
-//! Recovery restores the backup next to the data directory while the
-//! server still runs (set to replay to the backup's consistency point and
-//! promote to a new timeline), then stops the server, swaps the
-//! directories, starts it and waits until it answers a query; only then is
-//! the old directory removed. If anything fails after the stop, the old
-//! directory is put back and the server started again.
+//! Recovery is in `recovery`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use strongbox_repo::{Source, Sources};
 
 use super::Conn;
-use super::datadir::{self, DIRECTORIES, DataFile, LazyFile, Target};
-use super::pitr::{BasePosition, Lsn};
-use crate::process::Tool;
-use crate::{BackupFiles, Error, Log, setting};
-
-/// How long a started server has to answer its first query.
-const START_WAIT: Duration = Duration::from_secs(120);
+use super::datadir::{self, DIRECTORIES, DataFile, LazyFile};
+use super::pitr::{self, BasePosition, Lsn};
+use crate::{BackupFiles, Error, PointInTime, Recovered, RecoveryContext, RecoveryTarget, WalArchive, setting};
 
 pub struct PgPhysical {
-    conn: Conn,
-    data_dir: PathBuf,
-    stop_command: String,
-    start_command: String,
+    pub(super) conn: Conn,
+    pub(super) data_dir: PathBuf,
+    pub(super) stop_command: String,
+    pub(super) start_command: String,
     /// Filled when a backup's session ends.
     position: Arc<Mutex<Option<BasePosition>>>,
 }
@@ -209,122 +199,6 @@ impl PgPhysical {
             position: Arc::default(),
         })
     }
-
-    fn sibling(&self, suffix: &str) -> Result<PathBuf, Error> {
-        let name = self
-            .data_dir
-            .file_name()
-            .ok_or_else(|| Error::Failed(format!("data_dir {} has no name", self.data_dir.display())))?;
-        Ok(self
-            .data_dir
-            .with_file_name(format!(".{}.strongbox-{suffix}", name.to_string_lossy())))
-    }
-
-    fn shell(&self, line: &str, what: &str) -> Result<(), Error> {
-        let mut t = Tool::shell(line, what);
-        if let Some(p) = &self.conn.password {
-            t.secret(p);
-        }
-        t.run().map(drop)
-    }
-
-    /// Starts the server and waits until it has left recovery and answers
-    /// a query. (During replay it already answers read-only queries: that
-    /// is not yet the recovered database.)
-    fn start_and_wait(&self) -> Result<(), Error> {
-        self.shell(&self.start_command, "the start command")?;
-        let deadline = Instant::now() + START_WAIT;
-        loop {
-            match self.conn.query("SELECT pg_is_in_recovery()") {
-                Ok(r) if r == "f" => return Ok(()),
-                Ok(r) if r == "t" && Instant::now() > deadline => {
-                    return Err(Error::Failed(format!(
-                        "the server was still replaying WAL after {} s",
-                        START_WAIT.as_secs()
-                    )));
-                }
-                Ok(r) if r == "t" => std::thread::sleep(Duration::from_millis(100)),
-                Ok(other) => return Err(Error::Failed(format!("pg_is_in_recovery() answered {other:?}"))),
-                Err(e) if Instant::now() > deadline => {
-                    return Err(Error::Failed(format!(
-                        "the server did not answer within {} s: {e}",
-                        START_WAIT.as_secs()
-                    )));
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
-    }
-
-    /// Before replaying to a point in time: a commit later than any moment
-    /// asked for (replay that runs out of WAL short of its target is an
-    /// error, and only commits mark time), then the current segment
-    /// switched out and archived, so the archive reaches the present.
-    /// Skipped when the server does not answer: a broken server is a
-    /// reason to recover, and the archive then ends where it ends.
-    fn archive_up_to_now(&self, log: Log) {
-        let switched = self
-            .conn
-            .query("SELECT txid_current()")
-            .and_then(|_| self.conn.query("SELECT pg_walfile_name(pg_switch_wal())"));
-        let segment = match switched {
-            Ok(s) => s,
-            Err(e) => {
-                log(format!(
-                    "the server did not switch WAL segments ({e}); replaying what is archived"
-                ));
-                return;
-            }
-        };
-        let deadline = Instant::now() + START_WAIT;
-        loop {
-            match self
-                .conn
-                .query("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
-            {
-                Ok(done) if done.as_str() >= segment.as_str() => return,
-                _ if Instant::now() > deadline => {
-                    log(format!(
-                        "{segment} was not archived within {} s; replaying what is archived",
-                        START_WAIT.as_secs()
-                    ));
-                    return;
-                }
-                _ => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
-    }
-
-    /// A worker killed between the two renames of a swap leaves no data
-    /// directory; the next attempt puts the old one back first.
-    fn repair_interrupted_swap(&self, old: &Path, log: Log) -> Result<(), Error> {
-        if !self.data_dir.exists() && old.exists() {
-            std::fs::rename(old, &self.data_dir).map_err(|e| Error::io("restoring the old data directory", e))?;
-            log(format!(
-                "an earlier attempt stopped mid-swap; {} was put back",
-                self.data_dir.display()
-            ));
-        }
-        Ok(())
-    }
-
-    /// Restores the backup into `staging`, ready to start.
-    fn stage(
-        &self,
-        backup: &dyn BackupFiles,
-        staging: &Path,
-        owner: &std::fs::Metadata,
-        target: &Target,
-    ) -> Result<(), Error> {
-        std::fs::create_dir(staging).map_err(|e| Error::io(format!("creating {}", staging.display()), e))?;
-        let result = backup
-            .restore_tree(staging)
-            .and_then(|()| datadir::prepare(staging, owner, target));
-        if result.is_err() {
-            let _ = std::fs::remove_dir_all(staging);
-        }
-        result
-    }
 }
 
 impl crate::Engine for PgPhysical {
@@ -348,78 +222,34 @@ impl crate::Engine for PgPhysical {
         serde_json::to_value(position).ok()
     }
 
-    fn recover(&self, backup: &dyn BackupFiles, scratch: &Path, log: Log) -> Result<String, Error> {
-        self.recover_to(backup, &Target::Backup, scratch, log)
-    }
-
-    /// Recovers in place to `target`: the backup's consistency point, or a
-    /// later moment or WAL position replayed from the WAL archive.
-    fn recover_to(
+    fn recover(
         &self,
         backup: &dyn BackupFiles,
-        target: &Target,
-        _scratch: &Path,
-        log: Log,
-    ) -> Result<String, Error> {
-        let (staging, old) = (self.sibling("recovering")?, self.sibling("old")?);
-        self.repair_interrupted_swap(&old, log)?;
-        let owner = std::fs::metadata(&self.data_dir)
-            .map_err(|e| Error::io(format!("data directory {}", self.data_dir.display()), e))?;
-        if !self.data_dir.join("PG_VERSION").is_file() {
-            return Err(Error::Failed(format!(
-                "{} is not a PostgreSQL data directory (no PG_VERSION); nothing was changed",
-                self.data_dir.display()
-            )));
-        }
-        for leftover in [&staging, &old] {
-            if leftover.exists() {
-                std::fs::remove_dir_all(leftover).map_err(|e| Error::io(leftover.display(), e))?;
-            }
-        }
-        if *target != Target::Backup {
-            self.archive_up_to_now(log);
-        }
-        self.stage(backup, &staging, &owner, target)?;
-        log(format!(
-            "backup restored into {}; stopping the server",
-            staging.display()
-        ));
+        target: &RecoveryTarget,
+        cx: &RecoveryContext,
+    ) -> Result<Recovered, Error> {
+        self.recover_in_place(backup, target, cx)
+    }
 
-        self.shell(&self.stop_command, "the stop command").inspect_err(|_| {
-            let _ = std::fs::remove_dir_all(&staging);
-        })?;
-        let rename = |from: &Path, to: &Path| {
-            std::fs::rename(from, to)
-                .map_err(|e| Error::io(format!("renaming {} to {}", from.display(), to.display()), e))
-        };
-        rename(&self.data_dir, &old)?;
-        rename(&staging, &self.data_dir)?;
-        log("server stopped, data directories swapped; starting it".into());
-        match self.start_and_wait() {
-            Ok(()) => {
-                std::fs::remove_dir_all(&old).map_err(|e| Error::io(format!("removing {}", old.display()), e))?;
-                Ok(format!(
-                    "the recovered server at {} answers queries",
-                    self.data_dir.display()
-                ))
-            }
-            Err(e) => {
-                log(format!(
-                    "the recovered server did not come up ({e}); putting the old data back"
-                ));
-                let _ = self.shell(&self.stop_command, "the stop command");
-                let _ = std::fs::remove_dir_all(&self.data_dir);
-                rename(&old, &self.data_dir)?;
-                self.start_and_wait().map_err(|again| {
-                    Error::Failed(format!(
-                        "{e}; the old data directory was put back but the server did not start: {again}"
-                    ))
-                })?;
-                Err(Error::Failed(format!(
-                    "{e}; the old data directory was put back and the server restarted"
-                )))
-            }
-        }
+    fn point_in_time(&self) -> Option<&dyn PointInTime> {
+        Some(self)
+    }
+}
+
+impl PointInTime for PgPhysical {
+    fn probe(&self) -> Option<pitr::Live> {
+        self.live()
+    }
+
+    fn first_commit_after(
+        &self,
+        wal: &dyn WalArchive,
+        history: &pitr::History,
+        from: Lsn,
+        segment_size: u64,
+        scratch: &Path,
+    ) -> Result<Option<time::OffsetDateTime>, Error> {
+        super::waldump::WalDump::new(self.conn.bin_dir(), wal, scratch)?.first_commit_after(history, from, segment_size)
     }
 }
 

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use strongbox_engines::{Engine, SnapshotFiles};
+use strongbox_engines::{Engine, RecoveryContext, RecoveryTarget, SnapshotFiles};
 use strongbox_repo::{BackupOptions, Counters, Repository, Snapshot, Store};
 
 pub struct Repo {
@@ -57,8 +57,14 @@ impl Repo {
         let scratch = self.scratch();
         tokio::task::spawn_blocking(move || {
             let log = Mutex::new(Vec::new());
+            let cx = RecoveryContext {
+                scratch: &scratch,
+                log: &|m| log.lock().unwrap().push(m),
+                wal: None,
+            };
             let result = engine
-                .recover(&files, &scratch, &|m| log.lock().unwrap().push(m))
+                .recover(&files, &RecoveryTarget::Backup { position: None }, &cx)
+                .map(|r| r.summary)
                 .map_err(|e| e.to_string());
             (result, log.into_inner().unwrap())
         })

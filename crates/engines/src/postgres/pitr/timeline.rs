@@ -1,0 +1,199 @@
+//! Timelines: every promotion (ours after a recovery, or a failover)
+//! starts a new timeline, and PostgreSQL archives a history file
+//! (`0000000N.history`) naming the ancestors and where it branched off
+//! each. A timeline's history is the WAL a recovery along it replays: each
+//! ancestor up to its switch point, then the timeline itself. WAL past a
+//! switch point on an ancestor belongs to an abandoned branch.
+
+use serde::{Deserialize, Serialize};
+
+use super::Lsn;
+
+/// One timeline's stretch of a history: WAL positions `begin..end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Span {
+    pub timeline: u32,
+    pub begin: Lsn,
+    /// Where the history leaves this timeline; `None` for its last one.
+    pub end: Option<Lsn>,
+}
+
+impl Span {
+    fn holds(&self, lsn: Lsn) -> bool {
+        self.begin <= lsn && self.end.is_none_or(|end| lsn <= end)
+    }
+}
+
+/// A timeline's history, oldest stretch first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    spans: Vec<Span>,
+}
+
+impl History {
+    /// Timeline 1, which has no history file.
+    pub fn first() -> History {
+        History {
+            spans: vec![Span {
+                timeline: 1,
+                begin: Lsn(0),
+                end: None,
+            }],
+        }
+    }
+
+    /// One timeline on its own from the start, whatever its ancestors: for
+    /// checking the continuity of its archived WAL.
+    pub fn alone(timeline: u32) -> History {
+        History {
+            spans: vec![Span {
+                timeline,
+                begin: Lsn(0),
+                end: None,
+            }],
+        }
+    }
+
+    /// Parses the history file of `timeline`: lines `PARENT\tSWITCHPOINT\tREASON`.
+    pub fn parse(timeline: u32, text: &str) -> Result<History, String> {
+        let mut spans = Vec::new();
+        let mut begin = Lsn(0);
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            let bad = || format!("timeline {timeline}'s history has a malformed line {line:?}");
+            let mut fields = line.split_whitespace();
+            let parent: u32 = fields.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
+            let end: Lsn = fields.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
+            if spans.last().is_some_and(|s: &Span| s.timeline >= parent) || parent >= timeline || end < begin {
+                return Err(bad());
+            }
+            spans.push(Span {
+                timeline: parent,
+                begin,
+                end: Some(end),
+            });
+            begin = end;
+        }
+        if spans.is_empty() && timeline != 1 {
+            return Err(format!("timeline {timeline}'s history names no parent"));
+        }
+        spans.push(Span {
+            timeline,
+            begin,
+            end: None,
+        });
+        Ok(History { spans })
+    }
+
+    /// The timeline this is the history of.
+    pub fn timeline(&self) -> u32 {
+        self.spans.last().expect("a history has a span").timeline
+    }
+
+    pub fn spans(&self) -> &[Span] {
+        &self.spans
+    }
+
+    /// The timeline holding `lsn` in this history.
+    pub fn timeline_at(&self, lsn: Lsn) -> u32 {
+        self.spans
+            .iter()
+            .find(|s| s.holds(lsn))
+            .map_or(self.timeline(), |s| s.timeline)
+    }
+
+    /// Whether position `lsn` of `timeline` is part of this history.
+    pub fn holds(&self, timeline: u32, lsn: Lsn) -> bool {
+        self.spans.iter().any(|s| s.timeline == timeline && s.holds(lsn))
+    }
+
+    /// Which timeline's file of segment number `segment` replay reads: the
+    /// newest one begun by the segment's end (the segment of a switch point
+    /// is the child's: it copies the parent's WAL up to the switch).
+    pub fn segment_timeline(&self, segment: u64, segment_size: u64) -> u32 {
+        self.spans
+            .iter()
+            .rev()
+            .find(|s| s.begin.0 / segment_size <= segment)
+            .map_or(1, |s| s.timeline)
+    }
+
+    /// The span of `timeline` in this history.
+    pub fn span(&self, timeline: u32) -> Option<&Span> {
+        self.spans.iter().find(|s| s.timeline == timeline)
+    }
+
+    /// The first position at which this history and `other` hold different
+    /// WAL (`None` if they are the same history).
+    pub fn divergence(&self, other: &History) -> Option<Lsn> {
+        for (a, b) in self.spans.iter().zip(&other.spans) {
+            if a.timeline != b.timeline {
+                return Some(a.begin);
+            }
+            match (a.end, b.end) {
+                (Some(x), Some(y)) if x == y => {}
+                (None, None) => return None,
+                (x, y) => return Some(x.unwrap_or(Lsn(u64::MAX)).min(y.unwrap_or(Lsn(u64::MAX)))),
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEG: u64 = 16 << 20;
+
+    #[test]
+    fn a_history_file_gives_the_stretches_replay_follows() {
+        // Timeline 4: from 1 up to 0/3000158, then 2 up to 0/5000000, then itself.
+        let h = History::parse(
+            4,
+            "1\t0/3000158\tno recovery target specified\n\n2\t0/5000000\tafter LSN 0/4FFFFF0\n",
+        )
+        .unwrap();
+        assert_eq!(h.timeline(), 4);
+        assert_eq!(h.spans().iter().map(|s| s.timeline).collect::<Vec<_>>(), [1, 2, 4]);
+        assert_eq!(h.timeline_at(Lsn(0x300_0000)), 1);
+        assert_eq!(
+            h.timeline_at(Lsn(0x300_0158)),
+            1,
+            "a switch point is the parent's last position"
+        );
+        assert_eq!(h.timeline_at(Lsn(0x300_0159)), 2);
+        assert_eq!(h.timeline_at(Lsn(0x900_0000)), 4);
+        assert!(
+            h.holds(1, Lsn(0x300_0000)) && !h.holds(1, Lsn(0x400_0000)),
+            "1 is abandoned past its switch"
+        );
+        // Segment 3 holds the switch to 2: timeline 2's copy of it is read.
+        assert_eq!(h.segment_timeline(2, SEG), 1);
+        assert_eq!(h.segment_timeline(3, SEG), 2);
+        assert_eq!(h.segment_timeline(4, SEG), 2);
+        assert_eq!(h.segment_timeline(5, SEG), 4, "a switch at a segment boundary");
+        assert!(History::parse(2, "").is_err());
+        assert!(History::parse(2, "3\t0/1\tx").is_err(), "a parent newer than its child");
+        assert!(
+            History::parse(3, "1\t0/5\tx\n2\t0/4\ty").is_err(),
+            "switch points go forward"
+        );
+        assert_eq!(History::parse(1, "").unwrap(), History::first());
+    }
+
+    #[test]
+    fn histories_part_where_their_timelines_do() {
+        let h2 = History::parse(2, "1\t0/3000000\tx").unwrap();
+        let h3 = History::parse(3, "1\t0/2000000\tx").unwrap();
+        let h4 = History::parse(4, "1\t0/3000000\tx\n2\t0/5000000\tx").unwrap();
+        assert_eq!(h2.divergence(&h3), Some(Lsn(0x200_0000)));
+        assert_eq!(h3.divergence(&h2), Some(Lsn(0x200_0000)));
+        assert_eq!(h2.divergence(&h4), Some(Lsn(0x500_0000)));
+        assert_eq!(History::first().divergence(&h2), Some(Lsn(0x300_0000)));
+        assert_eq!(h4.divergence(&h4.clone()), None);
+    }
+}

@@ -1,0 +1,400 @@
+//! Physical recovery in place, from whatever state the deployment is in:
+//! running, stopped, crashed, unable to start, damaged, empty or gone.
+//!
+//! The backup is restored next to the data directory (the server, if it
+//! runs, keeps serving meanwhile), set to replay to its target and pause
+//! there. Then a running server is stopped (one that is down is not), the
+//! data directory (if any) moved aside, the restored one moved in, and the
+//! server started. Where replay paused is checked against the plan before
+//! the server is promoted to a new timeline, and the new timeline's
+//! history against it again after; only then is the old directory removed.
+//! If anything fails after the swap, the old directory is put back and a
+//! server that ran before is started again.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+
+use super::datadir::{self, AUTO_CONF, RecoverySettings, Replay};
+use super::physical::PgPhysical;
+use super::pitr::{self, Lsn, Reached};
+use super::server::{Paused, WAIT};
+use super::waldump::WalDump;
+use crate::{BackupFiles, Error, Log, PitrTarget, Recovered, RecoveryContext, RecoveryTarget};
+
+/// Where prefetched WAL waits, inside `pg_wal` (see `wal-fetch`).
+pub const PREFETCH_SPOOL: &str = ".strongbox-prefetch";
+
+/// What replay must show when it pauses.
+struct Expected {
+    replay: Replay,
+    /// The timeline replay follows (`None`: the backup's own).
+    timeline: Option<u32>,
+    /// The timeline replay stops on, when known.
+    stop_timeline: Option<u32>,
+    /// A consistency point replay must stop exactly at.
+    exactly: Option<Lsn>,
+    /// Replay must not stop before this position.
+    at_least: Option<Lsn>,
+    /// What the job asked for, in words.
+    what: String,
+}
+
+impl Expected {
+    fn check(&self, p: &Paused, history: Option<&pitr::History>) -> Result<u32, String> {
+        let stop_timeline = history.map_or(self.stop_timeline, |h| Some(h.timeline_at(p.lsn)));
+        if let Some(at) = self.exactly
+            && p.lsn != at
+        {
+            return Err(format!(
+                "replay paused at scn {}, not at the backup's consistency point {at}",
+                p.lsn
+            ));
+        }
+        if let Some(min) = self.at_least
+            && p.lsn < min
+        {
+            return Err(format!("replay paused at scn {}, before {min}", p.lsn));
+        }
+        match self.replay {
+            Replay::Lsn(l) if p.lsn <= l => {
+                return Err(format!("replay paused at scn {}, not past the target {l}", p.lsn));
+            }
+            Replay::Time(t) if p.last_commit.is_some_and(|c| c > t) => {
+                return Err(format!(
+                    "replay applied a commit of {}, after the target {t}",
+                    p.last_commit.map(|c| c.to_string()).unwrap_or_default()
+                ));
+            }
+            _ => {}
+        }
+        Ok(stop_timeline.unwrap_or(0))
+    }
+}
+
+impl PgPhysical {
+    fn sibling(&self, suffix: &str) -> Result<PathBuf, Error> {
+        let name = self
+            .data_dir
+            .file_name()
+            .ok_or_else(|| Error::Failed(format!("data_dir {} has no name", self.data_dir.display())))?;
+        Ok(self
+            .data_dir
+            .with_file_name(format!(".{}.strongbox-{suffix}", name.to_string_lossy())))
+    }
+
+    /// A worker killed between the two renames of a swap leaves no data
+    /// directory; the next attempt puts the old one back first.
+    fn repair_interrupted_swap(&self, old: &Path, log: Log) -> Result<(), Error> {
+        if !self.data_dir.exists() && old.exists() {
+            std::fs::rename(old, &self.data_dir).map_err(|e| Error::io("restoring the old data directory", e))?;
+            log(format!(
+                "an earlier attempt stopped mid-swap; {} was put back",
+                self.data_dir.display()
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn recover_in_place(
+        &self,
+        backup: &dyn BackupFiles,
+        target: &RecoveryTarget,
+        cx: &RecoveryContext,
+    ) -> Result<Recovered, Error> {
+        let log = cx.log;
+        let (staging, old) = (self.sibling("recovering")?, self.sibling("old")?);
+        self.repair_interrupted_swap(&old, log)?;
+        let found = self.found()?;
+        log(format!("found {}", found.description));
+        let owner = self.owner()?;
+        for leftover in [&staging, &old] {
+            if leftover.exists() {
+                std::fs::remove_dir_all(leftover).map_err(|e| Error::io(leftover.display(), e))?;
+            }
+        }
+        let expected = self.expected(target, found.answers, cx)?;
+        let settings = RecoverySettings {
+            replay: expected.replay,
+            timeline: expected.timeline,
+            restore_command: cx.wal.map(|w| w.restore_command()),
+        };
+        std::fs::create_dir(&staging).map_err(|e| Error::io(format!("creating {}", staging.display()), e))?;
+        backup
+            .restore_tree(&staging)
+            .and_then(|()| datadir::prepare(&staging, owner, &settings))
+            .inspect_err(|_| {
+                let _ = std::fs::remove_dir_all(&staging);
+            })?;
+        log(format!(
+            "backup restored into {}; replay {}",
+            staging.display(),
+            expected.what
+        ));
+
+        if found.running {
+            self.stop(log).inspect_err(|_| {
+                let _ = std::fs::remove_dir_all(&staging);
+            })?;
+            log("server stopped".into());
+        }
+        let rename = |from: &Path, to: &Path| {
+            std::fs::rename(from, to)
+                .map_err(|e| Error::io(format!("renaming {} to {}", from.display(), to.display()), e))
+        };
+        if found.dir_exists {
+            rename(&self.data_dir, &old)?;
+        }
+        rename(&staging, &self.data_dir)?;
+        log(format!(
+            "{}; starting the recovered server",
+            if found.dir_exists {
+                format!("old data directory kept at {}, recovered one in place", old.display())
+            } else {
+                "recovered data directory in place".to_string()
+            }
+        ));
+        match self.replay_and_promote(&expected, target, log) {
+            Ok(reached) => {
+                if found.dir_exists {
+                    std::fs::remove_dir_all(&old).map_err(|e| Error::io(format!("removing {}", old.display()), e))?;
+                }
+                self.tidy_after_recovery();
+                Ok(Recovered {
+                    summary: format!(
+                        "replay stopped at scn {} on timeline {}{}; promoted to timeline {}; the server at {} \
+                         answers queries",
+                        reached.lsn,
+                        reached.from_timeline,
+                        reached
+                            .last_commit
+                            .map(|c| format!(" (last commit replayed: {c})"))
+                            .unwrap_or_default(),
+                        reached.timeline,
+                        self.data_dir.display()
+                    ),
+                    reached: Some(reached),
+                })
+            }
+            Err(e) => {
+                log(format!("the recovery failed ({e}); putting the old data back"));
+                self.stop_quietly();
+                std::fs::remove_dir_all(&self.data_dir).map_err(|e| Error::io("removing the failed recovery", e))?;
+                if !found.dir_exists {
+                    return Err(Error::Failed(format!(
+                        "{e}; the data directory was removed again (there was none)"
+                    )));
+                }
+                rename(&old, &self.data_dir)?;
+                if !found.running {
+                    return Err(Error::Failed(format!(
+                        "{e}; the old data directory was put back (its server was down before and was left down)"
+                    )));
+                }
+                self.start_and_wait().map_err(|again| {
+                    Error::Failed(format!(
+                        "{e}; the old data directory was put back but the server did not start: {again}"
+                    ))
+                })?;
+                Err(Error::Failed(format!(
+                    "{e}; the old data directory was put back and the server restarted"
+                )))
+            }
+        }
+    }
+
+    /// Starts the recovered server, checks where replay paused, promotes,
+    /// and checks the new timeline's history.
+    fn replay_and_promote(&self, expected: &Expected, target: &RecoveryTarget, log: Log) -> Result<Reached, Error> {
+        self.shell(&self.start_command, "the start command")?;
+        let paused = self.wait_paused()?;
+        let planned = match target {
+            RecoveryTarget::PointInTime(p) => Some(&p.history),
+            RecoveryTarget::Backup { .. } => None,
+        };
+        let stop_timeline = expected.check(&paused, planned).map_err(Error::Failed)?;
+        log(format!(
+            "replay paused at scn {}{}, as planned; promoting",
+            paused.lsn,
+            paused
+                .last_commit
+                .map(|c| format!(" after a commit of {c}"))
+                .unwrap_or_default()
+        ));
+        let history = self.promote()?;
+        let parent = history
+            .spans()
+            .iter()
+            .rev()
+            .nth(1)
+            .copied()
+            .ok_or_else(|| Error::Failed("the new timeline's history names no parent".into()))?;
+        if parent.end != Some(paused.lsn) || (stop_timeline != 0 && parent.timeline != stop_timeline) {
+            return Err(Error::Failed(format!(
+                "the new timeline {} branched from timeline {} at scn {}, not from timeline {stop_timeline} at {} \
+                 where replay paused",
+                history.timeline(),
+                parent.timeline,
+                parent.end.unwrap_or(Lsn(0)),
+                paused.lsn
+            )));
+        }
+        Ok(Reached {
+            timeline: history.timeline(),
+            from_timeline: parent.timeline,
+            lsn: paused.lsn,
+            last_commit: paused.last_commit,
+            promoted_at: OffsetDateTime::now_utc(),
+        })
+    }
+
+    /// Works out where replay goes and what it must show, archiving the
+    /// live server's WAL up to now first when it answers.
+    fn expected(&self, target: &RecoveryTarget, answers: bool, cx: &RecoveryContext) -> Result<Expected, Error> {
+        let p = match target {
+            RecoveryTarget::Backup { position } => {
+                return Ok(Expected {
+                    replay: Replay::Consistent,
+                    timeline: None,
+                    stop_timeline: position.as_ref().map(|p| p.timeline),
+                    exactly: position.as_ref().map(|p| p.stop_lsn),
+                    at_least: None,
+                    what: "to the backup's consistency point".into(),
+                });
+            }
+            RecoveryTarget::PointInTime(p) => p,
+        };
+        let flushed = if answers {
+            self.archive_up_to_now(p.history.timeline(), cx.log)
+        } else {
+            (cx.log)("the server does not answer: replaying the WAL archived so far".into());
+            None
+        };
+        let mut e = Expected {
+            replay: Replay::Consistent,
+            timeline: Some(p.history.timeline()),
+            stop_timeline: None,
+            exactly: None,
+            at_least: Some(p.base.stop_lsn),
+            what: String::new(),
+        };
+        let to_end = |e: &mut Expected, end: Option<Lsn>| match end {
+            Some(l) if l >= p.base.stop_lsn => {
+                e.replay = Replay::Lsn(l);
+                e.what = format!(
+                    "through the last archived record (scn {l}) of timeline {}'s history",
+                    p.history.timeline()
+                );
+            }
+            _ => {
+                e.replay = Replay::Consistent;
+                e.exactly = Some(p.base.stop_lsn);
+                e.what = "to the backup's consistency point: nothing later is archived".into();
+            }
+        };
+        match p.goal {
+            pitr::Goal::Lsn(l) => {
+                e.replay = Replay::Lsn(l);
+                e.what = format!("to scn {l} on timeline {}'s history", p.history.timeline());
+            }
+            pitr::Goal::Latest => match flushed {
+                Some(now) => {
+                    e.replay = Replay::Lsn(now);
+                    e.what = format!("through everything archived, up to scn {now} (now)");
+                }
+                None => to_end(&mut e, Some(self.run_end(p, cx)?.last_record)),
+            },
+            pitr::Goal::Time(t) => {
+                let end = if flushed.is_some() {
+                    None
+                } else {
+                    Some(self.run_end(p, cx)?)
+                };
+                match end {
+                    Some(end) if end.last_commit.is_some_and(|c| c <= t) => {
+                        (cx.log)(format!("the archive holds no commit after {t}: replaying all of it"));
+                        to_end(&mut e, Some(end.last_record));
+                    }
+                    _ => {
+                        e.replay = Replay::Time(t);
+                        e.what = format!("to {t} on timeline {}'s history", p.history.timeline());
+                    }
+                }
+            }
+        }
+        Ok(e)
+    }
+
+    /// Where the archived WAL along the plan's history ends.
+    fn run_end(&self, p: &PitrTarget, cx: &RecoveryContext) -> Result<super::waldump::RunEnd, Error> {
+        let wal = cx
+            .wal
+            .ok_or_else(|| Error::Failed("no WAL archive to replay from".into()))?;
+        let reach = pitr::reach(&wal.list()?, &p.base, &p.history)
+            .ok_or_else(|| Error::Failed("the base backup's WAL is no longer archived".into()))?;
+        let (name, timeline) = &reach.last_segment;
+        let end = p.history.span(*timeline).and_then(|s| s.end);
+        WalDump::new(self.conn.bin_dir(), wal, cx.scratch)?.run_end(name, *timeline, end, p.base.segment_size)
+    }
+
+    /// Before replaying to a point in time: a commit (replay can only stop
+    /// at a moment once it sees a later commit), then the current segment
+    /// switched out and archived, so the archive reaches the present.
+    /// Returns the position just before the switch (everything committed
+    /// until now lies before it), if the server is on `timeline`.
+    fn archive_up_to_now(&self, timeline: u32, log: Log) -> Option<Lsn> {
+        let switched = self
+            .conn
+            .query("SELECT txid_current()")
+            .and_then(|_| self.conn.query("SELECT pg_current_wal_insert_lsn()"))
+            .and_then(|now| Ok((now, self.conn.query("SELECT pg_walfile_name(pg_switch_wal())")?)));
+        let (now, segment) = match switched {
+            Ok(s) => s,
+            Err(e) => {
+                log(format!(
+                    "the server did not switch WAL segments ({e}); replaying what is archived"
+                ));
+                return None;
+            }
+        };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self
+                .conn
+                .query("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
+            {
+                Ok(done) if done.as_str() >= segment.as_str() => break,
+                _ if Instant::now() > deadline => {
+                    log(format!(
+                        "{segment} was not archived within {} s; replaying what is archived",
+                        WAIT.as_secs()
+                    ));
+                    return None;
+                }
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+        let on = u32::from_str_radix(segment.get(..8)?, 16).ok()?;
+        if on != timeline {
+            log(format!(
+                "the server is on timeline {on}; the recovery follows timeline {timeline}, whose archive ends where it \
+                 ends"
+            ));
+            return None;
+        }
+        log(format!("archived the server's WAL up to now (scn {now})"));
+        now.parse().ok()
+    }
+
+    /// After a successful recovery: its settings out of postgresql.auto.conf
+    /// (so a later restart or standby set-up never replays to them again),
+    /// and the prefetched WAL gone.
+    fn tidy_after_recovery(&self) {
+        let auto = self.data_dir.join(AUTO_CONF);
+        if let Ok(text) = std::fs::read_to_string(&auto) {
+            let _ = std::fs::write(&auto, datadir::without_recovery_settings(&text));
+        }
+        let _ = std::fs::remove_dir_all(self.data_dir.join("pg_wal").join(PREFETCH_SPOOL));
+    }
+}
