@@ -121,7 +121,7 @@ async fn physical_backup_under_load_then_recovery_in_place() {
     let (result, log) = repo.recover(engine.clone(), &at_rest).await;
     let summary = result.unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
     assert!(summary.contains("answers queries"), "{summary}");
-    assert!(log.iter().any(|l| l.contains("swapped")), "{log:?}");
+    assert!(log.iter().any(|l| l.contains("recovered one in place")), "{log:?}");
     assert_same(&c.dump(), &expected);
     assert_eq!(c.psql("SELECT to_regclass('extra') IS NULL"), "t");
     // Promoted to a new timeline: its WAL cannot collide with the old history's.

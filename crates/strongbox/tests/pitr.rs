@@ -151,7 +151,7 @@ fn recovery_to_moments_and_scns_holds_exactly_the_rows_committed_by_then() {
             "before the first base backup",
         ),
         (
-            format!(r#"{{"scn": {}}}"#, latest_lsn.0 + 1),
+            format!(r#"{{"scn": {}}}"#, latest_lsn.0 + (1 << 30)),
             "after the last archived WAL",
         ),
         (r#"{"scn": "zz/1"}"#.to_string(), "not a WAL position"),
@@ -177,6 +177,8 @@ fn recovery_to_moments_and_scns_holds_exactly_the_rows_committed_by_then() {
 
     // Three moments and three positions (one as a decimal number), before
     // and after base backup 2; each from the latest base backup before it.
+    // The first recovery starts timeline 2: the later targets are points of
+    // timeline 1, which the requests name.
     let decimal = |lsn: &str| lsn.parse::<Lsn>().unwrap().0.to_string();
     let cases = [
         (
@@ -184,19 +186,23 @@ fn recovery_to_moments_and_scns_holds_exactly_the_rows_committed_by_then() {
             &marks[0],
             &first,
         ),
-        (format!(r#"{{"scn": "{}"}}"#, marks[1].lsn), &marks[1], &first),
+        (format!(r#"{{"scn": "{}", "timeline": 1}}"#, marks[1].lsn), &marks[1], &first),
         (
-            format!(r#"{{"timestamp": "{}"}}"#, marks[2].timestamp),
+            format!(r#"{{"timestamp": "{}", "timeline": 1}}"#, marks[2].timestamp),
             &marks[2],
             &first,
         ),
-        (format!(r#"{{"scn": {}}}"#, decimal(&marks[3].lsn)), &marks[3], &second),
         (
-            format!(r#"{{"timestamp": "{}"}}"#, marks[4].timestamp),
+            format!(r#"{{"scn": {}, "timeline": "1"}}"#, decimal(&marks[3].lsn)),
+            &marks[3],
+            &second,
+        ),
+        (
+            format!(r#"{{"timestamp": "{}", "timeline": 1}}"#, marks[4].timestamp),
             &marks[4],
             &second,
         ),
-        (format!(r#"{{"scn": "{}"}}"#, marks[5].lsn), &marks[5], &second),
+        (format!(r#"{{"scn": "{}", "timeline": 1}}"#, marks[5].lsn), &marks[5], &second),
     ];
     for (body, mark, base) in cases {
         let started = Instant::now();
