@@ -186,7 +186,11 @@ fn recovery_to_moments_and_scns_holds_exactly_the_rows_committed_by_then() {
             &marks[0],
             &first,
         ),
-        (format!(r#"{{"scn": "{}", "timeline": 1}}"#, marks[1].lsn), &marks[1], &first),
+        (
+            format!(r#"{{"scn": "{}", "timeline": 1}}"#, marks[1].lsn),
+            &marks[1],
+            &first,
+        ),
         (
             format!(r#"{{"timestamp": "{}", "timeline": 1}}"#, marks[2].timestamp),
             &marks[2],
@@ -202,7 +206,11 @@ fn recovery_to_moments_and_scns_holds_exactly_the_rows_committed_by_then() {
             &marks[4],
             &second,
         ),
-        (format!(r#"{{"scn": "{}", "timeline": 1}}"#, marks[5].lsn), &marks[5], &second),
+        (
+            format!(r#"{{"scn": "{}", "timeline": 1}}"#, marks[5].lsn),
+            &marks[5],
+            &second,
+        ),
     ];
     for (body, mark, base) in cases {
         let started = Instant::now();

@@ -166,38 +166,3 @@ fn message_names_tag(s: &Server, body: &str, tag: &str) -> bool {
     let (_, _, v) = s.post_recovery(body);
     v["message"].as_str().unwrap_or_default().contains(tag)
 }
-
-#[test]
-fn a_recovery_whose_database_vanished_fails_with_a_message_and_the_next_backup_runs() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(&dir);
-    let db = dir.path().join("big.sqlite");
-    big_database(&db, 2);
-    assert_eq!(s.register_sqlite("big", &db).0, "HTTP/2 200");
-    let (_, location) = s.post_backup("big", &[]);
-    s.wait_for(&location, "Succeeded");
-    std::fs::remove_file(&db).unwrap();
-    let (status, location, _) = s.post_recovery(r#"{"latest": true}"#);
-    assert_eq!(status, "HTTP/2 202");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let job = loop {
-        let (_, v) = s.json(&[&location]);
-        if v["job_status"] == "Failed" {
-            break v;
-        }
-        assert!(
-            v["job_status"] == "In Progress" && std::time::Instant::now() < deadline,
-            "{v}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let message = job["message"].as_str().unwrap();
-    assert!(
-        message.contains("recovery failed") && message.contains("does not exist"),
-        "{message}"
-    );
-    assert_eq!(s.history()[0]["status"], "FAILED");
-    assert!(s.history()[0].get("recoveryCompleteDate").is_none());
-    // The deployment is free again.
-    assert_eq!(s.post_backup("big", &[]).0, "HTTP/2 202");
-}

@@ -51,21 +51,33 @@ impl PgPhysical {
         t.run().map(drop)
     }
 
-    /// The postmaster's pid from its lock file, if that process still runs.
+    /// The postmaster running on the data directory, if any: from its lock
+    /// file, or (when the directory was wiped under it) by its working
+    /// directory.
     fn postmaster_pid(&self) -> Option<u32> {
-        let text = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
-        let pid: u32 = text.lines().next()?.trim().parse().ok()?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        String::from_utf8_lossy(&cmdline).contains("postgres").then_some(pid)
+        let from_lock = std::fs::read_to_string(self.data_dir.join("postmaster.pid"))
+            .ok()
+            .and_then(|text| text.lines().next()?.trim().parse::<u32>().ok())
+            .filter(|pid| comm(*pid).is_some_and(|c| c.starts_with("postgres")));
+        from_lock.or_else(|| self.postmaster_by_cwd())
     }
 
-    /// The postmaster, found through a backend (its parent) when the lock
-    /// file is gone: a server whose data directory was wiped runs on.
+    fn postmaster_by_cwd(&self) -> Option<u32> {
+        let dir = self.data_dir.to_string_lossy();
+        let deleted = format!("{dir} (deleted)");
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cwd = std::fs::read_link(entry.path().join("cwd")).ok()?;
+            let cwd = cwd.to_string_lossy();
+            let postgres = |p: u32| comm(p).is_some_and(|c| c.starts_with("postgres"));
+            // The postmaster: a postgres process whose parent is not one.
+            ((cwd == dir || cwd == deleted) && postgres(pid) && !parent(pid).is_some_and(postgres)).then_some(pid)
+        })
+    }
+
+    /// The postmaster, found through a backend (its parent).
     fn postmaster_of_backend(&self) -> Option<u32> {
-        let backend: u32 = self.conn.query("SELECT pg_backend_pid()").ok()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{backend}/stat")).ok()?;
-        // `pid (comm) state ppid …`; comm may hold spaces, so split after ')'.
-        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+        parent(self.conn.query("SELECT pg_backend_pid()").ok()?.parse().ok()?)
     }
 
     /// What the deployment looks like now.
@@ -110,9 +122,12 @@ impl PgPhysical {
         if entries
             .as_ref()
             .is_none_or(|n| n.is_empty() || !dir.join("PG_VERSION").is_file())
-            && answers
         {
-            description += ", yet a server still answering";
+            if answers {
+                description += ", yet a server still answering";
+            } else if let Some(pid) = pid {
+                description += &format!(", yet its postmaster still running (pid {pid})");
+            }
         }
         Ok(Found {
             answers,
@@ -291,6 +306,20 @@ impl PgPhysical {
             at: OffsetDateTime::now_utc(),
         })
     }
+}
+
+/// A process's command name.
+fn comm(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim().to_string())
+}
+
+/// A process's parent.
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid …`; comm may hold spaces, so split after ')'.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// This process's effective user (root may hand files to any owner).

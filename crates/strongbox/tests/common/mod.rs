@@ -272,3 +272,139 @@ impl Archive {
             .unwrap()
     }
 }
+
+/// A real PostgreSQL cluster registered as deployment `pg` of a running
+/// server, archiving its WAL into the server's repository with the
+/// `archive_command` the server reports.
+pub struct Pg {
+    pub s: Server,
+    pub c: strongbox_testkit::Cluster,
+}
+
+pub const PG_INSTANCE: &str = "/paas/service/dbcs/api/v1.1/instances/usexample/pg";
+
+impl Pg {
+    /// `settings` go into the cluster's configuration.
+    pub fn start(dir: &Path, settings: &str) -> Pg {
+        let s = start_in(dir, free_port());
+        // PostgreSQL's archive_command runs as postgres: it must reach the
+        // server's repository and its password file.
+        strongbox_testkit::sh(&format!(
+            "chmod 755 {d} {d}/data && chown -R postgres:postgres {d}/data/repository {d}/data/repository.password",
+            d = dir.display()
+        ));
+        // Archiving fails (and PostgreSQL keeps the WAL) until it is set below.
+        let c = strongbox_testkit::Cluster::start(&format!("archive_mode = on\narchive_command = 'false'\n{settings}"));
+        let ctl = |a: &str| format!("runuser -u postgres -- {}", c.ctl(a));
+        let reg = serde_json::json!({
+            "engine": "postgresql",
+            "connection": {
+                "url": c.url(), "data_dir": c.data, "bin_dir": strongbox_testkit::PG_BIN,
+                "stop_command": ctl("stop"), "start_command": ctl("start"),
+            }
+        });
+        let url = s.url("/strongbox/api/v1/instances/usexample/pg");
+        let (status, v) = s.json(&["-X", "PUT", "-d", &reg.to_string(), &url]);
+        assert_eq!(status, "HTTP/2 200", "{v}");
+        let pg = Pg { s, c };
+        let command = pg.instance()["pointInTimeRecovery"]["archiveCommand"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        pg.c.psql(&format!(
+            "ALTER SYSTEM SET archive_command = '{}'",
+            command.replace('\'', "''")
+        ));
+        pg.c.psql("SELECT pg_reload_conf()");
+        pg
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        self.s.url(&format!("{PG_INSTANCE}{path}"))
+    }
+
+    /// `GET …/pg`.
+    pub fn instance(&self) -> serde_json::Value {
+        self.s.json(&[&self.url("")]).1
+    }
+
+    /// A base backup through the API; its entry in the backup list.
+    pub fn backup(&self) -> serde_json::Value {
+        let (status, location) = self.s.post_backup("pg", &[]);
+        assert_eq!(status, "HTTP/2 202", "{location}");
+        self.s.wait_for(&location, "Succeeded");
+        let (_, list) = self.s.json(&[&self.url("/backups")]);
+        list["backupList"][0].clone()
+    }
+
+    /// `POST …/pg/backups/recovery`: (status line, JSON body, Location).
+    pub fn request_recovery(&self, body: &str) -> (String, serde_json::Value, String) {
+        let url = self.url("/backups/recovery");
+        let (status, h, text) = self.s.curl(&[&AUTH[..], &["-X", "POST", "-d", body, &url]].concat());
+        let location = h
+            .iter()
+            .find(|(k, _)| k == "location")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or_default(), location)
+    }
+
+    /// A recovery that must be accepted and succeed; its job's final status
+    /// (panics with the job's activity log and the server's log otherwise).
+    pub fn recover(&self, body: &str) -> serde_json::Value {
+        let (status, v, location) = self.request_recovery(body);
+        assert_eq!(status, "HTTP/2 202", "{body}: {v}");
+        self.finished(&location, body)
+    }
+
+    /// Waits for a job to end; panics with its log unless it succeeded.
+    pub fn finished(&self, location: &str, what: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let (_, v) = self.s.json(&[location]);
+            match v["job_status"].as_str() {
+                Some("Succeeded") => return v,
+                Some("Failed") => panic!("{what}: {}\n{}\n{}", v["message"], self.activity(&v), self.c.log()),
+                _ => assert!(Instant::now() < deadline, "{what}: still running: {v}"),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// A job's activity log messages, one per line.
+    pub fn activity(&self, job: &serde_json::Value) -> String {
+        let id = job["job_id"].as_i64().unwrap_or_default();
+        let (_, log) = self
+            .s
+            .json(&[&self.s.url(&format!("/paas/api/v1.1/activitylog/usexample/job/{id}"))]);
+        log["messages"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .map(|m| m["message"].as_str().unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default()
+    }
+
+    /// Switches to a new WAL segment and waits until it is archived: what
+    /// was committed is in the archive.
+    pub fn flush(&self) {
+        let last = self.c.psql("SELECT pg_walfile_name(pg_switch_wal())");
+        self.c.wait_archived(&last);
+    }
+
+    /// Kills the postmaster (and its children) as a crash would: no
+    /// shutdown checkpoint, postmaster.pid left behind.
+    pub fn crash(&self) {
+        let pid = std::fs::read_to_string(self.c.data.join("postmaster.pid")).unwrap();
+        let pid = pid.lines().next().unwrap().trim();
+        strongbox_testkit::sh(&format!("pkill -9 -P {pid}; kill -9 {pid}"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(Instant::now() < deadline, "postmaster {pid} survived SIGKILL");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
