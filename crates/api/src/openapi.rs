@@ -97,7 +97,13 @@ pub fn spec() -> OpenApi {
             PathItemBuilder::new()
                 .operation(
                     HttpMethod::Get,
-                    op("View a deployment", &[DOMAIN, SERVICE], &with_errors(&[("200", "")])),
+                    op(
+                        "View a deployment; for `postgresql` ones, `pointInTimeRecovery`: the archive_command and \
+                         restore_command to set, the current timeline, whether the server answers, and the \
+                         recoverable range of the current history (`earliest`/`latest` scn and timestamp)",
+                        &[DOMAIN, SERVICE],
+                        &with_errors(&[("200", "")]),
+                    ),
                 )
                 .build(),
         )
@@ -112,14 +118,24 @@ pub fn spec() -> OpenApi {
                         &[DOMAIN, SERVICE],
                         &with_errors(&[
                             ("202", "accepted; `Location` is the job status URI"),
-                            ("400", "not exactly one target, bad date, a time outside the backups, scn"),
-                            ("404", "no completed backup with that dbTag"),
+                            (
+                                "400",
+                                "not exactly one target, bad date, a target the archive does not reach (the \
+                                 message names the recoverable range) or a moment of an abandoned timeline (the \
+                                 message names it)",
+                            ),
+                            ("404", "no completed backup with that dbTag in the repository"),
                             ("409", "a job of this deployment is already in progress"),
                         ]),
                     )
                     .request_body(Some(json_body(
-                        "exactly one of `latest` (true, \"true\", \"yes\"), `tag` (a dbTag), `timestamp` \
-                         (dd-MMM-yyyy HH:mm:ss, UTC, a backup's completion time), `scn`; optional `keepForever`",
+                        "exactly one of `latest` (true, \"true\", \"yes\": the latest backup and, where WAL is \
+                         archived, complete recovery to the last committed change), `tag` (a dbTag), `timestamp` \
+                         (dd-MMM-yyyy HH:mm:ss, UTC: a backup's completion time, or with archived WAL any moment \
+                         of the current history), `scn` (a PostgreSQL LSN, `0/3000060` or decimal, of the current \
+                         history); optional `keepForever`. A Strongbox extension: `timeline` (a number) with a \
+                         `timestamp` or `scn` names the timeline whose history the target belongs to, to recover \
+                         a point a later recovery abandoned.",
                     ))),
                 )
                 .build(),
@@ -129,7 +145,12 @@ pub fn spec() -> OpenApi {
             PathItemBuilder::new()
                 .operation(
                     HttpMethod::Get,
-                    op("View recoveries: `recoveryList`", &[DOMAIN, SERVICE], &with_errors(&[("200", "")])),
+                    op(
+                        "View recoveries: `recoveryList`; each completed point-in-time recovery adds `reached` \
+                         (scn and timeline replay stopped at, the last commit replayed, the timeline begun)",
+                        &[DOMAIN, SERVICE],
+                        &with_errors(&[("200", "")]),
+                    ),
                 )
                 .build(),
         )

@@ -228,6 +228,11 @@ impl PitrState {
         }
     }
 
+    /// Whether any WAL is archived (point-in-time recovery is set up).
+    pub(crate) fn archives_wal(&self) -> bool {
+        !self.archived.is_empty()
+    }
+
     pub(crate) fn current(&self) -> u32 {
         self.pitr().current()
     }

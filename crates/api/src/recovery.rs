@@ -201,10 +201,12 @@ async fn choose(
         .find(|b| second(b).is_some_and(|s| s <= at.unix_timestamp()));
     let exact_backup = before.filter(|b| second(b) == Some(at.unix_timestamp()) && timeline.is_none());
     if let Some(pitr) = pitr {
+        // Without archived WAL, a backup's own completion time still names
+        // that backup; with it, a moment is a moment.
+        let archiving = pitr.archives_wal();
         match pitr.plan(Goal::Time(at), timeline).await? {
             Ok((b, plan)) => return Ok((b, plan, recorded)),
-            // A backup's own completion time still names that backup.
-            Err(_) if exact_backup.is_some() => {}
+            Err(_) if exact_backup.is_some() && !archiving => {}
             Err(u) => return Err(crate::pitr::unreachable(&format!("timestamp {raw}"), service, &u)),
         }
     }

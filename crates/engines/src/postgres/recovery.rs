@@ -20,7 +20,7 @@ use super::datadir::{self, AUTO_CONF, RecoverySettings, Replay};
 use super::physical::PgPhysical;
 use super::pitr::{self, Lsn, Reached};
 use super::server::{Paused, WAIT};
-use super::waldump::WalDump;
+use super::waldump::{LastCommit, WalDump};
 use crate::{BackupFiles, Error, Log, PitrTarget, Recovered, RecoveryContext, RecoveryTarget};
 
 /// Where prefetched WAL waits, inside `pg_wal` (see `wal-fetch`).
@@ -230,7 +230,13 @@ impl PgPhysical {
             .nth(1)
             .copied()
             .ok_or_else(|| Error::Failed("the new timeline's history names no parent".into()))?;
-        if parent.end != Some(paused.lsn) || (stop_timeline != 0 && parent.timeline != stop_timeline) {
+        // At exactly a switch point PostgreSQL has already moved on to the
+        // child timeline: either holds the position.
+        let on_plan = match planned {
+            Some(h) => h.holds(parent.timeline, paused.lsn),
+            None => stop_timeline == 0 || parent.timeline == stop_timeline,
+        };
+        if parent.end != Some(paused.lsn) || !on_plan {
             return Err(Error::Failed(format!(
                 "the new timeline {} branched from timeline {} at scn {}, not from timeline {stop_timeline} at {} \
                  where replay paused",
@@ -311,8 +317,15 @@ impl PgPhysical {
                 } else {
                     Some(self.run_end(p, cx)?)
                 };
+                // Replay stops at a moment only on a later commit; when the
+                // archive holds none, the moment's state is all of it.
+                let none_later = |c: LastCommit| match c {
+                    LastCommit::At(c) => c <= t,
+                    LastCommit::NoneSinceBase => true,
+                    LastCommit::Unknown => false,
+                };
                 match end {
-                    Some(end) if end.last_commit.is_some_and(|c| c <= t) => {
+                    Some(end) if none_later(end.last_commit) => {
                         (cx.log)(format!("the archive holds no commit after {t}: replaying all of it"));
                         to_end(&mut e, Some(end.last_record));
                     }
@@ -333,9 +346,12 @@ impl PgPhysical {
             .ok_or_else(|| Error::Failed("no WAL archive to replay from".into()))?;
         let reach = pitr::reach(&wal.list()?, &p.base, &p.history)
             .ok_or_else(|| Error::Failed("the base backup's WAL is no longer archived".into()))?;
-        let (name, timeline) = &reach.last_segment;
-        let end = p.history.span(*timeline).and_then(|s| s.end);
-        WalDump::new(self.conn.bin_dir(), wal, cx.scratch)?.run_end(name, *timeline, end, p.base.segment_size)
+        WalDump::new(self.conn.bin_dir(), wal, cx.scratch)?.run_end(
+            &p.history,
+            &reach.last_segment.0,
+            p.base.start_lsn,
+            p.base.segment_size,
+        )
     }
 
     /// Before replaying to a point in time: a commit (replay can only stop

@@ -131,38 +131,48 @@ impl<'a> WalDump<'a> {
         )))
     }
 
-    /// The last record of archived segment `name` (on `timeline`, up to
-    /// `end` if the history leaves that timeline inside it), and the last
-    /// commit in it or the few segments before it.
-    pub fn run_end(&self, name: &str, timeline: u32, end: Option<Lsn>, segment_size: u64) -> Result<RunEnd, Error> {
-        let segment = super::pitr::segment_number(name, segment_size)
+    /// Where the archived run along `history` ends: the last record of its
+    /// last segment `name` (on `timeline`), and its last commit, looked for
+    /// back to the base backup's start (`from`).
+    pub fn run_end(&self, history: &History, name: &str, from: Lsn, segment_size: u64) -> Result<RunEnd, Error> {
+        let last = super::pitr::segment_number(name, segment_size)
             .ok_or_else(|| Error::Failed(format!("{name} is not a WAL segment")))?;
-        if !self.fetch(name)? {
-            return Err(Error::Failed(format!("WAL segment {name} is no longer archived")));
-        }
-        let records = self.records(timeline, Lsn(segment * segment_size), end)?;
-        let last_record = records
-            .last()
-            .map(|r| r.lsn)
-            .ok_or_else(|| Error::Failed(format!("pg_waldump found no record in {name}")))?;
-        let mut last_commit = records.iter().rev().find_map(|r| r.commit);
-        // Earlier segments of the same timeline, for the last commit.
-        let mut earlier = segment;
-        while last_commit.is_none() && earlier > 0 && segment - earlier < SCAN_SEGMENTS {
-            earlier -= 1;
-            let name = segment_name(timeline, Lsn(earlier * segment_size), segment_size);
-            if !self.fetch(&name)? {
+        let first = from.0 / segment_size;
+        let mut last_record = None;
+        let mut last_commit = LastCommit::NoneSinceBase;
+        for segment in (first..=last).rev().take(SCAN_SEGMENTS as usize) {
+            // The last segment may be the parent's copy of a switch segment.
+            let timeline = if segment == last {
+                super::pitr::file_timeline(name).unwrap_or(1)
+            } else {
+                history.segment_timeline(segment, segment_size)
+            };
+            let file = segment_name(timeline, Lsn(segment * segment_size), segment_size);
+            if !self.fetch(&file)? {
+                return Err(Error::Failed(format!("WAL segment {file} is no longer archived")));
+            }
+            let start = Lsn(segment * segment_size).max(from);
+            let span_end = history.span(timeline).and_then(|s| s.end);
+            let end = Lsn((segment + 1) * segment_size).min(span_end.unwrap_or(Lsn(u64::MAX)));
+            let records = self.records(timeline, start, Some(end))?;
+            if last_record.is_none() {
+                last_record = Some(
+                    records
+                        .last()
+                        .map(|r| r.lsn)
+                        .ok_or_else(|| Error::Failed(format!("pg_waldump found no record in {file}")))?,
+                );
+            }
+            if let Some(c) = records.iter().rev().find_map(|r| r.commit) {
+                last_commit = LastCommit::At(c);
                 break;
             }
-            let start = Lsn(earlier * segment_size);
-            last_commit = self
-                .records(timeline, start, Some(Lsn((earlier + 1) * segment_size)))?
-                .iter()
-                .rev()
-                .find_map(|r| r.commit);
+            if segment != first && last - segment + 1 == SCAN_SEGMENTS {
+                last_commit = LastCommit::Unknown; // the scan stops short of the base
+            }
         }
         Ok(RunEnd {
-            last_record,
+            last_record: last_record.unwrap_or(from),
             last_commit,
         })
     }
@@ -173,8 +183,17 @@ impl<'a> WalDump<'a> {
 pub struct RunEnd {
     /// Where its last complete record starts.
     pub last_record: Lsn,
-    /// Its last commit, if one is found near the end.
-    pub last_commit: Option<OffsetDateTime>,
+    pub last_commit: LastCommit,
+}
+
+/// The last commit of a run.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum LastCommit {
+    At(OffsetDateTime),
+    /// None between the base backup's start and the run's end.
+    NoneSinceBase,
+    /// None in the last segments read; earlier ones were not.
+    Unknown,
 }
 
 /// One line of `pg_waldump`: `rmgr: … lsn: 0/03000068, prev …, desc: COMMIT 2026-11-30 04:19:31.413921 UTC`.

@@ -90,6 +90,13 @@ pub fn start(dir: &tempfile::TempDir) -> Server {
 }
 
 impl Server {
+    /// Stops the server and starts it again on the same data and port.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        *self = start_in(&self.dir, self.port);
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("https://localhost:{}{path}", self.port)
     }

@@ -37,6 +37,10 @@ impl Archived {
         Archived(files.iter().map(|f| (f.name.clone(), f.archived_at)).collect())
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn at(&self, name: &str) -> Option<OffsetDateTime> {
         self.0.get(name).copied()
     }
@@ -114,8 +118,9 @@ pub fn reach(archived: &Archived, base: &BasePosition, history: &History) -> Opt
         // The new timeline's copy of the segment it began in is not
         // archived yet; the parent's holds the WAL up to the switch.
         let begin = history.span(timeline).map_or(Lsn(0), |s| s.begin);
-        if begin.0 > segment * size {
-            let parent = history.timeline_at(begin);
+        if begin.0 > segment * size
+            && let Some(parent) = history.parent_of(timeline)
+        {
             let name = segment_name(parent, Lsn(segment * size), size);
             if let Some(at) = archived.at(&name) {
                 last = Some((name, parent, at));
@@ -125,7 +130,7 @@ pub fn reach(archived: &Archived, base: &BasePosition, history: &History) -> Opt
         break Lsn(segment * size);
     };
     let (name, timeline, at) = last?;
-    if end <= base.stop_lsn {
+    if end < base.stop_lsn {
         return None;
     }
     let gap = archived
@@ -276,9 +281,6 @@ impl Pitr<'_> {
             timeline: target,
             ranges: self.ranges(&history),
         };
-        if let (Goal::Time(t), None) = (goal, timeline) {
-            self.same_state_at(t, &history, first_commit).map_err(refuse)?;
-        }
         let before = |b: &BasePosition| match goal {
             Goal::Latest => true,
             Goal::Time(t) => b.stop_time < t,
@@ -291,26 +293,31 @@ impl Pitr<'_> {
             .filter(|(_, b)| before(b))
             .filter_map(|(i, b)| Some((i, self.reach(b, &history)?)))
             .max_by_key(|(i, _)| self.bases[*i].stop_lsn);
-        match chosen {
-            Some((base, reach)) if reach.holds(goal) => Ok(Plan {
+        let Some((base, reach)) = chosen else {
+            return Err(refuse(format!(
+                "it is before the first base backup on timeline {target}'s history whose WAL is archived"
+            )));
+        };
+        if let (Goal::Time(t), None) = (goal, timeline) {
+            self.same_state_at(t, &history, first_commit).map_err(refuse)?;
+        }
+        if reach.holds(goal) {
+            return Ok(Plan {
                 base,
                 goal,
                 history,
                 reach,
-            }),
-            None => Err(refuse(format!(
-                "it is before the first base backup on timeline {target}'s history whose WAL is archived"
-            ))),
-            Some((_, reach)) => Err(refuse(match reach.gap {
-                Some(gap) => format!("the WAL archive has a gap: segment {gap} is missing"),
-                None if reach.open && self.live.is_none() => {
-                    "it is after the last archived WAL, and the server does not answer (so nothing later can be \
-                     archived first)"
-                        .to_string()
-                }
-                None => format!("it is after the last archived WAL of timeline {target}'s history"),
-            })),
+            });
         }
+        Err(refuse(match reach.gap {
+            Some(gap) => format!("the WAL archive has a gap: segment {gap} is missing"),
+            None if reach.open && self.live.is_none() => {
+                "it is after the last archived WAL, and the server does not answer (so nothing later can be \
+                 archived first)"
+                    .to_string()
+            }
+            None => format!("it is after the last archived WAL of timeline {target}'s history"),
+        }))
     }
 
     /// Checks that at moment `t` the database held `history`'s state: that
@@ -612,6 +619,26 @@ mod tests {
         let r = reach(&wal, &b, &h2).unwrap();
         assert_eq!((r.latest_lsn, r.open), (Lsn(3 * SEG + 0x100), true));
         assert_eq!(r.last_segment.1, 1);
+        // Recovered to the base's own consistency point: the new timeline
+        // begins there, and reaches it (then the present, while it answers).
+        let h3 = History::parse(3, &format!("1\t{}\tx", b.stop_lsn)).unwrap();
+        let wal = archived(&[(1, 2, 110)], &[(3, 160)]);
+        let r = reach(&wal, &b, &h3).unwrap();
+        assert_eq!((r.latest_lsn, r.open), (b.stop_lsn, true));
+        let bases = [b.clone()];
+        let histories = BTreeMap::from([(3, h3)]);
+        let p = Pitr {
+            bases: &bases,
+            archived: &wal,
+            histories: &histories,
+            created: &BTreeMap::new(),
+            live: Some(Live {
+                timeline: 3,
+                lsn: Lsn(2 * SEG + 0x3000),
+                at: at(200),
+            }),
+        };
+        assert_eq!(plan(&p, Goal::Lsn(Lsn(2 * SEG + 0x2000)), None), Ok(0));
     }
 
     proptest! {

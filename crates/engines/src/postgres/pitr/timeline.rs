@@ -55,9 +55,15 @@ impl History {
     }
 
     /// Parses the history file of `timeline`: lines `PARENT\tSWITCHPOINT\tREASON`.
+    ///
+    /// PostgreSQL writes the recovery's target timeline as the parent,
+    /// even when replay stopped on one of its ancestors (before the target
+    /// timeline began), and reads a position as the newest timeline whose
+    /// stretch holds it. So the stretches here are the ones that win: each
+    /// line's ends where any later one begins, if sooner, and one that
+    /// thereby holds nothing is left out.
     pub fn parse(timeline: u32, text: &str) -> Result<History, String> {
-        let mut spans = Vec::new();
-        let mut begin = Lsn(0);
+        let mut lines = Vec::new();
         for line in text
             .lines()
             .map(str::trim)
@@ -67,24 +73,42 @@ impl History {
             let mut fields = line.split_whitespace();
             let parent: u32 = fields.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
             let end: Lsn = fields.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
-            if spans.last().is_some_and(|s: &Span| s.timeline >= parent) || parent >= timeline || end < begin {
-                return Err(bad());
+            if lines.last().is_some_and(|(t, _)| *t >= parent) || parent >= timeline {
+                return Err(format!("{}: timelines must increase", bad()));
             }
-            spans.push(Span {
-                timeline: parent,
-                begin,
-                end: Some(end),
-            });
-            begin = end;
+            lines.push((parent, end));
         }
-        if spans.is_empty() && timeline != 1 {
+        if lines.is_empty() && timeline != 1 {
             return Err(format!("timeline {timeline}'s history names no parent"));
         }
-        spans.push(Span {
-            timeline,
-            begin,
-            end: None,
-        });
+        // Each timeline's stretch begins where the previous line ended.
+        let mut raw = Vec::new();
+        let mut begin = Lsn(0);
+        for (t, end) in lines {
+            raw.push((t, begin));
+            begin = end;
+        }
+        raw.push((timeline, begin));
+        // A stretch wins up to the earliest begin of any later one.
+        let mut spans = Vec::new();
+        let mut later = None::<Lsn>;
+        for &(t, begin) in raw.iter().rev() {
+            match later {
+                None => spans.push(Span {
+                    timeline: t,
+                    begin,
+                    end: None,
+                }),
+                Some(l) if begin < l => spans.push(Span {
+                    timeline: t,
+                    begin,
+                    end: Some(l),
+                }),
+                Some(_) => {}
+            }
+            later = Some(later.map_or(begin, |l| l.min(begin)));
+        }
+        spans.reverse();
         Ok(History { spans })
     }
 
@@ -97,12 +121,14 @@ impl History {
         &self.spans
     }
 
-    /// The timeline holding `lsn` in this history.
+    /// The timeline replay is on at `lsn` of this history (at a switch
+    /// point, as PostgreSQL has it, already the new one).
     pub fn timeline_at(&self, lsn: Lsn) -> u32 {
         self.spans
             .iter()
-            .find(|s| s.holds(lsn))
-            .map_or(self.timeline(), |s| s.timeline)
+            .rev()
+            .find(|s| s.begin <= lsn)
+            .map_or(1, |s| s.timeline)
     }
 
     /// Whether position `lsn` of `timeline` is part of this history.
@@ -119,6 +145,12 @@ impl History {
             .rev()
             .find(|s| s.begin.0 / segment_size <= segment)
             .map_or(1, |s| s.timeline)
+    }
+
+    /// The timeline `timeline` branched from in this history.
+    pub fn parent_of(&self, timeline: u32) -> Option<u32> {
+        let i = self.spans.iter().position(|s| s.timeline == timeline)?;
+        Some(self.spans.get(i.checked_sub(1)?)?.timeline)
     }
 
     /// The span of `timeline` in this history.
@@ -160,10 +192,15 @@ mod tests {
         assert_eq!(h.timeline(), 4);
         assert_eq!(h.spans().iter().map(|s| s.timeline).collect::<Vec<_>>(), [1, 2, 4]);
         assert_eq!(h.timeline_at(Lsn(0x300_0000)), 1);
+        assert_eq!(h.timeline_at(Lsn(0x300_0157)), 1);
         assert_eq!(
             h.timeline_at(Lsn(0x300_0158)),
-            1,
-            "a switch point is the parent's last position"
+            2,
+            "at its switch point replay is on the new timeline"
+        );
+        assert!(
+            h.holds(1, Lsn(0x300_0158)),
+            "yet the parent holds it: a base backup may end there"
         );
         assert_eq!(h.timeline_at(Lsn(0x300_0159)), 2);
         assert_eq!(h.timeline_at(Lsn(0x900_0000)), 4);
@@ -178,11 +215,24 @@ mod tests {
         assert_eq!(h.segment_timeline(5, SEG), 4, "a switch at a segment boundary");
         assert!(History::parse(2, "").is_err());
         assert!(History::parse(2, "3\t0/1\tx").is_err(), "a parent newer than its child");
-        assert!(
-            History::parse(3, "1\t0/5\tx\n2\t0/4\ty").is_err(),
-            "switch points go forward"
-        );
+        assert!(History::parse(3, "2\t0/5\tx\n1\t0/4\ty").is_err(), "timelines increase");
         assert_eq!(History::parse(1, "").unwrap(), History::first());
+    }
+
+    #[test]
+    fn a_recovery_that_stopped_on_an_ancestor_of_its_target_branches_from_that_ancestor() {
+        // Timeline 10 (from 9 at 0/5000000, 9 from 5 at 0/40001F0) recovered
+        // to 0/40001F0: PostgreSQL names 10 the parent, at a point before 10
+        // (and 9) began. What replay reads there is timeline 5's.
+        let h = History::parse(
+            11,
+            "1\t0/2000100\ta\n5\t0/40001F0\tb\n9\t0/5000000\tc\n10\t0/40001F0\td\n",
+        )
+        .unwrap();
+        assert_eq!(h.spans().iter().map(|s| s.timeline).collect::<Vec<_>>(), [1, 5, 11]);
+        assert_eq!(h.span(5).unwrap().end, Some(Lsn(0x400_01F0)));
+        assert!(h.holds(5, Lsn(0x400_01F0)) && !h.holds(9, Lsn(0x400_0500)));
+        assert_eq!(h.segment_timeline(4, SEG), 11);
     }
 
     #[test]

@@ -1,0 +1,327 @@
+//! The recovery model, smaller, for the engines without a log archive
+//! (`sqlite`, `postgresql-logical`, `command` with MariaDB): seeded random
+//! sequences of writes, deletes, backups, recoveries by `latest`, `tag`
+//! and a backup's completion `timestamp` through the API, the database
+//! deleted, damaged or dropped, Strongbox restarted, backups forgotten and
+//! pruned. The model holds each backup's rows: `latest` is the newest
+//! backup still in the repository, `tag` that backup, a `timestamp` the
+//! backup completed in that second (a second between backups, an `scn`,
+//! a forgotten backup: refused). Every sequence prints its seed;
+//! `MODEL_SEED=N` replays one.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use strongbox_testkit::sh;
+
+/// SplitMix64, as in `recovery_model`.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// A database under test: a table `t(id)` it can write, read and lose.
+trait Database {
+    fn registration(&self) -> Value;
+    fn write(&self, sql: &str);
+    fn ids(&self) -> Vec<i64>;
+    /// Breaks it one way (`choice` picks); what was done.
+    fn disaster(&self, choice: usize) -> &'static str;
+}
+
+struct Sqlite(std::path::PathBuf);
+
+impl Database for Sqlite {
+    fn registration(&self) -> Value {
+        serde_json::json!({"engine": "sqlite", "connection": {"path": self.0}})
+    }
+
+    fn write(&self, sql: &str) {
+        rusqlite::Connection::open(&self.0).unwrap().execute_batch(sql).unwrap();
+    }
+
+    fn ids(&self) -> Vec<i64> {
+        let c = rusqlite::Connection::open(&self.0).unwrap();
+        let check: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+        assert_eq!(check, "ok");
+        let mut st = c.prepare("SELECT id FROM t ORDER BY id").unwrap();
+        st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    }
+
+    fn disaster(&self, choice: usize) -> &'static str {
+        if choice % 2 == 0 {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
+            }
+            "the database file deleted"
+        } else {
+            let size = std::fs::metadata(&self.0).unwrap().len() as usize;
+            std::fs::write(&self.0, vec![0x5Au8; size]).unwrap();
+            "the database file overwritten with garbage"
+        }
+    }
+}
+
+struct Logical(String);
+
+impl Logical {
+    fn psql(&self, db: &str, sql: &str) -> String {
+        sh(&format!("psql -X -At -h 127.0.0.1 -U postgres -d {db} -c \"{sql}\""))
+    }
+}
+
+impl Database for Logical {
+    fn registration(&self) -> Value {
+        serde_json::json!({"engine": "postgresql-logical", "connection": {
+            "url": format!("postgresql://postgres@127.0.0.1:5432/{}", self.0), "bin_dir": strongbox_testkit::PG_BIN}})
+    }
+
+    fn write(&self, sql: &str) {
+        self.psql(&self.0, sql);
+    }
+
+    fn ids(&self) -> Vec<i64> {
+        self.psql(&self.0, "SELECT id FROM t ORDER BY id")
+            .lines()
+            .map(|l| l.trim().parse().unwrap())
+            .collect()
+    }
+
+    fn disaster(&self, _: usize) -> &'static str {
+        self.psql("postgres", &format!("DROP DATABASE {} WITH (FORCE)", self.0));
+        "the database dropped"
+    }
+}
+
+struct Maria(String);
+
+impl Maria {
+    fn run(&self, sql: &str) -> String {
+        sh(&format!("mariadb -h 127.0.0.1 -u root -N -B -e \"{sql}\""))
+    }
+}
+
+impl Database for Maria {
+    fn registration(&self) -> Value {
+        let db = &self.0;
+        serde_json::json!({"engine": "command", "connection": {
+            "backup_command": format!("mariadb-dump -h 127.0.0.1 -u root --single-transaction {db}"),
+            "prepare_command": format!("mariadb -h 127.0.0.1 -u root -e 'CREATE DATABASE IF NOT EXISTS {db}'"),
+            "recovery_command": format!("mariadb -h 127.0.0.1 -u root {db}"),
+        }})
+    }
+
+    fn write(&self, sql: &str) {
+        self.run(&format!("USE {}; {sql}", self.0));
+    }
+
+    fn ids(&self) -> Vec<i64> {
+        self.run(&format!("SELECT id FROM {}.t ORDER BY id", self.0))
+            .lines()
+            .map(|l| l.trim().parse().unwrap())
+            .collect()
+    }
+
+    fn disaster(&self, _: usize) -> &'static str {
+        self.run(&format!("DROP DATABASE {}", self.0));
+        "the database dropped"
+    }
+}
+
+struct Backup {
+    tag: String,
+    /// As the backup list prints it, whole seconds.
+    completed: String,
+    ids: Vec<i64>,
+    forgotten: bool,
+}
+
+fn sequence(seed: u64, engine: &str, db: &dyn Database, ops: usize) {
+    eprintln!("{engine} recovery model: seed {seed} (replay with MODEL_SEED={seed})");
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(&dir);
+    let url = s.url("/strongbox/api/v1/instances/usexample/d");
+    let (status, v) = s.json(&["-X", "PUT", "-d", &db.registration().to_string(), &url]);
+    assert_eq!(status, "HTTP/2 200", "{v}");
+    let base = "/paas/service/dbcs/api/v1.1/instances/usexample/d";
+    let mut rng = Rng(seed);
+    let mut backups: Vec<Backup> = Vec::new();
+    let mut next = 1i64;
+    let mut broken = false;
+    let mut log = String::new();
+    let fail = |log: &str, what: String| -> ! {
+        panic!("{engine}, seed {seed} (replay with MODEL_SEED={seed}): {what}\n--- operations:\n{log}")
+    };
+    for _ in 0..ops {
+        let op = if broken { 5 + rng.below(2) } else { rng.below(10) };
+        match op {
+            0 | 1 => {
+                let n = 1 + rng.below(50) as i64;
+                db.write(&format!(
+                    "INSERT INTO t (id) SELECT {next} + n FROM ({}) AS s",
+                    (0..n)
+                        .map(|i| format!("SELECT {i} AS n"))
+                        .collect::<Vec<_>>()
+                        .join(" UNION ALL ")
+                ));
+                next += n;
+                log += &format!("insert {n} rows\n");
+            }
+            2 => {
+                let m = 2 + rng.below(5);
+                db.write(&format!("DELETE FROM t WHERE id % {m} = 0"));
+                log += &format!("delete every {m}th\n");
+            }
+            3 | 4 => {
+                let (status, location) = s.post_backup("d", &[]);
+                assert_eq!(status, "HTTP/2 202", "{location}");
+                s.wait_for(&location, "Succeeded");
+                let (_, list) = s.json(&[&s.url(&format!("{base}/backups"))]);
+                let item = &list["backupList"][0];
+                backups.push(Backup {
+                    tag: item["dbTag"].as_str().unwrap().into(),
+                    completed: item["backupCompleteDate"].as_str().unwrap().into(),
+                    ids: db.ids(),
+                    forgotten: false,
+                });
+                log += &format!("backup {}\n", item["dbTag"]);
+            }
+            5 | 6 => {
+                let live: Vec<&Backup> = backups.iter().filter(|b| !b.forgotten).collect();
+                let (body, expected): (String, Result<Vec<i64>, &str>) = match rng.below(5) {
+                    0 | 1 => (
+                        r#"{"latest": true}"#.into(),
+                        live.last().map(|b| b.ids.clone()).ok_or("no completed backup"),
+                    ),
+                    2 if !backups.is_empty() => {
+                        let b = &backups[rng.below(backups.len())];
+                        let expected = if b.forgotten { Err("dbTag") } else { Ok(b.ids.clone()) };
+                        (format!(r#"{{"tag": "{}"}}"#, b.tag), expected)
+                    }
+                    3 if !live.is_empty() => {
+                        let b = live[rng.below(live.len())];
+                        // The newest backup completed in that second.
+                        let same = live.iter().rev().find(|o| o.completed == b.completed).unwrap();
+                        (format!(r#"{{"timestamp": "{}"}}"#, b.completed), Ok(same.ids.clone()))
+                    }
+                    _ => (r#"{"scn": "0/3000060"}"#.into(), Err("point-in-time recovery")),
+                };
+                log += &format!("recover {body}\n");
+                let recovery = s.url(&format!("{base}/backups/recovery"));
+                let (status, h, text) = s.curl(&[&AUTH[..], &["-X", "POST", "-d", &body, &recovery]].concat());
+                match expected {
+                    Err(why) => {
+                        if !status.starts_with("HTTP/2 4") || !text.contains(why) {
+                            fail(&log, format!("{body}: expected a refusal ({why}), got {status} {text}"));
+                        }
+                    }
+                    Ok(ids) => {
+                        if status != "HTTP/2 202" {
+                            fail(&log, format!("{body}: expected a recovery, got {status} {text}"));
+                        }
+                        let location = header(&h, "location").to_string();
+                        let job = loop {
+                            let (_, j) = s.json(&[&location]);
+                            if j["job_status"] != "In Progress" {
+                                break j;
+                            }
+                            std::thread::sleep(Duration::from_millis(100));
+                        };
+                        if job["job_status"] != "Succeeded" {
+                            fail(&log, format!("{body}: {job}"));
+                        }
+                        let got = db.ids();
+                        if got != ids {
+                            fail(&log, format!("{body}: holds {got:?}, not {ids:?}"));
+                        }
+                        broken = false;
+                    }
+                }
+            }
+            7 => {
+                let what = db.disaster(rng.below(2));
+                broken = true;
+                log += &format!("disaster: {what}\n");
+            }
+            8 => {
+                s.restart();
+                log += "restart Strongbox\n";
+            }
+            _ => {
+                let live: Vec<usize> = (0..backups.len()).filter(|i| !backups[*i].forgotten).collect();
+                if live.len() >= 2 {
+                    let i = live[rng.below(live.len() - 1)];
+                    let out = s.repo_cli(&["--json", "snapshots"]);
+                    let snapshots: Value = serde_json::from_slice(&out.stdout).unwrap();
+                    let id = snapshots
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|x| x["tags"][0] == backups[i].tag.as_str())
+                        .map(|x| x["id"].as_str().unwrap().to_string())
+                        .unwrap();
+                    assert!(s.repo_cli(&["forget", &id]).status.success());
+                    assert!(s.repo_cli(&["prune"]).status.success());
+                    backups[i].forgotten = true;
+                    log += &format!("forget {}, prune\n", backups[i].tag);
+                }
+            }
+        }
+    }
+    eprintln!("{engine}, seed {seed}: {ops} operations\n{log}");
+}
+
+fn seed(default: u64) -> u64 {
+    std::env::var("MODEL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn ops() -> usize {
+    std::env::var("MODEL_OPS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(30)
+}
+
+#[test]
+fn sqlite_sequences_recover_what_the_model_predicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Sqlite(dir.path().join("model.sqlite"));
+    db.write("PRAGMA journal_mode=WAL; CREATE TABLE t (id INTEGER PRIMARY KEY);");
+    sequence(seed(0xD0C5_0001), "sqlite", &db, ops());
+}
+
+#[test]
+fn logical_sequences_recover_what_the_model_predicts() {
+    let db = Logical(format!("sb_model_{}", std::process::id()));
+    db.psql("postgres", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.0));
+    db.psql("postgres", &format!("CREATE DATABASE {}", db.0));
+    db.write("CREATE TABLE t (id int PRIMARY KEY)");
+    sequence(seed(0xD0C5_0002), "postgresql-logical", &db, ops());
+    db.psql("postgres", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.0));
+}
+
+#[test]
+fn command_sequences_recover_what_the_model_predicts() {
+    let db = Maria(format!("sb_model_{}", std::process::id()));
+    db.run(&format!("DROP DATABASE IF EXISTS {0}; CREATE DATABASE {0}", db.0));
+    db.write("CREATE TABLE t (id INT PRIMARY KEY)");
+    sequence(seed(0xD0C5_0003), "command", &db, ops());
+    db.run(&format!("DROP DATABASE IF EXISTS {}", db.0));
+}
