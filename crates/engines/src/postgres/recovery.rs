@@ -301,8 +301,25 @@ impl PgPhysical {
         };
         match p.goal {
             pitr::Goal::Lsn(l) => {
-                e.replay = Replay::Lsn(l);
-                e.what = format!("to scn {l} on timeline {}'s history", p.history.timeline());
+                // Replay stops at a position only on a record at or after
+                // it; when the archive (final: nothing more will be
+                // archived on that history) holds none, its state is all of it.
+                let end = match flushed {
+                    Some(now) if l <= now => None,
+                    _ => Some(self.run_end(p, cx)?.last_record),
+                };
+                match end {
+                    Some(last) if l > last => {
+                        (cx.log)(format!(
+                            "the archive holds no record after scn {l}: replaying all of it"
+                        ));
+                        to_end(&mut e, Some(last));
+                    }
+                    _ => {
+                        e.replay = Replay::Lsn(l);
+                        e.what = format!("to scn {l} on timeline {}'s history", p.history.timeline());
+                    }
+                }
             }
             pitr::Goal::Latest => match flushed {
                 Some(now) => {
