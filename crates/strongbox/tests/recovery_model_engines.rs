@@ -150,139 +150,192 @@ struct Backup {
     forgotten: bool,
 }
 
-fn sequence(seed: u64, engine: &str, db: &dyn Database, ops: usize) {
-    eprintln!("{engine} recovery model: seed {seed} (replay with MODEL_SEED={seed})");
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = start(&dir);
-    let url = s.url("/strongbox/api/v1/instances/usexample/d");
-    let (status, v) = s.json(&["-X", "PUT", "-d", &db.registration().to_string(), &url]);
-    assert_eq!(status, "HTTP/2 200", "{v}");
-    let base = "/paas/service/dbcs/api/v1.1/instances/usexample/d";
-    let mut rng = Rng(seed);
-    let mut backups: Vec<Backup> = Vec::new();
-    let mut next = 1i64;
-    let mut broken = false;
-    let mut log = String::new();
-    let fail = |log: &str, what: String| -> ! {
-        panic!("{engine}, seed {seed} (replay with MODEL_SEED={seed}): {what}\n--- operations:\n{log}")
-    };
-    for _ in 0..ops {
-        let op = if broken { 5 + rng.below(2) } else { rng.below(10) };
-        match op {
-            0 | 1 => {
-                let n = 1 + rng.below(50) as i64;
-                db.write(&format!(
-                    "INSERT INTO t (id) SELECT {next} + n FROM ({}) AS s",
-                    (0..n)
-                        .map(|i| format!("SELECT {i} AS n"))
-                        .collect::<Vec<_>>()
-                        .join(" UNION ALL ")
-                ));
-                next += n;
-                log += &format!("insert {n} rows\n");
-            }
+/// One sequence's database, server and model.
+struct Run<'a> {
+    engine: &'a str,
+    seed: u64,
+    db: &'a dyn Database,
+    s: Server,
+    rng: Rng,
+    backups: Vec<Backup>,
+    next: i64,
+    /// The database was lost or damaged: only a recovery helps.
+    broken: bool,
+    log: String,
+}
+
+const BASE: &str = "/paas/service/dbcs/api/v1.1/instances/usexample/d";
+
+impl Run<'_> {
+    fn fail(&self, what: String) -> ! {
+        panic!(
+            "{}, seed {} (replay with MODEL_SEED={}): {what}\n--- operations:\n{}",
+            self.engine, self.seed, self.seed, self.log
+        )
+    }
+
+    fn insert(&mut self) {
+        let n = 1 + self.rng.below(50) as i64;
+        self.db.write(&format!(
+            "INSERT INTO t (id) SELECT {} + n FROM ({}) AS s",
+            self.next,
+            (0..n)
+                .map(|i| format!("SELECT {i} AS n"))
+                .collect::<Vec<_>>()
+                .join(" UNION ALL ")
+        ));
+        self.next += n;
+        self.log += &format!("insert {n} rows\n");
+    }
+
+    fn backup(&mut self) {
+        let (status, location) = self.s.post_backup("d", &[]);
+        assert_eq!(status, "HTTP/2 202", "{location}");
+        self.s.wait_for(&location, "Succeeded");
+        let (_, list) = self.s.json(&[&self.s.url(&format!("{BASE}/backups"))]);
+        let item = &list["backupList"][0];
+        self.backups.push(Backup {
+            tag: item["dbTag"].as_str().unwrap().into(),
+            completed: item["backupCompleteDate"].as_str().unwrap().into(),
+            ids: self.db.ids(),
+            forgotten: false,
+        });
+        self.log += &format!("backup {}\n", item["dbTag"]);
+    }
+
+    fn recover(&mut self) {
+        let live: Vec<&Backup> = self.backups.iter().filter(|b| !b.forgotten).collect();
+        let (body, expected): (String, Result<Vec<i64>, &str>) = match self.rng.below(5) {
+            0 | 1 => (
+                r#"{"latest": true}"#.into(),
+                live.last().map(|b| b.ids.clone()).ok_or("no completed backup"),
+            ),
             2 => {
-                let m = 2 + rng.below(5);
-                db.write(&format!("DELETE FROM t WHERE id % {m} = 0"));
-                log += &format!("delete every {m}th\n");
+                let b = &self.backups[self.rng.below(self.backups.len())];
+                let expected = if b.forgotten { Err("dbTag") } else { Ok(b.ids.clone()) };
+                (format!(r#"{{"tag": "{}"}}"#, b.tag), expected)
             }
-            3 | 4 => {
-                let (status, location) = s.post_backup("d", &[]);
-                assert_eq!(status, "HTTP/2 202", "{location}");
-                s.wait_for(&location, "Succeeded");
-                let (_, list) = s.json(&[&s.url(&format!("{base}/backups"))]);
-                let item = &list["backupList"][0];
-                backups.push(Backup {
-                    tag: item["dbTag"].as_str().unwrap().into(),
-                    completed: item["backupCompleteDate"].as_str().unwrap().into(),
-                    ids: db.ids(),
-                    forgotten: false,
-                });
-                log += &format!("backup {}\n", item["dbTag"]);
+            3 => {
+                let b = live[self.rng.below(live.len())];
+                // The newest backup completed in that second.
+                let same = live.iter().rev().find(|o| o.completed == b.completed).unwrap();
+                (format!(r#"{{"timestamp": "{}"}}"#, b.completed), Ok(same.ids.clone()))
             }
-            5 | 6 => {
-                let live: Vec<&Backup> = backups.iter().filter(|b| !b.forgotten).collect();
-                let (body, expected): (String, Result<Vec<i64>, &str>) = match rng.below(5) {
-                    0 | 1 => (
-                        r#"{"latest": true}"#.into(),
-                        live.last().map(|b| b.ids.clone()).ok_or("no completed backup"),
-                    ),
-                    2 if !backups.is_empty() => {
-                        let b = &backups[rng.below(backups.len())];
-                        let expected = if b.forgotten { Err("dbTag") } else { Ok(b.ids.clone()) };
-                        (format!(r#"{{"tag": "{}"}}"#, b.tag), expected)
+            _ => (r#"{"scn": "0/3000060"}"#.into(), Err("point-in-time recovery")),
+        };
+        self.log += &format!("recover {body}\n");
+        let url = self.s.url(&format!("{BASE}/backups/recovery"));
+        let (status, h, text) = self.s.curl(&[&AUTH[..], &["-X", "POST", "-d", &body, &url]].concat());
+        match expected {
+            Err(why) => {
+                if !status.starts_with("HTTP/2 4") || !text.contains(why) {
+                    self.fail(format!("{body}: expected a refusal ({why}), got {status} {text}"));
+                }
+            }
+            Ok(ids) => {
+                if status != "HTTP/2 202" {
+                    self.fail(format!("{body}: expected a recovery, got {status} {text}"));
+                }
+                let location = header(&h, "location").to_string();
+                let job = loop {
+                    let (_, j) = self.s.json(&[&location]);
+                    if j["job_status"] != "In Progress" {
+                        break j;
                     }
-                    3 if !live.is_empty() => {
-                        let b = live[rng.below(live.len())];
-                        // The newest backup completed in that second.
-                        let same = live.iter().rev().find(|o| o.completed == b.completed).unwrap();
-                        (format!(r#"{{"timestamp": "{}"}}"#, b.completed), Ok(same.ids.clone()))
-                    }
-                    _ => (r#"{"scn": "0/3000060"}"#.into(), Err("point-in-time recovery")),
+                    std::thread::sleep(Duration::from_millis(100));
                 };
-                log += &format!("recover {body}\n");
-                let recovery = s.url(&format!("{base}/backups/recovery"));
-                let (status, h, text) = s.curl(&[&AUTH[..], &["-X", "POST", "-d", &body, &recovery]].concat());
-                match expected {
-                    Err(why) => {
-                        if !status.starts_with("HTTP/2 4") || !text.contains(why) {
-                            fail(&log, format!("{body}: expected a refusal ({why}), got {status} {text}"));
-                        }
-                    }
-                    Ok(ids) => {
-                        if status != "HTTP/2 202" {
-                            fail(&log, format!("{body}: expected a recovery, got {status} {text}"));
-                        }
-                        let location = header(&h, "location").to_string();
-                        let job = loop {
-                            let (_, j) = s.json(&[&location]);
-                            if j["job_status"] != "In Progress" {
-                                break j;
-                            }
-                            std::thread::sleep(Duration::from_millis(100));
-                        };
-                        if job["job_status"] != "Succeeded" {
-                            fail(&log, format!("{body}: {job}"));
-                        }
-                        let got = db.ids();
-                        if got != ids {
-                            fail(&log, format!("{body}: holds {got:?}, not {ids:?}"));
-                        }
-                        broken = false;
-                    }
+                if job["job_status"] != "Succeeded" {
+                    self.fail(format!("{body}: {job}"));
                 }
-            }
-            7 => {
-                let what = db.disaster(rng.below(2));
-                broken = true;
-                log += &format!("disaster: {what}\n");
-            }
-            8 => {
-                s.restart();
-                log += "restart Strongbox\n";
-            }
-            _ => {
-                let live: Vec<usize> = (0..backups.len()).filter(|i| !backups[*i].forgotten).collect();
-                if live.len() >= 2 {
-                    let i = live[rng.below(live.len() - 1)];
-                    let out = s.repo_cli(&["--json", "snapshots"]);
-                    let snapshots: Value = serde_json::from_slice(&out.stdout).unwrap();
-                    let id = snapshots
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .find(|x| x["tags"][0] == backups[i].tag.as_str())
-                        .map(|x| x["id"].as_str().unwrap().to_string())
-                        .unwrap();
-                    assert!(s.repo_cli(&["forget", &id]).status.success());
-                    assert!(s.repo_cli(&["prune"]).status.success());
-                    backups[i].forgotten = true;
-                    log += &format!("forget {}, prune\n", backups[i].tag);
+                let got = self.db.ids();
+                if got != ids {
+                    self.fail(format!("{body}: holds {got:?}, not {ids:?}"));
                 }
+                self.broken = false;
             }
         }
     }
-    eprintln!("{engine}, seed {seed}: {ops} operations\n{log}");
+
+    fn forget_and_prune(&mut self) {
+        let live: Vec<usize> = (0..self.backups.len())
+            .filter(|i| !self.backups[*i].forgotten)
+            .collect();
+        if live.len() < 2 {
+            return;
+        }
+        // Never the newest.
+        let i = live[self.rng.below(live.len() - 1)];
+        let out = self.s.repo_cli(&["--json", "snapshots"]);
+        let snapshots: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let id = snapshots
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["tags"][0] == self.backups[i].tag.as_str())
+            .map(|x| x["id"].as_str().unwrap().to_string())
+            .unwrap();
+        assert!(self.s.repo_cli(&["forget", &id]).status.success());
+        assert!(self.s.repo_cli(&["prune"]).status.success());
+        self.backups[i].forgotten = true;
+        self.log += &format!("forget {}, prune\n", self.backups[i].tag);
+    }
+
+    fn step(&mut self) {
+        if self.broken {
+            return self.recover();
+        }
+        match self.rng.below(10) {
+            0 | 1 => self.insert(),
+            2 => {
+                let m = 2 + self.rng.below(5);
+                self.db.write(&format!("DELETE FROM t WHERE id % {m} = 0"));
+                self.log += &format!("delete every {m}th\n");
+            }
+            3 | 4 => self.backup(),
+            5 | 6 => self.recover(),
+            7 => {
+                let what = self.db.disaster(self.rng.below(2));
+                self.broken = true;
+                self.log += &format!("disaster: {what}\n");
+            }
+            8 => {
+                self.s.restart();
+                self.log += "restart Strongbox\n";
+            }
+            _ => self.forget_and_prune(),
+        }
+    }
+}
+
+fn sequence(seed: u64, engine: &str, db: &dyn Database, ops: usize) {
+    eprintln!("{engine} recovery model: seed {seed} (replay with MODEL_SEED={seed})");
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(&dir);
+    let url = s.url("/strongbox/api/v1/instances/usexample/d");
+    let (status, v) = s.json(&["-X", "PUT", "-d", &db.registration().to_string(), &url]);
+    assert_eq!(status, "HTTP/2 200", "{v}");
+    let mut run = Run {
+        engine,
+        seed,
+        db,
+        s,
+        rng: Rng(seed),
+        backups: Vec::new(),
+        next: 1,
+        broken: false,
+        log: String::new(),
+    };
+    // Rows and a backup first, so a disaster always has something to come back to.
+    run.insert();
+    run.backup();
+    for _ in 0..ops {
+        run.step();
+    }
+    let recovered = run.log.matches("recover").count();
+    eprintln!(
+        "{engine}, seed {seed}: {ops} operations, {recovered} recovery requests\n{}",
+        run.log
+    );
 }
 
 fn seed(default: u64) -> u64 {
