@@ -9,12 +9,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, start};
+use common::{Pg, Server};
 use serde_json::Value;
 use strongbox_engines::pitr::Lsn;
-use strongbox_testkit::{Cluster, PG_BIN, sh};
 
-const INSTANCE: &str = "/paas/service/dbcs/api/v1.1/instances/usexample/pg";
+const INSTANCE: &str = common::PG_INSTANCE;
 const TICKS: &str = "SELECT count(*) || ' ' || coalesce(max(id), 0) FROM ticks";
 
 /// A point after row `rows` committed and before the next: a whole second
@@ -82,42 +81,18 @@ fn recover(s: &Server, body: &str) -> (String, Value) {
 #[test]
 fn recovery_to_moments_and_scns_holds_exactly_the_rows_committed_by_then() {
     let dir = tempfile::tempdir().unwrap();
-    let s = start(&dir);
-    // PostgreSQL's archive_command runs as postgres: it must reach the
-    // server's repository and its password file.
+    let Pg { s, c } = Pg::start(dir.path(), "");
     let data = dir.path().join("data");
-    sh(&format!(
-        "chmod 755 {d} {d}/data && chown -R postgres:postgres {d}/data/repository {d}/data/repository.password",
-        d = dir.path().display()
-    ));
-    // Archiving fails (and PostgreSQL keeps the WAL) until it is set below.
-    let c = Cluster::start("archive_mode = on\narchive_command = 'false'");
-    let ctl = |a: &str| format!("runuser -u postgres -- {}", c.ctl(a));
-    let reg = serde_json::json!({
-        "engine": "postgresql",
-        "connection": {
-            "url": c.url(), "data_dir": c.data, "bin_dir": PG_BIN,
-            "stop_command": ctl("stop"), "start_command": ctl("start"),
-        }
-    });
-    let (status, _) = s.json(&[
-        "-X",
-        "PUT",
-        "-d",
-        &reg.to_string(),
-        &s.url("/strongbox/api/v1/instances/usexample/pg"),
-    ]);
-    assert_eq!(status, "HTTP/2 200");
     let (_, instance) = s.json(&[&s.url(INSTANCE)]);
     let pitr = &instance["pointInTimeRecovery"];
-    let archive_command = pitr["archiveCommand"].as_str().unwrap();
-    assert!(archive_command.contains("--archive usexample/pg"), "{pitr}");
+    assert!(
+        pitr["archiveCommand"]
+            .as_str()
+            .unwrap()
+            .contains("--archive usexample/pg"),
+        "{pitr}"
+    );
     assert_eq!(pitr["recoverableRange"], Value::Null, "nothing archived yet: {pitr}");
-    c.psql(&format!(
-        "ALTER SYSTEM SET archive_command = '{}'",
-        archive_command.replace('\'', "''")
-    ));
-    c.psql("SELECT pg_reload_conf()");
     c.psql("CREATE TABLE ticks (id int PRIMARY KEY, at timestamptz NOT NULL)");
 
     // Before any base backup: nothing to replay from, and the message says so.

@@ -17,23 +17,6 @@ use common::*;
 use serde_json::Value;
 use strongbox_testkit::sh;
 
-/// SplitMix64, as in `recovery_model`.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// A database under test: a table `t(id)` it can write, read and lose.
 trait Database {
     fn registration(&self) -> Value;
@@ -336,13 +319,6 @@ fn sequence(seed: u64, engine: &str, db: &dyn Database, ops: usize) {
         "{engine}, seed {seed}: {ops} operations, {recovered} recovery requests\n{}",
         run.log
     );
-}
-
-fn seed(default: u64) -> u64 {
-    std::env::var("MODEL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
 }
 
 fn ops() -> usize {
