@@ -157,6 +157,7 @@ pub(crate) fn accepted(
     request: &str,
     job: i64,
 ) -> Result<Response, ApiError> {
+    state.queued.notify_waiters();
     let location = format!("{}{PREFIX}/{domain}/status/{request}/job/{job}", state.public_url);
     let mut resp = StatusCode::ACCEPTED.into_response();
     let h = resp.headers_mut();

@@ -33,6 +33,8 @@ pub struct AppState {
     pub retry_after: u64,
     /// WAL archives for point-in-time recovery; none, none offered.
     pub wal: Option<Arc<pitr::WalArchives>>,
+    /// Wakes idle workers when a job is queued (they also poll the catalog).
+    pub queued: Arc<tokio::sync::Notify>,
     auth: auth::Cache,
     finished: handlers::FinishedJobs,
 }
@@ -44,6 +46,7 @@ impl AppState {
             public_url: public_url.into().trim_end_matches('/').to_string(),
             retry_after,
             wal: None,
+            queued: Arc::default(),
             auth: auth::Cache::default(),
             finished: Default::default(),
         }

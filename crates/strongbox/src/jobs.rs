@@ -27,6 +27,7 @@ pub async fn worker(
     lease: Duration,
     scratch: PathBuf,
     wal: Arc<WalArchives>,
+    queued: Arc<tokio::sync::Notify>,
 ) {
     loop {
         match catalog.lease_job(&owner, lease, 3).await {
@@ -64,7 +65,12 @@ pub async fn worker(
                     tracing::error!("job {}: recording the outcome failed: {e}", job.id);
                 }
             }
-            Ok(None) => tokio::time::sleep(Duration::from_millis(250)).await,
+            Ok(None) => {
+                tokio::select! {
+                    _ = queued.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+            }
             Err(e) => {
                 tracing::error!("leasing a job failed: {e}");
                 tokio::time::sleep(Duration::from_secs(1)).await;

@@ -173,6 +173,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         demo(catalog.as_ref(), &s).await?;
     }
     let owner = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 4]>()));
+    let mut state = strongbox_api::AppState::new(catalog.clone(), &s.public_url, s.retry_after);
+    state.wal = Some(wal.clone());
     for _ in 0..s.workers {
         tokio::spawn(jobs::worker(
             catalog.clone(),
@@ -181,10 +183,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             s.lease,
             s.data_dir.join("tmp"),
             wal.clone(),
+            state.queued.clone(),
         ));
     }
-    let mut state = strongbox_api::AppState::new(catalog, &s.public_url, s.retry_after);
-    state.wal = Some(wal);
     let state = Arc::new(state);
     let app = strongbox_api::router(state).into_make_service();
     eprintln!("strongbox serving {} (listening on {})", s.public_url, s.listen);

@@ -6,7 +6,7 @@
 //! `wal-fetch --prefetch N` claims the N segments after the one asked for
 //! and starts one background `wal-prefetch` process that fetches the
 //! claimed ones into a spool beside PostgreSQL's destination
-//! (`pg_wal/.strongbox-prefetch`); the next `wal-fetch` then only renames
+//! (`pg_wal/.strongbox-prefetch`); the next `wal-fetch` then only links
 //! its segment out of the spool, without opening the repository.
 //!
 //! A claim is a file `NAME.claim` holding the claimer's pid, created only
@@ -72,15 +72,20 @@ impl Spool {
         self.dir.join(format!("{name}.claim"))
     }
 
-    /// Moves a spooled `name` to `dest`, waiting for one a live prefetcher
-    /// is fetching. Returns its size, or `None` if it is not spooled.
+    /// Gives `dest` a spooled `name` (a hard link: PostgreSQL only reads
+    /// it), waiting for one a live prefetcher is fetching; segments before
+    /// it leave the spool, it stays (at the end of recovery PostgreSQL asks
+    /// for the last one again). Returns its size, or `None` if it is not
+    /// spooled.
     pub fn take(&self, name: &str, dest: &Path) -> Result<Option<u64>> {
         let spooled = self.dir.join(name);
         let deadline = Instant::now() + CLAIM_WAIT;
         loop {
             if let Ok(meta) = std::fs::metadata(&spooled) {
-                std::fs::rename(&spooled, dest)
-                    .with_context(|| format!("moving {} to {}", spooled.display(), dest.display()))?;
+                let _ = std::fs::remove_file(dest);
+                std::fs::hard_link(&spooled, dest)
+                    .with_context(|| format!("linking {} to {}", spooled.display(), dest.display()))?;
+                self.drop_before(name);
                 return Ok(Some(meta.len()));
             }
             let claimer = std::fs::read_to_string(self.claim_path(name))
@@ -144,6 +149,20 @@ impl Spool {
         Ok(true)
     }
 
+    /// Removes spooled segments of `name`'s timeline that replay has passed.
+    fn drop_before(&self, name: &str) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let n = entry.file_name();
+            let n = n.to_string_lossy();
+            if n.len() == 24 && n[..8] == name[..8] && *n < *name {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
     pub fn release(&self, name: &str) {
         let _ = std::fs::remove_file(self.claim_path(name));
     }
@@ -194,6 +213,12 @@ mod tests {
         assert_eq!(spool.take(&claimed[0], &dest).unwrap(), Some(7));
         assert!(writer.join().unwrap());
         assert_eq!(std::fs::read(&dest).unwrap(), b"segment");
+        // Asked for again (as at the end of recovery), it is still there;
+        // once a later one is taken, it is gone.
+        assert_eq!(spool.take(&claimed[0], &dest).unwrap(), Some(7));
+        spool.put(&claimed[2], b"later").unwrap();
+        assert_eq!(spool.take(&claimed[2], &dest).unwrap(), Some(5));
+        assert!(!spool.dir().join(&claimed[0]).exists());
         // A claim whose process is gone is not waited for.
         spool.reassign(&claimed[1..2], u32::MAX - 1);
         assert_eq!(spool.take(&claimed[1], &dest).unwrap(), None);
