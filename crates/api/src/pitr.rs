@@ -269,6 +269,7 @@ impl PitrState {
                 base,
                 history: plan.history,
                 goal,
+                quiet_from: plan.quiet_from,
             });
             Ok((backup, RecoveryPlan { target, description }))
         })

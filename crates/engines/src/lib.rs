@@ -68,6 +68,10 @@ pub struct PitrTarget {
     pub base: pitr::BasePosition,
     pub history: pitr::History,
     pub goal: pitr::Goal,
+    /// For a moment: where `history` enters timelines begun after it,
+    /// which hold no commit by then, so replay need not go past it.
+    #[serde(default)]
+    pub quiet_from: Option<pitr::Lsn>,
 }
 
 /// A deployment's WAL archive, as a recovery job reaches it.

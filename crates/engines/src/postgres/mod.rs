@@ -29,6 +29,7 @@ use crate::{BackupFiles, Error, Recovered, RecoveryContext, RecoveryTarget, back
 pub const DUMP: &str = "database.dump";
 
 /// Where and how to connect, with the password held apart.
+#[derive(Clone)]
 pub(crate) struct Conn {
     pub(crate) url: String,
     pub(crate) password: Option<String>,

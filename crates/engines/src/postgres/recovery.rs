@@ -20,7 +20,7 @@ use super::datadir::{self, AUTO_CONF, RecoverySettings, Replay};
 use super::physical::PgPhysical;
 use super::pitr::{self, Lsn, Reached};
 use super::server::{Paused, WAIT};
-use super::waldump::{LastCommit, WalDump};
+use super::waldump::{LastCommit, RunEnd, WalDump};
 use crate::{BackupFiles, Error, Log, PitrTarget, Recovered, RecoveryContext, RecoveryTarget};
 
 /// Where prefetched WAL waits, inside `pg_wal` (see `wal-fetch`).
@@ -31,7 +31,7 @@ struct Expected {
     replay: Replay,
     /// The timeline replay follows (`None`: the backup's own).
     timeline: Option<u32>,
-    /// The timeline replay stops on, when known.
+    /// The timeline a backup's own replay stops on, when known.
     stop_timeline: Option<u32>,
     /// A consistency point replay must stop exactly at.
     exactly: Option<Lsn>,
@@ -42,8 +42,7 @@ struct Expected {
 }
 
 impl Expected {
-    fn check(&self, p: &Paused, history: Option<&pitr::History>) -> Result<u32, String> {
-        let stop_timeline = history.map_or(self.stop_timeline, |h| Some(h.timeline_at(p.lsn)));
+    fn check(&self, p: &Paused) -> Result<(), String> {
         if let Some(at) = self.exactly
             && p.lsn != at
         {
@@ -69,7 +68,7 @@ impl Expected {
             }
             _ => {}
         }
-        Ok(stop_timeline.unwrap_or(0))
+        Ok(())
     }
 }
 
@@ -213,7 +212,7 @@ impl PgPhysical {
             RecoveryTarget::PointInTime(p) => Some(&p.history),
             RecoveryTarget::Backup { .. } => None,
         };
-        let stop_timeline = expected.check(&paused, planned).map_err(Error::Failed)?;
+        expected.check(&paused).map_err(Error::Failed)?;
         log(format!(
             "replay paused at scn {}{}, as planned; promoting",
             paused.lsn,
@@ -234,11 +233,11 @@ impl PgPhysical {
         // child timeline: either holds the position.
         let on_plan = match planned {
             Some(h) => h.holds(parent.timeline, paused.lsn),
-            None => stop_timeline == 0 || parent.timeline == stop_timeline,
+            None => expected.stop_timeline.is_none_or(|t| t == parent.timeline),
         };
         if parent.end != Some(paused.lsn) || !on_plan {
             return Err(Error::Failed(format!(
-                "the new timeline {} branched from timeline {} at scn {}, not from timeline {stop_timeline} at {} \
+                "the new timeline {} branched from timeline {} at scn {}, not from the planned history at {} \
                  where replay paused",
                 history.timeline(),
                 parent.timeline,
@@ -306,7 +305,7 @@ impl PgPhysical {
                 // archived on that history) holds none, its state is all of it.
                 let end = match flushed {
                     Some(now) if l <= now => None,
-                    _ => Some(self.run_end(p, cx)?.last_record),
+                    _ => Some(self.run_end(p, None, cx)?.last_record),
                 };
                 match end {
                     Some(last) if l > last => {
@@ -326,13 +325,17 @@ impl PgPhysical {
                     e.replay = Replay::Lsn(now);
                     e.what = format!("through everything archived, up to scn {now} (now)");
                 }
-                None => to_end(&mut e, Some(self.run_end(p, cx)?.last_record)),
+                None => to_end(&mut e, Some(self.run_end(p, None, cx)?.last_record)),
             },
             pitr::Goal::Time(t) => {
-                let end = if flushed.is_some() {
-                    None
-                } else {
-                    Some(self.run_end(p, cx)?)
+                // Past `quiet_from` the history holds no commit by then: a
+                // replay that finds none after the moment before it stops
+                // there, rather than wait for the first commit of a later
+                // timeline (after any WAL its autovacuum wrote).
+                let end = match (p.quiet_from, flushed) {
+                    (Some(quiet), _) => Some(self.run_end(p, Some(quiet), cx)?),
+                    (None, Some(_)) => None,
+                    (None, None) => Some(self.run_end(p, None, cx)?),
                 };
                 // Replay stops at a moment only on a later commit; when the
                 // archive holds none, the moment's state is all of it.
@@ -356,19 +359,26 @@ impl PgPhysical {
         Ok(e)
     }
 
-    /// Where the archived WAL along the plan's history ends.
-    fn run_end(&self, p: &PitrTarget, cx: &RecoveryContext) -> Result<super::waldump::RunEnd, Error> {
+    /// Where the archived WAL along the plan's history ends (before
+    /// `until`, if set).
+    fn run_end(&self, p: &PitrTarget, until: Option<Lsn>, cx: &RecoveryContext) -> Result<RunEnd, Error> {
         let wal = cx
             .wal
             .ok_or_else(|| Error::Failed("no WAL archive to replay from".into()))?;
-        let reach = pitr::reach(&wal.list()?, &p.base, &p.history)
-            .ok_or_else(|| Error::Failed("the base backup's WAL is no longer archived".into()))?;
-        WalDump::new(self.conn.bin_dir(), wal, cx.scratch)?.run_end(
-            &p.history,
-            &reach.last_segment.0,
-            p.base.start_lsn,
-            p.base.segment_size,
-        )
+        let dump = WalDump::new(self.conn.bin_dir(), wal, cx.scratch)?;
+        let size = p.base.segment_size;
+        let last = match until {
+            Some(until) => dump
+                .archived_file(&p.history, until.0.saturating_sub(1) / size, size)?
+                .ok_or_else(|| Error::Failed(format!("the WAL before scn {until} is no longer archived")))?,
+            None => {
+                pitr::reach(&wal.list()?, &p.base, &p.history)
+                    .ok_or_else(|| Error::Failed("the base backup's WAL is no longer archived".into()))?
+                    .last_segment
+                    .0
+            }
+        };
+        dump.run_end(&p.history, &last, until, p.base.start_lsn, size)
     }
 
     /// Before replaying to a point in time: a commit (replay can only stop

@@ -290,6 +290,11 @@ impl PgPhysical {
                 WAIT.as_secs()
             )));
         }
+        // The checkpointer would spread that checkpoint over minutes, and
+        // until it ends pg_control names the old timeline (which tools such
+        // as pgBackRest check): ask for it now, without waiting.
+        let conn = self.conn.clone();
+        std::thread::spawn(move || conn.query("CHECKPOINT"));
         let timeline = self.wait_until(
             "the promotion",
             |r| Ok(u32::from_str_radix(r, 16).ok()),

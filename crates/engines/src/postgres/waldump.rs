@@ -131,29 +131,58 @@ impl<'a> WalDump<'a> {
         )))
     }
 
-    /// Where the archived run along `history` ends: the last record of its
-    /// last segment `name` (on `timeline`), and its last commit, looked for
-    /// back to the base backup's start (`from`).
-    pub fn run_end(&self, history: &History, name: &str, from: Lsn, segment_size: u64) -> Result<RunEnd, Error> {
-        let last = super::pitr::segment_number(name, segment_size)
-            .ok_or_else(|| Error::Failed(format!("{name} is not a WAL segment")))?;
+    /// The archived file replay reads for segment number `segment` of
+    /// `history`: the newest timeline's, or (for the segment a timeline
+    /// began in, before its copy is archived) its parent's.
+    pub fn archived_file(&self, history: &History, segment: u64, segment_size: u64) -> Result<Option<String>, Error> {
+        let timeline = history.segment_timeline(segment, segment_size);
+        for t in [Some(timeline), history.parent_of(timeline)].into_iter().flatten() {
+            let name = segment_name(t, Lsn(segment * segment_size), segment_size);
+            if self.fetch(&name)? {
+                return Ok(Some(name));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Where the archived WAL along `history` ends, at archived file `last`
+    /// (or before position `until`, if set): its last record, and its last
+    /// commit, looked for back to the base backup's start (`from`).
+    pub fn run_end(
+        &self,
+        history: &History,
+        last: &str,
+        until: Option<Lsn>,
+        from: Lsn,
+        segment_size: u64,
+    ) -> Result<RunEnd, Error> {
+        let last_segment = super::pitr::segment_number(last, segment_size)
+            .ok_or_else(|| Error::Failed(format!("{last} is not a WAL segment")))?;
         let first = from.0 / segment_size;
         let mut last_record = None;
         let mut last_commit = LastCommit::NoneSinceBase;
-        for segment in (first..=last).rev().take(SCAN_SEGMENTS as usize) {
-            // The last segment may be the parent's copy of a switch segment.
-            let timeline = if segment == last {
-                super::pitr::file_timeline(name).unwrap_or(1)
+        for segment in (first..=last_segment).rev().take(SCAN_SEGMENTS as usize) {
+            let file = if segment == last_segment {
+                last.to_string()
             } else {
-                history.segment_timeline(segment, segment_size)
+                segment_name(
+                    history.segment_timeline(segment, segment_size),
+                    Lsn(segment * segment_size),
+                    segment_size,
+                )
             };
-            let file = segment_name(timeline, Lsn(segment * segment_size), segment_size);
+            let timeline = super::pitr::file_timeline(&file).unwrap_or(1);
             if !self.fetch(&file)? {
                 return Err(Error::Failed(format!("WAL segment {file} is no longer archived")));
             }
             let start = Lsn(segment * segment_size).max(from);
-            let span_end = history.span(timeline).and_then(|s| s.end);
-            let end = Lsn((segment + 1) * segment_size).min(span_end.unwrap_or(Lsn(u64::MAX)));
+            let mut end = Lsn((segment + 1) * segment_size);
+            for bound in [
+                history.span(timeline).and_then(|s| s.end),
+                until.filter(|_| segment == last_segment),
+            ] {
+                end = end.min(bound.unwrap_or(end));
+            }
             let records = self.records(timeline, start, Some(end))?;
             if last_record.is_none() {
                 last_record = Some(
@@ -167,7 +196,7 @@ impl<'a> WalDump<'a> {
                 last_commit = LastCommit::At(c);
                 break;
             }
-            if segment != first && last - segment + 1 == SCAN_SEGMENTS {
+            if segment != first && last_segment - segment + 1 == SCAN_SEGMENTS {
                 last_commit = LastCommit::Unknown; // the scan stops short of the base
             }
         }

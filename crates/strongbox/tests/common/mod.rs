@@ -395,9 +395,11 @@ impl Pg {
             .unwrap_or_default()
     }
 
-    /// Switches to a new WAL segment and waits until it is archived: what
-    /// was committed is in the archive.
+    /// Commits (an empty transaction: the archive then reaches the present
+    /// in time too), switches to a new WAL segment and waits until it is
+    /// archived: what was committed is in the archive.
     pub fn flush(&self) {
+        self.c.psql("SELECT txid_current()");
         let last = self.c.psql("SELECT pg_walfile_name(pg_switch_wal())");
         self.c.wait_archived(&last);
     }

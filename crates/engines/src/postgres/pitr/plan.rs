@@ -184,6 +184,9 @@ pub struct Plan {
     pub goal: Goal,
     pub history: History,
     pub reach: Reach,
+    /// For a moment: where the history enters timelines begun after it,
+    /// which hold no commit by then (replay need not go further).
+    pub quiet_from: Option<Lsn>,
 }
 
 /// What is known of one deployment's WAL history.
@@ -302,11 +305,21 @@ impl Pitr<'_> {
             self.same_state_at(t, &history, first_commit).map_err(refuse)?;
         }
         if reach.holds(goal) {
+            let quiet_from = match goal {
+                Goal::Time(t) => history
+                    .spans()
+                    .iter()
+                    .skip(1)
+                    .find(|s| self.created.get(&s.timeline).is_some_and(|c| *c > t))
+                    .map(|s| s.begin),
+                _ => None,
+            };
             return Ok(Plan {
                 base,
                 goal,
                 history,
                 reach,
+                quiet_from,
             });
         }
         Err(refuse(match reach.gap {
@@ -606,6 +619,12 @@ mod tests {
         assert!(err.why.contains("segment missing"), "{err:?}");
         // Moments after the recovery are timeline 2's own: no WAL read.
         assert_eq!(plan(&p, Goal::Time(at(330)), None), Ok(0));
+        // Before timeline 2 began, its WAL holds nothing of the moment.
+        assert_eq!(planned.quiet_from, Some(Lsn(0x200_0200)));
+        assert_eq!(
+            p.plan(Goal::Time(at(330)), None, &mut no_scan).unwrap().quiet_from,
+            None
+        );
         // Named explicitly, the abandoned moment is timeline 1's.
         assert_eq!(plan(&p, Goal::Time(at(150)), Some(1)), Ok(0));
     }
