@@ -35,14 +35,22 @@ fn recover_and_check(pg: &Pg, body: &str, rows: &str, found: &[&str]) {
     for f in found {
         assert!(log.contains(f), "{body}: the log should say {f:?}:\n{log}");
     }
-    // The old data directory is gone once the recovered one serves.
+    // The old data directory goes once the recovered one serves (removed
+    // in the background).
     let parent = pg.c.data.parent().unwrap();
-    let left: Vec<_> = std::fs::read_dir(parent)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("strongbox"))
-        .collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let left: Vec<_> = std::fs::read_dir(parent)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("strongbox"))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "left behind: {left:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 #[test]

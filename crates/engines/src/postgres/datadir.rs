@@ -283,6 +283,21 @@ pub fn prepare(dir: &Path, owner: (u32, u32), settings: &RecoverySettings) -> Re
 /// Where ALTER SYSTEM keeps its settings, and a recovery its own.
 pub const AUTO_CONF: &str = "postgresql.auto.conf";
 
+/// Writes every file and directory under `dir` to disk (fsync).
+pub fn sync_tree(dir: &Path) -> Result<(), Error> {
+    let io = |e| Error::io(format!("syncing {}", dir.display()), e);
+    let meta = std::fs::symlink_metadata(dir).map_err(io)?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(dir).map_err(io)? {
+            sync_tree(&entry.map_err(io)?.path())?;
+        }
+    }
+    if meta.is_dir() || meta.is_file() {
+        std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io)?;
+    }
+    Ok(())
+}
+
 /// Files restored by root must belong to the server's user, readable by it
 /// alone (PostgreSQL refuses a data directory others can read).
 fn own_tree(path: &Path, uid: u32, gid: u32) -> Result<(), Error> {

@@ -83,6 +83,22 @@ impl PgPhysical {
             .with_file_name(format!(".{}.strongbox-{suffix}", name.to_string_lossy())))
     }
 
+    /// Old data directories an earlier process was removing when it died.
+    fn remove_stray_trash(&self) {
+        let (Some(parent), Ok(prefix)) = (self.data_dir.parent(), self.sibling("trash-")) else {
+            return;
+        };
+        let prefix = prefix.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        // This process's own are being removed already.
+        let mine = format!("{prefix}{}-", std::process::id());
+        for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) && !name.starts_with(&mine) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+
     /// A worker killed between the two renames of a swap leaves no data
     /// directory; the next attempt puts the old one back first.
     fn repair_interrupted_swap(&self, old: &Path, log: Log) -> Result<(), Error> {
@@ -113,6 +129,7 @@ impl PgPhysical {
                 std::fs::remove_dir_all(leftover).map_err(|e| Error::io(leftover.display(), e))?;
             }
         }
+        self.remove_stray_trash();
         let expected = self.expected(target, found.answers, cx)?;
         let settings = RecoverySettings {
             replay: expected.replay,
@@ -131,13 +148,22 @@ impl PgPhysical {
             staging.display(),
             expected.what
         ));
-
+        // PostgreSQL syncs a data directory it finds uncleanly shut down
+        // before it replays: written back now, while the old server stops,
+        // that sync finds nothing left to do.
+        let synced = {
+            let staging = staging.clone();
+            std::thread::spawn(move || datadir::sync_tree(&staging))
+        };
         if found.running {
             self.stop(log).inspect_err(|_| {
                 let _ = std::fs::remove_dir_all(&staging);
             })?;
             log("server stopped".into());
         }
+        synced
+            .join()
+            .map_err(|_| Error::Failed("syncing the restored files panicked".into()))??;
         let rename = |from: &Path, to: &Path| {
             std::fs::rename(from, to)
                 .map_err(|e| Error::io(format!("renaming {} to {}", from.display(), to.display()), e))
@@ -157,7 +183,13 @@ impl PgPhysical {
         match self.replay_and_promote(&expected, target, log) {
             Ok(reached) => {
                 if found.dir_exists {
-                    std::fs::remove_dir_all(&old).map_err(|e| Error::io(format!("removing {}", old.display()), e))?;
+                    // The recovered server serves: the old data goes, in the
+                    // background (a later recovery removes what a crash
+                    // here would leave).
+                    let unique = OffsetDateTime::now_utc().unix_timestamp_nanos();
+                    let trash = self.sibling(&format!("trash-{}-{unique}", std::process::id()))?;
+                    rename(&old, &trash)?;
+                    std::thread::spawn(move || std::fs::remove_dir_all(trash));
                 }
                 self.tidy_after_recovery();
                 Ok(Recovered {

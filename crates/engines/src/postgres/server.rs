@@ -276,25 +276,13 @@ impl PgPhysical {
     }
 
     /// Ends a paused recovery: the server promotes to a new timeline.
-    /// Returns that timeline and its history (from pg_wal). A promotion
-    /// requested this way (rather than by resuming replay) leaves the
-    /// end-of-recovery checkpoint to run in the background, as a standby's
-    /// promotion does: the server answers sooner, and the WAL keeps it safe.
+    /// Returns that timeline and its history (from pg_wal). (Resuming
+    /// replay, not `pg_promote()`: a paused startup process notices a
+    /// promotion request only once a second, and the end-of-recovery
+    /// checkpoint that resuming costs also leaves pg_control naming the
+    /// new timeline, which tools such as pgBackRest check.)
     pub(super) fn promote(&self) -> Result<History, Error> {
-        let promoted = self
-            .conn
-            .query(&format!("SELECT pg_promote(true, {})", WAIT.as_secs()))?;
-        if promoted != "t" {
-            return Err(Error::Failed(format!(
-                "the server did not promote within {} s",
-                WAIT.as_secs()
-            )));
-        }
-        // The checkpointer would spread that checkpoint over minutes, and
-        // until it ends pg_control names the old timeline (which tools such
-        // as pgBackRest check): ask for it now, without waiting.
-        let conn = self.conn.clone();
-        std::thread::spawn(move || conn.query("CHECKPOINT"));
+        self.conn.query("SELECT pg_wal_replay_resume()")?;
         let timeline = self.wait_until(
             "the promotion",
             |r| Ok(u32::from_str_radix(r, 16).ok()),
