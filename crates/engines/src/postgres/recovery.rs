@@ -131,6 +131,12 @@ impl PgPhysical {
         }
         self.remove_stray_trash();
         let expected = self.expected(target, found.answers, cx)?;
+        // A server that answers checkpoints while the backup restores, so
+        // that stopping it (which writes its dirty pages) is quick.
+        let checkpointed = found.answers.then(|| {
+            let conn = self.conn.clone();
+            std::thread::spawn(move || conn.query("CHECKPOINT"))
+        });
         let settings = RecoverySettings {
             replay: expected.replay,
             timeline: expected.timeline,
@@ -155,6 +161,9 @@ impl PgPhysical {
             let staging = staging.clone();
             std::thread::spawn(move || datadir::sync_tree(&staging))
         };
+        if let Some(c) = checkpointed {
+            let _ = c.join(); // best effort: the stop checkpoints anyway
+        }
         if found.running {
             self.stop(log).inspect_err(|_| {
                 let _ = std::fs::remove_dir_all(&staging);
