@@ -12,6 +12,8 @@
 //! server that ran before is started again.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
@@ -143,20 +145,33 @@ impl PgPhysical {
             restore_command: cx.wal.map(|w| w.restore_command()),
         };
         std::fs::create_dir(&staging).map_err(|e| Error::io(format!("creating {}", staging.display()), e))?;
-        backup
+        // PostgreSQL syncs a data directory it finds uncleanly shut down
+        // before it replays. Written back while the backup restores (and,
+        // for what is left, while the old server stops), that sync finds
+        // nothing left to do.
+        let restoring = Arc::new(AtomicBool::new(true));
+        let writeback = {
+            let (staging, restoring) = (staging.clone(), restoring.clone());
+            std::thread::spawn(move || {
+                while restoring.load(Ordering::Relaxed) {
+                    let _ = datadir::sync_tree(&staging);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        let restored = backup
             .restore_tree(&staging)
-            .and_then(|()| datadir::prepare(&staging, owner, &settings))
-            .inspect_err(|_| {
-                let _ = std::fs::remove_dir_all(&staging);
-            })?;
+            .and_then(|()| datadir::prepare(&staging, owner, &settings));
+        restoring.store(false, Ordering::Relaxed);
+        let _ = writeback.join();
+        restored.inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&staging);
+        })?;
         log(format!(
             "backup restored into {}; replay {}",
             staging.display(),
             expected.what
         ));
-        // PostgreSQL syncs a data directory it finds uncleanly shut down
-        // before it replays: written back now, while the old server stops,
-        // that sync finds nothing left to do.
         let synced = {
             let staging = staging.clone();
             std::thread::spawn(move || datadir::sync_tree(&staging))
