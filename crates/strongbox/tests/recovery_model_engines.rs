@@ -46,7 +46,7 @@ impl Database for Sqlite {
     }
 
     fn disaster(&self, choice: usize) -> &'static str {
-        if choice % 2 == 0 {
+        if choice.is_multiple_of(2) {
             for suffix in ["", "-wal", "-shm"] {
                 let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
             }
