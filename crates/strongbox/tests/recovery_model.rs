@@ -538,14 +538,14 @@ impl Run {
             }
             7 => (
                 r#"{"scn": "FF/0"}"#.to_string(),
-                Outcome::Refused("after the last archived WAL"),
+                match m.usable(m.current).next() {
+                    Some(_) => Outcome::Refused("after the last archived WAL"),
+                    None => Outcome::Refused("before the first base backup"),
+                },
             ),
             _ => (
                 r#"{"timestamp": "01-Jan-2020 00:00:00"}"#.to_string(),
-                match m.bases.iter().any(|b| !b.forgotten) {
-                    true => Outcome::Refused("before the first base backup"),
-                    false => Outcome::Refused("no completed backup"),
-                },
+                Outcome::Refused("before the first base backup"),
             ),
         };
         self.recover(body, expected);
