@@ -1,24 +1,29 @@
-//! HTTP Basic auth plus `X-ID-TENANT-NAME`, which must name the path's
-//! identity domain, which must be the user's.
+//! One authentication layer for every DBCS route: HTTP Basic plus
+//! `X-ID-TENANT-NAME`, which must name the path's identity domain, which
+//! must be the user's; reads need the `reader` role, everything else the
+//! `operator` role. Handlers receive the `Caller` it found.
 //!
 //! Argon2id takes tens of milliseconds by design; verified credentials are
 //! remembered for a minute as a keyed hash (never the password itself).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::Response;
 use base64::Engine;
-use strongbox_catalog::{Catalog, verify_password};
+use strongbox_catalog::{Role, verify_password};
 
-use crate::ApiError;
+use crate::{ApiError, AppState};
 
 const TTL: Duration = Duration::from_secs(60);
 
 pub struct Cache {
     key: [u8; 32],
-    entries: Mutex<HashMap<String, (blake3::Hash, String, Instant)>>,
+    entries: Mutex<HashMap<String, (blake3::Hash, String, Role, Instant)>>,
 }
 
 impl Default for Cache {
@@ -32,21 +37,19 @@ impl Default for Cache {
     }
 }
 
-/// The authenticated caller.
+/// The authenticated caller, in the request's extensions.
+#[derive(Clone, Debug)]
 pub struct Caller {
     pub user: String,
+    pub role: Role,
 }
 
 fn unauthorized(msg: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, msg)
 }
 
-pub async fn authorize(
-    cache: &Cache,
-    catalog: &dyn Catalog,
-    headers: &HeaderMap,
-    domain: &str,
-) -> Result<Caller, ApiError> {
+/// Who the credentials name, or why not.
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(Caller, String), ApiError> {
     let creds = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -57,23 +60,19 @@ pub async fn authorize(
     let (user, password) = creds
         .split_once(':')
         .ok_or_else(|| unauthorized("malformed Basic credentials: expected user:password"))?;
-    let tenant = headers
-        .get("x-id-tenant-name")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| unauthorized("missing X-ID-TENANT-NAME header: set it to your identity domain"))?;
-
+    let cache = &state.auth;
     let proof = blake3::keyed_hash(&cache.key, password.as_bytes());
     let cached = cache
         .entries
         .lock()
         .expect("auth cache")
         .get(user)
-        .filter(|(p, _, at)| *p == proof && at.elapsed() < TTL)
-        .map(|(_, d, _)| d.clone());
-    let user_domain = match cached {
-        Some(d) => d,
+        .filter(|(p, _, _, at)| *p == proof && at.elapsed() < TTL)
+        .map(|(_, d, r, _)| (d.clone(), *r));
+    let (domain, role) = match cached {
+        Some(found) => found,
         None => {
-            let u = catalog.user(user).await?;
+            let u = state.service.catalog.user(user).await.map_err(ApiError::internal)?;
             let ok = match &u {
                 Some(u) => {
                     let (password, hash) = (password.to_string(), u.password_hash.clone());
@@ -90,21 +89,88 @@ pub async fn authorize(
                 .entries
                 .lock()
                 .expect("auth cache")
-                .insert(user.to_string(), (proof, u.domain.clone(), Instant::now()));
-            u.domain
+                .insert(user.to_string(), (proof, u.domain.clone(), u.role, Instant::now()));
+            (u.domain, u.role)
         }
     };
-    if tenant != domain {
+    let caller = Caller {
+        user: user.to_string(),
+        role,
+    };
+    Ok((caller, domain))
+}
+
+/// The layer: authenticates, checks the domain and the role, and hands the
+/// request on with its `Caller`.
+pub async fn require(
+    State(state): State<Arc<AppState>>,
+    Path(params): Path<HashMap<String, String>>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    match check(&state, &params, req.headers(), &method, &path).await {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            Ok(next.run(req).await)
+        }
+        Err(e) => {
+            // Read what the client is still sending before refusing: an
+            // HTTP/2 stream answered and reset mid-upload is an error to
+            // curl, not an answer.
+            let _ = axum::body::to_bytes(req.into_body(), crate::MAX_BODY).await;
+            Err(e)
+        }
+    }
+}
+
+async fn check(
+    state: &AppState,
+    params: &HashMap<String, String>,
+    headers: &HeaderMap,
+    method: &Method,
+    path: &str,
+) -> Result<Caller, ApiError> {
+    let domain = params
+        .get("identityDomainId")
+        .ok_or_else(|| ApiError::internal("an authenticated route without {identityDomainId}"))?;
+    let (caller, user_domain) = authenticate(state, headers).await?;
+    let tenant = headers
+        .get("x-id-tenant-name")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from)
+        .ok_or_else(|| unauthorized("missing X-ID-TENANT-NAME header: set it to your identity domain"))?;
+    if &tenant != domain {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!("X-ID-TENANT-NAME ({tenant}) does not match the identity domain in the path ({domain})"),
         ));
     }
-    if user_domain != domain {
+    if &user_domain != domain {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            format!("user {user} does not belong to identity domain {domain}"),
+            format!("user {} does not belong to identity domain {domain}", caller.user),
         ));
     }
-    Ok(Caller { user: user.to_string() })
+    let needs = match *method {
+        Method::GET | Method::HEAD => Role::Reader,
+        _ => Role::Operator,
+    };
+    if caller.role < needs {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "user {} has the {} role, which only reads; {} {} needs the {} role (strongbox admin user {} \
+                 --domain {domain} --role {})",
+                caller.user,
+                caller.role.as_str(),
+                method,
+                path,
+                needs.as_str(),
+                caller.user,
+                needs.as_str()
+            ),
+        ));
+    }
+    Ok(caller)
 }

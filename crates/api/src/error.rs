@@ -31,9 +31,15 @@ impl ApiError {
     }
 }
 
-impl From<strongbox_catalog::Error> for ApiError {
-    fn from(e: strongbox_catalog::Error) -> Self {
-        ApiError::internal(e)
+impl From<strongbox_core::Error> for ApiError {
+    fn from(e: strongbox_core::Error) -> Self {
+        use strongbox_core::Error as E;
+        match e {
+            E::Invalid(m) => ApiError::bad_request(m),
+            E::NotFound(m) => ApiError::not_found(m),
+            E::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
+            E::Internal(m) => ApiError::internal(m),
+        }
     }
 }
 

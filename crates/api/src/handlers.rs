@@ -1,54 +1,28 @@
 //! Handlers for the DBCS endpoints (spec sections 1, 2, 5, 6, 7; recovery,
-//! sections 3 and 4, is in `recovery`).
+//! sections 3 and 4, is in `recovery`): parse the request, ask the core,
+//! answer with a typed body.
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use axum::{Extension, Json};
 use serde_json::{Value, json};
-use strongbox_catalog::{Backup, BackupStatus, Job, JobStatus, NewJob, Started};
+use strongbox_catalog::{Backup, BackupStatus, Deployment, Job, JobStatus};
+use strongbox_core::dates::api_date_of;
+use strongbox_core::job::{JobSpec, Origin, Trigger};
+use strongbox_engines::pitr::Reach;
 
-use crate::auth::authorize;
-use crate::pitr::{self, PitrState};
-use crate::{ApiError, AppState, MAX_BODY, PREFIX};
+use crate::auth::Caller;
+use crate::{ApiError, AppState, MAX_BODY, PREFIX, wire};
 
 type St = State<Arc<AppState>>;
 
-/// `23-Jul-2016 23:04:54 UTC`, the API's date format, from RFC 3339.
-pub(crate) fn api_date(rfc3339: &str) -> String {
-    use time::format_description::well_known::Rfc3339;
-    time::OffsetDateTime::parse(rfc3339, &Rfc3339)
-        .map(|t| {
-            const MONTHS: [&str; 12] = [
-                "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-            ];
-            format!(
-                "{:02}-{}-{} {:02}:{:02}:{:02} UTC",
-                t.day(),
-                MONTHS[t.month() as usize - 1],
-                t.year(),
-                t.hour(),
-                t.minute(),
-                t.second()
-            )
-        })
-        .unwrap_or_else(|_| rfc3339.to_string())
-}
-
 fn service_uri(state: &AppState, domain: &str, service: &str) -> String {
     format!("{}{PREFIX}/{domain}/{service}", state.public_url)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StartBackupBody {
-    #[serde(rename = "keepForever", default)]
-    keep_forever: bool,
 }
 
 /// The body checks every POST shares: JSON media type, size, a JSON object.
@@ -84,64 +58,12 @@ pub(crate) fn json_object(headers: &HeaderMap, body: Result<Bytes, BytesRejectio
     Ok(v)
 }
 
-pub(crate) async fn known_deployment(
-    state: &AppState,
-    domain: &str,
-    service: &str,
-) -> Result<strongbox_catalog::Deployment, ApiError> {
-    state
-        .catalog
-        .deployment(domain, service)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no database deployment {service} in identity domain {domain}")))
-}
-
-pub async fn start_backup(
-    State(state): St,
-    Path((domain, service)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let caller = authorize(&state.auth, state.catalog.as_ref(), &headers, &domain).await?;
-    let params = json_object(&headers, body)?;
-    let parsed: StartBackupBody = serde_json::from_value(params.clone()).map_err(|e| {
-        ApiError::bad_request(format!(
-            "invalid backup request: {e}; the only field is keepForever (boolean)"
-        ))
-    })?;
-    known_deployment(&state, &domain, &service).await?;
-    let job = new_job(&domain, &service, "backup", params, caller.user, &headers);
-    let job = match state.catalog.start_backup(&job, parsed.keep_forever).await? {
-        Started::Created(j) | Started::Existing(j) => j,
-        Started::Busy(running) => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!(
-                    "a {} of {service} is already in progress (job {}); retry when it has finished",
-                    running.operation, running.id
-                ),
-            ));
-        }
-    };
-    accepted(&state, &domain, &service, "backup", job.id)
-}
-
-/// A job as a request asks for it; an `Idempotency-Key` header names it so
-/// that a retried request returns the same job.
-pub(crate) fn new_job(
-    domain: &str,
-    service: &str,
-    operation: &str,
-    params: Value,
-    created_by: String,
-    headers: &HeaderMap,
-) -> NewJob {
-    NewJob {
-        domain: domain.into(),
-        deployment: service.into(),
-        operation: operation.into(),
+/// Who asks, with the request as sent; an `Idempotency-Key` header names
+/// the job so that a retried request returns the same one.
+pub(crate) fn origin(caller: &Caller, params: Value, headers: &HeaderMap) -> Origin {
+    Origin {
+        user: caller.user.clone(),
         params,
-        created_by,
         idempotency_key: headers
             .get("idempotency-key")
             .and_then(|v| v.to_str().ok())
@@ -149,16 +71,52 @@ pub(crate) fn new_job(
     }
 }
 
-/// 202 with an empty body and the headers the seed shows.
-pub(crate) fn accepted(
-    state: &AppState,
-    domain: &str,
-    service: &str,
-    request: &str,
-    job: i64,
+/// Start a backup: 202 with an empty body and the job's `Location`.
+#[utoipa::path(
+    post,
+    path = "/paas/service/dbcs/api/v1.1/instances/{identityDomainId}/{serviceId}/backups",
+    params(wire::ServicePath, wire::Tenant, wire::Idempotency),
+    request_body = wire::StartBackup,
+    responses(
+        (status = 202, description = "accepted; `Location` is the job status URI, the body is empty",
+         headers(("Location" = String), ("service-uri" = String), ("Retry-After" = String))),
+        (status = 400, description = "body not a JSON object, unknown field, wrong type", body = wire::ErrorBody),
+        (status = 404, description = "no such deployment", body = wire::ErrorBody),
+        (status = 409, description = "a job of this deployment is already in progress", body = wire::ErrorBody),
+        (status = 413, description = "body too large", body = wire::ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = wire::ErrorBody),
+    ),
+)]
+pub async fn start_backup(
+    State(state): St,
+    Path(wire::ServicePath {
+        identity_domain_id: domain,
+        service_id: service,
+    }): Path<wire::ServicePath>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    state.queued.notify_waiters();
-    let location = format!("{}{PREFIX}/{domain}/status/{request}/job/{job}", state.public_url);
+    let params = json_object(&headers, body)?;
+    let parsed: wire::StartBackup = serde_json::from_value(params.clone()).map_err(|e| {
+        ApiError::bad_request(format!(
+            "invalid backup request: {e}; the only field is keepForever (boolean)"
+        ))
+    })?;
+    let origin = origin(&caller, params, &headers);
+    let job = state
+        .service
+        .start_backup(&domain, &service, parsed.keep_forever, Trigger::User, &origin)
+        .await?;
+    accepted(&state, &domain, &service, &job)
+}
+
+/// 202 with an empty body and the headers the seed shows.
+pub(crate) fn accepted(state: &AppState, domain: &str, service: &str, job: &Job) -> Result<Response, ApiError> {
+    let location = format!(
+        "{}{PREFIX}/{domain}/status/{}/job/{}",
+        state.public_url, job.operation, job.id
+    );
     let mut resp = StatusCode::ACCEPTED.into_response();
     let h = resp.headers_mut();
     let value = |s: String| HeaderValue::from_str(&s).map_err(ApiError::internal);
@@ -170,57 +128,51 @@ pub(crate) fn accepted(
     Ok(resp)
 }
 
-fn backup_item(b: &Backup) -> Value {
-    let mut item = json!({
-        "dbTag": b.db_tag,
-        "status": b.status.as_str(),
-        "backupStartDate": api_date(&b.started_at),
-        "keepForever": b.keep_forever,
-        "jobId": b.job_id,
-    });
-    if b.status == BackupStatus::Completed
-        && let Some(done) = &b.completed_at
-    {
-        item["backupCompleteDate"] = json!(api_date(done));
-        item["backupCompletedDate"] = json!(api_date(done));
-        item["logicalBytes"] = json!(b.logical_bytes);
-        item["storedBytes"] = json!(b.stored_bytes);
-    }
-    // A Strongbox addition: where a base backup's replay ends (its
-    // consistency point), for point-in-time recovery.
-    if let Some(p) = b
+fn backup_item(b: &Backup) -> wire::BackupItem {
+    let done = b
+        .completed_at
+        .as_deref()
+        .filter(|_| b.status == BackupStatus::Completed);
+    let position = b
         .position
         .clone()
-        .and_then(|p| serde_json::from_value::<strongbox_engines::pitr::BasePosition>(p).ok())
-    {
-        item["scn"] = json!(p.stop_lsn.to_string());
-        item["timeline"] = json!(p.timeline);
+        .and_then(|p| serde_json::from_value::<strongbox_engines::pitr::BasePosition>(p).ok());
+    wire::BackupItem {
+        db_tag: b.db_tag.clone(),
+        status: b.status.as_str().into(),
+        backup_start_date: api_date_of(&b.started_at),
+        keep_forever: b.keep_forever,
+        job_id: b.job_id,
+        backup_complete_date: done.map(api_date_of),
+        backup_completed_date: done.map(api_date_of),
+        logical_bytes: done.and(b.logical_bytes),
+        stored_bytes: done.and(b.stored_bytes),
+        scn: position.as_ref().map(|p| p.stop_lsn.to_string()),
+        timeline: position.map(|p| p.timeline),
     }
-    item
 }
 
+/// View all backups: completed ones, the one in progress, the last failure; newest first.
+#[utoipa::path(
+    get,
+    path = "/paas/service/dbcs/api/v1.1/instances/{identityDomainId}/{serviceId}/backups",
+    params(wire::ServicePath, wire::Tenant),
+    responses(
+        (status = 200, description = "the backups", body = wire::BackupList),
+        (status = 404, description = "no such deployment", body = wire::ErrorBody),
+    ),
+)]
 pub async fn list_backups(
     State(state): St,
-    Path((domain, service)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize(&state.auth, state.catalog.as_ref(), &headers, &domain).await?;
-    known_deployment(&state, &domain, &service).await?;
-    let backups = state.catalog.backups(&domain, &service).await?;
-    // Upstream lists completed backups, the one in progress, and only the
-    // most recent failure.
-    let last_failed = backups
-        .iter()
-        .filter(|b| b.status == BackupStatus::Failed)
-        .map(|b| b.job_id)
-        .max();
-    let list: Vec<Value> = backups
-        .iter()
-        .rev()
-        .filter(|b| b.status != BackupStatus::Failed || Some(b.job_id) == last_failed)
-        .map(backup_item)
-        .collect();
-    Ok(Json(json!({ "backupList": list })).into_response())
+    Path(wire::ServicePath {
+        identity_domain_id: domain,
+        service_id: service,
+    }): Path<wire::ServicePath>,
+) -> Result<Json<wire::BackupList>, ApiError> {
+    let backups = state.service.backup_list(&domain, &service).await?;
+    Ok(Json(wire::BackupList {
+        backup_list: backups.iter().map(backup_item).collect(),
+    }))
 }
 
 fn wire_status(j: &Job) -> &'static str {
@@ -245,7 +197,7 @@ async fn job_by_id(state: &AppState, domain: &str, id: i64) -> Result<Option<Arc
     if let Some(j) = state.finished.0.lock().expect("job cache").get(&key) {
         return Ok(Some(j.clone()));
     }
-    let Some(j) = state.catalog.job(domain, id).await? else {
+    let Some(j) = state.service.job(domain, id).await? else {
         return Ok(None);
     };
     let j = Arc::new(j);
@@ -259,22 +211,30 @@ async fn job_by_id(state: &AppState, domain: &str, id: i64) -> Result<Option<Arc
     Ok(Some(j))
 }
 
-async fn find_job(state: &AppState, domain: &str, request: &str, id: &str) -> Result<Arc<Job>, ApiError> {
-    let missing = || ApiError::not_found(format!("no {request} job {id} in identity domain {domain}"));
-    let id: i64 = id.parse().map_err(|_| missing())?;
-    match job_by_id(state, domain, id).await? {
-        Some(j) if j.operation == request => Ok(j),
-        _ => Err(missing()),
-    }
-}
-
+/// A job's status and progress.
+#[utoipa::path(
+    get,
+    path = "/paas/service/dbcs/api/v1.1/instances/{identityDomainId}/status/{requestName}/job/{jobId}",
+    params(wire::JobPath, wire::Tenant),
+    responses(
+        (status = 200, description = "the job", body = wire::JobStatus),
+        (status = 404, description = "no such job of that kind in the identity domain", body = wire::ErrorBody),
+    ),
+)]
 pub async fn job_status(
     State(state): St,
-    Path((domain, request, job)): Path<(String, String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize(&state.auth, state.catalog.as_ref(), &headers, &domain).await?;
-    let j = find_job(&state, &domain, &request, &job).await?;
+    Path(wire::JobPath {
+        identity_domain_id: domain,
+        request_name: request,
+        job_id: job,
+    }): Path<wire::JobPath>,
+) -> Result<Json<wire::JobStatus>, ApiError> {
+    let missing = || ApiError::not_found(format!("no {request} job {job} in identity domain {domain}"));
+    let id: i64 = job.parse().map_err(|_| missing())?;
+    let j = match job_by_id(&state, &domain, id).await? {
+        Some(j) if j.operation == request => j,
+        _ => return Err(missing()),
+    };
     let percent = j
         .bytes_total
         .filter(|&t| t > 0)
@@ -283,39 +243,56 @@ pub async fn job_status(
         JobStatus::Queued => "waiting for a worker".into(),
         _ => format!("{} in progress", j.operation),
     });
-    Ok(Json(json!({
-        "job_id": j.id,
-        "job_operation": j.operation,
-        "job_status": wire_status(&j),
-        "job_start_date": j.started_at.as_deref().unwrap_or(&j.created_at),
-        "creation_time": j.created_at,
-        "last_modified_time": j.updated_at,
-        "created_by": j.created_by,
-        "identity_domain": j.domain,
-        "description": format!("{} of database deployment {}", j.operation, j.deployment),
-        "job_request_parameters": j.params,
-        "message": message,
-        "service-uri": service_uri(&state, &domain, &j.deployment),
-        "progress": { "bytes_done": j.bytes_done, "bytes_total": j.bytes_total, "percent": percent },
+    Ok(Json(wire::JobStatus {
+        job_id: j.id,
+        job_operation: j.operation.clone(),
+        job_status: wire_status(&j).into(),
+        job_start_date: j.started_at.clone().unwrap_or_else(|| j.created_at.clone()),
+        creation_time: j.created_at.clone(),
+        last_modified_time: j.updated_at.clone(),
+        created_by: j.created_by.clone(),
+        identity_domain: j.domain.clone(),
+        description: format!("{} of database deployment {}", j.operation, j.deployment),
+        job_request_parameters: j.params.clone(),
+        message,
+        service_uri: service_uri(&state, &domain, &j.deployment),
+        progress: wire::Progress {
+            bytes_done: j.bytes_done,
+            bytes_total: j.bytes_total,
+            percent,
+        },
     }))
-    .into_response())
 }
 
+/// A job's activity log.
+#[utoipa::path(
+    get,
+    path = "/paas/api/v1.1/activitylog/{identityDomainId}/job/{jobId}",
+    params(wire::ActivityPath, wire::Tenant),
+    responses(
+        (status = 200, description = "the activity log", body = wire::ActivityLog),
+        (status = 404, description = "no such job in the identity domain", body = wire::ErrorBody),
+    ),
+)]
 pub async fn activity_log(
     State(state): St,
-    Path((domain, job)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize(&state.auth, state.catalog.as_ref(), &headers, &domain).await?;
+    Path(wire::ActivityPath {
+        identity_domain_id: domain,
+        job_id: job,
+    }): Path<wire::ActivityPath>,
+) -> Result<Json<wire::ActivityLog>, ApiError> {
     let missing = || ApiError::not_found(format!("no job {job} in identity domain {domain}"));
     let id: i64 = job.parse().map_err(|_| missing())?;
     let j = job_by_id(&state, &domain, id).await?.ok_or_else(missing)?;
-    let messages: Vec<Value> = state
-        .catalog
+    let messages = state
+        .service
         .job_messages(j.id)
         .await?
         .into_iter()
-        .map(|m| json!({"activityDate": m.at, "message": m.message}))
+        .map(|m| wire::ActivityMessage {
+            activity_date: m.at,
+            message: m.message,
+        })
         .collect();
     let status = match j.status {
         JobStatus::Queued => "NEW",
@@ -323,122 +300,151 @@ pub async fn activity_log(
         JobStatus::Succeeded => "SUCCEED",
         JobStatus::Failed => "FAILED",
     };
-    Ok(Json(json!({
-        "activityLogId": j.id,
-        "serviceName": j.deployment,
-        "serviceType": "dbaas",
-        "identityDomain": j.domain,
-        "jobId": j.id,
-        "startDate": j.started_at.as_deref().unwrap_or(&j.created_at),
-        "endDate": j.finished_at,
-        "status": status,
-        "operationType": j.operation.to_uppercase(),
-        "summaryMessage": j.operation.to_uppercase(),
-        "authDomain": j.domain,
-        "authUser": j.created_by,
-        "initiatedBy": "USER",
-        "messages": messages,
+    let initiated_by = JobSpec::of(&j).map_or("USER", |s| s.initiated_by());
+    Ok(Json(wire::ActivityLog {
+        activity_log_id: j.id,
+        service_name: j.deployment.clone(),
+        service_type: "dbaas".into(),
+        identity_domain: j.domain.clone(),
+        job_id: j.id,
+        start_date: j.started_at.clone().unwrap_or_else(|| j.created_at.clone()),
+        end_date: j.finished_at.clone(),
+        status: status.into(),
+        operation_type: j.operation.to_uppercase(),
+        summary_message: j.operation.to_uppercase(),
+        auth_domain: j.domain.clone(),
+        auth_user: j.created_by.clone(),
+        initiated_by: initiated_by.into(),
+        messages,
     }))
-    .into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Registration {
-    engine: String,
-    connection: Value,
-}
-
-/// Registers (or re-registers) an existing database as a deployment. The
-/// connection settings may hold secrets: they are stored, never returned.
+/// Registers (or re-registers) an existing database as a deployment
+/// (Strongbox's own surface). The connection settings may hold secrets:
+/// they are stored, never returned.
+#[utoipa::path(
+    put,
+    path = "/strongbox/api/v1/instances/{identityDomainId}/{serviceId}",
+    params(wire::ServicePath, wire::Tenant),
+    request_body = wire::Registration,
+    responses(
+        (status = 200, description = "the deployment", body = wire::Instance),
+        (status = 400, description = "bad name, unknown engine or bad settings", body = wire::ErrorBody),
+        (status = 413, description = "body too large", body = wire::ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = wire::ErrorBody),
+    ),
+)]
 pub async fn register_deployment(
     State(state): St,
-    Path((domain, service)): Path<(String, String)>,
+    Path(wire::ServicePath {
+        identity_domain_id: domain,
+        service_id: service,
+    }): Path<wire::ServicePath>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    authorize(&state.auth, state.catalog.as_ref(), &headers, &domain).await?;
-    let reg: Registration = serde_json::from_value(json_object(&headers, body)?).map_err(|e| {
+) -> Result<Json<wire::Instance>, ApiError> {
+    let reg: wire::Registration = serde_json::from_value(json_object(&headers, body)?).map_err(|e| {
         ApiError::bad_request(format!(
             "invalid registration: {e}; send {{\"engine\": \"sqlite\", \"connection\": {{\"path\": ...}}}}"
         ))
     })?;
-    let valid_name = !service.is_empty()
-        && service.len() <= 64
-        && service
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if !valid_name {
-        return Err(ApiError::bad_request(
-            "a deployment name is 1 to 64 letters, digits, '-' or '_'",
-        ));
-    }
-    strongbox_engines::engine_for(&reg.engine, &reg.connection).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let d = state
-        .catalog
-        .put_deployment(&strongbox_catalog::NewDeployment {
-            domain,
-            name: service,
-            engine: reg.engine,
-            connection: reg.connection,
-        })
+        .service
+        .register_deployment(&domain, &service, reg.engine, reg.connection)
         .await?;
-    Ok((StatusCode::OK, Json(instance_json(&state, &d))).into_response())
+    Ok(Json(instance(&state, &d, None)))
 }
 
-fn instance_json(state: &AppState, d: &strongbox_catalog::Deployment) -> Value {
-    json!({
-        "service_name": d.name,
-        "service_uri": service_uri(state, &d.domain, &d.name),
-        "status": "Running",
-        "creation_time": d.created_at,
-        "identity_domain": d.domain,
-        "backup_destination": "OSS",
-        "engine": d.engine,
-    })
+fn instance(state: &AppState, d: &Deployment, pitr: Option<wire::PointInTimeRecovery>) -> wire::Instance {
+    wire::Instance {
+        service_name: d.name.clone(),
+        service_uri: service_uri(state, &d.domain, &d.name),
+        status: "Running".into(),
+        creation_time: d.created_at.clone(),
+        identity_domain: d.domain.clone(),
+        backup_destination: "OSS".into(),
+        engine: d.engine.clone(),
+        point_in_time_recovery: pitr,
+    }
 }
 
-pub async fn instances(State(state): St, Path(domain): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&state.auth, state.catalog.as_ref(), &headers, &domain).await?;
-    let services: Vec<Value> = state
-        .catalog
+/// The identity domain's database deployments.
+#[utoipa::path(
+    get,
+    path = "/paas/service/dbcs/api/v1.1/instances/{identityDomainId}",
+    params(wire::DomainPath, wire::Tenant),
+    responses((status = 200, description = "the deployments", body = wire::InstanceList)),
+)]
+pub async fn instances(
+    State(state): St,
+    Path(wire::DomainPath {
+        identity_domain_id: domain,
+    }): Path<wire::DomainPath>,
+) -> Result<Json<wire::InstanceList>, ApiError> {
+    let services = state
+        .service
         .deployments(&domain)
         .await?
         .iter()
-        .map(|d| instance_json(&state, d))
+        .map(|d| instance(&state, d, None))
         .collect();
-    Ok(Json(json!({
-        "service_type": "dbaas",
-        "implementation_version": "1.0",
-        "services": services,
-        "uri": format!("{}{PREFIX}/{domain}", state.public_url),
+    Ok(Json(wire::InstanceList {
+        service_type: "dbaas".into(),
+        implementation_version: "1.0".into(),
+        services,
+        uri: format!("{}{PREFIX}/{domain}", state.public_url),
     }))
-    .into_response())
 }
 
-pub async fn instance(
-    State(state): St,
-    Path((domain, service)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize(&state.auth, state.catalog.as_ref(), &headers, &domain).await?;
-    let d = known_deployment(&state, &domain, &service).await?;
-    let mut body = instance_json(&state, &d);
-    let usable = crate::recovery::usable_backups(&state, &domain, &service).await?;
-    let recoveries = state.catalog.recoveries(&domain, &service).await?;
-    if let (Some(archives), Some(history)) = (
-        state.wal.as_deref(),
-        PitrState::of(state.wal.as_ref(), &d, &usable, &recoveries, true).await?,
-    ) {
-        // A Strongbox addition: how to archive, and what the archive reaches
-        // on the current timeline's history (up to now while the server answers).
-        body["pointInTimeRecovery"] = json!({
-            "archiveCommand": archives.archive_command(&domain, &service),
-            "restoreCommand": archives.restore_command(&domain, &service),
-            "currentTimeline": history.current(),
-            "serverAnswers": history.live.is_some(),
-            "recoverableRange": pitr::range_json(&history.ranges(), history.current()),
-        });
+fn edge(scn: String, timestamp: Option<String>) -> wire::RangeEdge {
+    wire::RangeEdge { scn, timestamp }
+}
+
+fn range_part(r: &Reach) -> wire::RangePart {
+    let seconds = strongbox_core::pitr::whole_seconds(r);
+    wire::RangePart {
+        earliest: edge(r.earliest_lsn.to_string(), seconds.as_ref().map(|s| s.0.clone())),
+        latest: edge(r.latest_lsn.to_string(), seconds.map(|s| s.1)),
     }
-    Ok(Json(body).into_response())
+}
+
+/// One deployment; for `postgresql` ones, `pointInTimeRecovery`: the
+/// archive and restore commands, the current timeline, whether the server
+/// answers, and the recoverable range of the current history.
+#[utoipa::path(
+    get,
+    path = "/paas/service/dbcs/api/v1.1/instances/{identityDomainId}/{serviceId}",
+    params(wire::ServicePath, wire::Tenant),
+    responses(
+        (status = 200, description = "the deployment", body = wire::Instance),
+        (status = 404, description = "no such deployment", body = wire::ErrorBody),
+    ),
+)]
+pub async fn instance_detail(
+    State(state): St,
+    Path(wire::ServicePath {
+        identity_domain_id: domain,
+        service_id: service,
+    }): Path<wire::ServicePath>,
+) -> Result<Json<wire::Instance>, ApiError> {
+    let d = state.service.deployment(&domain, &service).await?;
+    let pitr = state.service.pitr_status(&d).await?.map(|p| {
+        let range = match (p.ranges.first(), p.ranges.last()) {
+            (Some(first), Some(last)) => Some(wire::RecoverableRange {
+                timeline: p.current_timeline,
+                earliest: range_part(first).earliest,
+                latest: range_part(last).latest,
+                ranges: p.ranges.iter().map(range_part).collect(),
+            }),
+            _ => None,
+        };
+        wire::PointInTimeRecovery {
+            archive_command: p.archive_command,
+            restore_command: p.restore_command,
+            current_timeline: p.current_timeline,
+            server_answers: p.server_answers,
+            recoverable_range: range,
+        }
+    });
+    Ok(Json(instance(&state, &d, pitr)))
 }

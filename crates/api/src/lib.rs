@@ -1,13 +1,13 @@
 //! The DBCS backup & recovery REST API (v1.1) on axum: routes, auth,
 //! the headers Oracle's service sends, and errors as `{"message": ...}`.
-//! Handlers only read and write the catalog; workers do the backups.
+//! Handlers parse, call the service core, and answer; workers do the jobs.
 
 mod auth;
 mod error;
 mod handlers;
 mod openapi;
-pub mod pitr;
 mod recovery;
+pub mod wire;
 
 use std::sync::Arc;
 
@@ -17,7 +17,7 @@ use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use strongbox_catalog::Catalog;
+use strongbox_core::Service;
 
 pub use error::ApiError;
 
@@ -27,26 +27,20 @@ pub const PREFIX: &str = "/paas/service/dbcs/api/v1.1/instances";
 pub const MAX_BODY: usize = 64 * 1024;
 
 pub struct AppState {
-    pub catalog: Arc<dyn Catalog>,
+    pub service: Arc<Service>,
     /// Scheme, host and port clients use, for `Location` and `service-uri`.
     pub public_url: String,
     pub retry_after: u64,
-    /// WAL archives for point-in-time recovery; none, none offered.
-    pub wal: Option<Arc<pitr::WalArchives>>,
-    /// Wakes idle workers when a job is queued (they also poll the catalog).
-    pub queued: Arc<tokio::sync::Notify>,
     auth: auth::Cache,
     finished: handlers::FinishedJobs,
 }
 
 impl AppState {
-    pub fn new(catalog: Arc<dyn Catalog>, public_url: impl Into<String>, retry_after: u64) -> Self {
+    pub fn new(service: Arc<Service>, public_url: impl Into<String>, retry_after: u64) -> Self {
         AppState {
-            catalog,
+            service,
             public_url: public_url.into().trim_end_matches('/').to_string(),
             retry_after,
-            wal: None,
-            queued: Arc::default(),
             auth: auth::Cache::default(),
             finished: Default::default(),
         }
@@ -54,39 +48,24 @@ impl AppState {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
+    let endpoints = openapi::endpoints();
+    let spec = Arc::new(openapi::spec(&endpoints));
+    // Every documented route goes through the one auth layer.
+    let mut authenticated = Router::new();
+    for e in endpoints {
+        authenticated = authenticated.route(&e.path, e.handler);
+    }
+    let authenticated = authenticated.route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require));
     Router::new()
-        .route(&format!("{PREFIX}/{{domain}}"), get(handlers::instances))
-        .route(&format!("{PREFIX}/{{domain}}/{{service}}"), get(handlers::instance))
+        .merge(authenticated)
         .route(
-            &format!("{PREFIX}/{{domain}}/{{service}}/backups"),
-            get(handlers::list_backups).post(handlers::start_backup),
+            "/openapi.json",
+            get(move || async move { axum::Json(spec.as_ref().clone()) }),
         )
-        .route(
-            &format!("{PREFIX}/{{domain}}/{{service}}/backups/recovery"),
-            axum::routing::post(recovery::start_recovery),
-        )
-        .route(
-            &format!("{PREFIX}/{{domain}}/{{service}}/backups/recovery/history"),
-            get(recovery::history),
-        )
-        .route(
-            &format!("{PREFIX}/{{domain}}/status/{{request}}/job/{{job}}"),
-            get(handlers::job_status),
-        )
-        .route(
-            "/paas/api/v1.1/activitylog/{domain}/job/{job}",
-            get(handlers::activity_log),
-        )
-        .route("/openapi.json", get(|| async { axum::Json(openapi::spec()) }))
         // A static answer for load balancers (and the API benchmark's baseline).
         .route(
             "/strongbox/health",
             get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-        )
-        // Strongbox's own surface: registering an existing database as a deployment.
-        .route(
-            "/strongbox/api/v1/instances/{domain}/{service}",
-            axum::routing::put(handlers::register_deployment),
         )
         .fallback(|| async {
             ApiError::new(

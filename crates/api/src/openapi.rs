@@ -1,216 +1,138 @@
-//! `/openapi.json`: the served API described with utoipa's builders.
+//! One list of endpoints feeds both the router and `/openapi.json`: each
+//! handler's `#[utoipa::path]` names its path, method, parameters, body and
+//! responses, and the router serves exactly those paths and methods.
 
-use utoipa::openapi::path::{OperationBuilder, ParameterBuilder, ParameterIn, PathItemBuilder};
-use utoipa::openapi::request_body::RequestBodyBuilder;
+use std::sync::Arc;
+
+use axum::handler::Handler;
+use axum::routing::{MethodFilter, MethodRouter};
+use utoipa::openapi::path::{HttpMethod, Operation};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
-    ContentBuilder, HttpMethod, InfoBuilder, OpenApi, OpenApiBuilder, PathsBuilder, Required, ResponseBuilder,
+    ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, PathsBuilder, RefOr, ResponseBuilder,
+    Schema,
 };
+use utoipa::{PartialSchema, ToSchema};
 
-use crate::PREFIX;
+use crate::{AppState, handlers, recovery, wire};
 
-fn param(name: &str, description: &str) -> utoipa::openapi::path::Parameter {
-    ParameterBuilder::new()
-        .name(name)
-        .parameter_in(ParameterIn::Path)
-        .required(Required::True)
-        .description(Some(description))
-        .build()
+/// One route: what serves it and what documents it.
+pub(crate) struct Endpoint {
+    pub path: String,
+    pub handler: MethodRouter<Arc<AppState>>,
+    methods: Vec<HttpMethod>,
+    operation: Operation,
+    schemas: Vec<(String, RefOr<Schema>)>,
 }
 
-fn op(summary: &str, params: &[(&str, &str)], responses: &[(&str, &str)]) -> OperationBuilder {
-    let mut b = OperationBuilder::new().summary(Some(summary)).parameter(
-        ParameterBuilder::new()
-            .name("X-ID-TENANT-NAME")
-            .parameter_in(ParameterIn::Header)
-            .required(Required::True)
-            .description(Some("the identity domain, as in the path")),
-    );
-    for (name, description) in params {
-        b = b.parameter(param(name, description));
+fn filter(m: &HttpMethod) -> MethodFilter {
+    match m {
+        HttpMethod::Get => MethodFilter::GET,
+        HttpMethod::Post => MethodFilter::POST,
+        HttpMethod::Put => MethodFilter::PUT,
+        HttpMethod::Delete => MethodFilter::DELETE,
+        HttpMethod::Patch => MethodFilter::PATCH,
+        HttpMethod::Head => MethodFilter::HEAD,
+        HttpMethod::Options => MethodFilter::OPTIONS,
+        HttpMethod::Trace => MethodFilter::TRACE,
     }
-    for (code, description) in responses {
-        b = b.response(*code, ResponseBuilder::new().description(*description));
+}
+
+/// The endpoint `P` (a handler's `#[utoipa::path]`) documents, served by `handler`.
+fn endpoint<P, H, T>(handler: H) -> Endpoint
+where
+    P: utoipa::Path + utoipa::__dev::SchemaReferences,
+    H: Handler<T, Arc<AppState>>,
+    T: 'static,
+{
+    let methods = P::methods();
+    let mut router = MethodRouter::new();
+    for m in &methods {
+        router = router.on(filter(m), handler.clone());
     }
-    b
+    let mut schemas = Vec::new();
+    P::schemas(&mut schemas);
+    Endpoint {
+        path: P::path(),
+        handler: router,
+        methods,
+        operation: P::operation(),
+        schemas,
+    }
 }
 
-const DOMAIN: (&str, &str) = (
-    "identityDomainId",
-    "identity domain name, or an `idcs-…` identity service id",
-);
-const SERVICE: (&str, &str) = ("serviceId", "database deployment name");
-const ERRORS: [(&str, &str); 3] = [
-    ("401", "missing or wrong credentials (`{\"message\"}`)"),
-    ("403", "user or X-ID-TENANT-NAME of another identity domain"),
-    ("404", "unknown deployment or job"),
-];
-
-fn json_body(description: &str) -> utoipa::openapi::request_body::RequestBody {
-    RequestBodyBuilder::new()
-        .description(Some(description))
-        .required(Some(Required::True))
-        .content("application/json", ContentBuilder::new().build())
-        .build()
+/// Every route behind the auth layer.
+pub(crate) fn endpoints() -> Vec<Endpoint> {
+    vec![
+        endpoint::<handlers::__path_instances, _, _>(handlers::instances),
+        endpoint::<handlers::__path_instance_detail, _, _>(handlers::instance_detail),
+        endpoint::<handlers::__path_list_backups, _, _>(handlers::list_backups),
+        endpoint::<handlers::__path_start_backup, _, _>(handlers::start_backup),
+        endpoint::<recovery::__path_start_recovery, _, _>(recovery::start_recovery),
+        endpoint::<recovery::__path_history, _, _>(recovery::history),
+        endpoint::<handlers::__path_job_status, _, _>(handlers::job_status),
+        endpoint::<handlers::__path_activity_log, _, _>(handlers::activity_log),
+        endpoint::<handlers::__path_register_deployment, _, _>(handlers::register_deployment),
+    ]
 }
 
-pub fn spec() -> OpenApi {
-    let with_errors = |ok: &[(&'static str, &'static str)]| -> Vec<(&'static str, &'static str)> {
-        ok.iter().chain(ERRORS.iter()).copied().collect()
-    };
-    let backups = PathItemBuilder::new()
-        .operation(
-            HttpMethod::Post,
-            op(
-                "Start a backup: 202, empty body, Location of the job",
-                &[DOMAIN, SERVICE],
-                &with_errors(&[
-                    ("202", "accepted; `Location` is the job status URI"),
-                    ("400", "body not a JSON object, unknown field, wrong type"),
-                    ("409", "a job of this deployment is already in progress"),
-                    ("413", "body too large"),
-                    ("415", "Content-Type is not application/json"),
-                ]),
-            )
-            .request_body(Some(json_body("`{}` or `{\"keepForever\": true}`"))),
+const SECURITY: &str = "basicAuth";
+
+fn error_response(description: &str) -> utoipa::openapi::Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                    wire::ErrorBody::name(),
+                ))))
+                .build(),
         )
-        .operation(
-            HttpMethod::Get,
-            op(
-                "View all backups: `backupList`",
-                &[DOMAIN, SERVICE],
-                &with_errors(&[("200", "the backups")]),
+        .build()
+}
+
+/// The document for `endpoints`: every operation behind HTTP Basic, with
+/// the auth layer's answers added.
+pub(crate) fn spec(endpoints: &[Endpoint]) -> OpenApi {
+    let mut paths = PathsBuilder::new().build();
+    let mut components = ComponentsBuilder::new()
+        .schema(wire::ErrorBody::name(), wire::ErrorBody::schema())
+        .security_scheme(
+            SECURITY,
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Basic).build()),
+        );
+    for e in endpoints {
+        let mut op = e.operation.clone();
+        op.security = Some(vec![SecurityRequirement::new(SECURITY, Vec::<String>::new())]);
+        for (code, why) in [
+            ("401", "missing or wrong credentials, or no X-ID-TENANT-NAME"),
+            (
+                "403",
+                "X-ID-TENANT-NAME or the user of another identity domain, or a reader starting a job",
             ),
-        )
-        .build();
-    let paths = PathsBuilder::new()
-        .path(
-            format!("{PREFIX}/{{identityDomainId}}"),
-            PathItemBuilder::new()
-                .operation(
-                    HttpMethod::Get,
-                    op("List database deployments", &[DOMAIN], &with_errors(&[("200", "")])),
-                )
-                .build(),
-        )
-        .path(
-            format!("{PREFIX}/{{identityDomainId}}/{{serviceId}}"),
-            PathItemBuilder::new()
-                .operation(
-                    HttpMethod::Get,
-                    op(
-                        "View a deployment; for `postgresql` ones, `pointInTimeRecovery`: the archive_command and \
-                         restore_command to set, the current timeline, whether the server answers, and the \
-                         recoverable range of the current history (`earliest`/`latest` scn and timestamp)",
-                        &[DOMAIN, SERVICE],
-                        &with_errors(&[("200", "")]),
-                    ),
-                )
-                .build(),
-        )
-        .path(format!("{PREFIX}/{{identityDomainId}}/{{serviceId}}/backups"), backups)
-        .path(
-            format!("{PREFIX}/{{identityDomainId}}/{{serviceId}}/backups/recovery"),
-            PathItemBuilder::new()
-                .operation(
-                    HttpMethod::Post,
-                    op(
-                        "Start a recovery in place: 202, empty body, Location of the job",
-                        &[DOMAIN, SERVICE],
-                        &with_errors(&[
-                            ("202", "accepted; `Location` is the job status URI"),
-                            (
-                                "400",
-                                "not exactly one target, bad date, a target the archive does not reach (the \
-                                 message names the recoverable range) or a moment of an abandoned timeline (the \
-                                 message names it)",
-                            ),
-                            ("404", "no completed backup with that dbTag in the repository"),
-                            ("409", "a job of this deployment is already in progress"),
-                        ]),
-                    )
-                    .request_body(Some(json_body(
-                        "exactly one of `latest` (true, \"true\", \"yes\": the latest backup and, where WAL is \
-                         archived, complete recovery to the last committed change), `tag` (a dbTag), `timestamp` \
-                         (dd-MMM-yyyy HH:mm:ss, UTC: a backup's completion time, or with archived WAL any moment \
-                         of the current history), `scn` (a PostgreSQL LSN, `0/3000060` or decimal, of the current \
-                         history); optional `keepForever`. A Strongbox extension: `timeline` (a number) with a \
-                         `timestamp` or `scn` names the timeline whose history the target belongs to, to recover \
-                         a point a later recovery abandoned.",
-                    ))),
-                )
-                .build(),
-        )
-        .path(
-            format!("{PREFIX}/{{identityDomainId}}/{{serviceId}}/backups/recovery/history"),
-            PathItemBuilder::new()
-                .operation(
-                    HttpMethod::Get,
-                    op(
-                        "View recoveries: `recoveryList`; each completed point-in-time recovery adds `reached` \
-                         (scn and timeline replay stopped at, the last commit replayed, the timeline begun)",
-                        &[DOMAIN, SERVICE],
-                        &with_errors(&[("200", "")]),
-                    ),
-                )
-                .build(),
-        )
-        .path(
-            format!("{PREFIX}/{{identityDomainId}}/status/{{requestName}}/job/{{jobId}}"),
-            PathItemBuilder::new()
-                .operation(
-                    HttpMethod::Get,
-                    op(
-                        "Job status, with progress",
-                        &[
-                            DOMAIN,
-                            ("requestName", "`backup` or `recovery`"),
-                            ("jobId", "the job id from `Location`"),
-                        ],
-                        &with_errors(&[("200", "")]),
-                    ),
-                )
-                .build(),
-        )
-        .path(
-            "/paas/api/v1.1/activitylog/{identityDomainId}/job/{jobId}",
-            PathItemBuilder::new()
-                .operation(
-                    HttpMethod::Get,
-                    op(
-                        "Activity log of a job",
-                        &[DOMAIN, ("jobId", "job id")],
-                        &with_errors(&[("200", "")]),
-                    ),
-                )
-                .build(),
-        )
-        .path(
-            "/strongbox/api/v1/instances/{identityDomainId}/{serviceId}",
-            PathItemBuilder::new()
-                .operation(
-                    HttpMethod::Put,
-                    op(
-                        "Register an existing database as a deployment (Strongbox's own surface)",
-                        &[DOMAIN, SERVICE],
-                        &with_errors(&[("200", "the deployment"), ("400", "unknown engine or bad settings")]),
-                    )
-                    .request_body(Some(json_body(
-                        "`{\"engine\": \"sqlite\" | \"postgresql\" | \"postgresql-logical\" | \"command\", \"connection\": {…}}` \
-                         (settings per engine in the README)",
-                    ))),
-                )
-                .build(),
-        )
-        .build();
+        ] {
+            op.responses
+                .responses
+                .insert(code.into(), RefOr::T(error_response(why)));
+        }
+        paths.add_path_operation(&e.path, e.methods.clone(), op);
+        for (name, schema) in &e.schemas {
+            components = components.schema(name.clone(), schema.clone());
+        }
+    }
     OpenApiBuilder::new()
         .info(
             InfoBuilder::new()
                 .title("Strongbox: DBCS backup & recovery API v1.1")
                 .version(env!("CARGO_PKG_VERSION"))
                 .description(Some(
-                    "HTTP Basic auth and X-ID-TENANT-NAME on every request; errors are {\"message\": …}",
+                    "The Oracle Database Cloud Service backup & recovery REST API, served wire-compatibly, plus \
+                     Strongbox's documented additions. HTTP Basic auth and X-ID-TENANT-NAME on every request; \
+                     errors are {\"message\": …}.",
                 )),
         )
         .paths(paths)
+        .components(Some(components.build()))
         .build()
 }

@@ -27,34 +27,33 @@ pub enum Error {
     Invalid(String),
     #[error("{0} not found")]
     NotFound(String),
+    /// A unique key is taken (a backup's tag).
+    #[error("{0} is taken")]
+    Duplicate(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Storage for the service core. Implementations keep rows and the rules
+/// a database enforces (one active job per deployment, unique tags, leases
+/// held by one worker at a time); they decide nothing else.
 #[async_trait::async_trait]
 pub trait Catalog: Send + Sync + 'static {
     /// Creates the domain if it does not exist.
     async fn ensure_domain(&self, name: &str) -> Result<()>;
-    /// Creates a user in `domain`; replaces the password of an existing one.
-    async fn put_user(&self, name: &str, domain: &str, password: &str) -> Result<()>;
+    /// Creates a user in `domain`; replaces the password and role of an existing one.
+    async fn put_user(&self, name: &str, domain: &str, password: &str, role: Role) -> Result<()>;
     async fn user(&self, name: &str) -> Result<Option<User>>;
 
     async fn put_deployment(&self, d: &NewDeployment) -> Result<Deployment>;
     async fn deployment(&self, domain: &str, name: &str) -> Result<Option<Deployment>>;
     async fn deployments(&self, domain: &str) -> Result<Vec<Deployment>>;
 
-    /// Queues a backup job and its IN PROGRESS backup row, atomically.
-    async fn start_backup(&self, job: &NewJob, keep_forever: bool) -> Result<Started>;
-    /// Queues a recovery job from the completed backup made by job
-    /// `backup_job_id`; `target` is what the request named, `plan` what the
-    /// worker is to do (both JSON, stored as given).
-    async fn start_recovery(
-        &self,
-        job: &NewJob,
-        target: &serde_json::Value,
-        backup_job_id: i64,
-        plan: &serde_json::Value,
-    ) -> Result<Started>;
+    /// Queues a job with its record and first activity-log line, in one
+    /// transaction — unless the idempotency key names an earlier job of the
+    /// deployment (`Existing`) or another of its jobs is queued or running
+    /// (`Busy`).
+    async fn create_job(&self, job: &NewJob, record: &NewRecord, message: &str) -> Result<Started>;
     async fn job(&self, domain: &str, id: i64) -> Result<Option<Job>>;
     async fn job_messages(&self, id: i64) -> Result<Vec<JobMessage>>;
     async fn backups(&self, domain: &str, deployment: &str) -> Result<Vec<Backup>>;
@@ -65,22 +64,13 @@ pub trait Catalog: Send + Sync + 'static {
     async fn recovery(&self, domain: &str, job_id: i64) -> Result<Option<Recovery>>;
 
     /// Leases the oldest queued job, or a running one whose lease expired
-    /// (its worker died). A job that has been leased `max_attempts` times
-    /// is failed instead, so none stays in progress forever.
-    async fn lease_job(&self, owner: &str, lease: Duration, max_attempts: u32) -> Result<Option<Job>>;
+    /// (its worker died), counting the attempt.
+    async fn lease_job(&self, owner: &str, lease: Duration) -> Result<Option<Job>>;
     /// Records progress and extends the lease; false if the lease was lost.
     async fn heartbeat(&self, id: i64, owner: &str, lease: Duration, done: u64, total: Option<u64>) -> Result<bool>;
-    /// Records the outcome of a backup job held by `owner`.
-    async fn finish_backup(&self, id: i64, owner: &str, outcome: &BackupOutcome) -> Result<bool>;
-    /// Records the outcome of a recovery job held by `owner`: what was done
-    /// (and where it ended, JSON), or what failed.
-    async fn finish_recovery(
-        &self,
-        id: i64,
-        owner: &str,
-        outcome: Result<&str, &str>,
-        reached: Option<&serde_json::Value>,
-    ) -> Result<bool>;
+    /// Ends a job held by `owner`, with its backup or recovery row; false
+    /// (and nothing written) if another worker holds it now.
+    async fn finish_job(&self, id: i64, owner: &str, end: &JobEnd) -> Result<bool>;
     /// Adds a line to a job's activity log.
     async fn add_job_message(&self, id: i64, message: &str) -> Result<()>;
 }

@@ -7,6 +7,34 @@ pub struct User {
     pub name: String,
     pub domain: String,
     pub password_hash: String,
+    pub role: Role,
+}
+
+/// What a user may do in its identity domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads: backups, recoveries, jobs, configuration.
+    Reader,
+    /// Also starts backups and recoveries, changes configuration.
+    Operator,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Reader => "reader",
+            Role::Operator => "operator",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "reader" => Some(Role::Reader),
+            "operator" => Some(Role::Operator),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -56,14 +84,39 @@ impl JobStatus {
     }
 }
 
+/// A job to queue. The catalog stores `spec` as given and interprets
+/// none of it: what a job means is the service core's business.
 #[derive(Clone, Debug)]
 pub struct NewJob {
     pub domain: String,
     pub deployment: String,
+    /// The job's kind as listings name it (`backup`, `recovery`, `expire`).
     pub operation: String,
+    /// The typed job, serialized.
+    pub spec: serde_json::Value,
+    /// The request as the client sent it.
     pub params: serde_json::Value,
     pub created_by: String,
     pub idempotency_key: Option<String>,
+}
+
+/// The row a new job keeps beside it, created in the same transaction.
+#[derive(Clone, Debug)]
+pub enum NewRecord {
+    None,
+    /// An IN PROGRESS backup row under `db_tag` (unique per deployment:
+    /// a taken tag is `Error::Duplicate`).
+    Backup {
+        db_tag: String,
+        keep_forever: bool,
+    },
+    /// A recovery from the completed backup made by job `backup_job_id`
+    /// (`Error::NotFound` if there is none); `target` is what the request
+    /// named, for the history.
+    Recovery {
+        target: serde_json::Value,
+        backup_job_id: i64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -73,6 +126,8 @@ pub struct Job {
     pub deployment: String,
     pub operation: String,
     pub status: JobStatus,
+    /// The typed job as queued (`None` for jobs queued before specs were kept).
+    pub spec: Option<serde_json::Value>,
     pub params: serde_json::Value,
     pub created_by: String,
     pub created_at: String,
@@ -153,8 +208,6 @@ pub struct Recovery {
     pub deployment: String,
     /// What the request named (`latest`, `dbTag`, `timestamp`), as JSON.
     pub target: serde_json::Value,
-    /// What the worker is to do, as planned when the request was accepted.
-    pub plan: Option<serde_json::Value>,
     /// Where the recovery ended, once it succeeded (engine-defined JSON).
     pub reached: Option<serde_json::Value>,
     pub backup_job_id: i64,
@@ -163,15 +216,22 @@ pub struct Recovery {
     pub completed_at: Option<String>,
 }
 
+/// How a job ended, as its worker records it.
 #[derive(Clone, Debug)]
-pub enum BackupOutcome {
-    Completed {
-        snapshot_id: String,
-        logical_bytes: u64,
-        stored_bytes: u64,
-        position: Option<serde_json::Value>,
-    },
-    Failed {
-        message: String,
-    },
+pub struct JobEnd {
+    pub succeeded: bool,
+    /// The job's final message (also the last line of its activity log).
+    pub message: String,
+    /// What a successful backup job stored.
+    pub backup: Option<BackupResult>,
+    /// Where a successful recovery ended (engine-defined JSON).
+    pub reached: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug)]
+pub struct BackupResult {
+    pub snapshot_id: String,
+    pub logical_bytes: u64,
+    pub stored_bytes: u64,
+    pub position: Option<serde_json::Value>,
 }

@@ -14,15 +14,15 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
 
 use crate::{
-    Backup, BackupOutcome, BackupStatus, Catalog, Deployment, Error, Job, JobMessage, JobStatus, NewDeployment, NewJob,
-    Recovery, Result, Started, User, hash_password, now, rfc3339,
+    Backup, BackupStatus, Catalog, Deployment, Error, Job, JobEnd, JobMessage, JobStatus, NewDeployment, NewJob,
+    NewRecord, Recovery, Result, Role, Started, User, hash_password, now, rfc3339,
 };
 
 pub struct SqliteCatalog {
     pool: SqlitePool,
 }
 
-const JOB_COLUMNS: &str = "id, domain, deployment, operation, status, params, created_by, created_at, started_at, \
+const JOB_COLUMNS: &str = "id, domain, deployment, operation, status, spec, params, created_by, created_at, started_at, \
      finished_at, updated_at, attempts, bytes_done, bytes_total, message";
 
 fn job(row: &SqliteRow) -> Job {
@@ -32,6 +32,9 @@ fn job(row: &SqliteRow) -> Job {
         deployment: row.get("deployment"),
         operation: row.get("operation"),
         status: JobStatus::parse(row.get::<&str, _>("status")),
+        spec: row
+            .get::<Option<&str>, _>("spec")
+            .and_then(|s| serde_json::from_str(s).ok()),
         params: serde_json::from_str(row.get::<&str, _>("params")).unwrap_or_default(),
         created_by: row.get("created_by"),
         created_at: row.get("created_at"),
@@ -72,19 +75,6 @@ fn backup(row: &SqliteRow) -> Backup {
             .get::<Option<&str>, _>("position")
             .and_then(|p| serde_json::from_str(p).ok()),
     }
-}
-
-/// `TAG` + UTC time to the second, the form Oracle's API uses.
-fn db_tag(t: time::OffsetDateTime) -> String {
-    format!(
-        "TAG{:04}{:02}{:02}T{:02}{:02}{:02}",
-        t.year(),
-        t.month() as u8,
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
 }
 
 impl SqliteCatalog {
@@ -144,12 +134,13 @@ async fn insert_job(tx: &mut Transaction<'_, Sqlite>, new: &NewJob) -> Result<Re
     }
     let at = rfc3339(now());
     let row = sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO jobs (domain, deployment, operation, status, params, created_by, idempotency_key, \
-         created_at, updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?) RETURNING {JOB_COLUMNS}"
+        "INSERT INTO jobs (domain, deployment, operation, status, spec, params, created_by, idempotency_key, \
+         created_at, updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?) RETURNING {JOB_COLUMNS}"
     )))
     .bind(&new.domain)
     .bind(&new.deployment)
     .bind(&new.operation)
+    .bind(new.spec.to_string())
     .bind(new.params.to_string())
     .bind(&new.created_by)
     .bind(&new.idempotency_key)
@@ -200,9 +191,6 @@ fn recovery(row: &SqliteRow) -> Recovery {
         domain: row.get("domain"),
         deployment: row.get("deployment"),
         target: serde_json::from_str(row.get::<&str, _>("target")).unwrap_or_default(),
-        plan: row
-            .get::<Option<&str>, _>("plan")
-            .and_then(|p| serde_json::from_str(p).ok()),
         reached: row
             .get::<Option<&str>, _>("reached")
             .and_then(|p| serde_json::from_str(p).ok()),
@@ -224,7 +212,7 @@ impl Catalog for SqliteCatalog {
         Ok(())
     }
 
-    async fn put_user(&self, name: &str, domain: &str, password: &str) -> Result<()> {
+    async fn put_user(&self, name: &str, domain: &str, password: &str, role: Role) -> Result<()> {
         if let Some(u) = self.user(name).await?
             && u.domain != domain
         {
@@ -234,12 +222,13 @@ impl Catalog for SqliteCatalog {
             )));
         }
         sqlx::query(
-            "INSERT INTO users (name, domain, password_hash, created_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (name) DO UPDATE SET password_hash = excluded.password_hash",
+            "INSERT INTO users (name, domain, password_hash, role, created_at) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET password_hash = excluded.password_hash, role = excluded.role",
         )
         .bind(name)
         .bind(domain)
         .bind(hash_password(password))
+        .bind(role.as_str())
         .bind(rfc3339(now()))
         .execute(&self.pool)
         .await?;
@@ -247,7 +236,7 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn user(&self, name: &str) -> Result<Option<User>> {
-        let row = sqlx::query("SELECT name, domain, password_hash FROM users WHERE name = ?")
+        let row = sqlx::query("SELECT name, domain, password_hash, role FROM users WHERE name = ?")
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
@@ -255,6 +244,8 @@ impl Catalog for SqliteCatalog {
             name: r.get("name"),
             domain: r.get("domain"),
             password_hash: r.get("password_hash"),
+            // An unknown role (written by a newer version) grants the least.
+            role: Role::parse(r.get::<&str, _>("role")).unwrap_or(Role::Reader),
         }))
     }
 
@@ -292,99 +283,63 @@ impl Catalog for SqliteCatalog {
         Ok(rows.iter().map(deployment).collect())
     }
 
-    async fn start_backup(&self, new: &NewJob, keep_forever: bool) -> Result<Started> {
+    async fn create_job(&self, new: &NewJob, record: &NewRecord, message: &str) -> Result<Started> {
         let mut tx = self.write().await?;
         let created = match insert_job(&mut tx, new).await? {
             Ok(job) => job,
             Err(other) => return Ok(other),
         };
         let at = created.created_at.clone();
-        // Tags are per second; a second backup within the same second of an
-        // earlier one takes the next free second.
-        let mut tag_time = now();
-        let tag = loop {
-            let tag = db_tag(tag_time);
-            let taken: Option<i64> =
-                sqlx::query_scalar("SELECT job_id FROM backups WHERE domain = ? AND deployment = ? AND db_tag = ?")
-                    .bind(&new.domain)
-                    .bind(&new.deployment)
-                    .bind(&tag)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if taken.is_none() {
-                break tag;
+        match record {
+            NewRecord::None => {}
+            NewRecord::Backup { db_tag, keep_forever } => {
+                let inserted = sqlx::query(
+                    "INSERT INTO backups (job_id, domain, deployment, db_tag, status, keep_forever, started_at) \
+                     VALUES (?, ?, ?, ?, 'IN PROGRESS', ?, ?) ON CONFLICT (domain, deployment, db_tag) DO NOTHING",
+                )
+                .bind(created.id)
+                .bind(&new.domain)
+                .bind(&new.deployment)
+                .bind(db_tag)
+                .bind(*keep_forever as i64)
+                .bind(&at)
+                .execute(&mut *tx)
+                .await?;
+                if inserted.rows_affected() != 1 {
+                    return Err(Error::Duplicate(format!("backup tag {db_tag} of {}", new.deployment)));
+                }
             }
-            tag_time += time::Duration::SECOND;
-        };
-        sqlx::query(
-            "INSERT INTO backups (job_id, domain, deployment, db_tag, status, keep_forever, started_at) \
-             VALUES (?, ?, ?, ?, 'IN PROGRESS', ?, ?)",
-        )
-        .bind(created.id)
-        .bind(&new.domain)
-        .bind(&new.deployment)
-        .bind(&tag)
-        .bind(keep_forever as i64)
-        .bind(&at)
-        .execute(&mut *tx)
-        .await?;
-        add_message(
-            &mut tx,
-            created.id,
-            &at,
-            &format!("backup requested by {} (tag {tag})", new.created_by),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(Started::Created(created))
-    }
-
-    async fn start_recovery(
-        &self,
-        new: &NewJob,
-        target: &serde_json::Value,
-        backup_job_id: i64,
-        plan: &serde_json::Value,
-    ) -> Result<Started> {
-        let mut tx = self.write().await?;
-        let created = match insert_job(&mut tx, new).await? {
-            Ok(job) => job,
-            Err(other) => return Ok(other),
-        };
-        let tag: Option<String> = sqlx::query_scalar(
-            "SELECT db_tag FROM backups WHERE job_id = ? AND domain = ? AND deployment = ? AND status = 'COMPLETED'",
-        )
-        .bind(backup_job_id)
-        .bind(&new.domain)
-        .bind(&new.deployment)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let tag = tag
-            .ok_or_else(|| Error::NotFound(format!("completed backup (job {backup_job_id}) of {}", new.deployment)))?;
-        let at = created.created_at.clone();
-        sqlx::query(
-            "INSERT INTO recoveries (job_id, domain, deployment, target, plan, backup_job_id, status, started_at) \
-             VALUES (?, ?, ?, ?, ?, ?, 'IN PROGRESS', ?)",
-        )
-        .bind(created.id)
-        .bind(&new.domain)
-        .bind(&new.deployment)
-        .bind(target.to_string())
-        .bind(plan.to_string())
-        .bind(backup_job_id)
-        .bind(&at)
-        .execute(&mut *tx)
-        .await?;
-        add_message(
-            &mut tx,
-            created.id,
-            &at,
-            &format!(
-                "recovery from backup {tag} requested by {} (target {target})",
-                new.created_by
-            ),
-        )
-        .await?;
+            NewRecord::Recovery { target, backup_job_id } => {
+                let completed: Option<i64> = sqlx::query_scalar(
+                    "SELECT job_id FROM backups WHERE job_id = ? AND domain = ? AND deployment = ? \
+                     AND status = 'COMPLETED'",
+                )
+                .bind(backup_job_id)
+                .bind(&new.domain)
+                .bind(&new.deployment)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if completed.is_none() {
+                    return Err(Error::NotFound(format!(
+                        "completed backup (job {backup_job_id}) of {}",
+                        new.deployment
+                    )));
+                }
+                sqlx::query(
+                    "INSERT INTO recoveries (job_id, domain, deployment, target, backup_job_id, status, started_at) \
+                     VALUES (?, ?, ?, ?, ?, 'IN PROGRESS', ?)",
+                )
+                .bind(created.id)
+                .bind(&new.domain)
+                .bind(&new.deployment)
+                .bind(target.to_string())
+                .bind(backup_job_id)
+                .bind(&at)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        add_message(&mut tx, created.id, &at, message).await?;
         tx.commit().await?;
         Ok(Started::Created(created))
     }
@@ -423,37 +378,9 @@ impl Catalog for SqliteCatalog {
         Ok(rows.iter().map(backup).collect())
     }
 
-    async fn lease_job(&self, owner: &str, lease: Duration, max_attempts: u32) -> Result<Option<Job>> {
+    async fn lease_job(&self, owner: &str, lease: Duration) -> Result<Option<Job>> {
         let t = now();
         let (at, unix) = (rfc3339(t), t.unix_timestamp());
-        let mut tx = self.write().await?;
-        // Jobs whose workers died too often: fail them rather than retry forever.
-        let dead: Vec<i64> =
-            sqlx::query_scalar("SELECT id FROM jobs WHERE status = 'running' AND lease_expires < ? AND attempts >= ?")
-                .bind(unix)
-                .bind(max_attempts as i64)
-                .fetch_all(&mut *tx)
-                .await?;
-        for id in dead {
-            let message = format!("failed: the worker stopped responding {max_attempts} times; giving up");
-            sqlx::query("UPDATE jobs SET status = 'failed', message = ?, finished_at = ?, updated_at = ?, lease_owner = NULL WHERE id = ?")
-                .bind(&message)
-                .bind(&at)
-                .bind(&at)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            for table in ["backups", "recoveries"] {
-                sqlx::query(AssertSqlSafe(format!(
-                    "UPDATE {table} SET status = 'FAILED', completed_at = ? WHERE job_id = ?"
-                )))
-                .bind(&at)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            add_message(&mut tx, id, &at, &message).await?;
-        }
         let row = sqlx::query(AssertSqlSafe(format!(
             "UPDATE jobs SET status = 'running', lease_owner = ?, lease_expires = ?, attempts = attempts + 1, \
              started_at = COALESCE(started_at, ?), updated_at = ? \
@@ -466,25 +393,9 @@ impl Catalog for SqliteCatalog {
         .bind(&at)
         .bind(&at)
         .bind(unix)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&self.pool)
         .await?;
-        let leased = row.as_ref().map(job);
-        if let Some(j) = &leased {
-            let what = if j.attempts > 1 {
-                "resumed after its worker stopped"
-            } else {
-                "started"
-            };
-            add_message(
-                &mut tx,
-                j.id,
-                &at,
-                &format!("{} {what} (attempt {})", j.operation, j.attempts),
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(leased)
+        Ok(row.as_ref().map(job))
     }
 
     async fn heartbeat(&self, id: i64, owner: &str, lease: Duration, done: u64, total: Option<u64>) -> Result<bool> {
@@ -504,59 +415,28 @@ impl Catalog for SqliteCatalog {
         Ok(r.rows_affected() == 1)
     }
 
-    async fn finish_backup(&self, id: i64, owner: &str, outcome: &BackupOutcome) -> Result<bool> {
+    async fn finish_job(&self, id: i64, owner: &str, end: &JobEnd) -> Result<bool> {
         let mut tx = self.write().await?;
-        let closed = match outcome {
-            BackupOutcome::Completed {
-                snapshot_id,
-                logical_bytes,
-                stored_bytes,
-                position,
-            } => {
-                let message = format!("backup completed: {logical_bytes} bytes");
-                let closed = close_job(&mut tx, id, owner, true, &message).await?;
-                if closed {
-                    sqlx::query("UPDATE jobs SET bytes_done = ?, bytes_total = ? WHERE id = ?")
-                        .bind(*logical_bytes as i64)
-                        .bind(*logical_bytes as i64)
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::query(
-                        "UPDATE backups SET snapshot_id = ?, logical_bytes = ?, stored_bytes = ?, position = ? \
-                         WHERE job_id = ?",
-                    )
-                    .bind(snapshot_id)
-                    .bind(*logical_bytes as i64)
-                    .bind(*stored_bytes as i64)
-                    .bind(position.as_ref().map(|p| p.to_string()))
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                closed
-            }
-            BackupOutcome::Failed { message } => {
-                close_job(&mut tx, id, owner, false, &format!("backup failed: {message}")).await?
-            }
-        };
-        tx.commit().await?;
-        Ok(closed)
-    }
-
-    async fn finish_recovery(
-        &self,
-        id: i64,
-        owner: &str,
-        outcome: Result<&str, &str>,
-        reached: Option<&serde_json::Value>,
-    ) -> Result<bool> {
-        let mut tx = self.write().await?;
-        let closed = match outcome {
-            Ok(message) => close_job(&mut tx, id, owner, true, &format!("recovery completed: {message}")).await?,
-            Err(message) => close_job(&mut tx, id, owner, false, &format!("recovery failed: {message}")).await?,
-        };
-        if closed && let Some(reached) = reached {
+        let closed = close_job(&mut tx, id, owner, end.succeeded, &end.message).await?;
+        if closed && let Some(b) = &end.backup {
+            sqlx::query("UPDATE jobs SET bytes_done = ?, bytes_total = ? WHERE id = ?")
+                .bind(b.logical_bytes as i64)
+                .bind(b.logical_bytes as i64)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "UPDATE backups SET snapshot_id = ?, logical_bytes = ?, stored_bytes = ?, position = ? WHERE job_id = ?",
+            )
+            .bind(&b.snapshot_id)
+            .bind(b.logical_bytes as i64)
+            .bind(b.stored_bytes as i64)
+            .bind(b.position.as_ref().map(|p| p.to_string()))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if closed && let Some(reached) = &end.reached {
             sqlx::query("UPDATE recoveries SET reached = ? WHERE job_id = ?")
                 .bind(reached.to_string())
                 .bind(id)

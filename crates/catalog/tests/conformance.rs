@@ -10,9 +10,32 @@ fn new_job(deployment: &str, key: Option<&str>) -> NewJob {
         domain: "usexample".into(),
         deployment: deployment.into(),
         operation: "backup".into(),
+        spec: serde_json::json!({"backup": {"keepForever": false}}),
         params: serde_json::json!({}),
         created_by: "alice".into(),
         idempotency_key: key.map(String::from),
+    }
+}
+
+fn tagged(tag: &str, keep_forever: bool) -> NewRecord {
+    NewRecord::Backup {
+        db_tag: tag.into(),
+        keep_forever,
+    }
+}
+
+async fn start_backup(c: &dyn Catalog, job: &NewJob, tag: &str, keep_forever: bool) -> Started {
+    c.create_job(job, &tagged(tag, keep_forever), "backup requested")
+        .await
+        .unwrap()
+}
+
+fn done(succeeded: bool, message: &str) -> JobEnd {
+    JobEnd {
+        succeeded,
+        message: message.into(),
+        backup: None,
+        reached: None,
     }
 }
 
@@ -20,14 +43,16 @@ async fn suite(c: &dyn Catalog) {
     c.ensure_domain("usexample").await.unwrap();
     c.ensure_domain("usexample").await.unwrap();
     c.ensure_domain("idcs-0123abc").await.unwrap();
-    c.put_user("alice", "usexample", "pw1").await.unwrap();
+    c.put_user("alice", "usexample", "pw1", Role::Operator).await.unwrap();
     let u = c.user("alice").await.unwrap().unwrap();
-    assert_eq!(u.domain, "usexample");
+    assert_eq!((u.domain.as_str(), u.role), ("usexample", Role::Operator));
     assert!(verify_password("pw1", &u.password_hash) && !verify_password("pw2", &u.password_hash));
     assert!(
-        c.put_user("alice", "idcs-0123abc", "x").await.is_err(),
+        c.put_user("alice", "idcs-0123abc", "x", Role::Reader).await.is_err(),
         "a user has one domain"
     );
+    c.put_user("alice", "usexample", "pw1", Role::Reader).await.unwrap();
+    assert_eq!(c.user("alice").await.unwrap().unwrap().role, Role::Reader);
     assert!(c.user("nobody").await.unwrap().is_none());
 
     for name in ["db12c", "other"] {
@@ -47,14 +72,19 @@ async fn suite(c: &dyn Catalog) {
     );
 
     // One active job per deployment; idempotency keys return the same job.
-    let Started::Created(j1) = c.start_backup(&new_job("db12c", Some("k1")), true).await.unwrap() else {
+    let Started::Created(j1) = start_backup(c, &new_job("db12c", Some("k1")), "TAG20260101T000000", true).await else {
         panic!()
     };
-    assert!(matches!(c.start_backup(&new_job("db12c", None), false).await.unwrap(), Started::Busy(j) if j.id == j1.id));
-    assert!(
-        matches!(c.start_backup(&new_job("db12c", Some("k1")), false).await.unwrap(), Started::Existing(j) if j.id == j1.id)
+    assert_eq!(
+        j1.spec.as_ref(),
+        Some(&new_job("db12c", None).spec),
+        "the spec as given"
     );
-    let Started::Created(j2) = c.start_backup(&new_job("other", None), false).await.unwrap() else {
+    assert!(matches!(start_backup(c, &new_job("db12c", None), "TAG2", false).await, Started::Busy(j) if j.id == j1.id));
+    assert!(
+        matches!(start_backup(c, &new_job("db12c", Some("k1")), "TAG3", false).await, Started::Existing(j) if j.id == j1.id)
+    );
+    let Started::Created(j2) = start_backup(c, &new_job("other", None), "TAG20260101T000000", false).await else {
         panic!()
     };
     assert!(j2.id > j1.id);
@@ -63,11 +93,7 @@ async fn suite(c: &dyn Catalog) {
         (b.len(), b[0].status, b[0].keep_forever),
         (1, BackupStatus::InProgress, true)
     );
-    assert!(
-        b[0].db_tag.starts_with("TAG") && b[0].db_tag.len() == 18,
-        "{}",
-        b[0].db_tag
-    );
+    assert_eq!(b[0].db_tag, "TAG20260101T000000");
     assert!(
         c.job("idcs-0123abc", j1.id).await.unwrap().is_none(),
         "jobs are per domain"
@@ -75,7 +101,7 @@ async fn suite(c: &dyn Catalog) {
 
     // Lease, progress, finish.
     let lease = Duration::from_secs(30);
-    let got = c.lease_job("w1", lease, 3).await.unwrap().unwrap();
+    let got = c.lease_job("w1", lease).await.unwrap().unwrap();
     assert_eq!((got.id, got.status, got.attempts), (j1.id, JobStatus::Running, 1));
     assert!(c.heartbeat(j1.id, "w1", lease, 10, Some(100)).await.unwrap());
     assert!(
@@ -83,14 +109,17 @@ async fn suite(c: &dyn Catalog) {
         "only the holder"
     );
     assert_eq!(c.job("usexample", j1.id).await.unwrap().unwrap().bytes_done, 10);
-    let done = BackupOutcome::Completed {
-        snapshot_id: "ab".into(),
-        logical_bytes: 100,
-        stored_bytes: 40,
-        position: Some(serde_json::json!({"stop_lsn": "0/3000060"})),
+    let completed = JobEnd {
+        backup: Some(BackupResult {
+            snapshot_id: "ab".into(),
+            logical_bytes: 100,
+            stored_bytes: 40,
+            position: Some(serde_json::json!({"stop_lsn": "0/3000060"})),
+        }),
+        ..done(true, "backup completed")
     };
-    assert!(!c.finish_backup(j1.id, "w2", &done).await.unwrap());
-    assert!(c.finish_backup(j1.id, "w1", &done).await.unwrap());
+    assert!(!c.finish_job(j1.id, "w2", &completed).await.unwrap());
+    assert!(c.finish_job(j1.id, "w1", &completed).await.unwrap());
     let j = c.job("usexample", j1.id).await.unwrap().unwrap();
     assert_eq!((j.status, j.bytes_done), (JobStatus::Succeeded, 100));
     let b = &c.backups("usexample", "db12c").await.unwrap()[0];
@@ -99,10 +128,22 @@ async fn suite(c: &dyn Catalog) {
         (BackupStatus::Completed, Some("ab"), Some(40))
     );
     assert_eq!(b.position.as_ref().unwrap()["stop_lsn"], "0/3000060");
-    assert!(c.job_messages(j1.id).await.unwrap().len() >= 3);
+    let log: Vec<_> = c
+        .job_messages(j1.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.message)
+        .collect();
+    assert_eq!(log, ["backup requested", "backup completed"]);
 
-    // A second backup in the same second gets its own tag.
-    let Started::Created(j3) = c.start_backup(&new_job("db12c", None), false).await.unwrap() else {
+    // Tags are unique per deployment: a taken one is refused, nothing queued.
+    assert!(matches!(
+        c.create_job(&new_job("db12c", None), &tagged("TAG20260101T000000", false), "x")
+            .await,
+        Err(Error::Duplicate(_))
+    ));
+    let Started::Created(j3) = start_backup(c, &new_job("db12c", None), "TAG20260101T000001", false).await else {
         panic!()
     };
     let tags: Vec<_> = c
@@ -115,30 +156,30 @@ async fn suite(c: &dyn Catalog) {
     assert_eq!(tags.len(), 2);
     assert_ne!(tags[0], tags[1]);
 
-    // A worker that dies: its lease expires, another worker takes the job;
-    // after max_attempts the job is failed, never left running.
+    // A worker that dies: its lease expires, another worker takes the job,
+    // counting the attempt; the first holder can no longer end it.
     let short = Duration::from_secs(0);
-    let first = c.lease_job("dying", short, 2).await.unwrap().unwrap();
+    let first = c.lease_job("dying", short).await.unwrap().unwrap();
     assert_eq!(first.id, j2.id);
-    let second = c.lease_job("dying", short, 2).await.unwrap().unwrap();
+    let second = c.lease_job("dying", short).await.unwrap().unwrap();
     assert_eq!(second.id, j3.id);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let again = c.lease_job("w3", short, 2).await.unwrap().unwrap();
+    let again = c.lease_job("w3", lease).await.unwrap().unwrap();
     assert_eq!((again.id, again.attempts), (j2.id, 2));
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let _ = c.lease_job("w4", lease, 2).await.unwrap();
-    let failed = c.job("usexample", j2.id).await.unwrap().unwrap();
-    assert_eq!(failed.status, JobStatus::Failed, "{failed:?}");
-    assert!(failed.message.unwrap().contains("giving up"));
+    assert!(!c.finish_job(j2.id, "dying", &done(true, "late")).await.unwrap());
+    assert!(c.finish_job(j2.id, "w3", &done(false, "given up")).await.unwrap());
     assert_eq!(
         c.backups("usexample", "other").await.unwrap()[0].status,
         BackupStatus::Failed
     );
-    // j3 was re-leased by w4 (its first holder died too); failing it records why.
-    let fail = BackupOutcome::Failed {
-        message: "disk full".into(),
-    };
-    assert!(c.finish_backup(j3.id, "w4", &fail).await.unwrap());
+    // j3 is re-leased by w4 (its first holder died too); failing it records why.
+    let again = c.lease_job("w4", lease).await.unwrap().unwrap();
+    assert_eq!((again.id, again.attempts), (j3.id, 2));
+    assert!(
+        c.finish_job(j3.id, "w4", &done(false, "backup failed: disk full"))
+            .await
+            .unwrap()
+    );
     let j = c.job("usexample", j3.id).await.unwrap().unwrap();
     assert_eq!(j.status, JobStatus::Failed);
     assert!(j.message.unwrap().contains("disk full"));
@@ -154,10 +195,13 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
         ..new_job("db12c", key)
     };
     let target = serde_json::json!({"latest": true});
-    let plan = serde_json::json!({"backup": {"position": null}});
+    let from = |backup_job_id| NewRecord::Recovery {
+        target: target.clone(),
+        backup_job_id,
+    };
     assert!(
         matches!(
-            c.start_recovery(&recovery(None), &target, failed, &plan).await,
+            c.create_job(&recovery(None), &from(failed), "recovery requested").await,
             Err(Error::NotFound(_))
         ),
         "only a completed backup can be recovered from"
@@ -167,28 +211,28 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
         "nothing left behind"
     );
     let Started::Created(r) = c
-        .start_recovery(&recovery(Some("r1")), &target, completed, &plan)
+        .create_job(&recovery(Some("r1")), &from(completed), "recovery requested")
         .await
         .unwrap()
     else {
         panic!()
     };
     assert!(
-        matches!(c.start_backup(&new_job("db12c", None), false).await.unwrap(), Started::Busy(j) if j.id == r.id),
+        matches!(start_backup(c, &new_job("db12c", None), "TAG9", false).await, Started::Busy(j) if j.id == r.id),
         "no backup while a recovery is queued"
     );
     assert!(
-        matches!(c.start_recovery(&recovery(Some("r1")), &target, completed, &plan).await.unwrap(), Started::Existing(j) if j.id == r.id)
+        matches!(c.create_job(&recovery(Some("r1")), &from(completed), "again").await.unwrap(), Started::Existing(j) if j.id == r.id)
     );
-    let leased = c.lease_job("w5", Duration::from_secs(30), 3).await.unwrap().unwrap();
+    let leased = c.lease_job("w5", Duration::from_secs(30)).await.unwrap().unwrap();
     assert_eq!((leased.id, leased.operation.as_str()), (r.id, "recovery"));
     c.add_job_message(r.id, "server stopped").await.unwrap();
     let reached = serde_json::json!({"timeline": 2});
-    assert!(
-        c.finish_recovery(r.id, "w5", Ok("database recovered"), Some(&reached))
-            .await
-            .unwrap()
-    );
+    let recovered = JobEnd {
+        reached: Some(reached.clone()),
+        ..done(true, "recovery completed: database recovered")
+    };
+    assert!(c.finish_job(r.id, "w5", &recovered).await.unwrap());
     let list = c.recoveries("usexample", "db12c").await.unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(
@@ -196,10 +240,7 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
         (BackupStatus::Completed, completed, &target)
     );
     assert!(list[0].completed_at.is_some());
-    assert_eq!(
-        (list[0].plan.as_ref(), list[0].reached.as_ref()),
-        (Some(&plan), Some(&reached))
-    );
+    assert_eq!(list[0].reached.as_ref(), Some(&reached));
     assert_eq!(c.recovery("usexample", r.id).await.unwrap().unwrap().job_id, r.id);
     assert!(
         c.recovery("idcs-0123abc", r.id).await.unwrap().is_none(),
@@ -216,15 +257,15 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
     assert!(log.last().unwrap().contains("database recovered"), "{log:?}");
 
     let Started::Created(r2) = c
-        .start_recovery(&recovery(None), &target, completed, &plan)
+        .create_job(&recovery(None), &from(completed), "recovery requested")
         .await
         .unwrap()
     else {
         panic!()
     };
-    c.lease_job("w5", Duration::from_secs(30), 3).await.unwrap().unwrap();
+    c.lease_job("w5", Duration::from_secs(30)).await.unwrap().unwrap();
     assert!(
-        c.finish_recovery(r2.id, "w5", Err("pg_restore exited with 1"), None)
+        c.finish_job(r2.id, "w5", &done(false, "pg_restore exited with 1"))
             .await
             .unwrap()
     );

@@ -25,6 +25,11 @@ pub struct CommandEngine {
 }
 
 impl CommandEngine {
+    pub const CAPABILITIES: crate::Capabilities = crate::Capabilities {
+        point_in_time: false,
+        online_recovery: true,
+    };
+
     pub fn from_connection(c: &serde_json::Value) -> Result<Self, Error> {
         let example = "\"mariadb-dump -h 127.0.0.1 -u root --single-transaction shop\"";
         let backup_command = setting(c, "command", "backup_command", example)?.to_string();
@@ -71,6 +76,10 @@ impl CommandEngine {
 }
 
 impl crate::Engine for CommandEngine {
+    fn capabilities(&self) -> crate::Capabilities {
+        Self::CAPABILITIES
+    }
+
     fn backup(&self, _scratch: &Path) -> Result<Sources, Error> {
         let stream = self.tool(&self.backup_command, "the backup command").output_stream()?;
         Ok(strongbox_repo::sources(vec![Source::new(FILE_NAME, stream)]))

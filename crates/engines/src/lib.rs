@@ -21,6 +21,35 @@ use strongbox_repo::Sources;
 /// The engine names a deployment can register with.
 pub const ENGINES: &str = "sqlite, postgresql, postgresql-logical, command";
 
+/// What an engine can do, for the service core to decide what a request
+/// may ask of a deployment (not by comparing engine names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Recovers to any moment or log position its archive reaches, not
+    /// only to its backups.
+    pub point_in_time: bool,
+    /// Recovers while the database keeps serving (its clients stay
+    /// connected); otherwise the database is stopped and started again.
+    pub online_recovery: bool,
+}
+
+/// Every engine's name and capabilities.
+pub const CAPABILITIES: [(&str, Capabilities); 4] = [
+    ("sqlite", SqliteEngine::CAPABILITIES),
+    ("postgresql", PgPhysical::CAPABILITIES),
+    ("postgresql-logical", PgLogical::CAPABILITIES),
+    ("command", CommandEngine::CAPABILITIES),
+];
+
+/// The names of the engines that have a capability, for messages.
+pub fn engines_that(has: impl Fn(&Capabilities) -> bool) -> Vec<&'static str> {
+    CAPABILITIES
+        .iter()
+        .filter(|(_, c)| has(c))
+        .map(|(name, _)| *name)
+        .collect()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("unknown engine {0:?}; known engines: {ENGINES}")]
@@ -125,6 +154,8 @@ pub trait PointInTime: Send + Sync {
 }
 
 pub trait Engine: Send + Sync {
+    fn capabilities(&self) -> Capabilities;
+
     /// Takes a consistent backup, as streams the repository pulls one after
     /// another. Runs on a blocking thread; `scratch` is a directory the
     /// engine may use for temporary files.

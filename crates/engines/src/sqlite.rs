@@ -36,6 +36,12 @@ pub struct SqliteEngine {
 pub const FILE_NAME: &str = "database.sqlite";
 
 impl SqliteEngine {
+    /// Recovery writes into the live file in one transaction.
+    pub const CAPABILITIES: crate::Capabilities = crate::Capabilities {
+        point_in_time: false,
+        online_recovery: true,
+    };
+
     pub fn from_connection(c: &serde_json::Value) -> Result<Self, Error> {
         let path = c
             .get("path")
@@ -51,6 +57,10 @@ impl SqliteEngine {
 }
 
 impl crate::Engine for SqliteEngine {
+    fn capabilities(&self) -> crate::Capabilities {
+        Self::CAPABILITIES
+    }
+
     fn backup(&self, scratch: &Path) -> Result<Sources, Error> {
         if !self.path.is_file() {
             return Err(Error::Failed(format!(

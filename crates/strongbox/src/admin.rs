@@ -2,10 +2,12 @@
 //! catalog in the data directory directly (a running server sees them).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use strongbox_catalog::{Catalog, NewDeployment, SqliteCatalog};
+use strongbox_catalog::{Catalog, Role, SqliteCatalog};
+use strongbox_core::Service;
 
 #[derive(Args)]
 pub struct AdminArgs {
@@ -25,6 +27,9 @@ enum Verb {
         name: String,
         #[arg(long)]
         domain: String,
+        /// `operator` starts backups and recoveries; `reader` only reads.
+        #[arg(long, default_value = "operator", value_parser = ["operator", "reader"])]
+        role: String,
     },
     /// Register an existing database as a deployment.
     Deployment {
@@ -48,15 +53,16 @@ pub async fn run(args: AdminArgs) -> Result<()> {
             catalog.ensure_domain(&name).await?;
             println!("identity domain {name} ready");
         }
-        Verb::User { name, domain } => {
+        Verb::User { name, domain, role } => {
+            let role = Role::parse(&role).context("--role is operator or reader")?;
             catalog.ensure_domain(&domain).await?;
             let password = match std::env::var("STRONGBOX_NEW_PASSWORD") {
                 Ok(p) => p,
                 Err(_) => rpassword::prompt_password(format!("password for {name}: "))?,
             };
             anyhow::ensure!(!password.is_empty(), "the password must not be empty");
-            catalog.put_user(&name, &domain, &password).await?;
-            println!("user {name} in identity domain {domain} ready");
+            catalog.put_user(&name, &domain, &password, role).await?;
+            println!("user {name} ({}) in identity domain {domain} ready", role.as_str());
         }
         Verb::Deployment {
             name,
@@ -66,15 +72,8 @@ pub async fn run(args: AdminArgs) -> Result<()> {
         } => {
             let connection: serde_json::Value =
                 serde_json::from_str(&connection).context("--connection is not JSON")?;
-            strongbox_engines::engine_for(&engine, &connection)?;
-            catalog.ensure_domain(&domain).await?;
-            catalog
-                .put_deployment(&NewDeployment {
-                    domain: domain.clone(),
-                    name: name.clone(),
-                    engine,
-                    connection,
-                })
+            Service::new(Arc::new(catalog))
+                .register_deployment(&domain, &name, engine, connection)
                 .await?;
             println!("deployment {name} registered in identity domain {domain}");
         }

@@ -2,7 +2,6 @@
 
 mod admin;
 mod bar;
-mod jobs;
 mod repo_cmd;
 mod serve;
 mod wal_prefetch;

@@ -9,11 +9,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde::Deserialize;
-use strongbox_api::pitr::WalArchives;
-use strongbox_catalog::{Catalog, NewDeployment, SqliteCatalog};
+use strongbox_catalog::{Catalog, Role, SqliteCatalog};
+use strongbox_core::Service;
+use strongbox_core::pitr::WalArchives;
+use strongbox_core::worker::{WorkerSetup, worker};
 use strongbox_repo::{Repository, Store};
-
-use crate::jobs;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -169,24 +169,23 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         repo_command_line(&location, &data_dir)?,
         s.data_dir.join("tmp"),
     ));
+    let mut service = Service::new(catalog.clone());
+    service.wal = Some(wal.clone());
+    let service = Arc::new(service);
     if args.demo {
-        demo(catalog.as_ref(), &s).await?;
+        demo(&service, &s).await?;
     }
-    let owner = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 4]>()));
-    let mut state = strongbox_api::AppState::new(catalog.clone(), &s.public_url, s.retry_after);
-    state.wal = Some(wal.clone());
+    let setup = WorkerSetup {
+        repo,
+        owner: format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 4]>())),
+        lease: s.lease,
+        scratch: s.data_dir.join("tmp"),
+        wal,
+    };
     for _ in 0..s.workers {
-        tokio::spawn(jobs::worker(
-            catalog.clone(),
-            repo.clone(),
-            owner.clone(),
-            s.lease,
-            s.data_dir.join("tmp"),
-            wal.clone(),
-            state.queued.clone(),
-        ));
+        tokio::spawn(worker(service.clone(), setup.clone()));
     }
-    let state = Arc::new(state);
+    let state = Arc::new(strongbox_api::AppState::new(service, &s.public_url, s.retry_after));
     let app = strongbox_api::router(state).into_make_service();
     eprintln!("strongbox serving {} (listening on {})", s.public_url, s.listen);
     match &s.tls {
@@ -202,7 +201,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-async fn demo(catalog: &dyn Catalog, s: &Settings) -> Result<()> {
+async fn demo(service: &Service, s: &Settings) -> Result<()> {
+    let catalog = service.catalog.as_ref();
     let domain = "usexample";
     let user = std::env::var("STRONGBOX_DEMO_USER").unwrap_or_else(|_| "serviceadmin".into());
     catalog.ensure_domain(domain).await?;
@@ -211,7 +211,7 @@ async fn demo(catalog: &dyn Catalog, s: &Settings) -> Result<()> {
             Ok(p) => (p, false),
             Err(_) => (hex::encode(rand::random::<[u8; 9]>()), true),
         };
-        catalog.put_user(&user, domain, &password).await?;
+        catalog.put_user(&user, domain, &password, Role::Operator).await?;
         if generated {
             // Printed once, when the user is created; not stored in clear.
             eprintln!("demo user {user} in identity domain {domain}, password: {password}");
@@ -229,13 +229,8 @@ async fn demo(catalog: &dyn Catalog, s: &Settings) -> Result<()> {
                     datetime('2026-01-01', '+' || i || ' minutes') FROM n;",
         )?;
     }
-    catalog
-        .put_deployment(&NewDeployment {
-            domain: domain.into(),
-            name: "db12c".into(),
-            engine: "sqlite".into(),
-            connection: serde_json::json!({ "path": db }),
-        })
+    service
+        .register_deployment(domain, "db12c", "sqlite".into(), serde_json::json!({ "path": db }))
         .await?;
     eprintln!(
         "try: curl -i -X POST -u {user}:PASSWORD -H 'X-ID-TENANT-NAME: {domain}' -H 'Content-Type: application/json' \

@@ -11,8 +11,7 @@ use anyhow::{Context, Result};
 use strongbox_engines::pitr::{self, Archived, BasePosition, History, segment_number};
 use strongbox_repo::{NoProgress, Repository, Snapshot};
 
-/// The snapshot label naming a base backup's WAL archive.
-pub const WAL_ARCHIVE: &str = "wal_archive";
+use strongbox_core::pitr::WAL_ARCHIVE_LABEL as WAL_ARCHIVE;
 
 struct Base {
     snapshot: String,

@@ -391,6 +391,51 @@ fn tenants_see_nothing_of_each_other() {
     );
     assert_eq!(status, "HTTP/2 200");
     assert!(!body.contains("db12c"), "{body}");
+
+    // A reader of usexample reads everything there and starts nothing.
+    let out = Command::new(env!("CARGO_BIN_EXE_strongbox"))
+        .args(["admin", "user", "rita", "--domain", "usexample", "--role", "reader"])
+        .env("STRONGBOX_DATA_DIR", dir.path().join("data"))
+        .env("STRONGBOX_NEW_PASSWORD", "rita-pw")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rita = ["-u", "rita:rita-pw", "-H", "X-ID-TENANT-NAME:usexample"];
+    let (status, _, body) = s.curl(&[&rita[..], &[location.as_str()]].concat());
+    assert_eq!(status, "HTTP/2 200", "{body}");
+    let backups = s.url("/paas/service/dbcs/api/v1.1/instances/usexample/db12c/backups");
+    let (status, _, body) = s.curl(&[&rita[..], &[backups.as_str()]].concat());
+    assert_eq!(status, "HTTP/2 200", "{body}");
+    for (method, path) in [("POST", "/backups"), ("POST", "/backups/recovery")] {
+        let url = s.url(&format!("/paas/service/dbcs/api/v1.1/instances/usexample/db12c{path}"));
+        let (status, _, body) = s.curl(
+            &[
+                &rita[..],
+                &[
+                    "-X",
+                    method,
+                    "-H",
+                    "Content-Type: application/json",
+                    "-d",
+                    r#"{"latest": true}"#,
+                ],
+                &[url.as_str()],
+            ]
+            .concat(),
+        );
+        assert_eq!(status, "HTTP/2 403", "{method} {path}: {body}");
+        assert!(body.contains("reader role") && body.contains("operator role"), "{body}");
+    }
+    let register = s.url("/strongbox/api/v1/instances/usexample/other");
+    let (status, _, _) = s.curl(
+        &[
+            &rita[..],
+            &["-X", "PUT", "-H", "Content-Type: application/json", "-d", "{}"],
+            &[register.as_str()],
+        ]
+        .concat(),
+    );
+    assert_eq!(status, "HTTP/2 403");
 }
 
 #[test]

@@ -92,6 +92,12 @@ pub struct PgLogical {
 }
 
 impl PgLogical {
+    /// `pg_restore --clean` into the running server.
+    pub const CAPABILITIES: crate::Capabilities = crate::Capabilities {
+        point_in_time: false,
+        online_recovery: true,
+    };
+
     pub fn from_connection(c: &serde_json::Value) -> Result<Self, Error> {
         Ok(PgLogical {
             conn: Conn::from_connection(c, "postgresql-logical")?,
@@ -125,6 +131,10 @@ impl PgLogical {
 }
 
 impl crate::Engine for PgLogical {
+    fn capabilities(&self) -> crate::Capabilities {
+        Self::CAPABILITIES
+    }
+
     fn backup(&self, _scratch: &Path) -> Result<Sources, Error> {
         let mut t = self.conn.tool("pg_dump");
         t.command

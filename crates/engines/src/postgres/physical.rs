@@ -189,6 +189,12 @@ impl Iterator for BackupSources {
 }
 
 impl PgPhysical {
+    /// Base backups plus archived WAL; recovery replaces the data directory.
+    pub const CAPABILITIES: crate::Capabilities = crate::Capabilities {
+        point_in_time: true,
+        online_recovery: false,
+    };
+
     pub fn from_connection(c: &serde_json::Value) -> Result<Self, Error> {
         let engine = "postgresql";
         Ok(PgPhysical {
@@ -202,6 +208,10 @@ impl PgPhysical {
 }
 
 impl crate::Engine for PgPhysical {
+    fn capabilities(&self) -> crate::Capabilities {
+        Self::CAPABILITIES
+    }
+
     fn backup(&self, _scratch: &Path) -> Result<Sources, Error> {
         let session = Session::start(&self.conn, &self.data_dir)?;
         // Walked after pg_backup_start: every file that exists at the

@@ -1,4 +1,4 @@
-//! Point-in-time recovery behind the API: each deployment whose engine
+//! Point-in-time recovery: each deployment whose engine
 //! recovers to points in time (`postgresql`) archives its WAL into the
 //! server's repository under its own archive (`DOMAIN/DEPLOYMENT`), with
 //! the commands this module spells out; a recovery to `latest`, a
@@ -12,17 +12,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use strongbox_catalog::{Backup, Deployment, Recovery};
+use strongbox_catalog::{Backup, Deployment};
 use strongbox_engines::pitr::{Archived, BasePosition, Goal, History, Live, Pitr, Reach, Reached, Unreachable};
 use strongbox_engines::{Engine, RecoveryTarget};
 use strongbox_repo::Repository;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use tokio::runtime::Handle;
 
-use crate::ApiError;
-use crate::handlers::api_date;
+use crate::dates::api_date;
+use crate::{Error, Service};
+
+/// The snapshot label naming the WAL archive a base backup replays from
+/// (for WAL retention and `repo check`).
+pub const WAL_ARCHIVE_LABEL: &str = "wal_archive";
 
 /// How long planning waits for the server to say whether it answers.
 const PROBE_WAIT: Duration = Duration::from_secs(10);
@@ -90,7 +92,7 @@ impl WalArchives {
     }
 
     /// The history of every timeline whose history file is archived.
-    async fn histories(&self, archive: &str, archived: &Archived) -> Result<BTreeMap<u32, History>, ApiError> {
+    async fn histories(&self, archive: &str, archived: &Archived) -> Result<BTreeMap<u32, History>, Error> {
         let mut out = BTreeMap::new();
         for (timeline, name, _) in archived.histories() {
             let key = (archive.to_string(), timeline);
@@ -102,9 +104,9 @@ impl WalArchives {
                 .repo
                 .wal_fetch(archive, name)
                 .await
-                .map_err(|e| ApiError::internal(format!("reading {name} from the WAL archive: {e}")))?
-                .ok_or_else(|| ApiError::internal(format!("{name} vanished from the WAL archive")))?;
-            let h = History::parse(timeline, &String::from_utf8_lossy(&text)).map_err(ApiError::internal)?;
+                .map_err(|e| Error::internal(format!("reading {name} from the WAL archive: {e}")))?
+                .ok_or_else(|| Error::internal(format!("{name} vanished from the WAL archive")))?;
+            let h = History::parse(timeline, &String::from_utf8_lossy(&text)).map_err(Error::internal)?;
             self.histories.lock().expect("history cache").insert(key, h.clone());
             out.insert(timeline, h);
         }
@@ -153,24 +155,25 @@ pub(crate) struct PitrState {
     segment_size: u64,
 }
 
-impl PitrState {
+impl Service {
+    /// What planning a deployment's point-in-time recovery starts from;
     /// `None` when the deployment cannot recover to a point in time at all.
     /// `backups` are the usable ones; `probe` asks the server whether it
     /// answers (a request may target up to the present only if it does).
-    pub(crate) async fn of(
-        archives: Option<&Arc<WalArchives>>,
+    pub(crate) async fn pitr_state(
+        &self,
         d: &Deployment,
         backups: &[Backup],
-        recoveries: &[Recovery],
         probe: bool,
-    ) -> Result<Option<PitrState>, ApiError> {
-        let Some(archives) = archives else {
+    ) -> Result<Option<PitrState>, Error> {
+        let Some(archives) = &self.wal else {
             return Ok(None);
         };
+        let recoveries = self.catalog.recoveries(&d.domain, &d.name).await?;
         let engine: Arc<dyn Engine> = strongbox_engines::engine_for(&d.engine, &d.connection)
-            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| Error::internal(e.to_string()))?
             .into();
-        if engine.point_in_time().is_none() {
+        if !engine.capabilities().point_in_time {
             return Ok(None);
         }
         let bases: Vec<(Backup, BasePosition)> = backups
@@ -182,7 +185,7 @@ impl PitrState {
             .repo
             .wal_list(&archive)
             .await
-            .map_err(|e| ApiError::internal(format!("listing the WAL archive of {}: {e}", d.name)))?;
+            .map_err(|e| Error::internal(format!("listing the WAL archive of {}: {e}", d.name)))?;
         let archived = Archived::new(&files);
         let histories = archives.histories(&archive, &archived).await?;
         // When each timeline began: as our recoveries recorded it, else when
@@ -217,7 +220,37 @@ impl PitrState {
             wal: archives.for_deployment(&d.domain, &d.name),
         }))
     }
+}
 
+/// A deployment's point-in-time recovery as `GET …/{serviceId}` shows it.
+#[derive(Clone, Debug)]
+pub struct PitrStatus {
+    pub archive_command: String,
+    pub restore_command: String,
+    pub current_timeline: u32,
+    pub server_answers: bool,
+    /// The recoverable stretches of the current timeline's history.
+    pub ranges: Vec<Reach>,
+}
+
+impl Service {
+    /// `None` for deployments that do not recover to points in time.
+    pub async fn pitr_status(&self, d: &Deployment) -> Result<Option<PitrStatus>, Error> {
+        let usable = self.usable_backups(&d.domain, &d.name).await?;
+        let (Some(archives), Some(state)) = (&self.wal, self.pitr_state(d, &usable, true).await?) else {
+            return Ok(None);
+        };
+        Ok(Some(PitrStatus {
+            archive_command: archives.archive_command(&d.domain, &d.name),
+            restore_command: archives.restore_command(&d.domain, &d.name),
+            current_timeline: state.current(),
+            server_answers: state.live.is_some(),
+            ranges: state.ranges(),
+        }))
+    }
+}
+
+impl PitrState {
     fn pitr(&self) -> Pitr<'_> {
         Pitr {
             bases: &self.positions,
@@ -253,7 +286,7 @@ impl PitrState {
         self,
         goal: Goal,
         timeline: Option<u32>,
-    ) -> Result<Result<(Backup, RecoveryPlan), Unreachable>, ApiError> {
+    ) -> Result<Result<(Backup, RecoveryPlan), Unreachable>, Error> {
         tokio::task::spawn_blocking(move || {
             let point_in_time = self.engine.point_in_time().expect("checked in `of`");
             let scratch = self.wal.archives.scratch.clone();
@@ -274,7 +307,7 @@ impl PitrState {
             Ok((backup, RecoveryPlan { target, description }))
         })
         .await
-        .map_err(|e| ApiError::internal(format!("planning the recovery: {e}")))
+        .map_err(|e| Error::internal(format!("planning the recovery: {e}")))
     }
 }
 
@@ -283,10 +316,7 @@ fn describe(plan: &strongbox_engines::pitr::Plan, backup: &Backup, live: bool) -
     let what = match plan.goal {
         Goal::Latest if live => "everything committed up to the recovery (complete recovery)".to_string(),
         Goal::Latest => "the end of the archived WAL (complete recovery; the server does not answer)".to_string(),
-        Goal::Time(t) => format!(
-            "{} UTC",
-            api_date(&t.format(&Rfc3339).unwrap_or_default()).trim_end_matches(" UTC")
-        ),
+        Goal::Time(t) => format!("{} UTC", api_date(t).trim_end_matches(" UTC")),
         Goal::Lsn(l) => format!("scn {l}"),
     };
     format!(
@@ -299,38 +329,16 @@ fn describe(plan: &strongbox_engines::pitr::Plan, backup: &Backup, live: bool) -
 /// first whole second after the base backup's consistency point, the
 /// latest the last whole second the archive reaches. `None` when no whole
 /// second lies between.
-fn whole_seconds(r: &Reach) -> Option<(String, String)> {
+pub fn whole_seconds(r: &Reach) -> Option<(String, String)> {
     let floor = |t: OffsetDateTime| t.replace_nanosecond(0).unwrap_or(t);
     let earliest = floor(r.earliest_time) + time::Duration::SECOND;
     let latest = floor(r.latest_time);
-    let date = |t: OffsetDateTime| api_date(&t.format(&Rfc3339).unwrap_or_default());
+    let date = api_date;
     (earliest <= latest).then(|| (date(earliest), date(latest)))
 }
 
-/// The recoverable range as `GET …/{serviceId}` reports it.
-pub(crate) fn range_json(ranges: &[Reach], timeline: u32) -> Value {
-    let part = |r: &Reach| {
-        let mut earliest = json!({"scn": r.earliest_lsn.to_string()});
-        let mut latest = json!({"scn": r.latest_lsn.to_string()});
-        if let Some((from, to)) = whole_seconds(r) {
-            earliest["timestamp"] = json!(from);
-            latest["timestamp"] = json!(to);
-        }
-        json!({"earliest": earliest, "latest": latest})
-    };
-    match (ranges.first(), ranges.last()) {
-        (Some(first), Some(last)) => json!({
-            "timeline": timeline,
-            "earliest": part(first)["earliest"],
-            "latest": part(last)["latest"],
-            "ranges": ranges.iter().map(part).collect::<Vec<_>>(),
-        }),
-        _ => Value::Null,
-    }
-}
-
 /// The 400 for a target the archive cannot reach, naming what can be.
-pub(crate) fn unreachable(what: &str, service: &str, u: &Unreachable) -> ApiError {
+pub(crate) fn unreachable(what: &str, service: &str, u: &Unreachable) -> Error {
     let ranges: Vec<String> = u
         .ranges
         .iter()
@@ -352,5 +360,5 @@ pub(crate) fn unreachable(what: &str, service: &str, u: &Unreachable) -> ApiErro
             ranges.join(", and ")
         )
     };
-    ApiError::bad_request(format!("{what} cannot be recovered: {}; {range}", u.why))
+    Error::Invalid(format!("{what} cannot be recovered: {}; {range}", u.why))
 }

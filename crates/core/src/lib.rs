@@ -1,0 +1,136 @@
+//! The service core: what Strongbox does and decides, in one place that
+//! the API, the job workers and the scheduler all call. It owns the policy
+//! (which backup a request means, how jobs are named and logged, when a
+//! dying job is given up); the catalog below it only stores, the engines
+//! only run databases, the API above it only speaks HTTP.
+
+pub mod dates;
+mod error;
+pub mod job;
+pub mod pitr;
+pub mod recovery;
+pub mod worker;
+
+use std::sync::Arc;
+
+pub use error::{Error, Result};
+use strongbox_catalog::{Backup, BackupStatus, Catalog, Deployment, Job, JobMessage, Recovery};
+use time::OffsetDateTime;
+
+/// The time, as the core sees it; tests drive their own.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> OffsetDateTime;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+}
+
+pub struct Service {
+    pub catalog: Arc<dyn Catalog>,
+    /// WAL archives for point-in-time recovery; none, none offered.
+    pub wal: Option<Arc<pitr::WalArchives>>,
+    /// Wakes idle workers when a job is queued (they also poll the catalog).
+    pub queued: Arc<tokio::sync::Notify>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Service {
+    pub fn new(catalog: Arc<dyn Catalog>) -> Self {
+        Service {
+            catalog,
+            wal: None,
+            queued: Arc::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    pub async fn deployment(&self, domain: &str, name: &str) -> Result<Deployment> {
+        self.catalog
+            .deployment(domain, name)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no database deployment {name} in identity domain {domain}")))
+    }
+
+    /// Registers (or re-registers) an existing database as a deployment,
+    /// after checking its name and that its engine accepts the settings.
+    pub async fn register_deployment(
+        &self,
+        domain: &str,
+        name: &str,
+        engine: String,
+        connection: serde_json::Value,
+    ) -> Result<Deployment> {
+        let valid_name = !name.is_empty()
+            && name.len() <= 64
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid_name {
+            return Err(Error::Invalid(
+                "a deployment name is 1 to 64 letters, digits, '-' or '_'".into(),
+            ));
+        }
+        strongbox_engines::engine_for(&engine, &connection).map_err(|e| Error::Invalid(e.to_string()))?;
+        self.catalog.ensure_domain(domain).await?;
+        Ok(self
+            .catalog
+            .put_deployment(&strongbox_catalog::NewDeployment {
+                domain: domain.into(),
+                name: name.into(),
+                engine,
+                connection,
+            })
+            .await?)
+    }
+
+    pub async fn deployments(&self, domain: &str) -> Result<Vec<Deployment>> {
+        Ok(self.catalog.deployments(domain).await?)
+    }
+
+    /// The backups a list shows, newest first: completed ones, the one in
+    /// progress, and only the most recent failure (as DBCS lists them).
+    pub async fn backup_list(&self, domain: &str, deployment: &str) -> Result<Vec<Backup>> {
+        self.deployment(domain, deployment).await?;
+        let backups = self.catalog.backups(domain, deployment).await?;
+        let last_failed = backups
+            .iter()
+            .filter(|b| b.status == BackupStatus::Failed)
+            .map(|b| b.job_id)
+            .max();
+        Ok(backups
+            .into_iter()
+            .rev()
+            .filter(|b| b.status != BackupStatus::Failed || Some(b.job_id) == last_failed)
+            .collect())
+    }
+
+    /// Every backup of a deployment, oldest first.
+    pub async fn backups(&self, domain: &str, deployment: &str) -> Result<Vec<Backup>> {
+        Ok(self.catalog.backups(domain, deployment).await?)
+    }
+
+    /// The recoveries of a deployment, oldest first.
+    pub async fn recoveries(&self, domain: &str, deployment: &str) -> Result<Vec<Recovery>> {
+        self.deployment(domain, deployment).await?;
+        Ok(self.catalog.recoveries(domain, deployment).await?)
+    }
+
+    pub async fn job(&self, domain: &str, id: i64) -> Result<Option<Job>> {
+        Ok(self.catalog.job(domain, id).await?)
+    }
+
+    pub async fn job_messages(&self, id: i64) -> Result<Vec<JobMessage>> {
+        Ok(self.catalog.job_messages(id).await?)
+    }
+
+    /// Adds a line to a job's activity log; a failure to log is logged,
+    /// never a reason to fail the job.
+    pub async fn log(&self, job: i64, message: String) {
+        if let Err(e) = self.catalog.add_job_message(job, &message).await {
+            tracing::warn!("job {job}: could not log {message:?}: {e}");
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Which backup and which point a recovery request means — DBCS semantics:
+//! `latest` is the latest backup and, where WAL is archived, complete
+//! recovery; a `dbTag` is that backup; a `timestamp` is a backup's
+//! completion time or, with archived WAL, any moment of the current
+//! history; an `scn` a position of it. Every check runs before the job is
+//! queued: a refused request touches nothing.
+
+use serde_json::{Value, json};
+use strongbox_catalog::{Backup, BackupStatus, Deployment, Job, NewRecord};
+use strongbox_engines::RecoveryTarget;
+use strongbox_engines::pitr::{Goal, Lsn};
+use time::OffsetDateTime;
+
+use crate::dates::{api_date, api_date_of, parse_rfc3339};
+use crate::job::{JobSpec, Origin};
+use crate::pitr::{PitrState, RecoveryPlan};
+use crate::{Error, Result, Service};
+
+/// What a recovery request names, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecoveryRequest {
+    /// The latest backup and, with archived WAL, complete recovery.
+    Latest,
+    Tag(String),
+    /// A moment; on `timeline`'s history if named (a Strongbox extension),
+    /// else the current one's.
+    Time {
+        at: OffsetDateTime,
+        timeline: Option<u32>,
+    },
+    Scn {
+        lsn: Lsn,
+        timeline: Option<u32>,
+    },
+}
+
+impl RecoveryRequest {
+    /// The target as the recovery history records it.
+    fn recorded(&self, origin: &Origin) -> Value {
+        let mut recorded = json!({});
+        let timeline = match self {
+            RecoveryRequest::Latest => return json!({"latest": true}),
+            RecoveryRequest::Tag(tag) => return json!({"dbTag": tag}),
+            RecoveryRequest::Time { timeline, .. } => {
+                recorded["timestamp"] = origin.params["timestamp"].clone();
+                timeline
+            }
+            RecoveryRequest::Scn { timeline, .. } => {
+                recorded["scn"] = origin.params["scn"].clone();
+                timeline
+            }
+        };
+        if let Some(t) = timeline {
+            recorded["timeline"] = json!(t);
+        }
+        recorded
+    }
+}
+
+/// A backup's own recovery: its consistency point (for PostgreSQL, the
+/// position the worker checks replay stopped at).
+fn backup_plan(b: &Backup, why: &str) -> RecoveryPlan {
+    RecoveryPlan {
+        target: RecoveryTarget::Backup {
+            position: b.position.clone().and_then(|p| serde_json::from_value(p).ok()),
+        },
+        description: format!("restore backup {}{why}", b.db_tag),
+    }
+}
+
+fn completed_at(b: &Backup) -> Option<OffsetDateTime> {
+    parse_rfc3339(b.completed_at.as_deref()?)
+}
+
+fn point_in_time_engines() -> String {
+    strongbox_engines::engines_that(|c| c.point_in_time).join(", ")
+}
+
+/// The backup and plan for `request`. `pitr` is set for deployments that
+/// recover to points in time.
+async fn choose(
+    request: &RecoveryRequest,
+    d: &Deployment,
+    usable: &[Backup],
+    pitr: Option<PitrState>,
+) -> Result<(Backup, RecoveryPlan)> {
+    let service = d.name.as_str();
+    let point_in_time_only = |what: &str| {
+        Error::Invalid(format!(
+            "{what} is point-in-time recovery: it replays archived WAL, which only {} deployments with WAL \
+             archiving do; {service} is a {} deployment: recover with latest, a tag, or a backup's completion \
+             timestamp",
+            point_in_time_engines(),
+            d.engine
+        ))
+    };
+    let none_yet = || {
+        Error::Invalid(format!(
+            "{service} has no completed backup to recover from; start one with POST …/{service}/backups"
+        ))
+    };
+    let (at, timeline) = match request {
+        RecoveryRequest::Latest => {
+            let last = usable.last().ok_or_else(none_yet)?;
+            let why = match pitr {
+                Some(p) => match p.plan(Goal::Latest, None).await? {
+                    Ok(chosen) => return Ok(chosen),
+                    Err(u) => format!(" (no complete recovery: {})", u.why),
+                },
+                None => String::new(),
+            };
+            return Ok((last.clone(), backup_plan(last, &why)));
+        }
+        RecoveryRequest::Tag(tag) => {
+            let b = usable.iter().find(|b| &b.db_tag == tag).ok_or_else(|| {
+                Error::NotFound(format!(
+                    "{service} has no completed backup with dbTag {tag:?} that is still in the repository; GET \
+                     …/{service}/backups lists them"
+                ))
+            })?;
+            return Ok((b.clone(), backup_plan(b, "")));
+        }
+        RecoveryRequest::Scn { lsn, timeline } => {
+            let Some(pitr) = pitr else {
+                return Err(point_in_time_only("recovery to an scn"));
+            };
+            return pitr
+                .plan(Goal::Lsn(*lsn), *timeline)
+                .await?
+                .map_err(|u| crate::pitr::unreachable(&format!("scn {lsn}"), service, &u));
+        }
+        RecoveryRequest::Time { at, timeline } => (*at, *timeline),
+    };
+    if timeline.is_some() && pitr.is_none() {
+        return Err(point_in_time_only("recovery on a named timeline"));
+    }
+    let shown = api_date(at);
+    let shown = shown.trim_end_matches(" UTC");
+    if at > OffsetDateTime::now_utc() {
+        return Err(Error::Invalid(format!("timestamp {shown} is in the future")));
+    }
+    // The latest backup completed by then, and whether it completed in that very second.
+    let second = |b: &Backup| completed_at(b).map(|t| t.unix_timestamp());
+    let before = usable
+        .iter()
+        .rev()
+        .find(|b| second(b).is_some_and(|s| s <= at.unix_timestamp()));
+    let exact_backup = before.filter(|b| second(b) == Some(at.unix_timestamp()) && timeline.is_none());
+    if let Some(pitr) = pitr {
+        // Without archived WAL, a backup's own completion time still names
+        // that backup; with it, a moment is a moment.
+        let archiving = pitr.archives_wal();
+        match pitr.plan(Goal::Time(at), timeline).await? {
+            Ok(chosen) => return Ok(chosen),
+            Err(_) if exact_backup.is_some() && !archiving => {}
+            Err(u) => return Err(crate::pitr::unreachable(&format!("timestamp {shown}"), service, &u)),
+        }
+    }
+    let first = usable.first().ok_or_else(none_yet)?;
+    let before = before.ok_or_else(|| {
+        Error::Invalid(format!(
+            "timestamp {shown} is before the first backup of {service}, which completed at {}",
+            api_date_of(first.completed_at.as_deref().unwrap_or_default())
+        ))
+    })?;
+    let Some(exact) = exact_backup else {
+        return Err(Error::Invalid(format!(
+            "timestamp {shown} falls between backups; recovering to a moment after a backup replays archived WAL, \
+             which only {} deployments with WAL archiving do. The latest backup before it is {} (completed {}): \
+             recover to it with {{\"tag\": \"{}\"}}",
+            point_in_time_engines(),
+            before.db_tag,
+            api_date_of(before.completed_at.as_deref().unwrap_or_default()),
+            before.db_tag
+        )));
+    };
+    Ok((exact.clone(), backup_plan(exact, ", completed in that second")))
+}
+
+impl Service {
+    /// Completed backups whose snapshots are still in the repository (a
+    /// snapshot forgotten with `repo forget` can no longer be recovered
+    /// from), oldest first.
+    pub async fn usable_backups(&self, domain: &str, deployment: &str) -> Result<Vec<Backup>> {
+        let backups = self.catalog.backups(domain, deployment).await?;
+        let present: Option<std::collections::HashSet<String>> = match &self.wal {
+            Some(w) => Some(
+                w.repo
+                    .snapshot_ids()
+                    .await
+                    .map_err(|e| Error::Internal(format!("listing the repository's snapshots: {e}")))?
+                    .iter()
+                    .map(|id| id.to_hex())
+                    .collect(),
+            ),
+            None => None,
+        };
+        Ok(backups
+            .into_iter()
+            .filter(|b| b.status == BackupStatus::Completed)
+            .filter(|b| match (&present, &b.snapshot_id) {
+                (Some(ids), Some(id)) => ids.contains(id),
+                (None, _) => true,
+                (Some(_), None) => false,
+            })
+            .collect())
+    }
+
+    /// Plans a recovery and queues it.
+    pub async fn start_recovery(
+        &self,
+        domain: &str,
+        deployment: &str,
+        request: &RecoveryRequest,
+        origin: &Origin,
+    ) -> Result<Job> {
+        let d = self.deployment(domain, deployment).await?;
+        let usable = self.usable_backups(domain, deployment).await?;
+        let pitr = match request {
+            RecoveryRequest::Tag(_) => None,
+            _ => self.pitr_state(&d, &usable, true).await?,
+        };
+        let (backup, plan) = choose(request, &d, &usable, pitr).await?;
+        let spec = JobSpec::Recovery {
+            from: backup.job_id,
+            target: plan.target,
+            description: plan.description,
+        };
+        let target = request.recorded(origin);
+        let message = format!(
+            "recovery from backup {} requested by {} (target {target})",
+            backup.db_tag, origin.user
+        );
+        self.create_job(domain, deployment, &spec, origin, |_| {
+            (
+                NewRecord::Recovery {
+                    target: target.clone(),
+                    backup_job_id: backup.job_id,
+                },
+                message.clone(),
+            )
+        })
+        .await
+    }
+}

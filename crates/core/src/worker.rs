@@ -1,0 +1,247 @@
+//! Job workers: each leases the next queued job from the catalog and runs
+//! it — a backup (engine → repository) or a recovery (repository →
+//! engine) — renewing its lease with every progress report. A worker that
+//! dies loses its lease and another one resumes the job; a job whose
+//! workers die `MAX_ATTEMPTS` times is failed, never left running.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use strongbox_catalog::{BackupResult, Job, JobEnd};
+use strongbox_engines::pitr::Reached;
+use strongbox_engines::{Engine, RecoveryContext, RecoveryTarget, SnapshotFiles};
+use strongbox_repo::{BackupOptions, Counters, Repository};
+use tokio::task::JoinHandle;
+
+use crate::Service;
+use crate::job::JobSpec;
+use crate::pitr::{WAL_ARCHIVE_LABEL, WalArchives};
+
+/// How many times a job is started before it is given up.
+pub const MAX_ATTEMPTS: i64 = 3;
+
+/// What workers need besides the service.
+#[derive(Clone)]
+pub struct WorkerSetup {
+    pub repo: Arc<Repository>,
+    /// This process's name in leases.
+    pub owner: String,
+    pub lease: Duration,
+    /// A directory for temporary files.
+    pub scratch: PathBuf,
+    pub wal: Arc<WalArchives>,
+}
+
+/// Leases jobs and runs them, forever.
+pub async fn worker(service: Arc<Service>, setup: WorkerSetup) {
+    loop {
+        match service.catalog.lease_job(&setup.owner, setup.lease).await {
+            Ok(Some(job)) => {
+                let end = run(&service, &setup, &job).await;
+                match service.catalog.finish_job(job.id, &setup.owner, &end).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!("job {}: lease lost before its outcome was recorded", job.id),
+                    Err(e) => tracing::error!("job {}: recording the outcome failed: {e}", job.id),
+                }
+            }
+            Ok(None) => {
+                tokio::select! {
+                    _ = service.queued.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+            }
+            Err(e) => {
+                tracing::error!("leasing a job failed: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+fn failed(message: String) -> JobEnd {
+    JobEnd {
+        succeeded: false,
+        message,
+        backup: None,
+        reached: None,
+    }
+}
+
+/// Runs a leased job to its end, as it is to be recorded.
+async fn run(service: &Arc<Service>, setup: &WorkerSetup, job: &Job) -> JobEnd {
+    if job.attempts > MAX_ATTEMPTS {
+        return failed(format!(
+            "failed: the worker stopped responding {MAX_ATTEMPTS} times; giving up"
+        ));
+    }
+    let spec = match JobSpec::of(job) {
+        Ok(spec) => spec,
+        Err(e) => return failed(format!("{} failed: {e}", job.operation)),
+    };
+    let what = if job.attempts > 1 {
+        "resumed after its worker stopped"
+    } else {
+        "started"
+    };
+    service
+        .log(job.id, format!("{} {what} (attempt {})", job.operation, job.attempts))
+        .await;
+    let w = Worker {
+        service: service.clone(),
+        setup: setup.clone(),
+    };
+    match spec {
+        JobSpec::Backup { .. } => match w.backup(job).await {
+            Ok(b) => JobEnd {
+                succeeded: true,
+                message: format!("backup completed: {} bytes", b.logical_bytes),
+                backup: Some(b),
+                reached: None,
+            },
+            Err(e) => failed(format!("backup failed: {e:#}")),
+        },
+        JobSpec::Recovery {
+            from,
+            target,
+            description,
+        } => match w.recovery(job, from, &target, &description).await {
+            Ok((summary, reached)) => JobEnd {
+                succeeded: true,
+                message: format!("recovery completed: {summary}"),
+                backup: None,
+                reached: reached.and_then(|r| serde_json::to_value(r).ok()),
+            },
+            Err(e) => failed(format!("recovery failed: {e:#}")),
+        },
+    }
+}
+
+struct Worker {
+    service: Arc<Service>,
+    setup: WorkerSetup,
+}
+
+impl Worker {
+    async fn engine(&self, job: &Job) -> Result<(String, Arc<dyn Engine>)> {
+        let deployment = self
+            .service
+            .catalog
+            .deployment(&job.domain, &job.deployment)
+            .await?
+            .with_context(|| format!("deployment {} no longer exists", job.deployment))?;
+        let engine = strongbox_engines::engine_for(&deployment.engine, &deployment.connection)?;
+        Ok((deployment.engine, engine.into()))
+    }
+
+    /// Reports progress, which also renews the lease, until aborted.
+    fn heartbeat(&self, job: &Job, counters: Arc<Counters>) -> JoinHandle<()> {
+        let (catalog, owner, id, lease) = (
+            self.service.catalog.clone(),
+            self.setup.owner.clone(),
+            job.id,
+            self.setup.lease,
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                let total = counters.total.load(Ordering::Relaxed);
+                let done = counters.read.load(Ordering::Relaxed);
+                let _ = catalog
+                    .heartbeat(id, &owner, lease, done, (total > 0).then_some(total))
+                    .await;
+            }
+        })
+    }
+
+    async fn backup(&self, job: &Job) -> Result<BackupResult> {
+        let (engine_name, engine) = self.engine(job).await?;
+        let tag = self
+            .service
+            .catalog
+            .backup(&job.domain, job.id)
+            .await?
+            .map(|b| b.db_tag)
+            .unwrap_or_default();
+        let counters = Arc::new(Counters::default());
+        let beat = self.heartbeat(job, counters.clone());
+        let (scratch, e) = (self.setup.scratch.clone(), engine.clone());
+        let sources = tokio::task::spawn_blocking(move || e.backup(&scratch)).await??;
+        let mut labels = BTreeMap::from([
+            ("domain".to_string(), job.domain.clone()),
+            ("deployment".to_string(), job.deployment.clone()),
+            ("engine".to_string(), engine_name.clone()),
+            ("tag".to_string(), tag.clone()),
+            ("job".to_string(), job.id.to_string()),
+        ]);
+        if engine.capabilities().point_in_time {
+            // Which archive this base backup replays from (WAL retention and check).
+            labels.insert(
+                WAL_ARCHIVE_LABEL.to_string(),
+                WalArchives::archive(&job.domain, &job.deployment),
+            );
+        }
+        let options = BackupOptions {
+            tags: vec![tag],
+            labels,
+        };
+        let result = self.setup.repo.backup_sources(sources, options, counters).await;
+        beat.abort();
+        let snap = result?;
+        Ok(BackupResult {
+            snapshot_id: snap.id.to_hex(),
+            logical_bytes: snap.totals.logical_bytes,
+            stored_bytes: snap.totals.new_bytes_stored,
+            position: engine.backup_position(),
+        })
+    }
+
+    async fn recovery(
+        &self,
+        job: &Job,
+        from: i64,
+        target: &RecoveryTarget,
+        description: &str,
+    ) -> Result<(String, Option<Reached>)> {
+        let (_, engine) = self.engine(job).await?;
+        let backup = self
+            .service
+            .catalog
+            .backup(&job.domain, from)
+            .await?
+            .and_then(|b| b.snapshot_id.map(|s| (b.db_tag, s)));
+        let (tag, snapshot_id) = backup.with_context(|| format!("backup job {from} has no snapshot"))?;
+        let snapshot = self
+            .setup
+            .repo
+            .find_snapshot(&snapshot_id)
+            .await
+            .with_context(|| format!("snapshot {snapshot_id} of backup {tag}"))?;
+        self.service.log(job.id, format!("plan: {description}")).await;
+        let counters = Arc::new(Counters::default());
+        let beat = self.heartbeat(job, counters.clone());
+        let runtime = tokio::runtime::Handle::current();
+        let files = SnapshotFiles::new(self.setup.repo.clone(), snapshot, runtime.clone(), counters);
+        let wal = engine
+            .capabilities()
+            .point_in_time
+            .then(|| self.setup.wal.for_deployment(&job.domain, &job.deployment));
+        let (service, id, scratch, target) = (self.service.clone(), job.id, self.setup.scratch.clone(), target.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            let log = |message: String| runtime.block_on(service.log(id, message));
+            let cx = RecoveryContext {
+                scratch: &scratch,
+                log: &log,
+                wal: wal.as_ref().map(|w| w as &dyn strongbox_engines::WalArchive),
+            };
+            engine.recover(&files, &target, &cx)
+        })
+        .await;
+        beat.abort();
+        let recovered = result??;
+        Ok((format!("from backup {tag}: {}", recovered.summary), recovered.reached))
+    }
+}
