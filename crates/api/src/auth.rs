@@ -154,14 +154,16 @@ async fn check(
     }
     let needs = match *method {
         Method::GET | Method::HEAD => Role::Reader,
+        // Registration names files and commands on the server's machine.
+        _ if path.starts_with(crate::STRONGBOX_PREFIX) => Role::Admin,
         _ => Role::Operator,
     };
     if caller.role < needs {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!(
-                "user {} has the {} role, which only reads; {} {} needs the {} role (strongbox admin user {} \
-                 --domain {domain} --role {})",
+                "user {} has the {} role; {} {} needs the {} role (strongbox admin user {} --domain {domain} \
+                 --role {})",
                 caller.user,
                 caller.role.as_str(),
                 method,

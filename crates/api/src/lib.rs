@@ -23,6 +23,8 @@ pub use error::ApiError;
 
 /// The prefix of every DBCS path.
 pub const PREFIX: &str = "/paas/service/dbcs/api/v1.1/instances";
+/// The prefix of Strongbox's own routes (registration).
+pub const STRONGBOX_PREFIX: &str = "/strongbox/api/v1/instances";
 /// Request bodies are tiny JSON objects; anything larger is a mistake.
 pub const MAX_BODY: usize = 64 * 1024;
 

@@ -5,6 +5,8 @@
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Schema, Type};
 
 /// One backup in `backupList`.
 #[derive(Serialize, ToSchema)]
@@ -206,42 +208,190 @@ pub struct StartBackup {
 }
 
 /// `POST …/backups/recovery`: exactly one of `latest`, `tag`, `timestamp`, `scn`.
-#[derive(serde::Deserialize, ToSchema)]
+#[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StartRecovery {
-    /// `true`, `"true"` or `"yes"`: the latest backup and, where WAL is
-    /// archived, complete recovery to the last committed change.
-    #[schema(value_type = Option<Object>)]
     pub latest: Option<Value>,
-    /// A backup's `dbTag`.
     pub tag: Option<String>,
-    /// `dd-MMM-yyyy HH:mm:ss`, UTC: a backup's completion time or, with
-    /// archived WAL, any moment of the current history.
-    #[schema(example = "23-Jul-2016 23:04:54")]
     pub timestamp: Option<String>,
-    /// A PostgreSQL LSN (`0/3000060`) or the same as a decimal number, of
-    /// the current history.
-    #[schema(value_type = Option<Object>)]
     pub scn: Option<Value>,
-    /// Strongbox: the timeline whose history a `timestamp` or `scn`
-    /// belongs to, to recover a point a later recovery abandoned.
-    #[schema(value_type = Option<Object>)]
+    /// Strongbox: the timeline whose history a `timestamp` or `scn` belongs to.
     pub timeline: Option<Value>,
     /// Accepted as the DBCS documents it; a recovery keeps nothing.
     #[serde(rename = "keepForever", default)]
     pub keep_forever: bool,
 }
 
+fn string(description: &str) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(description))
+}
+
+/// An object of exactly these properties (`required` ones first).
+fn object(required: &[(&str, Schema)], optional: &[(&str, Schema)], description: &str) -> Schema {
+    let mut o = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some(description))
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+    for (name, schema) in required {
+        o = o.property(*name, schema.clone()).required(*name);
+    }
+    for (name, schema) in optional {
+        o = o.property(*name, schema.clone());
+    }
+    o.build().into()
+}
+
+/// `dd-MMM-yyyy HH:mm:ss`, with an optional ` UTC`.
+const TIMESTAMP_PATTERN: &str = "^(0[1-9]|[12][0-9]|3[01])-(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)-(19|20)[0-9]{2} \
+                                 ([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]( UTC)?$";
+
+impl utoipa::PartialSchema for StartRecovery {
+    fn schema() -> RefOr<Schema> {
+        let keep: Schema = ObjectBuilder::new()
+            .schema_type(Type::Boolean)
+            .description(Some("accepted as the DBCS documents it; a recovery keeps nothing"))
+            .build()
+            .into();
+        let timeline: Schema = OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)))
+            .item(string("a whole number").pattern(Some("^[1-9][0-9]{0,8}$")))
+            .description(Some(
+                "Strongbox: the timeline whose history the target belongs to, to recover a point a later recovery \
+                 abandoned",
+            ))
+            .build()
+            .into();
+        let latest: Schema = OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Boolean)
+                    .enum_values(Some([true])),
+            )
+            .item(string("true or yes").enum_values(Some(["true", "yes"])))
+            .description(Some(
+                "the latest backup and, where WAL is archived, complete recovery to the last committed change",
+            ))
+            .build()
+            .into();
+        let lsn = "^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$";
+        let scn: Schema = OneOfBuilder::new()
+            .item(string("a PostgreSQL LSN").pattern(Some(lsn)))
+            .item(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)))
+            .description(Some("a PostgreSQL LSN (`0/3000060`) or the same as a decimal number"))
+            .build()
+            .into();
+        let timestamp: Schema = string(
+            "dd-MMM-yyyy HH:mm:ss (UTC): a backup's completion time, or with archived WAL any moment of the \
+             current history",
+        )
+        .pattern(Some(TIMESTAMP_PATTERN))
+        .build()
+        .into();
+        let tag: Schema = string("a backup's dbTag").min_length(Some(1)).build().into();
+        let keep_only = [("keepForever", keep.clone())];
+        let with_timeline = [("timeline", timeline), ("keepForever", keep)];
+        let one_of = OneOfBuilder::new()
+            .item(object(
+                &[("latest", latest)],
+                &keep_only,
+                "the latest backup (complete recovery)",
+            ))
+            .item(object(&[("tag", tag)], &keep_only, "a backup"))
+            .item(object(&[("timestamp", timestamp)], &with_timeline, "a moment"))
+            .item(object(&[("scn", scn)], &with_timeline, "a position"))
+            .description(Some("exactly one recovery target"))
+            .build();
+        RefOr::T(Schema::OneOf(one_of))
+    }
+}
+
+impl ToSchema for StartRecovery {}
+
 /// `PUT /strongbox/api/v1/instances/…`: an existing database to back up.
-#[derive(serde::Deserialize, ToSchema)]
+#[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Registration {
-    /// `sqlite`, `postgresql`, `postgresql-logical` or `command`.
     pub engine: String,
-    /// Engine settings (see the README); may hold secrets, never returned.
-    #[schema(value_type = Object)]
+    /// Engine settings; may hold secrets, never returned.
     pub connection: Value,
 }
+
+/// `postgresql://[user[:password]@]host[:port][/database]`.
+const POSTGRES_URL_PATTERN: &str =
+    "^postgres(ql)?://([A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]*)?@)?[A-Za-z0-9.-]+(:[1-9][0-9]{0,3})?(/[A-Za-z0-9_]*)?$";
+
+impl utoipa::PartialSchema for Registration {
+    fn schema() -> RefOr<Schema> {
+        // Not empty, not only white space.
+        let text = |d: &str| -> Schema { string(d).pattern(Some("\\S")).build().into() };
+        let url: Schema = string("where to connect; a password in it is kept secret")
+            .pattern(Some(POSTGRES_URL_PATTERN))
+            .build()
+            .into();
+        let engine = |name: &str, connection: Schema| -> Schema {
+            let name_schema: Schema = string("the engine").enum_values(Some([name])).build().into();
+            object(&[("engine", name_schema), ("connection", connection)], &[], name)
+        };
+        let env: Schema = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .additional_properties(Some(AdditionalProperties::RefOr(RefOr::T(
+                string("a value").build().into(),
+            ))))
+            .description(Some("environment for the commands (passwords go here, never in argv)"))
+            .build()
+            .into();
+        let one_of = OneOfBuilder::new()
+            .item(engine(
+                "sqlite",
+                object(&[("path", text("the database file"))], &[], "SQLite"),
+            ))
+            .item(engine(
+                "postgresql",
+                object(
+                    &[
+                        ("url", url.clone()),
+                        ("data_dir", text("the cluster's data directory")),
+                        ("stop_command", text("stops the cluster")),
+                        ("start_command", text("starts the cluster")),
+                    ],
+                    &[("bin_dir", text("where PostgreSQL's tools are"))],
+                    "a PostgreSQL cluster, physically",
+                ),
+            ))
+            .item(engine(
+                "postgresql-logical",
+                object(
+                    &[("url", url)],
+                    &[("bin_dir", text("where PostgreSQL's tools are"))],
+                    "one PostgreSQL database, with pg_dump",
+                ),
+            ))
+            .item(engine(
+                "command",
+                object(
+                    &[
+                        ("backup_command", text("writes the backup to stdout")),
+                        ("recovery_command", text("reads a backup on stdin")),
+                    ],
+                    &[
+                        (
+                            "prepare_command",
+                            text("runs before a recovery, e.g. to create the database"),
+                        ),
+                        ("env", env),
+                    ],
+                    "any dump tool",
+                ),
+            ))
+            .description(Some("an existing database: its engine and how to reach it"))
+            .build();
+        RefOr::T(Schema::OneOf(one_of))
+    }
+}
+
+impl ToSchema for Registration {}
 
 /// The identity domain of a path.
 #[derive(serde::Deserialize, utoipa::IntoParams)]

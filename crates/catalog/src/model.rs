@@ -18,6 +18,9 @@ pub enum Role {
     Reader,
     /// Also starts backups and recoveries, changes configuration.
     Operator,
+    /// Also registers deployments: their settings name files and commands
+    /// on the server's machine.
+    Admin,
 }
 
 impl Role {
@@ -25,6 +28,7 @@ impl Role {
         match self {
             Role::Reader => "reader",
             Role::Operator => "operator",
+            Role::Admin => "admin",
         }
     }
 
@@ -32,6 +36,7 @@ impl Role {
         match s {
             "reader" => Some(Role::Reader),
             "operator" => Some(Role::Operator),
+            "admin" => Some(Role::Admin),
             _ => None,
         }
     }

@@ -31,6 +31,11 @@ impl CommandEngine {
     };
 
     pub fn from_connection(c: &serde_json::Value) -> Result<Self, Error> {
+        crate::only_settings(
+            c,
+            "command",
+            &["backup_command", "recovery_command", "prepare_command", "env"],
+        )?;
         let example = "\"mariadb-dump -h 127.0.0.1 -u root --single-transaction shop\"";
         let backup_command = setting(c, "command", "backup_command", example)?.to_string();
         let recovery_command = setting(
@@ -46,18 +51,13 @@ impl CommandEngine {
                 reason: "\"env\" must map names to strings, e.g. {\"MYSQL_PWD\": \"...\"}".into(),
             })?,
         };
-        let prepare_command = match c.get("prepare_command") {
-            None => None,
-            Some(serde_json::Value::String(p)) => Some(p.clone()),
-            Some(_) => {
-                return Err(Error::BadConnection {
-                    engine: "command",
-                    reason:
-                        "\"prepare_command\" must be a string, e.g. \"mariadb -e 'CREATE DATABASE IF NOT EXISTS shop'\""
-                            .into(),
-                });
-            }
-        };
+        let prepare_command = crate::optional_setting(
+            c,
+            "command",
+            "prepare_command",
+            "\"mariadb -e 'CREATE DATABASE IF NOT EXISTS shop'\"",
+        )?
+        .map(String::from);
         Ok(CommandEngine {
             backup_command,
             recovery_command: recovery_command.to_string(),

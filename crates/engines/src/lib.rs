@@ -205,10 +205,80 @@ pub fn engine_for(engine: &str, connection: &serde_json::Value) -> Result<Box<dy
     }
 }
 
-/// A string setting of a connection, required.
+/// Refuses settings the engine does not know (a misspelt optional one
+/// would otherwise be ignored without a word).
+fn only_settings(c: &serde_json::Value, engine: &'static str, known: &[&str]) -> Result<(), Error> {
+    let Some(map) = c.as_object() else {
+        return Err(Error::BadConnection {
+            engine,
+            reason: "the connection settings must be a JSON object".into(),
+        });
+    };
+    match map.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(unknown) => Err(Error::BadConnection {
+            engine,
+            reason: format!("unknown setting {unknown:?}; the settings are {}", known.join(", ")),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A string setting of a connection, required and not empty.
 fn setting<'a>(c: &'a serde_json::Value, engine: &'static str, key: &str, example: &str) -> Result<&'a str, Error> {
-    c.get(key).and_then(|v| v.as_str()).ok_or_else(|| Error::BadConnection {
+    optional_setting(c, engine, key, example)?.ok_or_else(|| Error::BadConnection {
         engine,
         reason: format!("needs \"{key}\" (a string), e.g. {example}"),
     })
+}
+
+/// A string setting of a connection that may be left out, but not empty.
+fn optional_setting<'a>(
+    c: &'a serde_json::Value,
+    engine: &'static str,
+    key: &str,
+    example: &str,
+) -> Result<Option<&'a str>, Error> {
+    match c.get(key) {
+        None => Ok(None),
+        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Ok(Some(s)),
+        Some(_) => Err(Error::BadConnection {
+            engine,
+            reason: format!("\"{key}\" must be a string that is not empty, e.g. {example}"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn connection_settings_are_checked_by_name_and_value() {
+        let refused = |engine: &str, c: serde_json::Value| match engine_for(engine, &c) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{engine} accepted {c}"),
+        };
+        assert!(engine_for("sqlite", &json!({"path": "/srv/app.db"})).is_ok());
+        assert!(refused("sqlite", json!({"path": "/srv/app.db", "pathh": "x"})).contains("unknown setting \"pathh\""));
+        assert!(refused("sqlite", json!({"path": " "})).contains("not empty"));
+        assert!(refused("sqlite", json!(["/srv/app.db"])).contains("JSON object"));
+        let command = json!({"backup_command": "dump", "recovery_command": "load"});
+        assert!(engine_for("command", &command).is_ok());
+        assert!(refused("command", json!({"backup_command": "dump", "recovery_command": ""})).contains("not empty"));
+        assert!(
+            refused(
+                "command",
+                json!({"backup_command": "dump", "recovery_command": "load", "prepare_command": 1})
+            )
+            .contains("prepare_command")
+        );
+        let url = "postgresql://postgres@127.0.0.1:5432/postgres";
+        assert!(engine_for("postgresql-logical", &json!({"url": url})).is_ok());
+        assert!(refused("postgresql-logical", json!({"url": url, "bin_dir": ""})).contains("bin_dir"));
+        assert!(refused("postgresql-logical", json!({"url": url, "database": "x"})).contains("unknown setting"));
+        assert!(refused("oracle", json!({})).contains("unknown engine"));
+        assert_eq!(engines_that(|c| c.point_in_time), ["postgresql"]);
+    }
 }

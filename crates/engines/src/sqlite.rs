@@ -43,13 +43,8 @@ impl SqliteEngine {
     };
 
     pub fn from_connection(c: &serde_json::Value) -> Result<Self, Error> {
-        let path = c
-            .get("path")
-            .and_then(|p| p.as_str())
-            .ok_or_else(|| Error::BadConnection {
-                engine: "sqlite",
-                reason: "needs {\"path\": \"/path/to/database.sqlite\"}".into(),
-            })?;
+        crate::only_settings(c, "sqlite", &["path"])?;
+        let path = crate::setting(c, "sqlite", "path", "\"/path/to/database.sqlite\"")?;
         Ok(SqliteEngine {
             path: PathBuf::from(path),
         })

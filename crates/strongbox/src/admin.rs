@@ -27,8 +27,9 @@ enum Verb {
         name: String,
         #[arg(long)]
         domain: String,
-        /// `operator` starts backups and recoveries; `reader` only reads.
-        #[arg(long, default_value = "operator", value_parser = ["operator", "reader"])]
+        /// `reader` reads; `operator` also starts backups and recoveries;
+        /// `admin` also registers deployments through the API.
+        #[arg(long, default_value = "operator", value_parser = ["reader", "operator", "admin"])]
         role: String,
     },
     /// Register an existing database as a deployment.
@@ -54,7 +55,7 @@ pub async fn run(args: AdminArgs) -> Result<()> {
             println!("identity domain {name} ready");
         }
         Verb::User { name, domain, role } => {
-            let role = Role::parse(&role).context("--role is operator or reader")?;
+            let role = Role::parse(&role).context("--role is reader, operator or admin")?;
             catalog.ensure_domain(&domain).await?;
             let password = match std::env::var("STRONGBOX_NEW_PASSWORD") {
                 Ok(p) => p,

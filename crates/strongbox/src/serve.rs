@@ -211,7 +211,7 @@ async fn demo(service: &Service, s: &Settings) -> Result<()> {
             Ok(p) => (p, false),
             Err(_) => (hex::encode(rand::random::<[u8; 9]>()), true),
         };
-        catalog.put_user(&user, domain, &password, Role::Operator).await?;
+        catalog.put_user(&user, domain, &password, Role::Admin).await?;
         if generated {
             // Printed once, when the user is created; not stored in clear.
             eprintln!("demo user {user} in identity domain {domain}, password: {password}");

@@ -424,18 +424,37 @@ fn tenants_see_nothing_of_each_other() {
             .concat(),
         );
         assert_eq!(status, "HTTP/2 403", "{method} {path}: {body}");
-        assert!(body.contains("reader role") && body.contains("operator role"), "{body}");
+        assert!(
+            body.contains("the reader role") && body.contains("needs the operator role"),
+            "{body}"
+        );
     }
+    // Registration names files and commands on the server's machine: admins only.
+    let out = Command::new(env!("CARGO_BIN_EXE_strongbox"))
+        .args(["admin", "user", "otto", "--domain", "usexample", "--role", "operator"])
+        .env("STRONGBOX_DATA_DIR", dir.path().join("data"))
+        .env("STRONGBOX_NEW_PASSWORD", "otto-pw")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let register = s.url("/strongbox/api/v1/instances/usexample/other");
-    let (status, _, _) = s.curl(
-        &[
-            &rita[..],
-            &["-X", "PUT", "-H", "Content-Type: application/json", "-d", "{}"],
-            &[register.as_str()],
-        ]
-        .concat(),
-    );
-    assert_eq!(status, "HTTP/2 403");
+    for user in ["rita:rita-pw", "otto:otto-pw"] {
+        let (status, _, body) = s.curl(&[
+            "-u",
+            user,
+            "-H",
+            "X-ID-TENANT-NAME:usexample",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"engine": "command", "connection": {"backup_command": "cat /etc/shadow", "recovery_command": "true"}}"#,
+            register.as_str(),
+        ]);
+        assert_eq!(status, "HTTP/2 403", "{user}: {body}");
+        assert!(body.contains("needs the admin role"), "{body}");
+    }
 }
 
 #[test]

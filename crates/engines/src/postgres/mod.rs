@@ -46,7 +46,8 @@ impl Conn {
         }
         let password = url.password().map(percent_decode);
         url.set_password(None).map_err(|()| bad("\"url\" has no host".into()))?;
-        let bin_dir = c.get("bin_dir").and_then(|v| v.as_str()).map(PathBuf::from);
+        let bin_dir =
+            crate::optional_setting(c, engine, "bin_dir", "\"/usr/lib/postgresql/15/bin\"")?.map(PathBuf::from);
         Ok(Conn {
             url: url.to_string(),
             password,
@@ -99,6 +100,7 @@ impl PgLogical {
     };
 
     pub fn from_connection(c: &serde_json::Value) -> Result<Self, Error> {
+        crate::only_settings(c, "postgresql-logical", &["url", "bin_dir"])?;
         Ok(PgLogical {
             conn: Conn::from_connection(c, "postgresql-logical")?,
         })

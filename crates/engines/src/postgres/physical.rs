@@ -197,6 +197,11 @@ impl PgPhysical {
 
     pub fn from_connection(c: &serde_json::Value) -> Result<Self, Error> {
         let engine = "postgresql";
+        crate::only_settings(
+            c,
+            engine,
+            &["url", "bin_dir", "data_dir", "stop_command", "start_command"],
+        )?;
         Ok(PgPhysical {
             conn: Conn::from_connection(c, engine)?,
             data_dir: PathBuf::from(setting(c, engine, "data_dir", "\"/var/lib/postgresql/15/main\"")?),
