@@ -365,6 +365,8 @@ fn instance(state: &AppState, d: &Deployment, pitr: Option<wire::PointInTimeReco
         backup_destination: "OSS".into(),
         engine: d.engine.clone(),
         point_in_time_recovery: pitr,
+        backup_config: None,
+        last_backup: None,
     }
 }
 
@@ -446,5 +448,115 @@ pub async fn instance_detail(
             recoverable_range: range,
         }
     });
-    Ok(Json(instance(&state, &d, pitr)))
+    let mut body = instance(&state, &d, pitr);
+    let config = strongbox_core::schedule::BackupConfig::of(&d)?;
+    body.backup_config = Some(config_body(&config, state.service.clock.now()));
+    body.last_backup = state
+        .service
+        .backups(&domain, &service)
+        .await?
+        .iter()
+        .rev()
+        .find(|b| b.status == BackupStatus::Completed)
+        .map(backup_item);
+    Ok(Json(body))
+}
+
+fn config_body(c: &strongbox_core::schedule::BackupConfig, now: time::OffsetDateTime) -> wire::BackupConfig {
+    use strongbox_core::dates::api_date;
+    use strongbox_core::schedule::Schedule;
+    wire::BackupConfig {
+        auto_backup_enabled: c.auto_backup_enabled,
+        auto_backup_window: c.schedule.window(),
+        cron: match &c.schedule {
+            Schedule::Cron(expr) => Some(expr.clone()),
+            Schedule::Window { .. } => None,
+        },
+        recovery_window_in_days: c.recovery_window_in_days,
+        minimum_backups_kept: c.minimum_backups_kept,
+        enabled_since: c.enabled_since.map(api_date),
+        next_scheduled_backup: c.next(now).map(api_date),
+    }
+}
+
+/// A deployment's backup configuration (Strongbox extension).
+#[utoipa::path(
+    get,
+    path = "/paas/service/dbcs/api/v1.1/instances/{identityDomainId}/{serviceId}/backups/config",
+    params(wire::ServicePath, wire::Tenant),
+    responses(
+        (status = 200, description = "the configuration", body = wire::BackupConfig),
+        (status = 404, description = "no such deployment", body = wire::ErrorBody),
+    ),
+)]
+pub async fn backup_config(
+    State(state): St,
+    Path(wire::ServicePath {
+        identity_domain_id: domain,
+        service_id: service,
+    }): Path<wire::ServicePath>,
+) -> Result<Json<wire::BackupConfig>, ApiError> {
+    let c = state.service.backup_config(&domain, &service).await?;
+    Ok(Json(config_body(&c, state.service.clock.now())))
+}
+
+/// Changes a deployment's backup configuration (Strongbox extension):
+/// automatic backups, their schedule, the recovery window, backups kept.
+#[utoipa::path(
+    put,
+    path = "/paas/service/dbcs/api/v1.1/instances/{identityDomainId}/{serviceId}/backups/config",
+    params(wire::ServicePath, wire::Tenant),
+    request_body = wire::ChangeBackupConfig,
+    responses(
+        (status = 200, description = "the configuration now", body = wire::BackupConfig),
+        (status = 400, description = "a value out of range or malformed (the message names the field)",
+         body = wire::ErrorBody),
+        (status = 404, description = "no such deployment", body = wire::ErrorBody),
+        (status = 413, description = "body too large", body = wire::ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = wire::ErrorBody),
+    ),
+)]
+pub async fn change_backup_config(
+    State(state): St,
+    Path(wire::ServicePath {
+        identity_domain_id: domain,
+        service_id: service,
+    }): Path<wire::ServicePath>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<wire::BackupConfig>, ApiError> {
+    let asked = json_object(&headers, body)?;
+    if let Some((field, _)) = asked.as_object().into_iter().flatten().find(|(_, v)| v.is_null()) {
+        return Err(ApiError::bad_request(format!(
+            "{field} is null; leave a field out to keep it as it is"
+        )));
+    }
+    let asked: wire::ChangeBackupConfig = serde_json::from_value(asked).map_err(|e| {
+        ApiError::bad_request(format!(
+            "invalid backup configuration: {e}; the fields are autoBackupEnabled (boolean), autoBackupWindow \
+             (\"HH:MM-HH:MM\", UTC), cron (a cron expression), recoveryWindowInDays (1 to 365), \
+             minimumBackupsKept (0 to 1000)"
+        ))
+    })?;
+    // A whole number, however spelt; anything else is out of every range.
+    let whole = |n: Option<serde_json::Number>| {
+        n.map(|n| {
+            n.as_i64()
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && f.abs() < 1e15)
+                        .map(|f| f as i64)
+                })
+                .unwrap_or(i64::MIN)
+        })
+    };
+    let change = strongbox_core::schedule::ConfigChange {
+        auto_backup_enabled: asked.auto_backup_enabled,
+        window: asked.auto_backup_window,
+        cron: asked.cron,
+        recovery_window_in_days: whole(asked.recovery_window_in_days),
+        minimum_backups_kept: whole(asked.minimum_backups_kept),
+    };
+    let c = state.service.change_backup_config(&domain, &service, &change).await?;
+    Ok(Json(config_body(&c, state.service.clock.now())))
 }

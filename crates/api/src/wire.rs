@@ -182,6 +182,12 @@ pub struct Instance {
     pub engine: String,
     #[serde(rename = "pointInTimeRecovery", skip_serializing_if = "Option::is_none")]
     pub point_in_time_recovery: Option<PointInTimeRecovery>,
+    /// Strongbox, on one deployment's view: its backup configuration.
+    #[serde(rename = "backupConfig", skip_serializing_if = "Option::is_none")]
+    pub backup_config: Option<BackupConfig>,
+    /// Strongbox, on one deployment's view: its latest completed backup.
+    #[serde(rename = "lastBackup", skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<BackupItem>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -454,3 +460,85 @@ pub struct Idempotency {
     #[serde(rename = "Idempotency-Key")]
     pub key: Option<String>,
 }
+
+/// A deployment's backup configuration (Strongbox extension, after DBCS's
+/// and OCI's `autoBackupEnabled`, `autoBackupWindow`, `recoveryWindowInDays`).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupConfig {
+    pub auto_backup_enabled: bool,
+    /// The daily UTC window backups start in, e.g. `02:00-04:00`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_backup_window: Option<String>,
+    /// Or a cron expression (UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    pub recovery_window_in_days: u32,
+    pub minimum_backups_kept: u32,
+    /// When automatic backups were switched on.
+    pub enabled_since: Option<String>,
+    /// When the next scheduled backup is due.
+    pub next_scheduled_backup: Option<String>,
+}
+
+/// `PUT …/backups/config`: what to change; what is left out stays.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ChangeBackupConfig {
+    pub auto_backup_enabled: Option<bool>,
+    pub auto_backup_window: Option<String>,
+    pub cron: Option<String>,
+    /// Numbers, as JSON Schema's integers: `7` or `7.0`.
+    pub recovery_window_in_days: Option<serde_json::Number>,
+    pub minimum_backups_kept: Option<serde_json::Number>,
+}
+
+impl utoipa::PartialSchema for ChangeBackupConfig {
+    /// Any of the fields, but a window or a cron expression, not both.
+    fn schema() -> RefOr<Schema> {
+        let integer = |min: f64, max: f64, d: &str| -> Schema {
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(min))
+                .maximum(Some(max))
+                .description(Some(d))
+                .build()
+                .into()
+        };
+        let common = [
+            (
+                "autoBackupEnabled",
+                ObjectBuilder::new()
+                    .schema_type(Type::Boolean)
+                    .description(Some("back up on the schedule"))
+                    .build()
+                    .into(),
+            ),
+            (
+                "recoveryWindowInDays",
+                integer(1.0, 365.0, "every point of the last this many days stays recoverable"),
+            ),
+            (
+                "minimumBackupsKept",
+                integer(0.0, 1000.0, "backups kept whatever their age"),
+            ),
+        ];
+        let window: Schema = string("a daily UTC window HH:MM-HH:MM; the same start and end mean all day")
+            .pattern(Some("^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$"))
+            .build()
+            .into();
+        let cron: Schema = string("a cron expression, 5 or 6 fields, UTC").build().into();
+        let with = |extra: (&'static str, Schema), d: &str| {
+            let fields: Vec<(&str, Schema)> = common.iter().cloned().chain([extra]).collect();
+            object(&[], &fields, d)
+        };
+        let any_of = utoipa::openapi::schema::AnyOfBuilder::new()
+            .item(with(("autoBackupWindow", window), "on a daily window"))
+            .item(with(("cron", cron), "on a cron schedule"))
+            .description(Some("what to change; what is left out stays"))
+            .build();
+        RefOr::T(Schema::AnyOf(any_of))
+    }
+}
+
+impl ToSchema for ChangeBackupConfig {}

@@ -48,6 +48,10 @@ pub trait Catalog: Send + Sync + 'static {
     async fn put_deployment(&self, d: &NewDeployment) -> Result<Deployment>;
     async fn deployment(&self, domain: &str, name: &str) -> Result<Option<Deployment>>;
     async fn deployments(&self, domain: &str) -> Result<Vec<Deployment>>;
+    /// Every deployment of every domain (for the scheduler).
+    async fn all_deployments(&self) -> Result<Vec<Deployment>>;
+    /// Stores a deployment's backup configuration; false if there is no such deployment.
+    async fn put_backup_config(&self, domain: &str, name: &str, config: &serde_json::Value) -> Result<bool>;
 
     /// Queues a job with its record and first activity-log line, in one
     /// transaction — unless the idempotency key names an earlier job of the

@@ -58,6 +58,8 @@ pub struct Deployment {
     pub engine: String,
     pub connection: serde_json::Value,
     pub created_at: String,
+    /// The backup configuration as the core stored it; `None`: defaults.
+    pub backup_config: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -55,6 +55,9 @@ fn deployment(row: &SqliteRow) -> Deployment {
         engine: row.get("engine"),
         connection: serde_json::from_str(row.get::<&str, _>("connection")).unwrap_or_default(),
         created_at: row.get("created_at"),
+        backup_config: row
+            .get::<Option<&str>, _>("backup_config")
+            .and_then(|c| serde_json::from_str(c).ok()),
     }
 }
 
@@ -281,6 +284,23 @@ impl Catalog for SqliteCatalog {
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.iter().map(deployment).collect())
+    }
+
+    async fn all_deployments(&self) -> Result<Vec<Deployment>> {
+        let rows = sqlx::query("SELECT * FROM deployments ORDER BY domain, name")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(deployment).collect())
+    }
+
+    async fn put_backup_config(&self, domain: &str, name: &str, config: &serde_json::Value) -> Result<bool> {
+        let r = sqlx::query("UPDATE deployments SET backup_config = ? WHERE domain = ? AND name = ?")
+            .bind(config.to_string())
+            .bind(domain)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
     }
 
     async fn create_job(&self, new: &NewJob, record: &NewRecord, message: &str) -> Result<Started> {

@@ -66,6 +66,13 @@ async fn suite(c: &dyn Catalog) {
         .unwrap();
     }
     assert_eq!(c.deployments("usexample").await.unwrap().len(), 2);
+    let config = serde_json::json!({"autoBackupEnabled": true});
+    assert!(c.put_backup_config("usexample", "db12c", &config).await.unwrap());
+    assert!(!c.put_backup_config("idcs-0123abc", "db12c", &config).await.unwrap());
+    let all = c.all_deployments().await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].backup_config.as_ref(), Some(&config));
+    assert_eq!(all[1].backup_config, None);
     assert!(
         c.deployment("idcs-0123abc", "db12c").await.unwrap().is_none(),
         "deployments are per domain"
@@ -294,4 +301,11 @@ async fn sqlite_catalog_passes_the_suite() {
     drop(c);
     let c = SqliteCatalog::open(&dir.path().join("catalog.db")).await.unwrap();
     assert_eq!(c.deployments("usexample").await.unwrap().len(), 2);
+    let config = serde_json::json!({"autoBackupEnabled": true});
+    assert!(c.put_backup_config("usexample", "db12c", &config).await.unwrap());
+    assert!(!c.put_backup_config("idcs-0123abc", "db12c", &config).await.unwrap());
+    let all = c.all_deployments().await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].backup_config.as_ref(), Some(&config));
+    assert_eq!(all[1].backup_config, None);
 }

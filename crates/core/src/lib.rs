@@ -9,6 +9,7 @@ mod error;
 pub mod job;
 pub mod pitr;
 pub mod recovery;
+pub mod schedule;
 pub mod worker;
 
 use std::sync::Arc;

@@ -37,6 +37,7 @@ struct Config {
     workers: Option<usize>,
     retry_after: Option<u64>,
     lease_seconds: Option<u64>,
+    schedule_check_ms: Option<u64>,
 }
 
 fn env<T: std::str::FromStr>(name: &str) -> Result<Option<T>>
@@ -59,6 +60,8 @@ struct Settings {
     workers: usize,
     retry_after: u64,
     lease: Duration,
+    /// How often the scheduler looks for due backups.
+    schedule_check: Duration,
 }
 
 fn settings(args: &ServeArgs) -> Result<Settings> {
@@ -95,6 +98,12 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
                 .or(file.lease_seconds)
                 .unwrap_or(30)
                 .max(1),
+        ),
+        schedule_check: Duration::from_millis(
+            env("STRONGBOX_SCHEDULE_CHECK_MS")?
+                .or(file.schedule_check_ms)
+                .unwrap_or(30_000)
+                .max(10),
         ),
     })
 }
@@ -171,6 +180,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     ));
     let mut service = Service::new(catalog.clone());
     service.wal = Some(wal.clone());
+    if let Some(path) = std::env::var_os("STRONGBOX_TEST_CLOCK_FILE") {
+        service.clock = Arc::new(FileClock(path.into()));
+    }
     let service = Arc::new(service);
     if args.demo {
         demo(&service, &s).await?;
@@ -185,6 +197,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     for _ in 0..s.workers {
         tokio::spawn(worker(service.clone(), setup.clone()));
     }
+    tokio::spawn(strongbox_core::schedule::scheduler(service.clone(), s.schedule_check));
     let state = Arc::new(strongbox_api::AppState::new(service, &s.public_url, s.retry_after));
     let app = strongbox_api::router(state).into_make_service();
     eprintln!("strongbox serving {} (listening on {})", s.public_url, s.listen);
@@ -199,6 +212,19 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         None => axum_server::bind(s.listen).serve(app).await?,
     }
     Ok(())
+}
+
+/// For tests only: the time is what a file says (RFC 3339), so that a
+/// test moves the server's clock through schedule windows without waiting.
+struct FileClock(PathBuf);
+
+impl strongbox_core::Clock for FileClock {
+    fn now(&self) -> time::OffsetDateTime {
+        std::fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|t| strongbox_core::dates::parse_rfc3339(t.trim()))
+            .unwrap_or_else(time::OffsetDateTime::now_utc)
+    }
 }
 
 async fn demo(service: &Service, s: &Settings) -> Result<()> {
