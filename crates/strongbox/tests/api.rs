@@ -359,13 +359,7 @@ fn tenants_see_nothing_of_each_other() {
     let s = start(&dir);
     let (_, location) = s.post_backup("db12c", &[]);
     let id = location.rsplit('/').next().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_strongbox"))
-        .args(["admin", "user", "alice", "--domain", "idcs-4f2a9c"])
-        .env("STRONGBOX_DATA_DIR", dir.path().join("data"))
-        .env("STRONGBOX_NEW_PASSWORD", "alice-pw")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    add_user(dir.path(), "alice", "idcs-4f2a9c", "operator");
     let alice = ["-u", "alice:alice-pw", "-H", "X-ID-TENANT-NAME:idcs-4f2a9c"];
     // Her own domain has no such job: 404, not a hint that it exists elsewhere.
     let theirs = s.url(&format!(
@@ -393,13 +387,7 @@ fn tenants_see_nothing_of_each_other() {
     assert!(!body.contains("db12c"), "{body}");
 
     // A reader of usexample reads everything there and starts nothing.
-    let out = Command::new(env!("CARGO_BIN_EXE_strongbox"))
-        .args(["admin", "user", "rita", "--domain", "usexample", "--role", "reader"])
-        .env("STRONGBOX_DATA_DIR", dir.path().join("data"))
-        .env("STRONGBOX_NEW_PASSWORD", "rita-pw")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    add_user(dir.path(), "rita", "usexample", "reader");
     let rita = ["-u", "rita:rita-pw", "-H", "X-ID-TENANT-NAME:usexample"];
     let (status, _, body) = s.curl(&[&rita[..], &[location.as_str()]].concat());
     assert_eq!(status, "HTTP/2 200", "{body}");
@@ -430,13 +418,7 @@ fn tenants_see_nothing_of_each_other() {
         );
     }
     // Registration names files and commands on the server's machine: admins only.
-    let out = Command::new(env!("CARGO_BIN_EXE_strongbox"))
-        .args(["admin", "user", "otto", "--domain", "usexample", "--role", "operator"])
-        .env("STRONGBOX_DATA_DIR", dir.path().join("data"))
-        .env("STRONGBOX_NEW_PASSWORD", "otto-pw")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    add_user(dir.path(), "otto", "usexample", "operator");
     let register = s.url("/strongbox/api/v1/instances/usexample/other");
     for user in ["rita:rita-pw", "otto:otto-pw"] {
         let (status, _, body) = s.curl(&[

@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -165,13 +164,7 @@ fn bad_configurations_are_refused_and_domains_keep_their_own() {
     );
 
     // The same deployment name in another identity domain is another deployment.
-    let out = Command::new(env!("CARGO_BIN_EXE_strongbox"))
-        .args(["admin", "user", "ida", "--domain", "idcs-77", "--role", "admin"])
-        .env("STRONGBOX_DATA_DIR", dir.path().join("data"))
-        .env("STRONGBOX_NEW_PASSWORD", "ida-pw")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    add_user(dir.path(), "ida", "idcs-77", "admin");
     let ida = [
         "-u",
         "ida:ida-pw",

@@ -76,6 +76,18 @@ pub fn start_with(dir: &Path, port: u16, env: &[(&str, String)]) -> Server {
     }
 }
 
+/// Adds a user to the server's catalog with `strongbox admin user`; the
+/// password is `NAME-pw`.
+pub fn add_user(dir: &Path, name: &str, domain: &str, role: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_strongbox"))
+        .args(["admin", "user", name, "--domain", domain, "--role", role])
+        .env("STRONGBOX_DATA_DIR", dir.join("data"))
+        .env("STRONGBOX_NEW_PASSWORD", format!("{name}-pw"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Waits until the server accepts connections on `port`.
 pub fn wait_for_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(30);
