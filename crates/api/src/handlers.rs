@@ -300,7 +300,7 @@ pub async fn activity_log(
         JobStatus::Succeeded => "SUCCEED",
         JobStatus::Failed => "FAILED",
     };
-    let initiated_by = JobSpec::of(&j).map_or("USER", |s| s.initiated_by());
+    let initiated_by = JobSpec::of(&j).map_or("USER", |s| s.initiated_by(&j.created_by));
     Ok(Json(wire::ActivityLog {
         activity_log_id: j.id,
         service_name: j.deployment.clone(),
@@ -559,4 +559,40 @@ pub async fn change_backup_config(
     };
     let c = state.service.change_backup_config(&domain, &service, &change).await?;
     Ok(Json(config_body(&c, state.service.clock.now())))
+}
+
+/// Deletes one backup (Strongbox extension) as an `expire` job: 202 and
+/// the job's `Location`.
+#[utoipa::path(
+    delete,
+    path = "/paas/service/dbcs/api/v1.1/instances/{identityDomainId}/{serviceId}/backups/{dbTag}",
+    params(wire::BackupPath, wire::Force, wire::Tenant, wire::Idempotency),
+    responses(
+        (status = 202, description = "accepted; `Location` is the job status URI, the body is empty",
+         headers(("Location" = String), ("service-uri" = String), ("Retry-After" = String))),
+        (status = 400, description = "a malformed `force`", body = wire::ErrorBody),
+        (status = 404, description = "no such deployment or backup", body = wire::ErrorBody),
+        (status = 409, description = "kept forever (add ?force=true), still in progress, or another job of the \
+         deployment (a recovery from it) is queued or running", body = wire::ErrorBody),
+    ),
+)]
+pub async fn delete_backup(
+    State(state): St,
+    Path(wire::BackupPath {
+        identity_domain_id: domain,
+        service_id: service,
+        db_tag,
+    }): Path<wire::BackupPath>,
+    query: Result<axum::extract::Query<wire::Force>, axum::extract::rejection::QueryRejection>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(wire::Force { force }) =
+        query.map_err(|e| ApiError::bad_request(format!("{e}; the only query parameter is force=true")))?;
+    let origin = origin(&caller, json!({"dbTag": db_tag, "force": force}), &headers);
+    let job = state
+        .service
+        .delete_backup(&domain, &service, &db_tag, force, &origin)
+        .await?;
+    accepted(&state, &domain, &service, &job)
 }

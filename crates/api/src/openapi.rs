@@ -72,6 +72,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         endpoint::<recovery::__path_history, _, _>(recovery::history),
         endpoint::<handlers::__path_job_status, _, _>(handlers::job_status),
         endpoint::<handlers::__path_activity_log, _, _>(handlers::activity_log),
+        endpoint::<handlers::__path_delete_backup, _, _>(handlers::delete_backup),
         endpoint::<handlers::__path_backup_config, _, _>(handlers::backup_config),
         endpoint::<handlers::__path_change_backup_config, _, _>(handlers::change_backup_config),
         endpoint::<handlers::__path_register_deployment, _, _>(handlers::register_deployment),

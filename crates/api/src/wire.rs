@@ -542,3 +542,25 @@ impl utoipa::PartialSchema for ChangeBackupConfig {
 }
 
 impl ToSchema for ChangeBackupConfig {}
+
+/// A backup's path.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Path)]
+pub struct BackupPath {
+    /// Identity domain name, or an `idcs-…` identity service id.
+    pub identity_domain_id: String,
+    /// The database deployment's name.
+    pub service_id: String,
+    /// The backup's `dbTag`.
+    pub db_tag: String,
+}
+
+/// `?force=true` deletes a backup kept forever.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Force {
+    /// Delete even a `keepForever` backup.
+    #[serde(default)]
+    pub force: bool,
+}

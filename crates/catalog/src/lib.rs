@@ -75,6 +75,8 @@ pub trait Catalog: Send + Sync + 'static {
     /// Ends a job held by `owner`, with its backup or recovery row; false
     /// (and nothing written) if another worker holds it now.
     async fn finish_job(&self, id: i64, owner: &str, end: &JobEnd) -> Result<bool>;
+    /// Marks backups of a deployment deleted (their snapshots are forgotten).
+    async fn mark_backups_deleted(&self, domain: &str, deployment: &str, job_ids: &[i64]) -> Result<()>;
     /// Adds a line to a job's activity log.
     async fn add_job_message(&self, id: i64, message: &str) -> Result<()>;
 }

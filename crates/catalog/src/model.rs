@@ -105,6 +105,8 @@ pub struct NewJob {
     pub params: serde_json::Value,
     pub created_by: String,
     pub idempotency_key: Option<String>,
+    /// When the job was asked for (the service's clock).
+    pub at: time::OffsetDateTime,
 }
 
 /// The row a new job keeps beside it, created in the same transaction.
@@ -168,6 +170,8 @@ pub enum BackupStatus {
     InProgress,
     Completed,
     Failed,
+    /// Expired or deleted: its snapshot is forgotten.
+    Deleted,
 }
 
 impl BackupStatus {
@@ -177,6 +181,7 @@ impl BackupStatus {
             BackupStatus::InProgress => "IN PROGRESS",
             BackupStatus::Completed => "COMPLETED",
             BackupStatus::Failed => "FAILED",
+            BackupStatus::Deleted => "DELETED",
         }
     }
 
@@ -184,6 +189,7 @@ impl BackupStatus {
         match s {
             "COMPLETED" => BackupStatus::Completed,
             "IN PROGRESS" => BackupStatus::InProgress,
+            "DELETED" => BackupStatus::Deleted,
             _ => BackupStatus::Failed,
         }
     }
@@ -226,6 +232,8 @@ pub struct Recovery {
 /// How a job ended, as its worker records it.
 #[derive(Clone, Debug)]
 pub struct JobEnd {
+    /// When it ended (the service's clock): the backup's completion time.
+    pub at: time::OffsetDateTime,
     pub succeeded: bool,
     /// The job's final message (also the last line of its activity log).
     pub message: String,

@@ -135,7 +135,7 @@ async fn insert_job(tx: &mut Transaction<'_, Sqlite>, new: &NewJob) -> Result<Re
     if let Some(row) = active {
         return Ok(Err(Started::Busy(job(&row))));
     }
-    let at = rfc3339(now());
+    let at = rfc3339(new.at);
     let row = sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO jobs (domain, deployment, operation, status, spec, params, created_by, idempotency_key, \
          created_at, updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?) RETURNING {JOB_COLUMNS}"
@@ -156,8 +156,9 @@ async fn insert_job(tx: &mut Transaction<'_, Sqlite>, new: &NewJob) -> Result<Re
 
 /// Ends a running job held by `owner`, with its backup or recovery row;
 /// false if the lease was lost (another worker owns the job now).
-async fn close_job(tx: &mut Transaction<'_, Sqlite>, id: i64, owner: &str, ok: bool, message: &str) -> Result<bool> {
-    let at = rfc3339(now());
+async fn close_job(tx: &mut Transaction<'_, Sqlite>, id: i64, owner: &str, end: &JobEnd) -> Result<bool> {
+    let (ok, message) = (end.succeeded, end.message.as_str());
+    let at = rfc3339(end.at);
     let r = sqlx::query(
         "UPDATE jobs SET status = ?, message = ?, finished_at = ?, updated_at = ?, lease_owner = NULL, \
          bytes_done = COALESCE(bytes_total, bytes_done) WHERE id = ? AND lease_owner = ? AND status = 'running'",
@@ -437,7 +438,7 @@ impl Catalog for SqliteCatalog {
 
     async fn finish_job(&self, id: i64, owner: &str, end: &JobEnd) -> Result<bool> {
         let mut tx = self.write().await?;
-        let closed = close_job(&mut tx, id, owner, end.succeeded, &end.message).await?;
+        let closed = close_job(&mut tx, id, owner, end).await?;
         if closed && let Some(b) = &end.backup {
             sqlx::query("UPDATE jobs SET bytes_done = ?, bytes_total = ? WHERE id = ?")
                 .bind(b.logical_bytes as i64)
@@ -465,6 +466,20 @@ impl Catalog for SqliteCatalog {
         }
         tx.commit().await?;
         Ok(closed)
+    }
+
+    async fn mark_backups_deleted(&self, domain: &str, deployment: &str, job_ids: &[i64]) -> Result<()> {
+        let mut tx = self.write().await?;
+        for id in job_ids {
+            sqlx::query("UPDATE backups SET status = 'DELETED' WHERE domain = ? AND deployment = ? AND job_id = ?")
+                .bind(domain)
+                .bind(deployment)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn add_job_message(&self, id: i64, message: &str) -> Result<()> {

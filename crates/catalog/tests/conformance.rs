@@ -14,6 +14,7 @@ fn new_job(deployment: &str, key: Option<&str>) -> NewJob {
         params: serde_json::json!({}),
         created_by: "alice".into(),
         idempotency_key: key.map(String::from),
+        at: time::OffsetDateTime::now_utc(),
     }
 }
 
@@ -32,6 +33,7 @@ async fn start_backup(c: &dyn Catalog, job: &NewJob, tag: &str, keep_forever: bo
 
 fn done(succeeded: bool, message: &str) -> JobEnd {
     JobEnd {
+        at: time::OffsetDateTime::now_utc(),
         succeeded,
         message: message.into(),
         backup: None,
@@ -285,6 +287,21 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
     assert_eq!(
         c.backup("usexample", completed).await.unwrap().unwrap().job_id,
         completed
+    );
+    c.mark_backups_deleted("idcs-0123abc", "db12c", &[completed])
+        .await
+        .unwrap();
+    assert_eq!(
+        c.backup("usexample", completed).await.unwrap().unwrap().status,
+        BackupStatus::Completed,
+        "per domain"
+    );
+    c.mark_backups_deleted("usexample", "db12c", &[completed])
+        .await
+        .unwrap();
+    assert_eq!(
+        c.backup("usexample", completed).await.unwrap().unwrap().status,
+        BackupStatus::Deleted
     );
     assert!(
         c.backup("idcs-0123abc", completed).await.unwrap().is_none(),

@@ -27,6 +27,9 @@ pub enum JobSpec {
         target: RecoveryTarget,
         description: String,
     },
+    /// Forgets these backups (by the jobs that made them), then prunes the
+    /// repository and the WAL archives of what no backup needs any more.
+    Expire { backups: Vec<i64> },
 }
 
 /// Who asked for a job.
@@ -45,6 +48,7 @@ pub enum Trigger {
 pub enum Operation {
     Backup,
     Recovery,
+    Expire,
 }
 
 impl Operation {
@@ -52,6 +56,7 @@ impl Operation {
         match self {
             Operation::Backup => "backup",
             Operation::Recovery => "recovery",
+            Operation::Expire => "expire",
         }
     }
 
@@ -59,6 +64,7 @@ impl Operation {
         match s {
             "backup" => Some(Operation::Backup),
             "recovery" => Some(Operation::Recovery),
+            "expire" => Some(Operation::Expire),
             _ => None,
         }
     }
@@ -69,6 +75,7 @@ impl JobSpec {
         match self {
             JobSpec::Backup { .. } => Operation::Backup,
             JobSpec::Recovery { .. } => Operation::Recovery,
+            JobSpec::Expire { .. } => Operation::Expire,
         }
     }
 
@@ -90,16 +97,20 @@ impl JobSpec {
     }
 
     /// `USER` or `SYSTEM`, as the activity log's `initiatedBy` says.
-    pub fn initiated_by(&self) -> &'static str {
+    pub fn initiated_by(&self, created_by: &str) -> &'static str {
         match self {
             JobSpec::Backup {
                 trigger: Trigger::Schedule { .. },
                 ..
             } => "SYSTEM",
+            JobSpec::Expire { .. } if created_by == SYSTEM => "SYSTEM",
             _ => "USER",
         }
     }
 }
+
+/// The name jobs the server starts itself are created by.
+pub const SYSTEM: &str = "SYSTEM";
 
 /// Who asks, and how: the caller's name, the request as sent, and the
 /// `Idempotency-Key` that makes a retried request return the same job.
@@ -130,6 +141,7 @@ impl Service {
             params: origin.params.clone(),
             created_by: origin.user.clone(),
             idempotency_key: origin.idempotency_key.clone(),
+            at: self.clock.now(),
         };
         // Backup tags are per second and unique; a backup within the same
         // second as another takes the next free second.
@@ -156,7 +168,7 @@ impl Service {
                 running.operation,
                 running.id,
                 match operation {
-                    Operation::Backup => "retry when it has finished",
+                    Operation::Backup | Operation::Expire => "retry when it has finished",
                     Operation::Recovery => "a recovery waits until it has finished",
                 }
             ))),
@@ -209,14 +221,22 @@ mod tests {
             serde_json::json!({"backup": {"keepForever": true, "trigger": {"schedule": {"period": "2026-11-30"}}}})
         );
         assert_eq!(serde_json::from_value::<JobSpec>(stored).unwrap(), scheduled);
-        assert_eq!(scheduled.initiated_by(), "SYSTEM");
+        assert_eq!(scheduled.initiated_by(SYSTEM), "SYSTEM");
         let recovery = JobSpec::Recovery {
             from: 7,
             target: RecoveryTarget::Backup { position: None },
             description: "restore backup TAG1".into(),
         };
         let back: JobSpec = serde_json::from_value(serde_json::to_value(&recovery).unwrap()).unwrap();
-        assert_eq!((back.operation(), back.initiated_by()), (Operation::Recovery, "USER"));
+        assert_eq!(
+            (back.operation(), back.initiated_by("alice")),
+            (Operation::Recovery, "USER")
+        );
+        let expire = JobSpec::Expire { backups: vec![3] };
+        assert_eq!(
+            (expire.initiated_by(SYSTEM), expire.initiated_by("alice")),
+            ("SYSTEM", "USER")
+        );
         assert!(serde_json::from_value::<JobSpec>(serde_json::json!({"restore": {}})).is_err());
     }
 }

@@ -9,7 +9,9 @@ mod error;
 pub mod job;
 pub mod pitr;
 pub mod recovery;
+pub mod retention;
 pub mod schedule;
+pub mod wal_retention;
 pub mod worker;
 
 use std::sync::Arc;
@@ -104,6 +106,7 @@ impl Service {
         Ok(backups
             .into_iter()
             .rev()
+            .filter(|b| b.status != BackupStatus::Deleted)
             .filter(|b| b.status != BackupStatus::Failed || Some(b.job_id) == last_failed)
             .collect())
     }

@@ -266,7 +266,7 @@ impl Service {
             };
             let period = crate::dates::rfc3339(period);
             let origin = Origin {
-                user: "SYSTEM".into(),
+                user: crate::job::SYSTEM.into(),
                 params: serde_json::json!({}),
                 // Unique per deployment: one job per period, across servers.
                 idempotency_key: Some(format!("strongbox-schedule:{period}")),
@@ -283,11 +283,14 @@ impl Service {
     }
 }
 
-/// Looks for due backups every `every`, forever.
+/// Looks for due backups, and backups to expire, every `every`, forever.
 pub async fn scheduler(service: Arc<Service>, every: Duration) {
     loop {
         if let Err(e) = service.run_schedule().await {
             tracing::warn!("scheduling backups: {e}");
+        }
+        if let Err(e) = service.run_retention().await {
+            tracing::warn!("expiring backups: {e}");
         }
         tokio::time::sleep(every).await;
     }

@@ -41,7 +41,8 @@ pub async fn worker(service: Arc<Service>, setup: WorkerSetup) {
     loop {
         match service.catalog.lease_job(&setup.owner, setup.lease).await {
             Ok(Some(job)) => {
-                let end = run(&service, &setup, &job).await;
+                let mut end = run(&service, &setup, &job).await;
+                end.at = service.clock.now();
                 match service.catalog.finish_job(job.id, &setup.owner, &end).await {
                     Ok(true) => {}
                     Ok(false) => tracing::warn!("job {}: lease lost before its outcome was recorded", job.id),
@@ -62,13 +63,19 @@ pub async fn worker(service: Arc<Service>, setup: WorkerSetup) {
     }
 }
 
-fn failed(message: String) -> JobEnd {
+/// An outcome; its time is set when it is recorded.
+fn ended(succeeded: bool, message: String) -> JobEnd {
     JobEnd {
-        succeeded: false,
+        at: time::OffsetDateTime::UNIX_EPOCH,
+        succeeded,
         message,
         backup: None,
         reached: None,
     }
+}
+
+fn failed(message: String) -> JobEnd {
+    ended(false, message)
 }
 
 /// Runs a leased job to its end, as it is to be recorded.
@@ -97,10 +104,8 @@ async fn run(service: &Arc<Service>, setup: &WorkerSetup, job: &Job) -> JobEnd {
     match spec {
         JobSpec::Backup { .. } => match w.backup(job).await {
             Ok(b) => JobEnd {
-                succeeded: true,
-                message: format!("backup completed: {} bytes", b.logical_bytes),
-                backup: Some(b),
-                reached: None,
+                backup: Some(b.clone()),
+                ..ended(true, format!("backup completed: {} bytes", b.logical_bytes))
             },
             Err(e) => failed(format!("backup failed: {e:#}")),
         },
@@ -110,12 +115,14 @@ async fn run(service: &Arc<Service>, setup: &WorkerSetup, job: &Job) -> JobEnd {
             description,
         } => match w.recovery(job, from, &target, &description).await {
             Ok((summary, reached)) => JobEnd {
-                succeeded: true,
-                message: format!("recovery completed: {summary}"),
-                backup: None,
                 reached: reached.and_then(|r| serde_json::to_value(r).ok()),
+                ..ended(true, format!("recovery completed: {summary}"))
             },
             Err(e) => failed(format!("recovery failed: {e:#}")),
+        },
+        JobSpec::Expire { backups } => match w.expire(job, &backups).await {
+            Ok(summary) => ended(true, format!("expire completed: {summary}")),
+            Err(e) => failed(format!("expire failed: {e:#}")),
         },
     }
 }
@@ -197,6 +204,45 @@ impl Worker {
             stored_bytes: snap.totals.new_bytes_stored,
             position: engine.backup_position(),
         })
+    }
+
+    /// Forgets the backups' snapshots (those still there: a resumed job
+    /// finds some gone), marks them deleted, then prunes the repository and
+    /// the WAL the remaining base backups no longer need.
+    async fn expire(&self, job: &Job, backups: &[i64]) -> Result<String> {
+        let present = self.setup.repo.snapshot_ids().await?;
+        let mut forget = Vec::new();
+        let mut tags = Vec::new();
+        for id in backups {
+            let Some(b) = self.service.catalog.backup(&job.domain, *id).await? else {
+                continue;
+            };
+            tags.push(b.db_tag);
+            if let Some(snap) = b.snapshot_id
+                && let Some(found) = present.iter().find(|p| p.to_hex() == snap)
+            {
+                forget.push(*found);
+            }
+        }
+        self.setup.repo.forget(&forget).await?;
+        self.service
+            .catalog
+            .mark_backups_deleted(&job.domain, &job.deployment, backups)
+            .await?;
+        self.service
+            .log(job.id, format!("forgot {}; pruning the repository", tags.join(", ")))
+            .await;
+        let pruned = self.setup.repo.prune(&Default::default()).await?;
+        let wal: usize = crate::wal_retention::prune(&self.setup.repo).await?.values().sum();
+        Ok(format!(
+            "{} backup(s) deleted ({}); {} bytes in {} packs deleted, {} packs repacked; {wal} WAL file(s) no base \
+             backup needs deleted",
+            tags.len(),
+            tags.join(", "),
+            pruned.bytes_deleted,
+            pruned.packs_deleted,
+            pruned.packs_repacked
+        ))
     }
 
     async fn recovery(

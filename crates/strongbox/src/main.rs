@@ -5,7 +5,6 @@ mod bar;
 mod repo_cmd;
 mod serve;
 mod wal_prefetch;
-mod wal_retention;
 
 use clap::{Parser, Subcommand};
 

@@ -385,7 +385,7 @@ pub async fn run(args: RepoArgs) -> Result<ExitCode> {
         }
         Verb::Check { read_data } => {
             let report = repo.check(read_data).await?;
-            let (bases, wal_problems) = crate::wal_retention::check(&repo).await?;
+            let (bases, wal_problems) = strongbox_core::wal_retention::check(&repo).await?;
             let ok = report.is_ok() && wal_problems.is_empty();
             if args.json {
                 let mut v = serde_json::to_value(&report)?;
@@ -435,7 +435,7 @@ pub async fn run(args: RepoArgs) -> Result<ExitCode> {
             }
             let report = repo.prune(&PruneOptions { repack_below }).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
-            for (archive, removed) in crate::wal_retention::prune(&repo).await? {
+            for (archive, removed) in strongbox_core::wal_retention::prune(&repo).await? {
                 println!("WAL archive {archive}: {removed} files older than its oldest base backup deleted");
             }
         }

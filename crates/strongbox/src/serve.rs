@@ -216,6 +216,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
 
 /// For tests only: the time is what a file says (RFC 3339), so that a
 /// test moves the server's clock through schedule windows without waiting.
+/// Tests replace the file atomically; an unreadable file is the real time.
 struct FileClock(PathBuf);
 
 impl strongbox_core::Clock for FileClock {

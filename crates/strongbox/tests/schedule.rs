@@ -12,8 +12,10 @@ use common::*;
 
 const CONFIG: &str = "/paas/service/dbcs/api/v1.1/instances/usexample/db12c/backups/config";
 
+/// Sets the servers' clock, atomically (a server never reads half a time).
 fn set_clock(dir: &Path, t: &str) {
-    std::fs::write(dir.join("clock"), t).unwrap();
+    std::fs::write(dir.join("clock.new"), t).unwrap();
+    std::fs::rename(dir.join("clock.new"), dir.join("clock")).unwrap();
 }
 
 fn scheduled_server(dir: &Path, port: u16) -> Server {
@@ -212,4 +214,103 @@ fn bad_configurations_are_refused_and_domains_keep_their_own() {
     assert_eq!(ours["recoveryWindowInDays"], 7, "usexample's db12c is untouched");
     let (status, _, _) = s.curl(&[&ida[..], &[s.url(CONFIG).as_str()]].concat());
     assert_eq!(status, "HTTP/2 403", "and out of reach");
+}
+
+/// Takes a backup at the moment `at` (the servers' clock), waits for it,
+/// and returns its tag.
+fn backup_at(s: &Server, at: &str, body: &str) -> String {
+    set_clock(&s.dir, at);
+    let (status, h, _) = s.curl(&[&AUTH[..], &["-X", "POST", "-d", body, s.url(BACKUPS).as_str()]].concat());
+    assert_eq!(status, "HTTP/2 202");
+    s.wait_for(header(&h, "location"), "Succeeded");
+    backups(s)[0]["dbTag"].as_str().unwrap().to_string()
+}
+
+fn tags(s: &Server) -> Vec<String> {
+    backups(s)
+        .iter()
+        .map(|b| b["dbTag"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn delete(s: &Server, tag: &str, query: &str) -> (String, serde_json::Value, String) {
+    let url = s.url(&format!("{BACKUPS}/{tag}{query}"));
+    let (status, h, body) = s.curl(&[&AUTH[..], &["-X", "DELETE", url.as_str()]].concat());
+    let location = h.iter().find(|(k, _)| k == "location").map(|(_, v)| v.clone());
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or_default(),
+        location.unwrap_or_default(),
+    )
+}
+
+#[test]
+fn backups_outside_the_recovery_window_expire_and_deletion_keeps_its_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    set_clock(dir.path(), "2026-01-01T00:00:00Z");
+    let s = scheduled_server(dir.path(), free_port());
+    let (status, v) = s.json(&[
+        "-X",
+        "PUT",
+        "-d",
+        r#"{"recoveryWindowInDays": 2, "minimumBackupsKept": 1}"#,
+        s.url(CONFIG).as_str(),
+    ]);
+    assert_eq!(status, "HTTP/2 200", "{v}");
+    let forever = backup_at(&s, "2026-01-01T00:00:00Z", r#"{"keepForever": true}"#);
+    let day1 = backup_at(&s, "2026-01-02T00:00:00Z", "{}");
+    let day2 = backup_at(&s, "2026-01-03T00:00:00Z", "{}");
+    let day3 = backup_at(&s, "2026-01-04T00:00:00Z", "{}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        tags(&s),
+        [day3.clone(), day2, day1.clone(), forever.clone()],
+        "all inside the window or needed at its start"
+    );
+
+    // Two days on: day 1 and day 2 left the window; day 3 is the newest
+    // before its start (and the minimum), the first is kept forever.
+    set_clock(dir.path(), "2026-01-06T00:00:30Z");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tags(&s).len() != 2 {
+        assert!(Instant::now() < deadline, "{:?}", backups(&s));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(tags(&s), [day3.clone(), forever.clone()]);
+    let snapshots = |s: &Server| {
+        let out = s.repo_cli(&["--json", "snapshots"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(snapshots(&s), 2, "their snapshots are forgotten");
+
+    // Deletion: kept forever needs force; unknown tags are 404; a deleted
+    // backup is gone from the list, the repository and recovery.
+    let (status, v, _) = delete(&s, &forever, "");
+    assert_eq!(status, "HTTP/2 409", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("?force=true"), "{v}");
+    let (status, _, _) = delete(&s, "TAG20990101T000000", "");
+    assert_eq!(status, "HTTP/2 404");
+    let (status, v, _) = delete(&s, &forever, "?force=maybe");
+    assert_eq!(status, "HTTP/2 400", "{v}");
+    let (status, _, location) = delete(&s, &forever, "?force=true");
+    assert_eq!(status, "HTTP/2 202");
+    assert!(location.contains("/status/expire/job/"), "{location}");
+    let job = s.wait_for(&location, "Succeeded");
+    assert!(job["message"].as_str().unwrap().contains(&forever), "{job}");
+    assert_eq!(tags(&s), [day3]);
+    assert_eq!(snapshots(&s), 1);
+    let (status, v) = s.json(&[
+        "-X",
+        "POST",
+        "-d",
+        &format!(r#"{{"tag": "{forever}"}}"#),
+        s.url(&format!("{BACKUPS}/recovery")).as_str(),
+    ]);
+    assert_eq!(status, "HTTP/2 404", "a deleted backup cannot be recovered: {v}");
+    let (status, _, _) = delete(&s, &day1, "");
+    assert_eq!(status, "HTTP/2 404", "already expired");
 }

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use strongbox_engines::pitr::{self, Archived, BasePosition, History, segment_number};
 use strongbox_repo::{NoProgress, Repository, Snapshot};
 
-use strongbox_core::pitr::WAL_ARCHIVE_LABEL as WAL_ARCHIVE;
+use crate::pitr::WAL_ARCHIVE_LABEL as WAL_ARCHIVE;
 
 struct Base {
     snapshot: String,

@@ -1,0 +1,213 @@
+//! Which backups a recovery window needs. Kept: every `keepForever`
+//! backup, the newest `minimum` ones, every backup completed inside the
+//! window, and the newest one completed before the window began (a point
+//! at the window's start recovers from it, by replaying archived WAL for
+//! engines that have it). Everything else may expire.
+
+use std::collections::BTreeSet;
+
+use time::OffsetDateTime;
+
+/// What the rule needs to know of a completed backup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kept {
+    pub id: i64,
+    pub completed: OffsetDateTime,
+    pub keep_forever: bool,
+}
+
+/// The ids of the backups to keep at `now`.
+pub fn keep(backups: &[Kept], now: OffsetDateTime, window_days: u32, minimum: u32) -> BTreeSet<i64> {
+    let window_start = now - time::Duration::days(window_days as i64);
+    let mut by_time: Vec<&Kept> = backups.iter().collect();
+    by_time.sort_by_key(|b| (b.completed, b.id));
+    let mut kept: BTreeSet<i64> = by_time.iter().filter(|b| b.keep_forever).map(|b| b.id).collect();
+    kept.extend(by_time.iter().rev().take(minimum as usize).map(|b| b.id));
+    kept.extend(by_time.iter().filter(|b| b.completed >= window_start).map(|b| b.id));
+    if let Some(before) = by_time.iter().rev().find(|b| b.completed < window_start) {
+        kept.insert(before.id);
+    }
+    kept
+}
+
+impl crate::Service {
+    /// Deletes one backup (by its `dbTag`) as an `expire` job: refused for
+    /// one kept forever unless `force`, and while any other job of the
+    /// deployment (a recovery from it, say) is queued or running.
+    pub async fn delete_backup(
+        &self,
+        domain: &str,
+        deployment: &str,
+        tag: &str,
+        force: bool,
+        origin: &crate::job::Origin,
+    ) -> crate::Result<strongbox_catalog::Job> {
+        use strongbox_catalog::BackupStatus;
+        self.deployment(domain, deployment).await?;
+        let backups = self.catalog.backups(domain, deployment).await?;
+        let b = backups
+            .iter()
+            .find(|b| b.db_tag == tag && b.status != BackupStatus::Deleted)
+            .ok_or_else(|| {
+                crate::Error::NotFound(format!(
+                    "{deployment} has no backup with dbTag {tag:?}; GET …/{deployment}/backups lists them"
+                ))
+            })?;
+        if b.status == BackupStatus::InProgress {
+            return Err(crate::Error::Conflict(format!(
+                "backup {tag} is in progress; delete it once it has finished"
+            )));
+        }
+        if b.keep_forever && !force {
+            return Err(crate::Error::Conflict(format!(
+                "backup {tag} is kept forever (keepForever); to delete it all the same, add ?force=true"
+            )));
+        }
+        let message = format!("deletion of backup {tag} requested by {}", origin.user);
+        self.expire(domain, deployment, vec![b.job_id], message, origin).await
+    }
+
+    /// Queues an `expire` job for these backups.
+    async fn expire(
+        &self,
+        domain: &str,
+        deployment: &str,
+        backups: Vec<i64>,
+        message: String,
+        origin: &crate::job::Origin,
+    ) -> crate::Result<strongbox_catalog::Job> {
+        let spec = crate::job::JobSpec::Expire { backups };
+        self.create_job(domain, deployment, &spec, origin, |_| {
+            (strongbox_catalog::NewRecord::None, message.clone())
+        })
+        .await
+    }
+
+    /// Queues, once a day per deployment, an `expire` job for the
+    /// completed backups its recovery window no longer needs.
+    pub async fn run_retention(&self) -> crate::Result<()> {
+        use strongbox_catalog::BackupStatus;
+        let now = self.clock.now();
+        for d in self.catalog.all_deployments().await? {
+            let config = crate::schedule::BackupConfig::of(&d)?;
+            let completed: Vec<Kept> = self
+                .catalog
+                .backups(&d.domain, &d.name)
+                .await?
+                .iter()
+                .filter(|b| b.status == BackupStatus::Completed)
+                .filter_map(|b| {
+                    Some(Kept {
+                        id: b.job_id,
+                        completed: crate::dates::parse_rfc3339(b.completed_at.as_deref()?)?,
+                        keep_forever: b.keep_forever,
+                    })
+                })
+                .collect();
+            let kept = keep(
+                &completed,
+                now,
+                config.recovery_window_in_days,
+                config.minimum_backups_kept,
+            );
+            let expired: Vec<i64> = completed.iter().map(|b| b.id).filter(|id| !kept.contains(id)).collect();
+            if expired.is_empty() {
+                continue;
+            }
+            let day = now.date();
+            let origin = crate::job::Origin {
+                user: crate::job::SYSTEM.into(),
+                params: serde_json::json!({}),
+                idempotency_key: Some(format!("strongbox-expire:{day}")),
+            };
+            let message = format!(
+                "{} backup(s) outside the {}-day recovery window expire",
+                expired.len(),
+                config.recovery_window_in_days
+            );
+            match self.expire(&d.domain, &d.name, expired, message, &origin).await {
+                Ok(_) | Err(crate::Error::Conflict(_)) => {}
+                Err(e) => tracing::warn!("expiring backups of {}: {e}", d.name),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn history() -> impl Strategy<Value = (Vec<Kept>, u32, u32, i64)> {
+        (
+            prop::collection::vec((0i64..200 * 24, any::<bool>(), 0u8..10), 0..40),
+            1u32..60,
+            0u32..5,
+            0i64..220 * 24,
+        )
+            .prop_map(|(mut raw, days, minimum, now_hours)| {
+                // A deployment runs one job at a time: no two backups complete together.
+                raw.sort_by_key(|r| r.0);
+                raw.dedup_by_key(|r| r.0);
+                let epoch = time::macros::datetime!(2026-01-01 00:00 UTC);
+                let backups = raw
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (hours, forever, rare))| Kept {
+                        id: i as i64 + 1,
+                        completed: epoch + time::Duration::hours(hours),
+                        keep_forever: forever && rare == 0,
+                    })
+                    .collect();
+                (backups, days, minimum, now_hours)
+            })
+    }
+
+    proptest! {
+        /// With what is kept every moment of the window still recovers from
+        /// the backup it had before (the newest completed by then); every
+        /// `keepForever` backup and the newest `minimum` stay; and nothing
+        /// else is kept that no moment of the window needs.
+        #[test]
+        fn keeps_exactly_what_the_window_needs((backups, days, minimum, now_hours) in history()) {
+            let now = time::macros::datetime!(2026-01-01 00:00 UTC) + time::Duration::hours(now_hours);
+            let backups: Vec<Kept> = backups.into_iter().filter(|b| b.completed <= now).collect();
+            let kept = keep(&backups, now, days, minimum);
+            let window_start = now - time::Duration::days(days as i64);
+            let newest_by = |set: &[&Kept], t: OffsetDateTime| {
+                set.iter().filter(|b| b.completed <= t).max_by_key(|b| (b.completed, b.id)).map(|b| b.id)
+            };
+            let all: Vec<&Kept> = backups.iter().collect();
+            let left: Vec<&Kept> = backups.iter().filter(|b| kept.contains(&b.id)).collect();
+            // The moments where what recovers can change: the window's start
+            // and each backup's completion inside it.
+            let moments: Vec<OffsetDateTime> = std::iter::once(window_start)
+                .chain(all.iter().map(|b| b.completed).filter(|t| *t >= window_start))
+                .collect();
+            for t in &moments {
+                prop_assert_eq!(newest_by(&left, *t), newest_by(&all, *t), "moment {}", t);
+            }
+            let mut newest: Vec<&Kept> = all.clone();
+            newest.sort_by_key(|b| std::cmp::Reverse((b.completed, b.id)));
+            for b in &left {
+                if b.keep_forever || newest.iter().take(minimum as usize).any(|n| n.id == b.id) {
+                    continue;
+                }
+                // Without it, some moment of the window would recover from another backup.
+                let without: Vec<&Kept> = left.iter().copied().filter(|o| o.id != b.id).collect();
+                prop_assert!(
+                    moments.iter().any(|t| newest_by(&without, *t) != newest_by(&left, *t)),
+                    "backup {:?} is kept but no moment of the window needs it", b
+                );
+            }
+            for b in &backups {
+                if b.keep_forever {
+                    prop_assert!(kept.contains(&b.id));
+                }
+            }
+            prop_assert!(newest.iter().take(minimum as usize).all(|n| kept.contains(&n.id)));
+        }
+    }
+}
