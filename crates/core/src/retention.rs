@@ -1,6 +1,6 @@
 //! Which backups a recovery window needs. Kept: every `keepForever`
 //! backup, the newest `minimum` ones, every backup completed inside the
-//! window, and the newest one completed before the window began (a point
+//! window, and the newest one completed by the time the window began (a point
 //! at the window's start recovers from it, by replaying archived WAL for
 //! engines that have it). Everything else may expire.
 
@@ -24,7 +24,8 @@ pub fn keep(backups: &[Kept], now: OffsetDateTime, window_days: u32, minimum: u3
     let mut kept: BTreeSet<i64> = by_time.iter().filter(|b| b.keep_forever).map(|b| b.id).collect();
     kept.extend(by_time.iter().rev().take(minimum as usize).map(|b| b.id));
     kept.extend(by_time.iter().filter(|b| b.completed >= window_start).map(|b| b.id));
-    if let Some(before) = by_time.iter().rev().find(|b| b.completed < window_start) {
+    // The newest completed by the window's start: its first moment recovers from it.
+    if let Some(before) = by_time.iter().rev().find(|b| b.completed <= window_start) {
         kept.insert(before.id);
     }
     kept
