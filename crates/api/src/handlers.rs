@@ -149,6 +149,7 @@ fn backup_item(b: &Backup) -> wire::BackupItem {
         stored_bytes: done.and(b.stored_bytes),
         scn: position.as_ref().map(|p| p.stop_lsn.to_string()),
         timeline: position.map(|p| p.timeline),
+        expires_at: None,
     }
 }
 
@@ -170,8 +171,13 @@ pub async fn list_backups(
     }): Path<wire::ServicePath>,
 ) -> Result<Json<wire::BackupList>, ApiError> {
     let backups = state.service.backup_list(&domain, &service).await?;
+    let expiry = state.service.backup_expiry(&domain, &service).await?;
+    let item = |b: &Backup| wire::BackupItem {
+        expires_at: expiry.get(&b.job_id).map(|t| strongbox_core::dates::api_date(*t)),
+        ..backup_item(b)
+    };
     Ok(Json(wire::BackupList {
-        backup_list: backups.iter().map(backup_item).collect(),
+        backup_list: backups.iter().map(item).collect(),
     }))
 }
 

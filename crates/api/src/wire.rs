@@ -33,6 +33,11 @@ pub struct BackupItem {
     /// Strongbox: the timeline the base backup was taken on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeline: Option<u32>,
+    /// Strongbox: when the recovery window lets this backup go (if no
+    /// backup is added); absent for `keepForever` ones and the newest
+    /// `minimumBackupsKept`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -31,6 +31,23 @@ pub fn keep(backups: &[Kept], now: OffsetDateTime, window_days: u32, minimum: u3
     kept
 }
 
+/// When each backup expires if no backup is added: the next newer one's
+/// completion plus the window (from then on a newer backup covers the
+/// window's first moment). Absent for backups kept forever and for the
+/// newest `minimum` (only newer backups can make those expire).
+pub fn expiry(backups: &[Kept], window_days: u32, minimum: u32) -> std::collections::BTreeMap<i64, OffsetDateTime> {
+    let mut by_time: Vec<&Kept> = backups.iter().collect();
+    by_time.sort_by_key(|b| (b.completed, b.id));
+    let protected = by_time.len().saturating_sub(minimum as usize);
+    by_time
+        .iter()
+        .zip(by_time.iter().skip(1))
+        .take(protected)
+        .filter(|(b, _)| !b.keep_forever)
+        .map(|(b, next)| (b.id, next.completed + time::Duration::days(window_days as i64)))
+        .collect()
+}
+
 impl crate::Service {
     /// Deletes one backup (by its `dbTag`) as an `expire` job: refused for
     /// one kept forever unless `force`, and while any other job of the
@@ -84,27 +101,46 @@ impl crate::Service {
         .await
     }
 
+    /// The completed backups of a deployment, as the rule sees them.
+    async fn completed(&self, domain: &str, deployment: &str) -> crate::Result<Vec<Kept>> {
+        Ok(self
+            .catalog
+            .backups(domain, deployment)
+            .await?
+            .iter()
+            .filter(|b| b.status == strongbox_catalog::BackupStatus::Completed)
+            .filter_map(|b| {
+                Some(Kept {
+                    id: b.job_id,
+                    completed: crate::dates::parse_rfc3339(b.completed_at.as_deref()?)?,
+                    keep_forever: b.keep_forever,
+                })
+            })
+            .collect())
+    }
+
+    /// When each completed backup of a deployment expires, as `expiry` says.
+    pub async fn backup_expiry(
+        &self,
+        domain: &str,
+        deployment: &str,
+    ) -> crate::Result<std::collections::BTreeMap<i64, OffsetDateTime>> {
+        let config = self.backup_config(domain, deployment).await?;
+        let completed = self.completed(domain, deployment).await?;
+        Ok(expiry(
+            &completed,
+            config.recovery_window_in_days,
+            config.minimum_backups_kept,
+        ))
+    }
+
     /// Queues, once a day per deployment, an `expire` job for the
     /// completed backups its recovery window no longer needs.
     pub async fn run_retention(&self) -> crate::Result<()> {
-        use strongbox_catalog::BackupStatus;
         let now = self.clock.now();
         for d in self.catalog.all_deployments().await? {
             let config = crate::schedule::BackupConfig::of(&d)?;
-            let completed: Vec<Kept> = self
-                .catalog
-                .backups(&d.domain, &d.name)
-                .await?
-                .iter()
-                .filter(|b| b.status == BackupStatus::Completed)
-                .filter_map(|b| {
-                    Some(Kept {
-                        id: b.job_id,
-                        completed: crate::dates::parse_rfc3339(b.completed_at.as_deref()?)?,
-                        keep_forever: b.keep_forever,
-                    })
-                })
-                .collect();
+            let completed = self.completed(&d.domain, &d.name).await?;
             let kept = keep(
                 &completed,
                 now,
@@ -209,6 +245,21 @@ mod tests {
                 }
             }
             prop_assert!(newest.iter().take(minimum as usize).all(|n| kept.contains(&n.id)));
+
+            // Each backup's expiry is the moment the rule stops keeping it
+            // (no backup added); one without expiry is kept from now on.
+            let expiry = expiry(&backups, days, minimum);
+            for b in &backups {
+                let later = now + time::Duration::days(400);
+                match expiry.get(&b.id) {
+                    Some(at) => {
+                        let before = (*at - time::Duration::SECOND).max(b.completed);
+                        prop_assert!(keep(&backups, before, days, minimum).contains(&b.id), "{:?} before {}", b, at);
+                        prop_assert!(!keep(&backups, *at, days, minimum).contains(&b.id), "{:?} at {}", b, at);
+                    }
+                    None => prop_assert!(keep(&backups, later, days, minimum).contains(&b.id), "{:?}", b),
+                }
+            }
         }
     }
 }

@@ -268,6 +268,19 @@ fn backups_outside_the_recovery_window_expire_and_deletion_keeps_its_rules() {
         "all inside the window or needed at its start"
     );
 
+    // Each goes when the next one reaches the window's start: day 1 on
+    // day 5, day 2 on day 6; kept forever and the newest (the minimum), never.
+    let expiry: Vec<serde_json::Value> = backups(&s).iter().map(|b| b["expiresAt"].clone()).collect();
+    assert_eq!(
+        expiry,
+        [
+            serde_json::Value::Null,
+            serde_json::json!("06-Jan-2026 00:00:00 UTC"),
+            serde_json::json!("05-Jan-2026 00:00:00 UTC"),
+            serde_json::Value::Null
+        ]
+    );
+
     // Two days on: day 1 and day 2 left the window; day 3 is the newest
     // before its start (and the minimum), the first is kept forever.
     set_clock(dir.path(), "2026-01-06T00:00:30Z");
