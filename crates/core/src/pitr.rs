@@ -29,8 +29,8 @@ pub const WAL_ARCHIVE_LABEL: &str = "wal_archive";
 /// How long planning waits for the server to say whether it answers.
 const PROBE_WAIT: Duration = Duration::from_secs(10);
 
-/// What the API stores for the worker: the target, and what it means in
-/// words for the job's activity log.
+/// What planning decided: the target, and what it means in words for the
+/// job's activity log (both go into the recovery job's spec).
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct RecoveryPlan {
     pub target: RecoveryTarget,
