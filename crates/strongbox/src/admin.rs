@@ -44,6 +44,27 @@ enum Verb {
         #[arg(long)]
         connection: String,
     },
+    /// Change a deployment's backup configuration (what is not given stays).
+    Config {
+        deployment: String,
+        #[arg(long)]
+        domain: String,
+        /// Back up on the schedule: true or false.
+        #[arg(long)]
+        auto_backup: Option<bool>,
+        /// A daily UTC window, e.g. 02:00-04:00.
+        #[arg(long)]
+        window: Option<String>,
+        /// A cron expression (UTC), e.g. "0 2 * * *".
+        #[arg(long)]
+        cron: Option<String>,
+        /// 1 to 365.
+        #[arg(long)]
+        recovery_window_days: Option<i64>,
+        /// 0 to 1000.
+        #[arg(long)]
+        minimum_backups_kept: Option<i64>,
+    },
 }
 
 pub async fn run(args: AdminArgs) -> Result<()> {
@@ -77,6 +98,27 @@ pub async fn run(args: AdminArgs) -> Result<()> {
                 .register_deployment(&domain, &name, engine, connection)
                 .await?;
             println!("deployment {name} registered in identity domain {domain}");
+        }
+        Verb::Config {
+            deployment,
+            domain,
+            auto_backup,
+            window,
+            cron,
+            recovery_window_days,
+            minimum_backups_kept,
+        } => {
+            let change = strongbox_core::schedule::ConfigChange {
+                auto_backup_enabled: auto_backup,
+                window,
+                cron,
+                recovery_window_in_days: recovery_window_days,
+                minimum_backups_kept,
+            };
+            let c = Service::new(Arc::new(catalog))
+                .change_backup_config(&domain, &deployment, &change)
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&c)?);
         }
     }
     Ok(())

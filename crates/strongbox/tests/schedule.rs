@@ -165,6 +165,26 @@ fn bad_configurations_are_refused_and_domains_keep_their_own() {
         (&serde_json::json!("0 */6 * * *"), &serde_json::json!(7))
     );
 
+    // The same from the command line, on the server's data directory.
+    let admin = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_strongbox"))
+            .args(["admin", "config", "db12c", "--domain", "usexample"])
+            .args(args)
+            .env("STRONGBOX_DATA_DIR", dir.path().join("data"))
+            .output()
+            .unwrap()
+    };
+    let out = admin(&["--recovery-window-days", "400"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("recoveryWindowInDays must be 1 to 365"));
+    let out = admin(&["--recovery-window-days", "7", "--window", "01:00-02:00"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, v) = s.json(&[s.url(CONFIG).as_str()]);
+    assert_eq!(
+        (&v["autoBackupWindow"], &v["cron"]),
+        (&serde_json::json!("01:00-02:00"), &serde_json::Value::Null)
+    );
+
     // The same deployment name in another identity domain is another deployment.
     add_user(dir.path(), "ida", "idcs-77", "admin");
     let ida = [
