@@ -171,9 +171,8 @@ pub async fn list_backups(
     }): Path<wire::ServicePath>,
 ) -> Result<Json<wire::BackupList>, ApiError> {
     let backups = state.service.backup_list(&domain, &service).await?;
-    let expiry = state.service.backup_expiry(&domain, &service).await?;
-    let item = |b: &Backup| wire::BackupItem {
-        expires_at: expiry.get(&b.job_id).map(|t| strongbox_core::dates::api_date(*t)),
+    let item = |(b, expires): &(Backup, Option<time::OffsetDateTime>)| wire::BackupItem {
+        expires_at: expires.map(strongbox_core::dates::api_date),
         ..backup_item(b)
     };
     Ok(Json(wire::BackupList {

@@ -59,15 +59,6 @@ impl Operation {
             Operation::Expire => "expire",
         }
     }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "backup" => Some(Operation::Backup),
-            "recovery" => Some(Operation::Recovery),
-            "expire" => Some(Operation::Expire),
-            _ => None,
-        }
-    }
 }
 
 impl JobSpec {
@@ -121,6 +112,18 @@ pub struct Origin {
     pub idempotency_key: Option<String>,
 }
 
+impl Origin {
+    /// The server itself (the scheduler), under a key that makes the job
+    /// once-only across servers.
+    pub fn system(key: String) -> Origin {
+        Origin {
+            user: SYSTEM.into(),
+            params: serde_json::json!({}),
+            idempotency_key: Some(key),
+        }
+    }
+}
+
 impl Service {
     /// Queues `spec` for a deployment: the one place jobs are created.
     /// A second job while one is active is a `Conflict`.
@@ -145,7 +148,7 @@ impl Service {
         };
         // Backup tags are per second and unique; a backup within the same
         // second as another takes the next free second.
-        let mut tag_time = self.clock.now();
+        let mut tag_time = job.at;
         let started = loop {
             let (record, message) = record(&db_tag(tag_time));
             match self.catalog.create_job(&job, &record, &message).await {

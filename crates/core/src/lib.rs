@@ -94,10 +94,16 @@ impl Service {
     }
 
     /// The backups a list shows, newest first: completed ones, the one in
-    /// progress, and only the most recent failure (as DBCS lists them).
-    pub async fn backup_list(&self, domain: &str, deployment: &str) -> Result<Vec<Backup>> {
-        self.deployment(domain, deployment).await?;
+    /// progress, and only the most recent failure (as DBCS lists them);
+    /// each with when its recovery window lets it go (`retention::expiry`).
+    pub async fn backup_list(&self, domain: &str, deployment: &str) -> Result<Vec<(Backup, Option<OffsetDateTime>)>> {
+        let config = schedule::BackupConfig::of(&self.deployment(domain, deployment).await?)?;
         let backups = self.catalog.backups(domain, deployment).await?;
+        let expiry = retention::expiry(
+            &retention::completed(&backups),
+            config.recovery_window_in_days,
+            config.minimum_backups_kept,
+        );
         let last_failed = backups
             .iter()
             .filter(|b| b.status == BackupStatus::Failed)
@@ -108,6 +114,10 @@ impl Service {
             .rev()
             .filter(|b| b.status != BackupStatus::Deleted)
             .filter(|b| b.status != BackupStatus::Failed || Some(b.job_id) == last_failed)
+            .map(|b| {
+                let expires = expiry.get(&b.job_id).copied();
+                (b, expires)
+            })
             .collect())
     }
 

@@ -101,74 +101,51 @@ impl crate::Service {
         .await
     }
 
-    /// The completed backups of a deployment, as the rule sees them.
-    async fn completed(&self, domain: &str, deployment: &str) -> crate::Result<Vec<Kept>> {
-        Ok(self
-            .catalog
-            .backups(domain, deployment)
-            .await?
-            .iter()
-            .filter(|b| b.status == strongbox_catalog::BackupStatus::Completed)
-            .filter_map(|b| {
-                Some(Kept {
-                    id: b.job_id,
-                    completed: crate::dates::parse_rfc3339(b.completed_at.as_deref()?)?,
-                    keep_forever: b.keep_forever,
-                })
-            })
-            .collect())
-    }
-
-    /// When each completed backup of a deployment expires, as `expiry` says.
-    pub async fn backup_expiry(
+    /// Queues (once a day) an `expire` job for the completed backups of `d`
+    /// its recovery window no longer needs.
+    pub(crate) async fn expire_unneeded(
         &self,
-        domain: &str,
-        deployment: &str,
-    ) -> crate::Result<std::collections::BTreeMap<i64, OffsetDateTime>> {
-        let config = self.backup_config(domain, deployment).await?;
-        let completed = self.completed(domain, deployment).await?;
-        Ok(expiry(
+        d: &strongbox_catalog::Deployment,
+        config: &crate::schedule::BackupConfig,
+        now: OffsetDateTime,
+    ) -> crate::Result<()> {
+        let completed = completed(&self.catalog.backups(&d.domain, &d.name).await?);
+        let kept = keep(
             &completed,
+            now,
             config.recovery_window_in_days,
             config.minimum_backups_kept,
-        ))
-    }
-
-    /// Queues, once a day per deployment, an `expire` job for the
-    /// completed backups its recovery window no longer needs.
-    pub async fn run_retention(&self) -> crate::Result<()> {
-        let now = self.clock.now();
-        for d in self.catalog.all_deployments().await? {
-            let config = crate::schedule::BackupConfig::of(&d)?;
-            let completed = self.completed(&d.domain, &d.name).await?;
-            let kept = keep(
-                &completed,
-                now,
-                config.recovery_window_in_days,
-                config.minimum_backups_kept,
-            );
-            let expired: Vec<i64> = completed.iter().map(|b| b.id).filter(|id| !kept.contains(id)).collect();
-            if expired.is_empty() {
-                continue;
-            }
-            let day = now.date();
-            let origin = crate::job::Origin {
-                user: crate::job::SYSTEM.into(),
-                params: serde_json::json!({}),
-                idempotency_key: Some(format!("strongbox-expire:{day}")),
-            };
-            let message = format!(
-                "{} backup(s) outside the {}-day recovery window expire",
-                expired.len(),
-                config.recovery_window_in_days
-            );
-            match self.expire(&d.domain, &d.name, expired, message, &origin).await {
-                Ok(_) | Err(crate::Error::Conflict(_)) => {}
-                Err(e) => tracing::warn!("expiring backups of {}: {e}", d.name),
-            }
+        );
+        let expired: Vec<i64> = completed.iter().map(|b| b.id).filter(|id| !kept.contains(id)).collect();
+        if expired.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let origin = crate::job::Origin::system(format!("strongbox-expire:{}", now.date()));
+        let message = format!(
+            "{} backup(s) outside the {}-day recovery window expire",
+            expired.len(),
+            config.recovery_window_in_days
+        );
+        match self.expire(&d.domain, &d.name, expired, message, &origin).await {
+            Ok(_) | Err(crate::Error::Conflict(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
+}
+
+/// The completed backups among `backups`, as the rule sees them.
+pub(crate) fn completed(backups: &[strongbox_catalog::Backup]) -> Vec<Kept> {
+    backups
+        .iter()
+        .filter(|b| b.status == strongbox_catalog::BackupStatus::Completed)
+        .filter_map(|b| {
+            Some(Kept {
+                id: b.job_id,
+                completed: crate::dates::parse_rfc3339(b.completed_at.as_deref()?)?,
+                keep_forever: b.keep_forever,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -249,8 +249,10 @@ impl Service {
         Ok(changed)
     }
 
-    /// Queues every scheduled backup that is due now and not yet queued. A
-    /// deployment busy with another job is looked at again on the next round.
+    /// One round of the scheduler over every deployment: queues the
+    /// scheduled backup that is due and not yet queued, and an `expire` job
+    /// for what the recovery window no longer needs. A deployment busy with
+    /// another job is looked at again on the next round.
     pub async fn run_schedule(&self) -> Result<()> {
         let now = self.clock.now();
         for d in self.catalog.all_deployments().await? {
@@ -261,36 +263,38 @@ impl Service {
                     continue;
                 }
             };
-            let Some(period) = config.due(now) else {
-                continue;
-            };
-            let period = crate::dates::rfc3339(period);
-            let origin = Origin {
-                user: crate::job::SYSTEM.into(),
-                params: serde_json::json!({}),
-                // Unique per deployment: one job per period, across servers.
-                idempotency_key: Some(format!("strongbox-schedule:{period}")),
-            };
-            match self
-                .start_backup(&d.domain, &d.name, false, Trigger::Schedule { period }, &origin)
-                .await
-            {
-                Ok(_) | Err(Error::Conflict(_)) => {}
-                Err(e) => tracing::warn!("scheduled backup of {}: {e}", d.name),
+            if let Err(e) = self.backup_if_due(&d, &config, now).await {
+                tracing::warn!("scheduled backup of {}: {e}", d.name);
+            }
+            if let Err(e) = self.expire_unneeded(&d, &config, now).await {
+                tracing::warn!("expiring backups of {}: {e}", d.name);
             }
         }
         Ok(())
     }
+
+    async fn backup_if_due(&self, d: &Deployment, config: &BackupConfig, now: OffsetDateTime) -> Result<()> {
+        let Some(period) = config.due(now) else {
+            return Ok(());
+        };
+        let period = crate::dates::rfc3339(period);
+        // Unique per deployment: one job per period, across servers.
+        let origin = Origin::system(format!("strongbox-schedule:{period}"));
+        match self
+            .start_backup(&d.domain, &d.name, false, Trigger::Schedule { period }, &origin)
+            .await
+        {
+            Ok(_) | Err(Error::Conflict(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
 }
 
-/// Looks for due backups, and backups to expire, every `every`, forever.
+/// Runs a scheduler round every `every`, forever.
 pub async fn scheduler(service: Arc<Service>, every: Duration) {
     loop {
         if let Err(e) = service.run_schedule().await {
-            tracing::warn!("scheduling backups: {e}");
-        }
-        if let Err(e) = service.run_retention().await {
-            tracing::warn!("expiring backups: {e}");
+            tracing::warn!("scheduling: {e}");
         }
         tokio::time::sleep(every).await;
     }

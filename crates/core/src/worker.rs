@@ -41,8 +41,7 @@ pub async fn worker(service: Arc<Service>, setup: WorkerSetup) {
     loop {
         match service.catalog.lease_job(&setup.owner, setup.lease).await {
             Ok(Some(job)) => {
-                let mut end = run(&service, &setup, &job).await;
-                end.at = service.clock.now();
+                let end = run(&service, &setup, &job).await;
                 match service.catalog.finish_job(job.id, &setup.owner, &end).await {
                     Ok(true) => {}
                     Ok(false) => tracing::warn!("job {}: lease lost before its outcome was recorded", job.id),
@@ -63,23 +62,17 @@ pub async fn worker(service: Arc<Service>, setup: WorkerSetup) {
     }
 }
 
-/// An outcome; its time is set when it is recorded.
-fn ended(succeeded: bool, message: String) -> JobEnd {
-    JobEnd {
-        at: time::OffsetDateTime::UNIX_EPOCH,
+/// Runs a leased job to its end, as it is to be recorded.
+async fn run(service: &Arc<Service>, setup: &WorkerSetup, job: &Job) -> JobEnd {
+    // An outcome, at the moment it is reached (the service's clock).
+    let ended = |succeeded: bool, message: String| JobEnd {
+        at: service.clock.now(),
         succeeded,
         message,
         backup: None,
         reached: None,
-    }
-}
-
-fn failed(message: String) -> JobEnd {
-    ended(false, message)
-}
-
-/// Runs a leased job to its end, as it is to be recorded.
-async fn run(service: &Arc<Service>, setup: &WorkerSetup, job: &Job) -> JobEnd {
+    };
+    let failed = |message: String| ended(false, message);
     if job.attempts > MAX_ATTEMPTS {
         return failed(format!(
             "failed: the worker stopped responding {MAX_ATTEMPTS} times; giving up"
