@@ -454,7 +454,7 @@ pub async fn instance_detail(
         }
     });
     let mut body = instance(&state, &d, pitr);
-    let config = strongbox_core::schedule::BackupConfig::of(&d)?;
+    let config = state.service.config_of(&d)?;
     body.backup_config = Some(config_body(&config, state.service.clock.now()));
     body.last_backup = state
         .service

@@ -40,6 +40,8 @@ pub struct Service {
     /// Wakes idle workers when a job is queued (they also poll the catalog).
     pub queued: Arc<tokio::sync::Notify>,
     pub clock: Arc<dyn Clock>,
+    /// The backup configuration of deployments that have none of their own.
+    pub backup_defaults: schedule::BackupConfig,
 }
 
 impl Service {
@@ -49,6 +51,7 @@ impl Service {
             wal: None,
             queued: Arc::default(),
             clock: Arc::new(SystemClock),
+            backup_defaults: schedule::BackupConfig::default(),
         }
     }
 
@@ -97,7 +100,7 @@ impl Service {
     /// progress, and only the most recent failure (as DBCS lists them);
     /// each with when its recovery window lets it go (`retention::expiry`).
     pub async fn backup_list(&self, domain: &str, deployment: &str) -> Result<Vec<(Backup, Option<OffsetDateTime>)>> {
-        let config = schedule::BackupConfig::of(&self.deployment(domain, deployment).await?)?;
+        let config = self.backup_config(domain, deployment).await?;
         let backups = self.catalog.backups(domain, deployment).await?;
         let expiry = retention::expiry(
             &retention::completed(&backups),

@@ -6,7 +6,7 @@
 //! the catalog's base backup positions and recoveries, the archive's
 //! listing and timeline histories, and whether the server answers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use strongbox_catalog::{Backup, Deployment};
 use strongbox_engines::pitr::{Archived, BasePosition, Goal, History, Live, Pitr, Reach, Reached, Unreachable};
-use strongbox_engines::{Engine, RecoveryTarget};
+use strongbox_engines::{Engine, RecoveryTarget, WalArchive};
 use strongbox_repo::Repository;
 use time::OffsetDateTime;
 use tokio::runtime::Handle;
@@ -122,7 +122,7 @@ pub struct DeploymentWal {
     runtime: Handle,
 }
 
-impl strongbox_engines::WalArchive for DeploymentWal {
+impl WalArchive for DeploymentWal {
     fn restore_command(&self) -> String {
         self.restore_command.clone()
     }
@@ -222,6 +222,18 @@ impl Service {
     }
 }
 
+impl Service {
+    /// The WAL files of the deployment's archive that retention keeps
+    /// though they are older than every base backup (`PitrState::checked_wal`).
+    pub async fn wal_planning_reads(&self, d: &Deployment) -> Result<BTreeSet<String>, Error> {
+        let usable = self.usable_backups(&d.domain, &d.name).await?;
+        match self.pitr_state(d, &usable, false).await? {
+            Some(state) => state.checked_wal().await,
+            None => Ok(BTreeSet::new()),
+        }
+    }
+}
+
 /// A deployment's point-in-time recovery as `GET …/{serviceId}` shows it.
 #[derive(Clone, Debug)]
 pub struct PitrStatus {
@@ -288,7 +300,7 @@ impl PitrState {
         timeline: Option<u32>,
     ) -> Result<Result<(Backup, RecoveryPlan), Unreachable>, Error> {
         tokio::task::spawn_blocking(move || {
-            let point_in_time = self.engine.point_in_time().expect("checked in `of`");
+            let point_in_time = self.engine.point_in_time().expect("checked in `pitr_state`");
             let scratch = self.wal.archives.scratch.clone();
             let mut first_commit = |h: &History, from| {
                 point_in_time
@@ -308,6 +320,59 @@ impl PitrState {
         })
         .await
         .map_err(|e| Error::internal(format!("planning the recovery: {e}")))
+    }
+
+    /// The archived WAL files older than every base backup that planning
+    /// still reads: where timelines live in the recoverable range part, it
+    /// checks which of them committed first (`Pitr::checked_stretches`).
+    /// WAL retention keeps these.
+    pub(crate) async fn checked_wal(self) -> Result<BTreeSet<String>, Error> {
+        let (Some(since), Some(before)) = (
+            self.positions.iter().map(|p| p.stop_time).min(),
+            self.positions.iter().map(|p| p.start_lsn).min(),
+        ) else {
+            return Ok(BTreeSet::new());
+        };
+        tokio::task::spawn_blocking(move || {
+            let point_in_time = self.engine.point_in_time().expect("checked in `pitr_state`");
+            let scratch = self.wal.archives.scratch.clone();
+            let reading = Reading {
+                wal: &self.wal,
+                read: Mutex::default(),
+            };
+            for (history, from) in self.pitr().checked_stretches(since, before) {
+                // Only what the scan reads matters here, not what it finds:
+                // a scan that fails found its WAL gone already.
+                let _ = point_in_time.first_commit_after(&reading, &history, from, self.segment_size, &scratch);
+            }
+            reading.read.into_inner().expect("read files")
+        })
+        .await
+        .map_err(|e| Error::internal(format!("finding the WAL planning reads: {e}")))
+    }
+}
+
+/// A WAL archive that notes which files were fetched from it.
+struct Reading<'a> {
+    wal: &'a DeploymentWal,
+    read: Mutex<BTreeSet<String>>,
+}
+
+impl WalArchive for Reading<'_> {
+    fn restore_command(&self) -> String {
+        self.wal.restore_command()
+    }
+
+    fn fetch(&self, name: &str) -> Result<Option<Vec<u8>>, strongbox_engines::Error> {
+        let data = self.wal.fetch(name)?;
+        if data.is_some() {
+            self.read.lock().expect("read files").insert(name.to_string());
+        }
+        Ok(data)
+    }
+
+    fn list(&self) -> Result<Archived, strongbox_engines::Error> {
+        self.wal.list()
     }
 }
 

@@ -60,8 +60,10 @@ pub enum Schedule {
 }
 
 /// What a request to change the configuration may say; what it leaves out
-/// stays as it was.
-#[derive(Clone, Debug, Default)]
+/// stays as it was. (Also the server's `[backup_defaults]`, applied to
+/// `BackupConfig::default()`.)
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ConfigChange {
     pub auto_backup_enabled: Option<bool>,
     pub window: Option<String>,
@@ -156,15 +158,6 @@ impl Schedule {
 }
 
 impl BackupConfig {
-    /// The configuration stored for a deployment (the defaults if none).
-    pub fn of(d: &Deployment) -> Result<BackupConfig> {
-        match &d.backup_config {
-            None => Ok(BackupConfig::default()),
-            Some(v) => serde_json::from_value(v.clone())
-                .map_err(|e| Error::Internal(format!("{}'s stored backup configuration is unreadable: {e}", d.name))),
-        }
-    }
-
     /// This configuration changed as asked, checked; `now` starts a
     /// schedule switched on.
     pub fn changed(&self, change: &ConfigChange, now: OffsetDateTime) -> Result<BackupConfig> {
@@ -228,8 +221,18 @@ impl BackupConfig {
 }
 
 impl Service {
+    /// The configuration stored for a deployment; the server's defaults
+    /// (`backup_defaults`) if none is.
+    pub fn config_of(&self, d: &Deployment) -> Result<BackupConfig> {
+        match &d.backup_config {
+            None => Ok(self.backup_defaults.clone()),
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| Error::Internal(format!("{}'s stored backup configuration is unreadable: {e}", d.name))),
+        }
+    }
+
     pub async fn backup_config(&self, domain: &str, deployment: &str) -> Result<BackupConfig> {
-        BackupConfig::of(&self.deployment(domain, deployment).await?)
+        self.config_of(&self.deployment(domain, deployment).await?)
     }
 
     pub async fn change_backup_config(
@@ -256,7 +259,7 @@ impl Service {
     pub async fn run_schedule(&self) -> Result<()> {
         let now = self.clock.now();
         for d in self.catalog.all_deployments().await? {
-            let config = match BackupConfig::of(&d) {
+            let config = match self.config_of(&d) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!("{e}");

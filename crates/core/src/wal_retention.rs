@@ -1,11 +1,11 @@
 //! WAL archives against the base backups that replay from them: `check`
 //! verifies that each base backup's WAL is archived without a gap from its
-//! start on, and `prune` deletes WAL older than the oldest kept base backup
-//! of each archive. A base backup is a snapshot labelled with the archive
+//! start on, and `prune` deletes WAL older than an archive's oldest kept
+//! base backup, but for what planning still reads. A base backup is a snapshot labelled with the archive
 //! it replays from (`wal_archive`, set by the server for `postgresql`
 //! deployments) whose `backup_label` says where its replay starts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result};
 use strongbox_engines::pitr::{self, Archived, BasePosition, History, segment_number};
@@ -87,29 +87,29 @@ pub async fn check(repo: &Repository) -> Result<(usize, Vec<String>)> {
     Ok((bases.len(), problems))
 }
 
-/// Deletes, in each archive, the WAL files (segments, partial segments,
-/// backup histories) before the start of its oldest base backup; timeline
-/// histories stay. Returns how many were deleted per archive.
-pub async fn prune(repo: &Repository) -> Result<BTreeMap<String, usize>> {
-    let mut oldest: BTreeMap<String, BasePosition> = BTreeMap::new();
-    for b in bases(repo).await? {
-        let keep = oldest.entry(b.archive).or_insert_with(|| b.position.clone());
-        if b.position.start_lsn < keep.start_lsn {
-            *keep = b.position;
-        }
-    }
-    let mut removed = BTreeMap::new();
-    for (archive, base) in oldest {
-        let first = base.start_lsn.0 / base.segment_size;
-        let doomed: Vec<String> = repo
-            .wal_list(&archive)
-            .await?
-            .into_iter()
-            .filter(|f| segment_number(&f.name, base.segment_size).is_some_and(|n| n < first))
-            .map(|f| f.name)
-            .collect();
-        repo.wal_remove(&archive, &doomed).await?;
-        removed.insert(archive, doomed.len());
-    }
-    Ok(removed)
+/// Deletes the WAL files (segments, partial segments, backup histories)
+/// of `archive` before the start of its oldest base backup, except those in
+/// `keep` (what planning still reads: `Service::wal_planning_reads`);
+/// timeline histories stay. Returns how many were deleted.
+pub async fn prune(repo: &Repository, archive: &str, keep: &BTreeSet<String>) -> Result<usize> {
+    let Some(oldest) = bases(repo)
+        .await?
+        .into_iter()
+        .filter(|b| b.archive == archive)
+        .map(|b| b.position)
+        .min_by_key(|p| p.start_lsn)
+    else {
+        return Ok(0);
+    };
+    let first = oldest.start_lsn.0 / oldest.segment_size;
+    let doomed: Vec<String> = repo
+        .wal_list(archive)
+        .await?
+        .into_iter()
+        .filter(|f| segment_number(&f.name, oldest.segment_size).is_some_and(|n| n < first))
+        .filter(|f| !keep.contains(&f.name))
+        .map(|f| f.name)
+        .collect();
+    repo.wal_remove(archive, &doomed).await?;
+    Ok(doomed.len())
 }

@@ -226,7 +226,14 @@ impl Worker {
             .log(job.id, format!("forgot {}; pruning the repository", tags.join(", ")))
             .await;
         let pruned = self.setup.repo.prune(&Default::default()).await?;
-        let wal: usize = crate::wal_retention::prune(&self.setup.repo).await?.values().sum();
+        let wal = match self.service.catalog.deployment(&job.domain, &job.deployment).await? {
+            Some(d) => {
+                let keep = self.service.wal_planning_reads(&d).await?;
+                let archive = WalArchives::archive(&d.domain, &d.name);
+                crate::wal_retention::prune(&self.setup.repo, &archive, &keep).await?
+            }
+            None => 0,
+        };
         Ok(format!(
             "{} backup(s) deleted ({}); {} bytes in {} packs deleted, {} packs repacked; {wal} WAL file(s) no base \
              backup needs deleted",

@@ -14,6 +14,10 @@ pub struct AdminArgs {
     /// The server's data directory.
     #[arg(long, env = "STRONGBOX_DATA_DIR", default_value = "strongbox-data", global = true)]
     data_dir: PathBuf,
+    /// The server's TOML config file: its `[backup_defaults]` are what a
+    /// deployment without a configuration of its own has.
+    #[arg(long, env = "STRONGBOX_CONFIG", global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     verb: Verb,
 }
@@ -115,9 +119,9 @@ pub async fn run(args: AdminArgs) -> Result<()> {
                 recovery_window_in_days: recovery_window_days,
                 minimum_backups_kept,
             };
-            let c = Service::new(Arc::new(catalog))
-                .change_backup_config(&domain, &deployment, &change)
-                .await?;
+            let mut service = Service::new(Arc::new(catalog));
+            service.backup_defaults = crate::serve::Config::read(args.config.as_deref())?.backup_defaults()?;
+            let c = service.change_backup_config(&domain, &deployment, &change).await?;
             println!("{}", serde_json::to_string_pretty(&c)?);
         }
     }

@@ -435,9 +435,8 @@ pub async fn run(args: RepoArgs) -> Result<ExitCode> {
             }
             let report = repo.prune(&PruneOptions { repack_below }).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
-            for (archive, removed) in strongbox_core::wal_retention::prune(&repo).await? {
-                println!("WAL archive {archive}: {removed} files older than its oldest base backup deleted");
-            }
+            // WAL is pruned by the server's expire jobs, which know the
+            // timelines and what planning recoveries still reads.
         }
         Verb::WalPush { path, archive } => {
             let archive = &archive.archive;

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use strongbox_catalog::{Catalog, Role, SqliteCatalog};
 use strongbox_core::Service;
 use strongbox_core::pitr::WalArchives;
+use strongbox_core::schedule::{BackupConfig, ConfigChange};
 use strongbox_core::worker::{WorkerSetup, worker};
 use strongbox_repo::{Repository, Store};
 
@@ -27,7 +28,7 @@ pub struct ServeArgs {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct Config {
+pub(crate) struct Config {
     listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     repository: Option<String>,
@@ -38,6 +39,31 @@ struct Config {
     retry_after: Option<u64>,
     lease_seconds: Option<u64>,
     schedule_check_ms: Option<u64>,
+    /// The backup configuration of deployments that have none of their
+    /// own: `auto_backup_enabled`, `window` or `cron`,
+    /// `recovery_window_in_days`, `minimum_backups_kept`.
+    #[serde(default)]
+    backup_defaults: ConfigChange,
+}
+
+impl Config {
+    /// The file at `path` (`--config` / STRONGBOX_CONFIG); empty if none.
+    pub(crate) fn read(path: Option<&Path>) -> Result<Config> {
+        match path {
+            Some(p) => toml::from_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+                .with_context(|| format!("parsing {}", p.display())),
+            None => Ok(Config::default()),
+        }
+    }
+
+    /// `[backup_defaults]` over the built-in defaults, checked as a change
+    /// through the API is. Switched on here, automatic backups are on from
+    /// the first period: a deployment's first backup is due at once.
+    pub(crate) fn backup_defaults(&self) -> Result<BackupConfig> {
+        BackupConfig::default()
+            .changed(&self.backup_defaults, time::OffsetDateTime::UNIX_EPOCH)
+            .context("[backup_defaults] in the config file")
+    }
 }
 
 fn env<T: std::str::FromStr>(name: &str) -> Result<Option<T>>
@@ -62,14 +88,12 @@ struct Settings {
     lease: Duration,
     /// How often the scheduler looks for due backups.
     schedule_check: Duration,
+    backup_defaults: BackupConfig,
 }
 
 fn settings(args: &ServeArgs) -> Result<Settings> {
-    let file: Config = match &args.config {
-        Some(p) => toml::from_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
-            .with_context(|| format!("parsing {}", p.display()))?,
-        None => Config::default(),
-    };
+    let file = Config::read(args.config.as_deref())?;
+    let backup_defaults = file.backup_defaults()?;
     let listen = env("STRONGBOX_LISTEN")?
         .or(file.listen)
         .unwrap_or_else(|| "127.0.0.1:8080".parse().unwrap());
@@ -105,6 +129,7 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
                 .unwrap_or(30_000)
                 .max(10),
         ),
+        backup_defaults,
     })
 }
 
@@ -180,6 +205,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     ));
     let mut service = Service::new(catalog.clone());
     service.wal = Some(wal.clone());
+    service.backup_defaults = s.backup_defaults.clone();
     if let Some(path) = std::env::var_os("STRONGBOX_TEST_CLOCK_FILE") {
         service.clock = Arc::new(FileClock(path.into()));
     }

@@ -226,25 +226,25 @@ fn recovery_to_moments_and_scns_holds_exactly_the_rows_committed_by_then() {
     assert!(!ok && text.contains(missing) && text.contains("base backup"), "{text}");
     std::fs::rename(hole.with_extension("away"), &hole).unwrap();
 
-    // Retention: once the first base backup is forgotten, prune deletes the
-    // WAL only it needed and keeps what the second replays.
-    let (_, snapshots) = repo_cli(&["--json", "snapshots"]);
-    let snapshots: Value = serde_json::from_str(&snapshots).unwrap();
-    let first_id = snapshots
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["tags"][0] == first.as_str())
-        .map(|s| s["id"].as_str().unwrap().to_string())
-        .unwrap();
-    assert!(repo_cli(&["forget", &first_id]).0);
-    let (ok, text) = repo_cli(&["prune"]);
-    assert!(ok && text.contains("WAL archive usexample/pg: "), "{text}");
-    assert!(!hole.exists(), "WAL between the two base backups is deleted: {text}");
-    // (Named on timeline 1, where the base backups were taken; the
+    // Retention: once the first base backup is deleted, its expire job
+    // deletes the WAL only it needed, keeps what the second replays, and
+    // keeps where timeline 2 parted from timeline 1 (older than the second
+    // base backup): a moment while timeline 1 was live is checked there
+    // against the current history.
+    // (Files named on timeline 1, where the base backups were taken; the
     // recoveries moved the cluster on.)
-    let after = format!("00000001{}", &segment(&marks[3].lsn)[8..]);
-    assert!(archive.join(after).exists(), "WAL after the second stays");
+    let on_timeline_1 = |lsn: &str| archive.join(format!("00000001{}", &segment(lsn)[8..]));
+    let files = || std::fs::read_dir(&archive).unwrap().count();
+    let (present, parted) = (files(), on_timeline_1(&marks[0].lsn));
+    assert!(parted.exists());
+    let job = s.delete_backup("pg", &first);
+    assert!(files() < present, "WAL is deleted: {job}");
+    assert!(
+        !hole.exists() || hole == parted,
+        "WAL between the two base backups is deleted: {job}"
+    );
+    assert!(parted.exists(), "where timeline 2 parts stays: {job}");
+    assert!(on_timeline_1(&marks[3].lsn).exists(), "WAL after the second stays");
     let (ok, text) = repo_cli(&["check"]);
     assert!(ok && text.contains("WAL of 1 base backups: no errors"), "{text}");
 }

@@ -118,6 +118,14 @@ fn recover_by_latest_tag_and_timestamp_while_a_connection_stays_open() {
     // A backup cannot start while the recovery is queued or running.
     let (status, body) = s.post_backup("big", &[]);
     assert_eq!(status, "HTTP/2 409", "{body}");
+    // Nor can a backup be deleted (its expire job would prune what the
+    // recovery reads).
+    let url = s.url(&format!(
+        "/paas/service/dbcs/api/v1.1/instances/usexample/big/backups/{tag}"
+    ));
+    let (status, _, body) = s.curl(&[&AUTH[..], &["-X", "DELETE", &url]].concat());
+    assert_eq!(status, "HTTP/2 409", "{body}");
+    assert!(body.contains("a recovery of big is already in progress"), "{body}");
     let job = s.wait_for(&location, "Succeeded");
     assert_eq!(job["job_operation"], "recovery");
     assert!(job["message"].as_str().unwrap().contains(tag), "{job}");

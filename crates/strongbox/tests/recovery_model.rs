@@ -4,7 +4,8 @@
 //! `scn` through the API (targets drawn from remembered moments, including
 //! moments before earlier recoveries and on abandoned timelines), restart
 //! PostgreSQL or Strongbox, crash the database, corrupt or delete its
-//! files, and forget and prune backups. A model of the committed rows of
+//! files, and delete backups (expire jobs prune the repository and the WAL
+//! archive). A model of the committed rows of
 //! every timeline predicts, for each recovery request, either exactly the
 //! rows the recovered database must hold or a refusal; each result is
 //! compared with it.
@@ -35,7 +36,6 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value;
 use strongbox_engines::pitr::Lsn;
 use strongbox_testkit::as_postgres;
 use time::OffsetDateTime;
@@ -478,7 +478,9 @@ impl Run {
         self.note(format!("disaster: {what}"));
     }
 
-    fn forget_and_prune(&mut self, rng: &mut Rng) {
+    /// Deletes a backup through the API: its expire job forgets the
+    /// snapshot and prunes the repository and the WAL archive.
+    fn delete_backup(&mut self, rng: &mut Rng) {
         let candidates: Vec<usize> = (0..self.model.bases.len())
             .filter(|i| !self.model.bases[*i].forgotten)
             .collect();
@@ -488,23 +490,9 @@ impl Run {
         // Never the newest.
         let i = candidates[rng.below(candidates.len() - 1)];
         let tag = self.model.bases[i].tag.clone();
-        let out = self.pg.s.repo_cli(&["--json", "snapshots"]);
-        let snapshots: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let id = snapshots
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["tags"][0] == tag.as_str())
-            .map(|s| s["id"].as_str().unwrap().to_string())
-            .unwrap();
-        for args in [&["forget", id.as_str()][..], &["prune"]] {
-            let out = self.pg.s.repo_cli(args);
-            if !out.status.success() {
-                self.fail(format!("repo {args:?}: {}", String::from_utf8_lossy(&out.stderr)));
-            }
-        }
+        let job = self.pg.s.delete_backup("pg", &tag);
         self.model.bases[i].forgotten = true;
-        self.note(format!("forget {tag}, prune"));
+        self.note(format!("delete {tag}: {}", job["message"]));
     }
 
     /// One random recovery request and the model's answer to it.
@@ -569,7 +557,7 @@ impl Run {
                 self.note("restart Strongbox");
             }
             17 | 18 => self.disaster(rng),
-            _ => self.forget_and_prune(rng),
+            _ => self.delete_backup(rng),
         }
     }
 }

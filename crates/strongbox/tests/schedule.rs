@@ -347,3 +347,99 @@ fn backups_outside_the_recovery_window_expire_and_deletion_keeps_its_rules() {
     let (status, _, _) = delete(&s, &day1, "");
     assert_eq!(status, "HTTP/2 404", "already expired");
 }
+
+#[test]
+fn the_servers_backup_defaults_apply_to_deployments_without_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("strongbox.toml");
+    let serve = |port: u16| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_strongbox"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("STRONGBOX_DATA_DIR", dir.path().join("data"))
+            .env("STRONGBOX_LISTEN", format!("127.0.0.1:{port}"))
+            .output()
+            .unwrap()
+    };
+    // Bad defaults stop the server before it serves, naming what is wrong.
+    for (toml, names) in [
+        ("recovery_window_in_days = 0", "recoveryWindowInDays must be 1 to 365"),
+        ("window = \"2-4\"", "autoBackupWindow"),
+        ("keep_days = 3", "keep_days"),
+    ] {
+        std::fs::write(&config, format!("[backup_defaults]\n{toml}\n")).unwrap();
+        let out = serve(free_port());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(names), "{toml}: {err}");
+    }
+
+    std::fs::write(
+        &config,
+        "[backup_defaults]\nauto_backup_enabled = true\nwindow = \"01:00-03:00\"\nrecovery_window_in_days = 7\n",
+    )
+    .unwrap();
+    set_clock(dir.path(), "2026-01-01T10:00:00Z");
+    let s = start_with(
+        dir.path(),
+        free_port(),
+        &[
+            (
+                "STRONGBOX_TEST_CLOCK_FILE",
+                dir.path().join("clock").display().to_string(),
+            ),
+            ("STRONGBOX_SCHEDULE_CHECK_MS", "50".into()),
+            ("STRONGBOX_CONFIG", config.display().to_string()),
+        ],
+    );
+    let (_, v) = s.json(&[s.url(CONFIG).as_str()]);
+    assert_eq!(
+        (
+            &v["autoBackupEnabled"],
+            &v["autoBackupWindow"],
+            &v["recoveryWindowInDays"]
+        ),
+        (
+            &serde_json::json!(true),
+            &serde_json::json!("01:00-03:00"),
+            &serde_json::json!(7)
+        ),
+        "{v}"
+    );
+    // On by default from the first period: the demo deployment's first
+    // backup is due at once.
+    let list = settle_at(&s, 1);
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["dbTag"], "TAG20260101T100000");
+
+    // `strongbox admin config` with the same file changes one field and
+    // keeps the defaults' others.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strongbox"))
+        .args([
+            "admin",
+            "config",
+            "db12c",
+            "--domain",
+            "usexample",
+            "--minimum-backups-kept",
+            "2",
+        ])
+        .env("STRONGBOX_DATA_DIR", dir.path().join("data"))
+        .env("STRONGBOX_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, v) = s.json(&[s.url(CONFIG).as_str()]);
+    assert_eq!(
+        (
+            &v["autoBackupWindow"],
+            &v["recoveryWindowInDays"],
+            &v["minimumBackupsKept"]
+        ),
+        (
+            &serde_json::json!("01:00-03:00"),
+            &serde_json::json!(7),
+            &serde_json::json!(2)
+        ),
+        "{v}"
+    );
+}

@@ -22,7 +22,7 @@ use super::datadir::{self, AUTO_CONF, RecoverySettings, Replay};
 use super::physical::PgPhysical;
 use super::pitr::{self, Lsn, Reached};
 use super::server::{Paused, WAIT};
-use super::waldump::{LastCommit, RunEnd, WalDump};
+use super::waldump::{FLUSH_MARKER, LastCommit, RunEnd, WalDump};
 use crate::{BackupFiles, Error, Log, PitrTarget, Recovered, RecoveryContext, RecoveryTarget};
 
 /// Where prefetched WAL waits, inside `pg_wal` (see `wal-fetch`).
@@ -438,14 +438,17 @@ impl PgPhysical {
     }
 
     /// Before replaying to a point in time: a commit (replay can only stop
-    /// at a moment once it sees a later commit), then the current segment
+    /// at a moment once it sees a later commit; a transaction holding only
+    /// a marker message, which planning knows changes nothing), then the current segment
     /// switched out and archived, so the archive reaches the present.
     /// Returns the position just before the switch (everything committed
     /// until now lies before it), if the server is on `timeline`.
     fn archive_up_to_now(&self, timeline: u32, log: Log) -> Option<Lsn> {
         let switched = self
             .conn
-            .query("SELECT txid_current()")
+            .query(&format!(
+                "SELECT pg_logical_emit_message(true, '{FLUSH_MARKER}', 'flush')"
+            ))
             .and_then(|_| self.conn.query("SELECT pg_current_wal_insert_lsn()"))
             .and_then(|now| Ok((now, self.conn.query("SELECT pg_walfile_name(pg_switch_wal())")?)));
         let (now, segment) = match switched {

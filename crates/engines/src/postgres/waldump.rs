@@ -17,12 +17,20 @@ use crate::{Error, WalArchive};
 /// planner then refuses rather than guesses.
 const SCAN_SEGMENTS: u64 = 8;
 
+/// The prefix of the logical message a recovery commits on the live server
+/// before it switches WAL: a transaction that changes nothing.
+pub const FLUSH_MARKER: &str = "strongbox.flush";
+
 /// One WAL record as `pg_waldump` lists it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Record {
     pub lsn: Lsn,
+    /// The transaction it belongs to (0 for none).
+    pub tx: u32,
     /// Set for transaction commits: when the transaction committed.
     pub commit: Option<OffsetDateTime>,
+    /// A recovery's flush marker (`FLUSH_MARKER`).
+    pub flush_marker: bool,
 }
 
 /// `pg_waldump` over segments fetched into a scratch directory.
@@ -87,8 +95,9 @@ impl<'a> WalDump<'a> {
         Ok(records)
     }
 
-    /// When the first transaction after `from` on `history` committed;
-    /// `None` if the archive holds no commit there. Fails when it cannot
+    /// When the first transaction after `from` on `history` committed
+    /// (recoveries' flush markers aside: they change nothing); `None` if the
+    /// archive holds no commit there. Fails when it cannot
     /// tell (a segment past `from` is missing, or no commit within
     /// `SCAN_SEGMENTS`).
     pub fn first_commit_after(
@@ -98,6 +107,7 @@ impl<'a> WalDump<'a> {
         segment_size: u64,
     ) -> Result<Option<OffsetDateTime>, Error> {
         let first = from.0 / segment_size;
+        let mut markers = std::collections::HashSet::new();
         for segment in first..first + SCAN_SEGMENTS {
             let timeline = history.segment_timeline(segment, segment_size);
             let name = segment_name(timeline, Lsn(segment * segment_size), segment_size);
@@ -118,12 +128,14 @@ impl<'a> WalDump<'a> {
             };
             let span_end = history.span(timeline).and_then(|s| s.end);
             let end = Lsn((segment + 1) * segment_size).min(span_end.unwrap_or(Lsn(u64::MAX)));
-            if let Some(c) = self
-                .records(timeline, start, Some(end))?
-                .into_iter()
-                .find_map(|r| r.commit.filter(|_| r.lsn >= from))
-            {
-                return Ok(Some(c));
+            for r in self.records(timeline, start, Some(end))? {
+                if r.flush_marker {
+                    markers.insert(r.tx);
+                }
+                match r.commit {
+                    Some(c) if r.lsn >= from && !markers.contains(&r.tx) => return Ok(Some(c)),
+                    _ => {}
+                }
             }
         }
         Err(Error::Failed(format!(
@@ -228,6 +240,8 @@ pub enum LastCommit {
 /// One line of `pg_waldump`: `rmgr: … lsn: 0/03000068, prev …, desc: COMMIT 2026-11-30 04:19:31.413921 UTC`.
 fn parse(line: &str) -> Option<Record> {
     let lsn = line.split("lsn: ").nth(1)?.split(',').next()?.trim().parse().ok()?;
+    let tx = line.split("tx: ").nth(1)?.split(',').next()?.trim().parse().ok()?;
+    let flush_marker = line.contains("rmgr: LogicalMessage") && line.contains(&format!("prefix \"{FLUSH_MARKER}\";"));
     let commit = line
         .contains("rmgr: Transaction")
         .then(|| line.split("desc: COMMIT ").nth(1))
@@ -242,7 +256,12 @@ fn parse(line: &str) -> Option<Record> {
                 .ok()
                 .map(|t| t.assume_utc())
         });
-    Some(Record { lsn, commit })
+    Some(Record {
+        lsn,
+        tx,
+        commit,
+        flush_marker,
+    })
 }
 
 #[cfg(test)]
@@ -271,9 +290,18 @@ mod tests {
             parse(insert).unwrap(),
             Record {
                 lsn: Lsn(0x300_0028),
-                commit: None
+                tx: 725,
+                commit: None,
+                flush_marker: false,
             }
         );
+        let marker = "rmgr: LogicalMessage len (rec/tot):     65/    65, tx:        727, lsn: 0/01D744C8, prev \
+                      0/01D74490, desc: MESSAGE transactional, prefix \"strongbox.flush\"; payload (5 bytes): 66 6C \
+                      75 73 68";
+        let r = parse(marker).unwrap();
+        assert!(r.flush_marker && r.tx == 727 && r.commit.is_none(), "{r:?}");
+        let other = marker.replace("strongbox.flush", "app");
+        assert!(!parse(&other).unwrap().flush_marker);
         assert_eq!(parse("pg_waldump: error: could not find file").map(|r| r.lsn), None);
     }
 }

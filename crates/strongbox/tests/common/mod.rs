@@ -177,6 +177,17 @@ impl Server {
         (status, location)
     }
 
+    /// Deletes a backup through the API (`DELETE …/backups/{dbTag}`) and
+    /// waits for the expire job: its final status.
+    pub fn delete_backup(&self, service: &str, tag: &str) -> serde_json::Value {
+        let url = self.url(&format!(
+            "/paas/service/dbcs/api/v1.1/instances/usexample/{service}/backups/{tag}"
+        ));
+        let (status, h, body) = self.curl(&[&AUTH[..], &["-X", "DELETE", &url]].concat());
+        assert_eq!(status, "HTTP/2 202", "DELETE {tag}: {body}");
+        self.wait_for(header(&h, "location"), "Succeeded")
+    }
+
     pub fn wait_for(&self, location: &str, wanted: &str) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {

@@ -384,6 +384,34 @@ impl Pitr<'_> {
         }
         Ok(())
     }
+
+    /// What `same_state_at` may read for a moment from `since` on (no base
+    /// backup lets an earlier one be asked): for each two timelines live
+    /// from then on, each one's history from where they part — those that
+    /// part before `before` only. A timeline begun later branches from one
+    /// of these histories at a point some base backup reaches (not before
+    /// `before`), so it needs nothing more. WAL retention keeps the WAL
+    /// these reads need, though it is older than every base backup.
+    pub fn checked_stretches(&self, since: OffsetDateTime, before: Lsn) -> Vec<(History, Lsn)> {
+        let live: Vec<History> = std::iter::once(self.live_at(since))
+            .chain(self.created.iter().filter(|(_, c)| **c > since).map(|(t, _)| *t))
+            .filter_map(|t| self.history(t).ok())
+            .collect();
+        let mut stretches: Vec<(History, Lsn)> = Vec::new();
+        for (i, a) in live.iter().enumerate() {
+            for b in &live[i + 1..] {
+                let Some(parted) = a.divergence(b).filter(|p| *p < before) else {
+                    continue;
+                };
+                for side in [a, b] {
+                    if !stretches.iter().any(|(h, p)| h == side && *p == parted) {
+                        stretches.push((side.clone(), parted));
+                    }
+                }
+            }
+        }
+        stretches
+    }
 }
 
 #[cfg(test)]
@@ -627,6 +655,39 @@ mod tests {
         );
         // Named explicitly, the abandoned moment is timeline 1's.
         assert_eq!(plan(&p, Goal::Time(at(150)), Some(1)), Ok(0));
+    }
+
+    #[test]
+    fn the_stretches_checked_for_moments_in_range_are_those_where_live_timelines_part() {
+        let (bases, wal, mut histories, mut created) = branched();
+        // At t=400 a recovery named timeline 1 and made timeline 3 from it
+        // at 0/5000300, past B's start.
+        histories.insert(3, History::parse(3, "1\t0/5000300\tbefore 250").unwrap());
+        created.insert(3, at(400));
+        let p = Pitr {
+            bases: &bases,
+            archived: &wal,
+            histories: &histories,
+            created: &created,
+            live: None,
+        };
+        let parted = Lsn(0x200_0200);
+        let b_start = bases[1].start_lsn;
+        let stretches = |since| -> Vec<(u32, Lsn)> {
+            p.checked_stretches(at(since), b_start)
+                .iter()
+                .map(|(h, l)| (h.timeline(), *l))
+                .collect()
+        };
+        // From t=250 on timelines 1, 2 and 3 were live: 2 parts from both
+        // at 0/2000200; 1 and 3 part at 0/5000300, which B reaches.
+        assert_eq!(stretches(250), [(1, parted), (2, parted), (3, parted)]);
+        // From t=350 on, only 2 and 3.
+        assert_eq!(stretches(350), [(2, parted), (3, parted)]);
+        // Nothing to keep when only one timeline is left to ask about.
+        assert_eq!(stretches(450), []);
+        // Parting points at or after the oldest base's start need nothing kept.
+        assert_eq!(p.checked_stretches(at(250), parted), []);
     }
 
     #[test]
