@@ -1,21 +1,34 @@
 //! The catalog: identity domains, users, deployments, jobs, backups and
 //! recoveries.
 //!
-//! One trait, `Catalog`, so that a PostgreSQL implementation can stand
-//! beside the SQLite one for several server replicas. Nothing here assumes
+//! One trait, `Catalog`, implemented on SQLite (the embedded default) and
+//! on PostgreSQL (for several server replicas). Nothing here assumes
 //! a single process: one active job per deployment is a unique index,
 //! workers hold jobs through leases that expire, and every state change is
 //! a single conditional statement.
 
 mod model;
 mod password;
+mod postgres;
 mod sqlite;
 
 pub use model::*;
 pub use password::{hash_password, verify_password};
+pub use postgres::PgCatalog;
 pub use sqlite::SqliteCatalog;
 
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Opens the catalog at `location`: a `postgres://` or `postgresql://` URL,
+/// else the path of a SQLite file (created if missing).
+pub async fn open(location: &str) -> Result<Arc<dyn Catalog>> {
+    if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+        Ok(Arc::new(PgCatalog::connect(location).await?))
+    } else {
+        Ok(Arc::new(SqliteCatalog::open(std::path::Path::new(location)).await?))
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -1,5 +1,7 @@
-//! One suite for every catalog implementation (SQLite now; PostgreSQL will
-//! call the same `suite`).
+//! One suite for every catalog implementation: SQLite, and PostgreSQL (a
+//! database of its own on the machine's server, 127.0.0.1:5432). Besides
+//! each call's contract, `concurrently` races many writers, as replicas
+//! sharing a catalog do.
 
 use std::time::Duration;
 
@@ -309,6 +311,69 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
     );
 }
 
+/// Many writers at once, as several replicas: 16 queue a job for one
+/// deployment (one wins, the rest find it busy); 8 workers lease 12 jobs
+/// of 12 deployments (each job leased once, all leased).
+async fn concurrently(c: std::sync::Arc<dyn Catalog>) {
+    c.ensure_domain("race").await.unwrap();
+    for i in 0..12 {
+        c.put_deployment(&NewDeployment {
+            domain: "race".into(),
+            name: format!("d{i}"),
+            engine: "sqlite".into(),
+            connection: serde_json::json!({}),
+        })
+        .await
+        .unwrap();
+    }
+    let queue = |i: usize, deployment: String| {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let job = NewJob {
+                domain: "race".into(),
+                ..new_job(&deployment, None)
+            };
+            start_backup(&*c, &job, &format!("TAG{i}"), false).await
+        })
+    };
+    let racers: Vec<_> = (0..16).map(|i| queue(i, "d0".into())).collect();
+    let mut created = 0;
+    for r in racers {
+        match r.await.unwrap() {
+            Started::Created(_) => created += 1,
+            Started::Busy(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(created, 1, "one active job per deployment");
+    for i in 1..12 {
+        assert!(matches!(
+            queue(100 + i, format!("d{i}")).await.unwrap(),
+            Started::Created(_)
+        ));
+    }
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                while let Some(j) = c.lease_job(&format!("w{w}"), Duration::from_secs(60)).await.unwrap() {
+                    mine.push(j.id);
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut leased = Vec::new();
+    for w in workers {
+        leased.extend(w.await.unwrap());
+    }
+    leased.sort();
+    let before = leased.len();
+    leased.dedup();
+    assert_eq!((before, leased.len()), (12, 12), "each job leased once: {leased:?}");
+}
+
 #[tokio::test]
 async fn sqlite_catalog_passes_the_suite() {
     let dir = tempfile::tempdir().unwrap();
@@ -325,4 +390,18 @@ async fn sqlite_catalog_passes_the_suite() {
     assert_eq!(all.len(), 2);
     assert_eq!(all[0].backup_config.as_ref(), Some(&config));
     assert_eq!(all[1].backup_config, None);
+    concurrently(std::sync::Arc::new(c)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgresql_catalog_passes_the_suite() {
+    let db = strongbox_testkit::Database::create("strongbox_catalog");
+    let c = PgCatalog::connect(&db.url).await.unwrap();
+    suite(&c).await;
+    // State survives reconnecting (a restarted replica), and migrations
+    // run once.
+    drop(c);
+    let c = open(&db.url).await.unwrap();
+    assert_eq!(c.deployments("usexample").await.unwrap().len(), 2);
+    concurrently(c).await;
 }

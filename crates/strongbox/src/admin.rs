@@ -1,12 +1,12 @@
 //! `strongbox domain|user|deployment add`: set-up verbs that write the
-//! catalog in the data directory directly (a running server sees them).
+//! catalog directly (the data directory's, or STRONGBOX_CATALOG / the
+//! config file's `catalog`; a running server sees what they write).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use strongbox_catalog::{Catalog, Role, SqliteCatalog};
+use strongbox_catalog::Role;
 use strongbox_core::Service;
 
 #[derive(Args)]
@@ -73,7 +73,10 @@ enum Verb {
 
 pub async fn run(args: AdminArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data_dir)?;
-    let catalog = SqliteCatalog::open(&args.data_dir.join("catalog.sqlite")).await?;
+    let config = crate::serve::Config::read(args.config.as_deref())?;
+    let catalog = strongbox_catalog::open(&config.catalog(&args.data_dir)?)
+        .await
+        .context("opening the catalog")?;
     match args.verb {
         Verb::Domain { name } => {
             catalog.ensure_domain(&name).await?;
@@ -98,7 +101,7 @@ pub async fn run(args: AdminArgs) -> Result<()> {
         } => {
             let connection: serde_json::Value =
                 serde_json::from_str(&connection).context("--connection is not JSON")?;
-            Service::new(Arc::new(catalog))
+            Service::new(catalog)
                 .register_deployment(&domain, &name, engine, connection)
                 .await?;
             println!("deployment {name} registered in identity domain {domain}");
@@ -119,8 +122,8 @@ pub async fn run(args: AdminArgs) -> Result<()> {
                 recovery_window_in_days: recovery_window_days,
                 minimum_backups_kept,
             };
-            let mut service = Service::new(Arc::new(catalog));
-            service.backup_defaults = crate::serve::Config::read(args.config.as_deref())?.backup_defaults()?;
+            let mut service = Service::new(catalog);
+            service.backup_defaults = config.backup_defaults()?;
             let c = service.change_backup_config(&domain, &deployment, &change).await?;
             println!("{}", serde_json::to_string_pretty(&c)?);
         }

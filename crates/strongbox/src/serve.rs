@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde::Deserialize;
-use strongbox_catalog::{Catalog, Role, SqliteCatalog};
+use strongbox_catalog::Role;
 use strongbox_core::Service;
 use strongbox_core::pitr::WalArchives;
 use strongbox_core::schedule::{BackupConfig, ConfigChange};
@@ -39,6 +39,9 @@ pub(crate) struct Config {
     retry_after: Option<u64>,
     lease_seconds: Option<u64>,
     schedule_check_ms: Option<u64>,
+    /// `postgresql://…` for a catalog several servers share; else the
+    /// SQLite file `catalog.sqlite` in the data directory.
+    catalog: Option<String>,
     /// The backup configuration of deployments that have none of their
     /// own: `auto_backup_enabled`, `window` or `cron`,
     /// `recovery_window_in_days`, `minimum_backups_kept`.
@@ -59,6 +62,14 @@ impl Config {
     /// `[backup_defaults]` over the built-in defaults, checked as a change
     /// through the API is. Switched on here, automatic backups are on from
     /// the first period: a deployment's first backup is due at once.
+    /// Where the catalog is: STRONGBOX_CATALOG, `catalog`, else the
+    /// SQLite file in `data_dir`.
+    pub(crate) fn catalog(&self, data_dir: &Path) -> Result<String> {
+        Ok(env("STRONGBOX_CATALOG")?
+            .or_else(|| self.catalog.clone())
+            .unwrap_or_else(|| data_dir.join("catalog.sqlite").display().to_string()))
+    }
+
     pub(crate) fn backup_defaults(&self) -> Result<BackupConfig> {
         BackupConfig::default()
             .changed(&self.backup_defaults, time::OffsetDateTime::UNIX_EPOCH)
@@ -89,11 +100,16 @@ struct Settings {
     /// How often the scheduler looks for due backups.
     schedule_check: Duration,
     backup_defaults: BackupConfig,
+    catalog: String,
 }
 
 fn settings(args: &ServeArgs) -> Result<Settings> {
     let file = Config::read(args.config.as_deref())?;
     let backup_defaults = file.backup_defaults()?;
+    let data_dir: PathBuf = env("STRONGBOX_DATA_DIR")?
+        .or(file.data_dir.clone())
+        .unwrap_or_else(|| "strongbox-data".into());
+    let catalog = file.catalog(&data_dir)?;
     let listen = env("STRONGBOX_LISTEN")?
         .or(file.listen)
         .unwrap_or_else(|| "127.0.0.1:8080".parse().unwrap());
@@ -107,9 +123,8 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     Ok(Settings {
         listen,
-        data_dir: env("STRONGBOX_DATA_DIR")?
-            .or(file.data_dir)
-            .unwrap_or_else(|| "strongbox-data".into()),
+        data_dir,
+        catalog,
         repository: env("STRONGBOX_REPOSITORY")?.or(file.repository),
         public_url: env("STRONGBOX_PUBLIC_URL")?
             .or(file.public_url)
@@ -182,7 +197,9 @@ fn repo_command_line(location: &str, data_dir: &Path) -> Result<String> {
 pub async fn run(args: ServeArgs) -> Result<()> {
     let s = settings(&args)?;
     std::fs::create_dir_all(s.data_dir.join("tmp"))?;
-    let catalog: Arc<dyn Catalog> = Arc::new(SqliteCatalog::open(&s.data_dir.join("catalog.sqlite")).await?);
+    let catalog = strongbox_catalog::open(&s.catalog)
+        .await
+        .context("opening the catalog")?;
     // Absolute: the paths go into command lines PostgreSQL runs elsewhere.
     let data_dir = s.data_dir.canonicalize()?;
     let location = match &s.repository {

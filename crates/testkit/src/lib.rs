@@ -1,7 +1,8 @@
 //! What Strongbox's tests share (a dev-dependency only): shell commands,
 //! free ports, and PostgreSQL clusters of their own — `initdb` in a
 //! temporary directory as the `postgres` user, on a free port — so that
-//! stopping and starting one touches nothing else on the machine; and a
+//! stopping and starting one touches nothing else on the machine; a
+//! database of its own on the machine's PostgreSQL (`Database`); and a
 //! real S3 server on loopback (`s3`).
 
 pub mod s3;
@@ -21,6 +22,37 @@ pub fn sh(line: &str) -> String {
 /// A command line run as the `postgres` user.
 pub fn as_postgres(cmd: &str) -> String {
     sh(&format!("runuser -u postgres -- sh -c '{cmd}'"))
+}
+
+/// A database of its own on the machine's PostgreSQL (127.0.0.1:5432,
+/// trust authentication), dropped with this.
+pub struct Database {
+    pub url: String,
+    name: String,
+}
+
+impl Database {
+    pub fn create(prefix: &str) -> Database {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{prefix}_{}_{n}", std::process::id());
+        sh(&format!(
+            "psql -X -q -h 127.0.0.1 -U postgres -d postgres -c 'DROP DATABASE IF EXISTS {name}' -c 'CREATE DATABASE {name}'"
+        ));
+        Database {
+            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
+            .arg(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .output();
+    }
 }
 
 pub fn free_port() -> u16 {
