@@ -81,17 +81,19 @@ pub trait Catalog: Send + Sync + 'static {
     async fn recovery(&self, domain: &str, job_id: i64) -> Result<Option<Recovery>>;
 
     /// Leases the oldest queued job, or a running one whose lease expired
-    /// (its worker died), counting the attempt.
-    async fn lease_job(&self, owner: &str, lease: Duration) -> Result<Option<Job>>;
-    /// Records progress and extends the lease; false if the lease was lost.
-    async fn heartbeat(&self, id: i64, owner: &str, lease: Duration, done: u64, total: Option<u64>) -> Result<bool>;
-    /// Ends a job held by `owner`, with its backup or recovery row; false
-    /// (and nothing written) if another worker holds it now.
-    async fn finish_job(&self, id: i64, owner: &str, end: &JobEnd) -> Result<bool>;
+    /// (its worker died), counting the attempt (`Lease::of` the job is
+    /// the hold every later write names).
+    async fn lease_job(&self, owner: &str, duration: Duration) -> Result<Option<Job>>;
+    /// Records progress and extends the lease; false if it was lost.
+    async fn heartbeat(&self, lease: &Lease, duration: Duration, done: u64, total: Option<u64>) -> Result<bool>;
+    /// Ends a job, with its backup or recovery row; false (and nothing
+    /// written) if the lease was lost.
+    async fn finish_job(&self, lease: &Lease, end: &JobEnd) -> Result<bool>;
     /// Marks backups of a deployment deleted (their snapshots are forgotten).
     async fn mark_backups_deleted(&self, domain: &str, deployment: &str, job_ids: &[i64]) -> Result<()>;
-    /// Adds a line to a job's activity log.
-    async fn add_job_message(&self, id: i64, message: &str) -> Result<()>;
+    /// Adds a line to a job's activity log; false (and nothing written) if
+    /// the lease was lost.
+    async fn add_job_message(&self, lease: &Lease, message: &str) -> Result<bool>;
 }
 
 pub(crate) fn now() -> time::OffsetDateTime {

@@ -149,6 +149,29 @@ pub struct Job {
     pub message: Option<String>,
 }
 
+/// A worker's hold on a job: the attempt it leased. Every write a worker
+/// makes for the job carries it and is refused once another attempt holds
+/// the job (its lease expired and another worker, or this one, leased it
+/// again), so a stale attempt can neither log, nor end the job, nor record
+/// a backup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub job_id: i64,
+    pub owner: String,
+    pub attempt: i64,
+}
+
+impl Lease {
+    /// The hold `owner` has on a job `lease_job` just gave it.
+    pub fn of(job: &Job, owner: &str) -> Lease {
+        Lease {
+            job_id: job.id,
+            owner: owner.to_string(),
+            attempt: job.attempts,
+        }
+    }
+}
+
 /// What `start_backup` or `start_recovery` did.
 #[derive(Clone, Debug)]
 pub enum Started {

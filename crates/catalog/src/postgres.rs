@@ -13,7 +13,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
 use crate::{
-    Backup, BackupStatus, Catalog, Deployment, Error, Job, JobEnd, JobMessage, JobStatus, NewDeployment, NewJob,
+    Backup, BackupStatus, Catalog, Deployment, Error, Job, JobEnd, JobMessage, JobStatus, Lease, NewDeployment, NewJob,
     NewRecord, Recovery, Result, Role, Started, User, hash_password, now, rfc3339,
 };
 
@@ -164,19 +164,22 @@ async fn insert_job(tx: &mut Transaction<'_, Postgres>, new: &NewJob) -> Result<
 
 /// Ends a running job held by `owner`, with its backup or recovery row;
 /// false if the lease was lost (another worker owns the job now).
-async fn close_job(tx: &mut Transaction<'_, Postgres>, id: i64, owner: &str, end: &JobEnd) -> Result<bool> {
+async fn close_job(tx: &mut Transaction<'_, Postgres>, lease: &Lease, end: &JobEnd) -> Result<bool> {
+    let id = lease.job_id;
     let (ok, message) = (end.succeeded, end.message.as_str());
     let at = rfc3339(end.at);
     let r = sqlx::query(
         "UPDATE jobs SET status = $1, message = $2, finished_at = $3, updated_at = $4, lease_owner = NULL, \
-         bytes_done = COALESCE(bytes_total, bytes_done) WHERE id = $5 AND lease_owner = $6 AND status = 'running'",
+         bytes_done = COALESCE(bytes_total, bytes_done) \
+         WHERE id = $5 AND lease_owner = $6 AND attempts = $7 AND status = 'running'",
     )
     .bind(if ok { "succeeded" } else { "failed" })
     .bind(message)
     .bind(&at)
     .bind(&at)
     .bind(id)
-    .bind(owner)
+    .bind(&lease.owner)
+    .bind(lease.attempt)
     .execute(&mut **tx)
     .await?;
     if r.rows_affected() != 1 {
@@ -407,7 +410,7 @@ impl Catalog for PgCatalog {
         Ok(rows.iter().map(backup).collect())
     }
 
-    async fn lease_job(&self, owner: &str, lease: Duration) -> Result<Option<Job>> {
+    async fn lease_job(&self, owner: &str, duration: Duration) -> Result<Option<Job>> {
         let at = rfc3339(now());
         // SKIP LOCKED: replicas leasing at once take different jobs
         // instead of queueing behind one another's row lock.
@@ -420,32 +423,34 @@ impl Catalog for PgCatalog {
              RETURNING {JOB_COLUMNS}"
         )))
         .bind(owner)
-        .bind(lease.as_secs() as i64)
+        .bind(duration.as_secs() as i64)
         .bind(&at)
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.as_ref().map(job))
     }
 
-    async fn heartbeat(&self, id: i64, owner: &str, lease: Duration, done: u64, total: Option<u64>) -> Result<bool> {
+    async fn heartbeat(&self, lease: &Lease, duration: Duration, done: u64, total: Option<u64>) -> Result<bool> {
         let r = sqlx::query(AssertSqlSafe(format!(
             "UPDATE jobs SET bytes_done = $1, bytes_total = $2, lease_expires = {DB_NOW} + $3, updated_at = $4 \
-             WHERE id = $5 AND lease_owner = $6 AND status = 'running'"
+             WHERE id = $5 AND lease_owner = $6 AND attempts = $7 AND status = 'running'"
         )))
         .bind(done as i64)
         .bind(total.map(|t| t as i64))
-        .bind(lease.as_secs() as i64)
+        .bind(duration.as_secs() as i64)
         .bind(rfc3339(now()))
-        .bind(id)
-        .bind(owner)
+        .bind(lease.job_id)
+        .bind(&lease.owner)
+        .bind(lease.attempt)
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)
     }
 
-    async fn finish_job(&self, id: i64, owner: &str, end: &JobEnd) -> Result<bool> {
+    async fn finish_job(&self, lease: &Lease, end: &JobEnd) -> Result<bool> {
+        let id = lease.job_id;
         let mut tx = self.write().await?;
-        let closed = close_job(&mut tx, id, owner, end).await?;
+        let closed = close_job(&mut tx, lease, end).await?;
         if closed && let Some(b) = &end.backup {
             sqlx::query("UPDATE jobs SET bytes_done = $1, bytes_total = $2 WHERE id = $3")
                 .bind(b.logical_bytes as i64)
@@ -489,11 +494,22 @@ impl Catalog for PgCatalog {
         Ok(())
     }
 
-    async fn add_job_message(&self, id: i64, message: &str) -> Result<()> {
+    async fn add_job_message(&self, lease: &Lease, message: &str) -> Result<bool> {
         let mut tx = self.write().await?;
-        add_message(&mut tx, id, &rfc3339(now()), message).await?;
-        tx.commit().await?;
-        Ok(())
+        let held: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE id = $1 \
+             AND lease_owner = $2 AND attempts = $3 AND status = 'running' FOR UPDATE",
+        )
+        .bind(lease.job_id)
+        .bind(&lease.owner)
+        .bind(lease.attempt)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if held.is_some() {
+            add_message(&mut tx, lease.job_id, &rfc3339(now()), message).await?;
+            tx.commit().await?;
+        }
+        Ok(held.is_some())
     }
 
     async fn backup(&self, domain: &str, job_id: i64) -> Result<Option<Backup>> {

@@ -14,7 +14,7 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
 
 use crate::{
-    Backup, BackupStatus, Catalog, Deployment, Error, Job, JobEnd, JobMessage, JobStatus, NewDeployment, NewJob,
+    Backup, BackupStatus, Catalog, Deployment, Error, Job, JobEnd, JobMessage, JobStatus, Lease, NewDeployment, NewJob,
     NewRecord, Recovery, Result, Role, Started, User, hash_password, now, rfc3339,
 };
 
@@ -156,19 +156,22 @@ async fn insert_job(tx: &mut Transaction<'_, Sqlite>, new: &NewJob) -> Result<Re
 
 /// Ends a running job held by `owner`, with its backup or recovery row;
 /// false if the lease was lost (another worker owns the job now).
-async fn close_job(tx: &mut Transaction<'_, Sqlite>, id: i64, owner: &str, end: &JobEnd) -> Result<bool> {
+async fn close_job(tx: &mut Transaction<'_, Sqlite>, lease: &Lease, end: &JobEnd) -> Result<bool> {
+    let id = lease.job_id;
     let (ok, message) = (end.succeeded, end.message.as_str());
     let at = rfc3339(end.at);
     let r = sqlx::query(
         "UPDATE jobs SET status = ?, message = ?, finished_at = ?, updated_at = ?, lease_owner = NULL, \
-         bytes_done = COALESCE(bytes_total, bytes_done) WHERE id = ? AND lease_owner = ? AND status = 'running'",
+         bytes_done = COALESCE(bytes_total, bytes_done) \
+         WHERE id = ? AND lease_owner = ? AND attempts = ? AND status = 'running'",
     )
     .bind(if ok { "succeeded" } else { "failed" })
     .bind(message)
     .bind(&at)
     .bind(&at)
     .bind(id)
-    .bind(owner)
+    .bind(&lease.owner)
+    .bind(lease.attempt)
     .execute(&mut **tx)
     .await?;
     if r.rows_affected() != 1 {
@@ -399,7 +402,7 @@ impl Catalog for SqliteCatalog {
         Ok(rows.iter().map(backup).collect())
     }
 
-    async fn lease_job(&self, owner: &str, lease: Duration) -> Result<Option<Job>> {
+    async fn lease_job(&self, owner: &str, duration: Duration) -> Result<Option<Job>> {
         let t = now();
         let (at, unix) = (rfc3339(t), t.unix_timestamp());
         let row = sqlx::query(AssertSqlSafe(format!(
@@ -410,7 +413,7 @@ impl Catalog for SqliteCatalog {
              RETURNING {JOB_COLUMNS}"
         )))
         .bind(owner)
-        .bind(unix + lease.as_secs() as i64)
+        .bind(unix + duration.as_secs() as i64)
         .bind(&at)
         .bind(&at)
         .bind(unix)
@@ -419,26 +422,28 @@ impl Catalog for SqliteCatalog {
         Ok(row.as_ref().map(job))
     }
 
-    async fn heartbeat(&self, id: i64, owner: &str, lease: Duration, done: u64, total: Option<u64>) -> Result<bool> {
+    async fn heartbeat(&self, lease: &Lease, duration: Duration, done: u64, total: Option<u64>) -> Result<bool> {
         let t = now();
         let r = sqlx::query(
             "UPDATE jobs SET bytes_done = ?, bytes_total = ?, lease_expires = ?, updated_at = ? \
-             WHERE id = ? AND lease_owner = ? AND status = 'running'",
+             WHERE id = ? AND lease_owner = ? AND attempts = ? AND status = 'running'",
         )
         .bind(done as i64)
         .bind(total.map(|t| t as i64))
-        .bind(t.unix_timestamp() + lease.as_secs() as i64)
+        .bind(t.unix_timestamp() + duration.as_secs() as i64)
         .bind(rfc3339(t))
-        .bind(id)
-        .bind(owner)
+        .bind(lease.job_id)
+        .bind(&lease.owner)
+        .bind(lease.attempt)
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)
     }
 
-    async fn finish_job(&self, id: i64, owner: &str, end: &JobEnd) -> Result<bool> {
+    async fn finish_job(&self, lease: &Lease, end: &JobEnd) -> Result<bool> {
+        let id = lease.job_id;
         let mut tx = self.write().await?;
-        let closed = close_job(&mut tx, id, owner, end).await?;
+        let closed = close_job(&mut tx, lease, end).await?;
         if closed && let Some(b) = &end.backup {
             sqlx::query("UPDATE jobs SET bytes_done = ?, bytes_total = ? WHERE id = ?")
                 .bind(b.logical_bytes as i64)
@@ -482,11 +487,22 @@ impl Catalog for SqliteCatalog {
         Ok(())
     }
 
-    async fn add_job_message(&self, id: i64, message: &str) -> Result<()> {
+    async fn add_job_message(&self, lease: &Lease, message: &str) -> Result<bool> {
         let mut tx = self.write().await?;
-        add_message(&mut tx, id, &rfc3339(now()), message).await?;
-        tx.commit().await?;
-        Ok(())
+        let held: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE id = ? \
+             AND lease_owner = ? AND attempts = ? AND status = 'running'",
+        )
+        .bind(lease.job_id)
+        .bind(&lease.owner)
+        .bind(lease.attempt)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if held.is_some() {
+            add_message(&mut tx, lease.job_id, &rfc3339(now()), message).await?;
+            tx.commit().await?;
+        }
+        Ok(held.is_some())
     }
 
     async fn backup(&self, domain: &str, job_id: i64) -> Result<Option<Backup>> {

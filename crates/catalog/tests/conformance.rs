@@ -114,9 +114,11 @@ async fn suite(c: &dyn Catalog) {
     let lease = Duration::from_secs(30);
     let got = c.lease_job("w1", lease).await.unwrap().unwrap();
     assert_eq!((got.id, got.status, got.attempts), (j1.id, JobStatus::Running, 1));
-    assert!(c.heartbeat(j1.id, "w1", lease, 10, Some(100)).await.unwrap());
+    let w1 = Lease::of(&got, "w1");
+    let w2 = Lease::of(&got, "w2");
+    assert!(c.heartbeat(&w1, lease, 10, Some(100)).await.unwrap());
     assert!(
-        !c.heartbeat(j1.id, "w2", lease, 10, Some(100)).await.unwrap(),
+        !c.heartbeat(&w2, lease, 10, Some(100)).await.unwrap(),
         "only the holder"
     );
     assert_eq!(c.job("usexample", j1.id).await.unwrap().unwrap().bytes_done, 10);
@@ -129,8 +131,8 @@ async fn suite(c: &dyn Catalog) {
         }),
         ..done(true, "backup completed")
     };
-    assert!(!c.finish_job(j1.id, "w2", &completed).await.unwrap());
-    assert!(c.finish_job(j1.id, "w1", &completed).await.unwrap());
+    assert!(!c.finish_job(&w2, &completed).await.unwrap());
+    assert!(c.finish_job(&w1, &completed).await.unwrap());
     let j = c.job("usexample", j1.id).await.unwrap().unwrap();
     assert_eq!((j.status, j.bytes_done), (JobStatus::Succeeded, 100));
     let b = &c.backups("usexample", "db12c").await.unwrap()[0];
@@ -177,19 +179,44 @@ async fn suite(c: &dyn Catalog) {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let again = c.lease_job("w3", lease).await.unwrap().unwrap();
     assert_eq!((again.id, again.attempts), (j2.id, 2));
-    assert!(!c.finish_job(j2.id, "dying", &done(true, "late")).await.unwrap());
-    assert!(c.finish_job(j2.id, "w3", &done(false, "given up")).await.unwrap());
+    let dying = Lease::of(&first, "dying");
+    assert!(!c.finish_job(&dying, &done(true, "late")).await.unwrap());
+    assert!(!c.add_job_message(&dying, "late").await.unwrap());
+    assert!(
+        c.finish_job(&Lease::of(&again, "w3"), &done(false, "given up"))
+            .await
+            .unwrap()
+    );
     assert_eq!(
         c.backups("usexample", "other").await.unwrap()[0].status,
         BackupStatus::Failed
     );
     // j3 is re-leased by w4 (its first holder died too); failing it records why.
-    let again = c.lease_job("w4", lease).await.unwrap().unwrap();
+    // Fencing: the same worker (one process, one owner name) leased it
+    // first; its first attempt's writes are refused once the second holds
+    // it, the second's go through.
+    let again = c.lease_job("dying", lease).await.unwrap().unwrap();
     assert_eq!((again.id, again.attempts), (j3.id, 2));
+    let (stale, current) = (Lease::of(&second, "dying"), Lease::of(&again, "dying"));
+    assert!(!c.heartbeat(&stale, lease, 1, None).await.unwrap());
+    assert!(!c.add_job_message(&stale, "stale").await.unwrap());
+    assert!(!c.finish_job(&stale, &done(true, "stale")).await.unwrap());
+    assert!(c.add_job_message(&current, "resumed").await.unwrap());
     assert!(
-        c.finish_job(j3.id, "w4", &done(false, "backup failed: disk full"))
+        c.finish_job(&current, &done(false, "backup failed: disk full"))
             .await
             .unwrap()
+    );
+    let messages: Vec<String> = c
+        .job_messages(j3.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.message)
+        .collect();
+    assert!(
+        messages.contains(&"resumed".to_string()) && !messages.iter().any(|m| m.contains("stale")),
+        "{messages:?}"
     );
     let j = c.job("usexample", j3.id).await.unwrap().unwrap();
     assert_eq!(j.status, JobStatus::Failed);
@@ -237,13 +264,14 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
     );
     let leased = c.lease_job("w5", Duration::from_secs(30)).await.unwrap().unwrap();
     assert_eq!((leased.id, leased.operation.as_str()), (r.id, "recovery"));
-    c.add_job_message(r.id, "server stopped").await.unwrap();
+    let w5 = Lease::of(&leased, "w5");
+    assert!(c.add_job_message(&w5, "server stopped").await.unwrap());
     let reached = serde_json::json!({"timeline": 2});
     let recovered = JobEnd {
         reached: Some(reached.clone()),
         ..done(true, "recovery completed: database recovered")
     };
-    assert!(c.finish_job(r.id, "w5", &recovered).await.unwrap());
+    assert!(c.finish_job(&w5, &recovered).await.unwrap());
     let list = c.recoveries("usexample", "db12c").await.unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(
@@ -274,9 +302,10 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
     else {
         panic!()
     };
-    c.lease_job("w5", Duration::from_secs(30)).await.unwrap().unwrap();
+    let leased = c.lease_job("w5", Duration::from_secs(30)).await.unwrap().unwrap();
+    assert_eq!(leased.id, r2.id);
     assert!(
-        c.finish_job(r2.id, "w5", &done(false, "pg_restore exited with 1"))
+        c.finish_job(&Lease::of(&leased, "w5"), &done(false, "pg_restore exited with 1"))
             .await
             .unwrap()
     );

@@ -142,12 +142,4 @@ impl Service {
     pub async fn job_messages(&self, id: i64) -> Result<Vec<JobMessage>> {
         Ok(self.catalog.job_messages(id).await?)
     }
-
-    /// Adds a line to a job's activity log; a failure to log is logged,
-    /// never a reason to fail the job.
-    pub async fn log(&self, job: i64, message: String) {
-        if let Err(e) = self.catalog.add_job_message(job, &message).await {
-            tracing::warn!("job {job}: could not log {message:?}: {e}");
-        }
-    }
 }

@@ -2,7 +2,10 @@
 //! it — a backup (engine → repository) or a recovery (repository →
 //! engine) — renewing its lease with every progress report. A worker that
 //! dies loses its lease and another one resumes the job; a job whose
-//! workers die `MAX_ATTEMPTS` times is failed, never left running.
+//! workers die `MAX_ATTEMPTS` times is failed, never left running. Every
+//! write for a job names the attempt (`Lease`); a worker that finds its
+//! lease lost stops the job, and whatever it still tries to write is
+//! refused.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use strongbox_catalog::{BackupResult, Job, JobEnd};
+use strongbox_catalog::{BackupResult, Job, JobEnd, Lease};
 use strongbox_engines::pitr::Reached;
 use strongbox_engines::{Engine, RecoveryContext, RecoveryTarget, SnapshotFiles};
 use strongbox_repo::{BackupOptions, Counters, Repository};
@@ -41,8 +44,27 @@ pub async fn worker(service: Arc<Service>, setup: WorkerSetup) {
     loop {
         match service.catalog.lease_job(&setup.owner, setup.lease).await {
             Ok(Some(job)) => {
-                let end = run(&service, &setup, &job).await;
-                match service.catalog.finish_job(job.id, &setup.owner, &end).await {
+                let w = Worker {
+                    service: service.clone(),
+                    setup: setup.clone(),
+                    lease: Lease::of(&job, &setup.owner),
+                    counters: Arc::default(),
+                };
+                let (beat, lost) = w.heartbeat();
+                let end = tokio::select! {
+                    end = w.run(&job) => Some(end),
+                    _ = lost => None,
+                };
+                beat.abort();
+                let Some(end) = end else {
+                    tracing::warn!(
+                        "job {}: lease lost (attempt {}); stopped, its outcome not recorded",
+                        job.id,
+                        job.attempts
+                    );
+                    continue;
+                };
+                match service.catalog.finish_job(&w.lease, &end).await {
                     Ok(true) => {}
                     Ok(false) => tracing::warn!("job {}: lease lost before its outcome was recorded", job.id),
                     Err(e) => tracing::error!("job {}: recording the outcome failed: {e}", job.id),
@@ -62,70 +84,78 @@ pub async fn worker(service: Arc<Service>, setup: WorkerSetup) {
     }
 }
 
-/// Runs a leased job to its end, as it is to be recorded.
-async fn run(service: &Arc<Service>, setup: &WorkerSetup, job: &Job) -> JobEnd {
-    // An outcome, at the moment it is reached (the service's clock).
-    let ended = |succeeded: bool, message: String| JobEnd {
-        at: service.clock.now(),
-        succeeded,
-        message,
-        backup: None,
-        reached: None,
-    };
-    let failed = |message: String| ended(false, message);
-    if job.attempts > MAX_ATTEMPTS {
-        return failed(format!(
-            "failed: the worker stopped responding {MAX_ATTEMPTS} times; giving up"
-        ));
-    }
-    let spec = match JobSpec::of(job) {
-        Ok(spec) => spec,
-        Err(e) => return failed(format!("{} failed: {e}", job.operation)),
-    };
-    let what = if job.attempts > 1 {
-        "resumed after its worker stopped"
-    } else {
-        "started"
-    };
-    service
-        .log(job.id, format!("{} {what} (attempt {})", job.operation, job.attempts))
-        .await;
-    let w = Worker {
-        service: service.clone(),
-        setup: setup.clone(),
-    };
-    match spec {
-        JobSpec::Backup { .. } => match w.backup(job).await {
-            Ok(b) => JobEnd {
-                backup: Some(b.clone()),
-                ..ended(true, format!("backup completed: {} bytes", b.logical_bytes))
-            },
-            Err(e) => failed(format!("backup failed: {e:#}")),
-        },
-        JobSpec::Recovery {
-            from,
-            target,
-            description,
-        } => match w.recovery(job, from, &target, &description).await {
-            Ok((summary, reached)) => JobEnd {
-                reached: reached.and_then(|r| serde_json::to_value(r).ok()),
-                ..ended(true, format!("recovery completed: {summary}"))
-            },
-            Err(e) => failed(format!("recovery failed: {e:#}")),
-        },
-        JobSpec::Expire { backups } => match w.expire(job, &backups).await {
-            Ok(summary) => ended(true, format!("expire completed: {summary}")),
-            Err(e) => failed(format!("expire failed: {e:#}")),
-        },
-    }
-}
-
+/// One job in the hands of one worker.
 struct Worker {
     service: Arc<Service>,
     setup: WorkerSetup,
+    lease: Lease,
+    /// Progress, reported with every heartbeat.
+    counters: Arc<Counters>,
 }
 
 impl Worker {
+    /// Runs a leased job to its end, as it is to be recorded.
+    async fn run(&self, job: &Job) -> JobEnd {
+        let service = &self.service;
+        // An outcome, at the moment it is reached (the service's clock).
+        let ended = |succeeded: bool, message: String| JobEnd {
+            at: service.clock.now(),
+            succeeded,
+            message,
+            backup: None,
+            reached: None,
+        };
+        let failed = |message: String| ended(false, message);
+        if job.attempts > MAX_ATTEMPTS {
+            return failed(format!(
+                "failed: the worker stopped responding {MAX_ATTEMPTS} times; giving up"
+            ));
+        }
+        let spec = match JobSpec::of(job) {
+            Ok(spec) => spec,
+            Err(e) => return failed(format!("{} failed: {e}", job.operation)),
+        };
+        let what = if job.attempts > 1 {
+            "resumed after its worker stopped"
+        } else {
+            "started"
+        };
+        self.log(format!("{} {what} (attempt {})", job.operation, job.attempts))
+            .await;
+        match spec {
+            JobSpec::Backup { .. } => match self.backup(job).await {
+                Ok(b) => JobEnd {
+                    backup: Some(b.clone()),
+                    ..ended(true, format!("backup completed: {} bytes", b.logical_bytes))
+                },
+                Err(e) => failed(format!("backup failed: {e:#}")),
+            },
+            JobSpec::Recovery {
+                from,
+                target,
+                description,
+            } => match self.recovery(job, from, &target, &description).await {
+                Ok((summary, reached)) => JobEnd {
+                    reached: reached.and_then(|r| serde_json::to_value(r).ok()),
+                    ..ended(true, format!("recovery completed: {summary}"))
+                },
+                Err(e) => failed(format!("recovery failed: {e:#}")),
+            },
+            JobSpec::Expire { backups } => match self.expire(job, &backups).await {
+                Ok(summary) => ended(true, format!("expire completed: {summary}")),
+                Err(e) => failed(format!("expire failed: {e:#}")),
+            },
+        }
+    }
+
+    /// Adds a line to the job's activity log (refused, and dropped, once
+    /// the lease is lost).
+    async fn log(&self, message: String) {
+        if let Err(e) = self.service.catalog.add_job_message(&self.lease, &message).await {
+            tracing::warn!("job {}: could not log {message:?}: {e}", self.lease.job_id);
+        }
+    }
+
     async fn engine(&self, job: &Job) -> Result<(String, Arc<dyn Engine>)> {
         let deployment = self
             .service
@@ -137,24 +167,33 @@ impl Worker {
         Ok((deployment.engine, engine.into()))
     }
 
-    /// Reports progress, which also renews the lease, until aborted.
-    fn heartbeat(&self, job: &Job, counters: Arc<Counters>) -> JoinHandle<()> {
-        let (catalog, owner, id, lease) = (
+    /// Reports progress, which also renews the lease, until aborted; the
+    /// receiver fires when the catalog says the lease is lost.
+    fn heartbeat(&self) -> (JoinHandle<()>, tokio::sync::oneshot::Receiver<()>) {
+        let (catalog, lease, duration, counters) = (
             self.service.catalog.clone(),
-            self.setup.owner.clone(),
-            job.id,
+            self.lease.clone(),
             self.setup.lease,
+            self.counters.clone(),
         );
-        tokio::spawn(async move {
+        let (lost, lost_rx) = tokio::sync::oneshot::channel();
+        let beat = tokio::spawn(async move {
             loop {
-                tokio::time::sleep(lease / 3).await;
+                tokio::time::sleep(duration / 3).await;
                 let total = counters.total.load(Ordering::Relaxed);
                 let done = counters.read.load(Ordering::Relaxed);
-                let _ = catalog
-                    .heartbeat(id, &owner, lease, done, (total > 0).then_some(total))
-                    .await;
+                // An error (the catalog unreachable) is tried again: if it
+                // lasts, the next answer is that the lease is lost.
+                if let Ok(false) = catalog
+                    .heartbeat(&lease, duration, done, (total > 0).then_some(total))
+                    .await
+                {
+                    let _ = lost.send(());
+                    return;
+                }
             }
-        })
+        });
+        (beat, lost_rx)
     }
 
     async fn backup(&self, job: &Job) -> Result<BackupResult> {
@@ -166,8 +205,7 @@ impl Worker {
             .await?
             .map(|b| b.db_tag)
             .unwrap_or_default();
-        let counters = Arc::new(Counters::default());
-        let beat = self.heartbeat(job, counters.clone());
+        let counters = self.counters.clone();
         let (scratch, e) = (self.setup.scratch.clone(), engine.clone());
         let sources = tokio::task::spawn_blocking(move || e.backup(&scratch)).await??;
         let mut labels = BTreeMap::from([
@@ -188,9 +226,7 @@ impl Worker {
             tags: vec![tag],
             labels,
         };
-        let result = self.setup.repo.backup_sources(sources, options, counters).await;
-        beat.abort();
-        let snap = result?;
+        let snap = self.setup.repo.backup_sources(sources, options, counters).await?;
         Ok(BackupResult {
             snapshot_id: snap.id.to_hex(),
             logical_bytes: snap.totals.logical_bytes,
@@ -222,8 +258,7 @@ impl Worker {
             .catalog
             .mark_backups_deleted(&job.domain, &job.deployment, backups)
             .await?;
-        self.service
-            .log(job.id, format!("forgot {}; pruning the repository", tags.join(", ")))
+        self.log(format!("forgot {}; pruning the repository", tags.join(", ")))
             .await;
         let pruned = self.setup.repo.prune(&Default::default()).await?;
         let wal = match self.service.catalog.deployment(&job.domain, &job.deployment).await? {
@@ -266,18 +301,26 @@ impl Worker {
             .find_snapshot(&snapshot_id)
             .await
             .with_context(|| format!("snapshot {snapshot_id} of backup {tag}"))?;
-        self.service.log(job.id, format!("plan: {description}")).await;
-        let counters = Arc::new(Counters::default());
-        let beat = self.heartbeat(job, counters.clone());
+        self.log(format!("plan: {description}")).await;
+        let counters = self.counters.clone();
         let runtime = tokio::runtime::Handle::current();
         let files = SnapshotFiles::new(self.setup.repo.clone(), snapshot, runtime.clone(), counters);
         let wal = engine
             .capabilities()
             .point_in_time
             .then(|| self.setup.wal.for_deployment(&job.domain, &job.deployment));
-        let (service, id, scratch, target) = (self.service.clone(), job.id, self.setup.scratch.clone(), target.clone());
+        let (catalog, lease, scratch, target) = (
+            self.service.catalog.clone(),
+            self.lease.clone(),
+            self.setup.scratch.clone(),
+            target.clone(),
+        );
         let result = tokio::task::spawn_blocking(move || {
-            let log = |message: String| runtime.block_on(service.log(id, message));
+            let log = |message: String| {
+                if let Err(e) = runtime.block_on(catalog.add_job_message(&lease, &message)) {
+                    tracing::warn!("job {}: could not log {message:?}: {e}", lease.job_id);
+                }
+            };
             let cx = RecoveryContext {
                 scratch: &scratch,
                 log: &log,
@@ -286,7 +329,6 @@ impl Worker {
             engine.recover(&files, &target, &cx)
         })
         .await;
-        beat.abort();
         let recovered = result??;
         Ok((format!("from backup {tag}: {}", recovered.summary), recovered.reached))
     }
