@@ -210,7 +210,12 @@ pub async fn init(store: &Store, password: &[u8], opts: InitOptions) -> Result<(
     let sealed = master
         .cipher()
         .seal_object("config", &serde_json::to_vec(&config).expect("serializable"));
-    if !store.put_new(&layout::config(), Bytes::from(sealed)).await? {
+    if !store
+        .create_exclusive(&layout::config(), Bytes::from(sealed), &config.id.to_hex())
+        .await?
+    {
+        // Another init won: its key slot is the repository's, not ours.
+        store.delete(&layout::of(layout::KEYS, &id)).await?;
         return Err(Error::AlreadyInitialized {
             location: store.location().into(),
         });
@@ -245,11 +250,24 @@ pub async fn unlock(store: &Store, password: &[u8]) -> Result<(MasterKey, Config
             location: store.location().into(),
         });
     }
+    let mut sealed_config = None;
+    let mut foreign = None;
     for meta in &slots {
         let body = store.get(&meta.location).await?;
         if let Some(master) = unwrap_slot(meta.location.as_ref(), &body, password)? {
-            let sealed = store.get(&layout::config()).await?;
-            let plain = master.cipher().open_object("config", &sealed, &"config")?;
+            let sealed = match &sealed_config {
+                Some(s) => s,
+                None => sealed_config.insert(store.get(&layout::config()).await?),
+            };
+            // A slot an interrupted init left behind holds another master
+            // key, which does not open the config: try the next slot.
+            let plain = match master.cipher().open_object("config", sealed, &"config") {
+                Ok(p) => p,
+                Err(e) => {
+                    foreign = Some(e);
+                    continue;
+                }
+            };
             let config: Config = serde_json::from_slice(&plain).map_err(|e| Error::corrupt("config", e))?;
             if config.version != CONFIG_VERSION {
                 return Err(Error::UnsupportedVersion {
@@ -262,7 +280,7 @@ pub async fn unlock(store: &Store, password: &[u8]) -> Result<(MasterKey, Config
             return Ok((master, config));
         }
     }
-    Err(Error::WrongPassword { slots: slots.len() })
+    Err(foreign.unwrap_or(Error::WrongPassword { slots: slots.len() }))
 }
 
 pub async fn add_key(store: &Store, master: &MasterKey, new_password: &[u8]) -> Result<Id> {

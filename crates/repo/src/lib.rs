@@ -330,6 +330,12 @@ impl Repository {
             stored_bytes: index.packs().iter().map(|p| p.size).sum(),
             packs: index.packs().len(),
             chunks: index.chunk_count(),
+            create_only_writes: if self.store.honours_create().await? {
+                "honoured by the store"
+            } else {
+                "ignored by the store: config and WAL files are created under claims (storage::create_exclusive); \
+                 other objects are named by ids, and locks never rely on it"
+            },
         })
     }
 }
@@ -343,4 +349,6 @@ pub struct Stats {
     pub stored_bytes: u64,
     pub packs: usize,
     pub chunks: usize,
+    /// How names that must be created once stay so on this store.
+    pub create_only_writes: &'static str,
 }

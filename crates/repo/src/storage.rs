@@ -2,9 +2,14 @@
 //!
 //! All access goes through `object_store`, so the local filesystem, any
 //! S3-compatible service and memory behave alike. Objects are written
-//! create-only (`PutMode::Create`) and never rewritten; every name but
-//! `config` is derived from an id, so a create that finds the object already
-//! there has found the same content.
+//! create-only and never rewritten. Most names are ids (of their content,
+//! or random), so a second write under one carries the same content and
+//! harms nothing even where a store ignores create-only writes. Two kinds
+//! of name are not: `config` and archived WAL files, where a second write
+//! could replace what was there. `create_exclusive` keeps those promises on
+//! every store: with a create-only put where the store honours it (probed
+//! once: `honours_create`), else by claims (see there). Garage, for one,
+//! ignores `If-None-Match: *` today.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -53,7 +58,14 @@ impl std::fmt::Debug for S3Config {
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
     location: String,
+    /// Whether the store refuses a create-only put of an existing object
+    /// (probed on first need).
+    honours_create: Arc<tokio::sync::OnceCell<bool>>,
 }
+
+/// Where writers of a name that must be created once claim it:
+/// `claims/NAME/CLAIM`.
+const CLAIMS: &str = "claims";
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -66,6 +78,7 @@ impl Store {
         Store {
             inner,
             location: location.into(),
+            honours_create: Arc::default(),
         }
     }
 
@@ -132,8 +145,9 @@ impl Store {
         if self.location.starts_with("s3://") { 2 } else { 1 }
     }
 
-    /// Creates `path` with `data`. Returns false when it already existed
-    /// (which for id-named objects means the same content is there).
+    /// Creates an id-named object `path` with `data`. Returns false when
+    /// it already existed (the same content is there) — on a store that
+    /// ignores create-only puts, true: the write replaced it with the same.
     pub async fn put_new(&self, path: &Path, data: Bytes) -> Result<bool> {
         let opts = PutOptions {
             mode: PutMode::Create,
@@ -144,6 +158,53 @@ impl Store {
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
             Err(e) => Err(Error::storage(path, e)),
         }
+    }
+
+    /// Whether a create-only put of an existing object is refused here:
+    /// the first time asked, an object is created twice under a random
+    /// name and the second must fail.
+    pub async fn honours_create(&self) -> Result<bool> {
+        let probe = || async {
+            let path = Path::from(format!("{CLAIMS}/probe-{}", Id::random().to_hex()));
+            self.put_new(&path, Bytes::from_static(b"1")).await?;
+            let refused = !self.put_new(&path, Bytes::from_static(b"2")).await?;
+            self.delete(&path).await?;
+            Ok::<bool, Error>(refused)
+        };
+        self.honours_create.get_or_try_init(probe).await.copied()
+    }
+
+    /// Creates `path` with `data` unless it exists: false then (or, on a
+    /// store that ignores create-only puts, when another writer is
+    /// creating it right now). Where create-only puts are honoured, that is
+    /// one. Elsewhere a plain put could replace what another writer has
+    /// just created, so each writer claims the name first: it writes
+    /// `claims/PATH/CLAIM` (`claim` names its content), then lists the
+    /// name's claims, and writes the object only if it finds no other's.
+    /// Of two writers racing, the second to list sees the first's claim, so
+    /// at most one writes (both may back off, and retry); a claim stays with
+    /// its object (`delete` removes both).
+    pub async fn create_exclusive(&self, path: &Path, data: Bytes, claim: &str) -> Result<bool> {
+        if self.honours_create().await? {
+            return self.put_new(path, data).await;
+        }
+        if self.get_if_exists(path).await?.is_some() {
+            return Ok(false);
+        }
+        let claims = format!("{CLAIMS}/{path}");
+        let mine = Path::from(format!("{claims}/{claim}"));
+        self.put_new(&mine, Bytes::from_static(b"")).await?;
+        let others = self
+            .list(&claims)
+            .await?
+            .iter()
+            .any(|m| m.location.filename() != Some(claim));
+        if others {
+            self.delete(&mine).await?;
+            return Ok(false);
+        }
+        self.put_new(path, data).await?;
+        Ok(true)
     }
 
     pub async fn get(&self, path: &Path) -> Result<Bytes> {
@@ -182,6 +243,18 @@ impl Store {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(Error::storage(path, e)),
         }
+    }
+
+    /// Deletes an object `create_exclusive` made, and its claims.
+    pub async fn delete_exclusive(&self, path: &Path) -> Result<()> {
+        self.delete(path).await?;
+        if self.honours_create().await? {
+            return Ok(());
+        }
+        for claim in self.list(&format!("{CLAIMS}/{path}")).await? {
+            self.delete(&claim.location).await?;
+        }
+        Ok(())
     }
 }
 

@@ -6,10 +6,10 @@
 //! that one file cannot be passed off as another.
 //!
 //! Archiving is idempotent and never overwrites: an object is created only
-//! if absent (create-only writes, atomic in every backend), so a push
-//! retried after a crash finds either nothing (and stores) or its own
-//! complete earlier copy (and succeeds); different content under an
-//! archived name is an error PostgreSQL sees.
+//! if absent (`Store::create_exclusive`, on stores that ignore create-only
+//! puts too), so a push retried after a crash finds either nothing (and
+//! stores) or its own complete earlier copy (and succeeds); different
+//! content under an archived name is an error PostgreSQL sees.
 
 use bytes::Bytes;
 
@@ -100,12 +100,21 @@ pub async fn push(store: &Store, cipher: &Cipher, archive: &str, name: &str, dat
     let sealed = seal(cipher, &path, data);
     let bytes = sealed.len() as u64;
     let location = object_store::path::Path::from(path.as_str());
-    if store.put_new(&location, Bytes::from(sealed)).await? {
+    let content = cipher.chunk_id(data);
+    if store
+        .create_exclusive(&location, Bytes::from(sealed), &content.to_hex())
+        .await?
+    {
         return Ok(Pushed::Stored { bytes });
     }
-    let existing = store.get(&location).await?;
+    let Some(existing) = store.get_if_exists(&location).await? else {
+        return Err(Error::Invalid(format!(
+            "another writer is archiving a different {name} right now; refusing to race it (two clusters \
+             archiving into one repository?)"
+        )));
+    };
     let (id, _) = open(cipher, &path, &existing)?;
-    if id == cipher.chunk_id(data) {
+    if id == content {
         Ok(Pushed::AlreadyArchived)
     } else {
         Err(Error::Invalid(format!(
@@ -155,7 +164,9 @@ pub async fn list(store: &Store, archive: &str) -> Result<Vec<WalFile>> {
 pub async fn remove(store: &Store, archive: &str, names: &[String]) -> Result<()> {
     for name in names {
         let path = path(archive, name)?;
-        store.delete(&object_store::path::Path::from(path.as_str())).await?;
+        store
+            .delete_exclusive(&object_store::path::Path::from(path.as_str()))
+            .await?;
     }
     Ok(())
 }

@@ -11,18 +11,53 @@ use strongbox_repo::{Counters, Error, NoProgress, Repository, Source};
 
 async fn store_semantics(b: &Backend) {
     let store = b.store();
+    let honours = !matches!(b, Backend::IgnoresCreate(_));
+    assert_eq!(store.honours_create().await.unwrap(), honours, "{}", b.name());
     let p = Path::from("index/aa");
     assert!(
         store.put_new(&p, Bytes::from_static(b"first")).await.unwrap(),
         "{}",
         b.name()
     );
-    // Create-only: a second write is refused and changes nothing.
+    if honours {
+        // Create-only: a second write is refused and changes nothing.
+        assert!(
+            !store.put_new(&p, Bytes::from_static(b"second")).await.unwrap(),
+            "{}",
+            b.name()
+        );
+    }
+    assert!(store.list("claims").await.unwrap().is_empty(), "the probe cleans up");
+    // An exclusive create never replaces, whatever the store.
+    let config = Path::from("config");
     assert!(
-        !store.put_new(&p, Bytes::from_static(b"second")).await.unwrap(),
+        store
+            .create_exclusive(&config, Bytes::from_static(b"one"), "c1")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .create_exclusive(&config, Bytes::from_static(b"two"), "c2")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get(&config).await.unwrap(),
+        Bytes::from_static(b"one"),
         "{}",
         b.name()
     );
+    store.delete_exclusive(&config).await.unwrap();
+    assert!(store.list("claims").await.unwrap().is_empty(), "{}", b.name());
+    assert!(
+        store
+            .create_exclusive(&config, Bytes::from_static(b"two"), "c2")
+            .await
+            .unwrap()
+    );
+    store.delete_exclusive(&config).await.unwrap();
+    let p = Path::from("index/aa");
     assert_eq!(
         store.get(&p).await.unwrap(),
         Bytes::from_static(b"first"),
@@ -100,6 +135,32 @@ async fn repository_round_trip(b: &Backend) {
     assert_eq!(report.snapshots, 2);
 }
 
+/// Two writers (separate handles, as separate processes) backing up data
+/// that shares most of its chunks, at the same time: both snapshots
+/// restore exactly and every pack reads back whole.
+async fn overlapping_backups(b: &Backend) {
+    let repo = new_repo(b.store()).await;
+    let shared = data(2_000_000, 11);
+    let writers: Vec<_> = (0..2u64)
+        .map(|w| {
+            let store = b.store_again(&repo);
+            let mut content = shared.clone();
+            content.extend(data(300_000, 20 + w));
+            tokio::spawn(async move {
+                let repo = Repository::open(store, PASSWORD).await.unwrap();
+                let snap = backup(&repo, &[("db", &content)]).await;
+                (snap, content)
+            })
+        })
+        .collect();
+    for w in writers {
+        let (snap, content) = w.await.unwrap();
+        assert_eq!(restore(&repo, &snap, "db").await, content, "{}", b.name());
+    }
+    let report = repo.check(true).await.unwrap();
+    assert!(report.is_ok(), "{}: {report:?}", b.name());
+}
+
 trait Again {
     fn store_again(&self, repo: &Repository) -> strongbox_repo::Store;
 }
@@ -124,5 +185,12 @@ async fn every_backend_passes_the_store_suite() {
 async fn every_backend_round_trips_a_repository() {
     for b in Backend::all().await {
         repository_round_trip(&b).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_backend_takes_overlapping_backups_from_two_writers() {
+    for b in Backend::all().await {
+        overlapping_backups(&b).await;
     }
 }

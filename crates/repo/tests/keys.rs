@@ -52,6 +52,32 @@ async fn init_refuses_an_existing_repository_and_bad_settings() {
     new_repo(Store::local(dir.path()).unwrap()).await;
     let again = Repository::init(Store::local(dir.path()).unwrap(), PASSWORD, InitOptions::default()).await;
     assert!(matches!(again, Err(Error::AlreadyInitialized { .. })));
+    // Also where the store ignores create-only puts, and with inits racing:
+    // one repository, which opens.
+    let ignoring = tempfile::tempdir().unwrap();
+    let inits: Vec<_> = (0..4)
+        .map(|_| {
+            let dir = ignoring.path().to_path_buf();
+            tokio::spawn(async move { Repository::init(ignores_create(&dir), PASSWORD, InitOptions::default()).await })
+        })
+        .collect();
+    let mut made = 0;
+    for i in inits {
+        match i.await.unwrap() {
+            Ok(_) => made += 1,
+            Err(Error::AlreadyInitialized { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(made <= 1, "{made} inits succeeded");
+    if made == 0 {
+        new_repo(ignores_create(ignoring.path())).await;
+    }
+    Repository::open(ignores_create(ignoring.path()), PASSWORD)
+        .await
+        .unwrap();
+    let again = Repository::init(ignores_create(ignoring.path()), PASSWORD, InitOptions::default()).await;
+    assert!(matches!(again, Err(Error::AlreadyInitialized { .. })));
 
     let empty = tempfile::tempdir().unwrap();
     assert!(matches!(

@@ -1,4 +1,6 @@
-//! The WAL archive: idempotent pushes, no overwrite, verified fetches.
+//! The WAL archive: idempotent pushes, no overwrite, verified fetches —
+//! also on a store that ignores create-only puts, where racing pushes of
+//! different content under one name never both succeed.
 
 mod common;
 
@@ -24,7 +26,13 @@ fn segment(seed: u8) -> Vec<u8> {
 #[tokio::test]
 async fn pushes_are_idempotent_never_overwrite_and_fetches_verify() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = new_repo(Store::local(dir.path()).unwrap()).await;
+    archive_suite(Store::local(dir.path()).unwrap(), dir.path()).await;
+    let dir = tempfile::tempdir().unwrap();
+    archive_suite(ignores_create(dir.path()), dir.path()).await;
+}
+
+async fn archive_suite(store: Store, dir: &std::path::Path) {
+    let repo = new_repo(store).await;
     let name = "000000010000000000000003";
     let (a, b) = (segment(1), segment(2));
 
@@ -69,7 +77,7 @@ async fn pushes_are_idempotent_never_overwrite_and_fetches_verify() {
     }
 
     // A damaged object is an error naming it, never wrong WAL.
-    let object = dir.path().join("wal/db/one").join(name);
+    let object = dir.join("wal/db/one").join(name);
     let mut raw = std::fs::read(&object).unwrap();
     let mid = raw.len() / 2;
     raw[mid] ^= 1;
@@ -79,9 +87,48 @@ async fn pushes_are_idempotent_never_overwrite_and_fetches_verify() {
     // An object copied to another name does not pass for it.
     let other = "000000010000000000000004";
     std::fs::copy(
-        dir.path().join("wal/db/one/00000002.history"),
-        dir.path().join("wal/db/one").join(other),
+        dir.join("wal/db/one/00000002.history"),
+        dir.join("wal/db/one").join(other),
     )
     .unwrap();
     assert!(repo.wal_fetch(A, other).await.is_err());
+}
+
+/// Pushes of different content under one name racing from many writers
+/// (separate repository handles, as separate `wal-push` processes) on a
+/// store that ignores create-only puts: whatever one was told "stored" is
+/// what the archive holds, and no other was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_pushes_never_both_succeed_where_the_store_ignores_create_only_puts() {
+    let dir = tempfile::tempdir().unwrap();
+    new_repo(ignores_create(dir.path())).await;
+    for round in 0..20u8 {
+        let name = format!("0000000100000000000000{round:02X}");
+        let pushes: Vec<_> = (0..4u8)
+            .map(|w| {
+                let (dir, name) = (dir.path().to_path_buf(), name.clone());
+                tokio::spawn(async move {
+                    let repo = strongbox_repo::Repository::open(ignores_create(&dir), PASSWORD)
+                        .await
+                        .unwrap();
+                    let data = segment(w.wrapping_add(round.wrapping_mul(7)));
+                    (repo.wal_push(A, &name, &data).await, data)
+                })
+            })
+            .collect();
+        let mut stored = Vec::new();
+        for p in pushes {
+            let (result, data) = p.await.unwrap();
+            if let Ok(Pushed::Stored { .. }) = result {
+                stored.push(data);
+            }
+        }
+        assert!(stored.len() <= 1, "round {round}: {} pushes told stored", stored.len());
+        let repo = strongbox_repo::Repository::open(ignores_create(dir.path()), PASSWORD)
+            .await
+            .unwrap();
+        if let Some(won) = stored.pop() {
+            assert_eq!(repo.wal_fetch(A, &name).await.unwrap().unwrap(), won, "round {round}");
+        }
+    }
 }

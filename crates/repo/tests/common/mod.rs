@@ -35,6 +35,8 @@ pub enum Backend {
     Memory,
     Local(tempfile::TempDir),
     S3(S3Server),
+    /// Local disk behind `IgnoresCreate`, as Garage behaves today.
+    IgnoresCreate(tempfile::TempDir),
 }
 
 impl Backend {
@@ -43,6 +45,7 @@ impl Backend {
             Backend::Memory,
             Backend::Local(tempfile::tempdir().unwrap()),
             Backend::S3(start_s3().await),
+            Backend::IgnoresCreate(tempfile::tempdir().unwrap()),
         ]
     }
 
@@ -51,6 +54,7 @@ impl Backend {
             Backend::Memory => "memory",
             Backend::Local(_) => "local",
             Backend::S3(_) => "s3",
+            Backend::IgnoresCreate(_) => "ignores-create",
         }
     }
 
@@ -60,6 +64,79 @@ impl Backend {
             Backend::Memory => Store::open("memory:").unwrap(),
             Backend::Local(dir) => Store::local(dir.path()).unwrap(),
             Backend::S3(s) => Store::s3(&s.config).unwrap(),
+            Backend::IgnoresCreate(dir) => ignores_create(dir.path()),
+        }
+    }
+}
+
+/// A local store that ignores create-only puts (writes over what is
+/// there), as Garage does: fault injection for the promises create-only
+/// writes keep elsewhere.
+pub fn ignores_create(dir: &std::path::Path) -> Store {
+    let fs = object_store::local::LocalFileSystem::new_with_prefix(dir).unwrap();
+    Store::new(
+        Arc::new(IgnoresCreate(Arc::new(fs))),
+        format!("ignores-create:{}", dir.display()),
+    )
+}
+
+#[derive(Debug)]
+pub struct IgnoresCreate(Arc<dyn object_store::ObjectStore>);
+
+impl std::fmt::Display for IgnoresCreate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IgnoresCreate({})", self.0)
+    }
+}
+
+mod ignores {
+    use super::IgnoresCreate;
+    use bytes::Bytes;
+    use futures::stream::BoxStream;
+    use object_store::path::Path;
+    use object_store::*;
+    use std::ops::Range;
+
+    #[async_trait::async_trait]
+    impl ObjectStore for IgnoresCreate {
+        async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
+            let opts = PutOptions {
+                mode: PutMode::Overwrite,
+                ..opts
+            };
+            self.0.put_opts(location, payload, opts).await
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: PutMultipartOptions,
+        ) -> Result<Box<dyn MultipartUpload>> {
+            self.0.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+            self.0.get_opts(location, options).await
+        }
+
+        async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+            self.0.get_ranges(location, ranges).await
+        }
+
+        fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
+            self.0.delete_stream(locations)
+        }
+
+        fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+            self.0.list(prefix)
+        }
+
+        async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+            self.0.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+            self.0.copy_opts(from, to, options).await
         }
     }
 }

@@ -1,0 +1,136 @@
+//! Several servers, one service: three replicas on one PostgreSQL catalog
+//! (a database of its own on the machine's server) and one repository.
+//! Requests racing through all three for one deployment queue one job; the
+//! replica running it is killed (SIGKILL) and another finishes it once the
+//! lease expires: no job left in progress, no second backup, the
+//! repository sound.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use strongbox_testkit::Database;
+
+const BIG: &str = "/paas/service/dbcs/api/v1.1/instances/usexample/big/backups";
+
+fn replica(root: &Path, name: &str, env: &[(&str, String)]) -> Server {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    start_with(&dir, free_port(), env)
+}
+
+fn catalog(db: &Database, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-X", "-A", "-t", "-d", &db.url, "-c", sql])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn replicas_on_one_catalog_queue_one_job_from_racing_requests_and_finish_a_killed_ones() {
+    let root = tempfile::tempdir().unwrap();
+    let db = Database::create("strongbox_replicas");
+    let env = [
+        ("STRONGBOX_CATALOG", db.url.clone()),
+        (
+            "STRONGBOX_REPOSITORY",
+            root.path().join("repository").display().to_string(),
+        ),
+        ("STRONGBOX_REPO_PASSWORD", "replicas-share-this".to_string()),
+    ];
+    let mut servers: Vec<Server> = ["a", "b", "c"].iter().map(|n| replica(root.path(), n, &env)).collect();
+    let file = root.path().join("big.sqlite");
+    big_database(&file, 300);
+    let (status, v) = servers[0].register_sqlite("big", &file);
+    assert_eq!(status, "HTTP/2 200", "{v}");
+
+    // 24 requests at once, 8 through each replica: one job.
+    let answers: Vec<(String, String)> = std::thread::scope(|scope| {
+        let racers: Vec<_> = (0..24)
+            .map(|i| {
+                let s = &servers[i % 3];
+                scope.spawn(move || {
+                    let (status, h, body) = s.curl(&[&AUTH[..], &["-X", "POST", "-d", "{}", &s.url(BIG)]].concat());
+                    let location = h.iter().find(|(k, _)| k == "location").map(|(_, v)| v.clone());
+                    (status, location.unwrap_or(body))
+                })
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let accepted: Vec<&String> = answers
+        .iter()
+        .filter(|(status, _)| status == "HTTP/2 202")
+        .map(|(_, location)| location)
+        .collect();
+    assert_eq!(accepted.len(), 1, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|(status, _)| status == "HTTP/2 202" || status == "HTTP/2 409"),
+        "{answers:?}"
+    );
+    let location = accepted[0].clone();
+    let id = location.rsplit('/').next().unwrap().to_string();
+
+    // Kill the replica whose worker holds the job, mid-backup.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let owner = loop {
+        let owner = catalog(
+            &db,
+            &format!("SELECT coalesce(lease_owner, '') FROM jobs WHERE id = {id}"),
+        );
+        if !owner.is_empty() {
+            break owner;
+        }
+        assert!(Instant::now() < deadline, "job {id} was never leased");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let pid: u32 = owner.split('-').next().unwrap().parse().unwrap();
+    let holder = servers
+        .iter()
+        .position(|s| s.child.id() == pid)
+        .expect("a replica holds it");
+    let mut killed = servers.remove(holder);
+    killed.child.kill().unwrap();
+    killed.child.wait().unwrap();
+
+    // Another replica finishes it after the lease (2 s) expires.
+    let s = &servers[0];
+    let local = location.replace(&format!("localhost:{}", killed.port), &format!("localhost:{}", s.port));
+    let job = s.wait_for(&local, "Succeeded");
+    let (_, log) = s.json(&[&s.url(&format!("/paas/api/v1.1/activitylog/usexample/job/{id}"))]);
+    let messages = log["messages"].to_string();
+    assert!(
+        messages.contains("resumed after its worker stopped"),
+        "the job was taken over: {log}"
+    );
+    assert!(job["progress"]["bytes_done"].as_u64().unwrap() > 250 << 20, "{job}");
+    let (_, list) = s.json(&[&s.url(BIG)]);
+    let backups = list["backupList"].as_array().unwrap();
+    assert_eq!(backups.len(), 1, "no second backup: {list}");
+    assert_eq!(backups[0]["status"], "COMPLETED", "{list}");
+    assert_eq!(
+        catalog(&db, "SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')"),
+        "0",
+        "no job left in progress"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_strongbox"))
+        .args(["repo", "--repo"])
+        .arg(root.path().join("repository"))
+        .args(["check", "--read-data"])
+        .env("STRONGBOX_PASSWORD", "replicas-share-this")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
