@@ -244,10 +244,11 @@ pub async fn job_status(
         .bytes_total
         .filter(|&t| t > 0)
         .map(|t| (j.bytes_done as f64 * 100.0 / t as f64).min(100.0));
-    let message = j.message.clone().unwrap_or_else(|| match j.status {
-        JobStatus::Queued => "waiting for a worker".into(),
-        _ => format!("{} in progress", j.operation),
-    });
+    let message = match (&j.message, j.status) {
+        (Some(m), _) => m.clone(),
+        (None, JobStatus::Queued) => state.service.waiting(&j).await?,
+        (None, _) => format!("{} in progress", j.operation),
+    };
     Ok(Json(wire::JobStatus {
         job_id: j.id,
         job_operation: j.operation.clone(),
@@ -355,7 +356,7 @@ pub async fn register_deployment(
     })?;
     let d = state
         .service
-        .register_deployment(&domain, &service, reg.engine, reg.connection)
+        .register_deployment(&domain, &service, reg.engine, reg.connection, reg.runs_on)
         .await?;
     Ok(Json(instance(&state, &d, None)))
 }
@@ -372,6 +373,7 @@ fn instance(state: &AppState, d: &Deployment, pitr: Option<wire::PointInTimeReco
         point_in_time_recovery: pitr,
         backup_config: None,
         last_backup: None,
+        runs_on: d.runs_on.clone(),
     }
 }
 

@@ -193,6 +193,9 @@ pub struct Instance {
     /// Strongbox, on one deployment's view: its latest completed backup.
     #[serde(rename = "lastBackup", skip_serializing_if = "Option::is_none")]
     pub last_backup: Option<BackupItem>,
+    /// Strongbox: the label of the servers that run its jobs.
+    #[serde(rename = "runsOn", skip_serializing_if = "Option::is_none")]
+    pub runs_on: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -327,6 +330,14 @@ pub struct Registration {
     pub engine: String,
     /// Engine settings; may hold secrets, never returned.
     pub connection: Value,
+    /// Only servers with this label run its jobs.
+    #[serde(rename = "runsOn", default, deserialize_with = "present_string")]
+    pub runs_on: Option<String>,
+}
+
+/// An optional field that, when present, is a string (not `null`).
+fn present_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    <String as serde::Deserialize>::deserialize(d).map(Some)
 }
 
 /// `postgresql://[user[:password]@]host[:port][/database]`.
@@ -341,9 +352,17 @@ impl utoipa::PartialSchema for Registration {
             .pattern(Some(POSTGRES_URL_PATTERN))
             .build()
             .into();
+        let label: Schema = string("only servers with this label run its jobs (e.g. the database's host)")
+            .pattern(Some("^[A-Za-z0-9._-]{1,64}$"))
+            .build()
+            .into();
         let engine = |name: &str, connection: Schema| -> Schema {
             let name_schema: Schema = string("the engine").enum_values(Some([name])).build().into();
-            object(&[("engine", name_schema), ("connection", connection)], &[], name)
+            object(
+                &[("engine", name_schema), ("connection", connection)],
+                &[("runsOn", label.clone())],
+                name,
+            )
         };
         let env: Schema = ObjectBuilder::new()
             .schema_type(Type::Object)

@@ -82,8 +82,13 @@ pub trait Catalog: Send + Sync + 'static {
 
     /// Leases the oldest queued job, or a running one whose lease expired
     /// (its worker died), counting the attempt (`Lease::of` the job is
-    /// the hold every later write names).
-    async fn lease_job(&self, owner: &str, duration: Duration) -> Result<Option<Job>>;
+    /// the hold every later write names) — of a deployment that names no
+    /// label, or one of `labels`.
+    async fn lease_job(&self, owner: &str, duration: Duration, labels: &[String]) -> Result<Option<Job>>;
+    /// Records that server `owner` lives, with its labels.
+    async fn announce(&self, owner: &str, labels: &[String]) -> Result<()>;
+    /// The labels of servers that announced themselves within `within`.
+    async fn live_labels(&self, within: Duration) -> Result<Vec<String>>;
     /// Records progress and extends the lease; false if it was lost.
     async fn heartbeat(&self, lease: &Lease, duration: Duration, done: u64, total: Option<u64>) -> Result<bool>;
     /// Ends a job, with its backup or recovery row; false (and nothing
@@ -94,6 +99,17 @@ pub trait Catalog: Send + Sync + 'static {
     /// Adds a line to a job's activity log; false (and nothing written) if
     /// the lease was lost.
     async fn add_job_message(&self, lease: &Lease, message: &str) -> Result<bool>;
+}
+
+/// Every label in servers' stored label lists, once each.
+pub(crate) fn labels_of(rows: &[String]) -> Vec<String> {
+    let mut labels: Vec<String> = rows
+        .iter()
+        .flat_map(|r| serde_json::from_str::<Vec<String>>(r).unwrap_or_default())
+        .collect();
+    labels.sort();
+    labels.dedup();
+    labels
 }
 
 pub(crate) fn now() -> time::OffsetDateTime {

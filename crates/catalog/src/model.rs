@@ -49,6 +49,8 @@ pub struct NewDeployment {
     pub engine: String,
     /// Engine settings; may hold secrets.
     pub connection: serde_json::Value,
+    /// Only servers with this label run its jobs.
+    pub runs_on: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -60,6 +62,8 @@ pub struct Deployment {
     pub created_at: String,
     /// The backup configuration as the core stored it; `None`: defaults.
     pub backup_config: Option<serde_json::Value>,
+    /// Only servers with this label run its jobs.
+    pub runs_on: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,7 +14,7 @@ use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
 use crate::{
     Backup, BackupStatus, Catalog, Deployment, Error, Job, JobEnd, JobMessage, JobStatus, Lease, NewDeployment, NewJob,
-    NewRecord, Recovery, Result, Role, Started, User, hash_password, now, rfc3339,
+    NewRecord, Recovery, Result, Role, Started, User, hash_password, labels_of, now, rfc3339,
 };
 
 pub struct PgCatalog {
@@ -57,6 +57,7 @@ fn deployment(row: &PgRow) -> Deployment {
         backup_config: row
             .get::<Option<&str>, _>("backup_config")
             .and_then(|c| serde_json::from_str(c).ok()),
+        runs_on: row.get("runs_on"),
     }
 }
 
@@ -266,14 +267,16 @@ impl Catalog for PgCatalog {
 
     async fn put_deployment(&self, d: &NewDeployment) -> Result<Deployment> {
         sqlx::query(
-            "INSERT INTO deployments (domain, name, engine, connection, created_at) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (domain, name) DO UPDATE SET engine = excluded.engine, connection = excluded.connection",
+            "INSERT INTO deployments (domain, name, engine, connection, created_at, runs_on) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (domain, name) DO UPDATE SET engine = excluded.engine, \
+             connection = excluded.connection, runs_on = excluded.runs_on",
         )
         .bind(&d.domain)
         .bind(&d.name)
         .bind(&d.engine)
         .bind(d.connection.to_string())
         .bind(rfc3339(now()))
+        .bind(&d.runs_on)
         .execute(&self.pool)
         .await?;
         self.deployment(&d.domain, &d.name)
@@ -410,21 +413,24 @@ impl Catalog for PgCatalog {
         Ok(rows.iter().map(backup).collect())
     }
 
-    async fn lease_job(&self, owner: &str, duration: Duration) -> Result<Option<Job>> {
+    async fn lease_job(&self, owner: &str, duration: Duration, labels: &[String]) -> Result<Option<Job>> {
+        let labels = serde_json::to_string(labels).expect("serializable");
         let at = rfc3339(now());
         // SKIP LOCKED: replicas leasing at once take different jobs
         // instead of queueing behind one another's row lock.
         let row = sqlx::query(AssertSqlSafe(format!(
             "UPDATE jobs SET status = 'running', lease_owner = $1, lease_expires = {DB_NOW} + $2, \
              attempts = attempts + 1, started_at = COALESCE(started_at, $3), updated_at = $3 \
-             WHERE id = (SELECT id FROM jobs WHERE status = 'queued' \
-                         OR (status = 'running' AND lease_expires < {DB_NOW}) \
-                         ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+             WHERE id = (SELECT j.id FROM jobs j JOIN deployments d ON d.domain = j.domain AND d.name = j.deployment \
+                         WHERE (j.status = 'queued' OR (j.status = 'running' AND j.lease_expires < {DB_NOW})) \
+                         AND (d.runs_on IS NULL OR d.runs_on IN (SELECT jsonb_array_elements_text($4::jsonb))) \
+                         ORDER BY j.id LIMIT 1 FOR UPDATE OF j SKIP LOCKED) \
              RETURNING {JOB_COLUMNS}"
         )))
         .bind(owner)
         .bind(duration.as_secs() as i64)
         .bind(&at)
+        .bind(&labels)
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.as_ref().map(job))
@@ -478,6 +484,28 @@ impl Catalog for PgCatalog {
         }
         tx.commit().await?;
         Ok(closed)
+    }
+
+    async fn announce(&self, owner: &str, labels: &[String]) -> Result<()> {
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO servers (owner, labels, seen_at) VALUES ($1, $2, {DB_NOW}) \
+             ON CONFLICT (owner) DO UPDATE SET labels = excluded.labels, seen_at = excluded.seen_at"
+        )))
+        .bind(owner)
+        .bind(serde_json::to_string(labels).expect("serializable"))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn live_labels(&self, within: Duration) -> Result<Vec<String>> {
+        let rows: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT labels FROM servers WHERE seen_at >= {DB_NOW} - $1"
+        )))
+        .bind(within.as_secs() as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(labels_of(&rows))
     }
 
     async fn mark_backups_deleted(&self, domain: &str, deployment: &str, job_ids: &[i64]) -> Result<()> {

@@ -15,7 +15,7 @@ use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
 
 use crate::{
     Backup, BackupStatus, Catalog, Deployment, Error, Job, JobEnd, JobMessage, JobStatus, Lease, NewDeployment, NewJob,
-    NewRecord, Recovery, Result, Role, Started, User, hash_password, now, rfc3339,
+    NewRecord, Recovery, Result, Role, Started, User, hash_password, labels_of, now, rfc3339,
 };
 
 pub struct SqliteCatalog {
@@ -58,6 +58,7 @@ fn deployment(row: &SqliteRow) -> Deployment {
         backup_config: row
             .get::<Option<&str>, _>("backup_config")
             .and_then(|c| serde_json::from_str(c).ok()),
+        runs_on: row.get("runs_on"),
     }
 }
 
@@ -258,14 +259,16 @@ impl Catalog for SqliteCatalog {
 
     async fn put_deployment(&self, d: &NewDeployment) -> Result<Deployment> {
         sqlx::query(
-            "INSERT INTO deployments (domain, name, engine, connection, created_at) VALUES (?, ?, ?, ?, ?) \
-             ON CONFLICT (domain, name) DO UPDATE SET engine = excluded.engine, connection = excluded.connection",
+            "INSERT INTO deployments (domain, name, engine, connection, created_at, runs_on) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (domain, name) DO UPDATE SET engine = excluded.engine, \
+             connection = excluded.connection, runs_on = excluded.runs_on",
         )
         .bind(&d.domain)
         .bind(&d.name)
         .bind(&d.engine)
         .bind(d.connection.to_string())
         .bind(rfc3339(now()))
+        .bind(&d.runs_on)
         .execute(&self.pool)
         .await?;
         self.deployment(&d.domain, &d.name)
@@ -402,14 +405,17 @@ impl Catalog for SqliteCatalog {
         Ok(rows.iter().map(backup).collect())
     }
 
-    async fn lease_job(&self, owner: &str, duration: Duration) -> Result<Option<Job>> {
+    async fn lease_job(&self, owner: &str, duration: Duration, labels: &[String]) -> Result<Option<Job>> {
+        let labels = serde_json::to_string(labels).expect("serializable");
         let t = now();
         let (at, unix) = (rfc3339(t), t.unix_timestamp());
         let row = sqlx::query(AssertSqlSafe(format!(
             "UPDATE jobs SET status = 'running', lease_owner = ?, lease_expires = ?, attempts = attempts + 1, \
              started_at = COALESCE(started_at, ?), updated_at = ? \
-             WHERE id = (SELECT id FROM jobs WHERE status = 'queued' OR (status = 'running' AND lease_expires < ?) \
-                         ORDER BY id LIMIT 1) \
+             WHERE id = (SELECT j.id FROM jobs j JOIN deployments d ON d.domain = j.domain AND d.name = j.deployment \
+                         WHERE (j.status = 'queued' OR (j.status = 'running' AND j.lease_expires < ?)) \
+                         AND (d.runs_on IS NULL OR d.runs_on IN (SELECT value FROM json_each(?))) \
+                         ORDER BY j.id LIMIT 1) \
              RETURNING {JOB_COLUMNS}"
         )))
         .bind(owner)
@@ -417,6 +423,7 @@ impl Catalog for SqliteCatalog {
         .bind(&at)
         .bind(&at)
         .bind(unix)
+        .bind(&labels)
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.as_ref().map(job))
@@ -471,6 +478,27 @@ impl Catalog for SqliteCatalog {
         }
         tx.commit().await?;
         Ok(closed)
+    }
+
+    async fn announce(&self, owner: &str, labels: &[String]) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO servers (owner, labels, seen_at) VALUES (?, ?, ?) \
+             ON CONFLICT (owner) DO UPDATE SET labels = excluded.labels, seen_at = excluded.seen_at",
+        )
+        .bind(owner)
+        .bind(serde_json::to_string(labels).expect("serializable"))
+        .bind(now().unix_timestamp())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn live_labels(&self, within: Duration) -> Result<Vec<String>> {
+        let rows: Vec<String> = sqlx::query_scalar("SELECT labels FROM servers WHERE seen_at >= ?")
+            .bind(now().unix_timestamp() - within.as_secs() as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(labels_of(&rows))
     }
 
     async fn mark_backups_deleted(&self, domain: &str, deployment: &str, job_ids: &[i64]) -> Result<()> {

@@ -65,6 +65,7 @@ async fn suite(c: &dyn Catalog) {
             name: name.into(),
             engine: "sqlite".into(),
             connection: serde_json::json!({"path": "/tmp/x.db"}),
+            runs_on: None,
         })
         .await
         .unwrap();
@@ -112,7 +113,7 @@ async fn suite(c: &dyn Catalog) {
 
     // Lease, progress, finish.
     let lease = Duration::from_secs(30);
-    let got = c.lease_job("w1", lease).await.unwrap().unwrap();
+    let got = c.lease_job("w1", lease, &[]).await.unwrap().unwrap();
     assert_eq!((got.id, got.status, got.attempts), (j1.id, JobStatus::Running, 1));
     let w1 = Lease::of(&got, "w1");
     let w2 = Lease::of(&got, "w2");
@@ -172,12 +173,12 @@ async fn suite(c: &dyn Catalog) {
     // A worker that dies: its lease expires, another worker takes the job,
     // counting the attempt; the first holder can no longer end it.
     let short = Duration::from_secs(0);
-    let first = c.lease_job("dying", short).await.unwrap().unwrap();
+    let first = c.lease_job("dying", short, &[]).await.unwrap().unwrap();
     assert_eq!(first.id, j2.id);
-    let second = c.lease_job("dying", short).await.unwrap().unwrap();
+    let second = c.lease_job("dying", short, &[]).await.unwrap().unwrap();
     assert_eq!(second.id, j3.id);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let again = c.lease_job("w3", lease).await.unwrap().unwrap();
+    let again = c.lease_job("w3", lease, &[]).await.unwrap().unwrap();
     assert_eq!((again.id, again.attempts), (j2.id, 2));
     let dying = Lease::of(&first, "dying");
     assert!(!c.finish_job(&dying, &done(true, "late")).await.unwrap());
@@ -195,7 +196,7 @@ async fn suite(c: &dyn Catalog) {
     // Fencing: the same worker (one process, one owner name) leased it
     // first; its first attempt's writes are refused once the second holds
     // it, the second's go through.
-    let again = c.lease_job("dying", lease).await.unwrap().unwrap();
+    let again = c.lease_job("dying", lease, &[]).await.unwrap().unwrap();
     assert_eq!((again.id, again.attempts), (j3.id, 2));
     let (stale, current) = (Lease::of(&second, "dying"), Lease::of(&again, "dying"));
     assert!(!c.heartbeat(&stale, lease, 1, None).await.unwrap());
@@ -223,6 +224,51 @@ async fn suite(c: &dyn Catalog) {
     assert!(j.message.unwrap().contains("disk full"));
 
     recoveries(c, j1.id, j3.id).await;
+    placement(c).await;
+}
+
+/// A deployment that names a label: its jobs go only to servers with it;
+/// servers' labels are live while they announce themselves.
+async fn placement(c: &dyn Catalog) {
+    c.ensure_domain("placed").await.unwrap();
+    c.put_deployment(&NewDeployment {
+        domain: "placed".into(),
+        name: "pinned".into(),
+        engine: "postgresql".into(),
+        connection: serde_json::json!({}),
+        runs_on: Some("db-host-1".into()),
+    })
+    .await
+    .unwrap();
+    let d = c.deployment("placed", "pinned").await.unwrap().unwrap();
+    assert_eq!(d.runs_on.as_deref(), Some("db-host-1"));
+    let new = NewJob {
+        domain: "placed".into(),
+        ..new_job("pinned", None)
+    };
+    let Started::Created(job) = start_backup(c, &new, "TAGP", false).await else {
+        panic!()
+    };
+    let lease = Duration::from_secs(30);
+    assert!(
+        c.lease_job("plain", lease, &[]).await.unwrap().is_none(),
+        "not for unlabelled servers"
+    );
+    let other = ["db-host-2".to_string()];
+    assert!(c.lease_job("other", lease, &other).await.unwrap().is_none());
+    let mine = ["db-host-2".to_string(), "db-host-1".to_string()];
+    assert_eq!(c.lease_job("host1", lease, &mine).await.unwrap().unwrap().id, job.id);
+
+    assert!(c.live_labels(lease).await.unwrap().is_empty());
+    c.announce("host1", &mine).await.unwrap();
+    c.announce("plain", &[]).await.unwrap();
+    c.announce("host1", &mine).await.unwrap();
+    assert_eq!(c.live_labels(lease).await.unwrap(), ["db-host-1", "db-host-2"]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(
+        c.live_labels(Duration::ZERO).await.unwrap().is_empty(),
+        "a server not heard from is not live"
+    );
 }
 
 /// Recovery jobs share the one-active-job rule with backups and keep their
@@ -262,7 +308,7 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
     assert!(
         matches!(c.create_job(&recovery(Some("r1")), &from(completed), "again").await.unwrap(), Started::Existing(j) if j.id == r.id)
     );
-    let leased = c.lease_job("w5", Duration::from_secs(30)).await.unwrap().unwrap();
+    let leased = c.lease_job("w5", Duration::from_secs(30), &[]).await.unwrap().unwrap();
     assert_eq!((leased.id, leased.operation.as_str()), (r.id, "recovery"));
     let w5 = Lease::of(&leased, "w5");
     assert!(c.add_job_message(&w5, "server stopped").await.unwrap());
@@ -302,7 +348,7 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
     else {
         panic!()
     };
-    let leased = c.lease_job("w5", Duration::from_secs(30)).await.unwrap().unwrap();
+    let leased = c.lease_job("w5", Duration::from_secs(30), &[]).await.unwrap().unwrap();
     assert_eq!(leased.id, r2.id);
     assert!(
         c.finish_job(&Lease::of(&leased, "w5"), &done(false, "pg_restore exited with 1"))
@@ -351,6 +397,7 @@ async fn concurrently(c: std::sync::Arc<dyn Catalog>) {
             name: format!("d{i}"),
             engine: "sqlite".into(),
             connection: serde_json::json!({}),
+            runs_on: None,
         })
         .await
         .unwrap();
@@ -386,7 +433,11 @@ async fn concurrently(c: std::sync::Arc<dyn Catalog>) {
             let c = c.clone();
             tokio::spawn(async move {
                 let mut mine = Vec::new();
-                while let Some(j) = c.lease_job(&format!("w{w}"), Duration::from_secs(60)).await.unwrap() {
+                while let Some(j) = c
+                    .lease_job(&format!("w{w}"), Duration::from_secs(60), &[])
+                    .await
+                    .unwrap()
+                {
                     mine.push(j.id);
                 }
                 mine
@@ -416,9 +467,13 @@ async fn sqlite_catalog_passes_the_suite() {
     assert!(c.put_backup_config("usexample", "db12c", &config).await.unwrap());
     assert!(!c.put_backup_config("idcs-0123abc", "db12c", &config).await.unwrap());
     let all = c.all_deployments().await.unwrap();
-    assert_eq!(all.len(), 2);
-    assert_eq!(all[0].backup_config.as_ref(), Some(&config));
-    assert_eq!(all[1].backup_config, None);
+    let names: Vec<_> = all.iter().map(|d| (d.domain.as_str(), d.name.as_str())).collect();
+    assert_eq!(
+        names,
+        [("placed", "pinned"), ("usexample", "db12c"), ("usexample", "other")]
+    );
+    assert_eq!(all[1].backup_config.as_ref(), Some(&config));
+    assert_eq!(all[2].backup_config, None);
     concurrently(std::sync::Arc::new(c)).await;
 }
 

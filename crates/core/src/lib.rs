@@ -8,6 +8,7 @@ pub mod dates;
 mod error;
 pub mod job;
 pub mod pitr;
+pub mod placement;
 pub mod recovery;
 pub mod retention;
 pub mod schedule;
@@ -70,6 +71,7 @@ impl Service {
         name: &str,
         engine: String,
         connection: serde_json::Value,
+        runs_on: Option<String>,
     ) -> Result<Deployment> {
         let valid_name = !name.is_empty()
             && name.len() <= 64
@@ -80,6 +82,9 @@ impl Service {
             ));
         }
         strongbox_engines::engine_for(&engine, &connection).map_err(|e| Error::Invalid(e.to_string()))?;
+        if let Some(label) = &runs_on {
+            placement::check_label(label)?;
+        }
         self.catalog.ensure_domain(domain).await?;
         Ok(self
             .catalog
@@ -88,6 +93,7 @@ impl Service {
                 name: name.into(),
                 engine,
                 connection,
+                runs_on,
             })
             .await?)
     }

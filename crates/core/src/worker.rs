@@ -37,12 +37,19 @@ pub struct WorkerSetup {
     /// A directory for temporary files.
     pub scratch: PathBuf,
     pub wal: Arc<WalArchives>,
+    /// This server's labels: it runs jobs of deployments that name one of
+    /// them or none (`placement`).
+    pub labels: Vec<String>,
 }
 
 /// Leases jobs and runs them, forever.
 pub async fn worker(service: Arc<Service>, setup: WorkerSetup) {
     loop {
-        match service.catalog.lease_job(&setup.owner, setup.lease).await {
+        match service
+            .catalog
+            .lease_job(&setup.owner, setup.lease, &setup.labels)
+            .await
+        {
             Ok(Some(job)) => {
                 let w = Worker {
                     service: service.clone(),

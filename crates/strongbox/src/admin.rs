@@ -47,6 +47,10 @@ enum Verb {
         /// Engine settings as JSON, e.g. '{"path": "/srv/app.db"}'.
         #[arg(long)]
         connection: String,
+        /// Only servers with this label (`labels` in their config) run its
+        /// jobs, e.g. the database's host for a physical PostgreSQL backup.
+        #[arg(long)]
+        runs_on: Option<String>,
     },
     /// Change a deployment's backup configuration (what is not given stays).
     Config {
@@ -98,11 +102,12 @@ pub async fn run(args: AdminArgs) -> Result<()> {
             domain,
             engine,
             connection,
+            runs_on,
         } => {
             let connection: serde_json::Value =
                 serde_json::from_str(&connection).context("--connection is not JSON")?;
             Service::new(catalog)
-                .register_deployment(&domain, &name, engine, connection)
+                .register_deployment(&domain, &name, engine, connection, runs_on)
                 .await?;
             println!("deployment {name} registered in identity domain {domain}");
         }

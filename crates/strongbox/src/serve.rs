@@ -42,6 +42,9 @@ pub(crate) struct Config {
     /// `postgresql://…` for a catalog several servers share; else the
     /// SQLite file `catalog.sqlite` in the data directory.
     catalog: Option<String>,
+    /// This server's labels: it runs the jobs of deployments whose
+    /// `runsOn` is one of them, and of those that name none.
+    labels: Option<Vec<String>>,
     /// The backup configuration of deployments that have none of their
     /// own: `auto_backup_enabled`, `window` or `cron`,
     /// `recovery_window_in_days`, `minimum_backups_kept`.
@@ -101,6 +104,7 @@ struct Settings {
     schedule_check: Duration,
     backup_defaults: BackupConfig,
     catalog: String,
+    labels: Vec<String>,
 }
 
 fn settings(args: &ServeArgs) -> Result<Settings> {
@@ -110,6 +114,17 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
         .or(file.data_dir.clone())
         .unwrap_or_else(|| "strongbox-data".into());
     let catalog = file.catalog(&data_dir)?;
+    let labels: Vec<String> = match std::env::var("STRONGBOX_LABELS") {
+        Ok(v) => v
+            .split(',')
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect(),
+        Err(_) => file.labels.clone().unwrap_or_default(),
+    };
+    for l in &labels {
+        strongbox_core::placement::check_label(l).context("labels")?;
+    }
     let listen = env("STRONGBOX_LISTEN")?
         .or(file.listen)
         .unwrap_or_else(|| "127.0.0.1:8080".parse().unwrap());
@@ -125,6 +140,7 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
         listen,
         data_dir,
         catalog,
+        labels,
         repository: env("STRONGBOX_REPOSITORY")?.or(file.repository),
         public_url: env("STRONGBOX_PUBLIC_URL")?
             .or(file.public_url)
@@ -236,7 +252,13 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         lease: s.lease,
         scratch: s.data_dir.join("tmp"),
         wal,
+        labels: s.labels.clone(),
     };
+    tokio::spawn(strongbox_core::placement::announcer(
+        service.clone(),
+        setup.owner.clone(),
+        s.labels.clone(),
+    ));
     for _ in 0..s.workers {
         tokio::spawn(worker(service.clone(), setup.clone()));
     }
@@ -300,7 +322,13 @@ async fn demo(service: &Service, s: &Settings) -> Result<()> {
         )?;
     }
     service
-        .register_deployment(domain, "db12c", "sqlite".into(), serde_json::json!({ "path": db }))
+        .register_deployment(
+            domain,
+            "db12c",
+            "sqlite".into(),
+            serde_json::json!({ "path": db }),
+            None,
+        )
         .await?;
     eprintln!(
         "try: curl -i -X POST -u {user}:PASSWORD -H 'X-ID-TENANT-NAME: {domain}' -H 'Content-Type: application/json' \

@@ -4,8 +4,9 @@
 //! `scn` through the API (targets drawn from remembered moments, including
 //! moments before earlier recoveries and on abandoned timelines), restart
 //! PostgreSQL or Strongbox, crash the database, corrupt or delete its
-//! files, and delete backups (expire jobs prune the repository and the WAL
-//! archive). A model of the committed rows of
+//! files, and delete backups (through the API: expire jobs prune the
+//! repository and the WAL archive; or `forget` + `prune` with the
+//! repository CLI). A model of the committed rows of
 //! every timeline predicts, for each recovery request, either exactly the
 //! rows the recovered database must hold or a refusal; each result is
 //! compared with it.
@@ -478,8 +479,9 @@ impl Run {
         self.note(format!("disaster: {what}"));
     }
 
-    /// Deletes a backup through the API: its expire job forgets the
-    /// snapshot and prunes the repository and the WAL archive.
+    /// Deletes a backup: through the API (its expire job forgets the
+    /// snapshot and prunes the repository and the WAL archive), or with the
+    /// repository CLI's `forget` + `prune`.
     fn delete_backup(&mut self, rng: &mut Rng) {
         let candidates: Vec<usize> = (0..self.model.bases.len())
             .filter(|i| !self.model.bases[*i].forgotten)
@@ -490,9 +492,30 @@ impl Run {
         // Never the newest.
         let i = candidates[rng.below(candidates.len() - 1)];
         let tag = self.model.bases[i].tag.clone();
-        let job = self.pg.s.delete_backup("pg", &tag);
+        if rng.chance(50) {
+            let job = self.pg.s.delete_backup("pg", &tag);
+            self.note(format!("delete {tag}: {}", job["message"]));
+        } else {
+            // The repository CLI: the snapshot goes, the catalog does not
+            // know (the backup is no longer usable), prune leaves WAL alone.
+            let out = self.pg.s.repo_cli(&["--json", "snapshots"]);
+            let snapshots: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let id = snapshots
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["tags"][0] == tag.as_str())
+                .map(|s| s["id"].as_str().unwrap().to_string())
+                .unwrap();
+            for args in [&["forget", id.as_str()][..], &["prune"]] {
+                let out = self.pg.s.repo_cli(args);
+                if !out.status.success() {
+                    self.fail(format!("repo {args:?}: {}", String::from_utf8_lossy(&out.stderr)));
+                }
+            }
+            self.note(format!("forget {tag}, prune (repository CLI)"));
+        }
         self.model.bases[i].forgotten = true;
-        self.note(format!("delete {tag}: {}", job["message"]));
     }
 
     /// One random recovery request and the model's answer to it.

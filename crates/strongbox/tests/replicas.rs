@@ -134,3 +134,73 @@ fn replicas_on_one_catalog_queue_one_job_from_racing_requests_and_finish_a_kille
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_deployment_that_names_a_label_runs_only_on_servers_with_it_and_says_so_while_none_lives() {
+    let root = tempfile::tempdir().unwrap();
+    // Two servers on one catalog (a SQLite file both open) and one repository.
+    let env = [
+        (
+            "STRONGBOX_CATALOG",
+            root.path().join("catalog.sqlite").display().to_string(),
+        ),
+        (
+            "STRONGBOX_REPOSITORY",
+            root.path().join("repository").display().to_string(),
+        ),
+        ("STRONGBOX_REPO_PASSWORD", "replicas-share-this".to_string()),
+    ];
+    let plain = replica(root.path(), "plain", &env);
+    let file = root.path().join("pinned.sqlite");
+    big_database(&file, 1);
+    let register = |body: &str| {
+        plain.json(&[
+            "-X",
+            "PUT",
+            "-d",
+            body,
+            &plain.url("/strongbox/api/v1/instances/usexample/pinned"),
+        ])
+    };
+    let (status, v) = register(&format!(
+        r#"{{"engine": "sqlite", "connection": {{"path": "{}"}}, "runsOn": "db host"}}"#,
+        file.display()
+    ));
+    assert_eq!(status, "HTTP/2 400", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("label"), "{v}");
+    let (status, v) = register(&format!(
+        r#"{{"engine": "sqlite", "connection": {{"path": "{}"}}, "runsOn": "db-host-1"}}"#,
+        file.display()
+    ));
+    assert_eq!(status, "HTTP/2 200", "{v}");
+    assert_eq!(v["runsOn"], "db-host-1");
+
+    let (status, location) = plain.post_backup("pinned", &[]);
+    assert_eq!(status, "HTTP/2 202", "{location}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, job) = plain.json(&[&location]);
+    assert_eq!(
+        job["job_status"], "In Progress",
+        "the unlabelled server leaves it: {job}"
+    );
+    assert_eq!(job["progress"]["bytes_done"], 0, "{job}");
+    assert!(
+        job["message"]
+            .as_str()
+            .unwrap()
+            .contains("no live server is labelled db-host-1"),
+        "{job}"
+    );
+
+    let labelled = replica(
+        root.path(),
+        "labelled",
+        &[&env[..], &[("STRONGBOX_LABELS", "db-host-1".to_string())]].concat(),
+    );
+    let job = plain.wait_for(&location, "Succeeded");
+    assert!(job["message"].as_str().unwrap().contains("backup completed"), "{job}");
+    // Unlabelled deployments still run anywhere, on either server.
+    let (status, location) = labelled.post_backup("db12c", &[]);
+    assert_eq!(status, "HTTP/2 202");
+    labelled.wait_for(&location, "Succeeded");
+}
