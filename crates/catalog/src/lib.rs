@@ -10,6 +10,7 @@
 mod model;
 mod password;
 mod postgres;
+mod rows;
 mod sqlite;
 
 pub use model::*;

@@ -13,72 +13,15 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
 use crate::{
-    Backup, BackupStatus, Catalog, Deployment, Error, Job, JobEnd, JobMessage, JobStatus, Lease, NewDeployment, NewJob,
-    NewRecord, Recovery, Result, Role, Started, User, hash_password, labels_of, now, rfc3339,
+    Backup, Catalog, Deployment, Error, Job, JobEnd, JobMessage, Lease, NewDeployment, NewJob, NewRecord, Recovery,
+    Result, Role, Started, User, hash_password, labels_of, now, rfc3339,
 };
 
 pub struct PgCatalog {
     pool: PgPool,
 }
 
-const JOB_COLUMNS: &str = "id, domain, deployment, operation, status, spec, params, created_by, created_at, started_at, \
-     finished_at, updated_at, attempts, bytes_done, bytes_total, message";
-
-fn job(row: &PgRow) -> Job {
-    Job {
-        id: row.get("id"),
-        domain: row.get("domain"),
-        deployment: row.get("deployment"),
-        operation: row.get("operation"),
-        status: JobStatus::parse(row.get::<&str, _>("status")),
-        spec: row
-            .get::<Option<&str>, _>("spec")
-            .and_then(|s| serde_json::from_str(s).ok()),
-        params: serde_json::from_str(row.get::<&str, _>("params")).unwrap_or_default(),
-        created_by: row.get("created_by"),
-        created_at: row.get("created_at"),
-        started_at: row.get("started_at"),
-        finished_at: row.get("finished_at"),
-        updated_at: row.get("updated_at"),
-        attempts: row.get("attempts"),
-        bytes_done: row.get("bytes_done"),
-        bytes_total: row.get("bytes_total"),
-        message: row.get("message"),
-    }
-}
-
-fn deployment(row: &PgRow) -> Deployment {
-    Deployment {
-        domain: row.get("domain"),
-        name: row.get("name"),
-        engine: row.get("engine"),
-        connection: serde_json::from_str(row.get::<&str, _>("connection")).unwrap_or_default(),
-        created_at: row.get("created_at"),
-        backup_config: row
-            .get::<Option<&str>, _>("backup_config")
-            .and_then(|c| serde_json::from_str(c).ok()),
-        runs_on: row.get("runs_on"),
-    }
-}
-
-fn backup(row: &PgRow) -> Backup {
-    Backup {
-        job_id: row.get("job_id"),
-        domain: row.get("domain"),
-        deployment: row.get("deployment"),
-        db_tag: row.get("db_tag"),
-        status: BackupStatus::parse(row.get::<&str, _>("status")),
-        keep_forever: row.get("keep_forever"),
-        started_at: row.get("started_at"),
-        completed_at: row.get("completed_at"),
-        snapshot_id: row.get("snapshot_id"),
-        logical_bytes: row.get("logical_bytes"),
-        stored_bytes: row.get("stored_bytes"),
-        position: row
-            .get::<Option<&str>, _>("position")
-            .and_then(|p| serde_json::from_str(p).ok()),
-    }
-}
+crate::rows::row_mappers!(PgRow);
 
 impl PgCatalog {
     /// Connects to the catalog database (`postgresql://…`) and applies
@@ -199,22 +142,6 @@ async fn close_job(tx: &mut Transaction<'_, Postgres>, lease: &Lease, end: &JobE
     }
     add_message(tx, id, &at, message).await?;
     Ok(true)
-}
-
-fn recovery(row: &PgRow) -> Recovery {
-    Recovery {
-        job_id: row.get("job_id"),
-        domain: row.get("domain"),
-        deployment: row.get("deployment"),
-        target: serde_json::from_str(row.get::<&str, _>("target")).unwrap_or_default(),
-        reached: row
-            .get::<Option<&str>, _>("reached")
-            .and_then(|p| serde_json::from_str(p).ok()),
-        backup_job_id: row.get("backup_job_id"),
-        status: BackupStatus::parse(row.get::<&str, _>("status")),
-        started_at: row.get("started_at"),
-        completed_at: row.get("completed_at"),
-    }
 }
 
 #[async_trait::async_trait]

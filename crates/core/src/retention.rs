@@ -101,8 +101,8 @@ impl crate::Service {
         .await
     }
 
-    /// Queues (once a day) an `expire` job for the completed backups of `d`
-    /// its recovery window no longer needs.
+    /// Queues (at most once an hour) an `expire` job for the completed
+    /// backups of `d` its recovery window no longer needs.
     pub(crate) async fn expire_unneeded(
         &self,
         d: &strongbox_catalog::Deployment,
@@ -120,7 +120,9 @@ impl crate::Service {
         if expired.is_empty() {
             return Ok(());
         }
-        let origin = crate::job::Origin::system(format!("strongbox-expire:{}", now.date()));
+        // One key per hour: while backups are due to expire, at most one
+        // expire job an hour, so one that failed is tried again within it.
+        let origin = crate::job::Origin::system(format!("strongbox-expire:{}T{:02}", now.date(), now.hour()));
         let message = format!(
             "{} backup(s) outside the {}-day recovery window expire",
             expired.len(),
