@@ -121,11 +121,10 @@ impl<'a> WalDump<'a> {
                     Ok(None)
                 };
             }
-            let start = if segment == first {
-                from
-            } else {
-                Lsn(segment * segment_size)
-            };
+            // From the segment's start, not `from`: a marker's message may
+            // lie before `from` and its commit after (a recovery to the
+            // message's position stops between the two).
+            let start = Lsn(segment * segment_size);
             let span_end = history.span(timeline).and_then(|s| s.end);
             let end = Lsn((segment + 1) * segment_size).min(span_end.unwrap_or(Lsn(u64::MAX)));
             for r in self.records(timeline, start, Some(end))? {
