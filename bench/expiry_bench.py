@@ -3,7 +3,7 @@
 
 Setup (not timed): a directory of FILES incompressible files of FILE_MIB
 each; SNAPSHOTS backups of it into a Strongbox and a restic repository
-(encryption on, defaults otherwise), each after a few random 4 KiB blocks
+(encryption on, defaults otherwise), each after BLOCKS random 4 KiB blocks
 of one file are rewritten, so every snapshot holds data of its own that
 expiry must delete or repack. restic's snapshots are an hour apart
 (`--time`), so `--keep-within` keeps the newest KEEP of them.
@@ -17,7 +17,7 @@ Both are then checked (`check`, snapshot counts, the newest snapshot
 restores to the data). Prints each round, the medians and the ratio.
 
 Usage: expiry_bench.py WORKDIR [--runs 3] [--snapshots 1100] [--keep 100]
-       [--files 8] [--file-mib 4] [--seed 1]
+       [--files 8] [--file-mib 4] [--blocks 1] [--seed 1]
 (`bench/expiry_bench.sh` installs restic and builds Strongbox first.)
 """
 import argparse
@@ -71,7 +71,7 @@ def prepare(work, a):
     data = os.path.join(work, "data")
     sb_repo, restic_repo = os.path.join(work, "prepared-strongbox"), os.path.join(work, "prepared-restic")
     stamp = os.path.join(work, "prepared.json")
-    want = {k: getattr(a, k) for k in ("snapshots", "files", "file_mib", "seed")}
+    want = {k: getattr(a, k) for k in ("snapshots", "files", "file_mib", "blocks", "seed")}
     if os.path.exists(stamp) and json.load(open(stamp)) == want:
         print(f"reusing the prepared repositories in {work}")
         return data, sb_repo, restic_repo
@@ -88,7 +88,7 @@ def prepare(work, a):
     t0 = time.monotonic()
     for n in range(a.snapshots):
         with open(os.path.join(data, f"f{rng.randrange(a.files)}"), "r+b") as f:
-            for _ in range(4):
+            for _ in range(a.blocks):
                 f.seek(rng.randrange(size // 4096) * 4096)
                 f.write(rng.randbytes(4096))
         run(sb(sb_repo, "backup", data))
@@ -133,6 +133,7 @@ def main():
     ap.add_argument("--keep", type=int, default=100)
     ap.add_argument("--files", type=int, default=8)
     ap.add_argument("--file-mib", type=int, default=4)
+    ap.add_argument("--blocks", type=int, default=1, help="4 KiB blocks rewritten before each snapshot")
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
