@@ -83,6 +83,7 @@ def prepare(work, a):
     for i in range(a.files):
         with open(os.path.join(data, f"f{i}"), "wb") as f:
             f.write(rng.randbytes(size))
+    files = [os.path.join(data, f"f{i}") for i in range(a.files)]
     run(sb(sb_repo, "init"))
     run(["restic", "init", "-q", "-r", restic_repo])
     t0 = time.monotonic()
@@ -91,7 +92,7 @@ def prepare(work, a):
             for _ in range(a.blocks):
                 f.seek(rng.randrange(size // 4096) * 4096)
                 f.write(rng.randbytes(4096))
-        run(sb(sb_repo, "backup", data))
+        run(sb(sb_repo, "backup", *files))  # it backs up files, not directories
         stamp_time = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(1_700_000_000 + n * 3600))
         run(["restic", "-r", restic_repo, "backup", "-q", "--time", stamp_time, data])
         if n % 100 == 99:

@@ -14,7 +14,7 @@ use std::path::Path;
 
 pub use command::CommandEngine;
 pub use files::SnapshotFiles;
-pub use postgres::{PREFETCH_SPOOL, PgLogical, PgPhysical, pitr};
+pub use postgres::{FLUSH_MARKER, PREFETCH_SPOOL, PgLogical, PgPhysical, pitr};
 pub use sqlite::SqliteEngine;
 use strongbox_repo::Sources;
 

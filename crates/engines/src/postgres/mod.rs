@@ -17,6 +17,7 @@ mod waldump;
 
 pub use physical::PgPhysical;
 pub use recovery::PREFETCH_SPOOL;
+pub use waldump::FLUSH_MARKER;
 
 use std::path::{Path, PathBuf};
 

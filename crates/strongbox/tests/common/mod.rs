@@ -418,11 +418,18 @@ impl Pg {
             .unwrap_or_default()
     }
 
-    /// Commits (an empty transaction: the archive then reaches the present
-    /// in time too), switches to a new WAL segment and waits until it is
-    /// archived: what was committed is in the archive.
+    /// Commits a transaction that changes nothing (the archive then
+    /// reaches the present in time too), switches to a new WAL segment and
+    /// waits until it is archived: what was committed is in the archive.
+    /// The transaction is the one Strongbox commits before a recovery (a
+    /// marker message), which planning knows changes nothing; any other
+    /// commit, even an empty one, counts as a change, and the models, which
+    /// know rows only, would then disagree with a refusal that is right.
     pub fn flush(&self) {
-        self.c.psql("SELECT txid_current()");
+        self.c.psql(&format!(
+            "SELECT pg_logical_emit_message(true, '{}', 'test')",
+            strongbox_engines::FLUSH_MARKER
+        ));
         let last = self.c.psql("SELECT pg_walfile_name(pg_switch_wal())");
         self.c.wait_archived(&last);
     }
