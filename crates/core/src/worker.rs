@@ -91,6 +91,14 @@ pub async fn worker(service: Arc<Service>, setup: WorkerSetup) {
     }
 }
 
+/// Adds a line to a job's activity log (refused, and dropped, once the
+/// lease is lost); a failure to log is never a reason to fail the job.
+async fn log(catalog: &dyn strongbox_catalog::Catalog, lease: &Lease, message: &str) {
+    if let Err(e) = catalog.add_job_message(lease, message).await {
+        tracing::warn!("job {}: could not log {message:?}: {e}", lease.job_id);
+    }
+}
+
 /// One job in the hands of one worker.
 struct Worker {
     service: Arc<Service>,
@@ -155,12 +163,8 @@ impl Worker {
         }
     }
 
-    /// Adds a line to the job's activity log (refused, and dropped, once
-    /// the lease is lost).
     async fn log(&self, message: String) {
-        if let Err(e) = self.service.catalog.add_job_message(&self.lease, &message).await {
-            tracing::warn!("job {}: could not log {message:?}: {e}", self.lease.job_id);
-        }
+        log(self.service.catalog.as_ref(), &self.lease, &message).await
     }
 
     async fn engine(&self, job: &Job) -> Result<(String, Arc<dyn Engine>)> {
@@ -323,11 +327,7 @@ impl Worker {
             target.clone(),
         );
         let result = tokio::task::spawn_blocking(move || {
-            let log = |message: String| {
-                if let Err(e) = runtime.block_on(catalog.add_job_message(&lease, &message)) {
-                    tracing::warn!("job {}: could not log {message:?}: {e}", lease.job_id);
-                }
-            };
+            let log = |message: String| runtime.block_on(log(catalog.as_ref(), &lease, &message));
             let cx = RecoveryContext {
                 scratch: &scratch,
                 log: &log,
