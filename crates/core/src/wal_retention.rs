@@ -1,9 +1,10 @@
 //! WAL archives against the base backups that replay from them: `check`
 //! verifies that each base backup's WAL is archived without a gap from its
 //! start on, and `prune` deletes WAL older than an archive's oldest kept
-//! base backup, but for what planning still reads. A base backup is a snapshot labelled with the archive
-//! it replays from (`wal_archive`, set by the server for `postgresql`
-//! deployments) whose `backup_label` says where its replay starts.
+//! base backup, but for what planning still reads. A base backup is a
+//! snapshot labelled with the archive it replays from (`wal_archive`, set
+//! by the server for `postgresql` deployments) whose `backup_label` says
+//! where its replay starts.
 
 use std::collections::{BTreeMap, BTreeSet};
 
