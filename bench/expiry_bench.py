@@ -12,7 +12,7 @@ Each round (RUNS of them, alternating which tool goes first) copies both
 prepared repositories, syncs and drops the page cache, then times
   Strongbox: `repo forget --keep-last KEEP` + `repo prune` (what an expire
              job does with the repository: forget the snapshots, prune);
-  restic:    `forget --keep-within (KEEP-0.5)h` + `prune`.
+  restic:    `forget --keep-within KEEPh` + `prune` (the newest KEEP).
 Both are then checked (`check`, snapshot counts, the newest snapshot
 restores to the data). Prints each round, the medians and the ratio.
 
@@ -144,7 +144,7 @@ def main():
     tools = {
         "strongbox": (sb_prepared, lambda r: [sb(r, "forget", "--keep-last", str(a.keep)), sb(r, "prune")]),
         "restic": (restic_prepared, lambda r: [
-            ["restic", "-r", r, "forget", "-q", "--keep-within", f"{a.keep - 1}h30m"],
+            ["restic", "-r", r, "forget", "-q", "--keep-within", f"{a.keep}h"],
             ["restic", "-r", r, "prune", "-q"],
         ]),
     }
