@@ -11,7 +11,9 @@ cluster on loopback (replication factor 3), same bucket, same data.
    SQLite database (`bench/sqlite_data.py`, SIZE_MIB) into the bucket, then
    restore it; prints each round, medians and ratios (targets: backup and
    restore each <= 0.5x restic).
-4. A node killed during a backup: one Garage node gets SIGKILL a second
+4. WAL: a different file pushed under an archived name is refused and the
+   archive keeps the first (Garage ignores create-only puts).
+5. A node killed during a backup: one Garage node gets SIGKILL a second
    into a Strongbox backup; the backup must complete and
    `check --read-data` must be clean (the other two hold a quorum).
 
@@ -140,7 +142,6 @@ def one_round(cluster, work, db, i, order):
             backup = run(strongbox(env, repo, "backup", db), env=env)[0]
             drop_caches()
             restore = run(strongbox(env, repo, "restore", "latest", "--target", target), env=env)[0]
-            restored = os.path.join(target, os.path.basename(db))
         else:
             repo = f"s3:http://127.0.0.1:3900/{BUCKET}/restic-{i}"
             run(["restic", "-r", repo, "init", "-q"], env=env)
@@ -148,12 +149,38 @@ def one_round(cluster, work, db, i, order):
             backup = run(["restic", "-r", repo, "backup", "-q", db], env=env)[0]
             drop_caches()
             restore = run(["restic", "-r", repo, "restore", "latest", "--target", target], env=env)[0]
-            restored = os.path.join(target, db.lstrip("/"))
+        # Both record the file under its path without the leading '/'.
+        restored = os.path.join(target, db.lstrip("/"))
         if subprocess.call(["cmp", "-s", db, restored]) != 0:
             sys.exit(f"{tool} restored different bytes")
         shutil.rmtree(target)
         out[tool] = (backup, restore)
     return out
+
+
+def wal_never_overwritten(cluster, work):
+    """The failure Garage showed: a different file pushed under an archived
+    name must be refused, and the archive keep the first."""
+    env = cluster.env()
+    repo = f"s3://{BUCKET}/strongbox-wal"
+    run(strongbox(env, repo, "init"), env=env)
+    name = "000000010000000000000001"
+    files = []
+    for i, content in enumerate((os.urandom(1 << 16), os.urandom(1 << 16))):
+        d = os.path.join(work, f"wal{i}")
+        os.makedirs(d, exist_ok=True)
+        path = os.path.join(d, name)
+        with open(path, "wb") as f:
+            f.write(content)
+        files.append((path, content))
+    run(strongbox(env, repo, "wal-push", files[0][0]), env=env)
+    second = subprocess.run(strongbox(env, repo, "wal-push", files[1][0]), env=env, capture_output=True)
+    fetched = os.path.join(work, "fetched")
+    run(strongbox(env, repo, "wal-fetch", name, fetched), env=env)
+    kept = open(fetched, "rb").read() == files[0][1]
+    print(f"a different {name} pushed again: {'refused' if second.returncode != 0 else 'ACCEPTED'}; "
+          f"the archive holds {'the first' if kept else 'ANOTHER'}: {second.stderr.decode().strip()}")
+    return second.returncode != 0 and kept
 
 
 def node_killed_during_backup(cluster, work, db):
@@ -202,6 +229,7 @@ def main():
             print(f"  {t:10} backup {b:.2f} s  restore {s:.2f} s")
         print(f"  ratio      backup {med['strongbox'][0] / med['restic'][0]:.2f}x  "
               f"restore {med['strongbox'][1] / med['restic'][1]:.2f}x  (targets <= 0.5x)")
+        wal_never_overwritten(cluster, a.work)
         node_killed_during_backup(cluster, a.work, db)
     finally:
         cluster.stop()
