@@ -112,12 +112,9 @@ async fn fetch<T: Send + 'static>(
         .expect("restore worker panicked")
 }
 
-/// Ranges in flight: one being fetched while each core decodes. Each holds
-/// its range and a frame (~2 MiB each); one per core more (the earlier
-/// setting) took peak RSS from 51 to 61 MiB at the same speed.
-fn parallelism() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get()) + 1
-}
+// Ranges in flight: `Store::default_fetches`. Each holds its range and a
+// frame (~2 MiB each); on a local disk one per core more than needed took
+// peak RSS from 51 to 61 MiB at the same speed.
 
 /// Restores one file to `dest`, each segment written at its offsets by the
 /// thread that decoded it. Durability (fsync) is the caller's choice.
@@ -146,7 +143,7 @@ pub async fn to_path(
                 Ok(bytes)
             })
         })
-        .buffer_unordered(parallelism())
+        .buffer_unordered(store.default_fetches())
         .try_for_each(|bytes| {
             progress.advance(bytes, 0);
             futures::future::ready(Ok(()))
@@ -176,7 +173,7 @@ pub async fn to_writer(
                 Ok(plain)
             })
         })
-        .buffered(parallelism());
+        .buffered(store.default_fetches());
     while let Some(plain) = stream.try_next().await? {
         w.write_all(&plain).map_err(|e| Error::io("restore output", e))?;
         progress.advance(plain.len() as u64, 0);
