@@ -196,7 +196,7 @@ impl Store {
     /// name's claims, and writes the object only if it finds no other's.
     /// Of two writers racing, the second to list sees the first's claim, so
     /// at most one writes (both may back off, and retry); a claim stays with
-    /// its object (`delete` removes both).
+    /// its object (`delete_exclusive` removes both).
     pub async fn create_exclusive(&self, path: &Path, data: Bytes, claim: &str) -> Result<bool> {
         if self.honours_create().await? {
             return self.put_new(path, data).await;
