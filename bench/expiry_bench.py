@@ -30,6 +30,8 @@ import subprocess
 import sys
 import time
 
+from benchutil import drop_caches
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 STRONGBOX = os.path.join(HERE, "..", "target", "release", "strongbox")
 ENV = dict(os.environ, STRONGBOX_PASSWORD="bench-pw", RESTIC_PASSWORD="bench-pw")
@@ -49,14 +51,6 @@ def timed(cmds):
         run(c)
     return time.monotonic() - t0
 
-
-def drop_caches():
-    subprocess.run(["sync"])
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-    except OSError:
-        pass  # not root: both tools then start from the same warm cache
 
 
 def du(path):

@@ -32,6 +32,8 @@ import subprocess
 import sys
 import time
 
+from benchutil import drop_caches
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 STRONGBOX = os.path.join(HERE, "..", "target", "release", "strongbox")
 GARAGE = os.environ.get("GARAGE", "garage")
@@ -47,14 +49,6 @@ def run(cmd, env=None, capture=False):
         sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr.decode(errors='replace')}")
     return (time.monotonic() - t0, p.stdout.decode() if capture else None)
 
-
-def drop_caches():
-    subprocess.run(["sync"])
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-    except OSError:
-        pass
 
 
 class Cluster:
