@@ -580,9 +580,12 @@ pub struct BackupPath {
     pub db_tag: String,
 }
 
-/// `?force=true` deletes a backup kept forever.
+/// `?force=true` deletes a backup kept forever. Any other query parameter
+/// is refused (400), as the document says: a misspelt `forse=true` must not
+/// delete the backup as if it were absent.
 #[derive(serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct Force {
     /// Delete even a `keepForever` backup.
     #[serde(default)]

@@ -329,6 +329,9 @@ fn backups_outside_the_recovery_window_expire_and_deletion_keeps_its_rules() {
     assert_eq!(status, "HTTP/2 404");
     let (status, v, _) = delete(&s, &forever, "?force=maybe");
     assert_eq!(status, "HTTP/2 400", "{v}");
+    let (status, v, _) = delete(&s, &forever, "?forse=true");
+    assert_eq!(status, "HTTP/2 400", "a misspelt parameter is no silent delete: {v}");
+    assert!(v["message"].as_str().unwrap().contains("forse"), "{v}");
     let (status, _, location) = delete(&s, &forever, "?force=true");
     assert_eq!(status, "HTTP/2 202");
     assert!(location.contains("/status/expire/job/"), "{location}");
