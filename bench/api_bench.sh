@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # API throughput: wrk against a running `strongbox serve` over TLS.
 #   1. GET /strongbox/health      a bare static handler (the baseline)
-#   2. GET job status             auth + one catalog read
+#   2. GET job status             auth + one catalog read, of a running job
 #   3. POST backups               auth + one catalog transaction, cycling
 #                                 over DEPLOYMENTS deployments (202 or 409)
 # Prints req/s and p99 latency of each, and the ratios to the baseline.
@@ -33,7 +33,14 @@ for i in $(seq 1 "$n"); do
   curl -s --cacert ca.pem "${auth[@]}" -X PUT -d "{\"engine\":\"sqlite\",\"connection\":{\"path\":\"$work/small.db\"}}" \
     "https://localhost:$port/strongbox/api/v1/instances/usexample/d$i" >/dev/null
 done
-job=$(curl -s -i --cacert ca.pem "${auth[@]}" -X POST -d '{}' "$base/db12c/backups" | tr -d '\r' | awk -F': ' 'tolower($1)=="location"{print $2}')
+# The job-status run reads a job that stays running throughout: a
+# backup whose dump command takes longer than the benchmark.
+curl -s --cacert ca.pem "${auth[@]}" -X PUT \
+  -d "{\"engine\":\"command\",\"connection\":{\"backup_command\":\"sleep $((dur * 3 + 30)); echo done\",\"recovery_command\":\"true\"}}" \
+  "https://localhost:$port/strongbox/api/v1/instances/usexample/slow" >/dev/null
+job=$(curl -s -i --cacert ca.pem "${auth[@]}" -X POST -d '{}' "$base/slow/backups" | tr -d '\r' | awk -F': ' 'tolower($1)=="location"{print $2}')
+sleep 2 # a worker takes it at once
+curl -s --cacert ca.pem "${auth[@]}" "$job" | tee job.json | grep -q '"job_status":"In Progress"' || { echo "the slow job is not in progress: $(cat job.json)" >&2; exit 1; }
 basic="Basic $(printf serviceadmin:bench-pw | base64)"
 cat > post.lua <<LUA
 local i = 0

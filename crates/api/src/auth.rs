@@ -4,7 +4,11 @@
 //! `operator` role. Handlers receive the `Caller` it found.
 //!
 //! Argon2id takes tens of milliseconds by design; verified credentials are
-//! remembered for a minute as a keyed hash (never the password itself).
+//! remembered for a minute as a keyed hash (never the password itself), and
+//! requests arriving with the same credentials while they are being
+//! verified wait for that one verification: a client that opens with a
+//! burst (500 requests in the first second) would otherwise start one hash
+//! per request and queue the whole burst behind seconds of hashing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,9 +25,15 @@ use crate::{ApiError, AppState};
 
 const TTL: Duration = Duration::from_secs(60);
 
+/// A verification's outcome: the user's identity domain and role, `None`
+/// for a wrong user name or password.
+type Verified = Result<Option<(String, Role)>, ApiError>;
+
 pub struct Cache {
     key: [u8; 32],
     entries: Mutex<HashMap<String, (blake3::Hash, String, Role, Instant)>>,
+    /// Verifications under way, by user and keyed password hash.
+    verifying: Mutex<HashMap<(String, blake3::Hash), Arc<tokio::sync::OnceCell<Verified>>>>,
 }
 
 impl Default for Cache {
@@ -33,6 +43,7 @@ impl Default for Cache {
         Cache {
             key,
             entries: Mutex::default(),
+            verifying: Mutex::default(),
         }
     }
 }
@@ -72,25 +83,25 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(Caller, 
     let (domain, role) = match cached {
         Some(found) => found,
         None => {
-            let u = state.service.catalog.user(user).await.map_err(ApiError::internal)?;
-            let ok = match &u {
-                Some(u) => {
-                    let (password, hash) = (password.to_string(), u.password_hash.clone());
-                    tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-                        .await
-                        .map_err(ApiError::internal)?
-                }
-                None => false,
-            };
-            let Some(u) = u.filter(|_| ok) else {
+            let flight = (user.to_string(), proof);
+            let cell = cache
+                .verifying
+                .lock()
+                .expect("auth cache")
+                .entry(flight.clone())
+                .or_default()
+                .clone();
+            let verified = cell.get_or_init(|| verify(state, user, password)).await.clone();
+            cache.verifying.lock().expect("auth cache").remove(&flight);
+            let Some((domain, role)) = verified? else {
                 return Err(unauthorized("wrong user name or password"));
             };
             cache
                 .entries
                 .lock()
                 .expect("auth cache")
-                .insert(user.to_string(), (proof, u.domain.clone(), u.role, Instant::now()));
-            (u.domain, u.role)
+                .insert(user.to_string(), (proof, domain.clone(), role, Instant::now()));
+            (domain, role)
         }
     };
     let caller = Caller {
@@ -98,6 +109,19 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(Caller, 
         role,
     };
     Ok((caller, domain))
+}
+
+/// Checks a password against the catalog's Argon2id hash, off the
+/// request threads.
+async fn verify(state: &AppState, user: &str, password: &str) -> Verified {
+    let Some(u) = state.service.catalog.user(user).await.map_err(ApiError::internal)? else {
+        return Ok(None);
+    };
+    let (password, hash) = (password.to_string(), u.password_hash.clone());
+    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(ok.then_some((u.domain, u.role)))
 }
 
 /// The layer: authenticates, checks the domain and the role, and hands the

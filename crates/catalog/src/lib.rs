@@ -73,6 +73,9 @@ pub trait Catalog: Send + Sync + 'static {
     /// (`Busy`).
     async fn create_job(&self, job: &NewJob, record: &NewRecord, message: &str) -> Result<Started>;
     async fn job(&self, domain: &str, id: i64) -> Result<Option<Job>>;
+    /// A deployment's queued or running job, read without a lock: what
+    /// `create_job` would answer `Busy` with, unless it ends meanwhile.
+    async fn active_job(&self, domain: &str, deployment: &str) -> Result<Option<Job>>;
     async fn job_messages(&self, id: i64) -> Result<Vec<JobMessage>>;
     async fn backups(&self, domain: &str, deployment: &str) -> Result<Vec<Backup>>;
     /// The backup a backup job made.

@@ -27,8 +27,11 @@ impl PgCatalog {
     /// Connects to the catalog database (`postgresql://…`) and applies
     /// migrations (sqlx takes a lock: replicas starting together migrate once).
     pub async fn connect(url: &str) -> Result<Self> {
+        // Connections kept open from the start: PostgreSQL starts a process
+        // for each, which a request should not wait for.
         let pool = PgPoolOptions::new()
             .max_connections(8)
+            .min_connections(4)
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await?;
@@ -77,13 +80,11 @@ async fn insert_job(tx: &mut Transaction<'_, Postgres>, new: &NewJob) -> Result<
             return Ok(Err(Started::Existing(job(&row))));
         }
     }
-    let active = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE domain = $1 AND deployment = $2 AND status IN ('queued', 'running')"
-    )))
-    .bind(&new.domain)
-    .bind(&new.deployment)
-    .fetch_optional(&mut **tx)
-    .await?;
+    let active = sqlx::query(ACTIVE_JOB)
+        .bind(&new.domain)
+        .bind(&new.deployment)
+        .fetch_optional(&mut **tx)
+        .await?;
     if let Some(row) = active {
         return Ok(Err(Started::Busy(job(&row))));
     }
@@ -307,13 +308,20 @@ impl Catalog for PgCatalog {
     }
 
     async fn job(&self, domain: &str, id: i64) -> Result<Option<Job>> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE domain = $1 AND id = $2"
-        )))
-        .bind(domain)
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(JOB_BY_ID)
+            .bind(domain)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(job))
+    }
+
+    async fn active_job(&self, domain: &str, deployment: &str) -> Result<Option<Job>> {
+        let row = sqlx::query(ACTIVE_JOB)
+            .bind(domain)
+            .bind(deployment)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.as_ref().map(job))
     }
 

@@ -1,33 +1,36 @@
 //! Rows to the model: both backends keep the same columns, read here.
 
-/// The column list of `jobs` a `job` row mapper reads, and the mappers,
-/// for one backend's row type.
+/// The column list of `jobs` a `job` row mapper reads.
+macro_rules! job_columns {
+    () => {
+        "id, domain, deployment, operation, status, spec, params, created_by, created_at, started_at, \
+         finished_at, updated_at, attempts, bytes_done, bytes_total, message"
+    };
+}
+
+/// The job queries both backends share, and the mappers, for one
+/// backend's row type.
 macro_rules! row_mappers {
     ($row:ty) => {
-        const JOB_COLUMNS: &str = "id, domain, deployment, operation, status, spec, params, created_by, created_at, \
-             started_at, finished_at, updated_at, attempts, bytes_done, bytes_total, message";
+        const JOB_COLUMNS: &str = crate::rows::job_columns!();
+
+        /// One job ($1 domain, $2 id).
+        const JOB_BY_ID: &str = concat!(
+            "SELECT ",
+            crate::rows::job_columns!(),
+            " FROM jobs WHERE domain = $1 AND id = $2"
+        );
+
+        /// A deployment's queued or running job ($1 domain, $2 deployment;
+        /// SQLite reads `$N` placeholders too).
+        const ACTIVE_JOB: &str = concat!(
+            "SELECT ",
+            crate::rows::job_columns!(),
+            " FROM jobs WHERE domain = $1 AND deployment = $2 AND status IN ('queued', 'running')"
+        );
 
         fn job(row: &$row) -> crate::Job {
-            crate::Job {
-                id: row.get("id"),
-                domain: row.get("domain"),
-                deployment: row.get("deployment"),
-                operation: row.get("operation"),
-                status: crate::JobStatus::parse(row.get::<&str, _>("status")),
-                spec: row
-                    .get::<Option<&str>, _>("spec")
-                    .and_then(|s| serde_json::from_str(s).ok()),
-                params: serde_json::from_str(row.get::<&str, _>("params")).unwrap_or_default(),
-                created_by: row.get("created_by"),
-                created_at: row.get("created_at"),
-                started_at: row.get("started_at"),
-                finished_at: row.get("finished_at"),
-                updated_at: row.get("updated_at"),
-                attempts: row.get("attempts"),
-                bytes_done: row.get("bytes_done"),
-                bytes_total: row.get("bytes_total"),
-                message: row.get("message"),
-            }
+            crate::rows::job(row)
         }
         fn deployment(row: &$row) -> crate::Deployment {
             crate::Deployment {
@@ -78,4 +81,57 @@ macro_rules! row_mappers {
     };
 }
 
-pub(crate) use row_mappers;
+pub(crate) use {job_columns, row_mappers};
+
+/// A row's columns by name, whichever driver read it.
+pub(crate) trait Columns {
+    fn text(&self, column: &str) -> Option<String>;
+    fn int(&self, column: &str) -> Option<i64>;
+}
+
+macro_rules! sqlx_columns {
+    ($($row:ty),*) => {$(
+        impl Columns for $row {
+            fn text(&self, column: &str) -> Option<String> {
+                sqlx::Row::get(self, column)
+            }
+            fn int(&self, column: &str) -> Option<i64> {
+                sqlx::Row::get(self, column)
+            }
+        }
+    )*};
+}
+sqlx_columns!(sqlx::sqlite::SqliteRow, sqlx::postgres::PgRow);
+
+/// The SQLite catalog's reads on the request path (see `read_job_here`).
+impl Columns for rusqlite::Row<'_> {
+    fn text(&self, column: &str) -> Option<String> {
+        self.get(column).ok().flatten()
+    }
+    fn int(&self, column: &str) -> Option<i64> {
+        self.get(column).ok().flatten()
+    }
+}
+
+/// A `jobs` row (the columns `job_columns!` names).
+pub(crate) fn job(row: &impl Columns) -> crate::Job {
+    let text = |c| row.text(c).unwrap_or_default();
+    crate::Job {
+        id: row.int("id").unwrap_or_default(),
+        domain: text("domain"),
+        deployment: text("deployment"),
+        operation: text("operation"),
+        status: crate::JobStatus::parse(&text("status")),
+        spec: row.text("spec").and_then(|s| serde_json::from_str(&s).ok()),
+        params: serde_json::from_str(&text("params")).unwrap_or_default(),
+        created_by: text("created_by"),
+        created_at: text("created_at"),
+        started_at: row.text("started_at"),
+        finished_at: row.text("finished_at"),
+        updated_at: text("updated_at"),
+        attempts: row.int("attempts").unwrap_or_default(),
+        bytes_done: row.int("bytes_done").unwrap_or_default(),
+        bytes_total: row.int("bytes_total"),
+        message: row.text("message"),
+    }
+}

@@ -93,6 +93,11 @@ async fn suite(c: &dyn Catalog) {
         "the spec as given"
     );
     assert!(matches!(start_backup(c, &new_job("db12c", None), "TAG2", false).await, Started::Busy(j) if j.id == j1.id));
+    assert_eq!(
+        c.active_job("usexample", "db12c").await.unwrap().map(|j| j.id),
+        Some(j1.id)
+    );
+    assert!(c.active_job("usexample", "other").await.unwrap().is_none());
     assert!(
         matches!(start_backup(c, &new_job("db12c", Some("k1")), "TAG3", false).await, Started::Existing(j) if j.id == j1.id)
     );
@@ -122,7 +127,19 @@ async fn suite(c: &dyn Catalog) {
         !c.heartbeat(&w2, lease, 10, Some(100)).await.unwrap(),
         "only the holder"
     );
-    assert_eq!(c.job("usexample", j1.id).await.unwrap().unwrap().bytes_done, 10);
+    let read = c.job("usexample", j1.id).await.unwrap().unwrap();
+    assert_eq!((read.bytes_done, read.bytes_total), (10, Some(100)));
+    // Every column reads back as the lease returned it, but for what the
+    // heartbeat changed (SQLite reads jobs by a path of its own).
+    let expected = Job {
+        bytes_done: 10,
+        bytes_total: Some(100),
+        updated_at: read.updated_at.clone(),
+        ..got.clone()
+    };
+    assert_eq!(format!("{read:?}"), format!("{expected:?}"));
+    let active = c.active_job("usexample", "db12c").await.unwrap().unwrap();
+    assert_eq!(format!("{active:?}"), format!("{expected:?}"));
     let completed = JobEnd {
         backup: Some(BackupResult {
             snapshot_id: "ab".into(),

@@ -146,19 +146,30 @@ impl Service {
             idempotency_key: origin.idempotency_key.clone(),
             at: self.clock.now(),
         };
+        // Most refusals need no write transaction: a job already active is
+        // seen by a plain read (the transaction below decides every race).
+        // Not with an idempotency key, whose own job is an answer, not a 409.
+        let active = match &job.idempotency_key {
+            None => self.catalog.active_job(domain, deployment).await?,
+            Some(_) => None,
+        };
         // Backup tags are per second and unique; a backup within the same
         // second as another takes the next free second.
         let mut tag_time = job.at;
-        let started = loop {
-            let (record, message) = record(&db_tag(tag_time));
-            match self.catalog.create_job(&job, &record, &message).await {
-                Err(strongbox_catalog::Error::Duplicate(_)) => tag_time += time::Duration::SECOND,
-                Err(strongbox_catalog::Error::NotFound(what)) => {
-                    return Err(Error::NotFound(format!(
-                        "no {what}; GET …/{deployment}/backups lists them"
-                    )));
+        let started = if let Some(running) = active {
+            Started::Busy(running)
+        } else {
+            loop {
+                let (record, message) = record(&db_tag(tag_time));
+                match self.catalog.create_job(&job, &record, &message).await {
+                    Err(strongbox_catalog::Error::Duplicate(_)) => tag_time += time::Duration::SECOND,
+                    Err(strongbox_catalog::Error::NotFound(what)) => {
+                        return Err(Error::NotFound(format!(
+                            "no {what}; GET …/{deployment}/backups lists them"
+                        )));
+                    }
+                    other => break other?,
                 }
-                other => break other?,
             }
         };
         match started {

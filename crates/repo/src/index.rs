@@ -124,11 +124,29 @@ pub async fn write(store: &Store, cipher: &Cipher, packs: &[PackIndex]) -> Resul
     Ok((id, len))
 }
 
+/// Index objects already read, by id. An index object's name is the hash
+/// of its sealed content, so a cached one can never be stale: a load lists
+/// the store and reads only the names it has not seen (a server that has
+/// made thousands of backups otherwise re-reads and decodes every index
+/// object for each new one); names gone from the listing are dropped.
+#[derive(Default)]
+pub struct IndexCache(std::sync::Mutex<IdMap<std::sync::Arc<Vec<PackIndex>>>>);
+
 impl Index {
     /// Loads every index object. Chunks in `condemned` packs stay findable
     /// (for restore) but are not offered for deduplication.
     pub async fn load(store: &Store, cipher: &Cipher, condemned: &IdSet) -> Result<Index> {
-        let (index, mut errors) = Self::load_tolerant(store, cipher, condemned).await?;
+        Self::load_cached(store, cipher, condemned, None).await
+    }
+
+    /// `load`, reading only the index objects `cache` lacks.
+    pub async fn load_cached(
+        store: &Store,
+        cipher: &Cipher,
+        condemned: &IdSet,
+        cache: Option<&IndexCache>,
+    ) -> Result<Index> {
+        let (index, mut errors) = Self::read(store, cipher, condemned, cache).await?;
         match errors.pop() {
             Some(e) => Err(e),
             None => Ok(index),
@@ -138,29 +156,54 @@ impl Index {
     /// Loads what can be read, and returns one error per unreadable object
     /// (for `check`, which must name them all rather than stop at the first).
     pub async fn load_tolerant(store: &Store, cipher: &Cipher, condemned: &IdSet) -> Result<(Index, Vec<Error>)> {
-        let metas = store.list(layout::INDEX).await?;
-        let loaded: Vec<Result<(Id, Vec<PackIndex>)>> = futures::stream::iter(metas)
-            .filter_map(|meta| async move { layout::id_of(&meta.location).map(|id| (id, meta)) })
+        Self::read(store, cipher, condemned, None).await
+    }
+
+    async fn read(
+        store: &Store,
+        cipher: &Cipher,
+        condemned: &IdSet,
+        cache: Option<&IndexCache>,
+    ) -> Result<(Index, Vec<Error>)> {
+        let listed: Vec<_> = store
+            .list(layout::INDEX)
+            .await?
+            .into_iter()
+            .filter_map(|meta| layout::id_of(&meta.location).map(|id| (id, meta)))
+            .collect();
+        let mut known = IdMap::default();
+        if let Some(cache) = cache {
+            let names: IdSet = listed.iter().map(|(id, _)| *id).collect();
+            let mut cached = cache.0.lock().expect("index cache");
+            cached.retain(|id, _| names.contains(id));
+            known = cached.clone();
+        }
+        let loaded: Vec<Result<(Id, std::sync::Arc<Vec<PackIndex>>)>> = futures::stream::iter(listed)
+            .filter(|(id, _)| std::future::ready(!known.contains_key(id)))
             .map(|(id, meta)| async move {
                 let data = store.get(&meta.location).await?;
                 let plain = cipher.open_object("index", &data, &meta.location)?;
-                Ok((id, decode(&plain, &meta.location)?))
+                Ok((id, std::sync::Arc::new(decode(&plain, &meta.location)?)))
             })
             .buffer_unordered(16)
             .collect()
             .await;
-        let mut index = Index::default();
         let mut errors = Vec::new();
+        let mut fresh = Vec::new();
         for item in loaded {
             match item {
-                Ok((id, packs)) => {
-                    index.objects.insert(id, packs.iter().map(|p| p.pack).collect());
-                    for p in packs {
-                        let condemned = condemned.contains(&p.pack);
-                        index.add_pack(p, condemned);
-                    }
-                }
+                Ok(found) => fresh.push(found),
                 Err(e) => errors.push(e),
+            }
+        }
+        if let Some(cache) = cache {
+            cache.0.lock().expect("index cache").extend(fresh.iter().cloned());
+        }
+        let mut index = Index::default();
+        for (id, packs) in known.into_iter().chain(fresh) {
+            index.objects.insert(id, packs.iter().map(|p| p.pack).collect());
+            for p in packs.iter() {
+                index.add_pack(p.clone(), condemned.contains(&p.pack));
             }
         }
         Ok((index, errors))

@@ -76,6 +76,8 @@ pub struct Repository {
     pub workers: usize,
     /// Concurrent pack uploads (more helps on high-latency object stores).
     pub uploaders: usize,
+    /// Index objects this process has read (a server makes many backups).
+    index_cache: index::IndexCache,
 }
 
 impl Repository {
@@ -88,6 +90,7 @@ impl Repository {
             master,
             config,
             workers: cores,
+            index_cache: Default::default(),
         }
     }
 
@@ -166,7 +169,13 @@ impl Repository {
             .into_iter()
             .filter(|p| lock.info.plans_seen.contains(&p.id))
             .collect();
-        let index = Index::load(&self.store, &self.cipher, &prune::condemned(&seen)).await?;
+        let index = Index::load_cached(
+            &self.store,
+            &self.cipher,
+            &prune::condemned(&seen),
+            Some(&self.index_cache),
+        )
+        .await?;
         let runtime = tokio::runtime::Handle::current();
         let (store, cipher, config) = (self.store.clone(), self.cipher.clone(), self.config.clone());
         let seed = self.master.chunker_seed();
@@ -241,7 +250,13 @@ impl Repository {
 
     async fn restore_index(&self) -> Result<Index> {
         let plans = prune::load_plans(&self.store, &self.cipher).await?;
-        Index::load(&self.store, &self.cipher, &prune::condemned(&plans)).await
+        Index::load_cached(
+            &self.store,
+            &self.cipher,
+            &prune::condemned(&plans),
+            Some(&self.index_cache),
+        )
+        .await
     }
 
     /// Restores one file of a snapshot to `dest`.

@@ -127,20 +127,8 @@ pub fn open_frame(cipher: &Cipher, sealed: &[u8], pack: &Id, offset: u32) -> Res
                 .flatten()
                 .filter(|&n| n <= MAX_FRAME)
                 .ok_or_else(|| Error::corrupt(&object, "bad compressed frame header"))?;
-            thread_local! {
-                // One context per thread: making one per frame cost its
-                // workspace's allocation and page faults every time.
-                static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
-                    const { std::cell::RefCell::new(None) };
-            }
-            DECOMPRESSOR.with_borrow_mut(|d| {
-                let d = match d {
-                    Some(d) => d,
-                    None => d.insert(zstd::bulk::Decompressor::new().map_err(|e| Error::io("zstd", e))?),
-                };
-                d.decompress(rest, size as usize)
-                    .map_err(|e| Error::corrupt(&object, format!("decompression failed: {e}")))
-            })
+            crate::crypto::decompress(rest, size as usize)
+                .map_err(|e| Error::corrupt(&object, format!("decompression failed: {e}")))
         }
         Some((codec, _)) => Err(Error::corrupt(&object, format!("unknown codec {codec}"))),
         None => Err(Error::corrupt(&object, "empty frame")),

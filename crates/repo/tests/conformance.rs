@@ -125,14 +125,22 @@ async fn repository_round_trip(b: &Backend) {
     assert_eq!(s2.totals.new_chunks, 0, "{}", b.name());
 
     // Reopen with the password: same snapshots, parallel restore to a file.
-    let repo = Repository::open(b.store_again(&repo), PASSWORD).await.unwrap();
+    let first = repo;
+    let repo = Repository::open(b.store_again(&first), PASSWORD).await.unwrap();
     assert_eq!(repo.snapshots().await.unwrap().len(), 2);
+    // The first handle has cached the index objects it read; what the
+    // second one writes since is still found (nothing stored twice).
+    let fresh = data(500_000, 3);
+    backup(&repo, &[("fresh", &fresh)]).await;
+    let again = backup(&first, &[("fresh", &fresh)]).await;
+    assert_eq!(again.totals.new_chunks, 0, "{}", b.name());
+    first.forget(&[again.id]).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     repo.restore_all(&s1, dir.path(), &NoProgress).await.unwrap();
     assert_eq!(std::fs::read(dir.path().join("db/main.sqlite")).unwrap(), big);
     let report = repo.check(true).await.unwrap();
     assert!(report.is_ok(), "{}: {:?}", b.name(), report.errors);
-    assert_eq!(report.snapshots, 2);
+    assert_eq!(report.snapshots, 3);
 }
 
 /// Two writers (separate handles, as separate processes) backing up data
