@@ -4,14 +4,16 @@
 #   2. GET job status             auth + one catalog read, of a running job
 #   3. POST backups               auth + one catalog transaction, cycling
 #                                 over DEPLOYMENTS deployments (202 or 409)
-# Prints req/s and p99 latency of each, and the ratios to the baseline.
-# Usage: bench/api_bench.sh [DURATION_S=10] [DEPLOYMENTS=200]
+# Prints req/s and p99 latency of each per round, and the ratios of the
+# medians to the baseline.
+# Usage: bench/api_bench.sh [DURATION_S=10] [DEPLOYMENTS=200] [ROUNDS=3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 cargo build --release -q -p strongbox
 dur=${1:-10}
 n=${2:-200}
+runs=${3:-3}
 work=$(mktemp -d)
 trap 'kill $server 2>/dev/null; rm -rf "$work"' EXIT
 cd "$work"
@@ -36,7 +38,7 @@ done
 # The job-status run reads a job that stays running throughout: a
 # backup whose dump command takes longer than the benchmark.
 curl -s --cacert ca.pem "${auth[@]}" -X PUT \
-  -d "{\"engine\":\"command\",\"connection\":{\"backup_command\":\"sleep $((dur * 3 + 30)); echo done\",\"recovery_command\":\"true\"}}" \
+  -d "{\"engine\":\"command\",\"connection\":{\"backup_command\":\"sleep $((dur * 3 * runs + 30)); echo done\",\"recovery_command\":\"true\"}}" \
   "https://localhost:$port/strongbox/api/v1/instances/usexample/slow" >/dev/null
 job=$(curl -s -i --cacert ca.pem "${auth[@]}" -X POST -d '{}' "$base/slow/backups" | tr -d '\r' | awk -F': ' 'tolower($1)=="location"{print $2}')
 sleep 2 # a worker takes it at once
@@ -56,15 +58,25 @@ run() { # name, wrk args...
   local rps p99
   rps=$(awk '/Requests\/sec/{print $2}' "$name.out")
   p99=$(awk '$1=="99%"{print $2}' "$name.out")
-  printf '%-12s %10s req/s   p99 %s\n' "$name" "$rps" "$p99"
-  echo "$rps" > "$name.rps"
+  printf '  %-12s %10s req/s   p99 %s\n' "$name" "$rps" "$p99"
+  echo "$rps" >> "$name.rps"
 }
-echo "wrk -t2 -c32 -d${dur}s over TLS, $(nproc) cores shared by wrk and the server"
-run static "https://localhost:$port/strongbox/health"
-run job-status -H "Authorization: $basic" -H "X-ID-TENANT-NAME: usexample" "$job"
-run post -s post.lua "https://localhost:$port/"
-total=$(awk '/requests in/{print $1}' post.out)
-busy=$(awk '/Non-2xx/{print $NF}' post.out)
-echo "  post: $total requests, ${busy:-0} answered 409 (deployment busy), the rest 202"
-awk -v s="$(cat static.rps)" -v j="$(cat job-status.rps)" -v p="$(cat post.rps)" \
-  'BEGIN{printf "job status / static: %.2f (target >= 0.50)\npost / static: %.2f\n", j/s, p/s}'
+median() { sort -n "$1" | awk '{v[NR]=$1} END{print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
+echo "wrk -t2 -c32 -d${dur}s over TLS, $(nproc) cores shared by wrk and the server; $runs rounds, the order rotating"
+for r in $(seq 1 "$runs"); do
+  echo "round $r"
+  # Each request kind goes first, second and last in turn.
+  order=(static job-status post)
+  for k in $(seq 0 2); do
+    case ${order[$(( (k + r) % 3 ))]} in
+      static) run static "https://localhost:$port/strongbox/health" ;;
+      job-status) run job-status -H "Authorization: $basic" -H "X-ID-TENANT-NAME: usexample" "$job" ;;
+      post) run post -s post.lua "https://localhost:$port/"
+            total=$(awk '/requests in/{print $1}' post.out)
+            busy=$(awk '/Non-2xx/{print $NF}' post.out)
+            echo "    post: $total requests, ${busy:-0} answered 409 (deployment busy), the rest 202" ;;
+    esac
+  done
+done
+awk -v s="$(median static.rps)" -v j="$(median job-status.rps)" -v p="$(median post.rps)" \
+  'BEGIN{printf "medians: static %.0f, job status %.0f, post %.0f req/s\njob status / static: %.2f (target >= 0.50)\npost / static: %.2f\n", s, j, p, j/s, p/s}'

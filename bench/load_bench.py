@@ -3,7 +3,7 @@
 replicas on a PostgreSQL catalog and against one server on SQLite, side by
 side.
 
-For each setup:
+ROUNDS rounds, the two setups taking turns going first; for each:
 1. starts the servers (TLS, one shared repository directory, the catalog);
 2. registers DEPLOYMENTS SQLite deployments (one small file each);
 3. sends RATE requests/s for SECONDS seconds with `strongbox-loadgen`
@@ -17,7 +17,7 @@ For each setup:
 
 Targets (issue 13): p99 <= 10 ms, zero 5xx, every 202 exactly one job.
 
-Usage: load_bench.py WORKDIR [--rate 500] [--seconds 60] [--deployments 1000]
+Usage: load_bench.py WORKDIR [--rate 500] [--seconds 60] [--deployments 1000] [--rounds 3]
 (`bench/load_bench.sh` builds the release binaries first.)
 """
 import argparse
@@ -26,6 +26,7 @@ import os
 import secrets
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
@@ -108,6 +109,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=60)
     ap.add_argument("--deployments", type=int, default=1000)
     ap.add_argument("--replicas", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", help="STRONGBOX_WORKERS of each server (default: the server's)")
     ap.add_argument("--api-only", action="store_true",
                     help="diagnosis: deployments run on a label no server has, so no job runs and the "
@@ -122,26 +124,43 @@ def main():
         common["STRONGBOX_WORKERS"] = args.workers
     print(f"{args.rate} POST/s for {args.seconds} s over {args.deployments} deployments, "
           f"{os.cpu_count()} cores shared by the generator, the servers and the catalog", flush=True)
-    results = {}
+    results = {"pg": [], "sqlite": []}
+    for r in range(args.rounds):
+        # The two setups take turns going first.
+        for setup in (("pg", "sqlite") if r % 2 == 0 else ("sqlite", "pg")):
+            work = os.path.join(args.work, f"{setup}-{r}")
+            results[setup].append((run_pg if setup == "pg" else run_sqlite)(work, binary, common, args))
+    print(json.dumps(results))
+    for setup, name in (("pg", f"{args.replicas} replicas, PostgreSQL"), ("sqlite", "1 server, SQLite")):
+        rs = results[setup]
+        print(f"{name:<28} median of {len(rs)}: p50 {statistics.median(r['p50_ms'] for r in rs):.2f} ms  "
+              f"p99 {statistics.median(r['p99_ms'] for r in rs):.2f} ms  "
+              f"202s {statistics.median(r['by_status'].get('202', 0) for r in rs):.0f}  "
+              f"5xx/conn {sum(r['server_errors'] for r in rs)}  "
+              f"{sum(r['ok'] for r in rs)}/{len(rs)} rounds met every target")
+    sys.exit(0 if all(r["ok"] for rs in results.values() for r in rs) else 1)
 
-    # Three replicas, PostgreSQL catalog.
+
+def run_pg(work, binary, common, args):
+    """Three replicas, PostgreSQL catalog (a database of its own)."""
     db = f"strongbox_load_{secrets.token_hex(4)}"
     psql("postgres", f"CREATE DATABASE {db}")
-    work = os.path.join(args.work, "pg")
     env = dict(common, STRONGBOX_CATALOG=f"postgres://postgres@127.0.0.1:5432/{db}",
                STRONGBOX_REPOSITORY=os.path.join(work, "repository"))
     servers = [Server(binary, args.work, os.path.join(work, f"replica-{i}"), env) for i in range(args.replicas)]
     try:
-        results["pg"] = setup_run(f"{args.replicas} replicas, PostgreSQL", work, servers,
-                                  Catalog(lambda sql: int(psql(db, sql))), args)
+        return setup_run(f"{args.replicas} replicas, PostgreSQL", work, servers,
+                         Catalog(lambda sql: int(psql(db, sql))), args)
     finally:
         for s in servers:
             s.stop()
         psql("postgres", f"DROP DATABASE IF EXISTS {db}")
 
-    # One server, SQLite catalog.
-    work = os.path.join(args.work, "sqlite")
-    server = Server(binary, args.work, os.path.join(work, "server"), dict(common, STRONGBOX_REPOSITORY=os.path.join(work, "repository")))
+
+def run_sqlite(work, binary, common, args):
+    """One server, SQLite catalog."""
+    server = Server(binary, args.work, os.path.join(work, "server"),
+                    dict(common, STRONGBOX_REPOSITORY=os.path.join(work, "repository")))
     catalog_file = os.path.join(server.dir, "data", "catalog.sqlite")
 
     def count(sql):
@@ -151,11 +170,9 @@ def main():
         finally:
             c.close()
     try:
-        results["sqlite"] = setup_run("1 server, SQLite", work, [server], Catalog(count), args)
+        return setup_run("1 server, SQLite", work, [server], Catalog(count), args)
     finally:
         server.stop()
-    print(json.dumps(results))
-    sys.exit(0 if all(r["ok"] for r in results.values()) else 1)
 
 
 if __name__ == "__main__":

