@@ -29,11 +29,15 @@ const TTL: Duration = Duration::from_secs(60);
 /// for a wrong user name or password.
 type Verified = Result<Option<(String, Role)>, ApiError>;
 
+/// One verification under way, which requests with the same credentials
+/// wait for.
+type Flight = Arc<tokio::sync::OnceCell<Verified>>;
+
 pub struct Cache {
     key: [u8; 32],
     entries: Mutex<HashMap<String, (blake3::Hash, String, Role, Instant)>>,
     /// Verifications under way, by user and keyed password hash.
-    verifying: Mutex<HashMap<(String, blake3::Hash), Arc<tokio::sync::OnceCell<Verified>>>>,
+    verifying: Mutex<HashMap<(String, blake3::Hash), Flight>>,
 }
 
 impl Default for Cache {
