@@ -88,7 +88,7 @@ async fn main() -> Result<()> {
     // to the server).
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let pacer = {
-        let (args, client, method) = (args.clone(), client.clone(), method.clone());
+        let args = args.clone();
         let runtime = tokio::runtime::Handle::current();
         std::thread::spawn(move || {
             let start = Instant::now();
