@@ -16,14 +16,23 @@ cluster on loopback (replication factor 3), same bucket, same data.
 5. A node killed during a backup: one Garage node gets SIGKILL a second
    into a Strongbox backup; the backup must complete and
    `check --read-data` must be clean (the other two hold a quorum).
+6. Failover drill: three `strongbox serve` replicas on one PostgreSQL
+   catalog (a database of its own on 127.0.0.1:5432) and one repository in
+   the bucket. A backup is requested through one replica; the replica whose
+   worker leased it gets SIGKILL; another must take it over once the lease
+   expires, and while it runs a Garage node gets SIGKILL too. Then: the job
+   Succeeded, exactly one backup listed, no job queued or running,
+   `check --read-data` clean.
 
 Usage: garage_bench.py WORKDIR [--runs 3] [--size-mib 1024]
 (`bench/garage_bench.sh` builds Garage with `cargo install garage` and
 Strongbox first.)
 """
 import argparse
+import json
 import os
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -32,7 +41,7 @@ import subprocess
 import sys
 import time
 
-from benchutil import drop_caches
+from benchutil import Server, drop_caches, tls_certs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STRONGBOX = os.path.join(HERE, "..", "target", "release", "strongbox")
@@ -100,6 +109,17 @@ api_bind_addr = "127.0.0.1:{3903 + 10 * n}"
         log = open(os.path.join(self.work, f"node{n}", "log"), "a")
         self.procs[n] = subprocess.Popen([GARAGE, "-c", self.confs[n], "server"], stdout=log, stderr=log)
 
+    def cpu(self):
+        """CPU seconds the live nodes have used."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for p in self.procs:
+            if p and p.poll() is None:
+                with open(f"/proc/{p.pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick
+        return total
+
     def kill(self, n):
         self.procs[n].send_signal(signal.SIGKILL)
         self.procs[n].wait()
@@ -123,6 +143,31 @@ def strongbox(env, location, *args):
     return [STRONGBOX, "repo", "-r", location, *args]
 
 
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+class Timed:
+    """Wall time of a step, the CPU time the tool spent in it, and the CPU
+    time the Garage nodes spent serving it: where the time goes."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+
+    def __enter__(self):
+        self.t0, self.tool0, self.garage0 = time.monotonic(), children_cpu(), self.cluster.cpu()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.monotonic() - self.t0
+        self.tool = children_cpu() - self.tool0
+        self.garage = self.cluster.cpu() - self.garage0
+
+    def __str__(self):
+        return f"{self.wall:.2f} s (CPU: tool {self.tool:.1f} s, Garage {self.garage:.1f} s)"
+
+
 def one_round(cluster, work, db, i, order):
     env = cluster.env()
     out = {}
@@ -132,17 +177,19 @@ def one_round(cluster, work, db, i, order):
         if tool == "strongbox":
             repo = f"s3://{BUCKET}/strongbox-{i}"
             run(strongbox(env, repo, "init"), env=env)
-            drop_caches()
-            backup = run(strongbox(env, repo, "backup", db), env=env)[0]
-            drop_caches()
-            restore = run(strongbox(env, repo, "restore", "latest", "--target", target), env=env)[0]
+            backup_cmd = strongbox(env, repo, "backup", db)
+            restore_cmd = strongbox(env, repo, "restore", "latest", "--target", target)
         else:
             repo = f"s3:http://127.0.0.1:3900/{BUCKET}/restic-{i}"
             run(["restic", "-r", repo, "init", "-q"], env=env)
-            drop_caches()
-            backup = run(["restic", "-r", repo, "backup", "-q", db], env=env)[0]
-            drop_caches()
-            restore = run(["restic", "-r", repo, "restore", "latest", "--target", target], env=env)[0]
+            backup_cmd = ["restic", "-r", repo, "backup", "-q", db]
+            restore_cmd = ["restic", "-r", repo, "restore", "latest", "--target", target]
+        drop_caches()
+        with Timed(cluster) as backup:
+            run(backup_cmd, env=env)
+        drop_caches()
+        with Timed(cluster) as restore:
+            run(restore_cmd, env=env)
         # Both record the file under its path without the leading '/'.
         restored = os.path.join(target, db.lstrip("/"))
         if subprocess.call(["cmp", "-s", db, restored]) != 0:
@@ -194,6 +241,92 @@ def node_killed_during_backup(cluster, work, db):
     return ok
 
 
+def psql(db, sql):
+    out = subprocess.run(["psql", "-X", "-A", "-t", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-c", sql],
+                         check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def replicas_failover(cluster, work, db_file):
+    """Three replicas on one PostgreSQL catalog and the Garage bucket: the
+    replica running a backup and then a Garage node are killed."""
+    env = cluster.env()
+    drill = os.path.join(work, "drill")
+    shutil.rmtree(drill, ignore_errors=True)
+    os.makedirs(drill)
+    tls_certs(drill)
+    catalog = f"strongbox_garage_drill_{secrets.token_hex(4)}"
+    psql("postgres", f"CREATE DATABASE {catalog}")
+    repo = f"s3://{BUCKET}/strongbox-replicas"
+    lease = 5
+    server_env = dict(STRONGBOX_CATALOG=f"postgres://postgres@127.0.0.1:5432/{catalog}",
+                      STRONGBOX_REPOSITORY=repo, STRONGBOX_REPO_PASSWORD=env["STRONGBOX_PASSWORD"],
+                      STRONGBOX_DEMO_PASSWORD="drill-pw", STRONGBOX_LEASE_SECONDS=str(lease),
+                      **{k: v for k, v in env.items() if k.startswith("AWS_")})
+    servers = [Server(STRONGBOX, drill, os.path.join(drill, f"replica-{i}"), server_env) for i in range(3)]
+
+    def api(server, *args):
+        out = subprocess.run(["curl", "-s", "--cacert", server.ca, "-u", "serviceadmin:drill-pw",
+                              "-H", "X-ID-TENANT-NAME: usexample", "-H", "Content-Type: application/json",
+                              "-D", "-", *args], check=True, capture_output=True, text=True).stdout
+        head, _, body = out.partition("\n\n")  # text mode: \r\n read as \n
+        return head, (json.loads(body) if body.strip() else None)
+
+    ok = False
+    try:
+        s0 = servers[0]
+        api(s0, "-X", "PUT", "-d", json.dumps({"engine": "sqlite", "connection": {"path": db_file}}),
+            f"{s0.url}/strongbox/api/v1/instances/usexample/big")
+        backups = f"/paas/service/dbcs/api/v1.1/instances/usexample/big/backups"
+        head, _ = api(s0, "-X", "POST", "-d", "{}", s0.url + backups)
+        location = re.search(r"(?im)^location: (\S+)", head).group(1)
+        job = location.rsplit("/", 1)[1]
+        deadline = time.monotonic() + 60
+        while not (owner := psql(catalog, f"SELECT coalesce(lease_owner, '') FROM jobs WHERE id = {job}")):
+            if time.monotonic() > deadline:
+                sys.exit(f"job {job} was never leased")
+            time.sleep(0.05)
+        time.sleep(1)  # a second into the backup
+        pid = int(owner.split("-")[0])
+        victim = next(s for s in servers if s.proc.pid == pid)
+        victim.stop(signal.SIGKILL)
+        servers.remove(victim)
+        killed_at = time.monotonic()
+        print(f"replica on port {victim.port} (pid {pid}) killed a second into backup job {job}", flush=True)
+        while (now := psql(catalog, f"SELECT coalesce(lease_owner, '') FROM jobs WHERE id = {job}")) in ("", owner):
+            if time.monotonic() - killed_at > 120:
+                sys.exit(f"job {job} was not taken over within 120 s")
+            time.sleep(0.1)
+        print(f"taken over by {now} {time.monotonic() - killed_at:.1f} s later (lease {lease} s)", flush=True)
+        time.sleep(1)
+        cluster.kill(NODES - 1)
+        print(f"Garage node {NODES - 1} killed a second into the resumed backup", flush=True)
+        s = servers[0]
+        status_url = location.replace(f"localhost:{victim.port}", f"localhost:{s.port}")
+        deadline = time.monotonic() + 600
+        while (state := api(s, status_url)[1])["job_status"] not in ("Succeeded", "Failed"):
+            if time.monotonic() > deadline:
+                sys.exit(f"job {job} did not end within 10 minutes: {state}")
+            time.sleep(0.5)
+        _, log = api(s, f"{s.url}/paas/api/v1.1/activitylog/usexample/job/{job}")
+        listed = api(s, s.url + backups)[1]["backupList"]
+        open_jobs = psql(catalog, "SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')")
+        check = subprocess.run(strongbox(env, repo, "check", "--read-data"), env=env, capture_output=True, text=True)
+        ok = (state["job_status"] == "Succeeded" and len(listed) == 1 and open_jobs == "0"
+              and check.returncode == 0)
+        print(f"job {job}: {state['job_status']} ({state['message']}); backups listed: {len(listed)}; "
+              f"jobs queued or running: {open_jobs}; check --read-data: "
+              f"{'clean' if check.returncode == 0 else 'FAILED: ' + check.stderr}")
+        print("activity log: " + " | ".join(m["message"] for m in log["messages"]))
+        print(f"failover drill: {'PASS' if ok else 'FAIL'}", flush=True)
+    finally:
+        for srv in servers:
+            srv.stop()
+        cluster.start(NODES - 1)
+        psql("postgres", f"DROP DATABASE IF EXISTS {catalog}")
+    return ok
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("work")
@@ -215,16 +348,22 @@ def main():
             order = ["strongbox", "restic"] if i % 2 == 0 else ["restic", "strongbox"]
             r = one_round(cluster, a.work, db, i, order)
             rounds.append(r)
-            print(f"round {i + 1} ({order[0]} first): " + ", ".join(
-                f"{t} backup {b:.2f} s restore {s:.2f} s" for t, (b, s) in r.items()), flush=True)
-        med = {t: [statistics.median(r[t][k] for r in rounds) for k in (0, 1)] for t in ("strongbox", "restic")}
-        print(f"\nmedians over {a.runs} rounds, {os.path.getsize(db) >> 20} MiB, three-node Garage:")
-        for t, (b, s) in med.items():
-            print(f"  {t:10} backup {b:.2f} s  restore {s:.2f} s")
-        print(f"  ratio      backup {med['strongbox'][0] / med['restic'][0]:.2f}x  "
-              f"restore {med['strongbox'][1] / med['restic'][1]:.2f}x  (targets <= 0.5x)")
-        wal_never_overwritten(cluster, a.work)
-        node_killed_during_backup(cluster, a.work, db)
+            print(f"round {i + 1} ({order[0]} first):", flush=True)
+            for t, (b, s) in r.items():
+                print(f"  {t:10} backup {b}  restore {s}", flush=True)
+        if rounds:
+            med = {t: [statistics.median(r[t][k].wall for r in rounds) for k in (0, 1)]
+                   for t in ("strongbox", "restic")}
+            print(f"\nmedians over {a.runs} rounds, {os.path.getsize(db) >> 20} MiB, three-node Garage:")
+            for t, (b, s) in med.items():
+                print(f"  {t:10} backup {b:.2f} s  restore {s:.2f} s")
+            print(f"  ratio      backup {med['strongbox'][0] / med['restic'][0]:.2f}x  "
+                  f"restore {med['strongbox'][1] / med['restic'][1]:.2f}x  (targets <= 0.5x)")
+        passed = [wal_never_overwritten(cluster, a.work), node_killed_during_backup(cluster, a.work, db)]
+        time.sleep(5)  # the restarted node rejoins
+        passed.append(replicas_failover(cluster, a.work, db))
+        if not all(passed):
+            sys.exit("a drill failed")
     finally:
         cluster.stop()
 

@@ -287,7 +287,7 @@ pub async fn run(args: RepoArgs) -> Result<ExitCode> {
                     sources.push(Source::new(&stdin_name, std::io::stdin()));
                     continue;
                 }
-                let f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+                let f = strongbox_repo::BackupFile::open(p).with_context(|| format!("opening {}", p.display()))?;
                 let meta = f.metadata()?;
                 if !meta.is_file() {
                     bail!("{} is not a regular file", p.display());

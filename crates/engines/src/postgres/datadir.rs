@@ -120,7 +120,7 @@ pub fn walk(data_dir: &Path) -> Result<(Vec<DataFile>, Vec<String>), Error> {
 /// empty (WAL replay drops it again).
 pub struct LazyFile {
     path: PathBuf,
-    file: Option<std::fs::File>,
+    file: Option<strongbox_repo::BackupFile>,
     gone: bool,
 }
 
@@ -140,7 +140,7 @@ impl Read for LazyFile {
             return Ok(0);
         }
         if self.file.is_none() {
-            match std::fs::File::open(&self.path) {
+            match strongbox_repo::BackupFile::open(&self.path) {
                 Ok(f) => self.file = Some(f),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     self.gone = true;

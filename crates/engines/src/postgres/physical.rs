@@ -119,8 +119,8 @@ impl Session {
         }
         for segment in datadir::wal_segments(&first, &last, self.segment_size)? {
             let path = data_dir.join("pg_wal").join(&segment);
-            let file =
-                std::fs::File::open(&path).map_err(|e| Error::io(format!("WAL segment {}", path.display()), e))?;
+            let file = strongbox_repo::BackupFile::open(&path)
+                .map_err(|e| Error::io(format!("WAL segment {}", path.display()), e))?;
             let mut source = Source::new(format!("pg_wal/{segment}"), file);
             source.size_hint = Some(self.segment_size);
             tail.push(source);
