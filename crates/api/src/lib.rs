@@ -84,16 +84,28 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// Headers Oracle's service sends on every response, a per-request
-/// correlation id, and CORS preflight answered before any auth.
+/// correlation id, CORS preflight answered before any auth, and one log
+/// line per request (method, path, status, time, correlation id; never a
+/// header, a query string or a body).
 async fn common_headers(req: Request, next: Next) -> Response {
-    let mut resp = if req.method() == Method::OPTIONS {
+    let started = std::time::Instant::now();
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let mut resp = if method == Method::OPTIONS {
         StatusCode::OK.into_response()
     } else {
         next.run(req).await
     };
-    let h = resp.headers_mut();
     let mut ecid = [0u8; 12];
     rand::fill(&mut ecid);
+    let ecid = hex::encode(ecid);
+    tracing::info!(
+        target: "strongbox::request",
+        ecid,
+        status = resp.status().as_u16(),
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "{method} {path}"
+    );
+    let h = resp.headers_mut();
     for (name, value) in [
         ("strict-transport-security", "max-age=31536000;includeSubDomains"),
         ("content-language", "en"),
@@ -110,7 +122,7 @@ async fn common_headers(req: Request, next: Next) -> Response {
     }
     h.insert(
         "x-oracle-dms-ecid",
-        HeaderValue::from_str(&hex::encode(ecid)).expect("hex is a valid header"),
+        HeaderValue::from_str(&ecid).expect("hex is a valid header"),
     );
     resp
 }

@@ -19,6 +19,7 @@ use strongbox_engines::pitr::Reached;
 use strongbox_engines::{Engine, RecoveryContext, RecoveryTarget, SnapshotFiles};
 use strongbox_repo::{BackupOptions, Counters, Repository};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::Service;
 use crate::job::JobSpec;
@@ -57,25 +58,33 @@ pub async fn worker(service: Arc<Service>, setup: WorkerSetup) {
                     lease: Lease::of(&job, &setup.owner),
                     counters: Arc::default(),
                 };
+                // Every line logged for the job carries its id and attempt.
+                let span = tracing::info_span!(
+                    "job",
+                    id = job.id,
+                    attempt = job.attempts,
+                    operation = %job.operation,
+                    deployment = %job.deployment
+                );
                 let (beat, lost) = w.heartbeat();
                 let end = tokio::select! {
-                    end = w.run(&job) => Some(end),
+                    end = w.run(&job).instrument(span.clone()) => Some(end),
                     _ = lost => None,
                 };
                 beat.abort();
-                let Some(end) = end else {
-                    tracing::warn!(
-                        "job {}: lease lost (attempt {}); stopped, its outcome not recorded",
-                        job.id,
-                        job.attempts
-                    );
-                    continue;
+                let finish = async {
+                    let Some(end) = end else {
+                        tracing::warn!("lease lost; stopped, its outcome not recorded");
+                        return;
+                    };
+                    match service.catalog.finish_job(&w.lease, &end).await {
+                        Ok(true) if end.succeeded => tracing::info!("succeeded: {}", end.message),
+                        Ok(true) => tracing::warn!("failed: {}", end.message),
+                        Ok(false) => tracing::warn!("lease lost before its outcome was recorded"),
+                        Err(e) => tracing::error!("recording the outcome failed: {e}"),
+                    }
                 };
-                match service.catalog.finish_job(&w.lease, &end).await {
-                    Ok(true) => {}
-                    Ok(false) => tracing::warn!("job {}: lease lost before its outcome was recorded", job.id),
-                    Err(e) => tracing::error!("job {}: recording the outcome failed: {e}", job.id),
-                }
+                finish.instrument(span).await;
             }
             Ok(None) => {
                 tokio::select! {
@@ -94,6 +103,7 @@ pub async fn worker(service: Arc<Service>, setup: WorkerSetup) {
 /// Adds a line to a job's activity log (refused, and dropped, once the
 /// lease is lost); a failure to log is never a reason to fail the job.
 async fn log(catalog: &dyn strongbox_catalog::Catalog, lease: &Lease, message: &str) {
+    tracing::info!("{message}");
     if let Err(e) = catalog.add_job_message(lease, message).await {
         tracing::warn!("job {}: could not log {message:?}: {e}", lease.job_id);
     }

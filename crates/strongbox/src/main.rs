@@ -50,13 +50,29 @@ fn tune_allocator() {
     }
 }
 
+/// Log lines go to stderr: by default, for the server, one per request and
+/// per job step (`info`), for the other commands only errors; the
+/// filter from `STRONGBOX_LOG` (e.g. `debug`, `strongbox::request=warn`);
+/// `STRONGBOX_LOG_FORMAT=json` for one JSON object per line.
+fn logging(serving: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRONGBOX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if serving { "info" } else { "error" }));
+    // Colours only for a terminal, not for a file or a log collector.
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if std::env::var("STRONGBOX_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
+}
+
 fn main() -> std::process::ExitCode {
     tune_allocator();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("STRONGBOX_LOG"))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    logging(matches!(cli.command, Command::Serve(_)));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

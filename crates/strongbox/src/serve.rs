@@ -177,14 +177,21 @@ fn repo_password(data_dir: &Path) -> Result<String> {
     let mut raw = [0u8; 24];
     rand::fill(&mut raw);
     let p = hex::encode(raw);
+    write_secret(&path, &p)?;
+    Ok(p)
+}
+
+/// Writes a secret to a new file only its owner reads (mode 0600).
+fn write_secret(path: &Path, secret: &str) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&path)?;
-    std::io::Write::write_all(&mut f, p.as_bytes())?;
-    Ok(p)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut f, secret.as_bytes())?;
+    Ok(())
 }
 
 /// How a database host's tools (PostgreSQL's archive_command and
@@ -266,7 +273,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     tokio::spawn(strongbox_core::schedule::scheduler(service.clone(), s.schedule_check));
     let state = Arc::new(strongbox_api::AppState::new(service, &s.public_url, s.retry_after));
     let app = strongbox_api::router(state).into_make_service();
-    eprintln!("strongbox serving {} (listening on {})", s.public_url, s.listen);
+    tracing::info!("strongbox serving {} (listening on {})", s.public_url, s.listen);
     match &s.tls {
         Some((cert, key)) => {
             // from_pem_file sets ALPN to h2 and http/1.1.
@@ -330,8 +337,14 @@ async fn demo(service: &Service, s: &Settings) -> Result<()> {
         };
         catalog.put_user(&user, domain, &password, Role::Admin).await?;
         if generated {
-            // Printed once, when the user is created; not stored in clear.
-            eprintln!("demo user {user} in identity domain {domain}, password: {password}");
+            // Kept in a file only its owner reads, never printed or logged.
+            let file = s.data_dir.join("demo-user.password");
+            let _ = std::fs::remove_file(&file);
+            write_secret(&file, &password)?;
+            tracing::info!(
+                "demo user {user} in identity domain {domain}: password in {}",
+                file.display()
+            );
         }
     }
     let db = s.data_dir.join("demo").join("db12c.sqlite");
@@ -355,7 +368,7 @@ async fn demo(service: &Service, s: &Settings) -> Result<()> {
             None,
         )
         .await?;
-    eprintln!(
+    tracing::info!(
         "try: curl -i -X POST -u {user}:PASSWORD -H 'X-ID-TENANT-NAME: {domain}' -H 'Content-Type: application/json' \
          -d '{{}}' {}{}/{domain}/db12c/backups",
         s.public_url,

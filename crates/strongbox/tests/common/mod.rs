@@ -65,7 +65,8 @@ pub fn start_with(dir: &Path, port: u16, env: &[(&str, String)]) -> Server {
         .env("STRONGBOX_DEMO_PASSWORD", "Pa55_word")
         .env("STRONGBOX_LEASE_SECONDS", "2")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        // Kept for the tests that read what the server logged.
+        .stderr(log_file(dir))
         .spawn()
         .unwrap();
     wait_for_port(port);
@@ -74,6 +75,15 @@ pub fn start_with(dir: &Path, port: u16, env: &[(&str, String)]) -> Server {
         dir: dir.to_path_buf(),
         port,
     }
+}
+
+/// The server's output (stderr), across restarts: `DIR/server.log`.
+pub fn log_file(dir: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .unwrap()
 }
 
 /// Adds a user to the server's catalog with `strongbox admin user`; the

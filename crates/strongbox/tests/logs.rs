@@ -1,0 +1,114 @@
+//! What the server logs: one line per request carrying the correlation id
+//! its response sent (`x-oracle-dms-ecid`), the steps of each job carrying
+//! the job's id, JSON lines on request, and never a password — neither
+//! the users' (right or wrong) nor the repository's nor one a deployment's
+//! connection holds, also when its engine fails.
+
+mod common;
+
+use common::*;
+
+const REPO_PASSWORD: &str = "repo-S3cret-4711";
+const ENGINE_SECRET: &str = "engine-S3cret-0815";
+const WRONG_PASSWORD: &str = "Wr0ng-guess-42";
+
+/// Runs requests that leave traces (a backup, a failing backup, a wrong
+/// password) and returns (the server's log, the backup's ecid, its job id,
+/// everything the API showed of the failed job).
+fn exercise(env: &[(&str, String)]) -> (String, String, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [env, &[("STRONGBOX_REPO_PASSWORD", REPO_PASSWORD.to_string())]].concat();
+    let s = start_with(dir.path(), free_port(), &env);
+    let (status, h, body) = s.curl(&[&AUTH[..], &["-X", "POST", "-d", "{}", &s.url(BACKUPS)]].concat());
+    assert_eq!(status, "HTTP/2 202", "{body}");
+    let ecid = header(&h, "x-oracle-dms-ecid").to_string();
+    let location = header(&h, "location").to_string();
+    let job = location.rsplit('/').next().unwrap().to_string();
+    s.wait_for(&location, "Succeeded");
+
+    // A deployment whose dump command fails, with a secret in its environment.
+    let (status, v) = s.json(&[
+        "-X",
+        "PUT",
+        "-d",
+        &format!(
+            r#"{{"engine": "command", "connection": {{"backup_command": "echo dumping $MYSQL_PWD >&2; exit 3",
+                 "recovery_command": "true", "env": {{"MYSQL_PWD": "{ENGINE_SECRET}"}}}}}}"#
+        ),
+        &s.url("/strongbox/api/v1/instances/usexample/failing"),
+    ]);
+    assert_eq!(status, "HTTP/2 200", "{v}");
+    let (status, failing) = s.post_backup("failing", &[]);
+    assert_eq!(status, "HTTP/2 202", "{failing}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let failed = loop {
+        let (_, v) = s.json(&[&failing]);
+        if v["job_status"] == "Failed" {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let id = failed["job_id"].to_string();
+    let (_, activity) = s.json(&[&s.url(&format!("/paas/api/v1.1/activitylog/usexample/job/{id}"))]);
+    let (status, _, _) = s.curl(&[
+        "-u",
+        &format!("serviceadmin:{WRONG_PASSWORD}"),
+        "-H",
+        "X-ID-TENANT-NAME:usexample",
+        &s.url(BACKUPS),
+    ]);
+    assert_eq!(status, "HTTP/2 401");
+    drop(s); // stops the server, so its output is complete
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    (log, ecid, job, format!("{failed}\n{activity}"))
+}
+
+fn assert_no_secret(shown: &str) {
+    for secret in ["Pa55_word", REPO_PASSWORD, ENGINE_SECRET, WRONG_PASSWORD] {
+        assert!(!shown.contains(secret), "{secret} shown:\n{shown}");
+    }
+}
+
+#[test]
+fn each_request_and_job_step_is_one_line_and_no_password_is_ever_shown() {
+    let (log, ecid, job, api) = exercise(&[]);
+    let request = log
+        .lines()
+        .find(|l| l.contains(&ecid))
+        .unwrap_or_else(|| panic!("no line with ecid {ecid}:\n{log}"));
+    assert!(request.contains("POST") && request.contains("status=202"), "{request}");
+    let job_lines: Vec<&str> = log.lines().filter(|l| l.contains(&format!("job{{id={job} "))).collect();
+    assert!(
+        job_lines.iter().any(|l| l.contains("backup started")) && job_lines.iter().any(|l| l.contains("succeeded")),
+        "the job's steps, each with its id:\n{log}"
+    );
+    assert!(log.contains("status=401"), "the refused request is logged:\n{log}");
+    assert!(
+        log.contains("failed: backup failed"),
+        "the failed job is logged:\n{log}"
+    );
+    assert_no_secret(&log);
+    assert_no_secret(&api);
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_ecid_and_the_job_id() {
+    let (log, ecid, job, _) = exercise(&[("STRONGBOX_LOG_FORMAT", "json".to_string())]);
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let request = lines
+        .iter()
+        .find(|v| v["fields"]["ecid"] == ecid.as_str())
+        .unwrap_or_else(|| panic!("no line with ecid {ecid}:\n{log}"));
+    assert_eq!(request["fields"]["status"], 202, "{request}");
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["span"]["name"] == "job" && v["span"]["id"].as_i64() == job.parse().ok()),
+        "a line of job {job}:\n{log}"
+    );
+    assert_no_secret(&log);
+}
