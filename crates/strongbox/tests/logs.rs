@@ -59,8 +59,15 @@ fn exercise(env: &[(&str, String)]) -> (String, String, String, String) {
         &s.url(BACKUPS),
     ]);
     assert_eq!(status, "HTTP/2 401");
-    drop(s); // stops the server, so its output is complete
-    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    // Lines are written by the server's log thread as soon as it is idle:
+    // wait for the last request's, then stop the server.
+    let read = || std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !read().lines().any(|l| l.contains("401")) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(s);
+    let log = read();
     (log, ecid, job, format!("{failed}\n{activity}"))
 }
 
