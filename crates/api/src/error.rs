@@ -7,8 +7,6 @@ use axum::response::{IntoResponse, Response};
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
-    /// Seconds a client should wait before asking again (`Retry-After`).
-    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -16,7 +14,6 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
-            retry_after: None,
         }
     }
 
@@ -54,9 +51,6 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"strongbox\""),
             );
-        }
-        if let Some(secs) = self.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }
