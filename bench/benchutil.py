@@ -31,6 +31,13 @@ def tls_certs(work):
     return tuple(os.path.join(work, f) for f in ("ca.pem", "cert.pem", "key.pem"))
 
 
+def psql(db, sql):
+    """Runs SQL on the machine's PostgreSQL (127.0.0.1:5432, trust) in DB; its output, trimmed."""
+    out = subprocess.run(["psql", "-X", "-A", "-t", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-c", sql],
+                         check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 
-from benchutil import Server, drop_caches, tls_certs
+from benchutil import Server, drop_caches, psql, tls_certs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STRONGBOX = os.path.join(HERE, "..", "target", "release", "strongbox")
@@ -239,12 +239,6 @@ def node_killed_during_backup(cluster, work, db):
     print(f"check --read-data with the node down: clean\n{check.strip()}")
     cluster.start(NODES - 1)
     return ok
-
-
-def psql(db, sql):
-    out = subprocess.run(["psql", "-X", "-A", "-t", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-c", sql],
-                         check=True, capture_output=True, text=True)
-    return out.stdout.strip()
 
 
 def replicas_failover(cluster, work, db_file):

@@ -31,17 +31,11 @@ import subprocess
 import sys
 import time
 
-from benchutil import Server, tls_certs
+from benchutil import Server, psql, tls_certs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RELEASE = os.path.join(HERE, "..", "target", "release")
 PASSWORD = "load-bench-pw"
-
-
-def psql(db, sql):
-    out = subprocess.run(["psql", "-X", "-A", "-t", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-c", sql],
-                         check=True, capture_output=True, text=True)
-    return out.stdout.strip()
 
 
 class Catalog:

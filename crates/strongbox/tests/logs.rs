@@ -40,15 +40,7 @@ fn exercise(env: &[(&str, String)]) -> (String, String, String, String) {
     assert_eq!(status, "HTTP/2 200", "{v}");
     let (status, failing) = s.post_backup("failing", &[]);
     assert_eq!(status, "HTTP/2 202", "{failing}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let failed = loop {
-        let (_, v) = s.json(&[&failing]);
-        if v["job_status"] == "Failed" {
-            break v;
-        }
-        assert!(std::time::Instant::now() < deadline, "{v}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let failed = s.wait_for(&failing, "Failed");
     let id = failed["job_id"].to_string();
     let (_, activity) = s.json(&[&s.url(&format!("/paas/api/v1.1/activitylog/usexample/job/{id}"))]);
     let (status, _, _) = s.curl(&[
