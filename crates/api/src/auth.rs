@@ -9,6 +9,13 @@
 //! verified wait for that one verification: a client that opens with a
 //! burst (500 requests in the first second) would otherwise start one hash
 //! per request and queue the whole burst behind seconds of hashing.
+//!
+//! Failed sign-ins are throttled per client address and per user name
+//! (`Throttle`): past the limit a request whose credentials are not
+//! already verified is refused with 429 before any hashing, so a flood of
+//! wrong passwords costs a map lookup each, not an Argon2 hash. Credentials
+//! verified within the minute are served from the cache and never throttled:
+//! a flood aimed at a user does not lock that user's running clients out.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,11 +40,58 @@ type Verified = Result<Option<(String, Role)>, ApiError>;
 /// wait for.
 type Flight = Arc<tokio::sync::OnceCell<Verified>>;
 
+/// Failed sign-ins allowed per client address and per user name in one
+/// window before further attempts are refused.
+const FAILURES_ALLOWED: u32 = 10;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Bounds the throttle's memory under a flood from many addresses.
+const THROTTLE_KEYS_MAX: usize = 100_000;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+enum Who {
+    Address(std::net::IpAddr),
+    User(String),
+}
+
+/// Failed sign-ins per client address and per user name, in fixed windows.
+#[derive(Default)]
+struct Throttle(Mutex<HashMap<Who, (u32, Instant)>>);
+
+impl Throttle {
+    /// Seconds until `who` may try again, if it has used up its window.
+    fn wait(&self, who: &[Who]) -> Option<u64> {
+        let map = self.0.lock().expect("throttle");
+        who.iter()
+            .filter_map(|w| map.get(w))
+            .filter(|(n, since)| *n >= FAILURES_ALLOWED && since.elapsed() < FAILURE_WINDOW)
+            .map(|(_, since)| (FAILURE_WINDOW - since.elapsed()).as_secs() + 1)
+            .max()
+    }
+
+    fn failed(&self, who: &[Who]) {
+        let mut map = self.0.lock().expect("throttle");
+        if map.len() >= THROTTLE_KEYS_MAX {
+            map.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
+            if map.len() >= THROTTLE_KEYS_MAX {
+                map.clear(); // a flood from this many addresses: start over
+            }
+        }
+        for w in who {
+            let entry = map.entry(w.clone()).or_insert((0, Instant::now()));
+            if entry.1.elapsed() >= FAILURE_WINDOW {
+                *entry = (0, Instant::now());
+            }
+            entry.0 += 1;
+        }
+    }
+}
+
 pub struct Cache {
     key: [u8; 32],
     entries: Mutex<HashMap<String, (blake3::Hash, String, Role, Instant)>>,
     /// Verifications under way, by user and keyed password hash.
     verifying: Mutex<HashMap<(String, blake3::Hash), Flight>>,
+    throttle: Throttle,
 }
 
 impl Default for Cache {
@@ -48,6 +102,7 @@ impl Default for Cache {
             key,
             entries: Mutex::default(),
             verifying: Mutex::default(),
+            throttle: Throttle::default(),
         }
     }
 }
@@ -64,7 +119,11 @@ fn unauthorized(msg: &str) -> ApiError {
 }
 
 /// Who the credentials name, or why not.
-async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(Caller, String), ApiError> {
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: Option<std::net::IpAddr>,
+) -> Result<(Caller, String), ApiError> {
     let creds = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -87,6 +146,24 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(Caller, 
     let (domain, role) = match cached {
         Some(found) => found,
         None => {
+            let who: Vec<Who> = client
+                .map(Who::Address)
+                .into_iter()
+                .chain([Who::User(user.to_string())])
+                .collect();
+            if let Some(secs) = cache.throttle.wait(&who) {
+                tracing::warn!(target: "strongbox::auth", user, ?client, "sign-in throttled");
+                return Err(ApiError {
+                    retry_after: Some(secs),
+                    ..ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!(
+                            "too many failed sign-ins from this address or for user {user}; \
+                             try again in {secs} s"
+                        ),
+                    )
+                });
+            }
             let flight = (user.to_string(), proof);
             let cell = cache
                 .verifying
@@ -98,6 +175,8 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(Caller, 
             let verified = cell.get_or_init(|| verify(state, user, password)).await.clone();
             cache.verifying.lock().expect("auth cache").remove(&flight);
             let Some((domain, role)) = verified? else {
+                cache.throttle.failed(&who);
+                tracing::warn!(target: "strongbox::auth", user, ?client, "failed sign-in");
                 return Err(unauthorized("wrong user name or password"));
             };
             cache
@@ -137,7 +216,11 @@ pub async fn require(
     next: Next,
 ) -> Result<Response, ApiError> {
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
-    match check(&state, &params, req.headers(), &method, &path).await {
+    let client = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    match check(&state, &params, req.headers(), &method, &path, client).await {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
             Ok(next.run(req).await)
@@ -158,11 +241,12 @@ async fn check(
     headers: &HeaderMap,
     method: &Method,
     path: &str,
+    client: Option<std::net::IpAddr>,
 ) -> Result<Caller, ApiError> {
     let domain = params
         .get("identityDomainId")
         .ok_or_else(|| ApiError::internal("an authenticated route without {identityDomainId}"))?;
-    let (caller, user_domain) = authenticate(state, headers).await?;
+    let (caller, user_domain) = authenticate(state, headers, client).await?;
     let tenant = headers
         .get("x-id-tenant-name")
         .and_then(|v| v.to_str().ok())

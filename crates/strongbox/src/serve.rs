@@ -272,7 +272,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     }
     tokio::spawn(strongbox_core::schedule::scheduler(service.clone(), s.schedule_check));
     let state = Arc::new(strongbox_api::AppState::new(service, &s.public_url, s.retry_after));
-    let app = strongbox_api::router(state).into_make_service();
+    // The client's address: failed sign-ins are throttled by it.
+    let app = strongbox_api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     tracing::info!("strongbox serving {} (listening on {})", s.public_url, s.listen);
     match &s.tls {
         Some((cert, key)) => {

@@ -498,3 +498,33 @@ fn serve_reads_a_toml_config_and_refuses_a_bad_one() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("wrokers") && err.contains("strongbox.toml"), "{err}");
 }
+
+/// Failed sign-ins are throttled per client address and per user: after
+/// ten wrong passwords the next attempt is refused with 429 and
+/// `Retry-After`, before any hashing; a client whose credentials were
+/// verified before the flood keeps working.
+#[test]
+fn failed_sign_ins_are_throttled_with_429_and_verified_clients_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(&dir);
+    let (status, _) = s.json(&[&s.url(BACKUPS)]);
+    assert_eq!(status, "HTTP/2 200", "verified before the flood");
+    let attempt =
+        |user_password: &str| s.curl(&["-u", user_password, "-H", "X-ID-TENANT-NAME:usexample", &s.url(BACKUPS)]);
+    for i in 0..10 {
+        let (status, _, body) = attempt(&format!("serviceadmin:wrong-{i}"));
+        assert_eq!(status, "HTTP/2 401", "attempt {i}: {body}");
+    }
+    let (status, h, body) = attempt("serviceadmin:wrong-10");
+    assert_eq!(status, "HTTP/2 429", "{body}");
+    let wait: u64 = header(&h, "retry-after").parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert!(body.contains("too many failed sign-ins"), "{body}");
+    // Another user from the same address: the address is throttled too.
+    add_user(dir.path(), "other", "usexample", "reader");
+    let (status, _, body) = attempt("other:other-pw");
+    assert_eq!(status, "HTTP/2 429", "{body}");
+    // The credentials verified before the flood still work.
+    let (status, v) = s.json(&[&s.url(BACKUPS)]);
+    assert_eq!(status, "HTTP/2 200", "{v}");
+}
