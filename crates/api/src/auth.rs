@@ -14,8 +14,9 @@
 //! (`Throttle`): past the limit a request whose credentials are not
 //! already verified is refused with 429 before any hashing, so a flood of
 //! wrong passwords costs a map lookup each, not an Argon2 hash. Credentials
-//! verified within the minute are served from the cache and never throttled:
-//! a flood aimed at a user does not lock that user's running clients out.
+//! verified within the minute are served from the cache, and credentials
+//! verified before are re-verified, never throttled: a flood aimed at a
+//! user does not lock that user's running clients out.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -136,13 +137,17 @@ async fn authenticate(
         .ok_or_else(|| unauthorized("malformed Basic credentials: expected user:password"))?;
     let cache = &state.auth;
     let proof = blake3::keyed_hash(&cache.key, password.as_bytes());
-    let cached = cache
-        .entries
-        .lock()
-        .expect("auth cache")
-        .get(user)
-        .filter(|(p, _, _, at)| *p == proof && at.elapsed() < TTL)
-        .map(|(_, d, r, _)| (d.clone(), *r));
+    // Entries outlive their TTL: an expired one with the same proof names
+    // credentials that were right, which are re-verified but not throttled.
+    let (cached, known_good) = {
+        let entries = cache.entries.lock().expect("auth cache");
+        let same = entries.get(user).filter(|(p, _, _, _)| *p == proof);
+        (
+            same.filter(|(_, _, _, at)| at.elapsed() < TTL)
+                .map(|(_, d, r, _)| (d.clone(), *r)),
+            same.is_some(),
+        )
+    };
     let (domain, role) = match cached {
         Some(found) => found,
         None => {
@@ -151,7 +156,7 @@ async fn authenticate(
                 .into_iter()
                 .chain([Who::User(user.to_string())])
                 .collect();
-            if let Some(secs) = cache.throttle.wait(&who) {
+            if let Some(secs) = cache.throttle.wait(&who).filter(|_| !known_good) {
                 tracing::warn!(target: "strongbox::auth", user, ?client, "sign-in throttled");
                 return Err(ApiError {
                     retry_after: Some(secs),
@@ -176,6 +181,12 @@ async fn authenticate(
             cache.verifying.lock().expect("auth cache").remove(&flight);
             let Some((domain, role)) = verified? else {
                 cache.throttle.failed(&who);
+                // Wrong now (a changed password): no longer known good.
+                let mut entries = cache.entries.lock().expect("auth cache");
+                if entries.get(user).is_some_and(|(p, _, _, _)| *p == proof) {
+                    entries.remove(user);
+                }
+                drop(entries);
                 tracing::warn!(target: "strongbox::auth", user, ?client, "failed sign-in");
                 return Err(unauthorized("wrong user name or password"));
             };
