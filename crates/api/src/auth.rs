@@ -42,8 +42,9 @@ type Verified = Result<Option<(String, Role)>, ApiError>;
 type Flight = Arc<tokio::sync::OnceCell<Verified>>;
 
 /// Failed sign-ins allowed per client address and per user name in one
-/// window before further attempts are refused.
-const FAILURES_ALLOWED: u32 = 10;
+/// window before further attempts are refused, unless the server is told
+/// otherwise (`signin_failures`).
+pub const FAILURES_ALLOWED: u32 = 10;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Bounds the throttle's memory under a flood from many addresses.
 const THROTTLE_KEYS_MAX: usize = 100_000;
@@ -55,22 +56,24 @@ enum Who {
 }
 
 /// Failed sign-ins per client address and per user name, in fixed windows.
-#[derive(Default)]
-struct Throttle(Mutex<HashMap<Who, (u32, Instant)>>);
+struct Throttle {
+    allowed: u32,
+    failures: Mutex<HashMap<Who, (u32, Instant)>>,
+}
 
 impl Throttle {
     /// Seconds until `who` may try again, if it has used up its window.
     fn wait(&self, who: &[Who]) -> Option<u64> {
-        let map = self.0.lock().expect("throttle");
+        let map = self.failures.lock().expect("throttle");
         who.iter()
             .filter_map(|w| map.get(w))
-            .filter(|(n, since)| *n >= FAILURES_ALLOWED && since.elapsed() < FAILURE_WINDOW)
+            .filter(|(n, since)| *n >= self.allowed && since.elapsed() < FAILURE_WINDOW)
             .map(|(_, since)| (FAILURE_WINDOW - since.elapsed()).as_secs() + 1)
             .max()
     }
 
     fn failed(&self, who: &[Who]) {
-        let mut map = self.0.lock().expect("throttle");
+        let mut map = self.failures.lock().expect("throttle");
         if map.len() >= THROTTLE_KEYS_MAX {
             map.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
             if map.len() >= THROTTLE_KEYS_MAX {
@@ -95,15 +98,19 @@ pub struct Cache {
     throttle: Throttle,
 }
 
-impl Default for Cache {
-    fn default() -> Self {
+impl Cache {
+    /// `failures_allowed` per client address and per user in a minute.
+    pub fn new(failures_allowed: u32) -> Self {
         let mut key = [0u8; 32];
         rand::fill(&mut key);
         Cache {
             key,
             entries: Mutex::default(),
             verifying: Mutex::default(),
-            throttle: Throttle::default(),
+            throttle: Throttle {
+                allowed: failures_allowed,
+                failures: Mutex::default(),
+            },
         }
     }
 }
@@ -158,6 +165,7 @@ async fn authenticate(
                 .collect();
             if let Some(secs) = cache.throttle.wait(&who).filter(|_| !known_good) {
                 tracing::warn!(target: "strongbox::auth", user, ?client, "sign-in throttled");
+                metrics::counter!("strongbox_signin_throttled_total").increment(1);
                 return Err(ApiError {
                     retry_after: Some(secs),
                     ..ApiError::new(
@@ -188,6 +196,7 @@ async fn authenticate(
                 }
                 drop(entries);
                 tracing::warn!(target: "strongbox::auth", user, ?client, "failed sign-in");
+                metrics::counter!("strongbox_signin_failures_total").increment(1);
                 return Err(unauthorized("wrong user name or password"));
             };
             cache

@@ -5,6 +5,7 @@
 mod auth;
 mod error;
 mod handlers;
+pub mod metrics;
 mod openapi;
 mod recovery;
 pub mod wire;
@@ -20,6 +21,7 @@ use axum::routing::get;
 use strongbox_core::Service;
 
 pub use error::ApiError;
+pub use auth::FAILURES_ALLOWED as SIGNIN_FAILURES_ALLOWED;
 
 /// The prefix of every DBCS path.
 pub const PREFIX: &str = "/paas/service/dbcs/api/v1.1/instances";
@@ -35,6 +37,8 @@ pub struct AppState {
     pub retry_after: u64,
     auth: auth::Cache,
     finished: handlers::FinishedJobs,
+    /// Renders `/metrics`; `None` when metrics are off.
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl AppState {
@@ -43,9 +47,25 @@ impl AppState {
             service,
             public_url: public_url.into().trim_end_matches('/').to_string(),
             retry_after,
-            auth: auth::Cache::default(),
+            auth: auth::Cache::new(auth::FAILURES_ALLOWED),
             finished: Default::default(),
+            metrics: None,
         }
+    }
+}
+
+impl AppState {
+    /// Failed sign-ins allowed per client address and per user name in a
+    /// minute before further attempts get 429.
+    pub fn with_signin_failures(mut self, allowed: u32) -> Self {
+        self.auth = auth::Cache::new(allowed);
+        self
+    }
+
+    /// Serves `/metrics` from the process' recorder (`metrics::install`).
+    pub fn with_metrics(mut self, handle: metrics_exporter_prometheus::PrometheusHandle) -> Self {
+        self.metrics = Some(handle);
+        self
     }
 }
 
@@ -64,6 +84,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/openapi.json",
             get(move || async move { axum::Json(spec.as_ref().clone()) }),
         )
+        // Unauthenticated, as Prometheus scrapes: it names deployments and
+        // counts, never a secret.
+        .route("/metrics", get(metrics::page))
         // A static answer for load balancers (and the API benchmark's baseline).
         .route(
             "/strongbox/health",
@@ -90,11 +113,14 @@ pub fn router(state: Arc<AppState>) -> Router {
 async fn common_headers(req: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let route = req.extensions().get::<axum::extract::MatchedPath>().cloned();
     let mut resp = if method == Method::OPTIONS {
         StatusCode::OK.into_response()
     } else {
         next.run(req).await
     };
+    let elapsed = started.elapsed().as_secs_f64();
+    metrics::request(route.as_ref().map(|r| r.as_str()), &method, resp.status(), elapsed);
     let mut ecid = [0u8; 12];
     rand::fill(&mut ecid);
     let ecid = hex::encode(ecid);
@@ -102,7 +128,7 @@ async fn common_headers(req: Request, next: Next) -> Response {
         target: "strongbox::request",
         ecid,
         status = resp.status().as_u16(),
-        ms = started.elapsed().as_secs_f64() * 1e3,
+        ms = elapsed * 1e3,
         "{method} {path}"
     );
     let h = resp.headers_mut();

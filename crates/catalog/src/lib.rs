@@ -95,6 +95,12 @@ pub trait Catalog: Send + Sync + 'static {
     async fn live_labels(&self, within: Duration) -> Result<Vec<String>>;
     /// Records progress and extends the lease; false if it was lost.
     async fn heartbeat(&self, lease: &Lease, duration: Duration, done: u64, total: Option<u64>) -> Result<bool>;
+    /// Hands a running job back to the queue at once (its server is
+    /// stopping), for any worker to lease as an expired one; false if the
+    /// lease was lost.
+    async fn release_job(&self, lease: &Lease) -> Result<bool>;
+    /// How many jobs there are of each operation and status.
+    async fn job_counts(&self) -> Result<Vec<JobCount>>;
     /// Ends a job, with its backup or recovery row; false (and nothing
     /// written) if the lease was lost.
     async fn finish_job(&self, lease: &Lease, end: &JobEnd) -> Result<bool>;

@@ -66,7 +66,7 @@ pub struct Deployment {
     pub runs_on: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     Queued,
@@ -268,6 +268,14 @@ pub struct JobEnd {
     pub backup: Option<BackupResult>,
     /// Where a successful recovery ended (engine-defined JSON).
     pub reached: Option<serde_json::Value>,
+}
+
+/// Jobs of one operation in one status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobCount {
+    pub operation: String,
+    pub status: JobStatus,
+    pub count: u64,
 }
 
 #[derive(Clone, Debug)]

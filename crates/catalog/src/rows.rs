@@ -8,6 +8,23 @@ macro_rules! job_columns {
     };
 }
 
+/// Expires a running job's lease now ($1 updated_at, $2 id, $3 owner,
+/// $4 attempt): the next `lease_job` takes it as a dead worker's.
+pub(crate) const RELEASE_JOB: &str = "UPDATE jobs SET lease_expires = 0, updated_at = $1 \
+     WHERE id = $2 AND lease_owner = $3 AND attempts = $4 AND status = 'running'";
+
+pub(crate) const JOB_COUNTS: &str = "SELECT operation, status, count(*) FROM jobs GROUP BY operation, status";
+
+pub(crate) fn job_counts(rows: Vec<(String, String, i64)>) -> Vec<crate::JobCount> {
+    rows.into_iter()
+        .map(|(operation, status, count)| crate::JobCount {
+            status: crate::JobStatus::parse(&status),
+            operation,
+            count: count as u64,
+        })
+        .collect()
+}
+
 /// The job queries both backends share, and the mappers, for one
 /// backend's row type.
 macro_rules! row_mappers {

@@ -16,7 +16,7 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
 
 use crate::{
-    Backup, Catalog, Deployment, Error, Job, JobEnd, JobMessage, Lease, NewDeployment, NewJob, NewRecord, Recovery,
+    Backup, Catalog, Deployment, Error, Job, JobCount, JobEnd, JobMessage, Lease, NewDeployment, NewJob, NewRecord, Recovery,
     Result, Role, Started, User, hash_password, labels_of, now, rfc3339,
 };
 
@@ -444,6 +444,22 @@ impl Catalog for SqliteCatalog {
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)
+    }
+
+    async fn release_job(&self, lease: &Lease) -> Result<bool> {
+        let r = sqlx::query(crate::rows::RELEASE_JOB)
+            .bind(rfc3339(now()))
+            .bind(lease.job_id)
+            .bind(&lease.owner)
+            .bind(lease.attempt)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn job_counts(&self) -> Result<Vec<JobCount>> {
+        let rows = sqlx::query_as(crate::rows::JOB_COUNTS).fetch_all(&self.pool).await?;
+        Ok(crate::rows::job_counts(rows))
     }
 
     async fn finish_job(&self, lease: &Lease, end: &JobEnd) -> Result<bool> {

@@ -263,9 +263,14 @@ async fn placement(c: &dyn Catalog) {
         domain: "placed".into(),
         ..new_job("pinned", None)
     };
+    let (queued, running) = (
+        count(c, "backup", JobStatus::Queued).await,
+        count(c, "backup", JobStatus::Running).await,
+    );
     let Started::Created(job) = start_backup(c, &new, "TAGP", false).await else {
         panic!()
     };
+    assert_eq!(count(c, "backup", JobStatus::Queued).await, queued + 1);
     let lease = Duration::from_secs(30);
     assert!(
         c.lease_job("plain", lease, &[]).await.unwrap().is_none(),
@@ -274,7 +279,24 @@ async fn placement(c: &dyn Catalog) {
     let other = ["db-host-2".to_string()];
     assert!(c.lease_job("other", lease, &other).await.unwrap().is_none());
     let mine = ["db-host-2".to_string(), "db-host-1".to_string()];
-    assert_eq!(c.lease_job("host1", lease, &mine).await.unwrap().unwrap().id, job.id);
+    let held = c.lease_job("host1", lease, &mine).await.unwrap().unwrap();
+    assert_eq!(held.id, job.id);
+    assert_eq!(
+        (
+            count(c, "backup", JobStatus::Queued).await,
+            count(c, "backup", JobStatus::Running).await
+        ),
+        (queued, running + 1)
+    );
+    // A stopping server releases its job: another takes it over at once,
+    // long before the 30 s lease would have run out; the old hold is dead.
+    assert!(c.lease_job("host1b", lease, &mine).await.unwrap().is_none());
+    assert!(c.release_job(&Lease::of(&held, "host1")).await.unwrap());
+    let taken = c.lease_job("host1b", lease, &mine).await.unwrap().unwrap();
+    assert_eq!((taken.id, taken.attempts), (job.id, 2));
+    assert!(!c.release_job(&Lease::of(&held, "host1")).await.unwrap(), "a stale hold");
+    assert!(!c.heartbeat(&Lease::of(&held, "host1"), lease, 1, None).await.unwrap());
+    assert!(c.heartbeat(&Lease::of(&taken, "host1b"), lease, 1, None).await.unwrap());
 
     assert!(c.live_labels(lease).await.unwrap().is_empty());
     c.announce("host1", &mine).await.unwrap();
@@ -286,6 +308,18 @@ async fn placement(c: &dyn Catalog) {
         c.live_labels(Duration::ZERO).await.unwrap().is_empty(),
         "a server not heard from is not live"
     );
+}
+
+async fn count(c: &dyn Catalog, operation: &str, status: JobStatus) -> u64 {
+    let counts = c.job_counts().await.unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for n in &counts {
+        assert!(seen.insert((&n.operation, n.status)), "one row per operation and status: {counts:?}");
+    }
+    counts
+        .iter()
+        .find(|n| n.operation == operation && n.status == status)
+        .map_or(0, |n| n.count)
 }
 
 /// Recovery jobs share the one-active-job rule with backups and keep their

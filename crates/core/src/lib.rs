@@ -5,6 +5,7 @@
 //! only run databases, the API above it only speaks HTTP.
 
 pub mod dates;
+pub mod health;
 mod error;
 pub mod job;
 pub mod pitr;

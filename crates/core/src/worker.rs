@@ -41,11 +41,32 @@ pub struct WorkerSetup {
     /// This server's labels: it runs jobs of deployments that name one of
     /// them or none (`placement`).
     pub labels: Vec<String>,
+    /// Tells workers the server is stopping.
+    pub stop: tokio::sync::watch::Receiver<Stop>,
 }
 
-/// Leases jobs and runs them, forever.
+/// Where a stopping server is (`serve`: SIGTERM, then a grace period).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stop {
+    Running,
+    /// Lease no new job; finish the running one.
+    Draining,
+    /// The grace period is over: hand the running job back to the queue.
+    Now,
+}
+
+/// Resolves once the server reaches `at`.
+async fn reached(mut stop: tokio::sync::watch::Receiver<Stop>, at: Stop) {
+    // An error means the sender is gone: the server is going, too.
+    let _ = stop.wait_for(|s| *s >= at).await;
+}
+
+/// Leases jobs and runs them until the server stops.
 pub async fn worker(service: Arc<Service>, setup: WorkerSetup) {
     loop {
+        if *setup.stop.borrow() >= Stop::Draining {
+            return;
+        }
         match service
             .catalog
             .lease_job(&setup.owner, setup.lease, &setup.labels)
@@ -66,18 +87,35 @@ pub async fn worker(service: Arc<Service>, setup: WorkerSetup) {
                     operation = %job.operation,
                     deployment = %job.deployment
                 );
+                let started = std::time::Instant::now();
                 let (beat, lost) = w.heartbeat();
-                let end = tokio::select! {
-                    end = w.run(&job).instrument(span.clone()) => Some(end),
-                    _ = lost => None,
+                let (end, released) = tokio::select! {
+                    end = w.run(&job).instrument(span.clone()) => (Some(end), false),
+                    _ = lost => (None, false),
+                    _ = reached(setup.stop.clone(), Stop::Now) => (None, true),
                 };
                 beat.abort();
                 let finish = async {
+                    if released {
+                        w.log("stopped: this server is shutting down; another server resumes the job".into())
+                            .await;
+                        match service.catalog.release_job(&w.lease).await {
+                            Ok(true) => tracing::warn!("released to another server"),
+                            Ok(false) => tracing::warn!("lease lost before it was released"),
+                            // Its lease runs out instead.
+                            Err(e) => tracing::error!("releasing the job failed: {e}"),
+                        }
+                        return;
+                    }
                     let Some(end) = end else {
                         tracing::warn!("lease lost; stopped, its outcome not recorded");
                         return;
                     };
-                    match service.catalog.finish_job(&w.lease, &end).await {
+                    let recorded = service.catalog.finish_job(&w.lease, &end).await;
+                    if let Ok(true) = recorded {
+                        record(&job, &end, started.elapsed());
+                    }
+                    match recorded {
                         Ok(true) if end.succeeded => tracing::info!("succeeded: {}", end.message),
                         Ok(true) => tracing::warn!("failed: {}", end.message),
                         Ok(false) => tracing::warn!("lease lost before its outcome was recorded"),
@@ -90,6 +128,7 @@ pub async fn worker(service: Arc<Service>, setup: WorkerSetup) {
                 tokio::select! {
                     _ = service.queued.notified() => {}
                     _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    _ = reached(setup.stop.clone(), Stop::Draining) => {}
                 }
             }
             Err(e) => {
@@ -97,6 +136,25 @@ pub async fn worker(service: Arc<Service>, setup: WorkerSetup) {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+    }
+}
+
+/// Counts a job's recorded end for `/metrics`: by operation and outcome,
+/// its duration (this attempt's), and what a backup read and stored.
+fn record(job: &Job, end: &JobEnd, took: Duration) {
+    let outcome = if end.succeeded { "succeeded" } else { "failed" };
+    let (operation, domain, deployment) = (job.operation.clone(), job.domain.clone(), job.deployment.clone());
+    metrics::counter!("strongbox_jobs_finished_total", "operation" => operation.clone(), "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("strongbox_job_duration_seconds", "operation" => operation, "outcome" => outcome)
+        .record(took.as_secs_f64());
+    if let Some(b) = &end.backup {
+        let labels = [("domain", domain), ("deployment", deployment)];
+        metrics::counter!("strongbox_backup_read_bytes_total", &labels).increment(b.logical_bytes);
+        metrics::counter!("strongbox_backup_stored_bytes_total", &labels).increment(b.stored_bytes);
+        // What the last backup read for each byte it had to store.
+        let ratio = b.logical_bytes as f64 / b.stored_bytes.max(1) as f64;
+        metrics::gauge!("strongbox_backup_dedup_ratio", &labels).set(ratio);
     }
 }
 

@@ -13,7 +13,7 @@ use strongbox_catalog::Role;
 use strongbox_core::Service;
 use strongbox_core::pitr::WalArchives;
 use strongbox_core::schedule::{BackupConfig, ConfigChange};
-use strongbox_core::worker::{WorkerSetup, worker};
+use strongbox_core::worker::{Stop, WorkerSetup, worker};
 use strongbox_repo::{Repository, Store};
 
 #[derive(Args)]
@@ -38,6 +38,14 @@ pub(crate) struct Config {
     workers: Option<usize>,
     retry_after: Option<u64>,
     lease_seconds: Option<u64>,
+    /// Failed sign-ins per client address and per user in a minute
+    /// before further attempts are refused with 429.
+    signin_failures: Option<u32>,
+    /// Serve `/metrics` (default true).
+    metrics: Option<bool>,
+    /// How long a stopping server lets running jobs finish before handing
+    /// them to another server.
+    shutdown_grace_seconds: Option<u64>,
     schedule_check_ms: Option<u64>,
     /// `postgresql://…` for a catalog several servers share; else the
     /// SQLite file `catalog.sqlite` in the data directory.
@@ -99,6 +107,9 @@ struct Settings {
     public_url: String,
     workers: usize,
     retry_after: u64,
+    signin_failures: u32,
+    metrics: bool,
+    shutdown_grace: Duration,
     lease: Duration,
     /// How often the scheduler looks for due backups.
     schedule_check: Duration,
@@ -148,6 +159,15 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
         tls,
         workers: env("STRONGBOX_WORKERS")?.or(file.workers).unwrap_or(2).max(1),
         retry_after: env("STRONGBOX_RETRY_AFTER")?.or(file.retry_after).unwrap_or(60),
+        signin_failures: env("STRONGBOX_SIGNIN_FAILURES")?
+            .or(file.signin_failures)
+            .unwrap_or(strongbox_api::SIGNIN_FAILURES_ALLOWED),
+        metrics: env("STRONGBOX_METRICS")?.or(file.metrics).unwrap_or(true),
+        shutdown_grace: Duration::from_secs(
+            env("STRONGBOX_SHUTDOWN_GRACE_SECONDS")?
+                .or(file.shutdown_grace_seconds)
+                .unwrap_or(60),
+        ),
         lease: Duration::from_secs(
             env("STRONGBOX_LEASE_SECONDS")?
                 .or(file.lease_seconds)
@@ -253,6 +273,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     if args.demo {
         demo(&service, &s).await?;
     }
+    let (stop, stop_rx) = tokio::sync::watch::channel(Stop::Running);
     let setup = WorkerSetup {
         repo,
         owner: format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 4]>())),
@@ -260,6 +281,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         scratch: s.data_dir.join("tmp"),
         wal,
         labels: s.labels.clone(),
+        stop: stop_rx,
     };
     tokio::spawn(strongbox_core::placement::announcer(
         service.clone(),
@@ -267,26 +289,65 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         s.labels.clone(),
     ));
     let jobs = job_runtime(s.workers)?;
-    for _ in 0..s.workers {
-        jobs.spawn(worker(service.clone(), setup.clone()));
-    }
+    let workers: Vec<_> = (0..s.workers)
+        .map(|_| jobs.spawn(worker(service.clone(), setup.clone())))
+        .collect();
     tokio::spawn(strongbox_core::schedule::scheduler(service.clone(), s.schedule_check));
-    let state = Arc::new(strongbox_api::AppState::new(service, &s.public_url, s.retry_after));
+    let mut state =
+        strongbox_api::AppState::new(service, &s.public_url, s.retry_after).with_signin_failures(s.signin_failures);
+    if s.metrics {
+        state = state.with_metrics(strongbox_api::metrics::install().context("installing the metrics recorder")?);
+    }
+    let state = Arc::new(state);
     // The client's address: failed sign-ins are throttled by it.
     let app = strongbox_api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     tracing::info!("strongbox serving {} (listening on {})", s.public_url, s.listen);
+    let handle = axum_server::Handle::new();
+    tokio::spawn(shut_down(stop, workers, s.shutdown_grace, handle.clone()));
     match &s.tls {
         Some((cert, key)) => {
             // from_pem_file sets ALPN to h2 and http/1.1.
             let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
                 .with_context(|| format!("loading TLS certificate {} and key {}", cert.display(), key.display()))?;
-            axum_server::bind_rustls(s.listen, tls).serve(app).await?;
+            axum_server::bind_rustls(s.listen, tls).handle(handle).serve(app).await?;
         }
-        None => axum_server::bind(s.listen).serve(app).await?,
+        None => axum_server::bind(s.listen).handle(handle).serve(app).await?,
     }
     jobs.shutdown_background();
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// On SIGTERM (or SIGINT): lease no new job; give running ones `grace` to
+/// finish, then hand them back to the queue, where another server takes
+/// them at once; then stop listening and let requests in flight complete.
+/// Requests are answered throughout: clients polling a job keep their
+/// answers until the server is gone.
+async fn shut_down(
+    stop: tokio::sync::watch::Sender<Stop>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    grace: Duration,
+    server: axum_server::Handle<SocketAddr>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => return tracing::error!("cannot catch SIGTERM; stopping will not be graceful"),
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down: no new jobs; running ones get {} s to finish", grace.as_secs());
+    let _ = stop.send(Stop::Draining);
+    let mut all = futures::future::join_all(workers);
+    if tokio::time::timeout(grace, &mut all).await.is_err() {
+        tracing::warn!("grace period over: handing running jobs back to the queue");
+        let _ = stop.send(Stop::Now);
+        all.await;
+    }
+    server.graceful_shutdown(Some(Duration::from_secs(10)));
 }
 
 /// How much less CPU a job thread gets than a request thread when both want

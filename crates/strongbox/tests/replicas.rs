@@ -22,15 +22,6 @@ fn replica(root: &Path, name: &str, env: &[(&str, String)]) -> Server {
     start_with(&dir, free_port(), env)
 }
 
-fn catalog(db: &Database, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args(["-X", "-A", "-t", "-d", &db.url, "-c", sql])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 #[test]
 fn replicas_on_one_catalog_queue_one_job_from_racing_requests_and_finish_a_killed_ones() {
     let root = tempfile::tempdir().unwrap();
@@ -81,7 +72,7 @@ fn replicas_on_one_catalog_queue_one_job_from_racing_requests_and_finish_a_kille
     // Kill the replica whose worker holds the job, mid-backup.
     let deadline = Instant::now() + Duration::from_secs(30);
     let owner = loop {
-        let owner = catalog(
+        let owner = psql(
             &db,
             &format!("SELECT coalesce(lease_owner, '') FROM jobs WHERE id = {id}"),
         );
@@ -116,7 +107,7 @@ fn replicas_on_one_catalog_queue_one_job_from_racing_requests_and_finish_a_kille
     assert_eq!(backups.len(), 1, "no second backup: {list}");
     assert_eq!(backups[0]["status"], "COMPLETED", "{list}");
     assert_eq!(
-        catalog(&db, "SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')"),
+        psql(&db, "SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')"),
         "0",
         "no job left in progress"
     );

@@ -49,14 +49,14 @@ pub fn start_in(dir: &Path, port: u16) -> Server {
     start_with(dir, port, &[])
 }
 
-/// `start_in`, with more environment variables for the server.
+/// `start_in`, with more environment variables for the server (they win
+/// over the test defaults, such as the 2 s lease).
 pub fn start_with(dir: &Path, port: u16, env: &[(&str, String)]) -> Server {
     if !dir.join("cert.pem").exists() {
         test_pki(dir);
     }
     let child = Command::new(env!("CARGO_BIN_EXE_strongbox"))
         .args(["serve", "--demo"])
-        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("STRONGBOX_DATA_DIR", dir.join("data"))
         .env("STRONGBOX_LISTEN", format!("127.0.0.1:{port}"))
         .env("STRONGBOX_TLS_CERT", dir.join("cert.pem"))
@@ -64,6 +64,7 @@ pub fn start_with(dir: &Path, port: u16, env: &[(&str, String)]) -> Server {
         .env("STRONGBOX_PUBLIC_URL", format!("https://localhost:{port}"))
         .env("STRONGBOX_DEMO_PASSWORD", "Pa55_word")
         .env("STRONGBOX_LEASE_SECONDS", "2")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         // Kept for the tests that read what the server logged.
         .stderr(log_file(dir))
@@ -485,4 +486,37 @@ pub fn seed(default: u64) -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
+}
+
+/// Installs a Debian package that provides `binary` unless it is on the
+/// PATH already (tests run as root on a fresh machine).
+pub fn debian_package(binary: &str, package: &str) {
+    let have = Command::new("sh")
+        .args(["-c", &format!("command -v {binary}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if have {
+        return;
+    }
+    for args in [
+        &["update", "-qq"][..],
+        &["install", "-y", "-qq", "--no-install-recommends", package][..],
+    ] {
+        let out = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "apt-get {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// One value a query on a test's PostgreSQL database returns, as text.
+pub fn psql(db: &strongbox_testkit::Database, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-X", "-A", "-t", "-d", &db.url, "-c", sql])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }

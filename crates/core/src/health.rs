@@ -1,0 +1,58 @@
+//! What an operator watches per deployment: when it was last backed up and
+//! how far back and forward it can be recovered. `/metrics` and the console
+//! read it; alerts are built on it (no backup for a day, an archive that
+//! stopped reaching the present).
+
+use strongbox_catalog::{BackupStatus, Deployment};
+use time::OffsetDateTime;
+
+use crate::dates::parse_rfc3339;
+use crate::{Result, Service};
+
+#[derive(Clone, Debug)]
+pub struct DeploymentHealth {
+    pub deployment: Deployment,
+    /// When the newest completed backup completed.
+    pub last_backup: Option<OffsetDateTime>,
+    /// The earliest and the latest moment a recovery can reach: with a WAL
+    /// archive, the current history's archived range; otherwise the oldest
+    /// and newest completed backups.
+    pub recoverable: Option<(OffsetDateTime, OffsetDateTime)>,
+    /// Whether the range comes from a WAL archive (its end then trails
+    /// the present by the archiving lag).
+    pub archives_wal: bool,
+}
+
+impl Service {
+    /// Every deployment of every identity domain, with its health.
+    pub async fn health(&self) -> Result<Vec<DeploymentHealth>> {
+        let mut all = Vec::new();
+        for d in self.catalog.all_deployments().await? {
+            all.push(self.deployment_health(d).await?);
+        }
+        Ok(all)
+    }
+
+    pub async fn deployment_health(&self, d: Deployment) -> Result<DeploymentHealth> {
+        let completed: Vec<OffsetDateTime> = self
+            .catalog
+            .backups(&d.domain, &d.name)
+            .await?
+            .iter()
+            .filter(|b| b.status == BackupStatus::Completed)
+            .filter_map(|b| b.completed_at.as_deref().and_then(parse_rfc3339))
+            .collect();
+        let last_backup = completed.iter().max().copied();
+        let from_backups = completed.iter().min().copied().zip(last_backup);
+        let archived = self.pitr_status(&d).await?.and_then(|p| {
+            let (first, last) = (p.ranges.first()?, p.ranges.last()?);
+            Some((first.earliest_time, last.latest_time))
+        });
+        Ok(DeploymentHealth {
+            deployment: d,
+            last_backup,
+            archives_wal: archived.is_some(),
+            recoverable: archived.or(from_backups),
+        })
+    }
+}

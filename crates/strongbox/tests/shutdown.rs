@@ -1,0 +1,211 @@
+//! SIGTERM: the server leases no new job and lets the running one finish
+//! within its grace period; past it, the job goes back to the queue and
+//! another server (same PostgreSQL catalog, same repository) completes it
+//! at once, long before the 30 s lease would run out. Requests through
+//! both servers are answered throughout, never with a 5xx.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use strongbox_testkit::Database;
+
+struct Pair {
+    db: Database,
+    root: tempfile::TempDir,
+    servers: Vec<Server>,
+}
+
+/// Two servers on one catalog and repository, `big` (300 MiB) and `small`
+/// deployments, and a backup of `big` queued: its location.
+fn pair(grace: u64) -> (Pair, String) {
+    let root = tempfile::tempdir().unwrap();
+    let db = Database::create("strongbox_shutdown");
+    let env = [
+        ("STRONGBOX_CATALOG", db.url.clone()),
+        (
+            "STRONGBOX_REPOSITORY",
+            root.path().join("repository").display().to_string(),
+        ),
+        ("STRONGBOX_REPO_PASSWORD", "pair-shares-this".to_string()),
+        ("STRONGBOX_SHUTDOWN_GRACE_SECONDS", grace.to_string()),
+        ("STRONGBOX_LEASE_SECONDS", "30".to_string()),
+    ];
+    let servers: Vec<Server> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            let dir = root.path().join(n);
+            std::fs::create_dir_all(&dir).unwrap();
+            start_with(&dir, free_port(), &env)
+        })
+        .collect();
+    for (name, mib) in [("big", 300), ("small", 1)] {
+        let file = root.path().join(format!("{name}.sqlite"));
+        big_database(&file, mib);
+        let (status, v) = servers[0].register_sqlite(name, &file);
+        assert_eq!(status, "HTTP/2 200", "{v}");
+    }
+    let (status, location) = servers[0].post_backup("big", &[]);
+    assert_eq!(status, "HTTP/2 202", "{location}");
+    (Pair { db, root, servers }, location)
+}
+
+/// The server whose worker holds job `id`, once it has started.
+fn holder(p: &Pair, id: &str) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let owner = psql(&p.db, &format!("SELECT coalesce(lease_owner, '') FROM jobs WHERE id = {id}"));
+        if let Some(pid) = owner.split('-').next().and_then(|p| p.parse::<u32>().ok()) {
+            return p.servers.iter().position(|s| s.child.id() == pid).unwrap();
+        }
+        assert!(Instant::now() < deadline, "job {id} was never leased");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn sigterm(s: &Server) {
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// Polls `urls` (CA, URL) until `done`; panics on a 5xx. A refused
+/// connection (a server that has exited) is fine. Returns how many answers
+/// came.
+fn poll_all(urls: &[(std::path::PathBuf, String)], done: &AtomicBool) -> usize {
+    let mut answered = 0;
+    while !done.load(Ordering::Relaxed) {
+        for (ca, url) in urls {
+            let out = std::process::Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+                .arg(ca)
+                .args(&AUTH[..])
+                .arg(url)
+                .output()
+                .unwrap();
+            let code = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(!code.starts_with('5'), "{code} from {url}");
+            answered += (code != "000") as usize;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    answered
+}
+
+/// The job at `location` as each server serves it.
+fn everywhere(p: &Pair, location: &str) -> Vec<(std::path::PathBuf, String)> {
+    p.servers.iter().map(|s| (s.dir.join("ca.pem"), on(s, location))).collect()
+}
+
+fn location_port(location: &str) -> String {
+    location.split("localhost:").nth(1).unwrap().split('/').next().unwrap().to_string()
+}
+
+fn wait_exit(s: &mut Server, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the server did not stop within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn activity(s: &Server, id: &str) -> String {
+    let (_, log) = s.json(&[&s.url(&format!("/paas/api/v1.1/activitylog/usexample/job/{id}"))]);
+    log["messages"].to_string()
+}
+
+fn on(s: &Server, location: &str) -> String {
+    location.replace(&location_port(location), &s.port.to_string())
+}
+
+#[test]
+fn with_a_long_grace_the_running_backup_finishes_before_the_server_stops() {
+    let (mut p, location) = pair(120);
+    let id = location.rsplit('/').next().unwrap().to_string();
+    let h = holder(&p, &id);
+    let urls = everywhere(&p, &location);
+    let done = AtomicBool::new(false);
+    let other = 1 - h;
+    let stopped = std::thread::scope(|scope| {
+        let poller = scope.spawn(|| poll_all(&urls, &done));
+        sigterm(&p.servers[h]);
+        // While it drains, the stopping server still answers, and a job
+        // queued through it goes to the other server.
+        std::thread::sleep(Duration::from_millis(300));
+        let (status, small) = p.servers[h].post_backup("small", &[]);
+        assert_eq!(status, "HTTP/2 202", "{small}");
+        p.servers[other].wait_for(&on(&p.servers[other], &small), "Succeeded");
+        let small_id = small.rsplit('/').next().unwrap();
+        let ran_on = psql(&p.db, &format!("SELECT lease_owner FROM jobs WHERE id = {small_id}"));
+        assert!(ran_on.starts_with(&format!("{}-", p.servers[other].child.id())), "{ran_on}");
+        let status = wait_exit(&mut p.servers[h], Duration::from_secs(120));
+        let ended = psql(&p.db, &format!("SELECT status FROM jobs WHERE id = {id}"));
+        done.store(true, Ordering::Relaxed);
+        assert!(poller.join().unwrap() > 0);
+        assert_eq!(ended, "succeeded", "the backup ended before its server exited");
+        status
+    });
+    assert!(stopped.success(), "exit status {stopped}");
+    let s = &p.servers[other];
+    let job = s.wait_for(&on(s, &location), "Succeeded");
+    assert!(job["progress"]["bytes_done"].as_u64().unwrap() > 250 << 20, "{job}");
+    let log = activity(s, &id);
+    assert!(!log.contains("resumed"), "finished by its first server: {log}");
+    assert_eq!(psql(&p.db, &format!("SELECT attempts FROM jobs WHERE id = {id}")), "1");
+}
+
+#[test]
+fn with_a_short_grace_another_server_completes_the_running_backup_at_once() {
+    let (mut p, location) = pair(1);
+    let id = location.rsplit('/').next().unwrap().to_string();
+    let h = holder(&p, &id);
+    let other = 1 - h;
+    // Let it get going, then stop its server.
+    std::thread::sleep(Duration::from_millis(500));
+    let urls = everywhere(&p, &location);
+    let done = AtomicBool::new(false);
+    let stopped = std::thread::scope(|scope| {
+        let poller = scope.spawn(|| poll_all(&urls, &done));
+        let signalled = Instant::now();
+        sigterm(&p.servers[h]);
+        // Taken over when released (1 s grace), not when the 30 s lease
+        // runs out.
+        loop {
+            let attempts = psql(&p.db, &format!("SELECT attempts FROM jobs WHERE id = {id}"));
+            if attempts == "2" {
+                break;
+            }
+            assert!(signalled.elapsed() < Duration::from_secs(10), "not taken over: {attempts} attempt(s)");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = wait_exit(&mut p.servers[h], Duration::from_secs(20));
+        p.servers[other].wait_for(&on(&p.servers[other], &location), "Succeeded");
+        done.store(true, Ordering::Relaxed);
+        assert!(poller.join().unwrap() > 0);
+        status
+    });
+    assert!(stopped.success(), "exit status {stopped}");
+    let s = &p.servers[other];
+    let log = activity(s, &id);
+    assert!(log.contains("this server is shutting down"), "{log}");
+    assert!(log.contains("resumed after its worker stopped (attempt 2)"), "{log}");
+    let (_, list) = s.json(&[&s.url("/paas/service/dbcs/api/v1.1/instances/usexample/big/backups")]);
+    let backups = list["backupList"].as_array().unwrap();
+    assert_eq!(backups.len(), 1, "one backup: {list}");
+    assert_eq!(backups[0]["status"], "COMPLETED", "{list}");
+    let out = std::process::Command::new(BIN)
+        .args(["repo", "--repo"])
+        .arg(p.root.path().join("repository"))
+        .args(["check", "--read-data"])
+        .env("STRONGBOX_PASSWORD", "pair-shares-this")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
