@@ -126,12 +126,28 @@ fn unauthorized(msg: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, msg)
 }
 
-/// Who the credentials name, or why not.
+/// Who the request's credentials name, or why not: a console session
+/// cookie (changes need its CSRF token too), else HTTP Basic.
 async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
+    method: &Method,
     client: Option<std::net::IpAddr>,
 ) -> Result<(Caller, String), ApiError> {
+    if headers.get(header::AUTHORIZATION).is_none()
+        && let Some(session) = crate::console::session_of(state, headers)
+    {
+        let safe = matches!(*method, Method::GET | Method::HEAD);
+        let token = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
+        if !safe && token != Some(session.csrf.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "missing or wrong X-CSRF-Token: a change made with a console session must send the token the \
+                 sign-in returned",
+            ));
+        }
+        return Ok((session.caller, session.domain));
+    }
     let creds = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -142,6 +158,17 @@ async fn authenticate(
     let (user, password) = creds
         .split_once(':')
         .ok_or_else(|| unauthorized("malformed Basic credentials: expected user:password"))?;
+    sign_in(state, user, password, client).await
+}
+
+/// Checks a user name and password (cached, throttled, see above): the
+/// caller and their identity domain.
+pub(crate) async fn sign_in(
+    state: &AppState,
+    user: &str,
+    password: &str,
+    client: Option<std::net::IpAddr>,
+) -> Result<(Caller, String), ApiError> {
     let cache = &state.auth;
     let proof = blake3::keyed_hash(&cache.key, password.as_bytes());
     // Entries outlive their TTL: an expired one with the same proof names
@@ -227,6 +254,13 @@ async fn verify(state: &AppState, user: &str, password: &str) -> Verified {
     Ok(ok.then_some((u.domain, u.role)))
 }
 
+/// The client's address, when the server was started to record it.
+pub(crate) fn client_address(req: &Request) -> Option<std::net::IpAddr> {
+    req.extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
 /// The layer: authenticates, checks the domain and the role, and hands the
 /// request on with its `Caller`.
 pub async fn require(
@@ -236,10 +270,7 @@ pub async fn require(
     next: Next,
 ) -> Result<Response, ApiError> {
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
-    let client = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
+    let client = client_address(&req);
     match check(&state, &params, req.headers(), &method, &path, client).await {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
@@ -266,7 +297,7 @@ async fn check(
     let domain = params
         .get("identityDomainId")
         .ok_or_else(|| ApiError::internal("an authenticated route without {identityDomainId}"))?;
-    let (caller, user_domain) = authenticate(state, headers, client).await?;
+    let (caller, user_domain) = authenticate(state, headers, method, client).await?;
     let tenant = headers
         .get("x-id-tenant-name")
         .and_then(|v| v.to_str().ok())

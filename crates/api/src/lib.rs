@@ -3,6 +3,7 @@
 //! Handlers parse, call the service core, and answer; workers do the jobs.
 
 mod auth;
+mod console;
 mod error;
 mod handlers;
 pub mod metrics;
@@ -20,8 +21,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use strongbox_core::Service;
 
-pub use error::ApiError;
 pub use auth::FAILURES_ALLOWED as SIGNIN_FAILURES_ALLOWED;
+pub use error::ApiError;
 
 /// The prefix of every DBCS path.
 pub const PREFIX: &str = "/paas/service/dbcs/api/v1.1/instances";
@@ -37,6 +38,7 @@ pub struct AppState {
     pub retry_after: u64,
     auth: auth::Cache,
     finished: handlers::FinishedJobs,
+    sessions: console::Sessions,
     /// Renders `/metrics`; `None` when metrics are off.
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
@@ -50,6 +52,7 @@ impl AppState {
             auth: auth::Cache::new(auth::FAILURES_ALLOWED),
             finished: Default::default(),
             metrics: None,
+            sessions: Default::default(),
         }
     }
 }
@@ -87,6 +90,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         // Unauthenticated, as Prometheus scrapes: it names deployments and
         // counts, never a secret.
         .route("/metrics", get(metrics::page))
+        .route("/console", get(console::asset))
+        .route("/console/app.js", get(console::asset))
+        .route("/console/app.css", get(console::asset))
+        .route(
+            "/console/session",
+            get(console::current_session)
+                .post(console::create_session)
+                .delete(console::delete_session),
+        )
         // A static answer for load balancers (and the API benchmark's baseline).
         .route(
             "/strongbox/health",
@@ -114,6 +126,9 @@ async fn common_headers(req: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let route = req.extensions().get::<axum::extract::MatchedPath>().cloned();
+    // The console's own requests: a Basic challenge would make the browser
+    // open its password dialog over the page's sign-in form.
+    let console = req.headers().contains_key("x-strongbox-console");
     let mut resp = if method == Method::OPTIONS {
         StatusCode::OK.into_response()
     } else {
@@ -132,6 +147,9 @@ async fn common_headers(req: Request, next: Next) -> Response {
         "{method} {path}"
     );
     let h = resp.headers_mut();
+    if console {
+        h.remove(axum::http::header::WWW_AUTHENTICATE);
+    }
     for (name, value) in [
         ("strict-transport-security", "max-age=31536000;includeSubDomains"),
         ("content-language", "en"),

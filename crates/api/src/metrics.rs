@@ -36,7 +36,10 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
 /// Every metric's HELP line (Prometheus' linter wants one each).
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("strongbox_http_requests_total", "Requests answered, by route template, method and status");
+    describe_counter!(
+        "strongbox_http_requests_total",
+        "Requests answered, by route template, method and status"
+    );
     describe_histogram!(
         "strongbox_http_request_duration_seconds",
         Unit::Seconds,
@@ -122,7 +125,12 @@ pub(crate) async fn page(State(state): State<Arc<AppState>>) -> Result<Response,
     let service = &state.service;
     let counts = service.catalog.job_counts().await.map_err(ApiError::internal)?;
     for operation in ["backup", "recovery", "expire"] {
-        for status in [JobStatus::Queued, JobStatus::Running, JobStatus::Succeeded, JobStatus::Failed] {
+        for status in [
+            JobStatus::Queued,
+            JobStatus::Running,
+            JobStatus::Succeeded,
+            JobStatus::Failed,
+        ] {
             let n = counts
                 .iter()
                 .find(|c| c.operation == operation && c.status == status)

@@ -13,8 +13,8 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
 use crate::{
-    Backup, Catalog, Deployment, Error, Job, JobCount, JobEnd, JobMessage, Lease, NewDeployment, NewJob, NewRecord, Recovery,
-    Result, Role, Started, User, hash_password, labels_of, now, rfc3339,
+    Backup, Catalog, Deployment, Error, Job, JobCount, JobEnd, JobMessage, Lease, NewDeployment, NewJob, NewRecord,
+    Recovery, Result, Role, Started, User, hash_password, labels_of, now, rfc3339,
 };
 
 pub struct PgCatalog {

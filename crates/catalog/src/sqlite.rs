@@ -16,8 +16,8 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
 
 use crate::{
-    Backup, Catalog, Deployment, Error, Job, JobCount, JobEnd, JobMessage, Lease, NewDeployment, NewJob, NewRecord, Recovery,
-    Result, Role, Started, User, hash_password, labels_of, now, rfc3339,
+    Backup, Catalog, Deployment, Error, Job, JobCount, JobEnd, JobMessage, Lease, NewDeployment, NewJob, NewRecord,
+    Recovery, Result, Role, Started, User, hash_password, labels_of, now, rfc3339,
 };
 
 pub struct SqliteCatalog {

@@ -294,7 +294,10 @@ async fn placement(c: &dyn Catalog) {
     assert!(c.release_job(&Lease::of(&held, "host1")).await.unwrap());
     let taken = c.lease_job("host1b", lease, &mine).await.unwrap().unwrap();
     assert_eq!((taken.id, taken.attempts), (job.id, 2));
-    assert!(!c.release_job(&Lease::of(&held, "host1")).await.unwrap(), "a stale hold");
+    assert!(
+        !c.release_job(&Lease::of(&held, "host1")).await.unwrap(),
+        "a stale hold"
+    );
     assert!(!c.heartbeat(&Lease::of(&held, "host1"), lease, 1, None).await.unwrap());
     assert!(c.heartbeat(&Lease::of(&taken, "host1b"), lease, 1, None).await.unwrap());
 
@@ -314,7 +317,10 @@ async fn count(c: &dyn Catalog, operation: &str, status: JobStatus) -> u64 {
     let counts = c.job_counts().await.unwrap();
     let mut seen = std::collections::HashSet::new();
     for n in &counts {
-        assert!(seen.insert((&n.operation, n.status)), "one row per operation and status: {counts:?}");
+        assert!(
+            seen.insert((&n.operation, n.status)),
+            "one row per operation and status: {counts:?}"
+        );
     }
     counts
         .iter()

@@ -5,8 +5,8 @@
 //! only run databases, the API above it only speaks HTTP.
 
 pub mod dates;
-pub mod health;
 mod error;
+pub mod health;
 pub mod job;
 pub mod pitr;
 pub mod placement;

@@ -310,7 +310,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
                 .with_context(|| format!("loading TLS certificate {} and key {}", cert.display(), key.display()))?;
-            axum_server::bind_rustls(s.listen, tls).handle(handle).serve(app).await?;
+            axum_server::bind_rustls(s.listen, tls)
+                .handle(handle)
+                .serve(app)
+                .await?;
         }
         None => axum_server::bind(s.listen).handle(handle).serve(app).await?,
     }
@@ -339,7 +342,10 @@ async fn shut_down(
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    tracing::info!("shutting down: no new jobs; running ones get {} s to finish", grace.as_secs());
+    tracing::info!(
+        "shutting down: no new jobs; running ones get {} s to finish",
+        grace.as_secs()
+    );
     let _ = stop.send(Stop::Draining);
     let mut all = futures::future::join_all(workers);
     if tokio::time::timeout(grace, &mut all).await.is_err() {

@@ -13,7 +13,10 @@ use common::*;
 fn scrape(s: &Server) -> (String, HashMap<String, f64>) {
     let (status, h, body) = s.curl(&[&s.url("/metrics")]);
     assert_eq!(status, "HTTP/2 200", "{body}");
-    assert!(header(&h, "content-type").starts_with("text/plain; version=0.0.4"), "{h:?}");
+    assert!(
+        header(&h, "content-type").starts_with("text/plain; version=0.0.4"),
+        "{h:?}"
+    );
     let samples = body
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -58,7 +61,10 @@ fn metrics_show_backups_recoveries_and_failed_sign_ins_and_promtool_accepts_them
     let dir = tempfile::tempdir().unwrap();
     let s = start(&dir);
     let (_, before) = scrape(&s);
-    assert_eq!(value(&before, r#"strongbox_jobs{operation="backup",state="succeeded"}"#), 0.0);
+    assert_eq!(
+        value(&before, r#"strongbox_jobs{operation="backup",state="succeeded"}"#),
+        0.0
+    );
     assert!(!before.contains_key(&format!("strongbox_last_backup_timestamp_seconds{DB12C}")));
 
     let (status, location) = s.post_backup("db12c", &[]);
@@ -66,20 +72,32 @@ fn metrics_show_backups_recoveries_and_failed_sign_ins_and_promtool_accepts_them
     s.wait_for(&location, "Succeeded");
     let now = time::OffsetDateTime::now_utc().unix_timestamp() as f64;
     let (_, backed_up) = scrape(&s);
-    assert_eq!(value(&backed_up, r#"strongbox_jobs{operation="backup",state="succeeded"}"#), 1.0);
     assert_eq!(
-        value(&backed_up, r#"strongbox_jobs_finished_total{operation="backup",outcome="succeeded"}"#),
+        value(&backed_up, r#"strongbox_jobs{operation="backup",state="succeeded"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &backed_up,
+            r#"strongbox_jobs_finished_total{operation="backup",outcome="succeeded"}"#
+        ),
         1.0
     );
     let last = value(&backed_up, &format!("strongbox_last_backup_timestamp_seconds{DB12C}"));
     assert!((now - last).abs() < 30.0, "last backup at {last}, now {now}");
     assert_eq!(
-        value(&backed_up, &format!("strongbox_recoverable_until_timestamp_seconds{DB12C}")),
+        value(
+            &backed_up,
+            &format!("strongbox_recoverable_until_timestamp_seconds{DB12C}")
+        ),
         last
     );
     let read = value(&backed_up, &format!("strongbox_backup_read_bytes_total{DB12C}"));
     let stored = value(&backed_up, &format!("strongbox_backup_stored_bytes_total{DB12C}"));
-    assert!(read > 0.0 && stored > 0.0 && stored <= read, "read {read}, stored {stored}");
+    assert!(
+        read > 0.0 && stored > 0.0 && stored <= read,
+        "read {read}, stored {stored}"
+    );
     let route = r#"route="/paas/service/dbcs/api/v1.1/instances/{identityDomainId}/{serviceId}/backups""#;
     assert_eq!(
         value(
@@ -95,15 +113,26 @@ fn metrics_show_backups_recoveries_and_failed_sign_ins_and_promtool_accepts_them
         ) >= 1.0
     );
 
-    let (status, v, _) = s.curl(&[
-        &AUTH[..],
-        &["-X", "POST", "-d", r#"{"latest": true}"#, &s.url(&format!("{BACKUPS}/recovery"))],
-    ]
-    .concat());
+    let (status, v, _) = s.curl(
+        &[
+            &AUTH[..],
+            &[
+                "-X",
+                "POST",
+                "-d",
+                r#"{"latest": true}"#,
+                &s.url(&format!("{BACKUPS}/recovery")),
+            ],
+        ]
+        .concat(),
+    );
     assert_eq!(status, "HTTP/2 202", "{v:?}");
     s.wait_for(header(&v, "location"), "Succeeded");
     let (_, recovered) = scrape(&s);
-    assert_eq!(value(&recovered, r#"strongbox_jobs{operation="recovery",state="succeeded"}"#), 1.0);
+    assert_eq!(
+        value(&recovered, r#"strongbox_jobs{operation="recovery",state="succeeded"}"#),
+        1.0
+    );
     assert_eq!(
         value(
             &recovered,
@@ -119,7 +148,13 @@ fn metrics_show_backups_recoveries_and_failed_sign_ins_and_promtool_accepts_them
     );
     assert_eq!(value(&recovered, "strongbox_signin_failures_total"), 0.0);
 
-    let (status, _, _) = s.curl(&["-u", "serviceadmin:wrong", "-H", "X-ID-TENANT-NAME:usexample", &s.url(BACKUPS)]);
+    let (status, _, _) = s.curl(&[
+        "-u",
+        "serviceadmin:wrong",
+        "-H",
+        "X-ID-TENANT-NAME:usexample",
+        &s.url(BACKUPS),
+    ]);
     assert_eq!(status, "HTTP/2 401");
     let (page, refused) = scrape(&s);
     assert_eq!(value(&refused, "strongbox_signin_failures_total"), 1.0);

@@ -37,7 +37,11 @@ fn the_openapi_document_is_valid_and_the_server_keeps_to_it() {
     let dir = tempfile::tempdir().unwrap();
     // schemathesis sends hundreds of wrong credentials and expects 401 for
     // each; the throttle that would answer 429 has its own test (api.rs).
-    let s = start_with(dir.path(), free_port(), &[("STRONGBOX_SIGNIN_FAILURES", "1000000".into())]);
+    let s = start_with(
+        dir.path(),
+        free_port(),
+        &[("STRONGBOX_SIGNIN_FAILURES", "1000000".into())],
+    );
     let (status, _, body) = s.curl(&[s.url("/openapi.json").as_str()]);
     assert_eq!(status, "HTTP/2 200");
     let spec: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -507,7 +507,11 @@ pub fn debian_package(binary: &str, package: &str) {
             .env("DEBIAN_FRONTEND", "noninteractive")
             .output()
             .unwrap();
-        assert!(out.status.success(), "apt-get {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "apt-get {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
