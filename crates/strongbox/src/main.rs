@@ -1,7 +1,9 @@
-//! The `strongbox` binary: `serve` (the API and its workers) and `repo` (the repository directly).
+//! The `strongbox` binary: `serve` (the API and its workers), `repo` (the
+//! repository directly), `admin` (set-up) and `client` (the API from a shell).
 
 mod admin;
 mod bar;
+mod client;
 mod repo_cmd;
 mod serve;
 mod wal_prefetch;
@@ -23,6 +25,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Set up identity domains, users and deployments in a data directory.
     Admin(admin::AdminArgs),
+    /// Drive a server's API: backups, recoveries, job status.
+    Client(client::ClientArgs),
 }
 
 /// Tunes glibc's malloc for the pipeline's 1-2 MiB buffers. Pins the mmap
@@ -94,6 +98,7 @@ fn main() -> std::process::ExitCode {
             Command::Repo(args) => repo_cmd::run(args).await,
             Command::Serve(args) => serve::run(args).await.map(|()| std::process::ExitCode::SUCCESS),
             Command::Admin(args) => admin::run(args).await.map(|()| std::process::ExitCode::SUCCESS),
+            Command::Client(args) => client::run(args).await,
         }
     });
     match result {
