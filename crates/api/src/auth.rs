@@ -244,14 +244,23 @@ pub(crate) async fn sign_in(
 /// Checks a password against the catalog's Argon2id hash, off the
 /// request threads.
 async fn verify(state: &AppState, user: &str, password: &str) -> Verified {
-    let Some(u) = state.service.catalog.user(user).await.map_err(ApiError::internal)? else {
-        return Ok(None);
-    };
-    let (password, hash) = (password.to_string(), u.password_hash.clone());
-    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(ok.then_some((u.domain, u.role)))
+    let u = state.service.catalog.user(user).await.map_err(ApiError::internal)?;
+    // A user who does not exist costs the same hash as a wrong password:
+    // answering at once would tell a guesser which user names exist.
+    static NOBODY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let hash = u.as_ref().map(|u| u.password_hash.clone());
+    let password = password.to_string();
+    let ok = tokio::task::spawn_blocking(move || {
+        let hash = hash.unwrap_or_else(|| {
+            NOBODY
+                .get_or_init(|| strongbox_catalog::hash_password("no user has this password"))
+                .clone()
+        });
+        verify_password(&password, &hash)
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    Ok(u.filter(|_| ok).map(|u| (u.domain, u.role)))
 }
 
 /// The client's address, when the server was started to record it.

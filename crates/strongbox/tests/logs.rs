@@ -12,9 +12,10 @@ const REPO_PASSWORD: &str = "repo-S3cret-4711";
 const ENGINE_SECRET: &str = "engine-S3cret-0815";
 const WRONG_PASSWORD: &str = "Wr0ng-guess-42";
 
-/// Runs requests that leave traces (a backup, a failing backup, a wrong
-/// password) and returns (the server's log, the backup's ecid, its job id,
-/// everything the API showed of the failed job).
+/// Runs requests that leave traces (a backup, a recovery through a console
+/// session, a failing backup, a wrong password) and returns (the server's
+/// log, the backup's ecid, its job id, everything the API and `/metrics`
+/// showed of the jobs).
 fn exercise(env: &[(&str, String)]) -> (String, String, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let env = [env, &[("STRONGBOX_REPO_PASSWORD", REPO_PASSWORD.to_string())]].concat();
@@ -25,6 +26,40 @@ fn exercise(env: &[(&str, String)]) -> (String, String, String, String) {
     let location = header(&h, "location").to_string();
     let job = location.rsplit('/').next().unwrap().to_string();
     s.wait_for(&location, "Succeeded");
+    // A recovery, and through a console session (its cookie and CSRF
+    // token are secrets too: neither may be logged).
+    let (status, h, body) = s.curl(&[
+        "-X",
+        "POST",
+        "-d",
+        r#"{"user": "serviceadmin", "password": "Pa55_word"}"#,
+        &s.url("/console/session"),
+    ]);
+    assert_eq!(status, "HTTP/2 200", "{body}");
+    let cookie = header(&h, "set-cookie").split(';').next().unwrap().to_string();
+    let csrf = serde_json::from_str::<serde_json::Value>(&body).unwrap()["csrfToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, h, body) = s.curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &format!("Cookie: {cookie}"),
+        "-H",
+        &format!("X-CSRF-Token: {csrf}"),
+        "-H",
+        "X-ID-TENANT-NAME: usexample",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        r#"{"latest": true}"#,
+        &s.url(&format!("{BACKUPS}/recovery")),
+    ]);
+    assert_eq!(status, "HTTP/2 202", "{body}");
+    let recovered = s.wait_for(header(&h, "location"), "Succeeded");
+    let (_, _, page) = s.curl(&[&s.url("/metrics")]);
+    let secrets = [cookie.split_once('=').unwrap().1.to_string(), csrf];
 
     // A deployment whose dump command fails, with a secret in its environment.
     let (status, v) = s.json(&[
@@ -60,7 +95,13 @@ fn exercise(env: &[(&str, String)]) -> (String, String, String, String) {
     }
     drop(s);
     let log = read();
-    (log, ecid, job, format!("{failed}\n{activity}"))
+    for secret in &secrets {
+        assert!(
+            !log.contains(secret.as_str()) && !page.contains(secret.as_str()),
+            "a session secret shown"
+        );
+    }
+    (log, ecid, job, format!("{failed}\n{activity}\n{recovered}\n{page}"))
 }
 
 fn assert_no_secret(shown: &str) {
