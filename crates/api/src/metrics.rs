@@ -95,7 +95,7 @@ fn describe() {
     describe_gauge!(
         "strongbox_wal_archive_lag_seconds",
         Unit::Seconds,
-        "How far the end of the archived WAL trails now"
+        "How far the last commit in the WAL archive trails now (what losing the database now would lose)"
     );
 }
 
@@ -151,9 +151,9 @@ pub(crate) async fn page(State(state): State<Arc<AppState>>) -> Result<Response,
         if let Some((from, until)) = h.recoverable {
             metrics::gauge!("strongbox_recoverable_from_timestamp_seconds", &labels).set(unix(from));
             metrics::gauge!("strongbox_recoverable_until_timestamp_seconds", &labels).set(unix(until));
-            if h.archives_wal {
-                metrics::gauge!("strongbox_wal_archive_lag_seconds", &labels).set((unix(now) - unix(until)).max(0.0));
-            }
+        }
+        if let Some(archived) = h.archived_until {
+            metrics::gauge!("strongbox_wal_archive_lag_seconds", &labels).set((unix(now) - unix(archived)).max(0.0));
         }
     }
     handle.run_upkeep();

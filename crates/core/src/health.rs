@@ -18,9 +18,9 @@ pub struct DeploymentHealth {
     /// archive, the current history's archived range; otherwise the oldest
     /// and newest completed backups.
     pub recoverable: Option<(OffsetDateTime, OffsetDateTime)>,
-    /// Whether the range comes from a WAL archive (its end then trails
-    /// the present by the archiving lag).
-    pub archives_wal: bool,
+    /// With a WAL archive, its last archived commit: how far a recovery
+    /// reaches if the database is lost now.
+    pub archived_until: Option<OffsetDateTime>,
 }
 
 impl Service {
@@ -44,14 +44,15 @@ impl Service {
             .collect();
         let last_backup = completed.iter().max().copied();
         let from_backups = completed.iter().min().copied().zip(last_backup);
-        let archived = self.pitr_status(&d).await?.and_then(|p| {
+        let pitr = self.pitr_status(&d).await?;
+        let archived = pitr.as_ref().and_then(|p| {
             let (first, last) = (p.ranges.first()?, p.ranges.last()?);
             Some((first.earliest_time, last.latest_time))
         });
         Ok(DeploymentHealth {
             deployment: d,
             last_backup,
-            archives_wal: archived.is_some(),
+            archived_until: pitr.and_then(|p| p.archived_until),
             recoverable: archived.or(from_backups),
         })
     }

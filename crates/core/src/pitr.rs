@@ -243,6 +243,10 @@ pub struct PitrStatus {
     pub server_answers: bool,
     /// The recoverable stretches of the current timeline's history.
     pub ranges: Vec<Reach>,
+    /// The last commit in the archive itself: where the range would end if
+    /// the server were lost now (the range reaches the present while it
+    /// answers).
+    pub archived_until: Option<OffsetDateTime>,
 }
 
 impl Service {
@@ -258,6 +262,7 @@ impl Service {
             current_timeline: state.current(),
             server_answers: state.live.is_some(),
             ranges: state.ranges(),
+            archived_until: state.archive_end(),
         }))
     }
 }
@@ -288,6 +293,16 @@ impl PitrState {
         pitr.history(pitr.current())
             .map(|h| pitr.ranges(&h))
             .unwrap_or_default()
+    }
+
+    /// Where the archive alone reaches on the newest archived history.
+    pub(crate) fn archive_end(&self) -> Option<OffsetDateTime> {
+        let pitr = Pitr {
+            live: None,
+            ..self.pitr()
+        };
+        let history = pitr.history(pitr.current()).ok()?;
+        pitr.ranges(&history).last().map(|r| r.latest_time)
     }
 
     /// Plans a recovery to `goal` (on `timeline`'s history, the current

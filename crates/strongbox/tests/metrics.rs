@@ -170,3 +170,41 @@ fn metrics_show_backups_recoveries_and_failed_sign_ins_and_promtool_accepts_them
     promtool(&["check", "rules", "prometheus-rules.yml"], None);
     promtool(&["test", "rules", "prometheus-rules.test.yml"], None);
 }
+
+/// A PostgreSQL deployment archiving WAL: while it answers, its range
+/// reaches the present (a recovery to `latest` flushes first); the archive
+/// lag is how far the archive's last commit trails now — small right after
+/// a flush, growing while nothing is archived.
+#[test]
+fn metrics_show_a_postgresql_deployments_archive_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Pg::start(dir.path(), "");
+    pg.c.psql("CREATE TABLE t (v int); INSERT INTO t VALUES (1)");
+    let backup = pg.backup();
+    assert_eq!(backup["status"], "COMPLETED", "{backup}");
+    pg.c.psql("INSERT INTO t VALUES (2)");
+    pg.flush();
+    let pg_labels = r#"{domain="usexample",deployment="pg"}"#;
+    let (_, fresh) = scrape(&pg.s);
+    let lag = value(&fresh, &format!("strongbox_wal_archive_lag_seconds{pg_labels}"));
+    let until = value(
+        &fresh,
+        &format!("strongbox_recoverable_until_timestamp_seconds{pg_labels}"),
+    );
+    let last = value(&fresh, &format!("strongbox_last_backup_timestamp_seconds{pg_labels}"));
+    assert!(until >= last && last > 0.0, "range ends {until}, last backup {last}");
+    assert!(lag < 30.0, "lag {lag} s right after a flush");
+    // Nothing archived for 3 s: the lag grows with the clock.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let (_, later) = scrape(&pg.s);
+    let grown = value(&later, &format!("strongbox_wal_archive_lag_seconds{pg_labels}"));
+    assert!(grown >= lag + 2.5, "lag {lag} s, then {grown} s");
+    let later_until = value(
+        &later,
+        &format!("strongbox_recoverable_until_timestamp_seconds{pg_labels}"),
+    );
+    assert!(
+        later_until >= until + 2.5,
+        "a live server's range reaches now: {until}, then {later_until}"
+    );
+}
