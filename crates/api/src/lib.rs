@@ -55,9 +55,7 @@ impl AppState {
             sessions: Default::default(),
         }
     }
-}
 
-impl AppState {
     /// Failed sign-ins allowed per client address and per user name in a
     /// minute before further attempts get 429.
     pub fn with_signin_failures(mut self, allowed: u32) -> Self {

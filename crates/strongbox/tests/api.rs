@@ -529,7 +529,10 @@ fn failed_sign_ins_are_throttled_with_429_and_verified_clients_keep_working() {
     assert_eq!(status, "HTTP/2 200", "{v}");
     // Counted in /metrics: 10 hashed and refused, 2 refused unhashed.
     let (_, _, page) = s.curl(&[&s.url("/metrics")]);
-    for (name, n) in [("strongbox_signin_failures_total", 10), ("strongbox_signin_throttled_total", 2)] {
+    for (name, n) in [
+        ("strongbox_signin_failures_total", 10),
+        ("strongbox_signin_throttled_total", 2),
+    ] {
         assert!(page.lines().any(|l| l == format!("{name} {n}")), "{name} {n}:\n{page}");
     }
 }
