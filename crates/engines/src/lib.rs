@@ -15,7 +15,7 @@ use std::path::Path;
 pub use command::CommandEngine;
 pub use files::SnapshotFiles;
 pub use postgres::{FLUSH_MARKER, PREFETCH_SPOOL, PgLogical, PgPhysical, pitr};
-pub use sqlite::SqliteEngine;
+pub use sqlite::{SqliteEngine, wal as sqlite_wal};
 use strongbox_repo::Sources;
 
 /// The engine names a deployment can register with.

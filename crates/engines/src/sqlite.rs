@@ -15,6 +15,8 @@
 //! beside it, checked, synced and renamed over it (with the stale `-wal`
 //! and `-shm` files, which would otherwise be replayed into it, removed).
 
+pub mod wal;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
