@@ -159,7 +159,30 @@ impl Index {
         Self::read(store, cipher, condemned, None).await
     }
 
+    /// Prune merges index objects (`consolidate_index`): it writes the
+    /// merged object, then deletes the parts, while a backup may be loading
+    /// them. A part gone between listing and reading is no loss, then: its
+    /// entries are in an object written before it was deleted, which a
+    /// fresh listing finds. So such a load lists again (a few times, in
+    /// case prunes follow each other).
     async fn read(
+        store: &Store,
+        cipher: &Cipher,
+        condemned: &IdSet,
+        cache: Option<&IndexCache>,
+    ) -> Result<(Index, Vec<Error>)> {
+        let mut tries = 0;
+        loop {
+            let (index, errors) = Self::read_once(store, cipher, condemned, cache).await?;
+            tries += 1;
+            if tries < 4 && errors.iter().any(|e| matches!(e, Error::Missing { .. })) {
+                continue;
+            }
+            return Ok((index, errors));
+        }
+    }
+
+    async fn read_once(
         store: &Store,
         cipher: &Cipher,
         condemned: &IdSet,

@@ -192,3 +192,35 @@ async fn prune_during_backups(store: impl Fn() -> Store) {
     let check = repo.check(true).await.unwrap();
     assert!(check.is_ok(), "{:?}", check.errors);
 }
+
+/// Prune merges the index objects backups leave while other backups load
+/// them: a backup whose listed index object was merged away meanwhile
+/// lists again instead of failing (it did fail, `Missing index/…`, in CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_load_the_index_while_prune_merges_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Arc::new(new_repo(Store::local(dir.path()).unwrap()).await);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pruner = {
+        let (repo, stop) = (repo.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut runs = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                repo.prune(&PruneOptions::default()).await.unwrap();
+                runs += 1;
+            }
+            runs
+        })
+    };
+    for i in 0..24u64 {
+        // Each backup leaves index objects of its own for prune to merge;
+        // its index reads are slowed (fault injection) so that prunes merge
+        // while it reads.
+        let other = Repository::open(slow_index_reads(dir.path()), PASSWORD).await.unwrap();
+        backup(&other, &[("db", &data(20_000, i))]).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(pruner.await.unwrap() > 1);
+    let check = repo.check(true).await.unwrap();
+    assert!(check.is_ok(), "{:?}", check.errors);
+}

@@ -75,13 +75,25 @@ impl Backend {
 pub fn ignores_create(dir: &std::path::Path) -> Store {
     let fs = object_store::local::LocalFileSystem::new_with_prefix(dir).unwrap();
     Store::new(
-        Arc::new(IgnoresCreate(Arc::new(fs))),
+        Arc::new(IgnoresCreate(Arc::new(fs), false)),
         format!("ignores-create:{}", dir.display()),
     )
 }
 
+/// `ignores_create` that also takes 300 ms to start reading each index
+/// object: fault injection that holds open the window between listing the
+/// index and reading it.
+pub fn slow_index_reads(dir: &std::path::Path) -> Store {
+    let fs = object_store::local::LocalFileSystem::new_with_prefix(dir).unwrap();
+    Store::new(
+        Arc::new(IgnoresCreate(Arc::new(fs), true)),
+        format!("slow-index:{}", dir.display()),
+    )
+}
+
+/// The wrapped store, and whether index reads are slow.
 #[derive(Debug)]
-pub struct IgnoresCreate(Arc<dyn object_store::ObjectStore>);
+pub struct IgnoresCreate(Arc<dyn object_store::ObjectStore>, bool);
 
 impl std::fmt::Display for IgnoresCreate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -116,6 +128,9 @@ mod ignores {
         }
 
         async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+            if self.1 && location.as_ref().starts_with("index/") {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
             self.0.get_opts(location, options).await
         }
 
