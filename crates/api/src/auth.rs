@@ -137,14 +137,8 @@ async fn authenticate(
     if headers.get(header::AUTHORIZATION).is_none()
         && let Some(session) = crate::console::session_of(state, headers)
     {
-        let safe = matches!(*method, Method::GET | Method::HEAD);
-        let token = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
-        if !safe && token != Some(session.csrf.as_str()) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "missing or wrong X-CSRF-Token: a change made with a console session must send the token the \
-                 sign-in returned",
-            ));
+        if !matches!(*method, Method::GET | Method::HEAD) {
+            session.check_csrf(headers)?;
         }
         return Ok((session.caller, session.domain));
     }

@@ -32,6 +32,20 @@ pub(crate) struct Session {
     since: Instant,
 }
 
+impl Session {
+    /// A change made with this session must carry its CSRF token.
+    pub(crate) fn check_csrf(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        match headers.get("x-csrf-token").and_then(|v| v.to_str().ok()) {
+            Some(token) if token == self.csrf => Ok(()),
+            _ => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "missing or wrong X-CSRF-Token: a change made with a console session must send the token the \
+                 sign-in returned",
+            )),
+        }
+    }
+}
+
 /// Signed-in sessions by their cookie's value.
 #[derive(Default)]
 pub(crate) struct Sessions(Mutex<HashMap<String, Session>>);
@@ -153,9 +167,7 @@ pub(crate) async fn delete_session(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let s = session_of(&state, &headers).ok_or_else(not_signed_in)?;
-    if headers.get("x-csrf-token").and_then(|v| v.to_str().ok()) != Some(s.csrf.as_str()) {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "missing or wrong X-CSRF-Token"));
-    }
+    s.check_csrf(&headers)?;
     if let Some(id) = cookie_value(&headers) {
         state.sessions.0.lock().expect("sessions").remove(id);
     }
