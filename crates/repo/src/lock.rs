@@ -148,21 +148,19 @@ fn holder_is_dead(info: &LockInfo) -> bool {
         && !std::path::Path::new(&format!("/proc/{}", info.pid)).exists()
 }
 
-/// Locks not yet stale and not held by a dead local process, with their
-/// object ids. Unreadable lock objects are reported as holders that have
-/// seen nothing, which only makes prune wait.
-pub async fn live(store: &Store, cipher: &Cipher) -> Result<Vec<(Id, LockInfo)>> {
+/// Every lock object, read from one listing, with what it says (`None`
+/// when unreadable) and whether its holder is gone: not refreshed for
+/// `STALE`, or a process on this host that no longer exists.
+async fn scan(store: &Store, cipher: &Cipher) -> Result<Vec<(object_store::ObjectMeta, Option<LockInfo>, bool)>> {
     let mut out = Vec::new();
     let now = time::OffsetDateTime::now_utc();
     for meta in store.list(layout::LOCKS).await? {
-        let Some(id) = layout::id_of(&meta.location) else {
-            continue;
-        };
         let age = now - time::OffsetDateTime::from_unix_timestamp(meta.last_modified.timestamp()).unwrap_or(now);
         if age > STALE {
+            out.push((meta, None, true));
             continue;
         }
-        let info = match store.get(&meta.location).await {
+        let info: Option<LockInfo> = match store.get(&meta.location).await {
             Ok(data) => cipher
                 .open_object("lock", &data, &meta.location)
                 .ok()
@@ -170,34 +168,46 @@ pub async fn live(store: &Store, cipher: &Cipher) -> Result<Vec<(Id, LockInfo)>>
             Err(Error::Missing { .. }) => continue, // released meanwhile
             Err(e) => return Err(e),
         };
-        if info.as_ref().is_some_and(holder_is_dead) {
-            continue;
-        }
-        out.push((
-            id,
-            info.unwrap_or(LockInfo {
-                holder: id,
-                kind: LockKind::Backup,
-                hostname: "?".into(),
-                pid: 0,
-                created: String::new(),
-                plans_seen: vec![],
-            }),
-        ));
+        let dead = info.as_ref().is_some_and(holder_is_dead);
+        out.push((meta, info, dead));
     }
     Ok(out)
 }
 
+/// Locks not yet stale and not held by a dead local process, with their
+/// object ids. Unreadable lock objects are reported as holders that have
+/// seen nothing, which only makes prune wait.
+pub async fn live(store: &Store, cipher: &Cipher) -> Result<Vec<(Id, LockInfo)>> {
+    Ok(scan(store, cipher)
+        .await?
+        .into_iter()
+        .filter(|(_, _, dead)| !dead)
+        .filter_map(|(meta, info, _)| {
+            let id = layout::id_of(&meta.location)?;
+            Some((
+                id,
+                info.unwrap_or(LockInfo {
+                    holder: id,
+                    kind: LockKind::Backup,
+                    hostname: "?".into(),
+                    pid: 0,
+                    created: String::new(),
+                    plans_seen: vec![],
+                }),
+            ))
+        })
+        .collect())
+}
+
 /// Deletes locks whose holders are gone: stale ones, and those of dead
-/// processes on this host.
+/// processes on this host. Only what one listing judged gone is deleted: a
+/// lock written meanwhile belongs to a backup that has just begun (deleting
+/// it would let a prune delete packs that backup is about to reference).
 pub async fn remove_stale(store: &Store, cipher: &Cipher) -> Result<usize> {
-    let alive: Vec<Id> = live(store, cipher).await?.into_iter().map(|(id, _)| id).collect();
     let mut n = 0;
-    for meta in store.list(layout::LOCKS).await? {
-        if layout::id_of(&meta.location).is_some_and(|id| !alive.contains(&id)) {
-            store.delete(&meta.location).await?;
-            n += 1;
-        }
+    for (meta, _, _) in scan(store, cipher).await?.into_iter().filter(|(_, _, dead)| *dead) {
+        store.delete(&meta.location).await?;
+        n += 1;
     }
     Ok(n)
 }

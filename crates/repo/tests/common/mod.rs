@@ -35,7 +35,7 @@ pub enum Backend {
     Memory,
     Local(tempfile::TempDir),
     S3(S3Server),
-    /// Local disk behind `IgnoresCreate`, as Garage behaves today.
+    /// Local disk that ignores create-only puts, as Garage does today.
     IgnoresCreate(tempfile::TempDir),
 }
 
@@ -73,50 +73,83 @@ impl Backend {
 /// there), as Garage does: fault injection for the promises create-only
 /// writes keep elsewhere.
 pub fn ignores_create(dir: &std::path::Path) -> Store {
-    let fs = object_store::local::LocalFileSystem::new_with_prefix(dir).unwrap();
-    Store::new(
-        Arc::new(IgnoresCreate(Arc::new(fs), false)),
-        format!("ignores-create:{}", dir.display()),
-    )
+    faulty(dir, Faults::default())
 }
 
 /// `ignores_create` that also takes 300 ms to start reading each index
 /// object: fault injection that holds open the window between listing the
 /// index and reading it.
 pub fn slow_index_reads(dir: &std::path::Path) -> Store {
-    let fs = object_store::local::LocalFileSystem::new_with_prefix(dir).unwrap();
-    Store::new(
-        Arc::new(IgnoresCreate(Arc::new(fs), true)),
-        format!("slow-index:{}", dir.display()),
+    faulty(
+        dir,
+        Faults {
+            slow_index_reads: true,
+            ..Default::default()
+        },
     )
 }
 
-/// The wrapped store, and whether index reads are slow.
-#[derive(Debug)]
-pub struct IgnoresCreate(Arc<dyn object_store::ObjectStore>, bool);
+/// What `Faulty` does besides ignoring create-only puts.
+#[derive(Default)]
+pub struct Faults {
+    /// Index reads wait 300 ms before starting.
+    pub slow_index_reads: bool,
+    /// After the n-th listing of `locks/` (1-based) has been read, and
+    /// before it is returned, run this: another process acting in the
+    /// window between a listing and what its reader does with it.
+    pub after_lock_listing: Option<(usize, Arc<dyn Fn() + Send + Sync>)>,
+}
 
-impl std::fmt::Display for IgnoresCreate {
+pub fn faulty(dir: &std::path::Path, faults: Faults) -> Store {
+    let fs = object_store::local::LocalFileSystem::new_with_prefix(dir).unwrap();
+    Store::new(
+        Arc::new(Faulty {
+            inner: Arc::new(fs),
+            faults,
+            lock_listings: Default::default(),
+        }),
+        format!("faulty:{}", dir.display()),
+    )
+}
+
+/// A local store with injected faults (see `Faults`); it always writes
+/// over what is there, as Garage does.
+pub struct Faulty {
+    inner: Arc<dyn object_store::ObjectStore>,
+    faults: Faults,
+    lock_listings: std::sync::atomic::AtomicUsize,
+}
+
+impl std::fmt::Debug for Faulty {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "IgnoresCreate({})", self.0)
+        write!(f, "Faulty({})", self.inner)
     }
 }
 
-mod ignores {
-    use super::IgnoresCreate;
+impl std::fmt::Display for Faulty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Faulty({})", self.inner)
+    }
+}
+
+mod faulty {
+    use super::Faulty;
     use bytes::Bytes;
+    use futures::StreamExt;
     use futures::stream::BoxStream;
     use object_store::path::Path;
     use object_store::*;
     use std::ops::Range;
+    use std::sync::atomic::Ordering;
 
     #[async_trait::async_trait]
-    impl ObjectStore for IgnoresCreate {
+    impl ObjectStore for Faulty {
         async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
             let opts = PutOptions {
                 mode: PutMode::Overwrite,
                 ..opts
             };
-            self.0.put_opts(location, payload, opts).await
+            self.inner.put_opts(location, payload, opts).await
         }
 
         async fn put_multipart_opts(
@@ -124,34 +157,48 @@ mod ignores {
             location: &Path,
             opts: PutMultipartOptions,
         ) -> Result<Box<dyn MultipartUpload>> {
-            self.0.put_multipart_opts(location, opts).await
+            self.inner.put_multipart_opts(location, opts).await
         }
 
         async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-            if self.1 && location.as_ref().starts_with("index/") {
+            if self.faults.slow_index_reads && location.as_ref().starts_with("index/") {
                 tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             }
-            self.0.get_opts(location, options).await
+            self.inner.get_opts(location, options).await
         }
 
         async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-            self.0.get_ranges(location, ranges).await
+            self.inner.get_ranges(location, ranges).await
         }
 
         fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
-            self.0.delete_stream(locations)
+            self.inner.delete_stream(locations)
         }
 
         fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-            self.0.list(prefix)
+            let listing = self.inner.list(prefix);
+            if prefix.is_some_and(|p| p.as_ref() == "locks") {
+                let n = self.lock_listings.fetch_add(1, Ordering::SeqCst) + 1;
+                if let Some((_, action)) = self.faults.after_lock_listing.as_ref().filter(|(at, _)| *at == n) {
+                    let action = action.clone();
+                    return futures::stream::once(async move {
+                        let items: Vec<_> = listing.collect().await;
+                        action();
+                        futures::stream::iter(items)
+                    })
+                    .flatten()
+                    .boxed();
+                }
+            }
+            listing
         }
 
         async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-            self.0.list_with_delimiter(prefix).await
+            self.inner.list_with_delimiter(prefix).await
         }
 
         async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
-            self.0.copy_opts(from, to, options).await
+            self.inner.copy_opts(from, to, options).await
         }
     }
 }
