@@ -10,7 +10,7 @@
 //! committed transactions a log holds, and a base database file brought to
 //! the end of any one of them by writing its pages in order.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 const HEADER: usize = 32;
@@ -36,21 +36,143 @@ pub struct WalHeader {
     checksum: (u32, u32),
 }
 
-/// One committed transaction: its frames (indexes into the log) and the
-/// database's size in pages once it committed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Commit {
-    pub frames: std::ops::Range<usize>,
-    pub db_pages: u32,
-}
-
-/// A log read up to its last valid commit.
+/// A whole log read up to its last valid commit.
 #[derive(Clone, Debug)]
 pub struct Wal {
     pub header: WalHeader,
-    /// Per valid frame: its page number and where its page starts in the file.
-    pub frames: Vec<(u32, u64)>,
-    pub commits: Vec<Commit>,
+    pub commits: Vec<Txn>,
+}
+
+impl WalHeader {
+    /// Parses and checks a log's 32-byte header.
+    pub fn parse(head: &[u8; HEADER]) -> Result<WalHeader, WalError> {
+        let big_endian = match be(head, 0) {
+            MAGIC_LE => false,
+            MAGIC_BE => true,
+            m => return Err(WalError::Format(format!("magic {m:#x}"))),
+        };
+        let page_size = be(head, 8);
+        if !page_size.is_power_of_two() || !(512..=65536).contains(&page_size) {
+            return Err(WalError::Format(format!("page size {page_size}")));
+        }
+        let header = WalHeader {
+            page_size,
+            checkpoint_seq: be(head, 12),
+            salt: (be(head, 16), be(head, 20)),
+            big_endian,
+            checksum: (be(head, 24), be(head, 28)),
+        };
+        if checksum(&head[..24], big_endian, (0, 0)) != header.checksum {
+            return Err(WalError::Format("header checksum mismatch".into()));
+        }
+        Ok(header)
+    }
+
+    /// The header of the log at `path`; `None` if the log is missing or
+    /// empty (no transaction written since it was last reset).
+    pub fn read(path: &Path) -> Result<Option<WalHeader>, WalError> {
+        let f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut head = [0u8; HEADER];
+        match f.read_exact_at(&mut head, 0) {
+            Ok(()) => Self::parse(&head).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether `self` is the log that follows `earlier` after one reset
+    /// (SQLite adds one to the checkpoint sequence and the first salt).
+    pub fn follows(&self, earlier: &WalHeader) -> bool {
+        self.checkpoint_seq == earlier.checkpoint_seq.wrapping_add(1)
+            && self.salt.0 == earlier.salt.0.wrapping_add(1)
+            && self.page_size == earlier.page_size
+    }
+}
+
+/// One committed transaction read from a live log: the pages it wrote, in
+/// log order, and the database's size in pages once it committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Txn {
+    pub db_pages: u32,
+    pub pages: Vec<(u32, Vec<u8>)>,
+}
+
+/// How far a reader of a live log has got: its header, the next frame,
+/// and the running checksum to go on from. Frames are read only up to the
+/// last whole commit, so the cursor always rests on a transaction boundary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    pub header: WalHeader,
+    pub next_frame: u64,
+    running: (u32, u32),
+}
+
+impl Cursor {
+    pub fn at_start(header: WalHeader) -> Cursor {
+        Cursor {
+            header,
+            next_frame: 0,
+            running: header.checksum,
+        }
+    }
+
+    /// Reads the transactions committed after the cursor in the log `f`
+    /// and moves past them. Frames of another generation, a bad checksum
+    /// or a partial frame end what is read (a writer may be mid-commit).
+    pub fn read_commits(&mut self, f: &std::fs::File) -> Result<Vec<Txn>, WalError> {
+        let h = self.header;
+        let frame_len = (FRAME_HEADER + h.page_size as usize) as u64;
+        let mut frame = vec![0u8; frame_len as usize];
+        let (mut out, mut open) = (Vec::new(), Vec::new());
+        let (mut at, mut running) = (self.next_frame, self.running);
+        loop {
+            if f.read_exact_at(&mut frame, HEADER as u64 + at * frame_len).is_err() {
+                break;
+            }
+            let (pgno, db_pages) = (be(&frame, 0), be(&frame, 4));
+            if (be(&frame, 8), be(&frame, 12)) != h.salt || pgno == 0 {
+                break;
+            }
+            running = checksum(&frame[..8], h.big_endian, running);
+            running = checksum(&frame[FRAME_HEADER..], h.big_endian, running);
+            if running != (be(&frame, 16), be(&frame, 20)) {
+                break;
+            }
+            at += 1;
+            open.push((pgno, frame[FRAME_HEADER..].to_vec()));
+            if db_pages != 0 {
+                out.push(Txn {
+                    db_pages,
+                    pages: std::mem::take(&mut open),
+                });
+                self.next_frame = at;
+                self.running = running;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Writes transactions' pages into the database file `db` (at the state
+/// they followed) and sizes it as the last one left it.
+pub fn apply_txns<'a>(db: &Path, page_size: u32, txns: impl IntoIterator<Item = &'a Txn>) -> Result<(), WalError> {
+    let out = std::fs::OpenOptions::new().write(true).open(db)?;
+    let mut last = None;
+    for txn in txns {
+        for (pgno, page) in &txn.pages {
+            out.write_all_at(page, (*pgno as u64 - 1) * page_size as u64)?;
+        }
+        last = Some(txn.db_pages);
+    }
+    if let Some(pages) = last {
+        out.set_len(pages as u64 * page_size as u64)?;
+    }
+    out.sync_all()?;
+    Ok(())
 }
 
 /// SQLite's WAL checksum over `data` (a multiple of 8 bytes), continuing `s`.
@@ -78,86 +200,20 @@ impl Wal {
     /// Reads the log at `path`: every frame of its generation up to the last
     /// commit whose frames all check out.
     pub fn read(path: &Path) -> Result<Wal, WalError> {
-        let mut f = std::fs::File::open(path)?;
-        let mut head = [0u8; HEADER];
-        f.read_exact(&mut head)
-            .map_err(|_| WalError::Format("shorter than its 32-byte header".into()))?;
-        let big_endian = match be(&head, 0) {
-            MAGIC_LE => false,
-            MAGIC_BE => true,
-            m => return Err(WalError::Format(format!("magic {m:#x}"))),
-        };
-        let page_size = be(&head, 8);
-        if !page_size.is_power_of_two() || !(512..=65536).contains(&page_size) {
-            return Err(WalError::Format(format!("page size {page_size}")));
-        }
-        let header = WalHeader {
-            page_size,
-            checkpoint_seq: be(&head, 12),
-            salt: (be(&head, 16), be(&head, 20)),
-            big_endian,
-            checksum: (be(&head, 24), be(&head, 28)),
-        };
-        if checksum(&head[..24], big_endian, (0, 0)) != header.checksum {
-            return Err(WalError::Format("header checksum mismatch".into()));
-        }
-        let mut wal = Wal {
-            header,
-            frames: Vec::new(),
-            commits: Vec::new(),
-        };
-        let mut running = header.checksum;
-        let mut frame = vec![0u8; FRAME_HEADER + page_size as usize];
-        let mut first_uncommitted = 0;
-        loop {
-            let at = f.stream_position()?;
-            if f.read_exact(&mut frame).is_err() {
-                break; // a partial frame at the end: never committed
-            }
-            let (pgno, db_pages) = (be(&frame, 0), be(&frame, 4));
-            if (be(&frame, 8), be(&frame, 12)) != header.salt || pgno == 0 {
-                break; // a frame of an earlier generation
-            }
-            running = checksum(&frame[..8], big_endian, running);
-            running = checksum(&frame[FRAME_HEADER..], big_endian, running);
-            if running != (be(&frame, 16), be(&frame, 20)) {
-                break;
-            }
-            wal.frames.push((pgno, at + FRAME_HEADER as u64));
-            if db_pages != 0 {
-                wal.commits.push(Commit {
-                    frames: first_uncommitted..wal.frames.len(),
-                    db_pages,
-                });
-                first_uncommitted = wal.frames.len();
-            }
-        }
-        wal.frames.truncate(first_uncommitted);
-        Ok(wal)
+        let header = WalHeader::read(path)?.ok_or_else(|| WalError::Format("shorter than its 32-byte header".into()))?;
+        let mut cursor = Cursor::at_start(header);
+        let commits = cursor.read_commits(&std::fs::File::open(path)?)?;
+        Ok(Wal { header, commits })
     }
 
     /// Brings `db` (the database file as it was when this log began: every
     /// earlier frame checkpointed into it) to the end of commit `upto`
-    /// (an index into `commits`), reading pages from the log at `path`.
-    pub fn apply(&self, path: &Path, db: &Path, upto: usize) -> Result<(), WalError> {
-        let commit = self
-            .commits
-            .get(upto)
-            .ok_or_else(|| WalError::Format(format!("no commit {upto}; the log holds {}", self.commits.len())))?;
-        let mut log = std::fs::File::open(path)?;
-        let mut out = std::fs::OpenOptions::new().write(true).open(db)?;
-        let size = self.header.page_size as u64;
-        let mut page = vec![0u8; size as usize];
-        // Later frames of a page replace earlier ones: write in log order.
-        for &(pgno, at) in &self.frames[..commit.frames.end] {
-            log.seek(SeekFrom::Start(at))?;
-            log.read_exact(&mut page)?;
-            out.seek(SeekFrom::Start((pgno as u64 - 1) * size))?;
-            out.write_all(&page)?;
+    /// (an index into `commits`).
+    pub fn apply(&self, db: &Path, upto: usize) -> Result<(), WalError> {
+        if upto >= self.commits.len() {
+            return Err(WalError::Format(format!("no commit {upto}; the log holds {}", self.commits.len())));
         }
-        out.set_len(commit.db_pages as u64 * size)?;
-        out.sync_all()?;
-        Ok(())
+        apply_txns(db, self.header.page_size, &self.commits[..=upto])
     }
 }
 
@@ -264,7 +320,7 @@ mod tests {
         for (k, expected) in after.iter().enumerate() {
             let copy = dir.path().join(format!("at-{k}.sqlite"));
             std::fs::copy(dir.path().join("base.sqlite"), &copy).unwrap();
-            wal.apply(&wal_path, &copy, k).unwrap();
+            wal.apply(&copy, k).unwrap();
             assert_eq!(&rows(&copy), expected, "after commit {k}");
             let ok: String = Connection::open(&copy)
                 .unwrap()
@@ -297,13 +353,24 @@ mod tests {
         // later one, fail; what was committed before it still reads.
         let copy = dir.path().join("damaged-wal");
         std::fs::copy(&wal_path, &copy).unwrap();
-        let victim = rng.below(whole.frames.len() as u64) as usize;
+        let frames: usize = whole.commits.iter().map(|k| k.pages.len()).sum();
+        let victim = rng.below(frames as u64) as usize;
         let mut bytes = std::fs::read(&copy).unwrap();
-        let at = whole.frames[victim].1 as usize + rng.below(whole.header.page_size as u64) as usize;
+        let frame_len = FRAME_HEADER + whole.header.page_size as usize;
+        let at = HEADER + victim * frame_len + FRAME_HEADER + rng.below(whole.header.page_size as u64) as usize;
         bytes[at] ^= 0x40;
         std::fs::write(&copy, &bytes).unwrap();
         let damaged = Wal::read(&copy).unwrap();
-        let before = whole.commits.iter().filter(|k| k.frames.end <= victim).count();
+        // The commits whose frames all lie before the damaged one.
+        let before = whole
+            .commits
+            .iter()
+            .scan(0, |end, k| {
+                *end += k.pages.len();
+                Some(*end)
+            })
+            .filter(|&end| end <= victim)
+            .count();
         assert_eq!(damaged.commits.len(), before, "frame {victim} damaged");
         assert_eq!(&damaged.commits[..], &whole.commits[..before]);
 
