@@ -22,9 +22,7 @@ use tokio::runtime::Handle;
 use crate::dates::api_date;
 use crate::{Error, Service};
 
-/// The snapshot label naming the WAL archive a base backup replays from
-/// (for WAL retention and `repo check`).
-pub const WAL_ARCHIVE_LABEL: &str = "wal_archive";
+pub use strongbox_engines::WAL_ARCHIVE_LABEL;
 
 /// How long planning waits for the server to say whether it answers.
 const PROBE_WAIT: Duration = Duration::from_secs(10);

@@ -15,8 +15,12 @@ use std::path::Path;
 pub use command::CommandEngine;
 pub use files::SnapshotFiles;
 pub use postgres::{FLUSH_MARKER, PREFETCH_SPOOL, PgLogical, PgPhysical, pitr};
-pub use sqlite::{SqliteEngine, wal as sqlite_wal};
+pub use sqlite::{SqliteEngine, ship as sqlite_ship, wal as sqlite_wal};
 use strongbox_repo::Sources;
+
+/// The snapshot label naming the WAL archive a base backup replays from
+/// (for WAL retention and `repo check`).
+pub const WAL_ARCHIVE_LABEL: &str = "wal_archive";
 
 /// The engine names a deployment can register with.
 pub const ENGINES: &str = "sqlite, postgresql, postgresql-logical, command";

@@ -15,6 +15,7 @@
 //! beside it, checked, synced and renamed over it (with the stale `-wal`
 //! and `-shm` files, which would otherwise be replayed into it, removed).
 
+pub mod ship;
 pub mod wal;
 
 use std::path::{Path, PathBuf};

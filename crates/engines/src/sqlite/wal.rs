@@ -200,7 +200,8 @@ impl Wal {
     /// Reads the log at `path`: every frame of its generation up to the last
     /// commit whose frames all check out.
     pub fn read(path: &Path) -> Result<Wal, WalError> {
-        let header = WalHeader::read(path)?.ok_or_else(|| WalError::Format("shorter than its 32-byte header".into()))?;
+        let header =
+            WalHeader::read(path)?.ok_or_else(|| WalError::Format("shorter than its 32-byte header".into()))?;
         let mut cursor = Cursor::at_start(header);
         let commits = cursor.read_commits(&std::fs::File::open(path)?)?;
         Ok(Wal { header, commits })
@@ -211,7 +212,10 @@ impl Wal {
     /// (an index into `commits`).
     pub fn apply(&self, db: &Path, upto: usize) -> Result<(), WalError> {
         if upto >= self.commits.len() {
-            return Err(WalError::Format(format!("no commit {upto}; the log holds {}", self.commits.len())));
+            return Err(WalError::Format(format!(
+                "no commit {upto}; the log holds {}",
+                self.commits.len()
+            )));
         }
         apply_txns(db, self.header.page_size, &self.commits[..=upto])
     }

@@ -1,0 +1,553 @@
+//! Continuous WAL shipping for SQLite (point-in-time recovery, issue 15):
+//! every committed transaction copied out of the database's write-ahead
+//! log into the repository, so that the database can be brought back to
+//! any moment. Litestream's approach, with the repository as the replica.
+//!
+//! **Why no frame is ever lost.** The shipper keeps a read transaction
+//! open on the database at all times (`reader`). SQLite resets its log
+//! only when every frame has been copied into the database file and no
+//! reader still reads from the log; a reader that began after the log was
+//! fully copied reads the database file only (read-lock slot 0), and then
+//! the file cannot be written by a checkpoint until it ends. So while the
+//! shipper's reader is open, either nothing resets the log, or it is reset
+//! with no frame after the shipper's position (nothing was appended since
+//! the reader began, or the checkpoint could not have finished). A reset
+//! is then recognised by its header: SQLite adds one to the checkpoint
+//! sequence and to the first salt, and the new log continues the same
+//! history from its first frame. Anything else — a header that does not
+//! follow, the log gone, the database file replaced (another inode), the
+//! shipper started afresh — starts a new *generation*.
+//!
+//! To let the log be reset at all, the shipper *rolls* it now and then: it
+//! takes the write lock (`BEGIN IMMEDIATE`: application writers wait, as
+//! for any writer), ships everything up to the end, ends its reader, runs
+//! a passive checkpoint, begins its reader again and lets writers go.
+//!
+//! **Generations.** Each begins with a *base*: under the write lock the
+//! shipper reads the log to its end and begins its reader there, and the
+//! backup API copies the database as that reader sees it. The base plus
+//! the generation's transactions, in order, give every state since.
+//!
+//! **Objects.** Transactions seen by one poll (every `ShipOptions::poll`)
+//! share a time, `seen_ms` (the commit happened at most one poll before).
+//! Pending transactions are pushed together every `ship_every` as one
+//! object named `GENERATION-FIRST-LAST` (transaction numbers within the
+//! generation, 16 hex digits each), sealed and compressed by the
+//! repository like every object.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::wal::{Cursor, Txn, WalHeader};
+use crate::Error;
+
+/// Where shipped transactions and bases go.
+pub trait ShipArchive: Send + Sync {
+    /// Stores one object of shipped transactions under `name`.
+    fn push(&self, name: &str, data: &[u8]) -> Result<(), Error>;
+    /// Stores a generation's base: the database before its first transaction.
+    fn store_base(&self, generation: &str, base: std::fs::File, taken_ms: i64) -> Result<(), Error>;
+}
+
+#[derive(Clone, Debug)]
+pub struct ShipOptions {
+    /// How often the log is read for new commits.
+    pub poll: Duration,
+    /// How long a transaction may wait before it is pushed.
+    pub ship_every: Duration,
+    /// The log is rolled once it is larger than this.
+    pub roll_above: u64,
+    /// Where bases are copied before they are stored.
+    pub scratch: PathBuf,
+}
+
+impl ShipOptions {
+    pub fn new(scratch: PathBuf) -> Self {
+        ShipOptions {
+            poll: Duration::from_millis(25),
+            ship_every: Duration::from_millis(500),
+            roll_above: 16 << 20,
+            scratch,
+        }
+    }
+}
+
+/// A transaction as shipped: when it was seen committed, and its pages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shipped {
+    pub seen_ms: i64,
+    pub txn: Txn,
+}
+
+const MAGIC: &[u8; 8] = b"SBSQLWA1";
+
+/// An object's name: generation, first and last transaction numbers.
+pub fn object_name(generation: &str, first: u64, last: u64) -> String {
+    format!("{generation}-{first:016x}-{last:016x}")
+}
+
+/// The parts of an object's name, if it is one.
+pub fn parse_object_name(name: &str) -> Option<(&str, u64, u64)> {
+    let mut parts = name.rsplitn(3, '-');
+    let last = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let first = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let generation = parts.next()?;
+    (!generation.is_empty() && first >= 1 && first <= last).then_some((generation, first, last))
+}
+
+pub fn encode(page_size: u32, txns: &[Shipped]) -> Vec<u8> {
+    let pages: usize = txns.iter().map(|t| t.txn.pages.len()).sum();
+    let mut out = Vec::with_capacity(16 + txns.len() * 16 + pages * (4 + page_size as usize));
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&page_size.to_le_bytes());
+    out.extend_from_slice(&(txns.len() as u32).to_le_bytes());
+    for t in txns {
+        out.extend_from_slice(&t.seen_ms.to_le_bytes());
+        out.extend_from_slice(&t.txn.db_pages.to_le_bytes());
+        out.extend_from_slice(&(t.txn.pages.len() as u32).to_le_bytes());
+        for (pgno, page) in &t.txn.pages {
+            out.extend_from_slice(&pgno.to_le_bytes());
+            out.extend_from_slice(page);
+        }
+    }
+    out
+}
+
+/// Reads an object written by `encode`: its page size and transactions.
+pub fn decode(mut data: &[u8]) -> Result<(u32, Vec<Shipped>), Error> {
+    let bad = |why: &str| Error::Failed(format!("a shipped SQLite WAL object is damaged: {why}"));
+    let mut take = |n: usize| -> Result<&[u8], Error> {
+        if data.len() < n {
+            return Err(bad("truncated"));
+        }
+        let (head, rest) = data.split_at(n);
+        data = rest;
+        Ok(head)
+    };
+    if take(8)? != MAGIC {
+        return Err(bad("wrong magic"));
+    }
+    let u32_of = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes"));
+    let page_size = u32_of(take(4)?);
+    if !page_size.is_power_of_two() || !(512..=65536).contains(&page_size) {
+        return Err(bad("page size"));
+    }
+    let count = u32_of(take(4)?);
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let seen_ms = i64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));
+        let db_pages = u32_of(take(4)?);
+        let n = u32_of(take(4)?);
+        let mut pages = Vec::new();
+        for _ in 0..n {
+            let pgno = u32_of(take(4)?);
+            if pgno == 0 {
+                return Err(bad("page 0"));
+            }
+            pages.push((pgno, take(page_size as usize)?.to_vec()));
+        }
+        out.push(Shipped {
+            seen_ms,
+            txn: Txn { db_pages, pages },
+        });
+    }
+    if !data.is_empty() {
+        return Err(bad("bytes after the last transaction"));
+    }
+    Ok((page_size, out))
+}
+
+pub fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// What one poll found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Polled {
+    /// Transactions read from the log.
+    pub read: usize,
+    /// Transactions pushed to the archive.
+    pub pushed: usize,
+    /// Why a new generation began, if one did.
+    pub new_generation: Option<String>,
+    pub rolled: bool,
+}
+
+pub struct Shipper {
+    path: PathBuf,
+    wal_path: PathBuf,
+    archive: Arc<dyn ShipArchive>,
+    opts: ShipOptions,
+    /// Holds the read transaction (see the module's comment).
+    reader: Connection,
+    /// Takes the write lock for bases and rolls.
+    writer: Connection,
+    inode: u64,
+    pub generation: String,
+    cursor: Option<Cursor>,
+    page_size: u32,
+    /// Transactions of this generation pushed so far.
+    pub shipped: u64,
+    pending: Vec<Shipped>,
+    pending_since: Option<Instant>,
+    pending_bytes: usize,
+}
+
+fn fail(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Failed(format!("sqlite {}: {what}: {e}", path.display()))
+}
+
+impl Shipper {
+    /// Starts shipping the database at `path` (in WAL mode; it is switched
+    /// to it if not), beginning a new generation with its base.
+    pub fn start(path: &Path, archive: Arc<dyn ShipArchive>, opts: ShipOptions) -> Result<Shipper, Error> {
+        let (reader, writer, inode) = Self::connect(path)?;
+        let mut wal_path = path.as_os_str().to_owned();
+        wal_path.push("-wal");
+        let mut shipper = Shipper {
+            path: path.to_path_buf(),
+            wal_path: PathBuf::from(wal_path),
+            archive,
+            opts,
+            reader,
+            writer,
+            inode,
+            generation: String::new(),
+            cursor: None,
+            page_size: 0,
+            shipped: 0,
+            pending: Vec::new(),
+            pending_since: None,
+            pending_bytes: 0,
+        };
+        shipper.new_generation()?;
+        Ok(shipper)
+    }
+
+    fn connect(path: &Path) -> Result<(Connection, Connection, u64), Error> {
+        let open = || {
+            let c = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(|e| fail(path, "open", e))?;
+            c.busy_timeout(super::LOCK_WAIT)
+                .map_err(|e| fail(path, "busy timeout", e))?;
+            // Only the application's connections checkpoint on their own.
+            c.pragma_update(None, "wal_autocheckpoint", 0)
+                .map_err(|e| fail(path, "wal_autocheckpoint", e))?;
+            Ok::<_, Error>(c)
+        };
+        let writer = open()?;
+        let mode: String = writer
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(|e| fail(path, "switching to WAL mode", e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(fail(
+                path,
+                "switching to WAL mode",
+                format!("the journal mode stayed {mode}"),
+            ));
+        }
+        let inode = std::fs::metadata(path).map_err(|e| fail(path, "stat", e))?.ino();
+        Ok((open()?, writer, inode))
+    }
+
+    fn begin_read(&self) -> Result<(), Error> {
+        self.reader
+            .execute_batch("BEGIN")
+            .and_then(|_| {
+                self.reader
+                    .query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+            })
+            .map_err(|e| fail(&self.path, "beginning the shipper's read transaction", e))
+    }
+
+    fn end_read(&self) {
+        if !self.reader.is_autocommit() {
+            let _ = self.reader.execute_batch("COMMIT");
+        }
+    }
+
+    /// Runs `f` holding the database's write lock: no application
+    /// transaction commits meanwhile.
+    fn with_write_lock<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T, Error>) -> Result<T, Error> {
+        self.writer
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| fail(&self.path, "taking the write lock", e))?;
+        let out = f(self);
+        let _ = self.writer.execute_batch("ROLLBACK");
+        out
+    }
+
+    /// Begins a new generation: pending transactions of the old one are
+    /// pushed first (they are good), then the base is taken where the log
+    /// ends under the write lock.
+    fn new_generation(&mut self) -> Result<(), Error> {
+        if !self.pending.is_empty() {
+            self.push_pending()?;
+        }
+        self.end_read();
+        let (reader, writer, inode) = Self::connect(&self.path)?;
+        (self.reader, self.writer, self.inode) = (reader, writer, inode);
+        let taken_ms = self.with_write_lock(|s| {
+            s.cursor = match WalHeader::read(&s.wal_path).map_err(|e| fail(&s.path, "reading the WAL header", e))? {
+                Some(h) => {
+                    let mut c = Cursor::at_start(h);
+                    // Everything in the log now is in the base.
+                    c.read_commits(&s.open_wal()?)
+                        .map_err(|e| fail(&s.path, "reading the WAL", e))?;
+                    Some(c)
+                }
+                None => None,
+            };
+            s.begin_read()?;
+            Ok(now_ms())
+        })?;
+        self.page_size = self
+            .reader
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(|e| fail(&self.path, "page size", e))?;
+        let copy = tempfile::NamedTempFile::new_in(&self.opts.scratch).map_err(|e| fail(&self.path, "scratch", e))?;
+        {
+            let mut dst = Connection::open(copy.path()).map_err(|e| fail(&self.path, "scratch database", e))?;
+            // The backup API reads through the reader's open transaction:
+            // the database exactly where the log ended under the lock.
+            let backup =
+                rusqlite::backup::Backup::new(&self.reader, &mut dst).map_err(|e| fail(&self.path, "base", e))?;
+            while backup.step(-1).map_err(|e| fail(&self.path, "copying the base", e))?
+                != rusqlite::backup::StepResult::Done
+            {
+                std::thread::sleep(Duration::from_millis(10)); // the copy's own file busy
+            }
+        }
+        let file = std::fs::File::open(copy.path()).map_err(|e| fail(&self.path, "base copy", e))?;
+        self.generation = generation_id();
+        self.shipped = 0;
+        self.archive.store_base(&self.generation, file, taken_ms)
+    }
+
+    fn open_wal(&self) -> Result<std::fs::File, Error> {
+        std::fs::File::open(&self.wal_path).map_err(|e| fail(&self.path, "opening the WAL", e))
+    }
+
+    /// Reads what was committed since the last poll. `Err(why)` inside
+    /// means continuity is lost.
+    fn read_new(&mut self) -> Result<Result<usize, String>, Error> {
+        let header = WalHeader::read(&self.wal_path).map_err(|e| fail(&self.path, "reading the WAL header", e))?;
+        let cursor = match (self.cursor, header) {
+            (None, None) => return Ok(Ok(0)),
+            (None, Some(h)) => Cursor::at_start(h),
+            (Some(c), Some(h)) if c.header == h => c,
+            (Some(c), Some(h)) if h.follows(&c.header) => Cursor::at_start(h),
+            (Some(_), None) => return Ok(Err("the WAL was emptied by something other than a checkpoint".into())),
+            (Some(_), Some(_)) => return Ok(Err("the WAL was restarted without continuity".into())),
+        };
+        let mut cursor = cursor;
+        let txns = cursor
+            .read_commits(&self.open_wal()?)
+            .map_err(|e| fail(&self.path, "reading the WAL", e))?;
+        self.cursor = Some(cursor);
+        let seen_ms = now_ms();
+        let n = txns.len();
+        for txn in txns {
+            self.pending_bytes += txn.pages.len() * (self.page_size as usize + 4);
+            self.pending.push(Shipped { seen_ms, txn });
+        }
+        if n > 0 && self.pending_since.is_none() {
+            self.pending_since = Some(Instant::now());
+        }
+        Ok(Ok(n))
+    }
+
+    fn push_pending(&mut self) -> Result<usize, Error> {
+        let n = self.pending.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        let name = object_name(&self.generation, self.shipped + 1, self.shipped + n as u64);
+        self.archive.push(&name, &encode(self.page_size, &self.pending))?;
+        self.shipped += n as u64;
+        self.pending.clear();
+        self.pending_since = None;
+        self.pending_bytes = 0;
+        Ok(n)
+    }
+
+    /// One round: notice a replaced file, read new commits, push what is
+    /// due, roll a large log.
+    pub fn poll(&mut self) -> Result<Polled, Error> {
+        let mut polled = Polled::default();
+        let inode = std::fs::metadata(&self.path).map(|m| m.ino());
+        if inode.as_ref().ok() != Some(&self.inode) {
+            if inode.is_err() {
+                return Err(fail(&self.path, "the database file", "gone; shipping waits for it"));
+            }
+            self.new_generation()?;
+            polled.new_generation = Some("the database file was replaced".into());
+            return Ok(polled);
+        }
+        match self.read_new()? {
+            Ok(n) => polled.read = n,
+            Err(why) => {
+                self.new_generation()?;
+                polled.new_generation = Some(why);
+                return Ok(polled);
+            }
+        }
+        let due = self
+            .pending_since
+            .is_some_and(|t| t.elapsed() >= self.opts.ship_every || self.pending_bytes >= 16 << 20);
+        if due {
+            polled.pushed = self.push_pending()?;
+        }
+        let wal_len = std::fs::metadata(&self.wal_path).map(|m| m.len()).unwrap_or(0);
+        if wal_len > self.opts.roll_above {
+            let rolled = self.with_write_lock(|s| {
+                let read = s.read_new()?;
+                if read.is_ok() {
+                    polled.pushed += s.push_pending()?;
+                    s.end_read();
+                    let _ = s.reader.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                    s.begin_read()?;
+                }
+                Ok(read)
+            })?;
+            match rolled {
+                Ok(n) => {
+                    polled.read += n;
+                    polled.rolled = true;
+                }
+                Err(why) => {
+                    self.new_generation()?;
+                    polled.new_generation = Some(why);
+                }
+            }
+        }
+        Ok(polled)
+    }
+
+    /// Pushes what is pending and stops (a clean shutdown).
+    pub fn stop(mut self) -> Result<u64, Error> {
+        self.read_new()?.ok();
+        self.push_pending()?;
+        self.end_read();
+        Ok(self.shipped)
+    }
+}
+
+/// A generation's name: its start time in milliseconds (so names sort by
+/// age) and randomness (two starts in one millisecond differ).
+fn generation_id() -> String {
+    let random = strongbox_repo::Id::random().to_hex();
+    format!("{:012x}{}", now_ms(), &random[..4])
+}
+
+/// How far a replay goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Until {
+    /// Every shipped transaction.
+    Latest,
+    /// Transactions seen committed at or before this time (ms since the epoch).
+    Time(i64),
+    /// Up to and including this transaction number of the generation.
+    Txn(u64),
+}
+
+/// Where a replay ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replayed {
+    /// The last transaction applied (0: the base alone).
+    pub txn: u64,
+    /// When it was seen committed.
+    pub seen_ms: Option<i64>,
+}
+
+/// Brings `db` (a generation's base, restored) forward by the generation's
+/// objects, given in order as (first transaction number, content), up to
+/// `until`. Objects must follow each other without a gap.
+pub fn replay(
+    db: &Path,
+    objects: impl IntoIterator<Item = Result<(u64, Vec<u8>), Error>>,
+    until: Until,
+) -> Result<Replayed, Error> {
+    let mut done = Replayed { txn: 0, seen_ms: None };
+    for object in objects {
+        let (first, data) = object?;
+        if first != done.txn + 1 {
+            return Err(Error::Failed(format!(
+                "the shipped WAL has a gap: transaction {} follows {}",
+                first, done.txn
+            )));
+        }
+        let (page_size, txns) = decode(&data)?;
+        let wanted = txns
+            .iter()
+            .enumerate()
+            .take_while(|(i, t)| match until {
+                Until::Latest => true,
+                Until::Time(ms) => t.seen_ms <= ms,
+                Until::Txn(n) => first + (*i as u64) <= n,
+            })
+            .count();
+        super::wal::apply_txns(db, page_size, txns[..wanted].iter().map(|t| &t.txn))
+            .map_err(|e| fail(db, "replaying the shipped WAL", e))?;
+        if wanted > 0 {
+            done = Replayed {
+                txn: first + wanted as u64 - 1,
+                seen_ms: Some(txns[wanted - 1].seen_ms),
+            };
+        }
+        if wanted < txns.len() {
+            break;
+        }
+    }
+    Ok(done)
+}
+
+/// The label naming a base's generation on its repository snapshot.
+pub const GENERATION_LABEL: &str = "sqlite_generation";
+/// The label holding when a base was taken (ms since the epoch).
+pub const TAKEN_LABEL: &str = "sqlite_base_taken_ms";
+
+/// The repository as a shipping archive: objects in the deployment's WAL
+/// archive, bases as snapshots labelled with their generation.
+pub struct RepoArchive {
+    pub repo: Arc<strongbox_repo::Repository>,
+    /// The WAL archive's name (`DOMAIN/DEPLOYMENT` on the server).
+    pub archive: String,
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl ShipArchive for RepoArchive {
+    fn push(&self, name: &str, data: &[u8]) -> Result<(), Error> {
+        self.runtime
+            .block_on(self.repo.wal_push(&self.archive, name, data))
+            .map(|_| ())
+            .map_err(|e| Error::Failed(format!("shipping {name} into the WAL archive: {e}")))
+    }
+
+    fn store_base(&self, generation: &str, base: std::fs::File, taken_ms: i64) -> Result<(), Error> {
+        let labels = [
+            (crate::WAL_ARCHIVE_LABEL, self.archive.clone()),
+            (GENERATION_LABEL, generation.to_string()),
+            (TAKEN_LABEL, taken_ms.to_string()),
+        ];
+        let opts = strongbox_repo::BackupOptions {
+            tags: vec![],
+            labels: labels.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        };
+        let source = strongbox_repo::Source::new(super::FILE_NAME, base);
+        self.runtime
+            .block_on(
+                self.repo
+                    .backup(vec![source], opts, Arc::new(strongbox_repo::NoProgress)),
+            )
+            .map(|_| ())
+            .map_err(|e| Error::Failed(format!("storing the base of generation {generation}: {e}")))
+    }
+}
