@@ -57,8 +57,12 @@ struct Running {
     thread: std::thread::JoinHandle<(Shipper, usize)>,
 }
 
+/// Bases are stored as snapshots labelled with their generation (the
+/// server makes backups of them instead): one at the start, and one
+/// whenever continuity is lost.
 fn run(db: &Path, archive: Arc<RepoArchive>, opts: &ShipOptions) -> Running {
-    let mut shipper = Shipper::start(db, archive, opts.clone()).expect("shipper starts");
+    let mut shipper = Shipper::start(db, archive.clone(), opts.clone()).expect("shipper starts");
+    archive.store_base(shipper.begin_generation().unwrap()).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let poll = opts.poll;
     let thread = {
@@ -66,7 +70,11 @@ fn run(db: &Path, archive: Arc<RepoArchive>, opts: &ShipOptions) -> Running {
         std::thread::spawn(move || {
             let mut rolls = 0;
             while !stop.load(Ordering::Relaxed) {
-                rolls += usize::from(shipper.poll().expect("poll").rolled);
+                let polled = shipper.poll().expect("poll");
+                rolls += usize::from(polled.rolled);
+                if polled.lost.is_some() {
+                    archive.store_base(shipper.begin_generation().unwrap()).unwrap();
+                }
                 std::thread::sleep(poll);
             }
             (shipper, rolls)

@@ -45,12 +45,28 @@ use rusqlite::{Connection, OpenFlags};
 use super::wal::{Cursor, Txn, WalHeader};
 use crate::Error;
 
-/// Where shipped transactions and bases go.
+/// Where shipped transactions go.
 pub trait ShipArchive: Send + Sync {
     /// Stores one object of shipped transactions under `name`.
     fn push(&self, name: &str, data: &[u8]) -> Result<(), Error>;
-    /// Stores a generation's base: the database before its first transaction.
-    fn store_base(&self, generation: &str, base: std::fs::File, taken_ms: i64) -> Result<(), Error>;
+}
+
+/// A generation's base: the database before its first transaction, as a
+/// file to back up (the backup it becomes is where recoveries start).
+pub struct Base {
+    pub generation: String,
+    /// When the base was taken (ms since the epoch): the generation covers
+    /// moments from then on.
+    pub taken_ms: i64,
+    pub file: std::fs::File,
+}
+
+/// Where a base sits, as kept with its backup in the catalog.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BasePosition {
+    pub generation: String,
+    pub taken_ms: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -172,8 +188,9 @@ pub struct Polled {
     pub read: usize,
     /// Transactions pushed to the archive.
     pub pushed: usize,
-    /// Why a new generation began, if one did.
-    pub new_generation: Option<String>,
+    /// Why continuity was lost, if it was: shipping waits for a new base
+    /// (`Shipper::begin_generation`).
+    pub lost: Option<String>,
     pub rolled: bool,
 }
 
@@ -187,7 +204,8 @@ pub struct Shipper {
     /// Takes the write lock for bases and rolls.
     writer: Connection,
     inode: u64,
-    pub generation: String,
+    /// `None` until a base is taken, and again once continuity is lost.
+    pub generation: Option<String>,
     cursor: Option<Cursor>,
     page_size: u32,
     /// Transactions of this generation pushed so far.
@@ -202,13 +220,14 @@ fn fail(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
 }
 
 impl Shipper {
-    /// Starts shipping the database at `path` (in WAL mode; it is switched
-    /// to it if not), beginning a new generation with its base.
+    /// Opens the database at `path` for shipping (in WAL mode; it is
+    /// switched to it if not). Nothing is shipped before the first base
+    /// (`begin_generation`).
     pub fn start(path: &Path, archive: Arc<dyn ShipArchive>, opts: ShipOptions) -> Result<Shipper, Error> {
         let (reader, writer, inode) = Self::connect(path)?;
         let mut wal_path = path.as_os_str().to_owned();
         wal_path.push("-wal");
-        let mut shipper = Shipper {
+        Ok(Shipper {
             path: path.to_path_buf(),
             wal_path: PathBuf::from(wal_path),
             archive,
@@ -216,16 +235,14 @@ impl Shipper {
             reader,
             writer,
             inode,
-            generation: String::new(),
+            generation: None,
             cursor: None,
             page_size: 0,
             shipped: 0,
             pending: Vec::new(),
             pending_since: None,
             pending_bytes: 0,
-        };
-        shipper.new_generation()?;
-        Ok(shipper)
+        })
     }
 
     fn connect(path: &Path) -> Result<(Connection, Connection, u64), Error> {
@@ -284,13 +301,12 @@ impl Shipper {
         out
     }
 
-    /// Begins a new generation: pending transactions of the old one are
-    /// pushed first (they are good), then the base is taken where the log
-    /// ends under the write lock.
-    fn new_generation(&mut self) -> Result<(), Error> {
-        if !self.pending.is_empty() {
-            self.push_pending()?;
-        }
+    /// Begins a new generation and returns its base: pending transactions
+    /// of the old one are pushed first (they are good), then, under the
+    /// write lock, the log is read to its end and the reader begins there;
+    /// the base is the database as that reader sees it.
+    pub fn begin_generation(&mut self) -> Result<Base, Error> {
+        self.push_pending()?;
         self.end_read();
         let (reader, writer, inode) = Self::connect(&self.path)?;
         (self.reader, self.writer, self.inode) = (reader, writer, inode);
@@ -325,10 +341,26 @@ impl Shipper {
                 std::thread::sleep(Duration::from_millis(10)); // the copy's own file busy
             }
         }
-        let file = std::fs::File::open(copy.path()).map_err(|e| fail(&self.path, "base copy", e))?;
-        self.generation = generation_id();
+        let (file, path) = copy.into_parts();
+        drop(path); // unlinked; the open handle keeps the data until read
+        let generation = generation_id();
+        self.generation = Some(generation.clone());
         self.shipped = 0;
-        self.archive.store_base(&self.generation, file, taken_ms)
+        Ok(Base {
+            generation,
+            taken_ms,
+            file,
+        })
+    }
+
+    /// Continuity is lost: what is pending is pushed, and nothing more is
+    /// shipped until the next base.
+    fn lose(&mut self, why: String, polled: &mut Polled) -> Result<(), Error> {
+        self.push_pending()?;
+        self.end_read();
+        (self.generation, self.cursor) = (None, None);
+        polled.lost = Some(why);
+        Ok(())
     }
 
     fn open_wal(&self) -> Result<std::fs::File, Error> {
@@ -369,7 +401,11 @@ impl Shipper {
         if n == 0 {
             return Ok(0);
         }
-        let name = object_name(&self.generation, self.shipped + 1, self.shipped + n as u64);
+        let generation = self
+            .generation
+            .as_deref()
+            .expect("transactions are read only within a generation");
+        let name = object_name(generation, self.shipped + 1, self.shipped + n as u64);
         self.archive.push(&name, &encode(self.page_size, &self.pending))?;
         self.shipped += n as u64;
         self.pending.clear();
@@ -382,20 +418,24 @@ impl Shipper {
     /// due, roll a large log.
     pub fn poll(&mut self) -> Result<Polled, Error> {
         let mut polled = Polled::default();
-        let inode = std::fs::metadata(&self.path).map(|m| m.ino());
-        if inode.as_ref().ok() != Some(&self.inode) {
-            if inode.is_err() {
-                return Err(fail(&self.path, "the database file", "gone; shipping waits for it"));
-            }
-            self.new_generation()?;
-            polled.new_generation = Some("the database file was replaced".into());
+        if self.generation.is_none() {
             return Ok(polled);
+        }
+        match std::fs::metadata(&self.path).map(|m| m.ino()) {
+            Ok(inode) if inode == self.inode => {}
+            Ok(_) => {
+                self.lose("the database file was replaced".into(), &mut polled)?;
+                return Ok(polled);
+            }
+            Err(e) => {
+                self.lose(format!("the database file is gone ({e})"), &mut polled)?;
+                return Ok(polled);
+            }
         }
         match self.read_new()? {
             Ok(n) => polled.read = n,
             Err(why) => {
-                self.new_generation()?;
-                polled.new_generation = Some(why);
+                self.lose(why, &mut polled)?;
                 return Ok(polled);
             }
         }
@@ -422,10 +462,7 @@ impl Shipper {
                     polled.read += n;
                     polled.rolled = true;
                 }
-                Err(why) => {
-                    self.new_generation()?;
-                    polled.new_generation = Some(why);
-                }
+                Err(why) => self.lose(why, &mut polled)?,
             }
         }
         Ok(polled)
@@ -433,7 +470,9 @@ impl Shipper {
 
     /// Pushes what is pending and stops (a clean shutdown).
     pub fn stop(mut self) -> Result<u64, Error> {
-        self.read_new()?.ok();
+        if self.generation.is_some() {
+            let _ = self.read_new()?;
+        }
         self.push_pending()?;
         self.end_read();
         Ok(self.shipped)
@@ -530,8 +569,17 @@ impl ShipArchive for RepoArchive {
             .map(|_| ())
             .map_err(|e| Error::Failed(format!("shipping {name} into the WAL archive: {e}")))
     }
+}
 
-    fn store_base(&self, generation: &str, base: std::fs::File, taken_ms: i64) -> Result<(), Error> {
+impl RepoArchive {
+    /// Backs up a base as a snapshot labelled with its generation (the
+    /// server backs bases up as backup jobs instead).
+    pub fn store_base(&self, base: Base) -> Result<strongbox_repo::Snapshot, Error> {
+        let Base {
+            generation,
+            taken_ms,
+            file,
+        } = base;
         let labels = [
             (crate::WAL_ARCHIVE_LABEL, self.archive.clone()),
             (GENERATION_LABEL, generation.to_string()),
@@ -541,13 +589,12 @@ impl ShipArchive for RepoArchive {
             tags: vec![],
             labels: labels.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         };
-        let source = strongbox_repo::Source::new(super::FILE_NAME, base);
+        let source = strongbox_repo::Source::new(super::FILE_NAME, file);
         self.runtime
             .block_on(
                 self.repo
                     .backup(vec![source], opts, Arc::new(strongbox_repo::NoProgress)),
             )
-            .map(|_| ())
             .map_err(|e| Error::Failed(format!("storing the base of generation {generation}: {e}")))
     }
 }
