@@ -483,6 +483,7 @@ fn config_body(c: &strongbox_core::schedule::BackupConfig, now: time::OffsetDate
         minimum_backups_kept: c.minimum_backups_kept,
         enabled_since: c.enabled_since.map(api_date),
         next_scheduled_backup: c.next(now).map(api_date),
+        continuous_archiving: c.continuous_archiving,
     }
 }
 
@@ -542,7 +543,7 @@ pub async fn change_backup_config(
         ApiError::bad_request(format!(
             "invalid backup configuration: {e}; the fields are autoBackupEnabled (boolean), autoBackupWindow \
              (\"HH:MM-HH:MM\", UTC), cron (a cron expression), recoveryWindowInDays (1 to 365), \
-             minimumBackupsKept (0 to 1000)"
+             minimumBackupsKept (0 to 1000), continuousArchiving (boolean)"
         ))
     })?;
     // A whole number, however spelt; anything else is out of every range.
@@ -563,6 +564,7 @@ pub async fn change_backup_config(
         cron: asked.cron,
         recovery_window_in_days: whole(asked.recovery_window_in_days),
         minimum_backups_kept: whole(asked.minimum_backups_kept),
+        continuous_archiving: asked.continuous_archiving,
     };
     let c = state.service.change_backup_config(&domain, &service, &change).await?;
     Ok(Json(config_body(&c, state.service.clock.now())))

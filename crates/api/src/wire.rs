@@ -503,6 +503,9 @@ pub struct BackupConfig {
     pub enabled_since: Option<String>,
     /// When the next scheduled backup is due.
     pub next_scheduled_backup: Option<String>,
+    /// The server ships the database's log as it is written (SQLite), for
+    /// recovery to any moment.
+    pub continuous_archiving: bool,
 }
 
 /// `PUT …/backups/config`: what to change; what is left out stays.
@@ -515,6 +518,7 @@ pub struct ChangeBackupConfig {
     /// Numbers, as JSON Schema's integers: `7` or `7.0`.
     pub recovery_window_in_days: Option<serde_json::Number>,
     pub minimum_backups_kept: Option<serde_json::Number>,
+    pub continuous_archiving: Option<bool>,
 }
 
 impl utoipa::PartialSchema for ChangeBackupConfig {
@@ -535,6 +539,16 @@ impl utoipa::PartialSchema for ChangeBackupConfig {
                 ObjectBuilder::new()
                     .schema_type(Type::Boolean)
                     .description(Some("back up on the schedule"))
+                    .build()
+                    .into(),
+            ),
+            (
+                "continuousArchiving",
+                ObjectBuilder::new()
+                    .schema_type(Type::Boolean)
+                    .description(Some(
+                        "ship the database's log as it is written (SQLite), for recovery to any moment",
+                    ))
                     .build()
                     .into(),
             ),

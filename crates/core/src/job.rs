@@ -40,6 +40,9 @@ pub enum Trigger {
     User,
     /// The server's own schedule, for the period named.
     Schedule { period: String },
+    /// Continuous archiving, which needs a base for a new generation of
+    /// the shipped log (it began, or continuity was lost: `reason`).
+    Shipping { reason: String },
 }
 
 /// A job's kind, as the DBCS wire names it (`job_operation`, the status
@@ -91,7 +94,7 @@ impl JobSpec {
     pub fn initiated_by(&self, created_by: &str) -> &'static str {
         match self {
             JobSpec::Backup {
-                trigger: Trigger::Schedule { .. },
+                trigger: Trigger::Schedule { .. } | Trigger::Shipping { .. },
                 ..
             } => "SYSTEM",
             JobSpec::Expire { .. } if created_by == SYSTEM => "SYSTEM",
@@ -202,6 +205,7 @@ impl Service {
         let by = match &trigger {
             Trigger::User => format!("requested by {}", origin.user),
             Trigger::Schedule { period } => format!("scheduled for {period}"),
+            Trigger::Shipping { reason } => format!("for continuous archiving ({reason})"),
         };
         let spec = JobSpec::Backup { keep_forever, trigger };
         self.create_job(domain, deployment, &spec, origin, |tag| {

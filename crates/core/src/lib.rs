@@ -13,6 +13,7 @@ pub mod placement;
 pub mod recovery;
 pub mod retention;
 pub mod schedule;
+pub mod shipping;
 pub mod wal_retention;
 pub mod worker;
 
@@ -44,6 +45,8 @@ pub struct Service {
     pub clock: Arc<dyn Clock>,
     /// The backup configuration of deployments that have none of their own.
     pub backup_defaults: schedule::BackupConfig,
+    /// The SQLite log shippers this server runs (continuous archiving).
+    pub shippers: shipping::Shippers,
 }
 
 impl Service {
@@ -54,6 +57,7 @@ impl Service {
             queued: Arc::default(),
             clock: Arc::new(SystemClock),
             backup_defaults: schedule::BackupConfig::default(),
+            shippers: Default::default(),
         }
     }
 

@@ -22,7 +22,9 @@ use tokio::runtime::Handle;
 use crate::dates::api_date;
 use crate::{Error, Service};
 
-pub use strongbox_engines::WAL_ARCHIVE_LABEL;
+/// The snapshot label naming the WAL archive a base backup replays from
+/// (for WAL retention and `repo check`).
+pub const WAL_ARCHIVE_LABEL: &str = "wal_archive";
 
 /// How long planning waits for the server to say whether it answers.
 const PROBE_WAIT: Duration = Duration::from_secs(10);
@@ -135,6 +137,13 @@ impl WalArchive for DeploymentWal {
         self.runtime
             .block_on(self.archives.repo.wal_list(&self.archive))
             .map(|files| Archived::new(&files))
+            .map_err(|e| strongbox_engines::Error::Failed(format!("listing the WAL archive: {e}")))
+    }
+
+    fn names(&self) -> Result<Vec<String>, strongbox_engines::Error> {
+        self.runtime
+            .block_on(self.archives.repo.wal_list(&self.archive))
+            .map(|files| files.into_iter().map(|f| f.name).collect())
             .map_err(|e| strongbox_engines::Error::Failed(format!("listing the WAL archive: {e}")))
     }
 }
@@ -386,6 +395,10 @@ impl WalArchive for Reading<'_> {
 
     fn list(&self) -> Result<Archived, strongbox_engines::Error> {
         self.wal.list()
+    }
+
+    fn names(&self) -> Result<Vec<String>, strongbox_engines::Error> {
+        self.wal.names()
     }
 }
 

@@ -220,7 +220,10 @@ impl Service {
             RecoveryRequest::Tag(_) => None,
             _ => self.pitr_state(&d, &usable, true).await?,
         };
-        let (backup, plan) = choose(request, &d, &usable, pitr).await?;
+        let (backup, plan) = match self.choose_shipped(request, &d, &usable).await? {
+            Some(chosen) => chosen,
+            None => choose(request, &d, &usable, pitr).await?,
+        };
         let spec = JobSpec::Recovery {
             from: backup.job_id,
             target: plan.target,

@@ -32,6 +32,10 @@ pub struct BackupConfig {
     /// before are not due.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub enabled_since: Option<OffsetDateTime>,
+    /// The server ships the database's log as it is written (engines that
+    /// can: `Capabilities::ships_log`), for recovery to any moment.
+    #[serde(default)]
+    pub continuous_archiving: bool,
 }
 
 impl Default for BackupConfig {
@@ -42,6 +46,7 @@ impl Default for BackupConfig {
             recovery_window_in_days: 30,
             minimum_backups_kept: 1,
             enabled_since: None,
+            continuous_archiving: false,
         }
     }
 }
@@ -70,6 +75,7 @@ pub struct ConfigChange {
     pub cron: Option<String>,
     pub recovery_window_in_days: Option<i64>,
     pub minimum_backups_kept: Option<i64>,
+    pub continuous_archiving: Option<bool>,
 }
 
 /// `HH:MM-HH:MM` → minutes of the day.
@@ -186,6 +192,9 @@ impl BackupConfig {
                 .ok()
                 .filter(|n| *n <= 1000)
                 .ok_or_else(|| Error::Invalid(format!("minimumBackupsKept must be 0 to 1000 (got {n})")))?;
+        }
+        if let Some(on) = change.continuous_archiving {
+            c.continuous_archiving = on;
         }
         if let Some(on) = change.auto_backup_enabled {
             if on && !c.auto_backup_enabled {

@@ -384,10 +384,8 @@ impl Worker {
         let counters = self.counters.clone();
         let runtime = tokio::runtime::Handle::current();
         let files = SnapshotFiles::new(self.setup.repo.clone(), snapshot, runtime.clone(), counters);
-        let wal = engine
-            .capabilities()
-            .point_in_time
-            .then(|| self.setup.wal.for_deployment(&job.domain, &job.deployment));
+        // PostgreSQL replays its archive, SQLite its shipped WAL.
+        let wal = Some(self.setup.wal.for_deployment(&job.domain, &job.deployment));
         let (catalog, lease, scratch, target) = (
             self.service.catalog.clone(),
             self.lease.clone(),

@@ -28,6 +28,7 @@ impl CommandEngine {
     pub const CAPABILITIES: crate::Capabilities = crate::Capabilities {
         point_in_time: false,
         online_recovery: true,
+        ships_log: false,
     };
 
     pub fn from_connection(c: &serde_json::Value) -> Result<Self, Error> {

@@ -18,10 +18,6 @@ pub use postgres::{FLUSH_MARKER, PREFETCH_SPOOL, PgLogical, PgPhysical, pitr};
 pub use sqlite::{SqliteEngine, ship as sqlite_ship, wal as sqlite_wal};
 use strongbox_repo::Sources;
 
-/// The snapshot label naming the WAL archive a base backup replays from
-/// (for WAL retention and `repo check`).
-pub const WAL_ARCHIVE_LABEL: &str = "wal_archive";
-
 /// The engine names a deployment can register with.
 pub const ENGINES: &str = "sqlite, postgresql, postgresql-logical, command";
 
@@ -35,6 +31,10 @@ pub struct Capabilities {
     /// Recovers while the database keeps serving (its clients stay
     /// connected); otherwise the database is stopped and started again.
     pub online_recovery: bool,
+    /// The server itself ships the database's log while it runs (SQLite:
+    /// `sqlite_ship`), when the deployment's backup configuration turns
+    /// continuous archiving on: it then recovers to moments.
+    pub ships_log: bool,
 }
 
 /// Every engine's name and capabilities.
@@ -92,6 +92,8 @@ pub enum RecoveryTarget {
     Backup { position: Option<pitr::BasePosition> },
     /// A point in time replayed from the WAL archive.
     PointInTime(PitrTarget),
+    /// A moment of a SQLite deployment's shipped WAL (`sqlite_ship`).
+    Shipped(sqlite::ship::ShippedTarget),
 }
 
 /// A point-in-time recovery: from base backup `base`, along `history`,
@@ -115,6 +117,8 @@ pub trait WalArchive: Send + Sync {
     fn fetch(&self, name: &str) -> Result<Option<Vec<u8>>, Error>;
     /// What is archived now.
     fn list(&self) -> Result<pitr::Archived, Error>;
+    /// The names of the archived files, in order.
+    fn names(&self) -> Result<Vec<String>, Error>;
 }
 
 /// What a recovery job hands its engine besides the backup.
@@ -192,7 +196,7 @@ pub trait Engine: Send + Sync {
 fn backups_only(target: &RecoveryTarget) -> Result<(), Error> {
     match target {
         RecoveryTarget::Backup { .. } => Ok(()),
-        RecoveryTarget::PointInTime(_) => Err(Error::Failed(
+        RecoveryTarget::PointInTime(_) | RecoveryTarget::Shipped(_) => Err(Error::Failed(
             "this engine recovers to its backups only, not to a point in time".into(),
         )),
     }

@@ -33,6 +33,9 @@ const LOCK_WAIT: Duration = Duration::from_secs(60);
 
 pub struct SqliteEngine {
     pub path: PathBuf,
+    /// Where the last backup's base sits in the shipped WAL, when the
+    /// database's shipper took it.
+    position: std::sync::Mutex<Option<ship::BasePosition>>,
 }
 
 /// The name the database has inside a snapshot.
@@ -43,14 +46,20 @@ impl SqliteEngine {
     pub const CAPABILITIES: crate::Capabilities = crate::Capabilities {
         point_in_time: false,
         online_recovery: true,
+        ships_log: true,
     };
 
     pub fn from_connection(c: &serde_json::Value) -> Result<Self, Error> {
         crate::only_settings(c, "sqlite", &["path"])?;
         let path = crate::setting(c, "sqlite", "path", "\"/path/to/database.sqlite\"")?;
-        Ok(SqliteEngine {
-            path: PathBuf::from(path),
-        })
+        Ok(SqliteEngine::new(PathBuf::from(path)))
+    }
+
+    pub fn new(path: PathBuf) -> Self {
+        SqliteEngine {
+            path,
+            position: Default::default(),
+        }
     }
 }
 
@@ -60,6 +69,19 @@ impl crate::Engine for SqliteEngine {
     }
 
     fn backup(&self, scratch: &Path) -> Result<Sources, Error> {
+        // With continuous archiving, the shipper takes the copy: it begins
+        // a generation there, and this backup is its base.
+        if let Some(base) = ship::request_base(&self.path) {
+            let base = base?;
+            *self.position.lock().expect("position") = Some(ship::BasePosition {
+                generation: base.generation,
+                taken_ms: base.taken_ms,
+            });
+            let size = base.file.metadata().map_err(|e| self.fail("base", e))?.len();
+            let mut source = Source::new(FILE_NAME, base.file);
+            source.size_hint = Some(size);
+            return Ok(strongbox_repo::sources(vec![source]));
+        }
         if !self.path.is_file() {
             return Err(Error::Failed(format!(
                 "sqlite database {} does not exist",
@@ -93,13 +115,24 @@ impl crate::Engine for SqliteEngine {
         Ok(strongbox_repo::sources(vec![source]))
     }
 
+    fn backup_position(&self) -> Option<serde_json::Value> {
+        let position = self.position.lock().expect("position").clone()?;
+        serde_json::to_value(position).ok()
+    }
+
     fn recover(
         &self,
         backup: &dyn BackupFiles,
         target: &RecoveryTarget,
         cx: &RecoveryContext,
     ) -> Result<Recovered, Error> {
-        backups_only(target)?;
+        let shipped = match target {
+            RecoveryTarget::Shipped(t) => Some(t),
+            other => {
+                backups_only(other)?;
+                None
+            }
+        };
         let damage = self.damage();
         let beside = match &damage {
             // In place: the scratch directory will do.
@@ -117,6 +150,10 @@ impl crate::Engine for SqliteEngine {
             .tempfile_in(&beside)
             .map_err(|e| Error::io("scratch file", e))?;
         backup.restore_to(FILE_NAME, copy.path())?;
+        let replayed = match shipped {
+            Some(t) => Some(self.replay_shipped(copy.path(), t, cx)?),
+            None => None,
+        };
         let src = Connection::open_with_flags(copy.path(), OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| Error::io("opening the restored backup", e))?;
         let check: String = src
@@ -132,8 +169,9 @@ impl crate::Engine for SqliteEngine {
             ));
             let pages = self.copy_into_live(&src, |_, _| Ok(()))?;
             return Ok(Recovered::from(format!(
-                "{pages} pages copied into {}",
-                self.path.display()
+                "{pages} pages copied into {}{}",
+                self.path.display(),
+                replayed.unwrap_or_default()
             )));
         };
         drop(src);
@@ -142,13 +180,59 @@ impl crate::Engine for SqliteEngine {
         ));
         self.replace_with(copy)?;
         Ok(Recovered::from(format!(
-            "{} replaced with the restored backup ({damage} before)",
-            self.path.display()
+            "{} replaced with the restored backup ({damage} before){}",
+            self.path.display(),
+            replayed.unwrap_or_default()
         )))
     }
 }
 
 impl SqliteEngine {
+    /// Brings the restored base at `copy` forward by its generation's
+    /// shipped transactions, to the target, and checks it got as far as
+    /// the plan saw shipped. Returns words for the summary.
+    fn replay_shipped(&self, copy: &Path, t: &ship::ShippedTarget, cx: &RecoveryContext) -> Result<String, Error> {
+        // What the shipper still holds goes out first.
+        if let Some(flushed) = ship::request_flush(&self.path) {
+            flushed?;
+        }
+        let wal = cx
+            .wal
+            .ok_or_else(|| Error::Failed("replaying the shipped WAL needs the deployment's WAL archive".into()))?;
+        let mut objects: Vec<(u64, String)> = wal
+            .names()?
+            .into_iter()
+            .filter_map(|name| {
+                let (generation, first, _) = ship::parse_object_name(&name)?;
+                (generation == t.generation).then_some((first, name))
+            })
+            .collect();
+        objects.sort();
+        (cx.log)(format!(
+            "base restored; replaying generation {} ({} shipped objects) to {:?}",
+            t.generation,
+            objects.len(),
+            t.until
+        ));
+        let fetched = objects.into_iter().map(|(first, name)| {
+            let data = wal
+                .fetch(&name)?
+                .ok_or_else(|| Error::Failed(format!("shipped WAL object {name} vanished from the archive")))?;
+            Ok((first, data))
+        });
+        let done = ship::replay(copy, fetched, t.until)?;
+        if done.txn < t.at_least {
+            return Err(Error::Failed(format!(
+                "the shipped WAL of generation {} replays to transaction {} only; the plan saw {} shipped",
+                t.generation, done.txn, t.at_least
+            )));
+        }
+        Ok(format!(
+            ", replayed to transaction {} of generation {}",
+            done.txn, t.generation
+        ))
+    }
+
     /// Copies `src` over the live database in one write transaction, in
     /// steps; `after_step(remaining, total)` runs between steps (progress,
     /// and the tests' fault injection). Returns the page count.
@@ -297,7 +381,7 @@ mod tests {
             })
         };
         std::thread::sleep(Duration::from_millis(200));
-        let engine = SqliteEngine { path: db.clone() };
+        let engine = SqliteEngine::new(db.clone());
         let mut sources = engine.backup(dir.path()).unwrap();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let written = writer.join().unwrap();
@@ -345,7 +429,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let live = dir.path().join("live.db");
         let held = database(&live, 120_000);
-        let engine = SqliteEngine { path: live.clone() };
+        let engine = SqliteEngine::new(live.clone());
         let mut sources = engine.backup(dir.path()).unwrap();
         let mut bytes = Vec::new();
         sources.next().unwrap().unwrap().reader.read_to_end(&mut bytes).unwrap();

@@ -72,6 +72,9 @@ enum Verb {
         /// 0 to 1000.
         #[arg(long)]
         minimum_backups_kept: Option<i64>,
+        /// Ship the database's log as it is written (SQLite): true or false.
+        #[arg(long)]
+        continuous_archiving: Option<bool>,
     },
 }
 
@@ -119,6 +122,7 @@ pub async fn run(args: AdminArgs) -> Result<()> {
             cron,
             recovery_window_days,
             minimum_backups_kept,
+            continuous_archiving,
         } => {
             let change = strongbox_core::schedule::ConfigChange {
                 auto_backup_enabled: auto_backup,
@@ -126,6 +130,7 @@ pub async fn run(args: AdminArgs) -> Result<()> {
                 cron,
                 recovery_window_in_days: recovery_window_days,
                 minimum_backups_kept,
+                continuous_archiving,
             };
             let mut service = Service::new(catalog);
             service.backup_defaults = config.backup_defaults()?;

@@ -293,6 +293,13 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .map(|_| jobs.spawn(worker(service.clone(), setup.clone())))
         .collect();
     tokio::spawn(strongbox_core::schedule::scheduler(service.clone(), s.schedule_check));
+    let shipping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn(strongbox_core::shipping::supervise(
+        service.clone(),
+        s.labels.clone(),
+        shipping.clone(),
+    ));
+    let shippers = service.clone();
     let mut state =
         strongbox_api::AppState::new(service, &s.public_url, s.retry_after).with_signin_failures(s.signin_failures);
     if s.metrics {
@@ -303,7 +310,17 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let app = strongbox_api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     tracing::info!("strongbox serving {} (listening on {})", s.public_url, s.listen);
     let handle = axum_server::Handle::new();
-    tokio::spawn(shut_down(stop, workers, s.shutdown_grace, handle.clone()));
+    let stop_shipping = move || {
+        shipping.store(true, std::sync::atomic::Ordering::Relaxed);
+        shippers.shippers.stop_all();
+    };
+    tokio::spawn(shut_down(
+        stop,
+        workers,
+        s.shutdown_grace,
+        handle.clone(),
+        stop_shipping,
+    ));
     match &s.tls {
         Some((cert, key)) => {
             // from_pem_file sets ALPN to h2 and http/1.1.
@@ -324,7 +341,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
 
 /// On SIGTERM (or SIGINT): lease no new job; give running ones `grace` to
 /// finish, then hand them back to the queue, where another server takes
-/// them at once; then stop listening and let requests in flight complete.
+/// them at once; stop shipping logs (pushing what is held); then stop
+/// listening and let requests in flight complete.
 /// Requests are answered throughout: clients polling a job keep their
 /// answers until the server is gone.
 async fn shut_down(
@@ -332,6 +350,7 @@ async fn shut_down(
     workers: Vec<tokio::task::JoinHandle<()>>,
     grace: Duration,
     server: axum_server::Handle<SocketAddr>,
+    stop_shipping: impl FnOnce() + Send + 'static,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
     let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
@@ -353,6 +372,8 @@ async fn shut_down(
         let _ = stop.send(Stop::Now);
         all.await;
     }
+    // Log shippers push what they hold before the server goes.
+    let _ = tokio::task::spawn_blocking(stop_shipping).await;
     server.graceful_shutdown(Some(Duration::from_secs(10)));
 }
 

@@ -193,6 +193,7 @@ impl PgPhysical {
     pub const CAPABILITIES: crate::Capabilities = crate::Capabilities {
         point_in_time: true,
         online_recovery: false,
+        ships_log: false,
     };
 
     pub fn from_connection(c: &serde_json::Value) -> Result<Self, Error> {

@@ -266,7 +266,7 @@ impl PgPhysical {
         let paused = self.wait_paused()?;
         let planned = match target {
             RecoveryTarget::PointInTime(p) => Some(&p.history),
-            RecoveryTarget::Backup { .. } => None,
+            RecoveryTarget::Backup { .. } | RecoveryTarget::Shipped(_) => None,
         };
         expected.check(&paused).map_err(Error::Failed)?;
         log(format!(
@@ -325,6 +325,11 @@ impl PgPhysical {
                 });
             }
             RecoveryTarget::PointInTime(p) => p,
+            RecoveryTarget::Shipped(_) => {
+                return Err(Error::Failed(
+                    "a shipped SQLite WAL is no PostgreSQL recovery target".into(),
+                ));
+            }
         };
         let flushed = if answers {
             self.archive_up_to_now(p.history.timeline(), cx.log)

@@ -487,7 +487,8 @@ fn generation_id() -> String {
 }
 
 /// How far a replay goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum Until {
     /// Every shipped transaction.
     Latest,
@@ -495,6 +496,17 @@ pub enum Until {
     Time(i64),
     /// Up to and including this transaction number of the generation.
     Txn(u64),
+}
+
+/// A recovery of a SQLite deployment from its shipped WAL: the base
+/// backup of `generation` replayed to `until`, which the plan saw reach
+/// at least transaction `at_least` (the recovery checks it got there).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShippedTarget {
+    pub generation: String,
+    pub until: Until,
+    pub at_least: u64,
 }
 
 /// Where a replay ended.
@@ -554,7 +566,8 @@ pub const GENERATION_LABEL: &str = "sqlite_generation";
 pub const TAKEN_LABEL: &str = "sqlite_base_taken_ms";
 
 /// The repository as a shipping archive: objects in the deployment's WAL
-/// archive, bases as snapshots labelled with their generation.
+/// archive (and, for tools and tests, bases as snapshots labelled with
+/// their generation; the server backs them up as backup jobs).
 pub struct RepoArchive {
     pub repo: Arc<strongbox_repo::Repository>,
     /// The WAL archive's name (`DOMAIN/DEPLOYMENT` on the server).
@@ -581,7 +594,6 @@ impl RepoArchive {
             file,
         } = base;
         let labels = [
-            (crate::WAL_ARCHIVE_LABEL, self.archive.clone()),
             (GENERATION_LABEL, generation.to_string()),
             (TAKEN_LABEL, taken_ms.to_string()),
         ];
@@ -596,5 +608,86 @@ impl RepoArchive {
                     .backup(vec![source], opts, Arc::new(strongbox_repo::NoProgress)),
             )
             .map_err(|e| Error::Failed(format!("storing the base of generation {generation}: {e}")))
+    }
+}
+
+/// What a backup or recovery job asks of the shipper of its database,
+/// which runs on its own thread in the same server.
+pub enum Request {
+    /// A new generation's base, for a backup to store.
+    Base(std::sync::mpsc::Sender<Result<Base, Error>>),
+    /// Push what is pending now (a recovery wants every transaction up to
+    /// its moment); the answer is the generation and transactions shipped.
+    Flush(std::sync::mpsc::Sender<Result<(Option<String>, u64), Error>>),
+}
+
+type Registry = std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::mpsc::Sender<Request>>>;
+
+fn registry() -> &'static Registry {
+    static SHIPPERS: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
+    SHIPPERS.get_or_init(Default::default)
+}
+
+/// Announces the shipper of the database at `path`; requests come on the
+/// returned channel until `unregister`.
+pub fn register(path: &Path) -> std::sync::mpsc::Receiver<Request> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    registry()
+        .lock()
+        .expect("shipper registry")
+        .insert(path.to_path_buf(), tx);
+    rx
+}
+
+pub fn unregister(path: &Path) {
+    registry().lock().expect("shipper registry").remove(path);
+}
+
+/// Asks the shipper of `path`, if one runs in this process, and waits up
+/// to `wait` for its answer; `None` if no shipper runs there.
+fn ask<T>(
+    path: &Path,
+    wait: Duration,
+    request: impl FnOnce(std::sync::mpsc::Sender<T>) -> Request,
+) -> Option<Result<T, Error>> {
+    let shipper = registry().lock().expect("shipper registry").get(path).cloned()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    shipper.send(request(tx)).ok()?;
+    Some(rx.recv_timeout(wait).map_err(|_| {
+        Error::Failed(format!(
+            "sqlite {}: the WAL shipper did not answer within {} s",
+            path.display(),
+            wait.as_secs()
+        ))
+    }))
+}
+
+/// A new generation's base from the shipper of `path`, if one runs here.
+pub fn request_base(path: &Path) -> Option<Result<Base, Error>> {
+    ask(path, super::LOCK_WAIT, Request::Base).map(|r| r.and_then(|b| b))
+}
+
+/// Has the shipper of `path`, if one runs here, push what is pending.
+pub fn request_flush(path: &Path) -> Option<Result<(Option<String>, u64), Error>> {
+    ask(path, super::LOCK_WAIT, Request::Flush).map(|r| r.and_then(|b| b))
+}
+
+impl Shipper {
+    /// Answers the requests waiting on `requests`.
+    pub fn answer(&mut self, requests: &std::sync::mpsc::Receiver<Request>) {
+        while let Ok(request) = requests.try_recv() {
+            match request {
+                Request::Base(reply) => {
+                    let _ = reply.send(self.begin_generation());
+                }
+                Request::Flush(reply) => {
+                    let flushed = match self.generation.is_some() {
+                        true => self.read_new().and_then(|_| self.push_pending()),
+                        false => Ok(0),
+                    };
+                    let _ = reply.send(flushed.map(|_| (self.generation.clone(), self.shipped)));
+                }
+            }
+        }
     }
 }

@@ -1,0 +1,415 @@
+//! Continuous archiving of SQLite deployments (`sqlite_ship`): one shipper
+//! thread per deployment whose backup configuration turns it on and whose
+//! database file is on this server, and the planning of recoveries to its
+//! moments. A shipper that needs a base (it started, or continuity was
+//! lost) queues a backup; that backup's engine asks the shipper for the
+//! base, so every backup of such a deployment begins a generation, and the
+//! generation's transactions are replayed on top of it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use strongbox_catalog::{Backup, Deployment};
+use strongbox_engines::sqlite_ship::{
+    self, BasePosition, RepoArchive, ShipOptions, ShippedTarget, Shipper, Until, parse_object_name,
+};
+use strongbox_engines::{RecoveryTarget, SqliteEngine};
+use time::OffsetDateTime;
+
+use crate::dates::api_date;
+use crate::job::{Origin, Trigger};
+use crate::pitr::{RecoveryPlan, WalArchives};
+use crate::{Error, Result, Service};
+
+/// How often the supervisor looks for deployments to ship.
+const LOOK_EVERY: Duration = Duration::from_secs(2);
+
+/// What a running shipper last reported.
+#[derive(Clone, Debug, Default)]
+pub struct ShipperStatus {
+    pub generation: Option<String>,
+    pub shipped: u64,
+    /// When the shipper last read the log (ms since the epoch).
+    pub polled_ms: i64,
+    pub error: Option<String>,
+}
+
+/// The shippers running in this server, by (domain, deployment).
+#[derive(Default)]
+pub struct Shippers {
+    running: Mutex<HashMap<(String, String), Running>>,
+}
+
+struct Running {
+    stop: Arc<AtomicBool>,
+    status: Arc<Mutex<ShipperStatus>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Shippers {
+    pub fn status(&self, domain: &str, deployment: &str) -> Option<ShipperStatus> {
+        let running = self.running.lock().expect("shippers");
+        let r = running.get(&(domain.to_string(), deployment.to_string()))?;
+        Some(r.status.lock().expect("status").clone())
+    }
+
+    /// Stops every shipper, pushing what each holds.
+    pub fn stop_all(&self) {
+        let all: Vec<Running> = self.running.lock().expect("shippers").drain().map(|(_, r)| r).collect();
+        for r in &all {
+            r.stop.store(true, Ordering::Relaxed);
+        }
+        for r in all {
+            let _ = r.thread.join();
+        }
+    }
+}
+
+impl Service {
+    /// Whether the server ships this deployment's log.
+    fn ships(&self, d: &Deployment) -> bool {
+        let ships_log = strongbox_engines::CAPABILITIES
+            .iter()
+            .any(|(name, c)| *name == d.engine && c.ships_log);
+        ships_log && self.config_of(d).is_ok_and(|c| c.continuous_archiving)
+    }
+}
+
+/// Keeps one shipper running per deployment to ship, until `stop`.
+pub async fn supervise(service: Arc<Service>, labels: Vec<String>, stop: Arc<AtomicBool>) {
+    let Some(wal) = service.wal.clone() else {
+        return;
+    };
+    while !stop.load(Ordering::Relaxed) {
+        match service.catalog.all_deployments().await {
+            Ok(all) => {
+                let wanted: Vec<&Deployment> = all
+                    .iter()
+                    .filter(|d| service.ships(d))
+                    .filter(|d| d.runs_on.as_ref().is_none_or(|l| labels.contains(l)))
+                    .collect();
+                let mut running = service.shippers.running.lock().expect("shippers");
+                running.retain(|(domain, name), r| {
+                    let keep = wanted.iter().any(|d| &d.domain == domain && &d.name == name) && !r.thread.is_finished();
+                    if !keep {
+                        r.stop.store(true, Ordering::Relaxed);
+                    }
+                    keep
+                });
+                for d in wanted {
+                    let key = (d.domain.clone(), d.name.clone());
+                    if running.contains_key(&key) {
+                        continue;
+                    }
+                    let Ok(engine) = SqliteEngine::from_connection(&d.connection) else {
+                        continue;
+                    };
+                    running.insert(key, start(service.clone(), wal.clone(), d, engine.path));
+                }
+            }
+            Err(e) => tracing::warn!("continuous archiving: listing deployments: {e}"),
+        }
+        tokio::time::sleep(LOOK_EVERY).await;
+    }
+    service.shippers.stop_all();
+}
+
+fn start(service: Arc<Service>, wal: Arc<WalArchives>, d: &Deployment, path: PathBuf) -> Running {
+    let stop = Arc::new(AtomicBool::new(false));
+    let status = Arc::new(Mutex::new(ShipperStatus::default()));
+    let runtime = tokio::runtime::Handle::current();
+    let archive = Arc::new(RepoArchive {
+        repo: wal.repo.clone(),
+        archive: WalArchives::archive(&d.domain, &d.name),
+        runtime: runtime.clone(),
+    });
+    let (domain, name) = (d.domain.clone(), d.name.clone());
+    let opts = ShipOptions::new(wal.scratch.clone());
+    let thread = {
+        let (stop, status) = (stop.clone(), status.clone());
+        std::thread::Builder::new()
+            .name(format!("ship {name}"))
+            .spawn(move || {
+                let ask_base = |reason: &str| {
+                    let origin =
+                        Origin::system(format!("strongbox-shipping:{domain}/{name}:{}", sqlite_ship::now_ms()));
+                    let trigger = Trigger::Shipping { reason: reason.into() };
+                    match runtime.block_on(service.start_backup(&domain, &name, false, trigger, &origin)) {
+                        Ok(_) => true,
+                        Err(e) => {
+                            tracing::info!("continuous archiving of {name}: a base backup must wait: {e}");
+                            false
+                        }
+                    }
+                };
+                ship(&path, archive, opts, &stop, &status, ask_base)
+            })
+            .expect("a shipper thread")
+    };
+    Running { stop, status, thread }
+}
+
+/// A shipper's life: (re)started after errors, a base asked for whenever
+/// one is needed, requests of backup and recovery jobs answered.
+fn ship(
+    path: &std::path::Path,
+    archive: Arc<RepoArchive>,
+    opts: ShipOptions,
+    stop: &AtomicBool,
+    status: &Mutex<ShipperStatus>,
+    ask_base: impl Fn(&str) -> bool,
+) {
+    let set_error = |e: Option<String>| status.lock().expect("status").error = e;
+    let mut reason = "continuous archiving started".to_string();
+    while !stop.load(Ordering::Relaxed) {
+        let mut shipper = match Shipper::start(path, archive.clone(), opts.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                set_error(Some(e.to_string()));
+                std::thread::sleep(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let requests = sqlite_ship::register(path);
+        let mut asked: Option<std::time::Instant> = None;
+        while !stop.load(Ordering::Relaxed) {
+            shipper.answer(&requests);
+            match shipper.poll() {
+                Ok(polled) => {
+                    if let Some(why) = polled.lost {
+                        tracing::warn!(
+                            "continuous archiving of {}: {why}; a new base is needed",
+                            path.display()
+                        );
+                        reason = why;
+                    }
+                    set_error(None);
+                }
+                Err(e) => {
+                    set_error(Some(e.to_string()));
+                    break;
+                }
+            }
+            // A base is asked for once, then again if none came in a minute
+            // (the backup was refused: another job was running).
+            if shipper.generation.is_none() && asked.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                asked = ask_base(&reason).then(std::time::Instant::now);
+            }
+            if shipper.generation.is_some() {
+                asked = None;
+            }
+            {
+                let mut s = status.lock().expect("status");
+                s.generation = shipper.generation.clone();
+                s.shipped = shipper.shipped;
+                s.polled_ms = sqlite_ship::now_ms();
+            }
+            std::thread::sleep(opts.poll);
+        }
+        sqlite_ship::unregister(path);
+        shipper.answer(&requests);
+        if let Err(e) = shipper.stop() {
+            set_error(Some(e.to_string()));
+        }
+        reason = "the shipper started again".into();
+        if !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+/// A generation as recovery planning sees it.
+struct Generation {
+    backup: Backup,
+    base: BasePosition,
+    /// Transactions shipped, and when the last one was seen.
+    shipped: u64,
+    end_ms: i64,
+    /// The shipper is on it now: it reaches the present.
+    live: bool,
+}
+
+fn ms_of(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn at_ms(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+impl Service {
+    /// The deployment's generations with a base backup, oldest first;
+    /// `None` when its log is not shipped.
+    async fn generations(&self, d: &Deployment, usable: &[Backup]) -> Result<Option<Vec<Generation>>> {
+        let (true, Some(wal)) = (self.ships(d), &self.wal) else {
+            return Ok(None);
+        };
+        let archive = WalArchives::archive(&d.domain, &d.name);
+        let files = wal
+            .repo
+            .wal_list(&archive)
+            .await
+            .map_err(|e| Error::internal(format!("listing the shipped WAL of {}: {e}", d.name)))?;
+        let mut last: BTreeMap<String, (u64, String)> = BTreeMap::new();
+        for f in &files {
+            if let Some((generation, _, end)) = parse_object_name(&f.name) {
+                let entry = last.entry(generation.to_string()).or_default();
+                if end > entry.0 {
+                    *entry = (end, f.name.clone());
+                }
+            }
+        }
+        let status = self.shippers.status(&d.domain, &d.name);
+        let mut out = Vec::new();
+        for b in usable {
+            let Some(base) = b
+                .position
+                .clone()
+                .and_then(|p| serde_json::from_value::<BasePosition>(p).ok())
+            else {
+                continue;
+            };
+            let (shipped, end_ms) = match last.get(&base.generation) {
+                Some((end, name)) => {
+                    let data = wal
+                        .repo
+                        .wal_fetch(&archive, name)
+                        .await
+                        .map_err(|e| Error::internal(format!("reading {name}: {e}")))?
+                        .ok_or_else(|| Error::internal(format!("{name} vanished from the WAL archive")))?;
+                    let (_, txns) = sqlite_ship::decode(&data).map_err(|e| Error::internal(e.to_string()))?;
+                    (*end, txns.last().map_or(base.taken_ms, |t| t.seen_ms))
+                }
+                None => (0, base.taken_ms),
+            };
+            let live = status
+                .as_ref()
+                .is_some_and(|s| s.generation.as_deref() == Some(&base.generation) && s.error.is_none());
+            out.push(Generation {
+                backup: b.clone(),
+                base,
+                shipped,
+                end_ms,
+                live,
+            });
+        }
+        out.sort_by_key(|g| g.base.taken_ms);
+        Ok(Some(out))
+    }
+
+    /// Plans a recovery of a deployment whose log is shipped: to `at`
+    /// (`None`: every shipped transaction). `Ok(None)`: its log is not
+    /// shipped, or (for `latest`) no generation is newer than its latest
+    /// backup, so the usual plans apply.
+    pub(crate) async fn plan_shipped(
+        &self,
+        d: &Deployment,
+        usable: &[Backup],
+        at: Option<OffsetDateTime>,
+    ) -> Result<Option<(Backup, RecoveryPlan)>> {
+        let Some(generations) = self.generations(d, usable).await? else {
+            return Ok(None);
+        };
+        let plan = |g: &Generation, until: Until, at_least: u64, what: String| {
+            let target = RecoveryTarget::Shipped(ShippedTarget {
+                generation: g.base.generation.clone(),
+                until,
+                at_least,
+            });
+            let description = format!(
+                "restore backup {} and replay the shipped WAL of generation {} to {what}",
+                g.backup.db_tag, g.base.generation
+            );
+            (g.backup.clone(), RecoveryPlan { target, description })
+        };
+        let Some(at) = at else {
+            let Some(g) = generations.last() else {
+                return Ok(None);
+            };
+            let what = format!("its end (every shipped transaction: {} so far)", g.shipped);
+            return Ok(Some(plan(g, Until::Latest, g.shipped, what)));
+        };
+        let wanted = ms_of(at);
+        let covering = generations
+            .iter()
+            .rev()
+            .find(|g| g.base.taken_ms <= wanted && (g.end_ms >= wanted || g.live));
+        if let Some(g) = covering {
+            let what = format!("{} UTC", api_date(at).trim_end_matches(" UTC"));
+            return Ok(Some(plan(g, Until::Time(wanted), 0, what)));
+        }
+        let ranges: Vec<String> = generations
+            .iter()
+            .map(|g| {
+                let from = api_date(at_ms(g.base.taken_ms));
+                let to = if g.live {
+                    "now".to_string()
+                } else {
+                    api_date(at_ms(g.end_ms))
+                };
+                format!("from {from} to {to}")
+            })
+            .collect();
+        let shown = api_date(at);
+        Err(Error::Invalid(if ranges.is_empty() {
+            format!(
+                "timestamp {} cannot be recovered: {} has no base backup taken while its log was shipped yet",
+                shown.trim_end_matches(" UTC"),
+                d.name
+            )
+        } else {
+            format!(
+                "timestamp {} cannot be recovered: the shipped log of {} covers {}",
+                shown.trim_end_matches(" UTC"),
+                d.name,
+                ranges.join(", ")
+            )
+        }))
+    }
+}
+
+impl Service {
+    /// The plan for `request` when the deployment's log is shipped and the
+    /// request names a moment or `latest`; `None` leaves it to the usual
+    /// plans (a tag, a backup's own completion second, no shipping).
+    pub(crate) async fn choose_shipped(
+        &self,
+        request: &crate::recovery::RecoveryRequest,
+        d: &Deployment,
+        usable: &[Backup],
+    ) -> Result<Option<(Backup, RecoveryPlan)>> {
+        use crate::recovery::RecoveryRequest;
+        if !self.ships(d) {
+            return Ok(None);
+        }
+        match request {
+            RecoveryRequest::Latest => self.plan_shipped(d, usable, None).await,
+            RecoveryRequest::Time { at, timeline: None } if *at <= OffsetDateTime::now_utc() => {
+                match self.plan_shipped(d, usable, Some(*at)).await {
+                    Ok(plan) => Ok(plan),
+                    // A backup's own completion second still names it.
+                    Err(_)
+                        if usable.iter().any(|b| {
+                            b.completed_at
+                                .as_deref()
+                                .and_then(crate::dates::parse_rfc3339)
+                                .is_some_and(|t| t.unix_timestamp() == at.unix_timestamp())
+                        }) =>
+                    {
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            RecoveryRequest::Scn { .. } => Err(Error::Invalid(format!(
+                "{} ships a SQLite log, whose positions are not scns; recover to a timestamp (any second of the \
+                 shipped range) or to latest",
+                d.name
+            ))),
+            _ => Ok(None),
+        }
+    }
+}
