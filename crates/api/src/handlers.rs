@@ -374,6 +374,7 @@ fn instance(state: &AppState, d: &Deployment, pitr: Option<wire::PointInTimeReco
         backup_config: None,
         last_backup: None,
         runs_on: d.runs_on.clone(),
+        continuous_archiving: None,
     }
 }
 
@@ -456,6 +457,25 @@ pub async fn instance_detail(
         }
     });
     let mut body = instance(&state, &d, pitr);
+    body.continuous_archiving = state.service.shipping_report(&d).await?.map(|r| {
+        let shipper = r.shipper.unwrap_or_default();
+        let shipping = shipper.polled_ms > 0;
+        wire::ContinuousArchiving {
+            shipping,
+            generation: shipper.generation,
+            shipped_transactions: shipper.shipped,
+            lag_seconds: shipping.then(|| shipper.lag.as_secs_f64()),
+            error: shipper.error,
+            ranges: r
+                .ranges
+                .iter()
+                .map(|(from, to)| wire::TimeRange {
+                    earliest: strongbox_core::dates::api_date(*from),
+                    latest: to.map_or_else(|| "now".into(), strongbox_core::dates::api_date),
+                })
+                .collect(),
+        }
+    });
     let config = state.service.config_of(&d)?;
     body.backup_config = Some(config_body(&config, state.service.clock.now()));
     body.last_backup = state

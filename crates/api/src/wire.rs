@@ -196,6 +196,34 @@ pub struct Instance {
     /// Strongbox: the label of the servers that run its jobs.
     #[serde(rename = "runsOn", skip_serializing_if = "Option::is_none")]
     pub runs_on: Option<String>,
+    /// Strongbox, on one deployment's view, when its log is shipped.
+    #[serde(rename = "continuousArchiving", skip_serializing_if = "Option::is_none")]
+    pub continuous_archiving: Option<ContinuousArchiving>,
+}
+
+/// Strongbox: continuous archiving of a SQLite deployment's log.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContinuousArchiving {
+    /// A shipper runs on the server that answered.
+    pub shipping: bool,
+    /// The generation being shipped (null: waiting for its base backup).
+    pub generation: Option<String>,
+    pub shipped_transactions: u64,
+    /// How long the oldest transaction read but not yet stored has waited:
+    /// what a crash of the server now would lose.
+    pub lag_seconds: Option<f64>,
+    /// Why shipping stopped, if it did.
+    pub error: Option<String>,
+    /// Stretches recoverable to any second, oldest first.
+    pub ranges: Vec<TimeRange>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TimeRange {
+    pub earliest: String,
+    /// `now` while the shipper is on this stretch.
+    pub latest: String,
 }
 
 #[derive(Serialize, ToSchema)]

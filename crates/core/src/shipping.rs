@@ -34,6 +34,8 @@ pub struct ShipperStatus {
     pub shipped: u64,
     /// When the shipper last read the log (ms since the epoch).
     pub polled_ms: i64,
+    /// How long the oldest transaction read but not yet pushed has waited.
+    pub lag: Duration,
     pub error: Option<String>,
 }
 
@@ -206,6 +208,7 @@ fn ship(
                 s.generation = shipper.generation.clone();
                 s.shipped = shipper.shipped;
                 s.polled_ms = sqlite_ship::now_ms();
+                s.lag = shipper.lag();
             }
             std::thread::sleep(opts.poll);
         }
@@ -411,5 +414,32 @@ impl Service {
             ))),
             _ => Ok(None),
         }
+    }
+}
+
+/// A deployment's continuous archiving as `GET …/{serviceId}` shows it.
+#[derive(Clone, Debug)]
+pub struct ShippingReport {
+    /// What this server's shipper reports; `None` if none runs here.
+    pub shipper: Option<ShipperStatus>,
+    /// Stretches recoverable to any second: (from, to), `to` `None` while
+    /// the shipper is on that generation (it reaches the present).
+    pub ranges: Vec<(OffsetDateTime, Option<OffsetDateTime>)>,
+}
+
+impl Service {
+    /// `None` for deployments whose log is not shipped.
+    pub async fn shipping_report(&self, d: &Deployment) -> Result<Option<ShippingReport>> {
+        let usable = self.usable_backups(&d.domain, &d.name).await?;
+        let Some(generations) = self.generations(d, &usable).await? else {
+            return Ok(None);
+        };
+        Ok(Some(ShippingReport {
+            shipper: self.shippers.status(&d.domain, &d.name),
+            ranges: generations
+                .iter()
+                .map(|g| (at_ms(g.base.taken_ms), (!g.live).then(|| at_ms(g.end_ms))))
+                .collect(),
+        }))
     }
 }

@@ -97,6 +97,13 @@ fn recover_sqlite_to_seconds_latest_and_after_the_server_is_killed_and_the_file_
     // The shipper asks for its first base: a backup, initiated by the system.
     s.wait_for_bases(1);
     let before_writes = mark();
+    let (_, v) = s.json(&[&s.url(P)]);
+    let shipping = &v["continuousArchiving"];
+    assert_eq!(shipping["shipping"], true, "{v}");
+    assert!(shipping["generation"].is_string(), "{v}");
+    assert!(shipping["lagSeconds"].as_f64().unwrap() < 1.0, "{v}");
+    assert_eq!(shipping["ranges"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(shipping["ranges"][0]["latest"], "now", "{v}");
 
     insert(&app, 1..=50);
     let t1 = mark();
@@ -196,6 +203,18 @@ fn recover_sqlite_to_seconds_latest_and_after_the_server_is_killed_and_the_file_
         "{} recovered, {must} were committed a second before the kill",
         kept.len()
     );
-    // The shipper finds the file back and starts a new generation.
+    // The shipper finds the file back and starts a new generation; the
+    // killed server's generation is a closed stretch now.
     s.wait_for_bases(2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = s.json(&[&s.url(P)]);
+        let ranges = v["continuousArchiving"]["ranges"].as_array().unwrap().clone();
+        if ranges.len() == 2 && ranges[1]["latest"] == "now" {
+            assert_ne!(ranges[0]["latest"], "now", "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

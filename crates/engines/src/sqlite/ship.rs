@@ -468,6 +468,12 @@ impl Shipper {
         Ok(polled)
     }
 
+    /// How long the oldest transaction not yet pushed has waited: what a
+    /// crash of this server now would lose.
+    pub fn lag(&self) -> Duration {
+        self.pending_since.map_or(Duration::ZERO, |t| t.elapsed())
+    }
+
     /// Pushes what is pending and stops (a clean shutdown).
     pub fn stop(mut self) -> Result<u64, Error> {
         if self.generation.is_some() {
