@@ -417,6 +417,20 @@ impl Service {
     }
 }
 
+impl Service {
+    /// The generations of the deployment's remaining base backups (what
+    /// retention keeps of its shipped log).
+    pub async fn shipped_generations(&self, d: &Deployment) -> Result<std::collections::BTreeSet<String>> {
+        Ok(self
+            .usable_backups(&d.domain, &d.name)
+            .await?
+            .iter()
+            .filter_map(|b| serde_json::from_value::<BasePosition>(b.position.clone()?).ok())
+            .map(|p| p.generation)
+            .collect())
+    }
+}
+
 /// A deployment's continuous archiving as `GET …/{serviceId}` shows it.
 #[derive(Clone, Debug)]
 pub struct ShippingReport {
@@ -442,4 +456,93 @@ impl Service {
                 .collect(),
         }))
     }
+}
+
+/// The generations of a shipped archive, by name: their objects'
+/// (first, last, name), in order.
+fn shipped_objects(files: &[strongbox_repo::WalFile]) -> BTreeMap<String, Vec<(u64, u64, String)>> {
+    let mut out: BTreeMap<String, Vec<(u64, u64, String)>> = BTreeMap::new();
+    for f in files {
+        if let Some((generation, first, last)) = parse_object_name(&f.name) {
+            out.entry(generation.to_string())
+                .or_default()
+                .push((first, last, f.name.clone()));
+        }
+    }
+    for objects in out.values_mut() {
+        objects.sort();
+    }
+    out
+}
+
+/// Deletes the shipped objects of `archive` whose generation has no base
+/// backup left (`keep`: the generations of the remaining backups).
+/// Returns how many were deleted.
+pub async fn prune_shipped(
+    repo: &strongbox_repo::Repository,
+    archive: &str,
+    keep: &std::collections::BTreeSet<String>,
+) -> anyhow::Result<usize> {
+    let doomed: Vec<String> = shipped_objects(&repo.wal_list(archive).await?)
+        .into_iter()
+        .filter(|(generation, _)| !keep.contains(generation))
+        .flat_map(|(_, objects)| objects.into_iter().map(|(_, _, name)| name))
+        .collect();
+    repo.wal_remove(archive, &doomed).await?;
+    Ok(doomed.len())
+}
+
+/// Checks every shipped SQLite archive (those of deployments with `sqlite`
+/// backups in the repository): each generation's objects follow each other
+/// from its first transaction without a gap, and with `read_data` each
+/// opens and decodes. Returns the generations checked and the problems.
+pub async fn check_shipped(repo: &strongbox_repo::Repository, read_data: bool) -> anyhow::Result<(usize, Vec<String>)> {
+    let archives: std::collections::BTreeSet<String> = repo
+        .snapshots()
+        .await?
+        .iter()
+        .filter(|s| s.labels.get("engine").is_some_and(|e| e == "sqlite"))
+        .filter_map(|s| {
+            Some(WalArchives::archive(
+                s.labels.get("domain")?,
+                s.labels.get("deployment")?,
+            ))
+        })
+        .collect();
+    let (mut generations, mut problems) = (0, Vec::new());
+    for archive in archives {
+        for (generation, objects) in shipped_objects(&repo.wal_list(&archive).await?) {
+            generations += 1;
+            let mut next = 1;
+            for (first, last, name) in objects {
+                if first != next {
+                    problems.push(format!(
+                        "shipped SQLite WAL {archive}, generation {generation}: transactions {next} to {} are \
+                         missing (the next object is {name}); recovery in it ends before them",
+                        first - 1
+                    ));
+                    break;
+                }
+                if read_data {
+                    let decoded = repo
+                        .wal_fetch(&archive, &name)
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|d| d.ok_or_else(|| "vanished".to_string()))
+                        .and_then(|d| sqlite_ship::decode(&d).map_err(|e| e.to_string()));
+                    match decoded {
+                        Ok((_, txns)) if txns.len() as u64 == last - first + 1 => {}
+                        Ok((_, txns)) => problems.push(format!(
+                            "{archive}/{name}: holds {} transactions, its name says {}",
+                            txns.len(),
+                            last - first + 1
+                        )),
+                        Err(e) => problems.push(format!("{archive}/{name}: {e}")),
+                    }
+                }
+                next = last + 1;
+            }
+        }
+    }
+    Ok((generations, problems))
 }

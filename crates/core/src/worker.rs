@@ -344,7 +344,9 @@ impl Worker {
             Some(d) => {
                 let keep = self.service.wal_planning_reads(&d).await?;
                 let archive = WalArchives::archive(&d.domain, &d.name);
+                let shipped = self.service.shipped_generations(&d).await?;
                 crate::wal_retention::prune(&self.setup.repo, &archive, &keep).await?
+                    + crate::shipping::prune_shipped(&self.setup.repo, &archive, &shipped).await?
             }
             None => 0,
         };

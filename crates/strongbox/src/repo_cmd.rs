@@ -385,12 +385,15 @@ pub async fn run(args: RepoArgs) -> Result<ExitCode> {
         }
         Verb::Check { read_data } => {
             let report = repo.check(read_data).await?;
-            let (bases, wal_problems) = strongbox_core::wal_retention::check(&repo).await?;
+            let (bases, mut wal_problems) = strongbox_core::wal_retention::check(&repo).await?;
+            let (generations, shipped_problems) = strongbox_core::shipping::check_shipped(&repo, read_data).await?;
+            wal_problems.extend(shipped_problems);
             let ok = report.is_ok() && wal_problems.is_empty();
             if args.json {
                 let mut v = serde_json::to_value(&report)?;
                 v["wal_base_backups"] = bases.into();
                 v["wal_errors"] = wal_problems.clone().into();
+                v["shipped_generations"] = generations.into();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 for w in &report.warnings {
@@ -406,7 +409,8 @@ pub async fn run(args: RepoArgs) -> Result<ExitCode> {
                     println!("error: {p}");
                 }
                 println!(
-                    "checked {} snapshots, {} packs ({} read), WAL of {bases} base backups: {}",
+                    "checked {} snapshots, {} packs ({} read), WAL of {bases} base backups, {generations} shipped \
+                     SQLite generations: {}",
                     report.snapshots,
                     report.packs,
                     report.packs_read,

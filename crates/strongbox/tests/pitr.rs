@@ -219,7 +219,10 @@ fn recovery_to_moments_and_scns_holds_exactly_the_rows_committed_by_then() {
         (out.status.success(), text)
     };
     let (ok, text) = repo_cli(&["check"]);
-    assert!(ok && text.contains("WAL of 2 base backups: no errors"), "{text}");
+    assert!(
+        ok && text.contains("WAL of 2 base backups, 0 shipped SQLite generations: no errors"),
+        "{text}"
+    );
     std::fs::rename(&hole, hole.with_extension("away")).unwrap();
     let (ok, text) = repo_cli(&["check"]);
     let missing = hole.file_name().unwrap().to_str().unwrap();
@@ -246,5 +249,8 @@ fn recovery_to_moments_and_scns_holds_exactly_the_rows_committed_by_then() {
     assert!(parted.exists(), "where timeline 2 parts stays: {job}");
     assert!(on_timeline_1(&marks[3].lsn).exists(), "WAL after the second stays");
     let (ok, text) = repo_cli(&["check"]);
-    assert!(ok && text.contains("WAL of 1 base backups: no errors"), "{text}");
+    assert!(
+        ok && text.contains("WAL of 1 base backups, 0 shipped SQLite generations: no errors"),
+        "{text}"
+    );
 }

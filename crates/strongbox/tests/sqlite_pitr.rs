@@ -217,4 +217,50 @@ fn recover_sqlite_to_seconds_latest_and_after_the_server_is_killed_and_the_file_
         assert!(Instant::now() < deadline, "{v}");
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // Two shipped objects in the new generation, then `repo check`.
+    let app = rusqlite::Connection::open(&db).unwrap();
+    insert(&app, 5001..=5010);
+    std::thread::sleep(Duration::from_millis(800));
+    insert(&app, 5011..=5020);
+    std::thread::sleep(Duration::from_millis(800));
+    let check = |s: &Server| {
+        let out = s.repo_cli(&["check", "--read-data"]);
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    let (ok, text) = check(&s);
+    assert!(ok && text.contains("2 shipped SQLite generations: no errors"), "{text}");
+
+    // Retention: the first base backup deleted takes its generation's
+    // shipped log with it; its moments are refused, naming what is left.
+    let (_, list) = s.json(&[&s.url(&format!("{P}/backups"))]);
+    let oldest = list["backupList"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["status"] == "COMPLETED")
+        .map(|b| b["dbTag"].as_str().unwrap().to_string())
+        .min()
+        .unwrap();
+    s.delete_backup("app", &oldest);
+    let (ok, text) = check(&s);
+    assert!(ok && text.contains("1 shipped SQLite generations: no errors"), "{text}");
+    let (status, v) = s.json(&[
+        "-X",
+        "POST",
+        "-d",
+        &format!(r#"{{"timestamp": "{t1}"}}"#),
+        &s.url(&format!("{P}/backups/recovery")),
+    ]);
+    assert_eq!(status, "HTTP/2 400", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("covers from"), "{v}");
+
+    // A shipped object lost: check names the transactions missing.
+    let folder = dir.path().join("data/repository/wal/usexample/app");
+    let mut objects: Vec<_> = std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().path()).collect();
+    objects.sort();
+    assert!(objects.len() >= 2, "{objects:?}");
+    std::fs::remove_file(&objects[0]).unwrap();
+    let (ok, text) = check(&s);
+    assert!(!ok && text.contains("are missing"), "{text}");
 }
