@@ -464,7 +464,7 @@ pub async fn instance_detail(
             shipping,
             generation: shipper.generation,
             shipped_transactions: shipper.shipped,
-            lag_seconds: shipping.then(|| shipper.lag.as_secs_f64()),
+            lag_seconds: shipping.then_some(shipper.lag.as_secs_f64()),
             error: shipper.error,
             ranges: r
                 .ranges
