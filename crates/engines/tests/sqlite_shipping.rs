@@ -212,7 +212,7 @@ fn recoveries_to_random_moments_hold_exactly_what_was_committed_by_then() {
     });
     let opts = ShipOptions {
         // Small, so that rolls happen often.
-        roll_above: 256 << 10,
+        roll_frames: 60,
         ..ShipOptions::new(dir.path().to_path_buf())
     };
     let db = dir.path().join("app.sqlite");

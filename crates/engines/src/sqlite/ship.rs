@@ -18,10 +18,18 @@
 //! follow, the log gone, the database file replaced (another inode), the
 //! shipper started afresh — starts a new *generation*.
 //!
+//! After each read that found commits the reader's mark moves to the end
+//! (`advance_reader`: a second connection begins reading before the first
+//! stops, so a mark is always held, and one that began past frames not yet
+//! copied into the database is never the database-file-only kind), which
+//! lets the application's checkpoints copy what was shipped.
+//!
 //! To let the log be reset at all, the shipper *rolls* it now and then: it
 //! takes the write lock (`BEGIN IMMEDIATE`: application writers wait, as
-//! for any writer), ships everything up to the end, ends its reader, runs
-//! a passive checkpoint, begins its reader again and lets writers go.
+//! for any writer), reads everything up to the end (into memory, pushed
+//! with the next batch), ends its reader, runs a passive checkpoint,
+//! begins its reader again and lets writers go; the next writer resets
+//! the log.
 //!
 //! **Generations.** Each begins with a *base*: under the write lock the
 //! shipper reads the log to its end and begins its reader there, and the
@@ -75,8 +83,12 @@ pub struct ShipOptions {
     pub poll: Duration,
     /// How long a transaction may wait before it is pushed.
     pub ship_every: Duration,
-    /// The log is rolled once it is larger than this.
-    pub roll_above: u64,
+    /// The log is rolled once it holds this many frames since its last
+    /// reset. SQLite's own connections checkpoint at 1000 (by default) on
+    /// every commit while the log holds more, which the shipper's reader
+    /// keeps from emptying it: rolling at about that size keeps them from
+    /// doing so in vain.
+    pub roll_frames: u64,
     /// Where bases are copied before they are stored.
     pub scratch: PathBuf,
 }
@@ -86,7 +98,7 @@ impl ShipOptions {
         ShipOptions {
             poll: Duration::from_millis(25),
             ship_every: Duration::from_millis(500),
-            roll_above: 16 << 20,
+            roll_frames: 900,
             scratch,
         }
     }
@@ -201,6 +213,8 @@ pub struct Shipper {
     opts: ShipOptions,
     /// Holds the read transaction (see the module's comment).
     reader: Connection,
+    /// Begins reading before `reader` stops, when the mark moves on.
+    spare: Connection,
     /// Takes the write lock for bases and rolls.
     writer: Connection,
     inode: u64,
@@ -213,6 +227,8 @@ pub struct Shipper {
     pending: Vec<Shipped>,
     pending_since: Option<Instant>,
     pending_bytes: usize,
+    /// When the log was last rolled.
+    rolled: Option<Instant>,
 }
 
 fn fail(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
@@ -224,7 +240,7 @@ impl Shipper {
     /// switched to it if not). Nothing is shipped before the first base
     /// (`begin_generation`).
     pub fn start(path: &Path, archive: Arc<dyn ShipArchive>, opts: ShipOptions) -> Result<Shipper, Error> {
-        let (reader, writer, inode) = Self::connect(path)?;
+        let (reader, spare, writer, inode) = Self::connect(path)?;
         let mut wal_path = path.as_os_str().to_owned();
         wal_path.push("-wal");
         Ok(Shipper {
@@ -233,6 +249,7 @@ impl Shipper {
             archive,
             opts,
             reader,
+            spare,
             writer,
             inode,
             generation: None,
@@ -242,10 +259,11 @@ impl Shipper {
             pending: Vec::new(),
             pending_since: None,
             pending_bytes: 0,
+            rolled: None,
         })
     }
 
-    fn connect(path: &Path) -> Result<(Connection, Connection, u64), Error> {
+    fn connect(path: &Path) -> Result<(Connection, Connection, Connection, u64), Error> {
         let open = || {
             let c = Connection::open_with_flags(
                 path,
@@ -271,17 +289,29 @@ impl Shipper {
             ));
         }
         let inode = std::fs::metadata(path).map_err(|e| fail(path, "stat", e))?.ino();
-        Ok((open()?, writer, inode))
+        Ok((open()?, open()?, writer, inode))
     }
 
     fn begin_read(&self) -> Result<(), Error> {
-        self.reader
-            .execute_batch("BEGIN")
-            .and_then(|_| {
-                self.reader
-                    .query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
-            })
+        self.begin_read_on(&self.reader)
+    }
+
+    fn begin_read_on(&self, c: &Connection) -> Result<(), Error> {
+        c.execute_batch("BEGIN")
+            .and_then(|_| c.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())))
             .map_err(|e| fail(&self.path, "beginning the shipper's read transaction", e))
+    }
+
+    /// Moves the reader's mark to the log's end, so that the application's
+    /// checkpoints can copy what was shipped into the database (a mark
+    /// left behind makes each of its commits try in vain once the log is
+    /// long). The spare connection begins reading before the reader stops:
+    /// a mark is held throughout.
+    fn advance_reader(&mut self) -> Result<(), Error> {
+        self.begin_read_on(&self.spare)?;
+        self.end_read();
+        std::mem::swap(&mut self.reader, &mut self.spare);
+        Ok(())
     }
 
     fn end_read(&self) {
@@ -308,8 +338,8 @@ impl Shipper {
     pub fn begin_generation(&mut self) -> Result<Base, Error> {
         self.push_pending()?;
         self.end_read();
-        let (reader, writer, inode) = Self::connect(&self.path)?;
-        (self.reader, self.writer, self.inode) = (reader, writer, inode);
+        let (reader, spare, writer, inode) = Self::connect(&self.path)?;
+        (self.reader, self.spare, self.writer, self.inode) = (reader, spare, writer, inode);
         let taken_ms = self.with_write_lock(|s| {
             s.cursor = match WalHeader::read(&s.wal_path).map_err(|e| fail(&s.path, "reading the WAL header", e))? {
                 Some(h) => {
@@ -439,18 +469,29 @@ impl Shipper {
                 return Ok(polled);
             }
         }
+        if polled.read > 0 {
+            self.advance_reader()?;
+        }
         let due = self
             .pending_since
             .is_some_and(|t| t.elapsed() >= self.opts.ship_every || self.pending_bytes >= 16 << 20);
         if due {
             polled.pushed = self.push_pending()?;
         }
-        let wal_len = std::fs::metadata(&self.wal_path).map(|m| m.len()).unwrap_or(0);
-        if wal_len > self.opts.roll_above {
+        // The log in use since its last reset, not the file (which SQLite
+        // keeps at its largest); at most ten rolls a second, in case an
+        // application reader keeps the log from being reset.
+        let in_use = self.cursor.map_or(0, |c| c.next_frame);
+        if in_use >= self.opts.roll_frames && self.rolled.is_none_or(|t| t.elapsed() >= Duration::from_millis(100)) {
+            self.rolled = Some(Instant::now());
+            // Most of the checkpoint first, without the lock (up to this
+            // reader's mark; writers go on); under the lock only what must
+            // be: the rest of the log read (into memory: pushed with the
+            // next batch), the rest checkpointed.
+            let _ = self.writer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
             let rolled = self.with_write_lock(|s| {
                 let read = s.read_new()?;
                 if read.is_ok() {
-                    polled.pushed += s.push_pending()?;
                     s.end_read();
                     let _ = s.reader.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
                     s.begin_read()?;

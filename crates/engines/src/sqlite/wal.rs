@@ -126,31 +126,43 @@ impl Cursor {
     pub fn read_commits(&mut self, f: &std::fs::File) -> Result<Vec<Txn>, WalError> {
         let h = self.header;
         let frame_len = (FRAME_HEADER + h.page_size as usize) as u64;
-        let mut frame = vec![0u8; frame_len as usize];
         let (mut out, mut open) = (Vec::new(), Vec::new());
         let (mut at, mut running) = (self.next_frame, self.running);
-        loop {
-            if f.read_exact_at(&mut frame, HEADER as u64 + at * frame_len).is_err() {
-                break;
+        // Frames are read 256 at a time (a live log grows by thousands
+        // between reads; past its end the file may hold an earlier log's).
+        let mut batch = vec![0u8; 256 * frame_len as usize];
+        'read: loop {
+            let mut got = 0;
+            while got < batch.len() {
+                match f.read_at(&mut batch[got..], HEADER as u64 + at * frame_len + got as u64)? {
+                    0 => break,
+                    n => got += n,
+                }
             }
-            let (pgno, db_pages) = (be(&frame, 0), be(&frame, 4));
-            if (be(&frame, 8), be(&frame, 12)) != h.salt || pgno == 0 {
-                break;
+            let whole = got / frame_len as usize;
+            for frame in batch[..whole * frame_len as usize].chunks_exact(frame_len as usize) {
+                let (pgno, db_pages) = (be(frame, 0), be(frame, 4));
+                if (be(frame, 8), be(frame, 12)) != h.salt || pgno == 0 {
+                    break 'read;
+                }
+                running = checksum(&frame[..8], h.big_endian, running);
+                running = checksum(&frame[FRAME_HEADER..], h.big_endian, running);
+                if running != (be(frame, 16), be(frame, 20)) {
+                    break 'read;
+                }
+                at += 1;
+                open.push((pgno, frame[FRAME_HEADER..].to_vec()));
+                if db_pages != 0 {
+                    out.push(Txn {
+                        db_pages,
+                        pages: std::mem::take(&mut open),
+                    });
+                    self.next_frame = at;
+                    self.running = running;
+                }
             }
-            running = checksum(&frame[..8], h.big_endian, running);
-            running = checksum(&frame[FRAME_HEADER..], h.big_endian, running);
-            if running != (be(&frame, 16), be(&frame, 20)) {
+            if whole < 256 {
                 break;
-            }
-            at += 1;
-            open.push((pgno, frame[FRAME_HEADER..].to_vec()));
-            if db_pages != 0 {
-                out.push(Txn {
-                    db_pages,
-                    pages: std::mem::take(&mut open),
-                });
-                self.next_frame = at;
-                self.running = running;
             }
         }
         Ok(out)
