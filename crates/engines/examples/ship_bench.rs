@@ -224,10 +224,13 @@ fn main() {
         "after another {} transactions (deduplicated against the first)",
         rate * seconds
     ));
+    let full_per_day = again as f64 * 86_400.0 / seconds as f64;
     println!(
-        "  a full backup every {seconds} s of this writer would store {:.0} MB per day; one a day: {:.1} MB (the first) + what the day adds",
-        again as f64 * 86_400.0 / seconds as f64 / 1e6,
-        first as f64 / 1e6
+        "  full backups store what the writer added since the last (deduplicated): {:.0} MB per day of this writer \
+         (the first one {:.1} MB); the shipped log costs {:.2}x that",
+        full_per_day / 1e6,
+        first as f64 / 1e6,
+        per_day / full_per_day
     );
 
     // 2. Throughput, shipping on and off, alternating.
