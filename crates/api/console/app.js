@@ -103,6 +103,13 @@ function rangeOf(d, backups) {
   if (pitr && pitr.earliest.timestamp && pitr.latest.timestamp) {
     return { continuous: true, from: parseApiDate(pitr.earliest.timestamp), to: parseApiDate(pitr.latest.timestamp) };
   }
+  // A shipped SQLite log: its newest stretch, any second of it.
+  const shipped = d.continuousArchiving && d.continuousArchiving.ranges;
+  if (shipped && shipped.length) {
+    const last = shipped[shipped.length - 1];
+    const to = last.latest === 'now' ? new Date(Math.floor(Date.now() / 1000) * 1000) : parseApiDate(last.latest);
+    return { continuous: true, from: new Date(parseApiDate(last.earliest).getTime() + 1000), to };
+  }
   const done = backups.filter(b => b.status === 'COMPLETED').map(completedOf).filter(Boolean);
   done.sort((a, b) => a - b);
   return { continuous: false, moments: done, from: done[0], to: done[done.length - 1] };
