@@ -18,21 +18,10 @@ use strongbox_engines::sqlite_ship::{
     GENERATION_LABEL, RepoArchive, ShipOptions, Shipper, TAKEN_LABEL, Until, decode, now_ms, parse_object_name, replay,
 };
 use strongbox_repo::{InitOptions, Repository, Store};
+use strongbox_testkit::Rng;
 
 const PASSWORD: &[u8] = b"shipping model test";
 const ARCHIVE: &str = "model/app";
-
-/// SplitMix64.
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % n
-    }
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Op {
@@ -185,10 +174,7 @@ fn state_after(history: &[Committed], k: usize) -> BTreeSet<i64> {
 
 #[test]
 fn recoveries_to_random_moments_hold_exactly_what_was_committed_by_then() {
-    let seed = std::env::var("MODEL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| now_ms() as u64);
+    let seed = strongbox_testkit::seed(now_ms() as u64);
     println!("sqlite shipping seed {seed} (MODEL_SEED replays it)");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
@@ -224,9 +210,9 @@ fn recoveries_to_random_moments_hold_exactly_what_was_committed_by_then() {
     let mut kills: Vec<(i64, usize)> = Vec::new();
     let (mut restarts, mut replaced, mut checkpoints, mut rolls) = (0, 0, 0, 0);
     for n in 1..=600i64 {
-        std::thread::sleep(Duration::from_millis(rng.below(12)));
+        std::thread::sleep(Duration::from_millis(rng.below(12) as u64));
         let op = if !live.is_empty() && rng.below(5) == 0 {
-            Op::Delete(live.swap_remove(rng.below(live.len() as u64) as usize))
+            Op::Delete(live.swap_remove(rng.below(live.len())))
         } else {
             live.push(n);
             Op::Insert(n)
@@ -252,7 +238,7 @@ fn recoveries_to_random_moments_hold_exactly_what_was_committed_by_then() {
             0..=3 => {
                 // The application checkpoints, in any mode; the modes that
                 // wait for readers give up after 50 ms (the shipper reads).
-                let mode = ["PASSIVE", "FULL", "RESTART", "TRUNCATE"][rng.below(4) as usize];
+                let mode = ["PASSIVE", "FULL", "RESTART", "TRUNCATE"][rng.below(4)];
                 app.busy_timeout(Duration::from_millis(50)).unwrap();
                 let _ = app.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()));
                 app.busy_timeout(Duration::from_secs(30)).unwrap();
@@ -332,7 +318,7 @@ fn recoveries_to_random_moments_hold_exactly_what_was_committed_by_then() {
     let first_ms = gens[0].taken_ms;
     let (mut tried, mut worst_lag) = (0, 0);
     while tried < 40 {
-        let at = first_ms + rng.below((end_ms - first_ms) as u64) as i64;
+        let at = first_ms + rng.below((end_ms - first_ms) as usize) as i64;
         let Some(g) = gens.iter().rev().find(|g| g.taken_ms <= at) else {
             continue;
         };

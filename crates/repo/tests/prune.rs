@@ -93,6 +93,34 @@ impl Read for Gate {
     }
 }
 
+/// Starts a backup of `content` (as "db") on `repo` and waits until it has
+/// taken its lock and loaded its index and is reading; it goes on when the
+/// returned sender fires.
+async fn held_backup(
+    repo: Repository,
+    content: Vec<u8>,
+) -> (tokio::task::JoinHandle<strongbox_repo::Snapshot>, mpsc::Sender<()>) {
+    let (go, gate) = mpsc::channel();
+    let (reached_tx, reached) = mpsc::channel();
+    let in_flight = tokio::spawn(async move {
+        let src = Source::new(
+            "db",
+            Gate {
+                reached: Some(reached_tx),
+                go: Some(gate),
+                data: std::io::Cursor::new(content),
+            },
+        );
+        repo.backup(vec![src], Default::default(), Arc::new(NoProgress))
+            .await
+            .unwrap()
+    });
+    tokio::task::spawn_blocking(move || reached.recv().unwrap())
+        .await
+        .unwrap();
+    (in_flight, go)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_waits_for_a_backup_that_started_before_its_plan() {
     let dir = tempfile::tempdir().unwrap();
@@ -110,29 +138,7 @@ async fn prune_during_backups(store: impl Fn() -> Store) {
 
     // B starts: it takes its lock and loads the index (which offers old's
     // chunks for deduplication), then waits at its first read.
-    let (go, gate) = mpsc::channel();
-    let (reached_tx, reached) = mpsc::channel();
-    let in_flight = {
-        let repo = Arc::new(Repository::open(store(), PASSWORD).await.unwrap());
-        let content = content.clone();
-        tokio::spawn(async move {
-            let src = Source::new(
-                "db",
-                Gate {
-                    reached: Some(reached_tx),
-                    go: Some(gate),
-                    data: std::io::Cursor::new(content),
-                },
-            );
-            repo.backup(vec![src], Default::default(), Arc::new(NoProgress))
-                .await
-                .unwrap()
-        })
-    };
-    // Wait until B has its lock and its index: it is reading.
-    tokio::task::spawn_blocking(move || reached.recv().unwrap())
-        .await
-        .unwrap();
+    let (in_flight, go) = held_backup(Repository::open(store(), PASSWORD).await.unwrap(), content.clone()).await;
 
     // Forget the only snapshot that uses those chunks and prune: the packs
     // are condemned, but B has not seen the plan, so nothing is deleted.
@@ -209,30 +215,10 @@ async fn a_lock_written_while_prune_sweeps_stale_locks_is_kept() {
     let repo = Arc::new(new_repo(Store::local(dir.path()).unwrap()).await);
     let content = data(800_000, 11);
     let old = backup(&repo, &[("db", &content)]).await;
-    let (go, gate) = mpsc::channel();
-    let (reached_tx, reached) = mpsc::channel();
-    let in_flight = {
-        let repo = Repository::open(Store::local(dir.path()).unwrap(), PASSWORD)
-            .await
-            .unwrap();
-        let content = content.clone();
-        tokio::spawn(async move {
-            let src = Source::new(
-                "db",
-                Gate {
-                    reached: Some(reached_tx),
-                    go: Some(gate),
-                    data: std::io::Cursor::new(content),
-                },
-            );
-            repo.backup(vec![src], Default::default(), Arc::new(NoProgress))
-                .await
-                .unwrap()
-        })
-    };
-    tokio::task::spawn_blocking(move || reached.recv().unwrap())
+    let repo_b = Repository::open(Store::local(dir.path()).unwrap(), PASSWORD)
         .await
         .unwrap();
+    let (in_flight, go) = held_backup(repo_b, content.clone()).await;
     // The backup's lock is held back, to appear at the worst moment.
     let locks = dir.path().join("locks");
     let lock = std::fs::read_dir(&locks).unwrap().next().unwrap().unwrap().path();

@@ -238,28 +238,15 @@ mod tests {
     use super::*;
     use rusqlite::Connection;
 
-    /// SplitMix64, seeded (printed) so that a failure can be replayed.
-    struct Rng(u64);
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            (z ^ (z >> 31)) % n
-        }
-    }
+    use strongbox_testkit::Rng;
 
     fn seed() -> u64 {
-        let seed = std::env::var("MODEL_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-            });
+        let seed = strongbox_testkit::seed(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64,
+        );
         println!("sqlite wal seed {seed} (MODEL_SEED replays it)");
         seed
     }
@@ -306,12 +293,12 @@ mod tests {
             for _ in 0..1 + rng.below(5) {
                 match rng.below(4) {
                     0 if !model.is_empty() => {
-                        let i = rng.below(model.len() as u64) as usize;
+                        let i = rng.below(model.len());
                         tx.execute("DELETE FROM t WHERE n = ?1", [model[i].0]).unwrap();
                         model.remove(i);
                     }
                     1 if !model.is_empty() => {
-                        let i = rng.below(model.len() as u64) as usize;
+                        let i = rng.below(model.len());
                         let size = rng.below(20_000) as i64;
                         tx.execute("UPDATE t SET body = zeroblob(?2) WHERE n = ?1", [model[i].0, size])
                             .unwrap();
@@ -370,10 +357,10 @@ mod tests {
         let copy = dir.path().join("damaged-wal");
         std::fs::copy(&wal_path, &copy).unwrap();
         let frames: usize = whole.commits.iter().map(|k| k.pages.len()).sum();
-        let victim = rng.below(frames as u64) as usize;
+        let victim = rng.below(frames);
         let mut bytes = std::fs::read(&copy).unwrap();
         let frame_len = FRAME_HEADER + whole.header.page_size as usize;
-        let at = HEADER + victim * frame_len + FRAME_HEADER + rng.below(whole.header.page_size as u64) as usize;
+        let at = HEADER + victim * frame_len + FRAME_HEADER + rng.below(whole.header.page_size as usize);
         bytes[at] ^= 0x40;
         std::fs::write(&copy, &bytes).unwrap();
         let damaged = Wal::read(&copy).unwrap();
