@@ -68,7 +68,7 @@ fn backup_plan(b: &Backup, why: &str) -> RecoveryPlan {
     }
 }
 
-fn completed_at(b: &Backup) -> Option<OffsetDateTime> {
+pub(crate) fn completed_at(b: &Backup) -> Option<OffsetDateTime> {
     parse_rfc3339(b.completed_at.as_deref()?)
 }
 

@@ -13,9 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use strongbox_catalog::{Backup, Deployment};
-use strongbox_engines::sqlite_ship::{
-    self, BasePosition, RepoArchive, ShipOptions, ShippedTarget, Shipper, Until, parse_object_name,
-};
+use strongbox_engines::sqlite_ship::{self, BasePosition, RepoArchive, ShipOptions, ShippedTarget, Shipper, Until};
 use strongbox_engines::{RecoveryTarget, SqliteEngine};
 use time::OffsetDateTime;
 
@@ -235,6 +233,11 @@ struct Generation {
     live: bool,
 }
 
+/// Where a backup sits in its deployment's shipped log, if it is a base.
+fn base_of(b: &Backup) -> Option<BasePosition> {
+    serde_json::from_value(b.position.clone()?).ok()
+}
+
 fn ms_of(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
@@ -256,27 +259,15 @@ impl Service {
             .wal_list(&archive)
             .await
             .map_err(|e| Error::internal(format!("listing the shipped WAL of {}: {e}", d.name)))?;
-        let mut last: BTreeMap<String, (u64, String)> = BTreeMap::new();
-        for f in &files {
-            if let Some((generation, _, end)) = parse_object_name(&f.name) {
-                let entry = last.entry(generation.to_string()).or_default();
-                if end > entry.0 {
-                    *entry = (end, f.name.clone());
-                }
-            }
-        }
+        let objects = shipped_objects(&files);
         let status = self.shippers.status(&d.domain, &d.name);
         let mut out = Vec::new();
         for b in usable {
-            let Some(base) = b
-                .position
-                .clone()
-                .and_then(|p| serde_json::from_value::<BasePosition>(p).ok())
-            else {
+            let Some(base) = base_of(b) else {
                 continue;
             };
-            let (shipped, end_ms) = match last.get(&base.generation) {
-                Some((end, name)) => {
+            let (shipped, end_ms) = match objects.get(&base.generation).and_then(|o| o.last()) {
+                Some((_, end, name)) => {
                     let data = wal
                         .repo
                         .wal_fetch(&archive, name)
@@ -305,8 +296,8 @@ impl Service {
 
     /// Plans a recovery of a deployment whose log is shipped: to `at`
     /// (`None`: every shipped transaction). `Ok(None)`: its log is not
-    /// shipped, or (for `latest`) no generation is newer than its latest
-    /// backup, so the usual plans apply.
+    /// shipped, or (for `latest`) it has no generation with a base backup
+    /// yet, so the usual plans apply.
     pub(crate) async fn plan_shipped(
         &self,
         d: &Deployment,
@@ -396,10 +387,7 @@ impl Service {
                     // A backup's own completion second still names it.
                     Err(_)
                         if usable.iter().any(|b| {
-                            b.completed_at
-                                .as_deref()
-                                .and_then(crate::dates::parse_rfc3339)
-                                .is_some_and(|t| t.unix_timestamp() == at.unix_timestamp())
+                            crate::recovery::completed_at(b).is_some_and(|t| t.unix_timestamp() == at.unix_timestamp())
                         }) =>
                     {
                         Ok(None)
@@ -425,7 +413,7 @@ impl Service {
             .usable_backups(&d.domain, &d.name)
             .await?
             .iter()
-            .filter_map(|b| serde_json::from_value::<BasePosition>(b.position.clone()?).ok())
+            .filter_map(base_of)
             .map(|p| p.generation)
             .collect())
     }
@@ -461,18 +449,7 @@ impl Service {
 /// The generations of a shipped archive, by name: their objects'
 /// (first, last, name), in order.
 fn shipped_objects(files: &[strongbox_repo::WalFile]) -> BTreeMap<String, Vec<(u64, u64, String)>> {
-    let mut out: BTreeMap<String, Vec<(u64, u64, String)>> = BTreeMap::new();
-    for f in files {
-        if let Some((generation, first, last)) = parse_object_name(&f.name) {
-            out.entry(generation.to_string())
-                .or_default()
-                .push((first, last, f.name.clone()));
-        }
-    }
-    for objects in out.values_mut() {
-        objects.sort();
-    }
-    out
+    sqlite_ship::by_generation(files.iter().map(|f| f.name.as_str()))
 }
 
 /// Deletes the shipped objects of `archive` whose generation has no base

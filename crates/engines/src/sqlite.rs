@@ -199,37 +199,32 @@ impl SqliteEngine {
         let wal = cx
             .wal
             .ok_or_else(|| Error::Failed("replaying the shipped WAL needs the deployment's WAL archive".into()))?;
-        let mut objects: Vec<(u64, String)> = wal
-            .names()?
-            .into_iter()
-            .filter_map(|name| {
-                let (generation, first, _) = ship::parse_object_name(&name)?;
-                (generation == t.generation).then_some((first, name))
-            })
-            .collect();
-        objects.sort();
+        let names = wal.names()?;
+        let objects = ship::by_generation(names.iter().map(String::as_str))
+            .remove(&t.generation)
+            .unwrap_or_default();
         (cx.log)(format!(
             "base restored; replaying generation {} ({} shipped objects) to {:?}",
             t.generation,
             objects.len(),
             t.until
         ));
-        let fetched = objects.into_iter().map(|(first, name)| {
+        let fetched = objects.into_iter().map(|(first, _, name)| {
             let data = wal
                 .fetch(&name)?
                 .ok_or_else(|| Error::Failed(format!("shipped WAL object {name} vanished from the archive")))?;
             Ok((first, data))
         });
         let done = ship::replay(copy, fetched, t.until)?;
-        if done.txn < t.at_least {
+        if done < t.at_least {
             return Err(Error::Failed(format!(
                 "the shipped WAL of generation {} replays to transaction {} only; the plan saw {} shipped",
-                t.generation, done.txn, t.at_least
+                t.generation, done, t.at_least
             )));
         }
         Ok(format!(
             ", replayed to transaction {} of generation {}",
-            done.txn, t.generation
+            done, t.generation
         ))
     }
 

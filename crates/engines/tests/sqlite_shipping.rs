@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 use strongbox_engines::sqlite_ship::{
-    GENERATION_LABEL, RepoArchive, ShipOptions, Shipper, TAKEN_LABEL, Until, decode, now_ms, parse_object_name, replay,
+    GENERATION_LABEL, RepoArchive, ShipOptions, Shipper, TAKEN_LABEL, Until, by_generation, decode, now_ms, replay,
 };
 use strongbox_repo::{InitOptions, Repository, Store};
 use strongbox_testkit::Rng;
@@ -102,27 +102,21 @@ struct Generation {
     taken_ms: i64,
     snapshot: strongbox_repo::Snapshot,
     /// (first transaction, object name), in order.
-    objects: Vec<(u64, String)>,
+    objects: Vec<(u64, u64, String)>,
     /// When its last shipped transaction was seen.
     end_ms: i64,
 }
 
 async fn generations(repo: &Repository) -> Vec<Generation> {
     let files = repo.wal_list(ARCHIVE).await.unwrap();
+    let mut shipped = by_generation(files.iter().map(|f| f.name.as_str()));
     let mut out = Vec::new();
     for snap in repo.snapshots().await.unwrap() {
         let id = snap.labels[GENERATION_LABEL].clone();
         let taken_ms: i64 = snap.labels[TAKEN_LABEL].parse().unwrap();
-        let mut objects: Vec<(u64, String)> = files
-            .iter()
-            .filter_map(|f| {
-                let (g, first, _) = parse_object_name(&f.name)?;
-                (g == id).then(|| (first, f.name.clone()))
-            })
-            .collect();
-        objects.sort();
+        let objects = shipped.remove(&id).unwrap_or_default();
         let end_ms = match objects.last() {
-            Some((_, name)) => {
+            Some((_, _, name)) => {
                 let data = repo.wal_fetch(ARCHIVE, name).await.unwrap().unwrap();
                 decode(&data).unwrap().1.last().unwrap().seen_ms
             }
@@ -141,23 +135,17 @@ async fn generations(repo: &Repository) -> Vec<Generation> {
 }
 
 /// The generation's base brought forward to `until`, in a new file.
-fn recover(
-    rt: &tokio::runtime::Runtime,
-    repo: &Repository,
-    g: &Generation,
-    until: Until,
-    dir: &Path,
-) -> (PathBuf, u64) {
+fn recover(rt: &tokio::runtime::Runtime, repo: &Repository, g: &Generation, until: Until, dir: &Path) -> PathBuf {
     // Named by generation and target: each recovery gets a file of its own.
     let db = dir.join(format!("recovered-{}-{until:?}.sqlite", g.id));
     rt.block_on(repo.restore_file(&g.snapshot, "database.sqlite", &db, &strongbox_repo::NoProgress))
         .unwrap();
-    let objects = g.objects.iter().map(|(first, name)| {
+    let objects = g.objects.iter().map(|(first, _, name)| {
         let data = rt.block_on(repo.wal_fetch(ARCHIVE, name)).unwrap().unwrap();
         Ok((*first, data))
     });
-    let done = replay(&db, objects, until).unwrap();
-    (db, done.txn)
+    replay(&db, objects, until).unwrap();
+    db
 }
 
 /// The rows after the first `k` transactions of `history`.
@@ -297,13 +285,13 @@ fn recoveries_to_random_moments_hold_exactly_what_was_committed_by_then() {
             .unwrap_or_else(|| panic!("{what}: {got:?} is no prefix of the history (seed {seed})"))
     };
     for g in &gens {
-        let (path, _) = recover(&rt, &repo, g, Until::Latest, work.path());
+        let path = recover(&rt, &repo, g, Until::Latest, work.path());
         prefix_of(&rows(&path), &format!("generation {} latest", g.id));
     }
     // A kill loses at most the last second.
     for (killed_ms, committed) in &kills {
         let g = gens.iter().rev().find(|g| g.taken_ms <= *killed_ms).unwrap();
-        let (path, _) = recover(&rt, &repo, g, Until::Latest, work.path());
+        let path = recover(&rt, &repo, g, Until::Latest, work.path());
         let k = prefix_of(&rows(&path), "latest after a kill");
         let must = history[..*committed]
             .iter()
@@ -326,7 +314,7 @@ fn recoveries_to_random_moments_hold_exactly_what_was_committed_by_then() {
             continue; // between generations: nothing was shipped then
         }
         tried += 1;
-        let (path, _) = recover(&rt, &repo, g, Until::Time(at), work.path());
+        let path = recover(&rt, &repo, g, Until::Time(at), work.path());
         let k = prefix_of(&rows(&path), &format!("moment {at} in generation {}", g.id));
         if let Some(next) = history.get(k) {
             assert!(

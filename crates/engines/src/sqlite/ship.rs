@@ -127,6 +127,25 @@ pub fn parse_object_name(name: &str) -> Option<(&str, u64, u64)> {
     (!generation.is_empty() && first >= 1 && first <= last).then_some((generation, first, last))
 }
 
+/// Objects of an archive listing grouped by generation: each one's
+/// (first, last, name), in order. Names that are no objects are skipped.
+pub fn by_generation<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+) -> std::collections::BTreeMap<String, Vec<(u64, u64, String)>> {
+    let mut out: std::collections::BTreeMap<String, Vec<(u64, u64, String)>> = Default::default();
+    for name in names {
+        if let Some((generation, first, last)) = parse_object_name(name) {
+            out.entry(generation.to_string())
+                .or_default()
+                .push((first, last, name.to_string()));
+        }
+    }
+    for objects in out.values_mut() {
+        objects.sort();
+    }
+    out
+}
+
 pub fn encode(page_size: u32, txns: &[Shipped]) -> Vec<u8> {
     let pages: usize = txns.iter().map(|t| t.txn.pages.len()).sum();
     let mut out = Vec::with_capacity(16 + txns.len() * 16 + pages * (4 + page_size as usize));
@@ -451,18 +470,12 @@ impl Shipper {
         if self.generation.is_none() {
             return Ok(polled);
         }
-        match std::fs::metadata(&self.path).map(|m| m.ino()) {
-            Ok(inode) if inode == self.inode => {}
-            Ok(_) => {
-                self.lose("the database file was replaced".into(), &mut polled)?;
-                return Ok(polled);
-            }
-            Err(e) => {
-                self.lose(format!("the database file is gone ({e})"), &mut polled)?;
-                return Ok(polled);
-            }
-        }
-        match self.read_new()? {
+        let read = match std::fs::metadata(&self.path).map(|m| m.ino()) {
+            Ok(inode) if inode == self.inode => self.read_new()?,
+            Ok(_) => Err("the database file was replaced".into()),
+            Err(e) => Err(format!("the database file is gone ({e})")),
+        };
+        match read {
             Ok(n) => polled.read = n,
             Err(why) => {
                 self.lose(why, &mut polled)?;
@@ -556,30 +569,21 @@ pub struct ShippedTarget {
     pub at_least: u64,
 }
 
-/// Where a replay ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Replayed {
-    /// The last transaction applied (0: the base alone).
-    pub txn: u64,
-    /// When it was seen committed.
-    pub seen_ms: Option<i64>,
-}
-
 /// Brings `db` (a generation's base, restored) forward by the generation's
 /// objects, given in order as (first transaction number, content), up to
-/// `until`. Objects must follow each other without a gap.
+/// `until`. Objects must follow each other without a gap. Returns the last
+/// transaction applied (0: the base alone).
 pub fn replay(
     db: &Path,
     objects: impl IntoIterator<Item = Result<(u64, Vec<u8>), Error>>,
     until: Until,
-) -> Result<Replayed, Error> {
-    let mut done = Replayed { txn: 0, seen_ms: None };
+) -> Result<u64, Error> {
+    let mut done = 0;
     for object in objects {
         let (first, data) = object?;
-        if first != done.txn + 1 {
+        if first != done + 1 {
             return Err(Error::Failed(format!(
-                "the shipped WAL has a gap: transaction {} follows {}",
-                first, done.txn
+                "the shipped WAL has a gap: transaction {first} follows {done}"
             )));
         }
         let (page_size, txns) = decode(&data)?;
@@ -594,12 +598,7 @@ pub fn replay(
             .count();
         super::wal::apply_txns(db, page_size, txns[..wanted].iter().map(|t| &t.txn))
             .map_err(|e| fail(db, "replaying the shipped WAL", e))?;
-        if wanted > 0 {
-            done = Replayed {
-                txn: first + wanted as u64 - 1,
-                seen_ms: Some(txns[wanted - 1].seen_ms),
-            };
-        }
+        done = first + wanted as u64 - 1;
         if wanted < txns.len() {
             break;
         }
@@ -664,8 +663,8 @@ pub enum Request {
     /// A new generation's base, for a backup to store.
     Base(std::sync::mpsc::Sender<Result<Base, Error>>),
     /// Push what is pending now (a recovery wants every transaction up to
-    /// its moment); the answer is the generation and transactions shipped.
-    Flush(std::sync::mpsc::Sender<Result<(Option<String>, u64), Error>>),
+    /// its moment).
+    Flush(std::sync::mpsc::Sender<Result<(), Error>>),
 }
 
 type Registry = std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::mpsc::Sender<Request>>>;
@@ -691,32 +690,32 @@ pub fn unregister(path: &Path) {
 }
 
 /// Asks the shipper of `path`, if one runs in this process, and waits up
-/// to `wait` for its answer; `None` if no shipper runs there.
+/// to `LOCK_WAIT` for its answer; `None` if no shipper runs there.
 fn ask<T>(
     path: &Path,
-    wait: Duration,
-    request: impl FnOnce(std::sync::mpsc::Sender<T>) -> Request,
+    request: impl FnOnce(std::sync::mpsc::Sender<Result<T, Error>>) -> Request,
 ) -> Option<Result<T, Error>> {
     let shipper = registry().lock().expect("shipper registry").get(path).cloned()?;
     let (tx, rx) = std::sync::mpsc::channel();
     shipper.send(request(tx)).ok()?;
-    Some(rx.recv_timeout(wait).map_err(|_| {
-        Error::Failed(format!(
+    let wait = super::LOCK_WAIT;
+    Some(rx.recv_timeout(wait).unwrap_or_else(|_| {
+        Err(Error::Failed(format!(
             "sqlite {}: the WAL shipper did not answer within {} s",
             path.display(),
             wait.as_secs()
-        ))
+        )))
     }))
 }
 
 /// A new generation's base from the shipper of `path`, if one runs here.
 pub fn request_base(path: &Path) -> Option<Result<Base, Error>> {
-    ask(path, super::LOCK_WAIT, Request::Base).map(|r| r.and_then(|b| b))
+    ask(path, Request::Base)
 }
 
 /// Has the shipper of `path`, if one runs here, push what is pending.
-pub fn request_flush(path: &Path) -> Option<Result<(Option<String>, u64), Error>> {
-    ask(path, super::LOCK_WAIT, Request::Flush).map(|r| r.and_then(|b| b))
+pub fn request_flush(path: &Path) -> Option<Result<(), Error>> {
+    ask(path, Request::Flush)
 }
 
 impl Shipper {
@@ -732,7 +731,7 @@ impl Shipper {
                         true => self.read_new().and_then(|_| self.push_pending()),
                         false => Ok(0),
                     };
-                    let _ = reply.send(flushed.map(|_| (self.generation.clone(), self.shipped)));
+                    let _ = reply.send(flushed.map(|_| ()));
                 }
             }
         }
