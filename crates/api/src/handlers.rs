@@ -137,6 +137,12 @@ fn backup_item(b: &Backup) -> wire::BackupItem {
         .position
         .clone()
         .and_then(|p| serde_json::from_value::<strongbox_engines::pitr::BasePosition>(p).ok());
+    // A SQLite base backup sits at its generation's start.
+    let base = b
+        .position
+        .clone()
+        .and_then(|p| serde_json::from_value::<strongbox_engines::sqlite_ship::BasePosition>(p).ok())
+        .map(|p| p.at(0).to_string());
     wire::BackupItem {
         db_tag: b.db_tag.clone(),
         status: b.status.as_str().into(),
@@ -147,7 +153,7 @@ fn backup_item(b: &Backup) -> wire::BackupItem {
         backup_completed_date: done.map(api_date_of),
         logical_bytes: done.and(b.logical_bytes),
         stored_bytes: done.and(b.stored_bytes),
-        scn: position.as_ref().map(|p| p.stop_lsn.to_string()),
+        scn: position.as_ref().map(|p| p.stop_lsn.to_string()).or(base),
         timeline: position.map(|p| p.timeline),
         expires_at: None,
     }
@@ -469,9 +475,11 @@ pub async fn instance_detail(
             ranges: r
                 .ranges
                 .iter()
-                .map(|(from, to)| wire::TimeRange {
-                    earliest: strongbox_core::dates::api_date(*from),
-                    latest: to.map_or_else(|| "now".into(), strongbox_core::dates::api_date),
+                .map(|g| wire::TimeRange {
+                    earliest: strongbox_core::dates::api_date(g.from),
+                    latest: g.to.map_or_else(|| "now".into(), strongbox_core::dates::api_date),
+                    earliest_scn: g.first.to_string(),
+                    latest_scn: g.last.to_string(),
                 })
                 .collect(),
         }

@@ -13,16 +13,17 @@ use axum::{Extension, Json};
 use serde_json::Value;
 use strongbox_catalog::BackupStatus;
 use strongbox_core::dates::{api_date, api_date_of, parse_api_date};
-use strongbox_core::recovery::RecoveryRequest;
-use strongbox_engines::pitr::{Lsn, Reached};
+use strongbox_core::recovery::{RecoveryRequest, Scn};
+use strongbox_engines::pitr::Reached;
 
 use crate::auth::Caller;
 use crate::handlers::{accepted, json_object, origin};
 use crate::{ApiError, AppState, wire};
 
-/// An `scn`: a PostgreSQL LSN (`0/3000060`), or the same as a decimal
-/// number, in a JSON string or number.
-fn parse_scn(scn: &Value) -> Result<Lsn, ApiError> {
+/// An `scn`: a PostgreSQL LSN (`0/3000060`, or the same as a decimal
+/// number) or a shipped SQLite log's `GENERATION:N`, in a JSON string or
+/// number.
+fn parse_scn(scn: &Value) -> Result<Scn, ApiError> {
     let text = match scn {
         Value::String(s) => s.clone(),
         Value::Number(n) if n.is_u64() => n.to_string(),
@@ -84,7 +85,7 @@ fn parse(body: &wire::StartRecovery) -> Result<RecoveryRequest, ApiError> {
     }
     if let Some(scn) = &body.scn {
         return Ok(RecoveryRequest::Scn {
-            lsn: parse_scn(scn)?,
+            scn: parse_scn(scn)?,
             timeline,
         });
     }
@@ -124,8 +125,8 @@ pub async fn start_recovery(
     let parsed: wire::StartRecovery = serde_json::from_value(params.clone()).map_err(|e| {
         ApiError::bad_request(format!(
             "invalid recovery request: {e}; send one of {{\"latest\": true}}, {{\"tag\": \"TAG…\"}}, \
-             {{\"timestamp\": \"dd-MMM-yyyy HH:mm:ss\"}}, {{\"scn\": \"0/3000060\"}} (a timestamp or scn may add \
-             \"timeline\": N)"
+             {{\"timestamp\": \"dd-MMM-yyyy HH:mm:ss\"}}, {{\"scn\": \"0/3000060\"}} or for shipped SQLite logs \
+             {{\"scn\": \"GENERATION:N\"}} (a PostgreSQL timestamp or scn may add \"timeline\": N)"
         ))
     })?;
     let request = parse(&parsed)?;

@@ -219,11 +219,18 @@ pub struct ContinuousArchiving {
     pub ranges: Vec<TimeRange>,
 }
 
+/// One generation of a shipped log: recoverable to any second and any
+/// position (`scn`, `GENERATION:N`) between its edges.
 #[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct TimeRange {
     pub earliest: String,
     /// `now` while the shipper is on this stretch.
     pub latest: String,
+    /// The generation's base: `GENERATION:0`.
+    pub earliest_scn: String,
+    /// Its last transaction shipped so far.
+    pub latest_scn: String,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -321,7 +328,12 @@ impl utoipa::PartialSchema for StartRecovery {
         let scn: Schema = OneOfBuilder::new()
             .item(string("a PostgreSQL LSN").pattern(Some(lsn)))
             .item(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)))
-            .description(Some("a PostgreSQL LSN (`0/3000060`) or the same as a decimal number"))
+            .item(string("a position in a shipped SQLite log").pattern(Some("^[0-9A-Fa-f]{16}:[0-9]{1,19}$")))
+            .description(Some(
+                "a PostgreSQL LSN (`0/3000060`) or the same as a decimal number; for a SQLite deployment with \
+                 continuous archiving, GENERATION:N (a generation's 16 hex digits and a transaction number, 0 its \
+                 base)",
+            ))
             .build()
             .into();
         let timestamp: Schema = string(

@@ -7,8 +7,8 @@
 
 use serde_json::{Value, json};
 use strongbox_catalog::{Backup, BackupStatus, Deployment, Job, NewRecord};
-use strongbox_engines::RecoveryTarget;
 use strongbox_engines::pitr::{Goal, Lsn};
+use strongbox_engines::{RecoveryTarget, sqlite_ship};
 use time::OffsetDateTime;
 
 use crate::dates::{api_date, api_date_of, parse_rfc3339};
@@ -29,9 +29,39 @@ pub enum RecoveryRequest {
         timeline: Option<u32>,
     },
     Scn {
-        lsn: Lsn,
+        scn: Scn,
         timeline: Option<u32>,
     },
+}
+
+/// An `scn`: a position in a deployment's log, in its engine's form — a
+/// PostgreSQL LSN (`0/3000060`, or decimal), or a position in a shipped
+/// SQLite log (`GENERATION:N`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scn {
+    Lsn(Lsn),
+    Shipped(sqlite_ship::Position),
+}
+
+impl std::str::FromStr for Scn {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s.contains(':') {
+            s.parse().map(Scn::Shipped)
+        } else {
+            s.parse().map(Scn::Lsn)
+        }
+    }
+}
+
+impl std::fmt::Display for Scn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scn::Lsn(l) => l.fmt(f),
+            Scn::Shipped(p) => p.fmt(f),
+        }
+    }
 }
 
 impl RecoveryRequest {
@@ -120,7 +150,18 @@ async fn choose(
             })?;
             return Ok((b.clone(), backup_plan(b, "")));
         }
-        RecoveryRequest::Scn { lsn, timeline } => {
+        RecoveryRequest::Scn {
+            scn: Scn::Shipped(p), ..
+        } => {
+            return Err(Error::Invalid(format!(
+                "scn {p} is a position in a shipped SQLite log, and {service} does not ship one: turn on \
+                 continuousArchiving in its backup configuration, or recover with latest, a tag or a timestamp"
+            )));
+        }
+        RecoveryRequest::Scn {
+            scn: Scn::Lsn(lsn),
+            timeline,
+        } => {
             let Some(pitr) = pitr else {
                 return Err(point_in_time_only("recovery to an scn"));
             };

@@ -13,13 +13,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use strongbox_catalog::{Backup, Deployment};
-use strongbox_engines::sqlite_ship::{self, BasePosition, RepoArchive, ShipOptions, ShippedTarget, Shipper, Until};
+use strongbox_engines::sqlite_ship::{
+    self, BasePosition, Position, RepoArchive, ShipOptions, ShippedTarget, Shipper, Until,
+};
 use strongbox_engines::{RecoveryTarget, SqliteEngine};
 use time::OffsetDateTime;
 
 use crate::dates::api_date;
 use crate::job::{Origin, Trigger};
 use crate::pitr::{RecoveryPlan, WalArchives};
+use crate::recovery::{RecoveryRequest, Scn};
 use crate::{Error, Result, Service};
 
 /// How often the supervisor looks for deployments to ship.
@@ -294,15 +297,14 @@ impl Service {
         Ok(Some(out))
     }
 
-    /// Plans a recovery of a deployment whose log is shipped: to `at`
-    /// (`None`: every shipped transaction). `Ok(None)`: its log is not
-    /// shipped, or (for `latest`) it has no generation with a base backup
-    /// yet, so the usual plans apply.
-    pub(crate) async fn plan_shipped(
+    /// Plans a recovery of a deployment whose log is shipped, to `goal`.
+    /// `Ok(None)`: its log is not shipped, or (for `latest`) it has no
+    /// generation with a base backup yet, so the usual plans apply.
+    async fn plan_shipped(
         &self,
         d: &Deployment,
         usable: &[Backup],
-        at: Option<OffsetDateTime>,
+        goal: Goal,
     ) -> Result<Option<(Backup, RecoveryPlan)>> {
         let Some(generations) = self.generations(d, usable).await? else {
             return Ok(None);
@@ -319,45 +321,61 @@ impl Service {
             );
             (g.backup.clone(), RecoveryPlan { target, description })
         };
-        let Some(at) = at else {
-            let Some(g) = generations.last() else {
-                return Ok(None);
-            };
-            let what = format!("its end (every shipped transaction: {} so far)", g.shipped);
-            return Ok(Some(plan(g, Until::Latest, g.shipped, what)));
+        let (wanted, shown) = match goal {
+            Goal::Latest => {
+                let Some(g) = generations.last() else {
+                    return Ok(None);
+                };
+                let what = format!("its end (every shipped transaction: {} so far)", g.shipped);
+                return Ok(Some(plan(g, Until::Latest, g.shipped, what)));
+            }
+            Goal::Position(p) => {
+                if let Some(g) = generations
+                    .iter()
+                    .find(|g| g.base.generation == p.generation && p.txn <= g.shipped)
+                {
+                    return Ok(Some(plan(
+                        g,
+                        Until::Txn(p.txn),
+                        p.txn,
+                        format!("transaction {}", p.txn),
+                    )));
+                }
+                (None, format!("scn {p}"))
+            }
+            Goal::Time(at) => (Some(at), format!("timestamp {}", api_date(at).trim_end_matches(" UTC"))),
         };
-        let wanted = ms_of(at);
-        let covering = generations
-            .iter()
-            .rev()
-            .find(|g| g.base.taken_ms <= wanted && (g.end_ms >= wanted || g.live));
-        if let Some(g) = covering {
-            let what = format!("{} UTC", api_date(at).trim_end_matches(" UTC"));
-            return Ok(Some(plan(g, Until::Time(wanted), 0, what)));
+        if let Some(at) = wanted {
+            let ms = ms_of(at);
+            let covering = generations
+                .iter()
+                .rev()
+                .find(|g| g.base.taken_ms <= ms && (g.end_ms >= ms || g.live));
+            if let Some(g) = covering {
+                let what = format!("{} UTC", api_date(at).trim_end_matches(" UTC"));
+                return Ok(Some(plan(g, Until::Time(ms), 0, what)));
+            }
         }
         let ranges: Vec<String> = generations
             .iter()
             .map(|g| {
-                let from = api_date(at_ms(g.base.taken_ms));
-                let to = if g.live {
-                    "now".to_string()
-                } else {
+                let (from, to) = (g.base.at(0), g.base.at(g.shipped));
+                let end = if g.live { " (now)".to_string() } else { String::new() };
+                format!(
+                    "from {} (scn {from}) to {}{end} (scn {to})",
+                    api_date(at_ms(g.base.taken_ms)),
                     api_date(at_ms(g.end_ms))
-                };
-                format!("from {from} to {to}")
+                )
             })
             .collect();
-        let shown = api_date(at);
         Err(Error::Invalid(if ranges.is_empty() {
             format!(
-                "timestamp {} cannot be recovered: {} has no base backup taken while its log was shipped yet",
-                shown.trim_end_matches(" UTC"),
+                "{shown} cannot be recovered: {} has no base backup taken while its log was shipped yet",
                 d.name
             )
         } else {
             format!(
-                "timestamp {} cannot be recovered: the shipped log of {} covers {}",
-                shown.trim_end_matches(" UTC"),
+                "{shown} cannot be recovered: the shipped log of {} covers {}",
                 d.name,
                 ranges.join(", ")
             )
@@ -365,24 +383,40 @@ impl Service {
     }
 }
 
+/// Where a recovery of a shipped log goes.
+enum Goal {
+    Latest,
+    Time(OffsetDateTime),
+    Position(Position),
+}
+
 impl Service {
     /// The plan for `request` when the deployment's log is shipped and the
-    /// request names a moment or `latest`; `None` leaves it to the usual
-    /// plans (a tag, a backup's own completion second, no shipping).
+    /// request names a moment, a position or `latest`; `None` leaves it to
+    /// the usual plans (a tag, a backup's own completion second, no
+    /// shipping).
     pub(crate) async fn choose_shipped(
         &self,
-        request: &crate::recovery::RecoveryRequest,
+        request: &RecoveryRequest,
         d: &Deployment,
         usable: &[Backup],
     ) -> Result<Option<(Backup, RecoveryPlan)>> {
-        use crate::recovery::RecoveryRequest;
         if !self.ships(d) {
             return Ok(None);
         }
+        let no_timeline = || {
+            Error::Invalid(format!(
+                "{} ships a SQLite log, which has no timelines: leave timeline out",
+                d.name
+            ))
+        };
         match request {
-            RecoveryRequest::Latest => self.plan_shipped(d, usable, None).await,
+            RecoveryRequest::Latest => self.plan_shipped(d, usable, Goal::Latest).await,
+            RecoveryRequest::Time { timeline: Some(_), .. } | RecoveryRequest::Scn { timeline: Some(_), .. } => {
+                Err(no_timeline())
+            }
             RecoveryRequest::Time { at, timeline: None } if *at <= OffsetDateTime::now_utc() => {
-                match self.plan_shipped(d, usable, Some(*at)).await {
+                match self.plan_shipped(d, usable, Goal::Time(*at)).await {
                     Ok(plan) => Ok(plan),
                     // A backup's own completion second still names it.
                     Err(_)
@@ -395,10 +429,13 @@ impl Service {
                     Err(e) => Err(e),
                 }
             }
-            RecoveryRequest::Scn { .. } => Err(Error::Invalid(format!(
-                "{} ships a SQLite log, whose positions are not scns; recover to a timestamp (any second of the \
-                 shipped range) or to latest",
-                d.name
+            RecoveryRequest::Scn {
+                scn: Scn::Shipped(p), ..
+            } => self.plan_shipped(d, usable, Goal::Position(p.clone())).await,
+            RecoveryRequest::Scn { scn: Scn::Lsn(lsn), .. } => Err(Error::Invalid(format!(
+                "scn {lsn} is a PostgreSQL WAL position; {} ships a SQLite log, whose positions are written \
+                 GENERATION:N (GET …/{} lists its generations' ranges)",
+                d.name, d.name
             ))),
             _ => Ok(None),
         }
@@ -424,9 +461,19 @@ impl Service {
 pub struct ShippingReport {
     /// What this server's shipper reports; `None` if none runs here.
     pub shipper: Option<ShipperStatus>,
-    /// Stretches recoverable to any second: (from, to), `to` `None` while
-    /// the shipper is on that generation (it reaches the present).
-    pub ranges: Vec<(OffsetDateTime, Option<OffsetDateTime>)>,
+    /// Stretches recoverable to any second and any position, oldest first.
+    pub ranges: Vec<ShippedRange>,
+}
+
+/// One generation's recoverable stretch.
+#[derive(Clone, Debug)]
+pub struct ShippedRange {
+    pub from: OffsetDateTime,
+    /// `None` while the shipper is on this generation (it reaches the present).
+    pub to: Option<OffsetDateTime>,
+    pub first: Position,
+    /// The last transaction shipped so far.
+    pub last: Position,
 }
 
 impl Service {
@@ -440,7 +487,12 @@ impl Service {
             shipper: self.shippers.status(&d.domain, &d.name),
             ranges: generations
                 .iter()
-                .map(|g| (at_ms(g.base.taken_ms), (!g.live).then(|| at_ms(g.end_ms))))
+                .map(|g| ShippedRange {
+                    from: at_ms(g.base.taken_ms),
+                    to: (!g.live).then(|| at_ms(g.end_ms)),
+                    first: g.base.at(0),
+                    last: g.base.at(g.shipped),
+                })
                 .collect(),
         }))
     }

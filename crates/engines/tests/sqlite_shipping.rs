@@ -134,6 +134,29 @@ async fn generations(repo: &Repository) -> Vec<Generation> {
     out
 }
 
+/// A repository in `dir`, and the archive shipped into.
+fn repository(dir: &Path) -> (tokio::runtime::Runtime, Arc<Repository>, Arc<RepoArchive>) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let repo = Arc::new(
+        rt.block_on(Repository::init(
+            Store::local(&dir.join("repo")).unwrap(),
+            PASSWORD,
+            InitOptions::default(),
+        ))
+        .unwrap(),
+    );
+    let archive = Arc::new(RepoArchive {
+        repo: repo.clone(),
+        archive: ARCHIVE.into(),
+        runtime: rt.handle().clone(),
+    });
+    (rt, repo, archive)
+}
+
 /// The generation's base brought forward to `until`, in a new file.
 fn recover(rt: &tokio::runtime::Runtime, repo: &Repository, g: &Generation, until: Until, dir: &Path) -> PathBuf {
     // Named by generation and target: each recovery gets a file of its own.
@@ -166,24 +189,7 @@ fn recoveries_to_random_moments_hold_exactly_what_was_committed_by_then() {
     println!("sqlite shipping seed {seed} (MODEL_SEED replays it)");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let repo = Arc::new(
-        rt.block_on(Repository::init(
-            Store::local(&dir.path().join("repo")).unwrap(),
-            PASSWORD,
-            InitOptions::default(),
-        ))
-        .unwrap(),
-    );
-    let archive = Arc::new(RepoArchive {
-        repo: repo.clone(),
-        archive: ARCHIVE.into(),
-        runtime: rt.handle().clone(),
-    });
+    let (rt, repo, archive) = repository(dir.path());
     let opts = ShipOptions {
         // Small, so that rolls happen often.
         roll_frames: 60,
@@ -334,4 +340,51 @@ fn recoveries_to_random_moments_hold_exactly_what_was_committed_by_then() {
         "{} generations; 40 moments recovered exactly; longest a missing transaction had been committed: {worst_lag} ms",
         gens.len()
     );
+}
+
+/// An application's RESTART and TRUNCATE checkpoints wait for every reader
+/// to leave the log; the shipper's reader must leave it once it is copied,
+/// or each such checkpoint stalls for the application's busy timeout.
+/// Neither breaks the generation: a truncated log's successor follows it.
+#[test]
+fn restart_and_truncate_checkpoints_finish_at_once_and_keep_the_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, repo, archive) = repository(dir.path());
+    let db = dir.path().join("app.sqlite");
+    let app = open_app(&db);
+    let shipper = run(&db, archive, &ShipOptions::new(dir.path().to_path_buf()));
+    let insert = |from: i64| {
+        for n in from..from + 50 {
+            app.execute("INSERT INTO t VALUES (?1, randomblob(200))", [n]).unwrap();
+        }
+    };
+    let mut n = 0;
+    for mode in ["TRUNCATE", "RESTART", "TRUNCATE"] {
+        insert(n);
+        n += 50;
+        std::thread::sleep(Duration::from_millis(100));
+        let started = std::time::Instant::now();
+        let busy: i64 = app
+            .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get(0))
+            .unwrap();
+        let took = started.elapsed();
+        assert_eq!(busy, 0, "{mode} checkpoint gave up");
+        assert!(took < Duration::from_secs(2), "{mode} checkpoint took {took:?}");
+        if mode == "TRUNCATE" {
+            let len = std::fs::metadata(format!("{}-wal", db.display())).unwrap().len();
+            assert_eq!(len, 0, "the log was truncated");
+        }
+        // The shipper sees the log as the checkpoint left it.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    insert(n);
+    n += 50;
+    std::thread::sleep(Duration::from_millis(100));
+    let (shipper, _) = shipper.finish();
+    shipper.stop().unwrap();
+    let gens = rt.block_on(generations(&repo));
+    assert_eq!(gens.len(), 1, "one generation throughout");
+    let work = tempfile::tempdir().unwrap();
+    let path = recover(&rt, &repo, &gens[0], Until::Latest, work.path());
+    assert_eq!(rows(&path), (0..n).collect());
 }

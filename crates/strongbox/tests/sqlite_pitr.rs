@@ -140,6 +140,29 @@ fn recover_sqlite_to_seconds_latest_and_after_the_server_is_killed_and_the_file_
     assert_eq!(status, "HTTP/2 400", "{v}");
     assert!(v["message"].as_str().unwrap().contains("covers from"), "{v}");
 
+    // Positions: GENERATION:N (the model test recovers them); others are
+    // refused with what to write instead.
+    let (_, v) = s.json(&[&s.url(P)]);
+    let range = &v["continuousArchiving"]["ranges"][0];
+    let (generation, _) = range["earliestScn"].as_str().unwrap().split_once(':').unwrap();
+    assert_eq!(range["earliestScn"], format!("{generation}:0"), "{v}");
+    for (scn, says) in [
+        ("0/3000060", "GENERATION:N"),
+        ("0190f3c2a1b2c3d4:5", "cannot be recovered"),
+        (&format!("{generation}:999999"), "cannot be recovered"),
+        (&format!("{generation}:x"), "GENERATION:N"),
+    ] {
+        let (status, v) = s.json(&[
+            "-X",
+            "POST",
+            "-d",
+            &format!(r#"{{"scn": "{scn}"}}"#),
+            &s.url(&format!("{P}/backups/recovery")),
+        ]);
+        assert_eq!(status, "HTTP/2 400", "{scn}: {v}");
+        assert!(v["message"].as_str().unwrap().contains(says), "{scn}: {v}");
+    }
+
     // The server killed while the application writes, then the database
     // lost: latest brings back a prefix of the writes holding every one
     // committed more than a second before the kill.

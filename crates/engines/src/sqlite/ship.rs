@@ -18,11 +18,13 @@
 //! follow, the log gone, the database file replaced (another inode), the
 //! shipper started afresh — starts a new *generation*.
 //!
-//! After each read that found commits the reader's mark moves to the end
+//! After each read the reader's mark moves to the end
 //! (`advance_reader`: a second connection begins reading before the first
 //! stops, so a mark is always held, and one that began past frames not yet
 //! copied into the database is never the database-file-only kind), which
-//! lets the application's checkpoints copy what was shipped.
+//! lets the application's checkpoints copy what was shipped, and its
+//! RESTART and TRUNCATE checkpoints finish (they wait for every reader to
+//! leave the log; a TRUNCATE leaves it empty, and the next log follows).
 //!
 //! To let the log be reset at all, the shipper *rolls* it now and then: it
 //! takes the write lock (`BEGIN IMMEDIATE`: application writers wait, as
@@ -75,6 +77,51 @@ pub struct Base {
 pub struct BasePosition {
     pub generation: String,
     pub taken_ms: i64,
+}
+
+impl BasePosition {
+    /// The position of transaction `txn` of the base's generation (0: the base).
+    pub fn at(&self, txn: u64) -> Position {
+        Position {
+            generation: self.generation.clone(),
+            txn,
+        }
+    }
+}
+
+/// A position in a shipped log — a SQLite deployment's `scn`: a generation
+/// and a transaction number in it, written `GENERATION:N` (`N` decimal;
+/// 0 is the generation's base). Distinct from a PostgreSQL LSN (`0/3000060`)
+/// by its colon.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub generation: String,
+    pub txn: u64,
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.generation, self.txn)
+    }
+}
+
+impl std::str::FromStr for Position {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let (generation, txn) = s
+            .split_once(':')
+            .filter(|(g, _)| g.len() == 16 && g.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|(g, n)| Some((g.to_ascii_lowercase(), n.parse().ok()?)))
+            .ok_or_else(|| {
+                format!(
+                    "{s:?} is not a position in a shipped SQLite log: write it GENERATION:N, a generation's 16 hex \
+                     digits and a transaction number (e.g. 0190f3c2a1b2c3d4:1500)"
+                )
+            })?;
+        Ok(Position { generation, txn })
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -425,7 +472,15 @@ impl Shipper {
             (None, Some(h)) => Cursor::at_start(h),
             (Some(c), Some(h)) if c.header == h => c,
             (Some(c), Some(h)) if h.follows(&c.header) => Cursor::at_start(h),
-            (Some(_), None) => return Ok(Err("the WAL was emptied by something other than a checkpoint".into())),
+            // A TRUNCATE checkpoint empties the log, which it can only do
+            // once every frame was copied into the database and no reader
+            // (so not ours) still reads from the log: the log that comes
+            // next follows the one the cursor is on.
+            (Some(c), None) if self.wal_path.exists() => {
+                self.cursor = Some(Cursor::at_start(c.header));
+                return Ok(Ok(0));
+            }
+            (Some(_), None) => return Ok(Err("the WAL was removed".into())),
             (Some(_), Some(_)) => return Ok(Err("the WAL was restarted without continuity".into())),
         };
         let mut cursor = cursor;
@@ -482,9 +537,11 @@ impl Shipper {
                 return Ok(polled);
             }
         }
-        if polled.read > 0 {
-            self.advance_reader()?;
-        }
+        // Every poll, also when nothing was read: an application checkpoint
+        // in RESTART or TRUNCATE mode waits for every reader to leave the
+        // log, which a reader begun once the log is fully copied into the
+        // database does.
+        self.advance_reader()?;
         let due = self
             .pending_since
             .is_some_and(|t| t.elapsed() >= self.opts.ship_every || self.pending_bytes >= 16 << 20);
@@ -734,6 +791,28 @@ impl Shipper {
                     let _ = reply.send(flushed.map(|_| ()));
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Position;
+
+    #[test]
+    fn positions_are_written_generation_colon_transaction() {
+        let p: Position = " 0190F3C2A1B2C3D4:1500 ".parse().unwrap();
+        assert_eq!((p.generation.as_str(), p.txn), ("0190f3c2a1b2c3d4", 1500));
+        assert_eq!(p.to_string(), "0190f3c2a1b2c3d4:1500");
+        for bad in [
+            "0/3000060",
+            "0190f3c2a1b2c3:15",
+            "0190f3c2a1b2c3d4:",
+            "0190f3c2a1b2c3d4:-1",
+            "0190f3c2a1b2c3dz:1",
+        ] {
+            let e = bad.parse::<Position>().unwrap_err();
+            assert!(e.contains("GENERATION:N"), "{bad}: {e}");
         }
     }
 }
