@@ -44,6 +44,8 @@ pub struct ShipperStatus {
 #[derive(Default)]
 pub struct Shippers {
     running: Mutex<HashMap<(String, String), Running>>,
+    /// Set (under `running`'s lock) by `stop_all`: no shipper starts after.
+    stopped: AtomicBool,
 }
 
 struct Running {
@@ -59,9 +61,14 @@ impl Shippers {
         Some(r.status.lock().expect("status").clone())
     }
 
-    /// Stops every shipper, pushing what each holds.
+    /// Stops every shipper, pushing what each holds; none starts again
+    /// (the server is shutting down).
     pub fn stop_all(&self) {
-        let all: Vec<Running> = self.running.lock().expect("shippers").drain().map(|(_, r)| r).collect();
+        let all: Vec<Running> = {
+            let mut running = self.running.lock().expect("shippers");
+            self.stopped.store(true, Ordering::Relaxed);
+            running.drain().map(|(_, r)| r).collect()
+        };
         for r in &all {
             r.stop.store(true, Ordering::Relaxed);
         }
@@ -81,12 +88,13 @@ impl Service {
     }
 }
 
-/// Keeps one shipper running per deployment to ship, until `stop`.
-pub async fn supervise(service: Arc<Service>, labels: Vec<String>, stop: Arc<AtomicBool>) {
+/// Keeps one shipper running per deployment to ship, until the server's
+/// shutdown stops them all (`Shippers::stop_all`).
+pub async fn supervise(service: Arc<Service>, labels: Vec<String>) {
     let Some(wal) = service.wal.clone() else {
         return;
     };
-    while !stop.load(Ordering::Relaxed) {
+    while !service.shippers.stopped.load(Ordering::Relaxed) {
         match service.catalog.all_deployments().await {
             Ok(all) => {
                 let wanted: Vec<&Deployment> = all
@@ -95,6 +103,9 @@ pub async fn supervise(service: Arc<Service>, labels: Vec<String>, stop: Arc<Ato
                     .filter(|d| d.runs_on.as_ref().is_none_or(|l| labels.contains(l)))
                     .collect();
                 let mut running = service.shippers.running.lock().expect("shippers");
+                if service.shippers.stopped.load(Ordering::Relaxed) {
+                    break;
+                }
                 running.retain(|(domain, name), r| {
                     let keep = wanted.iter().any(|d| &d.domain == domain && &d.name == name) && !r.thread.is_finished();
                     if !keep {
@@ -117,7 +128,6 @@ pub async fn supervise(service: Arc<Service>, labels: Vec<String>, stop: Arc<Ato
         }
         tokio::time::sleep(LOOK_EVERY).await;
     }
-    service.shippers.stop_all();
 }
 
 fn start(service: Arc<Service>, wal: Arc<WalArchives>, d: &Deployment, path: PathBuf) -> Running {

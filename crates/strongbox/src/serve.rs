@@ -293,12 +293,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .map(|_| jobs.spawn(worker(service.clone(), setup.clone())))
         .collect();
     tokio::spawn(strongbox_core::schedule::scheduler(service.clone(), s.schedule_check));
-    let shipping = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    tokio::spawn(strongbox_core::shipping::supervise(
-        service.clone(),
-        s.labels.clone(),
-        shipping.clone(),
-    ));
+    tokio::spawn(strongbox_core::shipping::supervise(service.clone(), s.labels.clone()));
     let shippers = service.clone();
     let mut state =
         strongbox_api::AppState::new(service, &s.public_url, s.retry_after).with_signin_failures(s.signin_failures);
@@ -310,10 +305,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let app = strongbox_api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     tracing::info!("strongbox serving {} (listening on {})", s.public_url, s.listen);
     let handle = axum_server::Handle::new();
-    let stop_shipping = move || {
-        shipping.store(true, std::sync::atomic::Ordering::Relaxed);
-        shippers.shippers.stop_all();
-    };
+    let stop_shipping = move || shippers.shippers.stop_all();
     tokio::spawn(shut_down(
         stop,
         workers,
