@@ -77,6 +77,13 @@ fn ship(
     if let Some(frames) = std::env::var("SHIP_ROLL_FRAMES").ok().and_then(|v| v.parse().ok()) {
         opts.roll_frames = frames; // for profiling
     }
+    if let Some(ms) = std::env::var("SHIP_ROLL_EVERY_MS").ok().and_then(|v| v.parse().ok()) {
+        opts.roll_every = Duration::from_millis(ms);
+    }
+    let poll = std::env::var("SHIP_POLL_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_millis(25), Duration::from_millis);
     let mut shipper = Shipper::start(db, archive, opts).unwrap();
     drop(shipper.begin_generation().unwrap()); // the base is not what is measured
     std::thread::spawn(move || {
@@ -85,7 +92,7 @@ fn ship(
             let t = Instant::now();
             rolls += usize::from(shipper.poll().unwrap().rolled);
             busy += t.elapsed();
-            std::thread::sleep(Duration::from_millis(25));
+            std::thread::sleep(poll);
         }
         if std::env::var("SHIP_PROFILE").is_ok() {
             println!(

@@ -70,9 +70,9 @@ fn path(archive: &str, name: &str) -> Result<String> {
 }
 
 /// The object: the content's keyed hash, then the content, sealed.
-fn seal(cipher: &Cipher, path: &str, data: &[u8]) -> Vec<u8> {
+fn seal(cipher: &Cipher, path: &str, content: &Id, data: &[u8]) -> Vec<u8> {
     let mut plain = Vec::with_capacity(32 + data.len());
-    plain.extend_from_slice(&cipher.chunk_id(data).0);
+    plain.extend_from_slice(&content.0);
     plain.extend_from_slice(data);
     cipher.seal_object(path, &plain)
 }
@@ -97,10 +97,12 @@ fn open(cipher: &Cipher, path: &str, object: &[u8]) -> Result<(Id, Vec<u8>)> {
 
 pub async fn push(store: &Store, cipher: &Cipher, archive: &str, name: &str, data: &[u8]) -> Result<Pushed> {
     let path = path(archive, name)?;
-    let sealed = seal(cipher, &path, data);
+    // Hashed once: the id goes into the sealed object and names it to
+    // `create_exclusive` (a segment is 16 MiB).
+    let content = cipher.chunk_id(data);
+    let sealed = seal(cipher, &path, &content, data);
     let bytes = sealed.len() as u64;
     let location = object_store::path::Path::from(path.as_str());
-    let content = cipher.chunk_id(data);
     if store
         .create_exclusive(&location, Bytes::from(sealed), &content.to_hex())
         .await?

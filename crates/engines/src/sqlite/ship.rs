@@ -93,6 +93,9 @@ pub struct ShipOptions {
     /// keeps from emptying it: rolling at about that size keeps them from
     /// doing so in vain.
     pub roll_frames: u64,
+    /// At most one roll per this long, in case an application reader keeps
+    /// the log from being reset (rolls would then be in vain).
+    pub roll_every: Duration,
     /// Where bases are copied before they are stored.
     pub scratch: PathBuf,
 }
@@ -103,6 +106,7 @@ impl ShipOptions {
             poll: Duration::from_millis(25),
             ship_every: Duration::from_millis(500),
             roll_frames: 900,
+            roll_every: Duration::from_millis(100),
             scratch,
         }
     }
@@ -405,7 +409,7 @@ impl Shipper {
         // keeps at its largest); at most ten rolls a second, in case an
         // application reader keeps the log from being reset.
         let in_use = self.cursor.map_or(0, |c| c.next_frame);
-        if in_use >= self.opts.roll_frames && self.rolled.is_none_or(|t| t.elapsed() >= Duration::from_millis(100)) {
+        if in_use >= self.opts.roll_frames && self.rolled.is_none_or(|t| t.elapsed() >= self.opts.roll_every) {
             self.rolled = Some(Instant::now());
             // Most of the checkpoint first, without the lock (up to this
             // reader's mark; writers go on); under the lock only what must
