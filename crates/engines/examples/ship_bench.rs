@@ -61,9 +61,13 @@ fn app(db: &Path) -> Connection {
     c
 }
 
-fn insert(c: &Connection, n: u64) {
-    c.execute("INSERT INTO t(at, v) VALUES (?1, hex(randomblob(50)))", [n as i64])
-        .unwrap();
+/// One transaction: a row of `bytes` random bytes (hex-encoded).
+fn insert(c: &Connection, n: u64, bytes: u64) {
+    c.execute(
+        "INSERT INTO t(at, v) VALUES (?1, hex(randomblob(?2)))",
+        [n as i64, bytes as i64],
+    )
+    .unwrap();
 }
 
 /// A shipper polling on its own thread until `stop`.
@@ -118,12 +122,14 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let dir = PathBuf::from(
         args.get(1)
-            .expect("usage: ship_bench DIR [--rate N] [--seconds S] [--rounds R]"),
+            .expect("usage: ship_bench DIR [--rate N] [--seconds S] [--rounds R] [--row-bytes B]"),
     );
     let rate = arg(&args, "--rate", 1000);
     let seconds = arg(&args, "--seconds", 20);
     let rounds = arg(&args, "--rounds", 5);
     let tp_seconds = arg(&args, "--throughput-seconds", 5);
+    // The default was tuned on; another size is a second data set.
+    let row_bytes = arg(&args, "--row-bytes", 50);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -161,7 +167,7 @@ fn main() {
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        insert(&c, n);
+        insert(&c, n, row_bytes);
         committed.push(Instant::now());
     }
     let behind = start.elapsed().as_secs_f64() - seconds as f64;
@@ -224,7 +230,7 @@ fn main() {
     let first = full("now");
     let c = app(&db);
     for n in 0..(rate * seconds) {
-        insert(&c, n);
+        insert(&c, n, row_bytes);
     }
     drop(c);
     let again = full(&format!(
@@ -273,7 +279,7 @@ fn main() {
             let start = Instant::now();
             let mut n = 0;
             while start.elapsed() < Duration::from_secs(tp_seconds) {
-                insert(&c, n);
+                insert(&c, n, row_bytes);
                 n += 1;
             }
             let per_s = n as f64 / start.elapsed().as_secs_f64();

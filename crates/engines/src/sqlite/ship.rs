@@ -411,10 +411,19 @@ impl Shipper {
         let in_use = self.cursor.map_or(0, |c| c.next_frame);
         if in_use >= self.opts.roll_frames && self.rolled.is_none_or(|t| t.elapsed() >= self.opts.roll_every) {
             self.rolled = Some(Instant::now());
-            // Most of the checkpoint first, without the lock (up to this
-            // reader's mark; writers go on); under the lock only what must
-            // be: the rest of the log read (into memory: pushed with the
-            // next batch), the rest checkpointed.
+            // Most of the work first, without the lock (writers go on): the
+            // log read to its end, the mark moved there, the log checkpointed
+            // up to it. Under the lock only what was written meanwhile (a
+            // push may just have taken tens of milliseconds): read (into
+            // memory: pushed with the next batch) and checkpointed.
+            match self.read_new()? {
+                Ok(n) => polled.read += n,
+                Err(why) => {
+                    self.lose(why, &mut polled)?;
+                    return Ok(polled);
+                }
+            }
+            self.advance_reader()?;
             let _ = self.writer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
             let rolled = self.with_write_lock(|s| {
                 let read = s.read_new()?;
