@@ -7,20 +7,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 const P: &str = "/paas/service/dbcs/api/v1.1/instances/usexample/app";
-
-fn rows(db: &Path) -> BTreeSet<i64> {
-    let c = rusqlite::Connection::open(db).unwrap();
-    let ok: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
-    assert_eq!(ok, "ok");
-    let mut st = c.prepare("SELECT n FROM t").unwrap();
-    st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
-}
 
 fn insert(c: &rusqlite::Connection, ns: impl IntoIterator<Item = i64>) {
     for n in ns {
@@ -82,13 +73,7 @@ fn recover_sqlite_to_seconds_latest_and_after_the_server_is_killed_and_the_file_
     assert_eq!(s.register_sqlite("app", &db).0, "HTTP/2 200");
 
     // Before archiving is on, a moment between backups is refused as before.
-    let (status, v) = s.json(&[
-        "-X",
-        "PUT",
-        "-d",
-        r#"{"continuousArchiving": true}"#,
-        &s.url(&format!("{P}/backups/config")),
-    ]);
+    let (status, v) = s.archive_continuously("app");
     assert_eq!(
         (status.as_str(), &v["continuousArchiving"]),
         ("HTTP/2 200", &serde_json::json!(true)),
@@ -116,18 +101,18 @@ fn recover_sqlite_to_seconds_latest_and_after_the_server_is_killed_and_the_file_
     // To a second: exactly what was committed by then; the application's
     // connection stays open throughout and sees it.
     s.recover_to(&format!(r#"{{"timestamp": "{t1}"}}"#));
-    assert_eq!(rows(&db), (1..=50).collect());
+    assert_eq!(sqlite_rows(&db), (1..=50).collect());
     let held: i64 = app.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
     assert_eq!(held, 50, "the open connection sees the recovered rows");
     s.recover_to(&format!(r#"{{"timestamp": "{t2}"}}"#));
-    assert_eq!(rows(&db), after_100);
+    assert_eq!(sqlite_rows(&db), after_100);
     s.recover_to(&format!(r#"{{"timestamp": "{before_writes}"}}"#));
-    assert!(rows(&db).is_empty());
+    assert!(sqlite_rows(&db).is_empty());
 
     // Writes on the recovered database, then latest: they are there.
     insert(&app, 1001..=1020);
     s.recover_to(r#"{"latest": true}"#);
-    assert_eq!(rows(&db), (1001..=1020).collect());
+    assert_eq!(sqlite_rows(&db), (1001..=1020).collect());
 
     // A moment before the first base is refused, naming the range.
     let (status, v) = s.json(&[
@@ -167,7 +152,7 @@ fn recover_sqlite_to_seconds_latest_and_after_the_server_is_killed_and_the_file_
     // lost: latest brings back a prefix of the writes holding every one
     // committed more than a second before the kill.
     insert(&app, 2001..=2100);
-    let before = rows(&db);
+    let before = sqlite_rows(&db);
     let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let writer = {
         let (db, writing) = (db.clone(), writing.clone());
@@ -200,7 +185,7 @@ fn recover_sqlite_to_seconds_latest_and_after_the_server_is_killed_and_the_file_
     }
     s = start_in(dir.path(), s.port);
     s.recover_to(r#"{"latest": true}"#);
-    let recovered = rows(&db);
+    let recovered = sqlite_rows(&db);
     let kept: Vec<i64> = recovered.iter().copied().filter(|n| *n > 3000).collect();
     assert_eq!(
         kept,

@@ -173,14 +173,6 @@ fn application(db: PathBuf, model: Arc<Mutex<Model>>, mut rng: Rng, commands: mp
     }
 }
 
-fn rows(db: &Path) -> BTreeSet<i64> {
-    let c = rusqlite::Connection::open(db).unwrap();
-    let ok: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
-    assert_eq!(ok, "ok");
-    let mut st = c.prepare("SELECT n FROM t").unwrap();
-    st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
-}
-
 fn api_second(ms: i64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)).unwrap();
     let format = time::macros::format_description!("[day]-[month repr:short]-[year] [hour]:[minute]:[second]");
@@ -270,7 +262,7 @@ impl Run {
                     let (_, log) = self
                         .s
                         .json(&[&self.s.url(&format!("/paas/api/v1.1/activitylog/usexample/job/{id}"))]);
-                    return Ok((rows(&self.db), log.to_string()));
+                    return Ok((sqlite_rows(&self.db), log.to_string()));
                 }
                 "HTTP/2 400" => {
                     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -554,13 +546,7 @@ fn recoveries_of_a_shipped_sqlite_log_match_the_model_through_kills_restarts_and
         .execute_batch("CREATE TABLE t(n INTEGER PRIMARY KEY, pad BLOB)")
         .unwrap();
     assert_eq!(s.register_sqlite("app", &db).0, "HTTP/2 200");
-    let (status, v) = s.json(&[
-        "-X",
-        "PUT",
-        "-d",
-        r#"{"continuousArchiving": true}"#,
-        &s.url(&format!("{P}/backups/config")),
-    ]);
+    let (status, v) = s.archive_continuously("app");
     assert_eq!(status, "HTTP/2 200", "{v}");
 
     let model = Arc::new(Mutex::new(Model::default()));

@@ -251,6 +251,25 @@ impl Server {
         let url = self.url(&format!("/strongbox/api/v1/instances/usexample/{name}"));
         self.json(&["-X", "PUT", "-d", &reg, &url])
     }
+
+    /// Turns continuous archiving on for deployment `name` of `usexample`
+    /// (`PUT …/backups/config`).
+    pub fn archive_continuously(&self, name: &str) -> (String, serde_json::Value) {
+        let url = self.url(&format!(
+            "/paas/service/dbcs/api/v1.1/instances/usexample/{name}/backups/config"
+        ));
+        self.json(&["-X", "PUT", "-d", r#"{"continuousArchiving": true}"#, &url])
+    }
+}
+
+/// The numbers in column `n` of table `t` of a SQLite file, once it
+/// passes an integrity check (the SQLite recovery tests' rows).
+pub fn sqlite_rows(db: &Path) -> std::collections::BTreeSet<i64> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let ok: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(ok, "ok", "{}", db.display());
+    let mut st = c.prepare("SELECT n FROM t").unwrap();
+    st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
 }
 
 /// A repository as a PostgreSQL WAL archive.
