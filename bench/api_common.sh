@@ -19,7 +19,8 @@ basic="Basic $(printf serviceadmin:bench-pw | base64)"
 start_server() {
   local name=$1 port=$2; shift 2
   env STRONGBOX_DATA_DIR="$work/$name" STRONGBOX_LISTEN="127.0.0.1:$port" STRONGBOX_TLS_CERT=cert.pem \
-    STRONGBOX_TLS_KEY=key.pem STRONGBOX_DEMO_PASSWORD=bench-pw STRONGBOX_WORKERS=1 "$@" \
+    STRONGBOX_TLS_KEY=key.pem STRONGBOX_DEMO_PASSWORD=bench-pw STRONGBOX_WORKERS=1 \
+    STRONGBOX_ALLOW_DATABASE_FILES="[\"$work\"]" STRONGBOX_ALLOW_PROGRAMS='["sleep", "true"]' "$@" \
     "$bin" serve --demo 2>"$name.log" &
   printf -v "server_$name" %s $!
   until curl -s --cacert ca.pem "https://localhost:$port/strongbox/health" >/dev/null; do sleep 0.1; done
@@ -30,7 +31,7 @@ start_server() {
 slow_job() {
   local port=$1 secs=$2 job
   curl -s --cacert ca.pem "${auth[@]}" -X PUT \
-    -d "{\"engine\":\"command\",\"connection\":{\"backup_command\":\"sleep $secs; echo done\",\"recovery_command\":\"true\"}}" \
+    -d "{\"engine\":\"command\",\"connection\":{\"backup_command\":\"sleep $secs\",\"recovery_command\":\"true\"}}" \
     "https://localhost:$port/strongbox/api/v1/instances/usexample/slow" >/dev/null
   job=$(curl -s -i --cacert ca.pem "${auth[@]}" -X POST -d '{}' \
     "https://localhost:$port/paas/service/dbcs/api/v1.1/instances/usexample/slow/backups" |

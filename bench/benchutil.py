@@ -1,4 +1,5 @@
 """What the benchmark scripts share."""
+import json
 import os
 import signal
 import socket
@@ -55,9 +56,12 @@ class Server:
         self.ca = ca
         self.port = free_port()
         self.url = f"https://localhost:{self.port}"
+        # Deployments' files may be anywhere in the benchmark's work
+        # directory (the server's own data directory stays refused).
+        allow = json.dumps([os.path.dirname(os.path.abspath(self.dir))])
         full = dict(os.environ, STRONGBOX_DATA_DIR=os.path.join(self.dir, "data"),
                     STRONGBOX_LISTEN=f"127.0.0.1:{self.port}", STRONGBOX_TLS_CERT=cert, STRONGBOX_TLS_KEY=key,
-                    STRONGBOX_PUBLIC_URL=self.url, **env)
+                    STRONGBOX_PUBLIC_URL=self.url, STRONGBOX_ALLOW_DATABASE_FILES=allow, **env)
         self.log = open(os.path.join(self.dir, "server.log"), "ab")
         self.proc = subprocess.Popen([binary, "serve", "--demo"], env=full, stdout=self.log, stderr=self.log)
         deadline = time.monotonic() + 60

@@ -128,7 +128,11 @@ class Strongbox:
         os.makedirs(self.dir)
         self.port = free_port()
         env = dict(os.environ, STRONGBOX_DATA_DIR=self.dir, STRONGBOX_NEW_PASSWORD="bench-pw",
-                   STRONGBOX_LISTEN=f"127.0.0.1:{self.port}")
+                   STRONGBOX_LISTEN=f"127.0.0.1:{self.port}",
+                   # What the deployment runs and touches (docs/security.md).
+                   STRONGBOX_ALLOW_DATA_DIRECTORIES=json.dumps([os.path.dirname(cluster.data)]),
+                   STRONGBOX_ALLOW_BIN_DIRS=json.dumps([BIN]), STRONGBOX_ALLOW_PROGRAMS='["runuser"]',
+                   STRONGBOX_ALLOW_HOSTS='["127.0.0.1", "localhost"]')
         if not password_file:
             env["STRONGBOX_REPO_PASSWORD"] = "bench-repo-pw"
         self.env = env

@@ -41,6 +41,8 @@ pub struct AppState {
     sessions: console::Sessions,
     /// Renders `/metrics`; `None` when metrics are off.
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Where `/metrics` is served instead of beside the API, if elsewhere.
+    metrics_elsewhere: Option<String>,
 }
 
 impl AppState {
@@ -52,6 +54,7 @@ impl AppState {
             auth: auth::Cache::new(auth::FAILURES_ALLOWED),
             finished: Default::default(),
             metrics: None,
+            metrics_elsewhere: None,
             sessions: Default::default(),
         }
     }
@@ -68,6 +71,17 @@ impl AppState {
         self.metrics = Some(handle);
         self
     }
+
+    /// `/metrics` is served on `address` (`metrics_router`), not beside the API.
+    pub fn with_metrics_elsewhere(mut self, address: impl Into<String>) -> Self {
+        self.metrics_elsewhere = Some(address.into());
+        self
+    }
+}
+
+/// `/metrics` alone, for a listener of its own (`metrics_listen`).
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    Router::new().route("/metrics", get(metrics::page)).with_state(state)
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -87,7 +101,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         // Unauthenticated, as Prometheus scrapes: it names deployments and
         // counts, never a secret.
-        .route("/metrics", get(metrics::page))
+        .route(
+            "/metrics",
+            get(|state: axum::extract::State<Arc<AppState>>| async move {
+                match &state.metrics_elsewhere {
+                    Some(at) => Err(ApiError::not_found(format!("metrics are served on {at}/metrics"))),
+                    None => metrics::page(state).await,
+                }
+            }),
+        )
         .route("/console", get(console::asset))
         .route("/console/app.js", get(console::asset))
         .route("/console/app.css", get(console::asset))

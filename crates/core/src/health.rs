@@ -18,8 +18,9 @@ pub struct DeploymentHealth {
     /// archive, the current history's archived range; otherwise the oldest
     /// and newest completed backups.
     pub recoverable: Option<(OffsetDateTime, OffsetDateTime)>,
-    /// With a WAL archive, its last archived commit: how far a recovery
-    /// reaches if the database is lost now.
+    /// With a WAL archive, its last archived commit; with a shipped log,
+    /// the present minus the shipper's lag: how far a recovery reaches if
+    /// the database is lost now.
     pub archived_until: Option<OffsetDateTime>,
 }
 
@@ -49,10 +50,17 @@ impl Service {
             let (first, last) = (p.ranges.first()?, p.ranges.last()?);
             Some((first.earliest_time, last.latest_time))
         });
+        // A shipped SQLite log reaches as far as its shipper (on this
+        // server): the present minus its lag, which counts from when
+        // shipping stopped while no generation receives commits.
+        let shipped_until = self
+            .shippers
+            .status(&d.domain, &d.name)
+            .map(|s| self.clock.now() - s.lag);
         Ok(DeploymentHealth {
             deployment: d,
             last_backup,
-            archived_until: pitr.and_then(|p| p.archived_until),
+            archived_until: pitr.and_then(|p| p.archived_until).or(shipped_until),
             recoverable: archived.or(from_backups),
         })
     }

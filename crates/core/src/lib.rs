@@ -7,6 +7,7 @@
 pub mod dates;
 mod error;
 pub mod health;
+pub mod host_policy;
 pub mod job;
 pub mod pitr;
 pub mod placement;
@@ -22,6 +23,23 @@ use std::sync::Arc;
 pub use error::{Error, Result};
 use strongbox_catalog::{Backup, BackupStatus, Catalog, Deployment, Job, JobMessage, Recovery};
 use time::OffsetDateTime;
+
+/// Names of identity domains and deployments: 1 to 64 letters, digits,
+/// '-' or '_' (they appear in paths, URLs and repository object names,
+/// so nothing that could climb a directory or end a line).
+pub fn check_name(what: &str, name: &str) -> Result<()> {
+    let valid =
+        !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        let shown: String = name.chars().take(64).collect();
+        let more = if shown.len() < name.len() { "…" } else { "" };
+        Err(Error::Invalid(format!(
+            "{shown:?}{more} cannot name {what}: a name is 1 to 64 letters, digits, '-' or '_'"
+        )))
+    }
+}
 
 /// The time, as the core sees it; tests drive their own.
 pub trait Clock: Send + Sync {
@@ -47,6 +65,8 @@ pub struct Service {
     pub backup_defaults: schedule::BackupConfig,
     /// The SQLite log shippers this server runs (continuous archiving).
     pub shippers: shipping::Shippers,
+    /// What deployments may run and touch on this host (`[allow]`).
+    pub host_policy: host_policy::HostPolicy,
 }
 
 impl Service {
@@ -58,7 +78,32 @@ impl Service {
             clock: Arc::new(SystemClock),
             backup_defaults: schedule::BackupConfig::default(),
             shippers: Default::default(),
+            host_policy: Default::default(),
         }
+    }
+
+    /// The engine for `engine` with these settings, once they are valid
+    /// and the server's configuration allows everything they make it run
+    /// and touch.
+    pub fn engine(
+        &self,
+        domain: &str,
+        engine: &str,
+        connection: &serde_json::Value,
+    ) -> Result<Box<dyn strongbox_engines::Engine>> {
+        let e = strongbox_engines::engine_for(engine, connection).map_err(|e| Error::Invalid(e.to_string()))?;
+        self.host_policy.check(domain, engine, &e.accesses())?;
+        Ok(e)
+    }
+
+    /// A registered deployment's engine, checked against the server's
+    /// configuration as it is now (it may have changed since the
+    /// deployment was registered).
+    pub fn engine_of(&self, d: &Deployment) -> Result<Box<dyn strongbox_engines::Engine>> {
+        self.engine(&d.domain, &d.engine, &d.connection).map_err(|e| match e {
+            Error::Invalid(m) => Error::Invalid(format!("deployment {} cannot run here: {m}", d.name)),
+            other => other,
+        })
     }
 
     pub async fn deployment(&self, domain: &str, name: &str) -> Result<Deployment> {
@@ -78,15 +123,9 @@ impl Service {
         connection: serde_json::Value,
         runs_on: Option<String>,
     ) -> Result<Deployment> {
-        let valid_name = !name.is_empty()
-            && name.len() <= 64
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !valid_name {
-            return Err(Error::Invalid(
-                "a deployment name is 1 to 64 letters, digits, '-' or '_'".into(),
-            ));
-        }
-        strongbox_engines::engine_for(&engine, &connection).map_err(|e| Error::Invalid(e.to_string()))?;
+        check_name("a deployment", name)?;
+        check_name("an identity domain", domain)?;
+        self.engine(domain, &engine, &connection)?;
         if let Some(label) = &runs_on {
             placement::check_label(label)?;
         }

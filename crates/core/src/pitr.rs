@@ -177,9 +177,7 @@ impl Service {
             return Ok(None);
         };
         let recoveries = self.catalog.recoveries(&d.domain, &d.name).await?;
-        let engine: Arc<dyn Engine> = strongbox_engines::engine_for(&d.engine, &d.connection)
-            .map_err(|e| Error::internal(e.to_string()))?
-            .into();
+        let engine: Arc<dyn Engine> = self.engine_of(d)?.into();
         if !engine.capabilities().point_in_time {
             return Ok(None);
         }

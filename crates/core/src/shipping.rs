@@ -88,6 +88,28 @@ impl Service {
     }
 }
 
+impl Service {
+    /// After a recovery of a deployment whose log is shipped (which ended
+    /// the shipper's generation): the base of the recovered database's
+    /// history, queued at once, so that what the application writes from
+    /// now on is protected again (the shipper asks too, within seconds).
+    pub async fn base_after_recovery(&self, domain: &str, name: &str, recovery_job: i64) -> Result<()> {
+        let d = self.deployment(domain, name).await?;
+        if !self.ships(&d) {
+            return Ok(());
+        }
+        let origin = Origin::system(format!(
+            "strongbox-shipping:{domain}/{name}:after-recovery-{recovery_job}"
+        ));
+        let trigger = Trigger::Shipping {
+            reason: format!("recovery job {recovery_job} replaced the database"),
+        };
+        self.start_backup(domain, name, false, trigger, &origin)
+            .await
+            .map(|_| ())
+    }
+}
+
 /// Keeps one shipper running per deployment to ship, until the server's
 /// shutdown stops them all (`Shippers::stop_all`).
 pub async fn supervise(service: Arc<Service>, labels: Vec<String>) {
@@ -116,6 +138,10 @@ pub async fn supervise(service: Arc<Service>, labels: Vec<String>) {
                 for d in wanted {
                     let key = (d.domain.clone(), d.name.clone());
                     if running.contains_key(&key) {
+                        continue;
+                    }
+                    if let Err(e) = service.engine_of(d) {
+                        tracing::warn!("continuous archiving of {}: not started: {e}", d.name);
                         continue;
                     }
                     let Ok(engine) = SqliteEngine::from_connection(&d.connection) else {
@@ -150,12 +176,8 @@ fn start(service: Arc<Service>, wal: Arc<WalArchives>, d: &Deployment, path: Pat
                     let origin =
                         Origin::system(format!("strongbox-shipping:{domain}/{name}:{}", sqlite_ship::now_ms()));
                     let trigger = Trigger::Shipping { reason: reason.into() };
-                    match runtime.block_on(service.start_backup(&domain, &name, false, trigger, &origin)) {
-                        Ok(_) => true,
-                        Err(e) => {
-                            tracing::info!("continuous archiving of {name}: a base backup must wait: {e}");
-                            false
-                        }
+                    if let Err(e) = runtime.block_on(service.start_backup(&domain, &name, false, trigger, &origin)) {
+                        tracing::debug!("continuous archiving of {name}: a base backup must wait: {e}");
                     }
                 };
                 ship(&path, archive, opts, &stop, &status, ask_base)
@@ -165,31 +187,45 @@ fn start(service: Arc<Service>, wal: Arc<WalArchives>, d: &Deployment, path: Pat
     Running { stop, status, thread }
 }
 
+/// How soon a shipper without a generation asks for a base again: the
+/// first retry after a second, doubling to at most this.
+const ASK_AGAIN_AT_MOST: Duration = Duration::from_secs(8);
+
 /// A shipper's life: (re)started after errors, a base asked for whenever
-/// one is needed, requests of backup and recovery jobs answered.
+/// one is needed (never for a file that is not there), requests of backup
+/// and recovery jobs answered, and the status kept true: while no
+/// generation receives the application's commits, `error` says why and
+/// `lag` counts from when shipping stopped.
 fn ship(
     path: &std::path::Path,
     archive: Arc<RepoArchive>,
     opts: ShipOptions,
     stop: &AtomicBool,
     status: &Mutex<ShipperStatus>,
-    ask_base: impl Fn(&str) -> bool,
+    ask_base: impl Fn(&str),
 ) {
-    let set_error = |e: Option<String>| status.lock().expect("status").error = e;
-    let mut reason = "continuous archiving started".to_string();
+    let started = sqlite_ship::now_ms();
+    // Why nothing is shipped, and since when (ms).
+    let mut idle = ("continuous archiving started".to_string(), started);
     while !stop.load(Ordering::Relaxed) {
         let mut shipper = match Shipper::start(path, archive.clone(), opts.clone()) {
             Ok(s) => s,
             Err(e) => {
-                set_error(Some(e.to_string()));
-                std::thread::sleep(Duration::from_secs(5));
+                let mut st = status.lock().expect("status");
+                st.error = Some(format!("not shipping since {}: {e}", api_date(at_ms(idle.1))));
+                st.lag = since(idle.1);
+                drop(st);
+                std::thread::sleep(Duration::from_secs(1));
                 continue;
             }
         };
         let requests = sqlite_ship::register(path);
-        let mut asked: Option<std::time::Instant> = None;
+        let (mut asked, mut wait) = (None::<std::time::Instant>, Duration::from_secs(1));
+        let mut failed = None;
         while !stop.load(Ordering::Relaxed) {
-            shipper.answer(&requests);
+            if let Some(why) = shipper.answer(&requests) {
+                idle = (why, sqlite_ship::now_ms());
+            }
             match shipper.poll() {
                 Ok(polled) => {
                     if let Some(why) = polled.lost {
@@ -197,42 +233,71 @@ fn ship(
                             "continuous archiving of {}: {why}; a new base is needed",
                             path.display()
                         );
-                        reason = why;
+                        idle = (why, sqlite_ship::now_ms());
                     }
-                    set_error(None);
                 }
                 Err(e) => {
-                    set_error(Some(e.to_string()));
+                    failed = Some(e.to_string());
                     break;
                 }
             }
-            // A base is asked for once, then again if none came in a minute
-            // (the backup was refused: another job was running).
-            if shipper.generation.is_none() && asked.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                asked = ask_base(&reason).then(std::time::Instant::now);
+            let present = path.exists();
+            // A base is asked for when the file is there, then again with a
+            // growing wait if none came (the backup was refused while another
+            // job ran, or failed).
+            if shipper.generation.is_none() && present && asked.is_none_or(|t| t.elapsed() >= wait) {
+                if asked.is_some() {
+                    wait = (wait * 2).min(ASK_AGAIN_AT_MOST);
+                }
+                ask_base(&idle.0);
+                asked = Some(std::time::Instant::now());
             }
             if shipper.generation.is_some() {
-                asked = None;
+                (asked, wait) = (None, Duration::from_secs(1));
             }
             {
                 let mut s = status.lock().expect("status");
                 s.generation = shipper.generation.clone();
                 s.shipped = shipper.shipped;
                 s.polled_ms = sqlite_ship::now_ms();
-                s.lag = shipper.lag();
+                (s.lag, s.error) = match &shipper.generation {
+                    Some(_) => (shipper.lag(), None),
+                    None => {
+                        let waiting = match (present, asked) {
+                            (false, _) => {
+                                "waiting for the database file to come back (a recovery brings it back)".into()
+                            }
+                            (true, Some(t)) => format!(
+                                "waiting for a base backup (asked {} s ago; asked again while refused or failed)",
+                                t.elapsed().as_secs()
+                            ),
+                            (true, None) => "waiting for a base backup".into(),
+                        };
+                        let error = format!("not shipping since {}: {}; {waiting}", api_date(at_ms(idle.1)), idle.0);
+                        (since(idle.1), Some(error))
+                    }
+                };
             }
             std::thread::sleep(opts.poll);
         }
         sqlite_ship::unregister(path);
         shipper.answer(&requests);
         if let Err(e) = shipper.stop() {
-            set_error(Some(e.to_string()));
+            failed.get_or_insert(e.to_string());
         }
-        reason = "the shipper started again".into();
+        idle = (
+            failed.unwrap_or_else(|| "the shipper started again".into()),
+            sqlite_ship::now_ms(),
+        );
         if !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_secs(1));
         }
     }
+}
+
+/// How long ago `ms` was.
+fn since(ms: i64) -> Duration {
+    Duration::from_millis((sqlite_ship::now_ms() - ms).max(0) as u64)
 }
 
 /// A generation as recovery planning sees it.
@@ -333,8 +398,37 @@ impl Service {
         };
         let (wanted, shown) = match goal {
             Goal::Latest => {
-                let Some(g) = generations.last() else {
-                    return Ok(None);
+                // The current history: generations begun after the last
+                // recovery (which ended the one it found); the ones before
+                // it hold a history that recovery abandoned.
+                let last_recovery = self
+                    .catalog
+                    .recoveries(&d.domain, &d.name)
+                    .await?
+                    .into_iter()
+                    .filter(|r| r.status == strongbox_catalog::BackupStatus::Completed)
+                    .filter_map(|r| Some((crate::dates::parse_rfc3339(&r.started_at)?, r)))
+                    .max_by_key(|(at, _)| *at);
+                let current = generations.iter().rev().find(|g| {
+                    last_recovery
+                        .as_ref()
+                        .is_none_or(|(at, _)| g.base.taken_ms > ms_of(*at))
+                });
+                let g = match (current, last_recovery) {
+                    (Some(g), _) => g,
+                    (None, None) => return Ok(None),
+                    (None, Some((at, r))) => {
+                        return Err(Error::Invalid(format!(
+                            "latest cannot be recovered yet: recovery job {} ({}) replaced {}, and the history \
+                             since has no base backup yet (it is queued at once; see the backup list), so what \
+                             was written after it is not recoverable; to get the state that recovery made, send \
+                             its target again: {}",
+                            r.job_id,
+                            api_date(at),
+                            d.name,
+                            r.target
+                        )));
+                    }
                 };
                 let what = format!("its end (every shipped transaction: {} so far)", g.shipped);
                 return Ok(Some(plan(g, Until::Latest, g.shipped, what)));

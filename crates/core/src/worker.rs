@@ -114,6 +114,11 @@ pub async fn worker(service: Arc<Service>, setup: WorkerSetup) {
                     let recorded = service.catalog.finish_job(&w.lease, &end).await;
                     if let Ok(true) = recorded {
                         record(&job, &end, started.elapsed());
+                        if let Ok(JobSpec::Recovery { .. }) = JobSpec::of(&job)
+                            && let Err(e) = service.base_after_recovery(&job.domain, &job.deployment, job.id).await
+                        {
+                            tracing::warn!("queueing the base backup after the recovery: {e}");
+                        }
                     }
                     match recorded {
                         Ok(true) if end.succeeded => tracing::info!("succeeded: {}", end.message),
@@ -242,7 +247,7 @@ impl Worker {
             .deployment(&job.domain, &job.deployment)
             .await?
             .with_context(|| format!("deployment {} no longer exists", job.deployment))?;
-        let engine = strongbox_engines::engine_for(&deployment.engine, &deployment.connection)?;
+        let engine = self.service.engine_of(&deployment)?;
         Ok((deployment.engine, engine.into()))
     }
 

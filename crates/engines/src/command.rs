@@ -12,7 +12,7 @@ use std::path::Path;
 use strongbox_repo::{Source, Sources};
 
 use crate::process::Tool;
-use crate::{BackupFiles, Error, Recovered, RecoveryContext, RecoveryTarget, backups_only, setting};
+use crate::{Access, BackupFiles, Error, Recovered, RecoveryContext, RecoveryTarget, backups_only, setting};
 
 /// The name the dump has inside a snapshot.
 pub const FILE_NAME: &str = "dump";
@@ -79,6 +79,25 @@ impl CommandEngine {
 impl crate::Engine for CommandEngine {
     fn capabilities(&self) -> crate::Capabilities {
         Self::CAPABILITIES
+    }
+
+    fn accesses(&self) -> Vec<Access> {
+        let commands = [
+            ("backup_command", Some(&self.backup_command)),
+            ("recovery_command", Some(&self.recovery_command)),
+            ("prepare_command", self.prepare_command.as_ref()),
+        ];
+        let commands = commands.into_iter().filter_map(|(setting, line)| {
+            line.map(|line| Access::Command {
+                setting,
+                line: line.clone(),
+            })
+        });
+        let env = self.env.keys().map(|name| Access::Environment {
+            setting: "env",
+            name: name.clone(),
+        });
+        commands.chain(env).collect()
     }
 
     fn backup(&self, _scratch: &Path) -> Result<Sources, Error> {

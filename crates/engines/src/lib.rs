@@ -10,7 +10,7 @@ mod process;
 mod sqlite;
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use command::CommandEngine;
 pub use files::SnapshotFiles;
@@ -68,6 +68,28 @@ impl Error {
     fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Self {
         Error::Failed(format!("{what}: {e}"))
     }
+}
+
+/// Something a deployment's settings make the server run or touch on its
+/// host. Each engine declares all of them (`Engine::accesses`), and the
+/// server's configuration allows them or not: a network request names a
+/// deployment's settings, never what the host lets them do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// A command line the engine runs through `sh -c`.
+    Command { setting: &'static str, line: String },
+    /// A database file the engine reads and replaces (with its `-wal`,
+    /// `-shm` and `-journal` siblings).
+    DatabaseFile { setting: &'static str, path: PathBuf },
+    /// A data directory the engine reads and replaces whole.
+    DataDirectory { setting: &'static str, path: PathBuf },
+    /// A directory whose programs the engine runs.
+    ProgramDirectory { setting: &'static str, path: PathBuf },
+    /// A database server the engine connects to: a host name, an address,
+    /// or a Unix socket's directory.
+    Host { setting: &'static str, host: String },
+    /// A variable the engine puts into its commands' environment.
+    Environment { setting: &'static str, name: String },
 }
 
 /// The files of the backup a recovery reads.
@@ -163,6 +185,9 @@ pub trait PointInTime: Send + Sync {
 
 pub trait Engine: Send + Sync {
     fn capabilities(&self) -> Capabilities;
+
+    /// Everything its settings make the server run or touch.
+    fn accesses(&self) -> Vec<Access>;
 
     /// Takes a consistent backup, as streams the repository pulls one after
     /// another. Runs on a blocking thread; `scratch` is a directory the

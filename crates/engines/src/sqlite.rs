@@ -68,6 +68,13 @@ impl crate::Engine for SqliteEngine {
         Self::CAPABILITIES
     }
 
+    fn accesses(&self) -> Vec<crate::Access> {
+        vec![crate::Access::DatabaseFile {
+            setting: "path",
+            path: self.path.clone(),
+        }]
+    }
+
     fn backup(&self, scratch: &Path) -> Result<Sources, Error> {
         // With continuous archiving, the shipper takes the copy: it begins
         // a generation there, and this backup is its base.
@@ -133,6 +140,14 @@ impl crate::Engine for SqliteEngine {
                 None
             }
         };
+        // The shipper, if one runs here, pushes what it holds (a replay
+        // wants every transaction up to its moment) and ends its
+        // generation: the recovered database's history begins with the
+        // base taken after the recovery, never inside the old one.
+        if let Some(ended) = ship::request_end(&self.path) {
+            ended?;
+            (cx.log)("the log shipper pushed what it held and ended its generation".into());
+        }
         let damage = self.damage();
         let beside = match &damage {
             // In place: the scratch directory will do.
@@ -192,10 +207,6 @@ impl SqliteEngine {
     /// shipped transactions, to the target, and checks it got as far as
     /// the plan saw shipped. Returns words for the summary.
     fn replay_shipped(&self, copy: &Path, t: &ship::ShippedTarget, cx: &RecoveryContext) -> Result<String, Error> {
-        // What the shipper still holds goes out first.
-        if let Some(flushed) = ship::request_flush(&self.path) {
-            flushed?;
-        }
         let wal = cx
             .wal
             .ok_or_else(|| Error::Failed("replaying the shipped WAL needs the deployment's WAL archive".into()))?;

@@ -14,8 +14,10 @@ pub struct AdminArgs {
     /// The server's data directory.
     #[arg(long, env = "STRONGBOX_DATA_DIR", default_value = "strongbox-data", global = true)]
     data_dir: PathBuf,
-    /// The server's TOML config file: its `[backup_defaults]` are what a
-    /// deployment without a configuration of its own has.
+    /// The server's TOML config file: its `[allow]` section says what a
+    /// deployment may run and touch (as for the server), and its
+    /// `[backup_defaults]` are what a deployment without a configuration
+    /// of its own has.
     #[arg(long, env = "STRONGBOX_CONFIG", global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -80,12 +82,13 @@ enum Verb {
 
 pub async fn run(args: AdminArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data_dir)?;
-    let config = crate::serve::Config::read(args.config.as_deref())?;
+    let config = crate::config::Config::read(args.config.as_deref())?;
     let catalog = strongbox_catalog::open(&config.catalog(&args.data_dir)?)
         .await
         .context("opening the catalog")?;
     match args.verb {
         Verb::Domain { name } => {
+            strongbox_core::check_name("an identity domain", &name)?;
             catalog.ensure_domain(&name).await?;
             println!("identity domain {name} ready");
         }
@@ -97,6 +100,7 @@ pub async fn run(args: AdminArgs) -> Result<()> {
                 Err(_) => rpassword::prompt_password(format!("password for {name}: "))?,
             };
             anyhow::ensure!(!password.is_empty(), "the password must not be empty");
+            strongbox_core::check_name("an identity domain", &domain)?;
             catalog.put_user(&name, &domain, &password, role).await?;
             println!("user {name} ({}) in identity domain {domain} ready", role.as_str());
         }
@@ -109,7 +113,9 @@ pub async fn run(args: AdminArgs) -> Result<()> {
         } => {
             let connection: serde_json::Value =
                 serde_json::from_str(&connection).context("--connection is not JSON")?;
-            Service::new(catalog)
+            let mut service = Service::new(catalog);
+            service.host_policy = config.host_policy(config.own_files(&args.data_dir, args.config.as_deref())?)?;
+            service
                 .register_deployment(&domain, &name, engine, connection, runs_on)
                 .await?;
             println!("deployment {name} registered in identity domain {domain}");

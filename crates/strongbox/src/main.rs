@@ -4,6 +4,7 @@
 mod admin;
 mod bar;
 mod client;
+mod config;
 mod repo_cmd;
 mod serve;
 mod wal_prefetch;

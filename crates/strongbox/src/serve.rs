@@ -8,13 +8,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use serde::Deserialize;
 use strongbox_catalog::Role;
 use strongbox_core::Service;
+use strongbox_core::host_policy::HostPolicy;
 use strongbox_core::pitr::WalArchives;
-use strongbox_core::schedule::{BackupConfig, ConfigChange};
+use strongbox_core::schedule::BackupConfig;
 use strongbox_core::worker::{Stop, WorkerSetup, worker};
 use strongbox_repo::{Repository, Store};
+
+use crate::config::{Config, env};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -24,78 +26,6 @@ pub struct ServeArgs {
     /// Also create identity domain `usexample`, a user, and a SQLite deployment `db12c`.
     #[arg(long)]
     demo: bool,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Config {
-    listen: Option<SocketAddr>,
-    data_dir: Option<PathBuf>,
-    repository: Option<String>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    public_url: Option<String>,
-    workers: Option<usize>,
-    retry_after: Option<u64>,
-    lease_seconds: Option<u64>,
-    /// Failed sign-ins per client address and per user in a minute
-    /// before further attempts are refused with 429.
-    signin_failures: Option<u32>,
-    /// Serve `/metrics` (default true).
-    metrics: Option<bool>,
-    /// How long a stopping server lets running jobs finish before handing
-    /// them to another server.
-    shutdown_grace_seconds: Option<u64>,
-    schedule_check_ms: Option<u64>,
-    /// `postgresql://…` for a catalog several servers share; else the
-    /// SQLite file `catalog.sqlite` in the data directory.
-    catalog: Option<String>,
-    /// This server's labels: it runs the jobs of deployments whose
-    /// `runsOn` is one of them, and of those that name none.
-    labels: Option<Vec<String>>,
-    /// The backup configuration of deployments that have none of their
-    /// own: `auto_backup_enabled`, `window` or `cron`,
-    /// `recovery_window_in_days`, `minimum_backups_kept`.
-    #[serde(default)]
-    backup_defaults: ConfigChange,
-}
-
-impl Config {
-    /// The file at `path` (`--config` / STRONGBOX_CONFIG); empty if none.
-    pub(crate) fn read(path: Option<&Path>) -> Result<Config> {
-        match path {
-            Some(p) => toml::from_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
-                .with_context(|| format!("parsing {}", p.display())),
-            None => Ok(Config::default()),
-        }
-    }
-
-    /// `[backup_defaults]` over the built-in defaults, checked as a change
-    /// through the API is. Switched on here, automatic backups are on from
-    /// the first period: a deployment's first backup is due at once.
-    /// Where the catalog is: STRONGBOX_CATALOG, `catalog`, else the
-    /// SQLite file in `data_dir`.
-    pub(crate) fn catalog(&self, data_dir: &Path) -> Result<String> {
-        Ok(env("STRONGBOX_CATALOG")?
-            .or_else(|| self.catalog.clone())
-            .unwrap_or_else(|| data_dir.join("catalog.sqlite").display().to_string()))
-    }
-
-    pub(crate) fn backup_defaults(&self) -> Result<BackupConfig> {
-        BackupConfig::default()
-            .changed(&self.backup_defaults, time::OffsetDateTime::UNIX_EPOCH)
-            .context("[backup_defaults] in the config file")
-    }
-}
-
-fn env<T: std::str::FromStr>(name: &str) -> Result<Option<T>>
-where
-    T::Err: std::fmt::Display,
-{
-    match std::env::var(name) {
-        Ok(v) => v.parse().map(Some).map_err(|e| anyhow::anyhow!("{name}={v:?}: {e}")),
-        Err(_) => Ok(None),
-    }
 }
 
 struct Settings {
@@ -116,6 +46,11 @@ struct Settings {
     backup_defaults: BackupConfig,
     catalog: String,
     labels: Vec<String>,
+    /// What deployments may run and touch (`[allow]`, the server's own
+    /// files refused).
+    host_policy: HostPolicy,
+    /// Where `/metrics` is served, if not on the API's address.
+    metrics_listen: Option<SocketAddr>,
 }
 
 fn settings(args: &ServeArgs) -> Result<Settings> {
@@ -125,6 +60,12 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
         .or(file.data_dir.clone())
         .unwrap_or_else(|| "strongbox-data".into());
     let catalog = file.catalog(&data_dir)?;
+    let mut host_policy = file.host_policy(file.own_files(&data_dir, args.config.as_deref())?)?;
+    if args.demo {
+        // The demo's database, in a folder of its own (per identity
+        // domain, as the demo's is one).
+        host_policy.database_files.push(demo_dir(&data_dir)?.join("{domain}"));
+    }
     let labels: Vec<String> = match std::env::var("STRONGBOX_LABELS") {
         Ok(v) => v
             .split(',')
@@ -181,7 +122,20 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
                 .max(10),
         ),
         backup_defaults,
+        host_policy,
+        metrics_listen: env("STRONGBOX_METRICS_LISTEN")?.or(file.metrics_listen),
     })
+}
+
+/// The demo deployment's folder: beside the data directory, never in it
+/// (no deployment may touch the server's own files).
+fn demo_dir(data_dir: &Path) -> Result<PathBuf> {
+    let mut name = data_dir
+        .file_name()
+        .context("the data directory has no name")?
+        .to_os_string();
+    name.push("-demo");
+    Ok(std::env::current_dir()?.join(data_dir).with_file_name(name))
 }
 
 /// The repository password: STRONGBOX_REPO_PASSWORD, else a random one kept
@@ -239,6 +193,17 @@ fn repo_command_line(location: &str, data_dir: &Path) -> Result<String> {
 
 pub async fn run(args: ServeArgs) -> Result<()> {
     let s = settings(&args)?;
+    if !s.data_dir.exists() {
+        // Its owner's alone: the catalog holds deployments' connection
+        // settings (database passwords among them) and the repository
+        // password may be kept here.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&s.data_dir)
+            .with_context(|| format!("creating the data directory {}", s.data_dir.display()))?;
+    }
     std::fs::create_dir_all(s.data_dir.join("tmp"))?;
     let catalog = strongbox_catalog::open(&s.catalog)
         .await
@@ -264,6 +229,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         s.data_dir.join("tmp"),
     ));
     let mut service = Service::new(catalog.clone());
+    service.host_policy = s.host_policy.clone();
     service.wal = Some(wal.clone());
     service.backup_defaults = s.backup_defaults.clone();
     if let Some(path) = std::env::var_os("STRONGBOX_TEST_CLOCK_FILE") {
@@ -299,8 +265,26 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         strongbox_api::AppState::new(service, &s.public_url, s.retry_after).with_signin_failures(s.signin_failures);
     if s.metrics {
         state = state.with_metrics(strongbox_api::metrics::install().context("installing the metrics recorder")?);
+        if let Some(at) = s.metrics_listen {
+            state = state.with_metrics_elsewhere(format!("http://{at}"));
+        }
     }
     let state = Arc::new(state);
+    if let (true, Some(at)) = (s.metrics, s.metrics_listen) {
+        let metrics = strongbox_api::metrics_router(state.clone());
+        let listener = std::net::TcpListener::bind(at).with_context(|| format!("listening for metrics on {at}"))?;
+        listener.set_nonblocking(true)?;
+        tracing::info!("serving /metrics on http://{at}");
+        let server = axum_server::from_tcp(listener)?;
+        tokio::spawn(async move { server.serve(metrics.into_make_service()).await });
+    }
+    if s.tls.is_none() && !s.listen.ip().is_loopback() {
+        tracing::warn!(
+            "listening on {} without TLS: passwords would cross the network in clear text; set tls_cert and \
+             tls_key (or STRONGBOX_TLS_CERT and STRONGBOX_TLS_KEY) to a certificate and its key to serve HTTPS",
+            s.listen
+        );
+    }
     // The client's address: failed sign-ins are throttled by it.
     let app = strongbox_api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     tracing::info!("strongbox serving {} (listening on {})", s.public_url, s.listen);
@@ -428,7 +412,7 @@ async fn demo(service: &Service, s: &Settings) -> Result<()> {
             );
         }
     }
-    let db = s.data_dir.join("demo").join("db12c.sqlite");
+    let db = demo_dir(&s.data_dir)?.join(domain).join("db12c.sqlite");
     if !db.exists() {
         std::fs::create_dir_all(db.parent().unwrap())?;
         let c = rusqlite::Connection::open(&db)?;

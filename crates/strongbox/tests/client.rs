@@ -36,7 +36,8 @@ fn text(o: &Output) -> String {
 #[test]
 fn the_client_backs_up_recovers_lists_and_reports_failures_in_its_exit_status() {
     let dir = tempfile::tempdir().unwrap();
-    let s = start(&dir);
+    let failing = r#"["echo disk full >&2; exit 3"]"#.to_string();
+    let s = start_with(dir.path(), free_port(), &[("STRONGBOX_ALLOW_COMMANDS", failing)]);
     let pw = Some("Pa55_word");
 
     let out = client(&s, pw, &["backup", "db12c"]);

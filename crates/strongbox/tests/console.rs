@@ -47,7 +47,7 @@ fn the_console_signs_in_backs_up_and_recovers_to_a_picked_moment_in_a_real_brows
     node_modules(&script);
     let dir = tempfile::tempdir().unwrap();
     let s = start(&dir);
-    let db = dir.path().join("data/demo/db12c.sqlite");
+    let db = dir.path().join("data-demo/usexample/db12c.sqlite");
     let (rows, _) = orders(&db);
 
     // The first backup, then a write it does not hold (a later second).

@@ -18,7 +18,17 @@ const WRONG_PASSWORD: &str = "Wr0ng-guess-42";
 /// showed of the jobs).
 fn exercise(env: &[(&str, String)]) -> (String, String, String, String) {
     let dir = tempfile::tempdir().unwrap();
-    let env = [env, &[("STRONGBOX_REPO_PASSWORD", REPO_PASSWORD.to_string())]].concat();
+    let env = [
+        env,
+        &[
+            ("STRONGBOX_REPO_PASSWORD", REPO_PASSWORD.to_string()),
+            (
+                "STRONGBOX_ALLOW_COMMANDS",
+                r#"["echo dumping $MYSQL_PWD >&2; exit 3"]"#.to_string(),
+            ),
+        ],
+    ]
+    .concat();
     let s = start_with(dir.path(), free_port(), &env);
     let (status, h, body) = s.curl(&[&AUTH[..], &["-X", "POST", "-d", "{}", &s.url(BACKUPS)]].concat());
     assert_eq!(status, "HTTP/2 202", "{body}");
@@ -104,8 +114,19 @@ fn exercise(env: &[(&str, String)]) -> (String, String, String, String) {
     (log, ecid, job, format!("{failed}\n{activity}\n{recovered}\n{page}"))
 }
 
+/// No password, and no `Authorization` header value (Base64 of
+/// `user:password`, right or wrong), anywhere in `shown`.
 fn assert_no_secret(shown: &str) {
-    for secret in ["Pa55_word", REPO_PASSWORD, ENGINE_SECRET, WRONG_PASSWORD] {
+    use base64::Engine;
+    let basic = |credentials: &str| base64::engine::general_purpose::STANDARD.encode(credentials);
+    let headers = [
+        basic("serviceadmin:Pa55_word"),
+        basic(&format!("serviceadmin:{WRONG_PASSWORD}")),
+    ];
+    for secret in ["Pa55_word", REPO_PASSWORD, ENGINE_SECRET, WRONG_PASSWORD]
+        .into_iter()
+        .chain(headers.iter().map(String::as_str))
+    {
         assert!(!shown.contains(secret), "{secret} shown:\n{shown}");
     }
 }
@@ -130,6 +151,15 @@ fn each_request_and_job_step_is_one_line_and_no_password_is_ever_shown() {
     );
     assert_no_secret(&log);
     assert_no_secret(&api);
+}
+
+/// The same at the most verbose level, where the libraries below (HTTP/2,
+/// TLS, the database drivers) log too.
+#[test]
+fn no_password_or_authorization_header_is_logged_even_at_trace_level() {
+    let (log, ..) = exercise(&[("STRONGBOX_LOG", "trace".to_string())]);
+    assert!(log.lines().count() > 100, "trace logging on:\n{log}");
+    assert_no_secret(&log);
 }
 
 #[test]

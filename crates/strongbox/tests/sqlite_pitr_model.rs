@@ -13,8 +13,9 @@
 //! - `GENERATION:N`: exactly N transactions after that generation's base
 //!   backup (listed with `scn` `GENERATION:0`, recovered by its tag);
 //! - `latest`: everything (the application idle, the shipper live); after a
-//!   SIGKILL with the file lost: everything committed a second before the
-//!   kill.
+//!   SIGKILL with the file lost, or the file lost while the application
+//!   writes and the server runs: everything committed a second before the
+//!   loss (and the application goes on writing on the recovered file).
 //!
 //! Recoveries are transactions too: each is a state of the model, and later
 //! recoveries may go back to moments before or after it. The seed is
@@ -285,9 +286,11 @@ impl Run {
         }
     }
 
-    /// A recovery's result becomes the database's state.
+    /// A recovery's result becomes the database's state. It also ends the
+    /// shipper's generation (the next begins with the base taken after it).
     fn recovered(&mut self, begun: i64, rows: BTreeSet<i64>) {
         self.model.lock().unwrap().push(begun, Op::Recovered(rows));
+        self.disruptions.push(now_ms());
     }
 
     fn recover_second(&mut self, rng: &mut Rng, first_ms: i64) {
@@ -506,6 +509,50 @@ impl Run {
         self.resume();
     }
 
+    /// The file (and its log) lost while the application writes and the
+    /// server runs; `latest`; the application goes on writing on the
+    /// recovered file. Every transaction committed a second before the
+    /// loss comes back.
+    fn lose_the_file(&mut self, rng: &mut Rng) {
+        self.wait_live();
+        std::thread::sleep(Duration::from_millis(300 + rng.below(1500) as u64));
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.db.display()));
+        }
+        let lost = now_ms();
+        // Commits go on into the unlinked file until the application sees it.
+        std::thread::sleep(Duration::from_millis(rng.below(200) as u64));
+        self.pause();
+        let begun = now_ms();
+        let got = self.recover(r#"{"latest": true}"#).unwrap_or_else(|e| self.fail(e)).0;
+        let m = self.model.lock().unwrap();
+        let (lo, hi) = m.window(lost);
+        let Some(&k) = m.matching(&got, lo, hi).first() else {
+            drop(m);
+            self.fail(format!(
+                "latest after the file was lost: {} rows, not the state after events {lo}..={hi}",
+                got.len()
+            ));
+        };
+        let missing = m.events[k..].iter().filter(|e| e.committed_ms <= lost).count();
+        let first = m.events.get(k).filter(|e| e.committed_ms <= lost);
+        let lost_note = first.map_or("none committed before the loss was lost".to_string(), |e| {
+            format!(
+                "{missing} committed before it lost, the first {} ms before it",
+                lost - e.committed_ms
+            )
+        });
+        drop(m);
+        self.note(format!(
+            "file lost (server up), latest: {} rows; {lost_note}",
+            got.len()
+        ));
+        self.recovered(begun, got);
+        // The model's later events are on the recovered file: the ones
+        // written to the unlinked file are gone with it.
+        self.resume();
+    }
+
     fn restart(&mut self, graceful: bool) {
         if graceful {
             let out = std::process::Command::new("kill")
@@ -595,13 +642,14 @@ fn recoveries_of_a_shipped_sqlite_log_match_the_model_through_kills_restarts_and
     for _ in 0..steps {
         std::thread::sleep(Duration::from_millis(200 + rng.below(1500) as u64));
         let step = match rng.below(100) {
-            0..=29 => "timestamp",
-            30..=44 => "scn",
-            45..=57 => "latest",
-            58..=67 => "kill",
-            68..=74 => "stop",
-            75..=82 => "replace",
-            83..=91 => "kill, file lost",
+            0..=27 => "timestamp",
+            28..=41 => "scn",
+            42..=53 => "latest",
+            54..=62 => "kill",
+            63..=69 => "stop",
+            70..=77 => "replace",
+            78..=85 => "kill, file lost",
+            86..=93 => "file lost",
             _ => "backup",
         };
         *counts.entry(step).or_default() += 1;
@@ -613,6 +661,7 @@ fn recoveries_of_a_shipped_sqlite_log_match_the_model_through_kills_restarts_and
             "stop" => run.restart(true),
             "replace" => run.replace_file(),
             "kill, file lost" => run.kill_and_lose_the_file(&mut rng),
+            "file lost" => run.lose_the_file(&mut rng),
             _ => run.backup(),
         }
     }

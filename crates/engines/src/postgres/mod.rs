@@ -56,6 +56,35 @@ impl Conn {
         })
     }
 
+    /// The servers its URL names (`host` and `hostaddr` in the query too,
+    /// each of a comma-separated list), `localhost` for none (libpq then
+    /// uses its Unix socket), and the directory its programs come from.
+    pub(crate) fn accesses(&self) -> Vec<crate::Access> {
+        let mut hosts = Vec::new();
+        if let Ok(url) = url::Url::parse(&self.url) {
+            hosts.extend(url.host_str().filter(|h| !h.is_empty()).map(str::to_string));
+            for (key, value) in url.query_pairs() {
+                if key == "host" || key == "hostaddr" {
+                    hosts.extend(value.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()));
+                }
+            }
+        }
+        if hosts.is_empty() {
+            hosts.push("localhost".into());
+        }
+        let mut out: Vec<crate::Access> = hosts
+            .into_iter()
+            .map(|host| crate::Access::Host { setting: "url", host })
+            .collect();
+        if let Some(dir) = &self.bin_dir {
+            out.push(crate::Access::ProgramDirectory {
+                setting: "bin_dir",
+                path: dir.clone(),
+            });
+        }
+        out
+    }
+
     pub(crate) fn bin_dir(&self) -> Option<&Path> {
         self.bin_dir.as_deref()
     }
@@ -137,6 +166,10 @@ impl PgLogical {
 impl crate::Engine for PgLogical {
     fn capabilities(&self) -> crate::Capabilities {
         Self::CAPABILITIES
+    }
+
+    fn accesses(&self) -> Vec<crate::Access> {
+        self.conn.accesses()
     }
 
     fn backup(&self, _scratch: &Path) -> Result<Sources, Error> {

@@ -218,6 +218,24 @@ impl crate::Engine for PgPhysical {
         Self::CAPABILITIES
     }
 
+    fn accesses(&self) -> Vec<crate::Access> {
+        let mut out = self.conn.accesses();
+        out.push(crate::Access::DataDirectory {
+            setting: "data_dir",
+            path: self.data_dir.clone(),
+        });
+        for (setting, line) in [
+            ("stop_command", &self.stop_command),
+            ("start_command", &self.start_command),
+        ] {
+            out.push(crate::Access::Command {
+                setting,
+                line: line.clone(),
+            });
+        }
+        out
+    }
+
     fn backup(&self, _scratch: &Path) -> Result<Sources, Error> {
         let session = Session::start(&self.conn, &self.data_dir)?;
         // Walked after pg_backup_start: every file that exists at the

@@ -311,10 +311,16 @@ impl Shipper {
     /// Continuity is lost: what is pending is pushed, and nothing more is
     /// shipped until the next base.
     fn lose(&mut self, why: String, polled: &mut Polled) -> Result<(), Error> {
+        self.end_generation()?;
+        polled.lost = Some(why);
+        Ok(())
+    }
+
+    /// Pushes what is pending and ships nothing more until the next base.
+    fn end_generation(&mut self) -> Result<(), Error> {
         self.push_pending()?;
         self.end_read();
         (self.generation, self.cursor) = (None, None);
-        polled.lost = Some(why);
         Ok(())
     }
 

@@ -49,6 +49,28 @@ pub fn start_in(dir: &Path, port: u16) -> Server {
     start_with(dir, port, &[])
 }
 
+/// What the test servers allow deployments to run and touch (`[allow]`):
+/// files and data directories under the temporary directory (where every
+/// test keeps its databases and clusters), the machine's PostgreSQL
+/// programs, MariaDB's clients, `runuser` (PostgreSQL's stop and start
+/// commands run as `postgres`) and `true`, the loopback address.
+pub fn allow_env() -> Vec<(&'static str, String)> {
+    let tmp = serde_json::json!([std::env::temp_dir()]).to_string();
+    vec![
+        ("STRONGBOX_ALLOW_DATABASE_FILES", tmp.clone()),
+        ("STRONGBOX_ALLOW_DATA_DIRECTORIES", tmp),
+        (
+            "STRONGBOX_ALLOW_BIN_DIRS",
+            serde_json::json!([strongbox_testkit::PG_BIN]).to_string(),
+        ),
+        (
+            "STRONGBOX_ALLOW_PROGRAMS",
+            r#"["mariadb", "mariadb-dump", "runuser", "true"]"#.into(),
+        ),
+        ("STRONGBOX_ALLOW_HOSTS", r#"["127.0.0.1", "localhost"]"#.into()),
+    ]
+}
+
 /// `start_in`, with more environment variables for the server (they win
 /// over the test defaults, such as the 2 s lease).
 pub fn start_with(dir: &Path, port: u16, env: &[(&str, String)]) -> Server {
@@ -57,6 +79,7 @@ pub fn start_with(dir: &Path, port: u16, env: &[(&str, String)]) -> Server {
     }
     let child = Command::new(env!("CARGO_BIN_EXE_strongbox"))
         .args(["serve", "--demo"])
+        .envs(allow_env())
         .env("STRONGBOX_DATA_DIR", dir.join("data"))
         .env("STRONGBOX_LISTEN", format!("127.0.0.1:{port}"))
         .env("STRONGBOX_TLS_CERT", dir.join("cert.pem"))

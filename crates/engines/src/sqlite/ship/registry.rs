@@ -1,6 +1,7 @@
 //! How the jobs of a server reach the shipper of a database it ships: a
 //! backup asks it for a generation's base, a recovery has it push what it
-//! holds first.
+//! holds and end its generation first (no generation spans a recovery:
+//! the recovered database's history begins with the base taken after it).
 
 use std::path::{Path, PathBuf};
 
@@ -12,9 +13,9 @@ use crate::Error;
 pub enum Request {
     /// A new generation's base, for a backup to store.
     Base(std::sync::mpsc::Sender<Result<Base, Error>>),
-    /// Push what is pending now (a recovery wants every transaction up to
-    /// its moment).
-    Flush(std::sync::mpsc::Sender<Result<(), Error>>),
+    /// Push what is pending now and end the generation: a recovery wants
+    /// every transaction up to its moment, and replaces the database.
+    End(std::sync::mpsc::Sender<Result<(), Error>>),
 }
 
 type Registry = std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::mpsc::Sender<Request>>>;
@@ -63,27 +64,37 @@ pub fn request_base(path: &Path) -> Option<Result<Base, Error>> {
     ask(path, Request::Base)
 }
 
-/// Has the shipper of `path`, if one runs here, push what is pending.
-pub fn request_flush(path: &Path) -> Option<Result<(), Error>> {
-    ask(path, Request::Flush)
+/// Has the shipper of `path`, if one runs here, push what is pending and
+/// end its generation.
+pub fn request_end(path: &Path) -> Option<Result<(), Error>> {
+    ask(path, Request::End)
 }
 
+/// Why the shipper ends a generation when a recovery asks.
+pub const ENDED_FOR_RECOVERY: &str = "a recovery is replacing the database";
+
 impl Shipper {
-    /// Answers the requests waiting on `requests`.
-    pub fn answer(&mut self, requests: &std::sync::mpsc::Receiver<Request>) {
+    /// Answers the requests waiting on `requests`; returns why the
+    /// generation ended, if a request ended it.
+    pub fn answer(&mut self, requests: &std::sync::mpsc::Receiver<Request>) -> Option<String> {
+        let mut ended = None;
         while let Ok(request) = requests.try_recv() {
             match request {
                 Request::Base(reply) => {
                     let _ = reply.send(self.begin_generation());
                 }
-                Request::Flush(reply) => {
-                    let flushed = match self.generation.is_some() {
-                        true => self.read_new().and_then(|_| self.push_pending()),
-                        false => Ok(0),
+                Request::End(reply) => {
+                    let done = match self.generation.is_some() {
+                        true => self.read_new().and_then(|_| self.end_generation()),
+                        false => Ok(()),
                     };
-                    let _ = reply.send(flushed.map(|_| ()));
+                    if done.is_ok() {
+                        ended = Some(ENDED_FOR_RECOVERY.to_string());
+                    }
+                    let _ = reply.send(done);
                 }
             }
         }
+        ended
     }
 }

@@ -1,0 +1,133 @@
+//! The server's configuration file (`--config` / STRONGBOX_CONFIG, TOML),
+//! which `serve` and `admin` both read; every setting can also come from a
+//! STRONGBOX_* variable.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use strongbox_core::host_policy::HostPolicy;
+use strongbox_core::schedule::{BackupConfig, ConfigChange};
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    pub(crate) listen: Option<SocketAddr>,
+    pub(crate) data_dir: Option<PathBuf>,
+    pub(crate) repository: Option<String>,
+    pub(crate) tls_cert: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
+    pub(crate) public_url: Option<String>,
+    pub(crate) workers: Option<usize>,
+    pub(crate) retry_after: Option<u64>,
+    pub(crate) lease_seconds: Option<u64>,
+    /// Failed sign-ins per client address and per user in a minute
+    /// before further attempts are refused with 429.
+    pub(crate) signin_failures: Option<u32>,
+    /// Serve `/metrics` (default true).
+    pub(crate) metrics: Option<bool>,
+    /// How long a stopping server lets running jobs finish before handing
+    /// them to another server.
+    pub(crate) shutdown_grace_seconds: Option<u64>,
+    pub(crate) schedule_check_ms: Option<u64>,
+    /// `postgresql://…` for a catalog several servers share; else the
+    /// SQLite file `catalog.sqlite` in the data directory.
+    pub(crate) catalog: Option<String>,
+    /// This server's labels: it runs the jobs of deployments whose
+    /// `runsOn` is one of them, and of those that name none.
+    pub(crate) labels: Option<Vec<String>>,
+    /// The backup configuration of deployments that have none of their
+    /// own: `auto_backup_enabled`, `window` or `cron`,
+    /// `recovery_window_in_days`, `minimum_backups_kept`.
+    #[serde(default)]
+    pub(crate) backup_defaults: ConfigChange,
+    /// What deployments may run and touch on this host (nothing unless
+    /// listed): `programs`, `commands`, `database_files`,
+    /// `data_directories`, `bin_dirs`, `hosts`.
+    #[serde(default)]
+    pub(crate) allow: HostPolicy,
+    /// Serve `/metrics` on this address instead of the API's (for
+    /// scrapers on another network than the API's clients).
+    pub(crate) metrics_listen: Option<SocketAddr>,
+}
+
+impl Config {
+    /// The file at `path` (`--config` / STRONGBOX_CONFIG); empty if none.
+    pub(crate) fn read(path: Option<&Path>) -> Result<Config> {
+        match path {
+            Some(p) => toml::from_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+                .with_context(|| format!("parsing {}", p.display())),
+            None => Ok(Config::default()),
+        }
+    }
+
+    /// `[backup_defaults]` over the built-in defaults, checked as a change
+    /// through the API is. Switched on here, automatic backups are on from
+    /// the first period: a deployment's first backup is due at once.
+    /// Where the catalog is: STRONGBOX_CATALOG, `catalog`, else the
+    /// SQLite file in `data_dir`.
+    pub(crate) fn catalog(&self, data_dir: &Path) -> Result<String> {
+        Ok(env("STRONGBOX_CATALOG")?
+            .or_else(|| self.catalog.clone())
+            .unwrap_or_else(|| data_dir.join("catalog.sqlite").display().to_string()))
+    }
+
+    pub(crate) fn backup_defaults(&self) -> Result<BackupConfig> {
+        BackupConfig::default()
+            .changed(&self.backup_defaults, time::OffsetDateTime::UNIX_EPOCH)
+            .context("[backup_defaults] in the config file")
+    }
+}
+
+pub(crate) fn env<T: std::str::FromStr>(name: &str) -> Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(v) => v.parse().map(Some).map_err(|e| anyhow::anyhow!("{name}={v:?}: {e}")),
+        Err(_) => Ok(None),
+    }
+}
+
+impl Config {
+    /// `[allow]`, each key also from `STRONGBOX_ALLOW_<KEY>` (a JSON array
+    /// of strings, which wins over the file), with `own`: the server's
+    /// files and directories, which no deployment may touch.
+    pub(crate) fn host_policy(&self, own: Vec<PathBuf>) -> Result<HostPolicy> {
+        let mut policy = self.allow.clone();
+        for key in HostPolicy::KEYS {
+            let var = format!("STRONGBOX_ALLOW_{}", key.to_ascii_uppercase());
+            if let Ok(json) = std::env::var(&var) {
+                policy.set(key, &json).map_err(|e| anyhow::anyhow!("{var}: {e}"))?;
+            }
+        }
+        policy.protected = own;
+        Ok(policy)
+    }
+
+    /// The files and directories of a server with this configuration and
+    /// data directory: the data directory (catalog, password files,
+    /// scratch), the repository and the catalog wherever they are, this
+    /// file, and the TLS certificate and key.
+    pub(crate) fn own_files(&self, data_dir: &Path, config: Option<&Path>) -> Result<Vec<PathBuf>> {
+        let mut own = vec![data_dir.to_path_buf()];
+        let repository: Option<String> = env("STRONGBOX_REPOSITORY")?.or_else(|| self.repository.clone());
+        let catalog = self.catalog(data_dir)?;
+        for location in repository.into_iter().chain([catalog]) {
+            if !location.contains("://") {
+                own.push(location.into());
+            }
+        }
+        own.extend(config.map(Path::to_path_buf));
+        for (var, file) in [
+            ("STRONGBOX_TLS_CERT", &self.tls_cert),
+            ("STRONGBOX_TLS_KEY", &self.tls_key),
+        ] {
+            own.extend(env::<PathBuf>(var)?.or_else(|| file.clone()));
+        }
+        // Relative paths are the server's working directory's.
+        let cwd = std::env::current_dir()?;
+        Ok(own.into_iter().map(|p| cwd.join(p)).collect())
+    }
+}
