@@ -27,7 +27,8 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use base64::Engine;
-use strongbox_catalog::{Role, verify_password};
+use strongbox_catalog::Role;
+use strongbox_core::password::verify_password;
 
 use crate::{ApiError, AppState};
 
@@ -247,7 +248,7 @@ async fn verify(state: &AppState, user: &str, password: &str) -> Verified {
     let ok = tokio::task::spawn_blocking(move || {
         let hash = hash.unwrap_or_else(|| {
             NOBODY
-                .get_or_init(|| strongbox_catalog::hash_password("no user has this password"))
+                .get_or_init(|| strongbox_core::password::hash_password("no user has this password"))
                 .clone()
         });
         verify_password(&password, &hash)

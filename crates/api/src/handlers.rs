@@ -13,7 +13,7 @@ use axum::{Extension, Json};
 use serde_json::{Value, json};
 use strongbox_catalog::{Backup, BackupStatus, Deployment, Job, JobStatus};
 use strongbox_core::dates::api_date_of;
-use strongbox_core::job::{JobSpec, Origin, Trigger};
+use strongbox_core::job::{Origin, Trigger};
 use strongbox_engines::pitr::Reach;
 
 use crate::auth::Caller;
@@ -133,16 +133,14 @@ fn backup_item(b: &Backup) -> wire::BackupItem {
         .completed_at
         .as_deref()
         .filter(|_| b.status == BackupStatus::Completed);
-    let position = b
-        .position
-        .clone()
-        .and_then(|p| serde_json::from_value::<strongbox_engines::pitr::BasePosition>(p).ok());
-    // A SQLite base backup sits at its generation's start.
-    let base = b
-        .position
-        .clone()
-        .and_then(|p| serde_json::from_value::<strongbox_engines::sqlite_ship::BasePosition>(p).ok())
-        .map(|p| p.at(0).to_string());
+    // A PostgreSQL base backup's consistency point and timeline; a SQLite
+    // base backup sits at its generation's start.
+    use strongbox_engines::Position;
+    let (scn, timeline) = match &b.position {
+        Some(Position::Wal(p)) => (Some(p.stop_lsn.to_string()), Some(p.timeline)),
+        Some(Position::ShippedBase(p)) => (Some(p.at(0).to_string()), None),
+        None => (None, None),
+    };
     wire::BackupItem {
         db_tag: b.db_tag.clone(),
         status: b.status.as_str().into(),
@@ -153,8 +151,8 @@ fn backup_item(b: &Backup) -> wire::BackupItem {
         backup_completed_date: done.map(api_date_of),
         logical_bytes: done.and(b.logical_bytes),
         stored_bytes: done.and(b.stored_bytes),
-        scn: position.as_ref().map(|p| p.stop_lsn.to_string()).or(base),
-        timeline: position.map(|p| p.timeline),
+        scn,
+        timeline,
         expires_at: None,
     }
 }
@@ -243,7 +241,7 @@ pub async fn job_status(
     let missing = || ApiError::not_found(format!("no {request} job {job} in identity domain {domain}"));
     let id: i64 = job.parse().map_err(|_| missing())?;
     let j = match job_by_id(&state, &domain, id).await? {
-        Some(j) if j.operation == request => j,
+        Some(j) if j.operation.as_str() == request => j,
         _ => return Err(missing()),
     };
     let percent = j
@@ -257,7 +255,7 @@ pub async fn job_status(
     };
     Ok(Json(wire::JobStatus {
         job_id: j.id,
-        job_operation: j.operation.clone(),
+        job_operation: j.operation.to_string(),
         job_status: wire_status(&j).into(),
         job_start_date: j.started_at.clone().unwrap_or_else(|| j.created_at.clone()),
         creation_time: j.created_at.clone(),
@@ -312,7 +310,7 @@ pub async fn activity_log(
         JobStatus::Succeeded => "SUCCEED",
         JobStatus::Failed => "FAILED",
     };
-    let initiated_by = JobSpec::of(&j).map_or("USER", |s| s.initiated_by(&j.created_by));
+    let initiated_by = j.spec().map_or("USER", |s| s.initiated_by(&j.created_by));
     Ok(Json(wire::ActivityLog {
         activity_log_id: j.id,
         service_name: j.deployment.clone(),
@@ -322,8 +320,8 @@ pub async fn activity_log(
         start_date: j.started_at.clone().unwrap_or_else(|| j.created_at.clone()),
         end_date: j.finished_at.clone(),
         status: status.into(),
-        operation_type: j.operation.to_uppercase(),
-        summary_message: j.operation.to_uppercase(),
+        operation_type: j.operation.as_str().to_uppercase(),
+        summary_message: j.operation.as_str().to_uppercase(),
         auth_domain: j.domain.clone(),
         auth_user: j.created_by.clone(),
         initiated_by: initiated_by.into(),

@@ -111,6 +111,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             }),
         )
         .route("/console", get(console::asset))
+        // A trailing slash, as browsers and people type it.
+        .route(
+            "/console/",
+            get(|| async { axum::response::Redirect::permanent("/console") }),
+        )
         .route("/console/app.js", get(console::asset))
         .route("/console/app.css", get(console::asset))
         .route(

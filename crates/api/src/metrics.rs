@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use strongbox_catalog::JobStatus;
+use strongbox_catalog::{JobStatus, Operation};
 
 use crate::{ApiError, AppState};
 
@@ -152,18 +152,14 @@ pub(crate) async fn page(State(state): State<Arc<AppState>>) -> Result<Response,
     };
     let service = &state.service;
     let counts = service.catalog.job_counts().await.map_err(ApiError::internal)?;
-    for operation in ["backup", "recovery", "expire"] {
-        for status in [
-            JobStatus::Queued,
-            JobStatus::Running,
-            JobStatus::Succeeded,
-            JobStatus::Failed,
-        ] {
+    for operation in Operation::ALL {
+        for status in JobStatus::ALL {
             let n = counts
                 .iter()
                 .find(|c| c.operation == operation && c.status == status)
                 .map_or(0, |c| c.count);
-            metrics::gauge!("strongbox_jobs", "operation" => operation, "state" => status.as_str()).set(n as f64);
+            metrics::gauge!("strongbox_jobs", "operation" => operation.as_str(), "state" => status.as_str())
+                .set(n as f64);
         }
     }
     let now = service.clock.now();

@@ -11,10 +11,9 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::{Extension, Json};
 use serde_json::Value;
-use strongbox_catalog::BackupStatus;
+use strongbox_catalog::RecoveryStatus;
 use strongbox_core::dates::{api_date, api_date_of, parse_api_date};
 use strongbox_core::recovery::{RecoveryRequest, Scn};
-use strongbox_engines::pitr::Reached;
 
 use crate::auth::Caller;
 use crate::handlers::{accepted, json_object, origin};
@@ -165,7 +164,7 @@ pub async fn history(
             let done = r
                 .completed_at
                 .as_deref()
-                .filter(|_| r.status == BackupStatus::Completed);
+                .filter(|_| r.status == RecoveryStatus::Completed);
             wire::RecoveryItem {
                 recovery_start_date: api_date_of(&r.started_at),
                 status: r.status.as_str().into(),
@@ -176,16 +175,12 @@ pub async fn history(
                     .map(|b| b.db_tag.clone()),
                 recovery_complete_date: done.map(api_date_of),
                 target: r.target.as_object().cloned().unwrap_or_default(),
-                reached: r
-                    .reached
-                    .clone()
-                    .and_then(|v| serde_json::from_value::<Reached>(v).ok())
-                    .map(|reached| wire::ReachedPoint {
-                        scn: reached.lsn.to_string(),
-                        from_timeline: reached.from_timeline,
-                        timeline: reached.timeline,
-                        last_commit: reached.last_commit.map(api_date),
-                    }),
+                reached: r.reached.as_ref().map(|reached| wire::ReachedPoint {
+                    scn: reached.lsn.to_string(),
+                    from_timeline: reached.from_timeline,
+                    timeline: reached.timeline,
+                    last_commit: reached.last_commit.map(api_date),
+                }),
             }
         })
         .collect();

@@ -1,22 +1,23 @@
 //! The catalog: identity domains, users, deployments, jobs, backups and
 //! recoveries.
 //!
-//! One trait, `Catalog`, implemented on SQLite (the embedded default) and
-//! on PostgreSQL (for several server replicas). Nothing here assumes
-//! a single process: one active job per deployment is a unique index,
-//! workers hold jobs through leases that expire, and every state change is
-//! a single conditional statement.
+//! One trait, `Catalog`, and one implementation of it (`SqlCatalog`) on
+//! SQLite (the embedded default) or PostgreSQL (for several server
+//! replicas), each statement written once. Nothing here assumes a single
+//! process: one active job per deployment is a unique index, workers hold
+//! jobs through leases that expire, and every state change is a single
+//! conditional statement.
 
+mod dialect;
+mod job_spec;
 mod model;
-mod password;
-mod postgres;
 mod rows;
-mod sqlite;
+mod sql;
+mod sqlite_reads;
 
+pub use job_spec::{JobSpec, SYSTEM, Trigger};
 pub use model::*;
-pub use password::{hash_password, verify_password};
-pub use postgres::PgCatalog;
-pub use sqlite::SqliteCatalog;
+pub use sql::SqlCatalog;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,9 +26,9 @@ use std::time::Duration;
 /// else the path of a SQLite file (created if missing).
 pub async fn open(location: &str) -> Result<Arc<dyn Catalog>> {
     if location.starts_with("postgres://") || location.starts_with("postgresql://") {
-        Ok(Arc::new(PgCatalog::connect(location).await?))
+        Ok(Arc::new(SqlCatalog::connect_postgres(location).await?))
     } else {
-        Ok(Arc::new(SqliteCatalog::open(std::path::Path::new(location)).await?))
+        Ok(Arc::new(SqlCatalog::open_sqlite(std::path::Path::new(location)).await?))
     }
 }
 
@@ -55,8 +56,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub trait Catalog: Send + Sync + 'static {
     /// Creates the domain if it does not exist.
     async fn ensure_domain(&self, name: &str) -> Result<()>;
-    /// Creates a user in `domain`; replaces the password and role of an existing one.
-    async fn put_user(&self, name: &str, domain: &str, password: &str, role: Role) -> Result<()>;
+    /// Creates a user in `domain`; replaces the password hash and role of
+    /// an existing one.
+    async fn put_user(&self, name: &str, domain: &str, password_hash: &str, role: Role) -> Result<()>;
     async fn user(&self, name: &str) -> Result<Option<User>>;
 
     async fn put_deployment(&self, d: &NewDeployment) -> Result<Deployment>;
@@ -80,6 +82,9 @@ pub trait Catalog: Send + Sync + 'static {
     async fn backups(&self, domain: &str, deployment: &str) -> Result<Vec<Backup>>;
     /// The backup a backup job made.
     async fn backup(&self, domain: &str, job_id: i64) -> Result<Option<Backup>>;
+    /// How many of the deployment's backups have the tag `tag` or `tag_N`
+    /// (one statement, whatever the history's length).
+    async fn count_tags(&self, domain: &str, deployment: &str, tag: &str) -> Result<u64>;
     async fn recoveries(&self, domain: &str, deployment: &str) -> Result<Vec<Recovery>>;
     /// The recovery a recovery job runs.
     async fn recovery(&self, domain: &str, job_id: i64) -> Result<Option<Recovery>>;

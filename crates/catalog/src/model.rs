@@ -1,6 +1,10 @@
 //! What the catalog stores.
 
 use serde::{Deserialize, Serialize};
+use strongbox_engines::Position;
+use strongbox_engines::pitr::Reached;
+
+use crate::JobSpec;
 
 #[derive(Clone, Debug)]
 pub struct User {
@@ -66,6 +70,38 @@ pub struct Deployment {
     pub runs_on: Option<String>,
 }
 
+/// A job's kind, as the DBCS wire names it (`job_operation`, the status
+/// path's `{requestName}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Operation {
+    Backup,
+    Recovery,
+    Expire,
+}
+
+impl Operation {
+    pub const ALL: [Operation; 3] = [Operation::Backup, Operation::Recovery, Operation::Expire];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Backup => "backup",
+            Operation::Recovery => "recovery",
+            Operation::Expire => "expire",
+        }
+    }
+
+    /// `None` for a word no version wrote.
+    pub fn parse(s: &str) -> Option<Self> {
+        Operation::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
@@ -76,6 +112,13 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
+    pub const ALL: [JobStatus; 4] = [
+        JobStatus::Queued,
+        JobStatus::Running,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             JobStatus::Queued => "queued",
@@ -95,16 +138,12 @@ impl JobStatus {
     }
 }
 
-/// A job to queue. The catalog stores `spec` as given and interprets
-/// none of it: what a job means is the service core's business.
+/// A job to queue.
 #[derive(Clone, Debug)]
 pub struct NewJob {
     pub domain: String,
     pub deployment: String,
-    /// The job's kind as listings name it (`backup`, `recovery`, `expire`).
-    pub operation: String,
-    /// The typed job, serialized.
-    pub spec: serde_json::Value,
+    pub spec: JobSpec,
     /// The request as the client sent it.
     pub params: serde_json::Value,
     pub created_by: String,
@@ -137,10 +176,11 @@ pub struct Job {
     pub id: i64,
     pub domain: String,
     pub deployment: String,
-    pub operation: String,
+    pub operation: Operation,
     pub status: JobStatus,
-    /// The typed job as queued (`None` for jobs queued before specs were kept).
-    pub spec: Option<serde_json::Value>,
+    /// What the job does, as queued (`None` for jobs queued before specs
+    /// were kept; `Job::spec` reads it).
+    pub spec: Option<JobSpec>,
     pub params: serde_json::Value,
     pub created_by: String,
     pub created_at: String,
@@ -235,9 +275,36 @@ pub struct Backup {
     pub snapshot_id: Option<String>,
     pub logical_bytes: Option<i64>,
     pub stored_bytes: Option<i64>,
-    /// Where the backup sits in the database's history (engine-defined
-    /// JSON), for point-in-time recovery; `None` for most engines.
-    pub position: Option<serde_json::Value>,
+    /// Where the backup sits in the database's history; `None` for
+    /// engines without a log.
+    pub position: Option<Position>,
+}
+
+/// Where a recovery is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoveryStatus {
+    InProgress,
+    Completed,
+    Failed,
+}
+
+impl RecoveryStatus {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoveryStatus::InProgress => "IN PROGRESS",
+            RecoveryStatus::Completed => "COMPLETED",
+            RecoveryStatus::Failed => "FAILED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "COMPLETED" => RecoveryStatus::Completed,
+            "IN PROGRESS" => RecoveryStatus::InProgress,
+            _ => RecoveryStatus::Failed,
+        }
+    }
 }
 
 /// A recovery: the target the request named, and the backup chosen for it.
@@ -248,10 +315,10 @@ pub struct Recovery {
     pub deployment: String,
     /// What the request named (`latest`, `dbTag`, `timestamp`), as JSON.
     pub target: serde_json::Value,
-    /// Where the recovery ended, once it succeeded (engine-defined JSON).
-    pub reached: Option<serde_json::Value>,
+    /// Where a replayed history ended, once the recovery succeeded.
+    pub reached: Option<Reached>,
     pub backup_job_id: i64,
-    pub status: BackupStatus,
+    pub status: RecoveryStatus,
     pub started_at: String,
     pub completed_at: Option<String>,
 }
@@ -266,14 +333,14 @@ pub struct JobEnd {
     pub message: String,
     /// What a successful backup job stored.
     pub backup: Option<BackupResult>,
-    /// Where a successful recovery ended (engine-defined JSON).
-    pub reached: Option<serde_json::Value>,
+    /// Where a successful recovery's replay ended.
+    pub reached: Option<Reached>,
 }
 
 /// Jobs of one operation in one status.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobCount {
-    pub operation: String,
+    pub operation: Operation,
     pub status: JobStatus,
     pub count: u64,
 }
@@ -283,5 +350,5 @@ pub struct BackupResult {
     pub snapshot_id: String,
     pub logical_bytes: u64,
     pub stored_bytes: u64,
-    pub position: Option<serde_json::Value>,
+    pub position: Option<Position>,
 }

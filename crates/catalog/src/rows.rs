@@ -1,127 +1,41 @@
-//! Rows to the model: both backends keep the same columns, read here.
+//! Rows to the model. Every table is read with one column list, by
+//! position (a lookup by name compares names, a fifth of a job read's
+//! time), whichever driver read the row.
 
-/// The column list of `jobs` a `job` row mapper reads (by position).
+use crate::{Backup, BackupStatus, Deployment, Job, JobStatus, Operation, Recovery, RecoveryStatus};
+
+/// The columns of `jobs` that `job` reads, in its order (a macro, so that
+/// static statements can be built with `concat!`).
 macro_rules! job_columns {
     () => {
         "id, domain, deployment, operation, status, spec, params, created_by, created_at, started_at, \
          finished_at, updated_at, attempts, bytes_done, bytes_total, message"
     };
 }
+pub(crate) use job_columns;
+pub(crate) const JOB_COLUMNS: &str = job_columns!();
+pub(crate) const DEPLOYMENT_COLUMNS: &str = "domain, name, engine, connection, created_at, backup_config, runs_on";
+pub(crate) const BACKUP_COLUMNS: &str = "job_id, domain, deployment, db_tag, status, keep_forever, started_at, \
+     completed_at, snapshot_id, logical_bytes, stored_bytes, position";
+pub(crate) const RECOVERY_COLUMNS: &str =
+    "job_id, domain, deployment, target, reached, backup_job_id, status, started_at, completed_at";
 
-/// Expires a running job's lease now ($1 updated_at, $2 id, $3 owner,
-/// $4 attempt): the next `lease_job` takes it as a dead worker's.
-pub(crate) const RELEASE_JOB: &str = "UPDATE jobs SET lease_expires = 0, updated_at = $1 \
-     WHERE id = $2 AND lease_owner = $3 AND attempts = $4 AND status = 'running'";
-
-pub(crate) const JOB_COUNTS: &str = "SELECT operation, status, count(*) FROM jobs GROUP BY operation, status";
-
-pub(crate) fn job_counts(rows: Vec<(String, String, i64)>) -> Vec<crate::JobCount> {
-    rows.into_iter()
-        .map(|(operation, status, count)| crate::JobCount {
-            status: crate::JobStatus::parse(&status),
-            operation,
-            count: count as u64,
-        })
-        .collect()
-}
-
-/// The job queries both backends share, and the mappers, for one
-/// backend's row type.
-macro_rules! row_mappers {
-    ($row:ty) => {
-        const JOB_COLUMNS: &str = crate::rows::job_columns!();
-
-        /// One job ($1 domain, $2 id).
-        const JOB_BY_ID: &str = concat!(
-            "SELECT ",
-            crate::rows::job_columns!(),
-            " FROM jobs WHERE domain = $1 AND id = $2"
-        );
-
-        /// A deployment's queued or running job ($1 domain, $2 deployment;
-        /// SQLite reads `$N` placeholders too).
-        const ACTIVE_JOB: &str = concat!(
-            "SELECT ",
-            crate::rows::job_columns!(),
-            " FROM jobs WHERE domain = $1 AND deployment = $2 AND status IN ('queued', 'running')"
-        );
-
-        fn job(row: &$row) -> crate::Job {
-            crate::rows::job(row)
-        }
-        fn deployment(row: &$row) -> crate::Deployment {
-            crate::Deployment {
-                domain: row.get("domain"),
-                name: row.get("name"),
-                engine: row.get("engine"),
-                connection: serde_json::from_str(row.get::<&str, _>("connection")).unwrap_or_default(),
-                created_at: row.get("created_at"),
-                backup_config: row
-                    .get::<Option<&str>, _>("backup_config")
-                    .and_then(|c| serde_json::from_str(c).ok()),
-                runs_on: row.get("runs_on"),
-            }
-        }
-        fn backup(row: &$row) -> crate::Backup {
-            crate::Backup {
-                job_id: row.get("job_id"),
-                domain: row.get("domain"),
-                deployment: row.get("deployment"),
-                db_tag: row.get("db_tag"),
-                status: crate::BackupStatus::parse(row.get::<&str, _>("status")),
-                keep_forever: row.get("keep_forever"),
-                started_at: row.get("started_at"),
-                completed_at: row.get("completed_at"),
-                snapshot_id: row.get("snapshot_id"),
-                logical_bytes: row.get("logical_bytes"),
-                stored_bytes: row.get("stored_bytes"),
-                position: row
-                    .get::<Option<&str>, _>("position")
-                    .and_then(|p| serde_json::from_str(p).ok()),
-            }
-        }
-        fn recovery(row: &$row) -> crate::Recovery {
-            crate::Recovery {
-                job_id: row.get("job_id"),
-                domain: row.get("domain"),
-                deployment: row.get("deployment"),
-                target: serde_json::from_str(row.get::<&str, _>("target")).unwrap_or_default(),
-                reached: row
-                    .get::<Option<&str>, _>("reached")
-                    .and_then(|p| serde_json::from_str(p).ok()),
-                backup_job_id: row.get("backup_job_id"),
-                status: crate::BackupStatus::parse(row.get::<&str, _>("status")),
-                started_at: row.get("started_at"),
-                completed_at: row.get("completed_at"),
-            }
-        }
-    };
-}
-
-pub(crate) use {job_columns, row_mappers};
-
-/// A row's columns by position, whichever driver read it. (By position:
-/// a lookup by name compares names, a fifth of a job read's time.)
+/// A row's columns by position.
 pub(crate) trait Columns {
     fn text(&self, column: usize) -> Option<String>;
     fn int(&self, column: usize) -> Option<i64>;
 }
 
-macro_rules! sqlx_columns {
-    ($($row:ty),*) => {$(
-        impl Columns for $row {
-            fn text(&self, column: usize) -> Option<String> {
-                sqlx::Row::get(self, column)
-            }
-            fn int(&self, column: usize) -> Option<i64> {
-                sqlx::Row::get(self, column)
-            }
-        }
-    )*};
+impl Columns for sqlx::any::AnyRow {
+    fn text(&self, column: usize) -> Option<String> {
+        sqlx::Row::try_get(self, column).ok().flatten()
+    }
+    fn int(&self, column: usize) -> Option<i64> {
+        sqlx::Row::try_get(self, column).ok().flatten()
+    }
 }
-sqlx_columns!(sqlx::sqlite::SqliteRow, sqlx::postgres::PgRow);
 
-/// The SQLite catalog's reads on the request path (see `read_job_here`).
+/// The SQLite catalog's reads on the request path (`sqlite_reads`).
 impl Columns for rusqlite::Row<'_> {
     fn text(&self, column: usize) -> Option<String> {
         self.get(column).ok().flatten()
@@ -131,17 +45,23 @@ impl Columns for rusqlite::Row<'_> {
     }
 }
 
-/// A `jobs` row: the columns `job_columns!` names, in its order.
-pub(crate) fn job(row: &impl Columns) -> crate::Job {
+fn json(text: Option<String>) -> Option<serde_json::Value> {
+    text.and_then(|t| serde_json::from_str(&t).ok())
+}
+
+/// A `jobs` row, `JOB_COLUMNS`.
+pub(crate) fn job(row: &impl Columns) -> Job {
     let text = |c| row.text(c).unwrap_or_default();
-    crate::Job {
+    Job {
         id: row.int(0).unwrap_or_default(),
         domain: text(1),
         deployment: text(2),
-        operation: text(3),
-        status: crate::JobStatus::parse(&text(4)),
+        // A kind no version wrote reads as a backup's (the least harm).
+        operation: Operation::parse(&text(3)).unwrap_or(Operation::Backup),
+        status: JobStatus::parse(&text(4)),
+        // A spec this version cannot read is none (`Job::spec` says so).
         spec: row.text(5).and_then(|s| serde_json::from_str(&s).ok()),
-        params: serde_json::from_str(&text(6)).unwrap_or_default(),
+        params: json(row.text(6)).unwrap_or_default(),
         created_by: text(7),
         created_at: text(8),
         started_at: row.text(9),
@@ -151,5 +71,56 @@ pub(crate) fn job(row: &impl Columns) -> crate::Job {
         bytes_done: row.int(13).unwrap_or_default(),
         bytes_total: row.int(14),
         message: row.text(15),
+    }
+}
+
+/// A `deployments` row, `DEPLOYMENT_COLUMNS`.
+pub(crate) fn deployment(row: &impl Columns) -> Deployment {
+    let text = |c| row.text(c).unwrap_or_default();
+    Deployment {
+        domain: text(0),
+        name: text(1),
+        engine: text(2),
+        connection: json(row.text(3)).unwrap_or_default(),
+        created_at: text(4),
+        backup_config: json(row.text(5)),
+        runs_on: row.text(6),
+    }
+}
+
+/// A `backups` row, `BACKUP_COLUMNS`.
+pub(crate) fn backup(row: &impl Columns) -> Backup {
+    let text = |c| row.text(c).unwrap_or_default();
+    Backup {
+        job_id: row.int(0).unwrap_or_default(),
+        domain: text(1),
+        deployment: text(2),
+        db_tag: text(3),
+        status: BackupStatus::parse(&text(4)),
+        keep_forever: row.int(5).unwrap_or_default() != 0,
+        started_at: text(6),
+        completed_at: row.text(7),
+        snapshot_id: row.text(8),
+        logical_bytes: row.int(9),
+        stored_bytes: row.int(10),
+        position: row
+            .text(11)
+            .and_then(|p| strongbox_engines::Position::from_stored(&p).ok()),
+    }
+}
+
+/// A `recoveries` row, `RECOVERY_COLUMNS`.
+pub(crate) fn recovery(row: &impl Columns) -> Recovery {
+    let text = |c| row.text(c).unwrap_or_default();
+    Recovery {
+        job_id: row.int(0).unwrap_or_default(),
+        domain: text(1),
+        deployment: text(2),
+        target: json(row.text(3)).unwrap_or_default(),
+        reached: row.text(4).and_then(|r| serde_json::from_str(&r).ok()),
+        backup_job_id: row.int(5).unwrap_or_default(),
+        status: RecoveryStatus::parse(&text(6)),
+        started_at: text(7),
+        completed_at: row.text(8),
     }
 }

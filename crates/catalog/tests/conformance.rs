@@ -11,8 +11,10 @@ fn new_job(deployment: &str, key: Option<&str>) -> NewJob {
     NewJob {
         domain: "usexample".into(),
         deployment: deployment.into(),
-        operation: "backup".into(),
-        spec: serde_json::json!({"backup": {"keepForever": false}}),
+        spec: JobSpec::Backup {
+            keep_forever: false,
+            trigger: Trigger::User,
+        },
         params: serde_json::json!({}),
         created_by: "alice".into(),
         idempotency_key: key.map(String::from),
@@ -43,20 +45,36 @@ fn done(succeeded: bool, message: &str) -> JobEnd {
     }
 }
 
+/// A PostgreSQL base backup's place in the WAL.
+fn position() -> strongbox_engines::Position {
+    strongbox_engines::Position::Wal(strongbox_engines::pitr::BasePosition {
+        timeline: 1,
+        start_lsn: "0/3000028".parse().unwrap(),
+        stop_lsn: "0/3000060".parse().unwrap(),
+        stop_time: time::macros::datetime!(2026-12-05 07:00:00 UTC),
+        segment_size: 16 << 20,
+    })
+}
+
 async fn suite(c: &dyn Catalog) {
     c.ensure_domain("usexample").await.unwrap();
     c.ensure_domain("usexample").await.unwrap();
     c.ensure_domain("idcs-0123abc").await.unwrap();
-    c.put_user("alice", "usexample", "pw1", Role::Operator).await.unwrap();
+    // The catalog stores what the core hashed (the core's tests: one domain
+    // per user, hashes that verify).
+    c.put_user("alice", "usexample", "$argon2id$hash-1", Role::Operator)
+        .await
+        .unwrap();
     let u = c.user("alice").await.unwrap().unwrap();
-    assert_eq!((u.domain.as_str(), u.role), ("usexample", Role::Operator));
-    assert!(verify_password("pw1", &u.password_hash) && !verify_password("pw2", &u.password_hash));
-    assert!(
-        c.put_user("alice", "idcs-0123abc", "x", Role::Reader).await.is_err(),
-        "a user has one domain"
+    assert_eq!(
+        (u.domain.as_str(), u.role, u.password_hash.as_str()),
+        ("usexample", Role::Operator, "$argon2id$hash-1")
     );
-    c.put_user("alice", "usexample", "pw1", Role::Reader).await.unwrap();
-    assert_eq!(c.user("alice").await.unwrap().unwrap().role, Role::Reader);
+    c.put_user("alice", "usexample", "$argon2id$hash-2", Role::Reader)
+        .await
+        .unwrap();
+    let u = c.user("alice").await.unwrap().unwrap();
+    assert_eq!((u.role, u.password_hash.as_str()), (Role::Reader, "$argon2id$hash-2"));
     assert!(c.user("nobody").await.unwrap().is_none());
 
     for name in ["db12c", "other"] {
@@ -92,6 +110,7 @@ async fn suite(c: &dyn Catalog) {
         Some(&new_job("db12c", None).spec),
         "the spec as given"
     );
+    assert_eq!(j1.spec(), Ok(new_job("db12c", None).spec));
     assert!(matches!(start_backup(c, &new_job("db12c", None), "TAG2", false).await, Started::Busy(j) if j.id == j1.id));
     assert_eq!(
         c.active_job("usexample", "db12c").await.unwrap().map(|j| j.id),
@@ -145,7 +164,7 @@ async fn suite(c: &dyn Catalog) {
             snapshot_id: "ab".into(),
             logical_bytes: 100,
             stored_bytes: 40,
-            position: Some(serde_json::json!({"stop_lsn": "0/3000060"})),
+            position: Some(position()),
         }),
         ..done(true, "backup completed")
     };
@@ -158,7 +177,7 @@ async fn suite(c: &dyn Catalog) {
         (b.status, b.snapshot_id.as_deref(), b.stored_bytes),
         (BackupStatus::Completed, Some("ab"), Some(40))
     );
-    assert_eq!(b.position.as_ref().unwrap()["stop_lsn"], "0/3000060");
+    assert_eq!(b.position, Some(position()), "the position as given");
     let log: Vec<_> = c
         .job_messages(j1.id)
         .await
@@ -167,6 +186,23 @@ async fn suite(c: &dyn Catalog) {
         .map(|m| m.message)
         .collect();
     assert_eq!(log, ["backup requested", "backup completed"]);
+
+    // Tags with a suffix counted in one statement: the tag itself and
+    // `TAG_N`, not others that merely begin the same.
+    assert_eq!(
+        c.count_tags("usexample", "db12c", "TAG20260101T000000").await.unwrap(),
+        1
+    );
+    assert_eq!(
+        c.count_tags("usexample", "db12c", "TAG20260101T00000").await.unwrap(),
+        0
+    );
+    assert_eq!(
+        c.count_tags("idcs-0123abc", "db12c", "TAG20260101T000000")
+            .await
+            .unwrap(),
+        0
+    );
 
     // Tags are unique per deployment: a taken one is refused, nothing queued.
     assert!(matches!(
@@ -186,6 +222,10 @@ async fn suite(c: &dyn Catalog) {
         .collect();
     assert_eq!(tags.len(), 2);
     assert_ne!(tags[0], tags[1]);
+    assert_eq!(
+        c.count_tags("usexample", "db12c", "TAG20260101T000000").await.unwrap(),
+        1
+    );
 
     // A worker that dies: its lease expires, another worker takes the job,
     // counting the attempt; the first holder can no longer end it.
@@ -264,13 +304,13 @@ async fn placement(c: &dyn Catalog) {
         ..new_job("pinned", None)
     };
     let (queued, running) = (
-        count(c, "backup", JobStatus::Queued).await,
-        count(c, "backup", JobStatus::Running).await,
+        count(c, Operation::Backup, JobStatus::Queued).await,
+        count(c, Operation::Backup, JobStatus::Running).await,
     );
     let Started::Created(job) = start_backup(c, &new, "TAGP", false).await else {
         panic!()
     };
-    assert_eq!(count(c, "backup", JobStatus::Queued).await, queued + 1);
+    assert_eq!(count(c, Operation::Backup, JobStatus::Queued).await, queued + 1);
     let lease = Duration::from_secs(30);
     assert!(
         c.lease_job("plain", lease, &[]).await.unwrap().is_none(),
@@ -283,8 +323,8 @@ async fn placement(c: &dyn Catalog) {
     assert_eq!(held.id, job.id);
     assert_eq!(
         (
-            count(c, "backup", JobStatus::Queued).await,
-            count(c, "backup", JobStatus::Running).await
+            count(c, Operation::Backup, JobStatus::Queued).await,
+            count(c, Operation::Backup, JobStatus::Running).await
         ),
         (queued, running + 1)
     );
@@ -313,7 +353,7 @@ async fn placement(c: &dyn Catalog) {
     );
 }
 
-async fn count(c: &dyn Catalog, operation: &str, status: JobStatus) -> u64 {
+async fn count(c: &dyn Catalog, operation: Operation, status: JobStatus) -> u64 {
     let counts = c.job_counts().await.unwrap();
     let mut seen = std::collections::HashSet::new();
     for n in &counts {
@@ -332,7 +372,11 @@ async fn count(c: &dyn Catalog, operation: &str, status: JobStatus) -> u64 {
 /// own history. `completed` is a completed backup of db12c, `failed` a failed one.
 async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
     let recovery = |key: Option<&str>| NewJob {
-        operation: "recovery".into(),
+        spec: JobSpec::Recovery {
+            from: completed,
+            target: strongbox_engines::RecoveryTarget::Backup { position: None },
+            description: "restore".into(),
+        },
         ..new_job("db12c", key)
     };
     let target = serde_json::json!({"latest": true});
@@ -366,10 +410,16 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
         matches!(c.create_job(&recovery(Some("r1")), &from(completed), "again").await.unwrap(), Started::Existing(j) if j.id == r.id)
     );
     let leased = c.lease_job("w5", Duration::from_secs(30), &[]).await.unwrap().unwrap();
-    assert_eq!((leased.id, leased.operation.as_str()), (r.id, "recovery"));
+    assert_eq!((leased.id, leased.operation), (r.id, Operation::Recovery));
     let w5 = Lease::of(&leased, "w5");
     assert!(c.add_job_message(&w5, "server stopped").await.unwrap());
-    let reached = serde_json::json!({"timeline": 2});
+    let reached = strongbox_engines::pitr::Reached {
+        lsn: "0/5000028".parse().unwrap(),
+        from_timeline: 1,
+        timeline: 2,
+        last_commit: None,
+        promoted_at: time::macros::datetime!(2026-12-05 08:00:00 UTC),
+    };
     let recovered = JobEnd {
         reached: Some(reached.clone()),
         ..done(true, "recovery completed: database recovered")
@@ -379,7 +429,7 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
     assert_eq!(list.len(), 1);
     assert_eq!(
         (list[0].status, list[0].backup_job_id, &list[0].target),
-        (BackupStatus::Completed, completed, &target)
+        (RecoveryStatus::Completed, completed, &target)
     );
     assert!(list[0].completed_at.is_some());
     assert_eq!(list[0].reached.as_ref(), Some(&reached));
@@ -413,7 +463,7 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
             .unwrap()
     );
     let list = c.recoveries("usexample", "db12c").await.unwrap();
-    assert_eq!(list[1].status, BackupStatus::Failed);
+    assert_eq!(list[1].status, RecoveryStatus::Failed);
     assert_eq!(
         c.job("usexample", r2.id).await.unwrap().unwrap().status,
         JobStatus::Failed
@@ -511,14 +561,102 @@ async fn concurrently(c: std::sync::Arc<dyn Catalog>) {
     assert_eq!((before, leased.len()), (12, 12), "each job leased once: {leased:?}");
 }
 
+/// The catalog's tables, columns (with their kind of type) and explicit
+/// indexes, as a database reports them after migrating.
+type Schema = std::collections::BTreeSet<String>;
+
+fn kind(declared: &str) -> &'static str {
+    match declared.to_ascii_lowercase().as_str() {
+        "text" => "text",
+        "integer" | "bigint" | "bigserial" | "int8" => "integer",
+        other => panic!("a column type the catalogs should not use: {other}"),
+    }
+}
+
+fn sqlite_schema(path: &std::path::Path) -> Schema {
+    let c = rusqlite::Connection::open(path).unwrap();
+    let mut out = Schema::new();
+    let tables: Vec<String> = c
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT IN ('sqlite_sequence', '_sqlx_migrations')")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for t in tables {
+        let mut st = c.prepare(&format!("PRAGMA table_info({t})")).unwrap();
+        let cols = st
+            .query_map([], |r| Ok((r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
+            .unwrap()
+            .map(Result::unwrap);
+        for (name, ty) in cols {
+            out.insert(format!("column {t}.{name} {}", kind(&ty)));
+        }
+    }
+    let indexes = c
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_autoindex%'")
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect::<Vec<_>>();
+    out.extend(indexes.into_iter().map(|i| format!("index {i}")));
+    out
+}
+
+async fn postgres_schema(url: &str) -> Schema {
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let mut out = Schema::new();
+    let cols: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT table_name::text, column_name::text, data_type::text FROM information_schema.columns \
+         WHERE table_schema = 'public' AND table_name <> '_sqlx_migrations'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for (t, name, ty) in cols {
+        out.insert(format!("column {t}.{name} {}", kind(&ty)));
+    }
+    // Not the ones PRIMARY KEY and UNIQUE constraints make (SQLite's
+    // are its autoindexes).
+    let indexes: Vec<(String,)> = sqlx::query_as(
+        "SELECT indexname::text FROM pg_indexes WHERE schemaname = 'public' AND indexname NOT LIKE '%_pkey' \
+         AND indexname NOT LIKE '%_key'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    out.extend(indexes.into_iter().map(|(i,)| format!("index {i}")));
+    out
+}
+
+/// The two databases' migrations build the same tables, columns and
+/// indexes: the one set of statements finds the same rows on either.
+#[tokio::test]
+async fn both_migrations_build_the_same_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("catalog.db");
+    drop(SqlCatalog::open_sqlite(&path).await.unwrap());
+    let db = strongbox_testkit::Database::create("strongbox_schema");
+    drop(SqlCatalog::connect_postgres(&db.url).await.unwrap());
+    let (sqlite, postgres) = (sqlite_schema(&path), postgres_schema(&db.url).await);
+    assert!(sqlite.len() > 60, "{sqlite:?}");
+    let only_sqlite: Vec<_> = sqlite.difference(&postgres).collect();
+    let only_postgres: Vec<_> = postgres.difference(&sqlite).collect();
+    assert!(
+        only_sqlite.is_empty() && only_postgres.is_empty(),
+        "only in SQLite: {only_sqlite:?}; only in PostgreSQL: {only_postgres:?}"
+    );
+}
+
 #[tokio::test]
 async fn sqlite_catalog_passes_the_suite() {
     let dir = tempfile::tempdir().unwrap();
-    let c = SqliteCatalog::open(&dir.path().join("catalog.db")).await.unwrap();
+    let c = SqlCatalog::open_sqlite(&dir.path().join("catalog.db")).await.unwrap();
     suite(&c).await;
     // State survives reopening (a restarted server).
     drop(c);
-    let c = SqliteCatalog::open(&dir.path().join("catalog.db")).await.unwrap();
+    let c = SqlCatalog::open_sqlite(&dir.path().join("catalog.db")).await.unwrap();
     assert_eq!(c.deployments("usexample").await.unwrap().len(), 2);
     let config = serde_json::json!({"autoBackupEnabled": true});
     assert!(c.put_backup_config("usexample", "db12c", &config).await.unwrap());
@@ -537,7 +675,7 @@ async fn sqlite_catalog_passes_the_suite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgresql_catalog_passes_the_suite() {
     let db = strongbox_testkit::Database::create("strongbox_catalog");
-    let c = PgCatalog::connect(&db.url).await.unwrap();
+    let c = SqlCatalog::connect_postgres(&db.url).await.unwrap();
     suite(&c).await;
     // State survives reconnecting (a restarted replica), and migrations
     // run once.

@@ -19,13 +19,13 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use strongbox_engines::Access;
 
 use crate::{Error, Result};
 
 /// The `[allow]` section of the server's configuration.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostPolicy {
     /// Programs (names on the server's PATH, or absolute paths) that

@@ -2,109 +2,13 @@
 //! catalog, and created in one place for every caller (the API, the
 //! scheduler), with the same tags, activity-log lines and conflict rules.
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use strongbox_catalog::{Job, NewJob, NewRecord, Started};
-use strongbox_engines::RecoveryTarget;
 
 use crate::dates::db_tag;
 use crate::{Error, Result, Service};
 
-/// What a job does.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum JobSpec {
-    Backup {
-        #[serde(rename = "keepForever")]
-        keep_forever: bool,
-        trigger: Trigger,
-    },
-    /// Recovery in place from the backup made by job `from`, to `target`,
-    /// as planned when the request was accepted (`description` says it in
-    /// words for the activity log).
-    Recovery {
-        from: i64,
-        target: RecoveryTarget,
-        description: String,
-    },
-    /// Forgets these backups (by the jobs that made them), then prunes the
-    /// repository and the WAL archives of what no backup needs any more.
-    Expire { backups: Vec<i64> },
-}
-
-/// Who asked for a job.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Trigger {
-    /// A user, through the API.
-    User,
-    /// The server's own schedule, for the period named.
-    Schedule { period: String },
-    /// Continuous archiving, which needs a base for a new generation of
-    /// the shipped log (it began, or continuity was lost: `reason`).
-    Shipping { reason: String },
-}
-
-/// A job's kind, as the DBCS wire names it (`job_operation`, the status
-/// path's `{requestName}`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Operation {
-    Backup,
-    Recovery,
-    Expire,
-}
-
-impl Operation {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Operation::Backup => "backup",
-            Operation::Recovery => "recovery",
-            Operation::Expire => "expire",
-        }
-    }
-}
-
-impl JobSpec {
-    pub fn operation(&self) -> Operation {
-        match self {
-            JobSpec::Backup { .. } => Operation::Backup,
-            JobSpec::Recovery { .. } => Operation::Recovery,
-            JobSpec::Expire { .. } => Operation::Expire,
-        }
-    }
-
-    /// The spec a job was queued with. Jobs queued before specs were kept
-    /// are backups (recoveries of that time have no plan to run).
-    pub fn of(job: &Job) -> Result<JobSpec> {
-        match &job.spec {
-            Some(spec) => serde_json::from_value(spec.clone())
-                .map_err(|e| Error::Internal(format!("job {} has an unreadable spec: {e}", job.id))),
-            None if job.operation == Operation::Backup.as_str() => Ok(JobSpec::Backup {
-                keep_forever: false,
-                trigger: Trigger::User,
-            }),
-            None => Err(Error::Invalid(format!(
-                "job {} was queued by an earlier Strongbox version without a plan; request the {} again",
-                job.id, job.operation
-            ))),
-        }
-    }
-
-    /// `USER` or `SYSTEM`, as the activity log's `initiatedBy` says.
-    pub fn initiated_by(&self, created_by: &str) -> &'static str {
-        match self {
-            JobSpec::Backup {
-                trigger: Trigger::Schedule { .. } | Trigger::Shipping { .. },
-                ..
-            } => "SYSTEM",
-            JobSpec::Expire { .. } if created_by == SYSTEM => "SYSTEM",
-            _ => "USER",
-        }
-    }
-}
-
-/// The name jobs the server starts itself are created by.
-pub const SYSTEM: &str = "SYSTEM";
+pub use strongbox_catalog::{JobSpec, Operation, SYSTEM, Trigger};
 
 /// Who asks, and how: the caller's name, the request as sent, and the
 /// `Idempotency-Key` that makes a retried request return the same job.
@@ -142,8 +46,7 @@ impl Service {
         let job = NewJob {
             domain: domain.into(),
             deployment: deployment.into(),
-            operation: operation.as_str().into(),
-            spec: serde_json::to_value(spec).map_err(Error::internal)?,
+            spec: spec.clone(),
             params: origin.params.clone(),
             created_by: origin.user.clone(),
             idempotency_key: origin.idempotency_key.clone(),
@@ -156,16 +59,15 @@ impl Service {
             None => self.catalog.active_job(domain, deployment).await?,
             Some(_) => None,
         };
-        // Backup tags are per second and unique; a backup within the same
-        // second as another takes the next free second.
-        let mut tag_time = job.at;
-        let started = if let Some(running) = active {
-            Started::Busy(running)
-        } else {
-            loop {
-                let (record, message) = record(&db_tag(tag_time));
+        let started = match active {
+            Some(running) => Started::Busy(running),
+            None => loop {
+                let tag = self.next_tag(domain, deployment, job.at, operation).await?;
+                let (record, message) = record(&tag);
                 match self.catalog.create_job(&job, &record, &message).await {
-                    Err(strongbox_catalog::Error::Duplicate(_)) => tag_time += time::Duration::SECOND,
+                    // Taken meanwhile (another server's backup of the
+                    // deployment, in the same second): the next one.
+                    Err(strongbox_catalog::Error::Duplicate(_)) => continue,
                     Err(strongbox_catalog::Error::NotFound(what)) => {
                         return Err(Error::NotFound(format!(
                             "no {what}; GET …/{deployment}/backups lists them"
@@ -173,7 +75,7 @@ impl Service {
                     }
                     other => break other?,
                 }
-            }
+            },
         };
         match started {
             Started::Created(j) | Started::Existing(j) => {
@@ -190,6 +92,27 @@ impl Service {
                 }
             ))),
         }
+    }
+
+    /// A backup's tag says when it was taken: `TAGyyyymmddThhmmss`, and
+    /// `_2`, `_3`, … after it for further backups of the deployment within
+    /// the same second (the API allows any string), found with one read.
+    /// Jobs other than backups take no tag.
+    pub(crate) async fn next_tag(
+        &self,
+        domain: &str,
+        deployment: &str,
+        at: time::OffsetDateTime,
+        operation: Operation,
+    ) -> Result<String> {
+        let tag = db_tag(at);
+        if operation != Operation::Backup {
+            return Ok(tag);
+        }
+        Ok(match self.catalog.count_tags(domain, deployment, &tag).await? {
+            0 => tag,
+            taken => format!("{tag}_{}", taken + 1),
+        })
     }
 
     /// Starts a backup of a deployment.
@@ -218,43 +141,5 @@ impl Service {
             )
         })
         .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn specs_are_stored_in_a_stable_form_and_read_back() {
-        let scheduled = JobSpec::Backup {
-            keep_forever: true,
-            trigger: Trigger::Schedule {
-                period: "2026-11-30".into(),
-            },
-        };
-        let stored = serde_json::to_value(&scheduled).unwrap();
-        assert_eq!(
-            stored,
-            serde_json::json!({"backup": {"keepForever": true, "trigger": {"schedule": {"period": "2026-11-30"}}}})
-        );
-        assert_eq!(serde_json::from_value::<JobSpec>(stored).unwrap(), scheduled);
-        assert_eq!(scheduled.initiated_by(SYSTEM), "SYSTEM");
-        let recovery = JobSpec::Recovery {
-            from: 7,
-            target: RecoveryTarget::Backup { position: None },
-            description: "restore backup TAG1".into(),
-        };
-        let back: JobSpec = serde_json::from_value(serde_json::to_value(&recovery).unwrap()).unwrap();
-        assert_eq!(
-            (back.operation(), back.initiated_by("alice")),
-            (Operation::Recovery, "USER")
-        );
-        let expire = JobSpec::Expire { backups: vec![3] };
-        assert_eq!(
-            (expire.initiated_by(SYSTEM), expire.initiated_by("alice")),
-            ("SYSTEM", "USER")
-        );
-        assert!(serde_json::from_value::<JobSpec>(serde_json::json!({"restore": {}})).is_err());
     }
 }

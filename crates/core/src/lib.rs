@@ -9,6 +9,7 @@ mod error;
 pub mod health;
 pub mod host_policy;
 pub mod job;
+pub mod password;
 pub mod pitr;
 pub mod placement;
 pub mod recovery;
@@ -142,6 +143,29 @@ impl Service {
             .await?)
     }
 
+    /// Creates a user in `domain`, or sets the password and role of one
+    /// already there; a user belongs to one identity domain.
+    pub async fn put_user(
+        &self,
+        name: &str,
+        domain: &str,
+        password: &str,
+        role: strongbox_catalog::Role,
+    ) -> Result<()> {
+        check_name("an identity domain", domain)?;
+        if let Some(u) = self.catalog.user(name).await?
+            && u.domain != domain
+        {
+            return Err(Error::Invalid(format!(
+                "user {name} already belongs to identity domain {}",
+                u.domain
+            )));
+        }
+        self.catalog.ensure_domain(domain).await?;
+        let hash = password::hash_password(password);
+        Ok(self.catalog.put_user(name, domain, &hash, role).await?)
+    }
+
     pub async fn deployments(&self, domain: &str) -> Result<Vec<Deployment>> {
         Ok(self.catalog.deployments(domain).await?)
     }
@@ -191,5 +215,114 @@ impl Service {
 
     pub async fn job_messages(&self, id: i64) -> Result<Vec<JobMessage>> {
         Ok(self.catalog.job_messages(id).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strongbox_catalog::Operation;
+
+    /// Users: one identity domain each, passwords stored as hashes that
+    /// verify (the policy the catalog used to hold).
+    #[tokio::test]
+    async fn a_user_belongs_to_one_domain_and_its_password_is_stored_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = strongbox_catalog::open(dir.path().join("c.db").to_str().unwrap())
+            .await
+            .unwrap();
+        let service = Service::new(catalog.clone());
+        use strongbox_catalog::Role;
+        service
+            .put_user("alice", "usexample", "pw1", Role::Operator)
+            .await
+            .unwrap();
+        let u = catalog.user("alice").await.unwrap().unwrap();
+        assert!(!u.password_hash.contains("pw1"));
+        assert!(password::verify_password("pw1", &u.password_hash));
+        assert!(!password::verify_password("pw2", &u.password_hash));
+        let e = service
+            .put_user("alice", "idcs-0123abc", "x", Role::Reader)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("already belongs to identity domain usexample"),
+            "{e}"
+        );
+        service
+            .put_user("alice", "usexample", "pw2", Role::Reader)
+            .await
+            .unwrap();
+        let u = catalog.user("alice").await.unwrap().unwrap();
+        assert_eq!(u.role, Role::Reader);
+        assert!(password::verify_password("pw2", &u.password_hash));
+        assert!(service.put_user("bob", "../x", "pw", Role::Reader).await.is_err());
+    }
+
+    /// Backups within one second get `_2`, `_3`, … after the second's tag.
+    #[tokio::test]
+    async fn tags_within_one_second_take_a_suffix() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = strongbox_catalog::open(dir.path().join("c.db").to_str().unwrap())
+            .await
+            .unwrap();
+        let service = Service::new(catalog.clone());
+        catalog.ensure_domain("d").await.unwrap();
+        let d = strongbox_catalog::NewDeployment {
+            domain: "d".into(),
+            name: "app".into(),
+            engine: "sqlite".into(),
+            connection: serde_json::json!({"path": "/x.db"}),
+            runs_on: None,
+        };
+        catalog.put_deployment(&d).await.unwrap();
+        let at = time::macros::datetime!(2026-12-05 07:21:59 UTC);
+        let mut tags = Vec::new();
+        for _ in 0..3 {
+            tags.push(service.next_tag("d", "app", at, Operation::Backup).await.unwrap());
+            let job = strongbox_catalog::NewJob {
+                domain: "d".into(),
+                deployment: "app".into(),
+                spec: strongbox_catalog::JobSpec::Backup {
+                    keep_forever: false,
+                    trigger: strongbox_catalog::Trigger::User,
+                },
+                params: serde_json::json!({}),
+                created_by: "t".into(),
+                idempotency_key: None,
+                at,
+            };
+            let record = strongbox_catalog::NewRecord::Backup {
+                db_tag: tags.last().unwrap().clone(),
+                keep_forever: false,
+            };
+            let strongbox_catalog::Started::Created(j) = catalog.create_job(&job, &record, "x").await.unwrap() else {
+                panic!()
+            };
+            // Ended, so that the next may be queued.
+            let lease = catalog
+                .lease_job("w", std::time::Duration::from_secs(9), &[])
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(lease.id, j.id);
+            let end = strongbox_catalog::JobEnd {
+                at,
+                succeeded: true,
+                message: "done".into(),
+                backup: None,
+                reached: None,
+            };
+            assert!(
+                catalog
+                    .finish_job(&strongbox_catalog::Lease::of(&lease, "w"), &end)
+                    .await
+                    .unwrap()
+            );
+        }
+        assert_eq!(
+            tags,
+            ["TAG20261205T072159", "TAG20261205T072159_2", "TAG20261205T072159_3"]
+        );
     }
 }

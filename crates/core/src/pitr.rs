@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use strongbox_catalog::{Backup, Deployment};
-use strongbox_engines::pitr::{Archived, BasePosition, Goal, History, Live, Pitr, Reach, Reached, Unreachable};
+use strongbox_engines::pitr::{Archived, BasePosition, Goal, History, Live, Pitr, Reach, Unreachable};
 use strongbox_engines::{Engine, RecoveryTarget, WalArchive};
 use strongbox_repo::Repository;
 use time::OffsetDateTime;
@@ -183,7 +183,7 @@ impl Service {
         }
         let bases: Vec<(Backup, BasePosition)> = backups
             .iter()
-            .filter_map(|b| Some((b.clone(), serde_json::from_value(b.position.clone()?).ok()?)))
+            .filter_map(|b| Some((b.clone(), b.position.as_ref()?.wal()?.clone())))
             .collect();
         let archive = WalArchives::archive(&d.domain, &d.name);
         let files = archives
@@ -196,10 +196,7 @@ impl Service {
         // When each timeline began: as our recoveries recorded it, else when
         // its history file was archived (a promotion outside Strongbox).
         let mut created: BTreeMap<u32, OffsetDateTime> = archived.histories().map(|(t, _, at)| (t, at)).collect();
-        for reached in recoveries
-            .iter()
-            .filter_map(|r| serde_json::from_value::<Reached>(r.reached.clone()?).ok())
-        {
+        for reached in recoveries.iter().filter_map(|r| r.reached.as_ref()) {
             created.insert(reached.timeline, reached.promoted_at);
         }
         let live = if probe {

@@ -92,7 +92,7 @@ impl RecoveryRequest {
 fn backup_plan(b: &Backup, why: &str) -> RecoveryPlan {
     RecoveryPlan {
         target: RecoveryTarget::Backup {
-            position: b.position.clone().and_then(|p| serde_json::from_value(p).ok()),
+            position: b.position.as_ref().and_then(|p| p.wal()).cloned(),
         },
         description: format!("restore backup {}{why}", b.db_tag),
     }

@@ -67,7 +67,7 @@ pub enum Schedule {
 /// What a request to change the configuration may say; what it leaves out
 /// stays as it was. (Also the server's `[backup_defaults]`, applied to
 /// `BackupConfig::default()`.)
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigChange {
     pub auto_backup_enabled: Option<bool>,

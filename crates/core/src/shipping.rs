@@ -313,7 +313,7 @@ struct Generation {
 
 /// Where a backup sits in its deployment's shipped log, if it is a base.
 fn base_of(b: &Backup) -> Option<BasePosition> {
-    serde_json::from_value(b.position.clone()?).ok()
+    b.position.as_ref()?.shipped_base().cloned()
 }
 
 fn ms_of(t: OffsetDateTime) -> i64 {
@@ -406,7 +406,7 @@ impl Service {
                     .recoveries(&d.domain, &d.name)
                     .await?
                     .into_iter()
-                    .filter(|r| r.status == strongbox_catalog::BackupStatus::Completed)
+                    .filter(|r| r.status == strongbox_catalog::RecoveryStatus::Completed)
                     .filter_map(|r| Some((crate::dates::parse_rfc3339(&r.started_at)?, r)))
                     .max_by_key(|(at, _)| *at);
                 let current = generations.iter().rev().find(|g| {

@@ -114,7 +114,7 @@ pub async fn worker(service: Arc<Service>, setup: WorkerSetup) {
                     let recorded = service.catalog.finish_job(&w.lease, &end).await;
                     if let Ok(true) = recorded {
                         record(&job, &end, started.elapsed());
-                        if let Ok(JobSpec::Recovery { .. }) = JobSpec::of(&job)
+                        if let Ok(JobSpec::Recovery { .. }) = job.spec()
                             && let Err(e) = service.base_after_recovery(&job.domain, &job.deployment, job.id).await
                         {
                             tracing::warn!("queueing the base backup after the recovery: {e}");
@@ -148,9 +148,8 @@ pub async fn worker(service: Arc<Service>, setup: WorkerSetup) {
 /// its duration (this attempt's), and what a backup read and stored.
 fn record(job: &Job, end: &JobEnd, took: Duration) {
     let outcome = if end.succeeded { "succeeded" } else { "failed" };
-    let (operation, domain, deployment) = (job.operation.clone(), job.domain.clone(), job.deployment.clone());
-    metrics::counter!("strongbox_jobs_finished_total", "operation" => operation.clone(), "outcome" => outcome)
-        .increment(1);
+    let (operation, domain, deployment) = (job.operation.as_str(), job.domain.clone(), job.deployment.clone());
+    metrics::counter!("strongbox_jobs_finished_total", "operation" => operation, "outcome" => outcome).increment(1);
     metrics::histogram!("strongbox_job_duration_seconds", "operation" => operation, "outcome" => outcome)
         .record(took.as_secs_f64());
     if let Some(b) = &end.backup {
@@ -199,7 +198,7 @@ impl Worker {
                 "failed: the worker stopped responding {MAX_ATTEMPTS} times; giving up"
             ));
         }
-        let spec = match JobSpec::of(job) {
+        let spec = match job.spec() {
             Ok(spec) => spec,
             Err(e) => return failed(format!("{} failed: {e}", job.operation)),
         };
@@ -224,7 +223,7 @@ impl Worker {
                 description,
             } => match self.recovery(job, from, &target, &description).await {
                 Ok((summary, reached)) => JobEnd {
-                    reached: reached.and_then(|r| serde_json::to_value(r).ok()),
+                    reached,
                     ..ended(true, format!("recovery completed: {summary}"))
                 },
                 Err(e) => failed(format!("recovery failed: {e:#}")),
@@ -291,7 +290,7 @@ impl Worker {
             .unwrap_or_default();
         let counters = self.counters.clone();
         let (scratch, e) = (self.setup.scratch.clone(), engine.clone());
-        let sources = tokio::task::spawn_blocking(move || e.backup(&scratch)).await??;
+        let streams = tokio::task::spawn_blocking(move || e.backup(&scratch)).await??;
         let mut labels = BTreeMap::from([
             ("domain".to_string(), job.domain.clone()),
             ("deployment".to_string(), job.deployment.clone()),
@@ -310,12 +309,16 @@ impl Worker {
             tags: vec![tag],
             labels,
         };
-        let snap = self.setup.repo.backup_sources(sources, options, counters).await?;
+        let snap = self
+            .setup
+            .repo
+            .backup_sources(streams.sources, options, counters)
+            .await?;
         Ok(BackupResult {
             snapshot_id: snap.id.to_hex(),
             logical_bytes: snap.totals.logical_bytes,
             stored_bytes: snap.totals.new_bytes_stored,
-            position: engine.backup_position(),
+            position: streams.position.get(),
         })
     }
 

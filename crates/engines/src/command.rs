@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use strongbox_repo::{Source, Sources};
+use strongbox_repo::Source;
 
 use crate::process::Tool;
 use crate::{Access, BackupFiles, Error, Recovered, RecoveryContext, RecoveryTarget, backups_only, setting};
@@ -100,9 +100,11 @@ impl crate::Engine for CommandEngine {
         commands.chain(env).collect()
     }
 
-    fn backup(&self, _scratch: &Path) -> Result<Sources, Error> {
+    fn backup(&self, _scratch: &Path) -> Result<crate::BackupStreams, Error> {
         let stream = self.tool(&self.backup_command, "the backup command").output_stream()?;
-        Ok(strongbox_repo::sources(vec![Source::new(FILE_NAME, stream)]))
+        Ok(crate::BackupStreams::without_position(strongbox_repo::sources(vec![
+            Source::new(FILE_NAME, stream),
+        ])))
     }
 
     fn recover(

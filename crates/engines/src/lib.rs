@@ -5,6 +5,7 @@
 
 mod command;
 mod files;
+mod position;
 mod postgres;
 mod process;
 mod sqlite;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 pub use command::CommandEngine;
 pub use files::SnapshotFiles;
+pub use position::Position;
 pub use postgres::{FLUSH_MARKER, PREFETCH_SPOOL, PgLogical, PgPhysical, pitr};
 pub use sqlite::{SqliteEngine, ship as sqlite_ship, wal as sqlite_wal};
 use strongbox_repo::Sources;
@@ -90,6 +92,51 @@ pub enum Access {
     Host { setting: &'static str, host: String },
     /// A variable the engine puts into its commands' environment.
     Environment { setting: &'static str, name: String },
+}
+
+/// A backup an engine is taking: the streams the repository pulls in
+/// order, and where the backup sits in the database's history.
+pub struct BackupStreams {
+    pub sources: Sources,
+    pub position: PositionWhenRead,
+}
+
+/// A backup's position, known at the latest once every stream has been
+/// read (PostgreSQL's at `pg_backup_stop`, after the data files; a SQLite
+/// base's at once).
+pub struct PositionWhenRead(std::sync::mpsc::Receiver<Position>);
+
+impl PositionWhenRead {
+    /// A position to come: the engine sends it when it knows it.
+    pub fn pending() -> (std::sync::mpsc::Sender<Position>, Self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        (tx, PositionWhenRead(rx))
+    }
+
+    /// A position known already (or none, for engines without a log).
+    pub fn known(position: Option<Position>) -> Self {
+        let (tx, me) = Self::pending();
+        if let Some(p) = position {
+            let _ = tx.send(p);
+        }
+        me
+    }
+
+    /// The position, once the streams have been read; `None` if the
+    /// engine has none (or its streams were not all read).
+    pub fn get(&self) -> Option<Position> {
+        self.0.try_recv().ok()
+    }
+}
+
+impl BackupStreams {
+    /// Streams of a backup with no place in a log.
+    pub fn without_position(sources: Sources) -> Self {
+        BackupStreams {
+            sources,
+            position: PositionWhenRead::known(None),
+        }
+    }
 }
 
 /// The files of the backup a recovery reads.
@@ -190,9 +237,9 @@ pub trait Engine: Send + Sync {
     fn accesses(&self) -> Vec<Access>;
 
     /// Takes a consistent backup, as streams the repository pulls one after
-    /// another. Runs on a blocking thread; `scratch` is a directory the
-    /// engine may use for temporary files.
-    fn backup(&self, scratch: &Path) -> Result<Sources, Error>;
+    /// another, and its position. Runs on a blocking thread; `scratch` is
+    /// a directory the engine may use for temporary files.
+    fn backup(&self, scratch: &Path) -> Result<BackupStreams, Error>;
 
     /// Replaces the deployment's data with the backup's (or, for a point in
     /// time, the backup's replayed further), whatever state the deployment
@@ -204,12 +251,6 @@ pub trait Engine: Send + Sync {
         target: &RecoveryTarget,
         cx: &RecoveryContext,
     ) -> Result<Recovered, Error>;
-
-    /// Where the last `backup` sits in the database's history, for
-    /// point-in-time recovery (JSON, kept with the backup in the catalog).
-    fn backup_position(&self) -> Option<serde_json::Value> {
-        None
-    }
 
     /// Present for engines that recover to points in time.
     fn point_in_time(&self) -> Option<&dyn PointInTime> {

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
-use strongbox_repo::{Source, Sources};
+use strongbox_repo::Source;
 
 use crate::{BackupFiles, Error, Recovered, RecoveryContext, RecoveryTarget, backups_only};
 
@@ -33,9 +33,6 @@ const LOCK_WAIT: Duration = Duration::from_secs(60);
 
 pub struct SqliteEngine {
     pub path: PathBuf,
-    /// Where the last backup's base sits in the shipped WAL, when the
-    /// database's shipper took it.
-    position: std::sync::Mutex<Option<ship::BasePosition>>,
 }
 
 /// The name the database has inside a snapshot.
@@ -56,10 +53,7 @@ impl SqliteEngine {
     }
 
     pub fn new(path: PathBuf) -> Self {
-        SqliteEngine {
-            path,
-            position: Default::default(),
-        }
+        SqliteEngine { path }
     }
 }
 
@@ -75,19 +69,22 @@ impl crate::Engine for SqliteEngine {
         }]
     }
 
-    fn backup(&self, scratch: &Path) -> Result<Sources, Error> {
+    fn backup(&self, scratch: &Path) -> Result<crate::BackupStreams, Error> {
         // With continuous archiving, the shipper takes the copy: it begins
         // a generation there, and this backup is its base.
         if let Some(base) = ship::request_base(&self.path) {
             let base = base?;
-            *self.position.lock().expect("position") = Some(ship::BasePosition {
+            let position = crate::Position::ShippedBase(ship::BasePosition {
                 generation: base.generation,
                 taken_ms: base.taken_ms,
             });
             let size = base.file.metadata().map_err(|e| self.fail("base", e))?.len();
             let mut source = Source::new(FILE_NAME, base.file);
             source.size_hint = Some(size);
-            return Ok(strongbox_repo::sources(vec![source]));
+            return Ok(crate::BackupStreams {
+                sources: strongbox_repo::sources(vec![source]),
+                position: crate::PositionWhenRead::known(Some(position)),
+            });
         }
         if !self.path.is_file() {
             return Err(Error::Failed(format!(
@@ -119,12 +116,9 @@ impl crate::Engine for SqliteEngine {
         let size = file.metadata().map_err(|e| self.fail("scratch file", e))?.len();
         let mut source = Source::new(FILE_NAME, file);
         source.size_hint = Some(size);
-        Ok(strongbox_repo::sources(vec![source]))
-    }
-
-    fn backup_position(&self) -> Option<serde_json::Value> {
-        let position = self.position.lock().expect("position").clone()?;
-        serde_json::to_value(position).ok()
+        Ok(crate::BackupStreams::without_position(strongbox_repo::sources(vec![
+            source,
+        ])))
     }
 
     fn recover(
@@ -388,7 +382,7 @@ mod tests {
         };
         std::thread::sleep(Duration::from_millis(200));
         let engine = SqliteEngine::new(db.clone());
-        let mut sources = engine.backup(dir.path()).unwrap();
+        let mut sources = engine.backup(dir.path()).unwrap().sources;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let written = writer.join().unwrap();
 
@@ -436,7 +430,7 @@ mod tests {
         let live = dir.path().join("live.db");
         let held = database(&live, 120_000);
         let engine = SqliteEngine::new(live.clone());
-        let mut sources = engine.backup(dir.path()).unwrap();
+        let mut sources = engine.backup(dir.path()).unwrap().sources;
         let mut bytes = Vec::new();
         sources.next().unwrap().unwrap().reader.read_to_end(&mut bytes).unwrap();
         let backed_up = rows(&held);

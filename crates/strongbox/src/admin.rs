@@ -94,14 +94,13 @@ pub async fn run(args: AdminArgs) -> Result<()> {
         }
         Verb::User { name, domain, role } => {
             let role = Role::parse(&role).context("--role is reader, operator or admin")?;
-            catalog.ensure_domain(&domain).await?;
+            strongbox_core::check_name("an identity domain", &domain)?;
             let password = match std::env::var("STRONGBOX_NEW_PASSWORD") {
                 Ok(p) => p,
                 Err(_) => rpassword::prompt_password(format!("password for {name}: "))?,
             };
             anyhow::ensure!(!password.is_empty(), "the password must not be empty");
-            strongbox_core::check_name("an identity domain", &domain)?;
-            catalog.put_user(&name, &domain, &password, role).await?;
+            Service::new(catalog).put_user(&name, &domain, &password, role).await?;
             println!("user {name} ({}) in identity domain {domain} ready", role.as_str());
         }
         Verb::Deployment {

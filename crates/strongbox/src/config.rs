@@ -6,11 +6,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use strongbox_core::host_policy::HostPolicy;
 use strongbox_core::schedule::{BackupConfig, ConfigChange};
 
-#[derive(Deserialize, Default)]
+/// The file's settings; `contrib/strongbox.toml` lists every one with its
+/// default (a test checks it).
+#[derive(Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Config {
     pub(crate) listen: Option<SocketAddr>,
@@ -62,9 +64,6 @@ impl Config {
         }
     }
 
-    /// `[backup_defaults]` over the built-in defaults, checked as a change
-    /// through the API is. Switched on here, automatic backups are on from
-    /// the first period: a deployment's first backup is due at once.
     /// Where the catalog is: STRONGBOX_CATALOG, `catalog`, else the
     /// SQLite file in `data_dir`.
     pub(crate) fn catalog(&self, data_dir: &Path) -> Result<String> {
@@ -73,6 +72,9 @@ impl Config {
             .unwrap_or_else(|| data_dir.join("catalog.sqlite").display().to_string()))
     }
 
+    /// `[backup_defaults]` over the built-in defaults, checked as a change
+    /// through the API is. Switched on here, automatic backups are on from
+    /// the first period: a deployment's first backup is due at once.
     pub(crate) fn backup_defaults(&self) -> Result<BackupConfig> {
         BackupConfig::default()
             .changed(&self.backup_defaults, time::OffsetDateTime::UNIX_EPOCH)
@@ -129,5 +131,46 @@ impl Config {
         // Relative paths are the server's working directory's.
         let cwd = std::env::current_dir()?;
         Ok(own.into_iter().map(|p| cwd.join(p)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The keys of every setting, as `section.key` for those of a section.
+    fn keys(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        for (k, v) in v.as_object().expect("a table") {
+            match v {
+                serde_json::Value::Object(_) => keys(v, &format!("{k}."), out),
+                _ => out.push(format!("{prefix}{k}")),
+            }
+        }
+    }
+
+    /// `contrib/strongbox.toml` parses as a configuration and names every
+    /// setting there is (set to its default, or commented out where the
+    /// default is none), each in its section.
+    #[test]
+    fn the_example_configuration_names_every_setting() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/strongbox.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config = Config::read(Some(&path)).unwrap();
+        assert!(config.backup_defaults().is_ok());
+        let mut all = Vec::new();
+        keys(&serde_json::to_value(Config::default()).unwrap(), "", &mut all);
+        assert!(all.len() > 25, "{all:?}");
+        let mut section = String::new();
+        let mut named = Vec::new();
+        for line in text.lines() {
+            let line = line.trim_start_matches('#').trim();
+            if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = format!("{s}.");
+            } else if let Some((key, _)) = line.split_once(" = ") {
+                named.push(format!("{section}{key}"));
+            }
+        }
+        let missing: Vec<_> = all.iter().filter(|k| !named.contains(k)).collect();
+        assert!(missing.is_empty(), "not in contrib/strongbox.toml: {missing:?}");
     }
 }

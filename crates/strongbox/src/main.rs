@@ -28,6 +28,10 @@ enum Command {
     Admin(admin::AdminArgs),
     /// Drive a server's API: backups, recoveries, job status.
     Client(client::ClientArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), e.g. `strongbox man > strongbox.1`.
+    Man,
 }
 
 /// Tunes glibc's malloc for the pipeline's 1-2 MiB buffers. Pins the mmap
@@ -86,6 +90,13 @@ fn logging(serving: bool) -> tracing_appender::non_blocking::WorkerGuard {
     guard
 }
 
+/// The manual page, from the same definitions as `--help`.
+fn manual() -> anyhow::Result<()> {
+    let cli = <Cli as clap::CommandFactory>::command();
+    clap_mangen::Man::new(cli).render(&mut std::io::stdout().lock())?;
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     tune_allocator();
     let cli = Cli::parse();
@@ -100,6 +111,12 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => serve::run(args).await.map(|()| std::process::ExitCode::SUCCESS),
             Command::Admin(args) => admin::run(args).await.map(|()| std::process::ExitCode::SUCCESS),
             Command::Client(args) => client::run(args).await,
+            Command::Completions { shell } => {
+                let mut cli = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut cli, "strongbox", &mut std::io::stdout());
+                Ok(std::process::ExitCode::SUCCESS)
+            }
+            Command::Man => manual().map(|()| std::process::ExitCode::SUCCESS),
         }
     });
     match result {

@@ -400,7 +400,7 @@ async fn demo(service: &Service, s: &Settings) -> Result<()> {
             Ok(p) => (p, false),
             Err(_) => (hex::encode(rand::random::<[u8; 9]>()), true),
         };
-        catalog.put_user(&user, domain, &password, Role::Admin).await?;
+        service.put_user(&user, domain, &password, Role::Admin).await?;
         if generated {
             // Kept in a file only its owner reads, never printed or logged.
             let file = s.data_dir.join("demo-user.password");

@@ -262,6 +262,10 @@ fn mistakes_get_4xx_with_a_message() {
     let (status, h, _) = s.curl(&["-X", "OPTIONS", &url]);
     assert_eq!(status, "HTTP/2 200");
     assert_eq!(header(&h, "access-control-allow-origin"), "*");
+    // The console with a trailing slash, as people type it.
+    let (status, h, _) = s.curl(&[&s.url("/console/")]);
+    assert_eq!(status, "HTTP/2 308");
+    assert_eq!(header(&h, "location"), "/console");
 }
 
 #[test]

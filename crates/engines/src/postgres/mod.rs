@@ -21,7 +21,7 @@ pub use waldump::FLUSH_MARKER;
 
 use std::path::{Path, PathBuf};
 
-use strongbox_repo::{Source, Sources};
+use strongbox_repo::Source;
 
 use crate::process::Tool;
 use crate::{BackupFiles, Error, Recovered, RecoveryContext, RecoveryTarget, backups_only, setting};
@@ -172,11 +172,13 @@ impl crate::Engine for PgLogical {
         self.conn.accesses()
     }
 
-    fn backup(&self, _scratch: &Path) -> Result<Sources, Error> {
+    fn backup(&self, _scratch: &Path) -> Result<crate::BackupStreams, Error> {
         let mut t = self.conn.tool("pg_dump");
         t.command
             .args(["--format=custom", "--compress=0", "-d", &self.conn.url]);
-        Ok(strongbox_repo::sources(vec![Source::new(DUMP, t.output_stream()?)]))
+        Ok(crate::BackupStreams::without_position(strongbox_repo::sources(vec![
+            Source::new(DUMP, t.output_stream()?),
+        ])))
     }
 
     fn recover(

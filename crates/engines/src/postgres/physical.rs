@@ -9,9 +9,8 @@
 //! Recovery is in `recovery`.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
-use strongbox_repo::{Source, Sources};
+use strongbox_repo::Source;
 
 use super::Conn;
 use super::datadir::{self, DIRECTORIES, DataFile, LazyFile};
@@ -23,8 +22,6 @@ pub struct PgPhysical {
     pub(super) data_dir: PathBuf,
     pub(super) stop_command: String,
     pub(super) start_command: String,
-    /// Filled when a backup's session ends.
-    position: Arc<Mutex<Option<BasePosition>>>,
 }
 
 fn db_error(what: &str) -> impl Fn(postgres::Error) -> Error + '_ {
@@ -158,7 +155,8 @@ struct BackupSources {
     session: Session,
     data_dir: PathBuf,
     tail: Option<std::vec::IntoIter<Source>>,
-    position: Arc<Mutex<Option<BasePosition>>>,
+    /// Where the backup's position goes when its session ends.
+    position: std::sync::mpsc::Sender<crate::Position>,
 }
 
 impl Iterator for BackupSources {
@@ -173,7 +171,7 @@ impl Iterator for BackupSources {
         if self.tail.is_none() {
             match self.session.stop(&self.data_dir) {
                 Ok((mut tail, position)) => {
-                    *self.position.lock().unwrap_or_else(|p| p.into_inner()) = Some(position);
+                    let _ = self.position.send(crate::Position::Wal(position));
                     let list = self.dirs.take().unwrap_or_default().join("\n");
                     tail.push(Source::new(DIRECTORIES, std::io::Cursor::new(list.into_bytes())));
                     self.tail = Some(tail.into_iter());
@@ -208,7 +206,6 @@ impl PgPhysical {
             data_dir: PathBuf::from(setting(c, engine, "data_dir", "\"/var/lib/postgresql/15/main\"")?),
             stop_command: setting(c, engine, "stop_command", "\"pg_ctlcluster 15 main stop -m fast\"")?.into(),
             start_command: setting(c, engine, "start_command", "\"pg_ctlcluster 15 main start\"")?.into(),
-            position: Arc::default(),
         })
     }
 }
@@ -236,24 +233,23 @@ impl crate::Engine for PgPhysical {
         out
     }
 
-    fn backup(&self, _scratch: &Path) -> Result<Sources, Error> {
+    fn backup(&self, _scratch: &Path) -> Result<crate::BackupStreams, Error> {
         let session = Session::start(&self.conn, &self.data_dir)?;
         // Walked after pg_backup_start: every file that exists at the
         // backup's start point is seen (files created later are in WAL).
         let (files, dirs) = datadir::walk(&self.data_dir)?;
-        Ok(Box::new(BackupSources {
-            files: files.into_iter(),
-            dirs: Some(dirs),
-            session,
-            data_dir: self.data_dir.clone(),
-            tail: None,
-            position: self.position.clone(),
-        }))
-    }
-
-    fn backup_position(&self) -> Option<serde_json::Value> {
-        let position = self.position.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
-        serde_json::to_value(position).ok()
+        let (position, when_read) = crate::PositionWhenRead::pending();
+        Ok(crate::BackupStreams {
+            sources: Box::new(BackupSources {
+                files: files.into_iter(),
+                dirs: Some(dirs),
+                session,
+                data_dir: self.data_dir.clone(),
+                tail: None,
+                position,
+            }),
+            position: when_read,
+        })
     }
 
     fn recover(

@@ -32,7 +32,7 @@ impl Repo {
 
     pub async fn backup(&self, engine: Arc<dyn Engine>) -> Result<Snapshot, String> {
         let scratch = self.scratch();
-        let sources = tokio::task::spawn_blocking(move || engine.backup(&scratch))
+        let streams = tokio::task::spawn_blocking(move || engine.backup(&scratch))
             .await
             .unwrap()
             .map_err(|e| e.to_string())?;
@@ -41,7 +41,7 @@ impl Repo {
             labels: BTreeMap::new(),
         };
         self.repo
-            .backup_sources(sources, options, Arc::new(Counters::default()))
+            .backup_sources(streams.sources, options, Arc::new(Counters::default()))
             .await
             .map_err(|e| e.to_string())
     }

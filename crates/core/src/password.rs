@@ -1,4 +1,5 @@
-//! Argon2id password hashes in PHC string form.
+//! Users' passwords are stored as Argon2id hashes in PHC string form,
+//! never in clear: the core hashes them before the catalog sees them.
 
 use argon2::password_hash::phc::PasswordHash;
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
