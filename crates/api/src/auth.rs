@@ -1,7 +1,8 @@
 //! One authentication layer for every DBCS route: HTTP Basic plus
 //! `X-ID-TENANT-NAME`, which must name the path's identity domain, which
-//! must be the user's; reads need the `reader` role, everything else the
-//! `operator` role. Handlers receive the `Caller` it found.
+//! must be the user's; the user's role must be at least the one the
+//! endpoint needs (the endpoint list says which). Handlers receive the
+//! `Caller` it found.
 //!
 //! Argon2id takes tens of milliseconds by design; verified credentials are
 //! remembered for a minute as a keyed hash (never the password itself), and
@@ -30,7 +31,7 @@ use base64::Engine;
 use strongbox_catalog::Role;
 use strongbox_core::password::verify_password;
 
-use crate::{ApiError, AppState};
+use crate::{ApiError, AppState, Caller};
 
 const TTL: Duration = Duration::from_secs(60);
 
@@ -116,13 +117,6 @@ impl Cache {
     }
 }
 
-/// The authenticated caller, in the request's extensions.
-#[derive(Clone, Debug)]
-pub struct Caller {
-    pub user: String,
-    pub role: Role,
-}
-
 fn unauthorized(msg: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, msg)
 }
@@ -136,7 +130,7 @@ async fn authenticate(
     client: Option<std::net::IpAddr>,
 ) -> Result<(Caller, String), ApiError> {
     if headers.get(header::AUTHORIZATION).is_none()
-        && let Some(session) = crate::console::session_of(state, headers)
+        && let Some(session) = crate::session::session_of(state, headers)
     {
         if !matches!(*method, Method::GET | Method::HEAD) {
             session.check_csrf(headers)?;
@@ -239,7 +233,7 @@ pub(crate) async fn sign_in(
 /// Checks a password against the catalog's Argon2id hash, off the
 /// request threads.
 async fn verify(state: &AppState, user: &str, password: &str) -> Verified {
-    let u = state.service.catalog.user(user).await.map_err(ApiError::internal)?;
+    let u = state.service.user(user).await?;
     // A user who does not exist costs the same hash as a wrong password:
     // answering at once would tell a guesser which user names exist.
     static NOBODY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -268,14 +262,14 @@ pub(crate) fn client_address(req: &Request) -> Option<std::net::IpAddr> {
 /// The layer: authenticates, checks the domain and the role, and hands the
 /// request on with its `Caller`.
 pub async fn require(
-    State(state): State<Arc<AppState>>,
+    State((state, needs)): State<(Arc<AppState>, Role)>,
     Path(params): Path<HashMap<String, String>>,
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let client = client_address(&req);
-    match check(&state, &params, req.headers(), &method, &path, client).await {
+    match check(&state, needs, &params, req.headers(), &method, &path, client).await {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
             Ok(next.run(req).await)
@@ -292,6 +286,7 @@ pub async fn require(
 
 async fn check(
     state: &AppState,
+    needs: Role,
     params: &HashMap<String, String>,
     headers: &HeaderMap,
     method: &Method,
@@ -319,12 +314,6 @@ async fn check(
             format!("user {} does not belong to identity domain {domain}", caller.user),
         ));
     }
-    let needs = match *method {
-        Method::GET | Method::HEAD => Role::Reader,
-        // Registration names files and commands on the server's machine.
-        _ if path.starts_with(crate::STRONGBOX_PREFIX) => Role::Admin,
-        _ => Role::Operator,
-    };
     if caller.role < needs {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -41,7 +41,26 @@ impl From<strongbox_core::Error> for ApiError {
             E::Invalid(m) => ApiError::bad_request(m),
             E::NotFound(m) => ApiError::not_found(m),
             E::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
-            E::Internal(m) => ApiError::internal(m),
+            E::Unavailable { message, .. } => {
+                tracing::warn!("unavailable: {message}");
+                ApiError {
+                    retry_after: Some(5),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("{message}; ask again in a few seconds"),
+                    )
+                }
+            }
+            e @ E::Internal { .. } => {
+                // The cause, when it says more than the message.
+                let cause = std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .filter(|s| *s != e.to_string());
+                ApiError::internal(match cause {
+                    Some(cause) => format!("{e}: {cause}"),
+                    None => e.to_string(),
+                })
+            }
         }
     }
 }

@@ -16,7 +16,7 @@ use strongbox_core::dates::api_date_of;
 use strongbox_core::job::{Origin, Trigger};
 use strongbox_engines::pitr::Reach;
 
-use crate::auth::Caller;
+use crate::Caller;
 use crate::{ApiError, AppState, MAX_BODY, PREFIX, wire};
 
 type St = State<Arc<AppState>>;
@@ -184,40 +184,8 @@ pub async fn list_backups(
     }))
 }
 
-fn wire_status(j: &Job) -> &'static str {
-    match j.status {
-        JobStatus::Queued | JobStatus::Running => "In Progress",
-        JobStatus::Succeeded => "Succeeded",
-        JobStatus::Failed => "Failed",
-    }
-}
-
-/// Finished jobs never change again (in any replica), so clients polling a
-/// `Location` after the job ended are answered from memory. Each catalog
-/// read costs two thread hand-offs (sqlx runs SQLite on its own threads),
-/// which profiling showed to dominate a status request.
-#[derive(Default)]
-pub struct FinishedJobs(std::sync::Mutex<std::collections::HashMap<(String, i64), Arc<Job>>>);
-
-const FINISHED_CACHE_MAX: usize = 10_000;
-
 async fn job_by_id(state: &AppState, domain: &str, id: i64) -> Result<Option<Arc<Job>>, ApiError> {
-    let key = (domain.to_string(), id);
-    if let Some(j) = state.finished.0.lock().expect("job cache").get(&key) {
-        return Ok(Some(j.clone()));
-    }
-    let Some(j) = state.service.job(domain, id).await? else {
-        return Ok(None);
-    };
-    let j = Arc::new(j);
-    if matches!(j.status, JobStatus::Succeeded | JobStatus::Failed) {
-        let mut cache = state.finished.0.lock().expect("job cache");
-        if cache.len() >= FINISHED_CACHE_MAX {
-            cache.clear(); // crude, bounded; refilled from the catalog on demand
-        }
-        cache.insert(key, j.clone());
-    }
-    Ok(Some(j))
+    Ok(state.service.job(domain, id).await?)
 }
 
 /// A job's status and progress.
@@ -256,7 +224,7 @@ pub async fn job_status(
     Ok(Json(wire::JobStatus {
         job_id: j.id,
         job_operation: j.operation.to_string(),
-        job_status: wire_status(&j).into(),
+        job_status: j.status.into(),
         job_start_date: j.started_at.clone().unwrap_or_else(|| j.created_at.clone()),
         creation_time: j.created_at.clone(),
         last_modified_time: j.updated_at.clone(),
@@ -304,12 +272,6 @@ pub async fn activity_log(
             message: m.message,
         })
         .collect();
-    let status = match j.status {
-        JobStatus::Queued => "NEW",
-        JobStatus::Running => "RUNNING",
-        JobStatus::Succeeded => "SUCCEED",
-        JobStatus::Failed => "FAILED",
-    };
     let initiated_by = j.spec().map_or("USER", |s| s.initiated_by(&j.created_by));
     Ok(Json(wire::ActivityLog {
         activity_log_id: j.id,
@@ -319,7 +281,7 @@ pub async fn activity_log(
         job_id: j.id,
         start_date: j.started_at.clone().unwrap_or_else(|| j.created_at.clone()),
         end_date: j.finished_at.clone(),
-        status: status.into(),
+        status: j.status.into(),
         operation_type: j.operation.as_str().to_uppercase(),
         summary_message: j.operation.as_str().to_uppercase(),
         auth_domain: j.domain.clone(),
@@ -486,11 +448,9 @@ pub async fn instance_detail(
     body.backup_config = Some(config_body(&config, state.service.clock.now()));
     body.last_backup = state
         .service
-        .backups(&domain, &service)
+        .last_backup(&domain, &service)
         .await?
-        .iter()
-        .rev()
-        .find(|b| b.status == BackupStatus::Completed)
+        .as_ref()
         .map(backup_item);
     Ok(Json(body))
 }

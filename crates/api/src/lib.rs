@@ -9,6 +9,7 @@ mod handlers;
 pub mod metrics;
 mod openapi;
 mod recovery;
+mod session;
 pub mod wire;
 
 use std::sync::Arc;
@@ -24,6 +25,14 @@ use strongbox_core::Service;
 pub use auth::FAILURES_ALLOWED as SIGNIN_FAILURES_ALLOWED;
 pub use error::ApiError;
 
+/// The authenticated caller, in the request's extensions (the auth layer
+/// puts it there).
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub user: String,
+    pub role: strongbox_catalog::Role,
+}
+
 /// The prefix of every DBCS path.
 pub const PREFIX: &str = "/paas/service/dbcs/api/v1.1/instances";
 /// The prefix of Strongbox's own routes (registration).
@@ -37,8 +46,7 @@ pub struct AppState {
     pub public_url: String,
     pub retry_after: u64,
     auth: auth::Cache,
-    finished: handlers::FinishedJobs,
-    sessions: console::Sessions,
+    sessions: session::Sessions,
     /// Renders `/metrics`; `None` when metrics are off.
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Where `/metrics` is served instead of beside the API, if elsewhere.
@@ -52,7 +60,6 @@ impl AppState {
             public_url: public_url.into().trim_end_matches('/').to_string(),
             retry_after,
             auth: auth::Cache::new(auth::FAILURES_ALLOWED),
-            finished: Default::default(),
             metrics: None,
             metrics_elsewhere: None,
             sessions: Default::default(),
@@ -87,12 +94,13 @@ pub fn metrics_router(state: Arc<AppState>) -> Router {
 pub fn router(state: Arc<AppState>) -> Router {
     let endpoints = openapi::endpoints();
     let spec = Arc::new(openapi::spec(&endpoints));
-    // Every documented route goes through the one auth layer.
+    // Every documented route goes through the one auth layer, told the
+    // role its endpoint needs.
     let mut authenticated = Router::new();
     for e in endpoints {
-        authenticated = authenticated.route(&e.path, e.handler);
+        let auth = axum::middleware::from_fn_with_state((state.clone(), e.role), auth::require);
+        authenticated = authenticated.route(&e.path, e.handler.route_layer(auth));
     }
-    let authenticated = authenticated.route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require));
     Router::new()
         .merge(authenticated)
         .route(

@@ -151,7 +151,7 @@ pub(crate) async fn page(State(state): State<Arc<AppState>>) -> Result<Response,
         ));
     };
     let service = &state.service;
-    let counts = service.catalog.job_counts().await.map_err(ApiError::internal)?;
+    let counts = service.job_counts().await?;
     for operation in Operation::ALL {
         for status in JobStatus::ALL {
             let n = counts

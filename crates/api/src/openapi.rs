@@ -14,12 +14,16 @@ use utoipa::openapi::{
 };
 use utoipa::{PartialSchema, ToSchema};
 
+use strongbox_catalog::Role;
+
 use crate::{AppState, handlers, recovery, wire};
 
-/// One route: what serves it and what documents it.
+/// One route: what serves it, the role it needs, and what documents it.
 pub(crate) struct Endpoint {
     pub path: String,
     pub handler: MethodRouter<Arc<AppState>>,
+    /// What the caller's role must be at least, in the path's domain.
+    pub role: Role,
     methods: Vec<HttpMethod>,
     operation: Operation,
     schemas: Vec<(String, RefOr<Schema>)>,
@@ -38,8 +42,9 @@ fn filter(m: &HttpMethod) -> MethodFilter {
     }
 }
 
-/// The endpoint `P` (a handler's `#[utoipa::path]`) documents, served by `handler`.
-fn endpoint<P, H, T>(handler: H) -> Endpoint
+/// The endpoint `P` (a handler's `#[utoipa::path]`) documents, served by
+/// `handler` to callers with at least `role`.
+fn endpoint<P, H, T>(role: Role, handler: H) -> Endpoint
 where
     P: utoipa::Path + utoipa::__dev::SchemaReferences,
     H: Handler<T, Arc<AppState>>,
@@ -55,27 +60,32 @@ where
     Endpoint {
         path: P::path(),
         handler: router,
+        role,
         methods,
         operation: P::operation(),
         schemas,
     }
 }
 
-/// Every route behind the auth layer.
+/// Every route behind the auth layer, with the role it needs: reads need
+/// `reader`, starting jobs and changing configuration `operator`, and
+/// registering deployments (whose settings name files and commands on the
+/// server's machine) `admin`.
 pub(crate) fn endpoints() -> Vec<Endpoint> {
+    use Role::{Admin, Operator, Reader};
     vec![
-        endpoint::<handlers::__path_instances, _, _>(handlers::instances),
-        endpoint::<handlers::__path_instance_detail, _, _>(handlers::instance_detail),
-        endpoint::<handlers::__path_list_backups, _, _>(handlers::list_backups),
-        endpoint::<handlers::__path_start_backup, _, _>(handlers::start_backup),
-        endpoint::<recovery::__path_start_recovery, _, _>(recovery::start_recovery),
-        endpoint::<recovery::__path_history, _, _>(recovery::history),
-        endpoint::<handlers::__path_job_status, _, _>(handlers::job_status),
-        endpoint::<handlers::__path_activity_log, _, _>(handlers::activity_log),
-        endpoint::<handlers::__path_delete_backup, _, _>(handlers::delete_backup),
-        endpoint::<handlers::__path_backup_config, _, _>(handlers::backup_config),
-        endpoint::<handlers::__path_change_backup_config, _, _>(handlers::change_backup_config),
-        endpoint::<handlers::__path_register_deployment, _, _>(handlers::register_deployment),
+        endpoint::<handlers::__path_instances, _, _>(Reader, handlers::instances),
+        endpoint::<handlers::__path_instance_detail, _, _>(Reader, handlers::instance_detail),
+        endpoint::<handlers::__path_list_backups, _, _>(Reader, handlers::list_backups),
+        endpoint::<handlers::__path_start_backup, _, _>(Operator, handlers::start_backup),
+        endpoint::<recovery::__path_start_recovery, _, _>(Operator, recovery::start_recovery),
+        endpoint::<recovery::__path_history, _, _>(Reader, recovery::history),
+        endpoint::<handlers::__path_job_status, _, _>(Reader, handlers::job_status),
+        endpoint::<handlers::__path_activity_log, _, _>(Reader, handlers::activity_log),
+        endpoint::<handlers::__path_delete_backup, _, _>(Operator, handlers::delete_backup),
+        endpoint::<handlers::__path_backup_config, _, _>(Reader, handlers::backup_config),
+        endpoint::<handlers::__path_change_backup_config, _, _>(Operator, handlers::change_backup_config),
+        endpoint::<handlers::__path_register_deployment, _, _>(Admin, handlers::register_deployment),
     ]
 }
 

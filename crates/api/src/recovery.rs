@@ -15,7 +15,7 @@ use strongbox_catalog::RecoveryStatus;
 use strongbox_core::dates::{api_date, api_date_of, parse_api_date};
 use strongbox_core::recovery::{RecoveryRequest, Scn};
 
-use crate::auth::Caller;
+use crate::Caller;
 use crate::handlers::{accepted, json_object, origin};
 use crate::{ApiError, AppState, wire};
 
@@ -155,12 +155,12 @@ pub async fn history(
         service_id: service,
     }): Path<wire::ServicePath>,
 ) -> Result<Json<wire::RecoveryList>, ApiError> {
-    let recoveries = state.service.recoveries(&domain, &service).await?;
-    let backups = state.service.backups(&domain, &service).await?;
-    let list = recoveries
-        .iter()
-        .rev()
-        .map(|r| {
+    let list = state
+        .service
+        .recovery_history(&domain, &service)
+        .await?
+        .into_iter()
+        .map(|(r, from_backup)| {
             let done = r
                 .completed_at
                 .as_deref()
@@ -169,10 +169,7 @@ pub async fn history(
                 recovery_start_date: api_date_of(&r.started_at),
                 status: r.status.as_str().into(),
                 job_id: r.job_id,
-                from_backup: backups
-                    .iter()
-                    .find(|b| b.job_id == r.backup_job_id)
-                    .map(|b| b.db_tag.clone()),
+                from_backup,
                 recovery_complete_date: done.map(api_date_of),
                 target: r.target.as_object().cloned().unwrap_or_default(),
                 reached: r.reached.as_ref().map(|reached| wire::ReachedPoint {

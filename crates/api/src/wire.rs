@@ -89,13 +89,54 @@ pub struct Progress {
     pub percent: Option<f64>,
 }
 
+/// A job's state as its status (behind a `Location`) words it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub enum JobState {
+    #[serde(rename = "In Progress")]
+    InProgress,
+    Succeeded,
+    Failed,
+}
+
+impl From<strongbox_catalog::JobStatus> for JobState {
+    fn from(s: strongbox_catalog::JobStatus) -> Self {
+        use strongbox_catalog::JobStatus as S;
+        match s {
+            S::Queued | S::Running => JobState::InProgress,
+            S::Succeeded => JobState::Succeeded,
+            S::Failed => JobState::Failed,
+        }
+    }
+}
+
+/// A job's state as the activity log words it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ActivityState {
+    New,
+    Running,
+    Succeed,
+    Failed,
+}
+
+impl From<strongbox_catalog::JobStatus> for ActivityState {
+    fn from(s: strongbox_catalog::JobStatus) -> Self {
+        use strongbox_catalog::JobStatus as S;
+        match s {
+            S::Queued => ActivityState::New,
+            S::Running => ActivityState::Running,
+            S::Succeeded => ActivityState::Succeed,
+            S::Failed => ActivityState::Failed,
+        }
+    }
+}
+
 /// A job's status, behind a `Location`.
 #[derive(Serialize, ToSchema)]
 pub struct JobStatus {
     pub job_id: i64,
     pub job_operation: String,
-    /// `In Progress`, `Succeeded` or `Failed`.
-    pub job_status: String,
+    pub job_status: JobState,
     pub job_start_date: String,
     pub creation_time: String,
     pub last_modified_time: String,
@@ -128,8 +169,7 @@ pub struct ActivityLog {
     pub job_id: i64,
     pub start_date: String,
     pub end_date: Option<String>,
-    /// `NEW`, `RUNNING`, `SUCCEED` or `FAILED`.
-    pub status: String,
+    pub status: ActivityState,
     pub operation_type: String,
     pub summary_message: String,
     pub auth_domain: String,

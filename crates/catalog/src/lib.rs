@@ -47,6 +47,17 @@ pub enum Error {
     Duplicate(String),
 }
 
+impl Error {
+    /// The catalog's database could not be reached (no connection in
+    /// time, the connection lost): asking again later may succeed.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            Error::Db(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_))
+        )
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Storage for the service core. Implementations keep rows and the rules

@@ -170,6 +170,17 @@ impl SqlCatalog {
         Ok(query.fetch_optional(&self.pool).await?)
     }
 
+    /// The row of `table` (`backups`, `recoveries`) that job `job_id` of
+    /// `domain` made.
+    async fn made_by(&self, columns: &str, table: &str, domain: &str, job_id: i64) -> Result<Option<AnyRow>> {
+        let sql = format!("SELECT {columns} FROM {table} WHERE domain = $1 AND job_id = $2");
+        Ok(sqlx::query(AssertSqlSafe(sql))
+            .bind(domain)
+            .bind(job_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
     async fn all(&self, sql: impl SqlSafeStr, binds: &[&str]) -> Result<Vec<AnyRow>> {
         let mut query = sqlx::query(sql);
         for b in binds {
@@ -482,13 +493,7 @@ impl Catalog for SqlCatalog {
     }
 
     async fn backup(&self, domain: &str, job_id: i64) -> Result<Option<Backup>> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {BACKUP_COLUMNS} FROM backups WHERE domain = $1 AND job_id = $2"
-        )))
-        .bind(domain)
-        .bind(job_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = self.made_by(BACKUP_COLUMNS, "backups", domain, job_id).await?;
         Ok(row.as_ref().map(crate::rows::backup))
     }
 
@@ -517,13 +522,7 @@ impl Catalog for SqlCatalog {
     }
 
     async fn recovery(&self, domain: &str, job_id: i64) -> Result<Option<Recovery>> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {RECOVERY_COLUMNS} FROM recoveries WHERE domain = $1 AND job_id = $2"
-        )))
-        .bind(domain)
-        .bind(job_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = self.made_by(RECOVERY_COLUMNS, "recoveries", domain, job_id).await?;
         Ok(row.as_ref().map(crate::rows::recovery))
     }
 

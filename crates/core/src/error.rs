@@ -1,5 +1,8 @@
-//! What the core answers when it refuses or fails; each kind maps to one
-//! HTTP status in the API, and every message says what to do instead.
+//! What the core answers when it refuses or fails: one error type with a
+//! kind (each maps to one HTTP status in the API), a message that says
+//! what to do instead, and, where another error caused it, that error.
+
+pub type Source = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -12,20 +15,55 @@ pub enum Error {
     /// Another job of the deployment is in the way (409).
     #[error("{0}")]
     Conflict(String),
+    /// A dependency (the catalog's database) cannot be reached now; asking
+    /// again later may succeed (503 with `Retry-After`).
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        #[source]
+        source: Option<Source>,
+    },
     /// Our fault, not the caller's (500; logged, not shown).
-    #[error("{0}")]
-    Internal(String),
+    #[error("{message}")]
+    Internal {
+        message: String,
+        #[source]
+        source: Option<Source>,
+    },
 }
 
 impl Error {
+    /// An internal error: its message, without a source.
     pub fn internal(e: impl std::fmt::Display) -> Self {
-        Error::Internal(e.to_string())
+        Error::Internal {
+            message: e.to_string(),
+            source: None,
+        }
     }
 }
 
 impl From<strongbox_catalog::Error> for Error {
     fn from(e: strongbox_catalog::Error) -> Self {
-        Error::Internal(e.to_string())
+        let unreachable = e.is_unreachable();
+        let message = e.to_string();
+        let source = Some(Box::new(e) as Source);
+        if unreachable {
+            Error::Unavailable {
+                message: format!("the catalog cannot be reached: {message}"),
+                source,
+            }
+        } else {
+            Error::Internal { message, source }
+        }
+    }
+}
+
+impl From<strongbox_engines::Error> for Error {
+    fn from(e: strongbox_engines::Error) -> Self {
+        Error::Internal {
+            message: e.to_string(),
+            source: Some(Box::new(e)),
+        }
     }
 }
 

@@ -229,7 +229,7 @@ impl Service {
                 w.repo
                     .snapshot_ids()
                     .await
-                    .map_err(|e| Error::Internal(format!("listing the repository's snapshots: {e}")))?
+                    .map_err(|e| Error::internal(format!("listing the repository's snapshots: {e}")))?
                     .iter()
                     .map(|id| id.to_hex())
                     .collect(),

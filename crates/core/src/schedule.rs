@@ -236,7 +236,7 @@ impl Service {
         match &d.backup_config {
             None => Ok(self.backup_defaults.clone()),
             Some(v) => serde_json::from_value(v.clone())
-                .map_err(|e| Error::Internal(format!("{}'s stored backup configuration is unreadable: {e}", d.name))),
+                .map_err(|e| Error::internal(format!("{}'s stored backup configuration is unreadable: {e}", d.name))),
         }
     }
 

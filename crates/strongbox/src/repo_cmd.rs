@@ -273,256 +273,318 @@ pub async fn run(args: RepoArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let repo = Repository::open(store, &password(&args, false)?).await?;
-    match args.verb {
+    let json = args.json;
+    match &args.verb {
         Verb::Init { .. } => unreachable!("handled above"),
         Verb::Backup {
             paths,
             stdin_name,
             tag,
             label,
-        } => {
-            let mut sources = Vec::new();
-            for p in &paths {
-                if p.as_os_str() == "-" {
-                    sources.push(Source::new(&stdin_name, std::io::stdin()));
-                    continue;
-                }
-                let f = strongbox_repo::BackupFile::open(p).with_context(|| format!("opening {}", p.display()))?;
-                let meta = f.metadata()?;
-                if !meta.is_file() {
-                    bail!("{} is not a regular file", p.display());
-                }
-                let mut s = Source::new(p.display().to_string().trim_start_matches('/'), f);
-                s.size_hint = Some(meta.len());
-                s.mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
-                sources.push(s);
-            }
-            let bar = Arc::new(Bar::new("backup"));
-            let opts = BackupOptions {
-                tags: tag,
-                labels: label.into_iter().collect::<BTreeMap<_, _>>(),
-            };
-            let snap = repo.backup(sources, opts, bar.clone()).await?;
-            bar.finish();
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&serde_json::json!({"id": snap.id, "totals": snap.totals}))?
-                );
-            } else {
-                let t = snap.totals;
-                println!(
-                    "snapshot {} saved: {} bytes read, {} new chunks of {}, {} bytes stored",
-                    snap.id, t.logical_bytes, t.new_chunks, t.chunks, t.new_bytes_stored
-                );
-            }
-        }
+        } => backup(&repo, json, paths, stdin_name, tag, label).await,
         Verb::Restore {
             snapshot,
             file,
             target,
             stdout,
-        } => {
-            let snap = repo.find_snapshot(&snapshot).await?;
-            if stdout {
-                let name = match (&file, snap.files.as_slice()) {
-                    (Some(f), _) => f.clone(),
-                    (None, [only]) => only.name.clone(),
-                    _ => bail!(
-                        "snapshot {} holds {} files: pick one with --file",
-                        snap.id,
-                        snap.files.len()
-                    ),
-                };
-                repo.restore_to_writer(&snap, &name, std::io::stdout().lock(), &NoProgress)
-                    .await?;
-            } else {
-                let target = target.context("say where to restore: --target DIR or --stdout")?;
-                let bar = Bar::new("restore");
-                match file {
-                    Some(f) => {
-                        std::fs::create_dir_all(&target)?;
-                        let base = std::path::Path::new(&f).file_name().context("empty file name")?;
-                        repo.restore_file(&snap, &f, &target.join(base), &bar).await?
-                    }
-                    None => repo.restore_all(&snap, &target, &bar).await?,
-                }
-                bar.finish();
-            }
-        }
-        Verb::Snapshots => {
-            let snaps = repo.snapshots().await?;
-            if args.json {
-                let list: Vec<_> = snaps
-                    .iter()
-                    .map(|s| {
-                        serde_json::json!({
-                            "id": s.id, "time": s.time, "hostname": s.hostname, "tags": s.tags,
-                            "labels": s.labels, "totals": s.totals,
-                            "files": s.files.iter().map(|f| serde_json::json!({"name": f.name, "size": f.size})).collect::<Vec<_>>(),
-                        })
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&list)?);
-            } else {
-                println!(
-                    "{:<10} {:<25} {:>14} {:>14}  files / tags",
-                    "id", "time", "bytes", "new stored"
-                );
-                for s in snaps {
-                    let files: Vec<_> = s.files.iter().map(|f| f.name.as_str()).collect();
-                    println!(
-                        "{:<10} {:<25} {:>14} {:>14}  {} {}",
-                        s.id.short(),
-                        s.time,
-                        s.totals.logical_bytes,
-                        s.totals.new_bytes_stored,
-                        files.join(","),
-                        s.tags.join(",")
-                    );
-                }
-            }
-        }
-        Verb::Check { read_data } => {
-            let report = repo.check(read_data).await?;
-            let (bases, mut wal_problems) = strongbox_core::wal_retention::check(&repo).await?;
-            let (generations, shipped_problems) = strongbox_core::shipping::check_shipped(&repo, read_data).await?;
-            wal_problems.extend(shipped_problems);
-            let ok = report.is_ok() && wal_problems.is_empty();
-            if args.json {
-                let mut v = serde_json::to_value(&report)?;
-                v["wal_base_backups"] = bases.into();
-                v["wal_errors"] = wal_problems.clone().into();
-                v["shipped_generations"] = generations.into();
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                for w in &report.warnings {
-                    println!("warning: {w}");
-                }
-                for e in &report.errors {
-                    println!("error: {e}");
-                }
-                for s in &report.damaged_snapshots {
-                    println!("damaged snapshot: {s}");
-                }
-                for p in &wal_problems {
-                    println!("error: {p}");
-                }
-                println!(
-                    "checked {} snapshots, {} packs ({} read), WAL of {bases} base backups, {generations} shipped \
-                     SQLite generations: {}",
-                    report.snapshots,
-                    report.packs,
-                    report.packs_read,
-                    if ok { "no errors" } else { "ERRORS FOUND" }
-                );
-            }
-            if !ok {
-                return Ok(ExitCode::from(1));
-            }
-        }
-        Verb::Forget { ids, keep_last } => {
-            let mut doomed: Vec<Id> = ids.iter().map(|s| parse_id(s)).collect::<Result<_>>()?;
-            if let Some(n) = keep_last {
-                let snaps = repo.snapshots().await?;
-                doomed.extend(snaps.iter().rev().skip(n).map(|s| s.id));
-            }
-            if doomed.is_empty() {
-                bail!("nothing to forget: name snapshot ids or --keep-last N");
-            }
-            repo.forget(&doomed).await?;
-            println!("forgot {} snapshot(s); run `prune` to reclaim space", doomed.len());
-        }
-        Verb::Prune { repack_below } => {
-            if !(0.0..=1.0).contains(&repack_below) {
-                bail!("--repack-below is a fraction between 0 and 1");
-            }
-            let report = repo.prune(&PruneOptions { repack_below }).await?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            // WAL is pruned by the server's expire jobs, which know the
-            // timelines and what planning recoveries still reads.
-        }
-        Verb::WalPush { path, archive } => {
-            let archive = &archive.archive;
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .with_context(|| format!("{} names no file", path.display()))?;
-            let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            match repo.wal_push(archive, name, &data).await? {
-                strongbox_repo::Pushed::Stored { bytes } => println!("archived {name} ({bytes} bytes stored)"),
-                strongbox_repo::Pushed::AlreadyArchived => println!("{name} was already archived, with this content"),
-            }
-        }
+        } => restore(&repo, snapshot, file.as_deref(), target.as_deref(), *stdout).await,
+        Verb::Snapshots => snapshots(&repo, json).await,
+        Verb::Check { read_data } => check(&repo, json, *read_data).await,
+        Verb::Forget { ids, keep_last } => forget(&repo, ids, *keep_last).await,
+        Verb::Prune { repack_below } => prune(&repo, *repack_below).await,
+        Verb::WalPush { path, archive } => wal_push(&repo, &archive.archive, path).await,
         Verb::WalFetch {
-            ref name,
-            ref dest,
-            ref archive,
+            name,
+            dest,
+            archive,
             prefetch,
         } => {
-            let Some(data) = repo.wal_fetch(&archive.archive, name).await? else {
-                eprintln!("{name} is not in the WAL archive");
-                return Ok(ExitCode::FAILURE);
-            };
-            // Written aside, then renamed: PostgreSQL never sees half a file.
-            let partial = dest.with_extension("strongbox-partial");
-            std::fs::write(&partial, &data).with_context(|| format!("writing {}", partial.display()))?;
-            std::fs::rename(&partial, dest).with_context(|| format!("renaming to {}", dest.display()))?;
-            if prefetch > 0 {
-                start_prefetch(&args, &location, name, dest, data.len() as u64);
+            let fetched = wal_fetch(&repo, &archive.archive, name, dest).await?;
+            if let Some(size) = fetched
+                && *prefetch > 0
+            {
+                start_prefetch(&args, &location, name, dest, size);
             }
+            Ok(if fetched.is_some() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
-        Verb::WalPrefetch { names, spool, archive } => {
-            let spool = Spool::at(spool);
-            use futures::StreamExt;
-            let (repo, archive) = (&repo, archive.archive.as_str());
-            let mut fetches = futures::stream::iter(
-                names
-                    .iter()
-                    .map(|n| async move { (n, repo.wal_fetch(archive, n).await) }),
-            )
-            .buffered(PREFETCH_PARALLEL);
-            while let Some((name, fetched)) = fetches.next().await {
-                match fetched {
-                    Ok(Some(data)) if spool.put(name, &data).unwrap_or(false) => {}
-                    // Not archived (the end of the archive), failed, or the
-                    // recovery is over: the rest is left to direct fetches.
-                    _ => {
-                        for n in &names {
-                            spool.release(n);
-                        }
-                        break;
-                    }
-                }
-            }
-        }
+        Verb::WalPrefetch { names, spool, archive } => wal_prefetch(&repo, &archive.archive, names, spool).await,
         Verb::WalList { archive } => {
             for f in repo.wal_list(&archive.archive).await? {
                 println!("{} {} {}", f.name, f.stored_bytes, f.archived_at.unix_timestamp());
             }
+            Ok(ExitCode::SUCCESS)
         }
         Verb::Stats => {
-            let stats = repo.stats().await?;
-            println!("{}", serde_json::to_string_pretty(&stats)?);
+            println!("{}", serde_json::to_string_pretty(&repo.stats().await?)?);
+            Ok(ExitCode::SUCCESS)
         }
-        Verb::Key { verb } => match verb {
-            KeyVerb::Add => {
-                let p = match std::env::var("STRONGBOX_NEW_PASSWORD") {
-                    Ok(p) => p.into_bytes(),
-                    Err(_) => prompt("new password", true)?,
-                };
-                println!("added key slot {}", repo.add_key(&p).await?);
-            }
-            KeyVerb::List => {
-                for k in repo.list_keys().await? {
-                    println!("{} {} {}", k.id, k.created, k.hostname);
+        Verb::Key { verb } => key(&repo, verb).await,
+    }
+}
+
+/// `backup PATH… | -`: one snapshot of files or stdin.
+async fn backup(
+    repo: &Repository,
+    json: bool,
+    paths: &[std::path::PathBuf],
+    stdin_name: &str,
+    tag: &[String],
+    label: &[(String, String)],
+) -> Result<ExitCode> {
+    let mut sources = Vec::new();
+    for p in paths {
+        if p.as_os_str() == "-" {
+            sources.push(Source::new(stdin_name, std::io::stdin()));
+            continue;
+        }
+        let f = strongbox_repo::BackupFile::open(p).with_context(|| format!("opening {}", p.display()))?;
+        let meta = f.metadata()?;
+        if !meta.is_file() {
+            bail!("{} is not a regular file", p.display());
+        }
+        let mut s = Source::new(p.display().to_string().trim_start_matches('/'), f);
+        s.size_hint = Some(meta.len());
+        s.mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
+        sources.push(s);
+    }
+    let bar = Arc::new(Bar::new("backup"));
+    let opts = BackupOptions {
+        tags: tag.to_vec(),
+        labels: label.iter().cloned().collect::<BTreeMap<_, _>>(),
+    };
+    let snap = repo.backup(sources, opts, bar.clone()).await?;
+    bar.finish();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&serde_json::json!({"id": snap.id, "totals": snap.totals}))?
+        );
+    } else {
+        let t = snap.totals;
+        println!(
+            "snapshot {} saved: {} bytes read, {} new chunks of {}, {} bytes stored",
+            snap.id, t.logical_bytes, t.new_chunks, t.chunks, t.new_bytes_stored
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `restore SNAPSHOT (--target DIR | --stdout) [--file NAME]`.
+async fn restore(
+    repo: &Repository,
+    snapshot: &str,
+    file: Option<&str>,
+    target: Option<&std::path::Path>,
+    stdout: bool,
+) -> Result<ExitCode> {
+    let snap = repo.find_snapshot(snapshot).await?;
+    if stdout {
+        let name = match (file, snap.files.as_slice()) {
+            (Some(f), _) => f.to_string(),
+            (None, [only]) => only.name.clone(),
+            _ => bail!(
+                "snapshot {} holds {} files: pick one with --file",
+                snap.id,
+                snap.files.len()
+            ),
+        };
+        repo.restore_to_writer(&snap, &name, std::io::stdout().lock(), &NoProgress)
+            .await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let target = target.context("say where to restore: --target DIR or --stdout")?;
+    let bar = Bar::new("restore");
+    match file {
+        Some(f) => {
+            std::fs::create_dir_all(target)?;
+            let base = std::path::Path::new(f).file_name().context("empty file name")?;
+            repo.restore_file(&snap, f, &target.join(base), &bar).await?
+        }
+        None => repo.restore_all(&snap, target, &bar).await?,
+    }
+    bar.finish();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `snapshots`: a table, or JSON.
+async fn snapshots(repo: &Repository, json: bool) -> Result<ExitCode> {
+    let snaps = repo.snapshots().await?;
+    if json {
+        let list: Vec<_> = snaps
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "id": s.id, "time": s.time, "hostname": s.hostname, "tags": s.tags,
+                    "labels": s.labels, "totals": s.totals,
+                    "files": s.files.iter().map(|f| serde_json::json!({"name": f.name, "size": f.size})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<10} {:<25} {:>14} {:>14}  files / tags",
+        "id", "time", "bytes", "new stored"
+    );
+    for s in snaps {
+        let files: Vec<_> = s.files.iter().map(|f| f.name.as_str()).collect();
+        println!(
+            "{:<10} {:<25} {:>14} {:>14}  {} {}",
+            s.id.short(),
+            s.time,
+            s.totals.logical_bytes,
+            s.totals.new_bytes_stored,
+            files.join(","),
+            s.tags.join(",")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `check [--read-data]`: the repository, base backups' WAL, shipped
+/// SQLite generations; exit 1 when anything is wrong.
+async fn check(repo: &Repository, json: bool, read_data: bool) -> Result<ExitCode> {
+    let report = repo.check(read_data).await?;
+    let (bases, mut wal_problems) = strongbox_core::wal_retention::check(repo).await?;
+    let (generations, shipped_problems) = strongbox_core::shipping::check_shipped(repo, read_data).await?;
+    wal_problems.extend(shipped_problems);
+    let ok = report.is_ok() && wal_problems.is_empty();
+    if json {
+        let mut v = serde_json::to_value(&report)?;
+        v["wal_base_backups"] = bases.into();
+        v["wal_errors"] = wal_problems.clone().into();
+        v["shipped_generations"] = generations.into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for w in &report.warnings {
+            println!("warning: {w}");
+        }
+        for e in &report.errors {
+            println!("error: {e}");
+        }
+        for s in &report.damaged_snapshots {
+            println!("damaged snapshot: {s}");
+        }
+        for p in &wal_problems {
+            println!("error: {p}");
+        }
+        println!(
+            "checked {} snapshots, {} packs ({} read), WAL of {bases} base backups, {generations} shipped \
+             SQLite generations: {}",
+            report.snapshots,
+            report.packs,
+            report.packs_read,
+            if ok { "no errors" } else { "ERRORS FOUND" }
+        );
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `forget ID… | --keep-last N`.
+async fn forget(repo: &Repository, ids: &[String], keep_last: Option<usize>) -> Result<ExitCode> {
+    let mut doomed: Vec<Id> = ids.iter().map(|s| parse_id(s)).collect::<Result<_>>()?;
+    if let Some(n) = keep_last {
+        let snaps = repo.snapshots().await?;
+        doomed.extend(snaps.iter().rev().skip(n).map(|s| s.id));
+    }
+    if doomed.is_empty() {
+        bail!("nothing to forget: name snapshot ids or --keep-last N");
+    }
+    repo.forget(&doomed).await?;
+    println!("forgot {} snapshot(s); run `prune` to reclaim space", doomed.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `prune [--repack-below F]`. WAL is pruned by the server's expire jobs,
+/// which know the timelines and what planning recoveries still reads.
+async fn prune(repo: &Repository, repack_below: f64) -> Result<ExitCode> {
+    if !(0.0..=1.0).contains(&repack_below) {
+        bail!("--repack-below is a fraction between 0 and 1");
+    }
+    let report = repo.prune(&PruneOptions { repack_below }).await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `wal-push PATH` (PostgreSQL's `archive_command`).
+async fn wal_push(repo: &Repository, archive: &str, path: &std::path::Path) -> Result<ExitCode> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{} names no file", path.display()))?;
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    match repo.wal_push(archive, name, &data).await? {
+        strongbox_repo::Pushed::Stored { bytes } => println!("archived {name} ({bytes} bytes stored)"),
+        strongbox_repo::Pushed::AlreadyArchived => println!("{name} was already archived, with this content"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `wal-fetch NAME DEST` (PostgreSQL's `restore_command`): the file's
+/// size, or `None` (said on stderr) if it is not archived.
+async fn wal_fetch(repo: &Repository, archive: &str, name: &str, dest: &std::path::Path) -> Result<Option<u64>> {
+    let Some(data) = repo.wal_fetch(archive, name).await? else {
+        eprintln!("{name} is not in the WAL archive");
+        return Ok(None);
+    };
+    // Written aside, then renamed: PostgreSQL never sees half a file.
+    let partial = dest.with_extension("strongbox-partial");
+    std::fs::write(&partial, &data).with_context(|| format!("writing {}", partial.display()))?;
+    std::fs::rename(&partial, dest).with_context(|| format!("renaming to {}", dest.display()))?;
+    Ok(Some(data.len() as u64))
+}
+
+/// `wal-prefetch`: the next segments into the spool, several at a time,
+/// until one is not archived or the recovery is over.
+async fn wal_prefetch(repo: &Repository, archive: &str, names: &[String], spool: &std::path::Path) -> Result<ExitCode> {
+    let spool = Spool::at(spool.to_path_buf());
+    use futures::StreamExt;
+    let mut fetches = futures::stream::iter(
+        names
+            .iter()
+            .map(|n| async move { (n, repo.wal_fetch(archive, n).await) }),
+    )
+    .buffered(PREFETCH_PARALLEL);
+    while let Some((name, fetched)) = fetches.next().await {
+        match fetched {
+            Ok(Some(data)) if spool.put(name, &data).unwrap_or(false) => {}
+            // Not archived (the end of the archive), failed, or the
+            // recovery is over: the rest is left to direct fetches.
+            _ => {
+                for n in names {
+                    spool.release(n);
                 }
+                break;
             }
-            KeyVerb::Remove { id } => {
-                repo.remove_key(&parse_id(&id)?).await?;
-                println!("removed key slot {id}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `key add | list | remove ID`.
+async fn key(repo: &Repository, verb: &KeyVerb) -> Result<ExitCode> {
+    match verb {
+        KeyVerb::Add => {
+            let p = match std::env::var("STRONGBOX_NEW_PASSWORD") {
+                Ok(p) => p.into_bytes(),
+                Err(_) => prompt("new password", true)?,
+            };
+            println!("added key slot {}", repo.add_key(&p).await?);
+        }
+        KeyVerb::List => {
+            for k in repo.list_keys().await? {
+                println!("{} {} {}", k.id, k.created, k.hostname);
             }
-        },
+        }
+        KeyVerb::Remove { id } => {
+            repo.remove_key(&parse_id(id)?).await?;
+            println!("removed key slot {id}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
