@@ -79,11 +79,11 @@ impl Shippers {
 }
 
 impl Service {
-    /// Whether the server ships this deployment's log.
+    /// Whether the server ships this deployment's log: its engine can, and
+    /// its backup configuration says to.
     fn ships(&self, d: &Deployment) -> bool {
-        let ships_log = strongbox_engines::CAPABILITIES
-            .iter()
-            .any(|(name, c)| *name == d.engine && c.ships_log);
+        let ships_log =
+            strongbox_engines::engine_for(&d.engine, &d.connection).is_ok_and(|e| e.capabilities().ships_log);
         ships_log && self.config_of(d).is_ok_and(|c| c.continuous_archiving)
     }
 }
@@ -625,16 +625,17 @@ pub async fn prune_shipped(
     Ok(doomed.len())
 }
 
-/// Checks every shipped SQLite archive (those of deployments with `sqlite`
-/// backups in the repository): each generation's objects follow each other
-/// from its first transaction without a gap, and with `read_data` each
-/// opens and decodes. Returns the generations checked and the problems.
+/// Checks every shipped log in the archives of the repository's
+/// deployments (objects named `GENERATION-FIRST-LAST`; other archived
+/// files, PostgreSQL's segments, are not shipped objects): each
+/// generation's objects follow each other from its first transaction
+/// without a gap, and with `read_data` each opens and decodes. Returns the
+/// generations checked and the problems.
 pub async fn check_shipped(repo: &strongbox_repo::Repository, read_data: bool) -> anyhow::Result<(usize, Vec<String>)> {
     let archives: std::collections::BTreeSet<String> = repo
         .snapshots()
         .await?
         .iter()
-        .filter(|s| s.labels.get("engine").is_some_and(|e| e == "sqlite"))
         .filter_map(|s| {
             Some(WalArchives::archive(
                 s.labels.get("domain")?,

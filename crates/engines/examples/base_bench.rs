@@ -12,6 +12,10 @@
 //!
 //! Usage: base_bench DIR [--mib 1024] [--rate 500] [--rounds 3]
 
+#[path = "common/mod.rs"]
+mod common;
+use common::arg;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,14 +24,6 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use strongbox_engines::sqlite_ship::{RepoArchive, ShipOptions, Shipper};
 use strongbox_repo::{InitOptions, Repository, Store};
-
-fn arg(args: &[String], name: &str, default: u64) -> u64 {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn drop_caches() {
     let ok = std::process::Command::new("sh")

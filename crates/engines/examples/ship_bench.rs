@@ -9,6 +9,10 @@
 //!
 //! Usage: ship_bench DIR [--rate 1000] [--seconds 20] [--rounds 5] [--throughput-seconds 5]
 
+#[path = "common/mod.rs"]
+mod common;
+use common::arg;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,14 +44,6 @@ impl ShipArchive for Discard {
     fn push(&self, _: &str, _: &[u8]) -> Result<(), strongbox_engines::Error> {
         Ok(())
     }
-}
-
-fn arg(args: &[String], name: &str, default: u64) -> u64 {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn app(db: &Path) -> Connection {
