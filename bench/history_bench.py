@@ -45,7 +45,7 @@ def main():
         conn.request(method, path, body=body, headers=headers)
         r = conn.getresponse()
         data = r.read()
-        return r.status, dict(r.getheaders()), data
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, data
 
     rows = []  # (request unix seconds, post seconds, total seconds, job id)
     for i in range(args.backups):
@@ -54,7 +54,7 @@ def main():
         status, h, data = call("POST", P + "/backups", "{}")
         posted = time.monotonic() - t0
         assert status == 202, (status, data)
-        job = h["Location"].split("/", 3)[3]
+        job = h["location"].split("/", 3)[3]
         while True:
             status, _, data = call("GET", "/" + job)
             state = json.loads(data)["job_status"]

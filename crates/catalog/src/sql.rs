@@ -498,11 +498,14 @@ impl Catalog for SqlCatalog {
     }
 
     async fn count_tags(&self, domain: &str, deployment: &str, tag: &str) -> Result<u64> {
-        // `tag` itself and `tag_N`: the index on (domain, deployment,
-        // db_tag) answers the range, whatever the history's length.
+        // `tag` itself, and `tag_N` (`_` and digits sort below `~`): two
+        // probes of the index on (domain, deployment, db_tag), whatever
+        // the history's length. (One `tag = … OR range` made SQLite scan
+        // every backup of the deployment: POST grew 1.4 → 1.7 ms over
+        // 5,000 backups.)
         let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM backups WHERE domain = $1 AND deployment = $2 \
-             AND (db_tag = $3 OR (db_tag > $4 AND db_tag < $5))",
+            "SELECT (SELECT count(*) FROM backups WHERE domain = $1 AND deployment = $2 AND db_tag = $3) \
+             + (SELECT count(*) FROM backups WHERE domain = $1 AND deployment = $2 AND db_tag > $4 AND db_tag < $5)",
         )
         .bind(domain)
         .bind(deployment)
