@@ -106,6 +106,73 @@ fn point_in_time_engines() -> String {
     strongbox_engines::engines_that(|c| c.point_in_time).join(", ")
 }
 
+/// How one deployment's recovery requests are planned: which backup to
+/// restore and what to replay, or why not (a refusal that says what to ask
+/// for instead). One planner per kind of log an engine keeps
+/// (`Service::planner` picks it by the engine's capabilities): a new kind
+/// of log is a new planner, not a new path through the core.
+#[async_trait::async_trait]
+pub(crate) trait Planner: Send + Sync {
+    async fn plan(
+        &self,
+        request: &RecoveryRequest,
+        d: &Deployment,
+        usable: &[Backup],
+    ) -> Result<(Backup, RecoveryPlan)>;
+}
+
+/// Backups only: `latest` is the latest backup, a tag that backup, a
+/// timestamp a backup's completion second.
+struct Backups;
+
+#[async_trait::async_trait]
+impl Planner for Backups {
+    async fn plan(
+        &self,
+        request: &RecoveryRequest,
+        d: &Deployment,
+        usable: &[Backup],
+    ) -> Result<(Backup, RecoveryPlan)> {
+        choose(request, d, usable, None).await
+    }
+}
+
+/// A WAL archive (PostgreSQL): complete recovery, any moment or position of
+/// the current history (or a named timeline's), as its state allows.
+struct WalArchive(PitrState);
+
+#[async_trait::async_trait]
+impl Planner for WalArchive {
+    async fn plan(
+        &self,
+        request: &RecoveryRequest,
+        d: &Deployment,
+        usable: &[Backup],
+    ) -> Result<(Backup, RecoveryPlan)> {
+        choose(request, d, usable, Some(self.0.clone())).await
+    }
+}
+
+/// A shipped log (SQLite with continuous archiving): `latest`, moments and
+/// `GENERATION:N` within its generations; tags and a backup's own second
+/// as for backups.
+struct ShippedLog<'a>(&'a Service);
+
+#[async_trait::async_trait]
+impl Planner for ShippedLog<'_> {
+    async fn plan(
+        &self,
+        request: &RecoveryRequest,
+        d: &Deployment,
+        usable: &[Backup],
+    ) -> Result<(Backup, RecoveryPlan)> {
+        match self.0.choose_shipped(request, d, usable).await? {
+            Some(chosen) => Ok(chosen),
+            None => choose(request, d, usable, None).await,
+        }
+    }
+}
+
 /// The backup and plan for `request`. `pitr` is set for deployments that
 /// recover to points in time.
 async fn choose(
@@ -247,6 +314,29 @@ impl Service {
             .collect())
     }
 
+    /// The planner for a deployment's recovery requests, chosen by what its
+    /// engine can do: a shipped log (SQLite with continuous archiving), a
+    /// WAL archive (PostgreSQL's), or backups only.
+    async fn planner(
+        &self,
+        d: &Deployment,
+        usable: &[Backup],
+        request: &RecoveryRequest,
+    ) -> Result<Box<dyn Planner + '_>> {
+        let can = self.engine_of(d)?.capabilities();
+        if can.ships_log && self.config_of(d).is_ok_and(|c| c.continuous_archiving) {
+            return Ok(Box::new(ShippedLog(self)));
+        }
+        // A tag names a backup: no need to ask the database where it is.
+        if can.point_in_time
+            && !matches!(request, RecoveryRequest::Tag(_))
+            && let Some(state) = self.pitr_state(d, usable, true).await?
+        {
+            return Ok(Box::new(WalArchive(state)));
+        }
+        Ok(Box::new(Backups))
+    }
+
     /// Plans a recovery and queues it.
     pub async fn start_recovery(
         &self,
@@ -257,14 +347,8 @@ impl Service {
     ) -> Result<Job> {
         let d = self.deployment(domain, deployment).await?;
         let usable = self.usable_backups(domain, deployment).await?;
-        let pitr = match request {
-            RecoveryRequest::Tag(_) => None,
-            _ => self.pitr_state(&d, &usable, true).await?,
-        };
-        let (backup, plan) = match self.choose_shipped(request, &d, &usable).await? {
-            Some(chosen) => chosen,
-            None => choose(request, &d, &usable, pitr).await?,
-        };
+        let planner = self.planner(&d, &usable, request).await?;
+        let (backup, plan) = planner.plan(request, &d, &usable).await?;
         let spec = JobSpec::Recovery {
             from: backup.job_id,
             target: plan.target,

@@ -167,13 +167,14 @@ async fn prune_during_backups(store: impl Fn() -> Store) {
         // Take a lock so that the plan cannot finish, then back up the same bytes.
         let blocker = Arc::new(Repository::open(store(), PASSWORD).await.unwrap());
         let (go, gate) = mpsc::channel();
+        let (reached_tx, reached) = mpsc::channel();
         let blocked = tokio::spawn({
             let blocker = blocker.clone();
             async move {
                 let src = Source::new(
                     "y",
                     Gate {
-                        reached: None,
+                        reached: Some(reached_tx),
                         go: Some(gate),
                         data: std::io::Cursor::new(vec![1, 2, 3]),
                     },
@@ -184,9 +185,14 @@ async fn prune_during_backups(store: impl Fn() -> Store) {
                     .unwrap()
             }
         });
-        while repo.store().list("locks").await.unwrap().is_empty() {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        // Reading: its lock is taken and records the plans it saw, which
+        // cannot include the plan below. (Waiting only until a lock was
+        // listed let the backup read the plans after the prune wrote its
+        // own: the lock then rightly said it had seen the plan, and the
+        // prune went ahead: a flaky test under load, seen 2026-12-05.)
+        tokio::task::spawn_blocking(move || reached.recv().unwrap())
+            .await
+            .unwrap();
         let r = repo.prune(&PruneOptions::default()).await.unwrap();
         assert_eq!(r.plans_waiting, 1, "{r:?}");
         let again = backup(&repo, &[("x", &data(200_000, 8))]).await;
