@@ -184,10 +184,6 @@ pub async fn list_backups(
     }))
 }
 
-async fn job_by_id(state: &AppState, domain: &str, id: i64) -> Result<Option<Arc<Job>>, ApiError> {
-    Ok(state.service.job(domain, id).await?)
-}
-
 /// A job's status and progress.
 #[utoipa::path(
     get,
@@ -208,7 +204,7 @@ pub async fn job_status(
 ) -> Result<Json<wire::JobStatus>, ApiError> {
     let missing = || ApiError::not_found(format!("no {request} job {job} in identity domain {domain}"));
     let id: i64 = job.parse().map_err(|_| missing())?;
-    let j = match job_by_id(&state, &domain, id).await? {
+    let j = match state.service.job(&domain, id).await? {
         Some(j) if j.operation.as_str() == request => j,
         _ => return Err(missing()),
     };
@@ -261,7 +257,7 @@ pub async fn activity_log(
 ) -> Result<Json<wire::ActivityLog>, ApiError> {
     let missing = || ApiError::not_found(format!("no job {job} in identity domain {domain}"));
     let id: i64 = job.parse().map_err(|_| missing())?;
-    let j = job_by_id(&state, &domain, id).await?.ok_or_else(missing)?;
+    let j = state.service.job(&domain, id).await?.ok_or_else(missing)?;
     let messages = state
         .service
         .job_messages(j.id)

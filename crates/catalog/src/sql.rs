@@ -90,6 +90,19 @@ fn q(s: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
     AssertSqlSafe(s.clone())
 }
 
+type Query<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>;
+
+/// Binds the fence every write for a job ends with: the statement's last
+/// four placeholders are the job's id, the lease's owner and attempt, and
+/// the running status, so that only the attempt holding the job writes.
+fn fenced<'q>(query: Query<'q>, lease: &'q Lease) -> Query<'q> {
+    query
+        .bind(lease.job_id)
+        .bind(&lease.owner)
+        .bind(lease.attempt)
+        .bind(JobStatus::Running.as_str())
+}
+
 impl SqlCatalog {
     /// Opens (creating if needed) a SQLite catalog file and migrates it.
     pub async fn open_sqlite(path: &Path) -> Result<Self> {
@@ -263,20 +276,15 @@ impl SqlCatalog {
         } else {
             JobStatus::Failed
         };
-        let r = sqlx::query(
+        let query = sqlx::query(
             "UPDATE jobs SET status = $1, message = $2, finished_at = $3, updated_at = $3, lease_owner = NULL, \
              bytes_done = COALESCE(bytes_total, bytes_done) \
              WHERE id = $4 AND lease_owner = $5 AND attempts = $6 AND status = $7",
         )
         .bind(status.as_str())
         .bind(&end.message)
-        .bind(&at)
-        .bind(id)
-        .bind(&lease.owner)
-        .bind(lease.attempt)
-        .bind(JobStatus::Running.as_str())
-        .execute(&mut **tx)
-        .await?;
+        .bind(&at);
+        let r = fenced(query, lease).execute(&mut **tx).await?;
         if r.rows_affected() != 1 {
             return Ok(false);
         }
@@ -544,34 +552,24 @@ impl Catalog for SqlCatalog {
     }
 
     async fn heartbeat(&self, lease: &Lease, duration: Duration, done: u64, total: Option<u64>) -> Result<bool> {
-        let r = sqlx::query(q(&self.statements.heartbeat))
+        let query = sqlx::query(q(&self.statements.heartbeat))
             .bind(done as i64)
             .bind(total.map(|t| t as i64))
             .bind(duration.as_secs() as i64)
-            .bind(rfc3339(now()))
-            .bind(lease.job_id)
-            .bind(&lease.owner)
-            .bind(lease.attempt)
-            .bind(JobStatus::Running.as_str())
-            .execute(&self.pool)
-            .await?;
+            .bind(rfc3339(now()));
+        let r = fenced(query, lease).execute(&self.pool).await?;
         Ok(r.rows_affected() == 1)
     }
 
     async fn release_job(&self, lease: &Lease) -> Result<bool> {
         // Its lease expires now: the next `lease_job` takes it as a dead
         // worker's.
-        let r = sqlx::query(
+        let query = sqlx::query(
             "UPDATE jobs SET lease_expires = 0, updated_at = $1 \
              WHERE id = $2 AND lease_owner = $3 AND attempts = $4 AND status = $5",
         )
-        .bind(rfc3339(now()))
-        .bind(lease.job_id)
-        .bind(&lease.owner)
-        .bind(lease.attempt)
-        .bind(JobStatus::Running.as_str())
-        .execute(&self.pool)
-        .await?;
+        .bind(rfc3339(now()));
+        let r = fenced(query, lease).execute(&self.pool).await?;
         Ok(r.rows_affected() == 1)
     }
 
@@ -659,11 +657,7 @@ impl Catalog for SqlCatalog {
 
     async fn add_job_message(&self, lease: &Lease, message: &str) -> Result<bool> {
         let mut tx = self.write().await?;
-        let held: Option<i64> = sqlx::query_scalar(q(&self.statements.held_for_message))
-            .bind(lease.job_id)
-            .bind(&lease.owner)
-            .bind(lease.attempt)
-            .bind(JobStatus::Running.as_str())
+        let held = fenced(sqlx::query(q(&self.statements.held_for_message)), lease)
             .fetch_optional(&mut *tx)
             .await?;
         if held.is_some() {

@@ -115,7 +115,6 @@ impl WalArchives {
 }
 
 /// One deployment's WAL archive, for engines (which run on blocking threads).
-#[derive(Clone)]
 pub struct DeploymentWal {
     archives: Arc<WalArchives>,
     archive: String,
@@ -150,7 +149,6 @@ impl WalArchive for DeploymentWal {
 }
 
 /// Everything planning a deployment's point-in-time recovery starts from.
-#[derive(Clone)]
 pub(crate) struct PitrState {
     /// Usable base backups (completed, snapshot present, position known).
     pub bases: Vec<(Backup, BasePosition)>,

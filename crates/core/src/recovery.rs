@@ -113,8 +113,9 @@ fn point_in_time_engines() -> String {
 /// of log is a new planner, not a new path through the core.
 #[async_trait::async_trait]
 pub(crate) trait Planner: Send + Sync {
+    /// Used once: a planner holds what it read to plan this request.
     async fn plan(
-        &self,
+        self: Box<Self>,
         request: &RecoveryRequest,
         d: &Deployment,
         usable: &[Backup],
@@ -128,7 +129,7 @@ struct Backups;
 #[async_trait::async_trait]
 impl Planner for Backups {
     async fn plan(
-        &self,
+        self: Box<Self>,
         request: &RecoveryRequest,
         d: &Deployment,
         usable: &[Backup],
@@ -144,12 +145,12 @@ struct WalArchive(PitrState);
 #[async_trait::async_trait]
 impl Planner for WalArchive {
     async fn plan(
-        &self,
+        self: Box<Self>,
         request: &RecoveryRequest,
         d: &Deployment,
         usable: &[Backup],
     ) -> Result<(Backup, RecoveryPlan)> {
-        choose(request, d, usable, Some(self.0.clone())).await
+        choose(request, d, usable, Some(self.0)).await
     }
 }
 
@@ -161,7 +162,7 @@ struct ShippedLog<'a>(&'a Service);
 #[async_trait::async_trait]
 impl Planner for ShippedLog<'_> {
     async fn plan(
-        &self,
+        self: Box<Self>,
         request: &RecoveryRequest,
         d: &Deployment,
         usable: &[Backup],
@@ -324,7 +325,7 @@ impl Service {
         request: &RecoveryRequest,
     ) -> Result<Box<dyn Planner + '_>> {
         let can = self.engine_of(d)?.capabilities();
-        if can.ships_log && self.config_of(d).is_ok_and(|c| c.continuous_archiving) {
+        if self.ships(d) {
             return Ok(Box::new(ShippedLog(self)));
         }
         // A tag names a backup: no need to ask the database where it is.

@@ -81,7 +81,7 @@ impl Shippers {
 impl Service {
     /// Whether the server ships this deployment's log: its engine can, and
     /// its backup configuration says to.
-    fn ships(&self, d: &Deployment) -> bool {
+    pub(crate) fn ships(&self, d: &Deployment) -> bool {
         let ships_log =
             strongbox_engines::engine_for(&d.engine, &d.connection).is_ok_and(|e| e.capabilities().ships_log);
         ships_log && self.config_of(d).is_ok_and(|c| c.continuous_archiving)
@@ -505,9 +505,6 @@ impl Service {
         d: &Deployment,
         usable: &[Backup],
     ) -> Result<Option<(Backup, RecoveryPlan)>> {
-        if !self.ships(d) {
-            return Ok(None);
-        }
         let no_timeline = || {
             Error::Invalid(format!(
                 "{} ships a SQLite log, which has no timelines: leave timeline out",
