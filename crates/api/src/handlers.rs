@@ -58,12 +58,11 @@ pub(crate) fn json_object(headers: &HeaderMap, body: Result<Bytes, BytesRejectio
     Ok(v)
 }
 
-/// Who asks, with the request as sent; an `Idempotency-Key` header names
-/// the job so that a retried request returns the same one.
-pub(crate) fn origin(caller: &Caller, params: Value, headers: &HeaderMap) -> Origin {
+/// Who asks; an `Idempotency-Key` header names the job so that a retried
+/// request returns the same one.
+pub(crate) fn origin(caller: &Caller, headers: &HeaderMap) -> Origin {
     Origin {
         user: caller.user.clone(),
-        params,
         idempotency_key: headers
             .get("idempotency-key")
             .and_then(|v| v.to_str().ok())
@@ -97,13 +96,12 @@ pub async fn start_backup(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let params = json_object(&headers, body)?;
-    let parsed: wire::StartBackup = serde_json::from_value(params.clone()).map_err(|e| {
+    let parsed: wire::StartBackup = serde_json::from_value(json_object(&headers, body)?).map_err(|e| {
         ApiError::bad_request(format!(
             "invalid backup request: {e}; the only field is keepForever (boolean)"
         ))
     })?;
-    let origin = origin(&caller, params, &headers);
+    let origin = origin(&caller, &headers);
     let job = state
         .service
         .start_backup(&domain, &service, parsed.keep_forever, Trigger::User, &origin)
@@ -227,7 +225,7 @@ pub async fn job_status(
         created_by: j.created_by.clone(),
         identity_domain: j.domain.clone(),
         description: format!("{} of database deployment {}", j.operation, j.deployment),
-        job_request_parameters: j.params.clone(),
+        job_request_parameters: wire::request_parameters(j.spec.as_ref()),
         message,
         service_uri: service_uri(&state, &domain, &j.deployment),
         progress: wire::Progress {
@@ -427,7 +425,7 @@ pub async fn instance_detail(
             generation: shipper.generation,
             shipped_transactions: shipper.shipped,
             lag_seconds: shipping.then_some(shipper.lag.as_secs_f64()),
-            error: shipper.error,
+            error: shipper.stopped.as_ref().map(strongbox_core::shipping::stopped_message),
             ranges: r
                 .ranges
                 .iter()
@@ -453,7 +451,7 @@ pub async fn instance_detail(
 
 fn config_body(c: &strongbox_core::schedule::BackupConfig, now: time::OffsetDateTime) -> wire::BackupConfig {
     use strongbox_core::dates::api_date;
-    use strongbox_core::schedule::Schedule;
+    use strongbox_core::schedule::{BackupPolicy, Schedule, ScheduleTimes};
     wire::BackupConfig {
         auto_backup_enabled: c.auto_backup_enabled,
         auto_backup_window: c.schedule.window(),
@@ -580,7 +578,7 @@ pub async fn delete_backup(
 ) -> Result<Response, ApiError> {
     let axum::extract::Query(wire::Force { force }) =
         query.map_err(|e| ApiError::bad_request(format!("{e}; the only query parameter is force=true")))?;
-    let origin = origin(&caller, json!({"dbTag": db_tag, "force": force}), &headers);
+    let origin = origin(&caller, &headers);
     let job = state
         .service
         .delete_backup(&domain, &service, &db_tag, force, &origin)

@@ -11,7 +11,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::{Extension, Json};
 use serde_json::Value;
-use strongbox_catalog::RecoveryStatus;
+use strongbox_catalog::{RecoveryAsked, RecoveryStatus};
 use strongbox_core::dates::{api_date, api_date_of, parse_api_date};
 use strongbox_core::recovery::{RecoveryRequest, Scn};
 
@@ -42,8 +42,8 @@ fn parse_timeline(t: &Value) -> Result<u32, ApiError> {
         .ok_or_else(|| ApiError::bad_request(format!("timeline must be a positive whole number, e.g. 2 (got {t})")))
 }
 
-/// The one target a request names.
-fn parse(body: &wire::StartRecovery) -> Result<RecoveryRequest, ApiError> {
+/// The one target a request names: parsed, and in the client's words.
+fn parse(body: &wire::StartRecovery) -> Result<(RecoveryRequest, RecoveryAsked), ApiError> {
     let named: Vec<&str> = [
         ("latest", body.latest.is_some()),
         ("tag", body.tag.is_some()),
@@ -77,19 +77,28 @@ fn parse(body: &wire::StartRecovery) -> Result<RecoveryRequest, ApiError> {
                 "latest must be true, \"true\" or \"yes\" (got {latest})"
             )));
         }
-        return Ok(RecoveryRequest::Latest);
+        return Ok((RecoveryRequest::Latest, RecoveryAsked::Latest));
     }
     if let Some(tag) = &body.tag {
-        return Ok(RecoveryRequest::Tag(tag.clone()));
+        return Ok((RecoveryRequest::Tag(tag.clone()), RecoveryAsked::Tag(tag.clone())));
     }
     if let Some(scn) = &body.scn {
-        return Ok(RecoveryRequest::Scn {
+        let parsed = RecoveryRequest::Scn {
             scn: parse_scn(scn)?,
             timeline,
-        });
+        };
+        let words = match scn {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        return Ok((parsed, RecoveryAsked::Scn { scn: words, timeline }));
     }
-    let at = parse_api_date(body.timestamp.as_deref().unwrap_or_default()).map_err(ApiError::bad_request)?;
-    Ok(RecoveryRequest::Time { at, timeline })
+    let timestamp = body.timestamp.clone().unwrap_or_default();
+    let at = parse_api_date(&timestamp).map_err(ApiError::bad_request)?;
+    Ok((
+        RecoveryRequest::Time { at, timeline },
+        RecoveryAsked::Timestamp { timestamp, timeline },
+    ))
 }
 
 /// Start a recovery in place: 202 with an empty body and the job's `Location`.
@@ -120,19 +129,18 @@ pub async fn start_recovery(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let params = json_object(&headers, body)?;
-    let parsed: wire::StartRecovery = serde_json::from_value(params.clone()).map_err(|e| {
+    let parsed: wire::StartRecovery = serde_json::from_value(json_object(&headers, body)?).map_err(|e| {
         ApiError::bad_request(format!(
             "invalid recovery request: {e}; send one of {{\"latest\": true}}, {{\"tag\": \"TAG…\"}}, \
              {{\"timestamp\": \"dd-MMM-yyyy HH:mm:ss\"}}, {{\"scn\": \"0/3000060\"}} or for shipped SQLite logs \
              {{\"scn\": \"GENERATION:N\"}} (a PostgreSQL timestamp or scn may add \"timeline\": N)"
         ))
     })?;
-    let request = parse(&parsed)?;
-    let origin = origin(&caller, params, &headers);
+    let (request, asked) = parse(&parsed)?;
+    let origin = origin(&caller, &headers);
     let job = state
         .service
-        .start_recovery(&domain, &service, &request, &origin)
+        .start_recovery(&domain, &service, &request, asked, &origin)
         .await?;
     accepted(&state, &domain, &service, &job)
 }
@@ -171,7 +179,7 @@ pub async fn history(
                 job_id: r.job_id,
                 from_backup,
                 recovery_complete_date: done.map(api_date_of),
-                target: r.target.as_object().cloned().unwrap_or_default(),
+                target: wire::words(r.target.as_ref()),
                 reached: r.reached.as_ref().map(|reached| wire::ReachedPoint {
                     scn: reached.lsn.to_string(),
                     from_timeline: reached.from_timeline,

@@ -98,6 +98,32 @@ pub enum JobState {
     Failed,
 }
 
+/// A recovery target as the request named it, as its fields.
+pub fn words(asked: Option<&strongbox_catalog::RecoveryAsked>) -> serde_json::Map<String, Value> {
+    match asked.map(serde_json::to_value) {
+        Some(Ok(Value::Object(fields))) => fields,
+        _ => Default::default(),
+    }
+}
+
+/// A job's `job_request_parameters`: what its request asked for, from the
+/// job's typed spec.
+pub fn request_parameters(spec: Option<&strongbox_catalog::JobSpec>) -> Value {
+    use strongbox_catalog::{JobSpec, Trigger};
+    match spec {
+        Some(JobSpec::Backup {
+            keep_forever,
+            trigger: Trigger::User,
+        }) => serde_json::json!({ "keepForever": keep_forever }),
+        Some(JobSpec::Recovery { asked, .. }) => Value::Object(words(asked.as_ref())),
+        Some(JobSpec::Expire {
+            deletion: Some(deletion),
+            ..
+        }) => serde_json::to_value(deletion).unwrap_or_default(),
+        _ => serde_json::json!({}),
+    }
+}
+
 impl From<strongbox_catalog::JobStatus> for JobState {
     fn from(s: strongbox_catalog::JobStatus) -> Self {
         use strongbox_catalog::JobStatus as S;
@@ -143,7 +169,9 @@ pub struct JobStatus {
     pub created_by: String,
     pub identity_domain: String,
     pub description: String,
-    /// The request as sent.
+    /// What the request asked for, in its fields (`{"keepForever": true}`,
+    /// `{"latest": true}`, `{"dbTag": …, "force": …}`); `{}` for jobs the
+    /// server started itself.
     #[schema(value_type = Object)]
     pub job_request_parameters: Value,
     pub message: String,

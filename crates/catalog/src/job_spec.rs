@@ -22,10 +22,116 @@ pub enum JobSpec {
         from: i64,
         target: RecoveryTarget,
         description: String,
+        /// What the request named (`None` for jobs queued before it was kept).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        asked: Option<RecoveryAsked>,
     },
     /// Forgets these backups (by the jobs that made them), then prunes the
     /// repository and the WAL archives of what no backup needs any more.
-    Expire { backups: Vec<i64> },
+    Expire {
+        backups: Vec<i64>,
+        /// The deletion a user asked for (`None`: the recovery window's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deletion: Option<Deletion>,
+    },
+}
+
+/// A backup a user asked to delete (`DELETE …/backups/{dbTag}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Deletion {
+    pub db_tag: String,
+    pub force: bool,
+}
+
+/// A recovery's target as the request named it, in the client's words:
+/// what the recovery history and the job's request parameters show. Stored
+/// as the request's own fields (`{"latest": true}`, `{"dbTag": …}`,
+/// `{"timestamp": …, "timeline": …}`, `{"scn": …}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "AskedFields", into = "AskedFields")]
+pub enum RecoveryAsked {
+    Latest,
+    Tag(String),
+    Timestamp { timestamp: String, timeline: Option<u32> },
+    Scn { scn: String, timeline: Option<u32> },
+}
+
+/// `RecoveryAsked`'s stored form.
+#[derive(Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AskedFields {
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    latest: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    db_tag: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: Option<String>,
+    /// Clients may send a decimal position as a number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scn: Option<ScnWords>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeline: Option<u32>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum ScnWords {
+    Text(String),
+    Number(u64),
+}
+
+impl TryFrom<AskedFields> for RecoveryAsked {
+    type Error = String;
+
+    fn try_from(f: AskedFields) -> Result<Self, String> {
+        let timeline = f.timeline;
+        Ok(match (f.latest, f.db_tag, f.timestamp, f.scn) {
+            (true, None, None, None) => RecoveryAsked::Latest,
+            (false, Some(tag), None, None) => RecoveryAsked::Tag(tag),
+            (false, None, Some(timestamp), None) => RecoveryAsked::Timestamp { timestamp, timeline },
+            (false, None, None, Some(scn)) => RecoveryAsked::Scn {
+                scn: match scn {
+                    ScnWords::Text(s) => s,
+                    ScnWords::Number(n) => n.to_string(),
+                },
+                timeline,
+            },
+            _ => return Err("a recovery target names exactly one of latest, dbTag, timestamp, scn".into()),
+        })
+    }
+}
+
+impl From<RecoveryAsked> for AskedFields {
+    fn from(a: RecoveryAsked) -> Self {
+        match a {
+            RecoveryAsked::Latest => AskedFields {
+                latest: true,
+                ..Default::default()
+            },
+            RecoveryAsked::Tag(tag) => AskedFields {
+                db_tag: Some(tag),
+                ..Default::default()
+            },
+            RecoveryAsked::Timestamp { timestamp, timeline } => AskedFields {
+                timestamp: Some(timestamp),
+                timeline,
+                ..Default::default()
+            },
+            RecoveryAsked::Scn { scn, timeline } => AskedFields {
+                scn: Some(ScnWords::Text(scn)),
+                timeline,
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// Its stored form, e.g. `{"dbTag":"TAG20261205T072159"}` (in messages).
+impl std::fmt::Display for RecoveryAsked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&serde_json::to_string(self).map_err(|_| std::fmt::Error)?)
+    }
 }
 
 /// Who asked for a job.
@@ -43,6 +149,10 @@ pub enum Trigger {
 
 /// The name jobs the server starts itself are created by.
 pub const SYSTEM: &str = "SYSTEM";
+
+/// The name backups indexed from the repository are created by (the
+/// catalog rebuilt: their jobs ran in an earlier catalog).
+pub const IMPORTED: &str = "repository";
 
 impl JobSpec {
     pub fn operation(&self) -> Operation {
@@ -108,17 +218,65 @@ mod tests {
             from: 7,
             target: RecoveryTarget::Backup { position: None },
             description: "restore backup TAG1".into(),
+            asked: Some(RecoveryAsked::Tag("TAG1".into())),
         };
         let back: JobSpec = serde_json::from_value(serde_json::to_value(&recovery).unwrap()).unwrap();
         assert_eq!(
             (back.operation(), back.initiated_by("alice")),
             (Operation::Recovery, "USER")
         );
-        let expire = JobSpec::Expire { backups: vec![3] };
+        let expire = JobSpec::Expire {
+            backups: vec![3],
+            deletion: None,
+        };
         assert_eq!(
             (expire.initiated_by(SYSTEM), expire.initiated_by("alice")),
             ("SYSTEM", "USER")
         );
         assert!(serde_json::from_value::<JobSpec>(serde_json::json!({"restore": {}})).is_err());
+        // Specs queued before the request was kept still read.
+        let old = serde_json::json!({"recovery": {"from": 7, "target": {"backup": {"position": null}},
+            "description": "restore backup TAG1"}});
+        assert!(matches!(
+            serde_json::from_value::<JobSpec>(old).unwrap(),
+            JobSpec::Recovery { asked: None, .. }
+        ));
+    }
+
+    #[test]
+    fn recovery_targets_keep_the_requests_words() {
+        use serde_json::json;
+        let forms = [
+            (RecoveryAsked::Latest, json!({"latest": true})),
+            (RecoveryAsked::Tag("TAG1".into()), json!({"dbTag": "TAG1"})),
+            (
+                RecoveryAsked::Timestamp {
+                    timestamp: "2026-12-05T10:00:00+01:00".into(),
+                    timeline: Some(2),
+                },
+                json!({"timestamp": "2026-12-05T10:00:00+01:00", "timeline": 2}),
+            ),
+            (
+                RecoveryAsked::Scn {
+                    scn: "0/3000060".into(),
+                    timeline: None,
+                },
+                json!({"scn": "0/3000060"}),
+            ),
+        ];
+        for (asked, stored) in forms {
+            assert_eq!(serde_json::to_value(&asked).unwrap(), stored);
+            assert_eq!(serde_json::from_value::<RecoveryAsked>(stored).unwrap(), asked);
+        }
+        // What catalogs of earlier versions hold: a decimal scn as sent.
+        assert_eq!(
+            serde_json::from_value::<RecoveryAsked>(json!({"scn": 50331744})).unwrap(),
+            RecoveryAsked::Scn {
+                scn: "50331744".into(),
+                timeline: None
+            }
+        );
+        assert!(serde_json::from_value::<RecoveryAsked>(json!({"latest": true, "dbTag": "T"})).is_err());
+        assert!(serde_json::from_value::<RecoveryAsked>(json!({})).is_err());
     }
 }

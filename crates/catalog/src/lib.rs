@@ -8,6 +8,7 @@
 //! jobs through leases that expire, and every state change is a single
 //! conditional statement.
 
+mod backup_config;
 mod dialect;
 mod job_spec;
 mod model;
@@ -15,7 +16,8 @@ mod rows;
 mod sql;
 mod sqlite_reads;
 
-pub use job_spec::{JobSpec, SYSTEM, Trigger};
+pub use backup_config::{BackupConfig, Schedule};
+pub use job_spec::{Deletion, IMPORTED, JobSpec, RecoveryAsked, SYSTEM, Trigger};
 pub use model::*;
 pub use sql::SqlCatalog;
 
@@ -78,7 +80,7 @@ pub trait Catalog: Send + Sync + 'static {
     /// Every deployment of every domain (for the scheduler).
     async fn all_deployments(&self) -> Result<Vec<Deployment>>;
     /// Stores a deployment's backup configuration; false if there is no such deployment.
-    async fn put_backup_config(&self, domain: &str, name: &str, config: &serde_json::Value) -> Result<bool>;
+    async fn put_backup_config(&self, domain: &str, name: &str, config: &BackupConfig) -> Result<bool>;
 
     /// Queues a job with its record and first activity-log line, in one
     /// transaction — unless the idempotency key names an earlier job of the
@@ -120,6 +122,10 @@ pub trait Catalog: Send + Sync + 'static {
     /// Ends a job, with its backup or recovery row; false (and nothing
     /// written) if the lease was lost.
     async fn finish_job(&self, lease: &Lease, end: &JobEnd) -> Result<bool>;
+    /// Indexes a backup found in the repository, with a succeeded job of its
+    /// own; false (nothing written) if the deployment already has a backup
+    /// with its tag or snapshot.
+    async fn import_backup(&self, b: &ImportedBackup) -> Result<bool>;
     /// Marks backups of a deployment deleted (their snapshots are forgotten).
     async fn mark_backups_deleted(&self, domain: &str, deployment: &str, job_ids: &[i64]) -> Result<()>;
     /// Adds a line to a job's activity log; false (and nothing written) if

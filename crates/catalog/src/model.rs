@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use strongbox_engines::Position;
 use strongbox_engines::pitr::Reached;
 
-use crate::JobSpec;
+use crate::{BackupConfig, JobSpec, RecoveryAsked};
 
 #[derive(Clone, Debug)]
 pub struct User {
@@ -64,8 +64,9 @@ pub struct Deployment {
     pub engine: String,
     pub connection: serde_json::Value,
     pub created_at: String,
-    /// The backup configuration as the core stored it; `None`: defaults.
-    pub backup_config: Option<serde_json::Value>,
+    /// The backup configuration stored for it (`None`: the server's
+    /// defaults), or why the stored one cannot be read.
+    pub backup_config: Result<Option<BackupConfig>, String>,
     /// Only servers with this label run its jobs.
     pub runs_on: Option<String>,
 }
@@ -144,8 +145,6 @@ pub struct NewJob {
     pub domain: String,
     pub deployment: String,
     pub spec: JobSpec,
-    /// The request as the client sent it.
-    pub params: serde_json::Value,
     pub created_by: String,
     pub idempotency_key: Option<String>,
     /// When the job was asked for (the service's clock).
@@ -166,7 +165,7 @@ pub enum NewRecord {
     /// (`Error::NotFound` if there is none); `target` is what the request
     /// named, for the history.
     Recovery {
-        target: serde_json::Value,
+        target: RecoveryAsked,
         backup_job_id: i64,
     },
 }
@@ -181,7 +180,6 @@ pub struct Job {
     /// What the job does, as queued (`None` for jobs queued before specs
     /// were kept; `Job::spec` reads it).
     pub spec: Option<JobSpec>,
-    pub params: serde_json::Value,
     pub created_by: String,
     pub created_at: String,
     pub started_at: Option<String>,
@@ -313,14 +311,34 @@ pub struct Recovery {
     pub job_id: i64,
     pub domain: String,
     pub deployment: String,
-    /// What the request named (`latest`, `dbTag`, `timestamp`), as JSON.
-    pub target: serde_json::Value,
+    /// What the request named (`None`: a form this version cannot read).
+    pub target: Option<RecoveryAsked>,
     /// Where a replayed history ended, once the recovery succeeded.
     pub reached: Option<Reached>,
     pub backup_job_id: i64,
     pub status: RecoveryStatus,
     pub started_at: String,
     pub completed_at: Option<String>,
+}
+
+/// A completed backup found in the repository and not in the catalog (the
+/// catalog rebuilt from the repository): indexed as a backup job that
+/// succeeded.
+#[derive(Clone, Debug)]
+pub struct ImportedBackup {
+    pub domain: String,
+    pub deployment: String,
+    pub db_tag: String,
+    pub keep_forever: bool,
+    /// RFC 3339.
+    pub started_at: String,
+    pub completed_at: String,
+    pub snapshot_id: String,
+    pub logical_bytes: u64,
+    pub stored_bytes: u64,
+    pub position: Option<Position>,
+    /// The job's message (and its activity log's one line).
+    pub message: String,
 }
 
 /// How a job ended, as its worker records it.

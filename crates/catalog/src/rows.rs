@@ -8,8 +8,8 @@ use crate::{Backup, BackupStatus, Deployment, Job, JobStatus, Operation, Recover
 /// static statements can be built with `concat!`).
 macro_rules! job_columns {
     () => {
-        "id, domain, deployment, operation, status, spec, params, created_by, created_at, started_at, \
-         finished_at, updated_at, attempts, bytes_done, bytes_total, message"
+        "id, domain, deployment, operation, status, spec, created_by, created_at, started_at, finished_at, \
+         updated_at, attempts, bytes_done, bytes_total, message"
     };
 }
 pub(crate) use job_columns;
@@ -45,10 +45,6 @@ impl Columns for rusqlite::Row<'_> {
     }
 }
 
-fn json(text: Option<String>) -> Option<serde_json::Value> {
-    text.and_then(|t| serde_json::from_str(&t).ok())
-}
-
 /// A `jobs` row, `JOB_COLUMNS`.
 pub(crate) fn job(row: &impl Columns) -> Job {
     let text = |c| row.text(c).unwrap_or_default();
@@ -61,16 +57,15 @@ pub(crate) fn job(row: &impl Columns) -> Job {
         status: JobStatus::parse(&text(4)),
         // A spec this version cannot read is none (`Job::spec` says so).
         spec: row.text(5).and_then(|s| serde_json::from_str(&s).ok()),
-        params: json(row.text(6)).unwrap_or_default(),
-        created_by: text(7),
-        created_at: text(8),
-        started_at: row.text(9),
-        finished_at: row.text(10),
-        updated_at: text(11),
-        attempts: row.int(12).unwrap_or_default(),
-        bytes_done: row.int(13).unwrap_or_default(),
-        bytes_total: row.int(14),
-        message: row.text(15),
+        created_by: text(6),
+        created_at: text(7),
+        started_at: row.text(8),
+        finished_at: row.text(9),
+        updated_at: text(10),
+        attempts: row.int(11).unwrap_or_default(),
+        bytes_done: row.int(12).unwrap_or_default(),
+        bytes_total: row.int(13),
+        message: row.text(14),
     }
 }
 
@@ -81,9 +76,16 @@ pub(crate) fn deployment(row: &impl Columns) -> Deployment {
         domain: text(0),
         name: text(1),
         engine: text(2),
-        connection: json(row.text(3)).unwrap_or_default(),
+        connection: row
+            .text(3)
+            .and_then(|c| serde_json::from_str(&c).ok())
+            .unwrap_or_default(),
         created_at: text(4),
-        backup_config: json(row.text(5)),
+        backup_config: row
+            .text(5)
+            .map(|c| serde_json::from_str(&c))
+            .transpose()
+            .map_err(|e| e.to_string()),
         runs_on: row.text(6),
     }
 }
@@ -116,7 +118,7 @@ pub(crate) fn recovery(row: &impl Columns) -> Recovery {
         job_id: row.int(0).unwrap_or_default(),
         domain: text(1),
         deployment: text(2),
-        target: json(row.text(3)).unwrap_or_default(),
+        target: row.text(3).and_then(|t| serde_json::from_str(&t).ok()),
         reached: row.text(4).and_then(|r| serde_json::from_str(&r).ok()),
         backup_job_id: row.int(5).unwrap_or_default(),
         status: RecoveryStatus::parse(&text(6)),

@@ -17,13 +17,14 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, AssertSqlSafe, SqlSafeStr, Transaction};
 use sqlx::{AnyPool, pool::PoolOptions};
 
+use crate::BackupConfig;
 use crate::dialect::Dialect;
 use crate::rows::{BACKUP_COLUMNS, DEPLOYMENT_COLUMNS, JOB_COLUMNS, RECOVERY_COLUMNS};
 use crate::sqlite_reads::SqliteReads;
 use crate::{
-    Backup, BackupStatus, Catalog, Deployment, Error, Job, JobCount, JobEnd, JobMessage, JobStatus, Lease,
-    NewDeployment, NewJob, NewRecord, Operation, Recovery, RecoveryStatus, Result, Role, Started, User, labels_of, now,
-    rfc3339,
+    Backup, BackupStatus, Catalog, Deployment, Error, ImportedBackup, Job, JobCount, JobEnd, JobMessage, JobSpec,
+    JobStatus, Lease, NewDeployment, NewJob, NewRecord, Operation, Recovery, RecoveryStatus, Result, Role, Started,
+    Trigger, User, labels_of, now, rfc3339,
 };
 
 /// The statements whose text depends on the dialect, filled in once.
@@ -249,15 +250,14 @@ impl SqlCatalog {
         }
         let at = rfc3339(new.at);
         let row = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO jobs (domain, deployment, operation, status, spec, params, created_by, idempotency_key, \
-             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) RETURNING {JOB_COLUMNS}"
+            "INSERT INTO jobs (domain, deployment, operation, status, spec, created_by, idempotency_key, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING {JOB_COLUMNS}"
         )))
         .bind(&new.domain)
         .bind(&new.deployment)
         .bind(new.spec.operation().as_str())
         .bind(JobStatus::Queued.as_str())
         .bind(serde_json::to_string(&new.spec).expect("a spec serializes"))
-        .bind(new.params.to_string())
         .bind(&new.created_by)
         .bind(&new.idempotency_key)
         .bind(&at)
@@ -389,9 +389,9 @@ impl Catalog for SqlCatalog {
         Ok(rows.iter().map(crate::rows::deployment).collect())
     }
 
-    async fn put_backup_config(&self, domain: &str, name: &str, config: &serde_json::Value) -> Result<bool> {
+    async fn put_backup_config(&self, domain: &str, name: &str, config: &BackupConfig) -> Result<bool> {
         let r = sqlx::query("UPDATE deployments SET backup_config = $1 WHERE domain = $2 AND name = $3")
-            .bind(config.to_string())
+            .bind(serde_json::to_string(config).expect("a configuration serializes"))
             .bind(domain)
             .bind(name)
             .execute(&self.pool)
@@ -588,6 +588,72 @@ impl Catalog for SqlCatalog {
                 })
             })
             .collect())
+    }
+
+    async fn import_backup(&self, b: &ImportedBackup) -> Result<bool> {
+        let mut tx = self.write().await?;
+        let known = sqlx::query(
+            "SELECT 1 FROM backups WHERE domain = $1 AND deployment = $2 AND (db_tag = $3 OR snapshot_id = $4)",
+        )
+        .bind(&b.domain)
+        .bind(&b.deployment)
+        .bind(&b.db_tag)
+        .bind(&b.snapshot_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if known.is_some() {
+            return Ok(false);
+        }
+        let spec = JobSpec::Backup {
+            keep_forever: b.keep_forever,
+            trigger: Trigger::User,
+        };
+        let job: i64 = sqlx::Row::try_get(
+            &sqlx::query(
+                "INSERT INTO jobs (domain, deployment, operation, status, spec, created_by, created_at, started_at, \
+                 finished_at, updated_at, bytes_done, bytes_total, message) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $8, $9, $9, $10) RETURNING id",
+            )
+            .bind(&b.domain)
+            .bind(&b.deployment)
+            .bind(Operation::Backup.as_str())
+            .bind(JobStatus::Succeeded.as_str())
+            .bind(serde_json::to_string(&spec).expect("a spec serializes"))
+            .bind(crate::IMPORTED)
+            .bind(&b.started_at)
+            .bind(&b.completed_at)
+            .bind(b.logical_bytes as i64)
+            .bind(&b.message)
+            .fetch_one(&mut *tx)
+            .await?,
+            0,
+        )?;
+        add_message(&mut tx, job, &b.completed_at, &b.message).await?;
+        // A replica importing the same backup at once: one row wins.
+        let inserted = sqlx::query(
+            "INSERT INTO backups (job_id, domain, deployment, db_tag, status, keep_forever, started_at, completed_at, \
+             snapshot_id, logical_bytes, stored_bytes, position) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+             $11, $12) ON CONFLICT (domain, deployment, db_tag) DO NOTHING",
+        )
+        .bind(job)
+        .bind(&b.domain)
+        .bind(&b.deployment)
+        .bind(&b.db_tag)
+        .bind(BackupStatus::Completed.as_str())
+        .bind(b.keep_forever as i64)
+        .bind(&b.started_at)
+        .bind(&b.completed_at)
+        .bind(&b.snapshot_id)
+        .bind(b.logical_bytes as i64)
+        .bind(b.stored_bytes as i64)
+        .bind(b.position.as_ref().map(|p| p.to_stored()))
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() != 1 {
+            return Ok(false); // dropped: rolled back
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn finish_job(&self, lease: &Lease, end: &JobEnd) -> Result<bool> {

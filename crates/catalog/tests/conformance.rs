@@ -15,7 +15,6 @@ fn new_job(deployment: &str, key: Option<&str>) -> NewJob {
             keep_forever: false,
             trigger: Trigger::User,
         },
-        params: serde_json::json!({}),
         created_by: "alice".into(),
         idempotency_key: key.map(String::from),
         at: time::OffsetDateTime::now_utc(),
@@ -89,13 +88,17 @@ async fn suite(c: &dyn Catalog) {
         .unwrap();
     }
     assert_eq!(c.deployments("usexample").await.unwrap().len(), 2);
-    let config = serde_json::json!({"autoBackupEnabled": true});
+    let config = strongbox_catalog::BackupConfig {
+        auto_backup_enabled: true,
+        schedule: strongbox_catalog::Schedule::Cron("0 2 * * *".into()),
+        ..Default::default()
+    };
     assert!(c.put_backup_config("usexample", "db12c", &config).await.unwrap());
     assert!(!c.put_backup_config("idcs-0123abc", "db12c", &config).await.unwrap());
     let all = c.all_deployments().await.unwrap();
     assert_eq!(all.len(), 2);
-    assert_eq!(all[0].backup_config.as_ref(), Some(&config));
-    assert_eq!(all[1].backup_config, None);
+    assert_eq!(all[0].backup_config, Ok(Some(config.clone())));
+    assert_eq!(all[1].backup_config, Ok(None));
     assert!(
         c.deployment("idcs-0123abc", "db12c").await.unwrap().is_none(),
         "deployments are per domain"
@@ -376,10 +379,14 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
             from: completed,
             target: strongbox_engines::RecoveryTarget::Backup { position: None },
             description: "restore".into(),
+            asked: Some(RecoveryAsked::Latest),
         },
         ..new_job("db12c", key)
     };
-    let target = serde_json::json!({"latest": true});
+    let target = RecoveryAsked::Timestamp {
+        timestamp: "05-Dec-2026 07:21:59 UTC".into(),
+        timeline: Some(2),
+    };
     let from = |backup_job_id| NewRecord::Recovery {
         target: target.clone(),
         backup_job_id,
@@ -429,7 +436,7 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
     assert_eq!(list.len(), 1);
     assert_eq!(
         (list[0].status, list[0].backup_job_id, &list[0].target),
-        (RecoveryStatus::Completed, completed, &target)
+        (RecoveryStatus::Completed, completed, &Some(target.clone()))
     );
     assert!(list[0].completed_at.is_some());
     assert_eq!(list[0].reached.as_ref(), Some(&reached));
@@ -658,7 +665,11 @@ async fn sqlite_catalog_passes_the_suite() {
     drop(c);
     let c = SqlCatalog::open_sqlite(&dir.path().join("catalog.db")).await.unwrap();
     assert_eq!(c.deployments("usexample").await.unwrap().len(), 2);
-    let config = serde_json::json!({"autoBackupEnabled": true});
+    let config = strongbox_catalog::BackupConfig {
+        auto_backup_enabled: true,
+        schedule: strongbox_catalog::Schedule::Cron("0 2 * * *".into()),
+        ..Default::default()
+    };
     assert!(c.put_backup_config("usexample", "db12c", &config).await.unwrap());
     assert!(!c.put_backup_config("idcs-0123abc", "db12c", &config).await.unwrap());
     let all = c.all_deployments().await.unwrap();
@@ -667,8 +678,8 @@ async fn sqlite_catalog_passes_the_suite() {
         names,
         [("placed", "pinned"), ("usexample", "db12c"), ("usexample", "other")]
     );
-    assert_eq!(all[1].backup_config.as_ref(), Some(&config));
-    assert_eq!(all[2].backup_config, None);
+    assert_eq!(all[1].backup_config, Ok(Some(config.clone())));
+    assert_eq!(all[2].backup_config, Ok(None));
     concurrently(std::sync::Arc::new(c)).await;
 }
 

@@ -2,20 +2,18 @@
 //! catalog, and created in one place for every caller (the API, the
 //! scheduler), with the same tags, activity-log lines and conflict rules.
 
-use serde_json::Value;
 use strongbox_catalog::{Job, NewJob, NewRecord, Started};
 
 use crate::dates::db_tag;
 use crate::{Error, Result, Service};
 
-pub use strongbox_catalog::{JobSpec, Operation, SYSTEM, Trigger};
+pub use strongbox_catalog::{Deletion, JobSpec, Operation, RecoveryAsked, SYSTEM, Trigger};
 
-/// Who asks, and how: the caller's name, the request as sent, and the
-/// `Idempotency-Key` that makes a retried request return the same job.
+/// Who asks, and how: the caller's name and the `Idempotency-Key` that
+/// makes a retried request return the same job.
 #[derive(Clone, Debug)]
 pub struct Origin {
     pub user: String,
-    pub params: Value,
     pub idempotency_key: Option<String>,
 }
 
@@ -25,7 +23,6 @@ impl Origin {
     pub fn system(key: String) -> Origin {
         Origin {
             user: SYSTEM.into(),
-            params: serde_json::json!({}),
             idempotency_key: Some(key),
         }
     }
@@ -47,7 +44,6 @@ impl Service {
             domain: domain.into(),
             deployment: deployment.into(),
             spec: spec.clone(),
-            params: origin.params.clone(),
             created_by: origin.user.clone(),
             idempotency_key: origin.idempotency_key.clone(),
             at: self.clock.now(),

@@ -12,6 +12,7 @@ pub mod job;
 pub mod password;
 pub mod pitr;
 pub mod placement;
+pub mod records;
 pub mod recovery;
 pub mod retention;
 pub mod schedule;
@@ -69,6 +70,9 @@ pub struct Service {
     pub shippers: shipping::Shippers,
     /// What deployments may run and touch on this host (`[allow]`).
     pub host_policy: host_policy::HostPolicy,
+    /// Snapshots `sync` found to be no deployment's backup (the repository
+    /// CLI's), not read again.
+    not_backups: Mutex<std::collections::HashSet<String>>,
     /// Jobs that ended: they never change again (in any replica), so
     /// clients polling a job after it ended are answered from memory.
     finished: Mutex<HashMap<(String, i64), Arc<Job>>>,
@@ -87,6 +91,7 @@ impl Service {
             backup_defaults: schedule::BackupConfig::default(),
             shippers: Default::default(),
             host_policy: Default::default(),
+            not_backups: Mutex::default(),
             finished: Mutex::default(),
         }
     }
@@ -139,7 +144,7 @@ impl Service {
             placement::check_label(label)?;
         }
         self.catalog.ensure_domain(domain).await?;
-        Ok(self
+        let d = self
             .catalog
             .put_deployment(&strongbox_catalog::NewDeployment {
                 domain: domain.into(),
@@ -148,7 +153,9 @@ impl Service {
                 connection,
                 runs_on,
             })
-            .await?)
+            .await?;
+        self.record_deployment(&d).await;
+        Ok(d)
     }
 
     /// Creates a user in `domain`, or sets the password and role of one
@@ -352,7 +359,6 @@ mod tests {
                     keep_forever: false,
                     trigger: strongbox_catalog::Trigger::User,
                 },
-                params: serde_json::json!({}),
                 created_by: "t".into(),
                 idempotency_key: None,
                 at,

@@ -5,14 +5,13 @@
 //! history; an `scn` a position of it. Every check runs before the job is
 //! queued: a refused request touches nothing.
 
-use serde_json::{Value, json};
 use strongbox_catalog::{Backup, BackupStatus, Deployment, Job, NewRecord};
 use strongbox_engines::pitr::{Goal, Lsn};
 use strongbox_engines::{RecoveryTarget, sqlite_ship};
 use time::OffsetDateTime;
 
 use crate::dates::{api_date, api_date_of, parse_rfc3339};
-use crate::job::{JobSpec, Origin};
+use crate::job::{JobSpec, Origin, RecoveryAsked};
 use crate::pitr::{PitrState, RecoveryPlan};
 use crate::{Error, Result, Service};
 
@@ -61,29 +60,6 @@ impl std::fmt::Display for Scn {
             Scn::Lsn(l) => l.fmt(f),
             Scn::Shipped(p) => p.fmt(f),
         }
-    }
-}
-
-impl RecoveryRequest {
-    /// The target as the recovery history records it.
-    fn recorded(&self, origin: &Origin) -> Value {
-        let mut recorded = json!({});
-        let timeline = match self {
-            RecoveryRequest::Latest => return json!({"latest": true}),
-            RecoveryRequest::Tag(tag) => return json!({"dbTag": tag}),
-            RecoveryRequest::Time { timeline, .. } => {
-                recorded["timestamp"] = origin.params["timestamp"].clone();
-                timeline
-            }
-            RecoveryRequest::Scn { timeline, .. } => {
-                recorded["scn"] = origin.params["scn"].clone();
-                timeline
-            }
-        };
-        if let Some(t) = timeline {
-            recorded["timeline"] = json!(t);
-        }
-        recorded
     }
 }
 
@@ -338,12 +314,14 @@ impl Service {
         Ok(Box::new(Backups))
     }
 
-    /// Plans a recovery and queues it.
+    /// Plans a recovery and queues it; `asked` is the request in the
+    /// client's words (for the history).
     pub async fn start_recovery(
         &self,
         domain: &str,
         deployment: &str,
         request: &RecoveryRequest,
+        asked: RecoveryAsked,
         origin: &Origin,
     ) -> Result<Job> {
         let d = self.deployment(domain, deployment).await?;
@@ -354,16 +332,16 @@ impl Service {
             from: backup.job_id,
             target: plan.target,
             description: plan.description,
+            asked: Some(asked.clone()),
         };
-        let target = request.recorded(origin);
         let message = format!(
-            "recovery from backup {} requested by {} (target {target})",
+            "recovery from backup {} requested by {} (target {asked})",
             backup.db_tag, origin.user
         );
         self.create_job(domain, deployment, &spec, origin, |_| {
             (
                 NewRecord::Recovery {
-                    target: target.clone(),
+                    target: asked.clone(),
                     backup_job_id: backup.job_id,
                 },
                 message.clone(),

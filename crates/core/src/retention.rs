@@ -82,7 +82,12 @@ impl crate::Service {
             )));
         }
         let message = format!("deletion of backup {tag} requested by {}", origin.user);
-        self.expire(domain, deployment, vec![b.job_id], message, origin).await
+        let deletion = strongbox_catalog::Deletion {
+            db_tag: tag.to_string(),
+            force,
+        };
+        self.expire(domain, deployment, vec![b.job_id], Some(deletion), message, origin)
+            .await
     }
 
     /// Queues an `expire` job for these backups.
@@ -91,10 +96,11 @@ impl crate::Service {
         domain: &str,
         deployment: &str,
         backups: Vec<i64>,
+        deletion: Option<strongbox_catalog::Deletion>,
         message: String,
         origin: &crate::job::Origin,
     ) -> crate::Result<strongbox_catalog::Job> {
-        let spec = crate::job::JobSpec::Expire { backups };
+        let spec = crate::job::JobSpec::Expire { backups, deletion };
         self.create_job(domain, deployment, &spec, origin, |_| {
             (strongbox_catalog::NewRecord::None, message.clone())
         })
@@ -128,7 +134,7 @@ impl crate::Service {
             expired.len(),
             config.recovery_window_in_days
         );
-        match self.expire(&d.domain, &d.name, expired, message, &origin).await {
+        match self.expire(&d.domain, &d.name, expired, None, message, &origin).await {
             Ok(_) | Err(crate::Error::Conflict(_)) => Ok(()),
             Err(e) => Err(e),
         }

@@ -13,56 +13,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use strongbox_catalog::Deployment;
+pub use strongbox_catalog::{BackupConfig, Schedule};
 use time::OffsetDateTime;
 
 use crate::job::{Origin, Trigger};
 use crate::{Error, Result, Service};
-
-/// A deployment's backup configuration.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BackupConfig {
-    pub auto_backup_enabled: bool,
-    pub schedule: Schedule,
-    /// Every point of the last this many days stays recoverable.
-    pub recovery_window_in_days: u32,
-    /// Backups kept whatever their age.
-    pub minimum_backups_kept: u32,
-    /// When automatic backups were last switched on: periods that began
-    /// before are not due.
-    #[serde(default, with = "time::serde::rfc3339::option")]
-    pub enabled_since: Option<OffsetDateTime>,
-    /// The server ships the database's log as it is written (engines that
-    /// can: `Capabilities::ships_log`), for recovery to any moment.
-    #[serde(default)]
-    pub continuous_archiving: bool,
-}
-
-impl Default for BackupConfig {
-    fn default() -> Self {
-        BackupConfig {
-            auto_backup_enabled: false,
-            schedule: Schedule::Window { start: 120, end: 240 },
-            recovery_window_in_days: 30,
-            minimum_backups_kept: 1,
-            enabled_since: None,
-            continuous_archiving: false,
-        }
-    }
-}
-
-/// When automatic backups run.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Schedule {
-    /// Daily, between these minutes of the UTC day (`end` < `start`
-    /// wraps past midnight; `end` = `start` is all day). A backup starts
-    /// at the window's start, or as soon as the deployment is free; after
-    /// downtime, at once.
-    Window { start: u16, end: u16 },
-    /// At the times a cron expression names (UTC).
-    Cron(String),
-}
 
 /// What a request to change the configuration may say; what it leaves out
 /// stays as it was. (Also the server's `[backup_defaults]`, applied to
@@ -113,9 +68,18 @@ fn from_chrono(t: chrono::DateTime<chrono::Utc>) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(t.timestamp()).expect("a representable time")
 }
 
-impl Schedule {
+/// When a schedule's periods begin.
+pub trait ScheduleTimes {
     /// The start of the latest period that began at or before `now`.
-    pub fn period_start(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
+    fn period_start(&self, now: OffsetDateTime) -> Option<OffsetDateTime>;
+    /// The start of the first period after `now`.
+    fn next_start(&self, now: OffsetDateTime) -> Option<OffsetDateTime>;
+    /// As the API shows it (`autoBackupWindow`); `None` for cron.
+    fn window(&self) -> Option<String>;
+}
+
+impl ScheduleTimes for Schedule {
+    fn period_start(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
         match self {
             Schedule::Window { start, .. } => {
                 let midnight = now.replace_time(time::Time::MIDNIGHT);
@@ -135,8 +99,7 @@ impl Schedule {
         }
     }
 
-    /// The start of the first period after `now`.
-    pub fn next_start(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
+    fn next_start(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
         match self {
             Schedule::Window { .. } => self.period_start(now).map(|p| p + time::Duration::DAY),
             Schedule::Cron(expr) => {
@@ -148,8 +111,7 @@ impl Schedule {
         }
     }
 
-    /// As the API shows it.
-    pub fn window(&self) -> Option<String> {
+    fn window(&self) -> Option<String> {
         match self {
             Schedule::Window { start, end } => Some(format!(
                 "{:02}:{:02}-{:02}:{:02}",
@@ -163,10 +125,21 @@ impl Schedule {
     }
 }
 
-impl BackupConfig {
+/// What a backup configuration means: its changes checked, its schedule's
+/// due and next backups.
+pub trait BackupPolicy: Sized {
     /// This configuration changed as asked, checked; `now` starts a
     /// schedule switched on.
-    pub fn changed(&self, change: &ConfigChange, now: OffsetDateTime) -> Result<BackupConfig> {
+    fn changed(&self, change: &ConfigChange, now: OffsetDateTime) -> Result<Self>;
+    /// The period whose backup is due at `now`, by its start: the latest
+    /// one, if automatic backups were on when it began.
+    fn due(&self, now: OffsetDateTime) -> Option<OffsetDateTime>;
+    /// When the next scheduled backup is due.
+    fn next(&self, now: OffsetDateTime) -> Option<OffsetDateTime>;
+}
+
+impl BackupPolicy for BackupConfig {
+    fn changed(&self, change: &ConfigChange, now: OffsetDateTime) -> Result<BackupConfig> {
         let mut c = self.clone();
         if change.window.is_some() && change.cron.is_some() {
             return Err(Error::Invalid(
@@ -205,9 +178,7 @@ impl BackupConfig {
         Ok(c)
     }
 
-    /// The period whose backup is due at `now`, by its start: the latest
-    /// one, if automatic backups were on when it began.
-    pub fn due(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
+    fn due(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
         if !self.auto_backup_enabled {
             return None;
         }
@@ -215,8 +186,7 @@ impl BackupConfig {
         (start >= self.enabled_since?).then_some(start)
     }
 
-    /// When the next scheduled backup is due.
-    pub fn next(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
+    fn next(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
         if !self.auto_backup_enabled {
             return None;
         }
@@ -234,9 +204,11 @@ impl Service {
     /// (`backup_defaults`) if none is.
     pub fn config_of(&self, d: &Deployment) -> Result<BackupConfig> {
         match &d.backup_config {
-            None => Ok(self.backup_defaults.clone()),
-            Some(v) => serde_json::from_value(v.clone())
-                .map_err(|e| Error::internal(format!("{}'s stored backup configuration is unreadable: {e}", d.name))),
+            Ok(stored) => Ok(stored.clone().unwrap_or_else(|| self.backup_defaults.clone())),
+            Err(e) => Err(Error::internal(format!(
+                "{}'s stored backup configuration is unreadable: {e}",
+                d.name
+            ))),
         }
     }
 
@@ -252,12 +224,13 @@ impl Service {
     ) -> Result<BackupConfig> {
         let current = self.backup_config(domain, deployment).await?;
         let changed = current.changed(change, self.clock.now())?;
-        let stored = serde_json::to_value(&changed).map_err(Error::internal)?;
-        if !self.catalog.put_backup_config(domain, deployment, &stored).await? {
+        if !self.catalog.put_backup_config(domain, deployment, &changed).await? {
             return Err(Error::NotFound(format!(
                 "no database deployment {deployment} in identity domain {domain}"
             )));
         }
+        self.record_deployment(&self.deployment(domain, deployment).await?)
+            .await;
         Ok(changed)
     }
 

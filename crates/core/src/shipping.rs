@@ -7,16 +7,16 @@
 //! generation's transactions are replayed on top of it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use strongbox_catalog::{Backup, Deployment};
 use strongbox_engines::sqlite_ship::{
-    self, BasePosition, Position, RepoArchive, ShipOptions, ShippedTarget, Shipper, Until,
+    self, BasePosition, Position, RepoArchive, ShipContext, ShipOptions, ShippedTarget, ShipperLink, Until,
 };
-use strongbox_engines::{RecoveryTarget, SqliteEngine};
+pub use strongbox_engines::sqlite_ship::{ShipperStatus, Stopped};
+use strongbox_engines::{Engine, RecoveryTarget};
 use time::OffsetDateTime;
 
 use crate::dates::api_date;
@@ -27,18 +27,6 @@ use crate::{Error, Result, Service};
 
 /// How often the supervisor looks for deployments to ship.
 const LOOK_EVERY: Duration = Duration::from_secs(2);
-
-/// What a running shipper last reported.
-#[derive(Clone, Debug, Default)]
-pub struct ShipperStatus {
-    pub generation: Option<String>,
-    pub shipped: u64,
-    /// When the shipper last read the log (ms since the epoch).
-    pub polled_ms: i64,
-    /// How long the oldest transaction read but not yet pushed has waited.
-    pub lag: Duration,
-    pub error: Option<String>,
-}
 
 /// The shippers running in this server, by (domain, deployment).
 #[derive(Default)]
@@ -51,6 +39,8 @@ pub struct Shippers {
 struct Running {
     stop: Arc<AtomicBool>,
     status: Arc<Mutex<ShipperStatus>>,
+    /// How the deployment's jobs reach the shipper.
+    link: ShipperLink,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -59,6 +49,12 @@ impl Shippers {
         let running = self.running.lock().expect("shippers");
         let r = running.get(&(domain.to_string(), deployment.to_string()))?;
         Some(r.status.lock().expect("status").clone())
+    }
+
+    /// The way to the deployment's shipper, if this server runs one.
+    pub(crate) fn link(&self, domain: &str, deployment: &str) -> Option<ShipperLink> {
+        let running = self.running.lock().expect("shippers");
+        Some(running.get(&(domain.to_string(), deployment.to_string()))?.link.clone())
     }
 
     /// Stops every shipper, pushing what each holds; none starts again
@@ -140,14 +136,12 @@ pub async fn supervise(service: Arc<Service>, labels: Vec<String>) {
                     if running.contains_key(&key) {
                         continue;
                     }
-                    if let Err(e) = service.engine_of(d) {
-                        tracing::warn!("continuous archiving of {}: not started: {e}", d.name);
-                        continue;
+                    match service.engine_of(d) {
+                        Ok(engine) => {
+                            running.insert(key, start(service.clone(), wal.clone(), d, engine));
+                        }
+                        Err(e) => tracing::warn!("continuous archiving of {}: not started: {e}", d.name),
                     }
-                    let Ok(engine) = SqliteEngine::from_connection(&d.connection) else {
-                        continue;
-                    };
-                    running.insert(key, start(service.clone(), wal.clone(), d, engine.path));
                 }
             }
             Err(e) => tracing::warn!("continuous archiving: listing deployments: {e}"),
@@ -156,9 +150,10 @@ pub async fn supervise(service: Arc<Service>, labels: Vec<String>) {
     }
 }
 
-fn start(service: Arc<Service>, wal: Arc<WalArchives>, d: &Deployment, path: PathBuf) -> Running {
+fn start(service: Arc<Service>, wal: Arc<WalArchives>, d: &Deployment, engine: Box<dyn Engine>) -> Running {
     let stop = Arc::new(AtomicBool::new(false));
     let status = Arc::new(Mutex::new(ShipperStatus::default()));
+    let link = ShipperLink::default();
     let runtime = tokio::runtime::Handle::current();
     let archive = Arc::new(RepoArchive {
         repo: wal.repo.clone(),
@@ -166,9 +161,9 @@ fn start(service: Arc<Service>, wal: Arc<WalArchives>, d: &Deployment, path: Pat
         runtime: runtime.clone(),
     });
     let (domain, name) = (d.domain.clone(), d.name.clone());
-    let opts = ShipOptions::new(wal.scratch.clone());
+    let options = ShipOptions::new(wal.scratch.clone());
     let thread = {
-        let (stop, status) = (stop.clone(), status.clone());
+        let (stop, status, link) = (stop.clone(), status.clone(), link.clone());
         std::thread::Builder::new()
             .name(format!("ship {name}"))
             .spawn(move || {
@@ -180,124 +175,38 @@ fn start(service: Arc<Service>, wal: Arc<WalArchives>, d: &Deployment, path: Pat
                         tracing::debug!("continuous archiving of {name}: a base backup must wait: {e}");
                     }
                 };
-                ship(&path, archive, opts, &stop, &status, ask_base)
+                // `ships()` chose the deployment by its engine's capabilities.
+                let Some(shipping) = engine.log_shipping() else {
+                    tracing::warn!("continuous archiving of {name}: its engine ships no log");
+                    return;
+                };
+                shipping.ship(ShipContext {
+                    archive,
+                    options,
+                    link: &link,
+                    stop: &stop,
+                    status: &status,
+                    ask_base: &ask_base,
+                })
             })
             .expect("a shipper thread")
     };
-    Running { stop, status, thread }
-}
-
-/// How soon a shipper without a generation asks for a base again: the
-/// first retry after a second, doubling to at most this.
-const ASK_AGAIN_AT_MOST: Duration = Duration::from_secs(8);
-
-/// A shipper's life: (re)started after errors, a base asked for whenever
-/// one is needed (never for a file that is not there), requests of backup
-/// and recovery jobs answered, and the status kept true: while no
-/// generation receives the application's commits, `error` says why and
-/// `lag` counts from when shipping stopped.
-fn ship(
-    path: &std::path::Path,
-    archive: Arc<RepoArchive>,
-    opts: ShipOptions,
-    stop: &AtomicBool,
-    status: &Mutex<ShipperStatus>,
-    ask_base: impl Fn(&str),
-) {
-    let started = sqlite_ship::now_ms();
-    // Why nothing is shipped, and since when (ms).
-    let mut idle = ("continuous archiving started".to_string(), started);
-    while !stop.load(Ordering::Relaxed) {
-        let mut shipper = match Shipper::start(path, archive.clone(), opts.clone()) {
-            Ok(s) => s,
-            Err(e) => {
-                let mut st = status.lock().expect("status");
-                st.error = Some(format!("not shipping since {}: {e}", api_date(at_ms(idle.1))));
-                st.lag = since(idle.1);
-                drop(st);
-                std::thread::sleep(Duration::from_secs(1));
-                continue;
-            }
-        };
-        let requests = sqlite_ship::register(path);
-        let (mut asked, mut wait) = (None::<std::time::Instant>, Duration::from_secs(1));
-        let mut failed = None;
-        while !stop.load(Ordering::Relaxed) {
-            if let Some(why) = shipper.answer(&requests) {
-                idle = (why, sqlite_ship::now_ms());
-            }
-            match shipper.poll() {
-                Ok(polled) => {
-                    if let Some(why) = polled.lost {
-                        tracing::warn!(
-                            "continuous archiving of {}: {why}; a new base is needed",
-                            path.display()
-                        );
-                        idle = (why, sqlite_ship::now_ms());
-                    }
-                }
-                Err(e) => {
-                    failed = Some(e.to_string());
-                    break;
-                }
-            }
-            let present = path.exists();
-            // A base is asked for when the file is there, then again with a
-            // growing wait if none came (the backup was refused while another
-            // job ran, or failed).
-            if shipper.generation.is_none() && present && asked.is_none_or(|t| t.elapsed() >= wait) {
-                if asked.is_some() {
-                    wait = (wait * 2).min(ASK_AGAIN_AT_MOST);
-                }
-                ask_base(&idle.0);
-                asked = Some(std::time::Instant::now());
-            }
-            if shipper.generation.is_some() {
-                (asked, wait) = (None, Duration::from_secs(1));
-            }
-            {
-                let mut s = status.lock().expect("status");
-                s.generation = shipper.generation.clone();
-                s.shipped = shipper.shipped;
-                s.polled_ms = sqlite_ship::now_ms();
-                (s.lag, s.error) = match &shipper.generation {
-                    Some(_) => (shipper.lag(), None),
-                    None => {
-                        let waiting = match (present, asked) {
-                            (false, _) => {
-                                "waiting for the database file to come back (a recovery brings it back)".into()
-                            }
-                            (true, Some(t)) => format!(
-                                "waiting for a base backup (asked {} s ago; asked again while refused or failed)",
-                                t.elapsed().as_secs()
-                            ),
-                            (true, None) => "waiting for a base backup".into(),
-                        };
-                        let error = format!("not shipping since {}: {}; {waiting}", api_date(at_ms(idle.1)), idle.0);
-                        (since(idle.1), Some(error))
-                    }
-                };
-            }
-            std::thread::sleep(opts.poll);
-        }
-        sqlite_ship::unregister(path);
-        shipper.answer(&requests);
-        if let Err(e) = shipper.stop() {
-            failed.get_or_insert(e.to_string());
-        }
-        idle = (
-            failed.unwrap_or_else(|| "the shipper started again".into()),
-            sqlite_ship::now_ms(),
-        );
-        if !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_secs(1));
-        }
+    Running {
+        stop,
+        status,
+        link,
+        thread,
     }
 }
 
-/// How long ago `ms` was.
-fn since(ms: i64) -> Duration {
-    Duration::from_millis((sqlite_ship::now_ms() - ms).max(0) as u64)
+/// What a stopped shipper's status says (`GET …/{serviceId}`'s `error`).
+pub fn stopped_message(s: &Stopped) -> String {
+    format!(
+        "not shipping since {}: {}; {}",
+        api_date(at_ms(s.since_ms)),
+        s.why,
+        s.waiting
+    )
 }
 
 /// A generation as recovery planning sees it.
@@ -359,7 +268,7 @@ impl Service {
             };
             let live = status
                 .as_ref()
-                .is_some_and(|s| s.generation.as_deref() == Some(&base.generation) && s.error.is_none());
+                .is_some_and(|s| s.generation.as_deref() == Some(&base.generation) && s.stopped.is_none());
             out.push(Generation {
                 backup: b.clone(),
                 base,
@@ -426,7 +335,7 @@ impl Service {
                             r.job_id,
                             api_date(at),
                             d.name,
-                            r.target
+                            r.target.as_ref().map_or("(unreadable)".into(), |t| t.to_string())
                         )));
                     }
                 };

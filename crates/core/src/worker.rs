@@ -7,7 +7,6 @@
 //! lease lost stops the job, and whatever it still tries to write is
 //! refused.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,14 +15,14 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use strongbox_catalog::{BackupResult, Job, JobEnd, Lease};
 use strongbox_engines::pitr::Reached;
-use strongbox_engines::{Engine, RecoveryContext, RecoveryTarget, SnapshotFiles};
-use strongbox_repo::{BackupOptions, Counters, Repository};
+use strongbox_engines::{BackupContext, Engine, RecoveryContext, RecoveryTarget, SnapshotFiles};
+use strongbox_repo::{BackupOptions, Counters, LateLabels, Repository};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::Service;
 use crate::job::JobSpec;
 use crate::pitr::{WAL_ARCHIVE_LABEL, WalArchives};
+use crate::{Service, records};
 
 /// How many times a job is started before it is given up.
 pub const MAX_ATTEMPTS: i64 = 3;
@@ -210,7 +209,7 @@ impl Worker {
         self.log(format!("{} {what} (attempt {})", job.operation, job.attempts))
             .await;
         match spec {
-            JobSpec::Backup { .. } => match self.backup(job).await {
+            JobSpec::Backup { keep_forever, .. } => match self.backup(job, keep_forever).await {
                 Ok(b) => JobEnd {
                     backup: Some(b.clone()),
                     ..ended(true, format!("backup completed: {} bytes", b.logical_bytes))
@@ -221,6 +220,7 @@ impl Worker {
                 from,
                 target,
                 description,
+                ..
             } => match self.recovery(job, from, &target, &description).await {
                 Ok((summary, reached)) => JobEnd {
                     reached,
@@ -228,7 +228,7 @@ impl Worker {
                 },
                 Err(e) => failed(format!("recovery failed: {e:#}")),
             },
-            JobSpec::Expire { backups } => match self.expire(job, &backups).await {
+            JobSpec::Expire { backups, .. } => match self.expire(job, &backups).await {
                 Ok(summary) => ended(true, format!("expire completed: {summary}")),
                 Err(e) => failed(format!("expire failed: {e:#}")),
             },
@@ -279,8 +279,8 @@ impl Worker {
         (beat, lost_rx)
     }
 
-    async fn backup(&self, job: &Job) -> Result<BackupResult> {
-        let (engine_name, engine) = self.engine(job).await?;
+    async fn backup(&self, job: &Job, keep_forever: bool) -> Result<BackupResult> {
+        let (_, engine) = self.engine(job).await?;
         let tag = self
             .service
             .catalog
@@ -288,16 +288,21 @@ impl Worker {
             .await?
             .map(|b| b.db_tag)
             .unwrap_or_default();
+        let deployment = self.service.deployment(&job.domain, &job.deployment).await?;
         let counters = self.counters.clone();
         let (scratch, e) = (self.setup.scratch.clone(), engine.clone());
-        let streams = tokio::task::spawn_blocking(move || e.backup(&scratch)).await??;
-        let mut labels = BTreeMap::from([
-            ("domain".to_string(), job.domain.clone()),
-            ("deployment".to_string(), job.deployment.clone()),
-            ("engine".to_string(), engine_name.clone()),
-            ("tag".to_string(), tag.clone()),
-            ("job".to_string(), job.id.to_string()),
-        ]);
+        let shipper = self.service.shippers.link(&job.domain, &job.deployment);
+        let streams = tokio::task::spawn_blocking(move || {
+            e.backup(&BackupContext {
+                scratch: &scratch,
+                shipper: shipper.as_ref(),
+            })
+        })
+        .await??;
+        // What the repository needs to list, recover and expire it without
+        // this catalog (`records`).
+        let started_at = job.started_at.clone().unwrap_or_else(|| job.created_at.clone());
+        let mut labels = records::backup_labels(&deployment, &tag, job.id, keep_forever, &started_at);
         if engine.capabilities().point_in_time {
             // Which archive this base backup replays from (WAL retention and check).
             labels.insert(
@@ -305,20 +310,33 @@ impl Worker {
                 WalArchives::archive(&job.domain, &job.deployment),
             );
         }
+        // Known once the streams are read (a PostgreSQL base backup's at
+        // `pg_backup_stop`); read once, for the snapshot and the catalog.
+        let position = Arc::new(std::sync::Mutex::new(None::<Option<strongbox_engines::Position>>));
+        let late = {
+            let (position, when_read) = (position.clone(), std::sync::Mutex::new(streams.position));
+            move || {
+                let mut p = position.lock().expect("position");
+                let read = || when_read.lock().expect("position").get();
+                records::position_label(p.get_or_insert_with(read).clone())
+            }
+        };
         let options = BackupOptions {
             tags: vec![tag],
             labels,
+            late_labels: LateLabels(Some(Arc::new(late))),
         };
         let snap = self
             .setup
             .repo
             .backup_sources(streams.sources, options, counters)
             .await?;
+        let position = position.lock().expect("position").clone().flatten();
         Ok(BackupResult {
             snapshot_id: snap.id.to_hex(),
             logical_bytes: snap.totals.logical_bytes,
             stored_bytes: snap.totals.new_bytes_stored,
-            position: streams.position.get(),
+            position,
         })
     }
 
@@ -402,12 +420,14 @@ impl Worker {
             self.setup.scratch.clone(),
             target.clone(),
         );
+        let shipper = self.service.shippers.link(&job.domain, &job.deployment);
         let result = tokio::task::spawn_blocking(move || {
             let log = |message: String| runtime.block_on(log(catalog.as_ref(), &lease, &message));
             let cx = RecoveryContext {
                 scratch: &scratch,
                 log: &log,
                 wal: wal.as_ref().map(|w| w as &dyn strongbox_engines::WalArchive),
+                shipper: shipper.as_ref(),
             };
             engine.recover(&files, &target, &cx)
         })

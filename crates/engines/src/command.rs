@@ -7,7 +7,6 @@
 //! environment and are masked in every message.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use strongbox_repo::Source;
 
@@ -100,7 +99,7 @@ impl crate::Engine for CommandEngine {
         commands.chain(env).collect()
     }
 
-    fn backup(&self, _scratch: &Path) -> Result<crate::BackupStreams, Error> {
+    fn backup(&self, _cx: &crate::BackupContext) -> Result<crate::BackupStreams, Error> {
         let stream = self.tool(&self.backup_command, "the backup command").output_stream()?;
         Ok(crate::BackupStreams::without_position(strongbox_repo::sources(vec![
             Source::new(FILE_NAME, stream),

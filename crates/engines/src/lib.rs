@@ -190,6 +190,15 @@ pub trait WalArchive: Send + Sync {
     fn names(&self) -> Result<Vec<String>, Error>;
 }
 
+/// What a backup job hands its engine.
+pub struct BackupContext<'a> {
+    /// A directory the engine may use for temporary files.
+    pub scratch: &'a Path,
+    /// The deployment's log shipper, if this server runs one: the backup
+    /// then becomes the base of a new generation of the shipped log.
+    pub shipper: Option<&'a sqlite_ship::ShipperLink>,
+}
+
 /// What a recovery job hands its engine besides the backup.
 pub struct RecoveryContext<'a> {
     /// A directory for temporary files.
@@ -197,6 +206,16 @@ pub struct RecoveryContext<'a> {
     pub log: Log<'a>,
     /// The deployment's WAL archive, for engines that replay one.
     pub wal: Option<&'a dyn WalArchive>,
+    /// The deployment's log shipper, if this server runs one: it ends its
+    /// generation before the database is replaced.
+    pub shipper: Option<&'a sqlite_ship::ShipperLink>,
+}
+
+/// Engines whose log the server itself ships while the database runs
+/// (`Capabilities::ships_log`).
+pub trait ShipsLog: Send + Sync {
+    /// Ships the log until `cx.stop` is set, restarting after errors.
+    fn ship(&self, cx: sqlite_ship::ShipContext);
 }
 
 /// What a recovery did.
@@ -237,9 +256,8 @@ pub trait Engine: Send + Sync {
     fn accesses(&self) -> Vec<Access>;
 
     /// Takes a consistent backup, as streams the repository pulls one after
-    /// another, and its position. Runs on a blocking thread; `scratch` is
-    /// a directory the engine may use for temporary files.
-    fn backup(&self, scratch: &Path) -> Result<BackupStreams, Error>;
+    /// another, and its position. Runs on a blocking thread.
+    fn backup(&self, cx: &BackupContext) -> Result<BackupStreams, Error>;
 
     /// Replaces the deployment's data with the backup's (or, for a point in
     /// time, the backup's replayed further), whatever state the deployment
@@ -254,6 +272,11 @@ pub trait Engine: Send + Sync {
 
     /// Present for engines that recover to points in time.
     fn point_in_time(&self) -> Option<&dyn PointInTime> {
+        None
+    }
+
+    /// Present for engines whose log the server ships.
+    fn log_shipping(&self) -> Option<&dyn ShipsLog> {
         None
     }
 }

@@ -69,10 +69,10 @@ impl crate::Engine for SqliteEngine {
         }]
     }
 
-    fn backup(&self, scratch: &Path) -> Result<crate::BackupStreams, Error> {
+    fn backup(&self, cx: &crate::BackupContext) -> Result<crate::BackupStreams, Error> {
         // With continuous archiving, the shipper takes the copy: it begins
         // a generation there, and this backup is its base.
-        if let Some(base) = ship::request_base(&self.path) {
+        if let Some(base) = cx.shipper.and_then(|s| s.request_base()) {
             let base = base?;
             let position = crate::Position::ShippedBase(ship::BasePosition {
                 generation: base.generation,
@@ -99,7 +99,7 @@ impl crate::Engine for SqliteEngine {
         .map_err(|e| self.fail("open", e))?;
         src.busy_timeout(Duration::from_secs(30))
             .map_err(|e| self.fail("busy timeout", e))?;
-        let copy = tempfile::NamedTempFile::new_in(scratch).map_err(|e| self.fail("scratch file", e))?;
+        let copy = tempfile::NamedTempFile::new_in(cx.scratch).map_err(|e| self.fail("scratch file", e))?;
         {
             let mut dst = Connection::open(copy.path()).map_err(|e| self.fail("scratch database", e))?;
             let backup = rusqlite::backup::Backup::new(&src, &mut dst).map_err(|e| self.fail("backup", e))?;
@@ -138,7 +138,7 @@ impl crate::Engine for SqliteEngine {
         // wants every transaction up to its moment) and ends its
         // generation: the recovered database's history begins with the
         // base taken after the recovery, never inside the old one.
-        if let Some(ended) = ship::request_end(&self.path) {
+        if let Some(ended) = cx.shipper.and_then(|s| s.request_end()) {
             ended?;
             (cx.log)("the log shipper pushed what it held and ended its generation".into());
         }
@@ -193,6 +193,16 @@ impl crate::Engine for SqliteEngine {
             self.path.display(),
             replayed.unwrap_or_default()
         )))
+    }
+
+    fn log_shipping(&self) -> Option<&dyn crate::ShipsLog> {
+        Some(self)
+    }
+}
+
+impl crate::ShipsLog for SqliteEngine {
+    fn ship(&self, cx: ship::ShipContext) {
+        ship::ship(&self.path, cx)
     }
 }
 
@@ -382,7 +392,13 @@ mod tests {
         };
         std::thread::sleep(Duration::from_millis(200));
         let engine = SqliteEngine::new(db.clone());
-        let mut sources = engine.backup(dir.path()).unwrap().sources;
+        let mut sources = engine
+            .backup(&crate::BackupContext {
+                scratch: dir.path(),
+                shipper: None,
+            })
+            .unwrap()
+            .sources;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let written = writer.join().unwrap();
 
@@ -430,7 +446,13 @@ mod tests {
         let live = dir.path().join("live.db");
         let held = database(&live, 120_000);
         let engine = SqliteEngine::new(live.clone());
-        let mut sources = engine.backup(dir.path()).unwrap().sources;
+        let mut sources = engine
+            .backup(&crate::BackupContext {
+                scratch: dir.path(),
+                shipper: None,
+            })
+            .unwrap()
+            .sources;
         let mut bytes = Vec::new();
         sources.next().unwrap().unwrap().reader.read_to_end(&mut bytes).unwrap();
         let backed_up = rows(&held);

@@ -211,7 +211,7 @@ pub async fn init(store: &Store, password: &[u8], opts: InitOptions) -> Result<(
         .cipher()
         .seal_object("config", &serde_json::to_vec(&config).expect("serializable"));
     if !store
-        .create_exclusive(&layout::config(), Bytes::from(sealed), &config.id.to_hex())
+        .create_claimed(&layout::config(), Bytes::from(sealed), &config.id.to_hex())
         .await?
     {
         // Another init won: its key slot is the repository's, not ours.
@@ -252,8 +252,16 @@ pub async fn unlock(store: &Store, password: &[u8]) -> Result<(MasterKey, Config
     }
     let mut sealed_config = None;
     let mut foreign = None;
+    let mut vanished = 0;
     for meta in &slots {
-        let body = store.get(&meta.location).await?;
+        // A slot an init that lost its race removes again.
+        let body = match store.get(&meta.location).await {
+            Err(Error::Missing { .. }) => {
+                vanished += 1;
+                continue;
+            }
+            other => other?,
+        };
         if let Some(master) = unwrap_slot(meta.location.as_ref(), &body, password)? {
             let sealed = match &sealed_config {
                 Some(s) => s,
@@ -279,6 +287,11 @@ pub async fn unlock(store: &Store, password: &[u8]) -> Result<(MasterKey, Config
             validate_chunker(&config.chunker).map_err(|e| Error::corrupt("config", e))?;
             return Ok((master, config));
         }
+    }
+    if vanished == slots.len() {
+        return Err(Error::NotARepository {
+            location: store.location().into(),
+        });
     }
     Err(foreign.unwrap_or(Error::WrongPassword { slots: slots.len() }))
 }

@@ -19,6 +19,7 @@ mod lock;
 mod pack;
 mod progress;
 mod prune;
+mod records;
 mod restore;
 mod snapshot;
 mod storage;
@@ -61,11 +62,33 @@ pub(crate) fn hostname() -> String {
 /// Files restored at once by `restore_all` (each fetches several ranges).
 const FILES_IN_PARALLEL: usize = 4;
 
+/// How long `open_or_init` waits for the config of a repository another
+/// process is creating (its key slot listed, its config not yet written:
+/// milliseconds apart, unless that process died between the two).
+pub const INIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What a backup records besides its data.
 #[derive(Clone, Debug, Default)]
 pub struct BackupOptions {
     pub tags: Vec<String>,
     pub labels: BTreeMap<String, String>,
+    /// Labels known only once every stream has been read (a PostgreSQL
+    /// base backup's position, at `pg_backup_stop`).
+    pub late_labels: LateLabels,
+}
+
+/// Called as the snapshot is written, after its data.
+#[derive(Clone, Default)]
+pub struct LateLabels(pub Option<Arc<dyn Fn() -> BTreeMap<String, String> + Send + Sync>>);
+
+impl std::fmt::Debug for LateLabels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "LateLabels(Some(..))"
+        } else {
+            "LateLabels(None)"
+        })
+    }
 }
 
 /// An open repository.
@@ -104,6 +127,33 @@ impl Repository {
     pub async fn open(store: Store, password: &[u8]) -> Result<Self> {
         let (master, config) = keys::unlock(&store, password).await?;
         Ok(Self::new(store, master, config))
+    }
+
+    /// Opens the repository, creating it if the store holds none (`true`:
+    /// created here). Servers started together on a new store race to
+    /// create it: one wins, the others open what it made (its key slot is
+    /// written before its config, so a config missing beside a key slot is
+    /// waited for, up to `INIT_WAIT`).
+    pub async fn open_or_init(store: Store, password: &[u8], opts: InitOptions) -> Result<(Self, bool)> {
+        let started = std::time::Instant::now();
+        loop {
+            match Self::open(store.clone(), password).await {
+                Err(Error::NotARepository { .. }) => match Self::init(store.clone(), password, opts).await {
+                    Ok(repo) => return Ok((repo, true)),
+                    Err(Error::AlreadyInitialized { .. }) => {}
+                    Err(e) => return Err(e),
+                },
+                Err(Error::Missing { object }) if object == storage::layout::config().as_ref() => {
+                    if started.elapsed() > INIT_WAIT {
+                        return Err(Error::Missing { object });
+                    }
+                }
+                other => return other.map(|repo| (repo, false)),
+            }
+            // Apart: racers that all backed off try again at different times.
+            let jitter = rand::random::<u64>() % 100;
+            tokio::time::sleep(std::time::Duration::from_millis(20 + jitter)).await;
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -203,12 +253,16 @@ impl Repository {
         .await
         .expect("backup pipeline panicked")?;
         lock.ensure_fresh()?;
+        let mut labels = opts.labels;
+        if let Some(late) = &opts.late_labels.0 {
+            labels.extend(late());
+        }
         let snap = Snapshot {
             id: Id::random(),
             time: now_rfc3339(),
             hostname: lock.info.hostname.clone(),
             tags: opts.tags,
-            labels: opts.labels,
+            labels,
             files,
             totals,
         };
@@ -310,6 +364,21 @@ impl Repository {
     }
 
     /// Deletes archived WAL files (retention: those no kept backup needs).
+    /// Stores or replaces a record (`records`): a document of the service's,
+    /// sealed like every object.
+    pub async fn put_record(&self, kind: &str, name: &str, data: &[u8]) -> Result<()> {
+        records::put(&self.store, &self.cipher, kind, name, data).await
+    }
+
+    /// The records of a kind under `prefix` (`""`: all), by name.
+    pub async fn records(&self, kind: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        records::list(&self.store, &self.cipher, kind, prefix).await
+    }
+
+    pub async fn delete_record(&self, kind: &str, name: &str) -> Result<()> {
+        records::delete(&self.store, kind, name).await
+    }
+
     pub async fn wal_remove(&self, archive: &str, names: &[String]) -> Result<()> {
         wal::remove(&self.store, archive, names).await
     }

@@ -173,6 +173,16 @@ impl Store {
         }
     }
 
+    /// Writes `path` whole, replacing what is there (atomic per object on
+    /// every store: a reader sees the old or the new, never a mix).
+    pub async fn put(&self, path: &Path, data: Bytes) -> Result<()> {
+        self.inner
+            .put(path, PutPayload::from_bytes(data))
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::storage(path, e))
+    }
+
     /// Whether a create-only put of an existing object is refused here:
     /// the first time asked, an object is created twice under a random
     /// name and the second must fail.
@@ -201,6 +211,14 @@ impl Store {
         if self.honours_create().await? {
             return self.put_new(path, data).await;
         }
+        self.create_claimed(path, data, claim).await
+    }
+
+    /// `create_exclusive` by claims on every store: also where create-only
+    /// puts are refused one after another but not when they race (seen on
+    /// an S3 server: two racing creates both succeeded). For what is made
+    /// once and must be one (a repository's config).
+    pub async fn create_claimed(&self, path: &Path, data: Bytes, claim: &str) -> Result<bool> {
         if self.get_if_exists(path).await?.is_some() {
             return Ok(false);
         }
@@ -216,8 +234,7 @@ impl Store {
             self.delete(&mine).await?;
             return Ok(false);
         }
-        self.put_new(path, data).await?;
-        Ok(true)
+        self.put_new(path, data).await
     }
 
     pub async fn get(&self, path: &Path) -> Result<Bytes> {

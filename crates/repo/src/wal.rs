@@ -39,7 +39,7 @@ pub struct WalFile {
     pub archived_at: time::OffsetDateTime,
 }
 
-fn valid_part(part: &str) -> bool {
+pub(crate) fn valid_part(part: &str) -> bool {
     !part.is_empty()
         && part.len() <= 64
         && part

@@ -109,3 +109,66 @@ async fn init_refuses_an_existing_repository_and_bad_settings() {
         Err(Error::Invalid(_))
     ));
 }
+
+/// Replicas started together on a new store (issue 27): four
+/// `open_or_init` at the same instant, on local disk, on S3 and on a store
+/// that ignores create-only puts, ten rounds each. Every one opens; all
+/// four hold the same repository (one config id), and what each backs up
+/// the others restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn servers_started_together_open_one_repository() {
+    for backend in Backend::all().await {
+        if matches!(backend, Backend::Memory) {
+            continue; // each memory store is a store of its own
+        }
+        for round in 0..10 {
+            let store = match &backend {
+                Backend::S3(s) => {
+                    let mut config = s.config.clone();
+                    config.prefix = format!("round-{round}");
+                    Store::s3(&config).unwrap()
+                }
+                Backend::Local(dir) | Backend::IgnoresCreate(dir) => {
+                    let sub = dir.path().join(format!("round-{round}"));
+                    std::fs::create_dir_all(&sub).unwrap();
+                    match &backend {
+                        Backend::Local(_) => Store::local(&sub).unwrap(),
+                        _ => ignores_create(&sub),
+                    }
+                }
+                Backend::Memory => unreachable!(),
+            };
+            let start = std::sync::Arc::new(tokio::sync::Barrier::new(4));
+            let racers: Vec<_> = (0..4)
+                .map(|_| {
+                    let (store, start) = (store.clone(), start.clone());
+                    tokio::spawn(async move {
+                        start.wait().await;
+                        Repository::open_or_init(store, PASSWORD, InitOptions::default()).await
+                    })
+                })
+                .collect();
+            let mut repos = Vec::new();
+            for r in racers {
+                let opened = r.await.unwrap();
+                let (repo, created) = opened.unwrap_or_else(|e| panic!("{} round {round}: {e}", backend.name()));
+                repos.push((repo, created));
+            }
+            let created = repos.iter().filter(|(_, c)| *c).count();
+            assert_eq!(created, 1, "{} round {round}: {created} created", backend.name());
+            let ids: std::collections::BTreeSet<String> = repos.iter().map(|(r, _)| r.config().id.to_hex()).collect();
+            assert_eq!(ids.len(), 1, "{} round {round}: configs {ids:?}", backend.name());
+            let snaps: Vec<_> = {
+                let mut s = Vec::new();
+                for (i, (repo, _)) in repos.iter().enumerate() {
+                    s.push(backup(repo, &[("f", format!("from racer {i}").as_bytes())]).await);
+                }
+                s
+            };
+            let reader = Repository::open(store.clone(), PASSWORD).await.unwrap();
+            for (i, snap) in snaps.iter().enumerate() {
+                assert_eq!(restore(&reader, snap, "f").await, format!("from racer {i}").as_bytes());
+            }
+        }
+    }
+}

@@ -1,6 +1,7 @@
-//! `strongbox domain|user|deployment add`: set-up verbs that write the
-//! catalog directly (the data directory's, or STRONGBOX_CATALOG / the
-//! config file's `catalog`; a running server sees what they write).
+//! `strongbox admin domain|user|deployment|config`: set-up verbs that write
+//! the catalog directly (the data directory's, or STRONGBOX_CATALOG / the
+//! config file's `catalog`; a running server sees what they write); `admin
+//! key`: the key slots of the server's repository.
 
 use std::path::PathBuf;
 
@@ -78,11 +79,36 @@ enum Verb {
         #[arg(long)]
         continuous_archiving: Option<bool>,
     },
+    /// The key slots of the server's repository: any slot's password opens
+    /// it. Add one whose password is kept offline (an escrow), so that
+    /// losing the server's password loses no backup.
+    Key {
+        #[command(subcommand)]
+        verb: crate::repo_cmd::KeyVerb,
+    },
+    /// The catalog as an index of the server's repository.
+    Catalog {
+        #[command(subcommand)]
+        verb: CatalogVerb,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogVerb {
+    /// Bring the catalog in line with the repository now: what the
+    /// repository holds and the catalog lacks (deployments, backups) is
+    /// added, nothing twice; deployments' records are written (a running
+    /// server also does this at start and every `sync_seconds`).
+    Sync,
 }
 
 pub async fn run(args: AdminArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data_dir)?;
     let config = crate::config::Config::read(args.config.as_deref())?;
+    if let Verb::Key { verb } = &args.verb {
+        crate::repo_cmd::key(&server_repository(&config, &args.data_dir).await?, verb).await?;
+        return Ok(());
+    }
     let catalog = strongbox_catalog::open(&config.catalog(&args.data_dir)?)
         .await
         .context("opening the catalog")?;
@@ -142,6 +168,35 @@ pub async fn run(args: AdminArgs) -> Result<()> {
             let c = service.change_backup_config(&domain, &deployment, &change).await?;
             println!("{}", serde_json::to_string_pretty(&c)?);
         }
+        Verb::Catalog {
+            verb: CatalogVerb::Sync,
+        } => {
+            let repo = std::sync::Arc::new(server_repository(&config, &args.data_dir).await?);
+            let mut service = Service::new(catalog);
+            let scratch = args.data_dir.join("tmp");
+            service.wal = Some(std::sync::Arc::new(strongbox_core::pitr::WalArchives::new(
+                repo,
+                String::new(),
+                scratch,
+            )));
+            println!("{}", service.sync().await?);
+        }
+        Verb::Key { .. } => unreachable!("answered above"),
     }
     Ok(())
+}
+
+/// The repository the server opens (its location and password found as
+/// `serve` finds them).
+async fn server_repository(
+    config: &crate::config::Config,
+    data_dir: &std::path::Path,
+) -> Result<strongbox_repo::Repository> {
+    use crate::server_repo;
+    let configured = crate::config::env::<String>("STRONGBOX_REPOSITORY")?.or(config.repository.clone());
+    let location = server_repo::location(configured.as_deref(), data_dir);
+    let store = strongbox_repo::Store::open(&location)?;
+    strongbox_repo::Repository::open(store, server_repo::password(data_dir, false)?.as_bytes())
+        .await
+        .with_context(|| format!("opening the repository at {location}"))
 }

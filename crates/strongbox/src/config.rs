@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use strongbox_core::host_policy::HostPolicy;
-use strongbox_core::schedule::{BackupConfig, ConfigChange};
+use strongbox_core::schedule::{BackupConfig, BackupPolicy, ConfigChange};
 
 /// The file's settings; `contrib/strongbox.toml` lists every one with its
 /// default (a test checks it).
@@ -33,6 +33,9 @@ pub(crate) struct Config {
     /// them to another server.
     pub(crate) shutdown_grace_seconds: Option<u64>,
     pub(crate) schedule_check_ms: Option<u64>,
+    /// How often the catalog is brought in line with the repository (a
+    /// backup another server or the repository CLI wrote appears).
+    pub(crate) sync_seconds: Option<u64>,
     /// `postgresql://…` for a catalog several servers share; else the
     /// SQLite file `catalog.sqlite` in the data directory.
     pub(crate) catalog: Option<String>,

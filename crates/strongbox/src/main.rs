@@ -7,6 +7,7 @@ mod client;
 mod config;
 mod repo_cmd;
 mod serve;
+mod server_repo;
 mod wal_prefetch;
 
 use clap::{Parser, Subcommand};

@@ -182,14 +182,15 @@ enum Verb {
     },
 }
 
+/// Also `strongbox admin key`, on the server's repository.
 #[derive(Subcommand)]
-enum KeyVerb {
+pub enum KeyVerb {
     /// Add a slot; the new password comes from STRONGBOX_NEW_PASSWORD or a prompt.
     Add,
+    /// The slots, never a secret.
     List,
-    Remove {
-        id: String,
-    },
+    /// Remove a slot (never the last one).
+    Remove { id: String },
 }
 
 fn parse_chunker(s: &str) -> Result<ChunkerParams, String> {
@@ -355,6 +356,7 @@ async fn backup(
     let opts = BackupOptions {
         tags: tag.to_vec(),
         labels: label.iter().cloned().collect::<BTreeMap<_, _>>(),
+        ..Default::default()
     };
     let snap = repo.backup(sources, opts, bar.clone()).await?;
     bar.finish();
@@ -567,14 +569,18 @@ async fn wal_prefetch(repo: &Repository, archive: &str, names: &[String], spool:
 }
 
 /// `key add | list | remove ID`.
-async fn key(repo: &Repository, verb: &KeyVerb) -> Result<ExitCode> {
+pub async fn key(repo: &Repository, verb: &KeyVerb) -> Result<ExitCode> {
     match verb {
         KeyVerb::Add => {
             let p = match std::env::var("STRONGBOX_NEW_PASSWORD") {
                 Ok(p) => p.into_bytes(),
                 Err(_) => prompt("new password", true)?,
             };
-            println!("added key slot {}", repo.add_key(&p).await?);
+            anyhow::ensure!(!p.is_empty(), "the password must not be empty");
+            println!(
+                "added key slot {}: the repository also opens with its password",
+                repo.add_key(&p).await?
+            );
         }
         KeyVerb::List => {
             for k in repo.list_keys().await? {

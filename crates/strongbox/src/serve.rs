@@ -17,6 +17,7 @@ use strongbox_core::worker::{Stop, WorkerSetup, worker};
 use strongbox_repo::{Repository, Store};
 
 use crate::config::{Config, env};
+use crate::server_repo;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -43,6 +44,7 @@ struct Settings {
     lease: Duration,
     /// How often the scheduler looks for due backups.
     schedule_check: Duration,
+    sync: Duration,
     backup_defaults: BackupConfig,
     catalog: String,
     labels: Vec<String>,
@@ -115,6 +117,12 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
                 .unwrap_or(30)
                 .max(1),
         ),
+        sync: Duration::from_secs(
+            env("STRONGBOX_SYNC_SECONDS")?
+                .or(file.sync_seconds)
+                .unwrap_or(60)
+                .max(1),
+        ),
         schedule_check: Duration::from_millis(
             env("STRONGBOX_SCHEDULE_CHECK_MS")?
                 .or(file.schedule_check_ms)
@@ -136,36 +144,6 @@ fn demo_dir(data_dir: &Path) -> Result<PathBuf> {
         .to_os_string();
     name.push("-demo");
     Ok(std::env::current_dir()?.join(data_dir).with_file_name(name))
-}
-
-/// The repository password: STRONGBOX_REPO_PASSWORD, else a random one kept
-/// (mode 0600) in the data directory on first start.
-fn repo_password(data_dir: &Path) -> Result<String> {
-    if let Ok(p) = std::env::var("STRONGBOX_REPO_PASSWORD") {
-        return Ok(p);
-    }
-    let path = data_dir.join("repository.password");
-    if let Ok(p) = std::fs::read_to_string(&path) {
-        return Ok(p.trim().to_string());
-    }
-    let mut raw = [0u8; 24];
-    rand::fill(&mut raw);
-    let p = hex::encode(raw);
-    write_secret(&path, &p)?;
-    Ok(p)
-}
-
-/// Writes a secret to a new file only its owner reads (mode 0600).
-fn write_secret(path: &Path, secret: &str) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    std::io::Write::write_all(&mut f, secret.as_bytes())?;
-    Ok(())
 }
 
 /// How a database host's tools (PostgreSQL's archive_command and
@@ -210,18 +188,16 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .context("opening the catalog")?;
     // Absolute: the paths go into command lines PostgreSQL runs elsewhere.
     let data_dir = s.data_dir.canonicalize()?;
-    let location = match &s.repository {
-        Some(l) => l.clone(),
-        None => data_dir.join("repository").display().to_string(),
-    };
+    let location = server_repo::location(s.repository.as_deref(), &data_dir);
     let store = Store::open(&location)?;
-    let password = repo_password(&s.data_dir)?;
-    let repo = match Repository::open(store.clone(), password.as_bytes()).await {
-        Err(strongbox_repo::Error::NotARepository { .. }) => {
-            Repository::init(store, password.as_bytes(), Default::default()).await?
-        }
-        other => other?,
-    };
+    let password = server_repo::password(&s.data_dir, true)?;
+    // Replicas started together on a new repository: one creates it, the
+    // others open it.
+    let (repo, created) = Repository::open_or_init(store, password.as_bytes(), Default::default()).await?;
+    if created {
+        tracing::info!("created the repository at {location}");
+    }
+    server_repo::key_warning(&repo, &location, &s.data_dir).await;
     let repo = Arc::new(repo);
     let wal = Arc::new(WalArchives::new(
         repo.clone(),
@@ -236,6 +212,13 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         service.clock = Arc::new(FileClock(path.into()));
     }
     let service = Arc::new(service);
+    // The catalog is an index of the repository: a new or older catalog
+    // gets what the repository holds before any job runs.
+    match service.sync().await {
+        Ok(r) => tracing::info!("catalog synced with the repository: {r}"),
+        Err(e) => tracing::warn!("syncing the catalog with the repository: {e}"),
+    }
+    tokio::spawn(strongbox_core::records::sync_periodically(service.clone(), s.sync));
     if args.demo {
         demo(&service, &s).await?;
     }
@@ -405,7 +388,7 @@ async fn demo(service: &Service, s: &Settings) -> Result<()> {
             // Kept in a file only its owner reads, never printed or logged.
             let file = s.data_dir.join("demo-user.password");
             let _ = std::fs::remove_file(&file);
-            write_secret(&file, &password)?;
+            server_repo::write_secret(&file, &password)?;
             tracing::info!(
                 "demo user {user} in identity domain {domain}: password in {}",
                 file.display()

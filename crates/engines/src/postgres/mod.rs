@@ -172,7 +172,7 @@ impl crate::Engine for PgLogical {
         self.conn.accesses()
     }
 
-    fn backup(&self, _scratch: &Path) -> Result<crate::BackupStreams, Error> {
+    fn backup(&self, _cx: &crate::BackupContext) -> Result<crate::BackupStreams, Error> {
         let mut t = self.conn.tool("pg_dump");
         t.command
             .args(["--format=custom", "--compress=0", "-d", &self.conn.url]);

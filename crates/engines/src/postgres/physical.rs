@@ -233,7 +233,7 @@ impl crate::Engine for PgPhysical {
         out
     }
 
-    fn backup(&self, _scratch: &Path) -> Result<crate::BackupStreams, Error> {
+    fn backup(&self, _cx: &crate::BackupContext) -> Result<crate::BackupStreams, Error> {
         let session = Session::start(&self.conn, &self.data_dir)?;
         // Walked after pg_backup_start: every file that exists at the
         // backup's start point is seen (files created later are in WAL).

@@ -48,14 +48,16 @@
 //! repository like every object.
 //!
 //! Here the shipper; in `log` the shipped log as recovery reads it
-//! (positions, objects, replay); in `registry` how jobs of the same server
+//! (positions, objects, replay); in `link` how jobs of the same server
 //! reach a database's shipper.
 
+mod link;
 mod log;
-mod registry;
+mod run;
 
+pub use link::*;
 pub use log::*;
-pub use registry::*;
+pub use run::*;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -512,6 +514,7 @@ impl RepoArchive {
         let opts = strongbox_repo::BackupOptions {
             tags: vec![],
             labels: labels.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            ..Default::default()
         };
         let source = strongbox_repo::Source::new(super::FILE_NAME, file);
         self.runtime

@@ -32,13 +32,19 @@ impl Repo {
 
     pub async fn backup(&self, engine: Arc<dyn Engine>) -> Result<Snapshot, String> {
         let scratch = self.scratch();
-        let streams = tokio::task::spawn_blocking(move || engine.backup(&scratch))
-            .await
-            .unwrap()
-            .map_err(|e| e.to_string())?;
+        let streams = tokio::task::spawn_blocking(move || {
+            engine.backup(&strongbox_engines::BackupContext {
+                scratch: &scratch,
+                shipper: None,
+            })
+        })
+        .await
+        .unwrap()
+        .map_err(|e| e.to_string())?;
         let options = BackupOptions {
             tags: vec![],
             labels: BTreeMap::new(),
+            ..Default::default()
         };
         self.repo
             .backup_sources(streams.sources, options, Arc::new(Counters::default()))
@@ -61,6 +67,7 @@ impl Repo {
                 scratch: &scratch,
                 log: &|m| log.lock().unwrap().push(m),
                 wal: None,
+                shipper: None,
             };
             let result = engine
                 .recover(&files, &RecoveryTarget::Backup { position: None }, &cx)

@@ -74,6 +74,14 @@ pub fn allow_env() -> Vec<(&'static str, String)> {
 /// `start_in`, with more environment variables for the server (they win
 /// over the test defaults, such as the 2 s lease).
 pub fn start_with(dir: &Path, port: u16, env: &[(&str, String)]) -> Server {
+    let server = spawn_with(dir, port, env);
+    wait_for_port(port);
+    server
+}
+
+/// `start_with` without waiting for the server to listen (servers started
+/// together).
+pub fn spawn_with(dir: &Path, port: u16, env: &[(&str, String)]) -> Server {
     if !dir.join("cert.pem").exists() {
         test_pki(dir);
     }
@@ -93,7 +101,6 @@ pub fn start_with(dir: &Path, port: u16, env: &[(&str, String)]) -> Server {
         .stderr(log_file(dir))
         .spawn()
         .unwrap();
-    wait_for_port(port);
     Server {
         child,
         dir: dir.to_path_buf(),
@@ -126,7 +133,7 @@ pub fn add_user(dir: &Path, name: &str, domain: &str, role: &str) {
 pub fn wait_for_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
+        assert!(Instant::now() < deadline, "server on port {port} did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -283,6 +290,21 @@ impl Server {
         ));
         self.json(&["-X", "PUT", "-d", r#"{"continuousArchiving": true}"#, &url])
     }
+}
+
+/// BLAKE3 of the rows of table `t` of a SQLite file in `id` order, each
+/// `id` and `v`: equal only for exactly the same rows (`big_database`'s).
+pub fn sqlite_checksum(db: &Path) -> String {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let mut h = blake3::Hasher::new();
+    let mut st = c.prepare("SELECT id, v FROM t ORDER BY id").unwrap();
+    let mut rows = st.query([]).unwrap();
+    while let Some(r) = rows.next().unwrap() {
+        h.update(&r.get::<_, i64>(0).unwrap().to_le_bytes());
+        h.update(r.get_ref(1).unwrap().as_str().unwrap().as_bytes());
+        h.update(b"\n");
+    }
+    h.finalize().to_hex().to_string()
 }
 
 /// The numbers in column `n` of table `t` of a SQLite file, once it

@@ -1,0 +1,298 @@
+//! The repository describes itself (issue 27). Every backup's snapshot
+//! carries what the service needs to list, recover and expire it (its
+//! labels: domain, deployment, engine, tag, `keepForever`, when it began,
+//! its typed position), and each deployment's engine settings and backup
+//! configuration are a record beside the backups
+//! (`records/deployments/DOMAIN/NAME`, sealed like every object). The
+//! catalog is an index of them plus the job queue: `sync` brings into a
+//! catalog what the repository holds and it lacks (after the data
+//! directory was lost, or a catalog restored from an older copy), and
+//! writes the records a catalog holds and the repository lacks (deployments
+//! registered with `admin`, which does not open the repository). Users are
+//! not in the repository: `admin user` makes them again (docs/operations.md).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use strongbox_catalog::{BackupConfig, Deployment, ImportedBackup, NewDeployment};
+use strongbox_engines::Position;
+use strongbox_repo::{Repository, Snapshot};
+
+use crate::{Error, Result, Service};
+
+/// The format of what this module writes (labels and records); a later
+/// version reads this one (`tests/fixtures`).
+pub const FORMAT: u32 = 1;
+
+/// Snapshot labels of a backup.
+pub mod label {
+    pub const FORMAT: &str = "strongbox.format";
+    pub const DOMAIN: &str = "domain";
+    pub const DEPLOYMENT: &str = "deployment";
+    pub const ENGINE: &str = "engine";
+    pub const TAG: &str = "tag";
+    /// The catalog's job id when it was taken (an earlier catalog's, after a rebuild).
+    pub const JOB: &str = "job";
+    pub const KEEP_FOREVER: &str = "keepForever";
+    pub const STARTED_AT: &str = "startedAt";
+    /// `Position::to_stored` (itself versioned).
+    pub const POSITION: &str = "position";
+}
+
+const DEPLOYMENTS: &str = "deployments";
+
+/// A deployment as the repository keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeploymentRecord {
+    v: u32,
+    domain: String,
+    name: String,
+    engine: String,
+    connection: serde_json::Value,
+    #[serde(default)]
+    runs_on: Option<String>,
+    #[serde(default)]
+    backup_config: Option<BackupConfig>,
+}
+
+impl DeploymentRecord {
+    fn of(d: &Deployment) -> Self {
+        DeploymentRecord {
+            v: FORMAT,
+            domain: d.domain.clone(),
+            name: d.name.clone(),
+            engine: d.engine.clone(),
+            connection: d.connection.clone(),
+            runs_on: d.runs_on.clone(),
+            backup_config: d.backup_config.clone().ok().flatten(),
+        }
+    }
+}
+
+/// What one `sync` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Deployments whose record was written (new or changed in the catalog).
+    pub recorded: usize,
+    /// Deployments brought back into the catalog from their records.
+    pub deployments: usize,
+    /// Backups brought back into the catalog from their snapshots.
+    pub backups: usize,
+    /// Backups of deployments neither catalog nor repository knows the
+    /// settings of, by `DOMAIN/DEPLOYMENT`: registering the deployment again
+    /// under its name brings them back at the next sync.
+    pub orphans: BTreeMap<String, usize>,
+}
+
+impl std::fmt::Display for SyncReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} deployment record(s) written; {} deployment(s) and {} backup(s) brought into the catalog",
+            self.recorded, self.deployments, self.backups
+        )?;
+        for (d, n) in &self.orphans {
+            write!(
+                f,
+                "; {n} backup(s) of {d}, whose settings are nowhere: register it again under that name to see them"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The labels a backup's snapshot carries (the position comes later:
+/// `position_label`).
+pub(crate) fn backup_labels(
+    d: &Deployment,
+    tag: &str,
+    job: i64,
+    keep_forever: bool,
+    started_at: &str,
+) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (label::FORMAT.to_string(), FORMAT.to_string()),
+        (label::DOMAIN.to_string(), d.domain.clone()),
+        (label::DEPLOYMENT.to_string(), d.name.clone()),
+        (label::ENGINE.to_string(), d.engine.clone()),
+        (label::TAG.to_string(), tag.to_string()),
+        (label::JOB.to_string(), job.to_string()),
+        (label::KEEP_FOREVER.to_string(), keep_forever.to_string()),
+        (label::STARTED_AT.to_string(), started_at.to_string()),
+    ])
+}
+
+pub(crate) fn position_label(position: Option<Position>) -> BTreeMap<String, String> {
+    position
+        .map(|p| (label::POSITION.to_string(), p.to_stored()))
+        .into_iter()
+        .collect()
+}
+
+/// A snapshot as the backup it is, if it is one of a deployment's.
+fn imported(s: &Snapshot) -> Option<ImportedBackup> {
+    let l = &s.labels;
+    let get = |k: &str| l.get(k).cloned();
+    let tag = get(label::TAG)?;
+    Some(ImportedBackup {
+        domain: get(label::DOMAIN)?,
+        deployment: get(label::DEPLOYMENT)?,
+        keep_forever: get(label::KEEP_FOREVER).is_some_and(|k| k == "true"),
+        started_at: get(label::STARTED_AT).unwrap_or_else(|| s.time.clone()),
+        completed_at: s.time.clone(),
+        snapshot_id: s.id.to_hex(),
+        logical_bytes: s.totals.logical_bytes,
+        stored_bytes: s.totals.new_bytes_stored,
+        position: get(label::POSITION).and_then(|p| Position::from_stored(&p).ok()),
+        message: format!(
+            "backup {tag} found in the repository (snapshot {}) and indexed again",
+            s.id.short()
+        ),
+        db_tag: tag,
+    })
+}
+
+impl Service {
+    /// The repository, on a server (tools that write only the catalog have none).
+    pub fn repository(&self) -> Option<&Arc<Repository>> {
+        self.wal.as_ref().map(|w| &w.repo)
+    }
+
+    /// Writes a deployment's record now (on registration and on each change
+    /// of its backup configuration); a failure is logged and left to the
+    /// next `sync`.
+    pub(crate) async fn record_deployment(&self, d: &Deployment) {
+        let Some(repo) = self.repository() else {
+            return;
+        };
+        if let Err(e) = put_record(repo, &DeploymentRecord::of(d)).await {
+            tracing::warn!(
+                "recording deployment {} in the repository (the next sync tries again): {e}",
+                d.name
+            );
+        }
+    }
+
+    /// Brings the catalog and the repository's records into line (see the
+    /// module's comment). Safe to run on several servers at once.
+    pub async fn sync(&self) -> Result<SyncReport> {
+        let repo = self
+            .repository()
+            .ok_or_else(|| Error::internal("no repository to sync the catalog with"))?
+            .clone();
+        let mut report = SyncReport::default();
+        let stored = repo.records(DEPLOYMENTS, "").await.map_err(repo_error)?;
+        let mut records: BTreeMap<(String, String), DeploymentRecord> = BTreeMap::new();
+        for (name, body) in stored {
+            match serde_json::from_slice::<DeploymentRecord>(&body) {
+                Ok(r) if r.v <= FORMAT => {
+                    records.insert((r.domain.clone(), r.name.clone()), r);
+                }
+                Ok(r) => tracing::warn!(
+                    "deployment record {name} has format {} (newer than {FORMAT}): skipped",
+                    r.v
+                ),
+                Err(e) => tracing::warn!("deployment record {name} is unreadable: {e}"),
+            }
+        }
+        let mut known: BTreeMap<(String, String), Deployment> = self
+            .catalog
+            .all_deployments()
+            .await?
+            .into_iter()
+            .map(|d| ((d.domain.clone(), d.name.clone()), d))
+            .collect();
+        // The catalog's deployments are the newer word: where they changed,
+        // their records follow.
+        for (key, d) in &known {
+            let record = DeploymentRecord::of(d);
+            if records.get(key) != Some(&record) {
+                put_record(&repo, &record).await?;
+                report.recorded += 1;
+            }
+        }
+        for (key, r) in &records {
+            if known.contains_key(key) {
+                continue;
+            }
+            self.catalog.ensure_domain(&r.domain).await?;
+            let d = self
+                .catalog
+                .put_deployment(&NewDeployment {
+                    domain: r.domain.clone(),
+                    name: r.name.clone(),
+                    engine: r.engine.clone(),
+                    connection: r.connection.clone(),
+                    runs_on: r.runs_on.clone(),
+                })
+                .await?;
+            if let Some(c) = &r.backup_config {
+                self.catalog.put_backup_config(&r.domain, &r.name, c).await?;
+            }
+            known.insert(key.clone(), d);
+            report.deployments += 1;
+        }
+        // Backups: snapshots the catalog does not index yet.
+        let mut indexed = BTreeSet::new();
+        for (domain, name) in known.keys() {
+            for b in self.catalog.backups(domain, name).await? {
+                indexed.extend(b.snapshot_id);
+            }
+        }
+        for id in repo.snapshot_ids().await.map_err(repo_error)? {
+            let hex = id.to_hex();
+            if indexed.contains(&hex) || self.not_backups.lock().expect("not_backups").contains(&hex) {
+                continue;
+            }
+            let snapshot = match repo.find_snapshot(&hex).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("snapshot {hex}: {e}");
+                    continue;
+                }
+            };
+            let Some(b) = imported(&snapshot) else {
+                self.not_backups.lock().expect("not_backups").insert(hex);
+                continue;
+            };
+            if !known.contains_key(&(b.domain.clone(), b.deployment.clone())) {
+                *report
+                    .orphans
+                    .entry(format!("{}/{}", b.domain, b.deployment))
+                    .or_default() += 1;
+                continue;
+            }
+            if self.catalog.import_backup(&b).await? {
+                report.backups += 1;
+            }
+        }
+        Ok(report)
+    }
+}
+
+async fn put_record(repo: &Repository, r: &DeploymentRecord) -> Result<()> {
+    let body = serde_json::to_vec(r).map_err(Error::internal)?;
+    repo.put_record(DEPLOYMENTS, &format!("{}/{}", r.domain, r.name), &body)
+        .await
+        .map_err(repo_error)
+}
+
+fn repo_error(e: strongbox_repo::Error) -> Error {
+    Error::internal(format!("the repository: {e}"))
+}
+
+/// Syncs every `every` (a backup another server or the repository CLI wrote
+/// appears in this server's catalog), logging what each round brought.
+pub async fn sync_periodically(service: Arc<Service>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        match service.sync().await {
+            Ok(r) if r.recorded + r.deployments + r.backups == 0 => {}
+            Ok(r) => tracing::info!("catalog sync: {r}"),
+            Err(e) => tracing::warn!("catalog sync: {e}"),
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Records: small documents a service keeps in the repository beside its
+//! backups, so that the repository describes itself (a deployment's
+//! settings, a recovery's history): `records/KIND/NAME`, NAME one or more
+//! `/`-separated parts, each sealed under the master key with its path as
+//! associated data (one record cannot be passed off as another). What they
+//! hold is the service's; the repository only keeps them.
+
+use bytes::Bytes;
+
+use crate::crypto::Cipher;
+use crate::error::{Error, Result};
+use crate::storage::Store;
+use crate::wal::valid_part;
+
+pub const RECORDS: &str = "records";
+
+fn path(kind: &str, name: &str) -> Result<String> {
+    if !valid_part(kind) || !name.split('/').all(valid_part) {
+        return Err(Error::Invalid(format!(
+            "{kind}/{name} is not a record name ('/'-separated letters, digits, '.', '_', '-')"
+        )));
+    }
+    Ok(format!("{RECORDS}/{kind}/{name}"))
+}
+
+/// Stores (or replaces) a record.
+pub async fn put(store: &Store, cipher: &Cipher, kind: &str, name: &str, data: &[u8]) -> Result<()> {
+    let path = path(kind, name)?;
+    let sealed = cipher.seal_object(&path, data);
+    store
+        .put(&object_store::path::Path::from(path.as_str()), Bytes::from(sealed))
+        .await
+}
+
+/// Every record of a kind whose name begins with `prefix` (a whole part,
+/// or empty), by name.
+pub async fn list(store: &Store, cipher: &Cipher, kind: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    let folder = match prefix {
+        "" => format!("{RECORDS}/{kind}"),
+        p => path(kind, p)?,
+    };
+    let mut out = Vec::new();
+    for meta in store.list(&folder).await? {
+        let location = meta.location.as_ref();
+        let Some(name) = location.strip_prefix(&format!("{RECORDS}/{kind}/")) else {
+            continue;
+        };
+        let sealed = match store.get_if_exists(&meta.location).await? {
+            Some(s) => s,
+            None => continue, // deleted since listed
+        };
+        let what = format!("record {location}");
+        out.push((name.to_string(), cipher.open_object(location, &sealed, &what)?));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+pub async fn delete(store: &Store, kind: &str, name: &str) -> Result<()> {
+    store
+        .delete(&object_store::path::Path::from(path(kind, name)?.as_str()))
+        .await
+}

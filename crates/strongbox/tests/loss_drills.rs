@@ -1,0 +1,346 @@
+//! Loss drills (issue 27): what must survive when something beside the
+//! database is lost. Servers started together on a new repository all
+//! serve; the repository password file lost, a second key slot (an escrow
+//! password kept offline) opens the repository and the backups recover
+//! exactly.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+/// Four servers started at the same instant on one new repository (each
+/// with its own catalog), on local disk and on S3: every one serves, and
+/// each one's backup lands in the one repository the others read.
+#[test]
+fn four_servers_started_together_on_a_new_repository_all_serve() {
+    let s3 = strongbox_testkit::s3::S3Server::start();
+    let root = tempfile::tempdir().unwrap();
+    let local = root.path().join("shared-repository").display().to_string();
+    for (name, location) in [("local", local.as_str()), ("s3", "s3://backups/together")] {
+        let mut env = s3.env().to_vec();
+        env.push(("STRONGBOX_REPOSITORY", location.to_string()));
+        env.push(("STRONGBOX_REPO_PASSWORD", "replicas-share-this".to_string()));
+        let dirs: Vec<_> = (0..4).map(|i| root.path().join(format!("{name}-{i}"))).collect();
+        for d in &dirs {
+            std::fs::create_dir_all(d).unwrap();
+            test_pki(d); // before the spawns: they then start at once
+        }
+        let servers: Vec<Server> = dirs.iter().map(|d| spawn_with(d, free_port(), &env)).collect();
+        for s in &servers {
+            wait_for_port(s.port);
+        }
+        for (i, s) in servers.iter().enumerate() {
+            let db = s.dir.join("app.db");
+            big_database(&db, 1);
+            assert_eq!(s.register_sqlite("app", &db).0, "HTTP/2 200", "{name} server {i}");
+            let (status, location) = s.post_backup("app", &[]);
+            assert_eq!(status, "HTTP/2 202", "{name} server {i}: {location}");
+            s.wait_for(&location, "Succeeded");
+        }
+        // One repository: the four backups are snapshots of it.
+        let out = Command::new(BIN)
+            .args(["repo", "-r", location, "--json", "snapshots"])
+            .env("STRONGBOX_PASSWORD", "replicas-share-this")
+            .envs(s3.env())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let of_app = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["labels"]["deployment"] == "app")
+            .count();
+        assert_eq!(of_app, 4, "{name}: {listed}");
+        for (i, s) in servers.iter().enumerate() {
+            let log = std::fs::read_to_string(s.dir.join("server.log")).unwrap();
+            assert!(!log.contains("already exists"), "{name} server {i}: {log}");
+        }
+    }
+}
+
+/// The repository password file is lost (with the database); the escrow
+/// password added with `admin key add` opens the repository, and both
+/// backups recover exactly (ordered checksums of the rows).
+#[test]
+fn an_escrow_key_recovers_every_backup_when_the_password_file_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(&dir);
+    let log = || std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    let warned = "the repository password is kept only in";
+    assert!(log().contains(warned), "no warning at start: {}", log());
+    assert!(log().contains("strongbox admin key add"), "{}", log());
+
+    let admin = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(BIN)
+            .arg("admin")
+            .args(args)
+            .env("STRONGBOX_DATA_DIR", dir.path().join("data"))
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "admin {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let added = admin(&["key", "add"], &[("STRONGBOX_NEW_PASSWORD", "escrow, kept offline")]);
+    assert!(added.contains("added key slot"), "{added}");
+    let slots = admin(&["key", "list"], &[]);
+    assert_eq!(slots.lines().count(), 2, "{slots}");
+    assert!(!slots.contains("escrow"), "a secret listed: {slots}");
+
+    let db = dir.path().join("app.db");
+    big_database(&db, 2);
+    assert_eq!(s.register_sqlite("app", &db).0, "HTTP/2 200");
+    let mut backups = Vec::new();
+    for round in 0..2 {
+        let (status, location) = s.post_backup("app", &[]);
+        assert_eq!(status, "HTTP/2 202", "{location}");
+        let job = s.wait_for(&location, "Succeeded");
+        backups.push((job["job_id"].clone(), sqlite_checksum(&db)));
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute("UPDATE t SET v = v || ?1 WHERE id % 3 = 0", [format!(" round {round}")])
+            .unwrap();
+    }
+    let (_, list) = s.json(&[&s.url("/paas/service/dbcs/api/v1.1/instances/usexample/app/backups")]);
+    let tags: Vec<(serde_json::Value, String)> = list["backupList"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["jobId"].clone(), b["dbTag"].as_str().unwrap().to_string()))
+        .collect();
+
+    // The loss: the password file and the database.
+    let _ = s.child.kill();
+    let _ = s.child.wait();
+    std::fs::remove_file(dir.path().join("data/repository.password")).unwrap();
+    std::fs::remove_file(&db).unwrap();
+    let s = start_with(
+        dir.path(),
+        s.port,
+        &[("STRONGBOX_REPO_PASSWORD", "escrow, kept offline".to_string())],
+    );
+    for (job, checksum) in &backups {
+        let tag = &tags.iter().find(|(j, _)| j == job).expect("the backup is listed").1;
+        let url = s.url("/paas/service/dbcs/api/v1.1/instances/usexample/app/backups/recovery");
+        let body = format!(r#"{{"tag": "{tag}"}}"#);
+        let (status, h, answer) = s.curl(&[&AUTH[..], &["-X", "POST", "-d", &body, &url]].concat());
+        assert_eq!(status, "HTTP/2 202", "{answer}");
+        s.wait_for(header(&h, "location"), "Succeeded");
+        assert_eq!(&sqlite_checksum(&db), checksum, "backup {tag} recovered exactly");
+    }
+}
+
+const API: &str = "/paas/service/dbcs/api/v1.1/instances/usexample";
+
+/// Rows `from..=to` committed one transaction each, as the application
+/// writes them (table `t` of `big_database`'s shape).
+fn write_rows(db: &std::path::Path, from: i64, to: i64) {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    for n in from..=to {
+        c.execute(
+            "INSERT INTO t (id, v) VALUES (?1, ?2)",
+            rusqlite::params![n, format!("row {n}")],
+        )
+        .unwrap();
+    }
+}
+
+/// `dd-MMM-yyyy HH:mm:ss`, the API's timestamps.
+fn api_time(t: time::OffsetDateTime) -> String {
+    let f = time::macros::format_description!("[day]-[month repr:short]-[year] [hour]:[minute]:[second]");
+    t.format(&f).unwrap()
+}
+
+/// The whole second at least `ahead` from now, and how long until then.
+fn second_after(ahead: std::time::Duration) -> (time::OffsetDateTime, std::time::Duration) {
+    let now = time::OffsetDateTime::now_utc();
+    let t = (now + ahead).replace_nanosecond(0).unwrap() + time::Duration::SECOND;
+    (t, (t - now).try_into().unwrap())
+}
+
+/// The Strongbox host lost (issue 27): its data directory (catalog, with
+/// every deployment, configuration and backup row) and the databases are
+/// gone; the repository (another disk, as S3 would be) and its password
+/// remain. A new server on them, with nothing registered again, lists
+/// every backup with its tag, dates and `keepForever`, has the backup
+/// configuration back, and recovers exactly (ordered checksums): a SQLite
+/// deployment with a shipped log by tag, by timestamp and by `latest` (every
+/// transaction committed before the loss), a `command` deployment by tag.
+#[test]
+fn the_host_lost_a_new_server_on_the_same_repository_recovers_every_backup() {
+    let root = tempfile::tempdir().unwrap();
+    let db = root.path().join("app.db");
+    let file = root.path().join("notes.txt");
+    let commands = serde_json::json!([format!("cat {}", file.display()), format!("cat > {}", file.display())]);
+    let env = [
+        (
+            "STRONGBOX_REPOSITORY",
+            root.path().join("repository").display().to_string(),
+        ),
+        ("STRONGBOX_REPO_PASSWORD", "kept apart from the host".to_string()),
+        ("STRONGBOX_ALLOW_COMMANDS", commands.to_string()),
+    ];
+    let before = root.path().join("host");
+    std::fs::create_dir_all(&before).unwrap();
+    let s = start_with(&before, free_port(), &env);
+
+    big_database(&db, 1);
+    assert_eq!(s.register_sqlite("app", &db).0, "HTTP/2 200");
+    let config_url = s.url(&format!("{API}/app/backups/config"));
+    let change = r#"{"continuousArchiving": true, "recoveryWindowInDays": 9, "autoBackupWindow": "03:30-05:00"}"#;
+    let (status, config) = s.json(&["-X", "PUT", "-d", change, &config_url]);
+    assert_eq!(status, "HTTP/2 200", "{config}");
+    std::fs::write(&file, "first notes\n").unwrap();
+    let command = serde_json::json!({"engine": "command", "connection": {
+        "backup_command": commands[0], "recovery_command": commands[1]}});
+    let (status, v) = s.json(&[
+        "-X",
+        "PUT",
+        "-d",
+        &command.to_string(),
+        &s.url("/strongbox/api/v1/instances/usexample/notes"),
+    ]);
+    assert_eq!(status, "HTTP/2 200", "{v}");
+
+    // Backups: app's first kept forever; then rows, a quiet moment T, more
+    // rows, a second backup, more rows; notes' one backup.
+    let backup = |service: &str, body: &str| post_until_accepted(&s, &format!("{API}/{service}/backups"), body);
+    // The shipper's base: wait until app's first generation is there.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (_, i) = s.json(&[&s.url(&format!("{API}/app"))]);
+        if !i["continuousArchiving"]["generation"].is_null() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no generation: {i}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    backup("app", r#"{"keepForever": true}"#);
+    let at_first = sqlite_checksum(&db);
+    let rows = big_database_rows(&db);
+    write_rows(&db, rows + 1, rows + 200);
+    let (moment, wait) = second_after(std::time::Duration::from_millis(1200));
+    std::thread::sleep(wait + std::time::Duration::from_millis(1200));
+    let at_moment = sqlite_checksum(&db);
+    write_rows(&db, rows + 201, rows + 400);
+    backup("app", "{}");
+    write_rows(&db, rows + 401, rows + 600);
+    let last_commit = time::OffsetDateTime::now_utc();
+    let at_loss = sqlite_checksum(&db);
+    backup("notes", "{}");
+    // Every commit shipped (the status says so) before the host goes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, i) = s.json(&[&s.url(&format!("{API}/app"))]);
+        if i["continuousArchiving"]["lagSeconds"] == 0.0 && i["continuousArchiving"]["error"].is_null() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still shipping: {i}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let listed = |s: &Server, service: &str| {
+        let (_, v) = s.json(&[&s.url(&format!("{API}/{service}/backups"))]);
+        let mut list: Vec<String> = v["backupList"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                format!(
+                    "{} {} {} {} {}",
+                    b["dbTag"], b["status"], b["backupStartDate"], b["backupCompleteDate"], b["keepForever"]
+                )
+            })
+            .collect();
+        list.sort();
+        list
+    };
+    let app_backups = listed(&s, "app");
+    let notes_backups = listed(&s, "notes");
+    // The shipper's first base, the one kept forever, the second.
+    assert_eq!(app_backups.len(), 3, "{app_backups:?}");
+
+    // The loss.
+    drop(s);
+    std::fs::remove_dir_all(&before).unwrap();
+    std::fs::remove_file(&db).unwrap();
+    let _ = std::fs::remove_file(root.path().join("app.db-wal"));
+    let _ = std::fs::remove_file(root.path().join("app.db-shm"));
+    std::fs::remove_file(&file).unwrap();
+
+    let after = root.path().join("new-host");
+    std::fs::create_dir_all(&after).unwrap();
+    let s = start_with(&after, free_port(), &env);
+    let log = std::fs::read_to_string(after.join("server.log")).unwrap();
+    assert!(
+        log.contains("2 deployment(s) and 4 backup(s) brought into the catalog"),
+        "{log}"
+    );
+    assert_eq!(listed(&s, "app"), app_backups, "{log}");
+    assert_eq!(listed(&s, "notes"), notes_backups);
+    let (_, restored) = s.json(&[&s.url(&format!("{API}/app/backups/config"))]);
+    for key in ["recoveryWindowInDays", "autoBackupWindow", "continuousArchiving"] {
+        assert_eq!(restored[key], config[key], "{key}: {restored}");
+    }
+
+    let recover =
+        |service: &str, body: &str| post_until_accepted(&s, &format!("{API}/{service}/backups/recovery"), body);
+    let (_, v) = s.json(&[&s.url(&format!("{API}/app/backups"))]);
+    let kept = v["backupList"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["keepForever"] == true)
+        .map(|b| b["dbTag"].as_str().unwrap().to_string())
+        .expect("the backup kept forever is listed");
+    // `latest` first: after any recovery, `latest` is the recovered history's.
+    recover("app", r#"{"latest": true}"#);
+    let missing = rows + 600 - big_database_rows(&db);
+    eprintln!(
+        "latest after the host was lost: {missing} of the transactions committed before the loss (last at {}) missing",
+        api_time(last_commit)
+    );
+    assert_eq!(sqlite_checksum(&db), at_loss, "latest: every committed transaction");
+    recover("app", &format!(r#"{{"tag": "{kept}"}}"#));
+    assert_eq!(sqlite_checksum(&db), at_first, "by tag {kept}");
+    recover("app", &format!(r#"{{"timestamp": "{}"}}"#, api_time(moment)));
+    assert_eq!(sqlite_checksum(&db), at_moment, "by timestamp {}", api_time(moment));
+    let (_, v) = s.json(&[&s.url(&format!("{API}/notes/backups"))]);
+    let tag = v["backupList"][0]["dbTag"].as_str().unwrap().to_string();
+    recover("notes", &format!(r#"{{"tag": "{tag}"}}"#));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "first notes\n");
+}
+
+/// POSTs `body` until it is accepted (a job of the deployment may hold it
+/// a moment: the shipper's base backup, the base taken after a recovery),
+/// then waits for the job to succeed.
+fn post_until_accepted(s: &Server, path: &str, body: &str) -> serde_json::Value {
+    let url = s.url(path);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (status, h, answer) = s.curl(&[&AUTH[..], &["-X", "POST", "-d", body, &url]].concat());
+        if status == "HTTP/2 409" && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            continue;
+        }
+        assert_eq!(status, "HTTP/2 202", "{path} {body}: {answer}");
+        return s.wait_for(header(&h, "location"), "Succeeded");
+    }
+}
+
+/// The highest row id (rows are numbered from 1 without gaps).
+fn big_database_rows(db: &std::path::Path) -> i64 {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .query_row("SELECT coalesce(max(id), 0) FROM t", [], |r| r.get(0))
+        .unwrap()
+}
