@@ -151,6 +151,25 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// The request with its body read whole (at most `MAX_BODY`) before any
+/// answer: an HTTP/2 answer sent while the client still sends its body
+/// ends the stream (RST_STREAM), which curl reports as "Stream error in the
+/// HTTP/2 framing layer" instead of the answer (seen when the auth layer
+/// refused a DELETE that carried a body).
+async fn read_body(req: Request) -> Result<Request, ApiError> {
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(bytes) => Ok(Request::from_parts(parts, axum::body::Body::from(bytes))),
+        Err(e) if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) => {
+            Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body exceeds {MAX_BODY} bytes"),
+            ))
+        }
+        Err(e) => Err(ApiError::bad_request(format!("could not read the request body: {e}"))),
+    }
+}
+
 /// Headers Oracle's service sends on every response, a per-request
 /// correlation id, CORS preflight answered before any auth, and one log
 /// line per request (method, path, status, time, correlation id; never a
@@ -165,7 +184,10 @@ async fn common_headers(req: Request, next: Next) -> Response {
     let mut resp = if method == Method::OPTIONS {
         StatusCode::OK.into_response()
     } else {
-        next.run(req).await
+        match read_body(req).await {
+            Ok(req) => next.run(req).await,
+            Err(refused) => refused.into_response(),
+        }
     };
     let elapsed = started.elapsed().as_secs_f64();
     metrics::request(route.as_ref().map(|r| r.as_str()), &method, resp.status(), elapsed);

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::{Pg, Server};
 use serde_json::Value;
@@ -15,50 +15,6 @@ use strongbox_engines::pitr::Lsn;
 
 const INSTANCE: &str = common::PG_INSTANCE;
 const TICKS: &str = "SELECT count(*) || ' ' || coalesce(max(id), 0) FROM ticks";
-
-/// A point after row `rows` committed and before the next: a whole second
-/// (as requests name moments) and the WAL position then.
-struct Mark {
-    rows: i32,
-    timestamp: String,
-    lsn: String,
-}
-
-/// Inserts rows `from..=to`, one transaction each (every row carries its
-/// commit time), marking a quiet point after every `every` rows.
-fn write(port: u16, from: i32, to: i32, every: i32) -> Vec<Mark> {
-    let mut client = postgres::Client::connect(
-        &format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"),
-        postgres::NoTls,
-    )
-    .unwrap();
-    let mut marks = Vec::new();
-    for id in from..=to {
-        client
-            .execute("INSERT INTO ticks VALUES ($1, clock_timestamp())", &[&id])
-            .unwrap();
-        if id % every == 0 {
-            // The next whole second after the commit, then a margin past it.
-            let row = client
-                .query_one(
-                    "SELECT to_char(date_trunc('second', clock_timestamp() AT TIME ZONE 'UTC') + interval '1 second', \
-                     'DD-Mon-YYYY HH24:MI:SS'), pg_current_wal_lsn()::text, \
-                     extract(epoch FROM date_trunc('second', clock_timestamp()) + interval '1.3 second' - \
-                     clock_timestamp())::float8",
-                    &[],
-                )
-                .unwrap();
-            std::thread::sleep(Duration::from_secs_f64(row.get::<_, f64>(2)));
-            marks.push(Mark {
-                rows: id,
-                timestamp: row.get(0),
-                lsn: row.get(1),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    marks
-}
 
 fn backup(s: &Server) -> String {
     let (status, location) = s.post_backup("pg", &[]);
@@ -102,9 +58,9 @@ fn recovery_to_moments_and_scns_holds_exactly_the_rows_committed_by_then() {
 
     // Base backup 1, writes, base backup 2, more writes, all archived.
     let first = backup(&s);
-    let mut marks = write(c.port, 1, 60, 20);
+    let mut marks = common::write_ticks(c.port, 1, 60, 20);
     let second = backup(&s);
-    marks.extend(write(c.port, 61, 120, 20));
+    marks.extend(common::write_ticks(c.port, 61, 120, 20));
     let last = c.psql("SELECT pg_walfile_name(pg_switch_wal())");
     c.wait_archived(&last);
     assert_eq!(marks.len(), 6);

@@ -523,6 +523,50 @@ impl Pg {
     }
 }
 
+/// A point after row `rows` committed and before the next: a whole second
+/// (as requests name moments) and the WAL position then.
+pub struct Mark {
+    pub rows: i32,
+    pub timestamp: String,
+    pub lsn: String,
+}
+
+/// Inserts rows `from..=to` into `ticks`, one transaction each (every row carries its
+/// commit time), marking a quiet point after every `every` rows.
+pub fn write_ticks(port: u16, from: i32, to: i32, every: i32) -> Vec<Mark> {
+    let mut client = postgres::Client::connect(
+        &format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"),
+        postgres::NoTls,
+    )
+    .unwrap();
+    let mut marks = Vec::new();
+    for id in from..=to {
+        client
+            .execute("INSERT INTO ticks VALUES ($1, clock_timestamp())", &[&id])
+            .unwrap();
+        if id % every == 0 {
+            // The next whole second after the commit, then a margin past it.
+            let row = client
+                .query_one(
+                    "SELECT to_char(date_trunc('second', clock_timestamp() AT TIME ZONE 'UTC') + interval '1 second', \
+                     'DD-Mon-YYYY HH24:MI:SS'), pg_current_wal_lsn()::text, \
+                     extract(epoch FROM date_trunc('second', clock_timestamp()) + interval '1.3 second' - \
+                     clock_timestamp())::float8",
+                    &[],
+                )
+                .unwrap();
+            std::thread::sleep(Duration::from_secs_f64(row.get::<_, f64>(2)));
+            marks.push(Mark {
+                rows: id,
+                timestamp: row.get(0),
+                lsn: row.get(1),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    marks
+}
+
 // Not every test uses them.
 #[allow(unused_imports)]
 pub use strongbox_testkit::{Rng, seed};
