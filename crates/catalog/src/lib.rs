@@ -126,6 +126,10 @@ pub trait Catalog: Send + Sync + 'static {
     /// own; false (nothing written) if the deployment already has a backup
     /// with its tag or snapshot.
     async fn import_backup(&self, b: &ImportedBackup) -> Result<bool>;
+    /// Indexes a recovery found in the repository, with an ended job of its
+    /// own; false (nothing written) if the deployment has a recovery that
+    /// started then already, or no backup `from_tag` (deleted since).
+    async fn import_recovery(&self, r: &ImportedRecovery) -> Result<bool>;
     /// Marks backups of a deployment deleted (their snapshots are forgotten).
     async fn mark_backups_deleted(&self, domain: &str, deployment: &str, job_ids: &[i64]) -> Result<()>;
     /// Adds a line to a job's activity log; false (and nothing written) if

@@ -341,6 +341,23 @@ pub struct ImportedBackup {
     pub message: String,
 }
 
+/// A recovery found in the repository's records and not in the catalog:
+/// indexed with a job of its own, from the backup tagged `from_tag`.
+#[derive(Clone, Debug)]
+pub struct ImportedRecovery {
+    pub domain: String,
+    pub deployment: String,
+    pub from_tag: String,
+    pub target: Option<RecoveryAsked>,
+    /// `Completed` or `Failed` (records are written when a recovery ends).
+    pub status: RecoveryStatus,
+    /// RFC 3339.
+    pub started_at: String,
+    pub completed_at: Option<String>,
+    pub reached: Option<Reached>,
+    pub message: String,
+}
+
 /// How a job ended, as its worker records it.
 #[derive(Clone, Debug)]
 pub struct JobEnd {

@@ -22,9 +22,9 @@ use crate::dialect::Dialect;
 use crate::rows::{BACKUP_COLUMNS, DEPLOYMENT_COLUMNS, JOB_COLUMNS, RECOVERY_COLUMNS};
 use crate::sqlite_reads::SqliteReads;
 use crate::{
-    Backup, BackupStatus, Catalog, Deployment, Error, ImportedBackup, Job, JobCount, JobEnd, JobMessage, JobSpec,
-    JobStatus, Lease, NewDeployment, NewJob, NewRecord, Operation, Recovery, RecoveryStatus, Result, Role, Started,
-    Trigger, User, labels_of, now, rfc3339,
+    Backup, BackupStatus, Catalog, Deployment, Error, ImportedBackup, ImportedRecovery, Job, JobCount, JobEnd,
+    JobMessage, JobSpec, JobStatus, Lease, NewDeployment, NewJob, NewRecord, Operation, Recovery, RecoveryStatus,
+    Result, Role, Started, Trigger, User, labels_of, now, rfc3339,
 };
 
 /// The statements whose text depends on the dialect, filled in once.
@@ -652,6 +652,70 @@ impl Catalog for SqlCatalog {
         if inserted.rows_affected() != 1 {
             return Ok(false); // dropped: rolled back
         }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn import_recovery(&self, r: &ImportedRecovery) -> Result<bool> {
+        let mut tx = self.write().await?;
+        let known = sqlx::query("SELECT 1 FROM recoveries WHERE domain = $1 AND deployment = $2 AND started_at = $3")
+            .bind(&r.domain)
+            .bind(&r.deployment)
+            .bind(&r.started_at)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let from = sqlx::query("SELECT job_id FROM backups WHERE domain = $1 AND deployment = $2 AND db_tag = $3")
+            .bind(&r.domain)
+            .bind(&r.deployment)
+            .bind(&r.from_tag)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (None, Some(from)) = (known, from) else {
+            return Ok(false);
+        };
+        let from: i64 = sqlx::Row::try_get(&from, 0)?;
+        let (job_status, status) = match r.status {
+            RecoveryStatus::Completed => (JobStatus::Succeeded, RecoveryStatus::Completed),
+            _ => (JobStatus::Failed, RecoveryStatus::Failed),
+        };
+        let ended = r.completed_at.as_ref().unwrap_or(&r.started_at);
+        let job: i64 = sqlx::Row::try_get(
+            &sqlx::query(
+                "INSERT INTO jobs (domain, deployment, operation, status, created_by, created_at, started_at, \
+                 finished_at, updated_at, message) VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $7, $8) RETURNING id",
+            )
+            .bind(&r.domain)
+            .bind(&r.deployment)
+            .bind(Operation::Recovery.as_str())
+            .bind(job_status.as_str())
+            .bind(crate::IMPORTED)
+            .bind(&r.started_at)
+            .bind(ended)
+            .bind(&r.message)
+            .fetch_one(&mut *tx)
+            .await?,
+            0,
+        )?;
+        add_message(&mut tx, job, ended, &r.message).await?;
+        sqlx::query(
+            "INSERT INTO recoveries (job_id, domain, deployment, target, backup_job_id, status, started_at, \
+             completed_at, reached) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(job)
+        .bind(&r.domain)
+        .bind(&r.deployment)
+        .bind(r.target.as_ref().map_or("{}".to_string(), |t| t.to_string()))
+        .bind(from)
+        .bind(status.as_str())
+        .bind(&r.started_at)
+        .bind(&r.completed_at)
+        .bind(
+            r.reached
+                .as_ref()
+                .map(|x| serde_json::to_string(x).expect("serializable")),
+        )
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -16,8 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use strongbox_catalog::{BackupConfig, Deployment, ImportedBackup, NewDeployment};
+use strongbox_catalog::{
+    BackupConfig, Deployment, ImportedBackup, ImportedRecovery, NewDeployment, RecoveryAsked, RecoveryStatus,
+};
 use strongbox_engines::Position;
+use strongbox_engines::pitr::Reached;
 use strongbox_repo::{Repository, Snapshot};
 
 use crate::{Error, Result, Service};
@@ -42,6 +45,27 @@ pub mod label {
 }
 
 const DEPLOYMENTS: &str = "deployments";
+/// `recoveries/DOMAIN/DEPLOYMENT/STARTED_MS-JOB`, written when one ends.
+const RECOVERIES: &str = "recoveries";
+
+/// A recovery as the repository keeps it: the history's entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RecoveryRecord {
+    v: u32,
+    domain: String,
+    deployment: String,
+    /// The backup it restored, by tag.
+    from_backup: String,
+    #[serde(default)]
+    target: Option<RecoveryAsked>,
+    status: String,
+    started_at: String,
+    #[serde(default)]
+    completed_at: Option<String>,
+    #[serde(default)]
+    reached: Option<Reached>,
+}
 
 /// A deployment as the repository keeps it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -81,6 +105,8 @@ pub struct SyncReport {
     pub deployments: usize,
     /// Backups brought back into the catalog from their snapshots.
     pub backups: usize,
+    /// Recoveries brought back into the catalog's history from their records.
+    pub recoveries: usize,
     /// Backups of deployments neither catalog nor repository knows the
     /// settings of, by `DOMAIN/DEPLOYMENT`: registering the deployment again
     /// under its name brings them back at the next sync.
@@ -91,8 +117,9 @@ impl std::fmt::Display for SyncReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} deployment record(s) written; {} deployment(s) and {} backup(s) brought into the catalog",
-            self.recorded, self.deployments, self.backups
+            "{} deployment record(s) written; {} deployment(s), {} backup(s) and {} recoveries brought into the \
+             catalog",
+            self.recorded, self.deployments, self.backups, self.recoveries
         )?;
         for (d, n) in &self.orphans {
             write!(
@@ -173,6 +200,40 @@ impl Service {
                 "recording deployment {} in the repository (the next sync tries again): {e}",
                 d.name
             );
+        }
+    }
+
+    /// Writes a recovery's record once it ended (its entry in the history);
+    /// a failure is logged: the history is the one thing not rewritten by
+    /// a later sync.
+    pub(crate) async fn record_recovery(&self, domain: &str, job: i64) {
+        let Some(repo) = self.repository() else {
+            return;
+        };
+        let written = async {
+            let Some(r) = self.catalog.recovery(domain, job).await? else {
+                return Ok(());
+            };
+            let from = self.catalog.backup(domain, r.backup_job_id).await?;
+            let started =
+                crate::dates::parse_rfc3339(&r.started_at).map_or(0, |t| t.unix_timestamp_nanos() / 1_000_000);
+            let record = RecoveryRecord {
+                v: FORMAT,
+                domain: r.domain.clone(),
+                deployment: r.deployment.clone(),
+                from_backup: from.map(|b| b.db_tag).unwrap_or_default(),
+                target: r.target.clone(),
+                status: r.status.as_str().to_string(),
+                started_at: r.started_at.clone(),
+                completed_at: r.completed_at.clone(),
+                reached: r.reached.clone(),
+            };
+            let body = serde_json::to_vec(&record).map_err(Error::internal)?;
+            let name = format!("{}/{}/{started:013}-{job}", r.domain, r.deployment);
+            repo.put_record(RECOVERIES, &name, &body).await.map_err(repo_error)
+        };
+        if let Err(e) = written.await {
+            tracing::warn!("recording recovery job {job} in the repository: {e}");
         }
     }
 
@@ -269,6 +330,45 @@ impl Service {
                 report.backups += 1;
             }
         }
+        // The recovery history, once its backups are indexed (a read first:
+        // importing is a write transaction, even when it finds the entry).
+        let mut in_history = BTreeSet::new();
+        for (domain, name) in known.keys() {
+            for r in self.catalog.recoveries(domain, name).await? {
+                in_history.insert((r.domain, r.deployment, r.started_at));
+            }
+        }
+        for (name, body) in repo.records(RECOVERIES, "").await.map_err(repo_error)? {
+            let r: RecoveryRecord = match serde_json::from_slice(&body) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("recovery record {name} is unreadable: {e}");
+                    continue;
+                }
+            };
+            if !known.contains_key(&(r.domain.clone(), r.deployment.clone()))
+                || in_history.contains(&(r.domain.clone(), r.deployment.clone(), r.started_at.clone()))
+            {
+                continue;
+            }
+            let imported = ImportedRecovery {
+                message: format!(
+                    "recovery from backup {} found in the repository and indexed again",
+                    r.from_backup
+                ),
+                domain: r.domain,
+                deployment: r.deployment,
+                from_tag: r.from_backup,
+                target: r.target,
+                status: RecoveryStatus::parse(&r.status),
+                started_at: r.started_at,
+                completed_at: r.completed_at,
+                reached: r.reached,
+            };
+            if self.catalog.import_recovery(&imported).await? {
+                report.recoveries += 1;
+            }
+        }
         Ok(report)
     }
 }
@@ -290,7 +390,7 @@ pub async fn sync_periodically(service: Arc<Service>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         match service.sync().await {
-            Ok(r) if r.recorded + r.deployments + r.backups == 0 => {}
+            Ok(r) if r.recorded + r.deployments + r.backups + r.recoveries == 0 => {}
             Ok(r) => tracing::info!("catalog sync: {r}"),
             Err(e) => tracing::warn!("catalog sync: {e}"),
         }

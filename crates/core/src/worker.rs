@@ -113,10 +113,11 @@ pub async fn worker(service: Arc<Service>, setup: WorkerSetup) {
                     let recorded = service.catalog.finish_job(&w.lease, &end).await;
                     if let Ok(true) = recorded {
                         record(&job, &end, started.elapsed());
-                        if let Ok(JobSpec::Recovery { .. }) = job.spec()
-                            && let Err(e) = service.base_after_recovery(&job.domain, &job.deployment, job.id).await
-                        {
-                            tracing::warn!("queueing the base backup after the recovery: {e}");
+                        if let Ok(JobSpec::Recovery { .. }) = job.spec() {
+                            service.record_recovery(&job.domain, job.id).await;
+                            if let Err(e) = service.base_after_recovery(&job.domain, &job.deployment, job.id).await {
+                                tracing::warn!("queueing the base backup after the recovery: {e}");
+                            }
                         }
                     }
                     match recorded {

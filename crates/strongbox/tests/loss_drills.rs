@@ -281,7 +281,10 @@ fn the_host_lost_a_new_server_on_the_same_repository_recovers_every_backup() {
     std::fs::create_dir_all(&after).unwrap();
     let s = start_with(&after, free_port(), &env);
     let log = std::fs::read_to_string(after.join("server.log")).unwrap();
-    assert!(log.contains(" and 4 backup(s) brought into the catalog"), "{log}");
+    assert!(
+        log.contains(", 4 backup(s) and 0 recoveries brought into the catalog"),
+        "{log}"
+    );
     assert_eq!(listed(&s, "app"), app_backups, "{log}");
     assert_eq!(listed(&s, "notes"), notes_backups);
     let (_, restored) = s.json(&[&s.url(&format!("{API}/app/backups/config"))]);
@@ -434,7 +437,24 @@ fn a_postgresql_deployment_comes_back_after_the_host_is_lost_across_a_timeline_s
     std::fs::set_permissions(&new_host, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let s = start_with(&new_host, free_port(), &env);
     let log = std::fs::read_to_string(new_host.join("server.log")).unwrap();
-    assert!(log.contains(" and 1 backup(s) brought into the catalog"), "{log}");
+    assert!(
+        log.contains(", 1 backup(s) and 1 recoveries brought into the catalog"),
+        "{log}"
+    );
+    // The recovery history is back: the point-in-time recovery made before the loss.
+    let (_, history) = s.json(&[&s.url(&format!("{PG_INSTANCE}/backups/recovery/history"))]);
+    let entry = &history["recoveryList"][0];
+    assert_eq!(history["recoveryList"].as_array().map(Vec::len), Some(1), "{history}");
+    assert_eq!(
+        (
+            entry["timestamp"].as_str(),
+            entry["status"].as_str(),
+            entry["fromBackup"].as_str()
+        ),
+        (Some(marks[0].timestamp.as_str()), Some("COMPLETED"), Some(tag.as_str())),
+        "{history}"
+    );
+    assert_eq!(entry["reached"]["timeline"], 2, "{history}");
     let recover = |body: &str| {
         let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             post_until_accepted(&s, &format!("{PG_INSTANCE}/backups/recovery"), body)
