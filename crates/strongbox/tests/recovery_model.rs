@@ -3,8 +3,9 @@
 //! rows, take base backups, recover by `latest`, `tag`, `timestamp` and
 //! `scn` through the API (targets drawn from remembered moments, including
 //! moments before earlier recoveries and on abandoned timelines), restart
-//! PostgreSQL or Strongbox, crash the database, corrupt or delete its
-//! files, and delete backups (through the API: expire jobs prune the
+//! PostgreSQL or Strongbox, lose Strongbox's catalog (rebuilt from the
+//! repository), crash the database, corrupt or delete its files, and delete
+//! backups (through the API: expire jobs prune the
 //! repository and the WAL archive; or `forget` + `prune` with the
 //! repository CLI). A model of the committed rows of
 //! every timeline predicts, for each recovery request, either exactly the
@@ -485,6 +486,20 @@ impl Run {
     /// Deletes a backup: through the API (its expire job forgets the
     /// snapshot and prunes the repository and the WAL archive), or with the
     /// repository CLI's `forget` + `prune`.
+    /// The server's catalog lost (issue 27): the server is killed, its
+    /// catalog file deleted, and it starts again on the same repository,
+    /// which it rebuilds the catalog from. Nothing the model knows changes.
+    fn lose_catalog(&mut self) {
+        let _ = self.pg.s.child.kill();
+        let _ = self.pg.s.child.wait();
+        let data = self.pg.s.dir.join("data");
+        for f in ["catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm"] {
+            let _ = std::fs::remove_file(data.join(f));
+        }
+        self.pg.s.restart();
+        self.note("lose the catalog; the server rebuilds it from the repository");
+    }
+
     fn delete_backup(&mut self, rng: &mut Rng) {
         let candidates: Vec<usize> = (0..self.model.bases.len())
             .filter(|i| !self.model.bases[*i].forgotten)
@@ -569,7 +584,7 @@ impl Run {
         if !self.healthy {
             return self.random_recovery(rng);
         }
-        match rng.below(20) {
+        match rng.below(21) {
             0..=4 => self.commit(1 + rng.below(12)),
             5..=7 => self.mark(),
             8 | 9 => self.backup(),
@@ -583,7 +598,8 @@ impl Run {
                 self.note("restart Strongbox");
             }
             17 | 18 => self.disaster(rng),
-            _ => self.delete_backup(rng),
+            19 => self.delete_backup(rng),
+            _ => self.lose_catalog(),
         }
     }
 }
