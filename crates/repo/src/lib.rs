@@ -289,6 +289,11 @@ impl Repository {
                 .pop()
                 .ok_or_else(|| Error::SnapshotNotFound("latest (the repository has no snapshots)".into()));
         }
+        // A whole id is read at once: listing every snapshot to match a
+        // prefix costs as much as the history is long.
+        if let Some(id) = Id::from_hex(spec) {
+            return snapshot::load(&self.store, &self.cipher, &id).await;
+        }
         let ids = snapshot::list_ids(&self.store).await?;
         let matches: Vec<_> = ids
             .iter()
