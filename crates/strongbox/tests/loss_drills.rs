@@ -178,18 +178,28 @@ fn second_after(ahead: std::time::Duration) -> (time::OffsetDateTime, std::time:
 #[test]
 fn the_host_lost_a_new_server_on_the_same_repository_recovers_every_backup() {
     let root = tempfile::tempdir().unwrap();
-    let db = root.path().join("app.db");
-    let file = root.path().join("notes.txt");
+    host_lost(root.path(), &root.path().join("repository").display().to_string(), &[]);
+}
+
+/// The same drill with the repository on S3 (the in-process S3 server).
+#[test]
+fn the_host_lost_a_new_server_on_the_same_s3_repository_recovers_every_backup() {
+    let root = tempfile::tempdir().unwrap();
+    let s3 = strongbox_testkit::s3::S3Server::start();
+    host_lost(root.path(), "s3://backups/drill", &s3.env());
+}
+
+fn host_lost(root: &std::path::Path, repository: &str, more_env: &[(&'static str, String)]) {
+    let db = root.join("app.db");
+    let file = root.join("notes.txt");
     let commands = serde_json::json!([format!("cat {}", file.display()), format!("cat > {}", file.display())]);
-    let env = [
-        (
-            "STRONGBOX_REPOSITORY",
-            root.path().join("repository").display().to_string(),
-        ),
+    let mut env = vec![
+        ("STRONGBOX_REPOSITORY", repository.to_string()),
         ("STRONGBOX_REPO_PASSWORD", "kept apart from the host".to_string()),
         ("STRONGBOX_ALLOW_COMMANDS", commands.to_string()),
     ];
-    let before = root.path().join("host");
+    env.extend_from_slice(more_env);
+    let before = root.join("host");
     std::fs::create_dir_all(&before).unwrap();
     let s = start_with(&before, free_port(), &env);
 
@@ -273,11 +283,11 @@ fn the_host_lost_a_new_server_on_the_same_repository_recovers_every_backup() {
     drop(s);
     std::fs::remove_dir_all(&before).unwrap();
     std::fs::remove_file(&db).unwrap();
-    let _ = std::fs::remove_file(root.path().join("app.db-wal"));
-    let _ = std::fs::remove_file(root.path().join("app.db-shm"));
+    let _ = std::fs::remove_file(root.join("app.db-wal"));
+    let _ = std::fs::remove_file(root.join("app.db-shm"));
     std::fs::remove_file(&file).unwrap();
 
-    let after = root.path().join("new-host");
+    let after = root.join("new-host");
     std::fs::create_dir_all(&after).unwrap();
     let s = start_with(&after, free_port(), &env);
     let log = std::fs::read_to_string(after.join("server.log")).unwrap();
