@@ -363,6 +363,12 @@ mod tests {
     use crate::Engine;
     use std::io::Read;
 
+    /// A backup with no shipper: the streams.
+    fn plain_backup(engine: &SqliteEngine, scratch: &Path) -> strongbox_repo::Sources {
+        let cx = crate::BackupContext { scratch, shipper: None };
+        engine.backup(&cx).unwrap().sources
+    }
+
     #[test]
     fn backup_is_one_consistent_commit_while_another_connection_writes() {
         let dir = tempfile::tempdir().unwrap();
@@ -392,13 +398,7 @@ mod tests {
         };
         std::thread::sleep(Duration::from_millis(200));
         let engine = SqliteEngine::new(db.clone());
-        let mut sources = engine
-            .backup(&crate::BackupContext {
-                scratch: dir.path(),
-                shipper: None,
-            })
-            .unwrap()
-            .sources;
+        let mut sources = plain_backup(&engine, dir.path());
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let written = writer.join().unwrap();
 
@@ -446,13 +446,7 @@ mod tests {
         let live = dir.path().join("live.db");
         let held = database(&live, 120_000);
         let engine = SqliteEngine::new(live.clone());
-        let mut sources = engine
-            .backup(&crate::BackupContext {
-                scratch: dir.path(),
-                shipper: None,
-            })
-            .unwrap()
-            .sources;
+        let mut sources = plain_backup(&engine, dir.path());
         let mut bytes = Vec::new();
         sources.next().unwrap().unwrap().reader.read_to_end(&mut bytes).unwrap();
         let backed_up = rows(&held);
