@@ -54,6 +54,10 @@ try {
   // Open the deployment, start a backup, watch it complete.
   await page.getByRole('button', { name: 'db12c' }).click();
   await page.locator('#deployment').waitFor();
+  // The panel shows before its backups are listed: count them once they are
+  // (the test took one through the API; counting too early, under load,
+  // saw none and waited for one row forever).
+  await page.waitForFunction(() => document.querySelectorAll('#backups tbody tr').length > 0);
   const before = await page.locator('#backups tbody tr').count();
   await page.getByRole('button', { name: 'Back up now' }).click();
   await page.locator('#job[data-status=Succeeded]').waitFor({ timeout: 60000 });
