@@ -11,13 +11,17 @@ cd "$(dirname "$0")/.."
 work=${1:-/tmp/strongbox-catalog-sync}
 deployments=${2:-100}; backups=${3:-10000}; rounds=${4:-3}
 cargo build --release -q -p strongbox-core --example catalog_sync
+out=$(mktemp)
 for r in $(seq "$rounds"); do
   sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
   target/release/examples/catalog_sync "$work" "$deployments" "$backups"
-done | tee /dev/stderr | python3 -c '
+done | tee "$out"
+python3 - "$out" <<'PY'
 import re, statistics, sys
-text = sys.stdin.read()
-rebuild = [float(x) for x in re.findall(r"in ([0-9.]+) s \(", text)]
+text = open(sys.argv[1]).read()
+rebuild = [float(x) for x in re.findall(r"backups in ([0-9.]+) s \(", text)]
 idle = [float(x) for x in re.findall(r"([0-9.]+) % of a core", text)]
 print(f"median rebuild {statistics.median(rebuild):.2f} s over {len(rebuild)} rounds; "
-      f"median idle sync {statistics.median(idle):.2f} % of a core")'
+      f"median idle sync {statistics.median(idle):.2f} % of a core")
+PY
+rm -f "$out"
