@@ -204,6 +204,46 @@ impl SqlCatalog {
     }
 }
 
+/// A job that ran under an earlier catalog, indexed again (`import_*`).
+struct EndedJob<'a> {
+    domain: &'a str,
+    deployment: &'a str,
+    operation: Operation,
+    status: JobStatus,
+    /// `None`: this version keeps no spec for it (a recovery's plan is spent).
+    spec: Option<&'a JobSpec>,
+    started_at: &'a str,
+    ended_at: &'a str,
+    /// Bytes done (and the total), if it moved any.
+    bytes: Option<i64>,
+    /// Its message, and its activity log's one line.
+    message: &'a str,
+}
+
+async fn insert_ended_job(tx: &mut Transaction<'_, Any>, j: EndedJob<'_>) -> Result<i64> {
+    let row = sqlx::query(
+        "INSERT INTO jobs (domain, deployment, operation, status, spec, created_by, created_at, started_at, \
+         finished_at, updated_at, bytes_done, bytes_total, message) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $8, $9, $10, $11) RETURNING id",
+    )
+    .bind(j.domain)
+    .bind(j.deployment)
+    .bind(j.operation.as_str())
+    .bind(j.status.as_str())
+    .bind(j.spec.map(|s| serde_json::to_string(s).expect("a spec serializes")))
+    .bind(crate::IMPORTED)
+    .bind(j.started_at)
+    .bind(j.ended_at)
+    .bind(j.bytes.unwrap_or(0))
+    .bind(j.bytes)
+    .bind(j.message)
+    .fetch_one(&mut **tx)
+    .await?;
+    let id: i64 = sqlx::Row::try_get(&row, 0)?;
+    add_message(tx, id, j.ended_at, j.message).await?;
+    Ok(id)
+}
+
 async fn add_message(tx: &mut Transaction<'_, Any>, job: i64, at: &str, message: &str) -> Result<()> {
     sqlx::query("INSERT INTO job_messages (job_id, at, message) VALUES ($1, $2, $3)")
         .bind(job)
@@ -608,27 +648,21 @@ impl Catalog for SqlCatalog {
             keep_forever: b.keep_forever,
             trigger: Trigger::User,
         };
-        let job: i64 = sqlx::Row::try_get(
-            &sqlx::query(
-                "INSERT INTO jobs (domain, deployment, operation, status, spec, created_by, created_at, started_at, \
-                 finished_at, updated_at, bytes_done, bytes_total, message) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $8, $9, $9, $10) RETURNING id",
-            )
-            .bind(&b.domain)
-            .bind(&b.deployment)
-            .bind(Operation::Backup.as_str())
-            .bind(JobStatus::Succeeded.as_str())
-            .bind(serde_json::to_string(&spec).expect("a spec serializes"))
-            .bind(crate::IMPORTED)
-            .bind(&b.started_at)
-            .bind(&b.completed_at)
-            .bind(b.logical_bytes as i64)
-            .bind(&b.message)
-            .fetch_one(&mut *tx)
-            .await?,
-            0,
-        )?;
-        add_message(&mut tx, job, &b.completed_at, &b.message).await?;
+        let job = insert_ended_job(
+            &mut tx,
+            EndedJob {
+                domain: &b.domain,
+                deployment: &b.deployment,
+                operation: Operation::Backup,
+                status: JobStatus::Succeeded,
+                spec: Some(&spec),
+                started_at: &b.started_at,
+                ended_at: &b.completed_at,
+                bytes: Some(b.logical_bytes as i64),
+                message: &b.message,
+            },
+        )
+        .await?;
         // A replica importing the same backup at once: one row wins.
         let inserted = sqlx::query(
             "INSERT INTO backups (job_id, domain, deployment, db_tag, status, keep_forever, started_at, completed_at, \
@@ -678,25 +712,21 @@ impl Catalog for SqlCatalog {
             RecoveryStatus::Completed => (JobStatus::Succeeded, RecoveryStatus::Completed),
             _ => (JobStatus::Failed, RecoveryStatus::Failed),
         };
-        let ended = r.completed_at.as_ref().unwrap_or(&r.started_at);
-        let job: i64 = sqlx::Row::try_get(
-            &sqlx::query(
-                "INSERT INTO jobs (domain, deployment, operation, status, created_by, created_at, started_at, \
-                 finished_at, updated_at, message) VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $7, $8) RETURNING id",
-            )
-            .bind(&r.domain)
-            .bind(&r.deployment)
-            .bind(Operation::Recovery.as_str())
-            .bind(job_status.as_str())
-            .bind(crate::IMPORTED)
-            .bind(&r.started_at)
-            .bind(ended)
-            .bind(&r.message)
-            .fetch_one(&mut *tx)
-            .await?,
-            0,
-        )?;
-        add_message(&mut tx, job, ended, &r.message).await?;
+        let job = insert_ended_job(
+            &mut tx,
+            EndedJob {
+                domain: &r.domain,
+                deployment: &r.deployment,
+                operation: Operation::Recovery,
+                status: job_status,
+                spec: None,
+                started_at: &r.started_at,
+                ended_at: r.completed_at.as_ref().unwrap_or(&r.started_at),
+                bytes: None,
+                message: &r.message,
+            },
+        )
+        .await?;
         sqlx::query(
             "INSERT INTO recoveries (job_id, domain, deployment, target, backup_job_id, status, started_at, \
              completed_at, reached) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",

@@ -159,6 +159,11 @@ pub(crate) fn position_label(position: Option<Position>) -> BTreeMap<String, Str
         .collect()
 }
 
+/// The position a backup's snapshot carries.
+pub(crate) fn position_of(s: &Snapshot) -> Option<Position> {
+    Position::from_stored(s.labels.get(label::POSITION)?).ok()
+}
+
 /// A snapshot as the backup it is, if it is one of a deployment's.
 fn imported(s: &Snapshot) -> Option<ImportedBackup> {
     let l = &s.labels;
@@ -173,7 +178,7 @@ fn imported(s: &Snapshot) -> Option<ImportedBackup> {
         snapshot_id: s.id.to_hex(),
         logical_bytes: s.totals.logical_bytes,
         stored_bytes: s.totals.new_bytes_stored,
-        position: get(label::POSITION).and_then(|p| Position::from_stored(&p).ok()),
+        position: position_of(s),
         message: format!(
             "backup {tag} found in the repository (snapshot {}) and indexed again",
             s.id.short()
@@ -245,6 +250,16 @@ impl Service {
             .ok_or_else(|| Error::internal("no repository to sync the catalog with"))?
             .clone();
         let mut report = SyncReport::default();
+        let known = self.sync_deployments(&repo, &mut report).await?;
+        self.sync_backups(&repo, &known, &mut report).await?;
+        // The recovery history, once its backups are indexed.
+        self.sync_recoveries(&repo, &known, &mut report).await?;
+        Ok(report)
+    }
+
+    /// Deployments: records written where the catalog's differ, catalog rows
+    /// added from records; every deployment then known, by (domain, name).
+    async fn sync_deployments(&self, repo: &Repository, report: &mut SyncReport) -> Result<Known> {
         let stored = repo.records(DEPLOYMENTS, "").await.map_err(repo_error)?;
         let mut records: BTreeMap<(String, String), DeploymentRecord> = BTreeMap::new();
         for (name, body) in stored {
@@ -259,7 +274,7 @@ impl Service {
                 Err(e) => tracing::warn!("deployment record {name} is unreadable: {e}"),
             }
         }
-        let mut known: BTreeMap<(String, String), Deployment> = self
+        let mut known: Known = self
             .catalog
             .all_deployments()
             .await?
@@ -271,7 +286,7 @@ impl Service {
         for (key, d) in &known {
             let record = DeploymentRecord::of(d);
             if records.get(key) != Some(&record) {
-                put_record(&repo, &record).await?;
+                put_record(repo, &record).await?;
                 report.recorded += 1;
             }
         }
@@ -296,7 +311,11 @@ impl Service {
             known.insert(key.clone(), d);
             report.deployments += 1;
         }
-        // Backups: snapshots the catalog does not index yet.
+        Ok(known)
+    }
+
+    /// Backups: snapshots the catalog does not index yet.
+    async fn sync_backups(&self, repo: &Repository, known: &Known, report: &mut SyncReport) -> Result<()> {
         let mut indexed = BTreeSet::new();
         for (domain, name) in known.keys() {
             for b in self.catalog.backups(domain, name).await? {
@@ -330,8 +349,12 @@ impl Service {
                 report.backups += 1;
             }
         }
-        // The recovery history, once its backups are indexed (a read first:
-        // importing is a write transaction, even when it finds the entry).
+        Ok(())
+    }
+
+    /// Recoveries the history lacks (read first: importing is a write
+    /// transaction, even when it finds the entry).
+    async fn sync_recoveries(&self, repo: &Repository, known: &Known, report: &mut SyncReport) -> Result<()> {
         let mut in_history = BTreeSet::new();
         for (domain, name) in known.keys() {
             for r in self.catalog.recoveries(domain, name).await? {
@@ -369,9 +392,12 @@ impl Service {
                 report.recoveries += 1;
             }
         }
-        Ok(report)
+        Ok(())
     }
 }
+
+/// The catalog's deployments by (domain, name).
+type Known = BTreeMap<(String, String), Deployment>;
 
 async fn put_record(repo: &Repository, r: &DeploymentRecord) -> Result<()> {
     let body = serde_json::to_vec(r).map_err(Error::internal)?;

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use strongbox_catalog::{BackupResult, Job, JobEnd, Lease};
+use strongbox_catalog::{BackupResult, Deployment, Job, JobEnd, Lease};
 use strongbox_engines::pitr::Reached;
 use strongbox_engines::{BackupContext, Engine, RecoveryContext, RecoveryTarget, SnapshotFiles};
 use strongbox_repo::{BackupOptions, Counters, LateLabels, Repository};
@@ -240,7 +240,7 @@ impl Worker {
         log(self.service.catalog.as_ref(), &self.lease, &message).await
     }
 
-    async fn engine(&self, job: &Job) -> Result<(String, Arc<dyn Engine>)> {
+    async fn engine(&self, job: &Job) -> Result<(Deployment, Arc<dyn Engine>)> {
         let deployment = self
             .service
             .catalog
@@ -248,7 +248,7 @@ impl Worker {
             .await?
             .with_context(|| format!("deployment {} no longer exists", job.deployment))?;
         let engine = self.service.engine_of(&deployment)?;
-        Ok((deployment.engine, engine.into()))
+        Ok((deployment, engine.into()))
     }
 
     /// Reports progress, which also renews the lease, until aborted; the
@@ -281,7 +281,7 @@ impl Worker {
     }
 
     async fn backup(&self, job: &Job, keep_forever: bool) -> Result<BackupResult> {
-        let (_, engine) = self.engine(job).await?;
+        let (deployment, engine) = self.engine(job).await?;
         let tag = self
             .service
             .catalog
@@ -289,7 +289,6 @@ impl Worker {
             .await?
             .map(|b| b.db_tag)
             .unwrap_or_default();
-        let deployment = self.service.deployment(&job.domain, &job.deployment).await?;
         let counters = self.counters.clone();
         let (scratch, e) = (self.setup.scratch.clone(), engine.clone());
         let shipper = self.service.shippers.link(&job.domain, &job.deployment);
@@ -312,16 +311,9 @@ impl Worker {
             );
         }
         // Known once the streams are read (a PostgreSQL base backup's at
-        // `pg_backup_stop`); read once, for the snapshot and the catalog.
-        let position = Arc::new(std::sync::Mutex::new(None::<Option<strongbox_engines::Position>>));
-        let late = {
-            let (position, when_read) = (position.clone(), std::sync::Mutex::new(streams.position));
-            move || {
-                let mut p = position.lock().expect("position");
-                let read = || when_read.lock().expect("position").get();
-                records::position_label(p.get_or_insert_with(read).clone())
-            }
-        };
+        // `pg_backup_stop`); the catalog takes it from the snapshot's label.
+        let when_read = std::sync::Mutex::new(streams.position);
+        let late = move || records::position_label(when_read.lock().expect("position").get());
         let options = BackupOptions {
             tags: vec![tag],
             labels,
@@ -332,7 +324,7 @@ impl Worker {
             .repo
             .backup_sources(streams.sources, options, counters)
             .await?;
-        let position = position.lock().expect("position").clone().flatten();
+        let position = records::position_of(&snap);
         Ok(BackupResult {
             snapshot_id: snap.id.to_hex(),
             logical_bytes: snap.totals.logical_bytes,
