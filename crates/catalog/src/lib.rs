@@ -92,6 +92,9 @@ pub trait Catalog: Send + Sync + 'static {
     /// `create_job` would answer `Busy` with, unless it ends meanwhile.
     async fn active_job(&self, domain: &str, deployment: &str) -> Result<Option<Job>>;
     async fn job_messages(&self, id: i64) -> Result<Vec<JobMessage>>;
+    /// A deployment's backups in the order they were taken (by start time,
+    /// then job id: a backup imported from the repository has a job id newer
+    /// than its time).
     async fn backups(&self, domain: &str, deployment: &str) -> Result<Vec<Backup>>;
     /// The backup a backup job made.
     async fn backup(&self, domain: &str, job_id: i64) -> Result<Option<Backup>>;

@@ -537,7 +537,13 @@ impl Catalog for SqlCatalog {
     async fn backups(&self, domain: &str, deployment: &str) -> Result<Vec<Backup>> {
         let sql = format!("SELECT {BACKUP_COLUMNS} FROM backups WHERE domain = $1 AND deployment = $2 ORDER BY job_id");
         let rows = self.all(AssertSqlSafe(sql), &[domain, deployment]).await?;
-        Ok(rows.iter().map(crate::rows::backup).collect())
+        let mut backups: Vec<Backup> = rows.iter().map(crate::rows::backup).collect();
+        // Times are RFC 3339 text of varying precision: compared parsed.
+        let taken = |b: &Backup| {
+            time::OffsetDateTime::parse(&b.started_at, &time::format_description::well_known::Rfc3339).ok()
+        };
+        backups.sort_by_cached_key(|b| (taken(b), b.job_id));
+        Ok(backups)
     }
 
     async fn backup(&self, domain: &str, job_id: i64) -> Result<Option<Backup>> {

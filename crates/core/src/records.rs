@@ -263,15 +263,8 @@ impl Service {
         let stored = repo.records(DEPLOYMENTS, "").await.map_err(repo_error)?;
         let mut records: BTreeMap<(String, String), DeploymentRecord> = BTreeMap::new();
         for (name, body) in stored {
-            match serde_json::from_slice::<DeploymentRecord>(&body) {
-                Ok(r) if r.v <= FORMAT => {
-                    records.insert((r.domain.clone(), r.name.clone()), r);
-                }
-                Ok(r) => tracing::warn!(
-                    "deployment record {name} has format {} (newer than {FORMAT}): skipped",
-                    r.v
-                ),
-                Err(e) => tracing::warn!("deployment record {name} is unreadable: {e}"),
+            if let Some(r) = readable::<DeploymentRecord>("deployment", &name, &body) {
+                records.insert((r.domain.clone(), r.name.clone()), r);
             }
         }
         let mut known: Known = self
@@ -322,6 +315,9 @@ impl Service {
                 indexed.extend(b.snapshot_id);
             }
         }
+        // Imported oldest first, so that job ids follow the order backups
+        // were taken in (ids are listed in random order).
+        let mut found = Vec::new();
         for id in repo.snapshot_ids().await.map_err(repo_error)? {
             let hex = id.to_hex();
             if indexed.contains(&hex) || self.not_backups.lock().expect("not_backups").contains(&hex) {
@@ -345,6 +341,10 @@ impl Service {
                     .or_default() += 1;
                 continue;
             }
+            found.push(b);
+        }
+        found.sort_by_cached_key(|b| (crate::dates::parse_rfc3339(&b.started_at), b.snapshot_id.clone()));
+        for b in found {
             if self.catalog.import_backup(&b).await? {
                 report.backups += 1;
             }
@@ -362,12 +362,8 @@ impl Service {
             }
         }
         for (name, body) in repo.records(RECOVERIES, "").await.map_err(repo_error)? {
-            let r: RecoveryRecord = match serde_json::from_slice(&body) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!("recovery record {name} is unreadable: {e}");
-                    continue;
-                }
+            let Some(r) = readable::<RecoveryRecord>("recovery", &name, &body) else {
+                continue;
             };
             if !known.contains_key(&(r.domain.clone(), r.deployment.clone()))
                 || in_history.contains(&(r.domain.clone(), r.deployment.clone(), r.started_at.clone()))
@@ -399,6 +395,30 @@ impl Service {
 /// The catalog's deployments by (domain, name).
 type Known = BTreeMap<(String, String), Deployment>;
 
+/// A record this version can read: of a format no newer than its own (a
+/// newer one is skipped with a warning rather than misread) and parsed.
+fn readable<T: serde::de::DeserializeOwned>(kind: &str, name: &str, body: &[u8]) -> Option<T> {
+    #[derive(Deserialize)]
+    struct Format {
+        v: u32,
+    }
+    let read = serde_json::from_slice::<Format>(body).and_then(|f| match f.v {
+        v if v > FORMAT => Ok(Err(v)),
+        _ => serde_json::from_slice::<T>(body).map(Ok),
+    });
+    match read {
+        Ok(Ok(r)) => Some(r),
+        Ok(Err(v)) => {
+            tracing::warn!("{kind} record {name} has format {v} (newer than {FORMAT}): skipped");
+            None
+        }
+        Err(e) => {
+            tracing::warn!("{kind} record {name} is unreadable: {e}");
+            None
+        }
+    }
+}
+
 async fn put_record(repo: &Repository, r: &DeploymentRecord) -> Result<()> {
     let body = serde_json::to_vec(r).map_err(Error::internal)?;
     repo.put_record(DEPLOYMENTS, &format!("{}/{}", r.domain, r.name), &body)
@@ -420,5 +440,35 @@ pub async fn sync_periodically(service: Arc<Service>, every: Duration) {
             Ok(r) => tracing::info!("catalog sync: {r}"),
             Err(e) => tracing::warn!("catalog sync: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a later version may write is skipped, not misread: a record of
+    /// a newer format (even one this version could parse) is not read.
+    #[test]
+    fn records_of_a_newer_format_are_skipped() {
+        let record = |v: u32| {
+            serde_json::to_vec(&RecoveryRecord {
+                v,
+                domain: "d".into(),
+                deployment: "app".into(),
+                from_backup: "TAG1".into(),
+                target: None,
+                status: "COMPLETED".into(),
+                started_at: "2026-12-05T14:00:00.000Z".into(),
+                completed_at: None,
+                reached: None,
+            })
+            .unwrap()
+        };
+        let read = |body: &[u8]| readable::<RecoveryRecord>("recovery", "d/app/1-1", body).map(|r| r.from_backup);
+        assert_eq!(read(&record(FORMAT)), Some("TAG1".to_string()));
+        assert_eq!(read(&record(FORMAT + 1)), None);
+        assert_eq!(read(br#"{"v": 1, "domain": 7}"#), None);
+        assert_eq!(read(b"not json"), None);
     }
 }

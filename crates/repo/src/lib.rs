@@ -9,6 +9,7 @@
 mod backup;
 mod check;
 mod chunker;
+mod copy;
 mod crypto;
 mod error;
 mod file;
@@ -31,6 +32,7 @@ use std::sync::Arc;
 pub use backup::{Source, Sources, sources};
 pub use check::CheckReport;
 pub use chunker::Chunker;
+pub use copy::Copied;
 pub use error::{Error, Result};
 pub use file::BackupFile;
 pub use id::Id;
@@ -194,23 +196,31 @@ impl Repository {
         opts: BackupOptions,
         progress: Arc<dyn Progress>,
     ) -> Result<Snapshot> {
-        let store = &self.store;
-        let cipher = &self.cipher;
-        let lock = Lock::acquire(store, cipher, LockKind::Backup, || async {
-            Ok(prune::load_plans(store, cipher).await?.iter().map(|p| p.id).collect())
-        })
-        .await?;
-        let result = self.backup_locked(sources, opts, progress, &lock).await;
+        let lock = self.backup_lock().await?;
+        let result = self.backup_locked(sources, opts, None, progress, &lock).await;
         let released = lock.release().await;
         let snap = result?;
         released?;
         Ok(snap)
     }
 
+    /// The lock a backup (or a copy into this repository) holds: prunes
+    /// wait, and the ones already planned are noted (see `prune`).
+    async fn backup_lock(&self) -> Result<Lock> {
+        let (store, cipher) = (&self.store, &self.cipher);
+        Lock::acquire(store, cipher, LockKind::Backup, || async {
+            Ok(prune::load_plans(store, cipher).await?.iter().map(|p| p.id).collect())
+        })
+        .await
+    }
+
+    /// `copy_of`: the snapshot this one copies from another repository,
+    /// whose id, time and host it keeps (`copy`).
     async fn backup_locked(
         &self,
         sources: Sources,
         opts: BackupOptions,
+        copy_of: Option<&Snapshot>,
         progress: Arc<dyn Progress>,
         lock: &Lock,
     ) -> Result<Snapshot> {
@@ -258,9 +268,9 @@ impl Repository {
             labels.extend(late());
         }
         let snap = Snapshot {
-            id: Id::random(),
-            time: now_rfc3339(),
-            hostname: lock.info.hostname.clone(),
+            id: copy_of.map_or_else(Id::random, |s| s.id),
+            time: copy_of.map_or_else(now_rfc3339, |s| s.time.clone()),
+            hostname: copy_of.map_or_else(|| lock.info.hostname.clone(), |s| s.hostname.clone()),
             tags: opts.tags,
             labels,
             files,

@@ -160,10 +160,26 @@ pub async fn to_writer(
     mut w: impl Write,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let segs = segments(index, file)?;
     progress.start(&file.name, Some(file.size));
-    let mut stream = futures::stream::iter(segs)
-        .map(|seg| {
+    let mut stream = std::pin::pin!(in_order(store, cipher, index, file)?);
+    while let Some(plain) = stream.try_next().await? {
+        w.write_all(&plain).map_err(|e| Error::io("restore output", e))?;
+        progress.advance(plain.len() as u64, 0);
+    }
+    w.flush().map_err(|e| Error::io("restore output", e))
+}
+
+/// One file's content as an ordered stream of verified blocks (a segment's
+/// chunks each), several segments fetched at once.
+pub fn in_order<'a>(
+    store: &'a Store,
+    cipher: &'a Cipher,
+    index: &'a Index,
+    file: &FileEntry,
+) -> Result<impl futures::Stream<Item = Result<Vec<u8>>> + 'a> {
+    let segs = segments(index, file)?;
+    Ok(futures::stream::iter(segs)
+        .map(move |seg| {
             fetch(store, cipher, seg, |cipher, seg, data| {
                 let mut plain = Vec::new();
                 decode(cipher, seg, data, |_, chunk| {
@@ -173,12 +189,7 @@ pub async fn to_writer(
                 Ok(plain)
             })
         })
-        .buffered(store.default_fetches());
-    while let Some(plain) = stream.try_next().await? {
-        w.write_all(&plain).map_err(|e| Error::io("restore output", e))?;
-        progress.advance(plain.len() as u64, 0);
-    }
-    w.flush().map_err(|e| Error::io("restore output", e))
+        .buffered(store.default_fetches()))
 }
 
 /// Rejects names that would escape the restore directory.

@@ -178,18 +178,33 @@ fn second_after(ahead: std::time::Duration) -> (time::OffsetDateTime, std::time:
 #[test]
 fn the_host_lost_a_new_server_on_the_same_repository_recovers_every_backup() {
     let root = tempfile::tempdir().unwrap();
-    host_lost(root.path(), &root.path().join("repository").display().to_string(), &[]);
+    host_lost(
+        root.path(),
+        &root.path().join("repository").display().to_string(),
+        &[],
+        None,
+    );
 }
 
-/// The same drill with the repository on S3 (the in-process S3 server).
+/// The same drill with the repository on S3 (the in-process S3 server) and
+/// the catalog on PostgreSQL: its database is dropped with the host and
+/// created again, empty, for the new server.
 #[test]
 fn the_host_lost_a_new_server_on_the_same_s3_repository_recovers_every_backup() {
     let root = tempfile::tempdir().unwrap();
     let s3 = strongbox_testkit::s3::S3Server::start();
-    host_lost(root.path(), "s3://backups/drill", &s3.env());
+    let catalog = strongbox_testkit::Database::create("drill_catalog");
+    let mut env = s3.env().to_vec();
+    env.push(("STRONGBOX_CATALOG", catalog.url.clone()));
+    host_lost(root.path(), "s3://backups/drill", &env, Some(&catalog));
 }
 
-fn host_lost(root: &std::path::Path, repository: &str, more_env: &[(&'static str, String)]) {
+fn host_lost(
+    root: &std::path::Path,
+    repository: &str,
+    more_env: &[(&'static str, String)],
+    catalog: Option<&strongbox_testkit::Database>,
+) {
     let db = root.join("app.db");
     let file = root.join("notes.txt");
     let commands = serde_json::json!([format!("cat {}", file.display()), format!("cat > {}", file.display())]);
@@ -286,6 +301,9 @@ fn host_lost(root: &std::path::Path, repository: &str, more_env: &[(&'static str
     let _ = std::fs::remove_file(root.join("app.db-wal"));
     let _ = std::fs::remove_file(root.join("app.db-shm"));
     std::fs::remove_file(&file).unwrap();
+    if let Some(catalog) = catalog {
+        catalog.recreate();
+    }
 
     let after = root.join("new-host");
     std::fs::create_dir_all(&after).unwrap();

@@ -1,7 +1,8 @@
 //! Issue 15's model test, through the API: an application commits
 //! numbered transactions to a SQLite database at random intervals while a
 //! real server ships its log; seeded random steps SIGKILL the server, stop
-//! it gracefully, replace the database file, lose it, take backups, and
+//! it gracefully, replace the database file, lose it, lose the server's
+//! catalog (rebuilt from the repository), take backups, and
 //! recover to random seconds, to positions (`scn`) and to `latest`. Every
 //! recovery is compared with a model of every state the database went
 //! through:
@@ -573,6 +574,20 @@ impl Run {
         });
     }
 
+    /// The server's catalog lost (issue 27): SIGKILL, the catalog deleted,
+    /// the server started again on the same repository, which it rebuilds
+    /// the catalog from (the deployment, its archiving setting, backups and
+    /// recovery history). Nothing the model knows changes.
+    fn lose_catalog(&mut self) {
+        self.kill();
+        let data = self.s.dir.join("data");
+        for f in ["catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm"] {
+            let _ = std::fs::remove_file(data.join(f));
+        }
+        self.s = start_in(&self.s.dir.clone(), self.s.port);
+        self.note("server SIGKILLed, its catalog lost, started: the catalog rebuilt from the repository");
+    }
+
     /// The file replaced by a copy of itself, its log removed: the shipper
     /// must start a new generation; the model's state is unchanged.
     fn replace_file(&mut self) {
@@ -642,14 +657,15 @@ fn recoveries_of_a_shipped_sqlite_log_match_the_model_through_kills_restarts_and
     for _ in 0..steps {
         std::thread::sleep(Duration::from_millis(200 + rng.below(1500) as u64));
         let step = match rng.below(100) {
-            0..=27 => "timestamp",
-            28..=41 => "scn",
-            42..=53 => "latest",
-            54..=62 => "kill",
-            63..=69 => "stop",
-            70..=77 => "replace",
-            78..=85 => "kill, file lost",
-            86..=93 => "file lost",
+            0..=25 => "timestamp",
+            26..=39 => "scn",
+            40..=51 => "latest",
+            52..=60 => "kill",
+            61..=67 => "stop",
+            68..=75 => "replace",
+            76..=83 => "kill, file lost",
+            84..=91 => "file lost",
+            92..=95 => "catalog lost",
             _ => "backup",
         };
         *counts.entry(step).or_default() += 1;
@@ -662,6 +678,7 @@ fn recoveries_of_a_shipped_sqlite_log_match_the_model_through_kills_restarts_and
             "replace" => run.replace_file(),
             "kill, file lost" => run.kill_and_lose_the_file(&mut rng),
             "file lost" => run.lose_the_file(&mut rng),
+            "catalog lost" => run.lose_catalog(),
             _ => run.backup(),
         }
     }

@@ -46,6 +46,17 @@ impl Database {
     }
 }
 
+impl Database {
+    /// Drops the database and creates it again, empty: a catalog's
+    /// database lost with the host and set up anew.
+    pub fn recreate(&self) {
+        sh(&format!(
+            "psql -X -q -h 127.0.0.1 -U postgres -d postgres -c 'DROP DATABASE {n} WITH (FORCE)' -c 'CREATE DATABASE {n}'",
+            n = self.name
+        ));
+    }
+}
+
 impl Drop for Database {
     fn drop(&mut self) {
         let _ = std::process::Command::new("psql")

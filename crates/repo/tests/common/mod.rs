@@ -98,6 +98,9 @@ pub struct Faults {
     /// before it is returned, run this: another process acting in the
     /// window between a listing and what its reader does with it.
     pub after_lock_listing: Option<(usize, Arc<dyn Fn() + Send + Sync>)>,
+    /// Once this many packs are stored, every further pack write fails (a
+    /// store that goes away mid-backup).
+    pub packs_stored_before_failing: Option<usize>,
 }
 
 pub fn faulty(dir: &std::path::Path, faults: Faults) -> Store {
@@ -107,6 +110,7 @@ pub fn faulty(dir: &std::path::Path, faults: Faults) -> Store {
             inner: Arc::new(fs),
             faults,
             lock_listings: Default::default(),
+            packs_stored: Default::default(),
         }),
         format!("faulty:{}", dir.display()),
     )
@@ -118,6 +122,7 @@ pub struct Faulty {
     inner: Arc<dyn object_store::ObjectStore>,
     faults: Faults,
     lock_listings: std::sync::atomic::AtomicUsize,
+    packs_stored: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Faulty {
@@ -145,6 +150,15 @@ mod faulty {
     #[async_trait::async_trait]
     impl ObjectStore for Faulty {
         async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
+            if let Some(limit) = self.faults.packs_stored_before_failing
+                && location.as_ref().starts_with("data/")
+                && self.packs_stored.fetch_add(1, Ordering::SeqCst) >= limit
+            {
+                return Err(Error::Generic {
+                    store: "faulty",
+                    source: format!("injected: {location} not stored (the store is gone)").into(),
+                });
+            }
             let opts = PutOptions {
                 mode: PutMode::Overwrite,
                 ..opts

@@ -1,0 +1,143 @@
+//! Copying a snapshot into another repository: the second copy of every
+//! backup, in another place.
+//!
+//! The files are read from this repository, each chunk verified as in any
+//! restore, and backed up into the other one through its own pipeline: its
+//! chunker, keys and index. Only the chunks it lacks are stored (the copy
+//! is content-addressed under its own key, whatever this one's is), and a
+//! killed copy resumes without storing anything twice: each pack is indexed
+//! as soon as it is stored, and the next attempt finds its chunks. The
+//! manifest, written last, keeps the snapshot's id, time, host, tags and
+//! labels: a backup has the same id in every repository that holds it.
+//!
+//! Reading the whole snapshot back costs a restore's read of this
+//! repository each time; what crosses to the copy is what it lacks.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use futures::StreamExt;
+
+use crate::backup::{Source, Sources};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::snapshot::{self, Snapshot, Totals};
+use crate::{BackupOptions, Repository, restore};
+
+/// What a copy did.
+#[derive(Clone, Debug, Default)]
+pub struct Copied {
+    /// The other repository held the snapshot already: nothing was done.
+    pub already: bool,
+    /// What the copy added to the other repository (`new_bytes_stored`:
+    /// the bytes that crossed).
+    pub totals: Totals,
+}
+
+/// Blocks of one file flowing from the restore side to the backup side.
+const BLOCKS_IN_FLIGHT: usize = 4;
+
+impl Repository {
+    /// Copies `snap` into `to` (see the module's comment). Idempotent.
+    pub async fn copy_snapshot(&self, snap: &Snapshot, to: &Repository, progress: Arc<dyn Progress>) -> Result<Copied> {
+        match snapshot::load(&to.store, &to.cipher, &snap.id).await {
+            Ok(_) => {
+                return Ok(Copied {
+                    already: true,
+                    ..Copied::default()
+                });
+            }
+            Err(Error::SnapshotNotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let index = Arc::new(self.restore_index().await?);
+        // Each file is fetched in order by a task of its own, started when
+        // the pipeline asks for it, into a bounded channel its reader drains.
+        let (store, cipher, runtime) = (
+            self.store.clone(),
+            self.cipher.clone(),
+            tokio::runtime::Handle::current(),
+        );
+        let sources: Sources = Box::new(snap.files.clone().into_iter().map(move |file| {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>>>(BLOCKS_IN_FLIGHT);
+            let (store, cipher, index) = (store.clone(), cipher.clone(), index.clone());
+            let source = Source {
+                name: file.name.clone(),
+                mode: file.mode,
+                size_hint: Some(file.size),
+                reader: Box::new(Blocks {
+                    rx,
+                    block: Vec::new(),
+                    at: 0,
+                    left: file.size,
+                }),
+            };
+            runtime.spawn(async move {
+                let blocks = match restore::in_order(&store, &cipher, &index, &file) {
+                    Ok(blocks) => blocks,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let mut blocks = std::pin::pin!(blocks);
+                while let Some(block) = blocks.next().await {
+                    let failed = block.is_err();
+                    if tx.send(block).await.is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            Ok(source)
+        }));
+        let opts = BackupOptions {
+            tags: snap.tags.clone(),
+            labels: snap.labels.clone(),
+            ..BackupOptions::default()
+        };
+        let lock = to.backup_lock().await?;
+        let result = to.backup_locked(sources, opts, Some(snap), progress, &lock).await;
+        let released = lock.release().await;
+        let copy = result?;
+        released?;
+        Ok(Copied {
+            already: false,
+            totals: copy.totals,
+        })
+    }
+}
+
+/// A file's blocks as a `Read` for the backup pipeline (whose reader runs on
+/// a thread of its own, where waiting for the next block is fine).
+struct Blocks {
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>>>,
+    block: Vec<u8>,
+    at: usize,
+    /// Bytes of the file not yet read: a stream that ends early is an
+    /// error, never a shorter copy.
+    left: u64,
+}
+
+impl Read for Blocks {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.block.len() {
+            match self.rx.blocking_recv() {
+                Some(Ok(block)) => (self.block, self.at) = (block, 0),
+                // The repository's error, whole: it names the damaged object.
+                Some(Err(e)) => return Err(std::io::Error::other(e.to_string())),
+                None if self.left == 0 => return Ok(0),
+                None => {
+                    return Err(std::io::Error::other(format!(
+                        "the copy's reader stopped {} bytes before the file's end",
+                        self.left
+                    )));
+                }
+            }
+        }
+        let n = buf.len().min(self.block.len() - self.at);
+        buf[..n].copy_from_slice(&self.block[self.at..self.at + n]);
+        self.at += n;
+        self.left = self.left.saturating_sub(n as u64);
+        Ok(n)
+    }
+}
