@@ -22,7 +22,7 @@ use crate::backup::{Source, Sources};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::snapshot::{self, Snapshot, Totals};
-use crate::{BackupOptions, Repository, restore};
+use crate::{BackupOptions, Repository, records, restore, wal};
 
 /// What a copy did.
 #[derive(Clone, Debug, Default)]
@@ -32,6 +32,18 @@ pub struct Copied {
     /// What the copy added to the other repository (`new_bytes_stored`:
     /// the bytes that crossed).
     pub totals: Totals,
+}
+
+/// What `mirror_objects` did.
+#[derive(Clone, Debug, Default)]
+pub struct Mirrored {
+    /// WAL files and records written to the other repository.
+    pub objects: usize,
+    /// Their sealed size there.
+    pub bytes: u64,
+    /// When the oldest WAL file the other repository lacked was archived
+    /// here (what its lag is measured from); `None`: it lacked none.
+    pub oldest_lacking: Option<time::OffsetDateTime>,
 }
 
 /// Blocks of one file flowing from the restore side to the backup side.
@@ -104,6 +116,62 @@ impl Repository {
             already: false,
             totals: copy.totals,
         })
+    }
+}
+
+impl Repository {
+    /// Brings `to` every WAL file and shipped log (`wal/…`) this repository
+    /// holds and it lacks, and every record (`records/…`) it lacks or holds
+    /// otherwise, each verified here and sealed anew under its key. WAL
+    /// files are never rewritten (a name is its content: `wal::push`);
+    /// records are replaced when they differ.
+    pub async fn mirror_objects(&self, to: &Repository) -> Result<Mirrored> {
+        let mut done = Mirrored::default();
+        let there: std::collections::HashSet<String> = to
+            .store
+            .list(wal::WAL)
+            .await?
+            .into_iter()
+            .map(|m| m.location.to_string())
+            .collect();
+        for meta in self.store.list(wal::WAL).await? {
+            let path = meta.location.as_ref();
+            if there.contains(path) {
+                continue;
+            }
+            let Some((archive, name)) = path
+                .strip_prefix(wal::WAL)
+                .and_then(|p| p.strip_prefix('/'))
+                .and_then(|p| p.rsplit_once('/'))
+            else {
+                continue;
+            };
+            let Some(data) = self.wal_fetch(archive, name).await? else {
+                continue; // removed since listed (retention)
+            };
+            let at = time::OffsetDateTime::from_unix_timestamp_nanos(
+                i128::from(meta.last_modified.timestamp_micros()) * 1000,
+            )
+            .ok();
+            done.oldest_lacking = match (done.oldest_lacking, at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if let wal::Pushed::Stored { bytes } = to.wal_push(archive, name, &data).await? {
+                done.objects += 1;
+                done.bytes += bytes;
+            }
+        }
+        let theirs: std::collections::HashMap<String, Vec<u8>> =
+            records::list_all(&to.store, &to.cipher).await?.into_iter().collect();
+        for (path, data) in records::list_all(&self.store, &self.cipher).await? {
+            if theirs.get(&path) == Some(&data) {
+                continue;
+            }
+            done.bytes += records::put_path(&to.store, &to.cipher, &path, &data).await?;
+            done.objects += 1;
+        }
+        Ok(done)
     }
 }
 

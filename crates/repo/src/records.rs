@@ -25,11 +25,17 @@ fn path(kind: &str, name: &str) -> Result<String> {
 
 /// Stores (or replaces) a record.
 pub async fn put(store: &Store, cipher: &Cipher, kind: &str, name: &str, data: &[u8]) -> Result<()> {
-    let path = path(kind, name)?;
-    let sealed = cipher.seal_object(&path, data);
+    put_sealed(store, cipher, &path(kind, name)?, data).await.map(|_| ())
+}
+
+/// Seals `data` with `path` (checked) as associated data and stores it; its sealed size.
+async fn put_sealed(store: &Store, cipher: &Cipher, path: &str, data: &[u8]) -> Result<u64> {
+    let sealed = cipher.seal_object(path, data);
+    let bytes = sealed.len() as u64;
     store
-        .put(&object_store::path::Path::from(path.as_str()), Bytes::from(sealed))
-        .await
+        .put(&object_store::path::Path::from(path), Bytes::from(sealed))
+        .await?;
+    Ok(bytes)
 }
 
 /// Every record of a kind whose name begins with `prefix` (a whole part,
@@ -60,4 +66,28 @@ pub async fn delete(store: &Store, kind: &str, name: &str) -> Result<()> {
     store
         .delete(&object_store::path::Path::from(path(kind, name)?.as_str()))
         .await
+}
+
+/// Every record of every kind, by path (`records/KIND/NAME`).
+pub async fn list_all(store: &Store, cipher: &Cipher) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for meta in store.list(RECORDS).await? {
+        let path = meta.location.as_ref();
+        if let Some(sealed) = store.get_if_exists(&meta.location).await? {
+            let what = format!("record {path}");
+            out.push((path.to_string(), cipher.open_object(path, &sealed, &what)?));
+        }
+    }
+    Ok(out)
+}
+
+/// Stores a record at a path `list_all` gave (another repository's), its
+/// sealed size returned.
+pub async fn put_path(store: &Store, cipher: &Cipher, path: &str, data: &[u8]) -> Result<u64> {
+    let (kind, name) = path
+        .strip_prefix(RECORDS)
+        .and_then(|p| p.strip_prefix('/'))
+        .and_then(|p| p.split_once('/'))
+        .ok_or_else(|| Error::Invalid(format!("{path} is not a record's path")))?;
+    put_sealed(store, cipher, &self::path(kind, name)?, data).await
 }

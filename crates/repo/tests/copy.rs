@@ -167,3 +167,43 @@ async fn a_damaged_source_fails_the_copy_naming_the_object() {
     assert!(err.contains(name), "{err}");
     assert!(to.snapshot_ids().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn wal_files_and_records_are_mirrored_once_and_records_follow_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let primary = new_repo(Store::local(dir.path()).unwrap()).await;
+    let to_dir = tempfile::tempdir().unwrap();
+    let to = copy_repo(Store::local(to_dir.path()).unwrap()).await;
+    let segments: Vec<(String, Vec<u8>)> = (1..=3)
+        .map(|i| (format!("00000001000000000000000{i}"), data(50_000, 10 + i)))
+        .collect();
+    for (name, bytes) in &segments {
+        primary.wal_push("d/pg", name, bytes).await.unwrap();
+    }
+    primary.put_record("deployments", "d/pg", b"{\"v\":1}").await.unwrap();
+    primary
+        .put_record("recoveries", "d/pg/1-7", b"{\"v\":1,\"r\":1}")
+        .await
+        .unwrap();
+    let first = primary.mirror_objects(&to).await.unwrap();
+    assert_eq!(first.objects, 5);
+    assert!(first.oldest_lacking.is_some());
+    for (name, bytes) in &segments {
+        assert_eq!(to.wal_fetch("d/pg", name).await.unwrap().as_ref(), Some(bytes));
+    }
+    assert_eq!(
+        to.records("recoveries", "").await.unwrap(),
+        primary.records("recoveries", "").await.unwrap()
+    );
+    let again = primary.mirror_objects(&to).await.unwrap();
+    assert_eq!((again.objects, again.oldest_lacking), (0, None));
+    primary
+        .put_record("deployments", "d/pg", b"{\"v\":1,\"changed\":true}")
+        .await
+        .unwrap();
+    assert_eq!(primary.mirror_objects(&to).await.unwrap().objects, 1);
+    assert_eq!(
+        to.records("deployments", "").await.unwrap(),
+        primary.records("deployments", "").await.unwrap()
+    );
+}
