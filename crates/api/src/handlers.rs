@@ -152,6 +152,7 @@ fn backup_item(b: &Backup) -> wire::BackupItem {
         scn,
         timeline,
         expires_at: None,
+        copies: Vec::new(),
     }
 }
 
@@ -173,8 +174,10 @@ pub async fn list_backups(
     }): Path<wire::ServicePath>,
 ) -> Result<Json<wire::BackupList>, ApiError> {
     let backups = state.service.backup_list(&domain, &service).await?;
+    let copies = state.service.backup_copies(&domain, &service).await?;
     let item = |(b, expires): &(Backup, Option<time::OffsetDateTime>)| wire::BackupItem {
         expires_at: expires.map(strongbox_core::dates::api_date),
+        copies: copies.get(&b.job_id).cloned().unwrap_or_default(),
         ..backup_item(b)
     };
     Ok(Json(wire::BackupList {
@@ -335,6 +338,7 @@ fn instance(state: &AppState, d: &Deployment, pitr: Option<wire::PointInTimeReco
         last_backup: None,
         runs_on: d.runs_on.clone(),
         continuous_archiving: None,
+        copies: Vec::new(),
     }
 }
 
@@ -440,6 +444,21 @@ pub async fn instance_detail(
     });
     let config = state.service.config_of(&d)?;
     body.backup_config = Some(config_body(&config, state.service.clock.now()));
+    body.copies = state
+        .service
+        .copies
+        .iter()
+        .map(|c| {
+            let s = c.status();
+            wire::CopyStatus {
+                name: c.name.clone(),
+                lag_seconds: s.lag_seconds,
+                pending_backups: s.pending_backups,
+                error: s.error,
+                last_round: s.last_round.map(strongbox_core::dates::api_date),
+            }
+        })
+        .collect();
     body.last_backup = state
         .service
         .last_backup(&domain, &service)

@@ -140,7 +140,14 @@ pub async fn start_recovery(
     let origin = origin(&caller, &headers);
     let job = state
         .service
-        .start_recovery(&domain, &service, &request, asked, &origin)
+        .start_recovery(
+            &domain,
+            &service,
+            &request,
+            asked,
+            parsed.repository.as_deref(),
+            &origin,
+        )
         .await?;
     accepted(&state, &domain, &service, &job)
 }

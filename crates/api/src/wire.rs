@@ -38,6 +38,10 @@ pub struct BackupItem {
     /// `minimumBackupsKept`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    /// Strongbox: the copies (`copies` in the server's configuration)
+    /// holding this backup.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -267,6 +271,24 @@ pub struct Instance {
     /// Strongbox, on one deployment's view, when its log is shipped.
     #[serde(rename = "continuousArchiving", skip_serializing_if = "Option::is_none")]
     pub continuous_archiving: Option<ContinuousArchiving>,
+    /// Strongbox, on one deployment's view: the server's copies and how
+    /// far each is behind its repository.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<CopyStatus>,
+}
+
+/// Strongbox: one copy (a further repository) as its copier last found it.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CopyStatus {
+    pub name: String,
+    /// How long the oldest backup or WAL file it lacks has waited (0: none).
+    pub lag_seconds: f64,
+    /// Backups waiting to be copied.
+    pub pending_backups: usize,
+    /// Why the last round failed, if it did.
+    pub error: Option<String>,
+    pub last_round: Option<String>,
 }
 
 /// Strongbox: continuous archiving of a SQLite deployment's log.
@@ -337,6 +359,9 @@ pub struct StartRecovery {
     /// Accepted as the DBCS documents it; a recovery keeps nothing.
     #[serde(rename = "keepForever", default)]
     pub keep_forever: bool,
+    /// Strongbox: the repository to read, `primary` or a copy's name
+    /// (unnamed: the primary, then each copy holding the backup).
+    pub repository: Option<String>,
 }
 
 fn string(description: &str) -> ObjectBuilder {
@@ -412,8 +437,19 @@ impl utoipa::PartialSchema for StartRecovery {
         .build()
         .into();
         let tag: Schema = string("a backup's dbTag").min_length(Some(1)).build().into();
-        let keep_only = [("keepForever", keep.clone())];
-        let with_timeline = [("timeline", timeline), ("keepForever", keep)];
+        let repository: Schema = string(
+            "Strongbox: the repository to read, `primary` or the name of a copy (`copies` in the server's \
+             configuration); unnamed, the primary and then each copy that holds the backup",
+        )
+        .min_length(Some(1))
+        .build()
+        .into();
+        let keep_only = [("keepForever", keep.clone()), ("repository", repository.clone())];
+        let with_timeline = [
+            ("timeline", timeline),
+            ("keepForever", keep),
+            ("repository", repository),
+        ];
         let one_of = OneOfBuilder::new()
             .item(object(
                 &[("latest", latest)],

@@ -25,6 +25,10 @@ pub enum JobSpec {
         /// What the request named (`None` for jobs queued before it was kept).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         asked: Option<RecoveryAsked>,
+        /// The repository the client named to read (the primary or a
+        /// copy); `None`: the primary, falling back to copies.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        repository: Option<String>,
     },
     /// Forgets these backups (by the jobs that made them), then prunes the
     /// repository and the WAL archives of what no backup needs any more.

@@ -133,6 +133,10 @@ pub trait Catalog: Send + Sync + 'static {
     /// own; false (nothing written) if the deployment has a recovery that
     /// started then already, or no backup `from_tag` (deleted since).
     async fn import_recovery(&self, r: &ImportedRecovery) -> Result<bool>;
+    /// Notes that the copy named `copy` holds a backup's snapshot (again: no-op).
+    async fn record_copy(&self, domain: &str, deployment: &str, backup_job_id: i64, copy: &str) -> Result<()>;
+    /// The copies holding a deployment's backups, by backup job id.
+    async fn copies(&self, domain: &str, deployment: &str) -> Result<Vec<BackupCopy>>;
     /// Marks backups of a deployment deleted (their snapshots are forgotten).
     async fn mark_backups_deleted(&self, domain: &str, deployment: &str, job_ids: &[i64]) -> Result<()>;
     /// Adds a line to a job's activity log; false (and nothing written) if

@@ -341,6 +341,15 @@ pub struct ImportedBackup {
     pub message: String,
 }
 
+/// A copy (a further repository) holding a backup's snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupCopy {
+    pub backup_job_id: i64,
+    pub copy: String,
+    /// RFC 3339.
+    pub copied_at: String,
+}
+
 /// A recovery found in the repository's records and not in the catalog:
 /// indexed with a job of its own, from the backup tagged `from_tag`.
 #[derive(Clone, Debug)]

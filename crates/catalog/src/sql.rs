@@ -19,12 +19,12 @@ use sqlx::{AnyPool, pool::PoolOptions};
 
 use crate::BackupConfig;
 use crate::dialect::Dialect;
-use crate::rows::{BACKUP_COLUMNS, DEPLOYMENT_COLUMNS, JOB_COLUMNS, RECOVERY_COLUMNS};
+use crate::rows::{BACKUP_COLUMNS, Columns, DEPLOYMENT_COLUMNS, JOB_COLUMNS, RECOVERY_COLUMNS};
 use crate::sqlite_reads::SqliteReads;
 use crate::{
-    Backup, BackupStatus, Catalog, Deployment, Error, ImportedBackup, ImportedRecovery, Job, JobCount, JobEnd,
-    JobMessage, JobSpec, JobStatus, Lease, NewDeployment, NewJob, NewRecord, Operation, Recovery, RecoveryStatus,
-    Result, Role, Started, Trigger, User, labels_of, now, rfc3339,
+    Backup, BackupCopy, BackupStatus, Catalog, Deployment, Error, ImportedBackup, ImportedRecovery, Job, JobCount,
+    JobEnd, JobMessage, JobSpec, JobStatus, Lease, NewDeployment, NewJob, NewRecord, Operation, Recovery,
+    RecoveryStatus, Result, Role, Started, Trigger, User, labels_of, now, rfc3339,
 };
 
 /// The statements whose text depends on the dialect, filled in once.
@@ -381,7 +381,6 @@ impl Catalog for SqlCatalog {
             )
             .await?;
         Ok(row.map(|r| {
-            use crate::rows::Columns;
             User {
                 name: r.text(0).unwrap_or_default(),
                 domain: r.text(1).unwrap_or_default(),
@@ -524,7 +523,6 @@ impl Catalog for SqlCatalog {
             .bind(id)
             .fetch_all(&self.pool)
             .await?;
-        use crate::rows::Columns;
         Ok(rows
             .iter()
             .map(|r| JobMessage {
@@ -804,6 +802,37 @@ impl Catalog for SqlCatalog {
             .fetch_all(&self.pool)
             .await?;
         Ok(labels_of(&rows))
+    }
+
+    async fn record_copy(&self, domain: &str, deployment: &str, backup_job_id: i64, copy: &str) -> Result<()> {
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "INSERT INTO backup_copies (backup_job_id, domain, deployment, copy, copied_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (backup_job_id, copy) DO NOTHING",
+        )
+        .bind(backup_job_id)
+        .bind(domain)
+        .bind(deployment)
+        .bind(copy)
+        .bind(rfc3339(now()))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn copies(&self, domain: &str, deployment: &str) -> Result<Vec<BackupCopy>> {
+        let sql = "SELECT backup_job_id, copy, copied_at FROM backup_copies WHERE domain = $1 AND deployment = $2 \
+                   ORDER BY backup_job_id, copy";
+        let rows = self.all(sql, &[domain, deployment]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| BackupCopy {
+                backup_job_id: r.int(0).unwrap_or_default(),
+                copy: r.text(1).unwrap_or_default(),
+                copied_at: r.text(2).unwrap_or_default(),
+            })
+            .collect())
     }
 
     async fn mark_backups_deleted(&self, domain: &str, deployment: &str, job_ids: &[i64]) -> Result<()> {

@@ -190,6 +190,21 @@ async fn suite(c: &dyn Catalog) {
         .collect();
     assert_eq!(log, ["backup requested", "backup completed"]);
 
+    // Copies holding it: each noted once, per deployment.
+    assert!(c.copies("usexample", "db12c").await.unwrap().is_empty());
+    for copy in ["offsite", "vault", "offsite"] {
+        c.record_copy("usexample", "db12c", j1.id, copy).await.unwrap();
+    }
+    let copies: Vec<_> = c
+        .copies("usexample", "db12c")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| (k.backup_job_id, k.copy))
+        .collect();
+    assert_eq!(copies, [(j1.id, "offsite".to_string()), (j1.id, "vault".to_string())]);
+    assert!(c.copies("usexample", "other").await.unwrap().is_empty());
+
     // Tags with a suffix counted in one statement: the tag itself and
     // `TAG_N`, not others that merely begin the same.
     assert_eq!(

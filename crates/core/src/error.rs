@@ -42,6 +42,16 @@ impl Error {
     }
 }
 
+impl Error {
+    /// A dependency that cannot be reached now: its message, without a source.
+    pub fn unavailable(e: impl std::fmt::Display) -> Self {
+        Error::Unavailable {
+            message: e.to_string(),
+            source: None,
+        }
+    }
+}
+
 impl From<strongbox_catalog::Error> for Error {
     fn from(e: strongbox_catalog::Error) -> Self {
         let unreachable = e.is_unreachable();

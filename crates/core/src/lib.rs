@@ -4,6 +4,7 @@
 //! dying job is given up); the catalog below it only stores, the engines
 //! only run databases, the API above it only speaks HTTP.
 
+pub mod copies;
 pub mod dates;
 mod error;
 pub mod health;
@@ -61,6 +62,10 @@ pub struct Service {
     pub catalog: Arc<dyn Catalog>,
     /// WAL archives for point-in-time recovery; none, none offered.
     pub wal: Option<Arc<pitr::WalArchives>>,
+    /// Further repositories holding a copy of everything (`copies`).
+    pub copies: Vec<Arc<copies::RepoCopy>>,
+    /// Wakes the copiers (a backup completed).
+    pub copies_wanted: Arc<tokio::sync::Notify>,
     /// Wakes idle workers when a job is queued (they also poll the catalog).
     pub queued: Arc<tokio::sync::Notify>,
     pub clock: Arc<dyn Clock>,
@@ -86,6 +91,8 @@ impl Service {
         Service {
             catalog,
             wal: None,
+            copies: Vec::new(),
+            copies_wanted: Arc::default(),
             queued: Arc::default(),
             clock: Arc::new(SystemClock),
             backup_defaults: schedule::BackupConfig::default(),

@@ -173,7 +173,7 @@ impl Service {
         backups: &[Backup],
         probe: bool,
     ) -> Result<Option<PitrState>, Error> {
-        let Some(archives) = &self.wal else {
+        let Some(archives) = self.planning_archives().await else {
             return Ok(None);
         };
         let recoveries = self.catalog.recoveries(&d.domain, &d.name).await?;

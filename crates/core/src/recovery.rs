@@ -265,26 +265,29 @@ async fn choose(
 impl Service {
     /// Completed backups whose snapshots are still in the repository (a
     /// snapshot forgotten with `repo forget` can no longer be recovered
-    /// from), oldest first.
+    /// from) or in one of its copies, oldest first.
     pub async fn usable_backups(&self, domain: &str, deployment: &str) -> Result<Vec<Backup>> {
         let backups = self.catalog.backups(domain, deployment).await?;
         let present: Option<std::collections::HashSet<String>> = match &self.wal {
-            Some(w) => Some(
-                w.repo
-                    .snapshot_ids()
-                    .await
-                    .map_err(|e| Error::internal(format!("listing the repository's snapshots: {e}")))?
-                    .iter()
-                    .map(|id| id.to_hex())
-                    .collect(),
-            ),
+            Some(w) => match w.repo.snapshot_ids().await {
+                Ok(ids) => Some(ids.iter().map(|id| id.to_hex()).collect()),
+                // The primary's store is gone (a deleted bucket): its copies answer.
+                Err(e) if !self.copies.is_empty() => {
+                    tracing::warn!("listing the repository's snapshots: {e}; reading the copies");
+                    Some(Default::default())
+                }
+                Err(e) => return Err(Error::internal(format!("listing the repository's snapshots: {e}"))),
+            },
             None => None,
         };
+        // A backup a copy holds can be recovered (from the copy) when the
+        // primary lost it.
+        let copied = self.backup_copies(domain, deployment).await?;
         Ok(backups
             .into_iter()
             .filter(|b| b.status == BackupStatus::Completed)
             .filter(|b| match (&present, &b.snapshot_id) {
-                (Some(ids), Some(id)) => ids.contains(id),
+                (Some(ids), Some(id)) => ids.contains(id) || copied.contains_key(&b.job_id),
                 (None, _) => true,
                 (Some(_), None) => false,
             })
@@ -315,15 +318,21 @@ impl Service {
     }
 
     /// Plans a recovery and queues it; `asked` is the request in the
-    /// client's words (for the history).
+    /// client's words (for the history); `repository` the one to read, if
+    /// the client named one (`copies`).
     pub async fn start_recovery(
         &self,
         domain: &str,
         deployment: &str,
         request: &RecoveryRequest,
         asked: RecoveryAsked,
+        repository: Option<&str>,
         origin: &Origin,
     ) -> Result<Job> {
+        if repository.is_some() {
+            // Known, and it opens.
+            self.readable_repositories(repository).await?;
+        }
         let d = self.deployment(domain, deployment).await?;
         let usable = self.usable_backups(domain, deployment).await?;
         let planner = self.planner(&d, &usable, request).await?;
@@ -333,9 +342,11 @@ impl Service {
             target: plan.target,
             description: plan.description,
             asked: Some(asked.clone()),
+            repository: repository.map(str::to_string),
         };
+        let from = repository.map(|r| format!(", read from {r}")).unwrap_or_default();
         let message = format!(
-            "recovery from backup {} requested by {} (target {asked})",
+            "recovery from backup {} requested by {} (target {asked}{from})",
             backup.db_tag, origin.user
         );
         self.create_job(domain, deployment, &spec, origin, |_| {

@@ -237,7 +237,10 @@ impl Service {
     /// The deployment's generations with a base backup, oldest first;
     /// `None` when its log is not shipped.
     async fn generations(&self, d: &Deployment, usable: &[Backup]) -> Result<Option<Vec<Generation>>> {
-        let (true, Some(wal)) = (self.ships(d), &self.wal) else {
+        if !self.ships(d) {
+            return Ok(None);
+        }
+        let Some(wal) = self.planning_archives().await else {
             return Ok(None);
         };
         let archive = WalArchives::archive(&d.domain, &d.name);

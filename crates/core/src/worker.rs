@@ -113,6 +113,10 @@ pub async fn worker(service: Arc<Service>, setup: WorkerSetup) {
                     let recorded = service.catalog.finish_job(&w.lease, &end).await;
                     if let Ok(true) = recorded {
                         record(&job, &end, started.elapsed());
+                        if end.backup.is_some() {
+                            // A new backup to copy.
+                            service.copies_wanted.notify_waiters();
+                        }
                         if let Ok(JobSpec::Recovery { .. }) = job.spec() {
                             service.record_recovery(&job.domain, job.id).await;
                             if let Err(e) = service.base_after_recovery(&job.domain, &job.deployment, job.id).await {
@@ -221,8 +225,12 @@ impl Worker {
                 from,
                 target,
                 description,
+                repository,
                 ..
-            } => match self.recovery(job, from, &target, &description).await {
+            } => match self
+                .recovery(job, from, &target, &description, repository.as_deref())
+                .await
+            {
                 Ok((summary, reached)) => JobEnd {
                     reached,
                     ..ended(true, format!("recovery completed: {summary}"))
@@ -380,12 +388,16 @@ impl Worker {
         ))
     }
 
+    /// Recovers from the first repository that holds the backup whole: the
+    /// one the client named, else the primary, then each copy, saying in
+    /// the job's messages why one was passed over.
     async fn recovery(
         &self,
         job: &Job,
         from: i64,
         target: &RecoveryTarget,
         description: &str,
+        repository: Option<&str>,
     ) -> Result<(String, Option<Reached>)> {
         let (_, engine) = self.engine(job).await?;
         let backup = self
@@ -395,18 +407,61 @@ impl Worker {
             .await?
             .and_then(|b| b.snapshot_id.map(|s| (b.db_tag, s)));
         let (tag, snapshot_id) = backup.with_context(|| format!("backup job {from} has no snapshot"))?;
-        let snapshot = self
-            .setup
-            .repo
-            .find_snapshot(&snapshot_id)
-            .await
-            .with_context(|| format!("snapshot {snapshot_id} of backup {tag}"))?;
         self.log(format!("plan: {description}")).await;
-        let counters = self.counters.clone();
+        let repositories = self.service.readable_repositories(repository).await?;
+        let mut passed_over = Vec::new();
+        for (i, (name, archives)) in repositories.iter().enumerate() {
+            let last = i + 1 == repositories.len();
+            let snapshot = match archives.repo.find_snapshot(&snapshot_id).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let why = format!("{name}: snapshot {snapshot_id} of backup {tag}: {e}");
+                    if last {
+                        passed_over.push(why);
+                        anyhow::bail!("no repository holds backup {tag} whole: {}", passed_over.join("; "));
+                    }
+                    self.log(format!("{why}; trying {}", repositories[i + 1].0)).await;
+                    passed_over.push(why);
+                    continue;
+                }
+            };
+            if name != crate::copies::PRIMARY {
+                self.log(format!("reading backup {tag} from copy {name}")).await;
+            }
+            let files = SnapshotFiles::new(
+                archives.repo.clone(),
+                snapshot,
+                tokio::runtime::Handle::current(),
+                self.counters.clone(),
+            );
+            match self.recover_from(job, engine.clone(), files, archives, target).await {
+                Ok(recovered) => {
+                    return Ok((format!("from backup {tag}: {}", recovered.summary), recovered.reached));
+                }
+                // The repository failed it (an object missing or damaged):
+                // the next one may hold it whole.
+                Err(RecoverError::Reading(e)) if !last => {
+                    let why = format!("{name}: {e}");
+                    self.log(format!("{why}; trying {}", repositories[i + 1].0)).await;
+                    passed_over.push(why);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        anyhow::bail!("no repository to recover backup {tag} from")
+    }
+
+    async fn recover_from(
+        &self,
+        job: &Job,
+        engine: Arc<dyn Engine>,
+        files: SnapshotFiles,
+        archives: &Arc<WalArchives>,
+        target: &RecoveryTarget,
+    ) -> Result<strongbox_engines::Recovered, RecoverError> {
         let runtime = tokio::runtime::Handle::current();
-        let files = SnapshotFiles::new(self.setup.repo.clone(), snapshot, runtime.clone(), counters);
         // PostgreSQL replays its archive, SQLite its shipped WAL.
-        let wal = Some(self.setup.wal.for_deployment(&job.domain, &job.deployment));
+        let wal = Some(archives.for_deployment(&job.domain, &job.deployment));
         let (catalog, lease, scratch, target) = (
             self.service.catalog.clone(),
             self.lease.clone(),
@@ -414,6 +469,7 @@ impl Worker {
             target.clone(),
         );
         let shipper = self.service.shippers.link(&job.domain, &job.deployment);
+        let read_failure = files.read_failure();
         let result = tokio::task::spawn_blocking(move || {
             let log = |message: String| runtime.block_on(log(catalog.as_ref(), &lease, &message));
             let cx = RecoveryContext {
@@ -424,8 +480,21 @@ impl Worker {
             };
             engine.recover(&files, &target, &cx)
         })
-        .await;
-        let recovered = result??;
-        Ok((format!("from backup {tag}: {}", recovered.summary), recovered.reached))
+        .await
+        .map_err(|e| RecoverError::Other(e.into()))?;
+        result.map_err(|e| match read_failure.get() {
+            Some(_) => RecoverError::Reading(e.into()),
+            None => RecoverError::Other(e.into()),
+        })
     }
+}
+
+/// Why a recovery from one repository failed: reading it (another may
+/// hold the backup whole), or anything else.
+#[derive(Debug, thiserror::Error)]
+enum RecoverError {
+    #[error("{0:#}")]
+    Reading(anyhow::Error),
+    #[error("{0:#}")]
+    Other(anyhow::Error),
 }

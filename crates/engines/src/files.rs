@@ -4,7 +4,7 @@
 
 use std::io::{self, Read};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use strongbox_repo::{Progress, Repository, Snapshot};
@@ -17,6 +17,9 @@ pub struct SnapshotFiles {
     snapshot: Arc<Snapshot>,
     runtime: Handle,
     progress: Arc<dyn Progress>,
+    /// The first error reading the repository: a recovery that failed with
+    /// one may succeed from another repository holding the same backup.
+    read_failure: Arc<OnceLock<String>>,
 }
 
 impl SnapshotFiles {
@@ -26,17 +29,29 @@ impl SnapshotFiles {
             snapshot: Arc::new(snapshot),
             runtime,
             progress,
+            read_failure: Arc::default(),
         }
+    }
+
+    /// Set once reading the repository failed (see `read_failure`).
+    pub fn read_failure(&self) -> Arc<OnceLock<String>> {
+        self.read_failure.clone()
+    }
+
+    fn failed(&self, e: strongbox_repo::Error) -> Error {
+        failed_reading(&self.read_failure, e)
     }
 }
 
-fn restore_error(e: strongbox_repo::Error) -> Error {
-    Error::Failed(format!("reading the backup: {e}"))
+fn failed_reading(noted: &OnceLock<String>, e: strongbox_repo::Error) -> Error {
+    let message = format!("reading the backup: {e}");
+    let _ = noted.set(message.clone());
+    Error::Failed(message)
 }
 
 impl BackupFiles for SnapshotFiles {
     fn open(&self, name: &str) -> Result<Box<dyn Read + Send>, Error> {
-        self.snapshot.file(name).map_err(restore_error)?;
+        self.snapshot.file(name).map_err(|e| self.failed(e))?;
         let (reader, writer) = io::pipe().map_err(|e| Error::io("pipe", e))?;
         let (repo, snap, progress, name) = (
             self.repo.clone(),
@@ -51,6 +66,7 @@ impl BackupFiles for SnapshotFiles {
         Ok(Box::new(Stream {
             reader,
             filler: Some(filler),
+            read_failure: self.read_failure.clone(),
         }))
     }
 
@@ -60,13 +76,13 @@ impl BackupFiles for SnapshotFiles {
                 self.repo
                     .restore_file(&self.snapshot, name, dest, self.progress.as_ref()),
             )
-            .map_err(restore_error)
+            .map_err(|e| self.failed(e))
     }
 
     fn restore_tree(&self, dir: &Path) -> Result<(), Error> {
         self.runtime
             .block_on(self.repo.restore_all(&self.snapshot, dir, self.progress.as_ref()))
-            .map_err(restore_error)
+            .map_err(|e| self.failed(e))
     }
 }
 
@@ -75,6 +91,7 @@ impl BackupFiles for SnapshotFiles {
 struct Stream {
     reader: io::PipeReader,
     filler: Option<JoinHandle<strongbox_repo::Result<()>>>,
+    read_failure: Arc<OnceLock<String>>,
 }
 
 impl Read for Stream {
@@ -86,7 +103,7 @@ impl Read for Stream {
         {
             match filler.join() {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(io::Error::other(restore_error(e))),
+                Ok(Err(e)) => return Err(io::Error::other(failed_reading(&self.read_failure, e))),
                 Err(_) => return Err(io::Error::other("reading the backup: the restore thread panicked")),
             }
         }

@@ -158,6 +158,12 @@ impl Repository {
         }
     }
 
+    /// Whether its store still holds it (its config object): false once
+    /// the directory or bucket is gone.
+    pub async fn is_present(&self) -> Result<bool> {
+        Ok(self.store.get_if_exists(&storage::layout::config()).await?.is_some())
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }

@@ -55,6 +55,25 @@ pub(crate) struct Config {
     /// Serve `/metrics` on this address instead of the API's (for
     /// scrapers on another network than the API's clients).
     pub(crate) metrics_listen: Option<SocketAddr>,
+    /// Further repositories holding a copy of every backup, WAL file and
+    /// record, each `{ name, repository }` (also STRONGBOX_COPIES, as JSON).
+    /// A copy's password: STRONGBOX_COPY_<NAME>_PASSWORD, else generated
+    /// into `DATA_DIR/copy-NAME.password`.
+    #[serde(default)]
+    pub(crate) copies: Vec<CopyConfig>,
+    /// How often each copy is brought what it lacks (also at once after
+    /// every backup).
+    pub(crate) copy_seconds: Option<u64>,
+}
+
+/// One copy in `copies`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CopyConfig {
+    /// What recoveries (`"repository"`), listings and metrics call it.
+    pub(crate) name: String,
+    /// A directory or `s3://BUCKET/PREFIX` (endpoint and credentials from `AWS_*`).
+    pub(crate) repository: String,
 }
 
 impl Config {
@@ -73,6 +92,25 @@ impl Config {
         Ok(env("STRONGBOX_CATALOG")?
             .or_else(|| self.catalog.clone())
             .unwrap_or_else(|| data_dir.join("catalog.sqlite").display().to_string()))
+    }
+
+    /// `copies`: STRONGBOX_COPIES (a JSON array) wins over the file; names
+    /// are checked and distinct.
+    pub(crate) fn copies(&self) -> Result<Vec<CopyConfig>> {
+        let copies: Vec<CopyConfig> = match std::env::var("STRONGBOX_COPIES") {
+            Ok(json) => serde_json::from_str(&json).context("STRONGBOX_COPIES")?,
+            Err(_) => self.copies.clone(),
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for c in &copies {
+            strongbox_core::check_name("a copy", &c.name).context("copies")?;
+            anyhow::ensure!(
+                c.name != strongbox_core::copies::PRIMARY && seen.insert(c.name.clone()),
+                "copies: the name {:?} is taken (each copy's name is its own, and not \"primary\")",
+                c.name
+            );
+        }
+        Ok(copies)
     }
 
     /// `[backup_defaults]` over the built-in defaults, checked as a change
@@ -119,7 +157,8 @@ impl Config {
         let mut own = vec![data_dir.to_path_buf()];
         let repository: Option<String> = env("STRONGBOX_REPOSITORY")?.or_else(|| self.repository.clone());
         let catalog = self.catalog(data_dir)?;
-        for location in repository.into_iter().chain([catalog]) {
+        let copies = self.copies()?.into_iter().map(|c| c.repository);
+        for location in repository.into_iter().chain([catalog]).chain(copies) {
             if !location.contains("://") {
                 own.push(location.into());
             }

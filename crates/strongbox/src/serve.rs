@@ -53,11 +53,14 @@ struct Settings {
     host_policy: HostPolicy,
     /// Where `/metrics` is served, if not on the API's address.
     metrics_listen: Option<SocketAddr>,
+    copies: Vec<crate::config::CopyConfig>,
+    copy_every: Duration,
 }
 
 fn settings(args: &ServeArgs) -> Result<Settings> {
     let file = Config::read(args.config.as_deref())?;
     let backup_defaults = file.backup_defaults()?;
+    let copies = file.copies()?;
     let data_dir: PathBuf = env("STRONGBOX_DATA_DIR")?
         .or(file.data_dir.clone())
         .unwrap_or_else(|| "strongbox-data".into());
@@ -132,6 +135,13 @@ fn settings(args: &ServeArgs) -> Result<Settings> {
         backup_defaults,
         host_policy,
         metrics_listen: env("STRONGBOX_METRICS_LISTEN")?.or(file.metrics_listen),
+        copies,
+        copy_every: Duration::from_secs(
+            env("STRONGBOX_COPY_SECONDS")?
+                .or(file.copy_seconds)
+                .unwrap_or(10)
+                .max(1),
+        ),
     })
 }
 
@@ -147,11 +157,11 @@ fn demo_dir(data_dir: &Path) -> Result<PathBuf> {
 }
 
 /// How a database host's tools (PostgreSQL's archive_command and
-/// restore_command) reach the server's repository: this binary's `repo`
-/// verbs, with the password file unless the password comes from
-/// STRONGBOX_REPO_PASSWORD (then STRONGBOX_PASSWORD must be set for them;
-/// so must `AWS_*` for a repository on S3). `data_dir` is absolute.
-fn repo_command_line(location: &str, data_dir: &Path) -> Result<String> {
+/// restore_command) reach a repository: this binary's `repo` verbs, with
+/// the password file where the password is kept in one (else
+/// STRONGBOX_PASSWORD must be set for them; so must `AWS_*` for a
+/// repository on S3). The password file's path is absolute.
+fn repo_command_line(location: &str, password_file: Option<&Path>) -> Result<String> {
     let quote = |p: &Path| {
         let s = p.display().to_string();
         if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:@".contains(c)) {
@@ -162,11 +172,39 @@ fn repo_command_line(location: &str, data_dir: &Path) -> Result<String> {
     };
     let exe = std::env::current_exe().context("locating the strongbox binary")?;
     let mut line = format!("{} repo -r {}", quote(&exe), quote(Path::new(location)));
-    let password = data_dir.join("repository.password");
-    if std::env::var_os("STRONGBOX_REPO_PASSWORD").is_none() && password.exists() {
-        line += &format!(" --password-file {}", quote(&password));
+    if let Some(password) = password_file {
+        line += &format!(" --password-file {}", quote(password));
     }
     Ok(line)
+}
+
+/// The copies of `copies`, each with its password: from
+/// STRONGBOX_COPY_<NAME>_PASSWORD, else kept in `DATA_DIR/copy-NAME.password`
+/// (drawn at random the first time: keep a copy offline, as of the
+/// repository's). `data_dir` is absolute.
+fn copies(s: &Settings, data_dir: &Path) -> Result<Vec<Arc<strongbox_core::copies::RepoCopy>>> {
+    let mut out = Vec::new();
+    for c in &s.copies {
+        let var = format!(
+            "STRONGBOX_COPY_{}_PASSWORD",
+            c.name.to_ascii_uppercase().replace('-', "_")
+        );
+        let (password, file) = match std::env::var(&var) {
+            Ok(p) => (p, None),
+            Err(_) => {
+                let file = data_dir.join(format!("copy-{}.password", c.name));
+                (server_repo::password_in(&file, true)?, Some(file))
+            }
+        };
+        out.push(Arc::new(strongbox_core::copies::RepoCopy::new(
+            c.name.clone(),
+            c.repository.clone(),
+            password,
+            repo_command_line(&c.repository, file.as_deref())?,
+            s.data_dir.join("tmp"),
+        )));
+    }
+    Ok(out)
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
@@ -201,13 +239,19 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let repo = Arc::new(repo);
     let wal = Arc::new(WalArchives::new(
         repo.clone(),
-        repo_command_line(&location, &data_dir)?,
+        repo_command_line(
+            &location,
+            Some(data_dir.join("repository.password"))
+                .filter(|p| std::env::var_os("STRONGBOX_REPO_PASSWORD").is_none() && p.exists())
+                .as_deref(),
+        )?,
         s.data_dir.join("tmp"),
     ));
     let mut service = Service::new(catalog.clone());
     service.host_policy = s.host_policy.clone();
     service.wal = Some(wal.clone());
     service.backup_defaults = s.backup_defaults.clone();
+    service.copies = copies(&s, &data_dir)?;
     if let Some(path) = std::env::var_os("STRONGBOX_TEST_CLOCK_FILE") {
         service.clock = Arc::new(FileClock(path.into()));
     }
@@ -219,6 +263,13 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         Err(e) => tracing::warn!("syncing the catalog with the repository: {e}"),
     }
     tokio::spawn(strongbox_core::records::sync_periodically(service.clone(), s.sync));
+    for copy in &service.copies {
+        tokio::spawn(strongbox_core::copies::copier(
+            service.clone(),
+            copy.clone(),
+            s.copy_every,
+        ));
+    }
     if args.demo {
         demo(&service, &s).await?;
     }

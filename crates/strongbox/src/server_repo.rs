@@ -22,8 +22,13 @@ pub fn password(data_dir: &Path, generate: bool) -> Result<String> {
     if let Ok(p) = std::env::var("STRONGBOX_REPO_PASSWORD") {
         return Ok(p);
     }
-    let path = data_dir.join("repository.password");
-    match std::fs::read_to_string(&path) {
+    password_in(&data_dir.join("repository.password"), generate)
+}
+
+/// The password kept in `path`, drawn at random and written there (mode
+/// 0600) when there is none and `generate`.
+pub fn password_in(path: &Path, generate: bool) -> Result<String> {
+    match std::fs::read_to_string(path) {
         Ok(p) => return Ok(p.trim().to_string()),
         Err(e) if !generate => {
             return Err(e).with_context(|| {
@@ -39,7 +44,7 @@ pub fn password(data_dir: &Path, generate: bool) -> Result<String> {
     let mut raw = [0u8; 24];
     rand::fill(&mut raw);
     let p = hex::encode(raw);
-    write_secret(&path, &p)?;
+    write_secret(path, &p)?;
     Ok(p)
 }
 

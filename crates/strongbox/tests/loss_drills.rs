@@ -138,35 +138,6 @@ fn an_escrow_key_recovers_every_backup_when_the_password_file_is_lost() {
     }
 }
 
-const API: &str = "/paas/service/dbcs/api/v1.1/instances/usexample";
-
-/// Rows `from..=to` committed one transaction each, as the application
-/// writes them (table `t` of `big_database`'s shape).
-fn write_rows(db: &std::path::Path, from: i64, to: i64) {
-    let c = rusqlite::Connection::open(db).unwrap();
-    c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
-    for n in from..=to {
-        c.execute(
-            "INSERT INTO t (id, v) VALUES (?1, ?2)",
-            rusqlite::params![n, format!("row {n}")],
-        )
-        .unwrap();
-    }
-}
-
-/// `dd-MMM-yyyy HH:mm:ss`, the API's timestamps.
-fn api_time(t: time::OffsetDateTime) -> String {
-    let f = time::macros::format_description!("[day]-[month repr:short]-[year] [hour]:[minute]:[second]");
-    t.format(&f).unwrap()
-}
-
-/// The whole second at least `ahead` from now, and how long until then.
-fn second_after(ahead: std::time::Duration) -> (time::OffsetDateTime, std::time::Duration) {
-    let now = time::OffsetDateTime::now_utc();
-    let t = (now + ahead).replace_nanosecond(0).unwrap() + time::Duration::SECOND;
-    (t, (t - now).try_into().unwrap())
-}
-
 /// The Strongbox host lost (issue 27): its data directory (catalog, with
 /// every deployment, configuration and backup row) and the databases are
 /// gone; the repository (another disk, as S3 would be) and its password
@@ -346,31 +317,6 @@ fn host_lost(
     let tag = v["backupList"][0]["dbTag"].as_str().unwrap().to_string();
     recover("notes", &format!(r#"{{"tag": "{tag}"}}"#));
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "first notes\n");
-}
-
-/// POSTs `body` until it is accepted (a job of the deployment may hold it
-/// a moment: the shipper's base backup, the base taken after a recovery),
-/// then waits for the job to succeed.
-fn post_until_accepted(s: &Server, path: &str, body: &str) -> serde_json::Value {
-    let url = s.url(path);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let (status, h, answer) = s.curl(&[&AUTH[..], &["-X", "POST", "-d", body, &url]].concat());
-        if status == "HTTP/2 409" && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(200));
-            continue;
-        }
-        assert_eq!(status, "HTTP/2 202", "{path} {body}: {answer}");
-        return s.wait_for(header(&h, "location"), "Succeeded");
-    }
-}
-
-/// The highest row id (rows are numbered from 1 without gaps).
-fn big_database_rows(db: &std::path::Path) -> i64 {
-    rusqlite::Connection::open(db)
-        .unwrap()
-        .query_row("SELECT coalesce(max(id), 0) FROM t", [], |r| r.get(0))
-        .unwrap()
 }
 
 /// The host lost with a physical PostgreSQL deployment (issue 27): base

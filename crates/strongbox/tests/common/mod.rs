@@ -607,3 +607,57 @@ pub fn psql(db: &strongbox_testkit::Database, sql: &str) -> String {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+pub const API: &str = "/paas/service/dbcs/api/v1.1/instances/usexample";
+
+/// Rows `from..=to` committed one transaction each, as the application
+/// writes them (table `t` of `big_database`'s shape).
+pub fn write_rows(db: &std::path::Path, from: i64, to: i64) {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    for n in from..=to {
+        c.execute(
+            "INSERT INTO t (id, v) VALUES (?1, ?2)",
+            rusqlite::params![n, format!("row {n}")],
+        )
+        .unwrap();
+    }
+}
+
+/// `dd-MMM-yyyy HH:mm:ss`, the API's timestamps.
+pub fn api_time(t: time::OffsetDateTime) -> String {
+    let f = time::macros::format_description!("[day]-[month repr:short]-[year] [hour]:[minute]:[second]");
+    t.format(&f).unwrap()
+}
+
+/// The whole second at least `ahead` from now, and how long until then.
+pub fn second_after(ahead: std::time::Duration) -> (time::OffsetDateTime, std::time::Duration) {
+    let now = time::OffsetDateTime::now_utc();
+    let t = (now + ahead).replace_nanosecond(0).unwrap() + time::Duration::SECOND;
+    (t, (t - now).try_into().unwrap())
+}
+
+/// POSTs `body` until it is accepted (a job of the deployment may hold it
+/// a moment: the shipper's base backup, the base taken after a recovery),
+/// then waits for the job to succeed.
+pub fn post_until_accepted(s: &Server, path: &str, body: &str) -> serde_json::Value {
+    let url = s.url(path);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (status, h, answer) = s.curl(&[&AUTH[..], &["-X", "POST", "-d", body, &url]].concat());
+        if status == "HTTP/2 409" && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            continue;
+        }
+        assert_eq!(status, "HTTP/2 202", "{path} {body}: {answer}");
+        return s.wait_for(header(&h, "location"), "Succeeded");
+    }
+}
+
+/// The highest row id (rows are numbered from 1 without gaps).
+pub fn big_database_rows(db: &std::path::Path) -> i64 {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .query_row("SELECT coalesce(max(id), 0) FROM t", [], |r| r.get(0))
+        .unwrap()
+}

@@ -1,0 +1,329 @@
+//! Copies (issue 28): further repositories, each holding every backup, WAL
+//! file, shipped log and record of the server's repository (the primary),
+//! so that losing the primary's store loses nothing.
+//!
+//! A copier per copy brings it what it lacks: each completed backup's
+//! snapshot (`Repository::copy_snapshot`: only chunks the copy lacks
+//! cross, under its own key), then every WAL file and record
+//! (`mirror_objects`). It runs every `copy_seconds` and at once after a
+//! backup. Copies are not jobs in the queue on purpose: a copy never takes
+//! a deployment's job slot or a worker, so a copy target that is down or
+//! slow delays copies (its lag grows, shown and alerted on) and never a
+//! backup or a recovery. Every step is idempotent, so a server killed
+//! mid-copy, or two servers copying at once, store nothing twice that was
+//! indexed (see `copy_snapshot`).
+//!
+//! Recoveries read the primary and fall back to a copy that holds the
+//! backup when the primary is gone or an object it needs is missing or
+//! damaged (`Service::readable_repositories`).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use strongbox_catalog::BackupStatus;
+use strongbox_repo::{NoProgress, Repository, Store};
+use time::OffsetDateTime;
+
+use crate::pitr::WalArchives;
+use crate::{Error, Result, Service};
+
+/// The primary repository's name where copies are named (`"repository"`
+/// in a recovery request, job messages).
+pub const PRIMARY: &str = "primary";
+
+/// A copy: where it is, how to open it, what its copier last found.
+pub struct RepoCopy {
+    pub name: String,
+    pub location: String,
+    password: String,
+    /// `strongbox repo …` reaching it (PostgreSQL's restore_command, when
+    /// a recovery reads this copy).
+    cli: String,
+    scratch: std::path::PathBuf,
+    /// Opened (created, the first time) on first use: a copy that is down
+    /// when the server starts is opened by a later round.
+    opened: tokio::sync::OnceCell<Arc<WalArchives>>,
+    status: Mutex<CopyStatus>,
+}
+
+/// What a copy's copier last found (`GET …/{serviceId}`, `/metrics`).
+#[derive(Clone, Debug, Default)]
+pub struct CopyStatus {
+    /// Why the last round failed, if it did.
+    pub error: Option<String>,
+    /// How long the oldest backup or WAL file the copy lacks has waited:
+    /// 0 once a round brought it everything.
+    pub lag_seconds: f64,
+    /// Backups waiting to be copied, as of the last round.
+    pub pending_backups: usize,
+    pub last_round: Option<OffsetDateTime>,
+    /// When a round last completed: while rounds fail, the lag is at least
+    /// the time since.
+    last_complete: Option<OffsetDateTime>,
+}
+
+impl RepoCopy {
+    pub fn new(name: String, location: String, password: String, cli: String, scratch: std::path::PathBuf) -> Self {
+        RepoCopy {
+            name,
+            location,
+            password,
+            cli,
+            scratch,
+            opened: Default::default(),
+            status: Default::default(),
+        }
+    }
+
+    /// The copy's repository (with its WAL archives), opened or created.
+    pub async fn archives(&self) -> Result<Arc<WalArchives>> {
+        self.opened
+            .get_or_try_init(|| async {
+                let failed = |e: strongbox_repo::Error| {
+                    Error::unavailable(format!("copy {} ({}): {e}", self.name, self.location))
+                };
+                let store = Store::open(&self.location).map_err(failed)?;
+                let (repo, created) = Repository::open_or_init(store, self.password.as_bytes(), Default::default())
+                    .await
+                    .map_err(failed)?;
+                if created {
+                    tracing::info!("created copy {} at {}", self.name, self.location);
+                }
+                Ok(Arc::new(WalArchives::new(
+                    Arc::new(repo),
+                    self.cli.clone(),
+                    self.scratch.clone(),
+                )))
+            })
+            .await
+            .cloned()
+    }
+
+    pub fn status(&self) -> CopyStatus {
+        self.status.lock().expect("copy status").clone()
+    }
+}
+
+/// Brings one copy what it lacks every `every`, and when a backup asks
+/// (`Service::copies_wanted`), until the server stops.
+pub async fn copier(service: Arc<Service>, copy: Arc<RepoCopy>, every: Duration) {
+    loop {
+        let started = OffsetDateTime::now_utc();
+        let round = service.copy_round(&copy).await;
+        let now = OffsetDateTime::now_utc();
+        copy.note(round, started, now);
+        tokio::select! {
+            _ = service.copies_wanted.notified() => {}
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+impl RepoCopy {
+    /// Notes a round's outcome in the status and the metrics.
+    fn note(&self, round: std::result::Result<Round, (Error, Pending)>, started: OffsetDateTime, now: OffsetDateTime) {
+        let copy = self;
+        let mut status = copy.status.lock().expect("copy status");
+        status.last_round = Some(now);
+        match round {
+            Ok(r) => {
+                status.error = None;
+                status.pending_backups = 0;
+                // What it lacked at the start of this round is there now.
+                status.last_complete = Some(started);
+                status.lag_seconds = 0.0;
+                if r.backups + r.objects > 0 {
+                    tracing::info!(
+                        "copy {}: {} backup(s) and {} WAL file(s) or record(s) copied, {} bytes",
+                        copy.name,
+                        r.backups,
+                        r.objects,
+                        r.bytes
+                    );
+                }
+            }
+            Err((e, pending)) => {
+                if status.error.as_deref() != Some(&e.to_string()) {
+                    tracing::warn!("copy {}: {e}", copy.name);
+                }
+                status.error = Some(e.to_string());
+                status.pending_backups = pending.count;
+                let waiting = [pending.oldest, status.last_complete]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .map_or(0.0, |t| (now - t).as_seconds_f64().max(0.0));
+                status.lag_seconds = waiting;
+            }
+        }
+        metrics::gauge!("strongbox_copy_lag_seconds", "copy" => copy.name.clone()).set(status.lag_seconds);
+        metrics::gauge!("strongbox_copy_pending_backups", "copy" => copy.name.clone())
+            .set(status.pending_backups as f64);
+    }
+}
+
+/// What a round copied.
+#[derive(Default)]
+struct Round {
+    backups: usize,
+    objects: usize,
+    bytes: u64,
+}
+
+/// Backups a failed round left uncopied.
+#[derive(Default)]
+struct Pending {
+    count: usize,
+    /// The oldest one's completion.
+    oldest: Option<OffsetDateTime>,
+}
+
+impl Service {
+    async fn copy_round(&self, copy: &RepoCopy) -> std::result::Result<Round, (Error, Pending)> {
+        let mut pending = Pending::default();
+        let missing = match self.backups_to_copy(copy).await {
+            Ok(m) => m,
+            Err(e) => return Err((e, pending)),
+        };
+        pending.count = missing.len();
+        pending.oldest = missing.iter().filter_map(|(_, at, _)| *at).min();
+        let outcome = async {
+            let primary = self
+                .repository()
+                .ok_or_else(|| Error::internal("no repository to copy from"))?;
+            let to = copy.archives().await?;
+            let mut round = Round::default();
+            let mut first_error = None;
+            for (b, _, snapshot_id) in &missing {
+                let copied = async {
+                    let snap = primary.find_snapshot(snapshot_id).await?;
+                    primary.copy_snapshot(&snap, &to.repo, Arc::new(NoProgress)).await
+                }
+                .await;
+                match copied {
+                    Ok(done) => {
+                        self.catalog
+                            .record_copy(&b.domain, &b.deployment, b.job_id, &copy.name)
+                            .await?;
+                        round.backups += 1;
+                        round.bytes += done.totals.new_bytes_stored;
+                    }
+                    // The others are still worth copying.
+                    Err(e) => {
+                        first_error.get_or_insert(Error::unavailable(format!(
+                            "copying backup {} of {} to {}: {e}",
+                            b.db_tag, b.deployment, copy.name
+                        )));
+                    }
+                }
+            }
+            let mirrored = primary
+                .mirror_objects(&to.repo)
+                .await
+                .map_err(|e| Error::unavailable(format!("copying WAL and records to {}: {e}", copy.name)))?;
+            round.objects = mirrored.objects;
+            round.bytes += mirrored.bytes;
+            match first_error {
+                Some(e) => Err(e),
+                None => Ok(round),
+            }
+        }
+        .await;
+        outcome.map_err(|e| (e, pending))
+    }
+
+    /// Completed backups the catalog does not know `copy` holds, oldest
+    /// first, with their completion time and snapshot.
+    async fn backups_to_copy(
+        &self,
+        copy: &RepoCopy,
+    ) -> Result<Vec<(strongbox_catalog::Backup, Option<OffsetDateTime>, String)>> {
+        let mut out = Vec::new();
+        for d in self.catalog.all_deployments().await? {
+            let held: std::collections::HashSet<i64> = self
+                .catalog
+                .copies(&d.domain, &d.name)
+                .await?
+                .into_iter()
+                .filter(|c| c.copy == copy.name)
+                .map(|c| c.backup_job_id)
+                .collect();
+            for b in self.catalog.backups(&d.domain, &d.name).await? {
+                if b.status != BackupStatus::Completed || held.contains(&b.job_id) {
+                    continue;
+                }
+                if let Some(id) = b.snapshot_id.clone() {
+                    let at = b.completed_at.as_deref().and_then(crate::dates::parse_rfc3339);
+                    out.push((b, at, id));
+                }
+            }
+        }
+        out.sort_by_key(|(_, at, _)| *at);
+        Ok(out)
+    }
+
+    /// The copies holding each of a deployment's backups, by backup job id.
+    pub async fn backup_copies(
+        &self,
+        domain: &str,
+        deployment: &str,
+    ) -> Result<std::collections::HashMap<i64, Vec<String>>> {
+        let mut out: std::collections::HashMap<i64, Vec<String>> = Default::default();
+        for c in self.catalog.copies(domain, deployment).await? {
+            out.entry(c.backup_job_id).or_default().push(c.copy);
+        }
+        Ok(out)
+    }
+
+    /// The WAL archives planning reads: the primary's, or while its store is
+    /// gone, the first copy's.
+    pub(crate) async fn planning_archives(&self) -> Option<Arc<WalArchives>> {
+        if self.copies.is_empty() {
+            return self.wal.clone();
+        }
+        match self.readable_repositories(None).await {
+            Ok(found) => found.into_iter().next().map(|(_, a)| a),
+            Err(_) => self.wal.clone(),
+        }
+    }
+
+    /// The repositories a recovery may read, in the order to try them,
+    /// each with its name: the one `named` (`"primary"` or a copy's name),
+    /// else the primary while its store holds it, then every copy that
+    /// opens. Planning reads the first.
+    pub async fn readable_repositories(&self, named: Option<&str>) -> Result<Vec<(String, Arc<WalArchives>)>> {
+        let Some(primary) = self.wal.clone() else {
+            return Ok(Vec::new());
+        };
+        let copy = |name: &str| self.copies.iter().find(|c| c.name == name).cloned();
+        match named {
+            Some(PRIMARY) => return Ok(vec![(PRIMARY.to_string(), primary)]),
+            Some(name) => {
+                let c = copy(name).ok_or_else(|| {
+                    let names: Vec<&str> = self.copies.iter().map(|c| c.name.as_str()).collect();
+                    Error::Invalid(format!(
+                        "no repository is named {name:?}: the server's are {PRIMARY:?} and its copies {names:?} \
+                         (`copies` in its configuration)"
+                    ))
+                })?;
+                return Ok(vec![(c.name.clone(), c.archives().await?)]);
+            }
+            None => {}
+        }
+        let mut out = Vec::new();
+        if primary.repo.is_present().await.unwrap_or(false) {
+            out.push((PRIMARY.to_string(), primary.clone()));
+        }
+        for c in &self.copies {
+            match c.archives().await {
+                Ok(a) => out.push((c.name.clone(), a)),
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+        if out.is_empty() {
+            // Nothing else answers: the primary's own error is the one to see.
+            out.push((PRIMARY.to_string(), primary));
+        }
+        Ok(out)
+    }
+}

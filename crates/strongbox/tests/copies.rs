@@ -1,0 +1,302 @@
+//! Copies (issue 28): a second repository holding every backup, WAL file,
+//! shipped log and record. Drills: the primary repository lost, recoveries
+//! exact from the copy; a pack of the primary damaged, the recovery reads
+//! the copy and names the damaged object; a copy that is down delays copies
+//! (its lag shown) and never a backup.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const OFFSITE_PASSWORD: &str = "the offsite copy's own password";
+
+/// The server's environment with one copy, `offsite`, at `copy`.
+fn with_copy(primary: &std::path::Path, copy: &str, more: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("STRONGBOX_REPOSITORY", primary.display().to_string()),
+        ("STRONGBOX_REPO_PASSWORD", "the primary's password".to_string()),
+        (
+            "STRONGBOX_COPIES",
+            serde_json::json!([{"name": "offsite", "repository": copy}]).to_string(),
+        ),
+        ("STRONGBOX_COPY_OFFSITE_PASSWORD", OFFSITE_PASSWORD.to_string()),
+        ("STRONGBOX_COPY_SECONDS", "1".to_string()),
+    ];
+    env.extend_from_slice(more);
+    env
+}
+
+/// The job's activity log, one message a line.
+fn activity(s: &Server, job: &serde_json::Value) -> String {
+    let id = job["job_id"].as_i64().unwrap();
+    let (_, log) = s.json(&[&s.url(&format!("/paas/api/v1.1/activitylog/usexample/job/{id}"))]);
+    log["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["message"].as_str().unwrap_or_default().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The copy's status on `service`'s view.
+fn copy_status(s: &Server, service: &str) -> serde_json::Value {
+    let (_, v) = s.json(&[&s.url(&format!("{API}/{service}"))]);
+    v["copies"][0].clone()
+}
+
+/// Waits until a copy round that began after this call ended with nothing
+/// left to copy: what the primary held now, the copy holds.
+fn wait_copied(s: &Server, service: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // A round ends after each of these changes of `lastRound`: the second
+    // one began after the first change.
+    let mut seen = vec![copy_status(s, service)["lastRound"].clone()];
+    loop {
+        let c = copy_status(s, service);
+        if c["lastRound"] != *seen.last().unwrap() {
+            seen.push(c["lastRound"].clone());
+        }
+        if seen.len() >= 3 && c["lagSeconds"] == 0.0 && c["pendingBackups"] == 0 && c["error"].is_null() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the copy did not catch up: {c}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The primary repository lost (its directory deleted): every backup of a
+/// SQLite deployment with a shipped log recovers exactly (ordered
+/// checksums) from the copy on S3 by `latest` (every committed
+/// transaction), by tag and by timestamp, and a `command` deployment's by
+/// tag; each recovery's messages say it read the copy.
+#[test]
+fn the_primary_repository_lost_every_backup_recovers_exactly_from_its_copy() {
+    let root = tempfile::tempdir().unwrap();
+    let s3 = strongbox_testkit::s3::S3Server::start();
+    let (db, file, primary) = (
+        root.path().join("app.db"),
+        root.path().join("notes.txt"),
+        root.path().join("primary"),
+    );
+    let commands = serde_json::json!([format!("cat {}", file.display()), format!("cat > {}", file.display())]);
+    let mut more = s3.env().to_vec();
+    more.push(("STRONGBOX_ALLOW_COMMANDS", commands.to_string()));
+    let env = with_copy(&primary, "s3://backups/offsite", &more);
+    let host = root.path().join("host");
+    std::fs::create_dir_all(&host).unwrap();
+    let s = start_with(&host, free_port(), &env);
+
+    let rows = big_database(&db, 1);
+    assert_eq!(s.register_sqlite("app", &db).0, "HTTP/2 200");
+    assert_eq!(s.archive_continuously("app").0, "HTTP/2 200");
+    std::fs::write(&file, "first notes\n").unwrap();
+    let command = serde_json::json!({"engine": "command", "connection": {
+        "backup_command": commands[0], "recovery_command": commands[1]}});
+    let notes = s.url("/strongbox/api/v1/instances/usexample/notes");
+    assert_eq!(
+        s.json(&["-X", "PUT", "-d", &command.to_string(), &notes]).0,
+        "HTTP/2 200"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while copy_status(&s, "app").is_null()
+        || s.json(&[&s.url(&format!("{API}/app"))]).1["continuousArchiving"]["generation"].is_null()
+    {
+        assert!(Instant::now() < deadline, "no generation");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let backup = |service: &str, body: &str| post_until_accepted(&s, &format!("{API}/{service}/backups"), body);
+    backup("app", r#"{"keepForever": true}"#);
+    let at_first = sqlite_checksum(&db);
+    write_rows(&db, rows + 1, rows + 200);
+    let (moment, wait) = second_after(Duration::from_millis(1200));
+    std::thread::sleep(wait + Duration::from_millis(1200));
+    let at_moment = sqlite_checksum(&db);
+    write_rows(&db, rows + 201, rows + 400);
+    backup("app", "{}");
+    write_rows(&db, rows + 401, rows + 600);
+    let at_loss = sqlite_checksum(&db);
+    backup("notes", "{}");
+    // Every commit shipped, then copied.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, i) = s.json(&[&s.url(&format!("{API}/app"))]);
+        if i["continuousArchiving"]["lagSeconds"] == 0.0 && i["continuousArchiving"]["error"].is_null() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still shipping: {i}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    wait_copied(&s, "app");
+    let (_, list) = s.json(&[&s.url(&format!("{API}/app/backups"))]);
+    for b in list["backupList"].as_array().unwrap() {
+        assert_eq!(b["copies"], serde_json::json!(["offsite"]), "{list}");
+    }
+    let kept = list["backupList"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["keepForever"] == true)
+        .map(|b| b["dbTag"].as_str().unwrap().to_string())
+        .unwrap();
+
+    // The loss: the primary repository, whole.
+    std::fs::remove_dir_all(&primary).unwrap();
+    let recover = |service: &str, body: &str| {
+        let job = post_until_accepted(&s, &format!("{API}/{service}/backups/recovery"), body);
+        let log = activity(&s, &job);
+        assert!(log.contains("from copy offsite"), "{body}: {log}");
+    };
+    recover("app", r#"{"latest": true}"#);
+    let missing = rows + 600 - big_database_rows(&db);
+    eprintln!("latest from the copy: {missing} of the transactions committed before the loss missing");
+    assert_eq!(sqlite_checksum(&db), at_loss, "latest: every committed transaction");
+    recover("app", &format!(r#"{{"tag": "{kept}"}}"#));
+    assert_eq!(sqlite_checksum(&db), at_first, "by tag {kept}");
+    recover("app", &format!(r#"{{"timestamp": "{}"}}"#, api_time(moment)));
+    assert_eq!(sqlite_checksum(&db), at_moment, "by timestamp {}", api_time(moment));
+    let (_, v) = s.json(&[&s.url(&format!("{API}/notes/backups"))]);
+    let tag = v["backupList"][0]["dbTag"].as_str().unwrap().to_string();
+    std::fs::write(&file, "overwritten\n").unwrap();
+    recover("notes", &format!(r#"{{"tag": "{tag}"}}"#));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "first notes\n");
+}
+
+/// Every pack of the primary damaged: a recovery by tag succeeds through
+/// the copy, exact, and its messages name a damaged pack; asked to read
+/// the primary only, it fails and says why.
+#[test]
+fn a_damaged_primary_is_read_from_the_copy_and_the_damage_named() {
+    let root = tempfile::tempdir().unwrap();
+    let (db, primary) = (root.path().join("app.db"), root.path().join("primary"));
+    let copy = root.path().join("offsite");
+    let env = with_copy(&primary, &copy.display().to_string(), &[]);
+    let host = root.path().join("host");
+    std::fs::create_dir_all(&host).unwrap();
+    let s = start_with(&host, free_port(), &env);
+    big_database(&db, 4);
+    assert_eq!(s.register_sqlite("app", &db).0, "HTTP/2 200");
+    let job = post_until_accepted(&s, &format!("{API}/app/backups"), "{}");
+    assert_eq!(job["job_status"], "Succeeded");
+    let at_backup = sqlite_checksum(&db);
+    wait_copied(&s, "app");
+    let (_, list) = s.json(&[&s.url(&format!("{API}/app/backups"))]);
+    let tag = list["backupList"][0]["dbTag"].as_str().unwrap().to_string();
+    assert_eq!(list["backupList"][0]["copies"], serde_json::json!(["offsite"]));
+
+    let mut packs = Vec::new();
+    for dir in std::fs::read_dir(primary.join("data")).unwrap() {
+        for pack in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            let path = pack.unwrap().path();
+            let mut bytes = std::fs::read(&path).unwrap();
+            let middle = bytes.len() / 2;
+            for b in &mut bytes[middle..middle + 64] {
+                *b ^= 0xff;
+            }
+            std::fs::write(&path, bytes).unwrap();
+            packs.push(path.file_name().unwrap().to_str().unwrap().to_string());
+        }
+    }
+    assert!(!packs.is_empty());
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("DELETE FROM t WHERE id % 2 = 0", [])
+        .unwrap();
+
+    let url = s.url(&format!("{API}/app/backups/recovery"));
+    let body = format!(r#"{{"tag": "{tag}", "repository": "primary"}}"#);
+    let (status, h, answer) = s.curl(&[&AUTH[..], &["-X", "POST", "-d", &body, &url]].concat());
+    assert_eq!(status, "HTTP/2 202", "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let failed = loop {
+        let (_, v) = s.json(&[header(&h, "location")]);
+        if v["job_status"] == "Failed" {
+            break v;
+        }
+        assert!(v["job_status"] != "Succeeded" && Instant::now() < deadline, "{v}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let log = activity(&s, &failed);
+    assert!(
+        packs.iter().any(|p| log.contains(p.as_str())),
+        "names no damaged pack of {packs:?}: {log}"
+    );
+
+    let job = post_until_accepted(
+        &s,
+        &format!("{API}/app/backups/recovery"),
+        &format!(r#"{{"tag": "{tag}"}}"#),
+    );
+    let log = activity(&s, &job);
+    assert!(log.contains("trying offsite"), "{log}");
+    assert!(
+        packs.iter().any(|p| log.contains(p.as_str())),
+        "names no damaged pack of {packs:?}: {log}"
+    );
+    assert_eq!(sqlite_checksum(&db), at_backup);
+
+    let (status, _, answer) = s.curl(
+        &[
+            &AUTH[..],
+            &["-X", "POST", "-d", r#"{"latest": true, "repository": "vault"}"#, &url],
+        ]
+        .concat(),
+    );
+    assert_eq!(status, "HTTP/2 400", "{answer}");
+    assert!(answer.contains(r#"no repository is named \"vault\""#), "{answer}");
+}
+
+/// A copy that cannot be written (its directory cannot be made): backups
+/// succeed as ever; the copy's status and `/metrics` show it behind, with
+/// the reason; once it can be written, it catches up and lists the backup.
+#[test]
+fn a_copy_that_is_down_delays_copies_and_never_a_backup() {
+    let root = tempfile::tempdir().unwrap();
+    let (db, primary) = (root.path().join("app.db"), root.path().join("primary"));
+    let blocker = root.path().join("blocker");
+    std::fs::write(&blocker, "a file where the copy's directory should be").unwrap();
+    let env = with_copy(&primary, &blocker.join("offsite").display().to_string(), &[]);
+    let host = root.path().join("host");
+    std::fs::create_dir_all(&host).unwrap();
+    let s = start_with(&host, free_port(), &env);
+    big_database(&db, 1);
+    assert_eq!(s.register_sqlite("app", &db).0, "HTTP/2 200");
+    let began = Instant::now();
+    let job = post_until_accepted(&s, &format!("{API}/app/backups"), "{}");
+    assert_eq!(job["job_status"], "Succeeded");
+    eprintln!("backup with the copy down: {:?}", began.elapsed());
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let behind = loop {
+        let c = copy_status(&s, "app");
+        if c["pendingBackups"] == 1 && c["lagSeconds"].as_f64().unwrap_or_default() > 1.0 && !c["error"].is_null() {
+            break c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the copy's status never showed it behind: {c}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(behind["error"].as_str().unwrap().contains("offsite"), "{behind}");
+    let (_, _, page) = s.curl(&[&s.url("/metrics")]);
+    let lag: f64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"strongbox_copy_lag_seconds{copy="offsite"} "#))
+        .unwrap_or_else(|| panic!("no copy lag in /metrics: {page}"))
+        .parse()
+        .unwrap();
+    assert!(lag > 0.0, "{lag}");
+
+    std::fs::remove_file(&blocker).unwrap();
+    wait_copied(&s, "app");
+    let (_, list) = s.json(&[&s.url(&format!("{API}/app/backups"))]);
+    assert_eq!(
+        list["backupList"][0]["copies"],
+        serde_json::json!(["offsite"]),
+        "{list}"
+    );
+}
