@@ -361,6 +361,7 @@ pub struct StartRecovery {
     pub keep_forever: bool,
     /// Strongbox: the repository to read, `primary` or a copy's name
     /// (unnamed: the primary, then each copy holding the backup).
+    #[serde(default, deserialize_with = "present_string")]
     pub repository: Option<String>,
 }
 

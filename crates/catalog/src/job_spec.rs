@@ -223,8 +223,10 @@ mod tests {
             target: RecoveryTarget::Backup { position: None },
             description: "restore backup TAG1".into(),
             asked: Some(RecoveryAsked::Tag("TAG1".into())),
+            repository: Some("offsite".into()),
         };
         let back: JobSpec = serde_json::from_value(serde_json::to_value(&recovery).unwrap()).unwrap();
+        assert_eq!(back, recovery);
         assert_eq!(
             (back.operation(), back.initiated_by("alice")),
             (Operation::Recovery, "USER")

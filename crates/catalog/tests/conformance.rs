@@ -395,6 +395,7 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
             target: strongbox_engines::RecoveryTarget::Backup { position: None },
             description: "restore".into(),
             asked: Some(RecoveryAsked::Latest),
+            repository: None,
         },
         ..new_job("db12c", key)
     };

@@ -71,7 +71,9 @@ fn wait_copied(s: &Server, service: &str) {
 /// SQLite deployment with a shipped log recovers exactly (ordered
 /// checksums) from the copy on S3 by `latest` (every committed
 /// transaction), by tag and by timestamp, and a `command` deployment's by
-/// tag; each recovery's messages say it read the copy.
+/// tag; each recovery's messages say it read the copy. Then the host is
+/// lost too, and a new server on the copy alone lists every backup and
+/// recovers exactly.
 #[test]
 fn the_primary_repository_lost_every_backup_recovers_exactly_from_its_copy() {
     let root = tempfile::tempdir().unwrap();
@@ -163,6 +165,52 @@ fn the_primary_repository_lost_every_backup_recovers_exactly_from_its_copy() {
     std::fs::write(&file, "overwritten\n").unwrap();
     recover("notes", &format!(r#"{{"tag": "{tag}"}}"#));
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "first notes\n");
+
+    // Then the host too: a new server whose repository is the old copy
+    // (its password kept offline) lists every backup and recovers exactly.
+    wait_copied(&s, "app");
+    let listed = |s: &Server, service: &str| {
+        let (_, v) = s.json(&[&s.url(&format!("{API}/{service}/backups"))]);
+        let mut l: Vec<String> = v["backupList"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                format!(
+                    "{} {} {} {}",
+                    b["dbTag"], b["status"], b["backupCompleteDate"], b["keepForever"]
+                )
+            })
+            .collect();
+        l.sort();
+        l
+    };
+    let (app_backups, notes_backups) = (listed(&s, "app"), listed(&s, "notes"));
+    drop(s);
+    std::fs::remove_dir_all(&host).unwrap();
+    std::fs::remove_file(&db).unwrap();
+    let mut env = vec![
+        ("STRONGBOX_REPOSITORY", "s3://backups/offsite".to_string()),
+        ("STRONGBOX_REPO_PASSWORD", OFFSITE_PASSWORD.to_string()),
+    ];
+    env.extend_from_slice(&more);
+    let new_host = root.path().join("new-host");
+    std::fs::create_dir_all(&new_host).unwrap();
+    let s = start_with(&new_host, free_port(), &env);
+    assert_eq!(listed(&s, "app"), app_backups);
+    assert_eq!(listed(&s, "notes"), notes_backups);
+    post_until_accepted(
+        &s,
+        &format!("{API}/app/backups/recovery"),
+        &format!(r#"{{"tag": "{kept}"}}"#),
+    );
+    assert_eq!(sqlite_checksum(&db), at_first, "by tag {kept}, on the copy alone");
+    post_until_accepted(
+        &s,
+        &format!("{API}/app/backups/recovery"),
+        &format!(r#"{{"timestamp": "{}"}}"#, api_time(moment)),
+    );
+    assert_eq!(sqlite_checksum(&db), at_moment, "by timestamp, on the copy alone");
 }
 
 /// Every pack of the primary damaged: a recovery by tag succeeds through
