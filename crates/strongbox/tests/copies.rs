@@ -348,3 +348,89 @@ fn a_copy_that_is_down_delays_copies_and_never_a_backup() {
         "{list}"
     );
 }
+
+/// The primary repository lost with a physical PostgreSQL deployment: base
+/// backup and WAL were copied; with the primary's directory gone (and the
+/// cluster's data directory too), `latest` brings back every committed row
+/// and a moment its state, reading the base backup and the WAL from the
+/// copy (PostgreSQL's restore_command reaching it), ordered checksums.
+#[test]
+fn a_postgresql_deployment_recovers_from_the_copy_when_the_primary_is_lost() {
+    let root = tempfile::tempdir().unwrap();
+    let (primary, copy) = (root.path().join("primary"), root.path().join("offsite"));
+    // Password files (not variables): PostgreSQL's archive_command and
+    // restore_command read them.
+    let env = [
+        ("STRONGBOX_REPOSITORY", primary.display().to_string()),
+        (
+            "STRONGBOX_COPIES",
+            serde_json::json!([{"name": "offsite", "repository": copy}]).to_string(),
+        ),
+        ("STRONGBOX_COPY_SECONDS", "1".to_string()),
+    ];
+    let host = root.path().join("host");
+    std::fs::create_dir_all(&host).unwrap();
+    let s = start_with(&host, free_port(), &env);
+    // Both run as postgres.
+    strongbox_testkit::sh(&format!(
+        "chmod 755 {root} {host} {d} && chown -R postgres:postgres {primary} {d}/repository.password \
+         {d}/copy-offsite.password",
+        root = root.path().display(),
+        host = host.display(),
+        d = host.join("data").display(),
+        primary = primary.display(),
+    ));
+    let c = strongbox_testkit::Cluster::start("archive_mode = on\narchive_command = 'false'\n");
+    let ctl = |a: &str| format!("runuser -u postgres -- {}", c.ctl(a));
+    let reg = serde_json::json!({"engine": "postgresql", "connection": {
+        "url": c.url(), "data_dir": c.data, "bin_dir": strongbox_testkit::PG_BIN,
+        "stop_command": ctl("stop"), "start_command": ctl("start")}});
+    let register = s.url("/strongbox/api/v1/instances/usexample/pg");
+    let (status, v) = s.json(&["-X", "PUT", "-d", &reg.to_string(), &register]);
+    assert_eq!(status, "HTTP/2 200", "{v}");
+    let (_, i) = s.json(&[&s.url(PG_INSTANCE)]);
+    let archive_command = i["pointInTimeRecovery"]["archiveCommand"].as_str().unwrap().to_string();
+    c.psql(&format!(
+        "ALTER SYSTEM SET archive_command = '{}'",
+        archive_command.replace('\'', "''")
+    ));
+    c.psql("SELECT pg_reload_conf()");
+    let sum = "SELECT coalesce(md5(string_agg(id || '@' || at, ',' ORDER BY id)), '') FROM ticks";
+    c.psql("CREATE TABLE ticks (id int PRIMARY KEY, at timestamptz NOT NULL)");
+    post_until_accepted(&s, &format!("{PG_INSTANCE}/backups"), "{}");
+    let marks = write_ticks(c.port, 1, 40, 20);
+    let at_mark = c.psql(&format!("{sum} WHERE id <= {}", marks[0].rows));
+    let at_loss = c.psql(sum);
+    let last = c.psql("SELECT pg_walfile_name(pg_switch_wal())");
+    c.wait_archived(&last);
+    wait_copied(&s, "pg");
+
+    // The loss: the primary repository and the cluster's data directory.
+    std::fs::remove_dir_all(&primary).unwrap();
+    strongbox_testkit::sh(&format!("{} || true", ctl("stop")));
+    std::fs::remove_dir_all(&c.data).unwrap();
+    let recover = |body: &str| {
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            post_until_accepted(&s, &format!("{PG_INSTANCE}/backups/recovery"), body)
+        }));
+        match done {
+            Ok(job) => {
+                let log = activity(&s, &job);
+                assert!(log.contains("from copy offsite"), "{body}: {log}");
+            }
+            Err(e) => {
+                let log = std::fs::read_to_string(host.join("server.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                panic!(
+                    "{body}: {e:?}\n{}\nserver log (last lines first):\n{}",
+                    c.log(),
+                    tail.join("\n")
+                );
+            }
+        }
+    };
+    recover(r#"{"latest": true}"#);
+    assert_eq!(c.psql(sum), at_loss, "latest: every committed row, from the copy");
+    recover(&format!(r#"{{"timestamp": "{}", "timeline": 1}}"#, marks[0].timestamp));
+    assert_eq!(c.psql(sum), at_mark, "a moment, from the copy");
+}

@@ -22,6 +22,10 @@ use super::datadir::{self, AUTO_CONF, RecoverySettings, Replay};
 use super::physical::PgPhysical;
 use super::pitr::{self, Lsn, Reached};
 use super::server::{Paused, WAIT};
+
+/// How long a recovery waits for the current segment to be archived when
+/// archive_command was failing already: a few of its retries.
+const FAILING_ARCHIVE_WAIT: Duration = Duration::from_secs(5);
 use super::waldump::{FLUSH_MARKER, LastCommit, RunEnd, WalDump};
 use crate::{BackupFiles, Error, Log, PitrTarget, Recovered, RecoveryContext, RecoveryTarget};
 
@@ -466,12 +470,40 @@ impl PgPhysical {
             }
         };
         let deadline = Instant::now() + WAIT;
+        // The archiver: its last archived file, its count of failures, the
+        // last file it failed on, and whether it is failing now (its last
+        // failure after its last success). Once archive_command has failed
+        // PostgreSQL's three tries in a row (it then waits a minute before
+        // the next), or was failing already and still is a few seconds
+        // on, waiting longer is no use.
+        let archiver = || {
+            let row = self.conn.query(
+                "SELECT coalesce(last_archived_wal, '') || ' ' || failed_count || ' ' || \
+                 coalesce(last_failed_wal, '-') || ' ' || \
+                 coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false) \
+                 FROM pg_stat_archiver",
+            )?;
+            let parts: Vec<&str> = row.split(' ').collect();
+            let failed: u64 = parts.get(1).and_then(|n| n.parse().ok()).unwrap_or_default();
+            let part = |i: usize| parts.get(i).copied().unwrap_or_default().to_string();
+            Ok::<_, Error>((part(0), failed, part(2), part(3) == "true"))
+        };
+        let (failed_before, failing_before) =
+            archiver().map_or((0, false), |(_, failed, _, failing)| (failed, failing));
+        let started = Instant::now();
         loop {
-            match self
-                .conn
-                .query("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
-            {
-                Ok(done) if done.as_str() >= segment.as_str() => break,
+            match archiver() {
+                Ok((done, ..)) if done.as_str() >= segment.as_str() => break,
+                Ok((_, failed, file, failing))
+                    if failed >= failed_before + 3
+                        || (failing_before && failing && started.elapsed() > FAILING_ARCHIVE_WAIT) =>
+                {
+                    log(format!(
+                        "{segment} is not being archived: archive_command keeps failing (the last time on {file}); \
+                         replaying what is archived"
+                    ));
+                    return None;
+                }
                 _ if Instant::now() > deadline => {
                     log(format!(
                         "{segment} was not archived within {} s; replaying what is archived",
