@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -175,6 +175,19 @@ enum Verb {
         #[command(flatten)]
         archive: ArchiveArg,
     },
+    /// Copy snapshots (all, or those named), then every WAL file and record,
+    /// into another repository (created if there is none), under its own
+    /// key; only what it lacks crosses. What a server's `copies` do.
+    Copy {
+        /// The other repository: a directory or `s3://BUCKET/PREFIX`.
+        #[arg(long)]
+        to: String,
+        /// Its password, from this file (else STRONGBOX_TO_PASSWORD).
+        #[arg(long)]
+        to_password_file: Option<PathBuf>,
+        /// Snapshots to copy (ids or prefixes); none: every one.
+        snapshots: Vec<String>,
+    },
     /// Manage key slots.
     Key {
         #[command(subcommand)]
@@ -324,6 +337,11 @@ pub async fn run(args: RepoArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Verb::Key { verb } => key(&repo, verb).await,
+        Verb::Copy {
+            to,
+            to_password_file,
+            snapshots,
+        } => copy(&repo, to, to_password_file.as_deref(), snapshots).await,
     }
 }
 
@@ -569,6 +587,48 @@ async fn wal_prefetch(repo: &Repository, archive: &str, names: &[String], spool:
 }
 
 /// `key add | list | remove ID`.
+async fn copy(repo: &Repository, to: &str, password_file: Option<&Path>, wanted: &[String]) -> Result<ExitCode> {
+    let password = match password_file {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading password file {}", f.display()))?
+            .trim_end_matches(['\r', '\n'])
+            .to_string(),
+        None => std::env::var("STRONGBOX_TO_PASSWORD")
+            .context("no password for the copy: pass --to-password-file or set STRONGBOX_TO_PASSWORD")?,
+    };
+    let (copy, created) =
+        Repository::open_or_init(Store::open(to)?, password.as_bytes(), InitOptions::default()).await?;
+    if created {
+        println!("created repository {} at {to}", copy.config().id);
+    }
+    let snapshots = match wanted {
+        [] => repo.snapshots().await?,
+        some => {
+            let mut found = Vec::new();
+            for spec in some {
+                found.push(repo.find_snapshot(spec).await?);
+            }
+            found
+        }
+    };
+    let (mut copied, mut bytes) = (0, 0);
+    for snap in &snapshots {
+        let done = repo.copy_snapshot(snap, &copy, Arc::new(NoProgress)).await?;
+        if !done.already {
+            copied += 1;
+            bytes += done.totals.new_bytes_stored;
+        }
+    }
+    let mirrored = repo.mirror_objects(&copy).await?;
+    println!(
+        "{copied} of {} snapshot(s) copied ({bytes} bytes stored), {} WAL file(s) and record(s) ({} bytes)",
+        snapshots.len(),
+        mirrored.objects,
+        mirrored.bytes
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn key(repo: &Repository, verb: &KeyVerb) -> Result<ExitCode> {
     match verb {
         KeyVerb::Add => {

@@ -321,3 +321,46 @@ fn mistakes_get_clear_messages_and_exit_codes() {
     let out = strongbox(&repo).args(["forget"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// `repo copy`: into a new repository under its own password, every
+/// snapshot restores byte for byte from the copy; again, nothing is copied.
+#[test]
+fn repo_copy_seeds_another_repository_and_copies_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, to) = (dir.path().join("repo"), dir.path().join("copy"));
+    init(&repo);
+    let file = dir.path().join("data.txt");
+    let data = write_data(&file, 3_000_000, 7);
+    ok({
+        let mut c = strongbox(&repo);
+        c.arg("backup").arg(&file);
+        c
+    });
+    let copy = || {
+        let mut c = strongbox(&repo);
+        c.arg("copy")
+            .arg("--to")
+            .arg(&to)
+            .env("STRONGBOX_TO_PASSWORD", "the copy's own");
+        String::from_utf8_lossy(&ok(c).stdout).to_string()
+    };
+    let first = copy();
+    assert!(first.contains("1 of 1 snapshot(s) copied"), "{first}");
+    let again = copy();
+    assert!(again.contains("0 of 1 snapshot(s) copied (0 bytes stored)"), "{again}");
+    let restored = dir.path().join("restored");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_strongbox"));
+    c.arg("repo")
+        .arg("--repo")
+        .arg(&to)
+        .env("STRONGBOX_PASSWORD", "the copy's own")
+        .args(["restore", "latest", "--target"])
+        .arg(&restored);
+    ok(c);
+    // Files are kept under their path without the leading `/`.
+    let name = file.to_string_lossy().trim_start_matches('/').to_string();
+    assert!(
+        std::fs::read(restored.join(&name)).unwrap() == data,
+        "the copy restores other bytes"
+    );
+}
