@@ -41,32 +41,6 @@ fn activity(s: &Server, job: &serde_json::Value) -> String {
         .join("\n")
 }
 
-/// The copy's status on `service`'s view.
-fn copy_status(s: &Server, service: &str) -> serde_json::Value {
-    let (_, v) = s.json(&[&s.url(&format!("{API}/{service}"))]);
-    v["copies"][0].clone()
-}
-
-/// Waits until a copy round that began after this call ended with nothing
-/// left to copy: what the primary held now, the copy holds.
-fn wait_copied(s: &Server, service: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    // A round ends after each of these changes of `lastRound`: the second
-    // one began after the first change.
-    let mut seen = vec![copy_status(s, service)["lastRound"].clone()];
-    loop {
-        let c = copy_status(s, service);
-        if c["lastRound"] != *seen.last().unwrap() {
-            seen.push(c["lastRound"].clone());
-        }
-        if seen.len() >= 3 && c["lagSeconds"] == 0.0 && c["pendingBackups"] == 0 && c["error"].is_null() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the copy did not catch up: {c}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// The primary repository lost (its directory deleted): every backup of a
 /// SQLite deployment with a shipped log recovers exactly (ordered
 /// checksums) from the copy on S3 by `latest` (every committed

@@ -4,7 +4,7 @@
 //! `scn` through the API (targets drawn from remembered moments, including
 //! moments before earlier recoveries and on abandoned timelines), restart
 //! PostgreSQL or Strongbox, lose Strongbox's catalog (rebuilt from the
-//! repository), crash the database, corrupt or delete its files, and delete
+//! repository) or its repository (made again from its copy), crash the database, corrupt or delete its files, and delete
 //! backups (through the API: expire jobs prune the
 //! repository and the WAL archive; or `forget` + `prune` with the
 //! repository CLI). A model of the committed rows of
@@ -38,6 +38,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -240,7 +241,13 @@ const TICKS: &str = "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') 
 
 impl Run {
     fn start(dir: &std::path::Path, seed: u64) -> Run {
-        let pg = Pg::start(dir, "autovacuum = off");
+        // A copy (issue 28), to bring the primary repository back from.
+        let copies = serde_json::json!([{"name": "offsite", "repository": dir.join("offsite")}]);
+        let env = [
+            ("STRONGBOX_COPIES", copies.to_string()),
+            ("STRONGBOX_COPY_SECONDS", "1".to_string()),
+        ];
+        let pg = Pg::start_with(dir, "autovacuum = off", &env);
         pg.c.psql("CREATE TABLE ticks (id int PRIMARY KEY)");
         Run {
             pg,
@@ -500,6 +507,42 @@ impl Run {
         self.note("lose the catalog; the server rebuilds it from the repository");
     }
 
+    /// The primary repository lost (issue 28): once the copy holds
+    /// everything archived, the server is killed, the repository's
+    /// directory deleted and made again from the copy (`strongbox repo
+    /// copy`, a new key under the same password), and the server started
+    /// on it. Nothing the model knows changes.
+    fn lose_primary(&mut self) {
+        self.pg.flush();
+        wait_copied(&self.pg.s, "pg");
+        let _ = self.pg.s.child.kill();
+        let _ = self.pg.s.child.wait();
+        let data = self.pg.s.dir.join("data");
+        let primary = data.join("repository");
+        std::fs::remove_dir_all(&primary).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_strongbox"))
+            .arg("repo")
+            .arg("--repo")
+            .arg(self.pg.s.dir.join("offsite"))
+            .arg("--password-file")
+            .arg(data.join("copy-offsite.password"))
+            .arg("copy")
+            .arg("--to")
+            .arg(&primary)
+            .arg("--to-password-file")
+            .arg(data.join("repository.password"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        // PostgreSQL's archive_command writes into it.
+        strongbox_testkit::sh(&format!("chown -R postgres:postgres {}", primary.display()));
+        self.pg.s.restart();
+        self.note(format!(
+            "lose the primary repository; make it again from the copy ({})",
+            String::from_utf8_lossy(&out.stdout).trim()
+        ));
+    }
+
     fn delete_backup(&mut self, rng: &mut Rng) {
         let candidates: Vec<usize> = (0..self.model.bases.len())
             .filter(|i| !self.model.bases[*i].forgotten)
@@ -584,7 +627,7 @@ impl Run {
         if !self.healthy {
             return self.random_recovery(rng);
         }
-        match rng.below(21) {
+        match rng.below(22) {
             0..=4 => self.commit(1 + rng.below(12)),
             5..=7 => self.mark(),
             8 | 9 => self.backup(),
@@ -599,6 +642,7 @@ impl Run {
             }
             17 | 18 => self.disaster(rng),
             19 => self.delete_backup(rng),
+            20 => self.lose_primary(),
             _ => self.lose_catalog(),
         }
     }

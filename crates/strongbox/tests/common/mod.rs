@@ -10,6 +10,8 @@ pub struct Server {
     pub child: Child,
     pub dir: PathBuf,
     pub port: u16,
+    /// The variables it was started with (a restart uses them again).
+    pub env: Vec<(String, String)>,
 }
 
 impl Drop for Server {
@@ -105,6 +107,7 @@ pub fn spawn_with(dir: &Path, port: u16, env: &[(&str, String)]) -> Server {
         child,
         dir: dir.to_path_buf(),
         port,
+        env: env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
     }
 }
 
@@ -147,7 +150,8 @@ impl Server {
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        *self = start_in(&self.dir, self.port);
+        let env: Vec<(&str, String)> = self.env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        *self = start_with(&self.dir, self.port, &env);
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -391,7 +395,12 @@ pub const PG_INSTANCE: &str = "/paas/service/dbcs/api/v1.1/instances/usexample/p
 impl Pg {
     /// `settings` go into the cluster's configuration.
     pub fn start(dir: &Path, settings: &str) -> Pg {
-        let s = start_in(dir, free_port());
+        Pg::start_with(dir, settings, &[])
+    }
+
+    /// `start`, the server with these variables too.
+    pub fn start_with(dir: &Path, settings: &str, env: &[(&str, String)]) -> Pg {
+        let s = start_with(dir, free_port(), env);
         // PostgreSQL's archive_command runs as postgres: it must reach the
         // server's repository and its password file.
         strongbox_testkit::sh(&format!(
@@ -660,4 +669,30 @@ pub fn big_database_rows(db: &std::path::Path) -> i64 {
         .unwrap()
         .query_row("SELECT coalesce(max(id), 0) FROM t", [], |r| r.get(0))
         .unwrap()
+}
+
+/// The copy's status on `service`'s view.
+pub fn copy_status(s: &Server, service: &str) -> serde_json::Value {
+    let (_, v) = s.json(&[&s.url(&format!("{API}/{service}"))]);
+    v["copies"][0].clone()
+}
+
+/// Waits until a copy round that began after this call ended with nothing
+/// left to copy: what the primary held now, the copy holds.
+pub fn wait_copied(s: &Server, service: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // A round ends after each of these changes of `lastRound`: the second
+    // one began after the first change.
+    let mut seen = vec![copy_status(s, service)["lastRound"].clone()];
+    loop {
+        let c = copy_status(s, service);
+        if c["lastRound"] != *seen.last().unwrap() {
+            seen.push(c["lastRound"].clone());
+        }
+        if seen.len() >= 3 && c["lagSeconds"] == 0.0 && c["pendingBackups"] == 0 && c["error"].is_null() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the copy did not catch up: {c}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
