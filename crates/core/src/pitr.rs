@@ -127,10 +127,18 @@ impl WalArchive for DeploymentWal {
         self.restore_command.clone()
     }
 
+    /// A segment not archived whole is its streamed tail, if there is one
+    /// (what `restore_command` gives replay too).
     fn fetch(&self, name: &str) -> Result<Option<Vec<u8>>, strongbox_engines::Error> {
-        self.runtime
-            .block_on(self.archives.repo.wal_fetch(&self.archive, name))
-            .map_err(|e| strongbox_engines::Error::Failed(format!("fetching {name} from the WAL archive: {e}")))
+        let fetch = |name: String| {
+            self.runtime
+                .block_on(self.archives.repo.wal_fetch(&self.archive, &name))
+                .map_err(|e| strongbox_engines::Error::Failed(format!("fetching {name} from the WAL archive: {e}")))
+        };
+        match fetch(name.to_string())? {
+            None => fetch(format!("{name}{}", strongbox_repo::STREAMED_TAIL)),
+            found => Ok(found),
+        }
     }
 
     fn list(&self) -> Result<Archived, strongbox_engines::Error> {

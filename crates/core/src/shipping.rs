@@ -82,6 +82,14 @@ impl Service {
             strongbox_engines::engine_for(&d.engine, &d.connection).is_ok_and(|e| e.capabilities().ships_log);
         ships_log && self.config_of(d).is_ok_and(|c| c.continuous_archiving)
     }
+
+    /// Whether this server keeps a shipper running for `d`: its engine
+    /// ships its log (SQLite) or streams its WAL (PostgreSQL), and its
+    /// backup configuration turns continuous archiving on.
+    pub(crate) fn archives_continuously(&self, d: &Deployment) -> bool {
+        let can = strongbox_engines::engine_for(&d.engine, &d.connection).map(|e| e.capabilities());
+        can.is_ok_and(|c| c.ships_log || c.streams_wal) && self.config_of(d).is_ok_and(|c| c.continuous_archiving)
+    }
 }
 
 impl Service {
@@ -117,7 +125,7 @@ pub async fn supervise(service: Arc<Service>, labels: Vec<String>) {
             Ok(all) => {
                 let wanted: Vec<&Deployment> = all
                     .iter()
-                    .filter(|d| service.ships(d))
+                    .filter(|d| service.archives_continuously(d))
                     .filter(|d| d.runs_on.as_ref().is_none_or(|l| labels.contains(l)))
                     .collect();
                 let mut running = service.shippers.running.lock().expect("shippers");
@@ -175,7 +183,7 @@ fn start(service: Arc<Service>, wal: Arc<WalArchives>, d: &Deployment, engine: B
                         tracing::debug!("continuous archiving of {name}: a base backup must wait: {e}");
                     }
                 };
-                // `ships()` chose the deployment by its engine's capabilities.
+                // `archives_continuously()` chose it by its engine's capabilities.
                 let Some(shipping) = engine.log_shipping() else {
                     tracing::warn!("continuous archiving of {name}: its engine ships no log");
                     return;

@@ -28,6 +28,7 @@ impl CommandEngine {
         point_in_time: false,
         online_recovery: true,
         ships_log: false,
+        streams_wal: false,
     };
 
     pub fn from_connection(c: &serde_json::Value) -> Result<Self, Error> {

@@ -37,6 +37,10 @@ pub struct Capabilities {
     /// `sqlite_ship`), when the deployment's backup configuration turns
     /// continuous archiving on: it then recovers to moments.
     pub ships_log: bool,
+    /// The server streams the database's WAL into the repository while it
+    /// runs (PostgreSQL: `pg_receivewal`), when continuous archiving is on:
+    /// a lost server loses at most the last second.
+    pub streams_wal: bool,
 }
 
 /// Every engine's name and capabilities.
@@ -212,7 +216,8 @@ pub struct RecoveryContext<'a> {
 }
 
 /// Engines whose log the server itself ships while the database runs
-/// (`Capabilities::ships_log`).
+/// (`Capabilities::ships_log`: SQLite's shipper) or whose WAL it streams
+/// (`streams_wal`: PostgreSQL's receiver).
 pub trait ShipsLog: Send + Sync {
     /// Ships the log until `cx.stop` is set, restarting after errors.
     fn ship(&self, cx: sqlite_ship::ShipContext);

@@ -44,6 +44,7 @@ impl SqliteEngine {
         point_in_time: false,
         online_recovery: true,
         ships_log: true,
+        streams_wal: false,
     };
 
     pub fn from_connection(c: &serde_json::Value) -> Result<Self, Error> {

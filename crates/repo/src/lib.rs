@@ -41,7 +41,7 @@ pub use progress::{Counters, NoProgress, Progress};
 pub use prune::{PruneOptions, PruneReport};
 pub use snapshot::{FileEntry, Snapshot, Totals};
 pub use storage::{S3Config, Store};
-pub use wal::{Pushed, WalFile};
+pub use wal::{Pushed, STREAMED_TAIL, WalFile};
 
 use crypto::{Cipher, MasterKey};
 use index::Index;
@@ -372,6 +372,16 @@ impl Repository {
     /// `archive` names the cluster's archive (see `wal`).
     pub async fn wal_push(&self, archive: &str, name: &str, data: &[u8]) -> Result<Pushed> {
         wal::push(&self.store, &self.cipher, archive, name, data).await
+    }
+
+    /// A whole segment streamed from the server (`wal::push_or_keep`).
+    pub async fn wal_push_or_keep(&self, archive: &str, name: &str, data: &[u8]) -> Result<Pushed> {
+        wal::push_or_keep(&self.store, &self.cipher, archive, name, data).await
+    }
+
+    /// Stores (or replaces) the streamed tail of segment `name`.
+    pub async fn wal_put_partial(&self, archive: &str, name: &str, data: &[u8]) -> Result<u64> {
+        wal::put_partial(&self.store, &self.cipher, archive, name, data).await
     }
 
     /// An archived WAL file, verified; `None` if it is not archived.

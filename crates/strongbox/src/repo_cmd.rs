@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use strongbox_repo::{
-    BackupOptions, ChunkerParams, Id, InitOptions, NoProgress, PruneOptions, Repository, Source, Store,
+    BackupOptions, ChunkerParams, Id, InitOptions, NoProgress, PruneOptions, Repository, STREAMED_TAIL, Source, Store,
 };
 
 use crate::bar::Bar;
@@ -548,9 +548,20 @@ async fn wal_push(repo: &Repository, archive: &str, path: &std::path::Path) -> R
 /// `wal-fetch NAME DEST` (PostgreSQL's `restore_command`): the file's
 /// size, or `None` (said on stderr) if it is not archived.
 async fn wal_fetch(repo: &Repository, archive: &str, name: &str, dest: &std::path::Path) -> Result<Option<u64>> {
-    let Some(data) = repo.wal_fetch(archive, name).await? else {
-        eprintln!("{name} is not in the WAL archive");
-        return Ok(None);
+    let data = match repo.wal_fetch(archive, name).await? {
+        Some(data) => data,
+        // Not archived whole: the tail streamed of it (a segment the
+        // server was writing when it was lost) takes replay to its end.
+        None => match repo.wal_fetch(archive, &format!("{name}{STREAMED_TAIL}")).await? {
+            Some(tail) => {
+                eprintln!("{name} is not archived whole: restoring the tail streamed of it");
+                tail
+            }
+            None => {
+                eprintln!("{name} is not in the WAL archive");
+                return Ok(None);
+            }
+        },
     };
     // Written aside, then renamed: PostgreSQL never sees half a file.
     let partial = dest.with_extension("strongbox-partial");

@@ -11,6 +11,7 @@
 mod datadir;
 mod physical;
 pub mod pitr;
+mod receive;
 mod recovery;
 mod server;
 mod waldump;
@@ -128,6 +129,7 @@ impl PgLogical {
         point_in_time: false,
         online_recovery: true,
         ships_log: false,
+        streams_wal: false,
     };
 
     pub fn from_connection(c: &serde_json::Value) -> Result<Self, Error> {

@@ -192,6 +192,7 @@ impl PgPhysical {
         point_in_time: true,
         online_recovery: false,
         ships_log: false,
+        streams_wal: true,
     };
 
     pub fn from_connection(c: &serde_json::Value) -> Result<Self, Error> {
@@ -213,6 +214,11 @@ impl PgPhysical {
 impl crate::Engine for PgPhysical {
     fn capabilities(&self) -> crate::Capabilities {
         Self::CAPABILITIES
+    }
+
+    /// Its WAL streamed into the repository (`receive`).
+    fn log_shipping(&self) -> Option<&dyn crate::ShipsLog> {
+        Some(self)
     }
 
     fn accesses(&self) -> Vec<crate::Access> {

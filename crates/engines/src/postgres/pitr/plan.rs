@@ -33,8 +33,18 @@ use super::{BasePosition, Lsn, file_timeline, segment_name, segment_number};
 pub struct Archived(BTreeMap<String, OffsetDateTime>);
 
 impl Archived {
+    /// The archived files by name; a segment not archived whole but
+    /// streamed (`NAME.streamed`, its tail) counts as archived, up to where
+    /// its tail reaches, as of when the tail was stored.
     pub fn new(files: &[WalFile]) -> Self {
-        Archived(files.iter().map(|f| (f.name.clone(), f.archived_at)).collect())
+        let mut named: BTreeMap<String, OffsetDateTime> =
+            files.iter().map(|f| (f.name.clone(), f.archived_at)).collect();
+        for f in files {
+            if let Some(segment) = f.name.strip_suffix(strongbox_repo::STREAMED_TAIL) {
+                named.entry(segment.to_string()).or_insert(f.archived_at);
+            }
+        }
+        Archived(named)
     }
 
     pub fn is_empty(&self) -> bool {

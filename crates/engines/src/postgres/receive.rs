@@ -1,0 +1,179 @@
+//! Streaming a physical deployment's WAL into the repository (issue 29).
+//!
+//! `pg_receivewal` (the server's own program, from its `bin_dir`) streams
+//! from a physical replication slot, so the server keeps WAL until it is
+//! received, into a spool in the server's scratch directory. Every
+//! `STORE_EVERY` the spool's whole segments (and timeline histories) are
+//! stored as archived ones (`push_segment`: where `archive_command`
+//! archived the segment first, that copy stays: one copy, not two) and
+//! the segment being written is stored as its tail (`NAME.streamed`,
+//! replaced each time it grows). A recovery replays the tail of a segment
+//! that is not archived whole (`strongbox repo wal-fetch`), so a server
+//! that loses its disk loses at most the last `STORE_EVERY` and an upload
+//! of commits, not everything since the last completed 16 MB segment.
+
+use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::physical::PgPhysical;
+use crate::Error;
+use crate::process::Background;
+use crate::sqlite_ship::{ShipContext, Stopped, now_ms};
+
+/// How often the spool is stored: the most a lost server loses of what
+/// the receiver had, plus an upload.
+const STORE_EVERY: Duration = Duration::from_millis(200);
+/// How long after the receiver ended (the server down, restarting,
+/// recovered) it is started again.
+const RESTART_AFTER: Duration = Duration::from_secs(1);
+
+impl PgPhysical {
+    /// The replication slot of the deployment's receiver: one per data
+    /// directory (slot names are lower-case letters, digits and `_`).
+    pub fn receiver_slot(&self) -> String {
+        let hash = blake3::hash(self.data_dir.as_os_str().as_bytes());
+        format!("strongbox_{}", &hash.to_hex()[..16])
+    }
+
+    /// Creates the slot if there is none (after a recovery, the restored
+    /// data directory has none), then starts `pg_receivewal` on it.
+    fn start_receiver(&self, slot: &str, spool: &Path) -> Result<Background, Error> {
+        let mut create = self.conn.tool("pg_receivewal");
+        create
+            .command
+            .args([
+                "--create-slot",
+                "--if-not-exists",
+                "--slot",
+                slot,
+                "--no-password",
+                "-d",
+            ])
+            .arg(&self.conn.url);
+        create.run()?;
+        let mut receive = self.conn.tool("pg_receivewal");
+        receive
+            .command
+            .arg("-D")
+            .arg(spool)
+            .args([
+                "--slot",
+                slot,
+                "--no-loop",
+                "--no-password",
+                "--status-interval",
+                "1",
+                "-d",
+            ])
+            .arg(&self.conn.url);
+        receive.start_background()
+    }
+}
+
+impl crate::ShipsLog for PgPhysical {
+    fn ship(&self, cx: ShipContext) {
+        let slot = self.receiver_slot();
+        let spool = cx.options.scratch.join(format!("receive-{slot}"));
+        let mut receiver: Option<Background> = None;
+        let mut start_at = Instant::now();
+        // Each tail as last stored: (size, modification time).
+        let mut stored: HashMap<String, (u64, SystemTime)> = HashMap::new();
+        let stopped = |why: String, waiting: &str| {
+            let mut st = cx.status.lock().expect("status");
+            if st.stopped.as_ref().is_none_or(|s| s.why != why) {
+                tracing::warn!("streaming WAL: {why}");
+                st.stopped = Some(Stopped {
+                    since_ms: now_ms(),
+                    why,
+                    waiting: waiting.into(),
+                });
+            }
+        };
+        while !cx.stop.load(Ordering::Relaxed) {
+            if let Some(why) = receiver.as_mut().and_then(Background::ended) {
+                receiver = None;
+                start_at = Instant::now() + RESTART_AFTER;
+                stopped(why, "starting pg_receivewal again within a second");
+            }
+            if receiver.is_none() && Instant::now() >= start_at {
+                // Started on an empty spool: from the slot's position (the
+                // start of the segment it is in), on the server's current
+                // timeline; a spool left from before a recovery would
+                // point at a history the server no longer has.
+                let started = store_spool(&spool, &cx, &mut stored)
+                    .and_then(|()| empty(&spool))
+                    .and_then(|()| self.start_receiver(&slot, &spool));
+                stored.clear();
+                match started {
+                    Ok(r) => receiver = Some(r),
+                    Err(e) => {
+                        start_at = Instant::now() + RESTART_AFTER;
+                        stopped(e.to_string(), "starting pg_receivewal again within a second");
+                    }
+                }
+            }
+            match store_spool(&spool, &cx, &mut stored) {
+                Ok(()) if receiver.is_some() => {
+                    let mut st = cx.status.lock().expect("status");
+                    st.stopped = None;
+                    st.polled_ms = now_ms();
+                    st.lag = Duration::ZERO;
+                }
+                Ok(()) => {}
+                Err(e) => stopped(e.to_string(), "storing again within a second"),
+            }
+            std::thread::sleep(STORE_EVERY);
+        }
+        // Dropping the handle stops pg_receivewal; the slot stays (the
+        // server keeps WAL for it) until the deployment's streaming is
+        // turned off for good.
+        drop(receiver);
+    }
+}
+
+/// Stores what the spool holds: whole segments and histories (then removed
+/// from the spool, with their tails from the repository), then the tail of
+/// the segment being written, if it grew.
+fn store_spool(spool: &Path, cx: &ShipContext, stored: &mut HashMap<String, (u64, SystemTime)>) -> Result<(), Error> {
+    let mut names: Vec<String> = match std::fs::read_dir(spool) {
+        Ok(entries) => entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(spool.display(), e)),
+    };
+    names.sort();
+    for name in &names {
+        let path = spool.join(name);
+        let whole = (name.len() == 24 && name.chars().all(|c| c.is_ascii_hexdigit())) || name.ends_with(".history");
+        if whole {
+            let data = std::fs::read(&path).map_err(|e| Error::io(path.display(), e))?;
+            cx.archive.push_segment(name, &data)?;
+            if stored.remove(name).is_some() {
+                cx.archive.remove_partial(name)?;
+            }
+            std::fs::remove_file(&path).map_err(|e| Error::io(path.display(), e))?;
+        } else if let Some(segment) = name.strip_suffix(".partial") {
+            let meta = std::fs::metadata(&path).map_err(|e| Error::io(path.display(), e))?;
+            let now = (meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
+            if stored.get(segment) != Some(&now) {
+                let data = std::fs::read(&path).map_err(|e| Error::io(path.display(), e))?;
+                cx.archive.put_partial(segment, &data)?;
+                stored.insert(segment.to_string(), now);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes what the spool holds (its whole files are stored by then),
+/// creating it if needed.
+fn empty(spool: &Path) -> Result<(), Error> {
+    match std::fs::remove_dir_all(spool) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(spool.display(), e)),
+    }
+    std::fs::create_dir_all(spool).map_err(|e| Error::io(spool.display(), e))
+}

@@ -1,0 +1,95 @@
+//! Issue 29: a PostgreSQL server and its disk lost, the WAL streamed into
+//! the repository (`pg_receivewal` from a replication slot, its unfinished
+//! segment stored as a tail every 200 ms) brings back every transaction
+//! committed more than a second before the loss, not only those in the
+//! last completed 16 MB segment.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The scenario of the issue, through the API: `archive_command` from `GET
+/// …/{serviceId}` (PostgreSQL's defaults otherwise), continuous archiving
+/// on, a base backup, 100 transactions 0.1 s apart, then the server killed
+/// and its data directory deleted at once. `latest` brings back exactly the
+/// first N rows as committed (ids and commit times, in order), N at least
+/// every row committed a second before the loss.
+#[test]
+fn a_server_and_its_disk_lost_lose_at_most_the_last_second_of_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Pg::start(dir.path(), "");
+    let config = pg.url("/backups/config");
+    let (status, v) =
+        pg.s.json(&["-X", "PUT", "-d", r#"{"continuousArchiving": true}"#, &config]);
+    assert_eq!(status, "HTTP/2 200", "{v}");
+    // The receiver is streaming from its slot.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg
+        .c
+        .psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'strongbox_%' AND active")
+        != "1"
+    {
+        assert!(Instant::now() < deadline, "no receiver streaming:\n{}", pg.c.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    pg.c.psql("CREATE TABLE ticks (id int PRIMARY KEY, at timestamptz NOT NULL)");
+    pg.backup();
+
+    let mut client = postgres::Client::connect(
+        &format!("host=127.0.0.1 port={} user=postgres dbname=postgres", pg.c.port),
+        postgres::NoTls,
+    )
+    .unwrap();
+    let mut committed = Vec::new();
+    for id in 1..=100 {
+        client
+            .execute("INSERT INTO ticks VALUES ($1, clock_timestamp())", &[&id])
+            .unwrap();
+        committed.push(Instant::now());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(client);
+    // Every row as committed, in order (one query: the loss follows at once).
+    let rows = "SELECT coalesce(string_agg(id || '@' || at, ',' ORDER BY id), '') FROM ticks";
+    let before = pg.c.psql(rows);
+    // The loss: the server and its disk.
+    let lost_at = Instant::now();
+    pg.crash();
+    std::fs::remove_dir_all(&pg.c.data).unwrap();
+
+    let listed = pg.s.repo_cli(&["wal-list", "--archive", "usexample/pg"]);
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    let job = pg.recover(r#"{"latest": true}"#);
+    assert_eq!(job["job_status"], "Succeeded", "{job}\n{}", pg.c.log());
+    let after = pg.c.psql(rows);
+    let (before, after): (Vec<&str>, Vec<&str>) = (
+        before.split(',').collect(),
+        after.split(',').filter(|r| !r.is_empty()).collect(),
+    );
+    let back = after.len();
+    assert_eq!(after, before[..back], "exactly the first {back} rows, as committed");
+    let before_last_second = committed
+        .iter()
+        .filter(|t| lost_at.duration_since(**t) > Duration::from_secs(1))
+        .count();
+    let missing_for = committed.get(back).map(|t| lost_at.duration_since(*t).as_millis());
+    println!(
+        "the last commit {} ms before the loss; {back} of 100 transactions came back; {before_last_second} had been committed more than 1 s before the \
+         loss; the first missing one {}",
+        lost_at.duration_since(committed[99]).as_millis(),
+        missing_for.map_or("none".into(), |ms| format!("was committed {ms} ms before the loss"))
+    );
+    assert!(
+        back >= before_last_second,
+        "{back} < {before_last_second}; the WAL archive held:\n{listed}\nthe recovery:\n{}\nthe server:\n{}",
+        pg.activity(&job),
+        std::fs::read_to_string(dir.path().join("server.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.contains("strongbox::request"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
