@@ -38,6 +38,8 @@ pub struct Shippers {
 
 struct Running {
     stop: Arc<AtomicBool>,
+    /// `ShipContext::forget`.
+    forget: Arc<AtomicBool>,
     status: Arc<Mutex<ShipperStatus>>,
     /// How the deployment's jobs reach the shipper.
     link: ShipperLink,
@@ -133,7 +135,11 @@ pub async fn supervise(service: Arc<Service>, labels: Vec<String>) {
                     break;
                 }
                 running.retain(|(domain, name), r| {
-                    let keep = wanted.iter().any(|d| &d.domain == domain && &d.name == name) && !r.thread.is_finished();
+                    let still = wanted.iter().any(|d| &d.domain == domain && &d.name == name);
+                    if !still {
+                        r.forget.store(true, Ordering::Relaxed);
+                    }
+                    let keep = still && !r.thread.is_finished();
                     if !keep {
                         r.stop.store(true, Ordering::Relaxed);
                     }
@@ -160,6 +166,7 @@ pub async fn supervise(service: Arc<Service>, labels: Vec<String>) {
 
 fn start(service: Arc<Service>, wal: Arc<WalArchives>, d: &Deployment, engine: Box<dyn Engine>) -> Running {
     let stop = Arc::new(AtomicBool::new(false));
+    let forget = Arc::new(AtomicBool::new(false));
     let status = Arc::new(Mutex::new(ShipperStatus::default()));
     let link = ShipperLink::default();
     let runtime = tokio::runtime::Handle::current();
@@ -171,7 +178,7 @@ fn start(service: Arc<Service>, wal: Arc<WalArchives>, d: &Deployment, engine: B
     let (domain, name) = (d.domain.clone(), d.name.clone());
     let options = ShipOptions::new(wal.scratch.clone());
     let thread = {
-        let (stop, status, link) = (stop.clone(), status.clone(), link.clone());
+        let (stop, forget, status, link) = (stop.clone(), forget.clone(), status.clone(), link.clone());
         std::thread::Builder::new()
             .name(format!("ship {name}"))
             .spawn(move || {
@@ -193,6 +200,7 @@ fn start(service: Arc<Service>, wal: Arc<WalArchives>, d: &Deployment, engine: B
                     options,
                     link: &link,
                     stop: &stop,
+                    forget: &forget,
                     status: &status,
                     ask_base: &ask_base,
                 })
@@ -201,6 +209,7 @@ fn start(service: Arc<Service>, wal: Arc<WalArchives>, d: &Deployment, engine: B
     };
     Running {
         stop,
+        forget,
         status,
         link,
         thread,

@@ -2,7 +2,7 @@
 //! the repository (`pg_receivewal` from a replication slot, its unfinished
 //! segment stored as a tail every 200 ms) brings back every transaction
 //! committed more than a second before the loss, not only those in the
-//! last completed 16 MB segment.
+//! last completed 16 MB segment. Turned off, its slot goes.
 
 mod common;
 
@@ -81,6 +81,26 @@ fn a_server_and_its_disk_lost_lose_at_most_the_last_second_of_commits() {
         lost_at.duration_since(committed[99]).as_millis(),
         missing_for.map_or("none".into(), |ms| format!("was committed {ms} ms before the loss"))
     );
+    let slots = "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'strongbox_%'";
+    // Streaming goes on from the recovered server (a new slot there) ...
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg.c.psql(&format!("{slots} AND active")) != "1" {
+        assert!(Instant::now() < deadline, "no receiver on the recovered server");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // ... until it is turned off: the slot goes with it (left, it would
+    // keep WAL on the database's disk for ever).
+    let (status, v) =
+        pg.s.json(&["-X", "PUT", "-d", r#"{"continuousArchiving": false}"#, &config]);
+    assert_eq!(status, "HTTP/2 200", "{v}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg.c.psql(slots) != "0" {
+        assert!(
+            Instant::now() < deadline,
+            "the slot stayed after streaming was turned off"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(
         back >= before_last_second,
         "{back} < {before_last_second}; the WAL archive held:\n{listed}\nthe recovery:\n{}\nthe server:\n{}",

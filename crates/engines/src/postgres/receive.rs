@@ -128,9 +128,40 @@ impl crate::ShipsLog for PgPhysical {
             std::thread::sleep(STORE_EVERY);
         }
         // Dropping the handle stops pg_receivewal; the slot stays (the
-        // server keeps WAL for it) until the deployment's streaming is
-        // turned off for good.
+        // server keeps WAL for it: a restarted server streams on from
+        // where this one stopped) unless streaming is turned off.
         drop(receiver);
+        if cx.forget.load(Ordering::Relaxed) {
+            let _ = store_spool(&spool, &cx, &mut stored);
+            let _ = std::fs::remove_dir_all(&spool);
+            self.drop_slot(&slot);
+        }
+    }
+}
+
+impl PgPhysical {
+    /// Drops the receiver's slot (its walsender may take a moment to go).
+    fn drop_slot(&self, slot: &str) {
+        let mut last = String::new();
+        for _ in 0..25 {
+            let mut drop = self.conn.tool("pg_receivewal");
+            drop.command
+                .args(["--drop-slot", "--slot", slot, "--no-password", "-d"])
+                .arg(&self.conn.url);
+            match drop.run() {
+                Ok(_) => {
+                    tracing::info!("streaming WAL turned off: dropped replication slot {slot}");
+                    return;
+                }
+                Err(e) if e.to_string().contains("does not exist") => return,
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        tracing::warn!(
+            "streaming WAL turned off, but replication slot {slot} could not be dropped ({last}): it keeps WAL \
+             on the database server until dropped (SELECT pg_drop_replication_slot('{slot}'))"
+        );
     }
 }
 

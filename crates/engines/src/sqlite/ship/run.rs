@@ -45,6 +45,11 @@ pub struct ShipContext<'a> {
     pub link: &'a ShipperLink,
     /// Set when the server no longer wants this deployment shipped.
     pub stop: &'a AtomicBool,
+    /// Set with `stop` when the deployment no longer wants continuous
+    /// archiving here (not when the server stops): the shipper lets go of
+    /// what it holds on the database (PostgreSQL: its replication slot,
+    /// which would otherwise keep WAL on the server's disk for ever).
+    pub forget: &'a AtomicBool,
     pub status: &'a Mutex<ShipperStatus>,
     /// Queues a backup, which becomes a new generation's base; the reason
     /// is why one is needed.
