@@ -374,14 +374,23 @@ impl Repository {
         wal::push(&self.store, &self.cipher, archive, name, data).await
     }
 
-    /// A whole segment streamed from the server (`wal::push_or_keep`).
-    pub async fn wal_push_or_keep(&self, archive: &str, name: &str, data: &[u8]) -> Result<Pushed> {
-        wal::push_or_keep(&self.store, &self.cipher, archive, name, data).await
+    /// Removes the streamed copies (`NAME.streamed`) of files archived
+    /// whole since; how many.
+    pub async fn wal_tidy_streamed(&self, archive: &str) -> Result<usize> {
+        let names: std::collections::BTreeSet<String> =
+            self.wal_list(archive).await?.into_iter().map(|f| f.name).collect();
+        let done: Vec<String> = names
+            .iter()
+            .filter(|n| n.strip_suffix(STREAMED_TAIL).is_some_and(|whole| names.contains(whole)))
+            .cloned()
+            .collect();
+        self.wal_remove(archive, &done).await?;
+        Ok(done.len())
     }
 
-    /// Stores (or replaces) the streamed tail of segment `name`.
-    pub async fn wal_put_partial(&self, archive: &str, name: &str, data: &[u8]) -> Result<u64> {
-        wal::put_partial(&self.store, &self.cipher, archive, name, data).await
+    /// Stores (or replaces) the streamed copy of WAL file `name`.
+    pub async fn wal_put_streamed(&self, archive: &str, name: &str, data: &[u8]) -> Result<u64> {
+        wal::put_streamed(&self.store, &self.cipher, archive, name, data).await
     }
 
     /// An archived WAL file, verified; `None` if it is not archived.

@@ -96,43 +96,6 @@ fn open(cipher: &Cipher, path: &str, object: &[u8]) -> Result<(Id, Vec<u8>)> {
 }
 
 pub async fn push(store: &Store, cipher: &Cipher, archive: &str, name: &str, data: &[u8]) -> Result<Pushed> {
-    push_as(store, cipher, archive, name, data, false).await
-}
-
-/// `push`, except that another content already archived under the name is
-/// kept (`AlreadyArchived`): a segment streamed from the server (zeros
-/// after a switch) and the same segment archived by `archive_command` (the
-/// server's file, whatever was there before after a switch) hold the same
-/// WAL, and the first one stored stays.
-pub async fn push_or_keep(store: &Store, cipher: &Cipher, archive: &str, name: &str, data: &[u8]) -> Result<Pushed> {
-    push_as(store, cipher, archive, name, data, true).await
-}
-
-/// The unfinished tail of a segment (`NAME.streamed`), replaced at each
-/// call: sealed like an archived file; a recovery reads it when NAME is
-/// not archived whole.
-pub async fn put_partial(store: &Store, cipher: &Cipher, archive: &str, name: &str, data: &[u8]) -> Result<u64> {
-    let path = path(archive, &format!("{name}{STREAMED_TAIL}"))?;
-    let sealed = seal(cipher, &path, &cipher.chunk_id(data), data);
-    let bytes = sealed.len() as u64;
-    store
-        .put(&object_store::path::Path::from(path.as_str()), Bytes::from(sealed))
-        .await?;
-    Ok(bytes)
-}
-
-/// What a streamed segment's tail is stored as, beside its name (not
-/// `.partial`, which PostgreSQL archives itself at a promotion).
-pub const STREAMED_TAIL: &str = ".streamed";
-
-async fn push_as(
-    store: &Store,
-    cipher: &Cipher,
-    archive: &str,
-    name: &str,
-    data: &[u8],
-    keep_existing: bool,
-) -> Result<Pushed> {
     let path = path(archive, name)?;
     // Hashed once: the id goes into the sealed object and names it to
     // `create_exclusive` (a segment is 16 MiB).
@@ -153,7 +116,7 @@ async fn push_as(
         )));
     };
     let (id, _) = open(cipher, &path, &existing)?;
-    if id == content || keep_existing {
+    if id == content {
         Ok(Pushed::AlreadyArchived)
     } else {
         Err(Error::Invalid(format!(
@@ -162,6 +125,23 @@ async fn push_as(
         )))
     }
 }
+
+/// The streamed copy of a WAL file (`NAME.streamed`: a segment's growing
+/// tail, replaced at each call), sealed like an archived file; planning
+/// and replay read it where NAME is not archived.
+pub async fn put_streamed(store: &Store, cipher: &Cipher, archive: &str, name: &str, data: &[u8]) -> Result<u64> {
+    let path = path(archive, &format!("{name}{STREAMED_TAIL}"))?;
+    let sealed = seal(cipher, &path, &cipher.chunk_id(data), data);
+    let bytes = sealed.len() as u64;
+    store
+        .put(&object_store::path::Path::from(path.as_str()), Bytes::from(sealed))
+        .await?;
+    Ok(bytes)
+}
+
+/// What a streamed segment's tail is stored as, beside its name (not
+/// `.partial`, which PostgreSQL archives itself at a promotion).
+pub const STREAMED_TAIL: &str = ".streamed";
 
 /// The content of an archived file, verified; `None` if it is not archived.
 pub async fn fetch(store: &Store, cipher: &Cipher, archive: &str, name: &str) -> Result<Option<Vec<u8>>> {

@@ -3,14 +3,17 @@
 //! `pg_receivewal` (the server's own program, from its `bin_dir`) streams
 //! from a physical replication slot, so the server keeps WAL until it is
 //! received, into a spool in the server's scratch directory. Every
-//! `STORE_EVERY` the spool's whole segments (and timeline histories) are
-//! stored as archived ones (`push_segment`: where `archive_command`
-//! archived the segment first, that copy stays: one copy, not two) and
-//! the segment being written is stored as its tail (`NAME.streamed`,
-//! replaced each time it grows). A recovery replays the tail of a segment
-//! that is not archived whole (`strongbox repo wal-fetch`), so a server
-//! that loses its disk loses at most the last `STORE_EVERY` and an upload
-//! of commits, not everything since the last completed 16 MB segment.
+//! `STORE_EVERY` what the spool holds is stored as streamed copies
+//! (`NAME.streamed`): the segment being written each time it grows, and
+//! finished segments and timeline histories once. `archive_command` stays
+//! the one writer of archived names (a streamed segment holds zeros after
+//! a switch where the server's file holds whatever was there, so the two
+//! differ, and an archived name never takes other content); a streamed
+//! copy goes once its segment is archived (`tidy_tails`). Planning and
+//! replay use a streamed copy where a segment is not archived (`Archived`,
+//! `strongbox repo wal-fetch`), so a server that loses its disk loses at
+//! most the last `STORE_EVERY` and an upload of commits, not everything
+//! since the last completed 16 MB segment.
 
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
@@ -29,6 +32,8 @@ const STORE_EVERY: Duration = Duration::from_millis(200);
 /// How long after the receiver ended (the server down, restarting,
 /// recovered) it is started again.
 const RESTART_AFTER: Duration = Duration::from_secs(1);
+/// How often streamed copies of segments archived since are removed.
+const TIDY_EVERY: Duration = Duration::from_secs(10);
 
 impl PgPhysical {
     /// The replication slot of the deployment's receiver: one per data
@@ -79,6 +84,7 @@ impl crate::ShipsLog for PgPhysical {
         let spool = cx.options.scratch.join(format!("receive-{slot}"));
         let mut receiver: Option<Background> = None;
         let mut start_at = Instant::now();
+        let mut last_tidy = Instant::now();
         // Each tail as last stored: (size, modification time).
         let mut stored: HashMap<String, (u64, SystemTime)> = HashMap::new();
         let stopped = |why: String, waiting: &str| {
@@ -113,6 +119,12 @@ impl crate::ShipsLog for PgPhysical {
                         start_at = Instant::now() + RESTART_AFTER;
                         stopped(e.to_string(), "starting pg_receivewal again within a second");
                     }
+                }
+            }
+            if last_tidy.elapsed() >= TIDY_EVERY {
+                last_tidy = Instant::now();
+                if let Err(e) = cx.archive.tidy_tails() {
+                    tracing::warn!("streaming WAL: {e}");
                 }
             }
             match store_spool(&spool, &cx, &mut stored) {
@@ -180,17 +192,15 @@ fn store_spool(spool: &Path, cx: &ShipContext, stored: &mut HashMap<String, (u64
         let whole = (name.len() == 24 && name.chars().all(|c| c.is_ascii_hexdigit())) || name.ends_with(".history");
         if whole {
             let data = std::fs::read(&path).map_err(|e| Error::io(path.display(), e))?;
-            cx.archive.push_segment(name, &data)?;
-            if stored.remove(name).is_some() {
-                cx.archive.remove_partial(name)?;
-            }
+            cx.archive.put_streamed(name, &data)?;
+            stored.remove(name);
             std::fs::remove_file(&path).map_err(|e| Error::io(path.display(), e))?;
         } else if let Some(segment) = name.strip_suffix(".partial") {
             let meta = std::fs::metadata(&path).map_err(|e| Error::io(path.display(), e))?;
             let now = (meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
             if stored.get(segment) != Some(&now) {
                 let data = std::fs::read(&path).map_err(|e| Error::io(path.display(), e))?;
-                cx.archive.put_partial(segment, &data)?;
+                cx.archive.put_streamed(segment, &data)?;
                 stored.insert(segment.to_string(), now);
             }
         }

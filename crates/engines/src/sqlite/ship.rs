@@ -74,25 +74,16 @@ pub trait ShipArchive: Send + Sync {
     /// Stores one object of shipped transactions under `name`.
     fn push(&self, name: &str, data: &[u8]) -> Result<(), Error>;
 
-    /// Stores a whole segment streamed from a PostgreSQL server, keeping
-    /// the one `archive_command` stored first, if it did (`wal::push_or_keep`).
-    fn push_segment(&self, name: &str, _data: &[u8]) -> Result<(), Error> {
-        Err(no_streams(name))
+    /// Stores (or replaces) the streamed copy of WAL file `name`
+    /// (`NAME.streamed`).
+    fn put_streamed(&self, name: &str, _data: &[u8]) -> Result<(), Error> {
+        Err(Error::Failed(format!("{name}: this archive keeps no streamed WAL")))
     }
 
-    /// Stores (or replaces) the streamed tail of segment `name`.
-    fn put_partial(&self, name: &str, _data: &[u8]) -> Result<(), Error> {
-        Err(no_streams(name))
+    /// Removes the streamed copies of files archived since; how many.
+    fn tidy_tails(&self) -> Result<usize, Error> {
+        Ok(0)
     }
-
-    /// Removes the tail of segment `name` once it is stored whole.
-    fn remove_partial(&self, name: &str) -> Result<(), Error> {
-        Err(no_streams(name))
-    }
-}
-
-fn no_streams(name: &str) -> Error {
-    Error::Failed(format!("{name}: this archive keeps no streamed WAL"))
 }
 
 /// A generation's base: the database before its first transaction, as a
@@ -517,25 +508,17 @@ impl ShipArchive for RepoArchive {
             .map_err(|e| Error::Failed(format!("shipping {name} into the WAL archive: {e}")))
     }
 
-    fn push_segment(&self, name: &str, data: &[u8]) -> Result<(), Error> {
+    fn put_streamed(&self, name: &str, data: &[u8]) -> Result<(), Error> {
         self.runtime
-            .block_on(self.repo.wal_push_or_keep(&self.archive, name, data))
+            .block_on(self.repo.wal_put_streamed(&self.archive, name, data))
             .map(|_| ())
-            .map_err(|e| Error::Failed(format!("storing streamed {name} in the WAL archive: {e}")))
+            .map_err(|e| Error::Failed(format!("storing the streamed copy of {name}: {e}")))
     }
 
-    fn put_partial(&self, name: &str, data: &[u8]) -> Result<(), Error> {
+    fn tidy_tails(&self) -> Result<usize, Error> {
         self.runtime
-            .block_on(self.repo.wal_put_partial(&self.archive, name, data))
-            .map(|_| ())
-            .map_err(|e| Error::Failed(format!("storing the streamed tail of {name}: {e}")))
-    }
-
-    fn remove_partial(&self, name: &str) -> Result<(), Error> {
-        let partial = format!("{name}{}", strongbox_repo::STREAMED_TAIL);
-        self.runtime
-            .block_on(self.repo.wal_remove(&self.archive, &[partial]))
-            .map_err(|e| Error::Failed(format!("removing the streamed tail of {name}: {e}")))
+            .block_on(self.repo.wal_tidy_streamed(&self.archive))
+            .map_err(|e| Error::Failed(format!("removing streamed copies of archived WAL: {e}")))
     }
 }
 
