@@ -14,7 +14,7 @@ order alternates between rounds; caches dropped before every timed step):
      the source.
 Prints each run's figures, medians and the ratios the targets are stated in.
 
-Usage: copy_bench.py WORKDIR [--runs 3] [--size-mib 1024] [--data orders|text]
+Usage: copy_bench.py WORKDIR [--runs 3] [--size-mib 1024]
 (`bench/copy_bench.sh` installs restic and builds Strongbox first.)
 """
 import argparse
@@ -27,9 +27,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchutil import drop_caches  # noqa: E402
-from repo_bench import ENV, STRONGBOX, du, run  # noqa: E402
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+from repo_bench import ENV, STRONGBOX, databases, du, run  # noqa: E402
 
 
 def strongbox(work, live, a_db, b_db):
@@ -86,15 +84,7 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--size-mib", type=int, default=1024)
     args = ap.parse_args()
-    os.makedirs(args.work, exist_ok=True)
-    a_db = os.path.join(args.work, f"orders-{args.size_mib}.db")
-    b_db = os.path.join(args.work, f"orders-{args.size_mib}-changed.db")
-    gen = os.path.join(HERE, "sqlite_data.py")
-    if not os.path.exists(a_db):
-        subprocess.check_call([sys.executable, gen, "create", a_db, str(args.size_mib)])
-    if not os.path.exists(b_db):
-        shutil.copyfile(a_db, b_db)
-        subprocess.check_call([sys.executable, gen, "change", b_db])
+    a_db, b_db = databases(args.work, args.size_mib)
     live = os.path.join(args.work, "live", "db.sqlite")
     os.makedirs(os.path.dirname(live), exist_ok=True)
     ENV["STRONGBOX_TO_PASSWORD"] = "bench-copy-pw"

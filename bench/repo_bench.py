@@ -88,6 +88,21 @@ class Borg(Tool):
         return run(["borg", "extract", f"{self.repo}::b{Borg.n}"], cwd=target)
 
 
+def databases(work, size_mib):
+    """The benchmark's SQLite database of SIZE_MIB and a copy with ~1 % of
+    its pages changed, in WORK (made once: `sqlite_data.py` is seeded)."""
+    os.makedirs(work, exist_ok=True)
+    a_db = os.path.join(work, f"orders-{size_mib}.db")
+    b_db = os.path.join(work, f"orders-{size_mib}-changed.db")
+    gen = os.path.join(HERE, "sqlite_data.py")
+    if not os.path.exists(a_db):
+        subprocess.check_call([sys.executable, gen, "create", a_db, str(size_mib)])
+    if not os.path.exists(b_db):
+        shutil.copyfile(a_db, b_db)
+        subprocess.check_call([sys.executable, gen, "change", b_db])
+    return a_db, b_db
+
+
 def one_round(work, a_db, b_db):
     live = os.path.join(work, "live", "db.sqlite")  # the path every tool backs up
     os.makedirs(os.path.dirname(live), exist_ok=True)
@@ -134,15 +149,7 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--size-mib", type=int, default=1024)
     args = ap.parse_args()
-    os.makedirs(args.work, exist_ok=True)
-    a_db = os.path.join(args.work, f"orders-{args.size_mib}.db")
-    b_db = os.path.join(args.work, f"orders-{args.size_mib}-changed.db")
-    gen = os.path.join(HERE, "sqlite_data.py")
-    if not os.path.exists(a_db):
-        subprocess.check_call([sys.executable, gen, "create", a_db, str(args.size_mib)])
-    if not os.path.exists(b_db):
-        shutil.copyfile(a_db, b_db)
-        subprocess.check_call([sys.executable, gen, "change", b_db])
+    a_db, b_db = databases(args.work, args.size_mib)
     size = os.path.getsize(a_db)
     rounds = []
     for i in range(args.runs):

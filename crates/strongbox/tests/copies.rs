@@ -384,24 +384,9 @@ fn a_postgresql_deployment_recovers_from_the_copy_when_the_primary_is_lost() {
     strongbox_testkit::sh(&format!("{} || true", ctl("stop")));
     std::fs::remove_dir_all(&c.data).unwrap();
     let recover = |body: &str| {
-        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            post_until_accepted(&s, &format!("{PG_INSTANCE}/backups/recovery"), body)
-        }));
-        match done {
-            Ok(job) => {
-                let log = activity(&s, &job);
-                assert!(log.contains("from copy offsite"), "{body}: {log}");
-            }
-            Err(e) => {
-                let log = std::fs::read_to_string(host.join("server.log")).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                panic!(
-                    "{body}: {e:?}\n{}\nserver log (last lines first):\n{}",
-                    c.log(),
-                    tail.join("\n")
-                );
-            }
-        }
+        let job = recover_pg(&s, &c, body);
+        let log = activity(&s, &job);
+        assert!(log.contains("from copy offsite"), "{body}: {log}");
     };
     recover(r#"{"latest": true}"#);
     assert_eq!(c.psql(sum), at_loss, "latest: every committed row, from the copy");

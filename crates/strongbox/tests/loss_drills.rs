@@ -430,18 +430,7 @@ fn a_postgresql_deployment_comes_back_after_the_host_is_lost_across_a_timeline_s
     );
     assert_eq!(entry["reached"]["timeline"], 2, "{history}");
     let recover = |body: &str| {
-        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            post_until_accepted(&s, &format!("{PG_INSTANCE}/backups/recovery"), body)
-        }));
-        if let Err(e) = done {
-            let log = std::fs::read_to_string(new_host.join("server.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            panic!(
-                "{body}: {e:?}\n{}\nserver log (last lines first):\n{}",
-                c.log(),
-                tail.join("\n")
-            );
-        }
+        recover_pg(&s, &c, body);
     };
     recover(r#"{"latest": true}"#);
     assert_eq!(c.psql(sum), at_loss, "latest: every row committed on timeline 2");

@@ -4,7 +4,8 @@
 //! `scn` through the API (targets drawn from remembered moments, including
 //! moments before earlier recoveries and on abandoned timelines), restart
 //! PostgreSQL or Strongbox, lose Strongbox's catalog (rebuilt from the
-//! repository) or its repository (made again from its copy), crash the database, corrupt or delete its files, and delete
+//! repository) or its repository (made again from its copy), crash the
+//! database (also with a tail of commits only streamed, issue 29), corrupt or delete its files, and delete
 //! backups (through the API: expire jobs prune the
 //! repository and the WAL archive; or `forget` + `prune` with the
 //! repository CLI). A model of the committed rows of
@@ -248,6 +249,16 @@ impl Run {
             ("STRONGBOX_COPY_SECONDS", "1".to_string()),
         ];
         let pg = Pg::start_with(dir, "autovacuum = off", &env);
+        // The WAL streamed too (issue 29): a disaster may lose a tail no
+        // segment switch archived.
+        let (status, v) = pg.s.json(&[
+            "-X",
+            "PUT",
+            "-d",
+            r#"{"continuousArchiving": true}"#,
+            &pg.url("/backups/config"),
+        ]);
+        assert_eq!(status, "HTTP/2 200", "{v}");
         pg.c.psql("CREATE TABLE ticks (id int PRIMARY KEY)");
         Run {
             pg,
@@ -452,10 +463,21 @@ impl Run {
         self.note(format!("  now on timeline {tli}, from {parent} at {switch}"));
     }
 
-    /// Archives what was committed, then breaks the database one way.
+    /// Archives what was committed, then breaks the database one way; or
+    /// commits rows no segment switch archives and loses the server and its
+    /// disk once they are streamed.
     fn disaster(&mut self, rng: &mut Rng) {
-        self.pg.flush();
         let data = self.pg.c.data.clone();
+        if rng.chance(25) {
+            self.commit(1 + rng.below(5));
+            self.wait_streamed();
+            self.pg.crash();
+            std::fs::remove_dir_all(&data).unwrap();
+            self.healthy = false;
+            self.note("disaster: crash with a tail only streamed, data directory deleted");
+            return;
+        }
+        self.pg.flush();
         let what = match rng.below(5) {
             0 => {
                 self.pg.crash();
@@ -488,6 +510,33 @@ impl Run {
         };
         self.healthy = false;
         self.note(format!("disaster: {what}"));
+    }
+
+    /// Waits until the receiver has what was committed (its walsender's
+    /// write position reaches the server's: the receiver stores what was
+    /// written to its spool, not only what it flushed), then 1 s: five of the
+    /// receiver's 200 ms rounds of storing its spool (`wal_streaming.rs`
+    /// measured every commit back when the loss came 113 ms after it).
+    fn wait_streamed(&self) {
+        let now = self.pg.c.psql("SELECT pg_current_wal_lsn()");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.pg.c.psql(&format!(
+            "SELECT count(*) FROM pg_stat_replication WHERE write_lsn >= '{now}' AND application_name = 'pg_receivewal'"
+        )) != "1"
+        {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.pg.s.dir.join("server.log")).unwrap_or_default();
+                let receiver: Vec<&str> = log.lines().filter(|l| l.contains("streaming WAL")).collect();
+                panic!(
+                    "seed {}: the receiver never reached {now}; it said:\n{}\n{}",
+                    self.seed,
+                    receiver[receiver.len().saturating_sub(8)..].join("\n"),
+                    self.pg.c.psql("SELECT * FROM pg_stat_replication")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_secs(1));
     }
 
     /// Deletes a backup: through the API (its expire job forgets the

@@ -46,6 +46,16 @@ impl PgPhysical {
     /// Creates the slot if there is none (after a recovery, the restored
     /// data directory has none), then starts `pg_receivewal` on it.
     fn start_receiver(&self, slot: &str, spool: &Path) -> Result<Background, Error> {
+        // A receiver left behind holds the slot (one a killed server
+        // started: it outlives its parent): this one takes it over.
+        let holder = format!(
+            "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots WHERE slot_name = '{slot}' \
+             AND active"
+        );
+        if self.conn.query(&holder)? != "0" {
+            tracing::info!("streaming WAL: took replication slot {slot} over from the receiver that held it");
+            std::thread::sleep(Duration::from_millis(500));
+        }
         let mut create = self.conn.tool("pg_receivewal");
         create
             .command
@@ -190,16 +200,31 @@ fn store_spool(spool: &Path, cx: &ShipContext, stored: &mut HashMap<String, (u64
     for name in &names {
         let path = spool.join(name);
         let whole = (name.len() == 24 && name.chars().all(|c| c.is_ascii_hexdigit())) || name.ends_with(".history");
+        // A file may go between the listing and its reading (pg_receivewal
+        // renames a finished segment's `.partial`): the next round sees it.
+        let vanished = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
         if whole {
-            let data = std::fs::read(&path).map_err(|e| Error::io(path.display(), e))?;
+            let data = match std::fs::read(&path) {
+                Ok(data) => data,
+                Err(e) if vanished(&e) => continue,
+                Err(e) => return Err(Error::io(path.display(), e)),
+            };
             cx.archive.put_streamed(name, &data)?;
             stored.remove(name);
             std::fs::remove_file(&path).map_err(|e| Error::io(path.display(), e))?;
         } else if let Some(segment) = name.strip_suffix(".partial") {
-            let meta = std::fs::metadata(&path).map_err(|e| Error::io(path.display(), e))?;
+            let meta = match std::fs::metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) if vanished(&e) => continue,
+                Err(e) => return Err(Error::io(path.display(), e)),
+            };
             let now = (meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
             if stored.get(segment) != Some(&now) {
-                let data = std::fs::read(&path).map_err(|e| Error::io(path.display(), e))?;
+                let data = match std::fs::read(&path) {
+                    Ok(data) => data,
+                    Err(e) if vanished(&e) => continue,
+                    Err(e) => return Err(Error::io(path.display(), e)),
+                };
                 cx.archive.put_streamed(segment, &data)?;
                 stored.insert(segment.to_string(), now);
             }

@@ -696,3 +696,21 @@ pub fn wait_copied(s: &Server, service: &str) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A PostgreSQL recovery through `s` (`post_until_accepted`): the job's
+/// final status; a failure panics with the cluster's log and the last
+/// lines of the server's.
+pub fn recover_pg(s: &Server, c: &strongbox_testkit::Cluster, body: &str) -> serde_json::Value {
+    let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        post_until_accepted(s, &format!("{PG_INSTANCE}/backups/recovery"), body)
+    }));
+    done.unwrap_or_else(|e| {
+        let log = std::fs::read_to_string(s.dir.join("server.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        panic!(
+            "{body}: {e:?}\n{}\nserver log (last lines first):\n{}",
+            c.log(),
+            tail.join("\n")
+        )
+    })
+}
