@@ -511,7 +511,13 @@ impl Service {
     pub async fn shipping_report(&self, d: &Deployment) -> Result<Option<ShippingReport>> {
         let usable = self.usable_backups(&d.domain, &d.name).await?;
         let Some(generations) = self.generations(d, &usable).await? else {
-            return Ok(None);
+            // A PostgreSQL deployment whose WAL is streamed: its receiver's
+            // state (its stretches are the WAL archive's, under
+            // `pointInTimeRecovery`).
+            return Ok(self.archives_continuously(d).then(|| ShippingReport {
+                shipper: self.shippers.status(&d.domain, &d.name),
+                ranges: Vec::new(),
+            }));
         };
         Ok(Some(ShippingReport {
             shipper: self.shippers.status(&d.domain, &d.name),

@@ -34,6 +34,13 @@ fn a_server_and_its_disk_lost_lose_at_most_the_last_second_of_commits() {
         assert!(Instant::now() < deadline, "no receiver streaming:\n{}", pg.c.log());
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The instance says it streams.
+    let streaming = pg.instance()["continuousArchiving"].clone();
+    assert_eq!(
+        (&streaming["shipping"], &streaming["error"]),
+        (&serde_json::json!(true), &serde_json::Value::Null),
+        "{streaming}"
+    );
     pg.c.psql("CREATE TABLE ticks (id int PRIMARY KEY, at timestamptz NOT NULL)");
     pg.backup();
 
@@ -59,6 +66,19 @@ fn a_server_and_its_disk_lost_lose_at_most_the_last_second_of_commits() {
     pg.crash();
     std::fs::remove_dir_all(&pg.c.data).unwrap();
 
+    // ... and, the server gone, that it does not, why, and since when.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = pg.instance()["continuousArchiving"].clone();
+        if v["error"].as_str().is_some_and(|e| e.contains("pg_receivewal")) && v["lagSeconds"].as_f64() > Some(0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the receiver's status never said it stopped: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let listed = pg.s.repo_cli(&["wal-list", "--archive", "usexample/pg"]);
     let listed = String::from_utf8_lossy(&listed.stdout).to_string();
     let job = pg.recover(r#"{"latest": true}"#);

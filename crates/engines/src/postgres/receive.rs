@@ -147,6 +147,16 @@ impl crate::ShipsLog for PgPhysical {
                 Ok(()) => {}
                 Err(e) => stopped(e.to_string(), "storing again within a second"),
             }
+            // While stopped, the lag is how long since: what the server
+            // wrote since then is not streamed (archive_command still
+            // archives whole segments).
+            {
+                let mut st = cx.status.lock().expect("status");
+                if let Some(since) = st.stopped.as_ref().map(|s| s.since_ms) {
+                    st.lag = Duration::from_millis((now_ms() - since).max(0) as u64);
+                    st.polled_ms = now_ms();
+                }
+            }
             std::thread::sleep(STORE_EVERY);
         }
         // Dropping the handle stops pg_receivewal; the slot stays (the
