@@ -3,6 +3,9 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+/// When a client should ask again while a dependency is unreachable (s).
+pub(crate) const UNAVAILABLE_RETRY_AFTER: u64 = 5;
+
 #[derive(Clone, Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -44,7 +47,7 @@ impl From<strongbox_core::Error> for ApiError {
             E::Unavailable { message, .. } => {
                 tracing::warn!("unavailable: {message}");
                 ApiError {
-                    retry_after: Some(5),
+                    retry_after: Some(UNAVAILABLE_RETRY_AFTER),
                     ..ApiError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
                         format!("{message}; ask again in a few seconds"),

@@ -15,7 +15,7 @@ pub mod wire;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -132,11 +132,9 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .post(console::create_session)
                 .delete(console::delete_session),
         )
-        // A static answer for load balancers (and the API benchmark's baseline).
-        .route(
-            "/strongbox/health",
-            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-        )
+        // For load balancers: the dependencies as last probed, no query
+        // (and the API benchmark's baseline).
+        .route("/strongbox/health", get(health))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -224,4 +222,33 @@ async fn common_headers(req: Request, next: Next) -> Response {
         HeaderValue::from_str(&ecid).expect("hex is a valid header"),
     );
     resp
+}
+
+/// 200 `{"status": "ok"}`, or 503 with `Retry-After` naming each failing
+/// dependency and why (`health::probe`, every second).
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let failing = state.service.dependencies.failing();
+    if failing.is_empty() {
+        return axum::Json(serde_json::json!({"status": "ok"})).into_response();
+    }
+    let mut body = serde_json::json!({"status": "unavailable"});
+    for (name, why) in &failing {
+        body[*name] = serde_json::Value::String(why.clone());
+    }
+    body["message"] = serde_json::Value::String(
+        failing
+            .iter()
+            .map(|(name, why)| format!("the {name} is failing: {why}"))
+            .collect::<Vec<_>>()
+            .join("; "),
+    );
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(
+            axum::http::header::RETRY_AFTER,
+            error::UNAVAILABLE_RETRY_AFTER.to_string(),
+        )],
+        axum::Json(body),
+    )
+        .into_response()
 }

@@ -67,6 +67,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// held by one worker at a time); they decide nothing else.
 #[async_trait::async_trait]
 pub trait Catalog: Send + Sync + 'static {
+    /// Answers if the catalog's database does (`SELECT 1`).
+    async fn ping(&self) -> Result<()>;
     /// Creates the domain if it does not exist.
     async fn ensure_domain(&self, name: &str) -> Result<()>;
     /// Creates a user in `domain`; replaces the password hash and role of

@@ -3,6 +3,9 @@
 //! read it; alerts are built on it (no backup for a day, an archive that
 //! stopped reaching the present).
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use strongbox_catalog::{BackupStatus, Deployment};
 use time::OffsetDateTime;
 
@@ -63,5 +66,58 @@ impl Service {
             archived_until: pitr.and_then(|p| p.archived_until).or(shipped_until),
             recoverable: archived.or(from_backups),
         })
+    }
+}
+
+/// What the server needs to answer, as last probed (`probe`): `None`
+/// where it answered, else why not. `/strongbox/health` reads it, so a
+/// load balancer's check costs no query.
+#[derive(Default)]
+pub struct Dependencies {
+    pub catalog: Mutex<Option<String>>,
+    pub repository: Mutex<Option<String>>,
+}
+
+impl Dependencies {
+    /// The failing dependencies, by name, with why.
+    pub fn failing(&self) -> Vec<(&'static str, String)> {
+        [("catalog", &self.catalog), ("repository", &self.repository)]
+            .into_iter()
+            .filter_map(|(name, m)| Some((name, m.lock().expect("dependency").clone()?)))
+            .collect()
+    }
+}
+
+/// Probes the catalog and the repository every `every`, until the server stops.
+pub async fn probe(service: Arc<Service>, every: Duration) {
+    loop {
+        let catalog = match tokio::time::timeout(every, service.catalog.ping()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(crate::Error::from(e).to_string()),
+            Err(_) => Some(format!("the catalog did not answer within {} ms", every.as_millis())),
+        };
+        let repository = match service.repository() {
+            None => None,
+            Some(repo) => match tokio::time::timeout(every, repo.is_present()).await {
+                Ok(Ok(true)) => None,
+                Ok(Ok(false)) => Some("the repository's store no longer holds it (its config object is gone)".into()),
+                Ok(Err(e)) => Some(format!("the repository cannot be read: {e}")),
+                Err(_) => Some(format!("the repository did not answer within {} ms", every.as_millis())),
+            },
+        };
+        for (now, was, what) in [
+            (&catalog, &service.dependencies.catalog, "catalog"),
+            (&repository, &service.dependencies.repository, "repository"),
+        ] {
+            let mut was = was.lock().expect("dependency");
+            if *was != *now {
+                match now {
+                    Some(why) => tracing::warn!("the {what} is failing: {why}"),
+                    None => tracing::info!("the {what} answers again"),
+                }
+                *was = now.clone();
+            }
+        }
+        tokio::time::sleep(every).await;
     }
 }

@@ -62,6 +62,8 @@ pub struct Service {
     pub catalog: Arc<dyn Catalog>,
     /// WAL archives for point-in-time recovery; none, none offered.
     pub wal: Option<Arc<pitr::WalArchives>>,
+    /// The catalog and the repository as last probed (`health::probe`).
+    pub dependencies: health::Dependencies,
     /// Further repositories holding a copy of everything (`copies`).
     pub copies: Vec<Arc<copies::RepoCopy>>,
     /// Wakes the copiers (a backup completed).
@@ -91,6 +93,7 @@ impl Service {
         Service {
             catalog,
             wal: None,
+            dependencies: Default::default(),
             copies: Vec::new(),
             copies_wanted: Arc::default(),
             queued: Arc::default(),

@@ -263,6 +263,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         Err(e) => tracing::warn!("syncing the catalog with the repository: {e}"),
     }
     tokio::spawn(strongbox_core::records::sync_periodically(service.clone(), s.sync));
+    tokio::spawn(strongbox_core::health::probe(service.clone(), Duration::from_secs(1)));
     for copy in &service.copies {
         tokio::spawn(strongbox_core::copies::copier(
             service.clone(),

@@ -325,9 +325,9 @@ fn a_copy_that_is_down_delays_copies_and_never_a_backup() {
 
 /// The primary repository lost with a physical PostgreSQL deployment: base
 /// backup and WAL were copied; with the primary's directory gone (and the
-/// cluster's data directory too), `latest` brings back every committed row
-/// and a moment its state, reading the base backup and the WAL from the
-/// copy (PostgreSQL's restore_command reaching it), ordered checksums.
+/// cluster's data directory too), `latest` brings back every committed row,
+/// a moment and the backup's tag their states, reading the base backup and
+/// the WAL from the copy (PostgreSQL's restore_command reaching it), ordered checksums.
 #[test]
 fn a_postgresql_deployment_recovers_from_the_copy_when_the_primary_is_lost() {
     let root = tempfile::tempdir().unwrap();
@@ -371,7 +371,11 @@ fn a_postgresql_deployment_recovers_from_the_copy_when_the_primary_is_lost() {
     c.psql("SELECT pg_reload_conf()");
     let sum = "SELECT coalesce(md5(string_agg(id || '@' || at, ',' ORDER BY id)), '') FROM ticks";
     c.psql("CREATE TABLE ticks (id int PRIMARY KEY, at timestamptz NOT NULL)");
+    c.psql("INSERT INTO ticks VALUES (0, now())");
     post_until_accepted(&s, &format!("{PG_INSTANCE}/backups"), "{}");
+    let at_backup = c.psql(sum);
+    let (_, list) = s.json(&[&s.url(&format!("{PG_INSTANCE}/backups"))]);
+    let tag = list["backupList"][0]["dbTag"].as_str().unwrap().to_string();
     let marks = write_ticks(c.port, 1, 40, 20);
     let at_mark = c.psql(&format!("{sum} WHERE id <= {}", marks[0].rows));
     let at_loss = c.psql(sum);
@@ -392,4 +396,6 @@ fn a_postgresql_deployment_recovers_from_the_copy_when_the_primary_is_lost() {
     assert_eq!(c.psql(sum), at_loss, "latest: every committed row, from the copy");
     recover(&format!(r#"{{"timestamp": "{}", "timeline": 1}}"#, marks[0].timestamp));
     assert_eq!(c.psql(sum), at_mark, "a moment, from the copy");
+    recover(&format!(r#"{{"tag": "{tag}"}}"#));
+    assert_eq!(c.psql(sum), at_backup, "by tag, from the copy");
 }

@@ -1,0 +1,107 @@
+//! Issue 30: the catalog's database stopped for 10 s in the middle of a
+//! backup. Every request is answered within a second (503 with
+//! `Retry-After` while it is down, the health check naming the catalog),
+//! the backup then succeeds, once, and restores exactly.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn a_catalog_stopped_mid_backup_gets_quick_503s_and_the_backup_succeeds_once() {
+    let root = tempfile::tempdir().unwrap();
+    // The catalog on a PostgreSQL cluster of the test's own, to stop.
+    let catalog = strongbox_testkit::Cluster::start("");
+    let data = root.path().join("notes.txt");
+    std::fs::write(&data, "the notes as backed up\n").unwrap();
+    // A backup that runs for 14 s: the outage falls inside it.
+    let backup_command = format!("sleep 14 && cat {}", data.display());
+    let recovery_command = format!("cat > {}", data.display());
+    let env = [
+        ("STRONGBOX_CATALOG", catalog.url()),
+        (
+            "STRONGBOX_ALLOW_COMMANDS",
+            serde_json::json!([backup_command, recovery_command]).to_string(),
+        ),
+        // Leases outlast the outage (the test servers' default is 2 s).
+        ("STRONGBOX_LEASE_SECONDS", "30".to_string()),
+    ];
+    let host = root.path().join("host");
+    std::fs::create_dir_all(&host).unwrap();
+    let s = start_with(&host, free_port(), &env);
+    let command = serde_json::json!({"engine": "command", "connection": {
+        "backup_command": backup_command, "recovery_command": recovery_command}});
+    let (status, v) = s.json(&[
+        "-X",
+        "PUT",
+        "-d",
+        &command.to_string(),
+        &s.url("/strongbox/api/v1/instances/usexample/notes"),
+    ]);
+    assert_eq!(status, "HTTP/2 200", "{v}");
+    let (status, location) = s.post_backup("notes", &[]);
+    assert_eq!(status, "HTTP/2 202", "{location}");
+    std::thread::sleep(Duration::from_secs(1));
+
+    let ctl = |a: &str| strongbox_testkit::as_postgres(&catalog.ctl(a));
+    ctl("stop");
+    let stopped = Instant::now();
+    let (mut answers, mut unavailable, mut slowest) = (0, 0, Duration::ZERO);
+    let mut health_named_catalog = false;
+    while stopped.elapsed() < Duration::from_secs(10) {
+        for url in [
+            location.clone(),
+            s.url(&format!("{API}/notes/backups")),
+            s.url("/strongbox/health"),
+        ] {
+            let asked = Instant::now();
+            let (status, h, body) = s.curl(&[&AUTH[..], &["--max-time", "5", &url]].concat());
+            let took = asked.elapsed();
+            slowest = slowest.max(took);
+            assert!(took < Duration::from_secs(1), "{url}: {status} after {took:?}: {body}");
+            answers += 1;
+            match status.as_str() {
+                "HTTP/2 200" => {}
+                "HTTP/2 503" => {
+                    unavailable += 1;
+                    assert!(!header(&h, "retry-after").is_empty(), "{url}: no Retry-After");
+                    assert!(body.contains("catalog"), "{url}: {body}");
+                    health_named_catalog |= url.ends_with("/strongbox/health");
+                }
+                other => panic!("{url}: {other}: {body}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ctl("start");
+    println!("{answers} requests while the catalog was down: {unavailable} answered 503, the slowest in {slowest:?}");
+    assert!(unavailable > answers / 2, "{unavailable} of {answers} were 503");
+    assert!(health_named_catalog, "the health check never named the catalog");
+
+    let done = s.wait_for(&location, "Succeeded");
+    let (_, list) = s.json(&[&s.url(&format!("{API}/notes/backups"))]);
+    let backups = list["backupList"].as_array().unwrap();
+    assert_eq!(backups.len(), 1, "{list}");
+    assert_eq!(backups[0]["status"], "COMPLETED", "{list}");
+    assert_eq!(done["job_id"], backups[0]["jobId"]);
+    let (_, health) = s.json(&[&s.url("/strongbox/health")]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut health = health;
+    while health["status"] != "ok" {
+        assert!(Instant::now() < deadline, "{health}");
+        std::thread::sleep(Duration::from_millis(200));
+        health = s.json(&[&s.url("/strongbox/health")]).1;
+    }
+    std::fs::write(&data, "overwritten\n").unwrap();
+    let tag = backups[0]["dbTag"].as_str().unwrap();
+    post_until_accepted(
+        &s,
+        &format!("{API}/notes/backups/recovery"),
+        &format!(r#"{{"tag": "{tag}"}}"#),
+    );
+    assert_eq!(std::fs::read_to_string(&data).unwrap(), "the notes as backed up\n");
+    let out = s.repo_cli(&["check", "--read-data"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
