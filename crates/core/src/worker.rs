@@ -290,13 +290,15 @@ impl Worker {
 
     async fn backup(&self, job: &Job, keep_forever: bool) -> Result<BackupResult> {
         let (deployment, engine) = self.engine(job).await?;
-        let tag = self
+        // Its tag, and its start as the catalog lists it (the label must
+        // say the same: a rebuilt catalog lists the label).
+        let (tag, started_at) = self
             .service
             .catalog
             .backup(&job.domain, job.id)
             .await?
-            .map(|b| b.db_tag)
-            .unwrap_or_default();
+            .map(|b| (b.db_tag, b.started_at))
+            .unwrap_or_else(|| (String::new(), job.created_at.clone()));
         let counters = self.counters.clone();
         let (scratch, e) = (self.setup.scratch.clone(), engine.clone());
         let shipper = self.service.shippers.link(&job.domain, &job.deployment);
@@ -309,7 +311,6 @@ impl Worker {
         .await??;
         // What the repository needs to list, recover and expire it without
         // this catalog (`records`).
-        let started_at = job.started_at.clone().unwrap_or_else(|| job.created_at.clone());
         let mut labels = records::backup_labels(&deployment, &tag, job.id, keep_forever, &started_at);
         if engine.capabilities().point_in_time {
             // Which archive this base backup replays from (WAL retention and check).
@@ -411,38 +412,36 @@ impl Worker {
         let repositories = self.service.readable_repositories(repository).await?;
         let mut passed_over = Vec::new();
         for (i, (name, archives)) in repositories.iter().enumerate() {
-            let last = i + 1 == repositories.len();
-            let snapshot = match archives.repo.find_snapshot(&snapshot_id).await {
-                Ok(s) => s,
-                Err(e) => {
-                    let why = format!("{name}: snapshot {snapshot_id} of backup {tag}: {e}");
-                    if last {
-                        passed_over.push(why);
-                        anyhow::bail!("no repository holds backup {tag} whole: {}", passed_over.join("; "));
-                    }
-                    self.log(format!("{why}; trying {}", repositories[i + 1].0)).await;
-                    passed_over.push(why);
-                    continue;
+            let attempt = async {
+                let snapshot = archives.repo.find_snapshot(&snapshot_id).await.map_err(|e| {
+                    RecoverError::Reading(anyhow::anyhow!("snapshot {snapshot_id} of backup {tag}: {e}"))
+                })?;
+                if name != crate::copies::PRIMARY {
+                    self.log(format!("reading backup {tag} from copy {name}")).await;
                 }
+                let files = SnapshotFiles::new(
+                    archives.repo.clone(),
+                    snapshot,
+                    tokio::runtime::Handle::current(),
+                    self.counters.clone(),
+                );
+                self.recover_from(job, engine.clone(), files, archives, target).await
             };
-            if name != crate::copies::PRIMARY {
-                self.log(format!("reading backup {tag} from copy {name}")).await;
-            }
-            let files = SnapshotFiles::new(
-                archives.repo.clone(),
-                snapshot,
-                tokio::runtime::Handle::current(),
-                self.counters.clone(),
-            );
-            match self.recover_from(job, engine.clone(), files, archives, target).await {
+            match attempt.await {
                 Ok(recovered) => {
                     return Ok((format!("from backup {tag}: {}", recovered.summary), recovered.reached));
                 }
                 // The repository failed it (an object missing or damaged):
                 // the next one may hold it whole.
-                Err(RecoverError::Reading(e)) if !last => {
-                    let why = format!("{name}: {e}");
-                    self.log(format!("{why}; trying {}", repositories[i + 1].0)).await;
+                Err(RecoverError::Reading(e)) => {
+                    let why = format!("{name}: {e:#}");
+                    match repositories.get(i + 1) {
+                        Some((next, _)) => self.log(format!("{why}; trying {next}")).await,
+                        None => {
+                            passed_over.push(why);
+                            anyhow::bail!("no repository holds backup {tag} whole: {}", passed_over.join("; "));
+                        }
+                    }
                     passed_over.push(why);
                 }
                 Err(e) => return Err(e.into()),
