@@ -430,6 +430,7 @@ pub async fn instance_detail(
             shipped_transactions: shipper.shipped,
             lag_seconds: shipping.then_some(shipper.lag.as_secs_f64()),
             error: shipper.stopped.as_ref().map(strongbox_core::shipping::stopped_message),
+            slot_held_bytes: shipper.held_bytes,
             ranges: r
                 .ranges
                 .iter()

@@ -94,6 +94,11 @@ fn describe() {
         "The latest moment the deployment can be recovered to (Unix time)"
     );
     describe_gauge!(
+        "strongbox_wal_slot_held_bytes",
+        Unit::Bytes,
+        "WAL the streaming receiver's replication slot keeps on the database server"
+    );
+    describe_gauge!(
         "strongbox_wal_archive_lag_seconds",
         Unit::Seconds,
         "How far the last commit in the WAL archive trails now (what losing the database now would lose)"
@@ -178,6 +183,10 @@ pub(crate) async fn page(State(state): State<Arc<AppState>>) -> Result<Response,
         }
         if let Some(archived) = h.archived_until {
             metrics::gauge!("strongbox_wal_archive_lag_seconds", &labels).set((unix(now) - unix(archived)).max(0.0));
+        }
+        let shipper = service.shippers.status(&h.deployment.domain, &h.deployment.name);
+        if let Some(held) = shipper.and_then(|s| s.held_bytes) {
+            metrics::gauge!("strongbox_wal_slot_held_bytes", &labels).set(held as f64);
         }
     }
     handle.run_upkeep();

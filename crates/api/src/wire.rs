@@ -307,6 +307,10 @@ pub struct ContinuousArchiving {
     pub error: Option<String>,
     /// Stretches recoverable to any second, oldest first.
     pub ranges: Vec<TimeRange>,
+    /// PostgreSQL: the WAL the receiver's replication slot keeps on the
+    /// database server, in bytes (it grows while the receiver is away).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slot_held_bytes: Option<u64>,
 }
 
 /// One generation of a shipped log: recoverable to any second and any

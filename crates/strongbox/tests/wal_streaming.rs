@@ -34,12 +34,29 @@ fn a_server_and_its_disk_lost_lose_at_most_the_last_second_of_commits() {
         assert!(Instant::now() < deadline, "no receiver streaming:\n{}", pg.c.log());
         std::thread::sleep(Duration::from_millis(200));
     }
-    // The instance says it streams.
-    let streaming = pg.instance()["continuousArchiving"].clone();
+    // The instance says it streams, and how much WAL its slot keeps on the
+    // database server (a segment at most while the receiver keeps up);
+    // `/metrics` too.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let streaming = loop {
+        let v = pg.instance()["continuousArchiving"].clone();
+        if v["slotHeldBytes"].is_u64() {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "no slotHeldBytes: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(
         (&streaming["shipping"], &streaming["error"]),
         (&serde_json::json!(true), &serde_json::Value::Null),
         "{streaming}"
+    );
+    assert!(streaming["slotHeldBytes"].as_u64() <= Some(32 << 20), "{streaming}");
+    let (_, _, page) = pg.s.curl(&[&pg.s.url("/metrics")]);
+    assert!(
+        page.lines()
+            .any(|l| l.starts_with(r#"strongbox_wal_slot_held_bytes{domain="usexample",deployment="pg"}"#)),
+        "{page}"
     );
     pg.c.psql("CREATE TABLE ticks (id int PRIMARY KEY, at timestamptz NOT NULL)");
     pg.backup();

@@ -34,6 +34,8 @@ const STORE_EVERY: Duration = Duration::from_millis(200);
 const RESTART_AFTER: Duration = Duration::from_secs(1);
 /// How often streamed copies of segments archived since are removed.
 const TIDY_EVERY: Duration = Duration::from_secs(10);
+/// How often the WAL the slot holds on the database server is asked for.
+const HELD_EVERY: Duration = Duration::from_secs(2);
 
 impl PgPhysical {
     /// The replication slot of the deployment's receiver: one per data
@@ -95,6 +97,7 @@ impl crate::ShipsLog for PgPhysical {
         let mut receiver: Option<Background> = None;
         let mut start_at = Instant::now();
         let mut last_tidy = Instant::now();
+        let mut last_held = Instant::now();
         // Each tail as last stored: (size, modification time).
         let mut stored: HashMap<String, (u64, SystemTime)> = HashMap::new();
         let stopped = |why: String, waiting: &str| {
@@ -137,6 +140,12 @@ impl crate::ShipsLog for PgPhysical {
                     tracing::warn!("streaming WAL: {e}");
                 }
             }
+            if last_held.elapsed() >= HELD_EVERY {
+                last_held = Instant::now();
+                // Unknown while the server does not answer.
+                let held = self.held_bytes(&slot).ok();
+                cx.status.lock().expect("status").held_bytes = held;
+            }
             match store_spool(&spool, &cx, &mut stored) {
                 Ok(()) if receiver.is_some() => {
                     let mut st = cx.status.lock().expect("status");
@@ -172,6 +181,17 @@ impl crate::ShipsLog for PgPhysical {
 }
 
 impl PgPhysical {
+    /// How much WAL the slot keeps on the database server (its restart
+    /// point to the present), in bytes.
+    fn held_bytes(&self, slot: &str) -> Result<u64, Error> {
+        let held = self.conn.query(&format!(
+            "SELECT coalesce(pg_current_wal_lsn() - restart_lsn, 0)::bigint FROM pg_replication_slots \
+             WHERE slot_name = '{slot}'"
+        ))?;
+        held.parse()
+            .map_err(|_| Error::Failed(format!("replication slot {slot}: {held:?} is not a byte count")))
+    }
+
     /// Drops the receiver's slot (its walsender may take a moment to go).
     fn drop_slot(&self, slot: &str) {
         let mut last = String::new();

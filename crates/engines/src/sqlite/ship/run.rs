@@ -24,6 +24,9 @@ pub struct ShipperStatus {
     pub lag: Duration,
     /// Set while no generation receives the application's commits.
     pub stopped: Option<Stopped>,
+    /// WAL the database keeps for the shipper, in bytes (PostgreSQL: from
+    /// its replication slot's restart point to now), as last asked.
+    pub held_bytes: Option<u64>,
 }
 
 /// Why nothing is shipped now.
