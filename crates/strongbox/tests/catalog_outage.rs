@@ -31,16 +31,7 @@ fn a_catalog_stopped_mid_backup_gets_quick_503s_and_the_backup_succeeds_once() {
     let host = root.path().join("host");
     std::fs::create_dir_all(&host).unwrap();
     let s = start_with(&host, free_port(), &env);
-    let command = serde_json::json!({"engine": "command", "connection": {
-        "backup_command": backup_command, "recovery_command": recovery_command}});
-    let (status, v) = s.json(&[
-        "-X",
-        "PUT",
-        "-d",
-        &command.to_string(),
-        &s.url("/strongbox/api/v1/instances/usexample/notes"),
-    ]);
-    assert_eq!(status, "HTTP/2 200", "{v}");
+    register_command(&s, "notes", &backup_command, &recovery_command);
     let (status, location) = s.post_backup("notes", &[]);
     assert_eq!(status, "HTTP/2 202", "{location}");
     std::thread::sleep(Duration::from_secs(1));

@@ -69,12 +69,11 @@ fn the_primary_repository_lost_every_backup_recovers_exactly_from_its_copy() {
     assert_eq!(s.register_sqlite("app", &db).0, "HTTP/2 200");
     assert_eq!(s.archive_continuously("app").0, "HTTP/2 200");
     std::fs::write(&file, "first notes\n").unwrap();
-    let command = serde_json::json!({"engine": "command", "connection": {
-        "backup_command": commands[0], "recovery_command": commands[1]}});
-    let notes = s.url("/strongbox/api/v1/instances/usexample/notes");
-    assert_eq!(
-        s.json(&["-X", "PUT", "-d", &command.to_string(), &notes]).0,
-        "HTTP/2 200"
+    register_command(
+        &s,
+        "notes",
+        commands[0].as_str().unwrap(),
+        commands[1].as_str().unwrap(),
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     while copy_status(&s, "app").is_null()
@@ -354,21 +353,8 @@ fn a_postgresql_deployment_recovers_from_the_copy_when_the_primary_is_lost() {
         d = host.join("data").display(),
         primary = primary.display(),
     ));
-    let c = strongbox_testkit::Cluster::start("archive_mode = on\narchive_command = 'false'\n");
+    let c = archiving_cluster(&s, "");
     let ctl = |a: &str| format!("runuser -u postgres -- {}", c.ctl(a));
-    let reg = serde_json::json!({"engine": "postgresql", "connection": {
-        "url": c.url(), "data_dir": c.data, "bin_dir": strongbox_testkit::PG_BIN,
-        "stop_command": ctl("stop"), "start_command": ctl("start")}});
-    let register = s.url("/strongbox/api/v1/instances/usexample/pg");
-    let (status, v) = s.json(&["-X", "PUT", "-d", &reg.to_string(), &register]);
-    assert_eq!(status, "HTTP/2 200", "{v}");
-    let (_, i) = s.json(&[&s.url(PG_INSTANCE)]);
-    let archive_command = i["pointInTimeRecovery"]["archiveCommand"].as_str().unwrap().to_string();
-    c.psql(&format!(
-        "ALTER SYSTEM SET archive_command = '{}'",
-        archive_command.replace('\'', "''")
-    ));
-    c.psql("SELECT pg_reload_conf()");
     let sum = "SELECT coalesce(md5(string_agg(id || '@' || at, ',' ORDER BY id)), '') FROM ticks";
     c.psql("CREATE TABLE ticks (id int PRIMARY KEY, at timestamptz NOT NULL)");
     c.psql("INSERT INTO ticks VALUES (0, now())");

@@ -196,16 +196,12 @@ fn host_lost(
     let (status, config) = s.json(&["-X", "PUT", "-d", change, &config_url]);
     assert_eq!(status, "HTTP/2 200", "{config}");
     std::fs::write(&file, "first notes\n").unwrap();
-    let command = serde_json::json!({"engine": "command", "connection": {
-        "backup_command": commands[0], "recovery_command": commands[1]}});
-    let (status, v) = s.json(&[
-        "-X",
-        "PUT",
-        "-d",
-        &command.to_string(),
-        &s.url("/strongbox/api/v1/instances/usexample/notes"),
-    ]);
-    assert_eq!(status, "HTTP/2 200", "{v}");
+    register_command(
+        &s,
+        "notes",
+        commands[0].as_str().unwrap(),
+        commands[1].as_str().unwrap(),
+    );
 
     // Backups: app's first kept forever; then rows, a quiet moment T, more
     // rows, a second backup, more rows; notes' one backup.
@@ -346,26 +342,8 @@ fn a_postgresql_deployment_comes_back_after_the_host_is_lost_across_a_timeline_s
     };
     share(&host.join("data"));
     std::fs::set_permissions(&host, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let c = strongbox_testkit::Cluster::start("archive_mode = on\narchive_command = 'false'\n");
+    let c = archiving_cluster(&s, "");
     let ctl = |a: &str| format!("runuser -u postgres -- {}", c.ctl(a));
-    let reg = serde_json::json!({"engine": "postgresql", "connection": {
-        "url": c.url(), "data_dir": c.data, "bin_dir": strongbox_testkit::PG_BIN,
-        "stop_command": ctl("stop"), "start_command": ctl("start")}});
-    let register = s.url("/strongbox/api/v1/instances/usexample/pg");
-    let (status, v) = s.json(&["-X", "PUT", "-d", &reg.to_string(), &register]);
-    assert_eq!(status, "HTTP/2 200", "{v}");
-    let archive_command = |s: &Server| {
-        let (_, i) = s.json(&[&s.url(PG_INSTANCE)]);
-        i["pointInTimeRecovery"]["archiveCommand"].as_str().unwrap().to_string()
-    };
-    let set_archiving = |command: &str| {
-        c.psql(&format!(
-            "ALTER SYSTEM SET archive_command = '{}'",
-            command.replace('\'', "''")
-        ));
-        c.psql("SELECT pg_reload_conf()");
-    };
-    set_archiving(&archive_command(&s));
     let sum = "SELECT coalesce(md5(string_agg(id || '@' || at, ',' ORDER BY id)), '') FROM ticks";
     c.psql("CREATE TABLE ticks (id int PRIMARY KEY, at timestamptz NOT NULL)");
 

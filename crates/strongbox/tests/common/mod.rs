@@ -407,30 +407,8 @@ impl Pg {
             "chmod 755 {d} {d}/data && chown -R postgres:postgres {d}/data/repository {d}/data/repository.password",
             d = dir.display()
         ));
-        // Archiving fails (and PostgreSQL keeps the WAL) until it is set below.
-        let c = strongbox_testkit::Cluster::start(&format!("archive_mode = on\narchive_command = 'false'\n{settings}"));
-        let ctl = |a: &str| format!("runuser -u postgres -- {}", c.ctl(a));
-        let reg = serde_json::json!({
-            "engine": "postgresql",
-            "connection": {
-                "url": c.url(), "data_dir": c.data, "bin_dir": strongbox_testkit::PG_BIN,
-                "stop_command": ctl("stop"), "start_command": ctl("start"),
-            }
-        });
-        let url = s.url("/strongbox/api/v1/instances/usexample/pg");
-        let (status, v) = s.json(&["-X", "PUT", "-d", &reg.to_string(), &url]);
-        assert_eq!(status, "HTTP/2 200", "{v}");
-        let pg = Pg { s, c };
-        let command = pg.instance()["pointInTimeRecovery"]["archiveCommand"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        pg.c.psql(&format!(
-            "ALTER SYSTEM SET archive_command = '{}'",
-            command.replace('\'', "''")
-        ));
-        pg.c.psql("SELECT pg_reload_conf()");
-        pg
+        let c = archiving_cluster(&s, settings);
+        Pg { s, c }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -713,4 +691,35 @@ pub fn recover_pg(s: &Server, c: &strongbox_testkit::Cluster, body: &str) -> ser
             tail.join("\n")
         )
     })
+}
+
+/// A cluster (with `settings`) registered with `s` as the physical
+/// deployment `pg`, archiving through the `archive_command` `GET
+/// …/pg` reports (until set, archiving fails and PostgreSQL keeps the WAL).
+pub fn archiving_cluster(s: &Server, settings: &str) -> strongbox_testkit::Cluster {
+    let c = strongbox_testkit::Cluster::start(&format!("archive_mode = on\narchive_command = 'false'\n{settings}"));
+    let ctl = |a: &str| format!("runuser -u postgres -- {}", c.ctl(a));
+    let reg = serde_json::json!({"engine": "postgresql", "connection": {
+        "url": c.url(), "data_dir": c.data, "bin_dir": strongbox_testkit::PG_BIN,
+        "stop_command": ctl("stop"), "start_command": ctl("start")}});
+    let url = s.url("/strongbox/api/v1/instances/usexample/pg");
+    let (status, v) = s.json(&["-X", "PUT", "-d", &reg.to_string(), &url]);
+    assert_eq!(status, "HTTP/2 200", "{v}");
+    let (_, i) = s.json(&[&s.url(PG_INSTANCE)]);
+    let command = i["pointInTimeRecovery"]["archiveCommand"].as_str().unwrap().to_string();
+    c.psql(&format!(
+        "ALTER SYSTEM SET archive_command = '{}'",
+        command.replace('\'', "''")
+    ));
+    c.psql("SELECT pg_reload_conf()");
+    c
+}
+
+/// Registers a `command` deployment `name` of `usexample`.
+pub fn register_command(s: &Server, name: &str, backup_command: &str, recovery_command: &str) {
+    let command = serde_json::json!({"engine": "command", "connection": {
+        "backup_command": backup_command, "recovery_command": recovery_command}});
+    let url = s.url(&format!("/strongbox/api/v1/instances/usexample/{name}"));
+    let (status, v) = s.json(&["-X", "PUT", "-d", &command.to_string(), &url]);
+    assert_eq!(status, "HTTP/2 200", "{v}");
 }
