@@ -300,8 +300,23 @@ fn latest_after_a_point_in_time_recovery_never_returns_the_abandoned_history() {
         while now_ms() < second * 1000 + 100 {
             std::thread::sleep(Duration::from_millis(10));
         }
+        let shipped = |app: &App| app.archiving()["shippedTransactions"].as_u64().unwrap_or_default();
+        let before = shipped(&app);
         write(31..=60, 1);
-        let first_loss = 100 + rng.below(700) as u64;
+        // Rows 31-60 shipped (the history the recovery below abandons holds
+        // them, and the moment before them is covered), then lost a little
+        // later: a loss before anything after the moment is shipped leaves
+        // the moment past the end of the log, and refused.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while shipped(&app) < before + 30 {
+            assert!(
+                Instant::now() < deadline,
+                "seed {seed}: rows 31-60 never shipped: {}",
+                app.archiving()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let first_loss = rng.below(700) as u64;
         std::thread::sleep(Duration::from_millis(first_loss));
         lose(&app.db);
         app.recover(&format!(r#"{{"timestamp": "{}"}}"#, api_second(second)));
@@ -340,8 +355,8 @@ fn latest_after_a_point_in_time_recovery_never_returns_the_abandoned_history() {
             );
         }
         println!(
-            "seed {seed} iteration {i}: 50 rows exactly (first loss {first_loss} ms after row 60, second \
-             {second_loss} ms after the new rows)"
+            "seed {seed} iteration {i}: 50 rows exactly (first loss {first_loss} ms after row 60 was shipped, \
+             second {second_loss} ms after the new rows)"
         );
         app.wait_protected(Duration::from_secs(20));
     }
