@@ -17,7 +17,6 @@ Prints each run's figures, medians and the ratios the targets are stated in.
 Usage: copy_bench.py WORKDIR [--runs 3] [--size-mib 1024]
 (`bench/copy_bench.sh` installs restic and builds Strongbox first.)
 """
-import argparse
 import json
 import os
 import shutil
@@ -27,7 +26,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchutil import drop_caches  # noqa: E402
-from repo_bench import ENV, STRONGBOX, databases, du, run  # noqa: E402
+from repo_bench import ENV, STRONGBOX, bench_args, databases, du, figures, run  # noqa: E402
 
 
 def strongbox(work, live, a_db, b_db):
@@ -79,11 +78,7 @@ def restic(work, live, a_db, b_db):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("work")
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--size-mib", type=int, default=1024)
-    args = ap.parse_args()
+    args = bench_args()
     a_db, b_db = databases(args.work, args.size_mib)
     live = os.path.join(args.work, "live", "db.sqlite")
     os.makedirs(os.path.dirname(live), exist_ok=True)
@@ -95,9 +90,7 @@ def main():
         order = tools if i % 2 == 0 else tools[::-1]
         r = {name: f(args.work, live, a_db, b_db) for name, f in order}
         rounds.append(r)
-        print(f"run {i + 1} ({' then '.join(n for n, _ in order)}): " + "; ".join(
-            f"{k} " + " ".join(f"{m}={v:.3g}" if isinstance(v, float) else f"{m}={v}" for m, v in d.items())
-            for k, d in r.items()), flush=True)
+        print(f"run {i + 1} ({' then '.join(n for n, _ in order)}): {figures(r)}", flush=True)
 
     def med(tool, metric):
         return statistics.median(r[tool][metric] for r in rounds)

@@ -143,21 +143,31 @@ def one_round(work, a_db, b_db):
     return out
 
 
-def main():
+def bench_args():
+    """WORKDIR, --runs (3), --size-mib (1024): what the SQLite benchmarks take."""
     ap = argparse.ArgumentParser()
     ap.add_argument("work")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--size-mib", type=int, default=1024)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def figures(r):
+    """One run's figures, tool by tool, on a line."""
+    return "; ".join(
+        f"{k} " + " ".join(f"{m}={v:.3g}" if isinstance(v, float) else f"{m}={v}" for m, v in d.items())
+        for k, d in r.items())
+
+
+def main():
+    args = bench_args()
     a_db, b_db = databases(args.work, args.size_mib)
     size = os.path.getsize(a_db)
     rounds = []
     for i in range(args.runs):
         r = one_round(args.work, a_db, b_db)
         rounds.append(r)
-        print(f"run {i + 1}: " + "; ".join(
-            f"{k} " + " ".join(f"{m}={v:.3g}" if isinstance(v, float) else f"{m}={v}" for m, v in d.items())
-            for k, d in r.items()), flush=True)
+        print(f"run {i + 1}: {figures(r)}", flush=True)
 
     def med(tool, metric):
         return statistics.median(r[tool][metric] for r in rounds)

@@ -122,8 +122,7 @@ pub async fn copier(service: Arc<Service>, copy: Arc<RepoCopy>, every: Duration)
 impl RepoCopy {
     /// Notes a round's outcome in the status and the metrics.
     fn note(&self, round: std::result::Result<Round, (Error, Pending)>, started: OffsetDateTime, now: OffsetDateTime) {
-        let copy = self;
-        let mut status = copy.status.lock().expect("copy status");
+        let mut status = self.status.lock().expect("copy status");
         status.last_round = Some(now);
         match round {
             Ok(r) => {
@@ -135,7 +134,7 @@ impl RepoCopy {
                 if r.backups + r.objects > 0 {
                     tracing::info!(
                         "copy {}: {} backup(s) and {} WAL file(s) or record(s) copied, {} bytes",
-                        copy.name,
+                        self.name,
                         r.backups,
                         r.objects,
                         r.bytes
@@ -144,7 +143,7 @@ impl RepoCopy {
             }
             Err((e, pending)) => {
                 if status.error.as_deref() != Some(&e.to_string()) {
-                    tracing::warn!("copy {}: {e}", copy.name);
+                    tracing::warn!("copy {}: {e}", self.name);
                 }
                 status.error = Some(e.to_string());
                 status.pending_backups = pending.count;
@@ -156,8 +155,8 @@ impl RepoCopy {
                 status.lag_seconds = waiting;
             }
         }
-        metrics::gauge!("strongbox_copy_lag_seconds", "copy" => copy.name.clone()).set(status.lag_seconds);
-        metrics::gauge!("strongbox_copy_pending_backups", "copy" => copy.name.clone())
+        metrics::gauge!("strongbox_copy_lag_seconds", "copy" => self.name.clone()).set(status.lag_seconds);
+        metrics::gauge!("strongbox_copy_pending_backups", "copy" => self.name.clone())
             .set(status.pending_backups as f64);
     }
 }

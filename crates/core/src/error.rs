@@ -40,9 +40,7 @@ impl Error {
             source: None,
         }
     }
-}
 
-impl Error {
     /// A dependency that cannot be reached now: its message, without a source.
     pub fn unavailable(e: impl std::fmt::Display) -> Self {
         Error::Unavailable {

@@ -130,15 +130,10 @@ impl WalArchive for DeploymentWal {
     /// A segment not archived whole is its streamed tail, if there is one
     /// (what `restore_command` gives replay too).
     fn fetch(&self, name: &str) -> Result<Option<Vec<u8>>, strongbox_engines::Error> {
-        let fetch = |name: String| {
-            self.runtime
-                .block_on(self.archives.repo.wal_fetch(&self.archive, &name))
-                .map_err(|e| strongbox_engines::Error::Failed(format!("fetching {name} from the WAL archive: {e}")))
-        };
-        match fetch(name.to_string())? {
-            None => fetch(format!("{name}{}", strongbox_repo::STREAMED_TAIL)),
-            found => Ok(found),
-        }
+        self.runtime
+            .block_on(self.archives.repo.wal_fetch_for_replay(&self.archive, name))
+            .map(|found| found.map(|(data, _)| data))
+            .map_err(|e| strongbox_engines::Error::Failed(format!("fetching {name} from the WAL archive: {e}")))
     }
 
     fn list(&self) -> Result<Archived, strongbox_engines::Error> {

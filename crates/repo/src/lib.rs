@@ -393,6 +393,17 @@ impl Repository {
         wal::put_streamed(&self.store, &self.cipher, archive, name, data).await
     }
 
+    /// A WAL file as replay reads it: archived, else its streamed copy
+    /// (`true`: the tail of a segment the server was writing when it was
+    /// lost, which takes replay to its end); `None` if neither is stored.
+    pub async fn wal_fetch_for_replay(&self, archive: &str, name: &str) -> Result<Option<(Vec<u8>, bool)>> {
+        if let Some(data) = self.wal_fetch(archive, name).await? {
+            return Ok(Some((data, false)));
+        }
+        let streamed = self.wal_fetch(archive, &format!("{name}{STREAMED_TAIL}")).await?;
+        Ok(streamed.map(|data| (data, true)))
+    }
+
     /// An archived WAL file, verified; `None` if it is not archived.
     pub async fn wal_fetch(&self, archive: &str, name: &str) -> Result<Option<Vec<u8>>> {
         wal::fetch(&self.store, &self.cipher, archive, name).await

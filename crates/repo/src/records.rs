@@ -45,20 +45,27 @@ pub async fn list(store: &Store, cipher: &Cipher, kind: &str, prefix: &str) -> R
         "" => format!("{RECORDS}/{kind}"),
         p => path(kind, p)?,
     };
-    let mut out = Vec::new();
-    for meta in store.list(&folder).await? {
-        let location = meta.location.as_ref();
-        let Some(name) = location.strip_prefix(&format!("{RECORDS}/{kind}/")) else {
-            continue;
-        };
-        let sealed = match store.get_if_exists(&meta.location).await? {
-            Some(s) => s,
-            None => continue, // deleted since listed
-        };
-        let what = format!("record {location}");
-        out.push((name.to_string(), cipher.open_object(location, &sealed, &what)?));
-    }
+    let kind_folder = format!("{RECORDS}/{kind}/");
+    let mut out: Vec<(String, Vec<u8>)> = read_under(store, cipher, &folder)
+        .await?
+        .into_iter()
+        .filter_map(|(path, data)| Some((path.strip_prefix(&kind_folder)?.to_string(), data)))
+        .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Every record under `folder`, opened, by path; one deleted since it was
+/// listed is left out.
+async fn read_under(store: &Store, cipher: &Cipher, folder: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for meta in store.list(folder).await? {
+        let path = meta.location.as_ref();
+        if let Some(sealed) = store.get_if_exists(&meta.location).await? {
+            let what = format!("record {path}");
+            out.push((path.to_string(), cipher.open_object(path, &sealed, &what)?));
+        }
+    }
     Ok(out)
 }
 
@@ -70,15 +77,7 @@ pub async fn delete(store: &Store, kind: &str, name: &str) -> Result<()> {
 
 /// Every record of every kind, by path (`records/KIND/NAME`).
 pub async fn list_all(store: &Store, cipher: &Cipher) -> Result<Vec<(String, Vec<u8>)>> {
-    let mut out = Vec::new();
-    for meta in store.list(RECORDS).await? {
-        let path = meta.location.as_ref();
-        if let Some(sealed) = store.get_if_exists(&meta.location).await? {
-            let what = format!("record {path}");
-            out.push((path.to_string(), cipher.open_object(path, &sealed, &what)?));
-        }
-    }
-    Ok(out)
+    read_under(store, cipher, RECORDS).await
 }
 
 /// Stores a record at a path `list_all` gave (another repository's), its

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use strongbox_repo::{
-    BackupOptions, ChunkerParams, Id, InitOptions, NoProgress, PruneOptions, Repository, STREAMED_TAIL, Source, Store,
+    BackupOptions, ChunkerParams, Id, InitOptions, NoProgress, PruneOptions, Repository, Source, Store,
 };
 
 use crate::bar::Bar;
@@ -230,13 +230,18 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 
 fn password(args: &RepoArgs, confirm: bool) -> Result<Vec<u8>> {
     if let Some(f) = &args.password_file {
-        let s = std::fs::read_to_string(f).with_context(|| format!("reading password file {}", f.display()))?;
-        return Ok(s.trim_end_matches(['\r', '\n']).as_bytes().to_vec());
+        return password_file(f);
     }
     if let Ok(p) = std::env::var("STRONGBOX_PASSWORD") {
         return Ok(p.into_bytes());
     }
     prompt("repository password", confirm)
+}
+
+/// A password kept in a file, without the line end after it.
+fn password_file(f: &Path) -> Result<Vec<u8>> {
+    let s = std::fs::read_to_string(f).with_context(|| format!("reading password file {}", f.display()))?;
+    Ok(s.trim_end_matches(['\r', '\n']).as_bytes().to_vec())
 }
 
 fn prompt(what: &str, confirm: bool) -> Result<Vec<u8>> {
@@ -548,20 +553,16 @@ async fn wal_push(repo: &Repository, archive: &str, path: &std::path::Path) -> R
 /// `wal-fetch NAME DEST` (PostgreSQL's `restore_command`): the file's
 /// size, or `None` (said on stderr) if it is not archived.
 async fn wal_fetch(repo: &Repository, archive: &str, name: &str, dest: &std::path::Path) -> Result<Option<u64>> {
-    let data = match repo.wal_fetch(archive, name).await? {
-        Some(data) => data,
-        // Not archived whole: the tail streamed of it (a segment the
-        // server was writing when it was lost) takes replay to its end.
-        None => match repo.wal_fetch(archive, &format!("{name}{STREAMED_TAIL}")).await? {
-            Some(tail) => {
-                eprintln!("{name} is not archived whole: restoring the tail streamed of it");
-                tail
-            }
-            None => {
-                eprintln!("{name} is not in the WAL archive");
-                return Ok(None);
-            }
-        },
+    let data = match repo.wal_fetch_for_replay(archive, name).await? {
+        Some((data, false)) => data,
+        Some((tail, true)) => {
+            eprintln!("{name} is not archived whole: restoring the tail streamed of it");
+            tail
+        }
+        None => {
+            eprintln!("{name} is not in the WAL archive");
+            return Ok(None);
+        }
     };
     // Written aside, then renamed: PostgreSQL never sees half a file.
     let partial = dest.with_extension("strongbox-partial");
@@ -597,18 +598,15 @@ async fn wal_prefetch(repo: &Repository, archive: &str, names: &[String], spool:
     Ok(ExitCode::SUCCESS)
 }
 
-/// `key add | list | remove ID`.
-async fn copy(repo: &Repository, to: &str, password_file: Option<&Path>, wanted: &[String]) -> Result<ExitCode> {
-    let password = match password_file {
-        Some(f) => std::fs::read_to_string(f)
-            .with_context(|| format!("reading password file {}", f.display()))?
-            .trim_end_matches(['\r', '\n'])
-            .to_string(),
+/// `copy --to LOCATION [SNAPSHOT ...]`.
+async fn copy(repo: &Repository, to: &str, to_password: Option<&Path>, wanted: &[String]) -> Result<ExitCode> {
+    let password = match to_password {
+        Some(f) => password_file(f)?,
         None => std::env::var("STRONGBOX_TO_PASSWORD")
-            .context("no password for the copy: pass --to-password-file or set STRONGBOX_TO_PASSWORD")?,
+            .context("no password for the copy: pass --to-password-file or set STRONGBOX_TO_PASSWORD")?
+            .into_bytes(),
     };
-    let (copy, created) =
-        Repository::open_or_init(Store::open(to)?, password.as_bytes(), InitOptions::default()).await?;
+    let (copy, created) = Repository::open_or_init(Store::open(to)?, &password, InitOptions::default()).await?;
     if created {
         println!("created repository {} at {to}", copy.config().id);
     }
@@ -640,6 +638,7 @@ async fn copy(repo: &Repository, to: &str, password_file: Option<&Path>, wanted:
     Ok(ExitCode::SUCCESS)
 }
 
+/// `key add | list | remove ID`.
 pub async fn key(repo: &Repository, verb: &KeyVerb) -> Result<ExitCode> {
     match verb {
         KeyVerb::Add => {

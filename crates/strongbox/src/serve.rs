@@ -189,13 +189,8 @@ fn copies(s: &Settings, data_dir: &Path) -> Result<Vec<Arc<strongbox_core::copie
             "STRONGBOX_COPY_{}_PASSWORD",
             c.name.to_ascii_uppercase().replace('-', "_")
         );
-        let (password, file) = match std::env::var(&var) {
-            Ok(p) => (p, None),
-            Err(_) => {
-                let file = data_dir.join(format!("copy-{}.password", c.name));
-                (server_repo::password_in(&file, true)?, Some(file))
-            }
-        };
+        let (password, file) =
+            server_repo::password_from(&var, data_dir.join(format!("copy-{}.password", c.name)), true)?;
         out.push(Arc::new(strongbox_core::copies::RepoCopy::new(
             c.name.clone(),
             c.repository.clone(),
@@ -228,7 +223,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let data_dir = s.data_dir.canonicalize()?;
     let location = server_repo::location(s.repository.as_deref(), &data_dir);
     let store = Store::open(&location)?;
-    let password = server_repo::password(&s.data_dir, true)?;
+    let (password, password_file) =
+        server_repo::password_from("STRONGBOX_REPO_PASSWORD", data_dir.join("repository.password"), true)?;
     // Replicas started together on a new repository: one creates it, the
     // others open it.
     let (repo, created) = Repository::open_or_init(store, password.as_bytes(), Default::default()).await?;
@@ -239,12 +235,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let repo = Arc::new(repo);
     let wal = Arc::new(WalArchives::new(
         repo.clone(),
-        repo_command_line(
-            &location,
-            Some(data_dir.join("repository.password"))
-                .filter(|p| std::env::var_os("STRONGBOX_REPO_PASSWORD").is_none() && p.exists())
-                .as_deref(),
-        )?,
+        repo_command_line(&location, password_file.as_deref())?,
         s.data_dir.join("tmp"),
     ));
     let mut service = Service::new(catalog.clone());

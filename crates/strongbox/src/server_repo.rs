@@ -2,7 +2,7 @@
 //! the key slots beside that password (`strongbox admin key`), so that
 //! losing the data directory need not lose every backup.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use strongbox_repo::Repository;
@@ -19,23 +19,29 @@ pub fn location(configured: Option<&str>, data_dir: &Path) -> String {
 /// (mode 0600) in the data directory, drawn at random on first start when
 /// `generate` (the server's start; never `admin`).
 pub fn password(data_dir: &Path, generate: bool) -> Result<String> {
-    if let Ok(p) = std::env::var("STRONGBOX_REPO_PASSWORD") {
-        return Ok(p);
-    }
-    password_in(&data_dir.join("repository.password"), generate)
+    password_from(
+        "STRONGBOX_REPO_PASSWORD",
+        data_dir.join("repository.password"),
+        generate,
+    )
+    .map(|(p, _)| p)
 }
 
-/// The password kept in `path`, drawn at random and written there (mode
-/// 0600) when there is none and `generate`.
-pub fn password_in(path: &Path, generate: bool) -> Result<String> {
-    match std::fs::read_to_string(path) {
-        Ok(p) => return Ok(p.trim().to_string()),
+/// A repository's password: from the variable `var`, else the one kept in
+/// `file` (mode 0600), drawn at random and written there when there is
+/// none and `generate`; with the file, when that is where it is kept (the
+/// command lines PostgreSQL runs read it from there).
+pub fn password_from(var: &str, file: PathBuf, generate: bool) -> Result<(String, Option<PathBuf>)> {
+    if let Ok(p) = std::env::var(var) {
+        return Ok((p, None));
+    }
+    match std::fs::read_to_string(&file) {
+        Ok(p) => return Ok((p.trim().to_string(), Some(file))),
         Err(e) if !generate => {
             return Err(e).with_context(|| {
                 format!(
-                    "reading the repository password from {} (or set STRONGBOX_REPO_PASSWORD to any key slot's \
-                     password)",
-                    path.display()
+                    "reading the repository password from {} (or set {var} to any key slot's password)",
+                    file.display()
                 )
             });
         }
@@ -44,8 +50,8 @@ pub fn password_in(path: &Path, generate: bool) -> Result<String> {
     let mut raw = [0u8; 24];
     rand::fill(&mut raw);
     let p = hex::encode(raw);
-    write_secret(path, &p)?;
-    Ok(p)
+    write_secret(&file, &p)?;
+    Ok((p, Some(file)))
 }
 
 /// Says at every start where the repository's only key is, while the

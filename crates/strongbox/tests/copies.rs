@@ -142,23 +142,7 @@ fn the_primary_repository_lost_every_backup_recovers_exactly_from_its_copy() {
     // Then the host too: a new server whose repository is the old copy
     // (its password kept offline) lists every backup and recovers exactly.
     wait_copied(&s, "app");
-    let listed = |s: &Server, service: &str| {
-        let (_, v) = s.json(&[&s.url(&format!("{API}/{service}/backups"))]);
-        let mut l: Vec<String> = v["backupList"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| {
-                format!(
-                    "{} {} {} {}",
-                    b["dbTag"], b["status"], b["backupCompleteDate"], b["keepForever"]
-                )
-            })
-            .collect();
-        l.sort();
-        l
-    };
-    let (app_backups, notes_backups) = (listed(&s, "app"), listed(&s, "notes"));
+    let (app_backups, notes_backups) = (backup_listing(&s, "app"), backup_listing(&s, "notes"));
     drop(s);
     std::fs::remove_dir_all(&host).unwrap();
     std::fs::remove_file(&db).unwrap();
@@ -170,8 +154,8 @@ fn the_primary_repository_lost_every_backup_recovers_exactly_from_its_copy() {
     let new_host = root.path().join("new-host");
     std::fs::create_dir_all(&new_host).unwrap();
     let s = start_with(&new_host, free_port(), &env);
-    assert_eq!(listed(&s, "app"), app_backups);
-    assert_eq!(listed(&s, "notes"), notes_backups);
+    assert_eq!(backup_listing(&s, "app"), app_backups);
+    assert_eq!(backup_listing(&s, "notes"), notes_backups);
     post_until_accepted(
         &s,
         &format!("{API}/app/backups/recovery"),

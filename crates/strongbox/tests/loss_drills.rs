@@ -240,24 +240,8 @@ fn host_lost(
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     std::thread::sleep(std::time::Duration::from_millis(800));
-    let listed = |s: &Server, service: &str| {
-        let (_, v) = s.json(&[&s.url(&format!("{API}/{service}/backups"))]);
-        let mut list: Vec<String> = v["backupList"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| {
-                format!(
-                    "{} {} {} {} {}",
-                    b["dbTag"], b["status"], b["backupStartDate"], b["backupCompleteDate"], b["keepForever"]
-                )
-            })
-            .collect();
-        list.sort();
-        list
-    };
-    let app_backups = listed(&s, "app");
-    let notes_backups = listed(&s, "notes");
+    let app_backups = backup_listing(&s, "app");
+    let notes_backups = backup_listing(&s, "notes");
     // The shipper's first base, the one kept forever, the second.
     assert_eq!(app_backups.len(), 3, "{app_backups:?}");
 
@@ -280,8 +264,8 @@ fn host_lost(
         log.contains(", 4 backup(s) and 0 recoveries brought into the catalog"),
         "{log}"
     );
-    assert_eq!(listed(&s, "app"), app_backups, "{log}");
-    assert_eq!(listed(&s, "notes"), notes_backups);
+    assert_eq!(backup_listing(&s, "app"), app_backups, "{log}");
+    assert_eq!(backup_listing(&s, "notes"), notes_backups);
     let (_, restored) = s.json(&[&s.url(&format!("{API}/app/backups/config"))]);
     for key in ["recoveryWindowInDays", "autoBackupWindow", "continuousArchiving"] {
         assert_eq!(restored[key], config[key], "{key}: {restored}");

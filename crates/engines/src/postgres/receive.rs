@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::physical::PgPhysical;
 use crate::Error;
-use crate::process::Background;
+use crate::process::{Background, Tool};
 use crate::sqlite_ship::{ShipContext, Stopped, now_ms};
 
 /// How often the spool is stored: the most a lost server loses of what
@@ -58,35 +58,20 @@ impl PgPhysical {
             tracing::info!("streaming WAL: took replication slot {slot} over from the receiver that held it");
             std::thread::sleep(Duration::from_millis(500));
         }
-        let mut create = self.conn.tool("pg_receivewal");
-        create
-            .command
-            .args([
-                "--create-slot",
-                "--if-not-exists",
-                "--slot",
-                slot,
-                "--no-password",
-                "-d",
-            ])
-            .arg(&self.conn.url);
-        create.run()?;
-        let mut receive = self.conn.tool("pg_receivewal");
-        receive
-            .command
-            .arg("-D")
-            .arg(spool)
-            .args([
-                "--slot",
-                slot,
-                "--no-loop",
-                "--no-password",
-                "--status-interval",
-                "1",
-                "-d",
-            ])
-            .arg(&self.conn.url);
+        self.receivewal(slot, &["--create-slot", "--if-not-exists"]).run()?;
+        let mut receive = self.receivewal(slot, &["--no-loop", "--status-interval", "1"]);
+        receive.command.arg("-D").arg(spool);
         receive.start_background()
+    }
+
+    /// `pg_receivewal` with `args` on the deployment's server and `slot`.
+    fn receivewal(&self, slot: &str, args: &[&str]) -> Tool {
+        let mut t = self.conn.tool("pg_receivewal");
+        t.command
+            .args(args)
+            .args(["--slot", slot, "--no-password", "-d"])
+            .arg(&self.conn.url);
+        t
     }
 }
 
@@ -196,11 +181,7 @@ impl PgPhysical {
     fn drop_slot(&self, slot: &str) {
         let mut last = String::new();
         for _ in 0..25 {
-            let mut drop = self.conn.tool("pg_receivewal");
-            drop.command
-                .args(["--drop-slot", "--slot", slot, "--no-password", "-d"])
-                .arg(&self.conn.url);
-            match drop.run() {
+            match self.receivewal(slot, &["--drop-slot"]).run() {
                 Ok(_) => {
                     tracing::info!("streaming WAL turned off: dropped replication slot {slot}");
                     return;

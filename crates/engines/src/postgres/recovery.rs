@@ -22,12 +22,12 @@ use super::datadir::{self, AUTO_CONF, RecoverySettings, Replay};
 use super::physical::PgPhysical;
 use super::pitr::{self, Lsn, Reached};
 use super::server::{Paused, WAIT};
+use super::waldump::{FLUSH_MARKER, LastCommit, RunEnd, WalDump};
+use crate::{BackupFiles, Error, Log, PitrTarget, Recovered, RecoveryContext, RecoveryTarget};
 
 /// How long a recovery waits for the current segment to be archived when
 /// archive_command was failing already: a few of its retries.
 const FAILING_ARCHIVE_WAIT: Duration = Duration::from_secs(5);
-use super::waldump::{FLUSH_MARKER, LastCommit, RunEnd, WalDump};
-use crate::{BackupFiles, Error, Log, PitrTarget, Recovered, RecoveryContext, RecoveryTarget};
 
 /// Where prefetched WAL waits, inside `pg_wal` (see `wal-fetch`).
 pub const PREFETCH_SPOOL: &str = ".strongbox-prefetch";

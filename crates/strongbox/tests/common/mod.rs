@@ -723,3 +723,23 @@ pub fn register_command(s: &Server, name: &str, backup_command: &str, recovery_c
     let (status, v) = s.json(&["-X", "PUT", "-d", &command.to_string(), &url]);
     assert_eq!(status, "HTTP/2 200", "{v}");
 }
+
+/// A deployment's backups as `GET …/backups` lists them (tag, status,
+/// start and completion dates, `keepForever`), sorted: what must come back
+/// whole after a loss.
+pub fn backup_listing(s: &Server, service: &str) -> Vec<String> {
+    let (_, v) = s.json(&[&s.url(&format!("{API}/{service}/backups"))]);
+    let mut list: Vec<String> = v["backupList"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            format!(
+                "{} {} {} {} {}",
+                b["dbTag"], b["status"], b["backupStartDate"], b["backupCompleteDate"], b["keepForever"]
+            )
+        })
+        .collect();
+    list.sort();
+    list
+}
