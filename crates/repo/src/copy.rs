@@ -20,9 +20,12 @@ use futures::StreamExt;
 
 use crate::backup::{Source, Sources};
 use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::index::{self, Index, PackIndex};
 use crate::progress::Progress;
 use crate::snapshot::{self, Snapshot, Totals};
-use crate::{BackupOptions, Repository, records, restore, wal};
+use crate::storage::layout;
+use crate::{BackupOptions, Repository, pack, prune, records, restore, wal};
 
 /// What a copy did.
 #[derive(Clone, Debug, Default)]
@@ -108,7 +111,10 @@ impl Repository {
             ..BackupOptions::default()
         };
         let lock = to.backup_lock().await?;
-        let result = to.backup_locked(sources, opts, Some(snap), progress, &lock).await;
+        let result = match to.index_stray_packs().await {
+            Ok(_) => to.backup_locked(sources, opts, Some(snap), progress, &lock).await,
+            Err(e) => Err(e),
+        };
         let released = lock.release().await;
         let copy = result?;
         released?;
@@ -120,6 +126,34 @@ impl Repository {
 }
 
 impl Repository {
+    /// Indexes the packs a killed copy left without their index object (a
+    /// pack is stored before its index object: a kill between the two
+    /// leaves it unknown), read back from their own bytes, so that the
+    /// resumed copy sends none of their chunks again. Called under the
+    /// backup lock; packs a prune plan condemns are left to prune. Returns
+    /// how many packs it indexed.
+    async fn index_stray_packs(&self) -> Result<usize> {
+        let plans = prune::load_plans(&self.store, &self.cipher).await?;
+        let condemned = prune::condemned(&plans);
+        let index = Index::load_cached(&self.store, &self.cipher, &condemned, Some(&self.index_cache)).await?;
+        let stray: Vec<Id> = layout::packs(&self.store)
+            .await?
+            .into_keys()
+            .filter(|id| index.pack(id).is_none() && !condemned.contains(id))
+            .collect();
+        for id in &stray {
+            let data = self.store.get(&layout::pack(id)).await?;
+            let (cipher, pack) = (self.cipher.clone(), *id);
+            let size = data.len() as u64;
+            let blobs = tokio::task::spawn_blocking(move || pack::entries_of(&cipher, &pack, &data))
+                .await
+                .expect("pack reader panicked")?;
+            index::write(&self.store, &self.cipher, &[PackIndex { pack, size, blobs }]).await?;
+            tracing::info!(pack = %id, "indexed a pack a killed copy left without its index");
+        }
+        Ok(stray.len())
+    }
+
     /// Brings `to` every WAL file and shipped log (`wal/…`) this repository
     /// holds and it lacks, and every record (`records/…`) it lacks or holds
     /// otherwise, each verified here and sealed anew under its key. WAL

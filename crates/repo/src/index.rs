@@ -2,7 +2,9 @@
 //!
 //! Backups write one small index object per pack right after the pack, so a
 //! backup killed at any moment leaves every uploaded pack findable and the
-//! next backup reuses its chunks. `prune` consolidates them.
+//! next backup reuses its chunks, but for a pack whose index object the
+//! kill forestalled: a resumed copy indexes those from their own bytes
+//! (`copy`), prune removes them otherwise. `prune` consolidates the index.
 
 use bytes::Bytes;
 use futures::StreamExt;

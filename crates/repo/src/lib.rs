@@ -467,6 +467,7 @@ impl Repository {
             stored_bytes: index.packs().iter().map(|p| p.size).sum(),
             packs: index.packs().len(),
             chunks: index.chunk_count(),
+            duplicate_chunks: index.packs().iter().map(|p| p.blobs.len()).sum::<usize>() - index.chunk_count(),
             create_only_writes: if self.store.honours_create().await? {
                 "honoured by the store"
             } else {
@@ -486,6 +487,9 @@ pub struct Stats {
     pub stored_bytes: u64,
     pub packs: usize,
     pub chunks: usize,
+    /// Chunks stored in more than one pack (sent twice by backups that
+    /// overlapped or were interrupted; prune keeps one).
+    pub duplicate_chunks: usize,
     /// How names that must be created once stay so on this store.
     pub create_only_writes: &'static str,
 }

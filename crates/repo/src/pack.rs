@@ -149,6 +149,42 @@ pub fn chunk_in<'a>(cipher: &Cipher, frame: &'a [u8], e: &BlobEntry, pack: &Id) 
     Ok(data)
 }
 
+/// A pack's entries read back from its own bytes (what its index object
+/// would say): each frame opened, each chunk hashed to its id. For packs a
+/// killed writer left without their index object.
+pub fn entries_of(cipher: &Cipher, pack: &Id, data: &[u8]) -> Result<Vec<BlobEntry>> {
+    if Id::of_content(data) != *pack {
+        return Err(Error::corrupt(
+            format!("pack {pack}"),
+            "content does not match its name",
+        ));
+    }
+    let mut entries = Vec::new();
+    for f in read_header(cipher, pack, data)? {
+        // In bounds: `read_header` checked every frame against the pack size.
+        let sealed = &data[f.offset as usize..f.offset as usize + f.length as usize];
+        let plain = open_frame(cipher, sealed, pack, f.offset)?;
+        for (start, raw_len) in f.chunks {
+            let chunk = plain
+                .get(start as usize..start as usize + raw_len as usize)
+                .ok_or_else(|| {
+                    Error::corrupt(
+                        format!("pack {pack}"),
+                        format!("a chunk at {start} lies outside its frame"),
+                    )
+                })?;
+            entries.push(BlobEntry {
+                id: cipher.chunk_id(chunk),
+                offset: f.offset,
+                length: f.length,
+                start,
+                raw_len,
+            });
+        }
+    }
+    Ok(entries)
+}
+
 /// Accumulates frames into one pack.
 #[derive(Default)]
 pub struct PackBuilder {

@@ -18,7 +18,8 @@ fn four_servers_started_together_on_a_new_repository_all_serve() {
     let s3 = strongbox_testkit::s3::S3Server::start();
     let root = tempfile::tempdir().unwrap();
     let local = root.path().join("shared-repository").display().to_string();
-    for (name, location) in [("local", local.as_str()), ("s3", "s3://backups/together")] {
+    for (name, location) in [("local", local), ("s3", s3.repository("together"))] {
+        let location = location.as_str();
         let mut env = s3.env().to_vec();
         env.push(("STRONGBOX_REPOSITORY", location.to_string()));
         env.push(("STRONGBOX_REPO_PASSWORD", "replicas-share-this".to_string()));
@@ -68,17 +69,21 @@ fn four_servers_started_together_on_a_new_repository_all_serve() {
 #[test]
 fn an_escrow_key_recovers_every_backup_when_the_password_file_is_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = start(&dir);
+    let (repository, mut env) = drill_repository(dir.path(), "repository");
+    env.push(("STRONGBOX_REPOSITORY", repository));
+    let mut s = start_with(dir.path(), free_port(), &env);
     let log = || std::fs::read_to_string(dir.path().join("server.log")).unwrap();
     let warned = "the repository password is kept only in";
     assert!(log().contains(warned), "no warning at start: {}", log());
     assert!(log().contains("strongbox admin key add"), "{}", log());
 
+    let server_env = env.clone();
     let admin = |args: &[&str], env: &[(&str, &str)]| {
         let out = Command::new(BIN)
             .arg("admin")
             .args(args)
             .env("STRONGBOX_DATA_DIR", dir.path().join("data"))
+            .envs(server_env.iter().map(|(k, v)| (*k, v.as_str())))
             .envs(env.iter().copied())
             .output()
             .unwrap();
@@ -122,11 +127,8 @@ fn an_escrow_key_recovers_every_backup_when_the_password_file_is_lost() {
     let _ = s.child.wait();
     std::fs::remove_file(dir.path().join("data/repository.password")).unwrap();
     std::fs::remove_file(&db).unwrap();
-    let s = start_with(
-        dir.path(),
-        s.port,
-        &[("STRONGBOX_REPO_PASSWORD", "escrow, kept offline".to_string())],
-    );
+    env.push(("STRONGBOX_REPO_PASSWORD", "escrow, kept offline".to_string()));
+    let s = start_with(dir.path(), s.port, &env);
     for (job, checksum) in &backups {
         let tag = &tags.iter().find(|(j, _)| j == job).expect("the backup is listed").1;
         let url = s.url("/paas/service/dbcs/api/v1.1/instances/usexample/app/backups/recovery");
@@ -149,12 +151,8 @@ fn an_escrow_key_recovers_every_backup_when_the_password_file_is_lost() {
 #[test]
 fn the_host_lost_a_new_server_on_the_same_repository_recovers_every_backup() {
     let root = tempfile::tempdir().unwrap();
-    host_lost(
-        root.path(),
-        &root.path().join("repository").display().to_string(),
-        &[],
-        None,
-    );
+    let (repository, env) = drill_repository(root.path(), "repository");
+    host_lost(root.path(), &repository, &env, None);
 }
 
 /// The same drill with the repository on S3 (the in-process S3 server) and
@@ -167,7 +165,7 @@ fn the_host_lost_a_new_server_on_the_same_s3_repository_recovers_every_backup() 
     let catalog = strongbox_testkit::Database::create("drill_catalog");
     let mut env = s3.env().to_vec();
     env.push(("STRONGBOX_CATALOG", catalog.url.clone()));
-    host_lost(root.path(), "s3://backups/drill", &env, Some(&catalog));
+    host_lost(root.path(), &s3.repository("drill"), &env, Some(&catalog));
 }
 
 fn host_lost(
@@ -310,18 +308,22 @@ fn host_lost(
 #[test]
 fn a_postgresql_deployment_comes_back_after_the_host_is_lost_across_a_timeline_switch() {
     let root = tempfile::tempdir().unwrap();
-    let repository = root.path().join("repository");
-    let env = [("STRONGBOX_REPOSITORY", repository.display().to_string())];
+    let (repository, mut env) = drill_repository(root.path(), "repository");
+    env.push(("STRONGBOX_REPOSITORY", repository.clone()));
     let host = root.path().join("host");
     std::fs::create_dir_all(&host).unwrap();
     let s = start_with(&host, free_port(), &env);
-    // PostgreSQL's archive_command runs as postgres.
+    // PostgreSQL's archive_command runs as postgres (and reaches an S3
+    // repository with the variables it inherits from this test).
+    let local = std::path::Path::new(&repository)
+        .exists()
+        .then_some(repository.as_str());
     let share = |data_dir: &std::path::Path| {
         strongbox_testkit::sh(&format!(
             "chmod 755 {root} {d} && chown -R postgres:postgres {repo} {d}/repository.password",
             root = root.path().display(),
             d = data_dir.display(),
-            repo = repository.display()
+            repo = local.unwrap_or_default()
         ))
     };
     share(&host.join("data"));

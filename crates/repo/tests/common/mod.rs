@@ -16,7 +16,7 @@ pub struct S3Server {
 
 pub async fn start_s3() -> S3Server {
     use strongbox_testkit::s3;
-    let server = s3::S3Server::start();
+    let server = s3::S3Server::in_process();
     S3Server {
         config: S3Config {
             endpoint: Some(server.endpoint.clone()),

@@ -141,6 +141,17 @@ pub fn wait_for_port(port: u16) {
     }
 }
 
+/// Where a loss drill keeps its repository, and the variables a server
+/// needs to reach it: a directory `name` under `root`, or, when
+/// `STRONGBOX_TEST_S3_ENDPOINT` names an external S3 server
+/// (`bench/drills_on_garage.sh`: a Garage cluster), a prefix of its bucket.
+pub fn drill_repository(root: &Path, name: &str) -> (String, Vec<(&'static str, String)>) {
+    match strongbox_testkit::s3::S3Server::external() {
+        Some(s3) => (s3.repository(name), s3.env().to_vec()),
+        None => (root.join(name).display().to_string(), Vec::new()),
+    }
+}
+
 pub fn start(dir: &tempfile::TempDir) -> Server {
     start_in(dir.path(), free_port())
 }
@@ -742,4 +753,17 @@ pub fn backup_listing(s: &Server, service: &str) -> Vec<String> {
         .collect();
     list.sort();
     list
+}
+
+/// Every file under `dir`, at any depth.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            files.extend(walk(&e.path()));
+        } else {
+            files.push(e.path());
+        }
+    }
+    files
 }
