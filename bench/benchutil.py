@@ -9,13 +9,15 @@ import time
 
 
 def drop_caches():
-    """Syncs and drops the page cache, so every tool starts cold alike."""
+    """Syncs and drops the page cache, so every tool starts cold alike.
+    Refuses to go on without it (a benchmark whose tools start from
+    whatever cache the last one left compares nothing)."""
     subprocess.run(["sync"])
     try:
         with open("/proc/sys/vm/drop_caches", "w") as f:
             f.write("3\n")
-    except OSError:
-        pass  # not root: every tool then starts from the same warm cache
+    except OSError as e:
+        sys.exit(f"cannot drop the page cache ({e}): run the benchmark as root")
 
 
 def tls_certs(work):

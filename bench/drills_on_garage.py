@@ -50,6 +50,9 @@ def main():
         p = subprocess.run(cmd, env=env, cwd=os.path.join(os.path.dirname(__file__), ".."))
         print(f"drills on Garage: exit {p.returncode} in {time.monotonic() - t0:.0f} s "
               f"(Garage CPU {cluster.cpu():.1f} s)", flush=True)
+        # What the drills left in the bucket: evidence they ran on Garage.
+        info = cluster.garage(0, "bucket", "info", BUCKET)
+        print("\n".join(l for l in info.splitlines() if "objects" in l.lower() or "size" in l.lower()))
         sys.exit(p.returncode)
     finally:
         cluster.stop()

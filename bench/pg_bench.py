@@ -4,7 +4,9 @@ pgBackRest, same cluster, same run.
 
 One cluster (initdb as `postgres` in WORKDIR, a free port, pgbench data of
 --scale; scale 140 is about 2 GiB) archives its WAL with pgBackRest, as
-pgBackRest requires. Each round:
+pgBackRest requires. Each round (the backups 1-3 in an order rotating from
+round to round, the recoveries alternating, the page cache dropped before
+every timed step):
   1. `pg_basebackup -Ft -X fetch -c fast` to a local directory (the floor);
   2. pgBackRest full backup (process-max=2, compress-type=zst, start-fast);
   3. Strongbox: POST …/backups to a running `strongbox serve`, timed until
@@ -30,6 +32,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+
+from benchutil import drop_caches
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STRONGBOX = os.path.join(HERE, "..", "target", "release", "strongbox")
@@ -181,37 +185,53 @@ class Strongbox:
         self.server.wait()
 
 
-def one_round(work, c):
+def one_round(work, c, i):
+    """Round `i`: the backups, then the recoveries, in an order rotated by
+    `i`, the page cache dropped before each timed step."""
     out = {}
-    target = os.path.join(work, "basebackup")
-    shutil.rmtree(target, ignore_errors=True)
-    out["pg_basebackup_s"] = timed(lambda: sh(f"{BIN}/pg_basebackup -d {c.url} -D {target} -Ft -X fetch -c fast"))
-    out["pg_basebackup_bytes"] = du(target)
-    shutil.rmtree(target)
-
-    shutil.rmtree(c.repo, ignore_errors=True)
-    c.pgbackrest("stanza-create")
-    out["pgbackrest_s"] = timed(lambda: c.pgbackrest("backup", "--type=full"))
-    # Backup and archive: the archive holds the WAL the backup needs for
-    # consistency, which Strongbox's base backup carries inside it.
-    out["pgbackrest_bytes"] = du(c.repo)
-
     sb = Strongbox(work, c)  # a fresh repository each round, as pgBackRest's
     try:
-        before = sb.repo_bytes()
-        out["strongbox_s"] = timed(lambda: sb.run_job("/pg/backups", {}))
-        out["strongbox_bytes"] = sb.repo_bytes() - before
-        expected = c.checksum()
-        recoveries(c, sb, expected, out)
+        def basebackup():
+            target = os.path.join(work, "basebackup")
+            shutil.rmtree(target, ignore_errors=True)
+            drop_caches()
+            out["pg_basebackup_s"] = timed(
+                lambda: sh(f"{BIN}/pg_basebackup -d {c.url} -D {target} -Ft -X fetch -c fast"))
+            out["pg_basebackup_bytes"] = du(target)
+            shutil.rmtree(target)
+
+        def pgbackrest():
+            shutil.rmtree(c.repo, ignore_errors=True)
+            c.pgbackrest("stanza-create")
+            drop_caches()
+            out["pgbackrest_s"] = timed(lambda: c.pgbackrest("backup", "--type=full"))
+            # Backup and archive: the archive holds the WAL the backup needs
+            # for consistency, which Strongbox's base backup carries inside it.
+            out["pgbackrest_bytes"] = du(c.repo)
+
+        def strongbox():
+            before = sb.repo_bytes()
+            drop_caches()
+            out["strongbox_s"] = timed(lambda: sb.run_job("/pg/backups", {}))
+            out["strongbox_bytes"] = sb.repo_bytes() - before
+
+        for step in rotated([basebackup, pgbackrest, strongbox], i):
+            step()
+        recoveries(c, sb, c.checksum(), out, i)
     finally:
         sb.close()
     return out
 
 
-def recoveries(c, sb, expected, out):
-    sh(f"{BIN}/pgbench -n -t 2000 {c.url} 2>&1")  # writes after the backups, which recovery must undo
-    assert c.checksum() != expected
+def rotated(steps, i):
+    k = i % len(steps)
+    return steps[k:] + steps[:k]
 
+
+def recoveries(c, sb, expected, out, i):
+    """Each tool recovers the backed-up state after pgbench wrote on (so
+    recovery must undo those writes); order alternating with `i`. Both
+    timings include emptying the old data directory."""
     def pgbackrest_restore():
         c.stop()
         sh(f"find {c.data} -mindepth 1 -delete")
@@ -219,11 +239,19 @@ def recoveries(c, sb, expected, out):
         c.start()
         c.answers()
 
-    out["pgbackrest_restore_s"] = timed(pgbackrest_restore)
-    assert c.checksum() == expected, "pgBackRest restored different data"
-    sh(f"{BIN}/pgbench -n -t 2000 {c.url} 2>&1")
-    out["strongbox_restore_s"] = timed(lambda: sb.run_job("/pg/backups/recovery", {"latest": True}))
-    assert c.checksum() == expected, "Strongbox recovered different data"
+    def pgbackrest():
+        out["pgbackrest_restore_s"] = timed(pgbackrest_restore)
+        assert c.checksum() == expected, "pgBackRest restored different data"
+
+    def strongbox():
+        out["strongbox_restore_s"] = timed(lambda: sb.run_job("/pg/backups/recovery", {"latest": True}))
+        assert c.checksum() == expected, "Strongbox recovered different data"
+
+    for step in rotated([pgbackrest, strongbox], i):
+        sh(f"{BIN}/pgbench -n -t 2000 {c.url} 2>&1")
+        assert c.checksum() != expected
+        drop_caches()
+        step()
 
 
 def main():
@@ -237,7 +265,7 @@ def main():
     rounds = []
     try:
         for i in range(args.runs):
-            r = one_round(args.work, c)
+            r = one_round(args.work, c, i)
             rounds.append(r)
             print(f"run {i + 1}: " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                              for k, v in r.items()), flush=True)

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Strongbox's repository against restic and borg, same data, same run.
 
-For each of RUNS rounds, every tool (encryption on, defaults otherwise):
+For each of RUNS rounds, every tool (encryption on, defaults otherwise; the
+order rotating from round to round, the page cache dropped before every
+timed step, so each starts cold alike):
   1. backs up a SQLite database (first backup),
   2. backs up the same database after ~1 % of its pages changed (second),
   3. restores the second backup, just after timing `cp` of the same bytes
@@ -19,6 +21,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from benchutil import drop_caches
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STRONGBOX = os.path.join(HERE, "..", "target", "release", "strongbox")
@@ -103,21 +107,28 @@ def databases(work, size_mib):
     return a_db, b_db
 
 
-def one_round(work, a_db, b_db):
+TOOLS = ((Strongbox, "strongbox"), (Restic, "restic"), (Borg, "borg"))
+
+
+def one_round(work, a_db, b_db, i):
+    """Round `i`: the tools in an order rotated by `i`, the page cache
+    dropped before every timed step (each tool starts cold alike)."""
     live = os.path.join(work, "live", "db.sqlite")  # the path every tool backs up
     os.makedirs(os.path.dirname(live), exist_ok=True)
     out = {}
     shutil.copyfile(a_db, live)
-    subprocess.run(["cat", live], stdout=subprocess.DEVNULL)  # warm the page cache alike for all
+    drop_caches()
     out["zstd"] = {"first_s": run(["zstd", "-1", "-T0", "-q", "-f", "-c", live])[0]}
-    for cls, name in ((Strongbox, "strongbox"), (Restic, "restic"), (Borg, "borg")):
+    for cls, name in TOOLS[i % len(TOOLS):] + TOOLS[:i % len(TOOLS)]:
         tool = cls(name, work)
         shutil.rmtree(tool.repo, ignore_errors=True)
         tool.init()
         shutil.copyfile(a_db, live)
+        drop_caches()
         first_s, first_rss = tool.backup(live)
         first_bytes = du(tool.repo)
         shutil.copyfile(b_db, live)
+        drop_caches()
         second_s, second_rss = tool.backup(live)
         second_new = du(tool.repo) - first_bytes
         target = os.path.join(work, "restore")
@@ -128,8 +139,10 @@ def one_round(work, a_db, b_db):
         # backups' writes are still being written back, page-cache writes
         # are throttled to disk speed for every writer alike.
         os.makedirs(target)
+        drop_caches()
         write_floor_s = run(["cp", b_db, os.path.join(target, "db.sqlite")])[0]
         shutil.rmtree(target)
+        drop_caches()
         restore_s, restore_rss = tool.restore(target, live)
         restored = os.path.join(target, live.lstrip("/"))
         if not files_equal(restored, b_db):
@@ -165,7 +178,7 @@ def main():
     size = os.path.getsize(a_db)
     rounds = []
     for i in range(args.runs):
-        r = one_round(args.work, a_db, b_db)
+        r = one_round(args.work, a_db, b_db, i)
         rounds.append(r)
         print(f"run {i + 1}: {figures(r)}", flush=True)
 

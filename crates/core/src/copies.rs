@@ -5,13 +5,15 @@
 //! A copier per copy brings it what it lacks: each completed backup's
 //! snapshot (`Repository::copy_snapshot`: only chunks the copy lacks
 //! cross, under its own key), then every WAL file and record
-//! (`mirror_objects`). It runs every `copy_seconds` and at once after a
-//! backup. Copies are not jobs in the queue on purpose: a copy never takes
+//! (`mirror_wal`, `mirror_records`). It runs every `copy_seconds` and at
+//! once after a backup, and brings WAL alone every second in between
+//! (`WAL_EVERY`). Copies are not jobs in the queue on purpose: a copy never takes
 //! a deployment's job slot or a worker, so a copy target that is down or
 //! slow delays copies (its lag grows, shown and alerted on) and never a
 //! backup or a recovery. Every step is idempotent, so a server killed
-//! mid-copy, or two servers copying at once, store nothing twice that was
-//! indexed (see `copy_snapshot`).
+//! mid-copy, or two servers copying at once, store nothing twice (the
+//! pack a kill left without its index object is indexed when the copy
+//! resumes: `copy_snapshot`).
 //!
 //! Recoveries read the primary and fall back to a copy that holds the
 //! backup when the primary is gone or an object it needs is missing or
@@ -44,6 +46,8 @@ pub struct RepoCopy {
     /// when the server starts is opened by a later round.
     opened: tokio::sync::OnceCell<Arc<WalArchives>>,
     status: Mutex<CopyStatus>,
+    /// The streamed WAL tails copied, and which version of each.
+    streamed: tokio::sync::Mutex<strongbox_repo::StreamedSeen>,
 }
 
 /// What a copy's copier last found (`GET …/{serviceId}`, `/metrics`).
@@ -72,6 +76,7 @@ impl RepoCopy {
             scratch,
             opened: Default::default(),
             status: Default::default(),
+            streamed: Default::default(),
         }
     }
 
@@ -104,27 +109,62 @@ impl RepoCopy {
     }
 }
 
+/// How often a copy is brought the WAL files and shipped logs it lacks
+/// (at most: never more often than `copy_seconds`). WAL is what a copy
+/// alone recovers the last minutes from, so it goes first and often; a
+/// WAL round is two listings of `wal/` and what they differ by.
+pub const WAL_EVERY: Duration = Duration::from_secs(1);
+
 /// Brings one copy what it lacks every `every`, and when a backup asks
-/// (`Service::copies_wanted`), until the server stops.
+/// (`Service::copies_wanted`), until the server stops; WAL in between,
+/// every `WAL_EVERY`.
 pub async fn copier(service: Arc<Service>, copy: Arc<RepoCopy>, every: Duration) {
+    let mut whole_due = tokio::time::Instant::now();
     loop {
         let started = OffsetDateTime::now_utc();
-        let round = service.copy_round(&copy).await;
-        let now = OffsetDateTime::now_utc();
-        copy.note(round, started, now);
+        let whole = tokio::time::Instant::now() >= whole_due;
+        let round = if whole {
+            whole_due = tokio::time::Instant::now() + every;
+            service.copy_round(&copy).await
+        } else {
+            service.copy_wal(&copy).await
+        };
+        copy.note(round, whole, started, OffsetDateTime::now_utc());
         tokio::select! {
-            _ = service.copies_wanted.notified() => {}
-            _ = tokio::time::sleep(every) => {}
+            _ = service.copies_wanted.notified() => whole_due = tokio::time::Instant::now(),
+            _ = tokio::time::sleep(WAL_EVERY.min(every)) => {}
         }
     }
 }
 
 impl RepoCopy {
     /// Notes a round's outcome in the status and the metrics.
-    fn note(&self, round: std::result::Result<Round, (Error, Pending)>, started: OffsetDateTime, now: OffsetDateTime) {
+    /// A WAL round (not `whole`) that succeeds says nothing of backups: it
+    /// clears the lag only when no backup is pending.
+    fn note(
+        &self,
+        round: std::result::Result<Round, (Error, Pending)>,
+        whole: bool,
+        started: OffsetDateTime,
+        now: OffsetDateTime,
+    ) {
         let mut status = self.status.lock().expect("copy status");
         status.last_round = Some(now);
         match round {
+            Ok(r) if !whole => {
+                if status.error.is_none() && status.pending_backups == 0 {
+                    status.last_complete = Some(started);
+                    status.lag_seconds = 0.0;
+                }
+                if r.objects > 0 {
+                    tracing::debug!(
+                        "copy {}: {} WAL file(s) copied, {} bytes",
+                        self.name,
+                        r.objects,
+                        r.bytes
+                    );
+                }
+            }
             Ok(r) => {
                 status.error = None;
                 status.pending_backups = 0;
@@ -216,12 +256,13 @@ impl Service {
                     }
                 }
             }
-            let mirrored = primary
-                .mirror_objects(&to.repo)
+            let wal = self.mirror_wal(copy, primary, &to.repo).await?;
+            let records = primary
+                .mirror_records(&to.repo)
                 .await
-                .map_err(|e| Error::unavailable(format!("copying WAL and records to {}: {e}", copy.name)))?;
-            round.objects = mirrored.objects;
-            round.bytes += mirrored.bytes;
+                .map_err(|e| Error::unavailable(format!("copying records to {}: {e}", copy.name)))?;
+            round.objects = wal.objects + records.objects;
+            round.bytes += wal.bytes + records.bytes;
             match first_error {
                 Some(e) => Err(e),
                 None => Ok(round),
@@ -229,6 +270,37 @@ impl Service {
         }
         .await;
         outcome.map_err(|e| (e, pending))
+    }
+
+    /// A WAL round: the WAL files and shipped logs `copy` lacks.
+    async fn copy_wal(&self, copy: &RepoCopy) -> std::result::Result<Round, (Error, Pending)> {
+        let outcome = async {
+            let primary = self
+                .repository()
+                .ok_or_else(|| Error::internal("no repository to copy from"))?;
+            let to = copy.archives().await?;
+            let wal = self.mirror_wal(copy, primary, &to.repo).await?;
+            Ok(Round {
+                objects: wal.objects,
+                bytes: wal.bytes,
+                ..Round::default()
+            })
+        }
+        .await;
+        outcome.map_err(|e| (e, Pending::default()))
+    }
+
+    async fn mirror_wal(
+        &self,
+        copy: &RepoCopy,
+        primary: &Repository,
+        to: &Repository,
+    ) -> Result<strongbox_repo::Mirrored> {
+        let mut seen = copy.streamed.lock().await;
+        primary
+            .mirror_wal(to, &mut seen)
+            .await
+            .map_err(|e| Error::unavailable(format!("copying WAL to {}: {e}", copy.name)))
     }
 
     /// Completed backups the catalog does not know `copy` holds, oldest

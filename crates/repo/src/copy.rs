@@ -154,12 +154,26 @@ impl Repository {
         Ok(stray.len())
     }
 
-    /// Brings `to` every WAL file and shipped log (`wal/…`) this repository
-    /// holds and it lacks, and every record (`records/…`) it lacks or holds
-    /// otherwise, each verified here and sealed anew under its key. WAL
-    /// files are never rewritten (a name is its content: `wal::push`);
-    /// records are replaced when they differ.
+    /// Brings `to` every WAL file, shipped log and record it lacks:
+    /// `mirror_wal`, then `mirror_records`.
     pub async fn mirror_objects(&self, to: &Repository) -> Result<Mirrored> {
+        let wal = self.mirror_wal(to, &mut StreamedSeen::default()).await?;
+        let records = self.mirror_records(to).await?;
+        Ok(Mirrored {
+            objects: wal.objects + records.objects,
+            bytes: wal.bytes + records.bytes,
+            oldest_lacking: wal.oldest_lacking,
+        })
+    }
+
+    /// Brings `to` every WAL file and shipped log (`wal/…`) this repository
+    /// holds and it lacks, each verified here and sealed anew under its
+    /// key. WAL files are never rewritten (a name is its content:
+    /// `wal::push`). A streamed tail (`NAME.streamed`) grows under one
+    /// name: it is copied again whenever this repository's version differs
+    /// from the one `seen` says was copied last, and `to`'s is removed
+    /// once `to` holds the whole file.
+    pub async fn mirror_wal(&self, to: &Repository, seen: &mut StreamedSeen) -> Result<Mirrored> {
         let mut done = Mirrored::default();
         let there: std::collections::HashSet<String> = to
             .store
@@ -168,10 +182,16 @@ impl Repository {
             .into_iter()
             .map(|m| m.location.to_string())
             .collect();
+        let mut whole_there = Vec::new();
         for meta in self.store.list(wal::WAL).await? {
             let path = meta.location.as_ref();
-            if there.contains(path) {
-                continue;
+            let streamed_of = path.strip_suffix(wal::STREAMED_TAIL);
+            let version = format!("{} {} {:?}", meta.last_modified, meta.size, meta.e_tag);
+            match streamed_of {
+                Some(_) if there.contains(path) && seen.get(path) == Some(&version) => continue,
+                Some(whole) if there.contains(whole) => continue, // archived there already
+                None if there.contains(path) => continue,
+                _ => {}
             }
             let Some((archive, name)) = path
                 .strip_prefix(wal::WAL)
@@ -181,7 +201,7 @@ impl Repository {
                 continue;
             };
             let Some(data) = self.wal_fetch(archive, name).await? else {
-                continue; // removed since listed (retention)
+                continue; // removed since listed (retention, or archived since)
             };
             let at = time::OffsetDateTime::from_unix_timestamp_nanos(
                 i128::from(meta.last_modified.timestamp_micros()) * 1000,
@@ -191,11 +211,46 @@ impl Repository {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            if let wal::Pushed::Stored { bytes } = to.wal_push(archive, name, &data).await? {
-                done.objects += 1;
-                done.bytes += bytes;
+            match name.strip_suffix(wal::STREAMED_TAIL) {
+                Some(whole) => {
+                    done.bytes += to.wal_put_streamed(archive, whole, &data).await?;
+                    done.objects += 1;
+                    seen.insert(path.to_string(), version);
+                }
+                None => {
+                    if let wal::Pushed::Stored { bytes } = to.wal_push(archive, name, &data).await? {
+                        done.objects += 1;
+                        done.bytes += bytes;
+                    }
+                    whole_there.push(path.to_string());
+                }
             }
         }
+        // Streamed tails `to` holds of files it now holds whole.
+        let stale: Vec<&String> = there
+            .iter()
+            .filter(|p| {
+                p.strip_suffix(wal::STREAMED_TAIL)
+                    .is_some_and(|whole| there.contains(whole) || whole_there.iter().any(|w| w == whole))
+            })
+            .collect();
+        for path in stale {
+            if let Some((archive, name)) = path
+                .strip_prefix(wal::WAL)
+                .and_then(|p| p.strip_prefix('/'))
+                .and_then(|p| p.rsplit_once('/'))
+            {
+                to.wal_remove(archive, &[name.to_string()]).await?;
+                seen.remove(path);
+            }
+        }
+        Ok(done)
+    }
+
+    /// Brings `to` every record (`records/…`) it lacks or holds otherwise,
+    /// sealed anew under its key; records are replaced when they differ.
+    pub async fn mirror_records(&self, to: &Repository) -> Result<Mirrored> {
+        let mut done = Mirrored::default();
         let theirs: std::collections::HashMap<String, Vec<u8>> =
             records::list_all(&to.store, &to.cipher).await?.into_iter().collect();
         for (path, data) in records::list_all(&self.store, &self.cipher).await? {
@@ -208,6 +263,10 @@ impl Repository {
         Ok(done)
     }
 }
+
+/// The version (time, size, ETag) of each streamed tail last copied, by
+/// path: what `mirror_wal` compares with to copy a grown tail again.
+pub type StreamedSeen = std::collections::HashMap<String, String>;
 
 /// A file's blocks as a `Read` for the backup pipeline (whose reader runs on
 /// a thread of its own, where waiting for the next block is fine).

@@ -32,7 +32,7 @@ use std::sync::Arc;
 pub use backup::{Source, Sources, sources};
 pub use check::CheckReport;
 pub use chunker::Chunker;
-pub use copy::{Copied, Mirrored};
+pub use copy::{Copied, Mirrored, StreamedSeen};
 pub use error::{Error, Result};
 pub use file::BackupFile;
 pub use id::Id;

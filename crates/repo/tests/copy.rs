@@ -207,3 +207,41 @@ async fn wal_files_and_records_are_mirrored_once_and_records_follow_changes() {
         primary.records("deployments", "").await.unwrap()
     );
 }
+
+/// A streamed WAL tail grows under one name: the copy follows each new
+/// version (and no unchanged one twice), and drops its tail once the whole
+/// file is archived and copied.
+#[tokio::test]
+async fn a_streamed_tail_is_copied_again_as_it_grows_and_dropped_once_archived() {
+    let dir = tempfile::tempdir().unwrap();
+    let primary = new_repo(Store::local(dir.path()).unwrap()).await;
+    let to_dir = tempfile::tempdir().unwrap();
+    let to = copy_repo(Store::local(to_dir.path()).unwrap()).await;
+    let mut seen = strongbox_repo::StreamedSeen::default();
+    let name = "000000010000000000000007";
+    let streamed = format!("{name}{}", strongbox_repo::STREAMED_TAIL);
+    let (v1, v2) = (data(40_000, 1), data(60_000, 2));
+    primary.wal_put_streamed("d/pg", name, &v1).await.unwrap();
+    assert_eq!(primary.mirror_wal(&to, &mut seen).await.unwrap().objects, 1);
+    assert_eq!(to.wal_fetch("d/pg", &streamed).await.unwrap(), Some(v1));
+    assert_eq!(
+        primary.mirror_wal(&to, &mut seen).await.unwrap().objects,
+        0,
+        "unchanged"
+    );
+    // Object stores keep modification times to the millisecond or second:
+    // the next version is told apart by its size too.
+    primary.wal_put_streamed("d/pg", name, &v2).await.unwrap();
+    assert_eq!(primary.mirror_wal(&to, &mut seen).await.unwrap().objects, 1);
+    assert_eq!(to.wal_fetch("d/pg", &streamed).await.unwrap(), Some(v2.clone()));
+    primary.wal_push("d/pg", name, &v2).await.unwrap();
+    primary.wal_tidy_streamed("d/pg").await.unwrap();
+    assert_eq!(primary.mirror_wal(&to, &mut seen).await.unwrap().objects, 1);
+    assert_eq!(to.wal_fetch("d/pg", name).await.unwrap(), Some(v2));
+    assert_eq!(
+        to.wal_fetch("d/pg", &streamed).await.unwrap(),
+        None,
+        "the copy's tail is gone"
+    );
+    assert!(seen.is_empty(), "{seen:?}");
+}

@@ -11,7 +11,7 @@ pub const PASSWORD: &[u8] = b"correct horse battery staple";
 /// The testkit's S3 server (real, on loopback) and a repository location in it.
 pub struct S3Server {
     pub config: S3Config,
-    _server: strongbox_testkit::s3::S3Server,
+    _server: Box<strongbox_testkit::s3::S3Server>,
 }
 
 pub async fn start_s3() -> S3Server {
@@ -26,7 +26,7 @@ pub async fn start_s3() -> S3Server {
             access_key_id: Some(s3::ACCESS_KEY.into()),
             secret_access_key: Some(s3::SECRET_KEY.into()),
         },
-        _server: server,
+        _server: Box::new(server),
     }
 }
 
