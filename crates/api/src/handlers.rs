@@ -431,6 +431,7 @@ pub async fn instance_detail(
             lag_seconds: shipping.then_some(shipper.lag.as_secs_f64()),
             error: shipper.stopped.as_ref().map(strongbox_core::shipping::stopped_message),
             slot_held_bytes: shipper.held_bytes,
+            standby_name: shipper.standby,
             ranges: r
                 .ranges
                 .iter()
@@ -484,6 +485,7 @@ fn config_body(c: &strongbox_core::schedule::BackupConfig, now: time::OffsetDate
         enabled_since: c.enabled_since.map(api_date),
         next_scheduled_backup: c.next(now).map(api_date),
         continuous_archiving: c.continuous_archiving,
+        synchronous_archiving: c.synchronous_archiving,
     }
 }
 
@@ -543,7 +545,7 @@ pub async fn change_backup_config(
         ApiError::bad_request(format!(
             "invalid backup configuration: {e}; the fields are autoBackupEnabled (boolean), autoBackupWindow \
              (\"HH:MM-HH:MM\", UTC), cron (a cron expression), recoveryWindowInDays (1 to 365), \
-             minimumBackupsKept (0 to 1000), continuousArchiving (boolean)"
+             minimumBackupsKept (0 to 1000), continuousArchiving (boolean), synchronousArchiving (boolean)"
         ))
     })?;
     // A whole number, however spelt; anything else is out of every range.
@@ -565,6 +567,7 @@ pub async fn change_backup_config(
         recovery_window_in_days: whole(asked.recovery_window_in_days),
         minimum_backups_kept: whole(asked.minimum_backups_kept),
         continuous_archiving: asked.continuous_archiving,
+        synchronous_archiving: asked.synchronous_archiving,
     };
     let c = state.service.change_backup_config(&domain, &service, &change).await?;
     Ok(Json(config_body(&c, state.service.clock.now())))

@@ -311,6 +311,10 @@ pub struct ContinuousArchiving {
     /// database server, in bytes (it grows while the receiver is away).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slot_held_bytes: Option<u64>,
+    /// PostgreSQL: the WAL receiver's application name, to list in the
+    /// server's `synchronous_standby_names` with `synchronousArchiving`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standby_name: Option<String>,
 }
 
 /// One generation of a shipped log: recoverable to any second and any
@@ -655,6 +659,9 @@ pub struct BackupConfig {
     /// The server ships the database's log as it is written (SQLite), for
     /// recovery to any moment.
     pub continuous_archiving: bool,
+    /// PostgreSQL: the WAL receiver is a synchronous standby (commits wait
+    /// until their WAL is on the Strongbox server).
+    pub synchronous_archiving: bool,
 }
 
 /// `PUT …/backups/config`: what to change; what is left out stays.
@@ -668,6 +675,7 @@ pub struct ChangeBackupConfig {
     pub recovery_window_in_days: Option<serde_json::Number>,
     pub minimum_backups_kept: Option<serde_json::Number>,
     pub continuous_archiving: Option<bool>,
+    pub synchronous_archiving: Option<bool>,
 }
 
 impl utoipa::PartialSchema for ChangeBackupConfig {
@@ -697,6 +705,17 @@ impl utoipa::PartialSchema for ChangeBackupConfig {
                     .schema_type(Type::Boolean)
                     .description(Some(
                         "ship the database's log as it is written (SQLite), for recovery to any moment",
+                    ))
+                    .build()
+                    .into(),
+            ),
+            (
+                "synchronousArchiving",
+                ObjectBuilder::new()
+                    .schema_type(Type::Boolean)
+                    .description(Some(
+                        "PostgreSQL with continuous archiving: the WAL receiver is a synchronous standby, so a \
+                         commit returns once its WAL is on the Strongbox server",
                     ))
                     .build()
                     .into(),

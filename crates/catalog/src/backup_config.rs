@@ -23,6 +23,12 @@ pub struct BackupConfig {
     /// can: `Capabilities::ships_log`), for recovery to any moment.
     #[serde(default)]
     pub continuous_archiving: bool,
+    /// With continuous archiving of streamed WAL (PostgreSQL): the
+    /// receiver is a synchronous standby, so a commit returns once its WAL
+    /// is flushed on the Strongbox server (and it reaches the repository
+    /// within the receiver's next store).
+    #[serde(default)]
+    pub synchronous_archiving: bool,
 }
 
 impl Default for BackupConfig {
@@ -34,6 +40,7 @@ impl Default for BackupConfig {
             minimum_backups_kept: 1,
             enabled_since: None,
             continuous_archiving: false,
+            synchronous_archiving: false,
         }
     }
 }

@@ -31,6 +31,7 @@ pub struct ConfigChange {
     pub recovery_window_in_days: Option<i64>,
     pub minimum_backups_kept: Option<i64>,
     pub continuous_archiving: Option<bool>,
+    pub synchronous_archiving: Option<bool>,
 }
 
 /// `HH:MM-HH:MM` → minutes of the day.
@@ -169,6 +170,9 @@ impl BackupPolicy for BackupConfig {
         if let Some(on) = change.continuous_archiving {
             c.continuous_archiving = on;
         }
+        if let Some(on) = change.synchronous_archiving {
+            c.synchronous_archiving = on;
+        }
         if let Some(on) = change.auto_backup_enabled {
             if on && !c.auto_backup_enabled {
                 c.enabled_since = Some(now);
@@ -224,6 +228,23 @@ impl Service {
     ) -> Result<BackupConfig> {
         let current = self.backup_config(domain, deployment).await?;
         let changed = current.changed(change, self.clock.now())?;
+        if changed.synchronous_archiving {
+            let d = self.deployment(domain, deployment).await?;
+            let streams =
+                strongbox_engines::engine_for(&d.engine, &d.connection).is_ok_and(|e| e.capabilities().streams_wal);
+            if !streams {
+                return Err(Error::Invalid(format!(
+                    "synchronousArchiving needs a deployment whose WAL the server streams (a physical PostgreSQL \
+                     deployment); {deployment} is {}",
+                    d.engine
+                )));
+            }
+            if !changed.continuous_archiving {
+                return Err(Error::Invalid(
+                    "synchronousArchiving needs continuousArchiving: turn both on, or synchronousArchiving off".into(),
+                ));
+            }
+        }
         if !self.catalog.put_backup_config(domain, deployment, &changed).await? {
             return Err(Error::NotFound(format!(
                 "no database deployment {deployment} in identity domain {domain}"

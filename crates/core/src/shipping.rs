@@ -44,6 +44,9 @@ struct Running {
     /// How the deployment's jobs reach the shipper.
     link: ShipperLink,
     thread: std::thread::JoinHandle<()>,
+    /// `BackupConfig::synchronous_archiving` when it started: a change
+    /// restarts it.
+    synchronous: bool,
 }
 
 impl Shippers {
@@ -134,20 +137,29 @@ pub async fn supervise(service: Arc<Service>, labels: Vec<String>) {
                 if service.shippers.stopped.load(Ordering::Relaxed) {
                     break;
                 }
+                // Shippers stopped to change mode start again next round,
+                // once the old one has let go of what it holds.
+                let mut restarting = Vec::new();
                 running.retain(|(domain, name), r| {
-                    let still = wanted.iter().any(|d| &d.domain == domain && &d.name == name);
+                    let wants = wanted.iter().find(|d| &d.domain == domain && &d.name == name);
+                    let still = wants.is_some();
                     if !still {
                         r.forget.store(true, Ordering::Relaxed);
                     }
-                    let keep = still && !r.thread.is_finished();
+                    let same_mode = wants
+                        .is_some_and(|d| service.config_of(d).is_ok_and(|c| c.synchronous_archiving) == r.synchronous);
+                    let keep = still && same_mode && !r.thread.is_finished();
                     if !keep {
                         r.stop.store(true, Ordering::Relaxed);
+                    }
+                    if still && !same_mode {
+                        restarting.push((domain.clone(), name.clone()));
                     }
                     keep
                 });
                 for d in wanted {
                     let key = (d.domain.clone(), d.name.clone());
-                    if running.contains_key(&key) {
+                    if running.contains_key(&key) || restarting.contains(&key) {
                         continue;
                     }
                     match service.engine_of(d) {
@@ -176,7 +188,11 @@ fn start(service: Arc<Service>, wal: Arc<WalArchives>, d: &Deployment, engine: B
         runtime: runtime.clone(),
     });
     let (domain, name) = (d.domain.clone(), d.name.clone());
-    let options = ShipOptions::new(wal.scratch.clone());
+    let synchronous = service.config_of(d).is_ok_and(|c| c.synchronous_archiving);
+    let options = ShipOptions {
+        synchronous,
+        ..ShipOptions::new(wal.scratch.clone())
+    };
     let thread = {
         let (stop, forget, status, link) = (stop.clone(), forget.clone(), status.clone(), link.clone());
         std::thread::Builder::new()
@@ -213,6 +229,7 @@ fn start(service: Arc<Service>, wal: Arc<WalArchives>, d: &Deployment, engine: B
         status,
         link,
         thread,
+        synchronous,
     }
 }
 

@@ -61,6 +61,8 @@ pub struct Store {
     /// Whether the store refuses a create-only put of an existing object
     /// (probed on first need).
     honours_create: Arc<tokio::sync::OnceCell<bool>>,
+    /// Set for a store on local disk.
+    local_root: Option<std::path::PathBuf>,
 }
 
 /// Where writers of a name that must be created once claim it:
@@ -79,6 +81,7 @@ impl Store {
             inner,
             location: location.into(),
             honours_create: Arc::default(),
+            local_root: None,
         }
     }
 
@@ -105,7 +108,14 @@ impl Store {
     pub fn local(dir: &std::path::Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
         let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| Error::storage(dir.display(), e))?;
-        Ok(Store::new(Arc::new(fs), dir.display().to_string()))
+        let mut store = Store::new(Arc::new(fs), dir.display().to_string());
+        store.local_root = Some(dir.to_path_buf());
+        Ok(store)
+    }
+
+    /// The directory of a store on local disk.
+    pub fn local_root(&self) -> Option<&std::path::Path> {
+        self.local_root.as_deref()
     }
 
     pub fn s3(cfg: &S3Config) -> Result<Self> {

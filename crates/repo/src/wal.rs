@@ -131,12 +131,33 @@ pub async fn push(store: &Store, cipher: &Cipher, archive: &str, name: &str, dat
 /// and replay read it where NAME is not archived.
 pub async fn put_streamed(store: &Store, cipher: &Cipher, archive: &str, name: &str, data: &[u8]) -> Result<u64> {
     let path = path(archive, &format!("{name}{STREAMED_TAIL}"))?;
+    if let Some(root) = store.local_root() {
+        share_archive_dir(root, archive);
+    }
     let sealed = seal(cipher, &path, &cipher.chunk_id(data), data);
     let bytes = sealed.len() as u64;
     store
         .put(&object_store::path::Path::from(path.as_str()), Bytes::from(sealed))
         .await?;
     Ok(bytes)
+}
+
+/// On local disk, the archive's directory made with the repository root's
+/// owner and group. The server stores streamed tails where PostgreSQL's
+/// `archive_command` (run as the database's OS user, which owns the
+/// repository as the set-up says) stores archived segments: whichever
+/// writes there first, both must be able to. Best effort: a server that
+/// may not give files away leaves them as the store makes them.
+fn share_archive_dir(root: &std::path::Path, archive: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(owner) = std::fs::metadata(root) else { return };
+    let mut dir = root.to_path_buf();
+    for part in std::iter::once(WAL).chain(archive.split('/')) {
+        dir.push(part);
+        if !dir.exists() && std::fs::create_dir(&dir).is_ok() {
+            let _ = std::os::unix::fs::chown(&dir, Some(owner.uid()), Some(owner.gid()));
+        }
+    }
 }
 
 /// What a streamed segment's tail is stored as, beside its name (not

@@ -78,6 +78,10 @@ enum Verb {
         /// Ship the database's log as it is written (SQLite): true or false.
         #[arg(long)]
         continuous_archiving: Option<bool>,
+        /// PostgreSQL with continuous archiving: the WAL receiver is a
+        /// synchronous standby (true or false).
+        #[arg(long)]
+        synchronous_archiving: Option<bool>,
     },
     /// The key slots of the server's repository: any slot's password opens
     /// it. Add one whose password is kept offline (an escrow), so that
@@ -154,6 +158,7 @@ pub async fn run(args: AdminArgs) -> Result<()> {
             recovery_window_days,
             minimum_backups_kept,
             continuous_archiving,
+            synchronous_archiving,
         } => {
             let change = strongbox_core::schedule::ConfigChange {
                 auto_backup_enabled: auto_backup,
@@ -162,6 +167,7 @@ pub async fn run(args: AdminArgs) -> Result<()> {
                 recovery_window_in_days: recovery_window_days,
                 minimum_backups_kept,
                 continuous_archiving,
+                synchronous_archiving,
             };
             let mut service = Service::new(catalog);
             service.backup_defaults = config.backup_defaults()?;

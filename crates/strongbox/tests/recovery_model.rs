@@ -521,7 +521,7 @@ impl Run {
         let now = self.pg.c.psql("SELECT pg_current_wal_lsn()");
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.pg.c.psql(&format!(
-            "SELECT count(*) FROM pg_stat_replication WHERE write_lsn >= '{now}' AND application_name = 'pg_receivewal'"
+            "SELECT count(*) FROM pg_stat_replication WHERE write_lsn >= '{now}' AND application_name LIKE 'strongbox_%'"
         )) != "1"
         {
             if Instant::now() > deadline {

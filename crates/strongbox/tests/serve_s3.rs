@@ -40,5 +40,9 @@ fn a_server_on_an_s3_repository_backs_up_and_recovers() {
     let (status, h, body) = s.curl(&[&AUTH[..], &["-X", "POST", "-d", r#"{"latest": true}"#, &url]].concat());
     assert_eq!(status, "HTTP/2 202", "{body}");
     s.wait_for(header(&h, "location"), "Succeeded");
-    assert_eq!(sqlite_checksum(&db), at_backup, "the backed-up rows, exactly (ordered checksum)");
+    assert_eq!(
+        sqlite_checksum(&db),
+        at_backup,
+        "the backed-up rows, exactly (ordered checksum)"
+    );
 }

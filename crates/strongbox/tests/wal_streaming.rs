@@ -150,3 +150,111 @@ fn a_server_and_its_disk_lost_lose_at_most_the_last_second_of_commits() {
             .join("\n")
     );
 }
+
+/// Synchronous mode (`synchronousArchiving`): the receiver is a
+/// synchronous standby (the server lists its `standbyName` in
+/// `synchronous_standby_names`), so a commit returns only once its WAL is
+/// flushed on the Strongbox server. Ten rounds (`SYNC_ROUNDS` to change):
+/// 100 transactions, the server killed and its data directory deleted the
+/// moment the last commit returns; `latest` brings back all of them, every
+/// time (ordered checksum of every row). And while the receiver is away a
+/// commit waits for it (what synchronous means; the receiver is back
+/// within about a second).
+#[test]
+fn synchronous_mode_loses_no_acknowledged_commit() {
+    let rounds: i32 = std::env::var("SYNC_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(10);
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Pg::start(dir.path(), "");
+    let config = pg.url("/backups/config");
+    let (status, v) =
+        pg.s.json(&["-X", "PUT", "-d", r#"{"synchronousArchiving": true}"#, &config]);
+    assert_eq!(status, "HTTP/2 400", "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("needs continuousArchiving"),
+        "{v}"
+    );
+    let (status, v) = pg.s.json(&[
+        "-X",
+        "PUT",
+        "-d",
+        r#"{"continuousArchiving": true, "synchronousArchiving": true}"#,
+        &config,
+    ]);
+    assert_eq!(status, "HTTP/2 200", "{v}");
+    assert_eq!(v["synchronousArchiving"], true, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let standby = loop {
+        if let Some(name) = pg.instance()["continuousArchiving"]["standbyName"].as_str() {
+            break name.to_string();
+        }
+        assert!(Instant::now() < deadline, "no standbyName: {}", pg.instance());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    pg.c.psql(&format!("ALTER SYSTEM SET synchronous_standby_names = '\"{standby}\"'"));
+    pg.c.psql("SELECT pg_reload_conf()");
+    let synchronous = || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while pg.c.psql(&format!(
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name = '{standby}' AND sync_state = 'sync'"
+        )) != "1"
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the receiver is not a synchronous standby:\n{}",
+                pg.c.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    synchronous();
+    pg.c.psql("CREATE TABLE ticks (id int PRIMARY KEY, at timestamptz NOT NULL)");
+    pg.backup();
+
+    // Away, the receiver holds commits up until it is back.
+    pg.c.psql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_replication WHERE application_name = '{standby}'"
+    ));
+    let began = Instant::now();
+    pg.c.psql("INSERT INTO ticks VALUES (0, clock_timestamp())");
+    let waited = began.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "a commit did not wait for the standby: {waited:?}"
+    );
+    println!("a commit while the receiver was away waited {waited:?}");
+
+    let rows = "SELECT coalesce(md5(string_agg(id || '@' || at, ',' ORDER BY id)), '') FROM ticks";
+    for round in 0..rounds {
+        synchronous();
+        let mut client = postgres::Client::connect(
+            &format!("host=127.0.0.1 port={} user=postgres dbname=postgres", pg.c.port),
+            postgres::NoTls,
+        )
+        .unwrap();
+        for id in 1..=100 {
+            client
+                .execute(
+                    "INSERT INTO ticks VALUES ($1, clock_timestamp())",
+                    &[&(round * 100 + id)],
+                )
+                .unwrap();
+        }
+        // The checksum read on the same connection, then the loss at once.
+        let before: String = client.query_one(rows, &[]).unwrap().get(0);
+        pg.crash();
+        drop(client);
+        std::fs::remove_dir_all(&pg.c.data).unwrap();
+        let job = recover_pg(&pg.s, &pg.c, r#"{"latest": true}"#);
+        assert_eq!(job["job_status"], "Succeeded", "{job}");
+        assert_eq!(
+            pg.c.psql(rows),
+            before,
+            "round {round}: every acknowledged commit back, exactly\n{}",
+            pg.activity(&job)
+        );
+        println!("round {round}: all {} rows back", round * 100 + 101);
+    }
+}

@@ -47,7 +47,10 @@ impl PgPhysical {
 
     /// Creates the slot if there is none (after a recovery, the restored
     /// data directory has none), then starts `pg_receivewal` on it.
-    fn start_receiver(&self, slot: &str, spool: &Path) -> Result<Background, Error> {
+    /// `synchronous`: it flushes and reports each write at once, as a
+    /// synchronous standby must (commits listed in
+    /// `synchronous_standby_names` wait for that report).
+    fn start_receiver(&self, slot: &str, spool: &Path, synchronous: bool) -> Result<Background, Error> {
         // A receiver left behind holds the slot (one a killed server
         // started: it outlives its parent): this one takes it over.
         let holder = format!(
@@ -60,7 +63,11 @@ impl PgPhysical {
         }
         self.receivewal(slot, &["--create-slot", "--if-not-exists"]).run()?;
         let mut receive = self.receivewal(slot, &["--no-loop", "--status-interval", "1"]);
-        receive.command.arg("-D").arg(spool);
+        if synchronous {
+            receive.command.arg("--synchronous");
+        }
+        // Its name in pg_stat_replication and synchronous_standby_names.
+        receive.command.arg("-D").arg(spool).env("PGAPPNAME", slot);
         receive.start_background()
     }
 
@@ -79,6 +86,7 @@ impl crate::ShipsLog for PgPhysical {
     fn ship(&self, cx: ShipContext) {
         let slot = self.receiver_slot();
         let spool = cx.options.scratch.join(format!("receive-{slot}"));
+        cx.status.lock().expect("status").standby = Some(slot.clone());
         let mut receiver: Option<Background> = None;
         let mut start_at = Instant::now();
         let mut last_tidy = Instant::now();
@@ -109,7 +117,7 @@ impl crate::ShipsLog for PgPhysical {
                 // point at a history the server no longer has.
                 let started = store_spool(&spool, &cx, &mut stored)
                     .and_then(|()| empty(&spool))
-                    .and_then(|()| self.start_receiver(&slot, &spool));
+                    .and_then(|()| self.start_receiver(&slot, &spool, cx.options.synchronous));
                 stored.clear();
                 match started {
                     Ok(r) => receiver = Some(r),

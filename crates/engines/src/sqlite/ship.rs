@@ -113,6 +113,9 @@ pub struct ShipOptions {
     pub roll_every: Duration,
     /// Where bases are copied before they are stored.
     pub scratch: PathBuf,
+    /// PostgreSQL: the WAL receiver reports WAL flushed once it is on disk
+    /// here, as a synchronous standby (`ShipperStatus::standby` names it).
+    pub synchronous: bool,
 }
 
 impl ShipOptions {
@@ -123,6 +126,7 @@ impl ShipOptions {
             roll_frames: 900,
             roll_every: Duration::from_millis(100),
             scratch,
+            synchronous: false,
         }
     }
 }

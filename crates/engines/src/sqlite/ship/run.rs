@@ -27,6 +27,10 @@ pub struct ShipperStatus {
     /// WAL the database keeps for the shipper, in bytes (PostgreSQL: from
     /// its replication slot's restart point to now), as last asked.
     pub held_bytes: Option<u64>,
+    /// PostgreSQL: the application name the WAL receiver connects with
+    /// (its slot's name), what `synchronous_standby_names` lists to make
+    /// it a synchronous standby.
+    pub standby: Option<String>,
 }
 
 /// Why nothing is shipped now.
