@@ -258,3 +258,119 @@ fn synchronous_mode_loses_no_acknowledged_commit() {
         println!("round {round}: all {} rows back", round * 100 + 101);
     }
 }
+
+/// The receiver kept away for 60 s (`AWAY_SECONDS` to change) under
+/// pgbench (replication connections refused in `pg_hba.conf`): its status
+/// says so (`error`, `lagSeconds` growing) and the WAL its slot holds on
+/// the database server grows (`slotHeldBytes`, `/metrics`: what
+/// `StrongboxWalSlotGrowing` alerts on, `contrib/prometheus-rules.test.yml`);
+/// let back, it catches up from its slot; `repo check` finds no gap, and
+/// with the server and its disk then lost, `latest` brings back every row
+/// (ordered checksums of pgbench's tables).
+#[test]
+fn a_receiver_kept_away_under_pgbench_catches_up_from_its_slot() {
+    let away: u64 = std::env::var("AWAY_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Pg::start(dir.path(), "");
+    let (status, v) = pg.s.json(&[
+        "-X",
+        "PUT",
+        "-d",
+        r#"{"continuousArchiving": true}"#,
+        &pg.url("/backups/config"),
+    ]);
+    assert_eq!(status, "HTTP/2 200", "{v}");
+    let pgbench = format!("{}/pgbench", strongbox_testkit::PG_BIN);
+    strongbox_testkit::sh(&format!("{pgbench} -i -q -s 2 {} 2>&1", pg.c.url()));
+    pg.backup();
+    let receiving = "SELECT count(*) FROM pg_stat_replication WHERE application_name LIKE 'strongbox_%'";
+    let wait_for = |sql: &str, want: &str, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while pg.c.psql(sql) != want {
+            assert!(Instant::now() < deadline, "{what}:\n{}", pg.c.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_for(receiving, "1", "no receiver");
+
+    // Away: replication connections refused, the receiver's cut.
+    let hba = pg.c.data.join("pg_hba.conf");
+    let open = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, format!("host replication all 0.0.0.0/0 reject\n{open}")).unwrap();
+    pg.c.psql("SELECT pg_reload_conf()");
+    pg.c.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_replication");
+    let load = std::process::Command::new(&pgbench)
+        .args(["-n", "-c", "2", "-R", "200", "-T", &away.to_string(), &pg.c.url()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(away.min(10)));
+    let held_then = pg.instance()["continuousArchiving"]["slotHeldBytes"].as_u64();
+    let mut load = load;
+    assert!(load.wait().unwrap().success(), "pgbench failed");
+    let (mut status_away, deadline) = (serde_json::Value::Null, Instant::now() + Duration::from_secs(10));
+    // The slot's figure is asked for every 2 s: wait for one after the load.
+    while Instant::now() < deadline {
+        status_away = pg.instance()["continuousArchiving"].clone();
+        if status_away["slotHeldBytes"].as_u64() > held_then {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    println!("away {away} s: {status_away}");
+    assert!(
+        status_away["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("pg_receivewal")),
+        "{status_away}"
+    );
+    assert!(
+        status_away["lagSeconds"].as_f64() > Some(away as f64 / 2.0),
+        "{status_away}"
+    );
+    assert!(
+        status_away["slotHeldBytes"].as_u64() > held_then,
+        "the slot's WAL did not grow under pgbench: {status_away} (then {held_then:?})"
+    );
+    let (_, _, page) = pg.s.curl(&[&pg.s.url("/metrics")]);
+    let held: f64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"strongbox_wal_slot_held_bytes{domain="usexample",deployment="pg"} "#))
+        .unwrap_or_else(|| panic!("no slot figure in /metrics: {page}"))
+        .parse()
+        .unwrap();
+    assert!(held > 0.0, "{held}");
+
+    // Back: it catches up from the slot.
+    std::fs::write(&hba, open).unwrap();
+    pg.c.psql("SELECT pg_reload_conf()");
+    let back = Instant::now();
+    let now = pg.c.psql("SELECT pg_current_wal_lsn()");
+    wait_for(
+        &format!("{receiving} AND write_lsn >= '{now}'"),
+        "1",
+        "the receiver did not catch up",
+    );
+    println!("caught up {:?} after it was let back", back.elapsed());
+    let sums = "SELECT md5(string_agg(aid || ':' || abalance, ',' ORDER BY aid)) FROM pgbench_accounts \
+                UNION ALL SELECT md5(string_agg(tid || ':' || bid || ':' || aid || ':' || delta || ':' || mtime, ',' \
+                ORDER BY mtime, tid, bid, aid, delta)) FROM pgbench_history";
+    let before = pg.c.psql(sums);
+    pg.flush();
+    let check = pg.s.repo_cli(&["check"]);
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    pg.crash();
+    std::fs::remove_dir_all(&pg.c.data).unwrap();
+    let job = recover_pg(&pg.s, &pg.c, r#"{"latest": true}"#);
+    assert_eq!(job["job_status"], "Succeeded", "{job}");
+    assert_eq!(pg.c.psql(sums), before, "every row, exactly");
+}
