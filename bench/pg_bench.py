@@ -64,14 +64,18 @@ def du(path):
     return int(sh(f"du -sb {path}").split()[0])
 
 
+def pg_home(work, name):
+    """A new directory for a cluster, owned by postgres: (home, data directory, a free port)."""
+    home = os.path.join(work, name)
+    shutil.rmtree(home, ignore_errors=True)
+    os.makedirs(home)
+    sh(f"chown postgres:postgres {home}")
+    return home, os.path.join(home, "data"), free_port()
+
+
 class Cluster:
     def __init__(self, work, scale):
-        self.home = os.path.join(work, "pg")
-        shutil.rmtree(self.home, ignore_errors=True)
-        os.makedirs(self.home)
-        sh(f"chown postgres:postgres {self.home}")
-        self.data = os.path.join(self.home, "data")
-        self.port = free_port()
+        self.home, self.data, self.port = pg_home(work, "pg")
         self.conf = os.path.join(self.home, "pgbackrest.conf")
         self.repo = os.path.join(self.home, "pgbackrest-repo")
         with open(self.conf, "w") as f:

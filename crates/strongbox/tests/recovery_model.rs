@@ -251,13 +251,7 @@ impl Run {
         let pg = Pg::start_with(dir, "autovacuum = off", &env);
         // The WAL streamed too (issue 29): a disaster may lose a tail no
         // segment switch archived.
-        let (status, v) = pg.s.json(&[
-            "-X",
-            "PUT",
-            "-d",
-            r#"{"continuousArchiving": true}"#,
-            &pg.url("/backups/config"),
-        ]);
+        let (status, v) = pg.s.archive_continuously("pg");
         assert_eq!(status, "HTTP/2 200", "{v}");
         pg.c.psql("CREATE TABLE ticks (id int PRIMARY KEY)");
         Run {

@@ -21,8 +21,7 @@ fn a_server_and_its_disk_lost_lose_at_most_the_last_second_of_commits() {
     let dir = tempfile::tempdir().unwrap();
     let pg = Pg::start(dir.path(), "");
     let config = pg.url("/backups/config");
-    let (status, v) =
-        pg.s.json(&["-X", "PUT", "-d", r#"{"continuousArchiving": true}"#, &config]);
+    let (status, v) = pg.s.archive_continuously("pg");
     assert_eq!(status, "HTTP/2 200", "{v}");
     // The receiver is streaming from its slot.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -275,13 +274,7 @@ fn a_receiver_kept_away_under_pgbench_catches_up_from_its_slot() {
         .unwrap_or(60);
     let dir = tempfile::tempdir().unwrap();
     let pg = Pg::start(dir.path(), "");
-    let (status, v) = pg.s.json(&[
-        "-X",
-        "PUT",
-        "-d",
-        r#"{"continuousArchiving": true}"#,
-        &pg.url("/backups/config"),
-    ]);
+    let (status, v) = pg.s.archive_continuously("pg");
     assert_eq!(status, "HTTP/2 200", "{v}");
     let pgbench = format!("{}/pgbench", strongbox_testkit::PG_BIN);
     strongbox_testkit::sh(&format!("{pgbench} -i -q -s 2 {} 2>&1", pg.c.url()));
