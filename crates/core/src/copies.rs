@@ -7,10 +7,10 @@
 //! cross, under its own key), then every WAL file and record
 //! (`mirror_wal`, `mirror_records`). It runs every `copy_seconds` and at
 //! once after a backup, and brings WAL alone every second in between
-//! (`WAL_EVERY`). Copies are not jobs in the queue on purpose: a copy never takes
-//! a deployment's job slot or a worker, so a copy target that is down or
-//! slow delays copies (its lag grows, shown and alerted on) and never a
-//! backup or a recovery. Every step is idempotent, so a server killed
+//! (`WAL_EVERY`). Copies are not jobs in the queue on purpose: a copy never
+//! takes a deployment's job slot or a worker, so a copy target that is
+//! down or slow delays copies (its lag grows, shown and alerted on) and
+//! never a backup or a recovery. Every step is idempotent, so a server killed
 //! mid-copy, or two servers copying at once, store nothing twice (the
 //! pack a kill left without its index object is indexed when the copy
 //! resumes: `copy_snapshot`).
@@ -64,6 +64,9 @@ pub struct CopyStatus {
     /// When a round last completed: while rounds fail, the lag is at least
     /// the time since.
     last_complete: Option<OffsetDateTime>,
+    /// The oldest backup the last whole round left uncopied (WAL rounds
+    /// count no backups).
+    oldest_pending: Option<OffsetDateTime>,
 }
 
 impl RepoCopy {
@@ -139,8 +142,8 @@ pub async fn copier(service: Arc<Service>, copy: Arc<RepoCopy>, every: Duration)
 
 impl RepoCopy {
     /// Notes a round's outcome in the status and the metrics.
-    /// A WAL round (not `whole`) that succeeds says nothing of backups: it
-    /// clears the lag only when no backup is pending.
+    /// A WAL round (not `whole`) says nothing of backups: it clears the lag
+    /// only when no backup is pending, and leaves their count as it was.
     fn note(
         &self,
         round: std::result::Result<Round, (Error, Pending)>,
@@ -168,6 +171,7 @@ impl RepoCopy {
             Ok(r) => {
                 status.error = None;
                 status.pending_backups = 0;
+                status.oldest_pending = None;
                 // What it lacked at the start of this round is there now.
                 status.last_complete = Some(started);
                 status.lag_seconds = 0.0;
@@ -186,8 +190,12 @@ impl RepoCopy {
                     tracing::warn!("copy {}: {e}", self.name);
                 }
                 status.error = Some(e.to_string());
-                status.pending_backups = pending.count;
-                let waiting = [pending.oldest, status.last_complete]
+                // A WAL round does not count backups: the last whole round's count stands.
+                if whole {
+                    status.pending_backups = pending.count;
+                    status.oldest_pending = pending.oldest;
+                }
+                let waiting = [status.oldest_pending, status.last_complete]
                     .into_iter()
                     .flatten()
                     .min()

@@ -263,7 +263,13 @@ fn a_copy_that_is_down_delays_copies_and_never_a_backup() {
     let (db, primary) = (root.path().join("app.db"), root.path().join("primary"));
     let blocker = root.path().join("blocker");
     std::fs::write(&blocker, "a file where the copy's directory should be").unwrap();
-    let env = with_copy(&primary, &blocker.join("offsite").display().to_string(), &[]);
+    // Whole rounds every 3 s, WAL rounds each second between: the status
+    // holds while both fail.
+    let env = with_copy(
+        &primary,
+        &blocker.join("offsite").display().to_string(),
+        &[("STRONGBOX_COPY_SECONDS", "3".to_string())],
+    );
     let host = root.path().join("host");
     std::fs::create_dir_all(&host).unwrap();
     let s = start_with(&host, free_port(), &env);
@@ -287,6 +293,15 @@ fn a_copy_that_is_down_delays_copies_and_never_a_backup() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(behind["error"].as_str().unwrap().contains("offsite"), "{behind}");
+    // It stays so through the WAL rounds in between.
+    for _ in 0..12 {
+        std::thread::sleep(Duration::from_millis(250));
+        let c = copy_status(&s, "app");
+        assert!(
+            c["pendingBackups"] == 1 && !c["error"].is_null() && c["lagSeconds"].as_f64() > Some(1.0),
+            "{c}"
+        );
+    }
     let (_, _, page) = s.curl(&[&s.url("/metrics")]);
     let lag: f64 = page
         .lines()
