@@ -183,6 +183,21 @@ impl Store {
         }
     }
 
+    /// `put_new` for what must be made once by one writer: refused, it is
+    /// still ours if the object holds exactly our bytes. A create-only put
+    /// that a client or proxy retried is refused by the object its own first
+    /// attempt wrote; taken for another writer's, the winner of a
+    /// repository's init would delete its key slot and leave a config no
+    /// slot opens. (A guard: the replicas test in `tests/keys.rs` failed
+    /// once that way, "config is corrupt", under a loaded CI; that a retry
+    /// caused it is not proven.)
+    async fn put_new_once(&self, path: &Path, data: Bytes) -> Result<bool> {
+        if self.put_new(path, data.clone()).await? {
+            return Ok(true);
+        }
+        Ok(self.get_if_exists(path).await?.is_some_and(|there| there == data))
+    }
+
     /// Writes `path` whole, replacing what is there (atomic per object on
     /// every store: a reader sees the old or the new, never a mix).
     pub async fn put(&self, path: &Path, data: Bytes) -> Result<()> {
@@ -219,7 +234,7 @@ impl Store {
     /// its object (`delete_exclusive` removes both).
     pub async fn create_exclusive(&self, path: &Path, data: Bytes, claim: &str) -> Result<bool> {
         if self.honours_create().await? {
-            return self.put_new(path, data).await;
+            return self.put_new_once(path, data).await;
         }
         self.create_claimed(path, data, claim).await
     }
@@ -244,7 +259,7 @@ impl Store {
             self.delete(&mine).await?;
             return Ok(false);
         }
-        self.put_new(path, data).await
+        self.put_new_once(path, data).await
     }
 
     pub async fn get(&self, path: &Path) -> Result<Bytes> {
