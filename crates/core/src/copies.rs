@@ -235,9 +235,7 @@ impl Service {
         pending.count = missing.len();
         pending.oldest = missing.iter().filter_map(|(_, at, _)| *at).min();
         let outcome = async {
-            let primary = self
-                .repository()
-                .ok_or_else(|| Error::internal("no repository to copy from"))?;
+            let primary = self.copy_source()?;
             let to = copy.archives().await?;
             let mut round = Round::default();
             let mut first_error = None;
@@ -283,9 +281,7 @@ impl Service {
     /// A WAL round: the WAL files and shipped logs `copy` lacks.
     async fn copy_wal(&self, copy: &RepoCopy) -> std::result::Result<Round, (Error, Pending)> {
         let outcome = async {
-            let primary = self
-                .repository()
-                .ok_or_else(|| Error::internal("no repository to copy from"))?;
+            let primary = self.copy_source()?;
             let to = copy.archives().await?;
             let wal = self.mirror_wal(copy, primary, &to.repo).await?;
             Ok(Round {
@@ -296,6 +292,13 @@ impl Service {
         }
         .await;
         outcome.map_err(|e| (e, Pending::default()))
+    }
+
+    /// The primary: what copies are brought what they lack from.
+    fn copy_source(&self) -> Result<&Repository> {
+        self.repository()
+            .map(Arc::as_ref)
+            .ok_or_else(|| Error::internal("no repository to copy from"))
     }
 
     async fn mirror_wal(

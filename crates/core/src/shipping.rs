@@ -95,6 +95,12 @@ impl Service {
         let can = strongbox_engines::engine_for(&d.engine, &d.connection).map(|e| e.capabilities());
         can.is_ok_and(|c| c.ships_log || c.streams_wal) && self.config_of(d).is_ok_and(|c| c.continuous_archiving)
     }
+
+    /// Whether `d`'s shipper runs in synchronous mode (its backup
+    /// configuration's `synchronous_archiving`).
+    fn archives_synchronously(&self, d: &Deployment) -> bool {
+        self.config_of(d).is_ok_and(|c| c.synchronous_archiving)
+    }
 }
 
 impl Service {
@@ -146,8 +152,7 @@ pub async fn supervise(service: Arc<Service>, labels: Vec<String>) {
                     if !still {
                         r.forget.store(true, Ordering::Relaxed);
                     }
-                    let same_mode = wants
-                        .is_some_and(|d| service.config_of(d).is_ok_and(|c| c.synchronous_archiving) == r.synchronous);
+                    let same_mode = wants.is_some_and(|d| service.archives_synchronously(d) == r.synchronous);
                     let keep = still && same_mode && !r.thread.is_finished();
                     if !keep {
                         r.stop.store(true, Ordering::Relaxed);
@@ -188,7 +193,7 @@ fn start(service: Arc<Service>, wal: Arc<WalArchives>, d: &Deployment, engine: B
         runtime: runtime.clone(),
     });
     let (domain, name) = (d.domain.clone(), d.name.clone());
-    let synchronous = service.config_of(d).is_ok_and(|c| c.synchronous_archiving);
+    let synchronous = service.archives_synchronously(d);
     let options = ShipOptions {
         synchronous,
         ..ShipOptions::new(wal.scratch.clone())

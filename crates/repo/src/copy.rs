@@ -111,10 +111,11 @@ impl Repository {
             ..BackupOptions::default()
         };
         let lock = to.backup_lock().await?;
-        let result = match to.index_stray_packs().await {
-            Ok(_) => to.backup_locked(sources, opts, Some(snap), progress, &lock).await,
-            Err(e) => Err(e),
-        };
+        let result = async {
+            to.index_stray_packs().await?;
+            to.backup_locked(sources, opts, Some(snap), progress, &lock).await
+        }
+        .await;
         let released = lock.release().await;
         let copy = result?;
         released?;
@@ -182,7 +183,7 @@ impl Repository {
             .into_iter()
             .map(|m| m.location.to_string())
             .collect();
-        let mut whole_there = Vec::new();
+        let mut whole_there = std::collections::HashSet::new();
         for meta in self.store.list(wal::WAL).await? {
             let path = meta.location.as_ref();
             let streamed_of = path.strip_suffix(wal::STREAMED_TAIL);
@@ -193,11 +194,7 @@ impl Repository {
                 None if there.contains(path) => continue,
                 _ => {}
             }
-            let Some((archive, name)) = path
-                .strip_prefix(wal::WAL)
-                .and_then(|p| p.strip_prefix('/'))
-                .and_then(|p| p.rsplit_once('/'))
-            else {
+            let Some((archive, name)) = wal::archive_and_name(path) else {
                 continue;
             };
             let Some(data) = self.wal_fetch(archive, name).await? else {
@@ -222,7 +219,7 @@ impl Repository {
                         done.objects += 1;
                         done.bytes += bytes;
                     }
-                    whole_there.push(path.to_string());
+                    whole_there.insert(path.to_string());
                 }
             }
         }
@@ -231,15 +228,11 @@ impl Repository {
             .iter()
             .filter(|p| {
                 p.strip_suffix(wal::STREAMED_TAIL)
-                    .is_some_and(|whole| there.contains(whole) || whole_there.iter().any(|w| w == whole))
+                    .is_some_and(|whole| there.contains(whole) || whole_there.contains(whole))
             })
             .collect();
         for path in stale {
-            if let Some((archive, name)) = path
-                .strip_prefix(wal::WAL)
-                .and_then(|p| p.strip_prefix('/'))
-                .and_then(|p| p.rsplit_once('/'))
-            {
+            if let Some((archive, name)) = wal::archive_and_name(path) {
                 to.wal_remove(archive, &[name.to_string()]).await?;
                 seen.remove(path);
             }

@@ -142,6 +142,11 @@ pub async fn put_streamed(store: &Store, cipher: &Cipher, archive: &str, name: &
     Ok(bytes)
 }
 
+/// The archive and the file name of a WAL object's path (`wal/ARCHIVE/NAME`).
+pub fn archive_and_name(path: &str) -> Option<(&str, &str)> {
+    path.strip_prefix(WAL)?.strip_prefix('/')?.rsplit_once('/')
+}
+
 /// On local disk, the archive's directory made with the repository root's
 /// owner and group. The server stores streamed tails where PostgreSQL's
 /// `archive_command` (run as the database's OS user, which owns the
