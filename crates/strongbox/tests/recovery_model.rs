@@ -700,10 +700,7 @@ fn describe(o: &Outcome) -> String {
 
 /// A random sequence of `ops` operations from `seed`.
 fn sequence(seed: u64) {
-    let ops: usize = std::env::var("MODEL_OPS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(32);
+    let ops: usize = strongbox_testkit::env_or("MODEL_OPS", 32);
     eprintln!("recovery model: seed {seed}, {ops} operations (replay with MODEL_SEED={seed})");
     let dir = tempfile::tempdir().unwrap();
     let mut run = Run::start(dir.path(), seed);

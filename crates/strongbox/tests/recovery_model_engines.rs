@@ -322,10 +322,7 @@ fn sequence(seed: u64, engine: &str, db: &dyn Database, ops: usize) {
 }
 
 fn ops() -> usize {
-    std::env::var("MODEL_OPS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(30)
+    strongbox_testkit::env_or("MODEL_OPS", 30)
 }
 
 #[test]

@@ -618,10 +618,7 @@ impl Run {
 #[test]
 fn recoveries_of_a_shipped_sqlite_log_match_the_model_through_kills_restarts_and_replacements() {
     let seed = seed(now_ms() as u64);
-    let steps: usize = std::env::var("MODEL_STEPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(26);
+    let steps: usize = strongbox_testkit::env_or("MODEL_STEPS", 26);
     println!("seed {seed} (replay with MODEL_SEED={seed}), {steps} steps");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();

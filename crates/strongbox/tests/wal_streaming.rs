@@ -161,10 +161,7 @@ fn a_server_and_its_disk_lost_lose_at_most_the_last_second_of_commits() {
 /// within about a second).
 #[test]
 fn synchronous_mode_loses_no_acknowledged_commit() {
-    let rounds: i32 = std::env::var("SYNC_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(10);
+    let rounds: i32 = strongbox_testkit::env_or("SYNC_ROUNDS", 10);
     let dir = tempfile::tempdir().unwrap();
     let pg = Pg::start(dir.path(), "");
     let config = pg.url("/backups/config");
@@ -268,10 +265,7 @@ fn synchronous_mode_loses_no_acknowledged_commit() {
 /// (ordered checksums of pgbench's tables).
 #[test]
 fn a_receiver_kept_away_under_pgbench_catches_up_from_its_slot() {
-    let away: u64 = std::env::var("AWAY_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
+    let away: u64 = strongbox_testkit::env_or("AWAY_SECONDS", 60);
     let dir = tempfile::tempdir().unwrap();
     let pg = Pg::start(dir.path(), "");
     let (status, v) = pg.s.archive_continuously("pg");

@@ -195,8 +195,11 @@ impl Rng {
 
 /// A randomized test's seed: `MODEL_SEED` if set (to replay one), else `default`.
 pub fn seed(default: u64) -> u64 {
-    std::env::var("MODEL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
+    env_or("MODEL_SEED", default)
+}
+
+/// A test's setting from the environment variable `name` (a sequence's
+/// length, a drill's rounds), else `default`.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
 }
