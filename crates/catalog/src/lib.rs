@@ -137,6 +137,9 @@ pub trait Catalog: Send + Sync + 'static {
     async fn import_recovery(&self, r: &ImportedRecovery) -> Result<bool>;
     /// Notes that the copy named `copy` holds a backup's snapshot (again: no-op).
     async fn record_copy(&self, domain: &str, deployment: &str, backup_job_id: i64, copy: &str) -> Result<()>;
+    /// Notes that the copy named `copy` no longer holds these backups (its
+    /// recovery window let them go).
+    async fn forget_copies(&self, domain: &str, deployment: &str, copy: &str, backup_job_ids: &[i64]) -> Result<()>;
     /// The copies holding a deployment's backups, by backup job id.
     async fn copies(&self, domain: &str, deployment: &str) -> Result<Vec<BackupCopy>>;
     /// Marks backups of a deployment deleted (their snapshots are forgotten).

@@ -828,6 +828,23 @@ impl Catalog for SqlCatalog {
         Ok(())
     }
 
+    async fn forget_copies(&self, domain: &str, deployment: &str, copy: &str, backup_job_ids: &[i64]) -> Result<()> {
+        let mut tx = self.write().await?;
+        for id in backup_job_ids {
+            sqlx::query(
+                "DELETE FROM backup_copies WHERE domain = $1 AND deployment = $2 AND copy = $3 AND backup_job_id = $4",
+            )
+            .bind(domain)
+            .bind(deployment)
+            .bind(copy)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn copies(&self, domain: &str, deployment: &str) -> Result<Vec<BackupCopy>> {
         let sql = "SELECT backup_job_id, copy, copied_at FROM backup_copies WHERE domain = $1 AND deployment = $2 \
                    ORDER BY backup_job_id, copy";

@@ -204,6 +204,19 @@ async fn suite(c: &dyn Catalog) {
         .collect();
     assert_eq!(copies, [(j1.id, "offsite".to_string()), (j1.id, "vault".to_string())]);
     assert!(c.copies("usexample", "other").await.unwrap().is_empty());
+    // A copy's window lets it go: that copy's record only.
+    c.forget_copies("usexample", "db12c", "vault", &[j1.id]).await.unwrap();
+    c.forget_copies("usexample", "other", "offsite", &[j1.id])
+        .await
+        .unwrap();
+    let copies: Vec<_> = c
+        .copies("usexample", "db12c")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| (k.backup_job_id, k.copy))
+        .collect();
+    assert_eq!(copies, [(j1.id, "offsite".to_string())]);
 
     // Tags with a suffix counted in one statement: the tag itself and
     // `TAG_N`, not others that merely begin the same.

@@ -22,10 +22,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use strongbox_catalog::BackupStatus;
 use strongbox_repo::{NoProgress, Repository, Store};
 use time::OffsetDateTime;
 
+use crate::copy_expiry::LogFloor;
 use crate::pitr::WalArchives;
 use crate::{Error, Result, Service};
 
@@ -48,6 +48,12 @@ pub struct RepoCopy {
     status: Mutex<CopyStatus>,
     /// The streamed WAL tails copied, and which version of each.
     streamed: tokio::sync::Mutex<strongbox_repo::StreamedSeen>,
+    /// Its own recovery window in days (`copy_expiry`); the deployment's if
+    /// `None`.
+    pub window_days: Option<u32>,
+    /// What its remaining backups need of each log, as of its last whole
+    /// round: what WAL rounds do not bring it.
+    floor: Mutex<LogFloor>,
 }
 
 /// What a copy's copier last found (`GET …/{serviceId}`, `/metrics`).
@@ -70,7 +76,14 @@ pub struct CopyStatus {
 }
 
 impl RepoCopy {
-    pub fn new(name: String, location: String, password: String, cli: String, scratch: std::path::PathBuf) -> Self {
+    pub fn new(
+        name: String,
+        location: String,
+        password: String,
+        cli: String,
+        scratch: std::path::PathBuf,
+        window_days: Option<u32>,
+    ) -> Self {
         RepoCopy {
             name,
             location,
@@ -80,7 +93,13 @@ impl RepoCopy {
             opened: Default::default(),
             status: Default::default(),
             streamed: Default::default(),
+            window_days,
+            floor: Default::default(),
         }
+    }
+
+    pub(crate) fn floor(&self) -> LogFloor {
+        self.floor.lock().expect("copy floor").clone()
     }
 
     /// The copy's repository (with its WAL archives), opened or created.
@@ -184,6 +203,14 @@ impl RepoCopy {
                         r.bytes
                     );
                 }
+                if r.expired + r.expired_files > 0 {
+                    tracing::info!(
+                        "copy {}: {} backup(s) and {} log file(s) outside its recovery window deleted",
+                        self.name,
+                        r.expired,
+                        r.expired_files
+                    );
+                }
             }
             Err((e, pending)) => {
                 if status.error.as_deref() != Some(&e.to_string()) {
@@ -213,6 +240,9 @@ impl RepoCopy {
 #[derive(Default)]
 struct Round {
     backups: usize,
+    /// Backups and log files its window let go.
+    expired: usize,
+    expired_files: usize,
     objects: usize,
     bytes: u64,
 }
@@ -228,18 +258,20 @@ struct Pending {
 impl Service {
     async fn copy_round(&self, copy: &RepoCopy) -> std::result::Result<Round, (Error, Pending)> {
         let mut pending = Pending::default();
-        let missing = match self.backups_to_copy(copy).await {
-            Ok(m) => m,
+        let plan = match self.copy_plan(copy, self.clock.now()).await {
+            Ok(p) => p,
             Err(e) => return Err((e, pending)),
         };
+        let missing = &plan.to_copy;
         pending.count = missing.len();
         pending.oldest = missing.iter().filter_map(|(_, at, _)| *at).min();
+        let mut gone = 0;
         let outcome = async {
             let primary = self.copy_source()?;
             let to = copy.archives().await?;
             let mut round = Round::default();
             let mut first_error = None;
-            for (b, _, snapshot_id) in &missing {
+            for (b, _, snapshot_id) in missing {
                 let copied = async {
                     let snap = primary.find_snapshot(snapshot_id).await?;
                     primary.copy_snapshot(&snap, &to.repo, Arc::new(NoProgress)).await
@@ -253,6 +285,11 @@ impl Service {
                         round.backups += 1;
                         round.bytes += done.totals.new_bytes_stored;
                     }
+                    // Forgotten since (`repo forget`): nothing left to copy.
+                    Err(strongbox_repo::Error::SnapshotNotFound(_)) if primary.is_present().await.unwrap_or(false) => {
+                        tracing::debug!("backup {} of {} is no longer in the repository", b.db_tag, b.deployment);
+                        gone += 1;
+                    }
                     // The others are still worth copying.
                     Err(e) => {
                         first_error.get_or_insert(Error::unavailable(format!(
@@ -262,6 +299,8 @@ impl Service {
                     }
                 }
             }
+            (round.expired, round.expired_files) = self.expire_in_copy(copy, &to, &plan).await?;
+            *copy.floor.lock().expect("copy floor") = plan.floor.clone();
             let wal = self.mirror_wal(copy, primary, &to.repo).await?;
             let records = primary
                 .mirror_records(&to.repo)
@@ -275,6 +314,7 @@ impl Service {
             }
         }
         .await;
+        pending.count -= gone;
         outcome.map_err(|e| (e, pending))
     }
 
@@ -308,40 +348,11 @@ impl Service {
         to: &Repository,
     ) -> Result<strongbox_repo::Mirrored> {
         let mut seen = copy.streamed.lock().await;
+        let floor = copy.floor();
         primary
-            .mirror_wal(to, &mut seen)
+            .mirror_wal(to, &mut seen, &|archive, name| floor.needless(archive, name))
             .await
             .map_err(|e| Error::unavailable(format!("copying WAL to {}: {e}", copy.name)))
-    }
-
-    /// Completed backups the catalog does not know `copy` holds, oldest
-    /// first, with their completion time and snapshot.
-    async fn backups_to_copy(
-        &self,
-        copy: &RepoCopy,
-    ) -> Result<Vec<(strongbox_catalog::Backup, Option<OffsetDateTime>, String)>> {
-        let mut out = Vec::new();
-        for d in self.catalog.all_deployments().await? {
-            let held: std::collections::HashSet<i64> = self
-                .catalog
-                .copies(&d.domain, &d.name)
-                .await?
-                .into_iter()
-                .filter(|c| c.copy == copy.name)
-                .map(|c| c.backup_job_id)
-                .collect();
-            for b in self.catalog.backups(&d.domain, &d.name).await? {
-                if b.status != BackupStatus::Completed || held.contains(&b.job_id) {
-                    continue;
-                }
-                if let Some(id) = b.snapshot_id.clone() {
-                    let at = b.completed_at.as_deref().and_then(crate::dates::parse_rfc3339);
-                    out.push((b, at, id));
-                }
-            }
-        }
-        out.sort_by_key(|(_, at, _)| *at);
-        Ok(out)
     }
 
     /// The copies holding each of a deployment's backups, by backup job id.
@@ -355,6 +366,27 @@ impl Service {
             out.entry(c.backup_job_id).or_default().push(c.copy);
         }
         Ok(out)
+    }
+
+    /// The snapshots (hex ids) the copies hold, as listed now; a copy that
+    /// does not answer holds none a recovery could read.
+    pub(crate) async fn snapshots_in_copies(&self) -> std::collections::HashSet<String> {
+        let mut ids = std::collections::HashSet::new();
+        for c in &self.copies {
+            let listed = async {
+                c.archives()
+                    .await?
+                    .repo
+                    .snapshot_ids()
+                    .await
+                    .map_err(Error::unavailable)
+            };
+            match listed.await {
+                Ok(found) => ids.extend(found.iter().map(|id| id.to_hex())),
+                Err(e) => tracing::warn!("listing the snapshots of copy {}: {e}", c.name),
+            }
+        }
+        ids
     }
 
     /// The WAL archives planning reads: the primary's, or while its store is

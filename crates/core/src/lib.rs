@@ -5,6 +5,7 @@
 //! only run databases, the API above it only speaks HTTP.
 
 pub mod copies;
+mod copy_expiry;
 pub mod dates;
 mod error;
 pub mod health;

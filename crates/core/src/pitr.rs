@@ -202,6 +202,8 @@ impl Service {
         for reached in recoveries.iter().filter_map(|r| r.reached.as_ref()) {
             created.insert(reached.timeline, reached.promoted_at);
         }
+        let positions: Vec<BasePosition> = bases.iter().map(|(_, p)| p.clone()).collect();
+        strongbox_engines::pitr::bound_created(&mut created, &positions, &histories);
         let live = if probe {
             let e = engine.clone();
             let asked = tokio::task::spawn_blocking(move || e.point_in_time().and_then(|p| p.probe()));
@@ -214,7 +216,7 @@ impl Service {
             None
         };
         Ok(Some(PitrState {
-            positions: bases.iter().map(|(_, p)| p.clone()).collect(),
+            positions,
             segment_size: bases.first().map_or(16 << 20, |(_, p)| p.segment_size),
             bases,
             archived,

@@ -265,29 +265,51 @@ async fn choose(
 impl Service {
     /// Completed backups whose snapshots are still in the repository (a
     /// snapshot forgotten with `repo forget` can no longer be recovered
-    /// from) or in one of its copies, oldest first.
+    /// from) or, by the catalog's records, in one of its copies, oldest
+    /// first.
     pub async fn usable_backups(&self, domain: &str, deployment: &str) -> Result<Vec<Backup>> {
+        self.backups_held(domain, deployment, false).await
+    }
+
+    /// `usable_backups`, with what the copies hold listed rather than taken
+    /// from the catalog's records (a snapshot forgotten in a copy with the
+    /// repository CLI): what a recovery may choose from. Status pages do
+    /// without, to spare a listing of every copy per request.
+    async fn backups_held(&self, domain: &str, deployment: &str, list_copies: bool) -> Result<Vec<Backup>> {
         let backups = self.catalog.backups(domain, deployment).await?;
         let present: Option<std::collections::HashSet<String>> = match &self.wal {
-            Some(w) => match w.repo.snapshot_ids().await {
-                Ok(ids) => Some(ids.iter().map(|id| id.to_hex()).collect()),
-                // The primary's store is gone (a deleted bucket): its copies answer.
-                Err(e) if !self.copies.is_empty() => {
-                    tracing::warn!("listing the repository's snapshots: {e}; reading the copies");
-                    Some(Default::default())
+            Some(w) => {
+                let mut ids: std::collections::HashSet<String> = match w.repo.snapshot_ids().await {
+                    Ok(ids) => ids.iter().map(|id| id.to_hex()).collect(),
+                    // The primary's store is gone (a deleted bucket): its copies answer.
+                    Err(e) if !self.copies.is_empty() => {
+                        tracing::warn!("listing the repository's snapshots: {e}; reading the copies");
+                        Default::default()
+                    }
+                    Err(e) => return Err(Error::internal(format!("listing the repository's snapshots: {e}"))),
+                };
+                // A backup a copy holds can be recovered (from the copy) when
+                // the primary lost it.
+                if list_copies {
+                    ids.extend(self.snapshots_in_copies().await);
+                } else {
+                    let copied = self.backup_copies(domain, deployment).await?;
+                    ids.extend(
+                        backups
+                            .iter()
+                            .filter(|b| copied.contains_key(&b.job_id))
+                            .filter_map(|b| b.snapshot_id.clone()),
+                    );
                 }
-                Err(e) => return Err(Error::internal(format!("listing the repository's snapshots: {e}"))),
-            },
+                Some(ids)
+            }
             None => None,
         };
-        // A backup a copy holds can be recovered (from the copy) when the
-        // primary lost it.
-        let copied = self.backup_copies(domain, deployment).await?;
         Ok(backups
             .into_iter()
             .filter(|b| b.status == BackupStatus::Completed)
             .filter(|b| match (&present, &b.snapshot_id) {
-                (Some(ids), Some(id)) => ids.contains(id) || copied.contains_key(&b.job_id),
+                (Some(ids), Some(id)) => ids.contains(id),
                 (None, _) => true,
                 (Some(_), None) => false,
             })
@@ -334,7 +356,7 @@ impl Service {
             self.readable_repositories(repository).await?;
         }
         let d = self.deployment(domain, deployment).await?;
-        let usable = self.usable_backups(domain, deployment).await?;
+        let usable = self.backups_held(domain, deployment, true).await?;
         let planner = self.planner(&d, &usable, request).await?;
         let (backup, plan) = planner.plan(request, &d, &usable).await?;
         let spec = JobSpec::Recovery {

@@ -158,7 +158,7 @@ impl Repository {
     /// Brings `to` every WAL file, shipped log and record it lacks:
     /// `mirror_wal`, then `mirror_records`.
     pub async fn mirror_objects(&self, to: &Repository) -> Result<Mirrored> {
-        let wal = self.mirror_wal(to, &mut StreamedSeen::default()).await?;
+        let wal = self.mirror_wal(to, &mut StreamedSeen::default(), &|_, _| false).await?;
         let records = self.mirror_records(to).await?;
         Ok(Mirrored {
             objects: wal.objects + records.objects,
@@ -174,7 +174,14 @@ impl Repository {
     /// name: it is copied again whenever this repository's version differs
     /// from the one `seen` says was copied last, and `to`'s is removed
     /// once `to` holds the whole file.
-    pub async fn mirror_wal(&self, to: &Repository, seen: &mut StreamedSeen) -> Result<Mirrored> {
+    /// `needless(archive, name)`: files `to` no longer needs (its own
+    /// retention let them go), not brought again.
+    pub async fn mirror_wal(
+        &self,
+        to: &Repository,
+        seen: &mut StreamedSeen,
+        needless: &(dyn Fn(&str, &str) -> bool + Send + Sync),
+    ) -> Result<Mirrored> {
         let mut done = Mirrored::default();
         let there: std::collections::HashSet<String> = to
             .store
@@ -197,6 +204,9 @@ impl Repository {
             let Some((archive, name)) = wal::archive_and_name(path) else {
                 continue;
             };
+            if needless(archive, name) {
+                continue;
+            }
             let Some(data) = self.wal_fetch(archive, name).await? else {
                 continue; // removed since listed (retention, or archived since)
             };

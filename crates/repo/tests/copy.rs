@@ -222,21 +222,30 @@ async fn a_streamed_tail_is_copied_again_as_it_grows_and_dropped_once_archived()
     let streamed = format!("{name}{}", strongbox_repo::STREAMED_TAIL);
     let (v1, v2) = (data(40_000, 1), data(60_000, 2));
     primary.wal_put_streamed("d/pg", name, &v1).await.unwrap();
-    assert_eq!(primary.mirror_wal(&to, &mut seen).await.unwrap().objects, 1);
+    assert_eq!(
+        primary.mirror_wal(&to, &mut seen, &|_, _| false).await.unwrap().objects,
+        1
+    );
     assert_eq!(to.wal_fetch("d/pg", &streamed).await.unwrap(), Some(v1));
     assert_eq!(
-        primary.mirror_wal(&to, &mut seen).await.unwrap().objects,
+        primary.mirror_wal(&to, &mut seen, &|_, _| false).await.unwrap().objects,
         0,
         "unchanged"
     );
     // Object stores keep modification times to the millisecond or second:
     // the next version is told apart by its size too.
     primary.wal_put_streamed("d/pg", name, &v2).await.unwrap();
-    assert_eq!(primary.mirror_wal(&to, &mut seen).await.unwrap().objects, 1);
+    assert_eq!(
+        primary.mirror_wal(&to, &mut seen, &|_, _| false).await.unwrap().objects,
+        1
+    );
     assert_eq!(to.wal_fetch("d/pg", &streamed).await.unwrap(), Some(v2.clone()));
     primary.wal_push("d/pg", name, &v2).await.unwrap();
     primary.wal_tidy_streamed("d/pg").await.unwrap();
-    assert_eq!(primary.mirror_wal(&to, &mut seen).await.unwrap().objects, 1);
+    assert_eq!(
+        primary.mirror_wal(&to, &mut seen, &|_, _| false).await.unwrap().objects,
+        1
+    );
     assert_eq!(to.wal_fetch("d/pg", name).await.unwrap(), Some(v2));
     assert_eq!(
         to.wal_fetch("d/pg", &streamed).await.unwrap(),
@@ -244,4 +253,28 @@ async fn a_streamed_tail_is_copied_again_as_it_grows_and_dropped_once_archived()
         "the copy's tail is gone"
     );
     assert!(seen.is_empty(), "{seen:?}");
+}
+
+/// What a copy's own retention let go is not brought again while the
+/// primary still holds it; everything else is.
+#[tokio::test]
+async fn wal_a_copy_no_longer_needs_is_not_brought_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let primary = new_repo(Store::local(dir.path()).unwrap()).await;
+    let to_dir = tempfile::tempdir().unwrap();
+    let to = copy_repo(Store::local(to_dir.path()).unwrap()).await;
+    let (old, new) = ("000000010000000000000003", "000000010000000000000009");
+    for (i, name) in [old, new].into_iter().enumerate() {
+        primary.wal_push("d/pg", name, &data(30_000, i as u64)).await.unwrap();
+    }
+    let mut seen = strongbox_repo::StreamedSeen::default();
+    let needless = |archive: &str, name: &str| archive == "d/pg" && name == old;
+    assert_eq!(primary.mirror_wal(&to, &mut seen, &needless).await.unwrap().objects, 1);
+    let names: Vec<String> = to.wal_list("d/pg").await.unwrap().into_iter().map(|f| f.name).collect();
+    assert_eq!(names, [new]);
+    assert_eq!(primary.mirror_wal(&to, &mut seen, &needless).await.unwrap().objects, 0);
+    assert_eq!(
+        primary.mirror_wal(&to, &mut seen, &|_, _| false).await.unwrap().objects,
+        1
+    );
 }

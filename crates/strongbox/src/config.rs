@@ -74,6 +74,12 @@ pub(crate) struct CopyConfig {
     pub(crate) name: String,
     /// A directory or `s3://BUCKET/PREFIX` (endpoint and credentials from `AWS_*`).
     pub(crate) repository: String,
+    /// How long the copy keeps backups, in days (1 to 3650), by the same
+    /// rule as a deployment's `recoveryWindowInDays` (with its
+    /// `minimumBackupsKept` and `keepForever`); the deployment's own
+    /// window if absent.
+    #[serde(default)]
+    pub(crate) recovery_window_days: Option<u32>,
 }
 
 impl Config {
@@ -104,6 +110,12 @@ impl Config {
         let mut seen = std::collections::BTreeSet::new();
         for c in &copies {
             strongbox_core::check_name("a copy", &c.name).context("copies")?;
+            anyhow::ensure!(
+                c.recovery_window_days.is_none_or(|d| (1..=3650).contains(&d)),
+                "copies: {}'s recovery_window_days must be 1 to 3650 (got {})",
+                c.name,
+                c.recovery_window_days.unwrap_or_default()
+            );
             anyhow::ensure!(
                 c.name != strongbox_core::copies::PRIMARY && seen.insert(c.name.clone()),
                 "copies: the name {:?} is taken (each copy's name is its own, and not \"primary\")",

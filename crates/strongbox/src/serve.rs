@@ -197,6 +197,7 @@ fn copies(s: &Settings, data_dir: &Path) -> Result<Vec<Arc<strongbox_core::copie
             password,
             repo_command_line(&c.repository, file.as_deref())?,
             s.data_dir.join("tmp"),
+            c.recovery_window_days,
         )));
     }
     Ok(out)

@@ -370,6 +370,33 @@ fn a_postgresql_deployment_recovers_from_the_copy_when_the_primary_is_lost() {
     c.wait_archived(&last);
     wait_copied(&s, "pg");
 
+    // The copy's password file as the server made it (root's, 0600):
+    // PostgreSQL's restore_command could not read it. A recovery reading
+    // the copy fails before anything is stopped, saying why; the live
+    // server serves on, its data untouched.
+    let password = host.join("data/copy-offsite.password");
+    let owned_by = |user: &str| {
+        strongbox_testkit::sh(&format!(
+            "chown {user}:{user} {p} && chmod 600 {p}",
+            p = password.display()
+        ));
+    };
+    owned_by("root");
+    let body = format!(r#"{{"tag": "{tag}", "repository": "offsite"}}"#);
+    let url = s.url(&format!("{PG_INSTANCE}/backups/recovery"));
+    let (status, h, answer) = s.curl(&[&AUTH[..], &["-X", "POST", "-d", &body, &url]].concat());
+    assert_eq!(status, "HTTP/2 202", "{answer}");
+    let failed = s.wait_for(header(&h, "location"), "Failed");
+    let message = failed["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("restore_command fails when run as the data directory's owner")
+            && message.contains("Permission denied")
+            && message.contains("nothing was stopped"),
+        "{failed}"
+    );
+    assert_eq!(c.psql(sum), at_loss, "the live database, untouched and serving");
+    owned_by("postgres");
+
     // The loss: the primary repository and the cluster's data directory.
     std::fs::remove_dir_all(&primary).unwrap();
     strongbox_testkit::sh(&format!("{} || true", ctl("stop")));
@@ -506,4 +533,127 @@ fn a_copy_killed_midway_resumes_and_sends_nothing_twice() {
         &format!(r#"{{"tag": "{tag}"}}"#),
     );
     assert_eq!(sqlite_checksum(&db), at_backup, "recovered exactly from the copy");
+}
+
+/// Each copy keeps backups by its own recovery window (the servers' clock
+/// in a file the test moves): with the deployment's window at 2 days, a
+/// copy with 5 keeps what the primary let go, and one with 1 is never
+/// brought what it would let go at once and lets go what leaves its
+/// window; the backup it keeps recovers exactly from it alone, and each
+/// copy checks clean after its prune.
+#[test]
+fn each_copy_keeps_backups_by_its_own_recovery_window() {
+    let root = tempfile::tempdir().unwrap();
+    let (primary, long, short, file) = (
+        root.path().join("primary"),
+        root.path().join("long"),
+        root.path().join("short"),
+        root.path().join("notes.txt"),
+    );
+    let host = root.path().join("host");
+    std::fs::create_dir_all(&host).unwrap();
+    set_clock(&host, "2026-01-01T00:00:00Z");
+    let commands = serde_json::json!([format!("cat {}", file.display()), format!("cat > {}", file.display())]);
+    let copies = serde_json::json!([
+        {"name": "long", "repository": long, "recovery_window_days": 5},
+        {"name": "short", "repository": short, "recovery_window_days": 1},
+    ]);
+    let env = [
+        ("STRONGBOX_REPOSITORY", primary.display().to_string()),
+        ("STRONGBOX_REPO_PASSWORD", "the primary's password".to_string()),
+        ("STRONGBOX_COPIES", copies.to_string()),
+        ("STRONGBOX_COPY_LONG_PASSWORD", "long's password".to_string()),
+        ("STRONGBOX_COPY_SHORT_PASSWORD", "short's password".to_string()),
+        ("STRONGBOX_COPY_SECONDS", "1".to_string()),
+        ("STRONGBOX_ALLOW_COMMANDS", commands.to_string()),
+        ("STRONGBOX_TEST_CLOCK_FILE", host.join("clock").display().to_string()),
+        ("STRONGBOX_SCHEDULE_CHECK_MS", "50".to_string()),
+    ];
+    let s = start_with(&host, free_port(), &env);
+    register_command(
+        &s,
+        "notes",
+        commands[0].as_str().unwrap(),
+        commands[1].as_str().unwrap(),
+    );
+    let (status, v) = s.json(&[
+        "-X",
+        "PUT",
+        "-d",
+        r#"{"recoveryWindowInDays": 2, "minimumBackupsKept": 1}"#,
+        &s.url(&format!("{API}/notes/backups/config")),
+    ]);
+    assert_eq!(status, "HTTP/2 200", "{v}");
+    let mut tags = Vec::new();
+    for day in 1..=4 {
+        set_clock(&host, &format!("2026-01-0{day}T00:00:00Z"));
+        std::fs::write(&file, format!("the notes of day {day}\n")).unwrap();
+        post_until_accepted(&s, &format!("{API}/notes/backups"), "{}");
+        let (_, list) = s.json(&[&s.url(&format!("{API}/notes/backups"))]);
+        tags.push(list["backupList"][0]["dbTag"].as_str().unwrap().to_string());
+    }
+    wait_copied(&s, "notes");
+    let password = |name: &str| {
+        let f = root.path().join(format!("{name}.password"));
+        std::fs::write(&f, format!("{name}'s password")).unwrap();
+        f
+    };
+    let (long_password, short_password) = (password("long"), password("short"));
+    let primary_password = root.path().join("primary.password");
+    std::fs::write(&primary_password, "the primary's password").unwrap();
+    let snapshot_tags = |repository: &std::path::Path, password: &std::path::Path| {
+        let out = s.repo_cli_on(repository, password, &["--json", "snapshots"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut tags: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["tags"][0].as_str().unwrap().to_string())
+            .collect();
+        tags.sort();
+        tags
+    };
+    // On day 4, a 1-day window needs day 3 (the newest by its start) and day 4.
+    assert_eq!(snapshot_tags(&long, &long_password), tags);
+    assert_eq!(snapshot_tags(&short, &short_password), tags[2..]);
+
+    // Day 6: the primary keeps day 4 only; long all four (day 1 is the
+    // newest by its window's start); short day 4.
+    set_clock(&host, "2026-01-06T00:00:30Z");
+    let listed = || {
+        let (_, list) = s.json(&[&s.url(&format!("{API}/notes/backups"))]);
+        list["backupList"].as_array().unwrap().clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while listed().len() != 1 || snapshot_tags(&short, &short_password).len() != 1 {
+        assert!(Instant::now() < deadline, "{:?}", listed());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_copied(&s, "notes");
+    assert_eq!(listed()[0]["dbTag"], tags[3].as_str());
+    assert_eq!(listed()[0]["copies"], serde_json::json!(["long", "short"]));
+    assert_eq!(snapshot_tags(&long, &long_password), tags);
+    assert_eq!(snapshot_tags(&short, &short_password), tags[3..]);
+    assert_eq!(snapshot_tags(&primary, &primary_password).len(), 1);
+
+    // Day 7: day 1 leaves long's window (day 2 is the newest by its start).
+    set_clock(&host, "2026-01-07T00:00:30Z");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while snapshot_tags(&long, &long_password).len() != 3 {
+        assert!(Instant::now() < deadline, "{:?}", snapshot_tags(&long, &long_password));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(snapshot_tags(&long, &long_password), tags[1..]);
+    for (repository, password) in [(&long, &long_password), (&short, &short_password)] {
+        let out = s.repo_cli_on(repository, password, &["check", "--read-data"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    // What short keeps recovers from it alone, exactly.
+    std::fs::write(&file, "overwritten\n").unwrap();
+    let body = format!(r#"{{"tag": "{}", "repository": "short"}}"#, tags[3]);
+    let job = post_until_accepted(&s, &format!("{API}/notes/backups/recovery"), &body);
+    assert!(activity(&s, &job).contains("from copy short"), "{}", activity(&s, &job));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "the notes of day 4\n");
 }

@@ -39,7 +39,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -563,19 +562,19 @@ impl Run {
         let data = self.pg.s.dir.join("data");
         let primary = data.join("repository");
         std::fs::remove_dir_all(&primary).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_strongbox"))
-            .arg("repo")
-            .arg("--repo")
-            .arg(self.pg.s.dir.join("offsite"))
-            .arg("--password-file")
-            .arg(data.join("copy-offsite.password"))
-            .arg("copy")
-            .arg("--to")
-            .arg(&primary)
-            .arg("--to-password-file")
-            .arg(data.join("repository.password"))
-            .output()
-            .unwrap();
+        let (to, to_password) = (primary.display().to_string(), data.join("repository.password"));
+        let (offsite, offsite_password) = self.offsite();
+        let out = self.pg.s.repo_cli_on(
+            &offsite,
+            &offsite_password,
+            &[
+                "copy",
+                "--to",
+                &to,
+                "--to-password-file",
+                &to_password.display().to_string(),
+            ],
+        );
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         // PostgreSQL's archive_command writes into it.
         strongbox_testkit::sh(&format!("chown -R postgres:postgres {}", primary.display()));
@@ -584,6 +583,12 @@ impl Run {
             "lose the primary repository; make it again from the copy ({})",
             String::from_utf8_lossy(&out.stdout).trim()
         ));
+    }
+
+    /// The copy `offsite` and its password file.
+    fn offsite(&self) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = &self.pg.s.dir;
+        (dir.join("offsite"), dir.join("data").join("copy-offsite.password"))
     }
 
     fn delete_backup(&mut self, rng: &mut Rng) {
@@ -600,8 +605,12 @@ impl Run {
             let job = self.pg.s.delete_backup("pg", &tag);
             self.note(format!("delete {tag}: {}", job["message"]));
         } else {
-            // The repository CLI: the snapshot goes, the catalog does not
-            // know (the backup is no longer usable), prune leaves WAL alone.
+            // The repository CLI, in the primary and in the copy: the
+            // snapshot goes, the catalog does not know (the backup is no
+            // longer usable: no repository holds it), prune leaves WAL
+            // alone. The copy holds it first, so that the copier does not
+            // bring it back.
+            wait_copied(&self.pg.s, "pg");
             let out = self.pg.s.repo_cli(&["--json", "snapshots"]);
             let snapshots: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             let id = snapshots
@@ -611,10 +620,17 @@ impl Run {
                 .find(|s| s["tags"][0] == tag.as_str())
                 .map(|s| s["id"].as_str().unwrap().to_string())
                 .unwrap();
-            for args in [&["forget", id.as_str()][..], &["prune"]] {
-                let out = self.pg.s.repo_cli(args);
-                if !out.status.success() {
-                    self.fail(format!("repo {args:?}: {}", String::from_utf8_lossy(&out.stderr)));
+            let data = self.pg.s.dir.join("data");
+            let (offsite, offsite_password) = self.offsite();
+            for (repository, password) in [
+                (data.join("repository"), data.join("repository.password")),
+                (offsite, offsite_password),
+            ] {
+                for args in [&["forget", id.as_str()][..], &["prune"]] {
+                    let out = self.pg.s.repo_cli_on(&repository, &password, args);
+                    if !out.status.success() {
+                        self.fail(format!("repo {args:?}: {}", String::from_utf8_lossy(&out.stderr)));
+                    }
                 }
             }
             self.note(format!("forget {tag}, prune (repository CLI)"));

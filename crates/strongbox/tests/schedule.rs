@@ -12,12 +12,6 @@ use common::*;
 
 const CONFIG: &str = "/paas/service/dbcs/api/v1.1/instances/usexample/db12c/backups/config";
 
-/// Sets the servers' clock, atomically (a server never reads half a time).
-fn set_clock(dir: &Path, t: &str) {
-    std::fs::write(dir.join("clock.new"), t).unwrap();
-    std::fs::rename(dir.join("clock.new"), dir.join("clock")).unwrap();
-}
-
 fn scheduled_server(dir: &Path, port: u16) -> Server {
     start_with(
         dir,

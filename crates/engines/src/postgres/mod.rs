@@ -13,6 +13,7 @@ mod physical;
 pub mod pitr;
 mod receive;
 mod recovery;
+mod restore_probe;
 mod server;
 mod waldump;
 

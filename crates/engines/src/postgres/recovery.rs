@@ -137,6 +137,9 @@ impl PgPhysical {
         }
         self.remove_stray_trash();
         let expected = self.expected(target, found.answers, cx)?;
+        if let Some(w) = cx.wal {
+            super::restore_probe::probe(&w.restore_command(), w, owner, &self.sibling("probe")?)?;
+        }
         // A server that answers checkpoints while the backup restores, so
         // that stopping it (which writes its dirty pages) is quick.
         let checkpointed = found.answers.then(|| {

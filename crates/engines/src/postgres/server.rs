@@ -327,6 +327,6 @@ fn parent(pid: u32) -> Option<u32> {
 }
 
 /// This process's effective user (root may hand files to any owner).
-fn nix_euid() -> u32 {
+pub(super) fn nix_euid() -> u32 {
     std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
 }

@@ -276,12 +276,17 @@ impl Server {
     /// `strongbox repo` on the server's own repository, with its password file.
     pub fn repo_cli(&self, args: &[&str]) -> std::process::Output {
         let data = self.dir.join("data");
+        self.repo_cli_on(&data.join("repository"), &data.join("repository.password"), args)
+    }
+
+    /// `strongbox repo ARGS` on the repository at `repository` (a copy, say).
+    pub fn repo_cli_on(&self, repository: &Path, password_file: &Path, args: &[&str]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_strongbox"))
             .arg("repo")
             .arg("--repo")
-            .arg(data.join("repository"))
+            .arg(repository)
             .arg("--password-file")
-            .arg(data.join("repository.password"))
+            .arg(password_file)
             .args(args)
             .output()
             .unwrap()
@@ -666,24 +671,39 @@ pub fn copy_status(s: &Server, service: &str) -> serde_json::Value {
     v["copies"][0].clone()
 }
 
-/// Waits until a copy round that began after this call ended with nothing
-/// left to copy: what the primary held now, the copy holds.
+/// Waits until, on every copy, a round that began after this call ended
+/// with nothing left to copy: what the primary held now, the copies hold.
 pub fn wait_copied(s: &Server, service: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
+    let copies = || {
+        let (_, v) = s.json(&[&s.url(&format!("{API}/{service}"))]);
+        v["copies"].as_array().cloned().unwrap_or_default()
+    };
     // A round ends after each of these changes of `lastRound`: the second
     // one began after the first change.
-    let mut seen = vec![copy_status(s, service)["lastRound"].clone()];
+    let mut seen: Vec<Vec<serde_json::Value>> = copies().iter().map(|c| vec![c["lastRound"].clone()]).collect();
     loop {
-        let c = copy_status(s, service);
-        if c["lastRound"] != *seen.last().unwrap() {
-            seen.push(c["lastRound"].clone());
+        let now = copies();
+        let mut done = !now.is_empty();
+        for (c, seen) in now.iter().zip(seen.iter_mut()) {
+            if c["lastRound"] != *seen.last().unwrap() {
+                seen.push(c["lastRound"].clone());
+            }
+            done &= seen.len() >= 3 && c["lagSeconds"] == 0.0 && c["pendingBackups"] == 0 && c["error"].is_null();
         }
-        if seen.len() >= 3 && c["lagSeconds"] == 0.0 && c["pendingBackups"] == 0 && c["error"].is_null() {
+        if done {
             return;
         }
-        assert!(Instant::now() < deadline, "the copy did not catch up: {c}");
+        assert!(Instant::now() < deadline, "the copies did not catch up: {now:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Sets the servers' clock (`STRONGBOX_TEST_CLOCK_FILE` = `dir/clock`),
+/// atomically (a server never reads half a time).
+pub fn set_clock(dir: &Path, t: &str) {
+    std::fs::write(dir.join("clock.new"), t).unwrap();
+    std::fs::rename(dir.join("clock.new"), dir.join("clock")).unwrap();
 }
 
 /// A PostgreSQL recovery through `s` (`post_until_accepted`): the job's

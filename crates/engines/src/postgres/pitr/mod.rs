@@ -13,7 +13,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-pub use plan::{Archived, FirstCommit, Goal, Live, Pitr, Plan, Reach, Unreachable, reach};
+pub use plan::{Archived, FirstCommit, Goal, Live, Pitr, Plan, Reach, Unreachable, bound_created, reach};
 pub use timeline::{History, Span};
 
 /// A WAL position (PostgreSQL's `pg_lsn`): `X/Y` in hex, or the same

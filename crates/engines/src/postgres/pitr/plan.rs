@@ -210,6 +210,29 @@ pub struct Pitr<'a> {
     pub live: Option<Live>,
 }
 
+/// Bounds when each timeline became live (`created`) by the base backups
+/// taken on it: a timeline was live by the time a base backup on it
+/// completed, and so was every timeline before it in its history. Where
+/// no recovery recorded a promotion, `created` is the time its history
+/// file was archived, and a repository made again from a copy holds the
+/// time it was copied instead: later than every moment before, which
+/// would make planning think the history held nothing of them.
+pub fn bound_created(
+    created: &mut BTreeMap<u32, OffsetDateTime>,
+    bases: &[BasePosition],
+    histories: &BTreeMap<u32, History>,
+) {
+    for b in bases.iter().filter(|b| b.stop_time != OffsetDateTime::UNIX_EPOCH) {
+        let first = History::first();
+        let history = histories.get(&b.timeline).unwrap_or(&first);
+        for span in history.spans() {
+            if let Some(c) = created.get_mut(&span.timeline) {
+                *c = (*c).min(b.stop_time);
+            }
+        }
+    }
+}
+
 /// The first commit after a position of a history (from reading its WAL).
 pub type FirstCommit<'f> = dyn FnMut(&History, Lsn) -> Result<Option<OffsetDateTime>, String> + 'f;
 
@@ -665,6 +688,34 @@ mod tests {
         );
         // Named explicitly, the abandoned moment is timeline 1's.
         assert_eq!(plan(&p, Goal::Time(at(150)), Some(1)), Ok(0));
+    }
+
+    /// A history file archived late (copied into a repository made again
+    /// from a copy) says nothing of when its timeline began once a base
+    /// backup on it completed earlier: a moment after that base replays
+    /// on its timeline rather than stop short at the switch.
+    #[test]
+    fn a_timeline_is_live_by_the_time_a_base_backup_on_it_completed() {
+        let (mut bases, wal, histories, mut created) = branched();
+        bases.push(base(2, 3 * SEG + 40, 3 * SEG + 200, 345));
+        created.insert(2, at(900));
+        let stale = created.clone();
+        bound_created(&mut created, &bases, &histories);
+        assert_eq!(created[&2], at(345));
+        let p = Pitr {
+            bases: &bases,
+            archived: &wal,
+            histories: &histories,
+            created: &created,
+            live: None,
+        };
+        let planned = p.plan(Goal::Time(at(350)), None, &mut no_scan).unwrap();
+        assert_eq!((planned.base, planned.quiet_from), (2, None));
+        // Without the bound, timeline 2 would seem begun after the moment,
+        // and replay would stop at its switch point, short of the base.
+        let p = Pitr { created: &stale, ..p };
+        let planned = p.plan(Goal::Time(at(350)), None, &mut |_, _| Ok(None)).unwrap();
+        assert_eq!((planned.base, planned.quiet_from), (2, Some(Lsn(0x200_0200))));
     }
 
     #[test]
