@@ -132,7 +132,15 @@ impl WalArchive for DeploymentWal {
     fn fetch(&self, name: &str) -> Result<Option<Vec<u8>>, strongbox_engines::Error> {
         self.runtime
             .block_on(self.archives.repo.wal_fetch_for_replay(&self.archive, name))
-            .map(|found| found.map(|(data, _)| data))
+            .map(|found| {
+                found.map(|(data, tail)| {
+                    if tail {
+                        strongbox_engines::whole_segment(data)
+                    } else {
+                        data
+                    }
+                })
+            })
             .map_err(|e| strongbox_engines::Error::Failed(format!("fetching {name} from the WAL archive: {e}")))
     }
 

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 pub use command::CommandEngine;
 pub use files::SnapshotFiles;
 pub use position::Position;
-pub use postgres::{FLUSH_MARKER, PREFETCH_SPOOL, PgLogical, PgPhysical, pitr};
+pub use postgres::{FLUSH_MARKER, PREFETCH_SPOOL, PgLogical, PgPhysical, pitr, whole_segment};
 pub use sqlite::{SqliteEngine, ship as sqlite_ship, wal as sqlite_wal};
 use strongbox_repo::Sources;
 

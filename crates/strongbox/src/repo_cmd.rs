@@ -557,7 +557,7 @@ async fn wal_fetch(repo: &Repository, archive: &str, name: &str, dest: &std::pat
         Some((data, false)) => data,
         Some((tail, true)) => {
             eprintln!("{name} is not archived whole: restoring the tail streamed of it");
-            tail
+            strongbox_engines::whole_segment(tail)
         }
         None => {
             eprintln!("{name} is not in the WAL archive");

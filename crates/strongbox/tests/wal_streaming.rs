@@ -361,3 +361,82 @@ fn a_receiver_kept_away_under_pgbench_catches_up_from_its_slot() {
     assert_eq!(job["job_status"], "Succeeded", "{job}");
     assert_eq!(pg.c.psql(sums), before, "every row, exactly");
 }
+
+/// A timeline switch, then the loss: a recovery (to the backup, so the
+/// server goes on as timeline 2), the receiver streaming again from the
+/// recovered server, 60 transactions 0.1 s apart on the new timeline, then
+/// the server killed and its data directory deleted. `latest` follows
+/// timeline 2 and its streamed tail: exactly the first N of the new
+/// timeline's rows (ordered, with commit times), N at least every row
+/// committed a second before the loss; its messages say it used the tail.
+#[test]
+fn a_timeline_switch_then_a_loss_recovers_the_new_timelines_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Pg::start(dir.path(), "");
+    let (status, v) = pg.s.archive_continuously("pg");
+    assert_eq!(status, "HTTP/2 200", "{v}");
+    pg.c.psql("CREATE TABLE ticks (id int PRIMARY KEY, at timestamptz NOT NULL)");
+    let tag = pg.backup()["dbTag"].as_str().unwrap().to_string();
+    pg.c.psql("INSERT INTO ticks SELECT g, clock_timestamp() FROM generate_series(1000, 1019) g");
+    let job = pg.recover(&format!(r#"{{"tag": "{tag}"}}"#));
+    assert_eq!(job["job_status"], "Succeeded", "{job}");
+    assert_eq!(pg.c.psql("SELECT timeline_id FROM pg_control_checkpoint()"), "2");
+    let active = "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'strongbox_%' AND active";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg.c.psql(active) != "1" {
+        assert!(
+            Instant::now() < deadline,
+            "no receiver on the recovered server:\n{}",
+            pg.c.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let mut client = postgres::Client::connect(
+        &format!("host=127.0.0.1 port={} user=postgres dbname=postgres", pg.c.port),
+        postgres::NoTls,
+    )
+    .unwrap();
+    let mut committed = Vec::new();
+    for id in 1..=60 {
+        client
+            .execute("INSERT INTO ticks VALUES ($1, clock_timestamp())", &[&id])
+            .unwrap();
+        committed.push(Instant::now());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(client);
+    let rows = "SELECT coalesce(string_agg(id || '@' || at, ',' ORDER BY id), '') FROM ticks";
+    let before = pg.c.psql(rows);
+    let lost_at = Instant::now();
+    pg.crash();
+    std::fs::remove_dir_all(&pg.c.data).unwrap();
+
+    let job = pg.recover(r#"{"latest": true}"#);
+    assert_eq!(job["job_status"], "Succeeded", "{job}\n{}", pg.c.log());
+    let activity = pg.activity(&job);
+    let after = pg.c.psql(rows);
+    let (before, after): (Vec<&str>, Vec<&str>) = (
+        before.split(',').collect(),
+        after.split(',').filter(|r| !r.is_empty()).collect(),
+    );
+    let back = after.len();
+    assert_eq!(
+        after,
+        before[..back],
+        "exactly the first {back} rows of timeline 2, as committed"
+    );
+    let before_last_second = committed
+        .iter()
+        .filter(|t| lost_at.duration_since(**t) > Duration::from_secs(1))
+        .count();
+    println!(
+        "timeline 2: {back} of 60 transactions came back; {before_last_second} had been committed more than 1 s \
+         before the loss"
+    );
+    assert!(back >= before_last_second, "{back} < {before_last_second}:\n{activity}");
+    assert!(
+        activity.contains("timeline 2") && activity.contains("replay reads the tail streamed of it"),
+        "{activity}"
+    );
+}

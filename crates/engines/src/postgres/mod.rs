@@ -18,6 +18,7 @@ mod server;
 mod waldump;
 
 pub use physical::PgPhysical;
+pub use receive::whole_segment;
 pub use recovery::PREFETCH_SPOOL;
 pub use waldump::FLUSH_MARKER;
 

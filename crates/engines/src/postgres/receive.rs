@@ -244,12 +244,44 @@ fn store_spool(spool: &Path, cx: &ShipContext, stored: &mut HashMap<String, (u64
                     Err(e) if vanished(&e) => continue,
                     Err(e) => return Err(Error::io(path.display(), e)),
                 };
-                cx.archive.put_streamed(segment, &data)?;
+                cx.archive.put_streamed(segment, received(&data))?;
                 stored.insert(segment.to_string(), now);
             }
         }
     }
     Ok(())
+}
+
+/// A segment's tail as stored: without the zeros past what was received
+/// (pg_receivewal's file is the segment's size from the start), so that
+/// storing it costs what it holds, not 16 MiB each time.
+fn received(data: &[u8]) -> &[u8] {
+    &data[..data.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1)]
+}
+
+/// A stored tail as replay reads it: padded with zeros to its segment's
+/// size (from its first page's long header), as PostgreSQL takes only
+/// whole segment files; a whole one, or anything else, as it is.
+pub fn whole_segment(mut data: Vec<u8>) -> Vec<u8> {
+    // XLogLongPageHeaderData: xlp_info (u16 at 2) has XLP_LONG_HEADER;
+    // xlp_seg_size is the u32 at 32.
+    const XLP_LONG_HEADER: u16 = 0x0002;
+    let field = |at: usize, n: usize| {
+        data.get(at..at + n)
+            .map(|b| b.iter().rev().fold(0u64, |v, x| v << 8 | u64::from(*x)))
+    };
+    let (Some(info), Some(size)) = (field(2, 2), field(32, 4)) else {
+        return data;
+    };
+    let size = size as usize;
+    if info as u16 & XLP_LONG_HEADER != 0
+        && size.is_power_of_two()
+        && (1 << 20..=1 << 30).contains(&size)
+        && data.len() < size
+    {
+        data.resize(size, 0);
+    }
+    data
 }
 
 /// Removes what the spool holds (its whole files are stored by then),
@@ -261,4 +293,36 @@ fn empty(spool: &Path) -> Result<(), Error> {
         Err(e) => return Err(Error::io(spool.display(), e)),
     }
     std::fs::create_dir_all(spool).map_err(|e| Error::io(spool.display(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 1 MiB segment with its long page header, WAL (ending in zero bytes
+    /// of its own) up to 300,000 bytes, zeros after.
+    fn segment() -> Vec<u8> {
+        let mut s = vec![0u8; 1 << 20];
+        s[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        s[2..4].copy_from_slice(&0x0002u16.to_le_bytes());
+        s[32..36].copy_from_slice(&(1u32 << 20).to_le_bytes());
+        for (i, b) in s[40..299_990].iter_mut().enumerate() {
+            *b = (i % 251) as u8 | 1;
+        }
+        s
+    }
+
+    #[test]
+    fn a_tail_is_stored_without_its_zeros_and_read_back_whole() {
+        let s = segment();
+        let stored = received(&s);
+        assert_eq!(stored.len(), 299_990);
+        assert_eq!(whole_segment(stored.to_vec()), s);
+        // A whole segment, or what has no long header, is left as it is.
+        assert_eq!(whole_segment(s.clone()), s);
+        assert_eq!(whole_segment(vec![1, 2, 3]), [1, 2, 3]);
+        let mut no_header = stored.to_vec();
+        no_header[2] = 0;
+        assert_eq!(whole_segment(no_header.clone()), no_header);
+    }
 }

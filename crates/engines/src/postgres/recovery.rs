@@ -446,6 +446,13 @@ impl PgPhysical {
                     .0
             }
         };
+        let names = wal.names()?;
+        let streamed = format!("{last}{}", strongbox_repo::STREAMED_TAIL);
+        if !names.contains(&last) && names.contains(&streamed) {
+            (cx.log)(format!(
+                "WAL segment {last} is not archived whole: replay reads the tail streamed of it, as far as it reached"
+            ));
+        }
         dump.run_end(&p.history, &last, until, p.base.start_lsn, size)
     }
 
