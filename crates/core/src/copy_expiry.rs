@@ -176,7 +176,14 @@ impl Service {
                 }
                 None => {
                     floor.first_segment = Some((oldest.start_lsn.0 / oldest.segment_size, oldest.segment_size));
-                    floor.planning_reads = self.wal_planning_reads(d).await?;
+                    floor.planning_reads = match self.wal_planning_reads(d).await {
+                        Ok(reads) => reads,
+                        // Not knowing them, the copy keeps its whole log this round.
+                        Err(e) => {
+                            tracing::warn!("finding the WAL planning reads of {}: {e}", d.name);
+                            return Ok(None);
+                        }
+                    };
                 }
             }
         }

@@ -20,6 +20,8 @@ pub const TAG_LEN: usize = 16;
 pub const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 /// First byte of every sealed metadata object: its format version.
 pub const FORMAT_VERSION: u8 = 1;
+/// The zstd level of sealed objects (metadata, archived WAL).
+pub(crate) const OBJECT_LEVEL: i32 = 3;
 
 /// The secrets of a repository. Wrapped by each key slot; never stored in clear.
 #[derive(Clone, Serialize, Deserialize)]
@@ -125,13 +127,25 @@ impl Cipher {
     /// Seals a metadata object: `version || nonce || ciphertext || tag`,
     /// the plaintext zstd-compressed.
     pub fn seal_object(&self, kind: &str, plaintext: &[u8]) -> Vec<u8> {
+        self.seal_object_at(kind, plaintext, OBJECT_LEVEL)
+    }
+
+    /// `seal_object` at another zstd level: a negative one compresses at
+    /// several times the speed, for objects rewritten often and kept
+    /// briefly (a streamed WAL tail, every 200 ms). Any level reads back
+    /// alike.
+    pub fn seal_object_at(&self, kind: &str, plaintext: &[u8], level: i32) -> Vec<u8> {
         thread_local! {
             static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
         }
         let compressed = COMPRESSOR
-            .with_borrow_mut(|c| match c {
-                Some(c) => c.compress(plaintext),
-                None => c.insert(zstd::bulk::Compressor::new(3)?).compress(plaintext),
+            .with_borrow_mut(|c| {
+                let c = match c {
+                    Some(c) => c,
+                    None => c.insert(zstd::bulk::Compressor::new(level)?),
+                };
+                c.set_compression_level(level)?;
+                c.compress(plaintext)
             })
             .expect("in-memory zstd cannot fail");
         let mut out = Vec::with_capacity(1 + compressed.len() + OVERHEAD);

@@ -34,11 +34,14 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     Invalid(String),
 
-    #[error("storage error on {object}: {source}")]
+    /// A store's error, read once: what kind, on which object, and the
+    /// innermost cause (object_store's errors repeat their sources in
+    /// their own text, so a chain printed whole says it four times).
+    #[error("{}", storage_message(.kind, .object, .cause))]
     Storage {
         object: String,
-        #[source]
-        source: object_store::Error,
+        kind: StorageFailure,
+        cause: String,
     },
 
     #[error("I/O error reading {what}: {source}")]
@@ -61,14 +64,30 @@ impl Error {
     }
 
     pub fn storage(object: impl std::fmt::Display, source: object_store::Error) -> Self {
-        match source {
-            object_store::Error::NotFound { .. } => Error::Missing {
-                object: object.to_string(),
+        let cause = innermost(&source);
+        let kind = match &source {
+            object_store::Error::NotFound { .. } if cause.contains("NoSuchBucket") => StorageFailure::BucketMissing,
+            object_store::Error::NotFound { .. } => {
+                return Error::Missing {
+                    object: object.to_string(),
+                };
+            }
+            object_store::Error::Unauthenticated { .. } => StorageFailure::Credentials,
+            object_store::Error::PermissionDenied { .. } => StorageFailure::PermissionDenied,
+            _ => match io_kind(&source) {
+                Some(std::io::ErrorKind::StorageFull) => StorageFailure::DiskFull,
+                Some(std::io::ErrorKind::PermissionDenied) => StorageFailure::PermissionDenied,
+                _ if cause.contains("NoSuchBucket") => StorageFailure::BucketMissing,
+                _ if cause.contains("InvalidAccessKeyId") || cause.contains("SignatureDoesNotMatch") => {
+                    StorageFailure::Credentials
+                }
+                _ => StorageFailure::Other,
             },
-            source => Error::Storage {
-                object: object.to_string(),
-                source,
-            },
+        };
+        Error::Storage {
+            object: object.to_string(),
+            kind,
+            cause,
         }
     }
 
@@ -77,5 +96,74 @@ impl Error {
             what: what.to_string(),
             source,
         }
+    }
+}
+
+/// What kind of store failure an `Error::Storage` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageFailure {
+    DiskFull,
+    PermissionDenied,
+    Credentials,
+    BucketMissing,
+    Other,
+}
+
+fn storage_message(kind: &StorageFailure, object: &str, cause: &str) -> String {
+    match kind {
+        StorageFailure::DiskFull => format!("the repository's disk is full ({object}): no space left on device"),
+        StorageFailure::PermissionDenied => format!(
+            "the repository may not be written or read here ({object}): permission denied; give the user Strongbox \
+             runs as access to it"
+        ),
+        StorageFailure::Credentials => format!(
+            "the store refused the credentials ({object}): {cause}; check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        ),
+        StorageFailure::BucketMissing => format!("the repository's bucket does not exist ({object}): {cause}"),
+        StorageFailure::Other => format!("storage error on {object}: {cause}"),
+    }
+}
+
+/// The last error of `e`'s chain of sources, in its own words.
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
+}
+
+/// The kind of the first I/O error in `e`'s chain of sources, if any.
+fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut at = Some(e);
+    while let Some(e) = at {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        at = e.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_said_once() {
+        let full = std::io::Error::from_raw_os_error(28);
+        let e = Error::storage(
+            "data/97/97ab",
+            object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: Box::new(full),
+            },
+        );
+        let text = e.to_string();
+        assert_eq!(
+            text,
+            "the repository's disk is full (data/97/97ab): no space left on device"
+        );
+        assert!(std::error::Error::source(&e).is_none(), "no chain to print again");
     }
 }

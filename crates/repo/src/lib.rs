@@ -33,7 +33,7 @@ pub use backup::{Source, Sources, sources};
 pub use check::CheckReport;
 pub use chunker::Chunker;
 pub use copy::{Copied, Mirrored, StreamedSeen};
-pub use error::{Error, Result};
+pub use error::{Error, Result, StorageFailure};
 pub use file::BackupFile;
 pub use id::Id;
 pub use keys::{ChunkerParams, Config, InitOptions, KeySlot};

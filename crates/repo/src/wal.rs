@@ -70,11 +70,14 @@ fn path(archive: &str, name: &str) -> Result<String> {
 }
 
 /// The object: the content's keyed hash, then the content, sealed.
-fn seal(cipher: &Cipher, path: &str, content: &Id, data: &[u8]) -> Vec<u8> {
+/// zstd's level for streamed tails.
+const STREAMED_LEVEL: i32 = -3;
+
+fn seal(cipher: &Cipher, path: &str, content: &Id, data: &[u8], level: i32) -> Vec<u8> {
     let mut plain = Vec::with_capacity(32 + data.len());
     plain.extend_from_slice(&content.0);
     plain.extend_from_slice(data);
-    cipher.seal_object(path, &plain)
+    cipher.seal_object_at(path, &plain, level)
 }
 
 /// Opens an archived object: its content hash and content, verified.
@@ -100,7 +103,7 @@ pub async fn push(store: &Store, cipher: &Cipher, archive: &str, name: &str, dat
     // Hashed once: the id goes into the sealed object and names it to
     // `create_exclusive` (a segment is 16 MiB).
     let content = cipher.chunk_id(data);
-    let sealed = seal(cipher, &path, &content, data);
+    let sealed = seal(cipher, &path, &content, data, crate::crypto::OBJECT_LEVEL);
     let bytes = sealed.len() as u64;
     let location = object_store::path::Path::from(path.as_str());
     if store
@@ -134,7 +137,9 @@ pub async fn put_streamed(store: &Store, cipher: &Cipher, archive: &str, name: &
     if let Some(root) = store.local_root() {
         share_archive_dir(root, archive);
     }
-    let sealed = seal(cipher, &path, &cipher.chunk_id(data), data);
+    // Rewritten every 200 ms while its segment fills, and deleted once
+    // the segment is archived: sealed fast rather than small.
+    let sealed = seal(cipher, &path, &cipher.chunk_id(data), data, STREAMED_LEVEL);
     let bytes = sealed.len() as u64;
     store
         .put(&object_store::path::Path::from(path.as_str()), Bytes::from(sealed))
