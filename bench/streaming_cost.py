@@ -10,7 +10,10 @@ before each:
   name in `synchronous_standby_names`);
 - `replica`: no receiver; a physical streaming replica on the same machine
   (pg_basebackup -R) as the synchronous standby instead: the peer for
-  `sync`.
+  `sync`;
+- `receivewal`: no receiver of Strongbox's; a bare `pg_receivewal` from a
+  slot into a directory: what any streaming receiver costs the server (its
+  walsender, the receiver's writes), the bound for `async`.
 
 Prints each round, medians, and the ratios the targets are stated in
 (async TPS >= 0.95x archive; sync beside replica, reported).
@@ -29,7 +32,7 @@ from benchutil import drop_caches
 from pg_bench import BIN, as_pg, pg_home, sh
 from pitr_bench import Bench
 
-MODES = ["archive", "async", "sync", "replica"]
+MODES = ["archive", "async", "sync", "replica", "receivewal"]
 
 
 class Replica:
@@ -53,6 +56,29 @@ class Replica:
             self.running = False
 
 
+class BareReceiver:
+    """pg_receivewal alone, streaming from a slot of its own into a directory."""
+
+    def __init__(self, work, primary):
+        self.dir = os.path.join(work, "receivewal")
+        sh(f"rm -rf {self.dir} && mkdir -p {self.dir} && chown postgres:postgres {self.dir}")
+        self.url = primary.url
+        self.proc = None
+
+    def start(self):
+        import subprocess
+        as_pg(f"{BIN}/pg_receivewal -d {self.url} -S bench_bare --create-slot --if-not-exists")
+        self.proc = subprocess.Popen(["runuser", "-u", "postgres", "--", f"{BIN}/pg_receivewal", "-d",
+                                      f"{self.url}?application_name=bare", "-S", "bench_bare", "-D", self.dir])
+
+    def stop(self, b):
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait()
+            self.proc = None
+            b.q("SELECT pg_drop_replication_slot('bench_bare')")
+
+
 def wait_standby(b, name):
     deadline = time.monotonic() + 60
     while b.q(f"SELECT count(*) FROM pg_stat_replication WHERE application_name = '{name}' "
@@ -61,7 +87,7 @@ def wait_standby(b, name):
         time.sleep(0.2)
 
 
-def set_mode(b, replica, mode):
+def set_mode(b, replica, bare, mode):
     streaming = mode in ("async", "sync")
     b.sb.request("PUT", "/pg/backups/config", {"continuousArchiving": streaming,
                                                "synchronousArchiving": mode == "sync"})
@@ -72,6 +98,11 @@ def set_mode(b, replica, mode):
         standby = '"replica"'
     else:
         replica.stop()
+    if mode == "receivewal":
+        bare.start()
+        wait_standby(b, "bare")
+    else:
+        bare.stop(b)
     if streaming:
         deadline = time.monotonic() + 60
         while True:
@@ -116,6 +147,7 @@ def main():
     args = ap.parse_args()
     b = Bench(args.work, args.scale)
     replica = Replica(args.work, b.c)
+    bare = BareReceiver(args.work, b.c)
     try:
         b.set_archiver(b.strongbox_push)
         b.sb.run_job("/pg/backups", {})
@@ -123,7 +155,7 @@ def main():
         for run in range(args.runs):
             k = run % len(MODES)
             for mode in MODES[k:] + MODES[:k]:
-                set_mode(b, replica, mode)
+                set_mode(b, replica, bare, mode)
                 b.q("CHECKPOINT")
                 drop_caches()
                 tps, latency = pgbench(b, args.seconds)
@@ -135,12 +167,16 @@ def main():
         for m in MODES:
             print(f"  {m:8} {med[m][0]:8.0f} TPS  latency {med[m][1]:.2f} ms")
         print(f"async / archive TPS: {med['async'][0] / med['archive'][0]:.3f}x (target >= 0.95x)")
+        print(f"bare pg_receivewal / archive TPS: {med['receivewal'][0] / med['archive'][0]:.3f}x "
+              f"(what streaming costs before Strongbox stores anything); "
+              f"async / bare: {med['async'][0] / med['receivewal'][0]:.3f}x")
         print(f"sync / replica TPS: {med['sync'][0] / med['replica'][0]:.3f}x; "
               f"latency {med['sync'][1]:.2f} ms against {med['replica'][1]:.2f} ms")
     finally:
         b.q("ALTER SYSTEM SET synchronous_standby_names = ''")
         b.q("SELECT pg_reload_conf()")
         replica.stop()
+        bare.stop(b)
         b.sb.close()
         b.c.stop()
 

@@ -195,13 +195,7 @@ async fn suite(c: &dyn Catalog) {
     for copy in ["offsite", "vault", "offsite"] {
         c.record_copy("usexample", "db12c", j1.id, copy).await.unwrap();
     }
-    let copies: Vec<_> = c
-        .copies("usexample", "db12c")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|k| (k.backup_job_id, k.copy))
-        .collect();
+    let copies = held(c, "db12c").await;
     assert_eq!(copies, [(j1.id, "offsite".to_string()), (j1.id, "vault".to_string())]);
     assert!(c.copies("usexample", "other").await.unwrap().is_empty());
     // A copy's window lets it go: that copy's record only.
@@ -209,13 +203,7 @@ async fn suite(c: &dyn Catalog) {
     c.forget_copies("usexample", "other", "offsite", &[j1.id])
         .await
         .unwrap();
-    let copies: Vec<_> = c
-        .copies("usexample", "db12c")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|k| (k.backup_job_id, k.copy))
-        .collect();
+    let copies = held(c, "db12c").await;
     assert_eq!(copies, [(j1.id, "offsite".to_string())]);
 
     // Tags with a suffix counted in one statement: the tag itself and
@@ -382,6 +370,16 @@ async fn placement(c: &dyn Catalog) {
         c.live_labels(Duration::ZERO).await.unwrap().is_empty(),
         "a server not heard from is not live"
     );
+}
+
+/// The copies of `deployment`'s backups: (backup job id, copy).
+async fn held(c: &dyn Catalog, deployment: &str) -> Vec<(i64, String)> {
+    c.copies("usexample", deployment)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| (k.backup_job_id, k.copy))
+        .collect()
 }
 
 async fn count(c: &dyn Catalog, operation: Operation, status: JobStatus) -> u64 {

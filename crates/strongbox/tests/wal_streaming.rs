@@ -60,23 +60,9 @@ fn a_server_and_its_disk_lost_lose_at_most_the_last_second_of_commits() {
     pg.c.psql("CREATE TABLE ticks (id int PRIMARY KEY, at timestamptz NOT NULL)");
     pg.backup();
 
-    let mut client = postgres::Client::connect(
-        &format!("host=127.0.0.1 port={} user=postgres dbname=postgres", pg.c.port),
-        postgres::NoTls,
-    )
-    .unwrap();
-    let mut committed = Vec::new();
-    for id in 1..=100 {
-        client
-            .execute("INSERT INTO ticks VALUES ($1, clock_timestamp())", &[&id])
-            .unwrap();
-        committed.push(Instant::now());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    drop(client);
+    let committed = commit_ticks(&pg, 1..=100);
     // Every row as committed, in order (one query: the loss follows at once).
-    let rows = "SELECT coalesce(string_agg(id || '@' || at, ',' ORDER BY id), '') FROM ticks";
-    let before = pg.c.psql(rows);
+    let before = pg.c.psql(ROWS);
     // The loss: the server and its disk.
     let lost_at = Instant::now();
     pg.crash();
@@ -99,17 +85,8 @@ fn a_server_and_its_disk_lost_lose_at_most_the_last_second_of_commits() {
     let listed = String::from_utf8_lossy(&listed.stdout).to_string();
     let job = pg.recover(r#"{"latest": true}"#);
     assert_eq!(job["job_status"], "Succeeded", "{job}\n{}", pg.c.log());
-    let after = pg.c.psql(rows);
-    let (before, after): (Vec<&str>, Vec<&str>) = (
-        before.split(',').collect(),
-        after.split(',').filter(|r| !r.is_empty()).collect(),
-    );
-    let back = after.len();
-    assert_eq!(after, before[..back], "exactly the first {back} rows, as committed");
-    let before_last_second = committed
-        .iter()
-        .filter(|t| lost_at.duration_since(**t) > Duration::from_secs(1))
-        .count();
+    let back = exact_prefix(&before, &pg.c.psql(ROWS));
+    let before_last_second = a_second_before(&committed, lost_at);
     let missing_for = committed.get(back).map(|t| lost_at.duration_since(*t).as_millis());
     println!(
         "the last commit {} ms before the loss; {back} of 100 transactions came back; {before_last_second} had been committed more than 1 s before the \
@@ -392,22 +369,8 @@ fn a_timeline_switch_then_a_loss_recovers_the_new_timelines_tail() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    let mut client = postgres::Client::connect(
-        &format!("host=127.0.0.1 port={} user=postgres dbname=postgres", pg.c.port),
-        postgres::NoTls,
-    )
-    .unwrap();
-    let mut committed = Vec::new();
-    for id in 1..=60 {
-        client
-            .execute("INSERT INTO ticks VALUES ($1, clock_timestamp())", &[&id])
-            .unwrap();
-        committed.push(Instant::now());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    drop(client);
-    let rows = "SELECT coalesce(string_agg(id || '@' || at, ',' ORDER BY id), '') FROM ticks";
-    let before = pg.c.psql(rows);
+    let committed = commit_ticks(&pg, 1..=60);
+    let before = pg.c.psql(ROWS);
     let lost_at = Instant::now();
     pg.crash();
     std::fs::remove_dir_all(&pg.c.data).unwrap();
@@ -415,21 +378,8 @@ fn a_timeline_switch_then_a_loss_recovers_the_new_timelines_tail() {
     let job = pg.recover(r#"{"latest": true}"#);
     assert_eq!(job["job_status"], "Succeeded", "{job}\n{}", pg.c.log());
     let activity = pg.activity(&job);
-    let after = pg.c.psql(rows);
-    let (before, after): (Vec<&str>, Vec<&str>) = (
-        before.split(',').collect(),
-        after.split(',').filter(|r| !r.is_empty()).collect(),
-    );
-    let back = after.len();
-    assert_eq!(
-        after,
-        before[..back],
-        "exactly the first {back} rows of timeline 2, as committed"
-    );
-    let before_last_second = committed
-        .iter()
-        .filter(|t| lost_at.duration_since(**t) > Duration::from_secs(1))
-        .count();
+    let back = exact_prefix(&before, &pg.c.psql(ROWS));
+    let before_last_second = a_second_before(&committed, lost_at);
     println!(
         "timeline 2: {back} of 60 transactions came back; {before_last_second} had been committed more than 1 s \
          before the loss"
@@ -439,4 +389,44 @@ fn a_timeline_switch_then_a_loss_recovers_the_new_timelines_tail() {
         activity.contains("timeline 2") && activity.contains("replay reads the tail streamed of it"),
         "{activity}"
     );
+}
+
+/// Every row of `ticks` as committed (ids and commit times, in order).
+const ROWS: &str = "SELECT coalesce(string_agg(id || '@' || at, ',' ORDER BY id), '') FROM ticks";
+
+/// Inserts `ids` into `ticks`, one transaction each, 0.1 s apart; when
+/// each commit returned.
+fn commit_ticks(pg: &Pg, ids: std::ops::RangeInclusive<i32>) -> Vec<Instant> {
+    let mut client = postgres::Client::connect(
+        &format!("host=127.0.0.1 port={} user=postgres dbname=postgres", pg.c.port),
+        postgres::NoTls,
+    )
+    .unwrap();
+    let mut committed = Vec::new();
+    for id in ids {
+        client
+            .execute("INSERT INTO ticks VALUES ($1, clock_timestamp())", &[&id])
+            .unwrap();
+        committed.push(Instant::now());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    committed
+}
+
+/// How many rows came back (`after`, as `ROWS` reads them), asserting they
+/// are exactly the first ones of `before`, as committed.
+fn exact_prefix(before: &str, after: &str) -> usize {
+    let before: Vec<&str> = before.split(',').collect();
+    let after: Vec<&str> = after.split(',').filter(|r| !r.is_empty()).collect();
+    let back = after.len();
+    assert_eq!(after, before[..back], "exactly the first {back} rows, as committed");
+    back
+}
+
+/// How many of the commits returned more than a second before `lost_at`.
+fn a_second_before(committed: &[Instant], lost_at: Instant) -> usize {
+    committed
+        .iter()
+        .filter(|t| lost_at.duration_since(**t) > Duration::from_secs(1))
+        .count()
 }
