@@ -199,7 +199,15 @@ pub fn seed(default: u64) -> u64 {
 }
 
 /// A test's setting from the environment variable `name` (a sequence's
-/// length, a drill's rounds), else `default`.
+/// length, a drill's rounds), else `default`. One that does not parse
+/// stops the test: a mistyped `MODEL_SEED` would otherwise run the default
+/// seed while the reader believes it replayed theirs.
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+    match std::env::var(name) {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={s:?} is not a {}", std::any::type_name::<T>())),
+        Err(_) => default,
+    }
 }
