@@ -75,11 +75,13 @@ async fn a_copy_of_the_next_backup_moves_about_what_that_backup_added() {
     let primary = new_repo(Store::local(dir.path()).unwrap()).await;
     let to_dir = tempfile::tempdir().unwrap();
     let to = copy_repo(Store::local(to_dir.path()).unwrap()).await;
-    let mut file = data(4_000_000, 3);
+    let mut file = data(16_000_000, 3);
     let first = backup(&primary, &[("db", &file)]).await;
     copy(&primary, &first, &to).await;
-    // 1 % of the file changed, in 40 places.
-    for i in 0..40 {
+    // 1 % of the file changed, in 160 places: each repository chunks with
+    // its own seed, so what one change costs each differs; over 40 places
+    // the ratio ranged 0.80–1.22 from run to run, over 160 it averages out.
+    for i in 0..160 {
         let at = i * 100_000 + 5_000;
         file[at..at + 1_000].copy_from_slice(&data(1_000, 100 + i as u64));
     }
@@ -92,8 +94,7 @@ async fn a_copy_of_the_next_backup_moves_about_what_that_backup_added() {
     );
     // The copy chunks with its own seed, so its changed chunks are not the
     // primary's; issue 28 asks ≤ 1.2× (bench/copy_bench.sh measures it on
-    // a database). Here, on 40 small changes of 4 MB with 4 KiB chunks, the
-    // same bound.
+    // a database). Here, on 160 small changes of 16 MB, the same bound.
     assert!(ratio <= 1.2, "{ratio}");
     assert!(copied.totals.new_bytes_stored < first.totals.new_bytes_stored / 5);
 }
