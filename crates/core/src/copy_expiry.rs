@@ -34,6 +34,10 @@ pub(crate) struct CopyPlan {
     pub to_expire: Vec<(Deployment, Vec<Backup>)>,
     /// What the backups it keeps need of each deployment's log.
     pub floor: LogFloor,
+    /// The archives whose floor rose since the last round (or that had
+    /// none, a server's first): the only ones the copy may hold files of
+    /// that are needless now, since WAL rounds never bring such files.
+    pub raised: BTreeSet<String>,
 }
 
 /// Per log archive, what a copy's remaining base backups need: WAL
@@ -43,7 +47,7 @@ pub(crate) struct CopyPlan {
 #[derive(Clone, Debug, Default)]
 pub struct LogFloor(BTreeMap<String, ArchiveFloor>);
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct ArchiveFloor {
     /// (first segment number, segment size) of the oldest base backup kept.
     first_segment: Option<(u64, u64)>,
@@ -79,6 +83,7 @@ impl Service {
             to_copy: Vec::new(),
             to_expire: Vec::new(),
             floor: LogFloor::default(),
+            raised: BTreeSet::new(),
         };
         for d in self.catalog.all_deployments().await? {
             let held: HashSet<i64> = self
@@ -130,6 +135,9 @@ impl Service {
                 .archive_floor(&d, &all, &kept_backups, !expire.is_empty(), stored)
                 .await?
             {
+                if !expire.is_empty() || stored != Some(&f) {
+                    plan.raised.insert(archive.clone());
+                }
                 plan.floor.0.insert(archive, f);
             }
             if !expire.is_empty() {
@@ -192,7 +200,8 @@ impl Service {
 
     /// Lets go in `to` (copy `copy`) what its window no longer keeps: the
     /// backups' snapshots forgotten and the catalog told, packs pruned,
-    /// then the log files its floor marks needless deleted. Returns how
+    /// then the log files its floor marks needless deleted (where it rose:
+    /// `CopyPlan::raised`). Returns how
     /// many backups and log files went.
     pub(crate) async fn expire_in_copy(
         &self,
@@ -239,7 +248,7 @@ impl Service {
                 .map_err(|e| failed("pruning", &e))?;
         }
         let mut files = 0;
-        for archive in plan.floor.0.keys() {
+        for archive in &plan.raised {
             let doomed: Vec<String> = to
                 .repo
                 .wal_list(archive)
