@@ -72,6 +72,13 @@ impl Error {
                     object: object.to_string(),
                 };
             }
+            _ if let Some(what) = unavailable(&source) => {
+                return Error::Storage {
+                    object: object.to_string(),
+                    kind: StorageFailure::Unavailable,
+                    cause: what,
+                };
+            }
             object_store::Error::Unauthenticated { .. } => StorageFailure::Credentials,
             object_store::Error::PermissionDenied { .. } => StorageFailure::PermissionDenied,
             _ => match io_kind(&source) {
@@ -106,6 +113,10 @@ pub enum StorageFailure {
     PermissionDenied,
     Credentials,
     BucketMissing,
+    /// The store answered 5xx, throttled, timed out or dropped the
+    /// connection, still after object_store's retries: transient, the work
+    /// can be run again.
+    Unavailable,
     Other,
 }
 
@@ -120,6 +131,10 @@ fn storage_message(kind: &StorageFailure, object: &str, cause: &str) -> String {
             "the store refused the credentials ({object}): {cause}; check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
         ),
         StorageFailure::BucketMissing => format!("the repository's bucket does not exist ({object}): {cause}"),
+        StorageFailure::Unavailable => format!(
+            "the store is unavailable ({object}): {cause}; nothing was left half-written, run it again once the \
+             store answers (retries: STRONGBOX_S3_MAX_RETRIES, STRONGBOX_S3_RETRY_SECONDS)"
+        ),
         StorageFailure::Other => format!("storage error on {object}: {cause}"),
     }
 }
@@ -131,6 +146,52 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
         last = next;
     }
     last.to_string()
+}
+
+/// What a request object_store gave up on met, if it was transient (a 5xx,
+/// 429 or 408 answer, a timeout, a connection refused or dropped): the
+/// answer's status and S3 error code or the transport failure, and how long
+/// and how often object_store tried. object_store exports its transport
+/// error's kind but not its retry error, so the status and the tries are
+/// read from the retry error's words ("Error performing PUT … in 3.2s,
+/// after 3 retries, … - Server returned non-2xx status code: 503 …").
+fn unavailable(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use object_store::client::{HttpError, HttpErrorKind};
+    let (mut retry, mut transport) = (None, None);
+    let mut at = Some(e);
+    while let Some(e) = at {
+        let words = e.to_string();
+        if retry.is_none() && words.starts_with("Error performing ") {
+            retry = Some(words);
+        }
+        if let Some(http) = e.downcast_ref::<HttpError>() {
+            transport = Some(http.kind());
+        }
+        at = e.source();
+    }
+    let retry = retry?;
+    let failure = if let Some((_, rest)) = retry.split_once("status code: ") {
+        let status: u16 = rest.get(..3)?.parse().ok()?;
+        if !(status >= 500 || status == 429 || status == 408) {
+            return None;
+        }
+        match rest.split_once("<Code>").and_then(|(_, c)| c.split_once("</Code>")) {
+            Some((code, _)) => format!("{status} {code}"),
+            None => status.to_string(),
+        }
+    } else {
+        match transport? {
+            HttpErrorKind::Timeout => "timed out".to_string(),
+            HttpErrorKind::Connect => "connection refused".to_string(),
+            HttpErrorKind::Interrupted | HttpErrorKind::Request => "connection dropped".to_string(),
+            _ => return None,
+        }
+    };
+    let tried = retry
+        .split_once(" in ")
+        .map(|(_, rest)| rest.split(" - ").next().unwrap_or("").trim().to_string())
+        .unwrap_or_default();
+    Some(format!("{failure} ({tried})"))
 }
 
 /// The kind of the first I/O error in `e`'s chain of sources, if any.

@@ -40,7 +40,7 @@ pub use keys::{ChunkerParams, Config, InitOptions, KeySlot};
 pub use progress::{Counters, NoProgress, Progress};
 pub use prune::{PruneOptions, PruneReport};
 pub use snapshot::{FileEntry, Snapshot, Totals};
-pub use storage::{S3Config, Store};
+pub use storage::{S3Config, S3Requests, Store};
 pub use wal::{Pushed, STREAMED_TAIL, WalFile};
 
 use crypto::{Cipher, MasterKey};

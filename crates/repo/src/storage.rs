@@ -36,6 +36,62 @@ pub struct S3Config {
     pub prefix: String,
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
+    pub requests: S3Requests,
+}
+
+/// How S3 requests are timed out and retried: object_store's retry loop
+/// (exponential backoff with jitter from 100 ms to 15 s) retries 5xx,
+/// 429 and 408 answers, refused and dropped connections, and timeouts of
+/// requests it knows are idempotent, up to `max_retries` times within
+/// `retry_timeout`. The defaults are object_store's and the AWS SDK's
+/// order of magnitude; `STRONGBOX_S3_TIMEOUT_SECONDS`,
+/// `STRONGBOX_S3_MAX_RETRIES` and `STRONGBOX_S3_RETRY_SECONDS` change them.
+#[derive(Clone, Copy, Debug)]
+pub struct S3Requests {
+    /// One request, from connecting to the end of its answer.
+    pub timeout: std::time::Duration,
+    pub connect_timeout: std::time::Duration,
+    pub max_retries: usize,
+    /// No retry is started after this long since the first attempt.
+    pub retry_timeout: std::time::Duration,
+}
+
+impl Default for S3Requests {
+    fn default() -> Self {
+        S3Requests {
+            timeout: std::time::Duration::from_secs(30),
+            connect_timeout: std::time::Duration::from_secs(5),
+            max_retries: 10,
+            retry_timeout: std::time::Duration::from_secs(180),
+        }
+    }
+}
+
+impl S3Requests {
+    /// The defaults, changed by the `STRONGBOX_S3_*` variables that are set.
+    pub fn from_env() -> Result<Self> {
+        let mut r = S3Requests::default();
+        let var = |name: &str| -> Result<Option<u64>> {
+            match std::env::var(name) {
+                Err(_) => Ok(None),
+                Ok(v) => v.trim().parse().map(Some).map_err(|_| {
+                    Error::Invalid(format!(
+                        "{name}={v:?} is not a whole number (seconds, or a count of retries)"
+                    ))
+                }),
+            }
+        };
+        if let Some(s) = var("STRONGBOX_S3_TIMEOUT_SECONDS")? {
+            r.timeout = std::time::Duration::from_secs(s.max(1));
+        }
+        if let Some(n) = var("STRONGBOX_S3_MAX_RETRIES")? {
+            r.max_retries = n as usize;
+        }
+        if let Some(s) = var("STRONGBOX_S3_RETRY_SECONDS")? {
+            r.retry_timeout = std::time::Duration::from_secs(s);
+        }
+        Ok(r)
+    }
 }
 
 impl std::fmt::Debug for S3Config {
@@ -63,6 +119,45 @@ pub struct Store {
     honours_create: Arc<tokio::sync::OnceCell<bool>>,
     /// Set for a store on local disk.
     local_root: Option<std::path::PathBuf>,
+}
+
+/// How often a request that was cut off is sent again (`again_if_cut_off`).
+const CUT_OFF_AGAIN: usize = 3;
+
+/// `request` once more, up to `CUT_OFF_AGAIN` times, while it was cut off
+/// mid-way (`cut_off`): for the requests object_store does not retry then,
+/// which the caller knows are safe to repeat. `interrupted` says whether
+/// any attempt was cut off.
+async fn again_if_cut_off<T, F, R>(interrupted: &mut bool, mut request: R) -> object_store::Result<T>
+where
+    R: FnMut() -> F,
+    F: std::future::Future<Output = object_store::Result<T>>,
+{
+    let mut times = 0;
+    loop {
+        match request().await {
+            Err(e) if times < CUT_OFF_AGAIN && cut_off(&e) => {
+                *interrupted = true;
+                times += 1;
+                tracing::info!("a request was cut off, sending it again: {e}");
+            }
+            answer => return answer,
+        }
+    }
+}
+
+/// Whether a put failed mid-way, so that it may or may not have landed: a
+/// timeout or a connection cut off (object_store's transport error kinds).
+fn cut_off(e: &object_store::Error) -> bool {
+    use object_store::client::{HttpError, HttpErrorKind};
+    let mut at: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(e) = at {
+        if let Some(http) = e.downcast_ref::<HttpError>() {
+            return matches!(http.kind(), HttpErrorKind::Timeout | HttpErrorKind::Interrupted);
+        }
+        at = e.source();
+    }
+    false
 }
 
 /// Where writers of a name that must be created once claim it:
@@ -99,6 +194,7 @@ impl Store {
                     .ok(),
                 bucket: bucket.to_string(),
                 prefix: prefix.to_string(),
+                requests: S3Requests::from_env()?,
                 ..Default::default()
             });
         }
@@ -122,7 +218,19 @@ impl Store {
         if cfg.bucket.is_empty() {
             return Err(Error::Invalid("S3 location needs a bucket: s3://BUCKET/PREFIX".into()));
         }
-        let mut b = AmazonS3Builder::from_env().with_bucket_name(&cfg.bucket);
+        let r = cfg.requests;
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(&cfg.bucket)
+            .with_client_options(
+                object_store::ClientOptions::new()
+                    .with_timeout(r.timeout)
+                    .with_connect_timeout(r.connect_timeout),
+            )
+            .with_retry(object_store::RetryConfig {
+                backoff: Default::default(),
+                max_retries: r.max_retries,
+                retry_timeout: r.retry_timeout,
+            });
         if let Some(ep) = &cfg.endpoint {
             b = b.with_endpoint(ep).with_allow_http(ep.starts_with("http://"));
         }
@@ -171,14 +279,26 @@ impl Store {
     /// Creates an id-named object `path` with `data`. Returns false when
     /// it already existed (the same content is there) — on a store that
     /// ignores create-only puts, true: the write replaced it with the same.
+    ///
+    /// object_store retries a create-only put that was refused, throttled
+    /// or never sent, but not one that timed out or was cut off mid-way:
+    /// it cannot know whether that one landed. Here the name is the
+    /// content's (or the caller compares, `put_new_once`), so it is put
+    /// again (`again_if_cut_off`); "already exists" then most
+    /// likely means the interrupted attempt landed, and counts as created
+    /// (the probe in `honours_create` can then only err towards claims,
+    /// which are safe on every store).
     pub async fn put_new(&self, path: &Path, data: Bytes) -> Result<bool> {
-        let opts = PutOptions {
+        let payload = PutPayload::from_bytes(data);
+        let opts = || PutOptions {
             mode: PutMode::Create,
             ..Default::default()
         };
-        match self.inner.put_opts(path, PutPayload::from_bytes(data), opts).await {
+        let mut interrupted = false;
+        let put = again_if_cut_off(&mut interrupted, || self.inner.put_opts(path, payload.clone(), opts()));
+        match put.await {
             Ok(_) => Ok(true),
-            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(interrupted),
             Err(e) => Err(Error::storage(path, e)),
         }
     }
@@ -292,9 +412,11 @@ impl Store {
             .map_err(|e| Error::storage(prefix, e))
     }
 
-    /// Deletes `path`; an object already gone is not an error.
+    /// Deletes `path`; an object already gone is not an error. object_store
+    /// does not retry a DELETE that timed out or was cut off (it does not
+    /// know it idempotent); here it is, so it is sent again.
     pub async fn delete(&self, path: &Path) -> Result<()> {
-        match self.inner.delete(path).await {
+        match again_if_cut_off(&mut false, || self.inner.delete(path)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(Error::storage(path, e)),
         }

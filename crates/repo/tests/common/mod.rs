@@ -11,12 +11,18 @@ pub const PASSWORD: &[u8] = b"correct horse battery staple";
 /// The testkit's S3 server (real, on loopback) and a repository location in it.
 pub struct S3Server {
     pub config: S3Config,
-    _server: Box<strongbox_testkit::s3::S3Server>,
+    pub server: Box<strongbox_testkit::s3::S3Server>,
 }
 
 pub async fn start_s3() -> S3Server {
+    start_s3_with(strongbox_testkit::s3::Faults::new(0), Default::default())
+}
+
+/// The S3 server injecting `faults` (once set), the client timing out and
+/// retrying by `requests`.
+pub fn start_s3_with(faults: strongbox_testkit::s3::Faults, requests: strongbox_repo::S3Requests) -> S3Server {
     use strongbox_testkit::s3;
-    let server = s3::S3Server::in_process();
+    let server = s3::S3Server::with_faults(faults);
     S3Server {
         config: S3Config {
             endpoint: Some(server.endpoint.clone()),
@@ -25,8 +31,9 @@ pub async fn start_s3() -> S3Server {
             prefix: "repo1".into(),
             access_key_id: Some(s3::ACCESS_KEY.into()),
             secret_access_key: Some(s3::SECRET_KEY.into()),
+            requests,
         },
-        _server: Box::new(server),
+        server: Box::new(server),
     }
 }
 
