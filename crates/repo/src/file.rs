@@ -198,8 +198,7 @@ mod tests {
     fn reads_the_files_bytes_cached_or_not() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("data");
-        let seed: u64 = rand::random();
-        println!("seed {seed}");
+        let seed = strongbox_testkit::fresh_seed();
         let mut state = seed;
         let mut next = || {
             state = state

@@ -43,6 +43,15 @@ fn digest(b: &[u8]) -> String {
 async fn a_flaky_store_is_retried_and_every_byte_comes_back() {
     let seed = strongbox_testkit::seed(30_001);
     println!("seed {seed} (replay: MODEL_SEED={seed})");
+    flaky_day(seed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flaky_store_is_retried_and_every_byte_comes_back_fresh_seed() {
+    flaky_day(strongbox_testkit::fresh_seed()).await;
+}
+
+async fn flaky_day(seed: u64) {
     let faults = Faults::new(seed);
     let s3 = start_s3_with(faults.clone(), requests());
     let repo = new_repo(Store::s3(&s3.config).unwrap()).await;

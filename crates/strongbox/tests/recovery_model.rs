@@ -750,6 +750,12 @@ fn random_sequences_recover_what_the_model_predicts_seed_c() {
     sequence(seed(0x5EED_0003));
 }
 
+/// A seed no run has tried: each CI run explores a new sequence (printed).
+#[test]
+fn random_sequences_recover_what_the_model_predicts_fresh_seed() {
+    sequence(strongbox_testkit::fresh_seed());
+}
+
 /// The sequence issue 11 reported: a position on the new timeline must not
 /// be matched against the abandoned one's WAL; `latest` keeps every
 /// committed row; a moment seconds ago on a quiet database is reachable.

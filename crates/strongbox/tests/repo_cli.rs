@@ -117,11 +117,7 @@ async fn sigkill_at_random_moments_leaves_a_sound_repository() {
     let full = t.elapsed();
 
     init(&repo_dir);
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
+    let mut seed = strongbox_testkit::fresh_seed() | 1;
     let mut killed = 0;
     for (round, content) in rounds.iter().enumerate().take(12) {
         std::fs::write(&file, content).unwrap();

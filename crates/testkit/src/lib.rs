@@ -198,6 +198,21 @@ pub fn seed(default: u64) -> u64 {
     env_or("MODEL_SEED", default)
 }
 
+/// A seed no run has drawn before (from the clock), or `MODEL_SEED` to
+/// replay one; printed either way. Each CI run thus tries a new one
+/// besides the fixed regression seeds.
+pub fn fresh_seed() -> u64 {
+    let drawn = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        ^ ((std::process::id() as u64) << 32);
+    let seed = seed(drawn % 10_000_000_000);
+    println!("fresh seed {seed} (replay with MODEL_SEED={seed})");
+    eprintln!("fresh seed {seed} (replay with MODEL_SEED={seed})");
+    seed
+}
+
 /// A test's setting from the environment variable `name` (a sequence's
 /// length, a drill's rounds), else `default`. One that does not parse
 /// stops the test: a mistyped `MODEL_SEED` would otherwise run the default
