@@ -45,6 +45,25 @@ pub mod label {
 }
 
 const DEPLOYMENTS: &str = "deployments";
+/// `deletions/DOMAIN/DEPLOYMENT/SNAPSHOT`: a backup a user deleted.
+const DELETIONS: &str = "deletions";
+
+/// A backup deleted through the API (`DELETE …/backups/{dbTag}`), written
+/// before its snapshot is forgotten. A copy keeps the snapshot for its own
+/// window (a deletion by mistake, or with a stolen password, leaves it
+/// there for `strongbox repo restore`), and the record travels with the
+/// copy's records, so a catalog rebuilt from any repository (a new
+/// server on a copy, a primary made again from one) does not list or
+/// recover it again: a user's deletion holds through every loss.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeletionRecord {
+    v: u32,
+    tag: String,
+    deleted_at: String,
+    /// The expire job's creator.
+    by: String,
+}
 /// `recoveries/DOMAIN/DEPLOYMENT/STARTED_MS-JOB`, written when one ends.
 const RECOVERIES: &str = "recoveries";
 
@@ -242,6 +261,24 @@ impl Service {
         }
     }
 
+    /// Records that a user deleted backup `tag` (snapshot `snapshot`) of
+    /// `job`'s deployment; before it is forgotten, so an error fails the
+    /// deletion (its job is tried again) rather than let it come back.
+    pub(crate) async fn record_deletion(&self, job: &strongbox_catalog::Job, tag: &str, snapshot: &str) -> Result<()> {
+        let Some(repo) = self.repository() else {
+            return Ok(());
+        };
+        let record = DeletionRecord {
+            v: FORMAT,
+            tag: tag.to_string(),
+            deleted_at: crate::dates::rfc3339(self.clock.now()),
+            by: job.created_by.clone(),
+        };
+        let body = serde_json::to_vec(&record).map_err(Error::internal)?;
+        let name = format!("{}/{}/{snapshot}", job.domain, job.deployment);
+        repo.put_record(DELETIONS, &name, &body).await.map_err(repo_error)
+    }
+
     /// Brings the catalog and the repository's records into line (see the
     /// module's comment). Safe to run on several servers at once.
     pub async fn sync(&self) -> Result<SyncReport> {
@@ -315,12 +352,23 @@ impl Service {
                 indexed.extend(b.snapshot_id);
             }
         }
+        // Snapshots users deleted (a copy may still hold them): not again.
+        let deleted: BTreeSet<String> = repo
+            .records(DELETIONS, "")
+            .await
+            .map_err(repo_error)?
+            .into_iter()
+            .filter_map(|(name, _)| name.rsplit('/').next().map(str::to_string))
+            .collect();
         // Imported oldest first, so that job ids follow the order backups
         // were taken in (ids are listed in random order).
         let mut found = Vec::new();
         for id in repo.snapshot_ids().await.map_err(repo_error)? {
             let hex = id.to_hex();
-            if indexed.contains(&hex) || self.not_backups.lock().expect("not_backups").contains(&hex) {
+            if indexed.contains(&hex)
+                || deleted.contains(&hex)
+                || self.not_backups.lock().expect("not_backups").contains(&hex)
+            {
                 continue;
             }
             let snapshot = match repo.find_snapshot(&hex).await {

@@ -237,7 +237,7 @@ impl Worker {
                 },
                 Err(e) => failed(format!("recovery failed: {e:#}")),
             },
-            JobSpec::Expire { backups, .. } => match self.expire(job, &backups).await {
+            JobSpec::Expire { backups, deletion } => match self.expire(job, &backups, deletion.is_some()).await {
                 Ok(summary) => ended(true, format!("expire completed: {summary}")),
                 Err(e) => failed(format!("expire failed: {e:#}")),
             },
@@ -344,8 +344,9 @@ impl Worker {
 
     /// Forgets the backups' snapshots (those still there: a resumed job
     /// finds some gone), marks them deleted, then prunes the repository and
-    /// the WAL the remaining base backups no longer need.
-    async fn expire(&self, job: &Job, backups: &[i64]) -> Result<String> {
+    /// the WAL the remaining base backups no longer need. A user's deletion
+    /// (`by_user`) is recorded in the repository first (`record_deletion`).
+    async fn expire(&self, job: &Job, backups: &[i64], by_user: bool) -> Result<String> {
         let present = self.setup.repo.snapshot_ids().await?;
         let mut forget = Vec::new();
         let mut tags = Vec::new();
@@ -353,6 +354,9 @@ impl Worker {
             let Some(b) = self.service.catalog.backup(&job.domain, *id).await? else {
                 continue;
             };
+            if by_user && let Some(snap) = &b.snapshot_id {
+                self.service.record_deletion(job, &b.db_tag, snap).await?;
+            }
             tags.push(b.db_tag);
             if let Some(snap) = b.snapshot_id
                 && let Some(found) = present.iter().find(|p| p.to_hex() == snap)

@@ -657,3 +657,75 @@ fn each_copy_keeps_backups_by_its_own_recovery_window() {
     assert!(activity(&s, &job).contains("from copy short"), "{}", activity(&s, &job));
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "the notes of day 4\n");
 }
+
+/// A backup deleted through the API stays deleted through every loss: the
+/// copy keeps its snapshot for its own window (a deletion by mistake can be
+/// undone from it with `strongbox repo restore`), but the deletion's record
+/// travels with the copy, so a new server on the copy alone (host and
+/// primary lost) neither lists nor recovers it, and recovers the other
+/// exactly.
+#[test]
+fn a_backup_deleted_through_the_api_stays_deleted_on_a_server_rebuilt_from_the_copy() {
+    let root = tempfile::tempdir().unwrap();
+    let (file, primary, copy) = (
+        root.path().join("notes.txt"),
+        root.path().join("primary"),
+        root.path().join("copy"),
+    );
+    let commands = [format!("cat {}", file.display()), format!("cat > {}", file.display())];
+    let allow = [("STRONGBOX_ALLOW_COMMANDS", serde_json::json!(commands).to_string())];
+    let host = root.path().join("host");
+    std::fs::create_dir_all(&host).unwrap();
+    let s = start_with(
+        &host,
+        free_port(),
+        &with_copy(&primary, &copy.display().to_string(), &allow),
+    );
+    register_command(&s, "notes", &commands[0], &commands[1]);
+    let backup = || post_until_accepted(&s, &format!("{API}/notes/backups"), "{}");
+    std::fs::write(&file, "deleted notes\n").unwrap();
+    backup();
+    let deleted = backup_listing(&s, "notes")[0].split('"').nth(1).unwrap().to_string();
+    std::fs::write(&file, "kept notes\n").unwrap();
+    backup();
+    wait_copied(&s, "notes");
+    s.delete_backup("notes", &deleted);
+    wait_copied(&s, "notes");
+    let password = root.path().join("offsite.password");
+    std::fs::write(&password, OFFSITE_PASSWORD).unwrap();
+    let out = s.repo_cli_on(&copy, &password, &["--json", "snapshots"]);
+    let held: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(held.as_array().unwrap().len(), 2, "the copy keeps both: {held}");
+    let kept = backup_listing(&s, "notes")
+        .into_iter()
+        .find(|b| b.contains("\"COMPLETED\""))
+        .unwrap();
+
+    drop(s);
+    std::fs::remove_dir_all(&host).unwrap();
+    std::fs::remove_dir_all(&primary).unwrap();
+    let new_host = root.path().join("new-host");
+    std::fs::create_dir_all(&new_host).unwrap();
+    let mut env = vec![
+        ("STRONGBOX_REPOSITORY", copy.display().to_string()),
+        ("STRONGBOX_REPO_PASSWORD", OFFSITE_PASSWORD.to_string()),
+    ];
+    env.extend_from_slice(&allow);
+    let s = start_with(&new_host, free_port(), &env);
+    assert_eq!(backup_listing(&s, "notes"), vec![kept.clone()], "only the kept backup");
+    let url = s.url(&format!("{API}/notes/backups/recovery"));
+    let body = format!(r#"{{"tag": "{deleted}"}}"#);
+    let (status, _, answer) = s.curl(&[&AUTH[..], &["-X", "POST", "-d", &body, &url]].concat());
+    assert!(
+        status.starts_with("HTTP/2 4"),
+        "the deleted backup is refused: {status} {answer}"
+    );
+    std::fs::write(&file, "overwritten\n").unwrap();
+    let kept_tag = kept.split('"').nth(1).unwrap();
+    post_until_accepted(
+        &s,
+        &format!("{API}/notes/backups/recovery"),
+        &format!(r#"{{"tag": "{kept_tag}"}}"#),
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "kept notes\n");
+}
