@@ -39,6 +39,8 @@ fn the_client_backs_up_recovers_lists_and_reports_failures_in_its_exit_status() 
     let failing = r#"["echo disk full >&2; exit 3"]"#.to_string();
     let s = start_with(dir.path(), free_port(), &[("STRONGBOX_ALLOW_COMMANDS", failing)]);
     let pw = Some("Pa55_word");
+    let db = dir.path().join("data-demo/usexample/db12c.sqlite");
+    let at_backup = table_checksum(&db, "orders");
 
     let out = client(&s, pw, &["backup", "db12c"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -54,8 +56,18 @@ fn the_client_backs_up_recovers_lists_and_reports_failures_in_its_exit_status() 
         text(&out)
     );
 
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("DELETE FROM orders WHERE rowid % 2 = 0", [])
+        .unwrap();
+    assert_ne!(table_checksum(&db, "orders"), at_backup);
     let out = client(&s, pw, &["recover", "db12c", "--tag", &tag]);
     assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        table_checksum(&db, "orders"),
+        at_backup,
+        "the backup's rows, exactly (ordered checksum)"
+    );
     assert!(
         text(&out).contains("recovery: Succeeded: recovery completed"),
         "{}",

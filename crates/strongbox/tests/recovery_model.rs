@@ -385,9 +385,14 @@ impl Run {
                 if status != "HTTP/2 202" {
                     self.fail(format!("{body}: expected {} rows, got {status}: {v}", rows.len()));
                 }
+                // A deadline, so a stuck job fails with the seed rather than hang.
+                let deadline = Instant::now() + Duration::from_secs(300);
                 let job = loop {
                     let (_, job) = self.pg.s.json(&[&location]);
                     match job["job_status"].as_str() {
+                        Some("In Progress") if Instant::now() > deadline => {
+                            self.fail(format!("{body}: still in progress after 300 s: {job}"))
+                        }
                         Some("In Progress") => std::thread::sleep(Duration::from_millis(200)),
                         _ => break job,
                     }

@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
@@ -220,10 +220,15 @@ impl Run<'_> {
                     self.fail(format!("{body}: expected a recovery, got {status} {text}"));
                 }
                 let location = header(&h, "location").to_string();
+                // A deadline, so a stuck job fails with the seed rather than hang.
+                let deadline = Instant::now() + Duration::from_secs(300);
                 let job = loop {
                     let (_, j) = self.s.json(&[&location]);
                     if j["job_status"] != "In Progress" {
                         break j;
+                    }
+                    if Instant::now() > deadline {
+                        self.fail(format!("{body}: still in progress after 300 s: {j}"));
                     }
                     std::thread::sleep(Duration::from_millis(100));
                 };

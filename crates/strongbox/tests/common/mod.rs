@@ -327,6 +327,24 @@ pub fn sqlite_checksum(db: &Path) -> String {
     h.finalize().to_hex().to_string()
 }
 
+/// An ordered checksum of every column of every row of `table` (by rowid)
+/// of a SQLite file, with the row count to read a failure by.
+pub fn table_checksum(db: &Path, table: &str) -> String {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let mut st = c.prepare(&format!("SELECT * FROM {table} ORDER BY rowid")).unwrap();
+    let columns = st.column_count();
+    let mut rows = st.query([]).unwrap();
+    let (mut h, mut n) = (blake3::Hasher::new(), 0);
+    while let Some(r) = rows.next().unwrap() {
+        for i in 0..columns {
+            h.update(format!("{:?}\x1f", r.get_ref(i).unwrap()).as_bytes());
+        }
+        h.update(b"\n");
+        n += 1;
+    }
+    format!("{n} rows {}", h.finalize().to_hex())
+}
+
 /// The numbers in column `n` of table `t` of a SQLite file, once it
 /// passes an integrity check (the SQLite recovery tests' rows).
 pub fn sqlite_rows(db: &Path) -> std::collections::BTreeSet<i64> {
