@@ -65,6 +65,7 @@ impl Error {
 
     pub fn storage(object: impl std::fmt::Display, source: object_store::Error) -> Self {
         let cause = innermost(&source);
+        let cause = s3_answer(&cause).unwrap_or(cause);
         let kind = match &source {
             object_store::Error::NotFound { .. } if cause.contains("NoSuchBucket") => StorageFailure::BucketMissing,
             object_store::Error::NotFound { .. } => {
@@ -170,15 +171,12 @@ fn unavailable(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         at = e.source();
     }
     let retry = retry?;
-    let failure = if let Some((_, rest)) = retry.split_once("status code: ") {
-        let status: u16 = rest.get(..3)?.parse().ok()?;
+    let failure = if let Some(answer) = s3_answer(&retry) {
+        let status: u16 = answer.get(..3)?.parse().ok()?;
         if !(status >= 500 || status == 429 || status == 408) {
             return None;
         }
-        match rest.split_once("<Code>").and_then(|(_, c)| c.split_once("</Code>")) {
-            Some((code, _)) => format!("{status} {code}"),
-            None => status.to_string(),
-        }
+        answer
     } else {
         match transport? {
             HttpErrorKind::Timeout => "timed out".to_string(),
@@ -192,6 +190,20 @@ fn unavailable(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         .map(|(_, rest)| rest.split(" - ").next().unwrap_or("").trim().to_string())
         .unwrap_or_default();
     Some(format!("{failure} ({tried})"))
+}
+
+/// An S3 server's answer in object_store's words ("… status code: 403
+/// Forbidden: <?xml …><Code>SignatureDoesNotMatch</Code>…"), said short:
+/// "403 Forbidden SignatureDoesNotMatch".
+fn s3_answer(words: &str) -> Option<String> {
+    let (_, rest) = words.split_once("status code: ")?;
+    let status = rest.split(':').next()?.trim();
+    Some(
+        match rest.split_once("<Code>").and_then(|(_, c)| c.split_once("</Code>")) {
+            Some((code, _)) => format!("{status} {code}"),
+            None => status.to_string(),
+        },
+    )
 }
 
 /// The kind of the first I/O error in `e`'s chain of sources, if any.

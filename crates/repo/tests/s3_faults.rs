@@ -148,7 +148,11 @@ async fn a_store_down_past_the_retries_fails_in_one_sentence_and_lists_nothing_b
         "{err:?}"
     );
     assert!(message.starts_with("the store is unavailable ("), "{message}");
-    assert_eq!(message.matches("503 SlowDown").count(), 1, "{message}");
+    assert_eq!(
+        message.matches("503 Service Unavailable SlowDown").count(),
+        1,
+        "{message}"
+    );
     assert!(message.contains("after 3 retries"), "{message}");
     let push = repo
         .wal_push("main", "000000010000000000000001", &data(1 << 20, 9))
@@ -166,4 +170,59 @@ async fn a_store_down_past_the_retries_fails_in_one_sentence_and_lists_nothing_b
     let check = reader.check(true).await.unwrap();
     assert!(check.is_ok(), "{:?}", check.errors);
     assert!(faults.injected().down >= 4, "{:?}", faults.injected());
+}
+
+/// Wrong credentials and a missing bucket are said once, in words that say
+/// what to fix (not object_store's chain of wrapped errors).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_and_a_missing_bucket_say_what_to_fix_once() {
+    let s3 = start_s3_with(Faults::new(0), requests());
+    new_repo(Store::s3(&s3.config).unwrap()).await;
+
+    let wrong_key = strongbox_repo::S3Config {
+        secret_access_key: Some("not the secret".into()),
+        ..s3.config.clone()
+    };
+    let Err(err) = Repository::open(Store::s3(&wrong_key).unwrap(), PASSWORD).await else {
+        panic!("opened with the wrong secret")
+    };
+    let message = err.to_string();
+    println!("{message}");
+    assert!(
+        matches!(
+            err,
+            Error::Storage {
+                kind: StorageFailure::Credentials,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(message.starts_with("the store refused the credentials ("), "{message}");
+    assert_eq!(message.matches("SignatureDoesNotMatch").count(), 1, "once: {message}");
+
+    let no_bucket = strongbox_repo::S3Config {
+        bucket: "no-such-bucket".into(),
+        ..s3.config.clone()
+    };
+    let Err(err) = Repository::open(Store::s3(&no_bucket).unwrap(), PASSWORD).await else {
+        panic!("opened a missing bucket")
+    };
+    let message = err.to_string();
+    println!("{message}");
+    assert!(
+        matches!(
+            err,
+            Error::Storage {
+                kind: StorageFailure::BucketMissing,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        message.starts_with("the repository's bucket does not exist ("),
+        "{message}"
+    );
+    assert_eq!(message.matches("NoSuchBucket").count(), 1, "once: {message}");
 }

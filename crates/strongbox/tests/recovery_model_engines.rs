@@ -7,7 +7,9 @@
 //! backup still in the repository, `tag` that backup, a `timestamp` the
 //! backup completed in that second (a second between backups, an `scn`,
 //! a forgotten backup: refused). Every sequence prints its seed;
-//! `MODEL_SEED=N` replays one.
+//! `MODEL_SEED=N` replays one. One SQLite variant keeps its repository on
+//! an S3 server that throttles, errs, drops connections and answers late
+//! (issue 30: the model stays exact through a store's bad day).
 
 mod common;
 
@@ -145,6 +147,9 @@ struct Run<'a> {
     /// The database was lost or damaged: only a recovery helps.
     broken: bool,
     log: String,
+    /// The repository on S3 (`s3://…`, with the variables that reach it),
+    /// when not the server's local default.
+    s3: Option<(String, Vec<(&'static str, String)>)>,
 }
 
 const BASE: &str = "/paas/service/dbcs/api/v1.1/instances/usexample/d";
@@ -253,7 +258,7 @@ impl Run<'_> {
         }
         // Never the newest.
         let i = live[self.rng.below(live.len() - 1)];
-        let out = self.s.repo_cli(&["--json", "snapshots"]);
+        let out = self.repo_cli(&["--json", "snapshots"]);
         let snapshots: Value = serde_json::from_slice(&out.stdout).unwrap();
         let id = snapshots
             .as_array()
@@ -262,10 +267,28 @@ impl Run<'_> {
             .find(|x| x["tags"][0] == self.backups[i].tag.as_str())
             .map(|x| x["id"].as_str().unwrap().to_string())
             .unwrap();
-        assert!(self.s.repo_cli(&["forget", &id]).status.success());
-        assert!(self.s.repo_cli(&["prune"]).status.success());
+        for args in [&["forget", &id][..], &["prune"]] {
+            let out = self.repo_cli(args);
+            if !out.status.success() {
+                self.fail(format!("repo {args:?}: {}", String::from_utf8_lossy(&out.stderr)));
+            }
+        }
         self.backups[i].forgotten = true;
         self.log += &format!("forget {}, prune\n", self.backups[i].tag);
+    }
+
+    /// `strongbox repo ARGS` on the server's repository, wherever it is.
+    fn repo_cli(&self, args: &[&str]) -> std::process::Output {
+        let Some((location, env)) = &self.s3 else {
+            return self.s.repo_cli(args);
+        };
+        std::process::Command::new(env!("CARGO_BIN_EXE_strongbox"))
+            .args(["repo", "--repo", location])
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("STRONGBOX_PASSWORD", S3_PASSWORD)
+            .output()
+            .unwrap()
     }
 
     fn step(&mut self) {
@@ -295,10 +318,31 @@ impl Run<'_> {
     }
 }
 
+const S3_PASSWORD: &str = "the model's S3 repository";
+
 fn sequence(seed: u64, engine: &str, db: &dyn Database, ops: usize) {
+    sequence_on(seed, engine, db, ops, None)
+}
+
+/// `sequence`, the repository on `s3` (a server with faults) when given.
+fn sequence_on(seed: u64, engine: &str, db: &dyn Database, ops: usize, s3: Option<&strongbox_testkit::s3::S3Server>) {
     eprintln!("{engine} recovery model: seed {seed} (replay with MODEL_SEED={seed})");
     let dir = tempfile::tempdir().unwrap();
-    let s = start(&dir);
+    let s3 = s3.map(|server| {
+        let mut env = server.env().to_vec();
+        // Requests time out in 2 s (the late answers come after 3 s).
+        env.push(("STRONGBOX_S3_TIMEOUT_SECONDS", "2".to_string()));
+        (server.repository("model"), env)
+    });
+    let s = match &s3 {
+        None => start(&dir),
+        Some((location, env)) => {
+            let mut env = env.clone();
+            env.push(("STRONGBOX_REPOSITORY", location.clone()));
+            env.push(("STRONGBOX_REPO_PASSWORD", S3_PASSWORD.to_string()));
+            start_with(dir.path(), free_port(), &env)
+        }
+    };
     let url = s.url("/strongbox/api/v1/instances/usexample/d");
     let (status, v) = s.json(&["-X", "PUT", "-d", &db.registration().to_string(), &url]);
     assert_eq!(status, "HTTP/2 200", "{v}");
@@ -312,6 +356,7 @@ fn sequence(seed: u64, engine: &str, db: &dyn Database, ops: usize) {
         next: 1,
         broken: false,
         log: String::new(),
+        s3,
     };
     // Rows and a backup first, so a disaster always has something to come back to.
     run.insert();
@@ -336,6 +381,32 @@ fn sqlite_sequences_recover_what_the_model_predicts() {
     let db = Sqlite(dir.path().join("model.sqlite"));
     db.write("PRAGMA journal_mode=WAL; CREATE TABLE t (id INTEGER PRIMARY KEY);");
     sequence(seed(0xD0C5_0001), "sqlite", &db, ops());
+}
+
+/// The SQLite model with its repository on an S3 server with a bad day:
+/// 10 % of requests answered 503 SlowDown, 3 % 500, 3 % dropped, 2 %
+/// answered after the client's timeout (the work done).
+#[test]
+fn sqlite_sequences_on_a_flaky_s3_store_recover_what_the_model_predicts() {
+    use strongbox_testkit::s3::{FaultPlan, Faults, S3Server};
+    let seed = seed(0xD0C5_0004);
+    let faults = Faults::new(seed);
+    let server = S3Server::with_faults(faults.clone());
+    faults.set(FaultPlan {
+        slow_down_per_mille: 100,
+        internal_error_per_mille: 30,
+        dropped_per_mille: 30,
+        stalled_per_mille: 20,
+        stall: Duration::from_secs(3),
+        down: false,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let db = Sqlite(dir.path().join("model.sqlite"));
+    db.write("PRAGMA journal_mode=WAL; CREATE TABLE t (id INTEGER PRIMARY KEY);");
+    sequence_on(seed, "sqlite on a flaky S3 store", &db, ops(), Some(&server));
+    let met = faults.injected();
+    eprintln!("seed {seed}: the store's bad day: {met:?}");
+    assert!(met.faults() > 0, "{met:?}");
 }
 
 #[test]

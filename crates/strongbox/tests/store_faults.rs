@@ -161,7 +161,11 @@ fn a_server_on_a_flaky_store_backs_up_and_recovers_exactly_and_fails_in_one_sent
     let message = failed["message"].as_str().unwrap_or_default();
     println!("the job said: {message}");
     assert_eq!(message.matches("the store is unavailable (").count(), 1, "{failed}");
-    assert_eq!(message.matches("503 SlowDown").count(), 1, "once: {message}");
+    assert_eq!(
+        message.matches("503 Service Unavailable SlowDown").count(),
+        1,
+        "once: {message}"
+    );
 
     faults.set(FaultPlan::default());
     let completed = |l: Vec<String>| {
