@@ -1,7 +1,8 @@
 //! Issue 30: the catalog's database stopped for 10 s in the middle of a
-//! backup. Every request is answered within a second (503 with
-//! `Retry-After` while it is down, the health check naming the catalog),
-//! the backup then succeeds, once, and restores exactly.
+//! backup, and of a recovery. Every request is answered within a second
+//! (503 with `Retry-After` while it is down, the health check naming the
+//! catalog); the backup then succeeds, once, and restores exactly; the
+//! recovery succeeds and its data is exact.
 
 mod common;
 
@@ -36,40 +37,11 @@ fn a_catalog_stopped_mid_backup_gets_quick_503s_and_the_backup_succeeds_once() {
     assert_eq!(status, "HTTP/2 202", "{location}");
     std::thread::sleep(Duration::from_secs(1));
 
-    let ctl = |a: &str| strongbox_testkit::as_postgres(&catalog.ctl(a));
-    ctl("stop");
-    let stopped = Instant::now();
-    let (mut answers, mut unavailable, mut slowest) = (0, 0, Duration::ZERO);
-    let mut health_named_catalog = false;
-    while stopped.elapsed() < Duration::from_secs(10) {
-        for url in [
-            location.clone(),
-            s.url(&format!("{API}/notes/backups")),
-            s.url("/strongbox/health"),
-        ] {
-            let asked = Instant::now();
-            let (status, h, body) = s.curl(&[&AUTH[..], &["--max-time", "5", &url]].concat());
-            let took = asked.elapsed();
-            slowest = slowest.max(took);
-            assert!(took < Duration::from_secs(1), "{url}: {status} after {took:?}: {body}");
-            answers += 1;
-            match status.as_str() {
-                "HTTP/2 200" => {}
-                "HTTP/2 503" => {
-                    unavailable += 1;
-                    assert!(!header(&h, "retry-after").is_empty(), "{url}: no Retry-After");
-                    assert!(body.contains("catalog"), "{url}: {body}");
-                    health_named_catalog |= url.ends_with("/strongbox/health");
-                }
-                other => panic!("{url}: {other}: {body}"),
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    ctl("start");
-    println!("{answers} requests while the catalog was down: {unavailable} answered 503, the slowest in {slowest:?}");
-    assert!(unavailable > answers / 2, "{unavailable} of {answers} were 503");
-    assert!(health_named_catalog, "the health check never named the catalog");
+    outage(
+        &s,
+        &catalog,
+        &[location.clone(), s.url(&format!("{API}/notes/backups"))],
+    );
 
     let done = s.wait_for(&location, "Succeeded");
     let (_, list) = s.json(&[&s.url(&format!("{API}/notes/backups"))]);
@@ -95,4 +67,86 @@ fn a_catalog_stopped_mid_backup_gets_quick_503s_and_the_backup_succeeds_once() {
     assert_eq!(std::fs::read_to_string(&data).unwrap(), "the notes as backed up\n");
     let out = s.repo_cli(&["check", "--read-data"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// Stops the catalog's cluster for 10 s while asking `urls` and the health
+/// check every 100 ms: each answered within a second, 200 or 503 with
+/// `Retry-After` and words naming the catalog, the health check among them.
+fn outage(s: &Server, catalog: &strongbox_testkit::Cluster, urls: &[String]) {
+    let ctl = |a: &str| strongbox_testkit::as_postgres(&catalog.ctl(a));
+    ctl("stop");
+    let stopped = Instant::now();
+    let (mut answers, mut unavailable, mut slowest) = (0, 0, Duration::ZERO);
+    let mut health_named_catalog = false;
+    while stopped.elapsed() < Duration::from_secs(10) {
+        for url in urls.iter().cloned().chain([s.url("/strongbox/health")]) {
+            let asked = Instant::now();
+            let (status, h, body) = s.curl(&[&AUTH[..], &["--max-time", "5", &url]].concat());
+            let took = asked.elapsed();
+            slowest = slowest.max(took);
+            assert!(took < Duration::from_secs(1), "{url}: {status} after {took:?}: {body}");
+            answers += 1;
+            match status.as_str() {
+                "HTTP/2 200" => {}
+                "HTTP/2 503" => {
+                    unavailable += 1;
+                    assert!(!header(&h, "retry-after").is_empty(), "{url}: no Retry-After");
+                    assert!(body.contains("catalog"), "{url}: {body}");
+                    health_named_catalog |= url.ends_with("/strongbox/health");
+                }
+                other => panic!("{url}: {other}: {body}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ctl("start");
+    println!("{answers} requests while the catalog was down: {unavailable} answered 503, the slowest in {slowest:?}");
+    assert!(unavailable > answers / 2, "{unavailable} of {answers} were 503");
+    assert!(health_named_catalog, "the health check never named the catalog");
+}
+
+#[test]
+fn a_catalog_stopped_mid_recovery_gets_quick_503s_and_the_recovery_succeeds() {
+    let root = tempfile::tempdir().unwrap();
+    let catalog = strongbox_testkit::Cluster::start("");
+    let data = root.path().join("notes.txt");
+    std::fs::write(&data, "the notes as backed up\n").unwrap();
+    let backup_command = format!("cat {}", data.display());
+    // A recovery that runs for 14 s: the outage falls inside it.
+    let recovery_command = format!("sleep 14 && cat > {}", data.display());
+    let env = [
+        ("STRONGBOX_CATALOG", catalog.url()),
+        (
+            "STRONGBOX_ALLOW_COMMANDS",
+            serde_json::json!([backup_command, recovery_command]).to_string(),
+        ),
+        ("STRONGBOX_LEASE_SECONDS", "30".to_string()),
+    ];
+    let host = root.path().join("host");
+    std::fs::create_dir_all(&host).unwrap();
+    let s = start_with(&host, free_port(), &env);
+    register_command(&s, "notes", &backup_command, &recovery_command);
+    post_until_accepted(&s, &format!("{API}/notes/backups"), "{}");
+    let (_, list) = s.json(&[&s.url(&format!("{API}/notes/backups"))]);
+    let tag = list["backupList"][0]["dbTag"].as_str().unwrap().to_string();
+    std::fs::write(&data, "overwritten\n").unwrap();
+    let url = s.url(&format!("{API}/notes/backups/recovery"));
+    let body = format!(r#"{{"tag": "{tag}"}}"#);
+    let (status, h, answer) = s.curl(&[&AUTH[..], &["-X", "POST", "-d", &body, &url]].concat());
+    assert_eq!(status, "HTTP/2 202", "{answer}");
+    let location = header(&h, "location").to_string();
+    std::thread::sleep(Duration::from_secs(1));
+
+    outage(
+        &s,
+        &catalog,
+        &[location.clone(), s.url(&format!("{API}/notes/backups"))],
+    );
+
+    let done = s.wait_for(&location, "Succeeded");
+    assert_eq!(
+        std::fs::read_to_string(&data).unwrap(),
+        "the notes as backed up\n",
+        "{done}"
+    );
 }
