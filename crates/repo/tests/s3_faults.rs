@@ -183,46 +183,35 @@ async fn wrong_credentials_and_a_missing_bucket_say_what_to_fix_once() {
         secret_access_key: Some("not the secret".into()),
         ..s3.config.clone()
     };
-    let Err(err) = Repository::open(Store::s3(&wrong_key).unwrap(), PASSWORD).await else {
-        panic!("opened with the wrong secret")
-    };
-    let message = err.to_string();
-    println!("{message}");
-    assert!(
-        matches!(
-            err,
-            Error::Storage {
-                kind: StorageFailure::Credentials,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    assert!(message.starts_with("the store refused the credentials ("), "{message}");
-    assert_eq!(message.matches("SignatureDoesNotMatch").count(), 1, "once: {message}");
-
+    refused(
+        &wrong_key,
+        StorageFailure::Credentials,
+        "the store refused the credentials (",
+        "SignatureDoesNotMatch",
+    )
+    .await;
     let no_bucket = strongbox_repo::S3Config {
         bucket: "no-such-bucket".into(),
         ..s3.config.clone()
     };
-    let Err(err) = Repository::open(Store::s3(&no_bucket).unwrap(), PASSWORD).await else {
-        panic!("opened a missing bucket")
+    refused(
+        &no_bucket,
+        StorageFailure::BucketMissing,
+        "the repository's bucket does not exist (",
+        "NoSuchBucket",
+    )
+    .await;
+}
+
+/// Opening the repository at `config` fails with `kind`, its message
+/// beginning with `opening` and naming the S3 error `code` once.
+async fn refused(config: &strongbox_repo::S3Config, kind: StorageFailure, opening: &str, code: &str) {
+    let Err(err) = Repository::open(Store::s3(config).unwrap(), PASSWORD).await else {
+        panic!("opened {config:?}")
     };
     let message = err.to_string();
     println!("{message}");
-    assert!(
-        matches!(
-            err,
-            Error::Storage {
-                kind: StorageFailure::BucketMissing,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    assert!(
-        message.starts_with("the repository's bucket does not exist ("),
-        "{message}"
-    );
-    assert_eq!(message.matches("NoSuchBucket").count(), 1, "once: {message}");
+    assert!(matches!(&err, Error::Storage { kind: k, .. } if *k == kind), "{err:?}");
+    assert!(message.starts_with(opening), "{message}");
+    assert_eq!(message.matches(code).count(), 1, "once: {message}");
 }

@@ -12,36 +12,11 @@ use common::*;
 
 #[test]
 fn a_catalog_stopped_mid_backup_gets_quick_503s_and_the_backup_succeeds_once() {
-    let root = tempfile::tempdir().unwrap();
-    // The catalog on a PostgreSQL cluster of the test's own, to stop.
-    let catalog = strongbox_testkit::Cluster::start("");
-    let data = root.path().join("notes.txt");
-    std::fs::write(&data, "the notes as backed up\n").unwrap();
     // A backup that runs for 14 s: the outage falls inside it.
-    let backup_command = format!("sleep 14 && cat {}", data.display());
-    let recovery_command = format!("cat > {}", data.display());
-    let env = [
-        ("STRONGBOX_CATALOG", catalog.url()),
-        (
-            "STRONGBOX_ALLOW_COMMANDS",
-            serde_json::json!([backup_command, recovery_command]).to_string(),
-        ),
-        // Leases outlast the outage (the test servers' default is 2 s).
-        ("STRONGBOX_LEASE_SECONDS", "30".to_string()),
-    ];
-    let host = root.path().join("host");
-    std::fs::create_dir_all(&host).unwrap();
-    let s = start_with(&host, free_port(), &env);
-    register_command(&s, "notes", &backup_command, &recovery_command);
+    let (_root, catalog, data, s) = notes("sleep 14 && cat", "cat >");
     let (status, location) = s.post_backup("notes", &[]);
     assert_eq!(status, "HTTP/2 202", "{location}");
-    std::thread::sleep(Duration::from_secs(1));
-
-    outage(
-        &s,
-        &catalog,
-        &[location.clone(), s.url(&format!("{API}/notes/backups"))],
-    );
+    outage(&s, &catalog, &location);
 
     let done = s.wait_for(&location, "Succeeded");
     let (_, list) = s.json(&[&s.url(&format!("{API}/notes/backups"))]);
@@ -69,10 +44,48 @@ fn a_catalog_stopped_mid_backup_gets_quick_503s_and_the_backup_succeeds_once() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
-/// Stops the catalog's cluster for 10 s while asking `urls` and the health
-/// check every 100 ms: each answered within a second, 200 or 503 with
-/// `Retry-After` and words naming the catalog, the health check among them.
-fn outage(s: &Server, catalog: &strongbox_testkit::Cluster, urls: &[String]) {
+/// A server whose catalog is on a PostgreSQL cluster of the test's own (to
+/// stop) and a `command` deployment `notes` backing up and recovering a
+/// file (`BACKUP FILE`, `RECOVERY FILE`): the directory, the cluster, the
+/// file and the server.
+fn notes(
+    backup: &str,
+    recovery: &str,
+) -> (
+    tempfile::TempDir,
+    strongbox_testkit::Cluster,
+    std::path::PathBuf,
+    Server,
+) {
+    let root = tempfile::tempdir().unwrap();
+    let catalog = strongbox_testkit::Cluster::start("");
+    let data = root.path().join("notes.txt");
+    std::fs::write(&data, "the notes as backed up\n").unwrap();
+    let backup_command = format!("{backup} {}", data.display());
+    let recovery_command = format!("{recovery} {}", data.display());
+    let env = [
+        ("STRONGBOX_CATALOG", catalog.url()),
+        (
+            "STRONGBOX_ALLOW_COMMANDS",
+            serde_json::json!([backup_command, recovery_command]).to_string(),
+        ),
+        // Leases outlast the outage (the test servers' default is 2 s).
+        ("STRONGBOX_LEASE_SECONDS", "30".to_string()),
+    ];
+    let host = root.path().join("host");
+    std::fs::create_dir_all(&host).unwrap();
+    let s = start_with(&host, free_port(), &env);
+    register_command(&s, "notes", &backup_command, &recovery_command);
+    (root, catalog, data, s)
+}
+
+/// A second into job `location`, stops the catalog's cluster for 10 s
+/// while asking for the job, the backup list and the health check every
+/// 100 ms: each answered within a second, 200 or 503 with `Retry-After`
+/// and words naming the catalog, the health check among them.
+fn outage(s: &Server, catalog: &strongbox_testkit::Cluster, location: &str) {
+    std::thread::sleep(Duration::from_secs(1));
+    let urls = [location.to_string(), s.url(&format!("{API}/notes/backups"))];
     let ctl = |a: &str| strongbox_testkit::as_postgres(&catalog.ctl(a));
     ctl("stop");
     let stopped = Instant::now();
@@ -107,25 +120,8 @@ fn outage(s: &Server, catalog: &strongbox_testkit::Cluster, urls: &[String]) {
 
 #[test]
 fn a_catalog_stopped_mid_recovery_gets_quick_503s_and_the_recovery_succeeds() {
-    let root = tempfile::tempdir().unwrap();
-    let catalog = strongbox_testkit::Cluster::start("");
-    let data = root.path().join("notes.txt");
-    std::fs::write(&data, "the notes as backed up\n").unwrap();
-    let backup_command = format!("cat {}", data.display());
     // A recovery that runs for 14 s: the outage falls inside it.
-    let recovery_command = format!("sleep 14 && cat > {}", data.display());
-    let env = [
-        ("STRONGBOX_CATALOG", catalog.url()),
-        (
-            "STRONGBOX_ALLOW_COMMANDS",
-            serde_json::json!([backup_command, recovery_command]).to_string(),
-        ),
-        ("STRONGBOX_LEASE_SECONDS", "30".to_string()),
-    ];
-    let host = root.path().join("host");
-    std::fs::create_dir_all(&host).unwrap();
-    let s = start_with(&host, free_port(), &env);
-    register_command(&s, "notes", &backup_command, &recovery_command);
+    let (_root, catalog, data, s) = notes("cat", "sleep 14 && cat >");
     post_until_accepted(&s, &format!("{API}/notes/backups"), "{}");
     let (_, list) = s.json(&[&s.url(&format!("{API}/notes/backups"))]);
     let tag = list["backupList"][0]["dbTag"].as_str().unwrap().to_string();
@@ -135,13 +131,7 @@ fn a_catalog_stopped_mid_recovery_gets_quick_503s_and_the_recovery_succeeds() {
     let (status, h, answer) = s.curl(&[&AUTH[..], &["-X", "POST", "-d", &body, &url]].concat());
     assert_eq!(status, "HTTP/2 202", "{answer}");
     let location = header(&h, "location").to_string();
-    std::thread::sleep(Duration::from_secs(1));
-
-    outage(
-        &s,
-        &catalog,
-        &[location.clone(), s.url(&format!("{API}/notes/backups"))],
-    );
+    outage(&s, &catalog, &location);
 
     let done = s.wait_for(&location, "Succeeded");
     assert_eq!(

@@ -677,8 +677,20 @@ impl Run {
 
     /// One random recovery request and the model's answer to it.
     fn random_recovery(&mut self, rng: &mut Rng) {
+        // Now and then a position inside a burst of commits: just after one
+        // row's commit, the next committed at once (`commit`), not a quiet
+        // moment.
+        let burst = self.extra.chance(40).then(|| self.extra.next_u64());
         let m = &self.model;
         let (body, expected) = match rng.below(8) {
+            5 | 6
+                if let Some(pick) = burst
+                    && let rows = &m.timelines[&m.current].rows
+                    && !rows.is_empty() =>
+            {
+                let row = &rows[(pick % rows.len() as u64) as usize];
+                (format!(r#"{{"scn": "{}"}}"#, row.lsn), m.scn(row.lsn, None))
+            }
             0 | 1 => (r#"{"latest": true}"#.to_string(), m.latest()),
             2 if !m.bases.is_empty() => {
                 let b = &m.bases[rng.below(m.bases.len())];

@@ -675,6 +675,20 @@ pub fn post_until_accepted(s: &Server, path: &str, body: &str) -> serde_json::Va
     }
 }
 
+/// Recovers SQLite deployment `service` (file `db`) by `tag`, after a write
+/// the backup does not hold, and checks the rows are `at_backup`'s exactly
+/// (ordered checksum).
+pub fn recovers_exactly(s: &Server, service: &str, db: &Path, tag: &str, at_backup: &str) {
+    write_rows(db, 10_000_000, 10_000_100);
+    assert_ne!(sqlite_checksum(db), at_backup);
+    post_until_accepted(
+        s,
+        &format!("{API}/{service}/backups/recovery"),
+        &format!(r#"{{"tag": "{tag}"}}"#),
+    );
+    assert_eq!(sqlite_checksum(db), at_backup, "backup {tag} of {service}, exactly");
+}
+
 /// The highest row id (rows are numbered from 1 without gaps).
 pub fn big_database_rows(db: &std::path::Path) -> i64 {
     rusqlite::Connection::open(db)
