@@ -735,10 +735,12 @@ impl Run {
         if !self.healthy {
             return self.random_recovery(rng);
         }
+        if self.extra.chance(5) {
+            return self.recovery_during_backup();
+        }
         match rng.below(22) {
             0..=4 => self.commit(1 + rng.below(12)),
             5..=7 => self.mark(),
-            8 if self.extra.chance(30) => self.recovery_during_backup(),
             8 | 9 => self.backup(),
             10..=14 => self.random_recovery(rng),
             15 => {
