@@ -19,7 +19,7 @@ cargo test -q -p strongbox --test recovery_model --test recovery_model_engines -
 cargo test -q -p strongbox-repo --test s3_faults --no-run
 models=(
   "strongbox recovery_model random_sequences_recover_what_the_model_predicts_seed_a"
-  "strongbox recovery_model_engines sequences_recover_what_the_model_predicts"
+  "strongbox recovery_model_engines recover_what_the_model_predicts"
   "strongbox sqlite_pitr_model recoveries_of_a_shipped_sqlite_log"
   "strongbox-repo s3_faults a_flaky_store_is_retried_and_every_byte_comes_back"
 )
