@@ -219,18 +219,26 @@ impl Store {
             return Err(Error::Invalid("S3 location needs a bucket: s3://BUCKET/PREFIX".into()));
         }
         let r = cfg.requests;
-        let mut b = AmazonS3Builder::from_env()
-            .with_bucket_name(&cfg.bucket)
-            .with_client_options(
-                object_store::ClientOptions::new()
-                    .with_timeout(r.timeout)
-                    .with_connect_timeout(r.connect_timeout),
+        // Set key by key: the client options `from_env` read (a proxy, say)
+        // stay as they are.
+        let client = |key, d: std::time::Duration| {
+            (
+                object_store::aws::AmazonS3ConfigKey::Client(key),
+                format!("{}ms", d.as_millis()),
             )
-            .with_retry(object_store::RetryConfig {
-                backoff: Default::default(),
-                max_retries: r.max_retries,
-                retry_timeout: r.retry_timeout,
-            });
+        };
+        let mut b = AmazonS3Builder::from_env().with_bucket_name(&cfg.bucket);
+        for (key, value) in [
+            client(object_store::ClientConfigKey::Timeout, r.timeout),
+            client(object_store::ClientConfigKey::ConnectTimeout, r.connect_timeout),
+        ] {
+            b = b.with_config(key, value);
+        }
+        let mut b = b.with_retry(object_store::RetryConfig {
+            backoff: Default::default(),
+            max_retries: r.max_retries,
+            retry_timeout: r.retry_timeout,
+        });
         if let Some(ep) = &cfg.endpoint {
             b = b.with_endpoint(ep).with_allow_http(ep.starts_with("http://"));
         }
