@@ -4,7 +4,8 @@
 //! WAL pushes, prune, restores and `check --read-data` go through
 //! (object_store's retries; `put_new` putting again a create the client
 //! lost track of) and every byte comes back; a store down past the retries
-//! fails in one sentence and leaves nothing listed that does not restore.
+//! fails backups, WAL pushes, restores and prune in one sentence and leaves
+//! nothing listed that does not restore.
 
 mod common;
 
@@ -158,6 +159,24 @@ async fn a_store_down_past_the_retries_fails_in_one_sentence_and_lists_nothing_b
         .wal_push("main", "000000010000000000000001", &data(1 << 20, 9))
         .await;
     assert!(push.unwrap_err().to_string().starts_with("the store is unavailable ("));
+    // Restoring and pruning while it is down fail the same way.
+    let mut out = Vec::new();
+    let restored = repo
+        .restore_to_writer(&first, "kept", &mut out, &strongbox_repo::NoProgress)
+        .await;
+    assert!(
+        restored
+            .unwrap_err()
+            .to_string()
+            .starts_with("the store is unavailable (")
+    );
+    let pruned = repo.prune(&PruneOptions::default()).await;
+    assert!(
+        pruned
+            .unwrap_err()
+            .to_string()
+            .starts_with("the store is unavailable (")
+    );
 
     // Back up: only the first backup is listed, it restores exactly, and
     // the repository checks clean.
