@@ -352,7 +352,19 @@ impl Service {
                 indexed.extend(b.snapshot_id);
             }
         }
+        let unindexed: Vec<String> = repo
+            .snapshot_ids()
+            .await
+            .map_err(repo_error)?
+            .iter()
+            .map(|id| id.to_hex())
+            .filter(|hex| !indexed.contains(hex) && !self.not_backups.lock().expect("not_backups").contains(hex))
+            .collect();
+        if unindexed.is_empty() {
+            return Ok(());
+        }
         // Snapshots users deleted (a copy may still hold them): not again.
+        // Read only when some snapshot is not indexed: not every sync.
         let deleted: BTreeSet<String> = repo
             .records(DELETIONS, "")
             .await
@@ -363,12 +375,10 @@ impl Service {
         // Imported oldest first, so that job ids follow the order backups
         // were taken in (ids are listed in random order).
         let mut found = Vec::new();
-        for id in repo.snapshot_ids().await.map_err(repo_error)? {
-            let hex = id.to_hex();
-            if indexed.contains(&hex)
-                || deleted.contains(&hex)
-                || self.not_backups.lock().expect("not_backups").contains(&hex)
-            {
+        for hex in unindexed {
+            if deleted.contains(&hex) {
+                // Not to be indexed again: not read again either.
+                self.not_backups.lock().expect("not_backups").insert(hex);
                 continue;
             }
             let snapshot = match repo.find_snapshot(&hex).await {

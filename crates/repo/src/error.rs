@@ -142,11 +142,14 @@ fn storage_message(kind: &StorageFailure, object: &str, cause: &str) -> String {
 
 /// The last error of `e`'s chain of sources, in its own words.
 fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut last = e;
-    while let Some(next) = last.source() {
-        last = next;
-    }
-    last.to_string()
+    sources(e).last().map(|last| last.to_string()).unwrap_or_default()
+}
+
+/// `e` and the chain of its sources, outermost first.
+pub(crate) fn sources<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
 }
 
 /// What a request object_store gave up on met, if it was transient (a 5xx,
@@ -158,19 +161,12 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
 /// after 3 retries, … - Server returned non-2xx status code: 503 …").
 fn unavailable(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     use object_store::client::{HttpError, HttpErrorKind};
-    let (mut retry, mut transport) = (None, None);
-    let mut at = Some(e);
-    while let Some(e) = at {
-        let words = e.to_string();
-        if retry.is_none() && words.starts_with("Error performing ") {
-            retry = Some(words);
-        }
-        if let Some(http) = e.downcast_ref::<HttpError>() {
-            transport = Some(http.kind());
-        }
-        at = e.source();
-    }
-    let retry = retry?;
+    let retry = sources(e)
+        .map(|e| e.to_string())
+        .find(|words| words.starts_with("Error performing "))?;
+    let transport = sources(e)
+        .find_map(|e| e.downcast_ref::<HttpError>())
+        .map(HttpError::kind);
     let failure = if let Some(answer) = s3_answer(&retry) {
         let status: u16 = answer.get(..3)?.parse().ok()?;
         if !(status >= 500 || status == 429 || status == 408) {
@@ -208,14 +204,9 @@ fn s3_answer(words: &str) -> Option<String> {
 
 /// The kind of the first I/O error in `e`'s chain of sources, if any.
 fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
-    let mut at = Some(e);
-    while let Some(e) = at {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return Some(io.kind());
-        }
-        at = e.source();
-    }
-    None
+    sources(e)
+        .find_map(|e| e.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind)
 }
 
 #[cfg(test)]

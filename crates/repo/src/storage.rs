@@ -150,14 +150,9 @@ where
 /// timeout or a connection cut off (object_store's transport error kinds).
 fn cut_off(e: &object_store::Error) -> bool {
     use object_store::client::{HttpError, HttpErrorKind};
-    let mut at: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(e) = at {
-        if let Some(http) = e.downcast_ref::<HttpError>() {
-            return matches!(http.kind(), HttpErrorKind::Timeout | HttpErrorKind::Interrupted);
-        }
-        at = e.source();
-    }
-    false
+    crate::error::sources(e)
+        .find_map(|e| e.downcast_ref::<HttpError>())
+        .is_some_and(|http| matches!(http.kind(), HttpErrorKind::Timeout | HttpErrorKind::Interrupted))
 }
 
 /// Where writers of a name that must be created once claim it:

@@ -126,11 +126,7 @@ fn a_catalog_stopped_mid_recovery_gets_quick_503s_and_the_recovery_succeeds() {
     let (_, list) = s.json(&[&s.url(&format!("{API}/notes/backups"))]);
     let tag = list["backupList"][0]["dbTag"].as_str().unwrap().to_string();
     std::fs::write(&data, "overwritten\n").unwrap();
-    let url = s.url(&format!("{API}/notes/backups/recovery"));
-    let body = format!(r#"{{"tag": "{tag}"}}"#);
-    let (status, h, answer) = s.curl(&[&AUTH[..], &["-X", "POST", "-d", &body, &url]].concat());
-    assert_eq!(status, "HTTP/2 202", "{answer}");
-    let location = header(&h, "location").to_string();
+    let location = ask_recovery(&s, "notes", &format!(r#"{{"tag": "{tag}"}}"#));
     outage(&s, &catalog, &location);
 
     let done = s.wait_for(&location, "Succeeded");

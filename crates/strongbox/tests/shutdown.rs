@@ -275,11 +275,7 @@ fn a_server_killed_mid_recovery_finishes_it_when_started_again() {
     let (_, list) = s.json(&[&s.url(&format!("{API}/notes/backups"))]);
     let tag = list["backupList"][0]["dbTag"].as_str().unwrap().to_string();
     std::fs::write(&file, "overwritten\n").unwrap();
-    let url = s.url(&format!("{API}/notes/backups/recovery"));
-    let body = format!(r#"{{"tag": "{tag}"}}"#);
-    let (status, h, answer) = s.curl(&[&AUTH[..], &["-X", "POST", "-d", &body, &url]].concat());
-    assert_eq!(status, "HTTP/2 202", "{answer}");
-    let location = header(&h, "location").to_string();
+    let location = ask_recovery(&s, "notes", &format!(r#"{{"tag": "{tag}"}}"#));
     let deadline = Instant::now() + Duration::from_secs(30);
     while s.json(&[&location]).1["job_status"] != "In Progress" {
         assert!(Instant::now() < deadline, "the recovery never started");

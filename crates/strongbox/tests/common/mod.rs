@@ -675,6 +675,15 @@ pub fn post_until_accepted(s: &Server, path: &str, body: &str) -> serde_json::Va
     }
 }
 
+/// Asks for a recovery of `service` (`body`), which must be accepted (202):
+/// the job's location, not waited for.
+pub fn ask_recovery(s: &Server, service: &str, body: &str) -> String {
+    let url = s.url(&format!("{API}/{service}/backups/recovery"));
+    let (status, h, answer) = s.curl(&[&AUTH[..], &["-X", "POST", "-d", body, &url]].concat());
+    assert_eq!(status, "HTTP/2 202", "{body}: {answer}");
+    header(&h, "location").to_string()
+}
+
 /// Recovers SQLite deployment `service` (file `db`) by `tag`, after a write
 /// the backup does not hold, and checks the rows are `at_backup`'s exactly
 /// (ordered checksum).
