@@ -121,22 +121,25 @@ pub struct Store {
     local_root: Option<std::path::PathBuf>,
 }
 
-/// How often a request that was cut off is sent again (`again_if_cut_off`).
-const CUT_OFF_AGAIN: usize = 3;
+/// How often a request that was cut off is sent again (`again_if_cut_off`),
+/// and the pause before the first time (doubled each time after).
+const CUT_OFF_AGAIN: u32 = 5;
+const CUT_OFF_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// `request` once more, up to `CUT_OFF_AGAIN` times, while it was cut off
 /// mid-way (`cut_off`): for the requests object_store does not retry then,
-/// which the caller knows are safe to repeat. `interrupted` says whether
-/// any attempt was cut off.
+/// which the caller knows are safe to repeat. `request` is told whether an
+/// earlier attempt was cut off; `interrupted` says whether any was.
 async fn again_if_cut_off<T, F, R>(interrupted: &mut bool, mut request: R) -> object_store::Result<T>
 where
-    R: FnMut() -> F,
+    R: FnMut(bool) -> F,
     F: std::future::Future<Output = object_store::Result<T>>,
 {
     let mut times = 0;
     loop {
-        match request().await {
+        match request(*interrupted).await {
             Err(e) if times < CUT_OFF_AGAIN && cut_off(&e) => {
+                tokio::time::sleep(CUT_OFF_PAUSE * 2u32.pow(times)).await;
                 *interrupted = true;
                 times += 1;
                 tracing::info!("a request was cut off, sending it again: {e}");
@@ -287,8 +290,9 @@ impl Store {
     /// or never sent, but not one that timed out or was cut off mid-way:
     /// it cannot know whether that one landed. Here the name is the
     /// content's (or the caller compares, `put_new_once`), so it is put
-    /// again (`again_if_cut_off`); "already exists" then most
-    /// likely means the interrupted attempt landed, and counts as created
+    /// again (`again_if_cut_off`) unless it is there by then; "already
+    /// exists" then most likely means the interrupted attempt landed, and
+    /// counts as created
     /// (the probe in `honours_create` can then only err towards claims,
     /// which are safe on every store).
     pub async fn put_new(&self, path: &Path, data: Bytes) -> Result<bool> {
@@ -298,9 +302,22 @@ impl Store {
             ..Default::default()
         };
         let mut interrupted = false;
-        let put = again_if_cut_off(&mut interrupted, || self.inner.put_opts(path, payload.clone(), opts()));
+        let put = again_if_cut_off(&mut interrupted, |again| {
+            let payload = payload.clone();
+            async move {
+                // The attempt cut off may have landed, and a server refuses
+                // the create of an existing object before it reads the body
+                // (the test server's s3s does): this client then sees a
+                // broken pipe, not the refusal, every time it sends again.
+                // So it looks first.
+                if again && self.inner.head(path).await.is_ok() {
+                    return Ok(());
+                }
+                self.inner.put_opts(path, payload, opts()).await.map(|_| ())
+            }
+        });
         match put.await {
-            Ok(_) => Ok(true),
+            Ok(()) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(interrupted),
             Err(e) => Err(Error::storage(path, e)),
         }
@@ -419,7 +436,7 @@ impl Store {
     /// does not retry a DELETE that timed out or was cut off (it does not
     /// know it idempotent); here it is, so it is sent again.
     pub async fn delete(&self, path: &Path) -> Result<()> {
-        match again_if_cut_off(&mut false, || self.inner.delete(path)).await {
+        match again_if_cut_off(&mut false, |_| self.inner.delete(path)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(Error::storage(path, e)),
         }
