@@ -53,13 +53,10 @@ impl Tool {
     }
 
     fn spawn(&mut self, stdin: Stdio, stdout: Stdio) -> Result<Running, Error> {
-        let mut child = self
-            .command
-            .stdin(stdin)
-            .stdout(stdout)
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| Error::Failed(format!("could not start {}: {e}", self.name)))?;
+        let mut command = std::mem::replace(&mut self.command, Command::new(""));
+        command.stdin(stdin).stdout(stdout).stderr(Stdio::piped());
+        let mut child =
+            start_with_the_server(command).map_err(|e| Error::Failed(format!("could not start {}: {e}", self.name)))?;
         let stderr = child.stderr.take().expect("piped");
         let tail = Arc::new(Mutex::new(Vec::new()));
         let reader = {
@@ -131,6 +128,66 @@ impl Tool {
         // and said why through its exit status.
         status.map(|()| running.redact(&stdout))
     }
+}
+
+/// Starts `command` so that it dies with the server: a tool left running
+/// after a SIGKILL of its server reads the end of its input as a clean end
+/// and commits what it had (a part of a recovery, written over the retry's
+/// work or the live data). The kernel sends it SIGKILL when its parent
+/// dies (`PR_SET_PDEATHSIG`), and it leads a process group of its own
+/// (a terminal's Ctrl-C is the server's to handle, not each tool's).
+///
+/// The death signal fires when the *thread* that started the child ends,
+/// not the process: started from a pool thread that idles out (tokio's
+/// blocking threads end 10 s after their last task), a dump or a WAL
+/// receiver would be killed mid-stream. So every tool is started from one
+/// thread that lives as long as the process.
+///
+/// Only the tool itself gets the signal (the setting is not inherited
+/// across fork): the commands of a shell line that the killed shell had
+/// started live on. Under the shipped systemd unit (`KillMode=
+/// control-group`, the default) systemd stops those with the server.
+fn start_with_the_server(mut command: Command) -> io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    use std::sync::OnceLock;
+    use std::sync::mpsc::{Sender, channel};
+    type Start = (Command, Sender<io::Result<Child>>);
+    static STARTER: OnceLock<Sender<Start>> = OnceLock::new();
+
+    let server = std::process::id() as libc::pid_t;
+    command.process_group(0);
+    // SAFETY: the closure runs in the forked child before exec, where only
+    // async-signal-safe calls are allowed: prctl(2) and getppid(2) are
+    // plain system calls, and the errors are built from raw OS codes (no
+    // allocation). PR_SET_PDEATHSIG takes a signal number and nothing else.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The server died between fork and prctl: no signal will come.
+            if libc::getppid() != server {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    let starter = STARTER.get_or_init(|| {
+        let (tx, rx) = channel::<Start>();
+        std::thread::Builder::new()
+            .name("tool-starter".into())
+            .spawn(move || {
+                for (mut command, answer) in rx {
+                    let _ = answer.send(command.spawn());
+                }
+            })
+            .expect("a thread to start tools from");
+        tx
+    });
+    let gone = || io::Error::other("the thread that starts tools is gone");
+    let (answer, started) = channel();
+    starter.send((command, answer)).map_err(|_| gone())?;
+    started.recv().map_err(|_| gone())?
 }
 
 fn keep_tail(mut from: impl Read, tail: &Mutex<Vec<u8>>) {

@@ -251,19 +251,20 @@ fn with_a_short_grace_another_server_completes_the_running_backup_at_once() {
 }
 
 /// SIGKILL in the middle of a recovery (its command sleeping, the file not
-/// yet written): started again, the server takes the job back once its
-/// lease (2 s) runs out, runs it again and completes it; the file holds
-/// the backup's bytes exactly. (Not yet: the killed attempt's command lives
-/// on, orphaned, and writes what it read by then when its input ends; here
-/// that is before the second attempt writes.)
+/// yet written): the killed attempt's command dies with the server (left
+/// running, it would read the end of its input as a clean end and write
+/// what it had: an empty file here, 3 s in). Started again, the server
+/// takes the job back once its lease (2 s) runs out, runs it again and
+/// completes it; the file holds the backup's bytes exactly.
 #[test]
 fn a_server_killed_mid_recovery_finishes_it_when_started_again() {
     let root = tempfile::tempdir().unwrap();
     let file = root.path().join("notes.txt");
+    let pids = root.path().join("recovery-pids");
     std::fs::write(&file, "the notes as backed up\n").unwrap();
     let (backup, recovery) = (
         format!("cat {}", file.display()),
-        format!("sleep 3 && cat > {}", file.display()),
+        format!("echo $$ >> {} && sleep 3 && cat > {}", pids.display(), file.display()),
     );
     let env = [(
         "STRONGBOX_ALLOW_COMMANDS",
@@ -277,17 +278,43 @@ fn a_server_killed_mid_recovery_finishes_it_when_started_again() {
     std::fs::write(&file, "overwritten\n").unwrap();
     let location = ask_recovery(&s, "notes", &format!(r#"{{"tag": "{tag}"}}"#));
     let deadline = Instant::now() + Duration::from_secs(30);
-    while s.json(&[&location]).1["job_status"] != "In Progress" {
-        assert!(Instant::now() < deadline, "the recovery never started");
+    while std::fs::read_to_string(&pids).unwrap_or_default().is_empty() {
+        assert!(Instant::now() < deadline, "the recovery's command never started");
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(500));
+    let first: u32 = std::fs::read_to_string(&pids).unwrap().trim().parse().unwrap();
     s.child.kill().unwrap(); // SIGKILL
     s.child.wait().unwrap();
+    let killed = Instant::now();
+    while alive(first) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(1),
+            "the killed server's recovery command (pid {first}) lives on"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(4)); // past its `sleep 3`
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "overwritten\n",
+        "something of the killed attempt wrote the file"
+    );
     s.restart();
     let done = s.wait_for(&location, "Succeeded");
     let id = done["job_id"].as_i64().unwrap().to_string();
     let log = activity(&s, &id);
     assert!(log.contains("resumed after its worker stopped"), "{log}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "the notes as backed up\n");
+}
+
+/// Whether process `pid` runs (a zombie does not: nothing reaps orphans in
+/// some containers).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
 }
