@@ -50,6 +50,28 @@ impl Error {
     }
 }
 
+impl Error {
+    /// A repository error met while `doing` something: unavailable (503)
+    /// when its store does not answer, so a client asks again instead of
+    /// reading "internal error"; internal otherwise.
+    pub fn repository(doing: impl std::fmt::Display, e: strongbox_repo::Error) -> Self {
+        let unavailable = matches!(
+            e,
+            strongbox_repo::Error::Storage {
+                kind: strongbox_repo::StorageFailure::Unavailable,
+                ..
+            }
+        );
+        let message = format!("{doing}: {e}");
+        let source = Some(Box::new(e) as Source);
+        if unavailable {
+            Error::Unavailable { message, source }
+        } else {
+            Error::Internal { message, source }
+        }
+    }
+}
+
 impl From<strongbox_catalog::Error> for Error {
     fn from(e: strongbox_catalog::Error) -> Self {
         let unreachable = e.is_unreachable();

@@ -104,7 +104,7 @@ impl WalArchives {
                 .repo
                 .wal_fetch(archive, name)
                 .await
-                .map_err(|e| Error::internal(format!("reading {name} from the WAL archive: {e}")))?
+                .map_err(|e| Error::repository(format_args!("reading {name} from the WAL archive"), e))?
                 .ok_or_else(|| Error::internal(format!("{name} vanished from the WAL archive")))?;
             let h = History::parse(timeline, &String::from_utf8_lossy(&text)).map_err(Error::internal)?;
             self.histories.lock().expect("history cache").insert(key, h.clone());
@@ -201,7 +201,7 @@ impl Service {
             .repo
             .wal_list(&archive)
             .await
-            .map_err(|e| Error::internal(format!("listing the WAL archive of {}: {e}", d.name)))?;
+            .map_err(|e| Error::repository(format_args!("listing the WAL archive of {}", d.name), e))?;
         let archived = Archived::new(&files);
         let histories = archives.histories(&archive, &archived).await?;
         // When each timeline began: as our recoveries recorded it, else when

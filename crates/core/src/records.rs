@@ -485,7 +485,7 @@ async fn put_record(repo: &Repository, r: &DeploymentRecord) -> Result<()> {
 }
 
 fn repo_error(e: strongbox_repo::Error) -> Error {
-    Error::internal(format!("the repository: {e}"))
+    Error::repository("the repository", e)
 }
 
 /// Syncs every `every` (a backup another server or the repository CLI wrote

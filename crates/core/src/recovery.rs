@@ -286,7 +286,7 @@ impl Service {
                         tracing::warn!("listing the repository's snapshots: {e}; reading the copies");
                         Default::default()
                     }
-                    Err(e) => return Err(Error::internal(format!("listing the repository's snapshots: {e}"))),
+                    Err(e) => return Err(Error::repository("listing the repository's snapshots", e)),
                 };
                 // A backup a copy holds can be recovered (from the copy) when
                 // the primary lost it.

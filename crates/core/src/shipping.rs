@@ -287,7 +287,7 @@ impl Service {
             .repo
             .wal_list(&archive)
             .await
-            .map_err(|e| Error::internal(format!("listing the shipped WAL of {}: {e}", d.name)))?;
+            .map_err(|e| Error::repository(format_args!("listing the shipped WAL of {}", d.name), e))?;
         let objects = shipped_objects(&files);
         let status = self.shippers.status(&d.domain, &d.name);
         let mut out = Vec::new();
@@ -301,7 +301,7 @@ impl Service {
                         .repo
                         .wal_fetch(&archive, name)
                         .await
-                        .map_err(|e| Error::internal(format!("reading {name}: {e}")))?
+                        .map_err(|e| Error::repository(format_args!("reading {name}"), e))?
                         .ok_or_else(|| Error::internal(format!("{name} vanished from the WAL archive")))?;
                     let (_, txns) = sqlite_ship::decode(&data).map_err(|e| Error::internal(e.to_string()))?;
                     (*end, txns.last().map_or(base.taken_ms, |t| t.seen_ms))

@@ -109,8 +109,10 @@ fn a_full_repository_disk_fails_the_backup_in_one_sentence_and_damages_nothing()
 /// a recovery succeed, exactly (ordered checksum). Then the store goes
 /// down in the middle of a backup: the job fails within the retry budget
 /// (`STRONGBOX_S3_RETRY_SECONDS=5`) saying so in one sentence, nothing is
-/// listed completed that was not, the store back, `check --read-data` is
-/// clean and the listed backup recovers exactly.
+/// listed completed that was not; a recovery asked while it is down is
+/// refused with 503 and the same sentence, the live database as it was;
+/// the store back,
+/// `check --read-data` is clean and the listed backup recovers exactly.
 #[test]
 fn a_server_on_a_flaky_store_backs_up_and_recovers_exactly_and_fails_in_one_sentence_when_it_is_down() {
     use strongbox_testkit::s3::{FaultPlan, Faults, S3Server};
@@ -166,6 +168,20 @@ fn a_server_on_a_flaky_store_backs_up_and_recovers_exactly_and_fails_in_one_sent
         1,
         "once: {message}"
     );
+
+    // A recovery asked while it is down is refused with 503 and
+    // `Retry-After` (it cannot be planned: the snapshots cannot be listed),
+    // saying why once (it was "500 internal error"); the live database is
+    // left as it was.
+    let live = sqlite_checksum(&db);
+    let url = s.url(&format!("{API}/app/backups/recovery"));
+    let asked = std::time::Instant::now();
+    let (status, h, answer) = s.curl(&[&AUTH[..], &["-X", "POST", "-d", r#"{"latest": true}"#, &url]].concat());
+    println!("the recovery request, after {:?}: {status} {answer}", asked.elapsed());
+    assert_eq!(status, "HTTP/2 503", "{answer}");
+    assert_eq!(header(&h, "retry-after"), "5", "{h:?}");
+    assert_eq!(answer.matches("the store is unavailable (").count(), 1, "{answer}");
+    assert_eq!(sqlite_checksum(&db), live, "the live database untouched");
 
     faults.set(FaultPlan::default());
     let completed = |l: Vec<String>| {
