@@ -8,45 +8,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use strongbox_testkit::Tmpfs;
 
 use common::*;
 use strongbox_repo::{Error, PruneOptions, StorageFailure, Store};
-
-/// A tmpfs mounted at a directory for the test's life.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        strongbox_testkit::sh(&format!("mount -t tmpfs -o size={size} tmpfs {}", at.display()));
-        Tmpfs(at.to_path_buf())
-    }
-
-    /// Writes a file named `name` until the file system is full.
-    fn fill(&self, name: &str) -> PathBuf {
-        use std::io::Write;
-        let filler = self.0.join(name);
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let block = vec![0x5a; 64 * 1024];
-        loop {
-            match f.write_all(&block) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
-                Err(e) => panic!("filling {}: {e}", filler.display()),
-            }
-        }
-        // The last partial block may have found room below a page.
-        let _ = f.write_all(&block[..4096]);
-        filler
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 fn digest(b: &[u8]) -> String {
     blake3::hash(b).to_hex().to_string()

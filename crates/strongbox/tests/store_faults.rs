@@ -5,30 +5,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use strongbox_testkit::Tmpfs;
 
 use common::*;
-
-/// A tmpfs mounted at a directory for the test's life.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        strongbox_testkit::sh(&format!("mount -t tmpfs -o size={size} tmpfs {}", at.display()));
-        Tmpfs(at.to_path_buf())
-    }
-
-    fn resize(&self, size: &str) {
-        strongbox_testkit::sh(&format!("mount -o remount,size={size} {}", self.0.display()));
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 /// A backup larger than the repository's file system (40 MB of random
 /// bytes into 16 MiB): the job fails and its message says so once, naming

@@ -226,3 +226,43 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         Err(_) => default,
     }
 }
+
+/// A tmpfs mounted at a directory for the test's life (as root): a real
+/// file system of a chosen size, to fill.
+pub struct Tmpfs(pub std::path::PathBuf);
+
+impl Tmpfs {
+    pub fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        sh(&format!("mount -t tmpfs -o size={size} tmpfs {}", at.display()));
+        Tmpfs(at.to_path_buf())
+    }
+
+    pub fn resize(&self, size: &str) {
+        sh(&format!("mount -o remount,size={size} {}", self.0.display()));
+    }
+
+    /// Writes a file named `name` until the file system is full.
+    pub fn fill(&self, name: &str) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.0.join(name);
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0x5a; 64 * 1024];
+        loop {
+            match f.write_all(&block) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+                Err(e) => panic!("filling {}: {e}", filler.display()),
+            }
+        }
+        // The last partial block may have found room below a page.
+        let _ = f.write_all(&block[..4096]);
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
