@@ -11,7 +11,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::{Extension, Json};
 use serde_json::Value;
-use strongbox_catalog::{RecoveryAsked, RecoveryStatus};
+use strongbox_catalog::{RecoveryAsked, RecoveryInto, RecoveryStatus};
 use strongbox_core::dates::{api_date, api_date_of, parse_api_date};
 use strongbox_core::recovery::{RecoveryRequest, Scn};
 
@@ -101,7 +101,8 @@ fn parse(body: &wire::StartRecovery) -> Result<(RecoveryRequest, RecoveryAsked),
     ))
 }
 
-/// Start a recovery in place: 202 with an empty body and the job's `Location`.
+/// Start a recovery, in place or (`target`) into another place: 202 with
+/// an empty body and the job's `Location`.
 #[utoipa::path(
     post,
     path = "/paas/service/dbcs/api/v1.1/instances/{identityDomainId}/{serviceId}/backups/recovery",
@@ -111,7 +112,9 @@ fn parse(body: &wire::StartRecovery) -> Result<(RecoveryRequest, RecoveryAsked),
         (status = 202, description = "accepted; `Location` is the job status URI, the body is empty",
          headers(("Location" = String), ("service-uri" = String), ("Retry-After" = String))),
         (status = 400, description = "not exactly one target, a bad date or scn, a target the archive does not \
-         reach (the message names the recoverable range), a moment of an abandoned timeline (the message names it)",
+         reach (the message names the recoverable range), a moment of an abandoned timeline (the message names it), \
+         a target the server's configuration does not allow (the message names the setting), that is the \
+         deployment's own, or that exists without \"replace\": true",
          body = wire::ErrorBody),
         (status = 404, description = "no such deployment, or no completed backup with that dbTag", body = wire::ErrorBody),
         (status = 409, description = "a job of this deployment is already in progress", body = wire::ErrorBody),
@@ -137,6 +140,24 @@ pub async fn start_recovery(
         ))
     })?;
     let (request, asked) = parse(&parsed)?;
+    let into = match (&parsed.target, parsed.replace) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "replace goes with a target: it says whether what is there may be overwritten",
+            ));
+        }
+        (Some(Value::Object(settings)), replace) => Some(RecoveryInto {
+            settings: settings.clone(),
+            replace: replace.unwrap_or(false),
+        }),
+        (Some(other), _) => {
+            return Err(ApiError::bad_request(format!(
+                "target is an object of the deployment's settings to recover into instead, e.g. {{\"path\": \
+                 \"/srv/copies/app.db\"}} for SQLite (got {other})"
+            )));
+        }
+    };
     let origin = origin(&caller, &headers);
     let job = state
         .service
@@ -146,6 +167,7 @@ pub async fn start_recovery(
             &request,
             asked,
             parsed.repository.as_deref(),
+            into,
             &origin,
         )
         .await?;

@@ -119,7 +119,14 @@ pub fn request_parameters(spec: Option<&strongbox_catalog::JobSpec>) -> Value {
             keep_forever,
             trigger: Trigger::User,
         }) => serde_json::json!({ "keepForever": keep_forever }),
-        Some(JobSpec::Recovery { asked, .. }) => Value::Object(words(asked.as_ref())),
+        Some(JobSpec::Recovery { asked, into, .. }) => {
+            let mut words = words(asked.as_ref());
+            if let Some(into) = into {
+                words.insert("target".into(), Value::Object(into.settings.clone()));
+                words.insert("replace".into(), Value::Bool(into.replace));
+            }
+            Value::Object(words)
+        }
         Some(JobSpec::Expire {
             deletion: Some(deletion),
             ..
@@ -371,6 +378,11 @@ pub struct StartRecovery {
     /// (unnamed: the primary, then each copy holding the backup).
     #[serde(default, deserialize_with = "present_string")]
     pub repository: Option<String>,
+    /// Strongbox: recover into this place instead of in place: the
+    /// deployment's settings it names instead (SQLite: `{"path": …}`).
+    pub target: Option<Value>,
+    /// Strongbox: whether what is at `target` may be overwritten.
+    pub replace: Option<bool>,
 }
 
 fn string(description: &str) -> ObjectBuilder {
@@ -453,11 +465,36 @@ impl utoipa::PartialSchema for StartRecovery {
         .min_length(Some(1))
         .build()
         .into();
-        let keep_only = [("keepForever", keep.clone()), ("repository", repository.clone())];
+        let target: Schema = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "Strongbox: recover into this place instead of in place, leaving the deployment as it is: the \
+                 deployment's settings it names instead, for SQLite {\"path\": \"/srv/copies/app.db\"}; only \
+                 places the server's configuration allows ([allow]); not in the deployment's recovery history",
+            ))
+            .additional_properties(Some(AdditionalProperties::FreeForm(true)))
+            .build()
+            .into();
+        let replace: Schema = ObjectBuilder::new()
+            .schema_type(Type::Boolean)
+            .description(Some(
+                "Strongbox: with target, whether what is there may be overwritten (else an existing target is \
+                 refused)",
+            ))
+            .build()
+            .into();
+        let keep_only = [
+            ("keepForever", keep.clone()),
+            ("repository", repository.clone()),
+            ("target", target.clone()),
+            ("replace", replace.clone()),
+        ];
         let with_timeline = [
             ("timeline", timeline),
             ("keepForever", keep),
             ("repository", repository),
+            ("target", target),
+            ("replace", replace),
         ];
         let one_of = OneOfBuilder::new()
             .item(object(

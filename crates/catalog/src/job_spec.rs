@@ -29,6 +29,9 @@ pub enum JobSpec {
         /// copy); `None`: the primary, falling back to copies.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         repository: Option<String>,
+        /// Into another place than the deployment's own (`None`: in place).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        into: Option<RecoveryInto>,
     },
     /// Forgets these backups (by the jobs that made them), then prunes the
     /// repository and the WAL archives of what no backup needs any more.
@@ -38,6 +41,28 @@ pub enum JobSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         deletion: Option<Deletion>,
     },
+}
+
+/// A recovery into another place than the deployment's (a copy to look
+/// at, a clone): the deployment's settings it names instead (those its
+/// engine's `Capabilities::recovers_into` lists), and whether what is
+/// there may be overwritten. The deployment itself is not touched, and
+/// its recovery history does not list it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryInto {
+    pub settings: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub replace: bool,
+}
+
+impl RecoveryInto {
+    /// The deployment's connection settings with these in their place.
+    pub fn connection(&self, deployment: &serde_json::Value) -> serde_json::Value {
+        let mut merged = deployment.as_object().cloned().unwrap_or_default();
+        merged.extend(self.settings.clone());
+        serde_json::Value::Object(merged)
+    }
 }
 
 /// A backup a user asked to delete (`DELETE …/backups/{dbTag}`).
@@ -224,6 +249,13 @@ mod tests {
             description: "restore backup TAG1".into(),
             asked: Some(RecoveryAsked::Tag("TAG1".into())),
             repository: Some("offsite".into()),
+            into: Some(RecoveryInto {
+                settings: serde_json::json!({"path": "/srv/copies/app.db"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+                replace: true,
+            }),
         };
         let back: JobSpec = serde_json::from_value(serde_json::to_value(&recovery).unwrap()).unwrap();
         assert_eq!(back, recovery);
@@ -238,6 +270,13 @@ mod tests {
         assert_eq!(
             (expire.initiated_by(SYSTEM), expire.initiated_by("alice")),
             ("SYSTEM", "USER")
+        );
+        let JobSpec::Recovery { into: Some(into), .. } = &back else {
+            panic!("{back:?}")
+        };
+        assert_eq!(
+            into.connection(&serde_json::json!({"path": "/srv/app.db", "other": 1})),
+            serde_json::json!({"path": "/srv/copies/app.db", "other": 1})
         );
         assert!(serde_json::from_value::<JobSpec>(serde_json::json!({"restore": {}})).is_err());
         // Specs queued before the request was kept still read.

@@ -17,7 +17,7 @@ mod sql;
 mod sqlite_reads;
 
 pub use backup_config::{BackupConfig, Schedule};
-pub use job_spec::{Deletion, IMPORTED, JobSpec, RecoveryAsked, SYSTEM, Trigger};
+pub use job_spec::{Deletion, IMPORTED, JobSpec, RecoveryAsked, RecoveryInto, SYSTEM, Trigger};
 pub use model::*;
 pub use sql::SqlCatalog;
 

@@ -407,6 +407,7 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
             description: "restore".into(),
             asked: Some(RecoveryAsked::Latest),
             repository: None,
+            into: None,
         },
         ..new_job("db12c", key)
     };

@@ -5,9 +5,11 @@
 //! history; an `scn` a position of it. Every check runs before the job is
 //! queued: a refused request touches nothing.
 
-use strongbox_catalog::{Backup, BackupStatus, Deployment, Job, NewRecord};
+use std::path::PathBuf;
+
+use strongbox_catalog::{Backup, BackupStatus, Deployment, Job, NewRecord, RecoveryInto};
 use strongbox_engines::pitr::{Goal, Lsn};
-use strongbox_engines::{RecoveryTarget, sqlite_ship};
+use strongbox_engines::{Access, Engine, RecoveryTarget, sqlite_ship};
 use time::OffsetDateTime;
 
 use crate::dates::{api_date, api_date_of, parse_rfc3339};
@@ -339,9 +341,62 @@ impl Service {
         Ok(Box::new(Backups))
     }
 
+    /// The engine that recovers `d` into the place `into` names, if the
+    /// request may: the engine recovers into other places, `into` names
+    /// only settings it may, the server's configuration allows the place
+    /// (as for a deployment's own), the place is not the deployment's, and
+    /// it holds nothing unless `replace`.
+    pub(crate) fn engine_into(&self, d: &Deployment, into: &RecoveryInto) -> Result<Box<dyn Engine>> {
+        let live = self.engine_of(d)?;
+        let may = live.capabilities().recovers_into;
+        if may.is_empty() {
+            return Err(Error::Invalid(format!(
+                "{} is a {} deployment, which recovers in place only: leave target out (recovery into another \
+                 place: {} deployments)",
+                d.name,
+                d.engine,
+                strongbox_engines::engines_that(|c| !c.recovers_into.is_empty()).join(", ")
+            )));
+        }
+        let named: Vec<&str> = into.settings.keys().map(String::as_str).collect();
+        if named.is_empty() || named.iter().any(|k| !may.contains(k)) {
+            return Err(Error::Invalid(format!(
+                "target names where to recover {} instead, by the settings {}: {{{}}} (got {{{}}})",
+                d.name,
+                may.join(", "),
+                may.iter().map(|k| format!("\"{k}\": …")).collect::<Vec<_>>().join(", "),
+                named.join(", ")
+            )));
+        }
+        let engine = self
+            .engine(&d.domain, &d.engine, &into.connection(&d.connection))
+            .map_err(|e| match e {
+                Error::Invalid(m) => Error::Invalid(format!("target: {m}")),
+                other => other,
+            })?;
+        let own: Vec<PathBuf> = live.accesses().iter().filter_map(place).collect();
+        if let Some(path) = engine.accesses().iter().filter_map(place).find(|p| own.contains(p)) {
+            return Err(Error::Invalid(format!(
+                "target {} is {}'s own; leave target out to recover it in place",
+                path.display(),
+                d.name
+            )));
+        }
+        if !into.replace
+            && let Some(there) = engine.occupied()
+        {
+            return Err(Error::Invalid(format!(
+                "target: {there}; send \"replace\": true to overwrite it, or name another place"
+            )));
+        }
+        Ok(engine)
+    }
+
     /// Plans a recovery and queues it; `asked` is the request in the
     /// client's words (for the history); `repository` the one to read, if
-    /// the client named one (`copies`).
+    /// the client named one (`copies`); `into` another place to recover
+    /// into than the deployment's own.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start_recovery(
         &self,
         domain: &str,
@@ -349,6 +404,7 @@ impl Service {
         request: &RecoveryRequest,
         asked: RecoveryAsked,
         repository: Option<&str>,
+        into: Option<RecoveryInto>,
         origin: &Origin,
     ) -> Result<Job> {
         if repository.is_some() {
@@ -356,6 +412,9 @@ impl Service {
             self.readable_repositories(repository).await?;
         }
         let d = self.deployment(domain, deployment).await?;
+        if let Some(into) = &into {
+            self.engine_into(&d, into)?;
+        }
         let usable = self.backups_held(domain, deployment, true).await?;
         let planner = self.planner(&d, &usable, request).await?;
         let (backup, plan) = planner.plan(request, &d, &usable).await?;
@@ -365,21 +424,43 @@ impl Service {
             description: plan.description,
             asked: Some(asked.clone()),
             repository: repository.map(str::to_string),
+            into: into.clone(),
         };
         let from = repository.map(|r| format!(", read from {r}")).unwrap_or_default();
+        let place = into
+            .as_ref()
+            .map(|i| format!(", into {}", serde_json::Value::Object(i.settings.clone())))
+            .unwrap_or_default();
         let message = format!(
-            "recovery from backup {} requested by {} (target {asked}{from})",
+            "recovery from backup {} requested by {} (target {asked}{from}{place})",
             backup.db_tag, origin.user
         );
-        self.create_job(domain, deployment, &spec, origin, |_| {
-            (
-                NewRecord::Recovery {
-                    target: asked.clone(),
-                    backup_job_id: backup.job_id,
-                },
-                message.clone(),
-            )
-        })
-        .await
+        // A recovery elsewhere is not one of the deployment's: its history
+        // (and what `latest` means after it) stays as it was.
+        let record = match into {
+            Some(_) => NewRecord::None,
+            None => NewRecord::Recovery {
+                target: asked.clone(),
+                backup_job_id: backup.job_id,
+            },
+        };
+        self.create_job(domain, deployment, &spec, origin, |_| (record.clone(), message.clone()))
+            .await
     }
+}
+
+/// Where a file or directory access points, resolved (symbolic links,
+/// `..`), for telling two spellings of one place apart; a place not yet
+/// made resolves through its parent.
+fn place(access: &Access) -> Option<PathBuf> {
+    let path = match access {
+        Access::DatabaseFile { path, .. } | Access::DataDirectory { path, .. } => path,
+        _ => return None,
+    };
+    Some(path.canonicalize().unwrap_or_else(|_| {
+        match (path.parent().and_then(|p| p.canonicalize().ok()), path.file_name()) {
+            (Some(parent), Some(name)) => parent.join(name),
+            _ => path.clone(),
+        }
+    }))
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use strongbox_catalog::{BackupResult, Deployment, Job, JobEnd, Lease};
+use strongbox_catalog::{BackupResult, Deployment, Job, JobEnd, Lease, RecoveryInto};
 use strongbox_engines::pitr::Reached;
 use strongbox_engines::{BackupContext, Engine, RecoveryContext, RecoveryTarget, SnapshotFiles};
 use strongbox_repo::{BackupOptions, Counters, LateLabels, Repository};
@@ -117,7 +117,9 @@ pub async fn worker(service: Arc<Service>, setup: WorkerSetup) {
                             // A new backup to copy.
                             service.copies_wanted.notify_waiters();
                         }
-                        if let Ok(JobSpec::Recovery { .. }) = job.spec() {
+                        // A recovery into another place leaves the
+                        // deployment's history as it was.
+                        if let Ok(JobSpec::Recovery { into: None, .. }) = job.spec() {
                             service.record_recovery(&job.domain, job.id).await;
                             if let Err(e) = service.base_after_recovery(&job.domain, &job.deployment, job.id).await {
                                 tracing::warn!("queueing the base backup after the recovery: {e}");
@@ -226,9 +228,10 @@ impl Worker {
                 target,
                 description,
                 repository,
+                into,
                 ..
             } => match self
-                .recovery(job, from, &target, &description, repository.as_deref())
+                .recovery(job, from, &target, &description, repository.as_deref(), into.as_ref())
                 .await
             {
                 Ok((summary, reached)) => JobEnd {
@@ -403,8 +406,14 @@ impl Worker {
         target: &RecoveryTarget,
         description: &str,
         repository: Option<&str>,
+        into: Option<&RecoveryInto>,
     ) -> Result<(String, Option<Reached>)> {
-        let (_, engine) = self.engine(job).await?;
+        let (deployment, mut engine) = self.engine(job).await?;
+        if let Some(into) = into {
+            // Checked again as it runs: the configuration or the place may
+            // have changed since the request.
+            engine = self.service.engine_into(&deployment, into)?.into();
+        }
         let backup = self
             .service
             .catalog
@@ -429,7 +438,8 @@ impl Worker {
                     tokio::runtime::Handle::current(),
                     self.counters.clone(),
                 );
-                self.recover_from(job, engine.clone(), files, archives, target).await
+                self.recover_from(job, engine.clone(), files, archives, target, into.is_none())
+                    .await
             };
             match attempt.await {
                 Ok(recovered) => {
@@ -461,6 +471,7 @@ impl Worker {
         files: SnapshotFiles,
         archives: &Arc<WalArchives>,
         target: &RecoveryTarget,
+        in_place: bool,
     ) -> Result<strongbox_engines::Recovered, RecoverError> {
         let runtime = tokio::runtime::Handle::current();
         // PostgreSQL replays its archive, SQLite its shipped WAL.
@@ -471,7 +482,10 @@ impl Worker {
             self.setup.scratch.clone(),
             target.clone(),
         );
-        let shipper = self.service.shippers.link(&job.domain, &job.deployment);
+        // Elsewhere, the deployment's shipper goes on as it was.
+        let shipper = in_place
+            .then(|| self.service.shippers.link(&job.domain, &job.deployment))
+            .flatten();
         let read_failure = files.read_failure();
         let result = tokio::task::spawn_blocking(move || {
             let log = |message: String| runtime.block_on(log(catalog.as_ref(), &lease, &message));

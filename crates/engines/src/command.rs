@@ -29,6 +29,7 @@ impl CommandEngine {
         online_recovery: true,
         ships_log: false,
         streams_wal: false,
+        recovers_into: &[],
     };
 
     pub fn from_connection(c: &serde_json::Value) -> Result<Self, Error> {

@@ -41,6 +41,9 @@ pub struct Capabilities {
     /// runs (PostgreSQL: `pg_receivewal`), when continuous archiving is on:
     /// a lost server loses at most the last second.
     pub streams_wal: bool,
+    /// The settings a recovery into another place may name instead of the
+    /// deployment's (SQLite: `path`); none: it recovers in place only.
+    pub recovers_into: &'static [&'static str],
 }
 
 /// Every engine's name and capabilities.
@@ -274,6 +277,13 @@ pub trait Engine: Send + Sync {
         target: &RecoveryTarget,
         cx: &RecoveryContext,
     ) -> Result<Recovered, Error>;
+
+    /// What is already where its settings point (a file, a data
+    /// directory, a database), in words: a recovery into another place
+    /// overwrites it only when asked to.
+    fn occupied(&self) -> Option<String> {
+        None
+    }
 
     /// Present for engines that recover to points in time.
     fn point_in_time(&self) -> Option<&dyn PointInTime> {

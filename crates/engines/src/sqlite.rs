@@ -45,6 +45,7 @@ impl SqliteEngine {
         online_recovery: true,
         ships_log: true,
         streams_wal: false,
+        recovers_into: &["path"],
     };
 
     pub fn from_connection(c: &serde_json::Value) -> Result<Self, Error> {
@@ -194,6 +195,10 @@ impl crate::Engine for SqliteEngine {
             self.path.display(),
             replayed.unwrap_or_default()
         )))
+    }
+
+    fn occupied(&self) -> Option<String> {
+        self.path.exists().then(|| format!("{} exists", self.path.display()))
     }
 
     fn log_shipping(&self) -> Option<&dyn crate::ShipsLog> {

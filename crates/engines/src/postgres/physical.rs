@@ -193,6 +193,7 @@ impl PgPhysical {
         online_recovery: false,
         ships_log: false,
         streams_wal: true,
+        recovers_into: &[],
     };
 
     pub fn from_connection(c: &serde_json::Value) -> Result<Self, Error> {
