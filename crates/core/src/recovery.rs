@@ -5,11 +5,11 @@
 //! history; an `scn` a position of it. Every check runs before the job is
 //! queued: a refused request touches nothing.
 
-use std::path::PathBuf;
+use std::sync::Arc;
 
 use strongbox_catalog::{Backup, BackupStatus, Deployment, Job, NewRecord, RecoveryInto};
 use strongbox_engines::pitr::{Goal, Lsn};
-use strongbox_engines::{Access, Engine, RecoveryTarget, sqlite_ship};
+use strongbox_engines::{Engine, RecoveryTarget, sqlite_ship};
 use time::OffsetDateTime;
 
 use crate::dates::{api_date, api_date_of, parse_rfc3339};
@@ -344,9 +344,9 @@ impl Service {
     /// The engine that recovers `d` into the place `into` names, if the
     /// request may: the engine recovers into other places, `into` names
     /// only settings it may, the server's configuration allows the place
-    /// (as for a deployment's own), the place is not the deployment's, and
-    /// it holds nothing unless `replace`.
-    pub(crate) fn engine_into(&self, d: &Deployment, into: &RecoveryInto) -> Result<Box<dyn Engine>> {
+    /// (as for a deployment's own), and the place is not the deployment's.
+    /// Checked again as the job runs: the configuration may have changed.
+    pub(crate) fn engine_into(&self, d: &Deployment, into: &RecoveryInto) -> Result<Arc<dyn Engine>> {
         let live = self.engine_of(d)?;
         let may = live.capabilities().recovers_into;
         if may.is_empty() {
@@ -374,22 +374,13 @@ impl Service {
                 Error::Invalid(m) => Error::Invalid(format!("target: {m}")),
                 other => other,
             })?;
-        let own: Vec<PathBuf> = live.accesses().iter().filter_map(place).collect();
-        if let Some(path) = engine.accesses().iter().filter_map(place).find(|p| own.contains(p)) {
+        if let Some(place) = engine.place().filter(|p| Some(p) == live.place().as_ref()) {
             return Err(Error::Invalid(format!(
-                "target {} is {}'s own; leave target out to recover it in place",
-                path.display(),
+                "target {place} is {}'s own; leave target out to recover it in place",
                 d.name
             )));
         }
-        if !into.replace
-            && let Some(there) = engine.occupied()
-        {
-            return Err(Error::Invalid(format!(
-                "target: {there}; send \"replace\": true to overwrite it, or name another place"
-            )));
-        }
-        Ok(engine)
+        Ok(engine.into())
     }
 
     /// Plans a recovery and queues it; `asked` is the request in the
@@ -413,7 +404,19 @@ impl Service {
         }
         let d = self.deployment(domain, deployment).await?;
         if let Some(into) = &into {
-            self.engine_into(&d, into)?;
+            let engine = self.engine_into(&d, into)?;
+            // Only here, not as the job runs: a job taken over after a
+            // crash finds its own first attempt's work there.
+            if !into.replace {
+                let there = tokio::task::spawn_blocking(move || engine.occupied())
+                    .await
+                    .map_err(Error::internal)?;
+                if let Some(there) = there {
+                    return Err(Error::Invalid(format!(
+                        "target: {there}; send \"replace\": true to overwrite it, or name another place"
+                    )));
+                }
+            }
         }
         let usable = self.backups_held(domain, deployment, true).await?;
         let planner = self.planner(&d, &usable, request).await?;
@@ -447,20 +450,4 @@ impl Service {
         self.create_job(domain, deployment, &spec, origin, |_| (record.clone(), message.clone()))
             .await
     }
-}
-
-/// Where a file or directory access points, resolved (symbolic links,
-/// `..`), for telling two spellings of one place apart; a place not yet
-/// made resolves through its parent.
-fn place(access: &Access) -> Option<PathBuf> {
-    let path = match access {
-        Access::DatabaseFile { path, .. } | Access::DataDirectory { path, .. } => path,
-        _ => return None,
-    };
-    Some(path.canonicalize().unwrap_or_else(|_| {
-        match (path.parent().and_then(|p| p.canonicalize().ok()), path.file_name()) {
-            (Some(parent), Some(name)) => parent.join(name),
-            _ => path.clone(),
-        }
-    }))
 }

@@ -410,9 +410,7 @@ impl Worker {
     ) -> Result<(String, Option<Reached>)> {
         let (deployment, mut engine) = self.engine(job).await?;
         if let Some(into) = into {
-            // Checked again as it runs: the configuration or the place may
-            // have changed since the request.
-            engine = self.service.engine_into(&deployment, into)?.into();
+            engine = self.service.engine_into(&deployment, into)?;
         }
         let backup = self
             .service

@@ -278,9 +278,16 @@ pub trait Engine: Send + Sync {
         cx: &RecoveryContext,
     ) -> Result<Recovered, Error>;
 
-    /// What is already where its settings point (a file, a data
-    /// directory, a database), in words: a recovery into another place
-    /// overwrites it only when asked to.
+    /// Where its data lives (a file, a data directory, a database), one
+    /// spelling per place: a recovery into another place must name
+    /// another. `None`: it cannot tell (a command's).
+    fn place(&self) -> Option<String> {
+        None
+    }
+
+    /// What is already where its settings point, in words: a recovery into
+    /// another place overwrites it only when asked to. May ask the
+    /// database (blocking).
     fn occupied(&self) -> Option<String> {
         None
     }

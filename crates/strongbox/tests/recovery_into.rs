@@ -177,3 +177,146 @@ fn a_sqlite_deployment_recovers_into_other_files_exactly_and_the_live_one_is_unt
     refused(&s, r#"{"latest": true, "replace": true}"#);
     assert_eq!(table_checksum(&db, "t"), live, "the live database untouched");
 }
+
+/// One value a query on database `name` of the test's PostgreSQL returns.
+fn query(name: &str, sql: &str) -> String {
+    let out = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            name,
+            "-c",
+            sql,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Databases dropped when the test ends, however it ends.
+struct DropDatabases(Vec<String>);
+
+impl Drop for DropDatabases {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = std::process::Command::new("psql")
+                .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
+                .arg(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .output();
+        }
+    }
+}
+
+/// A `postgresql-logical` deployment recovered into other databases of
+/// the same server (created) by `latest`, a tag and a backup's completion
+/// timestamp, each exactly (ordered checksum of every column), the live
+/// database's checksum unchanged and its server serving throughout; an
+/// existing database is overwritten only with `"replace": true`; the live
+/// one itself is refused, even with it.
+#[test]
+fn a_logical_postgresql_deployment_recovers_into_other_databases_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(&dir);
+    let live = format!("sb_into_{}", std::process::id());
+    let copy = |what: &str| format!("{live}_{what}");
+    let _cleanup = DropDatabases(
+        std::iter::once(live.clone())
+            .chain(["latest", "tag", "timestamp"].map(copy))
+            .collect(),
+    );
+    query("postgres", &format!("DROP DATABASE IF EXISTS {live}"));
+    query("postgres", &format!("CREATE DATABASE {live}"));
+    query(
+        &live,
+        "CREATE TABLE t AS SELECT n AS id, md5(n::text) AS v FROM generate_series(1, 3000) AS n; \
+         CREATE TABLE served(what text)",
+    );
+    let ordered = "SELECT count(*) || ' ' || md5(string_agg(id || ':' || v, ',' ORDER BY id)) FROM t";
+    let connection = serde_json::json!({"engine": "postgresql-logical", "connection": {
+        "url": format!("postgresql://postgres@127.0.0.1:5432/{live}"), "bin_dir": strongbox_testkit::PG_BIN}});
+    let url = s.url("/strongbox/api/v1/instances/usexample/shop");
+    let (status, v) = s.json(&["-X", "PUT", "-d", &connection.to_string(), &url]);
+    assert_eq!(status, "HTTP/2 200", "{v}");
+
+    let backup = |s: &Server| {
+        let job = post_until_accepted(s, &format!("{API}/shop/backups"), "{}");
+        let (_, list) = s.json(&[&s.url(&format!("{API}/shop/backups"))]);
+        let b = list["backupList"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["jobId"] == job["job_id"])
+            .cloned()
+            .unwrap_or_else(|| panic!("{list}"));
+        (
+            b["dbTag"].as_str().unwrap().to_string(),
+            b["backupCompleteDate"].as_str().unwrap().to_string(),
+        )
+    };
+    let (first, first_completed) = backup(&s);
+    let at_first = query(&live, ordered);
+    query(
+        &live,
+        "UPDATE t SET v = 'changed' WHERE id % 7 = 0; DELETE FROM t WHERE id % 10 = 0",
+    );
+    query(
+        &live,
+        "INSERT INTO t SELECT n, md5(n::text) FROM generate_series(3001, 4000) AS n",
+    );
+    backup(&s);
+    let at_latest = query(&live, ordered);
+    assert_ne!(at_first, at_latest);
+
+    for (body, what, expected) in [
+        (r#"{"latest": true"#.to_string(), "latest", &at_latest),
+        (format!(r#"{{"tag": "{first}""#), "tag", &at_first),
+        (format!(r#"{{"timestamp": "{first_completed}""#), "timestamp", &at_first),
+    ] {
+        let body = format!(r#"{body}, "target": {{"database": "{}"}}}}"#, copy(what));
+        let job = post_until_accepted(&s, &format!("{API}/shop/backups/recovery"), &body);
+        assert_eq!(job["job_request_parameters"]["target"]["database"], copy(what), "{job}");
+        assert_eq!(&query(&copy(what), ordered), expected, "{body}");
+        assert_eq!(
+            query(&live, ordered),
+            at_latest,
+            "the live database untouched by {body}"
+        );
+        query(&live, &format!("INSERT INTO served VALUES ('{what}')"));
+    }
+
+    // An existing database is overwritten only when asked to.
+    let into_latest = format!(r#""target": {{"database": "{}"}}"#, copy("latest"));
+    let (status, v) = s.json(&[
+        "-X",
+        "POST",
+        "-d",
+        &format!(r#"{{"tag": "{first}", {into_latest}}}"#),
+        &s.url(&format!("{API}/shop/backups/recovery")),
+    ]);
+    assert_eq!(status, "HTTP/2 400", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("exists"), "{v}");
+    post_until_accepted(
+        &s,
+        &format!("{API}/shop/backups/recovery"),
+        &format!(r#"{{"tag": "{first}", {into_latest}, "replace": true}}"#),
+    );
+    assert_eq!(query(&copy("latest"), ordered), at_first);
+    let (status, v) = s.json(&[
+        "-X",
+        "POST",
+        "-d",
+        &format!(r#"{{"latest": true, "target": {{"database": "{live}"}}, "replace": true}}"#),
+        &s.url(&format!("{API}/shop/backups/recovery")),
+    ]);
+    assert_eq!(status, "HTTP/2 400", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("shop's own"), "{v}");
+    assert_eq!(query(&live, ordered), at_latest, "the live database untouched");
+    assert_eq!(query(&live, "SELECT count(*) FROM served"), "3");
+}

@@ -132,14 +132,36 @@ impl PgLogical {
         online_recovery: true,
         ships_log: false,
         streams_wal: false,
-        recovers_into: &[],
+        recovers_into: &["database"],
     };
 
+    /// `database`, if set, names the database instead of the URL's path
+    /// (a recovery into another database of the same server names only
+    /// that, never a URL with a password).
     pub fn from_connection(c: &serde_json::Value) -> Result<Self, Error> {
-        crate::only_settings(c, "postgresql-logical", &["url", "bin_dir"])?;
-        Ok(PgLogical {
-            conn: Conn::from_connection(c, "postgresql-logical")?,
-        })
+        const ENGINE: &str = "postgresql-logical";
+        crate::only_settings(c, ENGINE, &["url", "bin_dir", "database"])?;
+        let mut conn = Conn::from_connection(c, ENGINE)?;
+        if let Some(name) = crate::optional_setting(c, ENGINE, "database", "\"shop_copy\"")? {
+            if name.contains(['/', '\0', '?', '#']) {
+                return Err(Error::BadConnection {
+                    engine: ENGINE,
+                    reason: format!("\"database\" is a database's name, without /, ?, # (got {name:?})"),
+                });
+            }
+            let mut url = url::Url::parse(&conn.url).map_err(|e| Error::Failed(e.to_string()))?;
+            url.set_path(&format!("/{name}"));
+            conn.url = url.to_string();
+        }
+        Ok(PgLogical { conn })
+    }
+
+    /// The database's name, as the server knows it.
+    fn database(&self) -> String {
+        let path = url::Url::parse(&self.conn.url)
+            .map(|u| u.path().trim_start_matches('/').to_string())
+            .unwrap_or_default();
+        percent_decode(&path)
     }
 }
 
@@ -154,8 +176,7 @@ impl PgLogical {
             return Err(e);
         }
         let mut url = url::Url::parse(&self.conn.url).map_err(|e| Error::Failed(e.to_string()))?;
-        let name = url.path().trim_start_matches('/').to_string();
-        let name = percent_decode(&name);
+        let name = self.database();
         url.set_path(if name == "postgres" { "/template1" } else { "/postgres" });
         let maintenance = Conn {
             url: url.to_string(),
@@ -175,6 +196,23 @@ impl crate::Engine for PgLogical {
 
     fn accesses(&self) -> Vec<crate::Access> {
         self.conn.accesses()
+    }
+
+    fn place(&self) -> Option<String> {
+        let url = url::Url::parse(&self.conn.url).ok()?;
+        Some(format!(
+            "{}:{}/{}",
+            url.host_str().unwrap_or("localhost"),
+            url.port().unwrap_or(5432),
+            self.database()
+        ))
+    }
+
+    fn occupied(&self) -> Option<String> {
+        self.conn
+            .query("SELECT 1")
+            .is_ok()
+            .then(|| format!("database {} exists", self.database()))
     }
 
     fn backup(&self, _cx: &crate::BackupContext) -> Result<crate::BackupStreams, Error> {
