@@ -262,6 +262,9 @@ fn a_logical_postgresql_deployment_recovers_into_other_databases_exactly() {
     };
     let (first, first_completed) = backup(&s);
     let at_first = query(&live, ordered);
+    // A completion timestamp names the latest backup completed in its
+    // second: the next one completes in a later one.
+    std::thread::sleep(second_after(Duration::ZERO).1);
     query(
         &live,
         "UPDATE t SET v = 'changed' WHERE id % 7 = 0; DELETE FROM t WHERE id % 10 = 0",
