@@ -150,6 +150,11 @@ async function select(name) {
   for (const row of $('#deployments tbody').rows) row.classList.toggle('selected', row.dataset.name === name);
   $('#deployment').hidden = false;
   $('#deployment-title .name').textContent = name;
+  // Recovery into another place, where the engine can (`recoversInto`).
+  const into = current.recoversInto || [];
+  $('#into').hidden = into.length === 0;
+  $('#into .setting').textContent = into[0] || '';
+  $('#recover input[value=place]').checked = true;
   await loadBackups();
   $('#deployment-title').scrollIntoView({ block: 'nearest' });
 }
@@ -230,11 +235,25 @@ $('#recover').addEventListener('submit', ev => {
     what = `its state at ${apiDate(t)} UTC`;
   }
   const dialog = $('#confirm');
+  const copy = form.get('into') === 'copy' && !$('#into').hidden;
+  if (copy) {
+    const setting = current.recoversInto[0];
+    if (!form.get('copy')) return showError('#app-error', `name where to restore the copy (its ${setting})`);
+    body.target = { [setting]: form.get('copy') };
+    if (form.get('replace')) body.replace = true;
+  }
+  dialog.querySelector('.verb').textContent = copy ? 'Restore a copy of' : 'Overwrite';
   dialog.querySelector('.name').textContent = `${current.service_name}`;
-  dialog.querySelector('.what').textContent =
-    `This replaces the current contents of deployment ${current.service_name} (${current.engine}) ` +
-    `in identity domain ${me.identityDomain} with ${what}.`;
-  $('#confirm-ok').textContent = `Overwrite ${current.service_name}`;
+  dialog.querySelector('.what').textContent = copy
+    ? `This restores ${what} of deployment ${current.service_name} (${current.engine}) in identity domain ` +
+      `${me.identityDomain} into ${current.recoversInto[0]} ${form.get('copy')}; the deployment is not changed.`
+    : `This replaces the current contents of deployment ${current.service_name} (${current.engine}) ` +
+      `in identity domain ${me.identityDomain} with ${what}.`;
+  dialog.querySelector('.loss').hidden = copy && !body.replace;
+  dialog.querySelector('.loss').textContent = copy
+    ? `What is at ${form.get('copy')} now is replaced.`
+    : 'Everything written to it after that point is lost.';
+  $('#confirm-ok').textContent = copy ? 'Restore the copy' : `Overwrite ${current.service_name}`;
   dialog.returnValue = '';
   dialog.onclose = async () => {
     if (dialog.returnValue !== 'ok') return;

@@ -339,6 +339,11 @@ fn instance(state: &AppState, d: &Deployment, pitr: Option<wire::PointInTimeReco
         runs_on: d.runs_on.clone(),
         continuous_archiving: None,
         copies: Vec::new(),
+        recovers_into: strongbox_engines::CAPABILITIES
+            .iter()
+            .find(|(engine, _)| *engine == d.engine)
+            .map(|(_, can)| can.recovers_into.iter().map(|s| s.to_string()).collect())
+            .unwrap_or_default(),
     }
 }
 

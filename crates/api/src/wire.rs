@@ -282,6 +282,11 @@ pub struct Instance {
     /// far each is behind its repository.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub copies: Vec<CopyStatus>,
+    /// Strongbox: the settings a recovery into another place may name
+    /// (`target` of a recovery request; SQLite `path`); absent: in place
+    /// only.
+    #[serde(rename = "recoversInto", skip_serializing_if = "Vec::is_empty")]
+    pub recovers_into: Vec<String>,
 }
 
 /// Strongbox: one copy (a further repository) as its copier last found it.

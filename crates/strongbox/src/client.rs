@@ -49,11 +49,20 @@ enum ClientCommand {
         #[arg(long)]
         no_wait: bool,
     },
-    /// Recover a deployment (overwriting it), and follow the job to its end.
+    /// Recover a deployment (overwriting it, or with --to into another
+    /// place), and follow the job to its end.
     Recover {
         service: String,
         #[command(flatten)]
         target: Target,
+        /// Recover into another place instead, leaving the deployment as it
+        /// is: a setting it names instead (SQLite `path=/srv/copies/app.db`,
+        /// postgresql-logical `database=shop_copy`); repeat for several.
+        #[arg(long, value_name = "SETTING=VALUE")]
+        to: Vec<String>,
+        /// With --to: overwrite what is there.
+        #[arg(long, requires = "to")]
+        replace: bool,
         #[arg(long)]
         no_wait: bool,
     },
@@ -136,15 +145,30 @@ pub async fn run(args: ClientArgs) -> Result<ExitCode> {
         ClientCommand::Recover {
             service,
             target,
+            to,
+            replace,
             no_wait,
         } => {
-            let body = match target {
+            let mut body = match target {
                 Target { latest: true, .. } => json!({"latest": true}),
                 Target { tag: Some(t), .. } => json!({"tag": t}),
                 Target { timestamp: Some(t), .. } => json!({"timestamp": t}),
                 Target { scn: Some(s), .. } => json!({"scn": s}),
                 _ => unreachable!("clap requires one target"),
             };
+            if !to.is_empty() {
+                let mut place = serde_json::Map::new();
+                for setting in &to {
+                    let (key, value) = setting.split_once('=').with_context(|| {
+                        format!("--to {setting}: write SETTING=VALUE, e.g. path=/srv/copies/app.db")
+                    })?;
+                    place.insert(key.to_string(), json!(value));
+                }
+                body["target"] = serde_json::Value::Object(place);
+                if replace {
+                    body["replace"] = json!(true);
+                }
+            }
             let job = c.start(&format!("{service}/backups/recovery"), body).await?;
             c.follow(&job, !no_wait).await
         }

@@ -76,6 +76,28 @@ fn the_client_backs_up_recovers_lists_and_reports_failures_in_its_exit_status() 
     let out = client(&s, pw, &["recoveries", "db12c"]);
     assert!(out.status.success() && text(&out).contains(&tag), "{}", text(&out));
 
+    // Into another file: the backup's rows there, the deployment as it was.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("DELETE FROM orders WHERE rowid % 3 = 0", [])
+        .unwrap();
+    let live = table_checksum(&db, "orders");
+    let copy = dir.path().join("copy.sqlite");
+    let to = format!("path={}", copy.display());
+    let out = client(&s, pw, &["recover", "db12c", "--tag", &tag, "--to", &to]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(table_checksum(&copy, "orders"), at_backup, "the copy, exactly");
+    assert_eq!(table_checksum(&db, "orders"), live, "the deployment untouched");
+    let out = client(&s, pw, &["recover", "db12c", "--latest", "--to", &to]);
+    assert!(
+        !out.status.success() && text(&out).contains("\"replace\": true"),
+        "{}",
+        text(&out)
+    );
+    let out = client(&s, pw, &["recover", "db12c", "--latest", "--to", &to, "--replace"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(table_checksum(&copy, "orders"), at_backup, "latest is that backup");
+
     // A job's status by its id, as JSON.
     let out = client(&s, pw, &["--json", "status", "1", "--watch"]);
     assert!(out.status.success(), "{}", text(&out));

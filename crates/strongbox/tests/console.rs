@@ -1,9 +1,10 @@
 //! The web console, driven in Debian's headless Chromium by playwright-core
 //! (`tests/console/console.mjs`): sign-in (a wrong password refused), a
 //! backup started and watched to completion, a recovery to a moment picked
-//! on the range with the keyboard, after a confirmation; the activity log;
-//! a change without the CSRF token refused. Here: the recovered database
-//! holds exactly what it held at that moment.
+//! on the range with the keyboard, after a confirmation; a copy of that
+//! moment restored into another file; the activity log; a change without
+//! the CSRF token refused. Here: the recovered database and the copy hold
+//! exactly what it held at that moment.
 //!
 //! `STRONGBOX_SCREENSHOTS=DIR` keeps the screenshots (the README's come
 //! from `docs/`).
@@ -57,11 +58,15 @@ fn the_console_signs_in_backs_up_and_recovers_to_a_picked_moment_in_a_real_brows
         )
         .unwrap();
     assert_ne!(orders(), at_first);
+    // What the console's own backup will hold.
+    let at_second = orders();
 
+    let copy = dir.path().join("copy-of-db12c.sqlite");
     let shots = std::env::var("STRONGBOX_SCREENSHOTS").unwrap_or_else(|_| dir.path().display().to_string());
     let out = Command::new("node")
         .arg(script.join("console.mjs"))
         .args([&s.url(""), "serviceadmin", "Pa55_word", &shots])
+        .arg(&copy)
         .current_dir(&script)
         .output()
         .unwrap();
@@ -83,6 +88,20 @@ fn the_console_signs_in_backs_up_and_recovers_to_a_picked_moment_in_a_real_brows
         at_first,
         "the first backup's rows, exactly (ordered checksum)"
     );
+    // The latest moment is the console's own backup's completion.
+    let (_, list) = s.json(&[&s.url(BACKUPS)]);
+    let second = list["backupList"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b["backupCompleteDate"].as_str())
+        .map(|d| d.trim_end_matches(" UTC"))
+        .find(|d| *d != first)
+        .unwrap_or_else(|| panic!("the console's backup: {list}"))
+        .to_string();
+    assert!(stdout.contains(&format!("COPIED {second} TO")), "{stdout}");
+    assert_eq!(orders(), at_first, "the deployment not changed by the copy");
+    assert_eq!(table_checksum(&copy, "orders"), at_second, "the copy, exactly");
     for shot in ["console-1280.png", "console-390.png"] {
         let png = std::fs::read(Path::new(&shots).join(shot)).unwrap();
         assert!(

@@ -3,12 +3,13 @@
 // A wrong password is refused; signing in shows the deployments; a backup
 // started from the page completes with live progress; a recovery to a
 // moment picked on the range (with the keyboard) asks for confirmation
-// naming what it overwrites and completes; its activity log shows; a change
+// naming what it overwrites and completes; a copy of the latest moment
+// restored into another file, after a confirmation naming it; its activity log shows; a change
 // without the CSRF token is refused. Screenshots at 1280 and 390 px wide.
 // Exits non-zero with the reason on the first thing that is not so.
 import { chromium } from 'playwright-core';
 
-const [url, user, password, shots] = process.argv.slice(2);
+const [url, user, password, shots, copyPath] = process.argv.slice(2);
 const expect = (ok, what) => { if (!ok) throw new Error(`expected: ${what}`); };
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -86,6 +87,25 @@ try {
   const log = await page.locator('#job .activity').innerText();
   expect(/recovery completed/.test(log), `the recovery's activity log: ${log}`);
   console.log(`RECOVERED TO ${moment}`);
+
+  // A copy of the latest moment (the console's backup) into another file:
+  // the deployment, just recovered to the earliest, is not changed (the
+  // test compares both).
+  await page.getByRole('slider', { name: 'Moment on the recoverable range' }).focus();
+  await page.keyboard.press('End');
+  const latest = await page.getByLabel('Moment (UTC)').inputValue();
+  await page.getByLabel('A copy, leaving the deployment as it is').check();
+  await page.getByLabel('Where to restore the copy').fill(copyPath);
+  await page.getByRole('button', { name: 'Recover…' }).click();
+  const copyWarning = await dialog.innerText();
+  expect(copyWarning.includes(copyPath) && copyWarning.includes('not changed') && copyWarning.includes(latest),
+    `the confirmation names the copy's place and the moment: ${copyWarning}`);
+  const recoveryJob = await page.locator('#job .id').innerText();
+  await page.getByRole('button', { name: 'Restore the copy' }).click();
+  // The panel follows the new job (the last one succeeded too).
+  await page.waitForFunction(id => document.querySelector('#job .id').textContent !== id, recoveryJob);
+  await page.locator('#job[data-status=Succeeded]').waitFor({ timeout: 60000 });
+  console.log(`COPIED ${latest} TO ${copyPath}`);
 
   // Readable on a phone.
   await page.setViewportSize({ width: 390, height: 844 });
