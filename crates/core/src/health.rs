@@ -48,7 +48,14 @@ impl Service {
             .collect();
         let last_backup = completed.iter().max().copied();
         let from_backups = completed.iter().min().copied().zip(last_backup);
-        let pitr = self.pitr_status(&d).await?;
+        // While the repository cannot be read, what the catalog knows.
+        let pitr = match self.pitr_status(&d).await {
+            Err(crate::Error::Unavailable { message, .. }) => {
+                tracing::debug!("{}: {message}", d.name);
+                None
+            }
+            other => other?,
+        };
         let archived = pitr.as_ref().and_then(|p| {
             let (first, last) = (p.ranges.first()?, p.ranges.last()?);
             Some((first.earliest_time, last.latest_time))
@@ -79,6 +86,11 @@ pub struct Dependencies {
 }
 
 impl Dependencies {
+    /// Why the repository did not answer its last probe, if it did not.
+    pub fn failing_repository(&self) -> Option<String> {
+        self.repository.lock().expect("dependency").clone()
+    }
+
     /// The failing dependencies, by name, with why.
     pub fn failing(&self) -> Vec<(&'static str, String)> {
         [("catalog", &self.catalog), ("repository", &self.repository)]

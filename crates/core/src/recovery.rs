@@ -281,14 +281,25 @@ impl Service {
         let backups = self.catalog.backups(domain, deployment).await?;
         let present: Option<std::collections::HashSet<String>> = match &self.wal {
             Some(w) => {
-                let mut ids: std::collections::HashSet<String> = match w.repo.snapshot_ids().await {
+                // Known down (`health::probe`): not asked, so that the
+                // answer comes at once, not after the store's retries (180 s
+                // by default).
+                let listed = match self.dependencies.failing_repository() {
+                    Some(why) => Err(Error::unavailable(format!("the repository cannot be read now: {why}"))),
+                    None => w
+                        .repo
+                        .snapshot_ids()
+                        .await
+                        .map_err(|e| Error::repository("listing the repository's snapshots", e)),
+                };
+                let mut ids: std::collections::HashSet<String> = match listed {
                     Ok(ids) => ids.iter().map(|id| id.to_hex()).collect(),
                     // The primary's store is gone (a deleted bucket): its copies answer.
                     Err(e) if !self.copies.is_empty() => {
-                        tracing::warn!("listing the repository's snapshots: {e}; reading the copies");
+                        tracing::warn!("{e}; reading the copies");
                         Default::default()
                     }
-                    Err(e) => return Err(Error::repository("listing the repository's snapshots", e)),
+                    Err(e) => return Err(e),
                 };
                 // A backup a copy holds can be recovered (from the copy) when
                 // the primary lost it.
