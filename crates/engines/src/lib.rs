@@ -396,7 +396,11 @@ mod tests {
         let url = "postgresql://postgres@127.0.0.1:5432/postgres";
         assert!(engine_for("postgresql-logical", &json!({"url": url})).is_ok());
         assert!(refused("postgresql-logical", json!({"url": url, "bin_dir": ""})).contains("bin_dir"));
-        assert!(refused("postgresql-logical", json!({"url": url, "database": "x"})).contains("unknown setting"));
+        assert!(refused("postgresql-logical", json!({"url": url, "dbname": "x"})).contains("unknown setting"));
+        // `database` names another database of the URL's server.
+        let copy = engine_for("postgresql-logical", &json!({"url": url, "database": "shop copy"})).unwrap();
+        assert_eq!(copy.place().as_deref(), Some("127.0.0.1:5432/shop copy"));
+        assert!(refused("postgresql-logical", json!({"url": url, "database": "a/b"})).contains("database"));
         assert!(refused("oracle", json!({})).contains("unknown engine"));
         assert_eq!(engines_that(|c| c.point_in_time), ["postgresql"]);
     }
