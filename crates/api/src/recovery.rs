@@ -13,7 +13,7 @@ use axum::{Extension, Json};
 use serde_json::Value;
 use strongbox_catalog::{RecoveryAsked, RecoveryInto, RecoveryStatus};
 use strongbox_core::dates::{api_date, api_date_of, parse_api_date};
-use strongbox_core::recovery::{RecoveryRequest, Scn};
+use strongbox_core::recovery::{NewRecovery, RecoveryRequest, Scn};
 
 use crate::Caller;
 use crate::handlers::{accepted, json_object, origin};
@@ -164,10 +164,12 @@ pub async fn start_recovery(
         .start_recovery(
             &domain,
             &service,
-            &request,
-            asked,
-            parsed.repository.as_deref(),
-            into,
+            NewRecovery {
+                request,
+                asked,
+                repository: parsed.repository.clone(),
+                into,
+            },
             &origin,
         )
         .await?;

@@ -35,6 +35,19 @@ pub enum RecoveryRequest {
     },
 }
 
+/// A recovery as a client asks for it.
+#[derive(Clone, Debug)]
+pub struct NewRecovery {
+    /// The point to recover to.
+    pub request: RecoveryRequest,
+    /// The same in the client's words, for the history.
+    pub asked: RecoveryAsked,
+    /// The repository to read, if the client named one (`copies`).
+    pub repository: Option<String>,
+    /// Another place to recover into than the deployment's own.
+    pub into: Option<RecoveryInto>,
+}
+
 /// An `scn`: a position in a deployment's log, in its engine's form — a
 /// PostgreSQL LSN (`0/3000060`, or decimal), or a position in a shipped
 /// SQLite log (`GENERATION:N`).
@@ -394,21 +407,21 @@ impl Service {
         Ok(engine.into())
     }
 
-    /// Plans a recovery and queues it; `asked` is the request in the
-    /// client's words (for the history); `repository` the one to read, if
-    /// the client named one (`copies`); `into` another place to recover
-    /// into than the deployment's own.
-    #[allow(clippy::too_many_arguments)]
+    /// Plans a recovery and queues it.
     pub async fn start_recovery(
         &self,
         domain: &str,
         deployment: &str,
-        request: &RecoveryRequest,
-        asked: RecoveryAsked,
-        repository: Option<&str>,
-        into: Option<RecoveryInto>,
+        new: NewRecovery,
         origin: &Origin,
     ) -> Result<Job> {
+        let NewRecovery {
+            request,
+            asked,
+            repository,
+            into,
+        } = new;
+        let (request, repository) = (&request, repository.as_deref());
         if repository.is_some() {
             // Known, and it opens.
             self.readable_repositories(repository).await?;
