@@ -225,3 +225,95 @@ fn a_server_on_a_flaky_store_backs_up_and_recovers_exactly_and_fails_in_one_sent
     post_until_accepted(&s, &format!("{API}/app/backups/recovery"), r#"{"latest": true}"#);
     assert_eq!(sqlite_checksum(&db), at_backup, "the listed backup, exactly");
 }
+
+/// Shipping through a store's bad day: a SQLite deployment shipping its log
+/// into a repository on the flaky S3 server (seeded), 100 commits, then the
+/// store down for 4 s while 100 more commit, then flaky again. The shipper
+/// retries and catches up: the shipped log reaches the 200th transaction,
+/// and `latest` recovered into another file holds exactly the live rows
+/// (ordered checksum of every column).
+#[test]
+fn a_shipped_log_goes_on_through_a_flaky_store_and_catches_up_after_it_was_down() {
+    use std::time::{Duration, Instant};
+    use strongbox_testkit::s3::{FaultPlan, Faults, S3Server};
+    let seed = strongbox_testkit::seed(30_003);
+    println!("seed {seed} (replay: MODEL_SEED={seed})");
+    let faults = Faults::new(seed);
+    let s3 = S3Server::with_faults(faults.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = s3.env().to_vec();
+    env.extend([
+        ("STRONGBOX_REPOSITORY", s3.repository("server1")),
+        ("STRONGBOX_REPO_PASSWORD", "the repository's password".to_string()),
+        ("STRONGBOX_S3_TIMEOUT_SECONDS", "2".to_string()),
+        ("STRONGBOX_S3_RETRY_SECONDS", "5".to_string()),
+    ]);
+    let s = start_with(dir.path(), free_port(), &env);
+    let db = dir.path().join("app.db");
+    let app = rusqlite::Connection::open(&db).unwrap();
+    app.busy_timeout(Duration::from_secs(30)).unwrap();
+    app.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(n INTEGER PRIMARY KEY, pad BLOB)")
+        .unwrap();
+    assert_eq!(s.register_sqlite("app", &db).0, "HTTP/2 200");
+    let flaky = FaultPlan {
+        slow_down_per_mille: 100,
+        internal_error_per_mille: 30,
+        dropped_per_mille: 30,
+        stalled_per_mille: 30,
+        stall: Duration::from_secs(3),
+        down: false,
+    };
+    faults.set(flaky);
+    assert_eq!(s.archive_continuously("app").0, "HTTP/2 200");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while backup_listing(&s, "app").iter().all(|b| !b.contains("\"COMPLETED\"")) {
+        assert!(Instant::now() < deadline, "no base backup through the bad day");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let insert = |ns: std::ops::RangeInclusive<i64>| {
+        for n in ns {
+            app.execute("INSERT INTO t VALUES (?1, randomblob(200))", [n]).unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    insert(1..=100);
+    faults.set(FaultPlan {
+        down: true,
+        ..FaultPlan::default()
+    });
+    let down = Instant::now();
+    insert(101..=200);
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(down.elapsed()));
+    faults.set(flaky);
+    let back = Instant::now();
+    let live = table_checksum(&db, "t");
+
+    // Caught up: the shipped log reaches the 200th transaction.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, v) = s.json(&[&s.url(&format!("{API}/app"))]);
+        let latest = v["continuousArchiving"]["ranges"]
+            .as_array()
+            .and_then(|r| r.last())
+            .and_then(|r| r["latestScn"].as_str())
+            .and_then(|scn| scn.split_once(':'))
+            .and_then(|(_, n)| n.parse::<u64>().ok());
+        if latest >= Some(200) {
+            println!("caught up {:?} after the store came back: {v}", back.elapsed());
+            break;
+        }
+        assert!(Instant::now() < deadline, "the shipper never caught up: {v}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let copy = dir.path().join("copy.db");
+    let body = format!(r#"{{"latest": true, "target": {{"path": "{}"}}}}"#, copy.display());
+    post_until_accepted(&s, &format!("{API}/app/backups/recovery"), &body);
+    assert_eq!(table_checksum(&copy, "t"), live, "every committed row, exactly");
+    let met = faults.injected();
+    println!("seed {seed}: {met:?}");
+    assert!(
+        met.down > 0 && met.slow_down + met.internal_error + met.dropped > 0,
+        "{met:?}"
+    );
+}
