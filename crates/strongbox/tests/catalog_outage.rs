@@ -79,16 +79,41 @@ fn notes(
     (root, catalog, data, s)
 }
 
-/// A second into job `location`, stops the catalog's cluster for 10 s
-/// while asking for the job, the backup list and the health check every
-/// 100 ms: each answered within a second, 200 or 503 with `Retry-After`
-/// and words naming the catalog, the health check among them.
+/// A second into job `location`, stops the catalog's cluster for 10 s: a
+/// WAL file is pushed and fetched back exactly (archiving needs only the
+/// repository); the job, the backup list and the health check, asked every
+/// 100 ms, are each answered within a second, 200 or 503 with
+/// `Retry-After` and words naming the catalog, the health check among them.
 fn outage(s: &Server, catalog: &strongbox_testkit::Cluster, location: &str) {
     std::thread::sleep(Duration::from_secs(1));
     let urls = [location.to_string(), s.url(&format!("{API}/notes/backups"))];
     let ctl = |a: &str| strongbox_testkit::as_postgres(&catalog.ctl(a));
     ctl("stop");
     let stopped = Instant::now();
+    // PostgreSQL's archive_command and restore_command go on: they need
+    // only the repository, not the catalog.
+    let segment = s.dir.join("000000010000000000000001");
+    let bytes: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&segment, &bytes).unwrap();
+    let pushed = s.repo_cli(&["wal-push", "--archive", "usexample/notes", segment.to_str().unwrap()]);
+    assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
+    let fetched = s.dir.join("fetched");
+    let name = "000000010000000000000001";
+    let out = s.repo_cli(&[
+        "wal-fetch",
+        "--archive",
+        "usexample/notes",
+        name,
+        fetched.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        std::fs::read(&fetched).unwrap() == bytes,
+        "the pushed WAL, byte for byte"
+    );
+    println!("WAL pushed and fetched {:?} into the outage", stopped.elapsed());
     let (mut answers, mut unavailable, mut slowest) = (0, 0, Duration::ZERO);
     let mut health_named_catalog = false;
     while stopped.elapsed() < Duration::from_secs(10) {
