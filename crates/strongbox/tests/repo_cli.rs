@@ -209,6 +209,130 @@ async fn sigkill_at_random_moments_leaves_a_sound_repository() {
     assert_snapshots_whole(&repo, &name, &rounds).await;
 }
 
+/// Prune SIGKILLed: eight backups sharing half their data, six forgotten;
+/// a prune killed the moment its plan is stored, then prunes killed at
+/// random moments (seeded) within the time an uninterrupted one takes
+/// (timed on a copy) until one finishes. After each, the repository checks
+/// and both kept backups restore exactly; the last prune leaves no plan
+/// waiting and the repository clean, without warnings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_killed_at_random_moments_leaves_a_sound_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo_dir, file) = (dir.path().join("repo"), dir.path().join("db.bin"));
+    let name = file.to_str().unwrap().trim_start_matches('/').to_string();
+    // Shared and own blocks interleaved: packs hold both, so forgetting
+    // leaves them part-used and prune repacks (reads and rewrites), not
+    // only deletes.
+    let shared = write_data(&dir.path().join("shared"), 8 << 20, 1);
+    let rounds: Vec<Vec<u8>> = (0..8)
+        .map(|r| {
+            let own = write_data(&dir.path().join("part"), 8 << 20, 10 + r);
+            shared
+                .chunks(256 << 10)
+                .zip(own.chunks(256 << 10))
+                .flat_map(|(a, b)| a.iter().chain(b).copied())
+                .collect()
+        })
+        .collect();
+    init(&repo_dir);
+    for (round, content) in rounds.iter().enumerate() {
+        std::fs::write(&file, content).unwrap();
+        ok(backup_round(&repo_dir, &file, round));
+    }
+    let repo = open(&repo_dir).await;
+    let mut snaps = repo.snapshots().await.unwrap();
+    snaps.sort_by(|a, b| a.time.cmp(&b.time));
+    let forget: Vec<_> = snaps.iter().take(6).map(|s| s.id).collect();
+    repo.forget(&forget).await.unwrap();
+
+    // How long an uninterrupted prune takes, on a copy.
+    let copy = dir.path().join("copy");
+    strongbox_testkit::sh(&format!("cp -a {} {}", repo_dir.display(), copy.display()));
+    let t = Instant::now();
+    let mut c = strongbox(&copy);
+    c.args(["--json", "prune"]);
+    let pruned = ok(c);
+    let full = t.elapsed();
+
+    // First killed the moment its plan is stored (polled every
+    // millisecond), so that at least one kill lands mid-prune: the next
+    // prune finishes that plan.
+    let planned = || {
+        std::fs::read_dir(repo_dir.join("plans")).map_or(0, |d| {
+            d.filter_map(Result::ok)
+                .filter(|e| !e.file_name().to_string_lossy().contains('#'))
+                .count()
+        })
+    };
+    let mut c = strongbox(&repo_dir);
+    c.arg("prune").stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while planned() == 0 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the prune ended before its plan was seen"
+        );
+        assert!(Instant::now() < deadline, "no plan in 60 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let repo = open(&repo_dir).await;
+    assert!(repo.check(true).await.unwrap().is_ok());
+    assert_eq!(assert_snapshots_whole(&repo, &name, &rounds).await, 2);
+
+    let mut seed = strongbox_testkit::fresh_seed() | 1;
+    let mut killed = 1;
+    for attempt in 0..8 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = full.mul_f64(0.9 * (seed % 1000) as f64 / 1000.0);
+        let mut c = strongbox(&repo_dir);
+        c.arg("prune").stdout(Stdio::null()).stderr(Stdio::null());
+        let mut child = c.spawn().unwrap();
+        std::thread::sleep(delay);
+        let finished = child.try_wait().unwrap().is_some();
+        if !finished {
+            child.kill().unwrap(); // SIGKILL
+            killed += 1;
+        }
+        child.wait().unwrap();
+        let repo = open(&repo_dir).await;
+        let report = repo.check(attempt % 2 == 1).await.unwrap();
+        assert!(
+            report.is_ok(),
+            "prune {attempt} (killed after {delay:?}): {:?}",
+            report.errors
+        );
+        assert_eq!(
+            assert_snapshots_whole(&repo, &name, &rounds).await,
+            2,
+            "prune {attempt}"
+        );
+        if finished {
+            break;
+        }
+    }
+    println!(
+        "{killed} prunes killed (an uninterrupted one took {full:?}: {})",
+        String::from_utf8_lossy(&pruned.stdout).trim()
+    );
+    let mut c = strongbox(&repo_dir);
+    c.args(["--json", "prune"]);
+    let last: serde_json::Value = serde_json::from_slice(&ok(c).stdout).unwrap();
+    assert_eq!(last["plans_waiting"], 0, "{last}");
+    let report = open(&repo_dir).await.check(true).await.unwrap();
+    assert!(
+        report.is_ok() && report.warnings.is_empty(),
+        "{:?} {:?}",
+        report.errors,
+        report.warnings
+    );
+    assert_eq!(assert_snapshots_whole(&open(&repo_dir).await, &name, &rounds).await, 2);
+}
+
 #[test]
 fn two_processes_back_up_into_one_repository_at_once() {
     let dir = tempfile::tempdir().unwrap();
