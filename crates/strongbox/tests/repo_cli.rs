@@ -440,6 +440,46 @@ fn mistakes_get_clear_messages_and_exit_codes() {
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("no errors"));
     let out = strongbox(&repo).args(["forget"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
+
+    // A repository its user may read but not write (root's, run as
+    // `nobody`): the backup fails saying so once, naming the object and
+    // what to do; the repository still checks.
+    let bin = dir.path().join("strongbox");
+    std::fs::copy(env!("CARGO_BIN_EXE_strongbox"), &bin).unwrap();
+    let data = dir.path().join("data.bin");
+    write_data(&data, 1 << 20, 5);
+    strongbox_testkit::sh(&format!(
+        "chmod 755 {}; chmod 644 {}",
+        dir.path().display(),
+        data.display()
+    ));
+    let out = Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(&bin)
+        .arg("repo")
+        .arg("--repo")
+        .arg(&repo)
+        .arg("backup")
+        .arg(&data)
+        .env("STRONGBOX_PASSWORD", PASSWORD)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    println!("as nobody: {said}");
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("the repository may not be written or read here ("),
+        "{said}"
+    );
+    assert_eq!(
+        said.to_lowercase().matches("permission denied").count(),
+        1,
+        "once: {said}"
+    );
+    let out = strongbox(&repo).args(["check"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
 }
 
 /// `repo copy`: into a new repository under its own password, every
