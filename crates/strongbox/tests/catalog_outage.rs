@@ -178,17 +178,7 @@ fn a_log_shipped_while_the_catalog_is_down_loses_nothing() {
     std::fs::create_dir_all(&host).unwrap();
     let s = start_with(&host, free_port(), &env);
     let db = root.path().join("app.db");
-    let app = rusqlite::Connection::open(&db).unwrap();
-    app.busy_timeout(Duration::from_secs(30)).unwrap();
-    app.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(n INTEGER PRIMARY KEY, pad BLOB)")
-        .unwrap();
-    assert_eq!(s.register_sqlite("app", &db).0, "HTTP/2 200");
-    assert_eq!(s.archive_continuously("app").0, "HTTP/2 200");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while backup_listing(&s, "app").iter().all(|b| !b.contains("\"COMPLETED\"")) {
-        assert!(Instant::now() < deadline, "no base backup");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let app = shipping_sqlite(&s, "app", &db);
     let insert = |ns: std::ops::RangeInclusive<i64>, every: Duration| {
         for n in ns {
             app.execute("INSERT INTO t VALUES (?1, randomblob(200))", [n]).unwrap();
@@ -205,21 +195,7 @@ fn a_log_shipped_while_the_catalog_is_down_loses_nothing() {
     ctl("start");
     let live = table_checksum(&db, "t");
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (status, v) = s.json(&[&s.url(&format!("{API}/app"))]);
-        let latest = v["continuousArchiving"]["ranges"]
-            .as_array()
-            .and_then(|r| r.last())
-            .and_then(|r| r["latestScn"].as_str())
-            .and_then(|scn| scn.split_once(':'))
-            .and_then(|(_, n)| n.parse::<u64>().ok());
-        if status == "HTTP/2 200" && latest >= Some(150) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not shipped: {status} {v}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_shipped(&s, "app", 150);
     let copy = root.path().join("copy.db");
     let body = format!(r#"{{"latest": true, "target": {{"path": "{}"}}}}"#, copy.display());
     post_until_accepted(&s, &format!("{API}/app/backups/recovery"), &body);

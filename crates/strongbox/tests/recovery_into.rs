@@ -11,7 +11,7 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -74,19 +74,8 @@ fn a_sqlite_deployment_recovers_into_other_files_exactly_and_the_live_one_is_unt
     let db = dir.path().join("app.sqlite");
     let copies = dir.path().join("copies");
     std::fs::create_dir_all(&copies).unwrap();
-    let app = rusqlite::Connection::open(&db).unwrap();
-    app.busy_timeout(Duration::from_secs(30)).unwrap();
-    app.execute_batch(
-        "PRAGMA journal_mode=WAL; CREATE TABLE t(n INTEGER PRIMARY KEY, pad BLOB); CREATE TABLE served(at TEXT)",
-    )
-    .unwrap();
-    assert_eq!(s.register_sqlite("app", &db).0, "HTTP/2 200");
-    assert_eq!(s.archive_continuously("app").0, "HTTP/2 200");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while backup_listing(&s, "app").iter().all(|b| !b.contains("\"COMPLETED\"")) {
-        assert!(Instant::now() < deadline, "no base backup");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let app = shipping_sqlite(&s, "app", &db);
+    app.execute_batch("CREATE TABLE served(at TEXT)").unwrap();
 
     insert(&app, 1..=50);
     let at_50 = table_checksum(&db, "t");

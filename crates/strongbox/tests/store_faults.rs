@@ -6,6 +6,41 @@
 mod common;
 
 use strongbox_testkit::Tmpfs;
+use strongbox_testkit::s3::{FaultPlan, Faults, S3Server};
+
+/// A server whose repository is on the test S3 server injecting faults
+/// from `seed` (`MODEL_SEED` replays another; printed), requests timing
+/// out after 2 s and retried for 5 s: the seed, the faults, the S3 server,
+/// the directory and the server.
+fn on_a_flaky_store(seed: u64) -> (u64, Faults, S3Server, tempfile::TempDir, Server) {
+    let seed = strongbox_testkit::seed(seed);
+    println!("seed {seed} (replay: MODEL_SEED={seed})");
+    let faults = Faults::new(seed);
+    let s3 = S3Server::with_faults(faults.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = s3.env().to_vec();
+    env.extend([
+        ("STRONGBOX_REPOSITORY", s3.repository("server1")),
+        ("STRONGBOX_REPO_PASSWORD", "the repository's password".to_string()),
+        ("STRONGBOX_S3_TIMEOUT_SECONDS", "2".to_string()),
+        ("STRONGBOX_S3_RETRY_SECONDS", "5".to_string()),
+    ]);
+    let s = start_with(dir.path(), free_port(), &env);
+    (seed, faults, s3, dir, s)
+}
+
+/// 10 % of requests answered 503 SlowDown, 3 % 500 InternalError, 3 %
+/// dropped unanswered, 3 % answered 3 s late (past the 2 s timeout).
+fn bad_day() -> FaultPlan {
+    FaultPlan {
+        slow_down_per_mille: 100,
+        internal_error_per_mille: 30,
+        dropped_per_mille: 30,
+        stalled_per_mille: 30,
+        stall: std::time::Duration::from_secs(3),
+        down: false,
+    }
+}
 
 use common::*;
 
@@ -94,31 +129,11 @@ fn a_full_repository_disk_fails_the_backup_in_one_sentence_and_damages_nothing()
 /// `check --read-data` is clean and the listed backup recovers exactly.
 #[test]
 fn a_server_on_a_flaky_store_backs_up_and_recovers_exactly_and_fails_in_one_sentence_when_it_is_down() {
-    use strongbox_testkit::s3::{FaultPlan, Faults, S3Server};
-    let seed = strongbox_testkit::seed(30_002);
-    println!("seed {seed} (replay: MODEL_SEED={seed})");
-    let faults = Faults::new(seed);
-    let s3 = S3Server::with_faults(faults.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let mut env = s3.env().to_vec();
-    env.extend([
-        ("STRONGBOX_REPOSITORY", s3.repository("server1")),
-        ("STRONGBOX_REPO_PASSWORD", "the repository's password".to_string()),
-        ("STRONGBOX_S3_TIMEOUT_SECONDS", "2".to_string()),
-        ("STRONGBOX_S3_RETRY_SECONDS", "5".to_string()),
-    ]);
-    let s = start_with(dir.path(), free_port(), &env);
+    let (seed, faults, s3, dir, s) = on_a_flaky_store(30_002);
     let db = dir.path().join("app.db");
     big_database(&db, 8);
     assert_eq!(s.register_sqlite("app", &db).0, "HTTP/2 200");
-    faults.set(FaultPlan {
-        slow_down_per_mille: 100,
-        internal_error_per_mille: 30,
-        dropped_per_mille: 30,
-        stalled_per_mille: 30,
-        stall: std::time::Duration::from_secs(3),
-        down: false,
-    });
+    faults.set(bad_day());
 
     let at_backup = sqlite_checksum(&db);
     let (status, location) = s.post_backup("app", &[]);
@@ -235,41 +250,11 @@ fn a_server_on_a_flaky_store_backs_up_and_recovers_exactly_and_fails_in_one_sent
 #[test]
 fn a_shipped_log_goes_on_through_a_flaky_store_and_catches_up_after_it_was_down() {
     use std::time::{Duration, Instant};
-    use strongbox_testkit::s3::{FaultPlan, Faults, S3Server};
-    let seed = strongbox_testkit::seed(30_003);
-    println!("seed {seed} (replay: MODEL_SEED={seed})");
-    let faults = Faults::new(seed);
-    let s3 = S3Server::with_faults(faults.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let mut env = s3.env().to_vec();
-    env.extend([
-        ("STRONGBOX_REPOSITORY", s3.repository("server1")),
-        ("STRONGBOX_REPO_PASSWORD", "the repository's password".to_string()),
-        ("STRONGBOX_S3_TIMEOUT_SECONDS", "2".to_string()),
-        ("STRONGBOX_S3_RETRY_SECONDS", "5".to_string()),
-    ]);
-    let s = start_with(dir.path(), free_port(), &env);
-    let db = dir.path().join("app.db");
-    let app = rusqlite::Connection::open(&db).unwrap();
-    app.busy_timeout(Duration::from_secs(30)).unwrap();
-    app.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(n INTEGER PRIMARY KEY, pad BLOB)")
-        .unwrap();
-    assert_eq!(s.register_sqlite("app", &db).0, "HTTP/2 200");
-    let flaky = FaultPlan {
-        slow_down_per_mille: 100,
-        internal_error_per_mille: 30,
-        dropped_per_mille: 30,
-        stalled_per_mille: 30,
-        stall: Duration::from_secs(3),
-        down: false,
-    };
+    let (seed, faults, _s3, dir, s) = on_a_flaky_store(30_003);
+    let flaky = bad_day();
     faults.set(flaky);
-    assert_eq!(s.archive_continuously("app").0, "HTTP/2 200");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while backup_listing(&s, "app").iter().all(|b| !b.contains("\"COMPLETED\"")) {
-        assert!(Instant::now() < deadline, "no base backup through the bad day");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let db = dir.path().join("app.db");
+    let app = shipping_sqlite(&s, "app", &db);
 
     let insert = |ns: std::ops::RangeInclusive<i64>| {
         for n in ns {
@@ -290,22 +275,8 @@ fn a_shipped_log_goes_on_through_a_flaky_store_and_catches_up_after_it_was_down(
     let live = table_checksum(&db, "t");
 
     // Caught up: the shipped log reaches the 200th transaction.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (_, v) = s.json(&[&s.url(&format!("{API}/app"))]);
-        let latest = v["continuousArchiving"]["ranges"]
-            .as_array()
-            .and_then(|r| r.last())
-            .and_then(|r| r["latestScn"].as_str())
-            .and_then(|scn| scn.split_once(':'))
-            .and_then(|(_, n)| n.parse::<u64>().ok());
-        if latest >= Some(200) {
-            println!("caught up {:?} after the store came back: {v}", back.elapsed());
-            break;
-        }
-        assert!(Instant::now() < deadline, "the shipper never caught up: {v}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_shipped(&s, "app", 200);
+    println!("caught up {:?} after the store came back", back.elapsed());
     let copy = dir.path().join("copy.db");
     let body = format!(r#"{{"latest": true, "target": {{"path": "{}"}}}}"#, copy.display());
     post_until_accepted(&s, &format!("{API}/app/backups/recovery"), &body);

@@ -828,3 +828,42 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     files
 }
+
+/// A SQLite database at `db` (WAL mode, table `t(n INTEGER PRIMARY KEY,
+/// pad BLOB)`) registered as `service` with continuous archiving on, once
+/// the shipper's first base backup has completed: the application's
+/// connection.
+pub fn shipping_sqlite(s: &Server, service: &str, db: &Path) -> rusqlite::Connection {
+    let app = rusqlite::Connection::open(db).unwrap();
+    app.busy_timeout(std::time::Duration::from_secs(30)).unwrap();
+    app.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(n INTEGER PRIMARY KEY, pad BLOB)")
+        .unwrap();
+    assert_eq!(s.register_sqlite(service, db).0, "HTTP/2 200");
+    assert_eq!(s.archive_continuously(service).0, "HTTP/2 200");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while backup_listing(s, service).iter().all(|b| !b.contains("\"COMPLETED\"")) {
+        assert!(std::time::Instant::now() < deadline, "no base backup of {service}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    app
+}
+
+/// Waits (up to 120 s) until the shipped log of `service` reaches
+/// transaction `n` of its generation (`latestScn` `GENERATION:N`).
+pub fn wait_shipped(s: &Server, service: &str, n: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let (status, v) = s.json(&[&s.url(&format!("{API}/{service}"))]);
+        let latest = v["continuousArchiving"]["ranges"]
+            .as_array()
+            .and_then(|r| r.last())
+            .and_then(|r| r["latestScn"].as_str())
+            .and_then(|scn| scn.split_once(':'))
+            .and_then(|(_, n)| n.parse::<u64>().ok());
+        if status == "HTTP/2 200" && latest >= Some(n) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "not shipped to {n}: {status} {v}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
