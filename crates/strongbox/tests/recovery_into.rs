@@ -24,9 +24,10 @@ fn insert(c: &rusqlite::Connection, ns: impl IntoIterator<Item = i64>) {
 }
 
 /// The shipped log's state: its generation and its last position, once
-/// the shipper has caught up with the last commit (it polls every 100 ms).
-fn shipped(s: &Server) -> (String, String) {
-    std::thread::sleep(Duration::from_millis(1000));
+/// the shipper has shipped transaction `n` of its generation (a time on a
+/// sleep was not enough on a loaded machine).
+fn shipped(s: &Server, n: u64) -> (String, String) {
+    wait_shipped(s, "app", n);
     let (_, v) = s.json(&[&s.url(APP)]);
     let shipping = &v["continuousArchiving"];
     let range = shipping["ranges"].as_array().and_then(|r| r.last()).cloned();
@@ -79,12 +80,17 @@ fn a_sqlite_deployment_recovers_into_other_files_exactly_and_the_live_one_is_unt
 
     insert(&app, 1..=50);
     let at_50 = table_checksum(&db, "t");
+    // A shipped transaction's time is when the shipper read it (it polls
+    // every 100 ms; later on a loaded machine): the 50 are shipped before
+    // the second that names their state begins. (Without this wait, CI
+    // recovered 34 of them: the last ones were read after that second.)
+    shipped(&s, 51); // the table `served`, then the 50
     let t_50 = mark();
     insert(&app, 51..=100);
     app.execute("DELETE FROM t WHERE n % 10 = 0", []).unwrap();
     app.execute("UPDATE t SET pad = x'00' WHERE n % 7 = 0", []).unwrap();
     let at_100 = table_checksum(&db, "t");
-    let (_, scn_100) = shipped(&s);
+    let (_, scn_100) = shipped(&s, 103); // and the delete and the update
     let job = post_until_accepted(&s, &format!("{API}/app/backups"), "{}");
     let (_, list) = s.json(&[&s.url(&format!("{APP}/backups"))]);
     let tag_100 = list["backupList"]
@@ -97,7 +103,8 @@ fn a_sqlite_deployment_recovers_into_other_files_exactly_and_the_live_one_is_unt
         .to_string();
     insert(&app, 101..=150);
     let live = table_checksum(&db, "t");
-    let (generation, _) = shipped(&s);
+    // The user's backup began a generation: 50 since.
+    let (generation, _) = shipped(&s, 50);
 
     let copy = |name: &str| copies.join(name);
     for (body, name, expected) in [
@@ -124,7 +131,7 @@ fn a_sqlite_deployment_recovers_into_other_files_exactly_and_the_live_one_is_unt
     assert_eq!(history["recoveryList"], serde_json::json!([]), "{history}");
     insert(&app, 151..=160);
     let live = table_checksum(&db, "t");
-    let (still, _) = shipped(&s);
+    let (still, _) = shipped(&s, 64); // 4 rows of `served`, 10 of `t`
     assert_eq!(still, generation, "the shipper's generation went on");
     recover_into(&s, r#"{"latest": true}"#, &copy("later.db"));
     assert_eq!(table_checksum(&copy("later.db"), "t"), live);

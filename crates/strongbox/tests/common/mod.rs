@@ -849,16 +849,19 @@ pub fn shipping_sqlite(s: &Server, service: &str, db: &Path) -> rusqlite::Connec
 }
 
 /// Waits (up to 120 s) until the shipped log of `service` reaches
-/// transaction `n` of its generation (`latestScn` `GENERATION:N`).
+/// transaction `n` of the shipper's current generation (`latestScn`
+/// `GENERATION:N` of the last range).
 pub fn wait_shipped(s: &Server, service: &str, n: u64) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
         let (status, v) = s.json(&[&s.url(&format!("{API}/{service}"))]);
-        let latest = v["continuousArchiving"]["ranges"]
+        let shipping = &v["continuousArchiving"];
+        let latest = shipping["ranges"]
             .as_array()
             .and_then(|r| r.last())
             .and_then(|r| r["latestScn"].as_str())
             .and_then(|scn| scn.split_once(':'))
+            .filter(|(generation, _)| shipping["generation"] == *generation)
             .and_then(|(_, n)| n.parse::<u64>().ok());
         if status == "HTTP/2 200" && latest >= Some(n) {
             return;
