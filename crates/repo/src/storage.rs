@@ -292,9 +292,8 @@ impl Store {
     /// content's (or the caller compares, `put_new_once`), so it is put
     /// again (`again_if_cut_off`) unless it is there by then; "already
     /// exists" then most likely means the interrupted attempt landed, and
-    /// counts as created
-    /// (the probe in `honours_create` can then only err towards claims,
-    /// which are safe on every store).
+    /// counts as created (the probe in `honours_create` can then only err
+    /// towards claims, which are safe on every store).
     pub async fn put_new(&self, path: &Path, data: Bytes) -> Result<bool> {
         let payload = PutPayload::from_bytes(data);
         let opts = || PutOptions {
