@@ -153,7 +153,16 @@ async function select(name) {
   // Recovery into another place, where the engine can (`recoversInto`).
   const into = current.recoversInto || [];
   $('#into').hidden = into.length === 0;
-  $('#into .setting').textContent = into[0] || '';
+  // One field per setting the copy may name; the first says where.
+  $('#into .settings').replaceChildren(...into.map((setting, i) => {
+    const label = document.createElement('label');
+    const input = document.createElement('input');
+    input.name = `copy-${setting}`;
+    input.size = 28;
+    input.setAttribute('aria-label', i === 0 ? 'Where to restore the copy' : `The copy's ${setting}`);
+    label.append(`${setting} `, input);
+    return label;
+  }));
   $('#recover input[value=place]').checked = true;
   await loadBackups();
   $('#deployment-title').scrollIntoView({ block: 'nearest' });
@@ -237,21 +246,25 @@ $('#recover').addEventListener('submit', ev => {
   const dialog = $('#confirm');
   const copy = form.get('into') === 'copy' && !$('#into').hidden;
   if (copy) {
-    const setting = current.recoversInto[0];
-    if (!form.get('copy')) return showError('#app-error', `name where to restore the copy (its ${setting})`);
-    body.target = { [setting]: form.get('copy') };
+    const [where] = current.recoversInto;
+    if (!form.get(`copy-${where}`)) return showError('#app-error', `name where to restore the copy (its ${where})`);
+    body.target = {};
+    for (const setting of current.recoversInto) {
+      if (form.get(`copy-${setting}`)) body.target[setting] = form.get(`copy-${setting}`);
+    }
     if (form.get('replace')) body.replace = true;
   }
+  const place = copy ? Object.entries(body.target).map(([k, v]) => `${k} ${v}`).join(', ') : '';
   dialog.querySelector('.verb').textContent = copy ? 'Restore a copy of' : 'Overwrite';
   dialog.querySelector('.name').textContent = `${current.service_name}`;
   dialog.querySelector('.what').textContent = copy
     ? `This restores ${what} of deployment ${current.service_name} (${current.engine}) in identity domain ` +
-      `${me.identityDomain} into ${current.recoversInto[0]} ${form.get('copy')}; the deployment is not changed.`
+      `${me.identityDomain} into ${place}; the deployment is not changed.`
     : `This replaces the current contents of deployment ${current.service_name} (${current.engine}) ` +
       `in identity domain ${me.identityDomain} with ${what}.`;
   dialog.querySelector('.loss').hidden = copy && !body.replace;
   dialog.querySelector('.loss').textContent = copy
-    ? `What is at ${form.get('copy')} now is replaced.`
+    ? `What is at ${place} now is replaced.`
     : 'Everything written to it after that point is lost.';
   $('#confirm-ok').textContent = copy ? 'Restore the copy' : `Overwrite ${current.service_name}`;
   dialog.returnValue = '';

@@ -384,7 +384,8 @@ pub struct StartRecovery {
     #[serde(default, deserialize_with = "present_string")]
     pub repository: Option<String>,
     /// Strongbox: recover into this place instead of in place: the
-    /// deployment's settings it names instead (SQLite: `{"path": …}`).
+    /// deployment's settings it names instead (SQLite: `{"path": …}`;
+    /// PostgreSQL: `{"data_dir": …, "port": …}`).
     pub target: Option<Value>,
     /// Strongbox: whether what is at `target` may be overwritten.
     pub replace: Option<bool>,
@@ -474,7 +475,9 @@ impl utoipa::PartialSchema for StartRecovery {
             .schema_type(Type::Object)
             .description(Some(
                 "Strongbox: recover into this place instead of in place, leaving the deployment as it is: the \
-                 deployment's settings it names instead, for SQLite {\"path\": \"/srv/copies/app.db\"}; only \
+                 deployment's settings it names instead (GET …/{serviceId} recoversInto lists them): for SQLite \
+                 {\"path\": \"/srv/copies/app.db\"}, postgresql-logical {\"database\": \"shop_copy\"}, postgresql \
+                 {\"data_dir\": \"/var/lib/postgresql/15/copy\", \"port\": 5433, \"running\": true}; only \
                  places the server's configuration allows ([allow]); not in the deployment's recovery history",
             ))
             .additional_properties(Some(AdditionalProperties::FreeForm(true)))

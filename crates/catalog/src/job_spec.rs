@@ -56,15 +56,6 @@ pub struct RecoveryInto {
     pub replace: bool,
 }
 
-impl RecoveryInto {
-    /// The deployment's connection settings with these in their place.
-    pub fn connection(&self, deployment: &serde_json::Value) -> serde_json::Value {
-        let mut merged = deployment.as_object().cloned().unwrap_or_default();
-        merged.extend(self.settings.clone());
-        serde_json::Value::Object(merged)
-    }
-}
-
 /// A backup a user asked to delete (`DELETE …/backups/{dbTag}`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -274,10 +265,7 @@ mod tests {
         let JobSpec::Recovery { into: Some(into), .. } = &back else {
             panic!("{back:?}")
         };
-        assert_eq!(
-            into.connection(&serde_json::json!({"path": "/srv/app.db", "other": 1})),
-            serde_json::json!({"path": "/srv/copies/app.db", "other": 1})
-        );
+        assert_eq!(into.settings["path"], "/srv/copies/app.db");
         assert!(serde_json::from_value::<JobSpec>(serde_json::json!({"restore": {}})).is_err());
         // Specs queued before the request was kept still read.
         let old = serde_json::json!({"recovery": {"from": 7, "target": {"backup": {"position": null}},

@@ -392,12 +392,11 @@ impl Service {
                 named.join(", ")
             )));
         }
-        let engine = self
-            .engine(&d.domain, &d.engine, &into.connection(&d.connection))
-            .map_err(|e| match e {
-                Error::Invalid(m) => Error::Invalid(format!("target: {m}")),
-                other => other,
-            })?;
+        let made = strongbox_engines::engine_into(&d.engine, &d.connection, &into.settings);
+        let engine = self.allowed(&d.domain, &d.engine, made).map_err(|e| match e {
+            Error::Invalid(m) => Error::Invalid(format!("target: {m}")),
+            other => other,
+        })?;
         if let Some(place) = engine.place().filter(|p| Some(p) == live.place().as_ref()) {
             return Err(Error::Invalid(format!(
                 "target {place} is {}'s own; leave target out to recover it in place",

@@ -324,6 +324,34 @@ pub fn engine_for(engine: &str, connection: &serde_json::Value) -> Result<Box<dy
     }
 }
 
+/// The engine a recovery into another place runs: the deployment's with
+/// `target`'s settings in their place (a physical PostgreSQL copy is also
+/// run by Strongbox on its own port: `PgPhysical::copy`).
+pub fn engine_into(
+    engine: &str,
+    connection: &serde_json::Value,
+    target: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Box<dyn Engine>, Error> {
+    if engine == "postgresql" {
+        return Ok(Box::new(PgPhysical::copy(connection, target)?));
+    }
+    let mut merged = connection.as_object().cloned().unwrap_or_default();
+    merged.extend(target.clone());
+    engine_for(engine, &serde_json::Value::Object(merged))
+}
+
+/// A place on this host spelt one way (links and `..` resolved; a path
+/// not made yet through its parent), so that two spellings compare equal.
+fn place_of(path: &Path) -> String {
+    let resolved = path.canonicalize().unwrap_or_else(|_| {
+        match (path.parent().and_then(|p| p.canonicalize().ok()), path.file_name()) {
+            (Some(parent), Some(name)) => parent.join(name),
+            _ => path.to_path_buf(),
+        }
+    });
+    resolved.display().to_string()
+}
+
 /// Refuses settings the engine does not know (a misspelt optional one
 /// would otherwise be ignored without a word).
 fn only_settings(c: &serde_json::Value, engine: &'static str, known: &[&str]) -> Result<(), Error> {

@@ -198,17 +198,7 @@ impl crate::Engine for SqliteEngine {
     }
 
     fn place(&self) -> Option<String> {
-        // Resolved (links, `..`); a file not yet made through its parent.
-        let path = self.path.canonicalize().unwrap_or_else(|_| {
-            match (
-                self.path.parent().and_then(|p| p.canonicalize().ok()),
-                self.path.file_name(),
-            ) {
-                (Some(parent), Some(name)) => parent.join(name),
-                _ => self.path.clone(),
-            }
-        });
-        Some(path.display().to_string())
+        Some(crate::place_of(&self.path))
     }
 
     fn occupied(&self) -> Option<String> {

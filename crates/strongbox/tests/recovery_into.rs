@@ -320,3 +320,199 @@ fn a_logical_postgresql_deployment_recovers_into_other_databases_exactly() {
         "latest,tag,timestamp"
     );
 }
+
+/// Copies of a cluster stopped when the test ends, however it ends.
+struct StopCopies(Vec<std::path::PathBuf>);
+
+impl Drop for StopCopies {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::process::Command::new("runuser")
+                .args([
+                    "-u",
+                    "postgres",
+                    "--",
+                    &format!("{}/pg_ctl", strongbox_testkit::PG_BIN),
+                    "-D",
+                ])
+                .arg(dir)
+                .args(["-m", "immediate", "-w", "stop"])
+                .output();
+        }
+    }
+}
+
+/// One value a query on the server at `port` returns (`None`: it does not
+/// answer).
+fn on_port(port: u16, sql: &str) -> Option<String> {
+    let out = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-p",
+        ])
+        .arg(port.to_string())
+        .args(["-c", sql])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8(out.stdout).unwrap().trim().to_string())
+}
+
+/// A physical PostgreSQL deployment (archiving through Strongbox) recovered
+/// into copies beside it — a new data directory on its own port, started
+/// by the server — by a tag, a moment, an scn and `latest`, each exactly
+/// (ordered checksum of the rows committed by then), while the live
+/// cluster's rows keep their checksum and its server answers an
+/// application's writes every 100 ms throughout. A copy archives nothing
+/// into the deployment's archive (the archived WAL names are the same
+/// before and after), is left running or stopped as asked, and is replaced
+/// only when the request says so. Refused with 400: the deployment's own
+/// port or data directory, a port another server holds.
+#[test]
+fn a_physical_postgresql_deployment_recovers_into_copies_exactly_while_it_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let Pg { s, c } = Pg::start(dir.path(), "");
+    let place = |name: &str| c.home().join(name);
+    let _stop = StopCopies(["tag", "timestamp", "scn", "latest"].map(place).to_vec());
+    c.psql("CREATE TABLE ticks (id int PRIMARY KEY, at timestamptz NOT NULL); CREATE TABLE served (at timestamptz)");
+    let upto = |n: i32| {
+        format!("SELECT coalesce(md5(string_agg(id || '@' || at, ',' ORDER BY id)), '') FROM ticks WHERE id <= {n}")
+    };
+    write_ticks(c.port, 1, 20, 20);
+    let at_tag = c.psql(&upto(20));
+    let tag = back_up(&s, "pg")["dbTag"].as_str().unwrap().to_string();
+    let marks = write_ticks(c.port, 21, 60, 20);
+    let (at_40, at_60) = (c.psql(&upto(40)), c.psql(&upto(60)));
+    write_ticks(c.port, 61, 80, 100);
+    let live = c.psql(&upto(i32::MAX));
+    assert!(at_tag != at_40 && at_40 != at_60 && at_60 != live);
+
+    // The application writes on while the copies are made.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let application = {
+        let (stop, port) = (stop.clone(), c.port);
+        std::thread::spawn(move || {
+            let mut failures = Vec::new();
+            let mut written = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = std::time::Instant::now();
+                match on_port(port, "INSERT INTO served VALUES (now())") {
+                    Some(_) => written += 1,
+                    None => failures.push(format!("{:?}", t.elapsed())),
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (written, failures)
+        })
+    };
+    let archived = || {
+        let mut names: Vec<String> = std::fs::read_dir(dir.path().join("data/repository/wal/usexample/pg"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".streamed"))
+            .collect();
+        names.sort();
+        names
+    };
+
+    let mut ports = Vec::new();
+    for (asked, name, expected, running) in [
+        (format!(r#""tag": "{tag}""#), "tag", &at_tag, false),
+        (
+            format!(r#""timestamp": "{}""#, marks[0].timestamp),
+            "timestamp",
+            &at_40,
+            true,
+        ),
+        (format!(r#""scn": "{}""#, marks[1].lsn), "scn", &at_60, true),
+        (r#""latest": true"#.to_string(), "latest", &live, true),
+    ] {
+        let port = strongbox_testkit::free_port();
+        ports.push(port);
+        let body = format!(
+            r#"{{{asked}, "target": {{"data_dir": "{}", "port": {port}, "running": {running}}}}}"#,
+            place(name).display()
+        );
+        let before = archived();
+        let job = recover_pg(&s, &c, &body);
+        assert_eq!(job["job_request_parameters"]["target"]["port"], port, "{job}");
+        if running {
+            assert_eq!(on_port(port, &upto(i32::MAX)).as_ref(), Some(expected), "{body}");
+            // A copy archives nothing: it is off in the copy's settings.
+            assert_eq!(on_port(port, "SHOW archive_mode").as_deref(), Some("off"));
+        } else {
+            assert_eq!(on_port(port, "SELECT 1"), None, "{body}: the copy was left stopped");
+            let ctl = format!(
+                "{}/pg_ctl -D {} -l {}/log -w",
+                strongbox_testkit::PG_BIN,
+                place(name).display(),
+                c.home().display()
+            );
+            strongbox_testkit::as_postgres(&format!("{ctl} start"));
+            assert_eq!(on_port(port, &upto(i32::MAX)).as_ref(), Some(expected), "{body}");
+            strongbox_testkit::as_postgres(&format!("{ctl} -m fast stop"));
+        }
+        assert_eq!(c.psql(&upto(i32::MAX)), live, "the live cluster untouched by {body}");
+        let after = archived();
+        assert!(
+            after.iter().all(|n| n.starts_with("00000001")),
+            "only the live timeline is archived: {after:?}"
+        );
+        assert!(before.iter().all(|n| after.contains(n)), "{before:?} {after:?}");
+    }
+
+    // A copy is replaced only when asked; what belongs to another server
+    // is refused whatever the request says.
+    let latest = place("latest");
+    let into = |dir: &Path, port: u16| format!(r#""target": {{"data_dir": "{}", "port": {port}}}"#, dir.display());
+    let url = s.url(&format!("{PG_INSTANCE}/backups/recovery"));
+    let refused = |body: String, why: &str| {
+        let (status, v) = s.json(&["-X", "POST", "-d", &body, &url]);
+        assert_eq!(status, "HTTP/2 400", "{body}: {v}");
+        assert!(v["message"].as_str().unwrap().contains(why), "{body}: {v}");
+    };
+    refused(
+        format!(r#"{{"tag": "{tag}", {}}}"#, into(&latest, ports[3])),
+        "holds files",
+    );
+    refused(
+        format!(r#"{{"tag": "{tag}", {}, "replace": true}}"#, into(&latest, c.port)),
+        "the deployment's own",
+    );
+    refused(
+        format!(r#"{{"tag": "{tag}", {}, "replace": true}}"#, into(&c.data, ports[0])),
+        "pg's own",
+    );
+    refused(
+        format!(r#"{{"tag": "{tag}", {}}}"#, into(&place("other"), 5432)),
+        "is taken by the server of",
+    );
+    recover_pg(
+        &s,
+        &c,
+        &format!(r#"{{"tag": "{tag}", {}, "replace": true}}"#, into(&latest, ports[3])),
+    );
+    assert_eq!(
+        on_port(ports[3], &upto(i32::MAX)).as_ref(),
+        Some(&at_tag),
+        "the latest copy replaced"
+    );
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (written, failures) = application.join().unwrap();
+    assert!(
+        failures.is_empty(),
+        "the live server failed the application: {failures:?}"
+    );
+    assert_eq!(c.psql("SELECT count(*) FROM served"), written.to_string());
+    assert_eq!(c.psql(&upto(i32::MAX)), live, "the live cluster untouched");
+}

@@ -8,6 +8,7 @@
 //! PGPASSWORD (or to the client library): never in argv (visible to `ps`),
 //! masked in messages.
 
+mod copy;
 mod datadir;
 mod physical;
 pub mod pitr;

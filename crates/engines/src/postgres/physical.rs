@@ -20,8 +20,15 @@ use crate::{BackupFiles, Error, PointInTime, Recovered, RecoveryContext, Recover
 pub struct PgPhysical {
     pub(super) conn: Conn,
     pub(super) data_dir: PathBuf,
-    pub(super) stop_command: String,
-    pub(super) start_command: String,
+    pub(super) control: Control,
+}
+
+/// Who starts and stops the server on the data directory.
+pub(super) enum Control {
+    /// The deployment's own server: its start and stop commands.
+    Commands { start: String, stop: String },
+    /// A copy recovered beside the deployment (`copy`): Strongbox runs it.
+    Copy(super::copy::Copy),
 }
 
 fn db_error(what: &str) -> impl Fn(postgres::Error) -> Error + '_ {
@@ -193,7 +200,7 @@ impl PgPhysical {
         online_recovery: false,
         ships_log: false,
         streams_wal: true,
-        recovers_into: &[],
+        recovers_into: &["data_dir", "port", "running"],
     };
 
     pub fn from_connection(c: &serde_json::Value) -> Result<Self, Error> {
@@ -206,8 +213,10 @@ impl PgPhysical {
         Ok(PgPhysical {
             conn: Conn::from_connection(c, engine)?,
             data_dir: PathBuf::from(setting(c, engine, "data_dir", "\"/var/lib/postgresql/15/main\"")?),
-            stop_command: setting(c, engine, "stop_command", "\"pg_ctlcluster 15 main stop -m fast\"")?.into(),
-            start_command: setting(c, engine, "start_command", "\"pg_ctlcluster 15 main start\"")?.into(),
+            control: Control::Commands {
+                start: setting(c, engine, "start_command", "\"pg_ctlcluster 15 main start\"")?.into(),
+                stop: setting(c, engine, "stop_command", "\"pg_ctlcluster 15 main stop -m fast\"")?.into(),
+            },
         })
     }
 }
@@ -228,16 +237,24 @@ impl crate::Engine for PgPhysical {
             setting: "data_dir",
             path: self.data_dir.clone(),
         });
-        for (setting, line) in [
-            ("stop_command", &self.stop_command),
-            ("start_command", &self.start_command),
-        ] {
-            out.push(crate::Access::Command {
-                setting,
-                line: line.clone(),
-            });
+        // A copy's server is run with pg_ctl from bin_dir, not by a command.
+        if let Control::Commands { start, stop } = &self.control {
+            for (setting, line) in [("stop_command", stop), ("start_command", start)] {
+                out.push(crate::Access::Command {
+                    setting,
+                    line: line.clone(),
+                });
+            }
         }
         out
+    }
+
+    fn place(&self) -> Option<String> {
+        Some(crate::place_of(&self.data_dir))
+    }
+
+    fn occupied(&self) -> Option<String> {
+        self.copy_occupied()
     }
 
     fn backup(&self, _cx: &crate::BackupContext) -> Result<crate::BackupStreams, Error> {

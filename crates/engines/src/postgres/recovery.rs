@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
 use super::datadir::{self, AUTO_CONF, RecoverySettings, Replay};
-use super::physical::PgPhysical;
+use super::physical::{Control, PgPhysical};
 use super::pitr::{self, Lsn, Reached};
 use super::server::{Paused, WAIT};
 use super::waldump::{FLUSH_MARKER, LastCommit, RunEnd, WalDump};
@@ -127,6 +127,7 @@ impl PgPhysical {
         let log = cx.log;
         let (staging, old) = (self.sibling("recovering")?, self.sibling("old")?);
         self.repair_interrupted_swap(&old, log)?;
+        self.port_taken()?;
         let found = self.found()?;
         log(format!("found {}", found.description));
         let owner = self.owner()?;
@@ -136,7 +137,12 @@ impl PgPhysical {
             }
         }
         self.remove_stray_trash();
-        let expected = self.expected(target, found.answers, cx)?;
+        // A copy's WAL comes from the deployment's server.
+        let source_answers = match &self.control {
+            Control::Commands { .. } => found.answers,
+            Control::Copy(c) => c.live.query("SELECT 1").is_ok(),
+        };
+        let expected = self.expected(target, source_answers, cx)?;
         if let Some(w) = cx.wal {
             super::restore_probe::probe(&w.restore_command(), w, owner, &self.sibling("probe")?)?;
         }
@@ -168,6 +174,7 @@ impl PgPhysical {
         };
         let restored = backup
             .restore_tree(&staging)
+            .and_then(|()| self.make_copy(&staging))
             .and_then(|()| datadir::prepare(&staging, owner, &settings));
         restoring.store(false, Ordering::Relaxed);
         let _ = writeback.join();
@@ -223,10 +230,10 @@ impl PgPhysical {
                     std::thread::spawn(move || std::fs::remove_dir_all(trash));
                 }
                 self.tidy_after_recovery();
+                let left = self.leave_copy()?;
                 Ok(Recovered {
                     summary: format!(
-                        "replay stopped at scn {} on timeline {}{}; promoted to timeline {}; the server at {} \
-                         answers queries",
+                        "replay stopped at scn {} on timeline {}{}; promoted to timeline {}; {left}",
                         reached.lsn,
                         reached.from_timeline,
                         reached
@@ -234,7 +241,6 @@ impl PgPhysical {
                             .map(|c| format!(" (last commit replayed: {c})"))
                             .unwrap_or_default(),
                         reached.timeline,
-                        self.data_dir.display()
                     ),
                     reached: Some(reached),
                 })
@@ -269,7 +275,7 @@ impl PgPhysical {
     /// Starts the recovered server, checks where replay paused, promotes,
     /// and checks the new timeline's history.
     fn replay_and_promote(&self, expected: &Expected, target: &RecoveryTarget, log: Log) -> Result<Reached, Error> {
-        self.shell(&self.start_command, "the start command")?;
+        self.start_server()?;
         let paused = self.wait_paused()?;
         let planned = match target {
             RecoveryTarget::PointInTime(p) => Some(&p.history),
@@ -464,12 +470,12 @@ impl PgPhysical {
     /// until now lies before it), if the server is on `timeline`.
     fn archive_up_to_now(&self, timeline: u32, log: Log) -> Option<Lsn> {
         let switched = self
-            .conn
+            .source()
             .query(&format!(
                 "SELECT pg_logical_emit_message(true, '{FLUSH_MARKER}', 'flush')"
             ))
-            .and_then(|_| self.conn.query("SELECT pg_current_wal_insert_lsn()"))
-            .and_then(|now| Ok((now, self.conn.query("SELECT pg_walfile_name(pg_switch_wal())")?)));
+            .and_then(|_| self.source().query("SELECT pg_current_wal_insert_lsn()"))
+            .and_then(|now| Ok((now, self.source().query("SELECT pg_walfile_name(pg_switch_wal())")?)));
         let (now, segment) = match switched {
             Ok(s) => s,
             Err(e) => {
@@ -487,7 +493,7 @@ impl PgPhysical {
         // the next), or was failing already and still is a few seconds
         // on, waiting longer is no use.
         let archiver = || {
-            let row = self.conn.query(
+            let row = self.source().query(
                 "SELECT coalesce(last_archived_wal, '') || ' ' || failed_count || ' ' || \
                  coalesce(last_failed_wal, '-') || ' ' || \
                  coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false) \

@@ -163,7 +163,7 @@ impl PgPhysical {
     /// the server runs on, e.g. without its lock file) a fast-shutdown
     /// signal to the postmaster, then an immediate one.
     pub(super) fn stop(&self, log: Log) -> Result<(), Error> {
-        let Err(e) = self.shell(&self.stop_command, "the stop command") else {
+        let Err(e) = self.stop_server() else {
             return Ok(());
         };
         let Some(pid) = self.postmaster_pid().or_else(|| self.postmaster_of_backend()) else {
@@ -201,7 +201,7 @@ impl PgPhysical {
 
     /// Starts the server and waits until it has left recovery and answers.
     pub(super) fn start_and_wait(&self) -> Result<(), Error> {
-        self.shell(&self.start_command, "the start command")?;
+        self.start_server()?;
         self.wait_until(
             "the server to answer outside recovery",
             |r| Ok((r == "f").then_some(())),
@@ -226,9 +226,12 @@ impl PgPhysical {
                     }
                 }
                 Err(e) if self.postmaster_pid().is_none() && !self.data_dir.join("postmaster.pid").exists() => {
-                    return Err(Error::Failed(format!(
-                        "the server stopped while waiting for {what} (its log says why): {e}"
-                    )));
+                    let log = self.log_tail();
+                    return Err(Error::Failed(if log.is_empty() {
+                        format!("the server stopped while waiting for {what} (its log says why): {e}")
+                    } else {
+                        format!("the server stopped while waiting for {what}; its log ends: {log}")
+                    }));
                 }
                 Err(_) => {}
             }
