@@ -330,10 +330,14 @@ pub fn plain_words(line: &str) -> Option<Vec<String>> {
                 '"' => {
                     chars.next();
                     loop {
-                        match chars.next()? {
-                            '"' => break,
-                            '$' | '`' | '\\' | '!' => return None,
-                            c => word.push(c),
+                        match chars.peek()? {
+                            '"' => {
+                                chars.next();
+                                break;
+                            }
+                            '$' => word.push_str(&the_database_variable(&mut chars)?),
+                            '`' | '\\' | '!' => return None,
+                            _ => word.extend(chars.next()),
                         }
                     }
                 }
@@ -341,6 +345,7 @@ pub fn plain_words(line: &str) -> Option<Vec<String>> {
                     chars.next();
                     word.push(c);
                 }
+                '$' => word.push_str(&the_database_variable(&mut chars)?),
                 _ => return None,
             }
         }
@@ -351,6 +356,24 @@ pub fn plain_words(line: &str) -> Option<Vec<String>> {
         return None;
     }
     Some(words)
+}
+
+/// `$STRONGBOX_DATABASE` (or `${STRONGBOX_DATABASE}`), taken from
+/// `chars`: a command deployment's `database`, which its engine allows
+/// only as letters, digits and `_`, so it expands to one plain word.
+fn the_database_variable(chars: &mut std::iter::Peekable<std::str::Chars>) -> Option<String> {
+    let rest: String = chars.clone().collect();
+    let name = strongbox_engines::DATABASE_VARIABLE;
+    [format!("${{{name}}}"), format!("${name}")]
+        .into_iter()
+        .find_map(|form| {
+            let after = rest.strip_prefix(&form)?;
+            if !form.ends_with('}') && after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+                return None; // a longer name
+            }
+            chars.nth(form.len() - 1);
+            Some(form)
+        })
 }
 
 #[cfg(test)]
@@ -391,6 +414,16 @@ mod tests {
         assert_eq!(plain_words(r#"a "b c" d"#).unwrap(), ["a", "b c", "d"]);
         // A shell started with a script is plain words: `sh` must be allowed.
         assert_eq!(plain_words("sh -c \"id > /x\"").unwrap(), ["sh", "-c", "id > /x"]);
+        // A command deployment's database: one word of letters, digits, `_`.
+        assert_eq!(
+            plain_words("mariadb $STRONGBOX_DATABASE -e \"CREATE DATABASE ${STRONGBOX_DATABASE}_x\"").unwrap(),
+            [
+                "mariadb",
+                "$STRONGBOX_DATABASE",
+                "-e",
+                "CREATE DATABASE ${STRONGBOX_DATABASE}_x"
+            ]
+        );
         for line in [
             "true; id",
             "true | id",
@@ -405,6 +438,9 @@ mod tests {
             "LD_PRELOAD=/x.so true",
             "true 'unterminated",
             "true \"$HOME\"",
+            "true $STRONGBOX_DATABASES",
+            "true \"$STRONGBOX_DATABASE_X\"",
+            "true $STRONGBOX_DATABASE$HOME",
             "true\nid",
             "",
         ] {

@@ -5,6 +5,11 @@
 //! (`mariadb -e 'CREATE DATABASE IF NOT EXISTS shop'`). All run through
 //! `sh -c`; `env` values (passwords) reach the commands through their
 //! environment and are masked in every message.
+//!
+//! An optional `database` reaches them as `$STRONGBOX_DATABASE`: a
+//! deployment whose commands name their database that way recovers into
+//! another one (`{"database": "shop_copy"}`, issue 31). Its recovery
+//! command must use it, or a copy would be restored over the deployment.
 
 use std::collections::BTreeMap;
 
@@ -21,7 +26,11 @@ pub struct CommandEngine {
     recovery_command: String,
     prepare_command: Option<String>,
     env: BTreeMap<String, String>,
+    database: Option<String>,
 }
+
+/// The variable the commands read the deployment's `database` from.
+pub const DATABASE_VARIABLE: &str = "STRONGBOX_DATABASE";
 
 impl CommandEngine {
     pub const CAPABILITIES: crate::Capabilities = crate::Capabilities {
@@ -29,15 +38,25 @@ impl CommandEngine {
         online_recovery: true,
         ships_log: false,
         streams_wal: false,
-        recovers_into: &[],
+        recovers_into: &["database"],
     };
 
     pub fn from_connection(c: &serde_json::Value) -> Result<Self, Error> {
         crate::only_settings(
             c,
             "command",
-            &["backup_command", "recovery_command", "prepare_command", "env"],
+            &[
+                "backup_command",
+                "recovery_command",
+                "prepare_command",
+                "env",
+                "database",
+            ],
         )?;
+        let bad = |reason: String| Error::BadConnection {
+            engine: "command",
+            reason,
+        };
         let example = "\"mariadb-dump -h 127.0.0.1 -u root --single-transaction shop\"";
         let backup_command = setting(c, "command", "backup_command", example)?.to_string();
         let recovery_command = setting(
@@ -60,11 +79,28 @@ impl CommandEngine {
             "\"mariadb -e 'CREATE DATABASE IF NOT EXISTS shop'\"",
         )?
         .map(String::from);
+        let database = crate::optional_setting(c, "command", "database", "\"shop\"")?.map(String::from);
+        if let Some(db) = &database {
+            // Unquoted in a command line it must stay one word.
+            if db.len() > 64 || !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(bad(format!(
+                    "\"database\" {db:?} must be letters, digits and _ (at most 64)"
+                )));
+            }
+            if !recovery_command.contains(DATABASE_VARIABLE) {
+                return Err(bad(format!(
+                    "\"database\" reaches the commands as ${DATABASE_VARIABLE}, which recovery_command does not \
+                     use: a recovery into another database would restore over this one; write e.g. \
+                     \"mariadb -h 127.0.0.1 -u root ${DATABASE_VARIABLE}\""
+                )));
+            }
+        }
         Ok(CommandEngine {
             backup_command,
             recovery_command: recovery_command.to_string(),
             prepare_command,
             env,
+            database,
         })
     }
 
@@ -72,6 +108,9 @@ impl CommandEngine {
         let mut t = Tool::shell(line, name);
         for (k, v) in &self.env {
             t.secret_env(k, v);
+        }
+        if let Some(db) = &self.database {
+            t.command.env(DATABASE_VARIABLE, db);
         }
         t
     }
@@ -99,6 +138,17 @@ impl crate::Engine for CommandEngine {
             name: name.clone(),
         });
         commands.chain(env).collect()
+    }
+
+    fn place(&self) -> Option<String> {
+        self.database.as_ref().map(|db| format!("database {db}"))
+    }
+
+    /// Unknown: a command says nothing of what a database holds.
+    fn occupied(&self) -> Option<String> {
+        self.database.as_ref().map(|db| {
+            format!("a command deployment cannot tell whether database {db} holds data (the prepare command creates it if missing)")
+        })
     }
 
     fn backup(&self, _cx: &crate::BackupContext) -> Result<crate::BackupStreams, Error> {

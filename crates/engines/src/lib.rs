@@ -13,7 +13,7 @@ mod sqlite;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-pub use command::CommandEngine;
+pub use command::{CommandEngine, DATABASE_VARIABLE};
 pub use files::SnapshotFiles;
 pub use position::Position;
 pub use postgres::{FLUSH_MARKER, PREFETCH_SPOOL, PgLogical, PgPhysical, pitr, whole_segment};
@@ -429,6 +429,20 @@ mod tests {
         let copy = engine_for("postgresql-logical", &json!({"url": url, "database": "shop copy"})).unwrap();
         assert_eq!(copy.place().as_deref(), Some("127.0.0.1:5432/shop copy"));
         assert!(refused("postgresql-logical", json!({"url": url, "database": "a/b"})).contains("database"));
+        // A command deployment's `database` must reach its recovery command.
+        let named =
+            json!({"backup_command": "dump $STRONGBOX_DATABASE", "recovery_command": "load", "database": "shop"});
+        assert!(refused("command", named).contains("recovery_command does not use"));
+        let copy = engine_into(
+            "command",
+            &json!({"backup_command": "dump", "recovery_command": "load $STRONGBOX_DATABASE", "database": "shop"}),
+            json!({"database": "shop_copy"}).as_object().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(copy.place().as_deref(), Some("database shop_copy"));
+        assert!(copy.occupied().is_some_and(|o| o.contains("cannot tell")));
+        let bad = json!({"backup_command": "d", "recovery_command": "l $STRONGBOX_DATABASE", "database": "a; rm"});
+        assert!(refused("command", bad).contains("letters, digits"));
         assert!(refused("oracle", json!({})).contains("unknown engine"));
         assert_eq!(engines_that(|c| c.point_in_time), ["postgresql"]);
     }

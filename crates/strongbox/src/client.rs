@@ -57,7 +57,7 @@ enum ClientCommand {
         target: Target,
         /// Recover into another place instead, leaving the deployment as it
         /// is: a setting it names instead (SQLite `path=/srv/copies/app.db`,
-        /// postgresql-logical `database=shop_copy`, postgresql
+        /// postgresql-logical and command `database=shop_copy`, postgresql
         /// `data_dir=/var/lib/postgresql/15/copy` and `port=5433`, optionally
         /// `running=false`); repeat for several.
         #[arg(long, value_name = "SETTING=VALUE")]

@@ -516,3 +516,115 @@ fn a_physical_postgresql_deployment_recovers_into_copies_exactly_while_it_serves
     assert_eq!(c.psql("SELECT count(*) FROM served"), written.to_string());
     assert_eq!(c.psql(&upto(i32::MAX)), live, "the live cluster untouched");
 }
+
+/// One line a statement on the test's MariaDB prints.
+fn maria(sql: &str) -> String {
+    strongbox_testkit::sh(&format!("mariadb -h 127.0.0.1 -u root -N -B -e \"{sql}\""))
+        .trim()
+        .to_string()
+}
+
+/// MariaDB databases dropped when the test ends, however it ends.
+struct DropMariaDatabases(Vec<String>);
+
+impl Drop for DropMariaDatabases {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = std::process::Command::new("mariadb")
+                .args(["-h", "127.0.0.1", "-u", "root", "-e"])
+                .arg(format!("DROP DATABASE IF EXISTS {name}"))
+                .output();
+        }
+    }
+}
+
+/// A `command` deployment (MariaDB's dump and client, naming their database
+/// `$STRONGBOX_DATABASE`) recovered into other databases by `latest` and a
+/// tag, each exactly (ordered checksum of every column), the live
+/// database's checksum unchanged. A command cannot tell whether a database
+/// holds data: a copy always needs `"replace": true`, and a deployment
+/// whose recovery command does not read the variable is refused (a copy
+/// would be restored over it).
+#[test]
+fn a_command_deployment_recovers_into_other_databases_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(&dir);
+    let live = format!("sb_into_cmd_{}", std::process::id());
+    let copy = |what: &str| format!("{live}_{what}");
+    let _cleanup = DropMariaDatabases(
+        std::iter::once(live.clone())
+            .chain(["latest", "tag"].map(copy))
+            .collect(),
+    );
+    maria(&format!(
+        "DROP DATABASE IF EXISTS {live}; CREATE DATABASE {live}; USE {live}; \
+         CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(40)); INSERT INTO t SELECT seq, MD5(seq) FROM seq_1_to_2000"
+    ));
+    let ordered = |db: &str| {
+        maria(&format!(
+            "SELECT count(*), MD5(GROUP_CONCAT(id, ':', v ORDER BY id)) FROM {db}.t"
+        ))
+    };
+    let client = "mariadb -h 127.0.0.1 -u root";
+    let connection = |recovery: &str| {
+        serde_json::json!({"engine": "command", "connection": {
+            "database": live,
+            "backup_command": format!("mariadb-dump -h 127.0.0.1 -u root --single-transaction $STRONGBOX_DATABASE"),
+            "prepare_command": format!("{client} -e \"CREATE DATABASE IF NOT EXISTS $STRONGBOX_DATABASE\""),
+            "recovery_command": recovery,
+        }})
+    };
+    let url = s.url("/strongbox/api/v1/instances/usexample/shop");
+    let (status, v) = s.json(&[
+        "-X",
+        "PUT",
+        "-d",
+        &connection(&format!("{client} {live}")).to_string(),
+        &url,
+    ]);
+    assert_eq!(status, "HTTP/2 400", "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("recovery_command does not use"),
+        "{v}"
+    );
+    let reg = connection(&format!("{client} $STRONGBOX_DATABASE")).to_string();
+    let (status, v) = s.json(&["-X", "PUT", "-d", &reg, &url]);
+    assert_eq!(status, "HTTP/2 200", "{v}");
+
+    let first = back_up(&s, "shop")["dbTag"].as_str().unwrap().to_string();
+    let at_first = ordered(&live);
+    maria(&format!(
+        "USE {live}; UPDATE t SET v = 'changed' WHERE id % 7 = 0; DELETE FROM t WHERE id % 10 = 0; \
+         INSERT INTO t SELECT seq, MD5(seq) FROM seq_2001_to_2500"
+    ));
+    back_up(&s, "shop");
+    let at_latest = ordered(&live);
+    assert_ne!(at_first, at_latest);
+
+    let recovery = format!("{API}/shop/backups/recovery");
+    for (asked, what, expected) in [
+        (r#""latest": true"#.to_string(), "latest", &at_latest),
+        (format!(r#""tag": "{first}""#), "tag", &at_first),
+    ] {
+        let body = format!(r#"{{{asked}, "target": {{"database": "{}"}}"#, copy(what));
+        let (status, v) = s.json(&["-X", "POST", "-d", &format!("{body}}}"), &s.url(&recovery)]);
+        assert_eq!(status, "HTTP/2 400", "{v}");
+        assert!(
+            v["message"].as_str().unwrap().contains("cannot tell whether database"),
+            "{v}"
+        );
+        post_until_accepted(&s, &recovery, &format!(r#"{body}, "replace": true}}"#));
+        assert_eq!(&ordered(&copy(what)), expected, "{body}");
+        assert_eq!(ordered(&live), at_latest, "the live database untouched by {body}");
+    }
+    let (status, v) = s.json(&[
+        "-X",
+        "POST",
+        "-d",
+        &format!(r#"{{"latest": true, "target": {{"database": "{live}"}}, "replace": true}}"#),
+        &s.url(&recovery),
+    ]);
+    assert_eq!(status, "HTTP/2 400", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("shop's own"), "{v}");
+    assert_eq!(ordered(&live), at_latest, "the live database untouched");
+}
