@@ -153,7 +153,44 @@ fn backup_item(b: &Backup) -> wire::BackupItem {
         timeline,
         expires_at: None,
         copies: Vec::new(),
+        last_verified: b.verification.as_ref().map(|v| api_date_of(&v.at)),
+        verify_status: b.verification.as_ref().map(|v| v.status().to_string()),
+        verify_message: b.verification.as_ref().map(|v| v.message.clone()),
     }
+}
+
+/// Start a restore drill (Strongbox extension): the newest backup, one
+/// older one at random and, with a log, a random moment after the newest,
+/// each recovered into a scratch place beside the deployment's own,
+/// checked, removed; the outcome lands on each backup (`lastVerified`,
+/// `verifyStatus`, `verifyMessage`). 202 with the job's `Location`.
+#[utoipa::path(
+    post,
+    path = "/paas/service/dbcs/api/v1.1/instances/{identityDomainId}/{serviceId}/backups/verify",
+    params(wire::ServicePath, wire::Tenant, wire::Idempotency),
+    responses(
+        (status = 202, description = "accepted; `Location` is the job status URI, the body is empty",
+         headers(("Location" = String), ("service-uri" = String), ("Retry-After" = String))),
+        (status = 400, description = "no completed backup, or an engine that names no scratch place",
+         body = wire::ErrorBody),
+        (status = 404, description = "no such deployment", body = wire::ErrorBody),
+        (status = 409, description = "a job of this deployment is already in progress", body = wire::ErrorBody),
+    ),
+)]
+pub async fn start_drill(
+    State(state): St,
+    Path(wire::ServicePath {
+        identity_domain_id: domain,
+        service_id: service,
+    }): Path<wire::ServicePath>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let job = state
+        .service
+        .start_drill(&domain, &service, &origin(&caller, &headers))
+        .await?;
+    accepted(&state, &domain, &service, &job)
 }
 
 /// View all backups: completed ones, the one in progress, the last failure; newest first.
@@ -491,6 +528,8 @@ fn config_body(c: &strongbox_core::schedule::BackupConfig, now: time::OffsetDate
         next_scheduled_backup: c.next(now).map(api_date),
         continuous_archiving: c.continuous_archiving,
         synchronous_archiving: c.synchronous_archiving,
+        verify: c.verify.as_ref().map(|d| d.cron.clone()),
+        next_drill: c.next_drill(now).map(api_date),
     }
 }
 
@@ -550,7 +589,8 @@ pub async fn change_backup_config(
         ApiError::bad_request(format!(
             "invalid backup configuration: {e}; the fields are autoBackupEnabled (boolean), autoBackupWindow \
              (\"HH:MM-HH:MM\", UTC), cron (a cron expression), recoveryWindowInDays (1 to 365), \
-             minimumBackupsKept (0 to 1000), continuousArchiving (boolean), synchronousArchiving (boolean)"
+             minimumBackupsKept (0 to 1000), continuousArchiving (boolean), synchronousArchiving (boolean), verify \
+             (a cron expression for restore drills, \"\" for none)"
         ))
     })?;
     // A whole number, however spelt; anything else is out of every range.
@@ -573,6 +613,7 @@ pub async fn change_backup_config(
         minimum_backups_kept: whole(asked.minimum_backups_kept),
         continuous_archiving: asked.continuous_archiving,
         synchronous_archiving: asked.synchronous_archiving,
+        verify: asked.verify,
     };
     let c = state.service.change_backup_config(&domain, &service, &change).await?;
     Ok(Json(config_body(&c, state.service.clock.now())))

@@ -84,6 +84,15 @@ fn describe() {
         "When the deployment's newest completed backup completed (Unix time)"
     );
     describe_gauge!(
+        "strongbox_last_verified_timestamp_seconds",
+        Unit::Seconds,
+        "When a restore drill last proved one of the deployment's backups restorable (Unix time)"
+    );
+    describe_counter!(
+        "strongbox_verify_failures_total",
+        "Backups whose restore drill failed, on this server, by deployment"
+    );
+    describe_gauge!(
         "strongbox_recoverable_from_timestamp_seconds",
         Unit::Seconds,
         "The earliest moment the deployment can be recovered to (Unix time)"
@@ -176,6 +185,9 @@ pub(crate) async fn page(State(state): State<Arc<AppState>>) -> Result<Response,
         let unix = |t: time::OffsetDateTime| t.unix_timestamp_nanos() as f64 / 1e9;
         if let Some(t) = h.last_backup {
             metrics::gauge!("strongbox_last_backup_timestamp_seconds", &labels).set(unix(t));
+        }
+        if let Some(t) = h.last_verified {
+            metrics::gauge!("strongbox_last_verified_timestamp_seconds", &labels).set(unix(t));
         }
         if let Some((from, until)) = h.recoverable {
             metrics::gauge!("strongbox_recoverable_from_timestamp_seconds", &labels).set(unix(from));

@@ -79,6 +79,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         endpoint::<handlers::__path_list_backups, _, _>(Reader, handlers::list_backups),
         endpoint::<handlers::__path_start_backup, _, _>(Operator, handlers::start_backup),
         endpoint::<recovery::__path_start_recovery, _, _>(Operator, recovery::start_recovery),
+        endpoint::<handlers::__path_start_drill, _, _>(Operator, handlers::start_drill),
         endpoint::<recovery::__path_history, _, _>(Reader, recovery::history),
         endpoint::<handlers::__path_job_status, _, _>(Reader, handlers::job_status),
         endpoint::<handlers::__path_activity_log, _, _>(Reader, handlers::activity_log),

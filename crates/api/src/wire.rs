@@ -42,6 +42,17 @@ pub struct BackupItem {
     /// holding this backup.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub copies: Vec<String>,
+    /// Strongbox: when this backup's last restore drill ended (absent:
+    /// never drilled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_verified: Option<String>,
+    /// Strongbox: `OK` (restored and passed its engine's check) or
+    /// `FAILED`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify_status: Option<String>,
+    /// Strongbox: what the drill's check found, or why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify_message: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -707,6 +718,12 @@ pub struct BackupConfig {
     /// PostgreSQL: the WAL receiver is a synchronous standby (commits wait
     /// until their WAL is on the Strongbox server).
     pub synchronous_archiving: bool,
+    /// Restore drills at the times of this cron expression (UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<String>,
+    /// When the next scheduled drill is due.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_drill: Option<String>,
 }
 
 /// `PUT …/backups/config`: what to change; what is left out stays.
@@ -721,6 +738,7 @@ pub struct ChangeBackupConfig {
     pub minimum_backups_kept: Option<serde_json::Number>,
     pub continuous_archiving: Option<bool>,
     pub synchronous_archiving: Option<bool>,
+    pub verify: Option<String>,
 }
 
 impl utoipa::PartialSchema for ChangeBackupConfig {
@@ -761,6 +779,17 @@ impl utoipa::PartialSchema for ChangeBackupConfig {
                     .description(Some(
                         "PostgreSQL with continuous archiving: the WAL receiver is a synchronous standby, so a \
                          commit returns once its WAL is on the Strongbox server",
+                    ))
+                    .build()
+                    .into(),
+            ),
+            (
+                "verify",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some(
+                        "restore drills at the times of this cron expression (UTC), e.g. \"0 5 * * 0\"; \"\" for \
+                         none (POST …/backups/verify drills at once)",
                     ))
                     .build()
                     .into(),

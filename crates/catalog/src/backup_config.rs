@@ -29,6 +29,20 @@ pub struct BackupConfig {
     /// within the receiver's next store).
     #[serde(default)]
     pub synchronous_archiving: bool,
+    /// Restore drills on a schedule (`strongbox_core::drill`); `None`: only
+    /// when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<DrillSchedule>,
+}
+
+/// Restore drills at the times of a cron expression (UTC); periods that
+/// began before `since` (when it was set) are not due.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillSchedule {
+    pub cron: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
 }
 
 impl Default for BackupConfig {
@@ -41,6 +55,7 @@ impl Default for BackupConfig {
             enabled_since: None,
             continuous_archiving: false,
             synchronous_archiving: false,
+            verify: None,
         }
     }
 }

@@ -33,6 +33,10 @@ pub enum JobSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         into: Option<RecoveryInto>,
     },
+    /// A restore drill: each backup recovered into a scratch place of the
+    /// server's choosing, checked by its engine, the place removed, and
+    /// the outcome recorded on the backup (`Catalog::record_verification`).
+    Verify { drills: Vec<Drill> },
     /// Forgets these backups (by the jobs that made them), then prunes the
     /// repository and the WAL archives of what no backup needs any more.
     Expire {
@@ -41,6 +45,16 @@ pub enum JobSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         deletion: Option<Deletion>,
     },
+}
+
+/// One recovery of a restore drill: from the backup made by job `from`
+/// (`tag`), to `target`, as planned when the drill was queued.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drill {
+    pub from: i64,
+    pub tag: String,
+    pub target: RecoveryTarget,
+    pub description: String,
 }
 
 /// A recovery into another place than the deployment's (a copy to look
@@ -180,6 +194,7 @@ impl JobSpec {
             JobSpec::Backup { .. } => Operation::Backup,
             JobSpec::Recovery { .. } => Operation::Recovery,
             JobSpec::Expire { .. } => Operation::Expire,
+            JobSpec::Verify { .. } => Operation::Verify,
         }
     }
 
@@ -190,7 +205,7 @@ impl JobSpec {
                 trigger: Trigger::Schedule { .. } | Trigger::Shipping { .. },
                 ..
             } => "SYSTEM",
-            JobSpec::Expire { .. } if created_by == SYSTEM => "SYSTEM",
+            JobSpec::Expire { .. } | JobSpec::Verify { .. } if created_by == SYSTEM => "SYSTEM",
             _ => "USER",
         }
     }

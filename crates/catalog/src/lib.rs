@@ -16,8 +16,8 @@ mod rows;
 mod sql;
 mod sqlite_reads;
 
-pub use backup_config::{BackupConfig, Schedule};
-pub use job_spec::{Deletion, IMPORTED, JobSpec, RecoveryAsked, RecoveryInto, SYSTEM, Trigger};
+pub use backup_config::{BackupConfig, DrillSchedule, Schedule};
+pub use job_spec::{Deletion, Drill, IMPORTED, JobSpec, RecoveryAsked, RecoveryInto, SYSTEM, Trigger};
 pub use model::*;
 pub use sql::SqlCatalog;
 
@@ -143,6 +143,9 @@ pub trait Catalog: Send + Sync + 'static {
     /// The copies holding a deployment's backups, by backup job id.
     async fn copies(&self, domain: &str, deployment: &str) -> Result<Vec<BackupCopy>>;
     /// Marks backups of a deployment deleted (their snapshots are forgotten).
+    /// Records a restore drill's outcome on backup `job_id` (replacing the
+    /// last one).
+    async fn record_verification(&self, domain: &str, job_id: i64, v: &Verification) -> Result<()>;
     async fn mark_backups_deleted(&self, domain: &str, deployment: &str, job_ids: &[i64]) -> Result<()>;
     /// Adds a line to a job's activity log; false (and nothing written) if
     /// the lease was lost.

@@ -78,16 +78,24 @@ pub enum Operation {
     Backup,
     Recovery,
     Expire,
+    /// A restore drill: backups recovered into scratch places and checked.
+    Verify,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 3] = [Operation::Backup, Operation::Recovery, Operation::Expire];
+    pub const ALL: [Operation; 4] = [
+        Operation::Backup,
+        Operation::Recovery,
+        Operation::Expire,
+        Operation::Verify,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Operation::Backup => "backup",
             Operation::Recovery => "recovery",
             Operation::Expire => "expire",
+            Operation::Verify => "verify",
         }
     }
 
@@ -276,6 +284,28 @@ pub struct Backup {
     /// Where the backup sits in the database's history; `None` for
     /// engines without a log.
     pub position: Option<Position>,
+    /// Its last restore drill; `None`: never drilled.
+    pub verification: Option<Verification>,
+}
+
+/// A restore drill's outcome for one backup: restored into a scratch
+/// place and checked by its engine (`ok`), or not, and what was found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verification {
+    /// When the drill ended (RFC 3339).
+    pub at: String,
+    pub ok: bool,
+    pub message: String,
+}
+
+impl Verification {
+    pub const OK: &str = "OK";
+    pub const FAILED: &str = "FAILED";
+
+    /// The wire spelling of its status (`verifyStatus`).
+    pub fn status(&self) -> &'static str {
+        if self.ok { Self::OK } else { Self::FAILED }
+    }
 }
 
 /// Where a recovery is.

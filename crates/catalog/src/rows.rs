@@ -2,7 +2,7 @@
 //! position (a lookup by name compares names, a fifth of a job read's
 //! time), whichever driver read the row.
 
-use crate::{Backup, BackupStatus, Deployment, Job, JobStatus, Operation, Recovery, RecoveryStatus};
+use crate::{Backup, BackupStatus, Deployment, Job, JobStatus, Operation, Recovery, RecoveryStatus, Verification};
 
 /// The columns of `jobs` that `job` reads, in its order (a macro, so that
 /// static statements can be built with `concat!`).
@@ -16,7 +16,7 @@ pub(crate) use job_columns;
 pub(crate) const JOB_COLUMNS: &str = job_columns!();
 pub(crate) const DEPLOYMENT_COLUMNS: &str = "domain, name, engine, connection, created_at, backup_config, runs_on";
 pub(crate) const BACKUP_COLUMNS: &str = "job_id, domain, deployment, db_tag, status, keep_forever, started_at, \
-     completed_at, snapshot_id, logical_bytes, stored_bytes, position";
+     completed_at, snapshot_id, logical_bytes, stored_bytes, position, verified_at, verify_status, verify_message";
 pub(crate) const RECOVERY_COLUMNS: &str =
     "job_id, domain, deployment, target, reached, backup_job_id, status, started_at, completed_at";
 
@@ -108,6 +108,11 @@ pub(crate) fn backup(row: &impl Columns) -> Backup {
         position: row
             .text(11)
             .and_then(|p| strongbox_engines::Position::from_stored(&p).ok()),
+        verification: row.text(12).map(|at| Verification {
+            at,
+            ok: row.text(13).as_deref() == Some(Verification::OK),
+            message: row.text(14).unwrap_or_default(),
+        }),
     }
 }
 

@@ -24,7 +24,7 @@ use crate::sqlite_reads::SqliteReads;
 use crate::{
     Backup, BackupCopy, BackupStatus, Catalog, Deployment, Error, ImportedBackup, ImportedRecovery, Job, JobCount,
     JobEnd, JobMessage, JobSpec, JobStatus, Lease, NewDeployment, NewJob, NewRecord, Operation, Recovery,
-    RecoveryStatus, Result, Role, Started, Trigger, User, labels_of, now, rfc3339,
+    RecoveryStatus, Result, Role, Started, Trigger, User, Verification, labels_of, now, rfc3339,
 };
 
 /// How long a PostgreSQL catalog request waits for a connection.
@@ -861,6 +861,23 @@ impl Catalog for SqlCatalog {
 
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn record_verification(&self, domain: &str, job_id: i64, v: &Verification) -> Result<()> {
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "UPDATE backups SET verified_at = $1, verify_status = $2, verify_message = $3 WHERE domain = $4 AND \
+             job_id = $5",
+        )
+        .bind(&v.at)
+        .bind(v.status())
+        .bind(&v.message)
+        .bind(domain)
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 

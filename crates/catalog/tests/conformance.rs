@@ -507,6 +507,29 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
         c.backup("usexample", completed).await.unwrap().unwrap().job_id,
         completed
     );
+    // A drill's outcome, per domain, the last one kept.
+    assert_eq!(
+        c.backup("usexample", completed).await.unwrap().unwrap().verification,
+        None
+    );
+    let drilled = |ok: bool, message: &str| Verification {
+        at: "2026-12-06T07:00:00Z".into(),
+        ok,
+        message: message.into(),
+    };
+    c.record_verification("usexample", completed, &drilled(false, "pack 3f2a… is damaged"))
+        .await
+        .unwrap();
+    c.record_verification("usexample", completed, &drilled(true, "integrity ok; t: 150 rows"))
+        .await
+        .unwrap();
+    c.record_verification("idcs-0123abc", completed, &drilled(false, "another domain's"))
+        .await
+        .unwrap();
+    let verified = c.backup("usexample", completed).await.unwrap().unwrap().verification;
+    assert_eq!(verified, Some(drilled(true, "integrity ok; t: 150 rows")));
+    assert_eq!(verified.unwrap().status(), "OK");
+    assert_eq!(drilled(false, "").status(), "FAILED");
     c.mark_backups_deleted("idcs-0123abc", "db12c", &[completed])
         .await
         .unwrap();

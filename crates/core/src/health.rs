@@ -17,6 +17,8 @@ pub struct DeploymentHealth {
     pub deployment: Deployment,
     /// When the newest completed backup completed.
     pub last_backup: Option<OffsetDateTime>,
+    /// When a restore drill last proved one of its backups restorable.
+    pub last_verified: Option<OffsetDateTime>,
     /// The earliest and the latest moment a recovery can reach: with a WAL
     /// archive, the current history's archived range; otherwise the oldest
     /// and newest completed backups.
@@ -38,14 +40,15 @@ impl Service {
     }
 
     pub async fn deployment_health(&self, d: Deployment) -> Result<DeploymentHealth> {
-        let completed: Vec<OffsetDateTime> = self
-            .catalog
-            .backups(&d.domain, &d.name)
-            .await?
-            .iter()
-            .filter(|b| b.status == BackupStatus::Completed)
+        let backups = self.catalog.backups(&d.domain, &d.name).await?;
+        let kept = || backups.iter().filter(|b| b.status == BackupStatus::Completed);
+        let completed: Vec<OffsetDateTime> = kept()
             .filter_map(|b| b.completed_at.as_deref().and_then(parse_rfc3339))
             .collect();
+        let last_verified = kept()
+            .filter_map(|b| b.verification.as_ref().filter(|v| v.ok))
+            .filter_map(|v| parse_rfc3339(&v.at))
+            .max();
         let last_backup = completed.iter().max().copied();
         let from_backups = completed.iter().min().copied().zip(last_backup);
         // While the repository cannot be read, what the catalog knows.
@@ -70,6 +73,7 @@ impl Service {
         Ok(DeploymentHealth {
             deployment: d,
             last_backup,
+            last_verified,
             archived_until: pitr.and_then(|p| p.archived_until).or(shipped_until),
             recoverable: archived.or(from_backups),
         })

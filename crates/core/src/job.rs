@@ -83,7 +83,7 @@ impl Service {
                 running.operation,
                 running.id,
                 match operation {
-                    Operation::Backup | Operation::Expire => "retry when it has finished",
+                    Operation::Backup | Operation::Expire | Operation::Verify => "retry when it has finished",
                     Operation::Recovery => "a recovery waits until it has finished",
                 }
             ))),

@@ -7,6 +7,7 @@
 pub mod copies;
 mod copy_expiry;
 pub mod dates;
+mod drill;
 mod error;
 pub mod health;
 pub mod host_policy;

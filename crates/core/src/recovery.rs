@@ -80,7 +80,7 @@ impl std::fmt::Display for Scn {
 
 /// A backup's own recovery: its consistency point (for PostgreSQL, the
 /// position the worker checks replay stopped at).
-fn backup_plan(b: &Backup, why: &str) -> RecoveryPlan {
+pub(crate) fn backup_plan(b: &Backup, why: &str) -> RecoveryPlan {
     RecoveryPlan {
         target: RecoveryTarget::Backup {
             position: b.position.as_ref().and_then(|p| p.wal()).cloned(),
@@ -290,7 +290,7 @@ impl Service {
     /// from the catalog's records (a snapshot forgotten in a copy with the
     /// repository CLI): what a recovery may choose from. Status pages do
     /// without, to spare a listing of every copy per request.
-    async fn backups_held(&self, domain: &str, deployment: &str, list_copies: bool) -> Result<Vec<Backup>> {
+    pub(crate) async fn backups_held(&self, domain: &str, deployment: &str, list_copies: bool) -> Result<Vec<Backup>> {
         let backups = self.catalog.backups(domain, deployment).await?;
         let present: Option<std::collections::HashSet<String>> = match &self.wal {
             Some(w) => {
@@ -345,7 +345,7 @@ impl Service {
     /// The planner for a deployment's recovery requests, chosen by what its
     /// engine can do: a shipped log (SQLite with continuous archiving), a
     /// WAL archive (PostgreSQL's), or backups only.
-    async fn planner(
+    pub(crate) async fn planner(
         &self,
         d: &Deployment,
         usable: &[Backup],

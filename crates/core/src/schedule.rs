@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use strongbox_catalog::Deployment;
-pub use strongbox_catalog::{BackupConfig, Schedule};
+pub use strongbox_catalog::{BackupConfig, DrillSchedule, Schedule};
 use time::OffsetDateTime;
 
 use crate::job::{Origin, Trigger};
@@ -32,6 +32,8 @@ pub struct ConfigChange {
     pub minimum_backups_kept: Option<i64>,
     pub continuous_archiving: Option<bool>,
     pub synchronous_archiving: Option<bool>,
+    /// Restore drills at the times of this cron expression; `""`: none.
+    pub verify: Option<String>,
 }
 
 /// `HH:MM-HH:MM` → minutes of the day.
@@ -137,6 +139,10 @@ pub trait BackupPolicy: Sized {
     fn due(&self, now: OffsetDateTime) -> Option<OffsetDateTime>;
     /// When the next scheduled backup is due.
     fn next(&self, now: OffsetDateTime) -> Option<OffsetDateTime>;
+    /// The period whose restore drill is due at `now`, by its start.
+    fn drill_due(&self, now: OffsetDateTime) -> Option<OffsetDateTime>;
+    /// When the next scheduled drill is due.
+    fn next_drill(&self, now: OffsetDateTime) -> Option<OffsetDateTime>;
 }
 
 impl BackupPolicy for BackupConfig {
@@ -173,6 +179,22 @@ impl BackupPolicy for BackupConfig {
         if let Some(on) = change.synchronous_archiving {
             c.synchronous_archiving = on;
         }
+        if let Some(expr) = &change.verify {
+            let expr = expr.trim();
+            c.verify = if expr.is_empty() {
+                None
+            } else {
+                parse_cron(expr).map_err(|e| Error::Invalid(format!("verify: {e}")))?;
+                // A new schedule's periods count from now.
+                match &c.verify {
+                    Some(d) if d.cron == expr => c.verify.clone(),
+                    _ => Some(DrillSchedule {
+                        cron: expr.to_string(),
+                        since: now,
+                    }),
+                }
+            };
+        }
         if let Some(on) = change.auto_backup_enabled {
             if on && !c.auto_backup_enabled {
                 c.enabled_since = Some(now);
@@ -190,6 +212,16 @@ impl BackupPolicy for BackupConfig {
         (start >= self.enabled_since?).then_some(start)
     }
 
+    fn drill_due(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        let (schedule, since) = drills(self)?;
+        schedule.period_start(now).filter(|start| *start >= since)
+    }
+
+    fn next_drill(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        let (schedule, since) = drills(self)?;
+        schedule.next_start(now.max(since))
+    }
+
     fn next(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
         if !self.auto_backup_enabled {
             return None;
@@ -201,6 +233,12 @@ impl BackupPolicy for BackupConfig {
         }
         Some(next)
     }
+}
+
+/// A configuration's drill schedule, as a schedule and since when.
+fn drills(c: &BackupConfig) -> Option<(Schedule, OffsetDateTime)> {
+    let d = c.verify.as_ref()?;
+    Some((Schedule::Cron(d.cron.clone()), d.since))
 }
 
 impl Service {
@@ -272,6 +310,9 @@ impl Service {
             if let Err(e) = self.backup_if_due(&d, &config, now).await {
                 tracing::warn!("scheduled backup of {}: {e}", d.name);
             }
+            if let Err(e) = self.drill_if_due(&d, &config, now).await {
+                tracing::warn!("scheduled restore drill of {}: {e}", d.name);
+            }
             if let Err(e) = self.expire_unneeded(&d, &config, now).await {
                 tracing::warn!("expiring backups of {}: {e}", d.name);
             }
@@ -290,6 +331,22 @@ impl Service {
             .start_backup(&d.domain, &d.name, false, Trigger::Schedule { period }, &origin)
             .await
         {
+            Ok(_) | Err(Error::Conflict(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Service {
+    /// Queues the scheduled drill that is due and not yet queued (once per
+    /// period across servers, as backups). A deployment busy with another
+    /// job is looked at again on the next round.
+    async fn drill_if_due(&self, d: &Deployment, config: &BackupConfig, now: OffsetDateTime) -> Result<()> {
+        let Some(period) = config.drill_due(now) else {
+            return Ok(());
+        };
+        let origin = Origin::system(format!("strongbox-drill:{}", crate::dates::rfc3339(period)));
+        match self.start_drill(&d.domain, &d.name, &origin).await {
             Ok(_) | Err(Error::Conflict(_)) => Ok(()),
             Err(e) => Err(e),
         }

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use strongbox_catalog::{BackupResult, Deployment, Job, JobEnd, Lease, RecoveryInto};
+use strongbox_catalog::{BackupResult, Deployment, Drill, Job, JobEnd, Lease, RecoveryInto};
 use strongbox_engines::pitr::Reached;
 use strongbox_engines::{BackupContext, Engine, RecoveryContext, RecoveryTarget, SnapshotFiles};
 use strongbox_repo::{BackupOptions, Counters, LateLabels, Repository};
@@ -240,6 +240,10 @@ impl Worker {
                 },
                 Err(e) => failed(format!("recovery failed: {e:#}")),
             },
+            JobSpec::Verify { drills } => match self.drill(job, &drills).await {
+                Ok(summary) => ended(true, format!("verify completed: {summary}")),
+                Err(e) => failed(format!("verify failed: {e:#}")),
+            },
             JobSpec::Expire { backups, deletion } => match self.expire(job, &backups, deletion.is_some()).await {
                 Ok(summary) => ended(true, format!("expire completed: {summary}")),
                 Err(e) => failed(format!("expire failed: {e:#}")),
@@ -394,6 +398,61 @@ impl Worker {
             pruned.packs_deleted,
             pruned.packs_repacked
         ))
+    }
+
+    /// A restore drill (`drill`): each backup recovered into the scratch
+    /// place, checked, the place removed, the outcome recorded on the
+    /// backup. Fails naming each backup that did not pass, and why.
+    async fn drill(&self, job: &Job, drills: &[Drill]) -> Result<String> {
+        let (deployment, _) = self.engine(job).await?;
+        let (scratch, into) = self.service.drill_engine(&deployment)?;
+        let discard = |scratch: Arc<dyn Engine>| tokio::task::spawn_blocking(move || scratch.discard());
+        let (mut passed, mut failed) = (Vec::new(), Vec::new());
+        for d in drills {
+            // What a killed attempt left, first.
+            discard(scratch.clone()).await?;
+            self.log(format!("drill: {}", d.description)).await;
+            let outcome = match self
+                .recovery(job, d.from, &d.target, &d.description, None, Some(&into))
+                .await
+            {
+                Ok((summary, _)) => {
+                    let s = scratch.clone();
+                    match tokio::task::spawn_blocking(move || s.check()).await? {
+                        Ok(found) => Ok(format!("{summary}; {found}")),
+                        Err(e) => Err(format!("recovered, but its check failed: {e}")),
+                    }
+                }
+                Err(e) => Err(format!("{e:#}")),
+            };
+            discard(scratch.clone()).await?;
+            let v = crate::drill::verification(self.service.clock.now(), &outcome);
+            self.service
+                .catalog
+                .record_verification(&job.domain, d.from, &v)
+                .await?;
+            match outcome {
+                Ok(found) => {
+                    self.log(format!("backup {} verified: {found}", d.tag)).await;
+                    passed.push(d.tag.clone());
+                }
+                Err(why) => {
+                    metrics::counter!("strongbox_verify_failures_total", "domain" => job.domain.clone(),
+                        "deployment" => job.deployment.clone())
+                    .increment(1);
+                    self.log(format!("backup {} failed its drill: {why}", d.tag)).await;
+                    failed.push(format!("backup {} ({}): {why}", d.tag, d.description));
+                }
+            }
+        }
+        anyhow::ensure!(
+            failed.is_empty(),
+            "{} of {} drill(s) failed: {}",
+            failed.len(),
+            drills.len(),
+            failed.join("; ")
+        );
+        Ok(format!("{} drill(s) passed ({})", drills.len(), passed.join(", ")))
     }
 
     /// Recovers from the first repository that holds the backup whole: the

@@ -292,6 +292,23 @@ pub trait Engine: Send + Sync {
         None
     }
 
+    /// Settings of a scratch place beside the deployment's own where a
+    /// restore drill recovers its backups (for `engine_into`); `None`: it
+    /// cannot be drilled. Asked again for each drill (a port may change).
+    fn drill_place(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        None
+    }
+
+    /// Checks the database a recovery made here with the database's own
+    /// checks: what it found, or why it is not sound. Blocking.
+    fn check(&self) -> Result<String, Error> {
+        Err(Error::Failed("this engine has no check of its own".into()))
+    }
+
+    /// Removes what a recovery made here (a drill's scratch place), best
+    /// effort: also before a drill, what a killed one left.
+    fn discard(&self) {}
+
     /// Present for engines that recover to points in time.
     fn point_in_time(&self) -> Option<&dyn PointInTime> {
         None
@@ -338,6 +355,31 @@ pub fn engine_into(
     let mut merged = connection.as_object().cloned().unwrap_or_default();
     merged.extend(target.clone());
     engine_for(engine, &serde_json::Value::Object(merged))
+}
+
+/// `settings` as a map of settings (`Engine::drill_place`).
+fn settings(settings: serde_json::Value) -> Option<serde_json::Map<String, serde_json::Value>> {
+    settings.as_object().cloned()
+}
+
+/// A check's findings in a message: the first 20, then how many more.
+fn listed(items: &[String]) -> String {
+    match items.len() {
+        0 => "no tables".into(),
+        n if n <= 20 => items.join(", "),
+        n => format!("{}, and {} more", items[..20].join(", "), n - 20),
+    }
+}
+
+/// A port nothing listens on now, for a drill's server.
+fn free_port() -> Option<u16> {
+    Some(
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port(),
+    )
 }
 
 /// A place on this host spelt one way (links and `..` resolved; a path

@@ -160,6 +160,9 @@ impl crate::Engine for SqliteEngine {
             .prefix(".strongbox-recovering")
             .tempfile_in(&beside)
             .map_err(|e| Error::io("scratch file", e))?;
+        // Dropped after the connections below: a read-only one leaves its
+        // (empty) `-wal` and `-shm` behind, named after the scratch file.
+        let _sidecars = Sidecars(copy.path().to_path_buf());
         backup.restore_to(FILE_NAME, copy.path())?;
         let replayed = match shipped {
             Some(t) => Some(self.replay_shipped(copy.path(), t, cx)?),
@@ -205,8 +208,73 @@ impl crate::Engine for SqliteEngine {
         self.path.exists().then(|| format!("{} exists", self.path.display()))
     }
 
+    /// A hidden file beside the database.
+    fn drill_place(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        let name = self.path.file_name()?.to_string_lossy();
+        let place = self.path.with_file_name(format!(".{name}.strongbox-drill"));
+        crate::settings(serde_json::json!({"path": place}))
+    }
+
+    /// `PRAGMA integrity_check` (every page, index and constraint), then
+    /// each table's rows counted.
+    fn check(&self) -> Result<String, Error> {
+        let failed = |what: &str, e: rusqlite::Error| Error::Failed(format!("{what} of {}: {e}", self.path.display()));
+        let c = Connection::open(&self.path).map_err(|e| failed("opening", e))?;
+        let integrity: Vec<String> = c
+            .prepare("PRAGMA integrity_check")
+            .and_then(|mut q| q.query_map([], |r| r.get(0))?.collect())
+            .map_err(|e| failed("PRAGMA integrity_check", e))?;
+        if integrity != ["ok"] {
+            return Err(Error::Failed(format!(
+                "PRAGMA integrity_check of {}: {}",
+                self.path.display(),
+                integrity.join("; ")
+            )));
+        }
+        let tables: Vec<String> = c
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+            .and_then(|mut q| q.query_map([], |r| r.get(0))?.collect())
+            .map_err(|e| failed("listing the tables", e))?;
+        let mut counts = Vec::new();
+        for t in &tables {
+            let n: i64 = c
+                .query_row(
+                    &format!("SELECT count(*) FROM \"{}\"", t.replace('"', "\"\"")),
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(|e| failed(&format!("counting the rows of {t}"), e))?;
+            counts.push(format!("{t} {n}"));
+        }
+        Ok(format!(
+            "integrity_check ok; rows per table: {}",
+            crate::listed(&counts)
+        ))
+    }
+
+    fn discard(&self) {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut path = self.path.clone().into_os_string();
+            path.push(suffix);
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
     fn log_shipping(&self) -> Option<&dyn crate::ShipsLog> {
         Some(self)
+    }
+}
+
+/// Removes a database file's `-wal` and `-shm` when dropped.
+struct Sidecars(PathBuf);
+
+impl Drop for Sidecars {
+    fn drop(&mut self) {
+        for suffix in ["-wal", "-shm"] {
+            let mut path = self.0.clone().into_os_string();
+            path.push(suffix);
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 

@@ -82,6 +82,10 @@ enum Verb {
         /// synchronous standby (true or false).
         #[arg(long)]
         synchronous_archiving: Option<bool>,
+        /// Restore drills at the times of this cron expression (UTC), e.g.
+        /// "0 5 * * 0"; "" for none.
+        #[arg(long, value_name = "CRON")]
+        verify: Option<String>,
     },
     /// The key slots of the server's repository: any slot's password opens
     /// it. Add one whose password is kept offline (an escrow), so that
@@ -159,6 +163,7 @@ pub async fn run(args: AdminArgs) -> Result<()> {
             minimum_backups_kept,
             continuous_archiving,
             synchronous_archiving,
+            verify,
         } => {
             let change = strongbox_core::schedule::ConfigChange {
                 auto_backup_enabled: auto_backup,
@@ -168,6 +173,7 @@ pub async fn run(args: AdminArgs) -> Result<()> {
                 minimum_backups_kept,
                 continuous_archiving,
                 synchronous_archiving,
+                verify,
             };
             let mut service = Service::new(catalog);
             service.backup_defaults = config.backup_defaults()?;

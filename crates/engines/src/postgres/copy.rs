@@ -239,6 +239,19 @@ impl PgPhysical {
     }
 }
 
+impl PgPhysical {
+    /// Stops a copy's server, if it runs, and removes its data directory.
+    pub(super) fn discard_copy(&self) {
+        if !matches!(self.control, Control::Copy(_)) {
+            return; // never the deployment's own
+        }
+        if self.data_dir.join("postmaster.pid").exists() {
+            let _ = self.stop_server();
+        }
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
 fn without_copy_settings(text: &str) -> String {
     match (text.find(BEGIN), text.find(END)) {
         (Some(b), Some(e)) if e > b => format!("{}{}", &text[..b], text[e + END.len()..].trim_start_matches('\n')),

@@ -115,6 +115,53 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// The database's own checks: every valid B-tree index (the system
+    /// catalogs' too) by `amcheck`'s `bt_index_check`, where the extension
+    /// can be created, then each table's rows counted.
+    pub(crate) fn check_database(&self) -> Result<String, Error> {
+        let amcheck = match self.query("CREATE EXTENSION IF NOT EXISTS amcheck") {
+            Ok(_) => {
+                let checked = self.query(
+                    "SELECT c.relname, bt_index_check(c.oid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+                     JOIN pg_am a ON a.oid = c.relam WHERE a.amname = 'btree' AND i.indisvalid AND i.indisready \
+                     AND c.relpersistence <> 't'",
+                )?;
+                format!("amcheck: {} B-tree indexes sound", checked.lines().count())
+            }
+            Err(e) => format!("no amcheck ({e})"),
+        };
+        let counts = self.query(
+            "SELECT n.nspname || '.' || c.relname || ' ' || (xpath('/row/c/text()', query_to_xml(format('SELECT \
+             count(*) AS c FROM %I.%I', n.nspname, c.relname), false, true, '')))[1]::text FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND n.nspname NOT IN \
+             ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1",
+        )?;
+        let counts: Vec<String> = counts.lines().map(str::to_string).collect();
+        Ok(format!("{amcheck}; rows per table: {}", crate::listed(&counts)))
+    }
+
+    /// The same server, its maintenance database (`postgres`, or
+    /// `template1` for `postgres` itself).
+    fn maintenance(&self, database: &str) -> Result<Conn, Error> {
+        let mut url = url::Url::parse(&self.url).map_err(|e| Error::Failed(e.to_string()))?;
+        url.set_path(if database == "postgres" {
+            "/template1"
+        } else {
+            "/postgres"
+        });
+        Ok(Conn {
+            url: url.to_string(),
+            ..self.clone()
+        })
+    }
+}
+
+/// An identifier, quoted for SQL.
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 fn percent_decode(s: &str) -> String {
     url::form_urlencoded::parse(format!("p={s}").as_bytes())
         .next()
@@ -176,15 +223,9 @@ impl PgLogical {
         if !e.to_string().contains("does not exist") {
             return Err(e);
         }
-        let mut url = url::Url::parse(&self.conn.url).map_err(|e| Error::Failed(e.to_string()))?;
         let name = self.database();
-        url.set_path(if name == "postgres" { "/template1" } else { "/postgres" });
-        let maintenance = Conn {
-            url: url.to_string(),
-            password: self.conn.password.clone(),
-            bin_dir: self.conn.bin_dir.clone(),
-        };
-        maintenance.query(&format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\"")))?;
+        let maintenance = self.conn.maintenance(&name)?;
+        maintenance.query(&format!("CREATE DATABASE {}", quoted(&name)))?;
         log(format!("database {name} did not exist; created it"));
         Ok(())
     }
@@ -214,6 +255,24 @@ impl crate::Engine for PgLogical {
             .query("SELECT 1")
             .is_ok()
             .then(|| format!("database {} exists", self.database()))
+    }
+
+    /// Another database of the same server.
+    fn drill_place(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        // Names are at most 63 bytes.
+        let base: String = self.database().chars().take(40).collect();
+        crate::settings(serde_json::json!({"database": format!("{base}_strongbox_drill")}))
+    }
+
+    fn check(&self) -> Result<String, Error> {
+        self.conn.check_database()
+    }
+
+    fn discard(&self) {
+        let name = self.database();
+        if let Ok(m) = self.conn.maintenance(&name) {
+            let _ = m.query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quoted(&name)));
+        }
     }
 
     fn backup(&self, _cx: &crate::BackupContext) -> Result<crate::BackupStreams, Error> {

@@ -257,6 +257,23 @@ impl crate::Engine for PgPhysical {
         self.copy_occupied()
     }
 
+    /// A copy in a hidden data directory beside the deployment's, on a
+    /// free port.
+    fn drill_place(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        let dir = self.sibling("drill").ok()?;
+        crate::settings(serde_json::json!({"data_dir": dir, "port": crate::free_port()?}))
+    }
+
+    /// The copy reached consistency and answers (its recovery checked
+    /// that); then the database's own checks.
+    fn check(&self) -> Result<String, Error> {
+        self.conn.check_database()
+    }
+
+    fn discard(&self) {
+        self.discard_copy();
+    }
+
     fn backup(&self, _cx: &crate::BackupContext) -> Result<crate::BackupStreams, Error> {
         let session = Session::start(&self.conn, &self.data_dir)?;
         // Walked after pg_backup_start: every file that exists at the

@@ -79,7 +79,7 @@ impl Expected {
 }
 
 impl PgPhysical {
-    fn sibling(&self, suffix: &str) -> Result<PathBuf, Error> {
+    pub(super) fn sibling(&self, suffix: &str) -> Result<PathBuf, Error> {
         let name = self
             .data_dir
             .file_name()

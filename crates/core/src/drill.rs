@@ -1,0 +1,136 @@
+//! Restore drills (issue 31): a deployment's backups proven restorable by
+//! restoring them. A drill recovers its newest backup, one older backup
+//! chosen at random and, where its log reaches moments, a random moment
+//! after the newest backup, each into a scratch place beside the
+//! deployment's own that its engine names (`Engine::drill_place`: a hidden
+//! file, data directory or database; never the live one), checks what
+//! came back with the database's own checks (`Engine::check`), removes
+//! the scratch place, and records the outcome on the backup
+//! (`lastVerified`, `verifyStatus`, `verifyMessage`). A failed drill fails
+//! its job naming the backup and what failed; the backup stays.
+//!
+//! A drill is the deployment's active job while it runs (one at a time): a
+//! backup asked for meanwhile gets 409, and a scheduled backup due
+//! meanwhile is queued by the scheduler's next round after it (a period's
+//! backup stays due until the next period begins), not skipped.
+
+use std::sync::Arc;
+
+use strongbox_catalog::{Backup, BackupStatus, Drill, Job, NewRecord, RecoveryInto, Verification};
+use strongbox_engines::Engine;
+use time::OffsetDateTime;
+
+use crate::job::{JobSpec, Origin};
+use crate::recovery::{RecoveryRequest, completed_at};
+use crate::{Error, Result, Service};
+
+impl Service {
+    /// Plans a drill of `deployment` now and queues it.
+    pub async fn start_drill(&self, domain: &str, deployment: &str, origin: &Origin) -> Result<Job> {
+        let d = self.deployment(domain, deployment).await?;
+        if self.engine_of(&d)?.drill_place().is_none() {
+            return Err(Error::Invalid(format!(
+                "{deployment} is a {} deployment, which names no scratch place to drill its backups in",
+                d.engine
+            )));
+        }
+        let usable: Vec<Backup> = self
+            .backups_held(domain, deployment, true)
+            .await?
+            .into_iter()
+            .filter(|b| b.status == BackupStatus::Completed)
+            .collect();
+        let Some(newest) = usable.last() else {
+            return Err(Error::Invalid(format!(
+                "{deployment} has no completed backup to drill; start one with POST …/{deployment}/backups"
+            )));
+        };
+        // Which older backup and which moment: different each drill.
+        let mut pick = Pick(self.clock.now().unix_timestamp_nanos() as u64 | 1);
+        let mut chosen = vec![newest];
+        if usable.len() > 1 {
+            chosen.push(&usable[pick.below(usable.len() - 1)]);
+        }
+        let mut drills: Vec<Drill> = chosen
+            .into_iter()
+            .map(|b| {
+                let plan = crate::recovery::backup_plan(b, "");
+                Drill {
+                    from: b.job_id,
+                    tag: b.db_tag.clone(),
+                    target: plan.target,
+                    description: plan.description,
+                }
+            })
+            .collect();
+        let can = self.engine_of(&d)?.capabilities();
+        if can.point_in_time || self.ships(&d) {
+            // Moments are whole seconds: from the first after the newest
+            // backup completed to now.
+            let completed = completed_at(newest).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+            let from = completed.replace_nanosecond(0).unwrap_or(completed) + time::Duration::SECOND;
+            let span = (self.clock.now() - from).whole_seconds().max(0) as usize;
+            let at = from + time::Duration::seconds(pick.below(span + 1) as i64);
+            let request = RecoveryRequest::Time { at, timeline: None };
+            let planned = match self.planner(&d, &usable, &request).await {
+                Ok(planner) => planner.plan(&request, &d, &usable).await,
+                Err(e) => Err(e),
+            };
+            match planned {
+                Ok((b, plan)) => drills.push(Drill {
+                    from: b.job_id,
+                    tag: b.db_tag,
+                    target: plan.target,
+                    description: plan.description,
+                }),
+                // The moment is not recoverable (yet): the backups are
+                // drilled all the same.
+                Err(e) => tracing::info!("drill of {deployment}: no moment drilled: {e}"),
+            }
+        }
+        let spec = JobSpec::Verify { drills: drills.clone() };
+        let what: Vec<&str> = drills.iter().map(|d| d.description.as_str()).collect();
+        let message = format!("restore drill requested by {}: {}", origin.user, what.join("; "));
+        self.create_job(domain, deployment, &spec, origin, |_| {
+            (NewRecord::None, message.clone())
+        })
+        .await
+    }
+
+    /// The engine a drill of `d` recovers into, and how it is asked for.
+    pub(crate) fn drill_engine(&self, d: &strongbox_catalog::Deployment) -> Result<(Arc<dyn Engine>, RecoveryInto)> {
+        let place = self
+            .engine_of(d)?
+            .drill_place()
+            .ok_or_else(|| Error::Invalid(format!("{} names no scratch place to drill its backups in", d.name)))?;
+        let into = RecoveryInto {
+            settings: place,
+            replace: true,
+        };
+        Ok((self.engine_into(d, &into)?, into))
+    }
+}
+
+/// The drill's outcome for one backup, as recorded.
+pub(crate) fn verification(at: OffsetDateTime, outcome: &std::result::Result<String, String>) -> Verification {
+    Verification {
+        at: crate::dates::rfc3339(at),
+        ok: outcome.is_ok(),
+        message: match outcome {
+            Ok(m) | Err(m) => m.clone(),
+        },
+    }
+}
+
+/// SplitMix64: which older backup and which moment a drill takes.
+struct Pick(u64);
+
+impl Pick {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) % n.max(1) as u64) as usize
+    }
+}

@@ -1,0 +1,245 @@
+//! Issue 31: restore drills. A drill recovers a deployment's newest
+//! backup, an older one and (with a log) a moment into a scratch place
+//! beside the deployment, checks the result with the database's own
+//! checks, removes it and records `lastVerified` / `verifyStatus` /
+//! `verifyMessage` on each backup; `/metrics` shows the last verification
+//! and counts failures. Asked for (`POST …/backups/verify`) or on the
+//! configuration's `verify` schedule. A damaged pack fails the drill of a
+//! backup that needs it, naming the backup and the object; a PostgreSQL
+//! backup whose data will not start fails with the server's own log line.
+//! The live database is never touched (checksums before and after).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use common::*;
+
+/// A drill of `service`, asked for; the job at its end (`Succeeded` or
+/// `Failed`).
+fn drill(s: &Server, service: &str) -> serde_json::Value {
+    let url = s.url(&format!("{API}/{service}/backups/verify"));
+    let (status, h, body) = s.curl(&[&AUTH[..], &["-X", "POST", &url]].concat());
+    assert_eq!(status, "HTTP/2 202", "{body}");
+    let location = header(&h, "location").to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let (_, v) = s.json(&[&location]);
+        if v["job_status"] == "Succeeded" || v["job_status"] == "Failed" {
+            assert_eq!(v["job_operation"], "verify", "{v}");
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// The backups as listed, by tag.
+fn backups(s: &Server, service: &str) -> HashMap<String, serde_json::Value> {
+    let (_, list) = s.json(&[&s.url(&format!("{API}/{service}/backups"))]);
+    list["backupList"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["dbTag"].as_str().unwrap().to_string(), b.clone()))
+        .collect()
+}
+
+/// One sample of `/metrics`, 0 when absent.
+fn metric(s: &Server, key: &str) -> f64 {
+    let (status, _, body) = s.curl(&[&s.url("/metrics")]);
+    assert_eq!(status, "HTTP/2 200", "{body}");
+    body.lines()
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(k, _)| *k == key)
+        .map_or(0.0, |(_, v)| v.parse().unwrap())
+}
+
+/// Backs `service` up; its tag.
+fn back_up(s: &Server, service: &str) -> String {
+    let job = post_until_accepted(s, &format!("{API}/{service}/backups"), "{}");
+    let found = backups(s, service)
+        .into_values()
+        .find(|b| b["jobId"] == job["job_id"])
+        .unwrap_or_else(|| panic!("backup job {} listed", job["job_id"]));
+    found["dbTag"].as_str().unwrap().to_string()
+}
+
+/// The files beside `db` a drill may leave (none, once it ends).
+fn scratch_beside(db: &Path) -> Vec<String> {
+    std::fs::read_dir(db.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("strongbox"))
+        .collect()
+}
+
+/// A SQLite deployment shipping its log: a drill passes for the newest
+/// backup, an older one and a moment, each `OK` with what the check found
+/// (integrity and the rows of each table); the live rows unchanged; no
+/// scratch file left; `/metrics` has the verification's time. Then a pack
+/// of the repository is damaged: the next drill fails, names the backup
+/// and the pack, marks it `FAILED` (it stays listed), and the failure
+/// counter rises.
+#[test]
+fn a_sqlite_deployments_backups_are_drilled_and_a_damaged_pack_fails_its_drill() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(&dir);
+    let db = dir.path().join("app.sqlite");
+    let app = shipping_sqlite(&s, "app", &db);
+    let insert = |from: i64, to: i64| {
+        for n in from..=to {
+            app.execute("INSERT INTO t VALUES (?1, randomblob(3000))", [n]).unwrap();
+        }
+    };
+    insert(1, 200);
+    let first = back_up(&s, "app");
+    insert(201, 400);
+    let second = back_up(&s, "app");
+    insert(401, 450);
+    wait_shipped(&s, "app", 50);
+    let live = table_checksum(&db, "t");
+    // A whole second after the newest backup: a moment to drill.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+
+    let job = drill(&s, "app");
+    assert_eq!(job["job_status"], "Succeeded", "{job}");
+    let message = job["message"].as_str().unwrap();
+    println!("{message}");
+    assert!(
+        message.contains("3 drill(s) passed"),
+        "newest, older, a moment: {message}"
+    );
+    // The newest, one older backup (the shipper's own base backup is one
+    // too) and a moment's base, each recorded.
+    let drilled: std::collections::BTreeSet<&str> = message
+        .rsplit_once('(')
+        .unwrap()
+        .1
+        .trim_end_matches(')')
+        .split(", ")
+        .collect();
+    assert!(drilled.contains(second.as_str()) && drilled.len() >= 2, "{drilled:?}");
+    let listed = backups(&s, "app");
+    assert!(listed.contains_key(&first));
+    for tag in &drilled {
+        let b = &listed[*tag];
+        assert_eq!(b["verifyStatus"], "OK", "{b}");
+        assert!(b["lastVerified"].is_string(), "{b}");
+        assert!(
+            b["verifyMessage"].as_str().unwrap().contains("integrity_check ok"),
+            "{b}"
+        );
+    }
+    // Its rows counted: the backup's 400, or (its last drill the moment's,
+    // a second after the last commit) all 450.
+    let newest = listed[&second]["verifyMessage"].as_str().unwrap();
+    assert!(
+        newest.ends_with("rows per table: t 400") || newest.ends_with("rows per table: t 450"),
+        "{newest}"
+    );
+    assert_eq!(table_checksum(&db, "t"), live, "the live database untouched");
+    assert_eq!(scratch_beside(&db), Vec::<String>::new(), "no scratch file left");
+    let labels = r#"{domain="usexample",deployment="app"}"#;
+    let verified = metric(&s, &format!("strongbox_last_verified_timestamp_seconds{labels}"));
+    assert!(verified > 1.7e9, "last verified {verified}");
+
+    // Damage the repository's packs (each byte flipped in the middle of
+    // every pack file): the next drill fails on what it reads.
+    let data = dir.path().join("data/repository/data");
+    let mut damaged = Vec::new();
+    for sub in std::fs::read_dir(&data).unwrap() {
+        for pack in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+            let path = pack.unwrap().path();
+            let mut bytes = std::fs::read(&path).unwrap();
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0xff;
+            std::fs::write(&path, bytes).unwrap();
+            damaged.push(path.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    let job = drill(&s, "app");
+    assert_eq!(job["job_status"], "Failed", "{job}");
+    let message = job["message"].as_str().unwrap();
+    println!("{message}");
+    assert!(
+        message.contains(&format!("backup {second}")),
+        "names the backup: {message}"
+    );
+    assert!(
+        damaged.iter().any(|p| message.contains(&p[..16])),
+        "names the damaged object: {message}"
+    );
+    let b = &backups(&s, "app")[&second];
+    assert_eq!(b["verifyStatus"], "FAILED", "{b}");
+    assert_eq!(b["status"], "COMPLETED", "a failed drill deletes nothing: {b}");
+    assert!(metric(&s, &format!("strongbox_verify_failures_total{labels}")) >= 1.0);
+    assert_eq!(table_checksum(&db, "t"), live, "the live database untouched");
+    assert_eq!(scratch_beside(&db), Vec::<String>::new(), "no scratch file left");
+}
+
+/// Drills on the configuration's schedule (the servers' clock in a file):
+/// `verify` set, the next drill shown; none before its time; one drill job
+/// per period once it comes, however often the scheduler looks.
+#[test]
+fn drills_run_on_the_configurations_schedule_once_per_period() {
+    let dir = tempfile::tempdir().unwrap();
+    set_clock(dir.path(), "2026-01-01T10:00:00Z");
+    let s = start_with(
+        dir.path(),
+        free_port(),
+        &[
+            (
+                "STRONGBOX_TEST_CLOCK_FILE",
+                dir.path().join("clock").display().to_string(),
+            ),
+            ("STRONGBOX_SCHEDULE_CHECK_MS", "50".into()),
+        ],
+    );
+    let db = dir.path().join("app.sqlite");
+    write_rows_table(&db);
+    assert_eq!(s.register_sqlite("app", &db).0, "HTTP/2 200");
+    back_up(&s, "app");
+    let url = s.url(&format!("{API}/app/backups/config"));
+    let (status, v) = s.json(&["-X", "PUT", "-d", r#"{"verify": "0 5 * * *"}"#, &url]);
+    assert_eq!(status, "HTTP/2 200", "{v}");
+    assert_eq!(v["verify"], "0 5 * * *", "{v}");
+    assert_eq!(v["nextDrill"], "02-Jan-2026 05:00:00 UTC", "{v}");
+    let (status, v) = s.json(&["-X", "PUT", "-d", r#"{"verify": "every day"}"#, &url]);
+    assert_eq!(status, "HTTP/2 400", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("verify"), "{v}");
+
+    // Jobs are numbered from 1: the drills among the first ten.
+    let drills = || {
+        (1..=10)
+            .filter(|id| {
+                let (_, v) = s.json(&[&s.url(&format!(
+                    "/paas/service/dbcs/api/v1.1/instances/usexample/status/verify/job/{id}"
+                ))]);
+                v["job_operation"] == "verify"
+            })
+            .count()
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(drills(), 0, "not before its time");
+    set_clock(dir.path(), "2026-01-02T05:00:30Z");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while backups(&s, "app").values().all(|b| b["verifyStatus"] != "OK") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no drill ran: {:?}",
+            backups(&s, "app")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    assert_eq!(drills(), 1, "one drill for the period");
+}
+
+fn write_rows_table(db: &Path) {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        .unwrap();
+    write_rows(db, 1, 100);
+}
