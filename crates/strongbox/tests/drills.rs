@@ -243,3 +243,65 @@ fn write_rows_table(db: &Path) {
         .unwrap();
     write_rows(db, 1, 100);
 }
+
+/// A physical PostgreSQL deployment archiving its WAL: a drill recovers
+/// the newest backup, an older one and a moment into a copy beside the
+/// cluster (its own port), each `OK` with `amcheck` over the B-tree
+/// indexes and the rows of each table; the copy's data directory gone
+/// after; the live cluster's rows unchanged and its server up. Then a
+/// backup whose configuration names a library that does not exist: its
+/// copy will not start, and the drill fails with the server's own log line.
+#[test]
+fn a_postgresql_deployments_backups_are_drilled_in_copies_and_a_copy_that_will_not_start_fails_with_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let Pg { s, c } = Pg::start(dir.path(), "");
+    c.psql("CREATE TABLE ticks (id int PRIMARY KEY, at timestamptz NOT NULL)");
+    let rows = "SELECT coalesce(md5(string_agg(id || '@' || at, ',' ORDER BY id)), '') FROM ticks";
+    write_ticks(c.port, 1, 100, 1000);
+    let first = back_up(&s, "pg");
+    write_ticks(c.port, 101, 200, 1000);
+    let second = back_up(&s, "pg");
+    write_ticks(c.port, 201, 250, 1000);
+    let live = c.psql(rows);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+
+    let job = drill(&s, "pg");
+    assert_eq!(job["job_status"], "Succeeded", "{job}\n{}", c.log());
+    println!("{}", job["message"]);
+    let listed = backups(&s, "pg");
+    let newest = &listed[&second];
+    assert_eq!(newest["verifyStatus"], "OK", "{newest}");
+    let found = newest["verifyMessage"].as_str().unwrap();
+    assert!(found.contains("B-tree indexes sound"), "amcheck ran: {found}");
+    assert!(
+        found.contains("public.ticks 200") || found.contains("public.ticks 250"),
+        "the newest backup's rows (or the moment's): {found}"
+    );
+    assert!(listed.contains_key(&first));
+    let left: Vec<String> = std::fs::read_dir(c.home())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("strongbox"))
+        .collect();
+    assert!(left.is_empty(), "the drill's copy removed: {left:?}");
+    assert_eq!(c.psql(rows), live, "the live cluster untouched");
+
+    // A backup the server will not start from: its configuration names a
+    // library that is not there (the live server read it before, and
+    // forgets it again after the backup).
+    c.psql("ALTER SYSTEM SET shared_preload_libraries = 'strongbox_no_such_library'");
+    let broken = back_up(&s, "pg");
+    c.psql("ALTER SYSTEM RESET shared_preload_libraries");
+    let job = drill(&s, "pg");
+    assert_eq!(job["job_status"], "Failed", "{job}");
+    let message = job["message"].as_str().unwrap();
+    println!("{message}");
+    assert!(message.contains(&format!("backup {broken}")), "{message}");
+    assert!(
+        message.contains("could not access file \"strongbox_no_such_library\""),
+        "the server's own log line: {message}"
+    );
+    assert_eq!(backups(&s, "pg")[&broken]["verifyStatus"], "FAILED");
+    assert_eq!(c.psql(rows), live, "the live cluster untouched");
+    assert_eq!(c.psql("SELECT 1"), "1", "and serving");
+}
