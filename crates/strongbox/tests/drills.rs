@@ -305,3 +305,66 @@ fn a_postgresql_deployments_backups_are_drilled_in_copies_and_a_copy_that_will_n
     assert_eq!(c.psql(rows), live, "the live cluster untouched");
     assert_eq!(c.psql("SELECT 1"), "1", "and serving");
 }
+
+/// One value a query on database `name` of the test's PostgreSQL returns
+/// (`None`: it failed, e.g. no such database).
+fn query(name: &str, sql: &str) -> Option<String> {
+    let out = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            name,
+            "-c",
+            sql,
+        ])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8(out.stdout).unwrap().trim().to_string())
+}
+
+/// A `postgresql-logical` deployment: its backups drilled in another
+/// database of the same server, dropped after; the live one unchanged.
+#[test]
+fn a_logical_postgresql_deployments_backups_are_drilled_in_a_scratch_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(&dir);
+    let db = strongbox_testkit::Database::create("sb_drill");
+    let live = db.name.clone();
+    query(
+        &live,
+        "CREATE TABLE t AS SELECT n AS id, md5(n::text) AS v FROM generate_series(1, 500) AS n; \
+                  ALTER TABLE t ADD PRIMARY KEY (id)",
+    )
+    .unwrap();
+    let ordered = "SELECT md5(string_agg(id || ':' || v, ',' ORDER BY id)) FROM t";
+    let at_backup = query(&live, ordered).unwrap();
+    let connection = serde_json::json!({"engine": "postgresql-logical", "connection": {
+        "url": format!("postgresql://postgres@127.0.0.1:5432/{live}"), "bin_dir": strongbox_testkit::PG_BIN}});
+    let url = s.url("/strongbox/api/v1/instances/usexample/shop");
+    let (status, v) = s.json(&["-X", "PUT", "-d", &connection.to_string(), &url]);
+    assert_eq!(status, "HTTP/2 200", "{v}");
+    let tag = back_up(&s, "shop");
+    let job = drill(&s, "shop");
+    assert_eq!(job["job_status"], "Succeeded", "{job}");
+    let b = &backups(&s, "shop")[&tag];
+    assert_eq!(b["verifyStatus"], "OK", "{b}");
+    let found = b["verifyMessage"].as_str().unwrap();
+    assert!(
+        found.contains("B-tree indexes sound") && found.contains("public.t 500"),
+        "{found}"
+    );
+    assert_eq!(
+        query(&format!("{live}_strongbox_drill"), "SELECT 1"),
+        None,
+        "the scratch database dropped"
+    );
+    assert_eq!(query(&live, ordered).unwrap(), at_backup, "the live database untouched");
+}

@@ -28,7 +28,7 @@ pub fn as_postgres(cmd: &str) -> String {
 /// trust authentication), dropped with this.
 pub struct Database {
     pub url: String,
-    name: String,
+    pub name: String,
 }
 
 impl Database {
