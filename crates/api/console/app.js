@@ -182,6 +182,9 @@ async function loadBackups() {
     cell(row, b.backupStartDate);
     cell(row, b.backupCompleteDate || '—');
     cell(row, bytes(b.logicalBytes));
+    // Its last restore drill: OK or FAILED, when; what it found on hover.
+    const drill = cell(row, b.verifyStatus ? `${b.verifyStatus} ${b.lastVerified}` : '—');
+    if (b.verifyMessage) drill.title = b.verifyMessage;
     if (b.status === 'COMPLETED') tags.add(new Option(`${b.dbTag} (${b.backupCompleteDate})`, b.dbTag));
   }
   const r = rangeOf(current, list);

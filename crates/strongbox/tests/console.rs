@@ -49,6 +49,11 @@ fn the_console_signs_in_backs_up_and_recovers_to_a_picked_moment_in_a_real_brows
         .unwrap()
         .trim_end_matches(" UTC")
         .to_string();
+    // A restore drill of it, for the console's backup list to show.
+    let url = s.url("/paas/service/dbcs/api/v1.1/instances/usexample/db12c/backups/verify");
+    let (status, h, body) = s.curl(&[&AUTH[..], &["-X", "POST", &url]].concat());
+    assert_eq!(status, "HTTP/2 202", "{body}");
+    s.wait_for(header(&h, "location"), "Succeeded");
     std::thread::sleep(std::time::Duration::from_millis(1100));
     rusqlite::Connection::open(&db)
         .unwrap()

@@ -4,7 +4,8 @@
 // started from the page completes with live progress; a recovery to a
 // moment picked on the range (with the keyboard) asks for confirmation
 // naming what it overwrites and completes; a copy of the latest moment
-// restored into another file, after a confirmation naming it; its activity log shows; a change
+// restored into another file, after a confirmation naming it; the drilled
+// backup's last drill shows; its activity log shows; a change
 // without the CSRF token is refused. Screenshots at 1280 and 390 px wide.
 // Exits non-zero with the reason on the first thing that is not so.
 import { chromium } from 'playwright-core';
@@ -60,6 +61,12 @@ try {
   // saw none and waited for one row forever).
   await page.waitForFunction(() => document.querySelectorAll('#backups tbody tr').length > 0);
   const before = await page.locator('#backups tbody tr').count();
+  // The test drilled the first backup: its row says so, what the drill
+  // found on hover.
+  const drilled = page.locator('#backups tbody tr', { hasText: 'OK ' });
+  expect(await drilled.count() === 1, `one drilled backup: ${await page.locator('#backups tbody').innerText()}`);
+  const found = await drilled.locator('td').last().getAttribute('title');
+  expect(/integrity_check ok/.test(found || ''), `what the drill found: ${found}`);
   await page.getByRole('button', { name: 'Back up now' }).click();
   await page.locator('#job[data-status=Succeeded]').waitFor({ timeout: 60000 });
   expect(/backup completed/.test(await page.locator('#job .activity').innerText()), 'the backup in the activity log');
