@@ -10,6 +10,9 @@
 //! deployment whose commands name their database that way recovers into
 //! another one (`{"database": "shop_copy"}`, issue 31). Its recovery
 //! command must use it, or a copy would be restored over the deployment.
+//! With a `check_command` (a query that must answer, e.g. `mariadb -N -e
+//! "CHECK TABLE $STRONGBOX_DATABASE.t"`) and a `drop_command` it is also
+//! drilled, in the database `DATABASE_strongbox_drill`.
 
 use std::collections::BTreeMap;
 
@@ -27,7 +30,14 @@ pub struct CommandEngine {
     prepare_command: Option<String>,
     env: BTreeMap<String, String>,
     database: Option<String>,
+    /// Checks a drill's scratch database: it exits 0 (what it prints is
+    /// what the drill found), and drops it.
+    check_command: Option<String>,
+    drop_command: Option<String>,
 }
+
+/// A drill's scratch database: the deployment's name and this.
+const DRILL_SUFFIX: &str = "_strongbox_drill";
 
 /// The variable the commands read the deployment's `database` from.
 pub const DATABASE_VARIABLE: &str = "STRONGBOX_DATABASE";
@@ -51,6 +61,8 @@ impl CommandEngine {
                 "prepare_command",
                 "env",
                 "database",
+                "check_command",
+                "drop_command",
             ],
         )?;
         let bad = |reason: String| Error::BadConnection {
@@ -95,12 +107,38 @@ impl CommandEngine {
                 )));
             }
         }
+        let drill_command = |key: &str, example: &str| -> Result<Option<String>, Error> {
+            let line = crate::optional_setting(c, "command", key, example)?;
+            if line.is_some_and(|l| database.is_none() || !l.contains(DATABASE_VARIABLE)) {
+                return Err(bad(format!(
+                    "\"{key}\" acts on a drill's scratch database, named by \"database\" and reaching it as \
+                     ${DATABASE_VARIABLE}: set \"database\" and use the variable, e.g. {example}"
+                )));
+            }
+            Ok(line.map(String::from))
+        };
+        let check_command = drill_command(
+            "check_command",
+            "\"mariadb -h 127.0.0.1 -u root -N -e 'CHECK TABLE $STRONGBOX_DATABASE.orders'\"",
+        )?;
+        let drop_command = drill_command(
+            "drop_command",
+            "\"mariadb -h 127.0.0.1 -u root -e 'DROP DATABASE IF EXISTS $STRONGBOX_DATABASE'\"",
+        )?;
+        if check_command.is_some() != drop_command.is_some() {
+            return Err(bad(
+                "a drill needs both check_command (its scratch database answers) and drop_command (it goes after)"
+                    .into(),
+            ));
+        }
         Ok(CommandEngine {
             backup_command,
             recovery_command: recovery_command.to_string(),
             prepare_command,
             env,
             database,
+            check_command,
+            drop_command,
         })
     }
 
@@ -126,6 +164,8 @@ impl crate::Engine for CommandEngine {
             ("backup_command", Some(&self.backup_command)),
             ("recovery_command", Some(&self.recovery_command)),
             ("prepare_command", self.prepare_command.as_ref()),
+            ("check_command", self.check_command.as_ref()),
+            ("drop_command", self.drop_command.as_ref()),
         ];
         let commands = commands.into_iter().filter_map(|(setting, line)| {
             line.map(|line| Access::Command {
@@ -149,6 +189,35 @@ impl crate::Engine for CommandEngine {
         self.database.as_ref().map(|db| {
             format!("a command deployment cannot tell whether database {db} holds data (the prepare command creates it if missing)")
         })
+    }
+
+    /// With a check and a drop command: another database, by name.
+    fn drill_place(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        self.check_command.as_ref()?;
+        let base: String = self.database.as_ref()?.chars().take(64 - DRILL_SUFFIX.len()).collect();
+        crate::settings(serde_json::json!({"database": format!("{base}{DRILL_SUFFIX}")}))
+    }
+
+    fn check(&self) -> Result<String, Error> {
+        let check = self.check_command.as_ref().ok_or_else(|| {
+            Error::Failed("no check_command: nothing says whether the restored database answers".into())
+        })?;
+        let found = self.tool(check, "the check command").run()?;
+        let found = found.split_whitespace().collect::<Vec<_>>().join(" ");
+        Ok(format!(
+            "the check command answered: {}",
+            found.chars().take(300).collect::<String>()
+        ))
+    }
+
+    /// Drops a drill's scratch database, never another (only a name the
+    /// drill gave is dropped).
+    fn discard(&self) {
+        if let (Some(drop), Some(db)) = (&self.drop_command, &self.database)
+            && db.ends_with(DRILL_SUFFIX)
+        {
+            let _ = self.tool(drop, "the drop command").run();
+        }
     }
 
     fn backup(&self, _cx: &crate::BackupContext) -> Result<crate::BackupStreams, Error> {

@@ -483,6 +483,17 @@ mod tests {
         .unwrap();
         assert_eq!(copy.place().as_deref(), Some("database shop_copy"));
         assert!(copy.occupied().is_some_and(|o| o.contains("cannot tell")));
+        // Drill commands: both, acting on $STRONGBOX_DATABASE.
+        let drilled = |extra: serde_json::Value| {
+            let mut c = json!({"backup_command": "d", "recovery_command": "l $STRONGBOX_DATABASE", "database": "shop"});
+            c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            c
+        };
+        assert!(refused("command", drilled(json!({"check_command": "q $STRONGBOX_DATABASE"}))).contains("both"));
+        assert!(refused("command", drilled(json!({"check_command": "q", "drop_command": "x"}))).contains("use the"));
+        let ok = drilled(json!({"check_command": "q $STRONGBOX_DATABASE", "drop_command": "x $STRONGBOX_DATABASE"}));
+        let place = engine_for("command", &ok).unwrap().drill_place().unwrap();
+        assert_eq!(place["database"], "shop_strongbox_drill");
         let bad = json!({"backup_command": "d", "recovery_command": "l $STRONGBOX_DATABASE", "database": "a; rm"});
         assert!(refused("command", bad).contains("letters, digits"));
         assert!(refused("oracle", json!({})).contains("unknown engine"));

@@ -368,3 +368,57 @@ fn a_logical_postgresql_deployments_backups_are_drilled_in_a_scratch_database() 
     );
     assert_eq!(query(&live, ordered).unwrap(), at_backup, "the live database untouched");
 }
+
+/// One line a statement on the test's MariaDB prints.
+fn maria(sql: &str) -> String {
+    strongbox_testkit::sh(&format!("mariadb -h 127.0.0.1 -u root -N -B -e \"{sql}\""))
+        .trim()
+        .to_string()
+}
+
+/// A `command` deployment (MariaDB) with a check and a drop command: its
+/// backup drilled in a scratch database, the check's answer recorded, the
+/// scratch database dropped after; the live one unchanged.
+#[test]
+fn a_command_deployments_backup_is_drilled_with_its_check_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(&dir);
+    let live = format!("sb_drill_cmd_{}", std::process::id());
+    maria(&format!(
+        "DROP DATABASE IF EXISTS {live}; DROP DATABASE IF EXISTS {live}_strongbox_drill; CREATE DATABASE {live}; \
+         USE {live}; CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t SELECT seq FROM seq_1_to_1234"
+    ));
+    let ordered = format!("SELECT MD5(GROUP_CONCAT(id ORDER BY id)) FROM {live}.t");
+    let at_backup = maria(&ordered);
+    let client = "mariadb -h 127.0.0.1 -u root";
+    let reg = serde_json::json!({"engine": "command", "connection": {
+        "database": live,
+        "backup_command": "mariadb-dump -h 127.0.0.1 -u root --single-transaction $STRONGBOX_DATABASE",
+        "prepare_command": format!("{client} -e \"CREATE DATABASE IF NOT EXISTS $STRONGBOX_DATABASE\""),
+        "recovery_command": format!("{client} $STRONGBOX_DATABASE"),
+        "check_command": format!("{client} -N -B -e \"SELECT count(*) FROM $STRONGBOX_DATABASE.t\""),
+        "drop_command": format!("{client} -e \"DROP DATABASE IF EXISTS $STRONGBOX_DATABASE\""),
+    }});
+    let url = s.url("/strongbox/api/v1/instances/usexample/shop");
+    let (status, v) = s.json(&["-X", "PUT", "-d", &reg.to_string(), &url]);
+    assert_eq!(status, "HTTP/2 200", "{v}");
+    let tag = back_up(&s, "shop");
+    let job = drill(&s, "shop");
+    assert_eq!(job["job_status"], "Succeeded", "{job}");
+    let b = &backups(&s, "shop")[&tag];
+    assert_eq!(b["verifyStatus"], "OK", "{b}");
+    assert!(
+        b["verifyMessage"]
+            .as_str()
+            .unwrap()
+            .ends_with("the check command answered: 1234"),
+        "{b}"
+    );
+    assert_eq!(
+        maria(&format!("SHOW DATABASES LIKE '{live}_strongbox_drill'")),
+        "",
+        "the scratch database dropped"
+    );
+    assert_eq!(maria(&ordered), at_backup, "the live database untouched");
+    maria(&format!("DROP DATABASE {live}"));
+}
