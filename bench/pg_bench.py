@@ -128,9 +128,11 @@ class Cluster:
 
 
 class Strongbox:
-    def __init__(self, work, cluster, password_file=False):
-        """With `password_file`, the server keeps its repository password in
-        DATA_DIR/repository.password (which PostgreSQL's restore_command reads)."""
+    def __init__(self, work, cluster, password_file=False, sqlite=None):
+        """Deployment `pg`, the cluster (physical); with `sqlite` (a file)
+        deployment `app` instead. With `password_file`, the server keeps its
+        repository password in DATA_DIR/repository.password (which
+        PostgreSQL's restore_command reads)."""
         self.dir = os.path.join(work, "strongbox")
         shutil.rmtree(self.dir, ignore_errors=True)
         os.makedirs(self.dir)
@@ -138,19 +140,24 @@ class Strongbox:
         env = dict(os.environ, STRONGBOX_DATA_DIR=self.dir, STRONGBOX_NEW_PASSWORD="bench-pw",
                    STRONGBOX_LISTEN=f"127.0.0.1:{self.port}",
                    # What the deployment runs and touches (docs/security.md).
-                   STRONGBOX_ALLOW_DATA_DIRECTORIES=json.dumps([os.path.dirname(cluster.data)]),
                    STRONGBOX_ALLOW_BIN_DIRS=json.dumps([BIN]), STRONGBOX_ALLOW_PROGRAMS='["runuser"]',
                    STRONGBOX_ALLOW_HOSTS='["127.0.0.1", "localhost"]')
         if not password_file:
             env["STRONGBOX_REPO_PASSWORD"] = "bench-repo-pw"
+        if sqlite:
+            env["STRONGBOX_ALLOW_DATABASE_FILES"] = json.dumps([os.path.dirname(sqlite)])
+            engine, name, conn = "sqlite", "app", json.dumps({"path": sqlite})
+        else:
+            env["STRONGBOX_ALLOW_DATA_DIRECTORIES"] = json.dumps([os.path.dirname(cluster.data)])
+            ctl = lambda a: f"runuser -u postgres -- {cluster.ctl(a)}"
+            engine, name = "postgresql", "pg"
+            conn = json.dumps({"url": cluster.url, "data_dir": cluster.data, "bin_dir": BIN,
+                               "stop_command": ctl("stop"), "start_command": ctl("start")})
         self.env = env
         sh(f"{STRONGBOX} admin domain usexample", env=env)
         sh(f"{STRONGBOX} admin user --domain usexample bench", env=env)
-        ctl = lambda a: f"runuser -u postgres -- {cluster.ctl(a)}"
-        conn = json.dumps({"url": cluster.url, "data_dir": cluster.data, "bin_dir": BIN,
-                           "stop_command": ctl("stop"), "start_command": ctl("start")})
-        subprocess.run([STRONGBOX, "admin", "deployment", "--domain", "usexample", "--engine", "postgresql",
-                        "--connection", conn, "pg"], env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([STRONGBOX, "admin", "deployment", "--domain", "usexample", "--engine", engine,
+                        "--connection", conn, name], env=env, check=True, stdout=subprocess.DEVNULL)
         self.server = subprocess.Popen([STRONGBOX, "serve"], env=env, stderr=open(os.path.join(self.dir, "log"), "w"))
         deadline = time.monotonic() + 30
         while True:
@@ -171,12 +178,13 @@ class Strongbox:
             return r.headers, r.read()
 
     def run_job(self, path, body):
+        """The job's final status, once it Succeeded (exits if it Failed)."""
         headers, _ = self.request("POST", path, body)
         job = headers["Location"].split("/instances/usexample", 1)[1]
         while True:
             status = json.loads(self.request("GET", job)[1])
             if status["job_status"] == "Succeeded":
-                return
+                return status
             if status["job_status"] == "Failed":
                 sys.exit(f"strongbox job failed: {status['message']}")
             time.sleep(0.05)
