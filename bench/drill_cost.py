@@ -64,6 +64,8 @@ def sqlite_rounds(work, mib, runs):
         def drill():
             drop_caches()
             r["drill_s"] = timed(lambda: sb.run_job("/app/backups/verify", {}))
+            backup = json.loads(sb.request("GET", "/app/backups")[1])["backupList"][0]
+            print(f"  the drill's own account: {backup['verifyMessage'].rsplit(';', 1)[-1].strip()}", flush=True)
 
         for i in range(runs):
             r = {}
@@ -119,6 +121,8 @@ def postgresql_rounds(work, scale, runs):
         def drill():
             drop_caches()
             r["drill_s"] = timed(lambda: sb.run_job("/pg/backups/verify", {}))
+            backup = json.loads(sb.request("GET", "/pg/backups")[1])["backupList"][0]
+            print(f"  the drill's own account: {backup['verifyMessage'].rsplit(';', 1)[-1].strip()}", flush=True)
 
         for i in range(runs):
             r = {}

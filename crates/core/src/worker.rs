@@ -412,14 +412,19 @@ impl Worker {
             // What a killed attempt left, first.
             discard(scratch.clone()).await?;
             self.log(format!("drill: {}", d.description)).await;
+            let started = std::time::Instant::now();
             let outcome = match self
                 .recovery(job, d.from, &d.target, &d.description, None, Some(&into))
                 .await
             {
                 Ok((summary, _)) => {
-                    let s = scratch.clone();
+                    let (recovered, s) = (started.elapsed(), scratch.clone());
                     match tokio::task::spawn_blocking(move || s.check()).await? {
-                        Ok(found) => Ok(format!("{summary}; {found}")),
+                        Ok(found) => Ok(format!(
+                            "{summary}; {found} (recovered in {:.1} s, checked in {:.1} s)",
+                            recovered.as_secs_f64(),
+                            (started.elapsed() - recovered).as_secs_f64()
+                        )),
                         Err(e) => Err(format!("recovered, but its check failed: {e}")),
                     }
                 }

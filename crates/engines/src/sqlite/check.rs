@@ -1,0 +1,311 @@
+//! A restored SQLite database checked as `PRAGMA integrity_check` would,
+//! in linear time. `integrity_check` is `quick_check` (every page, b-tree,
+//! record, NOT NULL and CHECK constraint), which a recovery runs on what it
+//! restored before it is put in place, plus, for each row, a lookup of its
+//! entry in every index, and UNIQUE constraints: on a 1 GiB table with one
+//! index, 0.9 s of the first and 8.4 s of the second (3.4 M random index
+//! probes). Here the second is one sequential pass over each table and,
+//! on a second connection at the same time, one over each of its indexes,
+//! compared as multisets (a sum of each entry's hash, and a count); UNIQUE
+//! indexes are checked by grouping their keys in index order. Tables this
+//! cannot read that way (WITHOUT ROWID, indexes on expressions or partial
+//! ones) get `PRAGMA integrity_check(table)` itself.
+
+use std::path::Path;
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags};
+
+/// One index of a rowid table, as this check reads it.
+struct Index {
+    name: String,
+    columns: Vec<String>,
+    unique: bool,
+}
+
+/// What `integrity_check` adds to the recovery's `quick_check`: `Ok` with
+/// the rows per table, or the first problem found.
+pub(super) fn check(path: &Path) -> Result<Vec<(String, i64)>, String> {
+    let open =
+        || Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| format!("opening: {e}"));
+    indexes_match(&open()?, open()?)
+}
+
+fn pragma(c: &Connection, sql: &str) -> Result<Vec<String>, String> {
+    c.prepare(sql)
+        .and_then(|mut q| q.query_map([], |r| r.get::<_, String>(0))?.collect())
+        .map_err(|e| format!("{sql}: {e}"))
+}
+
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Every index of every table holds exactly its table's rows; the rows
+/// per table.
+fn indexes_match(c: &Connection, mut other: Connection) -> Result<Vec<(String, i64)>, String> {
+    let failed = |what: &str, e: rusqlite::Error| format!("{what}: {e}");
+    let tables: Vec<(String, bool)> = c
+        .prepare(
+            "SELECT name, wr FROM pragma_table_list WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        )
+        .and_then(|mut q| {
+            q.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0)))?
+                .collect()
+        })
+        .map_err(|e| failed("listing the tables", e))?;
+    let mut counts = Vec::new();
+    for (table, without_rowid) in tables {
+        let mut indexes = Vec::new();
+        let mut whole_check = without_rowid;
+        let listed: Vec<(String, bool, bool)> = c
+            .prepare("SELECT name, \"unique\", partial FROM pragma_index_list(?1)")
+            .and_then(|mut q| {
+                q.query_map([&table], |r| {
+                    Ok((r.get(0)?, r.get::<_, i64>(1)? != 0, r.get::<_, i64>(2)? != 0))
+                })?
+                .collect()
+            })
+            .map_err(|e| failed("listing the indexes", e))?;
+        for (name, unique, partial) in listed {
+            let columns: Vec<(i64, Option<String>)> = c
+                .prepare("SELECT cid, name FROM pragma_index_info(?1) ORDER BY seqno")
+                .and_then(|mut q| q.query_map([&name], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+                .map_err(|e| failed("reading an index", e))?;
+            if partial || columns.iter().any(|(cid, n)| *cid < 0 || n.is_none()) {
+                whole_check = true;
+                continue;
+            }
+            indexes.push(Index {
+                name,
+                columns: columns.into_iter().filter_map(|(_, n)| n).collect(),
+                unique,
+            });
+        }
+        if whole_check {
+            let found = pragma(c, &format!("PRAGMA integrity_check({})", quoted(&table)))?;
+            if found != ["ok"] {
+                return Err(format!("integrity_check({table}): {}", found.join("; ")));
+            }
+        }
+        let rows = if without_rowid {
+            c.query_row(&format!("SELECT count(*) FROM {}", quoted(&table)), [], |r| r.get(0))
+                .map_err(|e| failed("counting", e))?
+        } else {
+            let (rows, o) = table_matches_its_indexes(c, other, &table, &indexes)?;
+            other = o;
+            rows
+        };
+        counts.push((table, rows));
+    }
+    Ok(counts)
+}
+
+/// One pass over the table hashing each row as each index would hold it
+/// (its columns and rowid), on `other`, while each index is read here; a
+/// UNIQUE index's keys grouped. Returns the table's rows (and `other`).
+fn table_matches_its_indexes(
+    c: &Connection,
+    other: Connection,
+    table: &str,
+    indexes: &[Index],
+) -> Result<(i64, Connection), String> {
+    let (expected, found) = std::thread::scope(|s| {
+        let expected = s.spawn(move || table_sums(&other, table, indexes).map(|sums| (sums, other)));
+        let found: Result<Vec<Sum>, String> = indexes.iter().map(|i| index_sum(c, table, i)).collect();
+        (
+            expected
+                .join()
+                .unwrap_or_else(|_| Err("reading the table panicked".into())),
+            found,
+        )
+    });
+    let ((expected, rows), other) = expected?;
+    for ((index, expected), found) in indexes.iter().zip(expected).zip(found?) {
+        if found != expected {
+            return Err(format!(
+                "index {} does not hold table {table}'s rows ({} entries for {} rows, or different ones)",
+                index.name, found.1, expected.1
+            ));
+        }
+    }
+    Ok((rows, other))
+}
+
+/// A multiset of entries: the sum of their hashes, and how many.
+type Sum = (u64, i64);
+
+/// Each index's entries as the table's rows make them; and the rows.
+fn table_sums(c: &Connection, table: &str, indexes: &[Index]) -> Result<(Vec<Sum>, i64), String> {
+    let failed = |e: rusqlite::Error| format!("reading {table}: {e}");
+    // Every indexed column once, then the rowid.
+    let mut wanted: Vec<&str> = Vec::new();
+    for i in indexes {
+        for col in &i.columns {
+            if !wanted.contains(&col.as_str()) {
+                wanted.push(col);
+            }
+        }
+    }
+    let picks: Vec<Vec<usize>> = indexes
+        .iter()
+        .map(|i| {
+            let columns = i
+                .columns
+                .iter()
+                .map(|c| wanted.iter().position(|w| w == c).unwrap_or(0));
+            columns.chain([wanted.len()]).collect()
+        })
+        .collect();
+    let select: Vec<String> = wanted.iter().map(|c| quoted(c)).chain(["rowid".to_string()]).collect();
+    let sql = format!("SELECT {} FROM {} NOT INDEXED", select.join(", "), quoted(table));
+    let mut q = c.prepare(&sql).map_err(failed)?;
+    let mut scan = q.query([]).map_err(failed)?;
+    let mut sums = vec![(0u64, 0i64); indexes.len()];
+    let mut rows = 0i64;
+    while let Some(r) = scan.next().map_err(failed)? {
+        rows += 1;
+        for (sum, pick) in sums.iter_mut().zip(&picks) {
+            let mut h = SEED;
+            for i in pick {
+                h = hash_value(h, r.get_ref(*i).map_err(failed)?);
+            }
+            sum.0 = sum.0.wrapping_add(finish(h));
+            sum.1 += 1;
+        }
+    }
+    Ok((sums, rows))
+}
+
+/// An index's entries (its columns and rowid, read from the index alone);
+/// a UNIQUE one's keys must not repeat.
+fn index_sum(c: &Connection, table: &str, index: &Index) -> Result<Sum, String> {
+    let failed = |e: rusqlite::Error| format!("reading index {}: {e}", index.name);
+    let (t, columns) = (
+        quoted(table),
+        index.columns.iter().map(|c| quoted(c)).collect::<Vec<_>>(),
+    );
+    let sql = format!(
+        "SELECT {}, rowid FROM {t} INDEXED BY {}",
+        columns.join(", "),
+        quoted(&index.name)
+    );
+    let mut q = c.prepare(&sql).map_err(failed)?;
+    let mut scan = q.query([]).map_err(failed)?;
+    let mut found = (0u64, 0i64);
+    while let Some(r) = scan.next().map_err(failed)? {
+        let mut h = SEED;
+        for i in 0..=columns.len() {
+            h = hash_value(h, r.get_ref(i).map_err(failed)?);
+        }
+        found.0 = found.0.wrapping_add(finish(h));
+        found.1 += 1;
+    }
+    if index.unique {
+        let not_null: Vec<String> = columns.iter().map(|c| format!("{c} IS NOT NULL")).collect();
+        let sql = format!(
+            "SELECT count(*) FROM (SELECT 1 FROM {t} INDEXED BY {} WHERE {} GROUP BY {} HAVING count(*) > 1)",
+            quoted(&index.name),
+            not_null.join(" AND "),
+            columns.join(", ")
+        );
+        let twice: i64 = c.query_row(&sql, [], |r| r.get(0)).map_err(failed)?;
+        if twice > 0 {
+            return Err(format!(
+                "UNIQUE index {} holds {twice} key(s) more than once",
+                index.name
+            ));
+        }
+    }
+    Ok(found)
+}
+
+const SEED: u64 = 0x243F_6A88_85A3_08D3;
+
+/// A value by its type and content, as stored, mixed into `h` (a fast
+/// multiply-rotate hash: it finds damage, not an adversary's collisions).
+fn hash_value(h: u64, v: ValueRef<'_>) -> u64 {
+    let mix = |h: u64, word: u64| (h ^ word).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+    let bytes = |mut h: u64, tag: u64, b: &[u8]| {
+        h = mix(h, tag << 56 | b.len() as u64);
+        let mut words = b.chunks_exact(8);
+        for w in &mut words {
+            h = mix(h, u64::from_le_bytes(w.try_into().expect("8 bytes")));
+        }
+        let mut last = [0u8; 8];
+        last[..words.remainder().len()].copy_from_slice(words.remainder());
+        mix(h, u64::from_le_bytes(last))
+    };
+    match v {
+        ValueRef::Null => mix(h, 0),
+        ValueRef::Integer(i) => mix(mix(h, 1), i as u64),
+        ValueRef::Real(f) => mix(mix(h, 2), f.to_bits()),
+        ValueRef::Text(t) => bytes(h, 3, t),
+        ValueRef::Blob(b) => bytes(h, 4, b),
+    }
+}
+
+/// The entry's hash, its bits spread (sums of hashes compare multisets).
+fn finish(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    h ^ (h >> 33)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database, then its index made to disagree with its table the way
+    /// damage would (the index's definition rewritten under it).
+    #[test]
+    fn an_index_that_does_not_hold_its_tables_rows_is_found_as_integrity_check_finds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, a TEXT, b TEXT); CREATE INDEX t_a ON t(a); \
+             CREATE UNIQUE INDEX t_b ON t(b); CREATE TABLE w(k TEXT PRIMARY KEY, v) WITHOUT ROWID; \
+             CREATE TABLE e(x TEXT); CREATE INDEX e_lower ON e(lower(x)); INSERT INTO e VALUES ('A'); \
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000) \
+             INSERT INTO t SELECT i, 'a' || (i % 97), 'b' || i FROM n; INSERT INTO w VALUES ('x', 1), ('y', NULL);",
+        )
+        .unwrap();
+        drop(c);
+        let rows = |v: &[(&str, i64)]| v.iter().map(|(t, n)| (t.to_string(), *n)).collect::<Vec<_>>();
+        assert_eq!(check(&path).unwrap(), rows(&[("e", 1), ("t", 5000), ("w", 2)]));
+
+        // The index t_a now claims to be over b: its entries are a's.
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(
+            "PRAGMA writable_schema = ON; UPDATE sqlite_schema SET sql = 'CREATE INDEX t_a ON t(b)' \
+             WHERE name = 't_a'; PRAGMA writable_schema = OFF;",
+        )
+        .unwrap();
+        drop(c);
+        let theirs = pragma(&Connection::open(&path).unwrap(), "PRAGMA integrity_check").unwrap();
+        assert_ne!(theirs, ["ok"], "SQLite's own check finds it too");
+        let ours = check(&path).unwrap_err();
+        assert!(ours.contains("index t_a does not hold table t's rows"), "{ours}");
+    }
+
+    #[test]
+    fn a_unique_index_holding_a_key_twice_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, b TEXT); CREATE INDEX t_b ON t(b); \
+             INSERT INTO t VALUES (1, 'x'), (2, 'x'), (3, NULL), (4, NULL); \
+             PRAGMA writable_schema = ON; UPDATE sqlite_schema SET sql = 'CREATE UNIQUE INDEX t_b ON t(b)' \
+             WHERE name = 't_b'; PRAGMA writable_schema = OFF;",
+        )
+        .unwrap();
+        drop(c);
+        let ours = check(&path).unwrap_err();
+        assert!(
+            ours.contains("UNIQUE index t_b holds 1 key(s) more than once"),
+            "{ours}"
+        );
+    }
+}
