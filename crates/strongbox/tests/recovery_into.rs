@@ -539,8 +539,8 @@ impl Drop for DropMariaDatabases {
 }
 
 /// A `command` deployment (MariaDB's dump and client, naming their database
-/// `$STRONGBOX_DATABASE`) recovered into other databases by `latest` and a
-/// tag, each exactly (ordered checksum of every column), the live
+/// `$STRONGBOX_DATABASE`) recovered into other databases by `latest`, a
+/// tag and a backup's completion timestamp, each exactly (ordered checksum of every column), the live
 /// database's checksum unchanged. A command cannot tell whether a database
 /// holds data: a copy always needs `"replace": true`, and a deployment
 /// whose recovery command does not read the variable is refused (a copy
@@ -591,8 +591,13 @@ fn a_command_deployment_recovers_into_other_databases_exactly() {
     let (status, v) = s.json(&["-X", "PUT", "-d", &reg, &url]);
     assert_eq!(status, "HTTP/2 200", "{v}");
 
-    let first = back_up(&s, "shop")["dbTag"].as_str().unwrap().to_string();
+    let first = back_up(&s, "shop");
+    let first_completed = first["backupCompleteDate"].as_str().unwrap().to_string();
+    let first = first["dbTag"].as_str().unwrap().to_string();
     let at_first = ordered(&live);
+    // A completion timestamp names the latest backup completed in its
+    // second: the next one completes in a later one.
+    std::thread::sleep(second_after(Duration::ZERO).1);
     maria(&format!(
         "USE {live}; UPDATE t SET v = 'changed' WHERE id % 7 = 0; DELETE FROM t WHERE id % 10 = 0; \
          INSERT INTO t SELECT seq, MD5(seq) FROM seq_2001_to_2500"
@@ -605,6 +610,7 @@ fn a_command_deployment_recovers_into_other_databases_exactly() {
     for (asked, what, expected) in [
         (r#""latest": true"#.to_string(), "latest", &at_latest),
         (format!(r#""tag": "{first}""#), "tag", &at_first),
+        (format!(r#""timestamp": "{first_completed}""#), "timestamp", &at_first),
     ] {
         let body = format!(r#"{{{asked}, "target": {{"database": "{}"}}"#, copy(what));
         let (status, v) = s.json(&["-X", "POST", "-d", &format!("{body}}}"), &s.url(&recovery)]);
