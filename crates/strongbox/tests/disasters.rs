@@ -218,12 +218,6 @@ fn a_sqlite_database_overwritten_with_garbage_recovers_by_tag() {
     assert!(!dir.path().join("big.sqlite-wal").exists() || sqlite_rows(&db).1 == "ok");
 }
 
-fn register(s: &Server, name: &str, body: serde_json::Value) {
-    let url = s.url(&format!("/strongbox/api/v1/instances/usexample/{name}"));
-    let (status, v) = s.json(&["-X", "PUT", "-d", &body.to_string(), &url]);
-    assert_eq!(status, "HTTP/2 200", "{v}");
-}
-
 fn backup_and_recover_latest(s: &Server, name: &str, between: impl FnOnce()) -> serde_json::Value {
     let (status, location) = s.post_backup(name, &[]);
     assert_eq!(status, "HTTP/2 202", "{location}");

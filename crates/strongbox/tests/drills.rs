@@ -186,17 +186,7 @@ fn a_sqlite_deployments_backups_are_drilled_and_a_damaged_pack_fails_its_drill()
 fn drills_run_on_the_configurations_schedule_once_per_period() {
     let dir = tempfile::tempdir().unwrap();
     set_clock(dir.path(), "2026-01-01T10:00:00Z");
-    let s = start_with(
-        dir.path(),
-        free_port(),
-        &[
-            (
-                "STRONGBOX_TEST_CLOCK_FILE",
-                dir.path().join("clock").display().to_string(),
-            ),
-            ("STRONGBOX_SCHEDULE_CHECK_MS", "50".into()),
-        ],
-    );
+    let s = scheduled_server(dir.path(), free_port());
     let db = dir.path().join("app.sqlite");
     write_rows_table(&db);
     assert_eq!(s.register_sqlite("app", &db).0, "HTTP/2 200");
@@ -311,30 +301,6 @@ fn a_postgresql_deployments_backups_are_drilled_in_copies_and_a_copy_that_will_n
     assert_eq!(c.psql("SELECT 1"), "1", "and serving");
 }
 
-/// One value a query on database `name` of the test's PostgreSQL returns
-/// (`None`: it failed, e.g. no such database).
-fn query(name: &str, sql: &str) -> Option<String> {
-    let out = std::process::Command::new("psql")
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            name,
-            "-c",
-            sql,
-        ])
-        .output()
-        .unwrap();
-    out.status
-        .success()
-        .then(|| String::from_utf8(out.stdout).unwrap().trim().to_string())
-}
-
 /// A `postgresql-logical` deployment: its backups drilled in another
 /// database of the same server, dropped after; the live one unchanged.
 #[test]
@@ -343,19 +309,17 @@ fn a_logical_postgresql_deployments_backups_are_drilled_in_a_scratch_database() 
     let s = start(&dir);
     let db = strongbox_testkit::Database::create("sb_drill");
     let live = db.name.clone();
-    query(
+    pg_query(
         &live,
         "CREATE TABLE t AS SELECT n AS id, md5(n::text) AS v FROM generate_series(1, 500) AS n; \
                   ALTER TABLE t ADD PRIMARY KEY (id)",
     )
     .unwrap();
     let ordered = "SELECT md5(string_agg(id || ':' || v, ',' ORDER BY id)) FROM t";
-    let at_backup = query(&live, ordered).unwrap();
+    let at_backup = pg_query(&live, ordered).unwrap();
     let connection = serde_json::json!({"engine": "postgresql-logical", "connection": {
         "url": format!("postgresql://postgres@127.0.0.1:5432/{live}"), "bin_dir": strongbox_testkit::PG_BIN}});
-    let url = s.url("/strongbox/api/v1/instances/usexample/shop");
-    let (status, v) = s.json(&["-X", "PUT", "-d", &connection.to_string(), &url]);
-    assert_eq!(status, "HTTP/2 200", "{v}");
+    register(&s, "shop", connection);
     let tag = back_up(&s, "shop");
     let job = drill(&s, "shop");
     assert_eq!(job["job_status"], "Succeeded", "{job}");
@@ -366,19 +330,16 @@ fn a_logical_postgresql_deployments_backups_are_drilled_in_a_scratch_database() 
         found.contains("B-tree indexes sound") && found.contains("public.t 500"),
         "{found}"
     );
-    assert_eq!(
-        query(&format!("{live}_strongbox_drill"), "SELECT 1"),
-        None,
-        "the scratch database dropped"
+    let scratch = pg_query(&format!("{live}_strongbox_drill"), "SELECT 1");
+    assert!(
+        scratch.as_ref().is_err_and(|e| e.contains("does not exist")),
+        "the scratch database dropped: {scratch:?}"
     );
-    assert_eq!(query(&live, ordered).unwrap(), at_backup, "the live database untouched");
-}
-
-/// One line a statement on the test's MariaDB prints.
-fn maria(sql: &str) -> String {
-    strongbox_testkit::sh(&format!("mariadb -h 127.0.0.1 -u root -N -B -e \"{sql}\""))
-        .trim()
-        .to_string()
+    assert_eq!(
+        pg_query(&live, ordered).unwrap(),
+        at_backup,
+        "the live database untouched"
+    );
 }
 
 /// A `command` deployment (MariaDB) with a check and a drop command: its
@@ -404,9 +365,7 @@ fn a_command_deployments_backup_is_drilled_with_its_check_command() {
         "check_command": format!("{client} -N -B -e \"SELECT count(*) FROM $STRONGBOX_DATABASE.t\""),
         "drop_command": format!("{client} -e \"DROP DATABASE IF EXISTS $STRONGBOX_DATABASE\""),
     }});
-    let url = s.url("/strongbox/api/v1/instances/usexample/shop");
-    let (status, v) = s.json(&["-X", "PUT", "-d", &reg.to_string(), &url]);
-    assert_eq!(status, "HTTP/2 200", "{v}");
+    register(&s, "shop", reg);
     let tag = back_up(&s, "shop");
     let job = drill(&s, "shop");
     assert_eq!(job["job_status"], "Succeeded", "{job}");

@@ -179,42 +179,6 @@ fn a_sqlite_deployment_recovers_into_other_files_exactly_and_the_live_one_is_unt
     assert_eq!(table_checksum(&db, "t"), live, "the live database untouched");
 }
 
-/// One value a query on database `name` of the test's PostgreSQL returns.
-fn query(name: &str, sql: &str) -> String {
-    let out = std::process::Command::new("psql")
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            name,
-            "-c",
-            sql,
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// Databases dropped when the test ends, however it ends.
-struct DropDatabases(Vec<String>);
-
-impl Drop for DropDatabases {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            let _ = std::process::Command::new("psql")
-                .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
-                .arg(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .output();
-        }
-    }
-}
-
 /// A `postgresql-logical` deployment recovered into other databases of
 /// the same server (created) by `latest`, a tag and a backup's completion
 /// timestamp, each exactly (ordered checksum of every column), the live
@@ -227,14 +191,15 @@ fn a_logical_postgresql_deployment_recovers_into_other_databases_exactly() {
     let s = start(&dir);
     let live = format!("sb_into_{}", std::process::id());
     let copy = |what: &str| format!("{live}_{what}");
-    let _cleanup = DropDatabases(
-        std::iter::once(live.clone())
+    let _cleanup = DropDatabases {
+        mariadb: false,
+        names: std::iter::once(live.clone())
             .chain(["latest", "tag", "timestamp"].map(copy))
             .collect(),
-    );
-    query("postgres", &format!("DROP DATABASE IF EXISTS {live}"));
-    query("postgres", &format!("CREATE DATABASE {live}"));
-    query(
+    };
+    pg("postgres", &format!("DROP DATABASE IF EXISTS {live}"));
+    pg("postgres", &format!("CREATE DATABASE {live}"));
+    pg(
         &live,
         "CREATE TABLE t AS SELECT n AS id, md5(n::text) AS v FROM generate_series(1, 3000) AS n; \
          CREATE TABLE served(what text)",
@@ -242,9 +207,7 @@ fn a_logical_postgresql_deployment_recovers_into_other_databases_exactly() {
     let ordered = "SELECT count(*) || ' ' || md5(string_agg(id || ':' || v, ',' ORDER BY id)) FROM t";
     let connection = serde_json::json!({"engine": "postgresql-logical", "connection": {
         "url": format!("postgresql://postgres@127.0.0.1:5432/{live}"), "bin_dir": strongbox_testkit::PG_BIN}});
-    let url = s.url("/strongbox/api/v1/instances/usexample/shop");
-    let (status, v) = s.json(&["-X", "PUT", "-d", &connection.to_string(), &url]);
-    assert_eq!(status, "HTTP/2 200", "{v}");
+    register(&s, "shop", connection);
 
     let backup = |s: &Server| {
         let b = back_up(s, "shop");
@@ -254,20 +217,20 @@ fn a_logical_postgresql_deployment_recovers_into_other_databases_exactly() {
         )
     };
     let (first, first_completed) = backup(&s);
-    let at_first = query(&live, ordered);
+    let at_first = pg(&live, ordered);
     // A completion timestamp names the latest backup completed in its
     // second: the next one completes in a later one.
     std::thread::sleep(second_after(Duration::ZERO).1);
-    query(
+    pg(
         &live,
         "UPDATE t SET v = 'changed' WHERE id % 7 = 0; DELETE FROM t WHERE id % 10 = 0",
     );
-    query(
+    pg(
         &live,
         "INSERT INTO t SELECT n, md5(n::text) FROM generate_series(3001, 4000) AS n",
     );
     backup(&s);
-    let at_latest = query(&live, ordered);
+    let at_latest = pg(&live, ordered);
     assert_ne!(at_first, at_latest);
 
     for (body, what, expected) in [
@@ -278,13 +241,9 @@ fn a_logical_postgresql_deployment_recovers_into_other_databases_exactly() {
         let body = format!(r#"{body}, "target": {{"database": "{}"}}}}"#, copy(what));
         let job = post_until_accepted(&s, &format!("{API}/shop/backups/recovery"), &body);
         assert_eq!(job["job_request_parameters"]["target"]["database"], copy(what), "{job}");
-        assert_eq!(&query(&copy(what), ordered), expected, "{body}");
-        assert_eq!(
-            query(&live, ordered),
-            at_latest,
-            "the live database untouched by {body}"
-        );
-        query(&live, &format!("INSERT INTO served VALUES ('{what}')"));
+        assert_eq!(&pg(&copy(what), ordered), expected, "{body}");
+        assert_eq!(pg(&live, ordered), at_latest, "the live database untouched by {body}");
+        pg(&live, &format!("INSERT INTO served VALUES ('{what}')"));
     }
 
     // An existing database is overwritten only when asked to.
@@ -303,7 +262,7 @@ fn a_logical_postgresql_deployment_recovers_into_other_databases_exactly() {
         &format!("{API}/shop/backups/recovery"),
         &format!(r#"{{"tag": "{first}", {into_latest}, "replace": true}}"#),
     );
-    assert_eq!(query(&copy("latest"), ordered), at_first);
+    assert_eq!(pg(&copy("latest"), ordered), at_first);
     let (status, v) = s.json(&[
         "-X",
         "POST",
@@ -313,10 +272,10 @@ fn a_logical_postgresql_deployment_recovers_into_other_databases_exactly() {
     ]);
     assert_eq!(status, "HTTP/2 400", "{v}");
     assert!(v["message"].as_str().unwrap().contains("shop's own"), "{v}");
-    assert_eq!(query(&live, ordered), at_latest, "the live database untouched");
+    assert_eq!(pg(&live, ordered), at_latest, "the live database untouched");
     // The application wrote on between the recoveries: its rows, in order.
     assert_eq!(
-        query(&live, "SELECT string_agg(what, ',' ORDER BY what) FROM served"),
+        pg(&live, "SELECT string_agg(what, ',' ORDER BY what) FROM served"),
         "latest,tag,timestamp"
     );
 }
@@ -517,27 +476,6 @@ fn a_physical_postgresql_deployment_recovers_into_copies_exactly_while_it_serves
     assert_eq!(c.psql(&upto(i32::MAX)), live, "the live cluster untouched");
 }
 
-/// One line a statement on the test's MariaDB prints.
-fn maria(sql: &str) -> String {
-    strongbox_testkit::sh(&format!("mariadb -h 127.0.0.1 -u root -N -B -e \"{sql}\""))
-        .trim()
-        .to_string()
-}
-
-/// MariaDB databases dropped when the test ends, however it ends.
-struct DropMariaDatabases(Vec<String>);
-
-impl Drop for DropMariaDatabases {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            let _ = std::process::Command::new("mariadb")
-                .args(["-h", "127.0.0.1", "-u", "root", "-e"])
-                .arg(format!("DROP DATABASE IF EXISTS {name}"))
-                .output();
-        }
-    }
-}
-
 /// A `command` deployment (MariaDB's dump and client, naming their database
 /// `$STRONGBOX_DATABASE`) recovered into other databases by `latest`, a
 /// tag and a backup's completion timestamp, each exactly (ordered checksum of every column), the live
@@ -551,11 +489,12 @@ fn a_command_deployment_recovers_into_other_databases_exactly() {
     let s = start(&dir);
     let live = format!("sb_into_cmd_{}", std::process::id());
     let copy = |what: &str| format!("{live}_{what}");
-    let _cleanup = DropMariaDatabases(
-        std::iter::once(live.clone())
-            .chain(["latest", "tag"].map(copy))
+    let _cleanup = DropDatabases {
+        mariadb: true,
+        names: std::iter::once(live.clone())
+            .chain(["latest", "tag", "timestamp"].map(copy))
             .collect(),
-    );
+    };
     maria(&format!(
         "DROP DATABASE IF EXISTS {live}; CREATE DATABASE {live}; USE {live}; \
          CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(40)); INSERT INTO t SELECT seq, MD5(seq) FROM seq_1_to_2000"
@@ -587,9 +526,7 @@ fn a_command_deployment_recovers_into_other_databases_exactly() {
         v["message"].as_str().unwrap().contains("recovery_command does not use"),
         "{v}"
     );
-    let reg = connection(&format!("{client} $STRONGBOX_DATABASE")).to_string();
-    let (status, v) = s.json(&["-X", "PUT", "-d", &reg, &url]);
-    assert_eq!(status, "HTTP/2 200", "{v}");
+    register(&s, "shop", connection(&format!("{client} $STRONGBOX_DATABASE")));
 
     let first = back_up(&s, "shop");
     let first_completed = first["backupCompleteDate"].as_str().unwrap().to_string();
@@ -633,4 +570,9 @@ fn a_command_deployment_recovers_into_other_databases_exactly() {
     assert_eq!(status, "HTTP/2 400", "{v}");
     assert!(v["message"].as_str().unwrap().contains("shop's own"), "{v}");
     assert_eq!(ordered(&live), at_latest, "the live database untouched");
+}
+
+/// What a query on database `name` of the machine's PostgreSQL prints.
+fn pg(name: &str, sql: &str) -> String {
+    pg_query(name, sql).unwrap()
 }

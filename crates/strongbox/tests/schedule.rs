@@ -5,23 +5,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 const CONFIG: &str = "/paas/service/dbcs/api/v1.1/instances/usexample/db12c/backups/config";
-
-fn scheduled_server(dir: &Path, port: u16) -> Server {
-    start_with(
-        dir,
-        port,
-        &[
-            ("STRONGBOX_TEST_CLOCK_FILE", dir.join("clock").display().to_string()),
-            ("STRONGBOX_SCHEDULE_CHECK_MS", "50".into()),
-        ],
-    )
-}
 
 fn backups(s: &Server) -> Vec<serde_json::Value> {
     let (status, v) = s.json(&[s.url(BACKUPS).as_str()]);

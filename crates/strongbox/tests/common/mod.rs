@@ -870,3 +870,81 @@ pub fn wait_shipped(s: &Server, service: &str, n: u64) {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// Registers (or re-registers) deployment `name` of `usexample` with `body`
+/// (`{"engine": …, "connection": {…}}`), which must be accepted.
+pub fn register(s: &Server, name: &str, body: serde_json::Value) {
+    let url = s.url(&format!("/strongbox/api/v1/instances/usexample/{name}"));
+    let (status, v) = s.json(&["-X", "PUT", "-d", &body.to_string(), &url]);
+    assert_eq!(status, "HTTP/2 200", "{v}");
+}
+
+/// A server whose clock is the file `dir/clock` (`set_clock`), its
+/// scheduler looking every 50 ms.
+pub fn scheduled_server(dir: &Path, port: u16) -> Server {
+    start_with(
+        dir,
+        port,
+        &[
+            ("STRONGBOX_TEST_CLOCK_FILE", dir.join("clock").display().to_string()),
+            ("STRONGBOX_SCHEDULE_CHECK_MS", "50".into()),
+        ],
+    )
+}
+
+/// What a query on database `name` of the machine's PostgreSQL prints,
+/// trimmed, or why it failed.
+pub fn pg_query(name: &str, sql: &str) -> Result<String, String> {
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            name,
+            "-c",
+            sql,
+        ])
+        .output()
+        .unwrap();
+    match out.status.success() {
+        true => Ok(String::from_utf8_lossy(&out.stdout).trim().to_string()),
+        false => Err(format!("{name}: {}", String::from_utf8_lossy(&out.stderr))),
+    }
+}
+
+/// What a statement on the machine's MariaDB prints, trimmed.
+pub fn maria(sql: &str) -> String {
+    strongbox_testkit::sh(&format!("mariadb -h 127.0.0.1 -u root -N -B -e \"{sql}\""))
+        .trim()
+        .to_string()
+}
+
+/// Databases of the machine's PostgreSQL (or, with `mariadb`, MariaDB)
+/// dropped when the test ends, however it ends.
+pub struct DropDatabases {
+    pub mariadb: bool,
+    pub names: Vec<String>,
+}
+
+impl Drop for DropDatabases {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = if self.mariadb {
+                Command::new("mariadb")
+                    .args(["-h", "127.0.0.1", "-u", "root", "-e"])
+                    .arg(format!("DROP DATABASE IF EXISTS {name}"))
+                    .output()
+            } else {
+                Command::new("psql")
+                    .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
+                    .arg(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .output()
+            };
+        }
+    }
+}
