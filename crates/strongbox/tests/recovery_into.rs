@@ -304,26 +304,7 @@ impl Drop for StopCopies {
 /// One value a query on the server at `port` returns (`None`: it does not
 /// answer).
 fn on_port(port: u16, sql: &str) -> Option<String> {
-    let out = std::process::Command::new("psql")
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-p",
-        ])
-        .arg(port.to_string())
-        .args(["-c", sql])
-        .output()
-        .unwrap();
-    out.status
-        .success()
-        .then(|| String::from_utf8(out.stdout).unwrap().trim().to_string())
+    pg_query_at(port, "postgres", sql).ok()
 }
 
 /// A physical PostgreSQL deployment (archiving through Strongbox) recovered

@@ -895,22 +895,28 @@ pub fn scheduled_server(dir: &Path, port: u16) -> Server {
 /// What a query on database `name` of the machine's PostgreSQL prints,
 /// trimmed, or why it failed.
 pub fn pg_query(name: &str, sql: &str) -> Result<String, String> {
-    let out = Command::new("psql")
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            name,
-            "-c",
-            sql,
-        ])
-        .output()
-        .unwrap();
+    pg_query_at(5432, name, sql)
+}
+
+/// `pg_query` on the server listening on 127.0.0.1:`port`.
+pub fn pg_query_at(port: u16, name: &str, sql: &str) -> Result<String, String> {
+    let port = port.to_string();
+    let args = [
+        "-X",
+        "-A",
+        "-t",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-U",
+        "postgres",
+        "-d",
+        name,
+        "-c",
+        sql,
+    ];
+    let out = Command::new("psql").args(args).output().unwrap();
     match out.status.success() {
         true => Ok(String::from_utf8_lossy(&out.stdout).trim().to_string()),
         false => Err(format!("{name}: {}", String::from_utf8_lossy(&out.stderr))),
