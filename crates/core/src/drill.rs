@@ -28,7 +28,8 @@ impl Service {
     /// Plans a drill of `deployment` now and queues it.
     pub async fn start_drill(&self, domain: &str, deployment: &str, origin: &Origin) -> Result<Job> {
         let d = self.deployment(domain, deployment).await?;
-        if self.engine_of(&d)?.drill_place().is_none() {
+        let engine = self.engine_of(&d)?;
+        if engine.drill_place().is_none() {
             return Err(Error::Invalid(format!(
                 "{deployment} is a {} deployment, which names no scratch place to drill its backups in",
                 d.engine
@@ -63,8 +64,7 @@ impl Service {
                 }
             })
             .collect();
-        let can = self.engine_of(&d)?.capabilities();
-        if can.point_in_time || self.ships(&d) {
+        if engine.capabilities().point_in_time || self.ships(&d) {
             // Moments are whole seconds: from the first after the newest
             // backup completed to now.
             let completed = completed_at(newest).unwrap_or(OffsetDateTime::UNIX_EPOCH);
