@@ -81,14 +81,16 @@ impl Error {
                 };
             }
             object_store::Error::Unauthenticated { .. } => StorageFailure::Credentials,
+            // S3 answers a wrong key with 403, which object_store calls
+            // PermissionDenied on a GET (not on a LIST): the code says which.
+            _ if cause.contains("InvalidAccessKeyId") || cause.contains("SignatureDoesNotMatch") => {
+                StorageFailure::Credentials
+            }
             object_store::Error::PermissionDenied { .. } => StorageFailure::PermissionDenied,
             _ => match io_kind(&source) {
                 Some(std::io::ErrorKind::StorageFull) => StorageFailure::DiskFull,
                 Some(std::io::ErrorKind::PermissionDenied) => StorageFailure::PermissionDenied,
                 _ if cause.contains("NoSuchBucket") => StorageFailure::BucketMissing,
-                _ if cause.contains("InvalidAccessKeyId") || cause.contains("SignatureDoesNotMatch") => {
-                    StorageFailure::Credentials
-                }
                 _ => StorageFailure::Other,
             },
         };

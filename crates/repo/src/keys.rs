@@ -244,13 +244,18 @@ fn validate_chunker(c: &ChunkerParams) -> Result<()> {
 
 /// Opens the repository with any slot's password.
 pub async fn unlock(store: &Store, password: &[u8]) -> Result<(MasterKey, Config)> {
+    // The config before the slots: a slot is written before the config it
+    // opens, so the slot of any config read here is in the list below.
+    // (Listed first, the slots could miss the slot of a config an init
+    // racing this one wrote between the listing and the read: "config is
+    // corrupt" with no damage at all; seen under load in `tests/keys.rs`.)
+    let sealed_config = store.get_if_exists(&layout::config()).await?;
     let slots = store.list(layout::KEYS).await?;
     if slots.is_empty() {
         return Err(Error::NotARepository {
             location: store.location().into(),
         });
     }
-    let mut sealed_config = None;
     let mut foreign = None;
     let mut vanished = 0;
     for meta in &slots {
@@ -263,9 +268,11 @@ pub async fn unlock(store: &Store, password: &[u8]) -> Result<(MasterKey, Config
             other => other?,
         };
         if let Some(master) = unwrap_slot(meta.location.as_ref(), &body, password)? {
-            let sealed = match &sealed_config {
-                Some(s) => s,
-                None => sealed_config.insert(store.get(&layout::config()).await?),
+            let Some(sealed) = &sealed_config else {
+                // A racing init's slot, its config not written yet.
+                return Err(Error::Missing {
+                    object: layout::config().to_string(),
+                });
             };
             // A slot an interrupted init left behind holds another master
             // key, which does not open the config: try the next slot.
