@@ -327,9 +327,9 @@ impl Store {
     /// that a client or proxy retried is refused by the object its own first
     /// attempt wrote; taken for another writer's, the winner of a
     /// repository's init would delete its key slot and leave a config no
-    /// slot opens. (A guard: the replicas test in `tests/keys.rs` failed
-    /// once that way, "config is corrupt", under a loaded CI; that a retry
-    /// caused it is not proven.)
+    /// slot opens. (A guard. The "config is corrupt" that `tests/keys.rs`
+    /// met under load had another cause, found since: `keys::unlock` read
+    /// the config after listing the slots.)
     async fn put_new_once(&self, path: &Path, data: Bytes) -> Result<bool> {
         if self.put_new(path, data.clone()).await? {
             return Ok(true);
