@@ -16,11 +16,12 @@
 
 use std::sync::Arc;
 
-use strongbox_catalog::{Backup, BackupStatus, Drill, Job, NewRecord, RecoveryInto, Verification};
+use strongbox_catalog::{Backup, Drill, Job, NewRecord, RecoveryInto, Verification};
 use strongbox_engines::Engine;
 use time::OffsetDateTime;
 
 use crate::job::{JobSpec, Origin};
+use crate::pitr::RecoveryPlan;
 use crate::recovery::{RecoveryRequest, completed_at};
 use crate::{Error, Result, Service};
 
@@ -35,34 +36,20 @@ impl Service {
                 d.engine
             )));
         }
-        let usable: Vec<Backup> = self
-            .backups_held(domain, deployment, true)
-            .await?
-            .into_iter()
-            .filter(|b| b.status == BackupStatus::Completed)
-            .collect();
+        let usable = self.backups_held(domain, deployment, true).await?;
         let Some(newest) = usable.last() else {
             return Err(Error::Invalid(format!(
                 "{deployment} has no completed backup to drill; start one with POST …/{deployment}/backups"
             )));
         };
         // Which older backup and which moment: different each drill.
-        let mut pick = Pick(self.clock.now().unix_timestamp_nanos() as u64 | 1);
         let mut chosen = vec![newest];
         if usable.len() > 1 {
-            chosen.push(&usable[pick.below(usable.len() - 1)]);
+            chosen.push(&usable[rand::random_range(0..usable.len() - 1)]);
         }
         let mut drills: Vec<Drill> = chosen
             .into_iter()
-            .map(|b| {
-                let plan = crate::recovery::backup_plan(b, "");
-                Drill {
-                    from: b.job_id,
-                    tag: b.db_tag.clone(),
-                    target: plan.target,
-                    description: plan.description,
-                }
-            })
+            .map(|b| drill(b, crate::recovery::backup_plan(b, "")))
             .collect();
         if engine.capabilities().point_in_time || self.ships(&d) {
             // Moments are whole seconds: from the first after the newest
@@ -70,19 +57,14 @@ impl Service {
             let completed = completed_at(newest).unwrap_or(OffsetDateTime::UNIX_EPOCH);
             let from = completed.replace_nanosecond(0).unwrap_or(completed) + time::Duration::SECOND;
             let span = (self.clock.now() - from).whole_seconds().max(0) as usize;
-            let at = from + time::Duration::seconds(pick.below(span + 1) as i64);
+            let at = from + time::Duration::seconds(rand::random_range(0..=span) as i64);
             let request = RecoveryRequest::Time { at, timeline: None };
             let planned = match self.planner(&d, &usable, &request).await {
                 Ok(planner) => planner.plan(&request, &d, &usable).await,
                 Err(e) => Err(e),
             };
             match planned {
-                Ok((b, plan)) => drills.push(Drill {
-                    from: b.job_id,
-                    tag: b.db_tag,
-                    target: plan.target,
-                    description: plan.description,
-                }),
+                Ok((b, plan)) => drills.push(drill(&b, plan)),
                 // The moment is not recoverable (yet): the backups are
                 // drilled all the same.
                 Err(e) => tracing::info!("drill of {deployment}: no moment drilled: {e}"),
@@ -122,15 +104,12 @@ pub(crate) fn verification(at: OffsetDateTime, outcome: &std::result::Result<Str
     }
 }
 
-/// SplitMix64: which older backup and which moment a drill takes.
-struct Pick(u64);
-
-impl Pick {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) % n.max(1) as u64) as usize
+/// One recovery of a drill, from backup `b` as `plan` says.
+fn drill(b: &Backup, plan: RecoveryPlan) -> Drill {
+    Drill {
+        from: b.job_id,
+        tag: b.db_tag.clone(),
+        target: plan.target,
+        description: plan.description,
     }
 }

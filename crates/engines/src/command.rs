@@ -36,9 +36,6 @@ pub struct CommandEngine {
     drop_command: Option<String>,
 }
 
-/// A drill's scratch database: the deployment's name and this.
-const DRILL_SUFFIX: &str = "_strongbox_drill";
-
 /// The variable the commands read the deployment's `database` from.
 pub const DATABASE_VARIABLE: &str = "STRONGBOX_DATABASE";
 
@@ -194,8 +191,7 @@ impl crate::Engine for CommandEngine {
     /// With a check and a drop command: another database, by name.
     fn drill_place(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
         self.check_command.as_ref()?;
-        let base: String = self.database.as_ref()?.chars().take(64 - DRILL_SUFFIX.len()).collect();
-        crate::settings(serde_json::json!({"database": format!("{base}{DRILL_SUFFIX}")}))
+        crate::settings(serde_json::json!({"database": crate::drill_database(self.database.as_ref()?)}))
     }
 
     fn check(&self) -> Result<String, Error> {
@@ -214,7 +210,7 @@ impl crate::Engine for CommandEngine {
     /// drill gave is dropped).
     fn discard(&self) {
         if let (Some(drop), Some(db)) = (&self.drop_command, &self.database)
-            && db.ends_with(DRILL_SUFFIX)
+            && db.ends_with(crate::DRILL_SUFFIX)
         {
             let _ = self.tool(drop, "the drop command").run();
         }

@@ -371,6 +371,24 @@ fn listed(items: &[String]) -> String {
     }
 }
 
+/// An SQL identifier, quoted (PostgreSQL and SQLite alike).
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The scratch database a drill of database `name` recovers into: a name
+/// of at most 63 bytes (PostgreSQL's limit; MariaDB's is 64).
+fn drill_database(name: &str) -> String {
+    let mut base = name.to_string();
+    while base.len() > 63 - DRILL_SUFFIX.len() {
+        base.pop();
+    }
+    format!("{base}{DRILL_SUFFIX}")
+}
+
+/// How a drill's scratch database's name ends (`drill_database`).
+const DRILL_SUFFIX: &str = "_strongbox_drill";
+
 /// A port nothing listens on now, for a drill's server.
 fn free_port() -> Option<u16> {
     Some(

@@ -229,9 +229,7 @@ impl crate::Engine for SqliteEngine {
 
     fn discard(&self) {
         for suffix in ["", "-wal", "-shm", "-journal"] {
-            let mut path = self.path.clone().into_os_string();
-            path.push(suffix);
-            let _ = std::fs::remove_file(path);
+            let _ = std::fs::remove_file(beside(&self.path, suffix));
         }
     }
 
@@ -240,15 +238,20 @@ impl crate::Engine for SqliteEngine {
     }
 }
 
+/// A database file's `-wal`, `-shm` or `-journal` (`suffix`).
+fn beside(db: &Path, suffix: &str) -> PathBuf {
+    let mut path = db.as_os_str().to_owned();
+    path.push(suffix);
+    path.into()
+}
+
 /// Removes a database file's `-wal` and `-shm` when dropped.
 struct Sidecars(PathBuf);
 
 impl Drop for Sidecars {
     fn drop(&mut self) {
         for suffix in ["-wal", "-shm"] {
-            let mut path = self.0.clone().into_os_string();
-            path.push(suffix);
-            let _ = std::fs::remove_file(path);
+            let _ = std::fs::remove_file(beside(&self.0, suffix));
         }
     }
 }
@@ -390,9 +393,7 @@ impl SqliteEngine {
         }
         file.sync_all().map_err(|e| self.fail("syncing the restored file", e))?;
         for suffix in ["-wal", "-shm", "-journal"] {
-            let mut stale = self.path.clone().into_os_string();
-            stale.push(suffix);
-            match std::fs::remove_file(&stale) {
+            match std::fs::remove_file(beside(&self.path, suffix)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(self.fail("removing the stale journal", e)),

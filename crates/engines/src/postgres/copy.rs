@@ -237,9 +237,7 @@ impl PgPhysical {
             c.port
         ))
     }
-}
 
-impl PgPhysical {
     /// Stops a copy's server, if it runs, and removes its data directory.
     pub(super) fn discard_copy(&self) {
         if !matches!(self.control, Control::Copy(_)) {

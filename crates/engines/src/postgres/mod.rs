@@ -113,9 +113,7 @@ impl Conn {
             .env("PGCONNECT_TIMEOUT", "5");
         Ok(t.run()?.trim().to_string())
     }
-}
 
-impl Conn {
     /// The database's own checks: every valid B-tree index (the system
     /// catalogs' too) by `amcheck`'s `bt_index_check`, where the extension
     /// can be created, then each table's rows counted.
@@ -155,11 +153,6 @@ impl Conn {
             ..self.clone()
         })
     }
-}
-
-/// An identifier, quoted for SQL.
-fn quoted(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -225,7 +218,7 @@ impl PgLogical {
         }
         let name = self.database();
         let maintenance = self.conn.maintenance(&name)?;
-        maintenance.query(&format!("CREATE DATABASE {}", quoted(&name)))?;
+        maintenance.query(&format!("CREATE DATABASE {}", crate::quoted(&name)))?;
         log(format!("database {name} did not exist; created it"));
         Ok(())
     }
@@ -259,9 +252,7 @@ impl crate::Engine for PgLogical {
 
     /// Another database of the same server.
     fn drill_place(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
-        // Names are at most 63 bytes.
-        let base: String = self.database().chars().take(40).collect();
-        crate::settings(serde_json::json!({"database": format!("{base}_strongbox_drill")}))
+        crate::settings(serde_json::json!({"database": crate::drill_database(&self.database())}))
     }
 
     fn check(&self) -> Result<String, Error> {
@@ -271,7 +262,10 @@ impl crate::Engine for PgLogical {
     fn discard(&self) {
         let name = self.database();
         if let Ok(m) = self.conn.maintenance(&name) {
-            let _ = m.query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quoted(&name)));
+            let _ = m.query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                crate::quoted(&name)
+            ));
         }
     }
 

@@ -28,7 +28,7 @@ struct Index {
 pub(super) fn check(path: &Path) -> Result<Vec<(String, i64)>, String> {
     let open =
         || Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| format!("opening: {e}"));
-    indexes_match(&open()?, open()?)
+    indexes_match(&open()?, &mut open()?)
 }
 
 fn pragma(c: &Connection, sql: &str) -> Result<Vec<String>, String> {
@@ -37,13 +37,9 @@ fn pragma(c: &Connection, sql: &str) -> Result<Vec<String>, String> {
         .map_err(|e| format!("{sql}: {e}"))
 }
 
-fn quoted(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 /// Every index of every table holds exactly its table's rows; the rows
 /// per table.
-fn indexes_match(c: &Connection, mut other: Connection) -> Result<Vec<(String, i64)>, String> {
+fn indexes_match(c: &Connection, other: &mut Connection) -> Result<Vec<(String, i64)>, String> {
     let failed = |what: &str, e: rusqlite::Error| format!("{what}: {e}");
     let tables: Vec<(String, bool)> = c
         .prepare(
@@ -83,18 +79,18 @@ fn indexes_match(c: &Connection, mut other: Connection) -> Result<Vec<(String, i
             });
         }
         if whole_check {
-            let found = pragma(c, &format!("PRAGMA integrity_check({})", quoted(&table)))?;
+            let found = pragma(c, &format!("PRAGMA integrity_check({})", crate::quoted(&table)))?;
             if found != ["ok"] {
                 return Err(format!("integrity_check({table}): {}", found.join("; ")));
             }
         }
         let rows = if without_rowid {
-            c.query_row(&format!("SELECT count(*) FROM {}", quoted(&table)), [], |r| r.get(0))
-                .map_err(|e| failed("counting", e))?
+            c.query_row(&format!("SELECT count(*) FROM {}", crate::quoted(&table)), [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| failed("counting", e))?
         } else {
-            let (rows, o) = table_matches_its_indexes(c, other, &table, &indexes)?;
-            other = o;
-            rows
+            table_matches_its_indexes(c, other, &table, &indexes)?
         };
         counts.push((table, rows));
     }
@@ -102,16 +98,17 @@ fn indexes_match(c: &Connection, mut other: Connection) -> Result<Vec<(String, i
 }
 
 /// One pass over the table hashing each row as each index would hold it
-/// (its columns and rowid), on `other`, while each index is read here; a
-/// UNIQUE index's keys grouped. Returns the table's rows (and `other`).
+/// (its columns and rowid), on `other` (a connection is not shared
+/// between threads, but may be lent to one), while each index is read
+/// here; a UNIQUE index's keys grouped. Returns the table's rows.
 fn table_matches_its_indexes(
     c: &Connection,
-    other: Connection,
+    other: &mut Connection,
     table: &str,
     indexes: &[Index],
-) -> Result<(i64, Connection), String> {
+) -> Result<i64, String> {
     let (expected, found) = std::thread::scope(|s| {
-        let expected = s.spawn(move || table_sums(&other, table, indexes).map(|sums| (sums, other)));
+        let expected = s.spawn(move || table_sums(other, table, indexes));
         let found: Result<Vec<Sum>, String> = indexes.iter().map(|i| index_sum(c, table, i)).collect();
         (
             expected
@@ -120,7 +117,7 @@ fn table_matches_its_indexes(
             found,
         )
     });
-    let ((expected, rows), other) = expected?;
+    let (expected, rows) = expected?;
     for ((index, expected), found) in indexes.iter().zip(expected).zip(found?) {
         if found != expected {
             return Err(format!(
@@ -129,7 +126,7 @@ fn table_matches_its_indexes(
             ));
         }
     }
-    Ok((rows, other))
+    Ok(rows)
 }
 
 /// A multiset of entries: the sum of their hashes, and how many.
@@ -157,8 +154,12 @@ fn table_sums(c: &Connection, table: &str, indexes: &[Index]) -> Result<(Vec<Sum
             columns.chain([wanted.len()]).collect()
         })
         .collect();
-    let select: Vec<String> = wanted.iter().map(|c| quoted(c)).chain(["rowid".to_string()]).collect();
-    let sql = format!("SELECT {} FROM {} NOT INDEXED", select.join(", "), quoted(table));
+    let select: Vec<String> = wanted
+        .iter()
+        .map(|c| crate::quoted(c))
+        .chain(["rowid".to_string()])
+        .collect();
+    let sql = format!("SELECT {} FROM {} NOT INDEXED", select.join(", "), crate::quoted(table));
     let mut q = c.prepare(&sql).map_err(failed)?;
     let mut scan = q.query([]).map_err(failed)?;
     let mut sums = vec![(0u64, 0i64); indexes.len()];
@@ -182,13 +183,13 @@ fn table_sums(c: &Connection, table: &str, indexes: &[Index]) -> Result<(Vec<Sum
 fn index_sum(c: &Connection, table: &str, index: &Index) -> Result<Sum, String> {
     let failed = |e: rusqlite::Error| format!("reading index {}: {e}", index.name);
     let (t, columns) = (
-        quoted(table),
-        index.columns.iter().map(|c| quoted(c)).collect::<Vec<_>>(),
+        crate::quoted(table),
+        index.columns.iter().map(|c| crate::quoted(c)).collect::<Vec<_>>(),
     );
     let sql = format!(
         "SELECT {}, rowid FROM {t} INDEXED BY {}",
         columns.join(", "),
-        quoted(&index.name)
+        crate::quoted(&index.name)
     );
     let mut q = c.prepare(&sql).map_err(failed)?;
     let mut scan = q.query([]).map_err(failed)?;
@@ -205,7 +206,7 @@ fn index_sum(c: &Connection, table: &str, index: &Index) -> Result<Sum, String> 
         let not_null: Vec<String> = columns.iter().map(|c| format!("{c} IS NOT NULL")).collect();
         let sql = format!(
             "SELECT count(*) FROM (SELECT 1 FROM {t} INDEXED BY {} WHERE {} GROUP BY {} HAVING count(*) > 1)",
-            quoted(&index.name),
+            crate::quoted(&index.name),
             not_null.join(" AND "),
             columns.join(", ")
         );
