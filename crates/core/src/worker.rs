@@ -231,7 +231,14 @@ impl Worker {
                 into,
                 ..
             } => match self
-                .recovery(job, from, &target, &description, repository.as_deref(), into.as_ref())
+                .recovery(
+                    job,
+                    from,
+                    &target,
+                    &description,
+                    repository.as_deref(),
+                    into.as_ref().map_or(Place::Own, Place::Copy),
+                )
                 .await
             {
                 Ok((summary, reached)) => JobEnd {
@@ -414,7 +421,7 @@ impl Worker {
             self.log(format!("drill: {}", d.description)).await;
             let started = std::time::Instant::now();
             let outcome = match self
-                .recovery(job, d.from, &d.target, &d.description, None, Some(&into))
+                .recovery(job, d.from, &d.target, &d.description, None, Place::Drill(&into))
                 .await
             {
                 Ok((summary, _)) => {
@@ -470,10 +477,10 @@ impl Worker {
         target: &RecoveryTarget,
         description: &str,
         repository: Option<&str>,
-        into: Option<&RecoveryInto>,
+        place: Place<'_>,
     ) -> Result<(String, Option<Reached>)> {
         let (deployment, mut engine) = self.engine(job).await?;
-        if let Some(into) = into {
+        if let Place::Copy(into) | Place::Drill(into) = place {
             engine = self.service.engine_into(&deployment, into)?;
         }
         let backup = self
@@ -500,7 +507,7 @@ impl Worker {
                     tokio::runtime::Handle::current(),
                     self.counters.clone(),
                 );
-                self.recover_from(job, engine.clone(), files, archives, target, into.is_none())
+                self.recover_from(job, engine.clone(), files, archives, target, place)
                     .await
             };
             match attempt.await {
@@ -533,7 +540,7 @@ impl Worker {
         files: SnapshotFiles,
         archives: &Arc<WalArchives>,
         target: &RecoveryTarget,
-        in_place: bool,
+        place: Place<'_>,
     ) -> Result<strongbox_engines::Recovered, RecoverError> {
         let runtime = tokio::runtime::Handle::current();
         // PostgreSQL replays its archive, SQLite its shipped WAL.
@@ -545,9 +552,10 @@ impl Worker {
             target.clone(),
         );
         // Elsewhere, the deployment's shipper goes on as it was.
-        let shipper = in_place
+        let shipper = matches!(place, Place::Own)
             .then(|| self.service.shippers.link(&job.domain, &job.deployment))
             .flatten();
+        let drill = matches!(place, Place::Drill(_));
         let read_failure = files.read_failure();
         let result = tokio::task::spawn_blocking(move || {
             let log = |message: String| runtime.block_on(log(catalog.as_ref(), &lease, &message));
@@ -556,6 +564,7 @@ impl Worker {
                 log: &log,
                 wal: wal.as_ref().map(|w| w as &dyn strongbox_engines::WalArchive),
                 shipper: shipper.as_ref(),
+                drill,
             };
             engine.recover(&files, &target, &cx)
         })
@@ -566,6 +575,17 @@ impl Worker {
             None => RecoverError::Other(e.into()),
         })
     }
+}
+
+/// Where a recovery puts the database.
+#[derive(Clone, Copy)]
+enum Place<'a> {
+    /// The deployment's own.
+    Own,
+    /// Another place the request named.
+    Copy(&'a RecoveryInto),
+    /// A restore drill's scratch place (`RecoveryContext::drill`).
+    Drill(&'a RecoveryInto),
 }
 
 /// Why a recovery from one repository failed: reading it (another may

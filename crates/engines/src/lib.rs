@@ -216,6 +216,10 @@ pub struct RecoveryContext<'a> {
     /// The deployment's log shipper, if this server runs one: it ends its
     /// generation before the database is replaced.
     pub shipper: Option<&'a sqlite_ship::ShipperLink>,
+    /// The place is a restore drill's scratch: `Engine::check` runs on it
+    /// next and `discard` removes it, so the recovery may leave to the
+    /// check what the check repeats, and need make nothing durable.
+    pub drill: bool,
 }
 
 /// Engines whose log the server itself ships while the database runs

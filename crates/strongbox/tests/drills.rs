@@ -3,8 +3,9 @@
 //! beside the deployment, checks the result with the database's own
 //! checks, removes it and records `lastVerified` / `verifyStatus` /
 //! `verifyMessage` on each backup; `/metrics` shows the last verification
-//! and counts failures. Asked for (`POST …/backups/verify`) or on the
-//! configuration's `verify` schedule. A damaged pack fails the drill of a
+//! and counts failures. On the configuration's `verify` schedule (the
+//! first drill of SQLite, physical PostgreSQL and `command` deployments)
+//! or asked for (`POST …/backups/verify`, the others). A damaged pack fails the drill of a
 //! backup that needs it, naming the backup and the object; a PostgreSQL
 //! backup whose data will not start fails with the server's own log line.
 //! The live database is never touched (checksums before and after).
@@ -33,6 +34,74 @@ fn drill(s: &Server, service: &str) -> serde_json::Value {
         assert!(std::time::Instant::now() < deadline, "{v}");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+}
+
+/// The scheduler's drill of `service`, at its end: `verify` set hourly
+/// while the server's clock (`dir/clock`, `scheduled_server`)
+/// reads two hours ago, so that a period has begun since by the real
+/// clock, which the server reads again once the file is gone; then the
+/// schedule cleared (a later period would queue another).
+fn scheduled_drill(s: &Server, service: &str) -> serde_json::Value {
+    let before = verify_jobs(s, service);
+    let two_hours_ago = std::process::Command::new("date")
+        .args(["-u", "-d", "-2 hours", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap();
+    set_clock(&s.dir, String::from_utf8(two_hours_ago.stdout).unwrap().trim());
+    let config = |body: &str| {
+        let url = s.url(&format!("{API}/{service}/backups/config"));
+        let (status, v) = s.json(&["-X", "PUT", "-d", body, &url]);
+        assert_eq!(status, "HTTP/2 200", "{v}");
+    };
+    config(r#"{"verify": "0 * * * *"}"#);
+    std::fs::remove_file(s.dir.join("clock")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let new: Vec<serde_json::Value> = verify_jobs(s, service)
+            .into_iter()
+            .filter(|j| !before.iter().any(|b| b["job_id"] == j["job_id"]))
+            .collect();
+        assert!(new.len() <= 1, "one drill for the period: {new:?}");
+        if let Some(job) = new.first() {
+            assert_eq!(job["created_by"], "SYSTEM", "the scheduler's: {job}");
+            if job["job_status"] == "Succeeded" || job["job_status"] == "Failed" {
+                config(r#"{"verify": ""}"#);
+                return job.clone();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scheduled drill ended: {new:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// `service`'s verify jobs (jobs are numbered from 1; another operation's
+/// job is not found under `verify`: twenty misses in a row end the list).
+fn verify_jobs(s: &Server, service: &str) -> Vec<serde_json::Value> {
+    let (mut found, mut misses) = (Vec::new(), 0);
+    for id in 1.. {
+        let url = s.url(&format!(
+            "/paas/service/dbcs/api/v1.1/instances/usexample/status/verify/job/{id}"
+        ));
+        let (status, v) = s.json(&[&url]);
+        if status == "HTTP/2 404" {
+            misses += 1;
+            if misses == 20 {
+                break;
+            }
+            continue;
+        }
+        misses = 0;
+        if v["service-uri"]
+            .as_str()
+            .is_some_and(|u| u.ends_with(&format!("/{service}")))
+        {
+            found.push(v);
+        }
+    }
+    found
 }
 
 /// The backups as listed, by tag.
@@ -85,7 +154,7 @@ fn scratch_beside(db: &Path) -> Vec<String> {
 #[test]
 fn a_sqlite_deployments_backups_are_drilled_and_a_damaged_pack_fails_its_drill() {
     let dir = tempfile::tempdir().unwrap();
-    let s = start(&dir);
+    let s = scheduled_server(dir.path(), free_port());
     let db = dir.path().join("app.sqlite");
     let app = shipping_sqlite(&s, "app", &db);
     let insert = |from: i64, to: i64| {
@@ -103,7 +172,7 @@ fn a_sqlite_deployments_backups_are_drilled_and_a_damaged_pack_fails_its_drill()
     // A whole second after the newest backup: a moment to drill.
     std::thread::sleep(std::time::Duration::from_millis(2100));
 
-    let job = drill(&s, "app");
+    let job = scheduled_drill(&s, "app");
     assert_eq!(job["job_status"], "Succeeded", "{job}");
     let message = job["message"].as_str().unwrap();
     println!("{message}");
@@ -244,7 +313,14 @@ fn write_rows_table(db: &Path) {
 #[test]
 fn a_postgresql_deployments_backups_are_drilled_in_copies_and_a_copy_that_will_not_start_fails_with_its_log() {
     let dir = tempfile::tempdir().unwrap();
-    let Pg { s, c } = Pg::start(dir.path(), "");
+    let clock = [
+        (
+            "STRONGBOX_TEST_CLOCK_FILE",
+            dir.path().join("clock").display().to_string(),
+        ),
+        ("STRONGBOX_SCHEDULE_CHECK_MS", "50".into()),
+    ];
+    let Pg { s, c } = Pg::start_with(dir.path(), "", &clock);
     c.psql("CREATE TABLE ticks (id int PRIMARY KEY, at timestamptz NOT NULL)");
     let rows = "SELECT coalesce(md5(string_agg(id || '@' || at, ',' ORDER BY id)), '') FROM ticks";
     write_ticks(c.port, 1, 100, 1000);
@@ -255,7 +331,7 @@ fn a_postgresql_deployments_backups_are_drilled_in_copies_and_a_copy_that_will_n
     let live = c.psql(rows);
     std::thread::sleep(std::time::Duration::from_millis(2100));
 
-    let job = drill(&s, "pg");
+    let job = scheduled_drill(&s, "pg");
     assert_eq!(job["job_status"], "Succeeded", "{job}\n{}", c.log());
     println!("{}", job["message"]);
     let listed = backups(&s, "pg");
@@ -348,7 +424,7 @@ fn a_logical_postgresql_deployments_backups_are_drilled_in_a_scratch_database() 
 #[test]
 fn a_command_deployments_backup_is_drilled_with_its_check_command() {
     let dir = tempfile::tempdir().unwrap();
-    let s = start(&dir);
+    let s = scheduled_server(dir.path(), free_port());
     let live = format!("sb_drill_cmd_{}", std::process::id());
     maria(&format!(
         "DROP DATABASE IF EXISTS {live}; DROP DATABASE IF EXISTS {live}_strongbox_drill; CREATE DATABASE {live}; \
@@ -367,7 +443,7 @@ fn a_command_deployments_backup_is_drilled_with_its_check_command() {
     }});
     register(&s, "shop", reg);
     let tag = back_up(&s, "shop");
-    let job = drill(&s, "shop");
+    let job = scheduled_drill(&s, "shop");
     assert_eq!(job["job_status"], "Succeeded", "{job}");
     let b = &backups(&s, "shop")[&tag];
     assert_eq!(b["verifyStatus"], "OK", "{b}");

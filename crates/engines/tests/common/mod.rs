@@ -68,6 +68,7 @@ impl Repo {
                 log: &|m| log.lock().unwrap().push(m),
                 wal: None,
                 shipper: None,
+                drill: false,
             };
             let result = engine
                 .recover(&files, &RecoveryTarget::Backup { position: None }, &cx)
