@@ -114,9 +114,19 @@ fn outage(s: &Server, catalog: &strongbox_testkit::Cluster, location: &str) {
         "the pushed WAL, byte for byte"
     );
     println!("WAL pushed and fetched {:?} into the outage", stopped.elapsed());
+    let (answers, unavailable) = answered_within_a_second(s, &urls, stopped + Duration::from_secs(10));
+    ctl("start");
+    assert!(unavailable > answers / 2, "{unavailable} of {answers} were 503");
+}
+
+/// Asks `urls` and the health check every 100 ms until `until`, the
+/// catalog down: each answered within a second, 200 or 503 with
+/// `Retry-After` and words naming the catalog, the health check 503 at
+/// least once. How many were asked, and answered 503.
+fn answered_within_a_second(s: &Server, urls: &[String], until: Instant) -> (u32, u32) {
     let (mut answers, mut unavailable, mut slowest) = (0, 0, Duration::ZERO);
     let mut health_named_catalog = false;
-    while stopped.elapsed() < Duration::from_secs(10) {
+    while Instant::now() < until {
         for url in urls.iter().cloned().chain([s.url("/strongbox/health")]) {
             let asked = Instant::now();
             let (status, h, body) = s.curl(&[&AUTH[..], &["--max-time", "5", &url]].concat());
@@ -137,10 +147,113 @@ fn outage(s: &Server, catalog: &strongbox_testkit::Cluster, location: &str) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    ctl("start");
     println!("{answers} requests while the catalog was down: {unavailable} answered 503, the slowest in {slowest:?}");
-    assert!(unavailable > answers / 2, "{unavailable} of {answers} were 503");
     assert!(health_named_catalog, "the health check never named the catalog");
+    (answers, unavailable)
+}
+
+/// Catalog down × prune: seven backups of `notes` (each a different
+/// text), six deleted one by one, the catalog stopped for 3 s a seeded
+/// 0–150 ms after each deletion is accepted, so that the outage begins
+/// before, during or after its expire job's forget and prune. Requests
+/// answer within a second; every deletion's job ends `Succeeded` (taken
+/// again after the outage where it had to be); the repository holds the
+/// snapshots of exactly the backups listed; `check --read-data` is clean;
+/// the backup left restores exactly.
+#[test]
+fn backups_deleted_while_the_catalog_stops_are_gone_and_the_rest_restore() {
+    let seed = strongbox_testkit::fresh_seed();
+    let (_root, catalog, data, s) = notes("cat", "cat >");
+    let ctl = |a: &str| strongbox_testkit::as_postgres(&catalog.ctl(a));
+    let listed = || -> Vec<String> {
+        let (_, list) = s.json(&[&s.url(&format!("{API}/notes/backups"))]);
+        let mut tags: Vec<String> = list["backupList"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["dbTag"].as_str().unwrap().to_string())
+            .collect();
+        tags.sort();
+        tags
+    };
+    let in_repository = || -> Vec<String> {
+        let out = s.repo_cli(&["--json", "snapshots"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut tags: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["tags"][0].as_str().unwrap().to_string())
+            .collect();
+        tags.sort();
+        tags
+    };
+    let mut last = serde_json::Value::Null;
+    for i in 1..=7 {
+        std::fs::write(&data, format!("the notes, version {i}\n")).unwrap();
+        last = post_until_accepted(&s, &format!("{API}/notes/backups"), "{}");
+    }
+    // The newest is kept.
+    let (_, list) = s.json(&[&s.url(&format!("{API}/notes/backups"))]);
+    let newest = list["backupList"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["jobId"] == last["job_id"]);
+    let kept = newest.unwrap()["dbTag"].as_str().unwrap().to_string();
+    let tags: Vec<String> = listed().into_iter().filter(|t| *t != kept).collect();
+    assert_eq!(tags.len(), 6);
+    let mut x = seed | 1;
+    let mut during = 0;
+    for tag in tags {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let delay = Duration::from_millis(x % 150);
+        let url = s.url(&format!("{API}/notes/backups/{tag}"));
+        let (status, h, body) = s.curl(&[&AUTH[..], &["-X", "DELETE", &url]].concat());
+        assert_eq!(status, "HTTP/2 202", "{body}");
+        let location = header(&h, "location").to_string();
+        std::thread::sleep(delay);
+        let (_, before) = s.json(&[&location]);
+        ctl("stop");
+        let stopped = Instant::now();
+        answered_within_a_second(&s, std::slice::from_ref(&location), stopped + Duration::from_secs(3));
+        ctl("start");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let done = loop {
+            let (_, v) = s.json(&[&location]);
+            if v["job_status"] == "Succeeded" || v["job_status"] == "Failed" {
+                break v;
+            }
+            assert!(Instant::now() < deadline, "seed {seed}: {v}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        println!(
+            "{tag}: the catalog stopped {delay:?} after the deletion was accepted (job {}), ended {}: {}",
+            before["job_status"], done["job_status"], done["message"]
+        );
+        during += (before["job_status"] == "In Progress") as u32;
+        assert_eq!(done["job_status"], "Succeeded", "seed {seed}: {done}");
+        assert!(!listed().contains(&tag), "seed {seed}: {tag} still listed");
+        assert_eq!(
+            in_repository(),
+            listed(),
+            "seed {seed}: the repository holds what is listed"
+        );
+    }
+    println!("seed {seed}: {during} of 6 outages began while the expire job ran");
+    assert_eq!(listed(), [kept.clone()]);
+    let out = s.repo_cli(&["check", "--read-data"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    std::fs::write(&data, "overwritten\n").unwrap();
+    post_until_accepted(
+        &s,
+        &format!("{API}/notes/backups/recovery"),
+        &format!(r#"{{"tag": "{kept}"}}"#),
+    );
+    assert_eq!(std::fs::read_to_string(&data).unwrap(), "the notes, version 7\n");
 }
 
 #[test]

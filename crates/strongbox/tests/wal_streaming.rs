@@ -23,16 +23,7 @@ fn a_server_and_its_disk_lost_lose_at_most_the_last_second_of_commits() {
     let config = pg.url("/backups/config");
     let (status, v) = pg.s.archive_continuously("pg");
     assert_eq!(status, "HTTP/2 200", "{v}");
-    // The receiver is streaming from its slot.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while pg
-        .c
-        .psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'strongbox_%' AND active")
-        != "1"
-    {
-        assert!(Instant::now() < deadline, "no receiver streaming:\n{}", pg.c.log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    streaming_from_its_slot(&pg, true);
     // The instance says it streams, and how much WAL its slot keeps on the
     // database server (a segment at most while the receiver keeps up);
     // `/metrics` too.
@@ -96,11 +87,7 @@ fn a_server_and_its_disk_lost_lose_at_most_the_last_second_of_commits() {
     );
     let slots = "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'strongbox_%'";
     // Streaming goes on from the recovered server (a new slot there) ...
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while pg.c.psql(&format!("{slots} AND active")) != "1" {
-        assert!(Instant::now() < deadline, "no receiver on the recovered server");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    streaming_from_its_slot(&pg, true);
     // ... until it is turned off: the slot goes with it (left, it would
     // keep WAL on the database's disk for ever).
     let (status, v) =
@@ -358,16 +345,7 @@ fn a_timeline_switch_then_a_loss_recovers_the_new_timelines_tail() {
     let job = pg.recover(&format!(r#"{{"tag": "{tag}"}}"#));
     assert_eq!(job["job_status"], "Succeeded", "{job}");
     assert_eq!(pg.c.psql("SELECT timeline_id FROM pg_control_checkpoint()"), "2");
-    let active = "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'strongbox_%' AND active";
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while pg.c.psql(active) != "1" {
-        assert!(
-            Instant::now() < deadline,
-            "no receiver on the recovered server:\n{}",
-            pg.c.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    streaming_from_its_slot(&pg, true);
 
     let committed = commit_ticks(&pg, 1..=60);
     let before = pg.c.psql(ROWS);
@@ -389,6 +367,66 @@ fn a_timeline_switch_then_a_loss_recovers_the_new_timelines_tail() {
         activity.contains("timeline 2") && activity.contains("replay reads the tail streamed of it"),
         "{activity}"
     );
+}
+
+/// SIGKILL of the Strongbox server while its receiver streams: the
+/// receiver (`pg_receivewal`) dies with it within seconds (its slot
+/// inactive); 30 transactions commit while the server is down, their WAL
+/// kept by the slot; started again, the server's receiver resumes from the
+/// slot; 30 more commit; then the database server and its disk are lost.
+/// `latest` brings back exactly the first N rows, N at least every row
+/// committed a second before the loss: those of the outage among them.
+#[test]
+fn a_server_killed_while_streaming_resumes_from_its_slot_without_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pg = Pg::start(dir.path(), "");
+    let (status, v) = pg.s.archive_continuously("pg");
+    assert_eq!(status, "HTTP/2 200", "{v}");
+    streaming_from_its_slot(&pg, true);
+    pg.c.psql("CREATE TABLE ticks (id int PRIMARY KEY, at timestamptz NOT NULL)");
+    pg.backup();
+    let mut committed = commit_ticks(&pg, 1..=30);
+    pg.s.child.kill().unwrap(); // SIGKILL
+    pg.s.child.wait().unwrap();
+    streaming_from_its_slot(&pg, false);
+    committed.extend(commit_ticks(&pg, 31..=60));
+    pg.s.restart();
+    streaming_from_its_slot(&pg, true);
+    committed.extend(commit_ticks(&pg, 61..=90));
+    let before = pg.c.psql(ROWS);
+    let lost_at = Instant::now();
+    pg.crash();
+    std::fs::remove_dir_all(&pg.c.data).unwrap();
+
+    let job = pg.recover(r#"{"latest": true}"#);
+    assert_eq!(job["job_status"], "Succeeded", "{job}\n{}", pg.c.log());
+    let back = exact_prefix(&before, &pg.c.psql(ROWS));
+    let before_last_second = a_second_before(&committed, lost_at);
+    println!(
+        "{back} of 90 transactions came back (31-60 committed while Strongbox was down); {before_last_second} had \
+         been committed more than 1 s before the loss"
+    );
+    assert!(
+        back >= before_last_second && back >= 60,
+        "{back} < {before_last_second}:\n{}",
+        pg.activity(&job)
+    );
+}
+
+/// Waits (30 s at most) until a receiver streams from the deployment's
+/// slot (`active`), or none does.
+fn streaming_from_its_slot(pg: &Pg, active: bool) {
+    let query = "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'strongbox_%' AND active";
+    let wanted = if active { "1" } else { "0" };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg.c.psql(query) != wanted {
+        assert!(
+            Instant::now() < deadline,
+            "active receivers never {wanted}:\n{}",
+            pg.c.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Every row of `ticks` as committed (ids and commit times, in order).
