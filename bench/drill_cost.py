@@ -24,8 +24,8 @@ pgBackRest full backup; each round times
     every table counted, stopped, removed).
 The drill does more than the peer (amcheck, counts); both are printed.
 
-Usage: drill_cost.py WORKDIR [--sqlite-mib 1024] [--scale 140] [--runs 3]
-       [--only sqlite|postgresql]
+Usage: drill_cost.py WORKDIR [--sqlite-mib 1024] [--three-indexes] [--scale 140]
+       [--runs 3] [--only sqlite|postgresql]
 (`bench/drill_cost.sh` installs pgBackRest and builds Strongbox first.)
 """
 import argparse
@@ -42,12 +42,13 @@ from pg_bench import BIN, Cluster, Strongbox, as_pg, free_port, rotated, sh, tim
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def sqlite_rounds(work, mib, runs):
+def sqlite_rounds(work, mib, runs, three_indexes):
     data = os.path.join(work, "sqlite")
     os.makedirs(data, exist_ok=True)
-    db = os.path.join(data, f"orders-{mib}.db")
+    shape = ["--three-indexes"] if three_indexes else []
+    db = os.path.join(data, f"orders-{mib}{'-3i' if three_indexes else ''}.db")
     if not os.path.exists(db):
-        subprocess.check_call([sys.executable, os.path.join(HERE, "sqlite_data.py"), "create", db, str(mib)])
+        subprocess.check_call([sys.executable, os.path.join(HERE, "sqlite_data.py"), "create", db, str(mib)] + shape)
     sb = Strongbox(work, None, sqlite=db)
     rounds = []
     try:
@@ -147,13 +148,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("work")
     ap.add_argument("--sqlite-mib", type=int, default=1024)
+    ap.add_argument("--three-indexes", action="store_true",
+                    help="the second SQLite data set: indexes on email, (customer, city) and UNIQUE token")
     ap.add_argument("--scale", type=int, default=140)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--only", choices=["sqlite", "postgresql"])
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
     if args.only in (None, "sqlite"):
-        sqlite_rounds(args.work, args.sqlite_mib, args.runs)
+        sqlite_rounds(args.work, args.sqlite_mib, args.runs, args.three_indexes)
     if args.only in (None, "postgresql"):
         postgresql_rounds(args.work, args.scale, args.runs)
 

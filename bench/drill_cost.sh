@@ -2,7 +2,7 @@
 # What a restore drill costs next to a plain restore (issue 31): SQLite
 # (drill vs recovery into a copy) and PostgreSQL (drill vs pgBackRest
 # restoring the same backup into a new path).
-# Usage: bench/drill_cost.sh [WORKDIR] [--sqlite-mib N] [--scale N] [--runs N] [--only sqlite|postgresql]
+# Usage: bench/drill_cost.sh [WORKDIR] [--sqlite-mib N] [--three-indexes] [--scale N] [--runs N] [--only sqlite|postgresql]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v pgbackrest >/dev/null; then

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Benchmark data: a SQLite database of realistic rows, and a ~1 % change.
 
-  sqlite_data.py create DB SIZE_MIB   # orders with customers, text, numbers, dates, an index
+  sqlite_data.py create DB SIZE_MIB [--three-indexes]
+                                      # orders with customers, text, numbers, dates, an index
+                                      # (or three: email, (customer, city), UNIQUE token)
   sqlite_data.py change DB [RANGES]   # update RANGES (100) random row ranges, ~1 % of pages
 
 Deterministic (seeded), so every tool in a run sees the same bytes.
@@ -36,7 +38,7 @@ def row(rng, i):
     )
 
 
-def create(path, size_mib):
+def create(path, size_mib, three_indexes=False):
     if os.path.exists(path):
         os.remove(path)
     db = sqlite3.connect(path)
@@ -46,6 +48,9 @@ def create(path, size_mib):
     db.execute("""CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT, email TEXT, city TEXT,
                   status TEXT, amount REAL, quantity INTEGER, created_at TEXT, note TEXT, token TEXT)""")
     db.execute("CREATE INDEX orders_email ON orders(email)")
+    if three_indexes:
+        db.execute("CREATE INDEX orders_customer ON orders(customer, city)")
+        db.execute("CREATE UNIQUE INDEX orders_token ON orders(token)")
     rng = random.Random(42)
     target = size_mib * 1024 * 1024
     i = 0
@@ -78,7 +83,7 @@ def change(path, ranges=100):
 
 if __name__ == "__main__":
     if sys.argv[1] == "create":
-        create(sys.argv[2], int(sys.argv[3]))
+        create(sys.argv[2], int(sys.argv[3]), "--three-indexes" in sys.argv[4:])
     elif sys.argv[1] == "change":
         change(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 100)
     else:

@@ -47,6 +47,13 @@ pub(super) fn check(path: &Path) -> Result<Vec<(String, i64)>, String> {
             Entries,
         )
         .map_err(|e| format!("{ENTRIES}: {e}"))?;
+        c.create_aggregate_function(
+            SUM,
+            1,
+            FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+            WrappingSum,
+        )
+        .map_err(|e| format!("{SUM}: {e}"))?;
         Ok::<_, String>(c)
     };
     let quick = open()?;
@@ -188,38 +195,44 @@ fn entries_of(columns: &[String]) -> String {
 }
 
 /// An index's entries (its columns and rowid, read from the index alone);
-/// a UNIQUE one's keys must not repeat.
+/// a UNIQUE one's keys must not repeat, found in the same pass: its
+/// entries summed per key (grouped as the index orders them, so by its
+/// collations) and the keys held more than once counted: one pass over
+/// the index, not a scan and then a GROUP BY (alone, 0.42 s and 0.65 s
+/// over a 2.7 M-row index).
 fn index_sum(c: &Connection, table: &str, index: &Index) -> Result<Sum, String> {
     let failed = |e: rusqlite::Error| format!("reading index {}: {e}", index.name);
     let (t, i) = (crate::quoted(table), crate::quoted(&index.name));
-    let sql = format!(
-        "SELECT {}, count(*) FROM {t} INDEXED BY {i}",
-        entries_of(&index.columns)
-    );
-    let found = c
-        .query_row(&sql, [], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
-        .map_err(failed)?;
-    if index.unique {
-        let columns: Vec<String> = index.columns.iter().map(|c| crate::quoted(c)).collect();
-        let not_null: Vec<String> = columns.iter().map(|c| format!("{c} IS NOT NULL")).collect();
-        let sql = format!(
-            "SELECT count(*) FROM (SELECT 1 FROM {t} INDEXED BY {i} WHERE {} GROUP BY {} HAVING count(*) > 1)",
-            not_null.join(" AND "),
-            columns.join(", ")
-        );
-        let twice: i64 = c.query_row(&sql, [], |r| r.get(0)).map_err(failed)?;
-        if twice > 0 {
-            return Err(format!(
-                "UNIQUE index {} holds {twice} key(s) more than once",
-                index.name
-            ));
-        }
+    let entries = entries_of(&index.columns);
+    if !index.unique {
+        let sql = format!("SELECT {entries}, count(*) FROM {t} INDEXED BY {i}");
+        return c
+            .query_row(&sql, [], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+            .map_err(failed);
     }
-    Ok(found)
+    let columns: Vec<String> = index.columns.iter().map(|c| crate::quoted(c)).collect();
+    let null: Vec<String> = columns.iter().map(|c| format!("{c} IS NULL")).collect();
+    let sql = format!(
+        "SELECT {SUM}(h), coalesce(sum(n), 0), count(*) FILTER (WHERE n > 1 AND NOT null_key) FROM \
+         (SELECT {entries} AS h, count(*) AS n, ({}) AS null_key FROM {t} INDEXED BY {i} GROUP BY {})",
+        null.join(" OR "),
+        columns.join(", ")
+    );
+    let (sum, entries, twice): (i64, i64, i64) = c
+        .query_row(&sql, [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .map_err(failed)?;
+    if twice > 0 {
+        return Err(format!(
+            "UNIQUE index {} holds {twice} key(s) more than once",
+            index.name
+        ));
+    }
+    Ok((sum as u64, entries))
 }
 
-/// The name the check's connections know `Entries` by.
+/// The names the check's connections know `Entries` and `WrappingSum` by.
 const ENTRIES: &str = "strongbox_entries";
+const SUM: &str = "strongbox_sum";
 
 /// `strongbox_entries(value, …)`: the sum (wrapping) of each row's hash of
 /// its arguments, a multiset of entries, computed within SQLite's scan:
@@ -238,6 +251,25 @@ impl Aggregate<u64, i64> for Entries {
             h = hash_value(h, ctx.get_raw(i));
         }
         *sum = sum.wrapping_add(finish(h));
+        Ok(())
+    }
+
+    fn finalize(&self, _: &mut Context<'_>, sum: Option<u64>) -> rusqlite::Result<i64> {
+        Ok(sum.unwrap_or(0) as i64)
+    }
+}
+
+/// `strongbox_sum(integer)`: a sum that wraps (of `Entries`' sums), where
+/// SQLite's `sum` fails on overflow.
+struct WrappingSum;
+
+impl Aggregate<u64, i64> for WrappingSum {
+    fn init(&self, _: &mut Context<'_>) -> rusqlite::Result<u64> {
+        Ok(0)
+    }
+
+    fn step(&self, ctx: &mut Context<'_>, sum: &mut u64) -> rusqlite::Result<()> {
+        *sum = sum.wrapping_add(ctx.get::<i64>(0)? as u64);
         Ok(())
     }
 
