@@ -48,9 +48,10 @@ use common::*;
 /// bytes into 16 MiB): the job fails and its message says so once, naming
 /// the object ("the repository's disk is full (…): no space left on
 /// device", not the OS error four times); the repository checks clean;
-/// once there is room the next backup succeeds and restores exactly.
+/// once there is room the next backup succeeds; the disk full again to
+/// its last byte, the server's recovery job restores it exactly.
 #[test]
-fn a_full_repository_disk_fails_the_backup_in_one_sentence_and_damages_nothing() {
+fn a_full_repository_disk_fails_the_backup_in_one_sentence_damages_nothing_and_recovers() {
     let root = tempfile::tempdir().unwrap();
     let disk = Tmpfs::mount(&root.path().join("disk"), "16m");
     let repository = disk.0.join("repository");
@@ -105,6 +106,20 @@ fn a_full_repository_disk_fails_the_backup_in_one_sentence_and_damages_nothing()
     let (_, list) = s.json(&[&url]);
     let tag = list["backupList"][0]["dbTag"].as_str().unwrap().to_string();
     assert_eq!(list["backupList"][0]["status"], "COMPLETED", "{job}");
+    // Full again, to the last byte: the server's recovery job reads the
+    // repository and writes nothing there.
+    let filled = std::process::Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            &format!("of={}", disk.0.join("filler").display()),
+            "bs=1M",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&filled.stderr).contains("No space left on device"),
+        "{filled:?}"
+    );
     post_until_accepted(
         &s,
         &format!("{API}/blob/backups/recovery"),
@@ -112,7 +127,7 @@ fn a_full_repository_disk_fails_the_backup_in_one_sentence_and_damages_nothing()
     );
     assert!(
         std::fs::read(&restored).unwrap() == std::fs::read(&data).unwrap(),
-        "restored byte for byte"
+        "restored byte for byte from a full disk"
     );
     drop(s);
 }
