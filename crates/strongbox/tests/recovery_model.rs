@@ -1,6 +1,6 @@
 //! Recoveries checked against a model, in long sequences: a real cluster
 //! archives its WAL through a real server; seeded random operations commit
-//! rows, take base backups, recover by `latest`, `tag`, `timestamp` and
+//! rows, take base backups (half of them while a writer commits), recover by `latest`, `tag`, `timestamp` and
 //! `scn` through the API (targets drawn from remembered moments, including
 //! moments before earlier recoveries and on abandoned timelines), restart
 //! PostgreSQL or Strongbox, lose Strongbox's catalog (rebuilt from the
@@ -239,6 +239,9 @@ struct Run {
     /// were found (issue 30), so that those seeds still replay the same
     /// sequence of the others.
     extra: Rng,
+    /// Draws for backups taken while the application commits (issue 30),
+    /// apart so that `extra`'s sequences stay those they were.
+    writer: Rng,
 }
 
 const TICKS: &str = "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM ticks";
@@ -264,6 +267,7 @@ impl Run {
             log: String::new(),
             seed,
             extra: Rng(seed ^ 0x0030_0030),
+            writer: Rng(seed ^ 0x0030_0031),
         }
     }
 
@@ -346,7 +350,105 @@ impl Run {
 
     fn backup(&mut self) {
         let item = self.pg.backup();
-        self.record_backup(item);
+        let rows = self.model.rows_of(self.model.current, |_| true);
+        self.record_backup(item, rows);
+    }
+
+    /// A backup while the application commits: a writer commits a row
+    /// every 20 ms on its own connection from before the backup is asked
+    /// for until it has completed. The backup holds the rows whose commit
+    /// record precedes its stop position: those whose WAL position after
+    /// the commit is at or before it, none whose position before the
+    /// commit is at or after it, and a commit straddling it as
+    /// `pg_waldump` places its record.
+    fn backup_while_committing(&mut self) {
+        let url = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.pg.c.port);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let first = self.model.next_id;
+        let writer = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                let mut rows = Vec::new();
+                let mut id = first;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let mut tx = c.transaction().unwrap();
+                    tx.execute("INSERT INTO ticks VALUES ($1)", &[&id]).unwrap();
+                    let r = tx
+                        .query_one(
+                            "SELECT clock_timestamp(), txid_current()::text, pg_current_wal_insert_lsn()::text",
+                            &[],
+                        )
+                        .unwrap();
+                    let (time, xid, before): (std::time::SystemTime, String, String) = (r.get(0), r.get(1), r.get(2));
+                    tx.commit().unwrap();
+                    let after: String = c.query_one("SELECT pg_current_wal_lsn()::text", &[]).unwrap().get(0);
+                    rows.push((
+                        id,
+                        time,
+                        xid,
+                        before.parse::<Lsn>().unwrap(),
+                        after.parse::<Lsn>().unwrap(),
+                    ));
+                    id += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                rows
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        let item = self.pg.backup();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let written = writer.join().unwrap();
+        let at: Lsn = item["scn"].as_str().unwrap().parse().unwrap();
+        let mut straddling = 0;
+        let mut held = Vec::new();
+        for (id, time, xid, before, after) in written {
+            let inside = if after <= at {
+                true
+            } else if before >= at {
+                false
+            } else {
+                straddling += 1;
+                self.commit_record(&xid, before, after) < at
+            };
+            if inside {
+                held.push(id);
+            }
+            let current = self.model.current;
+            self.model.timelines.get_mut(&current).unwrap().rows.push(Row {
+                id,
+                time: time.into(),
+                lsn: after,
+            });
+            self.model.next_id = id + 1;
+        }
+        self.note(format!(
+            "commit rows {first}-{} while a backup runs ({} before its stop, {straddling} straddling it)",
+            self.model.next_id - 1,
+            held.len()
+        ));
+        let mut rows = self.model.rows_of(self.model.current, |r| r.id < first);
+        rows.extend(held);
+        rows.sort();
+        self.record_backup(item, rows);
+    }
+
+    /// Where transaction `xid`'s commit record begins, between `from` and
+    /// `to`, as `pg_waldump` reads the live server's `pg_wal`.
+    fn commit_record(&self, xid: &str, from: Lsn, to: Lsn) -> Lsn {
+        let out = strongbox_testkit::sh(&format!(
+            "{}/pg_waldump -p {} -s {from} -e {to} -r Transaction 2>&1 || true",
+            strongbox_testkit::PG_BIN,
+            self.pg.c.data.join("pg_wal").display()
+        ));
+        let tx = format!("tx: {xid},");
+        let line = out
+            .lines()
+            .find(|l| l.split_whitespace().collect::<Vec<_>>().join(" ").contains(&tx) && l.contains("COMMIT"))
+            .unwrap_or_else(|| self.fail(format!("no commit record of {xid} in {from}-{to}:\n{out}")));
+        let lsn = line.split("lsn: ").nth(1).and_then(|r| r.split(',').next()).unwrap();
+        lsn.trim().parse().unwrap()
     }
 
     /// A recovery asked while a backup runs: refused (409, one job per
@@ -369,10 +471,12 @@ impl Run {
         self.note(format!("recover {{\"latest\": true}} during a backup: 409 ({message})"));
         self.pg.s.wait_for(&location, "Succeeded");
         let (_, list) = self.pg.s.json(&[&self.pg.url("/backups")]);
-        self.record_backup(list["backupList"][0].clone());
+        let rows = self.model.rows_of(self.model.current, |_| true);
+        self.record_backup(list["backupList"][0].clone(), rows);
     }
 
-    fn record_backup(&mut self, item: serde_json::Value) {
+    /// A completed backup (`item` as listed) holding `rows`.
+    fn record_backup(&mut self, item: serde_json::Value, rows: Vec<i32>) {
         let stop: Lsn = item["scn"].as_str().unwrap().parse().unwrap();
         // Its last segment archived: the API counts it as a base backup then.
         let segment = self.pg.c.psql(&format!("SELECT pg_walfile_name('{stop}')"));
@@ -381,7 +485,7 @@ impl Run {
             tag: item["dbTag"].as_str().unwrap().to_string(),
             timeline: item["timeline"].as_u64().unwrap() as u32,
             stop,
-            rows: self.model.rows_of(self.model.current, |_| true),
+            rows,
             completed: OffsetDateTime::now_utc(),
             forgotten: false,
         };
@@ -741,6 +845,7 @@ impl Run {
         match rng.below(22) {
             0..=4 => self.commit(1 + rng.below(12)),
             5..=7 => self.mark(),
+            8 | 9 if self.writer.chance(50) => self.backup_while_committing(),
             8 | 9 => self.backup(),
             10..=14 => self.random_recovery(rng),
             15 => {
