@@ -177,19 +177,8 @@ fn backups_deleted_while_the_catalog_stops_are_gone_and_the_rest_restore() {
         tags.sort();
         tags
     };
-    let in_repository = || -> Vec<String> {
-        let out = s.repo_cli(&["--json", "snapshots"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let mut tags: Vec<String> = v
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["tags"][0].as_str().unwrap().to_string())
-            .collect();
-        tags.sort();
-        tags
-    };
+    let data_dir = s.dir.join("data");
+    let in_repository = || s.snapshot_tags(&data_dir.join("repository"), &data_dir.join("repository.password"));
     let mut last = serde_json::Value::Null;
     for i in 1..=7 {
         std::fs::write(&data, format!("the notes, version {i}\n")).unwrap();

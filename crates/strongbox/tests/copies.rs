@@ -601,19 +601,8 @@ fn each_copy_keeps_backups_by_its_own_recovery_window() {
     let (long_password, short_password) = (password("long"), password("short"));
     let primary_password = root.path().join("primary.password");
     std::fs::write(&primary_password, "the primary's password").unwrap();
-    let snapshot_tags = |repository: &std::path::Path, password: &std::path::Path| {
-        let out = s.repo_cli_on(repository, password, &["--json", "snapshots"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let mut tags: Vec<String> = v
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["tags"][0].as_str().unwrap().to_string())
-            .collect();
-        tags.sort();
-        tags
-    };
+    let snapshot_tags =
+        |repository: &std::path::Path, password: &std::path::Path| s.snapshot_tags(repository, password);
     // On day 4, a 1-day window needs day 3 (the newest by its start) and day 4.
     assert_eq!(snapshot_tags(&long, &long_password), tags);
     assert_eq!(snapshot_tags(&short, &short_password), tags[2..]);

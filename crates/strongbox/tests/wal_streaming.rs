@@ -348,16 +348,8 @@ fn a_timeline_switch_then_a_loss_recovers_the_new_timelines_tail() {
     streaming_from_its_slot(&pg, true);
 
     let committed = commit_ticks(&pg, 1..=60);
-    let before = pg.c.psql(ROWS);
-    let lost_at = Instant::now();
-    pg.crash();
-    std::fs::remove_dir_all(&pg.c.data).unwrap();
-
-    let job = pg.recover(r#"{"latest": true}"#);
-    assert_eq!(job["job_status"], "Succeeded", "{job}\n{}", pg.c.log());
+    let (job, back, before_last_second) = lose_and_recover_latest(&pg, &committed);
     let activity = pg.activity(&job);
-    let back = exact_prefix(&before, &pg.c.psql(ROWS));
-    let before_last_second = a_second_before(&committed, lost_at);
     println!(
         "timeline 2: {back} of 60 transactions came back; {before_last_second} had been committed more than 1 s \
          before the loss"
@@ -393,15 +385,7 @@ fn a_server_killed_while_streaming_resumes_from_its_slot_without_a_gap() {
     pg.s.restart();
     streaming_from_its_slot(&pg, true);
     committed.extend(commit_ticks(&pg, 61..=90));
-    let before = pg.c.psql(ROWS);
-    let lost_at = Instant::now();
-    pg.crash();
-    std::fs::remove_dir_all(&pg.c.data).unwrap();
-
-    let job = pg.recover(r#"{"latest": true}"#);
-    assert_eq!(job["job_status"], "Succeeded", "{job}\n{}", pg.c.log());
-    let back = exact_prefix(&before, &pg.c.psql(ROWS));
-    let before_last_second = a_second_before(&committed, lost_at);
+    let (job, back, before_last_second) = lose_and_recover_latest(&pg, &committed);
     println!(
         "{back} of 90 transactions came back (31-60 committed while Strongbox was down); {before_last_second} had \
          been committed more than 1 s before the loss"
@@ -411,6 +395,21 @@ fn a_server_killed_while_streaming_resumes_from_its_slot_without_a_gap() {
         "{back} < {before_last_second}:\n{}",
         pg.activity(&job)
     );
+}
+
+/// The loss: the rows as committed read at once, the server killed and
+/// its data directory deleted; then `latest`, which must succeed. The job,
+/// how many rows came back (exactly the first ones, as committed), and how
+/// many of `committed` returned more than a second before the loss.
+fn lose_and_recover_latest(pg: &Pg, committed: &[Instant]) -> (serde_json::Value, usize, usize) {
+    let before = pg.c.psql(ROWS);
+    let lost_at = Instant::now();
+    pg.crash();
+    std::fs::remove_dir_all(&pg.c.data).unwrap();
+    let job = pg.recover(r#"{"latest": true}"#);
+    assert_eq!(job["job_status"], "Succeeded", "{job}\n{}", pg.c.log());
+    let back = exact_prefix(&before, &pg.c.psql(ROWS));
+    (job, back, a_second_before(committed, lost_at))
 }
 
 /// Waits (30 s at most) until a receiver streams from the deployment's

@@ -279,6 +279,22 @@ impl Server {
         self.repo_cli_on(&data.join("repository"), &data.join("repository.password"), args)
     }
 
+    /// The tags of the snapshots the repository at `repository` holds,
+    /// sorted (`repo --json snapshots`).
+    pub fn snapshot_tags(&self, repository: &Path, password_file: &Path) -> Vec<String> {
+        let out = self.repo_cli_on(repository, password_file, &["--json", "snapshots"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut tags: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["tags"][0].as_str().unwrap().to_string())
+            .collect();
+        tags.sort();
+        tags
+    }
+
     /// `strongbox repo ARGS` on the repository at `repository` (a copy, say).
     pub fn repo_cli_on(&self, repository: &Path, password_file: &Path, args: &[&str]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_strongbox"))
