@@ -79,7 +79,13 @@ impl Service {
                 Ok(j)
             }
             Started::Busy(running) => Err(Error::Conflict(format!(
-                "a {} of {deployment} is already in progress (job {}); {}",
+                "{} {} of {deployment} is already in progress (job {}); {}",
+                // "an expire", "a backup"
+                if running.operation.as_str().starts_with(['a', 'e', 'i', 'o', 'u']) {
+                    "an"
+                } else {
+                    "a"
+                },
                 running.operation,
                 running.id,
                 match operation {

@@ -1,6 +1,6 @@
 //! Recoveries checked against a model, in long sequences: a real cluster
 //! archives its WAL through a real server; seeded random operations commit
-//! rows, take base backups (half of them while a writer commits), recover by `latest`, `tag`, `timestamp` and
+//! changes (INSERT, UPDATE and DELETE of one row each), take base backups (half of them while a writer commits), recover by `latest`, `tag`, `timestamp` and
 //! `scn` through the API (targets drawn from remembered moments, including
 //! moments before earlier recoveries and on abandoned timelines), restart
 //! PostgreSQL or Strongbox, lose Strongbox's catalog (rebuilt from the
@@ -8,10 +8,10 @@
 //! database (also with a tail of commits only streamed, issue 29), corrupt or delete its files, and delete
 //! backups (through the API: expire jobs prune the
 //! repository and the WAL archive; or `forget` + `prune` with the
-//! repository CLI). A model of the committed rows of
+//! repository CLI). A model of the committed changes of
 //! every timeline predicts, for each recovery request, either exactly the
-//! rows the recovered database must hold or a refusal; each result is
-//! compared with it.
+//! rows the recovered database must hold (ids and values, compared in id
+//! order) or a refusal; each result is compared with it.
 //!
 //! The model's rules are the API's contract:
 //! - `latest`: every committed row of the current history (complete
@@ -46,11 +46,26 @@ use strongbox_engines::pitr::Lsn;
 use strongbox_testkit::as_postgres;
 use time::OffsetDateTime;
 
+/// One committed change to a row of `ticks`: inserted or updated to
+/// `value`, or deleted (`None`).
 #[derive(Clone, Debug)]
-struct Row {
+struct Change {
     id: i32,
+    value: Option<i64>,
     time: OffsetDateTime,
+    /// The WAL position after its commit.
     lsn: Lsn,
+}
+
+/// The rows a database holds: id → value.
+type State = BTreeMap<i32, i64>;
+
+/// A moment of a timeline's history: after its first `changes` changes
+/// (changes are kept in commit order, so that every moment is a prefix).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Point {
+    timeline: u32,
+    changes: usize,
 }
 
 #[derive(Debug)]
@@ -58,8 +73,8 @@ struct Timeline {
     parent: Option<u32>,
     /// Where it branched off its parent.
     switch: Lsn,
-    /// Every row of its history, inherited and its own.
-    rows: Vec<Row>,
+    /// Every change of its history, inherited and its own, in commit order.
+    changes: Vec<Change>,
     /// When a recovery replaced it as the live timeline.
     abandoned: Option<OffsetDateTime>,
 }
@@ -72,8 +87,8 @@ struct Mark {
     text: String,
     lsn: Lsn,
     timeline: u32,
-    /// The rows the database held then.
-    rows: Vec<i32>,
+    /// What the database held then.
+    at: Point,
 }
 
 #[derive(Debug)]
@@ -81,14 +96,15 @@ struct Base {
     tag: String,
     timeline: u32,
     stop: Lsn,
-    rows: Vec<i32>,
+    /// What it holds.
+    at: Point,
     completed: OffsetDateTime,
     forgotten: bool,
 }
 
 #[derive(Debug, PartialEq)]
 enum Outcome {
-    Rows(Vec<i32>),
+    Rows(Point),
     Refused(&'static str),
 }
 
@@ -99,12 +115,6 @@ struct Model {
     marks: Vec<Mark>,
     bases: Vec<Base>,
     next_id: i32,
-}
-
-fn ids(rows: &[Row]) -> Vec<i32> {
-    let mut v: Vec<i32> = rows.iter().map(|r| r.id).collect();
-    v.sort();
-    v
 }
 
 impl Model {
@@ -119,7 +129,7 @@ impl Model {
             Timeline {
                 parent: None,
                 switch: Lsn(0),
-                rows: Vec::new(),
+                changes: Vec::new(),
                 abandoned: None,
             },
         );
@@ -176,21 +186,44 @@ impl Model {
             .filter(move |b| !b.forgotten && self.on_path(x, b.timeline, b.stop))
     }
 
-    fn rows_of(&self, x: u32, keep: impl Fn(&Row) -> bool) -> Vec<i32> {
-        ids(&self.timelines[&x]
-            .rows
-            .iter()
-            .filter(|r| keep(r))
-            .cloned()
-            .collect::<Vec<_>>())
+    /// The moment of `x`'s history up to the last change `keep` takes
+    /// (times and positions grow with commit order: a prefix).
+    fn point(&self, x: u32, keep: impl Fn(&Change) -> bool) -> Point {
+        Point {
+            timeline: x,
+            changes: self.timelines[&x].changes.iter().take_while(|c| keep(c)).count(),
+        }
+    }
+
+    /// The current timeline's present.
+    fn now(&self) -> Point {
+        self.point(self.current, |_| true)
+    }
+
+    fn state(&self, p: Point) -> State {
+        let mut state = State::new();
+        for c in &self.timelines[&p.timeline].changes[..p.changes] {
+            match c.value {
+                Some(v) => state.insert(c.id, v),
+                None => state.remove(&c.id),
+            };
+        }
+        state
+    }
+
+    fn describe(&self, o: &Outcome) -> String {
+        match o {
+            Outcome::Rows(p) => format!("{} rows", self.state(*p).len()),
+            Outcome::Refused(why) => format!("a refusal ({why})"),
+        }
     }
 
     fn latest(&self) -> Outcome {
         if self.usable(self.current).next().is_some() {
-            return Outcome::Rows(self.rows_of(self.current, |_| true));
+            return Outcome::Rows(self.now());
         }
         match self.bases.iter().rev().find(|b| !b.forgotten) {
-            Some(b) => Outcome::Rows(b.rows.clone()),
+            Some(b) => Outcome::Rows(b.at),
             None => Outcome::Refused("no completed backup"),
         }
     }
@@ -199,7 +232,7 @@ impl Model {
         if b.forgotten {
             Outcome::Refused("no completed backup with dbTag")
         } else {
-            Outcome::Rows(b.rows.clone())
+            Outcome::Rows(b.at)
         }
     }
 
@@ -208,14 +241,14 @@ impl Model {
         if !self.usable(x).any(|b| b.completed < m.time) {
             return Outcome::Refused("before the first base backup");
         }
-        let rows = self.rows_of(x, |r| r.time <= m.time);
-        if timeline.is_none() && rows != m.rows {
+        let at = self.point(x, |c| c.time <= m.time);
+        if timeline.is_none() && self.state(at) != self.state(m.at) {
             return Outcome::Refused("\"timeline\":");
         }
         if self.timelines[&x].abandoned.is_some_and(|a| m.time > a) {
             return Outcome::Refused("after the last archived WAL");
         }
-        Outcome::Rows(rows)
+        Outcome::Rows(at)
     }
 
     fn scn(&self, lsn: Lsn, timeline: Option<u32>) -> Outcome {
@@ -223,7 +256,7 @@ impl Model {
         if !self.usable(x).any(|b| b.stop <= lsn) {
             return Outcome::Refused("before the first base backup");
         }
-        Outcome::Rows(self.rows_of(x, |r| r.lsn <= lsn))
+        Outcome::Rows(self.point(x, |c| c.lsn <= lsn))
     }
 }
 
@@ -242,9 +275,95 @@ struct Run {
     /// Draws for backups taken while the application commits (issue 30),
     /// apart so that `extra`'s sequences stay those they were.
     writer: Rng,
+    /// Draws for what each commit changes (UPDATE and DELETE besides
+    /// INSERT, issue 30).
+    changes: Rng,
+    /// Draws for recoveries racing an expire job (issue 30).
+    races: Rng,
 }
 
-const TICKS: &str = "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM ticks";
+/// A change the writer committed, its transaction's id and the WAL
+/// position before its commit.
+type Written = (Change, String, Lsn);
+
+struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(Vec<Written>, i32)>,
+}
+
+/// The table's rows, ordered, as `show` spells a model's state.
+const TICKS: &str = "SELECT coalesce(string_agg(id || '=' || v, ',' ORDER BY id), '') FROM ticks";
+
+fn show(state: &State) -> String {
+    state
+        .iter()
+        .map(|(id, v)| format!("{id}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// What one transaction of the application changes.
+enum Edit {
+    Insert(i32, i64),
+    Update(i32, i64),
+    Delete(i32),
+}
+
+impl Edit {
+    /// One drawn from `rng` over the rows `live` (kept up to date): 60 %
+    /// INSERT (of `next`, which it advances), 25 % UPDATE, 15 % DELETE.
+    fn draw(rng: &mut Rng, live: &mut Vec<i32>, next: &mut i32) -> Edit {
+        let value = (rng.next_u64() % 1_000_000) as i64;
+        let roll = rng.below(100);
+        if live.is_empty() || roll < 60 {
+            *next += 1;
+            live.push(*next - 1);
+            Edit::Insert(*next - 1, value)
+        } else if roll < 85 {
+            Edit::Update(live[rng.below(live.len())], value)
+        } else {
+            Edit::Delete(live.swap_remove(rng.below(live.len())))
+        }
+    }
+
+    /// Applies it in `tx`; the change as the model records it (time and
+    /// position to be filled in).
+    fn apply(&self, tx: &mut postgres::Transaction) -> Result<Change, postgres::Error> {
+        let (id, value, n) = match *self {
+            Edit::Insert(id, v) => (id, Some(v), tx.execute("INSERT INTO ticks VALUES ($1, $2)", &[&id, &v])),
+            Edit::Update(id, v) => (
+                id,
+                Some(v),
+                tx.execute("UPDATE ticks SET v = $2 WHERE id = $1", &[&id, &v]),
+            ),
+            Edit::Delete(id) => (id, None, tx.execute("DELETE FROM ticks WHERE id = $1", &[&id])),
+        };
+        assert_eq!(n?, 1, "row {id}: the database disagrees with the model");
+        Ok(Change {
+            id,
+            value,
+            time: OffsetDateTime::UNIX_EPOCH,
+            lsn: Lsn(0),
+        })
+    }
+
+    /// Commits it on `c` as the writer does: the change, its
+    /// transaction's id and the WAL position before its commit.
+    fn commit(&self, c: &mut postgres::Client) -> Result<Written, postgres::Error> {
+        let mut tx = c.transaction()?;
+        let mut change = self.apply(&mut tx)?;
+        let r = tx.query_one(
+            "SELECT clock_timestamp(), txid_current()::text, pg_current_wal_insert_lsn()::text",
+            &[],
+        )?;
+        let (time, xid, before): (std::time::SystemTime, String, String) = (r.get(0), r.get(1), r.get(2));
+        tx.commit()?;
+        let after: String = c.query_one("SELECT pg_current_wal_lsn()::text", &[])?.get(0);
+        change.time = time.into();
+        change.lsn = after.parse().unwrap();
+        Ok((change, xid, before.parse().unwrap()))
+    }
+}
 
 impl Run {
     fn start(dir: &std::path::Path, seed: u64) -> Run {
@@ -259,7 +378,7 @@ impl Run {
         // segment switch archived.
         let (status, v) = pg.s.archive_continuously("pg");
         assert_eq!(status, "HTTP/2 200", "{v}");
-        pg.c.psql("CREATE TABLE ticks (id int PRIMARY KEY)");
+        pg.c.psql("CREATE TABLE ticks (id int PRIMARY KEY, v bigint NOT NULL)");
         Run {
             pg,
             model: Model::new(),
@@ -268,6 +387,8 @@ impl Run {
             seed,
             extra: Rng(seed ^ 0x0030_0030),
             writer: Rng(seed ^ 0x0030_0031),
+            changes: Rng(seed ^ 0x0030_0032),
+            races: Rng(seed ^ 0x0030_0033),
         }
     }
 
@@ -283,33 +404,61 @@ impl Run {
         )
     }
 
-    fn client(&self) -> postgres::Client {
-        postgres::Client::connect(
-            &format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.pg.c.port),
-            postgres::NoTls,
-        )
-        .unwrap_or_else(|e| self.fail(format!("connecting: {e}")))
+    fn conninfo(&self) -> String {
+        format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.pg.c.port)
     }
 
+    fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.conninfo(), postgres::NoTls)
+            .unwrap_or_else(|e| self.fail(format!("connecting: {e}")))
+    }
+
+    /// The ids of the rows the database holds now.
+    fn live(&self) -> Vec<i32> {
+        self.model.state(self.model.now()).into_keys().collect()
+    }
+
+    fn record(&mut self, change: Change) {
+        let current = self.model.current;
+        self.model.timelines.get_mut(&current).unwrap().changes.push(change);
+    }
+
+    /// `n` transactions, each an INSERT, UPDATE or DELETE of one row.
     fn commit(&mut self, n: usize) {
+        self.commit_edits(n, true)
+    }
+
+    /// `n` transactions, each inserting one row.
+    fn insert(&mut self, n: usize) {
+        self.commit_edits(n, false)
+    }
+
+    fn commit_edits(&mut self, n: usize, any: bool) {
         let mut c = self.client();
+        let mut live = self.live();
+        let (mut updated, mut deleted) = (0, 0);
         for _ in 0..n {
-            let id = self.model.next_id;
-            self.model.next_id += 1;
-            let mut tx = c.transaction().unwrap();
-            tx.execute("INSERT INTO ticks VALUES ($1)", &[&id]).unwrap();
-            let time: std::time::SystemTime = tx.query_one("SELECT clock_timestamp()", &[]).unwrap().get(0);
-            tx.commit().unwrap();
-            let lsn: String = c.query_one("SELECT pg_current_wal_lsn()::text", &[]).unwrap().get(0);
-            let row = Row {
-                id,
-                time: time.into(),
-                lsn: lsn.parse().unwrap(),
+            let edit = match any {
+                true => Edit::draw(&mut self.changes, &mut live, &mut self.model.next_id),
+                false => {
+                    self.model.next_id += 1;
+                    Edit::Insert(self.model.next_id - 1, self.model.next_id as i64 * 10)
+                }
             };
-            let current = self.model.current;
-            self.model.timelines.get_mut(&current).unwrap().rows.push(row);
+            match edit {
+                Edit::Update(..) => updated += 1,
+                Edit::Delete(_) => deleted += 1,
+                Edit::Insert(..) => {}
+            }
+            let (change, _, _) = edit
+                .commit(&mut c)
+                .unwrap_or_else(|e| self.fail(format!("committing: {e}")));
+            self.record(change);
         }
-        self.note(format!("commit {n} rows (up to {})", self.model.next_id - 1));
+        self.note(format!(
+            "commit {n} changes ({updated} updates, {deleted} deletes; ids up to {})",
+            self.model.next_id - 1
+        ));
     }
 
     /// A quiet whole second: no commit within 0.7 s before it, none until
@@ -335,7 +484,7 @@ impl Run {
             text,
             lsn: lsn.parse().unwrap(),
             timeline: self.model.current,
-            rows: self.model.rows_of(self.model.current, |_| true),
+            at: self.model.now(),
         };
         self.note(format!(
             "mark {}: {} / scn {} on timeline {} ({} rows)",
@@ -343,95 +492,99 @@ impl Run {
             m.text,
             m.lsn,
             m.timeline,
-            m.rows.len()
+            self.model.state(m.at).len()
         ));
         self.model.marks.push(m);
     }
 
     fn backup(&mut self) {
         let item = self.pg.backup();
-        let rows = self.model.rows_of(self.model.current, |_| true);
-        self.record_backup(item, rows);
+        self.record_backup(item, self.model.now());
     }
 
-    /// A backup while the application commits: a writer commits a row
-    /// every 20 ms on its own connection from before the backup is asked
-    /// for until it has completed. The backup holds the rows whose commit
-    /// record precedes its stop position: those whose WAL position after
-    /// the commit is at or before it, none whose position before the
-    /// commit is at or after it, and a commit straddling it as
-    /// `pg_waldump` places its record.
-    fn backup_while_committing(&mut self) {
-        let url = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.pg.c.port);
+    /// The application: a thread committing a change (INSERT, UPDATE or
+    /// DELETE, drawn from `changes`) every 20 ms on its own connection
+    /// until it is told to stop or its connection fails, 100 ms under way
+    /// when this returns.
+    fn writer_start(&mut self) -> Writer {
+        let url = self.conninfo();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let first = self.model.next_id;
-        let writer = {
+        let (mut live, mut next, mut rng) = (self.live(), self.model.next_id, Rng(self.changes.next_u64()));
+        let thread = {
             let stop = stop.clone();
             std::thread::spawn(move || {
-                let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-                let mut rows = Vec::new();
-                let mut id = first;
+                let mut written = Vec::new();
+                let Ok(mut c) = postgres::Client::connect(&url, postgres::NoTls) else {
+                    return (written, next);
+                };
+                // Until an error: what is recorded is certainly committed
+                // (a commit whose answer was lost is not: it may be either).
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    let mut tx = c.transaction().unwrap();
-                    tx.execute("INSERT INTO ticks VALUES ($1)", &[&id]).unwrap();
-                    let r = tx
-                        .query_one(
-                            "SELECT clock_timestamp(), txid_current()::text, pg_current_wal_insert_lsn()::text",
-                            &[],
-                        )
-                        .unwrap();
-                    let (time, xid, before): (std::time::SystemTime, String, String) = (r.get(0), r.get(1), r.get(2));
-                    tx.commit().unwrap();
-                    let after: String = c.query_one("SELECT pg_current_wal_lsn()::text", &[]).unwrap().get(0);
-                    rows.push((
-                        id,
-                        time,
-                        xid,
-                        before.parse::<Lsn>().unwrap(),
-                        after.parse::<Lsn>().unwrap(),
-                    ));
-                    id += 1;
+                    match Edit::draw(&mut rng, &mut live, &mut next).commit(&mut c) {
+                        Ok(w) => written.push(w),
+                        Err(_) => break,
+                    }
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                rows
+                (written, next)
             })
         };
         std::thread::sleep(Duration::from_millis(100));
+        Writer { stop, thread }
+    }
+
+    /// Stops the writer: what it committed, in commit order.
+    fn writer_stop(&mut self, w: Writer) -> Vec<Written> {
+        w.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (written, next) = w.thread.join().unwrap();
+        self.model.next_id = next;
+        written
+    }
+
+    /// A backup while the application commits: a writer commits a change
+    /// (INSERT, UPDATE or DELETE) every 20 ms on its own connection from
+    /// before the backup is asked for until it has completed. The backup
+    /// holds the changes whose commit record precedes its stop position:
+    /// those whose WAL position after the commit is at or before it, none
+    /// whose position before the commit is at or after it, and a commit
+    /// straddling it as `pg_waldump` places its record.
+    fn backup_while_committing(&mut self) {
+        let (start, first) = (self.model.now(), self.model.next_id);
+        let writer = self.writer_start();
         let item = self.pg.backup();
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let written = writer.join().unwrap();
+        let written = self.writer_stop(writer);
         let at: Lsn = item["scn"].as_str().unwrap().parse().unwrap();
-        let mut straddling = 0;
-        let mut held = Vec::new();
-        for (id, time, xid, before, after) in written {
-            let inside = if after <= at {
+        let (mut straddling, mut held) = (0, 0);
+        let n = written.len();
+        for (change, xid, before) in written {
+            let inside = if change.lsn <= at {
                 true
             } else if before >= at {
                 false
             } else {
                 straddling += 1;
-                self.commit_record(&xid, before, after) < at
+                self.commit_record(&xid, before, change.lsn) < at
             };
-            if inside {
-                held.push(id);
+            // Commit records follow commit order: what the backup holds is
+            // a prefix.
+            match (inside, held == self.model.now().changes - start.changes) {
+                (true, true) => held += 1,
+                (true, false) => self.fail(format!(
+                    "row {}'s commit precedes the stop, an earlier one's not",
+                    change.id
+                )),
+                (false, _) => {}
             }
-            let current = self.model.current;
-            self.model.timelines.get_mut(&current).unwrap().rows.push(Row {
-                id,
-                time: time.into(),
-                lsn: after,
-            });
-            self.model.next_id = id + 1;
+            self.record(change);
         }
         self.note(format!(
-            "commit rows {first}-{} while a backup runs ({} before its stop, {straddling} straddling it)",
-            self.model.next_id - 1,
-            held.len()
+            "commit {n} changes while a backup runs (ids from {first}; {held} before its stop, {straddling} straddling it)",
         ));
-        let mut rows = self.model.rows_of(self.model.current, |r| r.id < first);
-        rows.extend(held);
-        rows.sort();
-        self.record_backup(item, rows);
+        let holds = Point {
+            timeline: start.timeline,
+            changes: start.changes + held,
+        };
+        self.record_backup(item, holds);
     }
 
     /// Where transaction `xid`'s commit record begins, between `from` and
@@ -471,12 +624,11 @@ impl Run {
         self.note(format!("recover {{\"latest\": true}} during a backup: 409 ({message})"));
         self.pg.s.wait_for(&location, "Succeeded");
         let (_, list) = self.pg.s.json(&[&self.pg.url("/backups")]);
-        let rows = self.model.rows_of(self.model.current, |_| true);
-        self.record_backup(list["backupList"][0].clone(), rows);
+        self.record_backup(list["backupList"][0].clone(), self.model.now());
     }
 
-    /// A completed backup (`item` as listed) holding `rows`.
-    fn record_backup(&mut self, item: serde_json::Value, rows: Vec<i32>) {
+    /// A completed backup (`item` as listed) holding what the database held at `at`.
+    fn record_backup(&mut self, item: serde_json::Value, at: Point) {
         let stop: Lsn = item["scn"].as_str().unwrap().parse().unwrap();
         // Its last segment archived: the API counts it as a base backup then.
         let segment = self.pg.c.psql(&format!("SELECT pg_walfile_name('{stop}')"));
@@ -485,7 +637,7 @@ impl Run {
             tag: item["dbTag"].as_str().unwrap().to_string(),
             timeline: item["timeline"].as_u64().unwrap() as u32,
             stop,
-            rows,
+            at,
             completed: OffsetDateTime::now_utc(),
             forgotten: false,
         };
@@ -495,15 +647,29 @@ impl Run {
                 b.timeline, self.model.current
             ));
         }
-        self.note(format!("backup {} at scn {} ({} rows)", b.tag, b.stop, b.rows.len()));
+        let rows = self.model.state(b.at).len();
+        self.note(format!("backup {} at scn {} ({rows} rows)", b.tag, b.stop));
         self.model.bases.push(b);
     }
 
     /// Asks for a recovery and compares the outcome with the model's.
     fn recover(&mut self, body: String, expected: Outcome) {
-        self.note(format!("recover {body}: expect {}", describe(&expected)));
+        self.note(format!("recover {body}: expect {}", self.model.describe(&expected)));
         let asked = OffsetDateTime::now_utc();
-        let (status, v, location) = self.pg.request_recovery(&body);
+        let answer = self.pg.request_recovery(&body);
+        self.judge(&body, expected, asked, answer);
+    }
+
+    /// Compares the answer to a recovery request (asked at `asked`) and
+    /// its job's outcome with the model's.
+    fn judge(
+        &mut self,
+        body: &str,
+        expected: Outcome,
+        asked: OffsetDateTime,
+        answer: (String, serde_json::Value, String),
+    ) {
+        let (status, v, location) = answer;
         match expected {
             Outcome::Refused(why) => {
                 let message = v["message"].as_str().unwrap_or_default();
@@ -517,9 +683,10 @@ impl Run {
                     self.fail(format!("{body}: the refusal names no range: {message}"));
                 }
             }
-            Outcome::Rows(rows) => {
+            Outcome::Rows(at) => {
+                let state = self.model.state(at);
                 if status != "HTTP/2 202" {
-                    self.fail(format!("{body}: expected {} rows, got {status}: {v}", rows.len()));
+                    self.fail(format!("{body}: expected {} rows, got {status}: {v}", state.len()));
                 }
                 // A deadline, so a stuck job fails with the seed rather than hang.
                 let deadline = Instant::now() + Duration::from_secs(300);
@@ -541,22 +708,21 @@ impl Run {
                         self.pg.c.log()
                     ));
                 }
-                let got = self.pg.c.psql(TICKS);
-                let want = rows.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",");
+                let (got, want) = (self.pg.c.psql(TICKS), show(&state));
                 if got != want {
                     self.fail(format!(
                         "{body}: the recovered database holds\n  {got}\nnot\n  {want}\n{}",
                         self.pg.activity(&job)
                     ));
                 }
-                self.promoted(asked, rows);
+                self.promoted(asked, at);
             }
         }
     }
 
     /// The model follows the new timeline PostgreSQL started (its history
     /// file says where it branched).
-    fn promoted(&mut self, asked: OffsetDateTime, rows: Vec<i32>) {
+    fn promoted(&mut self, asked: OffsetDateTime, at: Point) {
         let tli = u32::from_str_radix(
             &self
                 .pg
@@ -575,12 +741,7 @@ impl Run {
                 "new timeline {tli} from {parent}: unknown parent or reused number"
             ));
         }
-        let all: BTreeMap<i32, Row> = self
-            .model
-            .timelines
-            .values()
-            .flat_map(|t| t.rows.iter().map(|r| (r.id, r.clone())))
-            .collect();
+        let history = self.model.timelines[&at.timeline].changes[..at.changes].to_vec();
         let current = self.model.current;
         self.model.timelines.get_mut(&current).unwrap().abandoned = Some(asked);
         self.model.timelines.insert(
@@ -588,7 +749,7 @@ impl Run {
             Timeline {
                 parent: Some(parent),
                 switch,
-                rows: rows.iter().map(|id| all[id].clone()).collect(),
+                changes: history,
                 abandoned: None,
             },
         );
@@ -732,15 +893,58 @@ impl Run {
         (dir.join("offsite"), dir.join("data").join("copy-offsite.password"))
     }
 
-    fn delete_backup(&mut self, rng: &mut Rng) {
+    /// A backup to delete, never the newest; none when one is left.
+    fn deletable(&self, rng: &mut Rng) -> Option<usize> {
         let candidates: Vec<usize> = (0..self.model.bases.len())
             .filter(|i| !self.model.bases[*i].forgotten)
             .collect();
-        if candidates.len() < 2 {
-            return;
+        (candidates.len() >= 2).then(|| candidates[rng.below(candidates.len() - 1)])
+    }
+
+    /// A recovery asked at once after a backup's deletion: refused (409)
+    /// while its expire job is queued or running; once it has ended, a
+    /// recovery like any other, the backup gone.
+    fn recovery_during_expire(&mut self) {
+        let mut draw = Rng(self.races.next_u64());
+        let Some(i) = self.deletable(&mut draw) else { return };
+        let tag = self.model.bases[i].tag.clone();
+        let expire = self.pg.s.request_delete("pg", &tag);
+        self.model.bases[i].forgotten = true;
+        let body = r#"{"latest": true}"#;
+        let asked = OffsetDateTime::now_utc();
+        let answer = self.pg.request_recovery(body);
+        let (_, job) = self.pg.s.json(&[&expire]);
+        if answer.0 == "HTTP/2 409" {
+            let message = answer.1["message"].as_str().unwrap_or_default().to_string();
+            if !message.contains("an expire of pg is already in progress") {
+                self.fail(format!(
+                    "a recovery during {tag}'s expire job: 409 without a reason: {}",
+                    answer.1
+                ));
+            }
+            self.note(format!(
+                "delete {tag}; recover {body} during its expire job ({}): 409 ({message})",
+                job["job_status"]
+            ));
+            self.pg.s.wait_for(&expire, "Succeeded");
+        } else {
+            if job["job_status"] != "Succeeded" {
+                self.fail(format!(
+                    "a recovery accepted while {tag}'s expire job is {}: {:?}",
+                    job["job_status"], answer
+                ));
+            }
+            let expected = self.model.latest();
+            self.note(format!(
+                "delete {tag}; recover {body} after its expire job: expect {}",
+                self.model.describe(&expected)
+            ));
+            self.judge(body, expected, asked, answer);
         }
-        // Never the newest.
-        let i = candidates[rng.below(candidates.len() - 1)];
+    }
+
+    fn delete_backup(&mut self, rng: &mut Rng) {
+        let Some(i) = self.deletable(rng) else { return };
         let tag = self.model.bases[i].tag.clone();
         if rng.chance(50) {
             let job = self.pg.s.delete_backup("pg", &tag);
@@ -785,15 +989,64 @@ impl Run {
         // row's commit, the next committed at once (`commit`), not a quiet
         // moment.
         let burst = self.extra.chance(40).then(|| self.extra.next_u64());
+        let (body, expected) = self.draw_recovery(rng, burst);
+        self.recover(body, expected);
+    }
+
+    /// A recovery to a moment in the past (`tag`, `timestamp`, `scn`)
+    /// asked and carried out while the application commits: the database
+    /// recovered exactly to that moment, whatever was committed after it
+    /// (left on the abandoned timeline; the writer stops when the recovery
+    /// stops the server).
+    fn recovery_while_committing(&mut self) {
+        let mut draw = Rng(self.races.next_u64());
+        let Some((body, expected)) = (0..8)
+            .map(|_| {
+                let burst = draw.chance(40).then(|| draw.next_u64());
+                self.draw_recovery(&mut draw, burst)
+            })
+            .find(|(body, o)| matches!(o, Outcome::Rows(_)) && !body.contains("latest"))
+        else {
+            return;
+        };
+        let old = self.model.current;
+        let writer = self.writer_start();
+        self.note(format!(
+            "recover {body} while committing: expect {}",
+            self.model.describe(&expected)
+        ));
+        let asked = OffsetDateTime::now_utc();
+        let answer = self.pg.request_recovery(&body);
+        // What the writer committed before the recovery stopped the server
+        // goes on the timeline it abandons; `judge` then checks the job.
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while answer.0 == "HTTP/2 202"
+            && self.pg.s.json(&[&answer.2]).1["job_status"] == "In Progress"
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let written = self.writer_stop(writer);
+        let n = written.len();
+        for (change, ..) in written {
+            self.model.timelines.get_mut(&old).unwrap().changes.push(change);
+        }
+        self.note(format!("  the writer committed {n} changes meanwhile"));
+        self.judge(&body, expected, asked, answer);
+    }
+
+    /// A recovery request drawn from `rng` (a position inside a burst of
+    /// commits if `burst`) and the model's answer to it.
+    fn draw_recovery(&self, rng: &mut Rng, burst: Option<u64>) -> (String, Outcome) {
         let m = &self.model;
-        let (body, expected) = match rng.below(8) {
+        match rng.below(8) {
             5 | 6
                 if let Some(pick) = burst
-                    && let rows = &m.timelines[&m.current].rows
-                    && !rows.is_empty() =>
+                    && let changes = &m.timelines[&m.current].changes
+                    && !changes.is_empty() =>
             {
-                let row = &rows[(pick % rows.len() as u64) as usize];
-                (format!(r#"{{"scn": "{}"}}"#, row.lsn), m.scn(row.lsn, None))
+                let change = &changes[(pick % changes.len() as u64) as usize];
+                (format!(r#"{{"scn": "{}"}}"#, change.lsn), m.scn(change.lsn, None))
             }
             0 | 1 => (r#"{"latest": true}"#.to_string(), m.latest()),
             2 if !m.bases.is_empty() => {
@@ -831,8 +1084,7 @@ impl Run {
                 r#"{"timestamp": "01-Jan-2020 00:00:00"}"#.to_string(),
                 Outcome::Refused("before the first base backup"),
             ),
-        };
-        self.recover(body, expected);
+        }
     }
 
     fn random_op(&mut self, rng: &mut Rng) {
@@ -841,6 +1093,12 @@ impl Run {
         }
         if self.extra.chance(5) {
             return self.recovery_during_backup();
+        }
+        if self.races.chance(4) {
+            return self.recovery_during_expire();
+        }
+        if self.races.chance(5) {
+            return self.recovery_while_committing();
         }
         match rng.below(22) {
             0..=4 => self.commit(1 + rng.below(12)),
@@ -861,13 +1119,6 @@ impl Run {
             20 => self.lose_primary(),
             _ => self.lose_catalog(),
         }
-    }
-}
-
-fn describe(o: &Outcome) -> String {
-    match o {
-        Outcome::Rows(r) => format!("{} rows", r.len()),
-        Outcome::Refused(why) => format!("a refusal ({why})"),
     }
 }
 
@@ -920,25 +1171,26 @@ fn random_sequences_recover_what_the_model_predicts_fresh_seed() {
 fn a_position_after_a_recovery_follows_the_new_timeline_and_latest_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
     let mut run = Run::start(dir.path(), 0);
-    run.commit(100);
+    run.insert(100);
     run.backup();
     let tag = run.model.bases[0].tag.clone();
-    run.commit(100);
+    run.insert(100);
     let expected = run.model.tag(&run.model.bases[0]);
     run.recover(format!(r#"{{"tag": "{tag}"}}"#), expected);
-    run.commit(30);
+    run.insert(30);
     run.mark(); // after row 230
-    run.commit(30);
+    run.insert(30);
     let after_230 = run.model.marks[0].clone();
     let expected = run.model.scn(after_230.lsn, None);
-    let Outcome::Rows(rows) = &expected else { panic!() };
-    assert_eq!(rows.len(), 130, "1–100 and 201–230");
+    let Outcome::Rows(at) = expected else { panic!() };
+    let ids: Vec<i32> = run.model.state(at).into_keys().collect();
+    assert_eq!(ids, (1..=100).chain(201..=230).collect::<Vec<_>>());
     run.recover(format!(r#"{{"scn": "{}"}}"#, after_230.lsn), expected);
 
     // Complete recovery keeps every committed row.
     run.commit(40);
     let expected = run.model.latest();
-    assert_eq!(expected, Outcome::Rows(run.model.rows_of(run.model.current, |_| true)));
+    assert_eq!(expected, Outcome::Rows(run.model.now()));
     run.recover(r#"{"latest": "yes"}"#.into(), expected);
 
     // A moment 3 s ago on a quiet database, while the server answers.
@@ -947,8 +1199,8 @@ fn a_position_after_a_recovery_follows_the_new_timeline_and_latest_keeps_everyth
     let three_ago = OffsetDateTime::now_utc() - time::Duration::seconds(3);
     let format = time::macros::format_description!("[day]-[month repr:short]-[year] [hour]:[minute]:[second]");
     let text = three_ago.format(&format).unwrap();
-    let expected = run.model.rows_of(run.model.current, |_| true);
-    run.recover(format!(r#"{{"timestamp": "{text}"}}"#), Outcome::Rows(expected));
+    let expected = Outcome::Rows(run.model.now());
+    run.recover(format!(r#"{{"timestamp": "{text}"}}"#), expected);
 
     // The range the server reports is never backwards.
     let range = &run.pg.instance()["pointInTimeRecovery"]["recoverableRange"];

@@ -236,12 +236,18 @@ impl Server {
     /// Deletes a backup through the API (`DELETE …/backups/{dbTag}`) and
     /// waits for the expire job: its final status.
     pub fn delete_backup(&self, service: &str, tag: &str) -> serde_json::Value {
+        let location = self.request_delete(service, tag);
+        self.wait_for(&location, "Succeeded")
+    }
+
+    /// Asks for a backup's deletion: its expire job's `Location`.
+    pub fn request_delete(&self, service: &str, tag: &str) -> String {
         let url = self.url(&format!(
             "/paas/service/dbcs/api/v1.1/instances/usexample/{service}/backups/{tag}"
         ));
         let (status, h, body) = self.curl(&[&AUTH[..], &["-X", "DELETE", &url]].concat());
         assert_eq!(status, "HTTP/2 202", "DELETE {tag}: {body}");
-        self.wait_for(header(&h, "location"), "Succeeded")
+        header(&h, "location").to_string()
     }
 
     pub fn wait_for(&self, location: &str, wanted: &str) -> serde_json::Value {
