@@ -106,6 +106,11 @@ impl Dependencies {
 
 /// Probes the catalog and the repository every `every`, until the server stops.
 pub async fn probe(service: Arc<Service>, every: Duration) {
+    // Probes of the repository that failed in a row: one slow answer (a
+    // stalled request, which the store's client retries) is not an outage
+    // and must not turn requests away; two are (the answer comes within
+    // `every` of the second).
+    let mut repository_misses = 0;
     loop {
         let catalog = match tokio::time::timeout(every, service.catalog.ping()).await {
             Ok(Ok(())) => None,
@@ -121,6 +126,8 @@ pub async fn probe(service: Arc<Service>, every: Duration) {
                 Err(_) => Some(format!("the repository did not answer within {} ms", every.as_millis())),
             },
         };
+        repository_misses = if repository.is_some() { repository_misses + 1 } else { 0 };
+        let repository = repository.filter(|_| repository_misses >= 2);
         for (now, was, what) in [
             (&catalog, &service.dependencies.catalog, "catalog"),
             (&repository, &service.dependencies.repository, "repository"),

@@ -172,6 +172,7 @@ impl crate::Engine for SqliteEngine {
         let src = Connection::open_with_flags(copy.path(), OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| Error::io("opening the restored backup", e))?;
         // A drill's check runs quick_check beside its other passes.
+        let checked = if cx.drill { "restored" } else { "restored and checked" };
         if !cx.drill {
             let check: String = src
                 .query_row("PRAGMA quick_check", [], |r| r.get(0))
@@ -181,10 +182,7 @@ impl crate::Engine for SqliteEngine {
             }
         }
         let Some(damage) = damage else {
-            (cx.log)(format!(
-                "backup restored and checked; copying it into {}",
-                self.path.display()
-            ));
+            (cx.log)(format!("backup {checked}; copying it into {}", self.path.display()));
             let pages = self.copy_into_live(&src, |_, _| Ok(()))?;
             return Ok(Recovered::from(format!(
                 "{pages} pages copied into {}{}",
@@ -194,7 +192,7 @@ impl crate::Engine for SqliteEngine {
         };
         drop(src);
         (cx.log)(format!(
-            "found {damage}; backup restored and checked beside it, replacing the file whole"
+            "found {damage}; backup {checked} beside it, replacing the file whole"
         ));
         self.replace_with(copy, !cx.drill)?;
         Ok(Recovered::from(format!(

@@ -213,7 +213,21 @@ impl Run<'_> {
         };
         self.log += &format!("recover {body}\n");
         let url = self.s.url(&format!("{BASE}/backups/recovery"));
-        let (status, h, text) = self.s.curl(&[&AUTH[..], &["-X", "POST", "-d", &body, &url]].concat());
+        let ask = || self.s.curl(&[&AUTH[..], &["-X", "POST", "-d", &body, &url]].concat());
+        let (mut status, mut h, mut text) = ask();
+        // The repository found failing (the store's bad day): 503 and
+        // `Retry-After`, asked again then, as a client does.
+        for _ in 0..6 {
+            if status != "HTTP/2 503" {
+                break;
+            }
+            let after: u64 = header(&h, "retry-after")
+                .parse()
+                .unwrap_or_else(|_| self.fail(format!("{body}: 503 without Retry-After: {text}")));
+            self.log += &format!("  503 ({text}); asked again {after} s later\n");
+            std::thread::sleep(Duration::from_secs(after));
+            (status, h, text) = ask();
+        }
         match expected {
             Err(why) => {
                 if !status.starts_with("HTTP/2 4") || !text.contains(why) {
