@@ -1,9 +1,10 @@
 //! The recovery model, smaller, for the engines without a log archive
 //! (`sqlite`, `postgresql-logical`, `command` with MariaDB): seeded random
-//! sequences of writes, deletes, backups, recoveries by `latest`, `tag`
+//! sequences of inserts, updates, deletes, backups, recoveries by `latest`, `tag`
 //! and a backup's completion `timestamp` through the API, the database
 //! deleted, damaged or dropped, Strongbox restarted, backups forgotten and
-//! pruned. The model holds each backup's rows: `latest` is the newest
+//! pruned. The model holds each backup's rows (ids and values, compared in
+//! id order): `latest` is the newest
 //! backup still in the repository, `tag` that backup, a `timestamp` the
 //! backup completed in that second (a second between backups, an `scn`,
 //! a forgotten backup: refused). Every sequence prints its seed;
@@ -19,11 +20,25 @@ use common::*;
 use serde_json::Value;
 use strongbox_testkit::sh;
 
-/// A database under test: a table `t(id)` it can write, read and lose.
+/// A row of `t`: id, value.
+type Row = (i64, i64);
+
+/// Rows as a client prints them, one per line, the columns split by `sep`.
+fn parse_rows(text: &str, sep: char) -> Vec<Row> {
+    text.lines()
+        .map(|l| {
+            let (id, v) = l.trim().split_once(sep).unwrap();
+            (id.parse().unwrap(), v.parse().unwrap())
+        })
+        .collect()
+}
+
+/// A database under test: a table `t(id, v)` it can write, read and lose.
 trait Database {
     fn registration(&self) -> Value;
     fn write(&self, sql: &str);
-    fn ids(&self) -> Vec<i64>;
+    /// Its rows in id order.
+    fn rows(&self) -> Vec<Row>;
     /// Breaks it one way (`choice` picks); what was done.
     fn disaster(&self, choice: usize) -> &'static str;
 }
@@ -39,12 +54,15 @@ impl Database for Sqlite {
         rusqlite::Connection::open(&self.0).unwrap().execute_batch(sql).unwrap();
     }
 
-    fn ids(&self) -> Vec<i64> {
+    fn rows(&self) -> Vec<Row> {
         let c = rusqlite::Connection::open(&self.0).unwrap();
         let check: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
         assert_eq!(check, "ok");
-        let mut st = c.prepare("SELECT id FROM t ORDER BY id").unwrap();
-        st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+        let mut st = c.prepare("SELECT id, v FROM t ORDER BY id").unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
     }
 
     fn disaster(&self, choice: usize) -> &'static str {
@@ -79,11 +97,8 @@ impl Database for Logical {
         self.psql(&self.0, sql);
     }
 
-    fn ids(&self) -> Vec<i64> {
-        self.psql(&self.0, "SELECT id FROM t ORDER BY id")
-            .lines()
-            .map(|l| l.trim().parse().unwrap())
-            .collect()
+    fn rows(&self) -> Vec<Row> {
+        parse_rows(&self.psql(&self.0, "SELECT id, v FROM t ORDER BY id"), '|')
     }
 
     fn disaster(&self, _: usize) -> &'static str {
@@ -114,11 +129,8 @@ impl Database for Maria {
         self.run(&format!("USE {}; {sql}", self.0));
     }
 
-    fn ids(&self) -> Vec<i64> {
-        self.run(&format!("SELECT id FROM {}.t ORDER BY id", self.0))
-            .lines()
-            .map(|l| l.trim().parse().unwrap())
-            .collect()
+    fn rows(&self) -> Vec<Row> {
+        parse_rows(&self.run(&format!("SELECT id, v FROM {}.t ORDER BY id", self.0)), '\t')
     }
 
     fn disaster(&self, _: usize) -> &'static str {
@@ -131,7 +143,7 @@ struct Backup {
     tag: String,
     /// As the backup list prints it, whole seconds.
     completed: String,
-    ids: Vec<i64>,
+    rows: Vec<Row>,
     forgotten: bool,
 }
 
@@ -165,7 +177,7 @@ impl Run<'_> {
     fn insert(&mut self) {
         let n = 1 + self.rng.below(50) as i64;
         self.db.write(&format!(
-            "INSERT INTO t (id) SELECT {} + n FROM ({}) AS s",
+            "INSERT INTO t (id, v) SELECT {} + n, n * 7 FROM ({}) AS s",
             self.next,
             (0..n)
                 .map(|i| format!("SELECT {i} AS n"))
@@ -185,7 +197,7 @@ impl Run<'_> {
         self.backups.push(Backup {
             tag: item["dbTag"].as_str().unwrap().into(),
             completed: item["backupCompleteDate"].as_str().unwrap().into(),
-            ids: self.db.ids(),
+            rows: self.db.rows(),
             forgotten: false,
         });
         self.log += &format!("backup {}\n", item["dbTag"]);
@@ -193,21 +205,21 @@ impl Run<'_> {
 
     fn recover(&mut self) {
         let live: Vec<&Backup> = self.backups.iter().filter(|b| !b.forgotten).collect();
-        let (body, expected): (String, Result<Vec<i64>, &str>) = match self.rng.below(5) {
+        let (body, expected): (String, Result<Vec<Row>, &str>) = match self.rng.below(5) {
             0 | 1 => (
                 r#"{"latest": true}"#.into(),
-                live.last().map(|b| b.ids.clone()).ok_or("no completed backup"),
+                live.last().map(|b| b.rows.clone()).ok_or("no completed backup"),
             ),
             2 => {
                 let b = &self.backups[self.rng.below(self.backups.len())];
-                let expected = if b.forgotten { Err("dbTag") } else { Ok(b.ids.clone()) };
+                let expected = if b.forgotten { Err("dbTag") } else { Ok(b.rows.clone()) };
                 (format!(r#"{{"tag": "{}"}}"#, b.tag), expected)
             }
             3 => {
                 let b = live[self.rng.below(live.len())];
                 // The newest backup completed in that second.
                 let same = live.iter().rev().find(|o| o.completed == b.completed).unwrap();
-                (format!(r#"{{"timestamp": "{}"}}"#, b.completed), Ok(same.ids.clone()))
+                (format!(r#"{{"timestamp": "{}"}}"#, b.completed), Ok(same.rows.clone()))
             }
             _ => (r#"{"scn": "0/3000060"}"#.into(), Err("point-in-time recovery")),
         };
@@ -234,7 +246,7 @@ impl Run<'_> {
                     self.fail(format!("{body}: expected a refusal ({why}), got {status} {text}"));
                 }
             }
-            Ok(ids) => {
+            Ok(rows) => {
                 if status != "HTTP/2 202" {
                     self.fail(format!("{body}: expected a recovery, got {status} {text}"));
                 }
@@ -254,9 +266,9 @@ impl Run<'_> {
                 if job["job_status"] != "Succeeded" {
                     self.fail(format!("{body}: {job}"));
                 }
-                let got = self.db.ids();
-                if got != ids {
-                    self.fail(format!("{body}: holds {got:?}, not {ids:?}"));
+                let got = self.db.rows();
+                if got != rows {
+                    self.fail(format!("{body}: holds {got:?}, not {rows:?}"));
                 }
                 self.broken = false;
             }
@@ -309,12 +321,18 @@ impl Run<'_> {
         if self.broken {
             return self.recover();
         }
-        match self.rng.below(10) {
+        match self.rng.below(11) {
             0 | 1 => self.insert(),
             2 => {
                 let m = 2 + self.rng.below(5);
                 self.db.write(&format!("DELETE FROM t WHERE id % {m} = 0"));
                 self.log += &format!("delete every {m}th\n");
+            }
+            10 => {
+                let m = 2 + self.rng.below(5);
+                self.db
+                    .write(&format!("UPDATE t SET v = v + {} WHERE id % {m} = 1", 11 * m));
+                self.log += &format!("update every {m}th\n");
             }
             3 | 4 => self.backup(),
             5 | 6 => self.recover(),
@@ -393,7 +411,7 @@ fn ops() -> usize {
 fn sqlite_sequences_recover_what_the_model_predicts() {
     let dir = tempfile::tempdir().unwrap();
     let db = Sqlite(dir.path().join("model.sqlite"));
-    db.write("PRAGMA journal_mode=WAL; CREATE TABLE t (id INTEGER PRIMARY KEY);");
+    db.write("PRAGMA journal_mode=WAL; CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER NOT NULL);");
     sequence(seed(0xD0C5_0001), "sqlite", &db, ops());
 }
 
@@ -416,7 +434,7 @@ fn sqlite_sequences_on_a_flaky_s3_store_recover_what_the_model_predicts() {
     });
     let dir = tempfile::tempdir().unwrap();
     let db = Sqlite(dir.path().join("model.sqlite"));
-    db.write("PRAGMA journal_mode=WAL; CREATE TABLE t (id INTEGER PRIMARY KEY);");
+    db.write("PRAGMA journal_mode=WAL; CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER NOT NULL);");
     sequence_on(seed, "sqlite on a flaky S3 store", &db, ops(), Some(&server));
     let met = faults.injected();
     eprintln!("seed {seed}: the store's bad day: {met:?}");
@@ -428,7 +446,7 @@ fn logical_sequences_recover_what_the_model_predicts() {
     let db = Logical(format!("sb_model_{}", std::process::id()));
     db.psql("postgres", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.0));
     db.psql("postgres", &format!("CREATE DATABASE {}", db.0));
-    db.write("CREATE TABLE t (id int PRIMARY KEY)");
+    db.write("CREATE TABLE t (id int PRIMARY KEY, v bigint NOT NULL)");
     sequence(seed(0xD0C5_0002), "postgresql-logical", &db, ops());
     db.psql("postgres", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.0));
 }
@@ -437,7 +455,7 @@ fn logical_sequences_recover_what_the_model_predicts() {
 fn command_sequences_recover_what_the_model_predicts() {
     let db = Maria(format!("sb_model_{}", std::process::id()));
     db.run(&format!("DROP DATABASE IF EXISTS {0}; CREATE DATABASE {0}", db.0));
-    db.write("CREATE TABLE t (id INT PRIMARY KEY)");
+    db.write("CREATE TABLE t (id INT PRIMARY KEY, v BIGINT NOT NULL)");
     sequence(seed(0xD0C5_0003), "command", &db, ops());
     db.run(&format!("DROP DATABASE IF EXISTS {}", db.0));
 }

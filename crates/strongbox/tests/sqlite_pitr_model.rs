@@ -1,5 +1,6 @@
 //! Issue 15's model test, through the API: an application commits
-//! numbered transactions to a SQLite database at random intervals while a
+//! numbered transactions (INSERT, UPDATE or DELETE of one row) to a SQLite
+//! database at random intervals while a
 //! real server ships its log; seeded random steps SIGKILL the server, stop
 //! it gracefully, replace the database file, lose it, lose the server's
 //! catalog (rebuilt from the repository), take backups, and
@@ -18,13 +19,16 @@
 //!   writes and the server runs: everything committed a second before the
 //!   loss (and the application goes on writing on the recovered file).
 //!
+//! A state is every row's number and value, each row's padding checked
+//! against what its number and value make it.
+//!
 //! Recoveries are transactions too: each is a state of the model, and later
 //! recoveries may go back to moments before or after it. The seed is
 //! printed; `MODEL_SEED=N` replays one, `MODEL_STEPS=N` sets the length.
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
@@ -68,12 +72,73 @@ fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// The rows of `t`: number → value.
+type State = BTreeMap<i64, i64>;
+
 #[derive(Clone, Debug)]
 enum Op {
-    Insert(i64),
+    /// A row inserted, or updated, to a value.
+    Set(i64, i64),
     Delete(i64),
     /// A recovery: the database holds this from then on.
-    Recovered(BTreeSet<i64>),
+    Recovered(State),
+}
+
+impl Op {
+    fn apply(&self, state: &mut State) {
+        match self {
+            Op::Set(n, v) => {
+                state.insert(*n, *v);
+            }
+            Op::Delete(n) => {
+                state.remove(n);
+            }
+            Op::Recovered(rows) => *state = rows.clone(),
+        }
+    }
+}
+
+/// A row's padding: its number and value make it (10–609 bytes), so that
+/// a row restored with the right value but wrong bytes is found.
+fn pad(n: i64, v: i64) -> Vec<u8> {
+    let mut rng = Rng((n as u64).wrapping_mul(0x9E37_79B9) ^ v as u64);
+    let len = 10 + rng.below(600);
+    (0..len).map(|_| rng.next_u64() as u8).collect()
+}
+
+/// The database's rows, each row's padding checked, after an integrity check.
+fn rows(db: &Path) -> State {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let ok: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(ok, "ok", "{}", db.display());
+    let mut q = c.prepare("SELECT n, v, pad FROM t ORDER BY n").unwrap();
+    let rows = q
+        .query_map([], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?))
+        })
+        .unwrap();
+    let mut state = State::new();
+    for row in rows {
+        let (n, v, bytes) = row.unwrap();
+        assert!(
+            bytes == pad(n, v),
+            "row {n} (value {v}): its padding is not what was written"
+        );
+        state.insert(n, v);
+    }
+    state
+}
+
+/// How `got` differs from `want`: rows missing or with another value, and
+/// rows it should not hold.
+fn differences(want: &State, got: &State) -> String {
+    let wrong: Vec<_> = want
+        .iter()
+        .filter(|(n, v)| got.get(n) != Some(v))
+        .map(|(n, _)| n)
+        .collect();
+    let extra: Vec<_> = got.keys().filter(|n| !want.contains_key(n)).collect();
+    format!("missing or other values {wrong:?}, extra {extra:?}")
 }
 
 /// A transaction, in commit order.
@@ -88,7 +153,7 @@ struct Event {
 #[derive(Default)]
 struct Model {
     events: Vec<Event>,
-    live: BTreeSet<i64>,
+    live: State,
     next: i64,
     /// When no shipper read the log: from a kill or stop to the moment the
     /// restarted one was seen live. Commits then are stamped after.
@@ -97,11 +162,7 @@ struct Model {
 
 impl Model {
     fn push(&mut self, begun_ms: i64, op: Op) {
-        match &op {
-            Op::Insert(n) => assert!(self.live.insert(*n)),
-            Op::Delete(n) => assert!(self.live.remove(n)),
-            Op::Recovered(rows) => self.live = rows.clone(),
-        }
+        op.apply(&mut self.live);
         self.events.push(Event {
             begun_ms,
             committed_ms: now_ms(),
@@ -110,23 +171,15 @@ impl Model {
     }
 
     /// The k (events applied) in `lo..=hi` whose state is `rows`.
-    fn matching(&self, rows: &BTreeSet<i64>, lo: usize, hi: usize) -> Vec<usize> {
-        let mut state = BTreeSet::new();
+    fn matching(&self, rows: &State, lo: usize, hi: usize) -> Vec<usize> {
+        let mut state = State::new();
         let mut found = Vec::new();
         for k in 0..=hi.min(self.events.len()) {
             if k >= lo && &state == rows {
                 found.push(k);
             }
             if let Some(e) = self.events.get(k) {
-                match &e.op {
-                    Op::Insert(n) => {
-                        state.insert(*n);
-                    }
-                    Op::Delete(n) => {
-                        state.remove(n);
-                    }
-                    Op::Recovered(r) => state = r.clone(),
-                }
+                e.op.apply(&mut state);
             }
         }
         found
@@ -170,8 +223,9 @@ fn open_app(db: &Path) -> rusqlite::Connection {
     c
 }
 
-/// The application: inserts (85 %), deletes (12 %), checkpoints in a
-/// random mode (3 %), 0–30 ms apart; each commit goes into the model.
+/// The application: inserts (70 %), updates (15 %), deletes (12 %),
+/// checkpoints in a random mode (3 %), 0–30 ms apart; each commit goes
+/// into the model.
 fn application(db: PathBuf, model: Arc<Mutex<Model>>, mut rng: Rng, commands: mpsc::Receiver<Command>) -> usize {
     let mut app = Some(open_app(&db));
     let mut checkpoints = 0;
@@ -201,20 +255,26 @@ fn application(db: PathBuf, model: Arc<Mutex<Model>>, mut rng: Rng, commands: mp
             c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
                 .unwrap();
             checkpoints += 1;
-        } else if roll < 15 && !m.live.is_empty() {
-            let n = *m.live.iter().nth(rng.below(m.live.len())).unwrap();
-            let changed = c.execute("DELETE FROM t WHERE n = ?1", [n]).unwrap();
+        } else if roll < 30 && !m.live.is_empty() {
+            let n = *m.live.keys().nth(rng.below(m.live.len())).unwrap();
+            let (changed, op) = if roll < 15 {
+                (c.execute("DELETE FROM t WHERE n = ?1", [n]).unwrap(), Op::Delete(n))
+            } else {
+                let v = rng.below(1_000_000) as i64;
+                let sql = "UPDATE t SET v = ?2, pad = ?3 WHERE n = ?1";
+                (
+                    c.execute(sql, rusqlite::params![n, v, pad(n, v)]).unwrap(),
+                    Op::Set(n, v),
+                )
+            };
             assert_eq!(changed, 1, "row {n} is in the model but not in the database");
-            m.push(begun, Op::Delete(n));
+            m.push(begun, op);
         } else {
             m.next += 1;
-            let n = m.next;
-            c.execute(
-                "INSERT INTO t VALUES (?1, randomblob(?2))",
-                [n, 10 + rng.below(600) as i64],
-            )
-            .unwrap();
-            m.push(begun, Op::Insert(n));
+            let (n, v) = (m.next, rng.below(1_000_000) as i64);
+            c.execute("INSERT INTO t VALUES (?1, ?2, ?3)", rusqlite::params![n, v, pad(n, v)])
+                .unwrap();
+            m.push(begun, Op::Set(n, v));
         }
     }
 }
@@ -311,7 +371,7 @@ impl Run {
     /// POSTs a recovery; `Ok((rows, activity log))` once it succeeded,
     /// `Err(message)` for a 400. A job in progress (the shipper's base
     /// backup) is waited out.
-    fn recover(&self, body: &str) -> Result<(BTreeSet<i64>, String), String> {
+    fn recover(&self, body: &str) -> Result<(State, String), String> {
         let url = self.s.url(&format!("{P}/backups/recovery"));
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
@@ -323,7 +383,7 @@ impl Run {
                     let (_, log) = self
                         .s
                         .json(&[&self.s.url(&format!("/paas/api/v1.1/activitylog/usexample/job/{id}"))]);
-                    return Ok((sqlite_rows(&self.db), log.to_string()));
+                    return Ok((rows(&self.db), log.to_string()));
                 }
                 "HTTP/2 400" => {
                     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -337,7 +397,7 @@ impl Run {
 
     /// A recovery's result becomes the database's state. It also ends the
     /// shipper's generation (the next begins with the base taken after it).
-    fn recovered(&mut self, begun: i64, rows: BTreeSet<i64>) {
+    fn recovered(&mut self, begun: i64, rows: State) {
         self.model.lock().unwrap().push(begun, Op::Recovered(rows));
         self.disruptions.push(now_ms());
     }
@@ -501,11 +561,10 @@ impl Run {
         let want = self.model.lock().unwrap().live.clone();
         if got != want {
             self.fail(format!(
-                "latest: {} rows, the application had committed {}: missing {:?}, extra {:?}",
+                "latest: {} rows, the application had committed {}: {}",
                 got.len(),
                 want.len(),
-                want.difference(&got).collect::<Vec<_>>(),
-                got.difference(&want).collect::<Vec<_>>()
+                differences(&want, &got)
             ));
         }
         self.note(format!("latest: all {} rows", got.len()));
@@ -693,7 +752,7 @@ fn recoveries_of_a_shipped_sqlite_log_match_the_model_through_kills_restarts_and
     let s = start(&dir);
     let db = dir.path().join("app.sqlite");
     open_app(&db)
-        .execute_batch("CREATE TABLE t(n INTEGER PRIMARY KEY, pad BLOB)")
+        .execute_batch("CREATE TABLE t(n INTEGER PRIMARY KEY, v INTEGER NOT NULL, pad BLOB NOT NULL)")
         .unwrap();
     assert_eq!(s.register_sqlite("app", &db).0, "HTTP/2 200");
     let (status, v) = s.archive_continuously("app");
