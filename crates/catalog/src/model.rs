@@ -345,7 +345,9 @@ pub struct Recovery {
     pub target: Option<RecoveryAsked>,
     /// Where a replayed history ended, once the recovery succeeded.
     pub reached: Option<Reached>,
-    pub backup_job_id: i64,
+    /// The backup it started from; `None` when it was indexed again from
+    /// the repository's records after that backup had been deleted.
+    pub backup_job_id: Option<i64>,
     pub status: RecoveryStatus,
     pub started_at: String,
     pub completed_at: Option<String>,
@@ -381,7 +383,9 @@ pub struct BackupCopy {
 }
 
 /// A recovery found in the repository's records and not in the catalog:
-/// indexed with a job of its own, from the backup tagged `from_tag`.
+/// indexed with a job of its own, from the backup tagged `from_tag` (or
+/// naming no backup when that one is gone: its record still says when its
+/// timeline began).
 #[derive(Clone, Debug)]
 pub struct ImportedRecovery {
     pub domain: String,

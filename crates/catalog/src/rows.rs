@@ -125,7 +125,7 @@ pub(crate) fn recovery(row: &impl Columns) -> Recovery {
         deployment: text(2),
         target: row.text(3).and_then(|t| serde_json::from_str(&t).ok()),
         reached: row.text(4).and_then(|r| serde_json::from_str(&r).ok()),
-        backup_job_id: row.int(5).unwrap_or_default(),
+        backup_job_id: row.int(5),
         status: RecoveryStatus::parse(&text(6)),
         started_at: text(7),
         completed_at: row.text(8),

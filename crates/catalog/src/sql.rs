@@ -715,10 +715,10 @@ impl Catalog for SqlCatalog {
             .bind(&r.from_tag)
             .fetch_optional(&mut *tx)
             .await?;
-        let (None, Some(from)) = (known, from) else {
+        if known.is_some() {
             return Ok(false);
-        };
-        let from: i64 = sqlx::Row::try_get(&from, 0)?;
+        }
+        let from: Option<i64> = from.map(|row| sqlx::Row::try_get(&row, 0)).transpose()?;
         let (job_status, status) = match r.status {
             RecoveryStatus::Completed => (JobStatus::Succeeded, RecoveryStatus::Completed),
             _ => (JobStatus::Failed, RecoveryStatus::Failed),

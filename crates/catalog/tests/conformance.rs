@@ -448,13 +448,7 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
     assert_eq!((leased.id, leased.operation), (r.id, Operation::Recovery));
     let w5 = Lease::of(&leased, "w5");
     assert!(c.add_job_message(&w5, "server stopped").await.unwrap());
-    let reached = strongbox_engines::pitr::Reached {
-        lsn: "0/5000028".parse().unwrap(),
-        from_timeline: 1,
-        timeline: 2,
-        last_commit: None,
-        promoted_at: time::macros::datetime!(2026-12-05 08:00:00 UTC),
-    };
+    let reached = reached_on(2);
     let recovered = JobEnd {
         reached: Some(reached.clone()),
         ..done(true, "recovery completed: database recovered")
@@ -464,7 +458,7 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
     assert_eq!(list.len(), 1);
     assert_eq!(
         (list[0].status, list[0].backup_job_id, &list[0].target),
-        (RecoveryStatus::Completed, completed, &Some(target.clone()))
+        (RecoveryStatus::Completed, Some(completed), &Some(target.clone()))
     );
     assert!(list[0].completed_at.is_some());
     assert_eq!(list[0].reached.as_ref(), Some(&reached));
@@ -549,6 +543,45 @@ async fn recoveries(c: &dyn Catalog, completed: i64, failed: i64) {
         c.backup("idcs-0123abc", completed).await.unwrap().is_none(),
         "backups are per domain"
     );
+
+    // Recoveries indexed again from the repository's records: one from a
+    // backup the catalog knows, one whose backup is gone (its timeline's
+    // beginning is still needed for planning), each once.
+    let tag = c.backup("usexample", completed).await.unwrap().unwrap().db_tag;
+    let imported = |from_tag: &str, started_at: &str| ImportedRecovery {
+        domain: "usexample".into(),
+        deployment: "db12c".into(),
+        from_tag: from_tag.into(),
+        target: Some(RecoveryAsked::Latest),
+        status: RecoveryStatus::Completed,
+        started_at: started_at.into(),
+        completed_at: Some(started_at.into()),
+        reached: Some(reached_on(4)),
+        message: "found in the repository".into(),
+    };
+    let known = imported(&tag, "2026-12-04T07:00:00Z");
+    let orphan = imported("TAG20200101T000000", "2026-12-04T08:00:00Z");
+    assert!(c.import_recovery(&known).await.unwrap());
+    assert!(c.import_recovery(&orphan).await.unwrap());
+    assert!(!c.import_recovery(&orphan).await.unwrap(), "indexed once");
+    let list = c.recoveries("usexample", "db12c").await.unwrap();
+    let by_start = |at: &str| list.iter().find(|r| r.started_at == at).unwrap();
+    let (k, o) = (by_start("2026-12-04T07:00:00Z"), by_start("2026-12-04T08:00:00Z"));
+    assert_eq!(
+        (k.backup_job_id, k.status),
+        (Some(completed), RecoveryStatus::Completed)
+    );
+    assert_eq!((o.backup_job_id, o.reached.as_ref()), (None, Some(&reached_on(4))));
+}
+
+fn reached_on(timeline: u32) -> strongbox_engines::pitr::Reached {
+    strongbox_engines::pitr::Reached {
+        timeline,
+        from_timeline: timeline - 1,
+        lsn: "0/5000028".parse().unwrap(),
+        last_commit: None,
+        promoted_at: time::macros::datetime!(2026-12-04 08:00:01 UTC),
+    }
 }
 
 /// Many writers at once, as several replicas: 16 queue a job for one

@@ -291,7 +291,7 @@ impl Service {
             .map(|r| {
                 let tag = backups
                     .iter()
-                    .find(|b| b.job_id == r.backup_job_id)
+                    .find(|b| Some(b.job_id) == r.backup_job_id)
                     .map(|b| b.db_tag.clone());
                 (r, tag)
             })

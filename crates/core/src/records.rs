@@ -238,7 +238,10 @@ impl Service {
             let Some(r) = self.catalog.recovery(domain, job).await? else {
                 return Ok(());
             };
-            let from = self.catalog.backup(domain, r.backup_job_id).await?;
+            let from = match r.backup_job_id {
+                Some(id) => self.catalog.backup(domain, id).await?,
+                None => None,
+            };
             let started =
                 crate::dates::parse_rfc3339(&r.started_at).map_or(0, |t| t.unix_timestamp_nanos() / 1_000_000);
             let record = RecoveryRecord {

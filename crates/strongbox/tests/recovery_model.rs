@@ -834,9 +834,6 @@ impl Run {
         std::thread::sleep(Duration::from_secs(1));
     }
 
-    /// Deletes a backup: through the API (its expire job forgets the
-    /// snapshot and prunes the repository and the WAL archive), or with the
-    /// repository CLI's `forget` + `prune`.
     /// The server's catalog lost (issue 27): the server is killed, its
     /// catalog file deleted, and it starts again on the same repository,
     /// which it rebuilds the catalog from. Nothing the model knows changes.
@@ -943,43 +940,52 @@ impl Run {
         }
     }
 
+    /// Deletes a backup: through the API (its expire job forgets the
+    /// snapshot and prunes the repository and the WAL archive), or with the
+    /// repository CLI's `forget` + `prune`.
     fn delete_backup(&mut self, rng: &mut Rng) {
         let Some(i) = self.deletable(rng) else { return };
-        let tag = self.model.bases[i].tag.clone();
         if rng.chance(50) {
+            let tag = self.model.bases[i].tag.clone();
             let job = self.pg.s.delete_backup("pg", &tag);
             self.note(format!("delete {tag}: {}", job["message"]));
+            self.model.bases[i].forgotten = true;
         } else {
-            // The repository CLI, in the primary and in the copy: the
-            // snapshot goes, the catalog does not know (the backup is no
-            // longer usable: no repository holds it), prune leaves WAL
-            // alone. The copy holds it first, so that the copier does not
-            // bring it back.
-            wait_copied(&self.pg.s, "pg");
-            let out = self.pg.s.repo_cli(&["--json", "snapshots"]);
-            let snapshots: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            let id = snapshots
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|s| s["tags"][0] == tag.as_str())
-                .map(|s| s["id"].as_str().unwrap().to_string())
-                .unwrap();
-            let data = self.pg.s.dir.join("data");
-            let (offsite, offsite_password) = self.offsite();
-            for (repository, password) in [
-                (data.join("repository"), data.join("repository.password")),
-                (offsite, offsite_password),
-            ] {
-                for args in [&["forget", id.as_str()][..], &["prune"]] {
-                    let out = self.pg.s.repo_cli_on(&repository, &password, args);
-                    if !out.status.success() {
-                        self.fail(format!("repo {args:?}: {}", String::from_utf8_lossy(&out.stderr)));
-                    }
+            self.forget(i);
+        }
+    }
+
+    /// Deletes backup `i` with the repository CLI, in the primary and in
+    /// the copy: the snapshot goes, the catalog does not know (the backup
+    /// is no longer usable: no repository holds it), prune leaves WAL
+    /// alone. The copy holds it first, so that the copier does not bring
+    /// it back.
+    fn forget(&mut self, i: usize) {
+        let tag = self.model.bases[i].tag.clone();
+        wait_copied(&self.pg.s, "pg");
+        let out = self.pg.s.repo_cli(&["--json", "snapshots"]);
+        let snapshots: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let id = snapshots
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["tags"][0] == tag.as_str())
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .unwrap();
+        let data = self.pg.s.dir.join("data");
+        let (offsite, offsite_password) = self.offsite();
+        for (repository, password) in [
+            (data.join("repository"), data.join("repository.password")),
+            (offsite, offsite_password),
+        ] {
+            for args in [&["forget", id.as_str()][..], &["prune"]] {
+                let out = self.pg.s.repo_cli_on(&repository, &password, args);
+                if !out.status.success() {
+                    self.fail(format!("repo {args:?}: {}", String::from_utf8_lossy(&out.stderr)));
                 }
             }
-            self.note(format!("forget {tag}, prune (repository CLI)"));
         }
+        self.note(format!("forget {tag}, prune (repository CLI)"));
         self.model.bases[i].forgotten = true;
     }
 
@@ -1210,5 +1216,38 @@ fn a_position_after_a_recovery_follows_the_new_timeline_and_latest_keeps_everyth
             r["latest"]["scn"].as_str().unwrap().parse().unwrap(),
         );
         assert!(from <= to, "{range}");
+    }
+}
+
+/// What seed 575100146 found at 100 operations: a timeline begun by a
+/// recovery whose backup was later forgotten with the repository CLI, then
+/// the repository made again from its copy (every WAL file's archive time
+/// now the copy's) and the catalog rebuilt. Its recovery record is the one
+/// place left saying when the timeline began; indexed again without its
+/// backup, a moment on that timeline is still recovered (it was refused as
+/// a moment of the abandoned timeline, with advice naming the wrong one).
+#[test]
+fn a_timeline_keeps_its_beginning_when_the_backup_it_was_recovered_from_is_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Run::start(dir.path(), 0);
+    run.commit(5);
+    run.backup();
+    run.commit(5);
+    run.backup();
+    run.commit(5);
+    let (tag, expected) = (run.model.bases[1].tag.clone(), run.model.tag(&run.model.bases[1]));
+    run.recover(format!(r#"{{"tag": "{tag}"}}"#), expected);
+    run.mark(); // on the new timeline, nothing committed on it yet
+    run.commit(5);
+    run.mark();
+    run.forget(1);
+    run.lose_primary();
+    run.lose_catalog();
+    // The later moment first: recovering to the earlier one would abandon
+    // what the later one holds.
+    for mark in run.model.marks.clone().into_iter().rev() {
+        let expected = run.model.time(&mark, None);
+        assert!(matches!(expected, Outcome::Rows(_)), "{expected:?}");
+        run.recover(format!(r#"{{"timestamp": "{}"}}"#, mark.text), expected);
     }
 }
