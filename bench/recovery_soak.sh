@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Soak of every randomized model: the PostgreSQL recovery model
-# (recovery_model.rs), the engine models (SQLite, logical, command:
-# recovery_model_engines.rs), the shipped SQLite log model
-# (sqlite_pitr_model.rs) and the flaky S3 store (repo's s3_faults.rs), on
-# SEEDS seeds drawn fresh (printed) unless FIRST_SEED is given. The first
-# failure stops it and prints the seed and what led there (replay with
-# MODEL_SEED=N and the same MODEL_OPS / MODEL_STEPS).
+# (recovery_model.rs; its repository local, then on a flaky S3 store), the
+# engine models (SQLite, logical, command: recovery_model_engines.rs), the
+# shipped SQLite log model (sqlite_pitr_model.rs) and the flaky S3 store
+# (repo's s3_faults.rs), on SEEDS seeds drawn fresh (printed) unless
+# FIRST_SEED is given. The first failure stops it and prints the seed and
+# what led there (replay with MODEL_SEED=N and the same MODEL_OPS /
+# MODEL_STEPS).
 # Needs what the test suite needs (PostgreSQL 15 binaries, MariaDB).
 # Usage: bench/recovery_soak.sh [SEEDS=20] [OPERATIONS=150] [FIRST_SEED=fresh]
 set -euo pipefail
@@ -19,6 +20,7 @@ cargo test -q -p strongbox --test recovery_model --test recovery_model_engines -
 cargo test -q -p strongbox-repo --test s3_faults --no-run
 models=(
   "strongbox recovery_model random_sequences_recover_what_the_model_predicts_seed_a"
+  "strongbox recovery_model random_sequences_on_a_flaky_s3_store_recover_what_the_model_predicts"
   "strongbox recovery_model_engines recover_what_the_model_predicts"
   "strongbox sqlite_pitr_model recoveries_of_a_shipped_sqlite_log"
   "strongbox-repo s3_faults a_flaky_store_is_retried_and_every_byte_comes_back"

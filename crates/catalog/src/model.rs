@@ -103,6 +103,16 @@ impl Operation {
     pub fn parse(s: &str) -> Option<Self> {
         Operation::ALL.into_iter().find(|o| o.as_str() == s)
     }
+
+    /// As a sentence names one: "a backup", "an expire".
+    pub fn with_article(self) -> &'static str {
+        match self {
+            Operation::Backup => "a backup",
+            Operation::Recovery => "a recovery",
+            Operation::Expire => "an expire",
+            Operation::Verify => "a verify",
+        }
+    }
 }
 
 impl std::fmt::Display for Operation {

@@ -79,14 +79,8 @@ impl Service {
                 Ok(j)
             }
             Started::Busy(running) => Err(Error::Conflict(format!(
-                "{} {} of {deployment} is already in progress (job {}); {}",
-                // "an expire", "a backup"
-                if running.operation.as_str().starts_with(['a', 'e', 'i', 'o', 'u']) {
-                    "an"
-                } else {
-                    "a"
-                },
-                running.operation,
+                "{} of {deployment} is already in progress (job {}); {}",
+                running.operation.with_article(),
                 running.id,
                 match operation {
                     Operation::Backup | Operation::Expire | Operation::Verify => "retry when it has finished",

@@ -32,6 +32,26 @@ const FAILING_ARCHIVE_WAIT: Duration = Duration::from_secs(5);
 /// Where prefetched WAL waits, inside `pg_wal` (see `wal-fetch`).
 pub const PREFETCH_SPOOL: &str = ".strongbox-prefetch";
 
+/// A position of the plan's history at or after which replay stops, on
+/// the stretch it stops on. PostgreSQL writes the new timeline's history as
+/// that of `recovery_target_timeline` plus where replay stopped; naming the
+/// timeline of that stretch, rather than the history's own when replay
+/// stops on an ancestor's stretch before later timelines began, keeps the
+/// file's switch points increasing. Out of order, PostgreSQL's own readers
+/// place a position just before the new switch point on the ancestor, as
+/// far as its old end: a replication slot made then streams the ancestor's
+/// WAL past where the new timeline began, and fails on segments the server
+/// never had (the recovery model, seed 377733964).
+fn stop_bound(replay: &Replay, p: &PitrTarget) -> Lsn {
+    match *replay {
+        Replay::Lsn(l) => l,
+        Replay::Consistent => p.base.stop_lsn,
+        // Past `quiet_from` the history holds no commit by then: replay
+        // stops before it.
+        Replay::Time(_) => p.quiet_from.map_or(Lsn(u64::MAX), |q| Lsn(q.0.saturating_sub(1))),
+    }
+}
+
 /// What replay must show when it pauses.
 struct Expected {
     replay: Replay,
@@ -430,6 +450,7 @@ impl PgPhysical {
                 }
             }
         }
+        e.timeline = Some(p.history.timeline_at(stop_bound(&e.replay, p)));
         Ok(e)
     }
 
