@@ -100,9 +100,13 @@ impl WalArchives {
                 out.insert(timeline, h.clone());
                 continue;
             }
-            let text = self
+            // Archived, or only received so far: the receiver stores a
+            // history it streams as a streamed copy until archive_command
+            // archives it (on a slow store, seconds after the promotion:
+            // the recovery model on a flaky S3 store, seed 547529580).
+            let (text, _) = self
                 .repo
-                .wal_fetch(archive, name)
+                .wal_fetch_for_replay(archive, name)
                 .await
                 .map_err(|e| Error::repository(format_args!("reading {name} from the WAL archive"), e))?
                 .ok_or_else(|| Error::internal(format!("{name} vanished from the WAL archive")))?;

@@ -446,9 +446,18 @@ impl Run {
     }
 
     fn fail(&self, what: String) -> ! {
+        // What the server warned of: an answer's "see the server log".
+        let log = std::fs::read_to_string(self.pg.s.dir.join("server.log")).unwrap_or_default();
+        let warned: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .collect();
         panic!(
-            "seed {} (replay with MODEL_SEED={}): {what}\n--- operations:\n{}",
-            self.seed, self.seed, self.log
+            "seed {} (replay with MODEL_SEED={}): {what}\n--- operations:\n{}--- the server's last warnings:\n{}",
+            self.seed,
+            self.seed,
+            self.log,
+            warned[warned.len().saturating_sub(20)..].join("\n")
         )
     }
 
@@ -1228,9 +1237,8 @@ fn random_sequences_recover_what_the_model_predicts_seed_c() {
     sequence(seed(0x5EED_0003));
 }
 
-/// The model with its repository on an S3 server with a bad day (the
-/// engine model's: 10 % of requests answered 503 SlowDown, 3 % 500, 3 %
-/// dropped, 2 % answered after the client's 2 s timeout): PostgreSQL's
+/// The model with its repository on an S3 server with a bad day
+/// (`FaultPlan::bad_day`, as the engine model's): PostgreSQL's
 /// archive_command, the WAL receiver, backups, expires and recoveries all
 /// meet them. Losing the primary repository and the repository CLI's
 /// `forget` take a local directory apart and are left out here.
@@ -1240,16 +1248,9 @@ fn random_sequences_on_a_flaky_s3_store_recover_what_the_model_predicts() {
     let seed = seed(0x5EED_0004);
     let faults = Faults::new(seed);
     let server = S3Server::with_faults(faults.clone());
-    faults.set(FaultPlan {
-        slow_down_per_mille: 100,
-        internal_error_per_mille: 30,
-        dropped_per_mille: 30,
-        stalled_per_mille: 20,
-        stall: Duration::from_secs(3),
-        down: false,
-    });
+    faults.set(FaultPlan::bad_day());
     // 12 operations in CI: on this store they take about 7 s each (32
-    // took 228 s); the soak runs more.
+    // took 228 s); `MODEL_OPS` asks for more.
     sequence_on(seed, Some(&server), 12);
     let met = faults.injected();
     eprintln!("seed {seed}: the store's bad day: {met:?}");

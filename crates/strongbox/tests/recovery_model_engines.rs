@@ -424,14 +424,7 @@ fn sqlite_sequences_on_a_flaky_s3_store_recover_what_the_model_predicts() {
     let seed = seed(0xD0C5_0004);
     let faults = Faults::new(seed);
     let server = S3Server::with_faults(faults.clone());
-    faults.set(FaultPlan {
-        slow_down_per_mille: 100,
-        internal_error_per_mille: 30,
-        dropped_per_mille: 30,
-        stalled_per_mille: 20,
-        stall: Duration::from_secs(3),
-        down: false,
-    });
+    faults.set(FaultPlan::bad_day());
     let dir = tempfile::tempdir().unwrap();
     let db = Sqlite(dir.path().join("model.sqlite"));
     db.write("PRAGMA journal_mode=WAL; CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER NOT NULL);");

@@ -161,6 +161,22 @@ pub struct FaultPlan {
     pub down: bool,
 }
 
+impl FaultPlan {
+    /// A store's bad day, as the model tests meet it: 10 % of requests
+    /// answered 503 SlowDown, 3 % 500, 3 % dropped, 2 % answered after 3 s
+    /// (past the 2 s timeout the tests give their clients).
+    pub fn bad_day() -> FaultPlan {
+        FaultPlan {
+            slow_down_per_mille: 100,
+            internal_error_per_mille: 30,
+            dropped_per_mille: 30,
+            stalled_per_mille: 20,
+            stall: std::time::Duration::from_secs(3),
+            down: false,
+        }
+    }
+}
+
 /// How many requests met each fault, and how many were served.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Injected {

@@ -302,6 +302,22 @@ impl PgPhysical {
             RecoveryTarget::Backup { .. } | RecoveryTarget::Shipped(_) => None,
         };
         expected.check(&paused).map_err(Error::Failed)?;
+        // Replay followed the timeline of the stretch it was to stop on
+        // (`stop_bound`). A position inside that stretch's last record
+        // stops replay only after the next record, which on that timeline
+        // is one the planned history abandoned: refused before it becomes
+        // a timeline.
+        if let (Some(h), Some(t)) = (planned, expected.timeline)
+            && !h.holds(t, paused.lsn)
+        {
+            let end = h.spans().iter().find(|s| s.timeline == t).and_then(|s| s.end);
+            return Err(Error::Failed(format!(
+                "replay paused at scn {}, past the end of timeline {t}'s part of the planned history{}: the \
+                 position asked is inside its last record; ask for that scn or an earlier one",
+                paused.lsn,
+                end.map(|e| format!(" (scn {e})")).unwrap_or_default()
+            )));
+        }
         log(format!(
             "replay paused at scn {}{}, as planned; promoting",
             paused.lsn,
