@@ -27,6 +27,8 @@
 //!
 //! Every sequence prints its seed; `MODEL_SEED=N` replays one, `MODEL_OPS=N`
 //! sets the length (the soak run in `bench/recovery_soak.sh` uses both).
+//! One test runs the sequences with the repository on an S3 store with a
+//! bad day (errors, dropped connections, late answers).
 //! What makes the model exact: the database is broken only after its WAL
 //! is archived (what a dead server never archived is lost to any tool),
 //! remembered moments are quiet (no commit within 0.7 s before or 0.3 s
@@ -426,8 +428,9 @@ impl Run {
         }
     }
 
-    /// `POST …/recovery`, asked again after a 503's `Retry-After` (the
-    /// repository found failing on the store's bad day), as a client does.
+    /// `POST …/recovery`, asked again 2 s after a 503 (the repository
+    /// found failing on the store's bad day), as a client honouring its
+    /// `Retry-After` does.
     fn request_recovery(&mut self, body: &str) -> (String, serde_json::Value, String) {
         for _ in 0..6 {
             let answer = self.pg.request_recovery(body);
@@ -917,7 +920,8 @@ impl Run {
     /// everything archived, the server is killed, the repository's
     /// directory deleted and made again from the copy (`strongbox repo
     /// copy`, a new key under the same password), and the server started
-    /// on it. Nothing the model knows changes.
+    /// on it. Nothing the model knows changes. On S3, the catalog is lost
+    /// instead.
     fn lose_primary(&mut self) {
         if self.on_s3 {
             return self.lose_catalog();
