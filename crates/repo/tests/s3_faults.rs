@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::*;
 use strongbox_repo::{Error, PruneOptions, Repository, S3Requests, StorageFailure, Store};
-use strongbox_testkit::s3::{FaultPlan, Faults};
+use strongbox_testkit::s3::{FaultPlan, Faults, Injected};
 
 /// Requests time out after 1 s (the stalls last 2 s) and are retried up
 /// to 10 times: a request fails only after 11 faults in a row.
@@ -98,13 +98,23 @@ async fn flaky_day(seed: u64) {
     let check = reader.check(true).await.unwrap();
     assert!(check.is_ok(), "{:?}", check.errors);
 
+    // A short day may miss a kind of fault (3 % of ~200 requests can come
+    // to none: seed 731890078 met no 500 in 214): reads go on, each
+    // checked, until every kind has been met (or 500 more requests).
+    let every_kind = |m: &Injected| m.slow_down > 0 && m.internal_error > 0 && m.dropped > 0 && m.stalled > 0;
+    for _ in 0..50 {
+        if every_kind(&faults.injected()) {
+            break;
+        }
+        for (name, seg) in segments.iter().take(10) {
+            let back = reader.wal_fetch("main", name).await.unwrap().expect(name);
+            assert_eq!(digest(&back), digest(seg), "{name}");
+        }
+    }
     let met = faults.injected();
     println!("seed {seed}: {met:?}");
     // The day was bad: every kind of fault was met, at its rate.
-    assert!(
-        met.slow_down > 0 && met.internal_error > 0 && met.dropped > 0 && met.stalled > 0,
-        "{met:?}"
-    );
+    assert!(every_kind(&met), "{met:?}");
     assert!(met.faults() * 10 > met.served, "{met:?}");
 }
 
