@@ -207,7 +207,26 @@ impl Service {
             .await
             .map_err(|e| Error::repository(format_args!("listing the WAL archive of {}", d.name), e))?;
         let archived = Archived::new(&files);
-        let histories = archives.histories(&archive, &archived).await?;
+        let mut histories = archives.histories(&archive, &archived).await?;
+        // A timeline one of our recoveries promoted whose history file is
+        // not in the repository yet (archive_command on a slow store takes
+        // seconds; the recovery model on a flaky S3 store, seed 731890079):
+        // its history is its parent's and the recorded switch point, as
+        // PostgreSQL writes it. Recoveries come in job order, each parent
+        // before its children; a number used again (its first history never
+        // archived) is the later promotion's.
+        for reached in recoveries.iter().filter_map(|r| r.reached.as_ref()) {
+            if archived.histories().any(|(t, ..)| t == reached.timeline) {
+                continue;
+            }
+            let parent = match reached.from_timeline {
+                1 => Some(History::first()),
+                t => histories.get(&t).cloned(),
+            };
+            if let Some(h) = parent.and_then(|p| p.branch(reached.timeline, reached.lsn).ok()) {
+                histories.insert(reached.timeline, h);
+            }
+        }
         // When each timeline began: as our recoveries recorded it, else when
         // its history file was archived (a promotion outside Strongbox).
         let mut created: BTreeMap<u32, OffsetDateTime> = archived.histories().map(|(t, _, at)| (t, at)).collect();
@@ -333,6 +352,15 @@ impl PitrState {
         goal: Goal,
         timeline: Option<u32>,
     ) -> Result<Result<(Backup, RecoveryPlan), Unreachable>, Error> {
+        // Planning on without the server's timeline would restore the
+        // latest backup and lose what was committed since.
+        if let Some(t) = self.pitr().awaited_history() {
+            return Err(Error::unavailable(format!(
+                "the server is on timeline {t}, whose history file {t:08X}.history is not in the repository yet: \
+                 archive_command (or the WAL receiver) stores it shortly after a promotion, and a recovery is \
+                 planned along it (if this lasts, archive_command is failing: see pg_stat_archiver on the server)"
+            )));
+        }
         tokio::task::spawn_blocking(move || {
             let point_in_time = self.engine.point_in_time().expect("checked in `pitr_state`");
             let scratch = self.wal.archives.scratch.clone();

@@ -360,12 +360,7 @@ fn sequence(seed: u64, engine: &str, db: &dyn Database, ops: usize) {
 fn sequence_on(seed: u64, engine: &str, db: &dyn Database, ops: usize, s3: Option<&strongbox_testkit::s3::S3Server>) {
     eprintln!("{engine} recovery model: seed {seed} (replay with MODEL_SEED={seed})");
     let dir = tempfile::tempdir().unwrap();
-    let s3 = s3.map(|server| {
-        let mut env = server.env().to_vec();
-        // Requests time out in 2 s (the late answers come after 3 s).
-        env.push(("STRONGBOX_S3_TIMEOUT_SECONDS", "2".to_string()));
-        (server.repository("model"), env)
-    });
+    let s3 = s3.map(|server| (server.repository("model"), common::flaky_s3_reach(server)));
     let s = match &s3 {
         None => start(&dir),
         Some((location, env)) => {

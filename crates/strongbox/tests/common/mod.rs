@@ -152,6 +152,14 @@ pub fn drill_repository(root: &Path, name: &str) -> (String, Vec<(&'static str, 
     }
 }
 
+/// The variables that reach a model's repository on a flaky S3 `server`,
+/// requests timing out in 2 s (its late answers come after 3 s).
+pub fn flaky_s3_reach(server: &strongbox_testkit::s3::S3Server) -> Vec<(&'static str, String)> {
+    let mut env = server.env().to_vec();
+    env.push(("STRONGBOX_S3_TIMEOUT_SECONDS", "2".to_string()));
+    env
+}
+
 pub fn start(dir: &tempfile::TempDir) -> Server {
     start_in(dir.path(), free_port())
 }

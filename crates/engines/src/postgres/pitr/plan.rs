@@ -244,6 +244,21 @@ impl Pitr<'_> {
             .unwrap_or_else(|| self.archived.newest_timeline())
     }
 
+    /// The server's timeline, when its history file is on its way to the
+    /// repository: a promotion outside Strongbox (ours record where they
+    /// branch) whose history is not stored yet. PostgreSQL archives a
+    /// history file before any WAL of its timeline (the name sorts first,
+    /// and the receiver streams it first too), so while none of the
+    /// timeline's WAL is stored it is coming, within seconds unless
+    /// archive_command fails; once some is, it was never archived (the
+    /// promotion came before archiving was set up) and waiting would not
+    /// help: `history` says so.
+    pub fn awaited_history(&self) -> Option<u32> {
+        let t = self.live?.timeline;
+        (t != 1 && !self.histories.contains_key(&t) && !self.archived.is_empty() && self.archived.newest_timeline() < t)
+            .then_some(t)
+    }
+
     pub fn history(&self, timeline: u32) -> Result<History, String> {
         if timeline == 1 {
             return Ok(History::first());
@@ -642,6 +657,36 @@ mod tests {
                 .why
                 .contains("timeline 7 is unknown")
         );
+    }
+
+    #[test]
+    fn a_live_timeline_without_a_stored_history_is_awaited_until_its_wal_is_stored() {
+        let (bases, wal, histories, created) = branched();
+        let live = |timeline| {
+            Some(Live {
+                timeline,
+                lsn: Lsn(5 * SEG),
+                at: at(400),
+            })
+        };
+        let p = |live, archived| Pitr {
+            bases: &bases,
+            archived,
+            histories: &histories,
+            created: &created,
+            live,
+        };
+        // Timeline 2's history is stored; 1 has none; the server is not asked.
+        assert_eq!(p(live(2), &wal).awaited_history(), None);
+        assert_eq!(p(live(1), &wal).awaited_history(), None);
+        assert_eq!(p(None, &wal).awaited_history(), None);
+        // Promoted to 3, nothing of it stored yet: its history is coming.
+        assert_eq!(p(live(3), &wal).awaited_history(), Some(3));
+        // A segment of 3 stored without its history: it never will be.
+        let without_history = archived(&[(1, 2, 110), (2, 2, 320), (3, 4, 380)], &[(2, 301)]);
+        assert_eq!(p(live(3), &without_history).awaited_history(), None);
+        // Nothing archived at all: not a deployment archiving its WAL.
+        assert_eq!(p(live(3), &archived(&[], &[])).awaited_history(), None);
     }
 
     #[test]

@@ -147,6 +147,28 @@ impl History {
             .map_or(1, |s| s.timeline)
     }
 
+    /// The history of `timeline`, promoted at `at` on this history's last
+    /// timeline: what PostgreSQL writes into its history file (this
+    /// history's lines and `LAST\tAT`). For a promotion a recovery recorded
+    /// whose history file is not in the repository yet.
+    pub fn branch(&self, timeline: u32, at: Lsn) -> Result<History, String> {
+        let last = *self.spans.last().expect("a history has a span");
+        if timeline <= last.timeline || at < last.begin {
+            return Err(format!(
+                "timeline {timeline} cannot branch at {at} from timeline {}'s history (its stretch begins at {})",
+                last.timeline, last.begin
+            ));
+        }
+        let mut spans = self.spans.clone();
+        spans.last_mut().expect("a history has a span").end = Some(at);
+        spans.push(Span {
+            timeline,
+            begin: at,
+            end: None,
+        });
+        Ok(History { spans })
+    }
+
     /// The timeline `timeline` branched from in this history.
     pub fn parent_of(&self, timeline: u32) -> Option<u32> {
         let i = self.spans.iter().position(|s| s.timeline == timeline)?;
@@ -180,6 +202,24 @@ mod tests {
     use super::*;
 
     const SEG: u64 = 16 << 20;
+
+    #[test]
+    fn a_branch_is_the_history_postgresql_writes_for_the_promotion() {
+        let two = History::parse(2, "1\t0/3000158\tno recovery target specified\n").unwrap();
+        let written = History::parse(
+            5,
+            "1\t0/3000158\tno recovery target specified\n2\t0/5000000\tbefore 2026-12-06 19:00:00+00\n",
+        )
+        .unwrap();
+        assert_eq!(two.branch(5, "0/5000000".parse().unwrap()), Ok(written));
+        assert_eq!(
+            History::first().branch(2, "0/3000158".parse().unwrap()),
+            Ok(two.clone())
+        );
+        // Not before the last stretch began, nor to an older timeline.
+        assert!(two.branch(5, "0/3000000".parse().unwrap()).is_err());
+        assert!(two.branch(2, "0/5000000".parse().unwrap()).is_err());
+    }
 
     #[test]
     fn a_history_file_gives_the_stretches_replay_follows() {
