@@ -705,11 +705,12 @@ impl Run {
     }
 
     /// Whether backup job `backup` had ended by the time the recovery job at
-    /// `recovery` (its Location) was created (to the second, as jobs show).
+    /// `recovery` (its Location) was created.
     fn ended_before(&self, backup: &serde_json::Value, recovery: &str) -> bool {
         let (_, job) = self.pg.s.json(&[recovery]);
         let date = |j: &serde_json::Value, field: &str| {
-            strongbox_core::dates::parse_api_date(j[field].as_str().unwrap_or_default())
+            let rfc3339 = &time::format_description::well_known::Rfc3339;
+            OffsetDateTime::parse(j[field].as_str().unwrap_or_default(), rfc3339)
                 .unwrap_or_else(|e| self.fail(format!("job {field}: {e}: {j}")))
         };
         backup["job_status"] == "Succeeded" && date(backup, "last_modified_time") <= date(&job, "creation_time")
