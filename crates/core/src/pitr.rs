@@ -215,8 +215,9 @@ impl Service {
         // PostgreSQL writes it. Recoveries come in job order, each parent
         // before its children; a number used again (its first history never
         // archived) is the later promotion's.
+        let stored: BTreeSet<u32> = histories.keys().copied().collect();
         for reached in recoveries.iter().filter_map(|r| r.reached.as_ref()) {
-            if archived.histories().any(|(t, ..)| t == reached.timeline) {
+            if stored.contains(&reached.timeline) {
                 continue;
             }
             let parent = match reached.from_timeline {

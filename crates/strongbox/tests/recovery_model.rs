@@ -447,18 +447,12 @@ impl Run {
     }
 
     fn fail(&self, what: String) -> ! {
-        // What the server warned of: an answer's "see the server log".
-        let log = std::fs::read_to_string(self.pg.s.dir.join("server.log")).unwrap_or_default();
-        let warned: Vec<&str> = log
-            .lines()
-            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
-            .collect();
         panic!(
             "seed {} (replay with MODEL_SEED={}): {what}\n--- operations:\n{}--- the server's last warnings:\n{}",
             self.seed,
             self.seed,
             self.log,
-            warned[warned.len().saturating_sub(20)..].join("\n")
+            self.pg.s.last_warnings(20)
         )
     }
 

@@ -561,18 +561,13 @@ impl Run {
         let want = self.model.lock().unwrap().live.clone();
         if got != want {
             // Which generation was replayed, how far, and the server's warnings.
-            let server_log = std::fs::read_to_string(self.s.dir.join("server.log")).unwrap_or_default();
-            let warned: Vec<&str> = server_log
-                .lines()
-                .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
-                .collect();
             self.fail(format!(
                 "latest: {} rows, the application had committed {}: {}\nthe recovery's activity: {log}\nthe \
                  server's last warnings:\n{}",
                 got.len(),
                 want.len(),
                 differences(&want, &got),
-                warned[warned.len().saturating_sub(20)..].join("\n")
+                self.s.last_warnings(20)
             ));
         }
         self.note(format!("latest: all {} rows", got.len()));

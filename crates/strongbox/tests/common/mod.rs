@@ -160,6 +160,19 @@ pub fn flaky_s3_reach(server: &strongbox_testkit::s3::S3Server) -> Vec<(&'static
     env
 }
 
+impl Server {
+    /// The last `n` warnings and errors in the server's log, one a line:
+    /// what a failing test shows of an answer's "see the server log".
+    pub fn last_warnings(&self, n: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+        let warned: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .collect();
+        warned[warned.len().saturating_sub(n)..].join("\n")
+    }
+}
+
 pub fn start(dir: &tempfile::TempDir) -> Server {
     start_in(dir.path(), free_port())
 }
