@@ -141,11 +141,36 @@ impl crate::Engine for SqliteEngine {
         // wants every transaction up to its moment) and ends its
         // generation: the recovered database's history begins with the
         // base taken after the recovery, never inside the old one.
-        if let Some(ended) = cx.shipper.and_then(|s| s.request_end()) {
-            ended?;
-            (cx.log)("the log shipper pushed what it held and ended its generation".into());
-        }
+        let lost = match cx.shipper.and_then(|s| s.request_end()) {
+            Some(ended) => {
+                let lost = ended?;
+                (cx.log)("the log shipper pushed what it held and ended its generation".into());
+                lost
+            }
+            None => None,
+        };
         let damage = self.damage();
+        if let (Some(t), Some(lost)) = (shipped, lost)
+            && lost.generation == t.generation
+        {
+            // What the database holds past the generation's end is in no
+            // shipped log: a replay to its end (or to a moment after it)
+            // would silently drop it. Unless the file is gone or damaged,
+            // when that is the best there is; a position is exact anyway.
+            if damage.is_none() && !matches!(t.until, ship::Until::Txn(_)) {
+                return Err(Error::Failed(format!(
+                    "generation {} of the shipped log ended before this recovery ({}): what was committed since \
+                     is in no shipped log, so recovering along it would lose it; a base backup begins a new \
+                     generation at once (continuousArchiving in the deployment's details shows when it is live): \
+                     ask again then. Nothing was changed",
+                    lost.generation, lost.why
+                )));
+            }
+            (cx.log)(format!(
+                "generation {} ended before this recovery: {}",
+                lost.generation, lost.why
+            ));
+        }
         let beside = match &damage {
             // In place: the scratch directory will do.
             None => cx.scratch.to_path_buf(),

@@ -11,12 +11,15 @@
 //! the file cannot be written by a checkpoint until it ends. So while the
 //! shipper's reader is open, either nothing resets the log, or it is reset
 //! with no frame after the shipper's position (nothing was appended since
-//! the reader began, or the checkpoint could not have finished). A reset
-//! is then recognised by its header: SQLite adds one to the checkpoint
-//! sequence and to the first salt, and the new log continues the same
-//! history from its first frame. Anything else — a header that does not
-//! follow, the log gone, the database file replaced (another inode), the
-//! shipper started afresh — starts a new *generation*.
+//! the reader began, or the checkpoint could not have finished). So any
+//! new header on the same log file is a reset, and the new log continues
+//! the same history from its first frame, whatever the header's numbers
+//! say: the checkpoint sequence in a header is the count of the connection
+//! that reset the log (a new connection starts at 0), a TRUNCATE of a log
+//! already empty resets it again, and a connection that never reset the
+//! log gives the log it writes first fresh random salts. Anything else —
+//! the log file gone or another in its place, the database file replaced
+//! (another inode), the shipper started afresh — starts a new *generation*.
 //!
 //! After each read the reader's mark moves to the end
 //! (`advance_reader`: a second connection begins reading before the first
@@ -148,6 +151,14 @@ pub struct Polled {
     pub rolled: bool,
 }
 
+/// A generation that ended because continuity was lost: what was committed
+/// after its last shipped transaction is in no shipped log.
+#[derive(Clone, Debug)]
+pub struct Lost {
+    pub generation: String,
+    pub why: String,
+}
+
 pub struct Shipper {
     path: PathBuf,
     wal_path: PathBuf,
@@ -160,8 +171,14 @@ pub struct Shipper {
     /// Takes the write lock for bases and rolls.
     writer: Connection,
     inode: u64,
+    /// The log file the cursor reads (its inode): SQLite resets the log in
+    /// place, so another file there breaks the history.
+    wal_file: Option<u64>,
     /// `None` until a base is taken, and again once continuity is lost.
     pub generation: Option<String>,
+    /// The generation that ended last by losing continuity, until the
+    /// next base: a recovery along it would miss what came after.
+    lost: Option<Lost>,
     cursor: Option<Cursor>,
     page_size: u32,
     /// Transactions of this generation pushed so far.
@@ -194,7 +211,9 @@ impl Shipper {
             spare,
             writer,
             inode,
+            wal_file: None,
             generation: None,
+            lost: None,
             cursor: None,
             page_size: 0,
             shipped: 0,
@@ -283,6 +302,7 @@ impl Shipper {
         let (reader, spare, writer, inode) = Self::connect(&self.path)?;
         (self.reader, self.spare, self.writer, self.inode) = (reader, spare, writer, inode);
         let taken_ms = self.with_write_lock(|s| {
+            s.wal_file = s.wal_file_now();
             s.cursor = match WalHeader::read(&s.wal_path).map_err(|e| fail(&s.path, "reading the WAL header", e))? {
                 Some(h) => {
                     let mut c = Cursor::at_start(h);
@@ -317,6 +337,7 @@ impl Shipper {
         drop(path); // unlinked; the open handle keeps the data until read
         let generation = generation_id();
         self.generation = Some(generation.clone());
+        self.lost = None;
         self.shipped = 0;
         Ok(Base {
             generation,
@@ -328,6 +349,12 @@ impl Shipper {
     /// Continuity is lost: what is pending is pushed, and nothing more is
     /// shipped until the next base.
     fn lose(&mut self, why: String, polled: &mut Polled) -> Result<(), Error> {
+        if let Some(generation) = self.generation.clone() {
+            self.lost = Some(Lost {
+                generation,
+                why: why.clone(),
+            });
+        }
         self.end_generation()?;
         polled.lost = Some(why);
         Ok(())
@@ -341,6 +368,10 @@ impl Shipper {
         Ok(())
     }
 
+    fn wal_file_now(&self) -> Option<u64> {
+        std::fs::metadata(&self.wal_path).ok().map(|m| m.ino())
+    }
+
     fn open_wal(&self) -> Result<std::fs::File, Error> {
         std::fs::File::open(&self.wal_path).map_err(|e| fail(&self.path, "opening the WAL", e))
     }
@@ -348,22 +379,29 @@ impl Shipper {
     /// Reads what was committed since the last poll. `Err(why)` inside
     /// means continuity is lost.
     fn read_new(&mut self) -> Result<Result<usize, String>, Error> {
+        let file = self.wal_file_now();
         let header = WalHeader::read(&self.wal_path).map_err(|e| fail(&self.path, "reading the WAL header", e))?;
         let cursor = match (self.cursor, header) {
             (None, None) => return Ok(Ok(0)),
-            (None, Some(h)) => Cursor::at_start(h),
+            (None, Some(h)) => {
+                self.wal_file = file;
+                Cursor::at_start(h)
+            }
+            (Some(_), _) if file.is_none() => return Ok(Err("the WAL was removed".into())),
+            (Some(_), _) if file != self.wal_file => {
+                return Ok(Err("the WAL was replaced by another file".into()));
+            }
             (Some(c), Some(h)) if c.header == h => c,
-            (Some(c), Some(h)) if h.follows(&c.header) => Cursor::at_start(h),
-            // A TRUNCATE checkpoint empties the log, which it can only do
-            // once every frame was copied into the database and no reader
-            // (so not ours) still reads from the log: the log that comes
-            // next follows the one the cursor is on.
-            (Some(c), None) if self.wal_path.exists() => {
+            // The log was reset (see the module's comment: with nothing
+            // after the cursor); the new one goes on from its first frame.
+            (Some(_), Some(h)) => Cursor::at_start(h),
+            // A TRUNCATE checkpoint emptied it, which it can only do once
+            // every frame was copied into the database and no reader (so not
+            // ours) still reads from the log: the next log goes on.
+            (Some(c), None) => {
                 self.cursor = Some(Cursor::at_start(c.header));
                 return Ok(Ok(0));
             }
-            (Some(_), None) => return Ok(Err("the WAL was removed".into())),
-            (Some(_), Some(_)) => return Ok(Err("the WAL was restarted without continuity".into())),
         };
         let mut cursor = cursor;
         let txns = cursor

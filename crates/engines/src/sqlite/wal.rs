@@ -83,14 +83,6 @@ impl WalHeader {
             Err(e) => Err(e.into()),
         }
     }
-
-    /// Whether `self` is the log that follows `earlier` after one reset
-    /// (SQLite adds one to the checkpoint sequence and the first salt).
-    pub fn follows(&self, earlier: &WalHeader) -> bool {
-        self.checkpoint_seq == earlier.checkpoint_seq.wrapping_add(1)
-            && self.salt.0 == earlier.salt.0.wrapping_add(1)
-            && self.page_size == earlier.page_size
-    }
 }
 
 /// One committed transaction read from a live log: the pages it wrote, in

@@ -8,7 +8,7 @@
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
-use super::{Base, Shipper};
+use super::{Base, Lost, Polled, Shipper};
 use crate::Error;
 
 /// What a backup or recovery job asks of the shipper of its database,
@@ -17,8 +17,10 @@ pub enum Request {
     /// A new generation's base, for a backup to store.
     Base(Sender<Result<Base, Error>>),
     /// Push what is pending now and end the generation: a recovery wants
-    /// every transaction up to its moment, and replaces the database.
-    End(Sender<Result<(), Error>>),
+    /// every transaction up to its moment, and replaces the database. The
+    /// answer names the generation that last lost continuity, if one did
+    /// since the last base (then, or before).
+    End(Sender<Result<Option<Lost>, Error>>),
 }
 
 /// A way to a database's shipper, open while a `Shipper` runs (between
@@ -59,8 +61,8 @@ impl ShipperLink {
     }
 
     /// Has the shipper, if it runs, push what is pending and end its
-    /// generation.
-    pub fn request_end(&self) -> Option<Result<(), Error>> {
+    /// generation; the generation that lost continuity, if one did.
+    pub fn request_end(&self) -> Option<Result<Option<Lost>, Error>> {
         self.ask(Request::End)
     }
 }
@@ -79,14 +81,18 @@ impl Shipper {
                     let _ = reply.send(self.begin_generation());
                 }
                 Request::End(reply) => {
+                    let mut polled = Polled::default();
                     let done = match self.generation.is_some() {
-                        true => self.read_new().and_then(|_| self.end_generation()),
+                        true => self.read_new().and_then(|read| match read {
+                            Ok(_) => self.end_generation(),
+                            Err(why) => self.lose(why, &mut polled),
+                        }),
                         false => Ok(()),
                     };
                     if done.is_ok() {
-                        ended = Some(ENDED_FOR_RECOVERY.to_string());
+                        ended = Some(polled.lost.unwrap_or_else(|| ENDED_FOR_RECOVERY.to_string()));
                     }
-                    let _ = reply.send(done);
+                    let _ = reply.send(done.map(|()| self.lost.clone()));
                 }
             }
         }
