@@ -157,7 +157,12 @@ impl crate::Engine for SqliteEngine {
             // shipped log: a replay to its end (or to a moment after it)
             // would silently drop it. Unless the file is gone or damaged,
             // when that is the best there is; a position is exact anyway.
-            if damage.is_none() && !matches!(t.until, ship::Until::Txn(_)) {
+            let past_the_end = match t.until {
+                ship::Until::Latest => true,
+                ship::Until::Time(ms) => ms > lost.read_ms,
+                ship::Until::Txn(_) => false,
+            };
+            if damage.is_none() && past_the_end {
                 return Err(Error::Failed(format!(
                     "generation {} of the shipped log ended before this recovery ({}): what was committed since \
                      is in no shipped log, so recovering along it would lose it; a base backup begins a new \

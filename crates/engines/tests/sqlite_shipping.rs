@@ -574,12 +574,26 @@ fn a_latest_along_a_generation_that_lost_continuity_is_refused_and_changes_nothi
     let refused = SqliteEngine::new(db.clone())
         .recover(&files, &target, &cx)
         .map(|r| r.summary);
+    // A moment after the generation's last read is refused too, for the same
+    // reason (one before it is held whole by the shipped log).
+    let later = RecoveryTarget::Shipped(strongbox_engines::sqlite_ship::ShippedTarget {
+        generation: generation.clone(),
+        until: Until::Time(now_ms()),
+        at_least: 0,
+    });
+    let refused_later = SqliteEngine::new(db.clone())
+        .recover(&files, &later, &cx)
+        .map(|r| r.summary);
     stop.store(true, Ordering::Relaxed);
     answering.join().unwrap();
     let err = refused
         .expect_err("recovered along a generation that lost continuity")
         .to_string();
     let said = format!("generation {generation} of the shipped log ended before this recovery (the WAL was removed)");
+    assert!(err.contains(&said), "{err}");
+    let err = refused_later
+        .expect_err("recovered to a moment past the lost generation's end")
+        .to_string();
     assert!(err.contains(&said), "{err}");
     assert!(std::fs::read(&db).unwrap() == before, "the database file changed");
 }

@@ -157,6 +157,9 @@ pub struct Polled {
 pub struct Lost {
     pub generation: String,
     pub why: String,
+    /// The log was last read whole then (ms since the epoch): the shipped
+    /// transactions hold every moment up to it.
+    pub read_ms: i64,
 }
 
 pub struct Shipper {
@@ -179,6 +182,8 @@ pub struct Shipper {
     /// The generation that ended last by losing continuity, until the
     /// next base: a recovery along it would miss what came after.
     lost: Option<Lost>,
+    /// When the log was last read to its end (ms since the epoch).
+    read_ms: i64,
     cursor: Option<Cursor>,
     page_size: u32,
     /// Transactions of this generation pushed so far.
@@ -214,6 +219,7 @@ impl Shipper {
             wal_file: None,
             generation: None,
             lost: None,
+            read_ms: 0,
             cursor: None,
             page_size: 0,
             shipped: 0,
@@ -316,6 +322,7 @@ impl Shipper {
             s.begin_read()?;
             Ok(now_ms())
         })?;
+        self.read_ms = taken_ms;
         self.page_size = self
             .reader
             .query_row("PRAGMA page_size", [], |r| r.get(0))
@@ -353,6 +360,7 @@ impl Shipper {
             self.lost = Some(Lost {
                 generation,
                 why: why.clone(),
+                read_ms: self.read_ms,
             });
         }
         self.end_generation()?;
@@ -382,7 +390,10 @@ impl Shipper {
         let file = self.wal_file_now();
         let header = WalHeader::read(&self.wal_path).map_err(|e| fail(&self.path, "reading the WAL header", e))?;
         let cursor = match (self.cursor, header) {
-            (None, None) => return Ok(Ok(0)),
+            (None, None) => {
+                self.read_ms = now_ms(); // nothing in the log
+                return Ok(Ok(0));
+            }
             (None, Some(h)) => {
                 self.wal_file = file;
                 Cursor::at_start(h)
@@ -400,6 +411,7 @@ impl Shipper {
             // ours) still reads from the log: the next log goes on.
             (Some(c), None) => {
                 self.cursor = Some(Cursor::at_start(c.header));
+                self.read_ms = now_ms();
                 return Ok(Ok(0));
             }
         };
@@ -409,6 +421,7 @@ impl Shipper {
             .map_err(|e| fail(&self.path, "reading the WAL", e))?;
         self.cursor = Some(cursor);
         let seen_ms = now_ms();
+        self.read_ms = seen_ms;
         let n = txns.len();
         for txn in txns {
             self.pending_bytes += txn.pages.len() * (self.page_size as usize + 4);
