@@ -397,13 +397,26 @@ fn restart_and_truncate_checkpoints_finish_at_once_and_keep_the_generation() {
     }
     insert(n);
     n += 50;
+    one_generation_holds_them_all(&rt, &repo, shipper, n, "");
+}
+
+/// Stops the shipper (once it has read the last commits) and checks that
+/// it shipped one generation, whose latest state holds rows `0..n`; `seen`
+/// goes into the failure message.
+fn one_generation_holds_them_all(
+    rt: &tokio::runtime::Runtime,
+    repo: &Repository,
+    shipper: Running,
+    n: i64,
+    seen: &str,
+) {
     std::thread::sleep(Duration::from_millis(100));
     let (shipper, _) = shipper.finish();
     shipper.stop().unwrap();
-    let gens = rt.block_on(generations(&repo));
-    assert_eq!(gens.len(), 1, "one generation throughout");
+    let gens = rt.block_on(generations(repo));
+    assert_eq!(gens.len(), 1, "one generation throughout{seen}");
     let work = tempfile::tempdir().unwrap();
-    let path = recover(&rt, &repo, &gens[0], Until::Latest, work.path());
+    let path = recover(rt, repo, &gens[0], Until::Latest, work.path());
     assert_eq!(rows(&path), (0..n).collect());
 }
 
@@ -461,19 +474,9 @@ fn every_kind_of_log_reset_keeps_the_generation() {
         insert(&app, 1);
         seen.push(header().unwrap().unwrap());
     }
-    std::thread::sleep(Duration::from_millis(100));
-    let (shipper, _) = shipper.finish();
-    shipper.stop().unwrap();
-    let gens = rt.block_on(generations(&repo));
     let headers: Vec<_> = seen.iter().map(|h| (h.checkpoint_seq, h.salt.0)).collect();
-    assert_eq!(
-        gens.len(),
-        1,
-        "one generation throughout (the logs' checkpoint sequences and first salts: {headers:?})"
-    );
-    let work = tempfile::tempdir().unwrap();
-    let path = recover(&rt, &repo, &gens[0], Until::Latest, work.path());
-    assert_eq!(rows(&path), (0..n).collect());
+    let seen = format!(" (the logs' checkpoint sequences and first salts: {headers:?})");
+    one_generation_holds_them_all(&rt, &repo, shipper, n, &seen);
 }
 
 /// A recovery asks the shipper to end its generation; if reading the log
