@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 use strongbox_engines::sqlite_ship::{
-    GENERATION_LABEL, RepoArchive, ShipOptions, Shipper, TAKEN_LABEL, Until, by_generation, decode, now_ms, replay,
+    GENERATION_LABEL, RepoArchive, ShipOptions, Shipper, ShipperLink, TAKEN_LABEL, Until, by_generation, decode,
+    now_ms, replay,
 };
 use strongbox_repo::{InitOptions, Repository, Store};
 use strongbox_testkit::Rng;
@@ -479,6 +480,26 @@ fn every_kind_of_log_reset_keeps_the_generation() {
     one_generation_holds_them_all(&rt, &repo, shipper, n, &seen);
 }
 
+/// Runs `ask` with a link to `shipper`, which answers its requests on
+/// another thread meanwhile, as the server's shipper thread answers jobs.
+fn answering<T>(shipper: &mut Shipper, ask: impl FnOnce(&ShipperLink) -> T) -> T {
+    let link = ShipperLink::default();
+    let requests = link.open();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let stop = &stop;
+        s.spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                shipper.answer(&requests);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let out = ask(&link);
+        stop.store(true, Ordering::Relaxed);
+        out
+    })
+}
+
 /// A recovery asks the shipper to end its generation; if reading the log
 /// one last time finds continuity lost, the answer says so (and which
 /// generation), so that the recovery does not replay that generation as if
@@ -490,16 +511,7 @@ fn ending_for_a_recovery_reports_a_generation_that_lost_continuity() {
     let db = dir.path().join("app.sqlite");
     let app = open_app(&db);
     let end = |shipper: &mut Shipper| {
-        let link = strongbox_engines::sqlite_ship::ShipperLink::default();
-        let requests = link.open();
-        let asked = std::thread::spawn(move || link.request_end());
-        while !asked.is_finished() {
-            shipper.answer(&requests);
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        asked
-            .join()
-            .unwrap()
+        answering(shipper, |link| link.request_end())
             .expect("the shipper runs")
             .expect("it ended its generation")
     };
@@ -544,51 +556,36 @@ fn a_latest_along_a_generation_that_lost_continuity_is_refused_and_changes_nothi
     app.execute("INSERT INTO t VALUES (2, randomblob(200))", []).unwrap();
     std::fs::remove_file(format!("{}-wal", db.display())).unwrap();
     let before = std::fs::read(&db).unwrap();
-    let link = strongbox_engines::sqlite_ship::ShipperLink::default();
-    let requests = link.open();
-    let stop = Arc::new(AtomicBool::new(false));
-    let answering = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                shipper.answer(&requests);
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
     let files = SnapshotFiles::new(
         repo.clone(),
         snapshot,
         rt.handle().clone(),
         Arc::new(strongbox_repo::Counters::default()),
     );
-    let target = RecoveryTarget::Shipped(strongbox_engines::sqlite_ship::ShippedTarget {
-        generation: generation.clone(),
-        until: Until::Latest,
-        at_least: 0,
-    });
-    let cx = RecoveryContext {
-        scratch: dir.path(),
-        log: &|_| {},
-        wal: None,
-        shipper: Some(&link),
-        drill: false,
+    let along = |until| {
+        RecoveryTarget::Shipped(strongbox_engines::sqlite_ship::ShippedTarget {
+            generation: generation.clone(),
+            until,
+            at_least: 0,
+        })
     };
-    let refused = SqliteEngine::new(db.clone())
-        .recover(&files, &target, &cx)
-        .map(|r| r.summary);
-    // A moment after the generation's last read is refused too, for the same
+    // `latest`, and a moment after the generation's last read, for the same
     // reason (one before it is held whole by the shipped log).
-    let later = RecoveryTarget::Shipped(strongbox_engines::sqlite_ship::ShippedTarget {
-        generation: generation.clone(),
-        until: Until::Time(now_ms()),
-        at_least: 0,
+    let (refused, refused_later) = answering(&mut shipper, |link| {
+        let cx = RecoveryContext {
+            scratch: dir.path(),
+            log: &|_| {},
+            wal: None,
+            shipper: Some(link),
+            drill: false,
+        };
+        let recover = |until| {
+            SqliteEngine::new(db.clone())
+                .recover(&files, &along(until), &cx)
+                .map(|r| r.summary)
+        };
+        (recover(Until::Latest), recover(Until::Time(now_ms())))
     });
-    let refused_later = SqliteEngine::new(db.clone())
-        .recover(&files, &later, &cx)
-        .map(|r| r.summary);
-    stop.store(true, Ordering::Relaxed);
-    answering.join().unwrap();
     let err = refused
         .expect_err("recovered along a generation that lost continuity")
         .to_string();
