@@ -90,12 +90,6 @@ impl Tool {
         })
     }
 
-    /// Starts the tool to run beside the caller (a receiver); stopped when
-    /// the handle goes.
-    pub fn start_background(mut self) -> Result<Background, Error> {
-        Ok(Background(self.spawn(Stdio::null(), Stdio::null())?))
-    }
-
     /// Runs the tool with `input` copied to its stdin.
     pub fn feed(mut self, mut input: impl Read) -> Result<String, Error> {
         let mut running = self.spawn(Stdio::piped(), Stdio::piped())?;
@@ -258,22 +252,6 @@ impl Running {
         }
         self.wait()?;
         Ok(self.redact(&out))
-    }
-}
-
-/// A tool running beside its caller (`Tool::start_background`).
-pub struct Background(Running);
-
-impl Background {
-    /// Why it ended (its exit status and the tail of its stderr), once it has.
-    pub fn ended(&mut self) -> Option<String> {
-        match self.0.child.try_wait() {
-            Ok(None) => None,
-            Ok(Some(_)) | Err(_) => Some(match self.0.wait() {
-                Ok(()) => format!("{} exited", self.0.name),
-                Err(e) => e.to_string(),
-            }),
-        }
     }
 }
 

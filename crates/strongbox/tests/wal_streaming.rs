@@ -1,5 +1,5 @@
 //! Issue 29: a PostgreSQL server and its disk lost, the WAL streamed into
-//! the repository (`pg_receivewal` from a replication slot, its unfinished
+//! the repository (Strongbox's receiver on a replication slot, its unfinished
 //! segment stored as a tail every 200 ms) brings back every transaction
 //! committed more than a second before the loss, not only those in the
 //! last completed 16 MB segment. Turned off, its slot goes.
@@ -63,7 +63,7 @@ fn a_server_and_its_disk_lost_lose_at_most_the_last_second_of_commits() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let v = pg.instance()["continuousArchiving"].clone();
-        if v["error"].as_str().is_some_and(|e| e.contains("pg_receivewal")) && v["lagSeconds"].as_f64() > Some(0.0) {
+        if v["error"].as_str().is_some_and(|e| e.contains("WAL receiver")) && v["lagSeconds"].as_f64() > Some(0.0) {
             break;
         }
         assert!(
@@ -116,18 +116,20 @@ fn a_server_and_its_disk_lost_lose_at_most_the_last_second_of_commits() {
 
 /// Synchronous mode (`synchronousArchiving`): the receiver is a
 /// synchronous standby (the server lists its `standbyName` in
-/// `synchronous_standby_names`), so a commit returns only once its WAL is
-/// flushed on the Strongbox server. Ten rounds (`SYNC_ROUNDS` to change):
-/// 100 transactions, the server killed and its data directory deleted the
-/// moment the last commit returns; `latest` brings back all of them, every
-/// time (ordered checksum of every row). And while the receiver is away a
+/// `synchronous_standby_names`) that reports WAL flushed only once it is
+/// stored, so a commit returns only once its WAL is in the repository.
+/// Ten rounds (`SYNC_ROUNDS` to change): 100 transactions; the moment the
+/// last commit returns the Strongbox server is SIGKILLed and its spool
+/// deleted, and the database server killed and its data directory
+/// deleted; a new Strongbox server on the repository, and `latest` brings
+/// back all of them, every time (ordered checksum of every row). And while the receiver is away a
 /// commit waits for it (what synchronous means; the receiver is back
 /// within about a second).
 #[test]
 fn synchronous_mode_loses_no_acknowledged_commit() {
     let rounds: i32 = strongbox_testkit::env_or("SYNC_ROUNDS", 10);
     let dir = tempfile::tempdir().unwrap();
-    let pg = Pg::start(dir.path(), "");
+    let mut pg = Pg::start(dir.path(), "");
     let config = pg.url("/backups/config");
     let (status, v) =
         pg.s.json(&["-X", "PUT", "-d", r#"{"synchronousArchiving": true}"#, &config]);
@@ -136,40 +138,7 @@ fn synchronous_mode_loses_no_acknowledged_commit() {
         v["message"].as_str().unwrap().contains("needs continuousArchiving"),
         "{v}"
     );
-    let (status, v) = pg.s.json(&[
-        "-X",
-        "PUT",
-        "-d",
-        r#"{"continuousArchiving": true, "synchronousArchiving": true}"#,
-        &config,
-    ]);
-    assert_eq!(status, "HTTP/2 200", "{v}");
-    assert_eq!(v["synchronousArchiving"], true, "{v}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let standby = loop {
-        if let Some(name) = pg.instance()["continuousArchiving"]["standbyName"].as_str() {
-            break name.to_string();
-        }
-        assert!(Instant::now() < deadline, "no standbyName: {}", pg.instance());
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    pg.c.psql(&format!("ALTER SYSTEM SET synchronous_standby_names = '\"{standby}\"'"));
-    pg.c.psql("SELECT pg_reload_conf()");
-    let synchronous = || {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while pg.c.psql(&format!(
-            "SELECT count(*) FROM pg_stat_replication WHERE application_name = '{standby}' AND sync_state = 'sync'"
-        )) != "1"
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the receiver is not a synchronous standby:\n{}",
-                pg.c.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    synchronous();
+    let standby = synchronous_archiving(&pg);
     pg.c.psql("CREATE TABLE ticks (id int PRIMARY KEY, at timestamptz NOT NULL)");
     pg.backup();
 
@@ -188,7 +157,7 @@ fn synchronous_mode_loses_no_acknowledged_commit() {
 
     let rows = "SELECT coalesce(md5(string_agg(id || '@' || at, ',' ORDER BY id)), '') FROM ticks";
     for round in 0..rounds {
-        synchronous();
+        wait_synchronous(&pg, &standby);
         let mut client = postgres::Client::connect(
             &format!("host=127.0.0.1 port={} user=postgres dbname=postgres", pg.c.port),
             postgres::NoTls,
@@ -202,11 +171,17 @@ fn synchronous_mode_loses_no_acknowledged_commit() {
                 )
                 .unwrap();
         }
-        // The checksum read on the same connection, then the loss at once.
+        // The checksum read on the same connection, then the loss at once:
+        // Strongbox's host with what its receiver had not stored, and the
+        // database's.
         let before: String = client.query_one(rows, &[]).unwrap().get(0);
+        pg.s.child.kill().unwrap(); // SIGKILL
+        pg.s.child.wait().unwrap();
         pg.crash();
         drop(client);
+        remove_spools(dir.path());
         std::fs::remove_dir_all(&pg.c.data).unwrap();
+        pg.s.restart();
         let job = recover_pg(&pg.s, &pg.c, r#"{"latest": true}"#);
         assert_eq!(job["job_status"], "Succeeded", "{job}");
         assert_eq!(
@@ -217,6 +192,85 @@ fn synchronous_mode_loses_no_acknowledged_commit() {
         );
         println!("round {round}: all {} rows back", round * 100 + 101);
     }
+}
+
+/// Synchronous mode with the repository down (the S3 store answering 503
+/// to everything): a commit does not return while its WAL cannot be
+/// stored; once the store is back it returns, and with both hosts then
+/// lost (Strongbox's spool deleted, the database's data directory too) a
+/// new Strongbox server on the repository brings it back. A receiver that
+/// acknowledged WAL once on its own disk would let the commit return at
+/// once.
+#[test]
+fn synchronous_mode_holds_commits_while_the_repository_is_down() {
+    use strongbox_testkit::s3::{FaultPlan, Faults, S3Server};
+    let faults = Faults::new(29);
+    let store = S3Server::with_faults(faults.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = common::flaky_s3_reach(&store);
+    env.push(("STRONGBOX_PASSWORD", "sync-s3".to_string()));
+    let reach = env.clone();
+    env.push(("STRONGBOX_REPOSITORY", store.repository("sync")));
+    env.push(("STRONGBOX_REPO_PASSWORD", "sync-s3".to_string()));
+    let mut pg = Pg::start_with(dir.path(), "", &env);
+    // archive_command reaches the store as the server does.
+    let command = pg.c.psql("SHOW archive_command");
+    let vars: Vec<String> = reach.iter().map(|(k, v)| format!("{k}='{v}'")).collect();
+    pg.c.psql(&format!(
+        "ALTER SYSTEM SET archive_command = '{}'",
+        format!("env {} {command}", vars.join(" ")).replace('\'', "''")
+    ));
+    pg.c.psql("SELECT pg_reload_conf()");
+    synchronous_archiving(&pg);
+    pg.c.psql("CREATE TABLE ticks (id int PRIMARY KEY, at timestamptz NOT NULL)");
+    pg.backup();
+
+    faults.set(FaultPlan {
+        down: true,
+        ..FaultPlan::default()
+    });
+    let url = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", pg.c.port);
+    let (returned, committed) = std::sync::mpsc::channel();
+    let began = Instant::now();
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        client
+            .execute("INSERT INTO ticks VALUES (1, clock_timestamp())", &[])
+            .unwrap();
+        let _ = returned.send(Instant::now());
+    });
+    let held = Duration::from_secs(5);
+    assert!(
+        committed.recv_timeout(held).is_err(),
+        "a commit returned while the repository was down"
+    );
+    faults.set(FaultPlan::default());
+    let back = Instant::now();
+    let at = committed
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the commit never returned");
+    println!(
+        "the commit waited {:?} with the repository down {held:?}; it returned {:?} after the store came back",
+        at - began,
+        at - back
+    );
+    let rows = "SELECT coalesce(md5(string_agg(id || '@' || at, ',' ORDER BY id)), '') FROM ticks";
+    let before = pg.c.psql(rows);
+    pg.s.child.kill().unwrap(); // SIGKILL
+    pg.s.child.wait().unwrap();
+    pg.crash();
+    remove_spools(dir.path());
+    std::fs::remove_dir_all(&pg.c.data).unwrap();
+    pg.s.restart();
+    let job = recover_pg(&pg.s, &pg.c, r#"{"latest": true}"#);
+    assert_eq!(job["job_status"], "Succeeded", "{job}");
+    assert_eq!(
+        pg.c.psql(rows),
+        before,
+        "the commit back, exactly\n{}",
+        pg.activity(&job)
+    );
+    assert_eq!(pg.c.psql("SELECT count(*) FROM ticks"), "1");
 }
 
 /// The receiver kept away for 60 s (`AWAY_SECONDS` to change) under
@@ -276,7 +330,7 @@ fn a_receiver_kept_away_under_pgbench_catches_up_from_its_slot() {
     assert!(
         status_away["error"]
             .as_str()
-            .is_some_and(|e| e.contains("pg_receivewal")),
+            .is_some_and(|e| e.contains("WAL receiver")),
         "{status_away}"
     );
     assert!(
@@ -362,7 +416,7 @@ fn a_timeline_switch_then_a_loss_recovers_the_new_timelines_tail() {
 }
 
 /// SIGKILL of the Strongbox server while its receiver streams: the
-/// receiver (`pg_receivewal`) dies with it within seconds (its slot
+/// receiver's connection dies with it within seconds (its slot
 /// inactive); 30 transactions commit while the server is down, their WAL
 /// kept by the slot; started again, the server's receiver resumes from the
 /// slot; 30 more commit; then the database server and its disk are lost.
@@ -410,6 +464,60 @@ fn lose_and_recover_latest(pg: &Pg, committed: &[Instant]) -> (serde_json::Value
     assert_eq!(job["job_status"], "Succeeded", "{job}\n{}", pg.c.log());
     let back = exact_prefix(&before, &pg.c.psql(ROWS));
     (job, back, a_second_before(committed, lost_at))
+}
+
+/// Turns synchronous archiving on and names the receiver in the server's
+/// `synchronous_standby_names`; waits until it is the synchronous
+/// standby. Its name.
+fn synchronous_archiving(pg: &Pg) -> String {
+    let (status, v) = pg.s.json(&[
+        "-X",
+        "PUT",
+        "-d",
+        r#"{"continuousArchiving": true, "synchronousArchiving": true}"#,
+        &pg.url("/backups/config"),
+    ]);
+    assert_eq!(status, "HTTP/2 200", "{v}");
+    assert_eq!(v["synchronousArchiving"], true, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let standby = loop {
+        if let Some(name) = pg.instance()["continuousArchiving"]["standbyName"].as_str() {
+            break name.to_string();
+        }
+        assert!(Instant::now() < deadline, "no standbyName: {}", pg.instance());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    pg.c.psql(&format!("ALTER SYSTEM SET synchronous_standby_names = '\"{standby}\"'"));
+    pg.c.psql("SELECT pg_reload_conf()");
+    wait_synchronous(pg, &standby);
+    standby
+}
+
+/// Waits (30 s at most) until `standby` is the server's synchronous standby.
+fn wait_synchronous(pg: &Pg, standby: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg.c.psql(&format!(
+        "SELECT count(*) FROM pg_stat_replication WHERE application_name = '{standby}' AND sync_state = 'sync'"
+    )) != "1"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the receiver is not a synchronous standby:\n{}",
+            pg.c.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Deletes the Strongbox server's receiver spools (its host's disk lost,
+/// as far as streaming goes).
+fn remove_spools(dir: &std::path::Path) {
+    for spool in std::fs::read_dir(dir.join("data/tmp")).unwrap() {
+        let spool = spool.unwrap().path();
+        if spool.file_name().unwrap().to_string_lossy().starts_with("receive-") {
+            std::fs::remove_dir_all(spool).unwrap();
+        }
+    }
 }
 
 /// Waits (30 s at most) until a receiver streams from the deployment's

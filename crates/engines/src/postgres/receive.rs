@@ -1,29 +1,32 @@
 //! Streaming a physical deployment's WAL into the repository (issue 29).
 //!
-//! `pg_receivewal` (the server's own program, from its `bin_dir`) streams
-//! from a physical replication slot, so the server keeps WAL until it is
-//! received, into a spool in the server's scratch directory. Every
-//! `STORE_EVERY` what the spool holds is stored as streamed copies
-//! (`NAME.streamed`): the segment being written each time it grows, and
-//! finished segments and timeline histories once. `archive_command` stays
-//! the one writer of archived names (a streamed segment holds zeros after
-//! a switch where the server's file holds whatever was there, so the two
-//! differ, and an archived name never takes other content); a streamed
-//! copy goes once its segment is archived (`tidy_tails`). Planning and
-//! replay use a streamed copy where a segment is not archived (`Archived`,
-//! `strongbox repo wal-fetch`), so a server that loses its disk loses at
-//! most the last `STORE_EVERY` and an upload of commits, not everything
-//! since the last completed 16 MB segment.
+//! The receiver (`receiver`, Strongbox's own client of the replication
+//! protocol) streams from a physical replication slot, so the server keeps
+//! WAL until it is stored, into a spool in the server's scratch directory.
+//! Every `STORE_EVERY` (synchronous mode: as soon as WAL arrives) what the
+//! spool holds is stored as streamed copies (`NAME.streamed`): the segment
+//! being written each time it grows, and finished segments and timeline
+//! histories once; then the receiver reports it as flushed.
+//! `archive_command` stays the one writer of archived names (a streamed
+//! segment holds zeros after a switch where the server's file holds
+//! whatever was there, so the two differ, and an archived name never takes
+//! other content); a streamed copy goes once its segment is archived
+//! (`tidy_tails`). Planning and replay use a streamed copy where a segment
+//! is not archived (`Archived`, `strongbox repo wal-fetch`), so a server
+//! that loses its disk loses at most the last `STORE_EVERY` and an upload
+//! of commits (synchronous mode: none acknowledged), not everything since
+//! the last completed 16 MB segment.
 
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use super::physical::PgPhysical;
+use super::receiver::Receiver;
+use super::replication::{Replication, parse_lsn};
 use crate::Error;
-use crate::process::{Background, Tool};
 use crate::sqlite_ship::{ShipContext, Stopped, now_ms};
 
 /// How often the spool is stored: the most a lost server loses of what
@@ -46,13 +49,13 @@ impl PgPhysical {
     }
 
     /// Creates the slot if there is none (after a recovery, the restored
-    /// data directory has none), then starts `pg_receivewal` on it.
-    /// `synchronous`: it flushes and reports each write at once, as a
-    /// synchronous standby must (commits listed in
-    /// `synchronous_standby_names` wait for that report).
-    fn start_receiver(&self, slot: &str, spool: &Path, synchronous: bool) -> Result<Background, Error> {
-        // A receiver left behind holds the slot (one a killed server
-        // started: it outlives its parent): this one takes it over.
+    /// data directory has none), then starts the receiver on it, from the
+    /// start of the segment its restart point is in, on the server's
+    /// current timeline.
+    fn start_receiver(&self, slot: &str, spool: &Path) -> Result<Receiver, Error> {
+        // A receiver left behind holds the slot (another Strongbox server's,
+        // or a killed one's the database has not noticed gone yet): this
+        // one takes it over.
         let holder = format!(
             "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots WHERE slot_name = '{slot}' \
              AND active"
@@ -61,24 +64,41 @@ impl PgPhysical {
             tracing::info!("streaming WAL: took replication slot {slot} over from the receiver that held it");
             std::thread::sleep(Duration::from_millis(500));
         }
-        self.receivewal(slot, &["--create-slot", "--if-not-exists"]).run()?;
-        let mut receive = self.receivewal(slot, &["--no-loop", "--status-interval", "1"]);
-        if synchronous {
-            receive.command.arg("--synchronous");
+        // Its WAL reserved at creation: streaming begins at its restart point.
+        self.conn.query(&format!(
+            "SELECT pg_create_physical_replication_slot('{slot}', true) WHERE NOT EXISTS (SELECT FROM \
+             pg_replication_slots WHERE slot_name = '{slot}')"
+        ))?;
+        let found = self.conn.query(&format!(
+            "SELECT pg_size_bytes(current_setting('wal_segment_size')), (SELECT restart_lsn FROM \
+             pg_replication_slots WHERE slot_name = '{slot}')"
+        ))?;
+        let (size, restart) = found
+            .split_once('|')
+            .ok_or_else(|| Error::Failed(format!("replication slot {slot}: {found:?}")))?;
+        let size: u64 = size
+            .parse()
+            .map_err(|_| Error::Failed(format!("wal_segment_size: {size:?} is not a byte count")))?;
+        let mut conn = Replication::connect(&self.conn.url, self.conn.password.as_deref(), slot)?;
+        let system = conn.identify_system()?;
+        let mut at = if restart.is_empty() {
+            system.position
+        } else {
+            parse_lsn(restart)?
+        };
+        let history = match system.timeline {
+            1 => None,
+            timeline => Some(conn.timeline_history(timeline)?),
+        };
+        // A slot made while the server was still recovering (the receiver
+        // streams from a paused recovery too) points into the timeline it
+        // left; the WAL before the switch is what the recovery read (from
+        // the repository), and the current timeline's first segment holds
+        // it up to the switch: stream from there.
+        if let Some(began) = history.as_ref().and_then(|(_, content)| switch_point(content)) {
+            at = at.max(began);
         }
-        // Its name in pg_stat_replication and synchronous_standby_names.
-        receive.command.arg("-D").arg(spool).env("PGAPPNAME", slot);
-        receive.start_background()
-    }
-
-    /// `pg_receivewal` with `args` on the deployment's server and `slot`.
-    fn receivewal(&self, slot: &str, args: &[&str]) -> Tool {
-        let mut t = self.conn.tool("pg_receivewal");
-        t.command
-            .args(args)
-            .args(["--slot", slot, "--no-password", "-d"])
-            .arg(&self.conn.url);
-        t
+        Receiver::start(conn, slot, at - at % size, (system.timeline, history), size, spool)
     }
 }
 
@@ -87,12 +107,12 @@ impl crate::ShipsLog for PgPhysical {
         let slot = self.receiver_slot();
         let spool = cx.options.scratch.join(format!("receive-{slot}"));
         cx.status.lock().expect("status").standby = Some(slot.clone());
-        let mut receiver: Option<Background> = None;
+        let mut receiver: Option<Receiver> = None;
         let mut start_at = Instant::now();
         let mut last_tidy = Instant::now();
         let mut last_held = Instant::now();
-        // Each tail as last stored: (size, modification time).
-        let mut stored: HashMap<String, (u64, SystemTime)> = HashMap::new();
+        // Each tail as last stored: the receiver's position then.
+        let mut stored: HashMap<String, u64> = HashMap::new();
         let stopped = |why: String, waiting: &str| {
             let mut st = cx.status.lock().expect("status");
             if st.stopped.as_ref().is_none_or(|s| s.why != why) {
@@ -105,25 +125,26 @@ impl crate::ShipsLog for PgPhysical {
             }
         };
         while !cx.stop.load(Ordering::Relaxed) {
-            if let Some(why) = receiver.as_mut().and_then(Background::ended) {
+            if let Some(why) = receiver.as_ref().and_then(Receiver::ended) {
                 receiver = None;
                 start_at = Instant::now() + RESTART_AFTER;
-                stopped(why, "starting pg_receivewal again within a second");
+                stopped(why, "streaming again within a second");
             }
             if receiver.is_none() && Instant::now() >= start_at {
-                // Started on an empty spool: from the slot's position (the
-                // start of the segment it is in), on the server's current
-                // timeline; a spool left from before a recovery would
-                // point at a history the server no longer has.
-                let started = store_spool(&spool, &cx, &mut stored)
-                    .and_then(|()| empty(&spool))
-                    .and_then(|()| self.start_receiver(&slot, &spool, cx.options.synchronous));
+                // Started on an empty spool: a spool left from before a
+                // recovery would point at a history the server no longer has.
+                let started = store_spool(&spool, &cx, &mut stored, None)
+                    .and_then(|_| empty(&spool))
+                    .and_then(|()| self.start_receiver(&slot, &spool));
                 stored.clear();
                 match started {
                     Ok(r) => receiver = Some(r),
                     Err(e) => {
                         start_at = Instant::now() + RESTART_AFTER;
-                        stopped(e.to_string(), "starting pg_receivewal again within a second");
+                        stopped(
+                            format!("the WAL receiver could not start: {e}"),
+                            "streaming again within a second",
+                        );
                     }
                 }
             }
@@ -139,7 +160,15 @@ impl crate::ShipsLog for PgPhysical {
                 let held = self.held_bytes(&slot).ok();
                 cx.status.lock().expect("status").held_bytes = held;
             }
-            match store_spool(&spool, &cx, &mut stored) {
+            // Read before the spool: all WAL before it is in the spool.
+            let upto = receiver.as_ref().map(Receiver::received);
+            let outcome = store_spool(&spool, &cx, &mut stored, upto).and_then(|whole| match (&receiver, upto) {
+                // A report failing means the connection is gone: the
+                // receiver's thread says so at once.
+                (Some(r), Some(upto)) if whole => r.stored(upto).or(Ok(())),
+                _ => Ok(()),
+            });
+            match outcome {
                 Ok(()) if receiver.is_some() => {
                     let mut st = cx.status.lock().expect("status");
                     st.stopped = None;
@@ -159,14 +188,18 @@ impl crate::ShipsLog for PgPhysical {
                     st.polled_ms = now_ms();
                 }
             }
-            std::thread::sleep(STORE_EVERY);
+            match &receiver {
+                // A synchronous standby's commits wait for the store.
+                Some(r) if cx.options.synchronous => r.wait_for_wal(STORE_EVERY),
+                _ => std::thread::sleep(STORE_EVERY),
+            }
         }
-        // Dropping the handle stops pg_receivewal; the slot stays (the
+        // Dropping the receiver closes its connection; the slot stays (the
         // server keeps WAL for it: a restarted server streams on from
         // where this one stopped) unless streaming is turned off.
         drop(receiver);
         if cx.forget.load(Ordering::Relaxed) {
-            let _ = store_spool(&spool, &cx, &mut stored);
+            let _ = store_spool(&spool, &cx, &mut stored, None);
             let _ = std::fs::remove_dir_all(&spool);
             self.drop_slot(&slot);
         }
@@ -189,7 +222,7 @@ impl PgPhysical {
     fn drop_slot(&self, slot: &str) {
         let mut last = String::new();
         for _ in 0..25 {
-            match self.receivewal(slot, &["--drop-slot"]).run() {
+            match self.conn.query(&format!("SELECT pg_drop_replication_slot('{slot}')")) {
                 Ok(_) => {
                     tracing::info!("streaming WAL turned off: dropped replication slot {slot}");
                     return;
@@ -208,62 +241,64 @@ impl PgPhysical {
 
 /// Stores what the spool holds: whole segments and histories (then removed
 /// from the spool, with their tails from the repository), then the tail of
-/// the segment being written, if it grew.
-fn store_spool(spool: &Path, cx: &ShipContext, stored: &mut HashMap<String, (u64, SystemTime)>) -> Result<(), Error> {
+/// the segment being written, if the receiver's position `upto` moved
+/// since it was last stored (`None`: whatever is there). Whether all of
+/// it was: a file renamed while it was read is stored next time.
+fn store_spool(
+    spool: &Path,
+    cx: &ShipContext,
+    stored: &mut HashMap<String, u64>,
+    upto: Option<u64>,
+) -> Result<bool, Error> {
     let mut names: Vec<String> = match std::fs::read_dir(spool) {
         Ok(entries) => entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
         Err(e) => return Err(Error::io(spool.display(), e)),
     };
     names.sort();
+    let mut whole_read = true;
     for name in &names {
         let path = spool.join(name);
         let whole = (name.len() == 24 && name.chars().all(|c| c.is_ascii_hexdigit())) || name.ends_with(".history");
-        // A file may go between the listing and its reading (pg_receivewal
-        // renames a finished segment's `.partial`): the next round sees it.
-        let vanished = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        let data = match std::fs::read(&path) {
+            Ok(data) => data,
+            // The receiver renames a finished segment's `.partial`.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                whole_read = false;
+                continue;
+            }
+            Err(e) => return Err(Error::io(path.display(), e)),
+        };
         if whole {
-            let data = match std::fs::read(&path) {
-                Ok(data) => data,
-                Err(e) if vanished(&e) => continue,
-                Err(e) => return Err(Error::io(path.display(), e)),
-            };
             cx.archive.put_streamed(name, &data)?;
             stored.remove(name);
             std::fs::remove_file(&path).map_err(|e| Error::io(path.display(), e))?;
         } else if let Some(segment) = name.strip_suffix(".partial") {
-            let meta = match std::fs::metadata(&path) {
-                Ok(meta) => meta,
-                Err(e) if vanished(&e) => continue,
-                Err(e) => return Err(Error::io(path.display(), e)),
-            };
-            let now = (meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
-            if stored.get(segment) != Some(&now) {
-                let data = match std::fs::read(&path) {
-                    Ok(data) => data,
-                    Err(e) if vanished(&e) => continue,
-                    Err(e) => return Err(Error::io(path.display(), e)),
-                };
-                // pg_receivewal creates a segment's file full of zeros, then
-                // writes what it receives: read in between, it holds nothing,
-                // and a tail of nothing stored would stand for the segment
-                // (replay then failed reading it: the recovery model, seed
-                // 1592590338 at 60 operations). Looked at again next round.
-                let tail = received(&data);
-                if tail.is_empty() {
-                    continue;
-                }
+            let now = upto.unwrap_or(u64::MAX);
+            let tail = received(&data);
+            if stored.get(segment) != Some(&now) && !tail.is_empty() {
                 cx.archive.put_streamed(segment, tail)?;
                 stored.insert(segment.to_string(), now);
             }
         }
     }
-    Ok(())
+    Ok(whole_read)
 }
 
-/// A segment's tail as stored: without the zeros past what was received
-/// (pg_receivewal's file is the segment's size from the start), so that
-/// storing it costs what it holds, not 16 MiB each time.
+/// Where a timeline began: the last switch point its history file lists
+/// (lines `parent TLI, switch point, reason`).
+fn switch_point(history: &[u8]) -> Option<u64> {
+    let text = String::from_utf8_lossy(history);
+    let last = text
+        .lines()
+        .rfind(|l| l.trim().chars().next().is_some_and(|c| c.is_ascii_digit()))?;
+    parse_lsn(last.split_whitespace().nth(1)?).ok()
+}
+
+/// A segment's tail as stored: without zeros past what was received (a
+/// file `pg_receivewal` wrote, left from an older server, is the
+/// segment's size from the start), so that storing it costs what it
+/// holds, not 16 MiB each time.
 fn received(data: &[u8]) -> &[u8] {
     &data[..data.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1)]
 }
@@ -319,6 +354,13 @@ mod tests {
             *b = (i % 251) as u8 | 1;
         }
         s
+    }
+
+    #[test]
+    fn a_timeline_begins_at_the_last_switch_its_history_lists() {
+        let history = b"1\t0/3004600\tafter LSN 0/3004600\n\n2\t0/5000000\tno recovery target specified\n";
+        assert_eq!(switch_point(history), Some(0x500_0000));
+        assert_eq!(switch_point(b"# nothing\n"), None);
     }
 
     #[test]
