@@ -193,6 +193,11 @@ impl Repository {
         let mut whole_there = std::collections::HashSet::new();
         for meta in self.store.list(wal::WAL).await? {
             let path = meta.location.as_ref();
+            // A streamed copy's pieces come with it (`wal_fetch` splices
+            // them on), copied once they are in a new version of it.
+            if wal::archive_and_name(path).is_some_and(|(_, name)| wal::piece_of(name).is_some()) {
+                continue;
+            }
             let streamed_of = path.strip_suffix(wal::STREAMED_TAIL);
             let version = format!("{} {} {:?}", meta.last_modified, meta.size, meta.e_tag);
             match streamed_of {

@@ -41,7 +41,7 @@ pub use progress::{Counters, NoProgress, Progress};
 pub use prune::{PruneOptions, PruneReport};
 pub use snapshot::{FileEntry, Snapshot, Totals};
 pub use storage::{S3Config, S3Requests, Store};
-pub use wal::{Pushed, STREAMED_TAIL, WalFile};
+pub use wal::{Pushed, STREAMED_TAIL, WalFile, piece_name};
 
 use crypto::{Cipher, MasterKey};
 use index::Index;
@@ -391,6 +391,12 @@ impl Repository {
     /// Stores (or replaces) the streamed copy of WAL file `name`.
     pub async fn wal_put_streamed(&self, archive: &str, name: &str, data: &[u8]) -> Result<u64> {
         wal::put_streamed(&self.store, &self.cipher, archive, name, data).await
+    }
+
+    /// Stores a piece of the streamed copy of WAL file `name`: its bytes
+    /// from `offset` on (the copy's reader splices it on, `wal_fetch`).
+    pub async fn wal_put_streamed_piece(&self, archive: &str, name: &str, offset: u64, data: &[u8]) -> Result<u64> {
+        wal::put_streamed_piece(&self.store, &self.cipher, archive, name, offset, data).await
     }
 
     /// A WAL file as replay reads it: archived, else its streamed copy

@@ -11,6 +11,8 @@
 //! stores) or its own complete earlier copy (and succeeds); different
 //! content under an archived name is an error PostgreSQL sees.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 
 use crate::crypto::Cipher;
@@ -147,6 +149,69 @@ pub async fn put_streamed(store: &Store, cipher: &Cipher, archive: &str, name: &
     Ok(bytes)
 }
 
+/// A piece of a streamed copy (`NAME.streamed.OFFSET`, OFFSET eight hex
+/// digits): the tail's bytes from OFFSET on, stored as they arrive so
+/// that a synchronous standby's commit waits for a few kilobytes sealed,
+/// not for the whole tail again. The copy (`NAME.streamed`) is read with
+/// its pieces spliced on (`fetch`); listings show the copy alone, and
+/// removing the copy removes its pieces.
+pub async fn put_streamed_piece(
+    store: &Store,
+    cipher: &Cipher,
+    archive: &str,
+    name: &str,
+    offset: u64,
+    data: &[u8],
+) -> Result<u64> {
+    let path = path(archive, &piece_name(name, offset))?;
+    let sealed = seal(cipher, &path, &cipher.chunk_id(data), data, STREAMED_LEVEL);
+    let bytes = sealed.len() as u64;
+    store
+        .put(&object_store::path::Path::from(path.as_str()), Bytes::from(sealed))
+        .await?;
+    Ok(bytes)
+}
+
+/// The name of the piece of `name`'s streamed copy from `offset` on.
+pub fn piece_name(name: &str, offset: u64) -> String {
+    format!("{name}{STREAMED_TAIL}.{offset:08X}")
+}
+
+/// The streamed copy a piece belongs to, and its offset.
+pub fn piece_of(name: &str) -> Option<(&str, u64)> {
+    let (copy, offset) = name.rsplit_once('.')?;
+    if !copy.ends_with(STREAMED_TAIL) || offset.len() != 8 {
+        return None;
+    }
+    Some((copy, u64::from_str_radix(offset, 16).ok()?))
+}
+
+/// The pieces of streamed copies in the archive (names as listed), by
+/// copy, in offset order.
+async fn pieces(store: &Store, archive: &str) -> Result<BTreeMap<String, Vec<(u64, String)>>> {
+    let folder = folder(archive)?;
+    let mut out: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+    for m in store.list(&folder).await? {
+        let Some(name) = m
+            .location
+            .as_ref()
+            .strip_prefix(&folder)
+            .and_then(|n| n.strip_prefix('/'))
+        else {
+            continue;
+        };
+        if let Some((copy, offset)) = piece_of(name) {
+            out.entry(copy.to_string())
+                .or_default()
+                .push((offset, name.to_string()));
+        }
+    }
+    for list in out.values_mut() {
+        list.sort();
+    }
+    Ok(out)
+}
+
 /// The archive and the file name of a WAL object's path (`wal/ARCHIVE/NAME`).
 pub fn archive_and_name(path: &str) -> Option<(&str, &str)> {
     path.strip_prefix(WAL)?.strip_prefix('/')?.rsplit_once('/')
@@ -177,13 +242,35 @@ pub const STREAMED_TAIL: &str = ".streamed";
 /// The content of an archived file, verified; `None` if it is not archived.
 pub async fn fetch(store: &Store, cipher: &Cipher, archive: &str, name: &str) -> Result<Option<Vec<u8>>> {
     let path = path(archive, name)?;
-    match store
-        .get_if_exists(&object_store::path::Path::from(path.as_str()))
-        .await?
-    {
-        None => Ok(None),
-        Some(object) => Ok(Some(open(cipher, &path, &object)?.1)),
+    let get = |path: String| async move {
+        match store
+            .get_if_exists(&object_store::path::Path::from(path.as_str()))
+            .await?
+        {
+            None => Ok::<_, Error>(None),
+            Some(object) => Ok(Some(open(cipher, &path, &object)?.1)),
+        }
+    };
+    let Some(mut data) = get(path).await? else {
+        return Ok(None);
+    };
+    if name.ends_with(STREAMED_TAIL) {
+        // Its pieces, as far as they follow on without a gap (one removed
+        // since listed ends it there: the copy replacing them is newer).
+        for (offset, piece) in pieces(store, archive).await?.remove(name).unwrap_or_default() {
+            let (offset, end) = (offset as usize, data.len());
+            if offset > end {
+                break;
+            }
+            let Some(piece) = get(self::path(archive, &piece)?).await? else {
+                break;
+            };
+            if offset + piece.len() > end {
+                data.extend_from_slice(&piece[end - offset..]);
+            }
+        }
     }
+    Ok(Some(data))
 }
 
 /// Every archived file, in name order (which for segments of one timeline
@@ -197,6 +284,10 @@ pub async fn list(store: &Store, archive: &str) -> Result<Vec<WalFile>> {
         .filter_map(|m| {
             // Only this archive's own files, not those of archives nested below it.
             let name = m.location.as_ref().strip_prefix(&folder)?.strip_prefix('/')?;
+            // A streamed copy's pieces are part of it.
+            if piece_of(name).is_some() {
+                return None;
+            }
             Some(WalFile {
                 name: valid_part(name).then(|| name.to_string())?,
                 stored_bytes: m.size,
@@ -211,8 +302,21 @@ pub async fn list(store: &Store, archive: &str) -> Result<Vec<WalFile>> {
     Ok(files)
 }
 
+/// Removes archived files; a streamed copy with its pieces (first: a
+/// piece is found only through its copy).
 pub async fn remove(store: &Store, archive: &str, names: &[String]) -> Result<()> {
+    let mut pieces = if names.iter().any(|n| n.ends_with(STREAMED_TAIL)) {
+        pieces(store, archive).await?
+    } else {
+        BTreeMap::new()
+    };
     for name in names {
+        // Pieces are plain puts, never made by `create_exclusive`.
+        for (_, piece) in pieces.remove(name).unwrap_or_default() {
+            store
+                .delete(&object_store::path::Path::from(path(archive, &piece)?.as_str()))
+                .await?;
+        }
         let path = path(archive, name)?;
         store
             .delete_exclusive(&object_store::path::Path::from(path.as_str()))

@@ -132,3 +132,59 @@ async fn racing_pushes_never_both_succeed_where_the_store_ignores_create_only_pu
         }
     }
 }
+
+/// A streamed copy with pieces stored after it (synchronous streaming):
+/// read back spliced, as far as the pieces follow on without a gap (an
+/// overlap is the same WAL); listings show the copy alone; a new copy read
+/// with the pieces it holds already is the same; removing the copy removes
+/// its pieces.
+#[tokio::test]
+async fn a_streamed_copy_is_read_with_its_pieces_spliced_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = new_repo(Store::local(dir.path()).unwrap()).await;
+    let name = "000000010000000000000007";
+    let copy = format!("{name}{}", strongbox_repo::STREAMED_TAIL);
+    let wal = segment(3);
+    repo.wal_put_streamed(A, name, &wal[..1000]).await.unwrap();
+    repo.wal_put_streamed_piece(A, name, 1000, &wal[1000..1500])
+        .await
+        .unwrap();
+    // Overlapping what is stored already.
+    repo.wal_put_streamed_piece(A, name, 1200, &wal[1200..4000])
+        .await
+        .unwrap();
+    assert_eq!(repo.wal_fetch(A, &copy).await.unwrap().unwrap(), &wal[..4000]);
+    // A gap: what follows it is not used.
+    repo.wal_put_streamed_piece(A, name, 5000, &wal[5000..6000])
+        .await
+        .unwrap();
+    assert_eq!(repo.wal_fetch(A, &copy).await.unwrap().unwrap(), &wal[..4000]);
+    assert_eq!(
+        repo.wal_fetch_for_replay(A, name).await.unwrap(),
+        Some((wal[..4000].to_vec(), true))
+    );
+    let listed: Vec<String> = repo.wal_list(A).await.unwrap().into_iter().map(|f| f.name).collect();
+    assert_eq!(listed, [copy.clone()]);
+    // A newer copy holding more than the pieces.
+    repo.wal_put_streamed(A, name, &wal[..4500]).await.unwrap();
+    assert_eq!(repo.wal_fetch(A, &copy).await.unwrap().unwrap(), &wal[..4500]);
+    repo.wal_remove(A, std::slice::from_ref(&copy)).await.unwrap();
+    assert_eq!(repo.wal_fetch(A, &copy).await.unwrap(), None);
+    let left: Vec<_> = walk(&dir.path().join("wal"))
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect();
+    assert!(left.is_empty(), "pieces left after their copy was removed: {left:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}

@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -30,8 +31,12 @@ use crate::Error;
 use crate::sqlite_ship::{ShipContext, Stopped, now_ms};
 
 /// How often the spool is stored: the most a lost server loses of what
-/// the receiver had, plus an upload.
+/// the receiver had, plus an upload (synchronous mode: as WAL arrives).
 const STORE_EVERY: Duration = Duration::from_millis(200);
+/// How often a segment's streamed copy is stored whole again, replacing
+/// the pieces stored since (each a few kilobytes: sealing 16 MiB for each
+/// synchronous commit would cost it tens of milliseconds).
+const COPY_EVERY: Duration = Duration::from_secs(1);
 /// How long after the receiver ended (the server down, restarting,
 /// recovered) it is started again.
 const RESTART_AFTER: Duration = Duration::from_secs(1);
@@ -111,8 +116,8 @@ impl crate::ShipsLog for PgPhysical {
         let mut start_at = Instant::now();
         let mut last_tidy = Instant::now();
         let mut last_held = Instant::now();
-        // Each tail as last stored: the receiver's position then.
-        let mut stored: HashMap<String, u64> = HashMap::new();
+        // Each segment's tail as stored so far.
+        let mut tails: HashMap<String, Tail> = HashMap::new();
         let stopped = |why: String, waiting: &str| {
             let mut st = cx.status.lock().expect("status");
             if st.stopped.as_ref().is_none_or(|s| s.why != why) {
@@ -133,10 +138,10 @@ impl crate::ShipsLog for PgPhysical {
             if receiver.is_none() && Instant::now() >= start_at {
                 // Started on an empty spool: a spool left from before a
                 // recovery would point at a history the server no longer has.
-                let started = store_spool(&spool, &cx, &mut stored, None)
+                let started = store_spool(&spool, &cx, &mut tails)
                     .and_then(|_| empty(&spool))
                     .and_then(|()| self.start_receiver(&slot, &spool));
-                stored.clear();
+                tails.clear();
                 match started {
                     Ok(r) => receiver = Some(r),
                     Err(e) => {
@@ -162,7 +167,7 @@ impl crate::ShipsLog for PgPhysical {
             }
             // Read before the spool: all WAL before it is in the spool.
             let upto = receiver.as_ref().map(Receiver::received);
-            let outcome = store_spool(&spool, &cx, &mut stored, upto).and_then(|whole| match (&receiver, upto) {
+            let outcome = store_spool(&spool, &cx, &mut tails).and_then(|whole| match (&receiver, upto) {
                 // A report failing means the connection is gone: the
                 // receiver's thread says so at once.
                 (Some(r), Some(upto)) if whole => r.stored(upto).or(Ok(())),
@@ -199,7 +204,7 @@ impl crate::ShipsLog for PgPhysical {
         // where this one stopped) unless streaming is turned off.
         drop(receiver);
         if cx.forget.load(Ordering::Relaxed) {
-            let _ = store_spool(&spool, &cx, &mut stored, None);
+            let _ = store_spool(&spool, &cx, &mut tails);
             let _ = std::fs::remove_dir_all(&spool);
             self.drop_slot(&slot);
         }
@@ -239,17 +244,21 @@ impl PgPhysical {
     }
 }
 
+/// A tail as stored: how much of it, since when the copy holds it whole,
+/// and the pieces stored after that copy.
+struct Tail {
+    stored: u64,
+    copied: Instant,
+    pieces: Vec<String>,
+}
+
 /// Stores what the spool holds: whole segments and histories (then removed
-/// from the spool, with their tails from the repository), then the tail of
-/// the segment being written, if the receiver's position `upto` moved
-/// since it was last stored (`None`: whatever is there). Whether all of
-/// it was: a file renamed while it was read is stored next time.
-fn store_spool(
-    spool: &Path,
-    cx: &ShipContext,
-    stored: &mut HashMap<String, u64>,
-    upto: Option<u64>,
-) -> Result<bool, Error> {
+/// from the spool, with their tails from the repository), then what the
+/// segment being written gained: as a piece of its streamed copy, or (the
+/// first time, and every `COPY_EVERY`) as the copy, whole, which replaces
+/// the pieces. Whether all of it was: a file renamed while it was read is
+/// stored next time.
+fn store_spool(spool: &Path, cx: &ShipContext, tails: &mut HashMap<String, Tail>) -> Result<bool, Error> {
     let mut names: Vec<String> = match std::fs::read_dir(spool) {
         Ok(entries) => entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
@@ -260,29 +269,75 @@ fn store_spool(
     for name in &names {
         let path = spool.join(name);
         let whole = (name.len() == 24 && name.chars().all(|c| c.is_ascii_hexdigit())) || name.ends_with(".history");
-        let data = match std::fs::read(&path) {
-            Ok(data) => data,
-            // The receiver renames a finished segment's `.partial`.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        // The receiver renames a finished segment's `.partial`.
+        let vanished = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        if whole {
+            let data = match std::fs::read(&path) {
+                Ok(data) => data,
+                Err(e) if vanished(&e) => {
+                    whole_read = false;
+                    continue;
+                }
+                Err(e) => return Err(Error::io(path.display(), e)),
+            };
+            cx.archive.put_streamed(name, &data)?;
+            remove_pieces(cx, tails.remove(name));
+            std::fs::remove_file(&path).map_err(|e| Error::io(path.display(), e))?;
+            continue;
+        }
+        let Some(segment) = name.strip_suffix(".partial") else {
+            continue;
+        };
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if vanished(&e) => {
                 whole_read = false;
                 continue;
             }
             Err(e) => return Err(Error::io(path.display(), e)),
         };
-        if whole {
-            cx.archive.put_streamed(name, &data)?;
-            stored.remove(name);
-            std::fs::remove_file(&path).map_err(|e| Error::io(path.display(), e))?;
-        } else if let Some(segment) = name.strip_suffix(".partial") {
-            let now = upto.unwrap_or(u64::MAX);
-            let tail = received(&data);
-            if stored.get(segment) != Some(&now) && !tail.is_empty() {
-                cx.archive.put_streamed(segment, tail)?;
-                stored.insert(segment.to_string(), now);
-            }
+        let len = file.metadata().map_err(|e| Error::io(path.display(), e))?.len();
+        let from = match tails.get(segment) {
+            Some(t) if t.stored >= len => continue,
+            Some(t) if t.copied.elapsed() < COPY_EVERY => t.stored,
+            _ => 0,
+        };
+        let mut data = vec![0; (len - from) as usize];
+        file.read_exact_at(&mut data, from)
+            .map_err(|e| Error::io(path.display(), e))?;
+        if from > 0 {
+            cx.archive.put_streamed_piece(segment, from, &data)?;
+            let t = tails.get_mut(segment).expect("matched above");
+            t.pieces.push(strongbox_repo::piece_name(segment, from));
+            t.stored = len;
+            continue;
         }
+        let tail = received(&data);
+        if tail.is_empty() {
+            continue;
+        }
+        cx.archive.put_streamed(segment, tail)?;
+        let replaced = tails.insert(
+            segment.to_string(),
+            Tail {
+                stored: tail.len() as u64,
+                copied: Instant::now(),
+                pieces: Vec::new(),
+            },
+        );
+        remove_pieces(cx, replaced);
     }
     Ok(whole_read)
+}
+
+/// Removes the pieces of a tail its streamed copy now holds whole (left,
+/// they are removed with the copy).
+fn remove_pieces(cx: &ShipContext, tail: Option<Tail>) {
+    if let Some(t) = tail.filter(|t| !t.pieces.is_empty())
+        && let Err(e) = cx.archive.remove_streamed_pieces(&t.pieces)
+    {
+        tracing::warn!("streaming WAL: {e}");
+    }
 }
 
 /// Where a timeline began: the last switch point its history file lists

@@ -83,6 +83,17 @@ pub trait ShipArchive: Send + Sync {
         Err(Error::Failed(format!("{name}: this archive keeps no streamed WAL")))
     }
 
+    /// Stores a piece of the streamed copy of `name`: its bytes from
+    /// `offset` on (`NAME.streamed.OFFSET`, read spliced onto the copy).
+    fn put_streamed_piece(&self, name: &str, _offset: u64, _data: &[u8]) -> Result<(), Error> {
+        Err(Error::Failed(format!("{name}: this archive keeps no streamed WAL")))
+    }
+
+    /// Removes pieces a newer streamed copy holds (`piece_name`s).
+    fn remove_streamed_pieces(&self, _pieces: &[String]) -> Result<(), Error> {
+        Ok(())
+    }
+
     /// Removes the streamed copies of files archived since; how many.
     fn tidy_tails(&self) -> Result<usize, Error> {
         Ok(0)
@@ -568,6 +579,19 @@ impl ShipArchive for RepoArchive {
             .block_on(self.repo.wal_put_streamed(&self.archive, name, data))
             .map(|_| ())
             .map_err(|e| Error::Failed(format!("storing the streamed copy of {name}: {e}")))
+    }
+
+    fn put_streamed_piece(&self, name: &str, offset: u64, data: &[u8]) -> Result<(), Error> {
+        self.runtime
+            .block_on(self.repo.wal_put_streamed_piece(&self.archive, name, offset, data))
+            .map(|_| ())
+            .map_err(|e| Error::Failed(format!("storing a piece of the streamed copy of {name}: {e}")))
+    }
+
+    fn remove_streamed_pieces(&self, pieces: &[String]) -> Result<(), Error> {
+        self.runtime
+            .block_on(self.repo.wal_remove(&self.archive, pieces))
+            .map_err(|e| Error::Failed(format!("removing pieces of a streamed copy: {e}")))
     }
 
     fn tidy_tails(&self) -> Result<usize, Error> {
