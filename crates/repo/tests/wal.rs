@@ -164,7 +164,7 @@ async fn a_streamed_copy_is_read_with_its_pieces_spliced_on() {
         Some((wal[..4000].to_vec(), true))
     );
     let listed: Vec<String> = repo.wal_list(A).await.unwrap().into_iter().map(|f| f.name).collect();
-    assert_eq!(listed, [copy.clone()]);
+    assert_eq!(listed, std::slice::from_ref(&copy));
     // A newer copy holding more than the pieces.
     repo.wal_put_streamed(A, name, &wal[..4500]).await.unwrap();
     assert_eq!(repo.wal_fetch(A, &copy).await.unwrap().unwrap(), &wal[..4500]);
