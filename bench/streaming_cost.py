@@ -18,7 +18,12 @@ before each:
 Prints each round, medians, and the ratios the targets are stated in
 (async TPS >= 0.95x archive; sync beside replica, reported).
 
+Each run also prints the CPU the Strongbox server used during it (its
+receiver and stores; `archive_command` runs under PostgreSQL), as a share
+of one core.
+
 Usage: streaming_cost.py WORKDIR [--scale 20] [--runs 3] [--seconds 30]
+[--modes archive,async,...] (all five unless given)
 (`bench/streaming_cost.sh` installs pgBackRest, which pg_bench's cluster
 helper sets up, and builds Strongbox first.)
 """
@@ -138,40 +143,56 @@ def pgbench(b, seconds):
     return tps, latency
 
 
+def cpu_seconds(pid):
+    """User and system CPU a process has used so far, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("work")
     ap.add_argument("--scale", type=int, default=20)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=30)
+    ap.add_argument("--modes", default=",".join(MODES))
     args = ap.parse_args()
+    modes = args.modes.split(",")
+    assert set(modes) <= set(MODES), f"modes are {MODES}"
     b = Bench(args.work, args.scale)
     replica = Replica(args.work, b.c)
     bare = BareReceiver(args.work, b.c)
     try:
         b.set_archiver(b.strongbox_push)
         b.sb.run_job("/pg/backups", {})
-        results = {m: [] for m in MODES}
+        results = {m: [] for m in modes}
         for run in range(args.runs):
-            k = run % len(MODES)
-            for mode in MODES[k:] + MODES[:k]:
+            k = run % len(modes)
+            for mode in modes[k:] + modes[:k]:
                 set_mode(b, replica, bare, mode)
                 b.q("CHECKPOINT")
                 drop_caches()
+                cpu, began = cpu_seconds(b.sb.server.pid), time.monotonic()
                 tps, latency = pgbench(b, args.seconds)
+                cpu = (cpu_seconds(b.sb.server.pid) - cpu) / (time.monotonic() - began)
                 results[mode].append((tps, latency))
-                print(f"run {run + 1} {mode}: {tps:.0f} TPS, latency {latency:.2f} ms", flush=True)
+                print(f"run {run + 1} {mode}: {tps:.0f} TPS, latency {latency:.2f} ms; Strongbox server "
+                      f"{cpu:.1%} of a core", flush=True)
         med = {m: (statistics.median(t for t, _ in r), statistics.median(lat for _, lat in r))
                for m, r in results.items()}
         print(f"\nmedians over {args.runs} runs of {args.seconds} s (pgbench scale {args.scale}, 4 clients):")
-        for m in MODES:
+        for m in modes:
             print(f"  {m:8} {med[m][0]:8.0f} TPS  latency {med[m][1]:.2f} ms")
-        print(f"async / archive TPS: {med['async'][0] / med['archive'][0]:.3f}x (target >= 0.95x)")
-        print(f"bare pg_receivewal / archive TPS: {med['receivewal'][0] / med['archive'][0]:.3f}x "
-              f"(what streaming costs before Strongbox stores anything); "
-              f"async / bare: {med['async'][0] / med['receivewal'][0]:.3f}x")
-        print(f"sync / replica TPS: {med['sync'][0] / med['replica'][0]:.3f}x; "
-              f"latency {med['sync'][1]:.2f} ms against {med['replica'][1]:.2f} ms")
+        if {"async", "archive"} <= set(modes):
+            print(f"async / archive TPS: {med['async'][0] / med['archive'][0]:.3f}x (target >= 0.95x)")
+        if {"async", "archive", "receivewal"} <= set(modes):
+            print(f"bare pg_receivewal / archive TPS: {med['receivewal'][0] / med['archive'][0]:.3f}x "
+                  f"(what streaming costs before Strongbox stores anything); "
+                  f"async / bare: {med['async'][0] / med['receivewal'][0]:.3f}x")
+        if {"sync", "replica"} <= set(modes):
+            print(f"sync / replica TPS: {med['sync'][0] / med['replica'][0]:.3f}x; "
+                  f"latency {med['sync'][1]:.2f} ms against {med['replica'][1]:.2f} ms")
     finally:
         b.q("ALTER SYSTEM SET synchronous_standby_names = ''")
         b.q("SELECT pg_reload_conf()")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What streaming the WAL costs pgbench (issue 29): archive only, async
 # streaming, synchronous streaming, and a synchronous physical replica.
-# Usage: bench/streaming_cost.sh [WORKDIR] [--scale N] [--runs N] [--seconds S]
+# Usage: bench/streaming_cost.sh [WORKDIR] [--scale N] [--runs N] [--seconds S] [--modes archive,async,sync,replica,receivewal]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v pgbackrest >/dev/null; then

@@ -107,6 +107,24 @@ impl Conn {
         t
     }
 
+    /// A client session on the server (the password given apart).
+    pub(crate) fn client(&self) -> Result<postgres::Client, Error> {
+        let mut config: postgres::Config = self
+            .url
+            .parse()
+            .map_err(|e| Error::Failed(format!("connection URL: {e}")))?;
+        if let Some(p) = &self.password {
+            config.password(p);
+        }
+        // As psql's (`query`): a server that does not answer is an error, not a wait.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(5));
+        }
+        config
+            .connect(postgres::NoTls)
+            .map_err(|e| Error::Failed(format!("connecting to {}: {e}", self.url)))
+    }
+
     /// Runs one query with psql; its output, trimmed.
     pub(crate) fn query(&self, sql: &str) -> Result<String, Error> {
         let mut t = self.tool("psql");

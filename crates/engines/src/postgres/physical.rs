@@ -45,16 +45,7 @@ struct Session {
 
 impl Session {
     fn start(conn: &Conn, data_dir: &Path) -> Result<Session, Error> {
-        let mut config: postgres::Config = conn
-            .url
-            .parse()
-            .map_err(|e| Error::Failed(format!("connection URL: {e}")))?;
-        if let Some(p) = &conn.password {
-            config.password(p);
-        }
-        let mut client = config
-            .connect(postgres::NoTls)
-            .map_err(|e| Error::Failed(format!("connecting to {}: {e}", conn.url)))?;
+        let mut client = conn.client()?;
         let row = client
             .query_one(
                 "SELECT current_setting('data_directory'), current_setting('server_version_num')::int, \

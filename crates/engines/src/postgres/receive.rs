@@ -33,10 +33,13 @@ use crate::sqlite_ship::{ShipContext, Stopped, now_ms};
 /// How often the spool is stored: the most a lost server loses of what
 /// the receiver had, plus an upload (synchronous mode: as WAL arrives).
 const STORE_EVERY: Duration = Duration::from_millis(200);
-/// How often a segment's streamed copy is stored whole again, replacing
-/// the pieces stored since (each a few kilobytes: sealing 16 MiB for each
-/// synchronous commit would cost it tens of milliseconds).
-const COPY_EVERY: Duration = Duration::from_secs(1);
+/// A segment's streamed copy is stored whole again, replacing the pieces
+/// stored since, once they hold three times what it does, or are this
+/// many: what is sealed stays within about one and a half times the WAL
+/// received, and a reader splices at most this many pieces on. (Storing the whole tail each time
+/// cost a synchronous commit tens of milliseconds, and asynchronous
+/// streaming a tenth of a core.)
+const PIECES_AT_MOST: usize = 1024;
 /// How long after the receiver ended (the server down, restarting,
 /// recovered) it is started again.
 const RESTART_AFTER: Duration = Duration::from_secs(1);
@@ -116,6 +119,7 @@ impl crate::ShipsLog for PgPhysical {
         let mut start_at = Instant::now();
         let mut last_tidy = Instant::now();
         let mut last_held = Instant::now();
+        let mut session = None;
         // Each segment's tail as stored so far.
         let mut tails: HashMap<String, Tail> = HashMap::new();
         let stopped = |why: String, waiting: &str| {
@@ -162,7 +166,7 @@ impl crate::ShipsLog for PgPhysical {
             if last_held.elapsed() >= HELD_EVERY {
                 last_held = Instant::now();
                 // Unknown while the server does not answer.
-                let held = self.held_bytes(&slot).ok();
+                let held = self.held_bytes(&slot, &mut session).ok();
                 cx.status.lock().expect("status").held_bytes = held;
             }
             // Read before the spool: all WAL before it is in the spool.
@@ -213,14 +217,25 @@ impl crate::ShipsLog for PgPhysical {
 
 impl PgPhysical {
     /// How much WAL the slot keeps on the database server (its restart
-    /// point to the present), in bytes.
-    fn held_bytes(&self, slot: &str) -> Result<u64, Error> {
-        let held = self.conn.query(&format!(
+    /// point to the present), in bytes; asked on a session kept for it (a
+    /// `psql` each time forked the whole server every 2 s).
+    fn held_bytes(&self, slot: &str, session: &mut Option<postgres::Client>) -> Result<u64, Error> {
+        let client = match session {
+            Some(client) => client,
+            None => session.insert(self.conn.client()?),
+        };
+        let held = client.query_opt(
             "SELECT coalesce(pg_current_wal_lsn() - restart_lsn, 0)::bigint FROM pg_replication_slots \
-             WHERE slot_name = '{slot}'"
-        ))?;
-        held.parse()
-            .map_err(|_| Error::Failed(format!("replication slot {slot}: {held:?} is not a byte count")))
+             WHERE slot_name = $1",
+            &[&slot],
+        );
+        match held {
+            Ok(row) => Ok(row.map_or(0, |r| r.get::<_, i64>(0)) as u64),
+            Err(e) => {
+                *session = None;
+                Err(Error::Failed(format!("replication slot {slot}: {e}")))
+            }
+        }
     }
 
     /// Drops the receiver's slot (its walsender may take a moment to go).
@@ -244,19 +259,19 @@ impl PgPhysical {
     }
 }
 
-/// A tail as stored: how much of it, since when the copy holds it whole,
-/// and the pieces stored after that copy.
+/// A tail as stored: how much of it, how much its copy holds, and the
+/// pieces stored after that copy.
 struct Tail {
     stored: u64,
-    copied: Instant,
+    copied: u64,
     pieces: Vec<String>,
 }
 
 /// Stores what the spool holds: whole segments and histories (then removed
 /// from the spool, with their tails from the repository), then what the
 /// segment being written gained: as a piece of its streamed copy, or (the
-/// first time, and every `COPY_EVERY`) as the copy, whole, which replaces
-/// the pieces. Whether all of it was: a file renamed while it was read is
+/// first time, and as `PIECES_AT_MOST` says) as the copy, whole, which
+/// replaces the pieces. Whether all of it was: a file renamed while it was read is
 /// stored next time.
 fn store_spool(spool: &Path, cx: &ShipContext, tails: &mut HashMap<String, Tail>) -> Result<bool, Error> {
     let mut names: Vec<String> = match std::fs::read_dir(spool) {
@@ -280,8 +295,17 @@ fn store_spool(spool: &Path, cx: &ShipContext, tails: &mut HashMap<String, Tail>
                 }
                 Err(e) => return Err(Error::io(path.display(), e)),
             };
-            cx.archive.put_streamed(name, &data)?;
-            remove_pieces(cx, tails.remove(name));
+            match tails.remove(name) {
+                // Its copy and pieces hold the rest: the last piece finishes
+                // it (sealing the whole segment again cost as much as all
+                // its pieces and copies together).
+                Some(t) if (t.stored as usize) < data.len() => {
+                    cx.archive
+                        .put_streamed_piece(name, t.stored, &data[t.stored as usize..])?
+                }
+                Some(_) => {}
+                None => cx.archive.put_streamed(name, &data)?,
+            }
             std::fs::remove_file(&path).map_err(|e| Error::io(path.display(), e))?;
             continue;
         }
@@ -299,7 +323,7 @@ fn store_spool(spool: &Path, cx: &ShipContext, tails: &mut HashMap<String, Tail>
         let len = file.metadata().map_err(|e| Error::io(path.display(), e))?.len();
         let from = match tails.get(segment) {
             Some(t) if t.stored >= len => continue,
-            Some(t) if t.copied.elapsed() < COPY_EVERY => t.stored,
+            Some(t) if t.stored - t.copied < 3 * t.copied && t.pieces.len() < PIECES_AT_MOST => t.stored,
             _ => 0,
         };
         let mut data = vec![0; (len - from) as usize];
@@ -321,7 +345,7 @@ fn store_spool(spool: &Path, cx: &ShipContext, tails: &mut HashMap<String, Tail>
             segment.to_string(),
             Tail {
                 stored: tail.len() as u64,
-                copied: Instant::now(),
+                copied: tail.len() as u64,
                 pieces: Vec::new(),
             },
         );

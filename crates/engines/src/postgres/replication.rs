@@ -24,6 +24,12 @@ use postgres_protocol::message::{backend::Message, frontend};
 use crate::Error;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an answer may take while setting up.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the stream may be silent: the server sends a keepalive every
+/// half `wal_sender_timeout` (60 s by default) when it has no WAL to send,
+/// so silence past this is a connection that died without a word.
+const SILENCE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A byte stream to the server: TCP, or its Unix socket.
 enum Socket {
@@ -37,6 +43,13 @@ impl Socket {
             Socket::Tcp(s) => Socket::Tcp(s.try_clone()?),
             Socket::Unix(s) => Socket::Unix(s.try_clone()?),
         })
+    }
+
+    fn set_read_timeout(&self, timeout: Duration) -> std::io::Result<()> {
+        match self {
+            Socket::Tcp(s) => s.set_read_timeout(Some(timeout)),
+            Socket::Unix(s) => s.set_read_timeout(Some(timeout)),
+        }
     }
 
     fn shutdown(&self) {
@@ -113,6 +126,9 @@ impl Replication {
             ));
         }
         let socket = open(&config).map_err(failed)?;
+        socket
+            .set_read_timeout(ANSWER_TIMEOUT)
+            .map_err(|e| failed(e.to_string()))?;
         let mut conn = Replication {
             reader: BufReader::with_capacity(1 << 16, socket.try_clone().map_err(|e| failed(e.to_string()))?),
             writer: socket,
@@ -190,6 +206,17 @@ impl Replication {
                 }
                 Message::ReadyForQuery(_) => return Ok(()),
                 Message::ErrorResponse(body) => return Err(server_error(&body)),
+                Message::AuthenticationGss
+                | Message::AuthenticationGssContinue(_)
+                | Message::AuthenticationKerberosV5
+                | Message::AuthenticationScmCredential
+                | Message::AuthenticationSspi => {
+                    return Err(Error::Failed(
+                        "the server asks for GSSAPI, SSPI or Kerberos authentication, which the receiver does not \
+                         speak: allow it trust, a password or SCRAM in pg_hba.conf"
+                            .into(),
+                    ));
+                }
                 // Parameters, the cancel key, notices.
                 _ => {}
             }
@@ -242,7 +269,10 @@ impl Replication {
         loop {
             let (tag, body) = self.frame()?;
             match tag {
-                b'W' => break,
+                b'W' => {
+                    self.writer.set_read_timeout(SILENCE_TIMEOUT).map_err(lost)?;
+                    break;
+                }
                 b'E' | b'N' | b'S' => {
                     if let Message::ErrorResponse(body) = parse(tag, body)? {
                         return Err(Error::Failed(format!("{sql}: {}", server_error(&body))));
