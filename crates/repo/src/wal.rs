@@ -140,12 +140,16 @@ pub async fn put_streamed(store: &Store, cipher: &Cipher, archive: &str, name: &
     if let Some(root) = store.local_root() {
         share_archive_dir(root, archive);
     }
-    // Rewritten every 200 ms while its segment fills, and deleted once
-    // the segment is archived: sealed fast rather than small.
-    let sealed = seal(cipher, &path, &cipher.chunk_id(data), data, STREAMED_LEVEL);
+    put_fast(store, cipher, &path, data).await
+}
+
+/// Stores what streaming writes: rewritten while its segment fills, and
+/// deleted once the segment is archived, so sealed fast rather than small.
+async fn put_fast(store: &Store, cipher: &Cipher, path: &str, data: &[u8]) -> Result<u64> {
+    let sealed = seal(cipher, path, &cipher.chunk_id(data), data, STREAMED_LEVEL);
     let bytes = sealed.len() as u64;
     store
-        .put(&object_store::path::Path::from(path.as_str()), Bytes::from(sealed))
+        .put(&object_store::path::Path::from(path), Bytes::from(sealed))
         .await?;
     Ok(bytes)
 }
@@ -164,13 +168,7 @@ pub async fn put_streamed_piece(
     offset: u64,
     data: &[u8],
 ) -> Result<u64> {
-    let path = path(archive, &piece_name(name, offset))?;
-    let sealed = seal(cipher, &path, &cipher.chunk_id(data), data, STREAMED_LEVEL);
-    let bytes = sealed.len() as u64;
-    store
-        .put(&object_store::path::Path::from(path.as_str()), Bytes::from(sealed))
-        .await?;
-    Ok(bytes)
+    put_fast(store, cipher, &path(archive, &piece_name(name, offset))?, data).await
 }
 
 /// The name of the piece of `name`'s streamed copy from `offset` on.

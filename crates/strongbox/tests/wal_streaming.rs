@@ -175,15 +175,8 @@ fn synchronous_mode_loses_no_acknowledged_commit() {
         // Strongbox's host with what its receiver had not stored, and the
         // database's.
         let before: String = client.query_one(rows, &[]).unwrap().get(0);
-        pg.s.child.kill().unwrap(); // SIGKILL
-        pg.s.child.wait().unwrap();
-        pg.crash();
+        let job = both_hosts_lost_then_latest(&mut pg, dir.path());
         drop(client);
-        remove_spools(dir.path());
-        std::fs::remove_dir_all(&pg.c.data).unwrap();
-        pg.s.restart();
-        let job = recover_pg(&pg.s, &pg.c, r#"{"latest": true}"#);
-        assert_eq!(job["job_status"], "Succeeded", "{job}");
         assert_eq!(
             pg.c.psql(rows),
             before,
@@ -256,14 +249,7 @@ fn synchronous_mode_holds_commits_while_the_repository_is_down() {
     );
     let rows = "SELECT coalesce(md5(string_agg(id || '@' || at, ',' ORDER BY id)), '') FROM ticks";
     let before = pg.c.psql(rows);
-    pg.s.child.kill().unwrap(); // SIGKILL
-    pg.s.child.wait().unwrap();
-    pg.crash();
-    remove_spools(dir.path());
-    std::fs::remove_dir_all(&pg.c.data).unwrap();
-    pg.s.restart();
-    let job = recover_pg(&pg.s, &pg.c, r#"{"latest": true}"#);
-    assert_eq!(job["job_status"], "Succeeded", "{job}");
+    let job = both_hosts_lost_then_latest(&mut pg, dir.path());
     assert_eq!(
         pg.c.psql(rows),
         before,
@@ -509,15 +495,26 @@ fn wait_synchronous(pg: &Pg, standby: &str) {
     }
 }
 
-/// Deletes the Strongbox server's receiver spools (its host's disk lost,
-/// as far as streaming goes).
-fn remove_spools(dir: &std::path::Path) {
+/// Both hosts lost at once: the Strongbox server SIGKILLed and its
+/// receiver's spool deleted (its disk, as far as streaming goes), the
+/// database server killed and its data directory deleted. Then a new
+/// Strongbox server on the repository recovers `latest`, which must
+/// succeed; the job.
+fn both_hosts_lost_then_latest(pg: &mut Pg, dir: &std::path::Path) -> serde_json::Value {
+    pg.s.child.kill().unwrap();
+    pg.s.child.wait().unwrap();
+    pg.crash();
     for spool in std::fs::read_dir(dir.join("data/tmp")).unwrap() {
         let spool = spool.unwrap().path();
         if spool.file_name().unwrap().to_string_lossy().starts_with("receive-") {
             std::fs::remove_dir_all(spool).unwrap();
         }
     }
+    std::fs::remove_dir_all(&pg.c.data).unwrap();
+    pg.s.restart();
+    let job = recover_pg(&pg.s, &pg.c, r#"{"latest": true}"#);
+    assert_eq!(job["job_status"], "Succeeded", "{job}");
+    job
 }
 
 /// Waits (30 s at most) until a receiver streams from the deployment's
