@@ -38,8 +38,8 @@ pub struct Capabilities {
     /// continuous archiving on: it then recovers to moments.
     pub ships_log: bool,
     /// The server streams the database's WAL into the repository while it
-    /// runs (PostgreSQL: `pg_receivewal`), when continuous archiving is on:
-    /// a lost server loses at most the last second.
+    /// runs (PostgreSQL: its own replication client), when continuous
+    /// archiving is on: a lost server loses at most the last second.
     pub streams_wal: bool,
     /// The settings a recovery into another place may name instead of the
     /// deployment's (SQLite: `path`); none: it recovers in place only.
