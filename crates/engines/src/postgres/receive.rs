@@ -271,8 +271,8 @@ struct Tail {
 /// from the spool, with their tails from the repository), then what the
 /// segment being written gained: as a piece of its streamed copy, or (the
 /// first time, and as `PIECES_AT_MOST` says) as the copy, whole, which
-/// replaces the pieces. Whether all of it was: a file renamed while it was read is
-/// stored next time.
+/// replaces the pieces. Whether all of it was: a file renamed while it
+/// was read is stored next time.
 fn store_spool(spool: &Path, cx: &ShipContext, tails: &mut HashMap<String, Tail>) -> Result<bool, Error> {
     let mut names: Vec<String> = match std::fs::read_dir(spool) {
         Ok(entries) => entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect(),
