@@ -25,8 +25,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::physical::PgPhysical;
+use super::pitr::{History, Lsn};
 use super::receiver::Receiver;
-use super::replication::{Replication, parse_lsn};
+use super::replication::Replication;
 use crate::Error;
 use crate::sqlite_ship::{ShipContext, Stopped, now_ms};
 
@@ -36,9 +37,9 @@ const STORE_EVERY: Duration = Duration::from_millis(200);
 /// A segment's streamed copy is stored whole again, replacing the pieces
 /// stored since, once they hold three times what it does, or are this
 /// many: what is sealed stays within about one and a half times the WAL
-/// received, and a reader splices at most this many pieces on. (Storing the whole tail each time
-/// cost a synchronous commit tens of milliseconds, and asynchronous
-/// streaming a tenth of a core.)
+/// received, and a reader splices at most this many pieces on. (Storing
+/// the whole tail each time cost a synchronous commit tens of
+/// milliseconds, and asynchronous streaming a tenth of a core.)
 const PIECES_AT_MOST: usize = 1024;
 /// How long after the receiver ended (the server down, restarting,
 /// recovered) it is started again.
@@ -92,7 +93,7 @@ impl PgPhysical {
         let mut at = if restart.is_empty() {
             system.position
         } else {
-            parse_lsn(restart)?
+            restart.parse::<Lsn>().map_err(Error::Failed)?.0
         };
         let history = match system.timeline {
             1 => None,
@@ -103,7 +104,11 @@ impl PgPhysical {
         // left; the WAL before the switch is what the recovery read (from
         // the repository), and the current timeline's first segment holds
         // it up to the switch: stream from there.
-        if let Some(began) = history.as_ref().and_then(|(_, content)| switch_point(content)) {
+        let began = history.as_ref().and_then(|(_, content)| {
+            let parsed = History::parse(system.timeline, &String::from_utf8_lossy(content)).ok()?;
+            Some(parsed.span(system.timeline)?.begin.0)
+        });
+        if let Some(began) = began {
             at = at.max(began);
         }
         Receiver::start(conn, slot, at - at % size, (system.timeline, history), size, spool)
@@ -364,16 +369,6 @@ fn remove_pieces(cx: &ShipContext, tail: Option<Tail>) {
     }
 }
 
-/// Where a timeline began: the last switch point its history file lists
-/// (lines `parent TLI, switch point, reason`).
-fn switch_point(history: &[u8]) -> Option<u64> {
-    let text = String::from_utf8_lossy(history);
-    let last = text
-        .lines()
-        .rfind(|l| l.trim().chars().next().is_some_and(|c| c.is_ascii_digit()))?;
-    parse_lsn(last.split_whitespace().nth(1)?).ok()
-}
-
 /// A segment's tail as stored: without zeros past what was received (a
 /// file `pg_receivewal` wrote, left from an older server, is the
 /// segment's size from the start), so that storing it costs what it
@@ -433,13 +428,6 @@ mod tests {
             *b = (i % 251) as u8 | 1;
         }
         s
-    }
-
-    #[test]
-    fn a_timeline_begins_at_the_last_switch_its_history_lists() {
-        let history = b"1\t0/3004600\tafter LSN 0/3004600\n\n2\t0/5000000\tno recovery target specified\n";
-        assert_eq!(switch_point(history), Some(0x500_0000));
-        assert_eq!(switch_point(b"# nothing\n"), None);
     }
 
     #[test]

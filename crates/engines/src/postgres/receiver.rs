@@ -16,7 +16,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::replication::{Replication, Reporter, Streamed, lsn};
+use super::pitr::{Lsn, segment_name};
+use super::replication::{Replication, Reporter, Streamed};
 use crate::Error;
 
 /// Where the stream stands.
@@ -60,7 +61,7 @@ impl Receiver {
             std::fs::write(&path, content).map_err(|e| Error::io(path.display(), e))?;
         }
         let (mut stream, reporter) = conn.start(slot, at, timeline)?;
-        tracing::info!("streaming WAL: from {} on timeline {timeline} (slot {slot})", lsn(at));
+        tracing::info!("streaming WAL: from {} on timeline {timeline} (slot {slot})", Lsn(at));
         let shared = Arc::new(Shared {
             position: Mutex::new(Position {
                 received: at,
@@ -179,7 +180,7 @@ impl SpoolWriter {
     fn write(&mut self, mut at: u64, mut data: &[u8]) -> Result<(), Error> {
         while !data.is_empty() {
             let (segment, offset) = (at / self.segment_size, at % self.segment_size);
-            let name = segment_name(self.timeline, segment, self.segment_size);
+            let name = segment_name(self.timeline, Lsn(at), self.segment_size);
             let partial = self.dir.join(format!("{name}.partial"));
             if self.open.as_ref().map(|o| o.0) != Some(segment) {
                 let file = File::options()
@@ -206,25 +207,9 @@ impl SpoolWriter {
     }
 }
 
-/// PostgreSQL's `XLogFileName`.
-pub(super) fn segment_name(timeline: u32, segment: u64, segment_size: u64) -> String {
-    let per_id = 0x1_0000_0000 / segment_size;
-    format!("{timeline:08X}{:08X}{:08X}", segment / per_id, segment % per_id)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn segments_are_named_as_postgresql_names_them() {
-        let mb16 = 16 << 20;
-        // 0/3000028 on timeline 1 is in 000000010000000000000003.
-        assert_eq!(segment_name(1, 0x300_0028 / mb16, mb16), "000000010000000000000003");
-        assert_eq!(segment_name(2, 0x1_2300_0000 / mb16, mb16), "000000020000000100000023");
-        // 1 GB segments: four to a log id.
-        assert_eq!(segment_name(1, 5, 1 << 30), "000000010000000100000001");
-    }
 
     #[test]
     fn wal_across_a_segment_boundary_finishes_the_first_and_begins_the_next() {

@@ -21,6 +21,7 @@ use postgres::config::{Host, SslMode};
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::{backend::Message, frontend};
 
+use super::pitr::Lsn;
 use crate::Error;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -240,7 +241,7 @@ impl Replication {
             timeline: field(1)
                 .parse()
                 .map_err(|_| Error::Failed(format!("IDENTIFY_SYSTEM: timeline {:?}", field(1))))?,
-            position: parse_lsn(&field(2))?,
+            position: field(2).parse::<Lsn>().map_err(Error::Failed)?.0,
         })
     }
 
@@ -263,7 +264,7 @@ impl Replication {
     /// and that report to it.
     pub fn start(mut self, slot: &str, at: u64, timeline: u32) -> Result<(Replication, Reporter), Error> {
         let mut buf = BytesMut::new();
-        let sql = format!("START_REPLICATION SLOT {slot} PHYSICAL {} TIMELINE {timeline}", lsn(at));
+        let sql = format!("START_REPLICATION SLOT {slot} PHYSICAL {} TIMELINE {timeline}", Lsn(at));
         frontend::query(&sql, &mut buf).map_err(protocol)?;
         self.send(&buf)?;
         loop {
@@ -461,28 +462,4 @@ fn protocol(e: std::io::Error) -> Error {
 
 fn lost(e: std::io::Error) -> Error {
     Error::Failed(format!("the replication connection was lost ({e})"))
-}
-
-/// `X/Y` as PostgreSQL writes a WAL position.
-pub(super) fn lsn(at: u64) -> String {
-    format!("{:X}/{:X}", at >> 32, at & 0xFFFF_FFFF)
-}
-
-pub(super) fn parse_lsn(s: &str) -> Result<u64, Error> {
-    let bad = || Error::Failed(format!("{s:?} is not a WAL position"));
-    let (hi, lo) = s.split_once('/').ok_or_else(bad)?;
-    Ok(u64::from_str_radix(hi, 16).map_err(|_| bad())? << 32 | u64::from_str_radix(lo, 16).map_err(|_| bad())?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wal_positions_read_and_written_as_postgresql_does() {
-        assert_eq!(parse_lsn("16/B374D848").unwrap(), 0x16_B374_D848);
-        assert_eq!(lsn(0x16_B374_D848), "16/B374D848");
-        assert_eq!(lsn(0), "0/0");
-        assert!(parse_lsn("16B374D848").is_err());
-    }
 }
