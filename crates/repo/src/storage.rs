@@ -201,7 +201,13 @@ impl Store {
 
     pub fn local(dir: &std::path::Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
-        let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| Error::storage(dir.display(), e))?;
+        // An object is stored once its file and directory entry are on the
+        // disk, as S3's answer means stored (a synchronous commit's WAL
+        // waits for this; restic's local backend syncs likewise): without
+        // it, a power loss could keep an index and lose the pack it names.
+        let fs = LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| Error::storage(dir.display(), e))?
+            .with_fsync(true);
         let mut store = Store::new(Arc::new(fs), dir.display().to_string());
         store.local_root = Some(dir.to_path_buf());
         Ok(store)

@@ -286,6 +286,12 @@ impl Replication {
         Ok((self, reporter))
     }
 
+    /// Whether what was read already holds (the start of) another message:
+    /// `next` returns it without waiting for the server.
+    pub fn pending(&self) -> bool {
+        !self.reader.buffer().is_empty()
+    }
+
     /// The next message of the stream.
     pub fn next(&mut self) -> Result<Streamed, Error> {
         loop {
