@@ -20,6 +20,10 @@ use super::pitr::{Lsn, segment_name};
 use super::replication::{Replication, Reporter, Streamed};
 use crate::Error;
 
+/// A batch smaller than this (the reading buffer's size) means WAL
+/// trickles in: the next is let gather.
+const GATHER_BELOW: usize = 1 << 16;
+
 /// Where the stream stands.
 #[derive(Default)]
 struct Position {
@@ -105,8 +109,15 @@ impl Receiver {
                         let step = step.and_then(|()| match stream.pending() {
                             true => Ok(()),
                             false => {
+                                let bytes = batch.data.len();
                                 shared.received(batch.write(&mut writer)?);
-                                std::thread::sleep(gather);
+                                // Streaming fast (catching up from the slot):
+                                // the wakes are few for what they bring, and
+                                // waiting would cap the pace at a buffer per
+                                // `gather`.
+                                if bytes < GATHER_BELOW {
+                                    std::thread::sleep(gather);
+                                }
                                 Ok(())
                             }
                         });
