@@ -615,7 +615,7 @@ impl Run {
                 false
             } else {
                 straddling += 1;
-                self.commit_record(&xid, before, change.lsn) < at
+                self.commit_record(&xid, start.timeline, (before, change.lsn)) < at
             };
             // Commit records follow commit order: what the backup holds is
             // a prefix.
@@ -640,10 +640,12 @@ impl Run {
     }
 
     /// Where transaction `xid`'s commit record begins, between `from` and
-    /// `to`, as `pg_waldump` reads the live server's `pg_wal`.
-    fn commit_record(&self, xid: &str, from: Lsn, to: Lsn) -> Lsn {
+    /// `to` on `timeline`, as `pg_waldump` reads the live server's `pg_wal`
+    /// (told the timeline: it reads timeline 1's files otherwise, and found
+    /// none once a recovery had moved the server on).
+    fn commit_record(&self, xid: &str, timeline: u32, (from, to): (Lsn, Lsn)) -> Lsn {
         let out = strongbox_testkit::sh(&format!(
-            "{}/pg_waldump -p {} -s {from} -e {to} -r Transaction 2>&1 || true",
+            "{}/pg_waldump -p {} -t {timeline} -s {from} -e {to} -r Transaction 2>&1 || true",
             strongbox_testkit::PG_BIN,
             self.pg.c.data.join("pg_wal").display()
         ));
