@@ -51,12 +51,22 @@ pub enum Error {
 
 impl Error {
     /// The catalog's database could not be reached (no connection in
-    /// time, the connection lost): asking again later may succeed.
+    /// time, the connection lost, the server shutting down or starting):
+    /// asking again later may succeed.
     pub fn is_unreachable(&self) -> bool {
-        matches!(
-            self,
-            Error::Db(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_))
-        )
+        match self {
+            Error::Db(
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_),
+            ) => true,
+            // PostgreSQL's SQLSTATE classes 57P ("terminating connection
+            // due to administrator command", "the database system is
+            // shutting down") and 08 (connection exceptions): a query met
+            // the server stopping, as a stop a few ms into a request does.
+            Error::Db(sqlx::Error::Database(e)) => e
+                .code()
+                .is_some_and(|code| code.starts_with("57P") || code.starts_with("08")),
+            _ => false,
+        }
     }
 }
 

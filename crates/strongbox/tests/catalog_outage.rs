@@ -221,7 +221,10 @@ fn backups_deleted_while_the_catalog_stops_are_gone_and_the_rest_restore() {
         let location = match status.as_str() {
             "HTTP/2 202" => Some(header(&h, "location").to_string()),
             "HTTP/2 503" => None,
-            other => panic!("seed {seed}: DELETE {tag}: {other}: {body}"),
+            other => panic!(
+                "seed {seed}: DELETE {tag}: {other}: {body}\n--- the server's last warnings:\n{}",
+                s.last_warnings(10)
+            ),
         };
         let asked = location
             .clone()
