@@ -210,8 +210,8 @@ struct Batch {
 impl Batch {
     fn add(&mut self, start: u64, data: &[u8], writer: &mut SpoolWriter) -> Result<(), Error> {
         if !self.data.is_empty() && self.start + self.data.len() as u64 != start {
-            writer.write(self.start, &self.data)?;
-            self.data.clear();
+            // Made known with what follows it (`received` only grows).
+            self.write(writer)?;
         }
         if self.data.is_empty() {
             self.start = start;
