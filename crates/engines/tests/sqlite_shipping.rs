@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 use strongbox_engines::sqlite_ship::{
-    GENERATION_LABEL, RepoArchive, ShipOptions, Shipper, ShipperLink, TAKEN_LABEL, Until, by_generation, decode,
-    now_ms, replay,
+    GENERATION_LABEL, RepoArchive, ShipArchive, ShipOptions, Shipper, ShipperLink, TAKEN_LABEL, Until, by_generation,
+    decode, now_ms, replay,
 };
 use strongbox_repo::{InitOptions, Repository, Store};
 use strongbox_testkit::Rng;
@@ -478,6 +478,114 @@ fn every_kind_of_log_reset_keeps_the_generation() {
     let headers: Vec<_> = seen.iter().map(|h| (h.checkpoint_seq, h.salt.0)).collect();
     let seen = format!(" (the logs' checkpoint sequences and first salts: {headers:?})");
     one_generation_holds_them_all(&rt, &repo, shipper, n, &seen);
+}
+
+/// A repository on a bad day: each push takes a second while `slow` is
+/// set; pushes fail while `down` is set, the first of them after storing
+/// its object (the answer lost, as a store that stops mid-request may do).
+struct Unreachable {
+    inner: Arc<RepoArchive>,
+    slow: AtomicBool,
+    down: AtomicBool,
+    answer_lost: AtomicBool,
+}
+
+/// How long a push takes while the store is slow.
+const SLOW_PUSH: Duration = Duration::from_secs(1);
+
+impl ShipArchive for Unreachable {
+    fn push(&self, name: &str, data: &[u8]) -> Result<(), strongbox_engines::Error> {
+        if self.slow.load(Ordering::Relaxed) {
+            std::thread::sleep(SLOW_PUSH);
+        }
+        if self.down.load(Ordering::Relaxed) {
+            if !self.answer_lost.swap(true, Ordering::Relaxed) {
+                self.inner.push(name, data)?;
+            }
+            return Err(strongbox_engines::Error::Failed("the store does not answer".into()));
+        }
+        self.inner.push(name, data)
+    }
+}
+
+/// While the repository is slow, polls go on (a transaction's time is when
+/// a poll saw it); while it fails, the shipper keeps what it read (and
+/// says so) and pushes it once the repository answers: one generation,
+/// whose objects follow each other without a gap or an overlap (though the
+/// first failed push was stored) and whose latest state holds every row.
+#[test]
+fn slow_or_failing_pushes_hold_back_no_poll_and_keep_the_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, repo, archive) = repository(dir.path());
+    let store = Arc::new(Unreachable {
+        inner: archive.clone(),
+        slow: AtomicBool::new(false),
+        down: AtomicBool::new(false),
+        answer_lost: AtomicBool::new(false),
+    });
+    let db = dir.path().join("app.sqlite");
+    let app = open_app(&db);
+    let opts = ShipOptions {
+        ship_every: Duration::from_millis(50),
+        ..ShipOptions::new(dir.path().to_path_buf())
+    };
+    let mut shipper = Shipper::start(&db, store.clone(), opts).unwrap();
+    archive.store_base(shipper.begin_generation().unwrap()).unwrap();
+    let (mut n, mut slowest) = (0, Duration::ZERO);
+    let mut commit_and_poll = |shipper: &mut Shipper, k: i64| {
+        for _ in 0..k {
+            app.execute("INSERT INTO t VALUES (?1, randomblob(200))", [n]).unwrap();
+            n += 1;
+            let started = std::time::Instant::now();
+            let polled = shipper.poll().expect("a failing push does not stop the shipper");
+            slowest = slowest.max(started.elapsed());
+            assert_eq!(polled.lost, None);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (n, slowest)
+    };
+    commit_and_poll(&mut shipper, 20);
+    store.slow.store(true, Ordering::Relaxed);
+    let (_, slowest) = commit_and_poll(&mut shipper, 100);
+    // A poll waiting for a push would take the store's second; one that
+    // does not, milliseconds.
+    assert!(
+        slowest < SLOW_PUSH / 2,
+        "a poll took {slowest:?} while the store was slow"
+    );
+    store.slow.store(false, Ordering::Relaxed);
+    store.down.store(true, Ordering::Relaxed);
+    commit_and_poll(&mut shipper, 100);
+    let failure = shipper.push_failure().expect("failing pushes are reported");
+    assert_eq!(failure.why, "the store does not answer");
+    assert!(failure.waiting.contains("transactions (0."), "{}", failure.waiting);
+    assert!(shipper.lag() >= Duration::from_millis(500), "{:?}", shipper.lag());
+    store.down.store(false, Ordering::Relaxed);
+    let n = commit_and_poll(&mut shipper, 20).0 as u64;
+    // Pushed again after the wait, which doubles to at most 4 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while shipper.shipped < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shipped {} of {n}",
+            shipper.shipped
+        );
+        shipper.poll().unwrap();
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(shipper.push_failure().is_none());
+    shipper.stop().unwrap();
+    let gens = rt.block_on(generations(&repo));
+    assert_eq!(gens.len(), 1, "one generation throughout");
+    let ranges: Vec<(u64, u64)> = gens[0].objects.iter().map(|(first, last, _)| (*first, *last)).collect();
+    let follow = ranges.windows(2).all(|w| w[1].0 == w[0].1 + 1);
+    assert!(
+        follow && ranges[0].0 == 1 && ranges.last().unwrap().1 == n,
+        "{ranges:?}"
+    );
+    let work = tempfile::tempdir().unwrap();
+    let path = recover(&rt, &repo, &gens[0], Until::Latest, work.path());
+    assert_eq!(rows(&path), (0..n as i64).collect());
 }
 
 /// Runs `ask` with a link to `shipper`, which answers its requests on

@@ -38,14 +38,6 @@ fn shipped(s: &Server, n: u64) -> (String, String) {
     )
 }
 
-/// The timestamp of the next whole second, once it has passed by more than
-/// a second: commits before and after it are apart.
-fn mark() -> String {
-    let (t, wait) = second_after(Duration::ZERO);
-    std::thread::sleep(wait + Duration::from_millis(1100));
-    api_time(t)
-}
-
 /// Recovers `app` as `body` asks into `copy`; the job's parameters name
 /// the target.
 fn recover_into(s: &Server, body: &str, copy: &Path) -> serde_json::Value {

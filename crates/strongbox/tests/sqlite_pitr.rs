@@ -20,17 +20,6 @@ fn insert(c: &rusqlite::Connection, ns: impl IntoIterator<Item = i64>) {
     }
 }
 
-/// The API's timestamp for the whole second after now, once it has passed
-/// by more than a second (so that commits before and after it are apart).
-fn mark() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let next = now.replace_nanosecond(0).unwrap() + time::Duration::SECOND;
-    let wait = (next - now).unsigned_abs() + Duration::from_millis(1100);
-    std::thread::sleep(wait);
-    let format = time::macros::format_description!("[day]-[month repr:short]-[year] [hour]:[minute]:[second]");
-    next.format(&format).unwrap()
-}
-
 impl Server {
     /// A recovery that must be accepted, replay the shipped log and
     /// succeed. The base backup a recovery queues after itself (for the

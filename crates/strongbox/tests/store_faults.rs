@@ -258,10 +258,12 @@ fn a_server_on_a_flaky_store_backs_up_and_recovers_exactly_and_fails_in_one_sent
 
 /// Shipping through a store's bad day: a SQLite deployment shipping its log
 /// into a repository on the flaky S3 server (seeded), 100 commits, then the
-/// store down for 4 s while 100 more commit, then flaky again. The shipper
-/// retries and catches up: `latest` recovered into another file holds
-/// exactly the live rows (ordered checksum of every column), from a log
-/// shipped to the 200th transaction or a new generation's base.
+/// store down while 100 more commit (a second marked after the 150th) and
+/// until the server reports its pushes failing, then flaky again. The
+/// shipper keeps what it read and pushes it once the store answers: the
+/// same generation reaches the 200th transaction, and recovered into other
+/// files `latest` holds exactly the live rows and the marked second
+/// exactly the first 150 (ordered checksums of every column).
 #[test]
 fn a_shipped_log_goes_on_through_a_flaky_store_and_catches_up_after_it_was_down() {
     use std::time::{Duration, Instant};
@@ -270,7 +272,13 @@ fn a_shipped_log_goes_on_through_a_flaky_store_and_catches_up_after_it_was_down(
     faults.set(flaky);
     let db = dir.path().join("app.db");
     let app = shipping_sqlite(&s, "app", &db);
-
+    // The deployment's page reads the repository: 503 while the server's
+    // probe finds the store failing (it answers within a second, then says
+    // so), the shipping status otherwise.
+    let shipping = || {
+        let (status, v) = s.json(&[&s.url(&format!("{API}/app"))]);
+        (status != "HTTP/2 503").then(|| v["continuousArchiving"].clone())
+    };
     let insert = |ns: std::ops::RangeInclusive<i64>| {
         for n in ns {
             app.execute("INSERT INTO t VALUES (?1, randomblob(200))", [n]).unwrap();
@@ -278,77 +286,83 @@ fn a_shipped_log_goes_on_through_a_flaky_store_and_catches_up_after_it_was_down(
         }
     };
     insert(1..=100);
+    let shipped = shipping().unwrap_or_default();
+    let generation = shipped["generation"].as_str().unwrap_or_default().to_string();
+    assert!(!generation.is_empty(), "seed {seed}: no generation: {shipped}");
     faults.set(FaultPlan {
         down: true,
         ..FaultPlan::default()
     });
     let down = Instant::now();
-    insert(101..=200);
-    std::thread::sleep(Duration::from_secs(4).saturating_sub(down.elapsed()));
+    insert(101..=150);
+    let marked = mark();
+    let at_mark = table_checksum(&db, "t");
+    insert(151..=200);
+    let live = table_checksum(&db, "t");
+    // A push fails once the client's retries (5 s) are spent; the
+    // deployment's page answers 503 meanwhile, the server's log says it.
+    let failing = loop {
+        let warned = s.last_warnings(20);
+        if let Some(line) = warned.lines().find(|l| l.contains("kept and pushed again")) {
+            break line.to_string();
+        }
+        assert!(
+            down.elapsed() < Duration::from_secs(60),
+            "seed {seed}: no failing push reported: {warned}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!("down {:?}: {failing}", down.elapsed());
     faults.set(flaky);
     let back = Instant::now();
-    let live = table_checksum(&db, "t");
 
-    // Caught up: `latest`, recovered into another file, holds every row
-    // committed. Once the shipped log reaches the 200th transaction it
-    // must; before that, once shipping reports no error, it may already:
-    // a store error may restart the shipper, which then begins a new
-    // generation from a base holding every row (CI met it, seed 30003:
-    // the first generation at 49, a second beginning after the last
-    // commit, at 0 transactions for good).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    for attempt in 0.. {
-        let (_, v) = s.json(&[&s.url(&format!("{API}/app"))]);
-        let shipping = &v["continuousArchiving"];
-        let reached = shipping["ranges"].as_array().is_some_and(|ranges| {
-            ranges.iter().any(|r| {
-                r["latestScn"]
-                    .as_str()
-                    .and_then(|scn| scn.split_once(':'))
-                    .and_then(|(_, n)| n.parse::<u64>().ok())
-                    >= Some(200)
-            })
-        });
-        if reached || shipping["error"].is_null() {
-            let copy = dir.path().join(format!("copy-{attempt}.db"));
-            let body = format!(r#"{{"latest": true, "target": {{"path": "{}"}}}}"#, copy.display());
-            let url = s.url(&format!("{API}/app/backups/recovery"));
-            let (status, h, answer) = s.curl(&[&AUTH[..], &["-X", "POST", "-d", &body, &url]].concat());
-            // 503 while the server's probe still finds the store failing
-            // (it answers within a second, then says so), 409 while a job runs.
-            if status != "HTTP/2 202" {
-                assert!(
-                    ["HTTP/2 503", "HTTP/2 409"].contains(&status.as_str()),
-                    "{status}: {answer}"
-                );
-                assert!(
-                    Instant::now() < deadline,
-                    "seed {seed}: not caught up: {status}: {answer}"
-                );
-                std::thread::sleep(Duration::from_millis(500));
-                continue;
-            }
-            s.wait_for(header(&h, "location"), "Succeeded");
-            let got = table_checksum(&copy, "t");
-            if reached {
-                assert_eq!(got, live, "seed {seed}: every committed row, exactly");
-            }
-            if got == live {
-                println!(
-                    "caught up {:?} after the store came back ({})",
-                    back.elapsed(),
-                    if reached {
-                        "the shipped log at 200"
-                    } else {
-                        "from a new generation's base"
-                    }
-                );
-                break;
-            }
+    let deadline = back + Duration::from_secs(120);
+    loop {
+        let Some(v) = shipping() else {
+            assert!(Instant::now() < deadline, "seed {seed}: the page answers 503");
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
+        assert_eq!(v["generation"].as_str(), Some(&generation[..]), "seed {seed}: {v}");
+        let reached = v["ranges"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["latestScn"] == format!("{generation}:200")));
+        if reached {
+            println!("shipped to 200 {:?} after the store came back", back.elapsed());
+            break;
         }
-        assert!(Instant::now() < deadline, "seed {seed}: not caught up: {v}");
-        std::thread::sleep(Duration::from_millis(500));
+        assert!(Instant::now() < deadline, "seed {seed}: not shipped to 200: {v}");
+        std::thread::sleep(Duration::from_millis(200));
     }
+    // 503 as above, 409 while a job runs.
+    let recover_into = |goal: &str, name: &str| {
+        let copy = dir.path().join(name);
+        let body = format!(r#"{{{goal}, "target": {{"path": "{}"}}}}"#, copy.display());
+        let url = s.url(&format!("{API}/app/backups/recovery"));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (status, h, answer) = s.curl(&[&AUTH[..], &["-X", "POST", "-d", &body, &url]].concat());
+            if status == "HTTP/2 202" {
+                s.wait_for(header(&h, "location"), "Succeeded");
+                return table_checksum(&copy, "t");
+            }
+            assert!(
+                ["HTTP/2 503", "HTTP/2 409"].contains(&status.as_str()) && Instant::now() < deadline,
+                "seed {seed}: {goal}: {status}: {answer}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    assert_eq!(
+        recover_into(r#""latest": true"#, "latest.db"),
+        live,
+        "seed {seed}: every committed row, exactly"
+    );
+    assert_eq!(
+        recover_into(&format!(r#""timestamp": "{marked}""#), "marked.db"),
+        at_mark,
+        "seed {seed}: the second marked while the store was down ({marked}), exactly"
+    );
     let met = faults.injected();
     println!("seed {seed}: {met:?}");
     assert!(

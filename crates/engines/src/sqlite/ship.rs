@@ -50,12 +50,15 @@
 //! generation, 16 hex digits each), sealed and compressed by the
 //! repository like every object.
 //!
-//! Here the shipper; in `log` the shipped log as recovery reads it
-//! (positions, objects, replay); in `link` how jobs of the same server
-//! reach a database's shipper.
+//! Here the shipper; in `push` how what it read reaches the repository
+//! (on a thread of its own; kept and pushed again while the store fails);
+//! in `log` the shipped log as recovery reads it (positions, objects,
+//! replay); in `link` how jobs of the same server reach a database's
+//! shipper.
 
 mod link;
 mod log;
+mod push;
 mod run;
 
 pub use link::*;
@@ -199,9 +202,15 @@ pub struct Shipper {
     page_size: u32,
     /// Transactions of this generation pushed so far.
     pub shipped: u64,
+    /// Read, not yet stored (the first of them perhaps being pushed).
     pending: Vec<Shipped>,
-    pending_since: Option<Instant>,
     pending_bytes: usize,
+    /// The push under way, on its own thread (`push`).
+    in_flight: Option<push::InFlight>,
+    /// Set while pushes fail (the repository unreachable): what is pending
+    /// stays in memory and is pushed again later, so the generation goes on
+    /// without a gap.
+    push_failed: Option<push::PushFailed>,
     /// When the log was last rolled.
     rolled: Option<Instant>,
 }
@@ -235,8 +244,9 @@ impl Shipper {
             page_size: 0,
             shipped: 0,
             pending: Vec::new(),
-            pending_since: None,
             pending_bytes: 0,
+            in_flight: None,
+            push_failed: None,
             rolled: None,
         })
     }
@@ -435,31 +445,15 @@ impl Shipper {
         self.read_ms = seen_ms;
         let n = txns.len();
         for txn in txns {
-            self.pending_bytes += txn.pages.len() * (self.page_size as usize + 4);
+            self.pending_bytes += self.size_of(&txn);
             self.pending.push(Shipped { seen_ms, txn });
-        }
-        if n > 0 && self.pending_since.is_none() {
-            self.pending_since = Some(Instant::now());
         }
         Ok(Ok(n))
     }
 
-    fn push_pending(&mut self) -> Result<usize, Error> {
-        let n = self.pending.len();
-        if n == 0 {
-            return Ok(0);
-        }
-        let generation = self
-            .generation
-            .as_deref()
-            .expect("transactions are read only within a generation");
-        let name = object_name(generation, self.shipped + 1, self.shipped + n as u64);
-        self.archive.push(&name, &encode(self.page_size, &self.pending))?;
-        self.shipped += n as u64;
-        self.pending.clear();
-        self.pending_since = None;
-        self.pending_bytes = 0;
-        Ok(n)
+    /// What a transaction holds in memory while pending.
+    fn size_of(&self, txn: &super::wal::Txn) -> usize {
+        txn.pages.len() * (self.page_size as usize + 4)
     }
 
     /// One round: notice a replaced file, read new commits, push what is
@@ -486,12 +480,7 @@ impl Shipper {
         // log, which a reader begun once the log is fully copied into the
         // database does.
         self.advance_reader()?;
-        let due = self
-            .pending_since
-            .is_some_and(|t| t.elapsed() >= self.opts.ship_every || self.pending_bytes >= 16 << 20);
-        if due {
-            polled.pushed = self.push_pending()?;
-        }
+        polled.pushed = self.push_in_background()?;
         // The log in use since its last reset, not the file (which SQLite
         // keeps at its largest); at most ten rolls a second, in case an
         // application reader keeps the log from being reset.
@@ -535,7 +524,8 @@ impl Shipper {
     /// How long the oldest transaction not yet pushed has waited: what a
     /// crash of this server now would lose.
     pub fn lag(&self) -> Duration {
-        self.pending_since.map_or(Duration::ZERO, |t| t.elapsed())
+        let oldest = self.pending.first().map_or(now_ms(), |t| t.seen_ms);
+        Duration::from_millis((now_ms() - oldest).max(0) as u64)
     }
 
     /// Pushes what is pending and stops (a clean shutdown).

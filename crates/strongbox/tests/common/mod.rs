@@ -709,6 +709,14 @@ pub fn second_after(ahead: std::time::Duration) -> (time::OffsetDateTime, std::t
     (t, (t - now).try_into().unwrap())
 }
 
+/// The timestamp of the next whole second, once it has passed by more than
+/// a second: commits before and after it are apart.
+pub fn mark() -> String {
+    let (t, wait) = second_after(std::time::Duration::ZERO);
+    std::thread::sleep(wait + std::time::Duration::from_millis(1100));
+    api_time(t)
+}
+
 /// POSTs `body` until it is accepted (a job of the deployment may hold it
 /// a moment: the shipper's base backup, the base taken after a recovery),
 /// then waits for the job to succeed.

@@ -3,7 +3,9 @@
 //! there), the requests of the deployment's jobs answered (`ShipperLink`),
 //! and its status kept true: while no generation receives the
 //! application's commits, `stopped` says why and since when, and `lag`
-//! counts from then.
+//! counts from then; while pushes fail (the generation goes on, what it
+//! read waits in memory), `stopped` says so and `lag` is the oldest
+//! waiting transaction's age.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,9 +22,10 @@ pub struct ShipperStatus {
     /// When the shipper last read the log (ms since the epoch).
     pub polled_ms: i64,
     /// How long the oldest transaction read but not yet pushed has waited;
-    /// while stopped, how long since shipping stopped.
+    /// while no generation receives commits, how long since one last did.
     pub lag: Duration,
-    /// Set while no generation receives the application's commits.
+    /// Set while the application's commits do not reach the repository:
+    /// no generation receives them, or storing what was read fails.
     pub stopped: Option<Stopped>,
     /// WAL the database keeps for the shipper, in bytes (PostgreSQL: from
     /// its replication slot's restart point to now), as last asked.
@@ -130,7 +133,7 @@ pub fn ship(path: &Path, cx: ShipContext) {
                 s.shipped = shipper.shipped;
                 s.polled_ms = now_ms();
                 (s.lag, s.stopped) = match &shipper.generation {
-                    Some(_) => (shipper.lag(), None),
+                    Some(_) => (shipper.lag(), shipper.push_failure()),
                     None => {
                         let waiting = match (present, asked) {
                             (false, _) => {
