@@ -11,6 +11,7 @@
 mod backup_config;
 mod dialect;
 mod job_spec;
+mod migrations;
 mod model;
 mod rows;
 mod sql;

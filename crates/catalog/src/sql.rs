@@ -143,7 +143,9 @@ impl SqlCatalog {
             })
             .connect(&format!("sqlite://{}?mode=rwc", path.display()))
             .await?;
-        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+        crate::migrations::migrator(crate::migrations::SQLITE)
+            .run(&pool)
+            .await?;
         Ok(SqlCatalog {
             pool,
             dialect: Dialect::Sqlite,
@@ -170,7 +172,9 @@ impl SqlCatalog {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect(url)
             .await?;
-        sqlx::migrate!("migrations/postgres").run(&pool).await?;
+        crate::migrations::migrator(crate::migrations::POSTGRES)
+            .run(&pool)
+            .await?;
         Ok(SqlCatalog {
             pool,
             dialect: Dialect::Postgres,
