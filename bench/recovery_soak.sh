@@ -16,13 +16,13 @@ ops=${2:-150}
 first=${3:-$(( $(date +%s%N) % 1000000000 ))}
 echo "seeds $first..$((first + seeds - 1)), $ops operations each"
 log=$(mktemp)
-cargo test -q -p strongbox --test recovery_model --test recovery_model_engines --test sqlite_pitr_model --no-run
+cargo test -q -p strongbox --test integration --no-run
 cargo test -q -p strongbox-repo --test s3_faults --no-run
 models=(
-  "strongbox recovery_model random_sequences_recover_what_the_model_predicts_seed_a"
-  "strongbox recovery_model random_sequences_on_a_flaky_s3_store_recover_what_the_model_predicts"
-  "strongbox recovery_model_engines recover_what_the_model_predicts"
-  "strongbox sqlite_pitr_model recoveries_of_a_shipped_sqlite_log"
+  "strongbox integration recovery_model::random_sequences_recover_what_the_model_predicts_seed_a"
+  "strongbox integration recovery_model::random_sequences_on_a_flaky_s3_store_recover_what_the_model_predicts"
+  "strongbox integration recovery_model_engines::"
+  "strongbox integration sqlite_pitr_model::recoveries_of_a_shipped_sqlite_log"
   "strongbox-repo s3_faults a_flaky_store_is_retried_and_every_byte_comes_back"
 )
 for ((seed = first; seed < first + seeds; seed++)); do
@@ -31,10 +31,10 @@ for ((seed = first; seed < first + seeds; seed++)); do
     started=$(date +%s)
     if ! MODEL_SEED=$seed MODEL_OPS=$ops MODEL_STEPS=$ops cargo test -q -p "$1" --test "$2" "$3" -- --nocapture >"$log" 2>&1; then
       cat "$log"
-      echo "FAILED: $2, seed $seed (replay: MODEL_SEED=$seed MODEL_OPS=$ops MODEL_STEPS=$ops cargo test -p $1 --test $2 $3)" >&2
+      echo "FAILED: $2 $3, seed $seed (replay: MODEL_SEED=$seed MODEL_OPS=$ops MODEL_STEPS=$ops cargo test -p $1 --test $2 $3)" >&2
       exit 1
     fi
-    echo "seed $seed: $2 passed in $(( $(date +%s) - started )) s"
+    echo "seed $seed: $2 $3 passed in $(( $(date +%s) - started )) s"
   done
 done
 echo "all $seeds seeds passed on every model ($first..$((first + seeds - 1)))"

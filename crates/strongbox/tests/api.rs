@@ -1,12 +1,10 @@
 //! The API server as a real process over real TLS (a test CA), driven by
 //! real curl: the seed's request end to end, then the error cases.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn the_seed_request_backs_up_a_real_database() {

@@ -4,11 +4,9 @@
 //! catalog); the backup then succeeds, once, and restores exactly; the
 //! recovery succeeds and its data is exact.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn a_catalog_stopped_mid_backup_gets_quick_503s_and_the_backup_succeeds_once() {

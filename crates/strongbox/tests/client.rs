@@ -3,11 +3,9 @@
 //! id, a failing backup (exit 2 with the job's message), a wrong password
 //! (exit 1 with the server's message), no password and no terminal.
 
-mod common;
-
 use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
 
 fn client(s: &Server, password: Option<&str>, args: &[&str]) -> Output {
     let mut c = Command::new(BIN);

@@ -9,12 +9,10 @@
 //! `STRONGBOX_SCREENSHOTS=DIR` keeps the screenshots (the README's come
 //! from `docs/`).
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn node_modules(dir: &Path) {
     if dir.join("node_modules/playwright-core").exists() {

@@ -4,11 +4,9 @@
 //! the copy and names the damaged object; a copy that is down delays copies
 //! (its lag shown) and never a backup.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const OFFSITE_PASSWORD: &str = "the offsite copy's own password";
 

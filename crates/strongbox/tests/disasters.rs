@@ -4,9 +4,7 @@
 //! the backup's rows (or, for `latest`, every archived commit), and the
 //! job's activity log must say what it found.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use strongbox_testkit::sh;
 
 /// The rows as an ordered checksum (with their count, to read a failure by).

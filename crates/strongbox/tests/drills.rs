@@ -10,12 +10,10 @@
 //! backup whose data will not start fails with the server's own log line.
 //! The live database is never touched (checksums before and after).
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 /// A drill of `service`, asked for; the job at its end (`Succeeded` or
 /// `Failed`).

@@ -6,11 +6,9 @@
 //! with a new catalog rebuilt from the repository alone. A format change
 //! ships a reader or a migration; it never rewrites the fixture.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/format-1");
 /// The deployment's database, where the fixture's generator kept it.

@@ -4,9 +4,7 @@
 //! the users' (right or wrong) nor the repository's nor one a deployment's
 //! connection holds, also when its engine fails.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const REPO_PASSWORD: &str = "repo-S3cret-4711";
 const ENGINE_SECRET: &str = "engine-S3cret-0815";

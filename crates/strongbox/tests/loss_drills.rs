@@ -4,11 +4,9 @@
 //! password kept offline) opens the repository and the backups recover
 //! exactly.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// Four servers started at the same instant on one new repository (each
 /// with its own catalog), on local disk and on S3: every one serves, and

@@ -2,12 +2,10 @@
 //! sign-in, each shows its change; Prometheus' own `promtool` accepts the
 //! page, and the example alert rules (which fire in `promtool test rules`).
 
-mod common;
-
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 
 /// The page's samples: `name{labels}` → value.
 fn scrape(s: &Server) -> (String, HashMap<String, f64>) {

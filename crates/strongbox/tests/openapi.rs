@@ -3,11 +3,9 @@
 //! the server answers differently from what the document says. Both are
 //! PyPI packages, installed here on first use.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// Installs the PyPI tools if this machine lacks them.
 fn python_tools() {

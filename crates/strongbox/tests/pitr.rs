@@ -5,15 +5,13 @@
 //! exactly the rows committed by then. Targets the archive cannot reach
 //! are refused, naming the recoverable range, before anything is touched.
 
-mod common;
-
 use std::time::Instant;
 
-use common::{Pg, Server};
+use crate::common::{Pg, Server};
 use serde_json::Value;
 use strongbox_engines::pitr::Lsn;
 
-const INSTANCE: &str = common::PG_INSTANCE;
+const INSTANCE: &str = crate::common::PG_INSTANCE;
 /// The ticks' ordered checksum (ids and times).
 const TICKS: &str = "SELECT coalesce(md5(string_agg(id || '@' || at, ',' ORDER BY id)), '') FROM ticks";
 
@@ -59,9 +57,9 @@ fn recovery_to_moments_and_scns_holds_exactly_the_rows_committed_by_then() {
 
     // Base backup 1, writes, base backup 2, more writes, all archived.
     let first = backup(&s);
-    let mut marks = common::write_ticks(c.port, 1, 60, 20);
+    let mut marks = crate::common::write_ticks(c.port, 1, 60, 20);
     let second = backup(&s);
-    marks.extend(common::write_ticks(c.port, 61, 120, 20));
+    marks.extend(crate::common::write_ticks(c.port, 61, 120, 20));
     let last = c.psql("SELECT pg_walfile_name(pg_switch_wal())");
     c.wait_archived(&last);
     assert_eq!(marks.len(), 6);
@@ -152,10 +150,10 @@ fn recovery_to_moments_and_scns_holds_exactly_the_rows_committed_by_then() {
     for (body, mark, base) in cases {
         let started = Instant::now();
         let url = s.url(&format!("{INSTANCE}/backups/recovery"));
-        let (status, h, text) = s.curl(&[&common::AUTH[..], &["-X", "POST", "-d", &body, &url]].concat());
+        let (status, h, text) = s.curl(&[&crate::common::AUTH[..], &["-X", "POST", "-d", &body, &url]].concat());
         assert_eq!(status, "HTTP/2 202", "{body}: {text}");
         let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            s.wait_for(common::header(&h, "location"), "Succeeded")
+            s.wait_for(crate::common::header(&h, "location"), "Succeeded")
         }));
         assert!(done.is_ok(), "{body}: the recovery failed\n{}", c.log());
         assert_eq!(

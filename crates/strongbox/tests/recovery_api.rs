@@ -2,11 +2,9 @@
 //! target, the mistakes that must touch nothing, history, job status and
 //! activity log, and no backup while a recovery runs.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const P: &str = "/paas/service/dbcs/api/v1.1/instances/usexample";
 

@@ -8,12 +8,10 @@
 //! setting), the server's own files, the deployment's own file, a file
 //! that exists without `"replace": true`.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const APP: &str = "/paas/service/dbcs/api/v1.1/instances/usexample/app";
 

@@ -37,13 +37,11 @@
 //! (`Pg::flush`; planning counts any other commit as a change, which the
 //! model, knowing rows only, could not predict).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use strongbox_engines::pitr::Lsn;
 use strongbox_testkit::as_postgres;
 use time::OffsetDateTime;
@@ -387,7 +385,7 @@ impl Run {
         // PostgreSQL it starts for a recovery inherits (its
         // restore_command), and the archive_command's own (below).
         let reach: Vec<(&str, String)> = s3.map_or_else(Vec::new, |server| {
-            let mut reach = common::flaky_s3_reach(server);
+            let mut reach = crate::common::flaky_s3_reach(server);
             reach.push(("STRONGBOX_PASSWORD", S3_PASSWORD.to_string()));
             reach
         });

@@ -12,11 +12,9 @@
 //! an S3 server that throttles, errs, drops connections and answers late
 //! (issue 30: the model stays exact through a store's bad day).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use strongbox_testkit::sh;
 
@@ -360,7 +358,7 @@ fn sequence(seed: u64, engine: &str, db: &dyn Database, ops: usize) {
 fn sequence_on(seed: u64, engine: &str, db: &dyn Database, ops: usize, s3: Option<&strongbox_testkit::s3::S3Server>) {
     eprintln!("{engine} recovery model: seed {seed} (replay with MODEL_SEED={seed})");
     let dir = tempfile::tempdir().unwrap();
-    let s3 = s3.map(|server| (server.repository("model"), common::flaky_s3_reach(server)));
+    let s3 = s3.map(|server| (server.repository("model"), crate::common::flaky_s3_reach(server)));
     let s = match &s3 {
         None => start(&dir),
         Some((location, env)) => {

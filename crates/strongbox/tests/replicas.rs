@@ -5,13 +5,11 @@
 //! lease expires: no job left in progress, no second backup, the
 //! repository sound.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use strongbox_testkit::Database;
 
 const BIG: &str = "/paas/service/dbcs/api/v1.1/instances/usexample/big/backups";

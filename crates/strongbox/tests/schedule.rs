@@ -3,11 +3,9 @@
 //! and across two server processes on one catalog, one catch-up after
 //! downtime, and configurations checked field by field, per identity domain.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const CONFIG: &str = "/paas/service/dbcs/api/v1.1/instances/usexample/db12c/backups/config";
 

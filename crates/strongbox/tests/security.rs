@@ -5,12 +5,10 @@
 //! names cannot climb out of a directory or end a line; TLS is asked for
 //! where it is missing; `/metrics` can listen apart.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 const REGISTER: &str = "/strongbox/api/v1/instances/usexample";

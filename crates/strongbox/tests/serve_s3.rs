@@ -2,9 +2,7 @@
 //! a backup through the API lands in the bucket, and a recovery from it
 //! brings the database back.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const P: &str = "/paas/service/dbcs/api/v1.1/instances/usexample";
 

@@ -5,12 +5,10 @@
 //! both servers are answered throughout, never with a 5xx. SIGKILL in the
 //! middle of a recovery: started again, the server finishes it.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use strongbox_testkit::Database;
 
 struct Pair {

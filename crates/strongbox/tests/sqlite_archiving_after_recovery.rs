@@ -10,14 +10,12 @@
 //! did not come back, and how long before it the first of them was
 //! committed. Seeded (printed; `MODEL_SEED=N` replays).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const P: &str = "/paas/service/dbcs/api/v1.1/instances/usexample/app";
 

@@ -4,12 +4,10 @@
 //! recovered database, after a SIGKILL of the server with the database
 //! file lost, each compared with the rows that must be there.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const P: &str = "/paas/service/dbcs/api/v1.1/instances/usexample/app";
 

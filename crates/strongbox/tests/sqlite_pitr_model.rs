@@ -26,15 +26,13 @@
 //! recoveries may go back to moments before or after it. The seed is
 //! printed; `MODEL_SEED=N` replays one, `MODEL_STEPS=N` sets the length.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const P: &str = "/paas/service/dbcs/api/v1.1/instances/usexample/app";
 /// How long after its commit a transaction may be missing, each bound

@@ -3,8 +3,6 @@
 //! mounted by the test as root); a repository on an S3 server that
 //! throttles, errs, drops connections and answers late, then goes down.
 
-mod common;
-
 use strongbox_testkit::Tmpfs;
 use strongbox_testkit::s3::{FaultPlan, Faults, S3Server};
 
@@ -42,7 +40,7 @@ fn bad_day() -> FaultPlan {
     }
 }
 
-use common::*;
+use crate::common::*;
 
 /// A backup larger than the repository's file system (40 MB of random
 /// bytes into 16 MiB): the job fails and its message says so once, naming

@@ -3,12 +3,10 @@
 //! byte for byte, a conflicting push fails, and a push killed at any
 //! moment leaves nothing a retry trips over.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Archive, BIN};
+use crate::common::{Archive, BIN};
 use strongbox_testkit::{Cluster, sh};
 
 #[test]

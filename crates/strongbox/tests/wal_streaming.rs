@@ -4,11 +4,9 @@
 //! committed more than a second before the loss, not only those in the
 //! last completed 16 MB segment. Turned off, its slot goes.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// The scenario of the issue, through the API: `archive_command` from `GET
 /// …/{serviceId}` (PostgreSQL's defaults otherwise), continuous archiving
@@ -200,7 +198,7 @@ fn synchronous_mode_holds_commits_while_the_repository_is_down() {
     let faults = Faults::new(29);
     let store = S3Server::with_faults(faults.clone());
     let dir = tempfile::tempdir().unwrap();
-    let mut env = common::flaky_s3_reach(&store);
+    let mut env = crate::common::flaky_s3_reach(&store);
     env.push(("STRONGBOX_PASSWORD", "sync-s3".to_string()));
     let reach = env.clone();
     env.push(("STRONGBOX_REPOSITORY", store.repository("sync")));
