@@ -588,6 +588,59 @@ fn slow_or_failing_pushes_hold_back_no_poll_and_keep_the_generation() {
     assert_eq!(rows(&path), (0..n as i64).collect());
 }
 
+/// While the repository fails, what waits in memory is bounded: failed
+/// pushes are borne until `pending_at_most`, then the poll fails saying so
+/// in one sentence (the server then starts the shipper again, which asks
+/// for a new base).
+#[test]
+fn transactions_waiting_past_the_memory_bound_end_the_generation_in_one_sentence() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_rt, _repo, archive) = repository(dir.path());
+    let store = Arc::new(Unreachable {
+        inner: archive.clone(),
+        slow: AtomicBool::new(false),
+        down: AtomicBool::new(true),
+        answer_lost: AtomicBool::new(true),
+    });
+    let db = dir.path().join("app.sqlite");
+    let app = open_app(&db);
+    let opts = ShipOptions {
+        ship_every: Duration::from_millis(10),
+        pending_at_most: 64 << 10,
+        ..ShipOptions::new(dir.path().to_path_buf())
+    };
+    let mut shipper = Shipper::start(&db, store, opts).unwrap();
+    archive.store_base(shipper.begin_generation().unwrap()).unwrap();
+    // A 200-byte row changes a page or more (4 KiB and its frame header):
+    // the 16th transaction passes 64 KiB at the latest.
+    let mut tolerated = 0;
+    for n in 0..100 {
+        app.execute("INSERT INTO t VALUES (?1, randomblob(200))", [n]).unwrap();
+        std::thread::sleep(Duration::from_millis(15));
+        match shipper.poll() {
+            Ok(polled) => {
+                assert_eq!(polled.lost, None);
+                tolerated += usize::from(shipper.push_failure().is_some());
+            }
+            Err(e) => {
+                let e = e.to_string();
+                assert!(
+                    e.starts_with("the store does not answer; 0.1 MiB of transactions waited in memory")
+                        && e.ends_with("more than the 0.1 MiB held, so this generation ends"),
+                    "{e}"
+                );
+                assert!(
+                    n < 16 && tolerated > 0,
+                    "ended at transaction {n}, {tolerated} polls after a failure"
+                );
+                println!("ended at transaction {n}, {tolerated} polls after the first failed push");
+                return;
+            }
+        }
+    }
+    panic!("100 transactions waited in memory, far more than 64 KiB");
+}
+
 /// Runs `ask` with a link to `shipper`, which answers its requests on
 /// another thread meanwhile, as the server's shipper thread answers jobs.
 fn answering<T>(shipper: &mut Shipper, ask: impl FnOnce(&ShipperLink) -> T) -> T {

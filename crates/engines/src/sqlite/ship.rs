@@ -133,6 +133,10 @@ pub struct ShipOptions {
     /// PostgreSQL: the WAL receiver reports WAL flushed once it is on disk
     /// here, as a synchronous standby (`ShipperStatus::standby` names it).
     pub synchronous: bool,
+    /// While pushes fail, read transactions wait in memory up to this many
+    /// bytes; beyond it the generation ends (the shipper starts again, and
+    /// the next base holds them) rather than the server's memory filling.
+    pub pending_at_most: usize,
 }
 
 impl ShipOptions {
@@ -144,6 +148,7 @@ impl ShipOptions {
             roll_every: Duration::from_millis(100),
             scratch,
             synchronous: false,
+            pending_at_most: 256 << 20,
         }
     }
 }

@@ -43,16 +43,11 @@ const AGAIN_AT_MOST: Duration = Duration::from_secs(4);
 /// that what gathered during an outage goes out in pieces.
 const OBJECT_BYTES: usize = 16 << 20;
 
-/// While pushes fail, read transactions wait in memory up to this much;
-/// beyond it the generation ends (the shipper starts again, and the next
-/// base holds them) rather than the server's memory filling up.
-const PENDING_AT_MOST: usize = 256 << 20;
-
 impl Shipper {
     /// One poll's part: takes the outcome of the push under way, if it has
     /// one, and starts the next when one is due. Returns how many
     /// transactions were stored; an error only once more is pending than
-    /// memory may hold.
+    /// memory may hold (`ShipOptions::pending_at_most`).
     pub(super) fn push_in_background(&mut self) -> Result<usize, Error> {
         let pushed = self.finish_push(false).unwrap_or(0);
         let oldest = self.pending.first().map(|t| t.seen_ms);
@@ -63,13 +58,14 @@ impl Shipper {
         if due {
             self.start_push();
         }
+        let at_most = self.opts.pending_at_most;
         match &self.push_failed {
-            Some(f) if self.pending_bytes >= PENDING_AT_MOST => Err(Error::Failed(format!(
-                "{}; {} MiB of transactions waited in memory for the repository, more than the {} MiB held, so \
-                 this generation ends",
+            Some(f) if self.pending_bytes >= at_most => Err(Error::Failed(format!(
+                "{}; {:.1} MiB of transactions waited in memory for the repository, more than the {:.1} MiB held, \
+                 so this generation ends",
                 f.error,
-                self.pending_bytes >> 20,
-                PENDING_AT_MOST >> 20
+                self.pending_bytes as f64 / (1 << 20) as f64,
+                at_most as f64 / (1 << 20) as f64
             ))),
             _ => Ok(pushed),
         }
