@@ -490,6 +490,18 @@ struct Unreachable {
     answer_lost: AtomicBool,
 }
 
+impl Unreachable {
+    /// Over `inner`, answering at first.
+    fn over(inner: Arc<RepoArchive>) -> Arc<Self> {
+        Arc::new(Unreachable {
+            inner,
+            slow: AtomicBool::new(false),
+            down: AtomicBool::new(false),
+            answer_lost: AtomicBool::new(false),
+        })
+    }
+}
+
 /// How long a push takes while the store is slow.
 const SLOW_PUSH: Duration = Duration::from_secs(1);
 
@@ -517,12 +529,7 @@ impl ShipArchive for Unreachable {
 fn slow_or_failing_pushes_hold_back_no_poll_and_keep_the_generation() {
     let dir = tempfile::tempdir().unwrap();
     let (rt, repo, archive) = repository(dir.path());
-    let store = Arc::new(Unreachable {
-        inner: archive.clone(),
-        slow: AtomicBool::new(false),
-        down: AtomicBool::new(false),
-        answer_lost: AtomicBool::new(false),
-    });
+    let store = Unreachable::over(archive.clone());
     let db = dir.path().join("app.sqlite");
     let app = open_app(&db);
     let opts = ShipOptions {
@@ -596,12 +603,9 @@ fn slow_or_failing_pushes_hold_back_no_poll_and_keep_the_generation() {
 fn transactions_waiting_past_the_memory_bound_end_the_generation_in_one_sentence() {
     let dir = tempfile::tempdir().unwrap();
     let (_rt, _repo, archive) = repository(dir.path());
-    let store = Arc::new(Unreachable {
-        inner: archive.clone(),
-        slow: AtomicBool::new(false),
-        down: AtomicBool::new(true),
-        answer_lost: AtomicBool::new(true),
-    });
+    let store = Unreachable::over(archive.clone());
+    store.down.store(true, Ordering::Relaxed);
+    store.answer_lost.store(true, Ordering::Relaxed); // no push stored
     let db = dir.path().join("app.sqlite");
     let app = open_app(&db);
     let opts = ShipOptions {
