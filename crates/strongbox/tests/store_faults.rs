@@ -336,20 +336,9 @@ fn a_shipped_log_goes_on_through_a_flaky_store_and_catches_up_after_it_was_down(
     let recover_into = |goal: &str, name: &str| {
         let copy = dir.path().join(name);
         let body = format!(r#"{{{goal}, "target": {{"path": "{}"}}}}"#, copy.display());
-        let url = s.url(&format!("{API}/app/backups/recovery"));
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let (status, h, answer) = s.curl(&[&AUTH[..], &["-X", "POST", "-d", &body, &url]].concat());
-            if status == "HTTP/2 202" {
-                s.wait_for(header(&h, "location"), "Succeeded");
-                return table_checksum(&copy, "t");
-            }
-            assert!(
-                ["HTTP/2 503", "HTTP/2 409"].contains(&status.as_str()) && Instant::now() < deadline,
-                "seed {seed}: {goal}: {status}: {answer}"
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        let path = format!("{API}/app/backups/recovery");
+        post_until_accepted_past(&s, &path, &body, &["HTTP/2 503", "HTTP/2 409"]);
+        table_checksum(&copy, "t")
     };
     assert_eq!(
         recover_into(r#""latest": true"#, "latest.db"),

@@ -529,8 +529,9 @@ impl Shipper {
     /// How long the oldest transaction not yet pushed has waited: what a
     /// crash of this server now would lose.
     pub fn lag(&self) -> Duration {
-        let oldest = self.pending.first().map_or(now_ms(), |t| t.seen_ms);
-        Duration::from_millis((now_ms() - oldest).max(0) as u64)
+        let now = now_ms();
+        let oldest = self.pending.first().map_or(now, |t| t.seen_ms);
+        Duration::from_millis((now - oldest).max(0) as u64)
     }
 
     /// Pushes what is pending and stops (a clean shutdown).

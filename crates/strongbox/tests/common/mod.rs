@@ -721,11 +721,17 @@ pub fn mark() -> String {
 /// a moment: the shipper's base backup, the base taken after a recovery),
 /// then waits for the job to succeed.
 pub fn post_until_accepted(s: &Server, path: &str, body: &str) -> serde_json::Value {
+    post_until_accepted_past(s, path, body, &["HTTP/2 409"])
+}
+
+/// `post_until_accepted`, asking again (for up to 60 s) while the answer's
+/// status line is one of `again`.
+pub fn post_until_accepted_past(s: &Server, path: &str, body: &str, again: &[&str]) -> serde_json::Value {
     let url = s.url(path);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let (status, h, answer) = s.curl(&[&AUTH[..], &["-X", "POST", "-d", body, &url]].concat());
-        if status == "HTTP/2 409" && std::time::Instant::now() < deadline {
+        if again.contains(&status.as_str()) && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(200));
             continue;
         }

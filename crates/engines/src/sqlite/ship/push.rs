@@ -50,10 +50,9 @@ impl Shipper {
     /// memory may hold (`ShipOptions::pending_at_most`).
     pub(super) fn push_in_background(&mut self) -> Result<usize, Error> {
         let pushed = self.finish_push(false).unwrap_or(0);
-        let oldest = self.pending.first().map(|t| t.seen_ms);
-        let due = oldest.is_some_and(|ms| {
-            now_ms() - ms >= self.opts.ship_every.as_millis() as i64 || self.pending_bytes >= OBJECT_BYTES
-        }) && self.in_flight.is_none()
+        // `lag`: the oldest pending transaction's age (zero if none).
+        let due = (self.lag() >= self.opts.ship_every || self.pending_bytes >= OBJECT_BYTES)
+            && self.in_flight.is_none()
             && self.push_failed.as_ref().is_none_or(|f| Instant::now() >= f.again_at);
         if due {
             self.start_push();
@@ -64,8 +63,8 @@ impl Shipper {
                 "{}; {:.1} MiB of transactions waited in memory for the repository, more than the {:.1} MiB held, \
                  so this generation ends",
                 f.error,
-                self.pending_bytes as f64 / (1 << 20) as f64,
-                at_most as f64 / (1 << 20) as f64
+                mib(self.pending_bytes),
+                mib(at_most)
             ))),
             _ => Ok(pushed),
         }
@@ -171,8 +170,12 @@ impl Shipper {
                 "pushing again within {} s; {} transactions ({:.1} MiB) wait in memory",
                 f.wait.as_secs_f64().ceil(),
                 self.pending.len(),
-                self.pending_bytes as f64 / (1 << 20) as f64
+                mib(self.pending_bytes)
             ),
         })
     }
+}
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1 << 20) as f64
 }
