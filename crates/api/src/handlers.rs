@@ -376,6 +376,7 @@ fn instance(state: &AppState, d: &Deployment, pitr: Option<wire::PointInTimeReco
         runs_on: d.runs_on.clone(),
         continuous_archiving: None,
         copies: Vec::new(),
+        incomplete: Vec::new(),
         recovers_into: strongbox_engines::CAPABILITIES
             .iter()
             .find(|(engine, _)| *engine == d.engine)
@@ -426,7 +427,10 @@ fn range_part(r: &Reach) -> wire::RangePart {
 
 /// One deployment; for `postgresql` ones, `pointInTimeRecovery`: the
 /// archive and restore commands, the current timeline, whether the server
-/// answers, and the recoverable range of the current history.
+/// answers, and the recoverable range of the current history. While the
+/// repository does not answer, what needs it is left out and `incomplete`
+/// says why: the rest (the shipper's own status above all) is what an
+/// operator needs during an outage.
 #[utoipa::path(
     get,
     path = "/paas/service/dbcs/api/v1.1/instances/{identityDomainId}/{serviceId}",
@@ -444,7 +448,16 @@ pub async fn instance_detail(
     }): Path<wire::ServicePath>,
 ) -> Result<Json<wire::Instance>, ApiError> {
     let d = state.service.deployment(&domain, &service).await?;
-    let pitr = state.service.pitr_status(&d).await?.map(|p| {
+    let mut incomplete = Vec::new();
+    let pitr = match state.service.pitr_status(&d).await {
+        Ok(pitr) => pitr,
+        Err(strongbox_core::Error::Unavailable { message, .. }) => {
+            incomplete.push(format!("pointInTimeRecovery is left out: {message}"));
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let pitr = pitr.map(|p| {
         let range = match (p.ranges.first(), p.ranges.last()) {
             (Some(first), Some(last)) => Some(wire::RecoverableRange {
                 timeline: p.current_timeline,
@@ -463,7 +476,11 @@ pub async fn instance_detail(
         }
     });
     let mut body = instance(&state, &d, pitr);
-    body.continuous_archiving = state.service.shipping_report(&d).await?.map(|r| {
+    let shipping = state.service.shipping_report(&d).await?;
+    if let Some(Err(why)) = shipping.as_ref().map(|r| &r.ranges) {
+        incomplete.push(format!("continuousArchiving's ranges are left out: {why}"));
+    }
+    body.continuous_archiving = shipping.map(|r| {
         let shipper = r.shipper.unwrap_or_default();
         let shipping = shipper.polled_ms > 0;
         wire::ContinuousArchiving {
@@ -474,18 +491,20 @@ pub async fn instance_detail(
             error: shipper.stopped.as_ref().map(strongbox_core::shipping::stopped_message),
             slot_held_bytes: shipper.held_bytes,
             standby_name: shipper.standby,
-            ranges: r
-                .ranges
-                .iter()
-                .map(|g| wire::TimeRange {
-                    earliest: strongbox_core::dates::api_date(g.from),
-                    latest: g.to.map_or_else(|| "now".into(), strongbox_core::dates::api_date),
-                    earliest_scn: g.first.to_string(),
-                    latest_scn: g.last.to_string(),
-                })
-                .collect(),
+            ranges: r.ranges.ok().map(|ranges| {
+                ranges
+                    .iter()
+                    .map(|g| wire::TimeRange {
+                        earliest: strongbox_core::dates::api_date(g.from),
+                        latest: g.to.map_or_else(|| "now".into(), strongbox_core::dates::api_date),
+                        earliest_scn: g.first.to_string(),
+                        latest_scn: g.last.to_string(),
+                    })
+                    .collect()
+            }),
         }
     });
+    body.incomplete = incomplete;
     let config = state.service.config_of(&d)?;
     body.backup_config = Some(config_body(&config, state.service.clock.now()));
     body.copies = state

@@ -293,6 +293,11 @@ pub struct Instance {
     /// far each is behind its repository.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub copies: Vec<CopyStatus>,
+    /// Strongbox, on one deployment's view: what it leaves out and why
+    /// (the repository does not answer now); asked again once it does,
+    /// the view is whole.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub incomplete: Vec<String>,
     /// Strongbox: the settings a recovery into another place may name
     /// (`target` of a recovery request; SQLite `path`); absent: in place
     /// only.
@@ -328,8 +333,10 @@ pub struct ContinuousArchiving {
     pub lag_seconds: Option<f64>,
     /// Why shipping stopped, if it did.
     pub error: Option<String>,
-    /// Stretches recoverable to any second, oldest first.
-    pub ranges: Vec<TimeRange>,
+    /// Stretches recoverable to any second, oldest first; absent while
+    /// the repository does not answer (`incomplete` says so).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ranges: Option<Vec<TimeRange>>,
     /// PostgreSQL: the WAL the receiver's replication slot keeps on the
     /// database server, in bytes (it grows while the receiver is away).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -291,6 +291,13 @@ pub struct PitrStatus {
 impl Service {
     /// `None` for deployments that do not recover to points in time.
     pub async fn pitr_status(&self, d: &Deployment) -> Result<Option<PitrStatus>, Error> {
+        // Asked first, so that the others' pages read nothing of the
+        // repository for it (and stay whole while it does not answer).
+        let point_in_time =
+            strongbox_engines::engine_for(&d.engine, &d.connection).is_ok_and(|e| e.capabilities().point_in_time);
+        if !point_in_time {
+            return Ok(None);
+        }
         let usable = self.usable_backups(&d.domain, &d.name).await?;
         let (Some(archives), Some(state)) = (&self.wal, self.pitr_state(d, &usable, true).await?) else {
             return Ok(None);

@@ -513,8 +513,10 @@ impl Service {
 pub struct ShippingReport {
     /// What this server's shipper reports; `None` if none runs here.
     pub shipper: Option<ShipperStatus>,
-    /// Stretches recoverable to any second and any position, oldest first.
-    pub ranges: Vec<ShippedRange>,
+    /// Stretches recoverable to any second and any position, oldest first;
+    /// why they are not known now if the repository does not answer (the
+    /// shipper's own status is all the more worth showing then).
+    pub ranges: std::result::Result<Vec<ShippedRange>, String>,
 }
 
 /// One generation's recoverable stretch.
@@ -531,19 +533,16 @@ pub struct ShippedRange {
 impl Service {
     /// `None` for deployments whose log is not shipped.
     pub async fn shipping_report(&self, d: &Deployment) -> Result<Option<ShippingReport>> {
-        let usable = self.usable_backups(&d.domain, &d.name).await?;
-        let Some(generations) = self.generations(d, &usable).await? else {
-            // A PostgreSQL deployment whose WAL is streamed: its receiver's
-            // state (its stretches are the WAL archive's, under
-            // `pointInTimeRecovery`).
-            return Ok(self.archives_continuously(d).then(|| ShippingReport {
-                shipper: self.shippers.status(&d.domain, &d.name),
-                ranges: Vec::new(),
-            }));
+        if !self.archives_continuously(d) {
+            return Ok(None);
+        }
+        let shipper = self.shippers.status(&d.domain, &d.name);
+        let generations = match self.usable_backups(&d.domain, &d.name).await {
+            Ok(usable) => self.generations(d, &usable).await,
+            Err(e) => Err(e),
         };
-        Ok(Some(ShippingReport {
-            shipper: self.shippers.status(&d.domain, &d.name),
-            ranges: generations
+        let ranges = match generations {
+            Ok(Some(generations)) => Ok(generations
                 .iter()
                 .map(|g| ShippedRange {
                     from: at_ms(g.base.taken_ms),
@@ -551,8 +550,15 @@ impl Service {
                     first: g.base.at(0),
                     last: g.base.at(g.shipped),
                 })
-                .collect(),
-        }))
+                .collect()),
+            // A PostgreSQL deployment whose WAL is streamed: its receiver's
+            // state (its stretches are the WAL archive's, under
+            // `pointInTimeRecovery`).
+            Ok(None) => Ok(Vec::new()),
+            Err(Error::Unavailable { message, .. }) => Err(message),
+            Err(e) => return Err(e),
+        };
+        Ok(Some(ShippingReport { shipper, ranges }))
     }
 }
 

@@ -137,8 +137,9 @@ fn a_full_repository_disk_fails_the_backup_in_one_sentence_damages_nothing_and_r
 /// down in the middle of a backup: the job fails within the retry budget
 /// (`STRONGBOX_S3_RETRY_SECONDS=5`) saying so in one sentence, nothing is
 /// listed completed that was not; once the server has noticed (health
-/// names the repository), the deployment's page and a recovery request
-/// answer 503 within a second, the live database as it was; the store back,
+/// names the repository), a recovery request answers 503 within a second
+/// and the deployment's page 200, whole (it needs nothing of the
+/// repository), the live database as it was; the store back,
 /// `check --read-data` is clean and the listed backup recovers exactly.
 #[test]
 fn a_server_on_a_flaky_store_backs_up_and_recovers_exactly_and_fails_in_one_sentence_when_it_is_down() {
@@ -176,11 +177,11 @@ fn a_server_on_a_flaky_store_backs_up_and_recovers_exactly_and_fails_in_one_sent
         "once: {message}"
     );
 
-    // Once the server has noticed, what needs the repository (the
-    // deployment's page, a recovery) answers 503 + `Retry-After` within a
-    // second saying why (a recovery was "500 internal error", and both
-    // waited out the store's retries: 180 s by default); the live
-    // database is left as it was.
+    // Once the server has noticed, what needs the repository (a recovery)
+    // answers 503 + `Retry-After` within a second saying why (it was "500
+    // internal error" after the store's retries: 180 s by default); the
+    // deployment's page answers at once, whole: this deployment's needs
+    // nothing of the repository. The live database is left as it was.
     let live = sqlite_checksum(&db);
     // The server notices (it probes every second) and says so.
     let noticed = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -201,7 +202,9 @@ fn a_server_on_a_flaky_store_backs_up_and_recovers_exactly_and_fails_in_one_sent
         "{:?}",
         asked.elapsed()
     );
-    assert_eq!(status, "HTTP/2 503", "{v}");
+    assert_eq!(status, "HTTP/2 200", "{v}");
+    assert!(v["lastBackup"]["dbTag"].is_string(), "{v}");
+    assert!(v.get("incomplete").is_none(), "{v}");
     let url = s.url(&format!("{API}/app/backups/recovery"));
     let asked = std::time::Instant::now();
     let (status, h, answer) = s.curl(&[&AUTH[..], &["-X", "POST", "-d", r#"{"latest": true}"#, &url]].concat());
@@ -257,8 +260,10 @@ fn a_server_on_a_flaky_store_backs_up_and_recovers_exactly_and_fails_in_one_sent
 /// Shipping through a store's bad day: a SQLite deployment shipping its log
 /// into a repository on the flaky S3 server (seeded), 100 commits, then the
 /// store down while 100 more commit (a second marked after the 150th) and
-/// until the server reports its pushes failing, then flaky again. The
-/// shipper keeps what it read and pushes it once the store answers: the
+/// until the server reports its pushes failing, then flaky again. Down,
+/// the deployment's page says the pushes fail and the transactions wait
+/// in memory, and leaves out (saying so) the ranges it would read from the
+/// repository. The shipper keeps what it read and pushes it once the store answers: the
 /// same generation reaches the 200th transaction, and recovered into other
 /// files `latest` holds exactly the live rows and the marked second
 /// exactly the first 150 (ordered checksums of every column).
@@ -270,12 +275,11 @@ fn a_shipped_log_goes_on_through_a_flaky_store_and_catches_up_after_it_was_down(
     faults.set(flaky);
     let db = dir.path().join("app.db");
     let app = shipping_sqlite(&s, "app", &db);
-    // The deployment's page reads the repository: 503 while the server's
-    // probe finds the store failing (it answers within a second, then says
-    // so), the shipping status otherwise.
-    let shipping = || {
+    // The deployment's page, which answers whether the store does or not.
+    let page = || {
         let (status, v) = s.json(&[&s.url(&format!("{API}/app"))]);
-        (status != "HTTP/2 503").then(|| v["continuousArchiving"].clone())
+        assert_eq!(status, "HTTP/2 200", "seed {seed}: {v}");
+        v
     };
     let insert = |ns: std::ops::RangeInclusive<i64>| {
         for n in ns {
@@ -284,7 +288,7 @@ fn a_shipped_log_goes_on_through_a_flaky_store_and_catches_up_after_it_was_down(
         }
     };
     insert(1..=100);
-    let shipped = shipping().unwrap_or_default();
+    let shipped = page()["continuousArchiving"].clone();
     let generation = shipped["generation"].as_str().unwrap_or_default().to_string();
     assert!(!generation.is_empty(), "seed {seed}: no generation: {shipped}");
     faults.set(FaultPlan {
@@ -297,8 +301,8 @@ fn a_shipped_log_goes_on_through_a_flaky_store_and_catches_up_after_it_was_down(
     let at_mark = table_checksum(&db, "t");
     insert(151..=200);
     let live = table_checksum(&db, "t");
-    // A push fails once the client's retries (5 s) are spent; the
-    // deployment's page answers 503 meanwhile, the server's log says it.
+    // A push fails once the client's retries (5 s) are spent: the
+    // server's log says it, and the deployment's page.
     let failing = loop {
         let warned = s.last_warnings(20);
         if let Some(line) = warned.lines().find(|l| l.contains("kept and pushed again")) {
@@ -311,16 +315,25 @@ fn a_shipped_log_goes_on_through_a_flaky_store_and_catches_up_after_it_was_down(
         std::thread::sleep(Duration::from_millis(200));
     };
     println!("down {:?}: {failing}", down.elapsed());
+    let v = page();
+    let error = v["continuousArchiving"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("transactions") && error.contains("wait in memory"),
+        "seed {seed}: {v}"
+    );
+    assert!(v["continuousArchiving"].get("ranges").is_none(), "seed {seed}: {v}");
+    let incomplete = v["incomplete"].to_string();
+    assert!(
+        incomplete.contains("continuousArchiving's ranges are left out"),
+        "seed {seed}: {v}"
+    );
+    println!("the deployment's page while the store is down: {v}");
     faults.set(flaky);
     let back = Instant::now();
 
     let deadline = back + Duration::from_secs(120);
     loop {
-        let Some(v) = shipping() else {
-            assert!(Instant::now() < deadline, "seed {seed}: the page answers 503");
-            std::thread::sleep(Duration::from_millis(200));
-            continue;
-        };
+        let v = page()["continuousArchiving"].clone();
         assert_eq!(v["generation"].as_str(), Some(&generation[..]), "seed {seed}: {v}");
         let reached = v["ranges"]
             .as_array()
