@@ -18,6 +18,7 @@ mod recovery;
 mod replication;
 mod restore_probe;
 mod server;
+mod tls;
 mod waldump;
 
 pub use physical::PgPhysical;
@@ -109,10 +110,7 @@ impl Conn {
 
     /// A client session on the server (the password given apart).
     pub(crate) fn client(&self) -> Result<postgres::Client, Error> {
-        let mut config: postgres::Config = self
-            .url
-            .parse()
-            .map_err(|e| Error::Failed(format!("connection URL: {e}")))?;
+        let (mut config, tls) = tls::parse(&self.url)?;
         if let Some(p) = &self.password {
             config.password(p);
         }
@@ -120,9 +118,17 @@ impl Conn {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(std::time::Duration::from_secs(5));
         }
-        config
-            .connect(postgres::NoTls)
-            .map_err(|e| Error::Failed(format!("connecting to {}: {e}", self.url)))
+        config.connect(tls.connector()).map_err(|e| {
+            // Its causes too: "error performing TLS handshake" alone
+            // does not say that the certificate was refused, or why.
+            let mut why = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                why = format!("{why}: {c}");
+                cause = c.source();
+            }
+            Error::Failed(format!("connecting to {}: {why}", self.url))
+        })
     }
 
     /// Runs one query with psql; its output, trimmed.

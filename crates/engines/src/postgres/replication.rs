@@ -17,11 +17,12 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, BufMut, BytesMut};
 use fallible_iterator::FallibleIterator;
-use postgres::config::{Host, SslMode};
+use postgres::config::Host;
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::{backend::Message, frontend};
 
 use super::pitr::Lsn;
+use super::tls::{self, Tls, TlsSocket};
 use crate::Error;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,9 +33,10 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// so silence past this is a connection that died without a word.
 const SILENCE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// A byte stream to the server: TCP, or its Unix socket.
+/// A byte stream to the server: TCP, TLS over TCP, or its Unix socket.
 enum Socket {
     Tcp(TcpStream),
+    Tls(TlsSocket),
     Unix(UnixStream),
 }
 
@@ -42,6 +44,7 @@ impl Socket {
     fn try_clone(&self) -> std::io::Result<Socket> {
         Ok(match self {
             Socket::Tcp(s) => Socket::Tcp(s.try_clone()?),
+            Socket::Tls(s) => Socket::Tls(s.try_clone()?),
             Socket::Unix(s) => Socket::Unix(s.try_clone()?),
         })
     }
@@ -49,6 +52,7 @@ impl Socket {
     fn set_read_timeout(&self, timeout: Duration) -> std::io::Result<()> {
         match self {
             Socket::Tcp(s) => s.set_read_timeout(Some(timeout)),
+            Socket::Tls(s) => s.tcp().set_read_timeout(Some(timeout)),
             Socket::Unix(s) => s.set_read_timeout(Some(timeout)),
         }
     }
@@ -56,6 +60,7 @@ impl Socket {
     fn shutdown(&self) {
         let _ = match self {
             Socket::Tcp(s) => s.shutdown(Shutdown::Both),
+            Socket::Tls(s) => s.tcp().shutdown(Shutdown::Both),
             Socket::Unix(s) => s.shutdown(Shutdown::Both),
         };
     }
@@ -65,6 +70,7 @@ impl Read for Socket {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
             Socket::Tcp(s) => s.read(buf),
+            Socket::Tls(s) => s.read(buf),
             Socket::Unix(s) => s.read(buf),
         }
     }
@@ -74,6 +80,7 @@ impl Write for Socket {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self {
             Socket::Tcp(s) => s.write(buf),
+            Socket::Tls(s) => s.write(buf),
             Socket::Unix(s) => s.write(buf),
         }
     }
@@ -81,6 +88,7 @@ impl Write for Socket {
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
             Socket::Tcp(s) => s.flush(),
+            Socket::Tls(s) => s.flush(),
             Socket::Unix(s) => s.flush(),
         }
     }
@@ -115,21 +123,21 @@ pub(super) struct Reporter(Socket);
 
 impl Replication {
     /// Connects to the server `url` names, as `application_name` (what
-    /// `synchronous_standby_names` lists), with `password` if it asks.
+    /// `synchronous_standby_names` lists), with `password` if it asks;
+    /// over TLS as the URL's `sslmode` says (`tls`).
     pub fn connect(url: &str, password: Option<&str>, application_name: &str) -> Result<Self, Error> {
         let failed = |why: String| Error::Failed(format!("could not connect to the database server ({why})"));
-        let config: postgres::Config = url.parse().map_err(|e| failed(format!("{e}")))?;
-        if matches!(config.get_ssl_mode(), SslMode::Require) {
-            return Err(failed(
-                "the URL asks for sslmode=require, and the receiver does not speak TLS yet (use sslmode=prefer or \
-                 disable on a trusted network, or a Unix socket)"
-                    .into(),
-            ));
-        }
-        let socket = open(&config).map_err(failed)?;
+        let (config, tls) = tls::parse(url)?;
+        let (socket, host) = open(&config).map_err(failed)?;
         socket
             .set_read_timeout(ANSWER_TIMEOUT)
             .map_err(|e| failed(e.to_string()))?;
+        let socket = match (socket, host) {
+            (Socket::Tcp(tcp), Some(host)) if tls.mode != tls::Mode::Disable => {
+                negotiate(tcp, &host, &tls).map_err(failed)?
+            }
+            (socket, _) => socket,
+        };
         let mut conn = Replication {
             reader: BufReader::with_capacity(1 << 16, socket.try_clone().map_err(|e| failed(e.to_string()))?),
             writer: socket,
@@ -400,8 +408,29 @@ impl Reporter {
     }
 }
 
-/// Opens a connection to the first of the configured hosts that answers.
-fn open(config: &postgres::Config) -> Result<Socket, String> {
+/// Asks the server for TLS on a new TCP connection (`SSLRequest`) and
+/// negotiates it if the server agrees; a server that declines is refused
+/// when the URL requires TLS.
+fn negotiate(mut tcp: TcpStream, host: &str, tls: &Tls) -> Result<Socket, String> {
+    let mut buf = BytesMut::new();
+    frontend::ssl_request(&mut buf);
+    tcp.write_all(&buf).map_err(|e| e.to_string())?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).map_err(|e| e.to_string())?;
+    match answer[0] {
+        b'S' => tls.handshake(tcp, host).map(Socket::Tls),
+        b'N' if tls.required() => Err(format!(
+            "{host} does not accept TLS connections (ssl = off in its postgresql.conf) and the URL's sslmode \
+             requires TLS"
+        )),
+        b'N' => Ok(Socket::Tcp(tcp)),
+        other => Err(format!("{host} answered the request for TLS with {:?}", other as char)),
+    }
+}
+
+/// Opens a connection to the first of the configured hosts that answers;
+/// the host's name if it is reached by TCP.
+fn open(config: &postgres::Config) -> Result<(Socket, Option<String>), String> {
     let ports = config.get_ports();
     let port = |i: usize| ports.get(i).or(ports.first()).copied().unwrap_or(5432);
     let hosts: Vec<Host> = match config.get_hosts() {
@@ -411,23 +440,28 @@ fn open(config: &postgres::Config) -> Result<Socket, String> {
     let mut last = String::from("no host");
     for (i, host) in hosts.iter().enumerate() {
         let opened = match host {
+            // Each of its addresses, as libpq (`localhost` may be ::1
+            // first, and the server listen on 127.0.0.1 only).
             Host::Tcp(name) => (name.as_str(), port(i))
                 .to_socket_addrs()
-                .and_then(|mut addrs| {
-                    addrs
-                        .next()
-                        .ok_or_else(|| std::io::Error::other(format!("{name}: no address")))
+                .and_then(|addrs| {
+                    let mut last = std::io::Error::other(format!("{name}: no address"));
+                    for addr in addrs {
+                        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+                            Ok(s) => return Ok(s),
+                            Err(e) => last = e,
+                        }
+                    }
+                    Err(last)
                 })
-                .and_then(|addr| TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT))
                 .and_then(|s| {
                     // Status updates are small and a synchronous commit
                     // waits for each: no Nagle delay.
                     s.set_nodelay(true)?;
-                    Ok(Socket::Tcp(s))
+                    Ok((Socket::Tcp(s), Some(name.clone())))
                 }),
-            Host::Unix(dir) => {
-                UnixStream::connect(Path::new(dir).join(format!(".s.PGSQL.{}", port(i)))).map(Socket::Unix)
-            }
+            Host::Unix(dir) => UnixStream::connect(Path::new(dir).join(format!(".s.PGSQL.{}", port(i))))
+                .map(|s| (Socket::Unix(s), None)),
         };
         match opened {
             Ok(s) => return Ok(s),
