@@ -46,16 +46,7 @@ fn a_server_and_its_disk_lost_lose_at_most_the_last_second_of_commits() {
             .any(|l| l.starts_with(r#"strongbox_wal_slot_held_bytes{domain="usexample",deployment="pg"}"#)),
         "{page}"
     );
-    pg.c.psql("CREATE TABLE ticks (id int PRIMARY KEY, at timestamptz NOT NULL)");
-    pg.backup();
-
-    let committed = commit_ticks(&pg, 1..=100);
-    // Every row as committed, in order (one query: the loss follows at once).
-    let before = pg.c.psql(ROWS);
-    // The loss: the server and its disk.
-    let lost_at = Instant::now();
-    pg.crash();
-    std::fs::remove_dir_all(&pg.c.data).unwrap();
+    let (committed, before, lost_at) = commit_then_lose(&pg, 100);
 
     // ... and, the server gone, that it does not, why, and since when.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -110,6 +101,56 @@ fn a_server_and_its_disk_lost_lose_at_most_the_last_second_of_commits() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+/// The same loss against a server that takes TCP connections over TLS
+/// only, registered with `sslmode=verify-full`: its backups (a session on
+/// the server) and its stream (the receiver, seen in `pg_stat_ssl`) speak
+/// TLS, and `latest` brings back every transaction committed a second
+/// before the server and its disk were lost, exactly.
+#[test]
+fn over_tls_only_the_server_and_its_disk_lost_lose_at_most_the_last_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Pg::start(dir.path(), "");
+    let ca = pg.c.only_tls();
+    let url = format!(
+        "postgresql://postgres@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
+        pg.c.port,
+        ca.display()
+    );
+    let ctl = |a: &str| format!("runuser -u postgres -- {}", pg.c.ctl(a));
+    let reg = serde_json::json!({"engine": "postgresql", "connection": {
+        "url": url, "data_dir": pg.c.data, "bin_dir": strongbox_testkit::PG_BIN,
+        "stop_command": ctl("stop"), "start_command": ctl("start")}});
+    let (status, v) = pg.s.json(&[
+        "-X",
+        "PUT",
+        "-d",
+        &reg.to_string(),
+        &pg.s.url("/strongbox/api/v1/instances/usexample/pg"),
+    ]);
+    assert_eq!(status, "HTTP/2 200", "{v}");
+    let (status, v) = pg.s.archive_continuously("pg");
+    assert_eq!(status, "HTTP/2 200", "{v}");
+    streaming_from_its_slot(&pg, true);
+    let receiver = "SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) WHERE r.application_name \
+                    LIKE 'strongbox_%'";
+    assert_eq!(pg.c.psql(receiver), "t", "the receiver streams over TLS");
+    let (committed, before, lost_at) = commit_then_lose(&pg, 30);
+    let job = pg.recover(r#"{"latest": true}"#);
+    assert_eq!(job["job_status"], "Succeeded", "{job}\n{}", pg.c.log());
+    let back = exact_prefix(&before, &pg.c.psql(ROWS));
+    let before_last_second = a_second_before(&committed, lost_at);
+    println!(
+        "over TLS: the last commit {} ms before the loss; {back} of 30 transactions came back ({before_last_second} \
+         committed more than 1 s before)",
+        lost_at.duration_since(committed[29]).as_millis()
+    );
+    assert!(back >= before_last_second, "{back} < {before_last_second}");
+    // The recovered server (TLS-only still: its configuration came back
+    // with it) streams again, over TLS.
+    streaming_from_its_slot(&pg, true);
+    assert_eq!(pg.c.psql(receiver), "t");
 }
 
 /// Synchronous mode (`synchronousArchiving`): the receiver is a
@@ -534,11 +575,32 @@ fn streaming_from_its_slot(pg: &Pg, active: bool) {
 /// Every row of `ticks` as committed (ids and commit times, in order).
 const ROWS: &str = "SELECT coalesce(string_agg(id || '@' || at, ',' ORDER BY id), '') FROM ticks";
 
+/// A table `ticks` and a base backup, `n` transactions 0.1 s apart, then
+/// the loss: the server killed and its data directory deleted at once.
+/// When each commit returned, every row as committed (one query: the loss
+/// follows at once), and when the loss came.
+fn commit_then_lose(pg: &Pg, n: i32) -> (Vec<Instant>, String, Instant) {
+    pg.c.psql("CREATE TABLE ticks (id int PRIMARY KEY, at timestamptz NOT NULL)");
+    pg.backup();
+    let committed = commit_ticks(pg, 1..=n);
+    let before = pg.c.psql(ROWS);
+    let lost_at = Instant::now();
+    pg.crash();
+    std::fs::remove_dir_all(&pg.c.data).unwrap();
+    (committed, before, lost_at)
+}
+
 /// Inserts `ids` into `ticks`, one transaction each, 0.1 s apart; when
 /// each commit returned.
 fn commit_ticks(pg: &Pg, ids: std::ops::RangeInclusive<i32>) -> Vec<Instant> {
+    // The Unix socket (in the data directory): no TLS to set up, whatever
+    // the cluster asks of TCP connections.
     let mut client = postgres::Client::connect(
-        &format!("host=127.0.0.1 port={} user=postgres dbname=postgres", pg.c.port),
+        &format!(
+            "host={} port={} user=postgres dbname=postgres",
+            pg.c.data.display(),
+            pg.c.port
+        ),
         postgres::NoTls,
     )
     .unwrap();

@@ -149,6 +149,38 @@ impl Cluster {
         format!("postgresql://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// Turns TLS on and plain TCP connections away (`hostssl` lines only);
+    /// its certificate names localhost, signed by the CA whose file this
+    /// returns.
+    pub fn only_tls(&self) -> PathBuf {
+        let (ca, cert, key) = test_pki(self.home());
+        sh(&format!(
+            "chown postgres {} {} && chmod 600 {}",
+            cert.display(),
+            key.display(),
+            key.display()
+        ));
+        std::fs::write(
+            self.data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl replication all 127.0.0.1/32 trust\n",
+        )
+        .unwrap();
+        self.psql(&format!("ALTER SYSTEM SET ssl_cert_file = '{}'", cert.display()));
+        self.psql(&format!("ALTER SYSTEM SET ssl_key_file = '{}'", key.display()));
+        self.psql("ALTER SYSTEM SET ssl = on");
+        self.psql("SELECT pg_reload_conf()");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.psql("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()") != "t" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "TLS never came on: {}",
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        ca
+    }
+
     /// One statement's output, unaligned, tuples only, trimmed.
     pub fn psql(&self, sql: &str) -> String {
         sh(&format!(

@@ -335,39 +335,11 @@ mod tests {
     use std::path::PathBuf;
     use std::time::{Duration, Instant};
 
-    use strongbox_testkit::{Cluster, sh, test_pki};
+    use strongbox_testkit::{Cluster, test_pki};
 
     use super::super::Conn;
     use super::super::pitr::Lsn;
     use super::super::replication::{Replication, Streamed};
-
-    /// A cluster taking TCP connections over TLS only; its certificate
-    /// names localhost, signed by the CA returned.
-    fn tls_only() -> (Cluster, PathBuf) {
-        let c = Cluster::start("");
-        let (ca, cert, key) = test_pki(c.home());
-        sh(&format!(
-            "chown postgres {} {} && chmod 600 {}",
-            cert.display(),
-            key.display(),
-            key.display()
-        ));
-        std::fs::write(
-            c.data.join("pg_hba.conf"),
-            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl replication all 127.0.0.1/32 trust\n",
-        )
-        .unwrap();
-        c.psql(&format!("ALTER SYSTEM SET ssl_cert_file = '{}'", cert.display()));
-        c.psql(&format!("ALTER SYSTEM SET ssl_key_file = '{}'", key.display()));
-        c.psql("ALTER SYSTEM SET ssl = on");
-        c.psql("SELECT pg_reload_conf()");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while c.psql("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()") != "t" {
-            assert!(Instant::now() < deadline, "TLS never came on: {}", c.log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        (c, ca)
-    }
 
     fn refused(url: &str) -> String {
         match Replication::connect(url, None, "strongbox_tls") {
@@ -384,7 +356,8 @@ mod tests {
     /// the status reported over it is what the server shows.
     #[test]
     fn the_receiver_and_sessions_speak_tls_as_sslmode_says() {
-        let (c, ca) = tls_only();
+        let c = Cluster::start("");
+        let ca = c.only_tls();
         let other = tempfile::tempdir().unwrap();
         let (other_ca, _, _) = test_pki(other.path());
         let url = |host: &str, query: String| format!("postgresql://postgres@{host}:{}/postgres?{query}", c.port);
