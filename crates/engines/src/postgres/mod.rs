@@ -121,13 +121,10 @@ impl Conn {
         config.connect(tls.connector()).map_err(|e| {
             // Its causes too: "error performing TLS handshake" alone
             // does not say that the certificate was refused, or why.
-            let mut why = e.to_string();
-            let mut cause = std::error::Error::source(&e);
-            while let Some(c) = cause {
-                why = format!("{why}: {c}");
-                cause = c.source();
-            }
-            Error::Failed(format!("connecting to {}: {why}", self.url))
+            let why: Vec<String> = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+                .map(|e| e.to_string())
+                .collect();
+            Error::Failed(format!("connecting to {}: {}", self.url, why.join(": ")))
         })
     }
 

@@ -17,6 +17,7 @@
 //! Over a Unix socket there is no TLS (libpq ignores `sslmode` there).
 //! Client certificates (`sslcert`, `sslkey`) are refused in one sentence.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -42,7 +43,7 @@ pub(crate) enum Mode {
     VerifyFull,
 }
 
-/// A URL's TLS: its mode and, unless disabled, how to connect.
+/// A URL's TLS: its mode, and how to connect when it is used.
 pub(crate) struct Tls {
     pub mode: Mode,
     config: Arc<ClientConfig>,
@@ -72,7 +73,7 @@ impl Tls {
         Ok(TlsSocket {
             tcp,
             session: Arc::new(Mutex::new(session)),
-            raw: Vec::new(),
+            raw: VecDeque::new(),
         })
     }
 }
@@ -253,8 +254,9 @@ impl ServerCertVerifier for Lenient {
 pub(crate) struct TlsSocket {
     tcp: TcpStream,
     session: Arc<Mutex<ClientConnection>>,
-    /// Read from the socket, not yet handed to the session (this half's).
-    raw: Vec<u8>,
+    /// Read from the socket, not yet handed to the session (this half's;
+    /// the session takes at most 4 KiB at a time, from the front).
+    raw: VecDeque<u8>,
 }
 
 impl TlsSocket {
@@ -262,7 +264,7 @@ impl TlsSocket {
         Ok(TlsSocket {
             tcp: self.tcp.try_clone()?,
             session: self.session.clone(),
-            raw: Vec::new(),
+            raw: VecDeque::new(),
         })
     }
 
@@ -284,9 +286,7 @@ impl Read for TlsSocket {
                 // Nothing decrypted: hand it what was read (all of it is
                 // taken when nothing decrypted waits), then look again.
                 if !self.raw.is_empty() {
-                    let mut fed = &self.raw[..];
-                    let taken = session.read_tls(&mut fed)?;
-                    self.raw.drain(..taken);
+                    session.read_tls(&mut self.raw)?;
                     session
                         .process_new_packets()
                         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
@@ -310,7 +310,7 @@ impl Read for TlsSocket {
                     other => other,
                 };
             }
-            self.raw.extend_from_slice(&chunk[..n]);
+            self.raw.extend(&chunk[..n]);
         }
     }
 }
