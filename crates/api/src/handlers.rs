@@ -428,9 +428,10 @@ fn range_part(r: &Reach) -> wire::RangePart {
 /// One deployment; for `postgresql` ones, `pointInTimeRecovery`: the
 /// archive and restore commands, the current timeline, whether the server
 /// answers, and the recoverable range of the current history. While the
-/// repository does not answer, what needs it is left out and `incomplete`
-/// says why: the rest (the shipper's own status above all) is what an
-/// operator needs during an outage.
+/// repository does not answer, the core leaves out what it would read from
+/// it (the ranges) and says why, listed in `incomplete`: the rest (the
+/// commands, the shipper's own status) is what an operator needs during an
+/// outage.
 #[utoipa::path(
     get,
     path = "/paas/service/dbcs/api/v1.1/instances/{identityDomainId}/{serviceId}",
@@ -449,30 +450,25 @@ pub async fn instance_detail(
 ) -> Result<Json<wire::Instance>, ApiError> {
     let d = state.service.deployment(&domain, &service).await?;
     let mut incomplete = Vec::new();
-    let pitr = match state.service.pitr_status(&d).await {
-        Ok(pitr) => pitr,
-        Err(strongbox_core::Error::Unavailable { message, .. }) => {
-            incomplete.push(format!("pointInTimeRecovery is left out: {message}"));
-            None
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let pitr = pitr.map(|p| {
-        let range = match (p.ranges.first(), p.ranges.last()) {
+    let pitr = state.service.pitr_status(&d).await?.map(|p| {
+        let range = p.reach.map(|reach| match (reach.ranges.first(), reach.ranges.last()) {
             (Some(first), Some(last)) => Some(wire::RecoverableRange {
-                timeline: p.current_timeline,
+                timeline: reach.timeline,
                 earliest: range_part(first).earliest,
                 latest: range_part(last).latest,
-                ranges: p.ranges.iter().map(range_part).collect(),
+                ranges: reach.ranges.iter().map(range_part).collect(),
             }),
             _ => None,
-        };
+        });
+        if let Err(why) = &range {
+            incomplete.push(format!("pointInTimeRecovery's recoverableRange is left out: {why}"));
+        }
         wire::PointInTimeRecovery {
             archive_command: p.archive_command,
             restore_command: p.restore_command,
             current_timeline: p.current_timeline,
             server_answers: p.server_answers,
-            recoverable_range: range,
+            recoverable_range: range.ok(),
         }
     });
     let mut body = instance(&state, &d, pitr);

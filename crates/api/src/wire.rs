@@ -260,10 +260,15 @@ pub struct PointInTimeRecovery {
     pub archive_command: String,
     /// What replay runs (Strongbox sets it during a recovery).
     pub restore_command: String,
-    pub current_timeline: u32,
+    /// The server's timeline as it answers, else the newest archived;
+    /// absent while neither is known (`incomplete` says why).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_timeline: Option<u32>,
     pub server_answers: bool,
-    /// The recoverable range of the current history; null if none yet.
-    pub recoverable_range: Option<RecoverableRange>,
+    /// The recoverable range of the current history; null if none yet,
+    /// absent while the repository does not answer (`incomplete` says so).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recoverable_range: Option<Option<RecoverableRange>>,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -52,15 +52,15 @@ impl Service {
         let last_backup = completed.iter().max().copied();
         let from_backups = completed.iter().min().copied().zip(last_backup);
         // While the repository cannot be read, what the catalog knows.
-        let pitr = match self.pitr_status(&d).await {
-            Err(crate::Error::Unavailable { message, .. }) => {
+        let reach = match self.pitr_status(&d).await?.map(|p| p.reach) {
+            Some(Err(message)) => {
                 tracing::debug!("{}: {message}", d.name);
                 None
             }
-            other => other?,
+            reach => reach.and_then(Result::ok),
         };
-        let archived = pitr.as_ref().and_then(|p| {
-            let (first, last) = (p.ranges.first()?, p.ranges.last()?);
+        let archived = reach.as_ref().and_then(|r| {
+            let (first, last) = (r.ranges.first()?, r.ranges.last()?);
             Some((first.earliest_time, last.latest_time))
         });
         // A shipped SQLite log reaches as far as its shipper (on this
@@ -74,7 +74,7 @@ impl Service {
             deployment: d,
             last_backup,
             last_verified,
-            archived_until: pitr.and_then(|p| p.archived_until).or(shipped_until),
+            archived_until: reach.and_then(|r| r.archived_until).or(shipped_until),
             recoverable: archived.or(from_backups),
         })
     }

@@ -236,16 +236,9 @@ impl Service {
         }
         let positions: Vec<BasePosition> = bases.iter().map(|(_, p)| p.clone()).collect();
         strongbox_engines::pitr::bound_created(&mut created, &positions, &histories);
-        let live = if probe {
-            let e = engine.clone();
-            let asked = tokio::task::spawn_blocking(move || e.point_in_time().and_then(|p| p.probe()));
-            tokio::time::timeout(PROBE_WAIT, asked)
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .flatten()
-        } else {
-            None
+        let live = match probe {
+            true => probe_server(engine.clone()).await,
+            false => None,
         };
         Ok(Some(PitrState {
             positions,
@@ -278,8 +271,20 @@ impl Service {
 pub struct PitrStatus {
     pub archive_command: String,
     pub restore_command: String,
-    pub current_timeline: u32,
+    /// The server's timeline as it answers, else the newest the archive
+    /// holds; `None` when neither is known now.
+    pub current_timeline: Option<u32>,
     pub server_answers: bool,
+    /// What the archive reaches; why that is not known now if the
+    /// repository does not answer.
+    pub reach: Result<ArchiveReach, String>,
+}
+
+/// What a deployment's WAL archive reaches.
+#[derive(Clone, Debug)]
+pub struct ArchiveReach {
+    /// The current timeline, whose history the stretches are of.
+    pub timeline: u32,
     /// The recoverable stretches of the current timeline's history.
     pub ranges: Vec<Reach>,
     /// The last commit in the archive itself: where the range would end if
@@ -289,28 +294,57 @@ pub struct PitrStatus {
 }
 
 impl Service {
-    /// `None` for deployments that do not recover to points in time.
+    /// `None` for deployments that do not recover to points in time. While
+    /// the repository does not answer, what would be read from it is left
+    /// out and says why: the commands and whether the server answers are
+    /// what an operator needs during an outage.
     pub async fn pitr_status(&self, d: &Deployment) -> Result<Option<PitrStatus>, Error> {
         // Asked first, so that the others' pages read nothing of the
-        // repository for it (and stay whole while it does not answer).
+        // repository for it.
         let point_in_time =
             strongbox_engines::engine_for(&d.engine, &d.connection).is_ok_and(|e| e.capabilities().point_in_time);
-        if !point_in_time {
+        let (Some(archives), true) = (&self.wal, point_in_time) else {
             return Ok(None);
-        }
-        let usable = self.usable_backups(&d.domain, &d.name).await?;
-        let (Some(archives), Some(state)) = (&self.wal, self.pitr_state(d, &usable, true).await?) else {
-            return Ok(None);
+        };
+        let state = match self.usable_backups(&d.domain, &d.name).await {
+            Ok(usable) => self.pitr_state(d, &usable, true).await,
+            Err(e) => Err(e),
+        };
+        let (current_timeline, server_answers, reach) = match state {
+            Ok(None) => return Ok(None),
+            Ok(Some(state)) => (
+                Some(state.current()),
+                state.live.is_some(),
+                Ok(ArchiveReach {
+                    timeline: state.current(),
+                    ranges: state.ranges(),
+                    archived_until: state.archive_end(),
+                }),
+            ),
+            Err(Error::Unavailable { message, .. }) => {
+                let live = probe_server(self.engine_of(d)?.into()).await;
+                (live.map(|l| l.timeline), live.is_some(), Err(message))
+            }
+            Err(e) => return Err(e),
         };
         Ok(Some(PitrStatus {
             archive_command: archives.archive_command(&d.domain, &d.name),
             restore_command: archives.restore_command(&d.domain, &d.name),
-            current_timeline: state.current(),
-            server_answers: state.live.is_some(),
-            ranges: state.ranges(),
-            archived_until: state.archive_end(),
+            current_timeline,
+            server_answers,
+            reach,
         }))
     }
+}
+
+/// Where the server is now, if it answers within `PROBE_WAIT`.
+async fn probe_server(engine: Arc<dyn Engine>) -> Option<Live> {
+    let asked = tokio::task::spawn_blocking(move || engine.point_in_time().and_then(|p| p.probe()));
+    tokio::time::timeout(PROBE_WAIT, asked)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten()
 }
 
 impl PitrState {

@@ -139,7 +139,8 @@ fn a_full_repository_disk_fails_the_backup_in_one_sentence_damages_nothing_and_r
 /// listed completed that was not; once the server has noticed (health
 /// names the repository), a recovery request answers 503 within a second
 /// and the deployment's page 200, whole (it needs nothing of the
-/// repository), the live database as it was; the store back,
+/// repository), a PostgreSQL deployment's 200 without its recoverable
+/// range (`incomplete` says why), the live database as it was; the store back,
 /// `check --read-data` is clean and the listed backup recovers exactly.
 #[test]
 fn a_server_on_a_flaky_store_backs_up_and_recovers_exactly_and_fails_in_one_sentence_when_it_is_down() {
@@ -147,6 +148,28 @@ fn a_server_on_a_flaky_store_backs_up_and_recovers_exactly_and_fails_in_one_sent
     let db = dir.path().join("app.db");
     big_database(&db, 8);
     assert_eq!(s.register_sqlite("app", &db).0, "HTTP/2 200");
+    // A PostgreSQL deployment beside it, for its page during the outage.
+    let pg = strongbox_testkit::Cluster::start("");
+    let ctl = |a: &str| format!("runuser -u postgres -- {}", pg.ctl(a));
+    register(
+        &s,
+        "pg",
+        serde_json::json!({"engine": "postgresql", "connection": {
+            "url": pg.url(), "data_dir": pg.data, "bin_dir": strongbox_testkit::PG_BIN,
+            "stop_command": ctl("stop"), "start_command": ctl("start")}}),
+    );
+    let (status, v) = s.json(&[&s.url(&format!("{API}/pg"))]);
+    assert_eq!(status, "HTTP/2 200", "{v}");
+    let pitr = &v["pointInTimeRecovery"];
+    assert_eq!(
+        pitr["recoverableRange"],
+        serde_json::Value::Null,
+        "nothing archived yet: {v}"
+    );
+    assert!(
+        pitr.get("recoverableRange").is_some() && v.get("incomplete").is_none(),
+        "{v}"
+    );
     faults.set(bad_day());
 
     let at_backup = sqlite_checksum(&db);
@@ -205,6 +228,41 @@ fn a_server_on_a_flaky_store_backs_up_and_recovers_exactly_and_fails_in_one_sent
     assert_eq!(status, "HTTP/2 200", "{v}");
     assert!(v["lastBackup"]["dbTag"].is_string(), "{v}");
     assert!(v.get("incomplete").is_none(), "{v}");
+    // The PostgreSQL deployment's page: what it reads of the repository
+    // (the recoverable range) left out, saying why; the commands to set
+    // and what the server says of itself are there.
+    let asked = std::time::Instant::now();
+    let (status, v) = s.json(&[&s.url(&format!("{API}/pg"))]);
+    println!(
+        "the PostgreSQL deployment's page, after {:?}: {status} {v}",
+        asked.elapsed()
+    );
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(status, "HTTP/2 200", "{v}");
+    let pitr = &v["pointInTimeRecovery"];
+    assert!(
+        pitr["archiveCommand"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--archive usexample/pg"),
+        "{v}"
+    );
+    assert!(pitr["restoreCommand"].is_string(), "{v}");
+    assert_eq!(
+        (&pitr["serverAnswers"], &pitr["currentTimeline"]),
+        (&serde_json::json!(true), &serde_json::json!(1)),
+        "{v}"
+    );
+    assert!(pitr.get("recoverableRange").is_none(), "left out, not null: {v}");
+    let incomplete = v["incomplete"].to_string();
+    assert!(
+        incomplete.contains("recoverableRange is left out: the repository cannot be read now"),
+        "{incomplete}"
+    );
     let url = s.url(&format!("{API}/app/backups/recovery"));
     let asked = std::time::Instant::now();
     let (status, h, answer) = s.curl(&[&AUTH[..], &["-X", "POST", "-d", r#"{"latest": true}"#, &url]].concat());
