@@ -50,6 +50,10 @@ pub struct HostPolicy {
     /// connection URLs may name.
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// Directories under which the CA files connection URLs name
+    /// (`sslrootcert`) may be.
+    #[serde(default)]
+    pub certificate_files: Vec<PathBuf>,
     /// The server's own files and directories (data directory, repository,
     /// configuration, password and TLS files): never a deployment's, not
     /// even inside an allowed directory. Filled in by the server.
@@ -73,13 +77,14 @@ const FORBIDDEN_ENV: [&str; 9] = [
 
 impl HostPolicy {
     /// The config keys, as messages name them.
-    pub const KEYS: [&str; 6] = [
+    pub const KEYS: [&str; 7] = [
         "programs",
         "commands",
         "database_files",
         "data_directories",
         "bin_dirs",
         "hosts",
+        "certificate_files",
     ];
 
     /// Fills a key from a JSON array of strings (how each key can also come
@@ -95,6 +100,7 @@ impl HostPolicy {
             "data_directories" => self.data_directories = paths(),
             "bin_dirs" => self.bin_dirs = paths(),
             "hosts" => self.hosts = values,
+            "certificate_files" => self.certificate_files = paths(),
             other => return Err(format!("unknown [allow] key {other:?}")),
         }
         Ok(())
@@ -154,6 +160,9 @@ impl HostPolicy {
                 .map_err(|why| refuse(setting, path, why)),
             Access::ProgramDirectory { setting, path } => self
                 .check_path(domain, path, &self.bin_dirs, "bin_dirs", true)
+                .map_err(|why| refuse(setting, path, why)),
+            Access::CertificateFile { setting, path } => self
+                .check_path(domain, path, &self.certificate_files, "certificate_files", false)
                 .map_err(|why| refuse(setting, path, why)),
             Access::Host { setting, host } => {
                 if self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {

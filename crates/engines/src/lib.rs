@@ -97,6 +97,9 @@ pub enum Access {
     /// A database server the engine connects to: a host name, an address,
     /// or a Unix socket's directory.
     Host { setting: &'static str, host: String },
+    /// A file of CA certificates the engine reads to check a database
+    /// server's (PostgreSQL's `sslrootcert`).
+    CertificateFile { setting: &'static str, path: PathBuf },
     /// A variable the engine puts into its commands' environment.
     Environment { setting: &'static str, name: String },
 }

@@ -49,7 +49,7 @@ pub(crate) struct Config {
     pub(crate) backup_defaults: ConfigChange,
     /// What deployments may run and touch on this host (nothing unless
     /// listed): `programs`, `commands`, `database_files`,
-    /// `data_directories`, `bin_dirs`, `hosts`.
+    /// `data_directories`, `bin_dirs`, `hosts`, `certificate_files`.
     #[serde(default)]
     pub(crate) allow: HostPolicy,
     /// Serve `/metrics` on this address instead of the API's (for

@@ -168,6 +168,30 @@ fn the_servers_own_files_are_never_a_deployment_not_even_through_a_symlink() {
     );
     assert_eq!(status, "HTTP/2 400", "{v}");
     assert!(message(&v).contains("the server's own"), "{v}");
+    // A CA file a connection URL names is read by the server: its own TLS
+    // key is refused, and so is a file under none of `certificate_files`.
+    for (ca, refused) in [
+        (dir.path().join("key.pem"), "the server's own"),
+        (
+            "/etc/ssl/certs/ca-certificates.crt".into(),
+            "under none of `certificate_files`",
+        ),
+    ] {
+        let url = format!(
+            "postgresql://postgres@127.0.0.1:5432/postgres?sslmode=verify-ca&sslrootcert={}",
+            ca.display()
+        );
+        let (status, v) = register(
+            &s,
+            "own",
+            &json!({"engine": "postgresql-logical", "connection": {"url": url}}),
+        );
+        assert_eq!(status, "HTTP/2 400", "{v}");
+        assert!(
+            message(&v).contains(refused) && message(&v).contains("sslrootcert"),
+            "{v}"
+        );
+    }
     // A database beside them is fine.
     let (status, v) = register(
         &s,

@@ -65,14 +65,24 @@ impl Conn {
 
     /// The servers its URL names (`host` and `hostaddr` in the query too,
     /// each of a comma-separated list), `localhost` for none (libpq then
-    /// uses its Unix socket), and the directory its programs come from.
+    /// uses its Unix socket), the CA file it names (`sslrootcert`: the
+    /// server reads it, and so do libpq's tools), and the directory its
+    /// programs come from.
     pub(crate) fn accesses(&self) -> Vec<crate::Access> {
         let mut hosts = Vec::new();
+        let mut files = Vec::new();
         if let Ok(url) = url::Url::parse(&self.url) {
             hosts.extend(url.host_str().filter(|h| !h.is_empty()).map(str::to_string));
             for (key, value) in url.query_pairs() {
-                if key == "host" || key == "hostaddr" {
-                    hosts.extend(value.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()));
+                match &*key {
+                    "host" | "hostaddr" => {
+                        hosts.extend(value.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()))
+                    }
+                    "sslrootcert" => files.push(crate::Access::CertificateFile {
+                        setting: "url's sslrootcert",
+                        path: PathBuf::from(&*value),
+                    }),
+                    _ => {}
                 }
             }
         }
@@ -82,6 +92,7 @@ impl Conn {
         let mut out: Vec<crate::Access> = hosts
             .into_iter()
             .map(|host| crate::Access::Host { setting: "url", host })
+            .chain(files)
             .collect();
         if let Some(dir) = &self.bin_dir {
             out.push(crate::Access::ProgramDirectory {

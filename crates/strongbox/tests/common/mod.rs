@@ -31,14 +31,15 @@ pub fn start_in(dir: &Path, port: u16) -> Server {
 }
 
 /// What the test servers allow deployments to run and touch (`[allow]`):
-/// files and data directories under the temporary directory (where every
-/// test keeps its databases and clusters), the machine's PostgreSQL
+/// files, data directories and CA files under the temporary directory
+/// (where every test keeps its databases, clusters and certificates), the machine's PostgreSQL
 /// programs, MariaDB's clients, `runuser` (PostgreSQL's stop and start
 /// commands run as `postgres`) and `true`, the loopback address.
 pub fn allow_env() -> Vec<(&'static str, String)> {
     let tmp = serde_json::json!([std::env::temp_dir()]).to_string();
     vec![
         ("STRONGBOX_ALLOW_DATABASE_FILES", tmp.clone()),
+        ("STRONGBOX_ALLOW_CERTIFICATE_FILES", tmp.clone()),
         ("STRONGBOX_ALLOW_DATA_DIRECTORIES", tmp),
         (
             "STRONGBOX_ALLOW_BIN_DIRS",
