@@ -53,7 +53,11 @@ impl Conn {
             return Err(bad("\"url\" must start with postgresql://".into()));
         }
         let password = url.password().map(percent_decode);
-        url.set_password(None).map_err(|()| bad("\"url\" has no host".into()))?;
+        // (A URL without a host, `postgresql:///db?host=/run/postgresql`,
+        // names a Unix socket and cannot hold a password.)
+        if password.is_some() {
+            url.set_password(None).map_err(|()| bad("\"url\" has no host".into()))?;
+        }
         let bin_dir =
             crate::optional_setting(c, engine, "bin_dir", "\"/usr/lib/postgresql/15/bin\"")?.map(PathBuf::from);
         Ok(Conn {

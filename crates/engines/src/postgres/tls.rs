@@ -102,7 +102,7 @@ pub(crate) fn parse(url: &str) -> Result<(postgres::Config, Tls), Error> {
         u.query_pairs_mut().extend_pairs(kept);
     }
     let mut config: postgres::Config = u.as_str().parse().map_err(|e| bad(format!("{e}")))?;
-    let mode = match mode.as_deref() {
+    let mut mode = match mode.as_deref() {
         None | Some("allow" | "prefer") => Mode::Prefer,
         Some("disable") => Mode::Disable,
         Some("require") => Mode::Require,
@@ -119,9 +119,12 @@ pub(crate) fn parse(url: &str) -> Result<(postgres::Config, Tls), Error> {
         let default = PathBuf::from(std::env::var_os("HOME")?).join(".postgresql/root.crt");
         (mode != Mode::Prefer && default.is_file()).then_some(default)
     });
-    let unix_only = config.get_hosts().iter().all(|h| matches!(h, Host::Unix(_)));
+    // Over a Unix socket libpq uses no TLS whatever sslmode says, and so
+    // needs no CA either.
+    if config.get_hosts().iter().all(|h| matches!(h, Host::Unix(_))) {
+        mode = Mode::Disable;
+    }
     config.ssl_mode(match mode {
-        _ if unix_only => SslMode::Disable,
         Mode::Disable => SslMode::Disable,
         Mode::Prefer => SslMode::Prefer,
         Mode::Require | Mode::VerifyCa | Mode::VerifyFull => SslMode::Require,
@@ -439,6 +442,18 @@ mod tests {
             .err()
             .unwrap();
         assert!(wrong.to_string().contains("invalid peer certificate"), "{wrong}");
+        // Over the Unix socket no TLS, so no CA is needed (as libpq).
+        let socket = format!(
+            "postgresql:///postgres?user=postgres&host={}&port={}&sslmode=verify-full",
+            c.data.display(),
+            c.port
+        );
+        let mut client = session(socket).unwrap();
+        let ssl: Option<bool> = client
+            .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(ssl, Some(false));
 
         // A server without TLS, where the URL requires it.
         std::fs::write(
