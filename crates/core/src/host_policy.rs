@@ -397,6 +397,7 @@ mod tests {
             data_directories: vec![dir.join("pg")],
             bin_dirs: vec![],
             hosts: vec!["127.0.0.1".into()],
+            certificate_files: vec![dir.join("certs")],
             protected: vec![dir.join("dbs/strongbox-data"), dir.join("pg/secret.password")],
         }
     }
@@ -508,6 +509,13 @@ mod tests {
         ok(data(dir.join("pg/main"))).unwrap();
         // A data directory that holds the server's files is replaced whole.
         assert!(refused(data(dir.join("pg"))).contains("the server's own"));
+
+        let ca = |p: PathBuf| Access::CertificateFile {
+            setting: "url's sslrootcert",
+            path: p,
+        };
+        ok(ca(dir.join("certs/db-ca.pem"))).unwrap();
+        assert!(refused(ca(dir.join("dbs/db-ca.pem"))).contains("under none of `certificate_files`"));
 
         let host = |h: &str| Access::Host {
             setting: "url",
