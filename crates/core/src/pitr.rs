@@ -312,15 +312,15 @@ impl Service {
         };
         let (current_timeline, server_answers, reach) = match state {
             Ok(None) => return Ok(None),
-            Ok(Some(state)) => (
-                Some(state.current()),
-                state.live.is_some(),
-                Ok(ArchiveReach {
-                    timeline: state.current(),
+            Ok(Some(state)) => {
+                let timeline = state.current();
+                let reach = ArchiveReach {
+                    timeline,
                     ranges: state.ranges(),
                     archived_until: state.archive_end(),
-                }),
-            ),
+                };
+                (Some(timeline), state.live.is_some(), Ok(reach))
+            }
             Err(Error::Unavailable { message, .. }) => {
                 let live = probe_server(self.engine_of(d)?.into()).await;
                 (live.map(|l| l.timeline), live.is_some(), Err(message))

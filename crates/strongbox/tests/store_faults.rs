@@ -150,14 +150,7 @@ fn a_server_on_a_flaky_store_backs_up_and_recovers_exactly_and_fails_in_one_sent
     assert_eq!(s.register_sqlite("app", &db).0, "HTTP/2 200");
     // A PostgreSQL deployment beside it, for its page during the outage.
     let pg = strongbox_testkit::Cluster::start("");
-    let ctl = |a: &str| format!("runuser -u postgres -- {}", pg.ctl(a));
-    register(
-        &s,
-        "pg",
-        serde_json::json!({"engine": "postgresql", "connection": {
-            "url": pg.url(), "data_dir": pg.data, "bin_dir": strongbox_testkit::PG_BIN,
-            "stop_command": ctl("stop"), "start_command": ctl("start")}}),
-    );
+    register_cluster(&s, "pg", &pg, &pg.url());
     let (status, v) = s.json(&[&s.url(&format!("{API}/pg"))]);
     assert_eq!(status, "HTTP/2 200", "{v}");
     let pitr = &v["pointInTimeRecovery"];

@@ -118,18 +118,7 @@ fn over_tls_only_the_server_and_its_disk_lost_lose_at_most_the_last_second() {
         pg.c.port,
         ca.display()
     );
-    let ctl = |a: &str| format!("runuser -u postgres -- {}", pg.c.ctl(a));
-    let reg = serde_json::json!({"engine": "postgresql", "connection": {
-        "url": url, "data_dir": pg.c.data, "bin_dir": strongbox_testkit::PG_BIN,
-        "stop_command": ctl("stop"), "start_command": ctl("start")}});
-    let (status, v) = pg.s.json(&[
-        "-X",
-        "PUT",
-        "-d",
-        &reg.to_string(),
-        &pg.s.url("/strongbox/api/v1/instances/usexample/pg"),
-    ]);
-    assert_eq!(status, "HTTP/2 200", "{v}");
+    register_cluster(&pg.s, "pg", &pg.c, &url);
     let (status, v) = pg.s.archive_continuously("pg");
     assert_eq!(status, "HTTP/2 200", "{v}");
     streaming_from_its_slot(&pg, true);

@@ -815,13 +815,7 @@ pub fn recover_pg(s: &Server, c: &strongbox_testkit::Cluster, body: &str) -> ser
 /// …/pg` reports (until set, archiving fails and PostgreSQL keeps the WAL).
 pub fn archiving_cluster(s: &Server, settings: &str) -> strongbox_testkit::Cluster {
     let c = strongbox_testkit::Cluster::start(&format!("archive_mode = on\narchive_command = 'false'\n{settings}"));
-    let ctl = |a: &str| format!("runuser -u postgres -- {}", c.ctl(a));
-    let reg = serde_json::json!({"engine": "postgresql", "connection": {
-        "url": c.url(), "data_dir": c.data, "bin_dir": strongbox_testkit::PG_BIN,
-        "stop_command": ctl("stop"), "start_command": ctl("start")}});
-    let url = s.url("/strongbox/api/v1/instances/usexample/pg");
-    let (status, v) = s.json(&["-X", "PUT", "-d", &reg.to_string(), &url]);
-    assert_eq!(status, "HTTP/2 200", "{v}");
+    register_cluster(s, "pg", &c, &c.url());
     let (_, i) = s.json(&[&s.url(PG_INSTANCE)]);
     let command = i["pointInTimeRecovery"]["archiveCommand"].as_str().unwrap().to_string();
     c.psql(&format!(
@@ -830,6 +824,19 @@ pub fn archiving_cluster(s: &Server, settings: &str) -> strongbox_testkit::Clust
     ));
     c.psql("SELECT pg_reload_conf()");
     c
+}
+
+/// Registers cluster `c` as the PostgreSQL deployment `name` of
+/// `usexample`, reached by `url`, stopped and started as `postgres`.
+pub fn register_cluster(s: &Server, name: &str, c: &strongbox_testkit::Cluster, url: &str) {
+    let ctl = |a: &str| format!("runuser -u postgres -- {}", c.ctl(a));
+    register(
+        s,
+        name,
+        serde_json::json!({"engine": "postgresql", "connection": {
+            "url": url, "data_dir": c.data, "bin_dir": strongbox_testkit::PG_BIN,
+            "stop_command": ctl("stop"), "start_command": ctl("start")}}),
+    );
 }
 
 /// Registers a `command` deployment `name` of `usexample`.
